@@ -1,0 +1,90 @@
+"""Pluggable transports for posa, chosen by the scheme of an address URI.
+
+    inproc://NAME            in-process, no serialisation          (transports.inproc)
+    tcp://HOST:PORT          length-prefixed frames over TCP       (transports.tcp)
+    zmq+tcp://HOST:PORT      ZeroMQ ROUTER/DEALER over TCP         (transports.zmq)
+    zmq+ipc:///PATH          ZeroMQ ROUTER/DEALER over a Unix socket
+
+A third-party transport registers under the entry-point group ``posa.transports``
+(``name = "package.module:TransportClass"``); the class's ``schemes`` say which
+URI schemes it serves. See docs/transports.md.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from posa.errors import TransportError
+from transports.base import Connection, Listener, Options, Route, Transport
+
+__all__ = ["Connection", "Listener", "Options", "Route", "Transport",
+           "listen", "connect", "get", "schemes", "register"]
+
+# scheme -> "module:Class" of the built-in transports, imported on first use
+_BUILTIN = {
+    "inproc": "transports.inproc:InprocTransport",
+    "tcp": "transports.tcp:TcpTransport",
+    "zmq+tcp": "transports.zmq:ZmqTransport",
+    "zmq+ipc": "transports.zmq:ZmqTransport",
+}
+_loaded: dict[str, Transport] = {}
+_plugins_scanned = False
+
+
+def register(transport: Transport) -> None:
+    """Make ``transport`` serve its ``schemes`` (replacing any earlier one)."""
+    for scheme in transport.schemes:
+        _loaded[scheme] = transport
+
+
+def _scan_plugins() -> None:
+    global _plugins_scanned
+    _plugins_scanned = True
+    for ep in entry_points(group="posa.transports"):
+        try:
+            register(ep.load()())
+        except Exception as exc:  # a broken plugin must not break the built-ins
+            raise TransportError(f"transport plugin {ep.name!r} ({ep.value}) failed to "
+                                 f"load: {exc}; fix or uninstall it") from None
+
+
+def get(scheme: str) -> Transport:
+    """The transport serving ``scheme``. Raises ``TransportError`` if none does."""
+    transport = _loaded.get(scheme)
+    if transport is not None:
+        return transport
+    target = _BUILTIN.get(scheme)
+    if target is not None:
+        module, _, cls = target.partition(":")
+        register(getattr(importlib.import_module(module), cls)())
+        return _loaded[scheme]
+    if not _plugins_scanned:
+        _scan_plugins()
+        if scheme in _loaded:
+            return _loaded[scheme]
+    raise TransportError(f"no transport serves scheme {scheme!r}; use one of "
+                         f"{', '.join(schemes())} or install a posa.transports plugin")
+
+
+def schemes() -> list[str]:
+    """Every scheme that a built-in or registered transport serves."""
+    return sorted(set(_BUILTIN) | set(_loaded))
+
+
+def split(address: str) -> tuple[str, str]:
+    """``"tcp://h:1"`` -> ``("tcp", "h:1")``. Raises ``TransportError`` if malformed."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or not scheme or not rest:
+        raise TransportError(f"address {address!r} is not a transport URI; write it as "
+                             "SCHEME://WHERE, e.g. tcp://127.0.0.1:7000")
+    return scheme, rest
+
+
+def listen(address: str, options: Options | None = None) -> Listener:
+    """Bind a listener at ``address`` with the transport its scheme names."""
+    return get(split(address)[0]).listen(address, options or Options())
+
+
+def connect(address: str, options: Options | None = None) -> Connection:
+    """Connect to the listener at ``address`` with the transport its scheme names."""
+    return get(split(address)[0]).connect(address, options or Options())
