@@ -1,0 +1,307 @@
+"""The Forwarder: sends to names, wherever they live now.
+
+One forwarder belongs to one thread (a ``Peer`` keeps one per sending thread),
+so the send path takes no lock and hands nothing to another thread: it encodes,
+writes to its own connection and goes on.  What comes back on that connection
+(acknowledgements, replies, "moved" notices) is read by the same thread, when it
+sends, waits for a reply or flushes.
+
+Strategy:
+- A *target* per recipient name: the registration it was resolved to (cached:
+  the registry is asked once, not per message), the connection, and an
+  ``Outbound`` stream holding every frame until the receiver acknowledges it.
+- A failed send, an acknowledgement overdue, or a ``MOVED`` notice makes the
+  forwarder re-resolve the name and send the unacknowledged frames again on the
+  new connection; the receiver drops the duplicates.  Retries end at the
+  message's deadline with an error that names the target.
+- At most ``window`` frames per target are unacknowledged; a sender that gets
+  ahead waits for acknowledgements (flow control, bounded memory).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from typing import Any, Callable
+
+import transports
+from posa.errors import (Closed, NameNotFound, PosaError, ProtocolError, Timeout,
+                         TransportError, from_wire)
+from posa.message import Codec, Kind, Message
+from posa.streams import Outbound
+from transports.base import Connection, Options
+
+__all__ = ["Forwarder"]
+
+ACK_EVERY = 64          # look for acknowledgements every this many sends per target
+_ids = itertools.count(1)
+
+
+def new_stream_id() -> int:
+    """A stream id unlikely to repeat across processes and restarts."""
+    return (int.from_bytes(secrets.token_bytes(6), "big") << 16 | next(_ids) & 0xFFFF) or 1
+
+
+class _Target:
+    __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll")
+
+    def __init__(self, name: str, address: str, epoch: int, conn: Connection,
+                 pinned: bool) -> None:
+        self.name = name
+        self.address = address
+        self.epoch = epoch
+        self.conn = conn
+        self.out = Outbound()
+        self.pinned = pinned      # address given by the caller: never re-resolved
+        self.since_poll = 0
+
+
+class Forwarder:
+    """Sends to names for one thread. Not thread-safe by design."""
+
+    def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
+                 codec: Codec, options: Options, window: int = 1024,
+                 ack_timeout: float = 1.0,
+                 on_notify: Callable[[Message], None] | None = None) -> None:
+        self.name = name
+        self.stream = new_stream_id()
+        self._resolve = resolve
+        self._codec = codec
+        self._pack = codec.pack
+        self._options = options
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self._on_notify = on_notify
+        self._targets: dict[str, _Target] = {}
+        self._conns: dict[str, Connection] = {}
+        self._replies: dict[tuple[str, int], Message] = {}
+        self._pid = os.getpid()
+        self.closed = False
+
+    # -- sending -------------------------------------------------------------
+    def send(self, name: str, body: Any, *, kind: int = Kind.SEND,
+             headers: dict[str, Any] | None = None, deadline: float) -> int:
+        """Send one message to ``name`` reliably; returns its sequence number."""
+        target = self._targets.get(name)
+        if target is None:
+            target = self._open_target(name, deadline)
+        out = target.out
+        seq = out.take_seq()
+        frame = self._pack(kind, self.stream, seq, self.name, name, 0,
+                           headers if headers is not None else {}, body)
+        out.unacked.append((seq, frame))
+        try:
+            target.conn.send(frame)
+        except (TransportError, Timeout) as exc:
+            self._recover(target, deadline, exc)
+        target.since_poll += 1
+        if target.since_poll >= ACK_EVERY or len(out.unacked) >= self.window:
+            target.since_poll = 0
+            self._poll(target)
+            while len(out.unacked) >= self.window:
+                self._await_progress(target, deadline)
+        return seq
+
+    def pin(self, name: str, address: str) -> None:
+        """Send to ``name`` at ``address`` without asking the registry."""
+        if name not in self._targets:
+            self._targets[name] = _Target(name, address, 0, self._connect(address), True)
+
+    def request(self, name: str, body: Any, *, timeout: float,
+                headers: dict[str, Any] | None = None) -> Message:
+        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back."""
+        deadline = time.monotonic() + timeout
+        hdrs = {"ttl": int(timeout * 1000)}
+        if headers:
+            hdrs.update(headers)
+        seq = self.send(name, body, kind=Kind.REQUEST, headers=hdrs, deadline=deadline)
+        key = (name, seq)
+        target = self._targets[name]
+        while True:
+            reply = self._replies.pop(key, None)
+            if reply is not None:
+                if reply.kind == Kind.ERROR:
+                    code, kind, text = _error_fields(reply.body)
+                    raise from_wire(code, kind, text)
+                return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no reply from {name!r} within {timeout} s "
+                              f"(at {target.address}); is its handler slow or stuck?")
+            try:
+                frame = target.conn.recv(min(remaining, self.ack_timeout))
+            except Timeout:
+                if target.out.unacked and target.out.unacked[0][0] <= seq:
+                    self._recover(target, deadline, None)  # request not yet delivered
+                continue
+            except TransportError as exc:
+                self._recover(target, deadline, exc)
+                continue
+            self._absorb(frame)
+            target = self._targets.get(name, target)
+
+    def flush(self, deadline: float) -> None:
+        """Wait until every message sent so far is acknowledged (or raise ``Timeout``)."""
+        for target in list(self._targets.values()):
+            while target.out.unacked:
+                self._await_progress(target, deadline)
+
+    def unacknowledged(self) -> int:
+        return sum(len(t.out) for t in self._targets.values())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pid != os.getpid():
+            return  # connections belong to the parent process
+        for conn in self._conns.values():
+            try:
+                conn.close()
+            except PosaError:
+                pass
+        self._conns.clear()
+        self._targets.clear()
+
+    # -- reading what comes back --------------------------------------------
+    def _poll(self, target: _Target) -> None:
+        conn = target.conn
+        try:
+            frame = conn.recv_nowait()
+            while frame is not None:
+                self._absorb(frame)
+                if target.conn is not conn:
+                    return
+                frame = conn.recv_nowait()
+        except TransportError:
+            pass  # noticed and handled on the next send
+
+    def _await_progress(self, target: _Target, deadline: float) -> None:
+        """Block until an acknowledgement for ``target`` arrives; resend if overdue."""
+        before = target.out.acked
+        stall_until = time.monotonic() + self.ack_timeout
+        while target.out.acked == before and target.out.unacked:
+            now = time.monotonic()
+            if now >= deadline:
+                raise Timeout(
+                    f"{len(target.out)} message(s) to {target.name!r} at {target.address} "
+                    "were not acknowledged in time; the peer may be overloaded or gone")
+            if now >= stall_until:
+                self._recover(target, deadline, None)
+                stall_until = time.monotonic() + self.ack_timeout
+                continue
+            try:
+                frame = target.conn.recv(min(deadline, stall_until) - now)
+            except Timeout:
+                continue
+            except TransportError as exc:
+                self._recover(target, deadline, exc)
+                continue
+            self._absorb(frame)
+
+    def _absorb(self, frame: bytes) -> None:
+        try:
+            msg = self._codec.decode(frame)
+        except ProtocolError:
+            return  # a corrupt answer is dropped; the stream's resend covers it
+        kind = msg.kind
+        if kind == Kind.ACK:
+            target = self._targets.get(msg.sender)
+            if target is not None and msg.stream == self.stream:
+                target.out.ack(msg.id)
+        elif kind == Kind.REPLY or kind == Kind.ERROR:
+            self._replies[(msg.sender, msg.correlation)] = msg
+            if len(self._replies) > 4096:  # replies nobody waits for any more
+                self._replies.pop(next(iter(self._replies)))
+        elif kind == Kind.MOVED:
+            target = self._targets.get(msg.sender)
+            body = msg.body if isinstance(msg.body, dict) else {}
+            address, epoch = body.get("address"), body.get("epoch")
+            if (target is not None and isinstance(address, str) and isinstance(epoch, int)
+                    and epoch > target.epoch and address != target.address):
+                self._switch(target, address, epoch)
+        elif kind == Kind.NOTIFY and self._on_notify is not None:
+            self._on_notify(msg)
+
+    # -- resolving, connecting, recovering ----------------------------------
+    def _open_target(self, name: str, deadline: float) -> _Target:
+        if self.closed:
+            raise Closed(f"the forwarder of {self.name!r} is closed")
+        if self._pid != os.getpid():
+            raise Closed("this peer was created in the parent process; create peers "
+                         "after fork, in the process that uses them")
+        addresses, epoch = self._resolve(name)
+        address, conn = self._connect_any(name, addresses)
+        target = self._targets[name] = _Target(name, address, epoch, conn, False)
+        return target
+
+    def _connect_any(self, name: str, addresses: tuple[str, ...]) -> tuple[str, Connection]:
+        failures = []
+        for address in addresses:
+            try:
+                return address, self._connect(address)
+            except TransportError as exc:
+                failures.append(str(exc))
+        raise TransportError(f"cannot reach {name!r} at any of its addresses: "
+                             + "; ".join(failures or ["it has none"]))
+
+    def _connect(self, address: str) -> Connection:
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = self._conns[address] = transports.connect(address, self._options)
+        return conn
+
+    def _drop_connection(self, address: str) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            try:
+                conn.close()
+            except PosaError:
+                pass
+
+    def _switch(self, target: _Target, address: str, epoch: int) -> None:
+        """Point ``target`` at a new address and send its backlog there."""
+        target.conn = self._connect(address)
+        target.address = address
+        target.epoch = epoch
+        for frame in target.out.backlog():
+            target.conn.send(frame)
+
+    def _recover(self, target: _Target, deadline: float, cause: BaseException | None) -> None:
+        """Re-resolve ``target`` and resend its backlog, retrying until ``deadline``."""
+        delay = 0.005
+        last: BaseException | None = cause
+        while True:
+            try:
+                if cause is not None or last is not None:
+                    self._drop_connection(target.address)
+                if target.pinned:
+                    addresses, epoch = (target.address,), target.epoch
+                else:
+                    addresses, epoch = self._resolve(target.name)
+                address = target.address if target.address in addresses else addresses[0]
+                if address != target.address or target.conn is not self._conns.get(address):
+                    address, conn = self._connect_any(target.name, (address,) + tuple(
+                        a for a in addresses if a != address))
+                    target.conn, target.address = conn, address
+                target.epoch = max(target.epoch, epoch)
+                for frame in target.out.backlog():
+                    target.conn.send(frame)
+                return
+            except (TransportError, Timeout, NameNotFound) as exc:
+                last = exc
+                cause = exc
+            if time.monotonic() + delay >= deadline:
+                raise Timeout(f"cannot deliver to {target.name!r}: {last}; gave up at the "
+                              "message's deadline") from None
+            time.sleep(delay)  # back off before asking the registry again
+            delay = min(delay * 2, 0.2)
+
+
+def _error_fields(body: Any) -> tuple[int, str, str]:
+    if isinstance(body, list) and len(body) == 3:
+        code, kind, text = body
+        if isinstance(code, int) and isinstance(kind, str) and isinstance(text, str):
+            return code, kind, text
+    return 0, "PosaError", f"malformed error reply: {body!r:.80}"

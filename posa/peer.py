@@ -1,0 +1,434 @@
+"""Forwarder-Receiver: a named peer that sends to names and receives by name.
+
+A ``Peer`` registers its name with a registry, listens on one address (any
+transport), receives through the process's reactor, and sends through one
+``Forwarder`` per sending thread.  It can move to another address or transport
+while others keep sending to its name (``migrate``): nothing is lost, nothing
+is delivered twice, every sender's order is kept.
+
+Receiving side, on the reactor thread, per drained batch of frames:
+decode -> validate -> ``Inbound.accept`` (order, duplicates) -> the handler, or
+the inbox that ``receive()`` reads -> one cumulative ACK per stream.
+If the inbox is full the peer stops reading its listener: senders' windows fill
+and they wait (flow control instead of unbounded memory).
+
+Migration (see docs/migration.md):
+1. bind the new address and start receiving there;
+2. register the name again with epoch + 1 (only the owner's credential may);
+3. the old endpoint keeps delivering what reaches it and answers every sender
+   it has seen with MOVED(address, epoch); forwarders switch and resend their
+   unacknowledged tail to the new address, where duplicates are dropped;
+4. after ``grace`` seconds the old endpoint closes; a sender that still finds
+   it gone re-resolves the name and resends.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+import transports
+from posa import reactor as reactor_module
+from posa.errors import Closed, InvalidName, PosaError, ProtocolError, Timeout, code_of
+from posa.forwarder import Forwarder
+from posa.gatekeeper import Gatekeeper, Rejection
+from posa.leases import keeper
+from posa.message import Codec, Kind, Limits, Message
+from posa.names import is_pattern, validate_name
+from posa.reactor import Reactor
+from posa.registry import LocalRegistry, Registry
+from posa.streams import Inbound
+from transports.base import Listener, Options
+
+__all__ = ["Peer", "DEFERRED", "embedded_registry"]
+
+log = logging.getLogger("posa.peer")
+
+DEFERRED = object()
+"""Return this from a handler to reply later with ``Peer.reply``."""
+
+BATCH = 4096            # frames drained from one listener before others get a turn
+_CLOSED = object()      # wakes receive() on close
+
+_embedded: LocalRegistry | None = None
+_embedded_lock = threading.Lock()
+
+
+def embedded_registry() -> LocalRegistry:
+    """The process's embedded registry: the default for peers given none."""
+    global _embedded
+    with _embedded_lock:
+        if _embedded is None:
+            _embedded = LocalRegistry()
+        return _embedded
+
+
+class _Endpoint:
+    """One listener of a peer, with what it must tell senders after a move."""
+
+    __slots__ = ("listener", "address", "moved_to", "told", "routes")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.address = listener.address
+        self.moved_to: tuple[str, int] | None = None
+        self.told: set[Any] = set()
+        self.routes: dict[Any, None] = {}   # recent senders' routes, bounded
+
+
+class Peer:
+    """A named endpoint that both forwards and receives (Forwarder-Receiver)."""
+
+    def __init__(self, name: str, *, registry: Registry | None = None,
+                 listen: str | None = None, credential: str | None = None,
+                 handler: Callable[[Message], Any] | None = None,
+                 lease: float = 10.0, limits: Limits | None = None,
+                 options: Options | None = None, inbox_size: int = 10000,
+                 window: int = 1024, reactor: Reactor | None = None,
+                 linger: float = 5.0, gatekeeper: Gatekeeper | None = None) -> None:
+        self.name = validate_name(name)
+        self.registry: Registry = registry if registry is not None else embedded_registry()
+        self.codec = Codec(limits)
+        self.gatekeeper = gatekeeper or Gatekeeper(self.codec)
+        self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
+        self.reactor = reactor or reactor_module.default()
+        self.credential = credential or secrets.token_hex(16)
+        self.lease = lease
+        self.window = window
+        self.linger = linger
+        self._handler = handler
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox_size = inbox_size
+        self._paused: list[_Endpoint] = []
+        self._inbound = Inbound()
+        self._replies: dict[tuple[str, int, int], bytes] = {}
+        self._local = threading.local()
+        self._forwarders: list[Forwarder] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.stats = {"received": 0}
+        if listen is None:
+            listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
+                      else "zmq+tcp://127.0.0.1:0")
+        self._endpoint = self._open_endpoint(listen)
+        try:
+            registration = self.registry.register(
+                self.name, [self._endpoint.address], credential=self.credential, lease=lease)
+        except BaseException:
+            self._close_endpoint(self._endpoint)
+            raise
+        self.epoch = registration.epoch
+        self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
+
+    # -- identity ------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """Where this peer receives now."""
+        return self._endpoint.address
+
+    def __repr__(self) -> str:
+        return f"Peer({self.name!r} at {self.address}, epoch {self.epoch})"
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- forwarding ------------------------------------------------------------
+    def _forwarder(self) -> Forwarder:
+        fwd = getattr(self._local, "fwd", None)
+        if fwd is None:
+            if self._closed:
+                raise Closed(f"peer {self.name!r} is closed")
+            fwd = self._local.fwd = Forwarder(
+                self.name, resolve=self._resolve, codec=self.codec, options=self.options,
+                window=self.window)
+            with self._lock:
+                self._forwarders.append(fwd)
+        return fwd
+
+    def _resolve(self, name: str) -> tuple[tuple[str, ...], int]:
+        registration = self.registry.lookup(name)
+        return registration.addresses, registration.epoch
+
+    def send(self, name: str, body: Any = None, *, headers: dict[str, Any] | None = None,
+             timeout: float = 5.0) -> int:
+        """Send ``body`` to ``name`` (or to every peer matching a group pattern).
+
+        Returns the number of recipients. Raises ``NameNotFound`` for an unknown
+        name, ``Timeout`` if delivery could not be made within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        fwd = self._forwarder()
+        if is_pattern(name):
+            recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
+            for recipient in recipients:
+                fwd.send(recipient, body, headers=headers, deadline=deadline)
+            return len(recipients)
+        fwd.send(name, body, headers=headers, deadline=deadline)
+        return 1
+
+    def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
+                headers: dict[str, Any] | None = None) -> Any:
+        """Send a request to ``name`` and return the body of its reply.
+
+        Raises ``Timeout``, ``NameNotFound``, or the error the handler raised
+        (``RemoteError`` for exceptions that are not posa's)."""
+        if is_pattern(name):
+            raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
+                              "use send() for groups")
+        return self._forwarder().request(name, body, timeout=timeout, headers=headers).body
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything this thread sent is acknowledged by its recipients."""
+        self._forwarder().flush(time.monotonic() + timeout)
+
+    # -- receiving -------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> Message:
+        """The next message for this peer; blocks up to ``timeout`` (None: forever,
+        0: don't block). Raises ``Timeout`` if none came, ``Closed`` after close."""
+        try:
+            if timeout is not None and timeout <= 0:
+                msg = self._inbox.get_nowait()
+            else:
+                msg = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout(f"no message for {self.name!r} within {timeout} s") from None
+        if msg is _CLOSED:
+            self._inbox.put(_CLOSED)
+            raise Closed(f"peer {self.name!r} is closed")
+        if self._paused and self._inbox.qsize() < self._inbox_size // 2:
+            self.reactor.call_soon(self._resume)
+        return msg  # type: ignore[no-any-return]
+
+    def serve(self, handler: Callable[[Message], Any]) -> None:
+        """Hand every message to ``handler`` on the reactor thread from now on.
+
+        For a REQUEST, the handler's return value is the reply, an exception it
+        raises becomes an ERROR reply, and ``DEFERRED`` means it will call
+        ``reply`` itself later."""
+        self._handler = handler
+        self.reactor.call(self._drain_inbox_to_handler)
+
+    def reply(self, msg: Message, body: Any = None) -> None:
+        """Answer the request ``msg``."""
+        self._answer(msg, Kind.REPLY, body)
+
+    def reply_error(self, msg: Message, exc: BaseException) -> None:
+        """Answer the request ``msg`` with an error that the requester raises."""
+        self._answer(msg, Kind.ERROR, [code_of(exc), type(exc).__name__, str(exc)])
+
+    def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
+        if msg.kind != Kind.REQUEST:
+            raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
+        frame = self.codec.pack(kind, 0, 0, self.name, msg.sender, msg.id, {}, body)
+        if msg.stream:
+            replies = self._replies
+            replies[(msg.sender, msg.stream, msg.id)] = frame
+            if len(replies) > 1024:
+                del replies[next(iter(replies))]
+        endpoint, route = msg.route
+        if self.reactor.in_reactor_thread():
+            self._send_back(endpoint, route, frame)
+        else:
+            self.reactor.call_soon(self._send_back, endpoint, route, frame)
+
+    def _send_back(self, endpoint: _Endpoint, route: Any, frame: bytes) -> None:
+        try:
+            endpoint.listener.send(route, frame)
+        except PosaError as exc:
+            log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
+
+    # -- the reactor side ------------------------------------------------------
+    def _open_endpoint(self, address: str) -> _Endpoint:
+        endpoint = _Endpoint(transports.listen(address, self.options))
+        self.reactor.add_source(endpoint.listener, lambda: self._drain(endpoint))
+        return endpoint
+
+    def _close_endpoint(self, endpoint: _Endpoint) -> None:
+        try:
+            self.reactor.remove_source(endpoint.listener)
+        except PosaError:
+            pass
+        if endpoint in self._paused:
+            self._paused.remove(endpoint)
+        endpoint.listener.close()
+
+    def _drain(self, endpoint: _Endpoint) -> None:
+        listener = endpoint.listener
+        admit = self.gatekeeper.admit
+        accept = self._inbound.accept
+        deliver = self._deliver
+        inbox = self._inbox
+        limit = self._inbox_size
+        touched: dict[tuple[str, int], Any] = {}
+        for _ in range(BATCH):
+            if self._handler is None and inbox.qsize() >= limit:
+                self._pause(endpoint)
+                break
+            try:
+                item = listener.recv_nowait()
+            except PosaError:
+                return  # closed under us during a migration
+            if item is None:
+                break
+            route, frame = item
+            try:
+                msg = admit(frame, route)
+            except Rejection as rejection:
+                if rejection.answerable:
+                    assert rejection.msg is not None
+                    rejection.msg.route = (endpoint, route)
+                    self.reply_error(rejection.msg, rejection.error)
+                continue
+            msg.route = (endpoint, route)
+            kind = msg.kind
+            if kind == Kind.SEND or kind == Kind.REQUEST:
+                if msg.stream:
+                    touched[(msg.sender, msg.stream)] = route
+                    ready = accept(msg)
+                    if not ready and kind == Kind.REQUEST:
+                        self._answer_duplicate(endpoint, route, msg)
+                    for m in ready:
+                        deliver(m)
+                else:
+                    deliver(msg)
+        if touched:
+            self._acknowledge(endpoint, touched)
+
+    def _acknowledge(self, endpoint: _Endpoint, touched: dict[tuple[str, int], Any]) -> None:
+        pack, acked, send = self.codec.pack, self._inbound.acked, endpoint.listener.send
+        routes = endpoint.routes
+        for (sender, stream), route in touched.items():
+            try:
+                send(route, pack(Kind.ACK, stream, acked(sender, stream), self.name,
+                                 sender, 0, {}, None))
+                if endpoint.moved_to is not None and route not in endpoint.told:
+                    self._tell_moved(endpoint, route, sender)
+            except PosaError:
+                continue  # that connection is gone; its sender resends
+            if route not in routes:
+                routes[route] = None
+                if len(routes) > 4096:
+                    del routes[next(iter(routes))]
+
+    def _tell_moved(self, endpoint: _Endpoint, route: Any, recipient: str) -> None:
+        assert endpoint.moved_to is not None
+        address, epoch = endpoint.moved_to
+        endpoint.told.add(route)
+        endpoint.listener.send(route, self.codec.pack(
+            Kind.MOVED, 0, 0, self.name, recipient, 0, {},
+            {"address": address, "epoch": epoch}))
+
+    def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
+        frame = self._replies.get((msg.sender, msg.stream, msg.id))
+        if frame is not None:
+            self._send_back(endpoint, route, frame)
+
+    def _deliver(self, msg: Message) -> None:
+        self.stats["received"] += 1
+        handler = self._handler
+        if handler is None:
+            self._inbox.put(msg)
+            return
+        try:
+            result = handler(msg)
+        except Exception as exc:
+            if msg.kind == Kind.REQUEST:
+                self.reply_error(msg, exc)
+            else:
+                log.exception("peer %s: handler raised on %r", self.name, msg)
+            return
+        if msg.kind == Kind.REQUEST and result is not DEFERRED:
+            self.reply(msg, result)
+
+    def _drain_inbox_to_handler(self) -> None:
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if msg is _CLOSED:
+                self._inbox.put(_CLOSED)
+                return
+            self._deliver(msg)
+
+    def _pause(self, endpoint: _Endpoint) -> None:
+        if endpoint not in self._paused:
+            self._paused.append(endpoint)
+            self.reactor.remove_source(endpoint.listener)
+
+    def _resume(self) -> None:
+        paused, self._paused = self._paused, []
+        for endpoint in paused:
+            if not self._closed:
+                self.reactor.add_source(endpoint.listener, lambda e=endpoint: self._drain(e))
+
+    # -- migration -------------------------------------------------------------
+    def migrate(self, listen: str, *, grace: float = 2.0) -> str:
+        """Move this peer to ``listen`` (any transport) while it keeps its name.
+
+        Returns the new address. Senders are redirected; nothing is lost."""
+        if self._closed:
+            raise Closed(f"peer {self.name!r} is closed")
+        new = self._open_endpoint(listen)
+        try:
+            registration = self.registry.register(
+                self.name, [new.address], credential=self.credential,
+                epoch=self.epoch + 1, lease=self.lease)
+        except BaseException:
+            self._close_endpoint(new)
+            raise
+        old, self._endpoint = self._endpoint, new
+        self.epoch = registration.epoch
+        self.reactor.call(self._announce_move, old, (new.address, registration.epoch))
+        self.reactor.call_later(grace, lambda: self._close_endpoint(old))
+        return new.address
+
+    def _announce_move(self, old: _Endpoint, moved_to: tuple[str, int]) -> None:
+        old.moved_to = moved_to
+        for route in list(old.routes):
+            try:
+                self._tell_moved(old, route, "")
+            except PosaError:
+                pass
+
+    # -- liveness and shutdown ---------------------------------------------------
+    def _renew(self) -> None:
+        self.registry.renew(self.name, credential=self.credential)
+
+    def _restore(self) -> None:
+        registration = self.registry.register(
+            self.name, [self._endpoint.address], credential=self.credential,
+            epoch=self.epoch, lease=self.lease)
+        self.epoch = registration.epoch
+
+    def close(self) -> None:
+        """Unregister the name, deliver what is unacknowledged (up to ``linger``
+        seconds), close every endpoint. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_renewing()
+        try:
+            self.registry.unregister(self.name, credential=self.credential)
+        except PosaError:
+            pass
+        deadline = time.monotonic() + self.linger
+        with self._lock:
+            forwarders = list(self._forwarders)
+        mine = getattr(self._local, "fwd", None)
+        for fwd in forwarders:
+            if fwd is mine:
+                try:
+                    fwd.flush(deadline)
+                except PosaError as exc:
+                    log.warning("peer %s: closing with undelivered messages: %s",
+                                self.name, exc)
+        self._close_endpoint(self._endpoint)
+        for fwd in forwarders:
+            fwd.close()
+        self._inbox.put(_CLOSED)
