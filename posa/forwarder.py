@@ -20,8 +20,10 @@ Strategy:
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
+import threading
 import time
 from typing import Any, Callable
 
@@ -32,7 +34,9 @@ from posa.message import Codec, Kind, Message
 from posa.streams import Outbound
 from transports.base import Connection, Options
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "Sender"]
+
+log = logging.getLogger("posa.forwarder")
 
 ACK_EVERY = 64          # look for acknowledgements every this many sends per target
 _ids = itertools.count(1)
@@ -305,3 +309,74 @@ def _error_fields(body: Any) -> tuple[int, str, str]:
         if isinstance(code, int) and isinstance(kind, str) and isinstance(text, str):
             return code, kind, text
     return 0, "PosaError", f"malformed error reply: {body!r:.80}"
+
+
+class Sender:
+    """Sends to names on behalf of ``name``, from any number of threads.
+
+    Each thread gets a ``Forwarder`` of its own (its own stream, connections and
+    order), so sends never contend for a lock. ``Peer`` sends through one; a
+    publisher or client that receives nothing uses one directly (``name`` may be
+    empty for an anonymous sender)."""
+
+    def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
+                 codec: Codec | None = None, options: Options | None = None,
+                 window: int = 1024, ack_timeout: float = 1.0,
+                 on_notify: Callable[[Message], None] | None = None) -> None:
+        self.name = name
+        self.codec = codec or Codec()
+        self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
+        self._make = lambda: Forwarder(name, resolve=resolve, codec=self.codec,
+                                       options=self.options, window=window,
+                                       ack_timeout=ack_timeout, on_notify=on_notify)
+        self._local = threading.local()
+        self._all: list[Forwarder] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def forwarder(self) -> Forwarder:
+        """This thread's forwarder."""
+        fwd = getattr(self._local, "fwd", None)
+        if fwd is None or fwd.closed:
+            if self.closed:
+                raise Closed(f"the sender {self.name!r} is closed")
+            fwd = self._local.fwd = self._make()
+            with self._lock:
+                self._all.append(fwd)
+        return fwd  # type: ignore[no-any-return]
+
+    def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
+             timeout: float = 5.0, kind: int = Kind.SEND) -> int:
+        """Send reliably to one name; returns the message's sequence number."""
+        return self.forwarder().send(name, body, kind=kind, headers=headers,
+                                     deadline=time.monotonic() + timeout)
+
+    def request(self, name: str, body: Any, *, timeout: float = 5.0,
+                headers: dict[str, Any] | None = None) -> Message:
+        """Send a request to one name and return the reply message."""
+        return self.forwarder().request(name, body, timeout=timeout, headers=headers)
+
+    def pin(self, name: str, address: str) -> None:
+        """For this thread: reach ``name`` at ``address`` without the registry."""
+        self.forwarder().pin(name, address)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything this thread sent is acknowledged."""
+        self.forwarder().flush(time.monotonic() + timeout)
+
+    def close(self, linger: float = 0.0) -> None:
+        """Flush this thread's messages for up to ``linger`` s, then close every
+        forwarder. Call it when the other sending threads are done."""
+        if self.closed:
+            return
+        mine = getattr(self._local, "fwd", None)
+        if mine is not None and linger > 0:
+            try:
+                mine.flush(time.monotonic() + linger)
+            except PosaError as exc:
+                log.warning("%s: closing with undelivered messages: %s", self.name, exc)
+        self.closed = True
+        with self._lock:
+            forwarders, self._all = self._all, []
+        for fwd in forwarders:
+            fwd.close()

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import transports
 from posa import reactor as reactor_module
 from posa.errors import Closed, InvalidName, PosaError, ProtocolError, Timeout, code_of
-from posa.forwarder import Forwarder
+from posa.forwarder import Sender
 from posa.gatekeeper import Gatekeeper, Rejection
 from posa.leases import keeper
 from posa.message import Codec, Kind, Limits, Message
@@ -105,9 +105,8 @@ class Peer:
         self._paused: list[_Endpoint] = []
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
-        self._local = threading.local()
-        self._forwarders: list[Forwarder] = []
-        self._lock = threading.Lock()
+        self.sender = Sender(self.name, resolve=self._resolve, codec=self.codec,
+                             options=self.options, window=window)
         self._closed = False
         self.stats = {"received": 0}
         if listen is None:
@@ -139,18 +138,6 @@ class Peer:
         self.close()
 
     # -- forwarding ------------------------------------------------------------
-    def _forwarder(self) -> Forwarder:
-        fwd = getattr(self._local, "fwd", None)
-        if fwd is None:
-            if self._closed:
-                raise Closed(f"peer {self.name!r} is closed")
-            fwd = self._local.fwd = Forwarder(
-                self.name, resolve=self._resolve, codec=self.codec, options=self.options,
-                window=self.window)
-            with self._lock:
-                self._forwarders.append(fwd)
-        return fwd
-
     def _resolve(self, name: str) -> tuple[tuple[str, ...], int]:
         registration = self.registry.lookup(name)
         return registration.addresses, registration.epoch
@@ -162,7 +149,7 @@ class Peer:
         Returns the number of recipients. Raises ``NameNotFound`` for an unknown
         name, ``Timeout`` if delivery could not be made within ``timeout``."""
         deadline = time.monotonic() + timeout
-        fwd = self._forwarder()
+        fwd = self.sender.forwarder()
         if is_pattern(name):
             recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
             for recipient in recipients:
@@ -180,11 +167,11 @@ class Peer:
         if is_pattern(name):
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")
-        return self._forwarder().request(name, body, timeout=timeout, headers=headers).body
+        return self.sender.request(name, body, timeout=timeout, headers=headers).body
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""
-        self._forwarder().flush(time.monotonic() + timeout)
+        self.sender.flush(timeout)
 
     # -- receiving -------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Message:
@@ -417,18 +404,6 @@ class Peer:
             self.registry.unregister(self.name, credential=self.credential)
         except PosaError:
             pass
-        deadline = time.monotonic() + self.linger
-        with self._lock:
-            forwarders = list(self._forwarders)
-        mine = getattr(self._local, "fwd", None)
-        for fwd in forwarders:
-            if fwd is mine:
-                try:
-                    fwd.flush(deadline)
-                except PosaError as exc:
-                    log.warning("peer %s: closing with undelivered messages: %s",
-                                self.name, exc)
+        self.sender.close(linger=self.linger)
         self._close_endpoint(self._endpoint)
-        for fwd in forwarders:
-            fwd.close()
         self._inbox.put(_CLOSED)
