@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import transports
 from posa.errors import (Closed, NameNotFound, PosaError, ProtocolError, Timeout,
-                         TransportError, from_wire)
+                         TransportError, Unauthorized, from_wire)
+from posa.gatekeeper import Authenticator
 from posa.message import Codec, Kind, Message
 from posa.streams import Outbound
 from transports.base import Connection, Options
@@ -67,9 +68,11 @@ class Forwarder:
     def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
                  codec: Codec, options: Options, window: int = 1024,
                  ack_timeout: float = 1.0,
-                 on_notify: Callable[[Message], None] | None = None) -> None:
+                 on_notify: Callable[[Message], None] | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.name = name
         self.stream = new_stream_id()
+        self._auth = authenticator
         self._resolve = resolve
         self._codec = codec
         self._pack = codec.pack
@@ -94,6 +97,8 @@ class Forwarder:
         seq = out.take_seq()
         frame = self._pack(kind, self.stream, seq, self.name, name, 0,
                            headers if headers is not None else {}, body)
+        if self._auth is not None:
+            frame = self._auth.seal(frame)
         out.unacked.append((seq, frame))
         try:
             target.conn.send(frame)
@@ -206,9 +211,14 @@ class Forwarder:
 
     def _absorb(self, frame: bytes) -> None:
         try:
-            msg = self._codec.decode(frame)
-        except ProtocolError:
-            return  # a corrupt answer is dropped; the stream's resend covers it
+            if self._auth is None:
+                msg = self._codec.decode(frame)
+            else:
+                envelope, key_id = self._auth.open(frame)
+                msg = self._codec.decode(envelope)
+                self._auth.check(msg, key_id)
+        except (ProtocolError, Unauthorized):
+            return  # a corrupt or forged answer is dropped; the stream's resend covers it
         kind = msg.kind
         if kind == Kind.ACK:
             target = self._targets.get(msg.sender)
@@ -322,13 +332,15 @@ class Sender:
     def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
                  codec: Codec | None = None, options: Options | None = None,
                  window: int = 1024, ack_timeout: float = 1.0,
-                 on_notify: Callable[[Message], None] | None = None) -> None:
+                 on_notify: Callable[[Message], None] | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.name = name
         self.codec = codec or Codec()
         self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
         self._make = lambda: Forwarder(name, resolve=resolve, codec=self.codec,
                                        options=self.options, window=window,
-                                       ack_timeout=ack_timeout, on_notify=on_notify)
+                                       ack_timeout=ack_timeout, on_notify=on_notify,
+                                       authenticator=authenticator)
         self._local = threading.local()
         self._all: list[Forwarder] = []
         self._lock = threading.Lock()

@@ -25,8 +25,18 @@ log = logging.getLogger("posa.gatekeeper")
 
 
 class Authenticator(Protocol):
-    def verify(self, frame: bytes, msg: Message) -> None:
-        """Raise ``Unauthorized`` unless ``frame`` proves it comes from ``msg.sender``."""
+    """Proves who sent a frame. Senders ``seal`` every frame; receivers ``open`` it
+    (before decoding) and ``check`` the decoded message against the key that opened it."""
+
+    def seal(self, envelope: bytes) -> bytes:
+        """``envelope`` with the proof appended (the frame that goes on the wire)."""
+
+    def open(self, frame: bytes) -> tuple[bytes, str]:
+        """``(envelope, key_id)``; raises ``Unauthorized`` (unknown key, bad proof, stale)."""
+
+    def check(self, msg: Message, key_id: str) -> None:
+        """Raise ``Unauthorized`` unless ``key_id`` may speak for ``msg.sender``, or the
+        message is a replay."""
 
 
 class Authorizer(Protocol):
@@ -74,17 +84,19 @@ class Gatekeeper:
                 return self.codec.decode(frame)
             except ProtocolError as exc:
                 raise self._reject("malformed", exc, None) from None
+        key_id = ""
         if self.authenticator is not None:
-            frame, tail = frame[:-32], frame[-32:]
-        else:
-            tail = b""
+            try:
+                frame, key_id = self.authenticator.open(frame)
+            except Unauthorized as exc:
+                raise self._reject("unauthenticated", exc, None) from None
         try:
             msg = self.codec.decode(frame)
         except ProtocolError as exc:
             raise self._reject("malformed", exc, None) from None
         if self.authenticator is not None:
             try:
-                self.authenticator.verify(frame + tail, msg)
+                self.authenticator.check(msg, key_id)
             except Unauthorized as exc:
                 raise self._reject("unauthenticated", exc, msg) from None
         if self.authorizer is not None:

@@ -34,7 +34,7 @@ import transports
 from posa import reactor as reactor_module
 from posa.errors import Closed, InvalidName, PosaError, ProtocolError, Timeout, code_of
 from posa.forwarder import Sender
-from posa.gatekeeper import Gatekeeper, Rejection
+from posa.gatekeeper import Authenticator, Gatekeeper, Rejection
 from posa.leases import keeper
 from posa.message import Codec, Kind, Limits, Message
 from posa.names import is_pattern, validate_name
@@ -52,6 +52,12 @@ DEFERRED = object()
 
 BATCH = 4096            # frames drained from one listener before others get a turn
 _CLOSED = object()      # wakes receive() on close
+
+
+
+def _unsealed(frame: bytes) -> bytes:
+    return frame
+
 
 _embedded: LocalRegistry | None = None
 _embedded_lock = threading.Lock()
@@ -88,11 +94,14 @@ class Peer:
                  lease: float = 10.0, limits: Limits | None = None,
                  options: Options | None = None, inbox_size: int = 10000,
                  window: int = 1024, reactor: Reactor | None = None,
-                 linger: float = 5.0, gatekeeper: Gatekeeper | None = None) -> None:
+                 linger: float = 5.0, gatekeeper: Gatekeeper | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.name = validate_name(name)
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)
-        self.gatekeeper = gatekeeper or Gatekeeper(self.codec)
+        self.authenticator = authenticator
+        self.gatekeeper = gatekeeper or Gatekeeper(self.codec, authenticator=authenticator)
+        self._seal = authenticator.seal if authenticator is not None else _unsealed
         self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
@@ -106,7 +115,8 @@ class Peer:
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
         self.sender = Sender(self.name, resolve=self._resolve, codec=self.codec,
-                             options=self.options, window=window)
+                             options=self.options, window=window,
+                             authenticator=authenticator)
         self._closed = False
         self.stats = {"received": 0}
         if listen is None:
@@ -211,7 +221,7 @@ class Peer:
     def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
         if msg.kind != Kind.REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
-        frame = self.codec.pack(kind, 0, 0, self.name, msg.sender, msg.id, {}, body)
+        frame = self._seal(self.codec.pack(kind, 0, 0, self.name, msg.sender, msg.id, {}, body))
         if msg.stream:
             replies = self._replies
             replies[(msg.sender, msg.stream, msg.id)] = frame
@@ -288,11 +298,12 @@ class Peer:
 
     def _acknowledge(self, endpoint: _Endpoint, touched: dict[tuple[str, int], Any]) -> None:
         pack, acked, send = self.codec.pack, self._inbound.acked, endpoint.listener.send
+        seal = self._seal
         routes = endpoint.routes
         for (sender, stream), route in touched.items():
             try:
-                send(route, pack(Kind.ACK, stream, acked(sender, stream), self.name,
-                                 sender, 0, {}, None))
+                send(route, seal(pack(Kind.ACK, stream, acked(sender, stream), self.name,
+                                      sender, 0, {}, None)))
                 if endpoint.moved_to is not None and route not in endpoint.told:
                     self._tell_moved(endpoint, route, sender)
             except PosaError:
@@ -306,9 +317,9 @@ class Peer:
         assert endpoint.moved_to is not None
         address, epoch = endpoint.moved_to
         endpoint.told.add(route)
-        endpoint.listener.send(route, self.codec.pack(
+        endpoint.listener.send(route, self._seal(self.codec.pack(
             Kind.MOVED, 0, 0, self.name, recipient, 0, {},
-            {"address": address, "epoch": epoch}))
+            {"address": address, "epoch": epoch})))
 
     def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
         frame = self._replies.get((msg.sender, msg.stream, msg.id))
