@@ -40,7 +40,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import (Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence,
+from typing import (Any, Callable, Mapping, NamedTuple, Protocol, Sequence, TypeVar,
                     runtime_checkable)
 
 import msgpack
@@ -59,6 +59,7 @@ MAX_META_BYTES = 64 * 1024
 STATE_VERSION = 1
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -176,7 +177,7 @@ class RegistryTable:
 
     def __init__(self, *, now: Callable[[], float] = time.monotonic,
                  max_tombstones: int = 100_000) -> None:
-        self._now = now
+        self.now = now                          # the clock every lease is measured on
         self._max_tombstones = max_tombstones
         self._entries: dict[str, _Entry] = {}
         self._children: dict[str, set[str]] = {}
@@ -194,7 +195,7 @@ class RegistryTable:
     def lookup(self, name: str) -> Registration:
         """The live registration of ``name``; ``NameNotFound`` if there is none."""
         entry = self._entries.get(name) if isinstance(name, str) else None
-        now = self._now()
+        now = self.now()
         if entry is None or entry.expires_at <= now:
             validate_name(name)
             raise _not_found(name)
@@ -203,15 +204,11 @@ class RegistryTable:
     def names(self, pattern: str = "**") -> list[Registration]:
         """Live registrations matching ``pattern``, sorted by name (``InvalidName``
         for a malformed pattern). Visits only the subtree below its literal prefix."""
-        compiled = Pattern(pattern)
-        now = self._now()
-        found = []
-        for name in self._walk(compiled):
-            entry = self._entries[name]
-            if entry.expires_at > now:
-                found.append(self._snapshot(name, entry, now))
-        found.sort(key=lambda registration: registration.name)
-        return found
+        names = self._walk(Pattern(pattern))
+        names.sort()
+        now, entries, snapshot = self.now(), self._entries, self._snapshot
+        return [snapshot(name, entries[name], now) for name in names
+                if entries[name].expires_at > now]
 
     def next_expiry(self) -> float | None:
         """Clock time at which the next registration dies, or None if none is held."""
@@ -239,7 +236,7 @@ class RegistryTable:
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
                                   or epoch < 1):
             raise Rejected(f"epoch for {name!r} must be an int >= 1 or None, got {epoch!r}")
-        now = self._now()
+        now = self.now()
         entry = self._entries.get(name)
         if entry is not None and entry.expires_at > now:
             if not hmac.compare_digest(entry.owner, owner):
@@ -273,7 +270,7 @@ class RegistryTable:
     def renew(self, name: str, *, credential: str) -> Registration:
         """Restart the lease of ``name``'s live registration with its own length."""
         owner = _digest(credential)
-        now = self._now()
+        now = self.now()
         entry = self._entries.get(name) if isinstance(name, str) else None
         if entry is None or entry.expires_at <= now:
             validate_name(name)
@@ -291,7 +288,7 @@ class RegistryTable:
         """Remove ``name``'s live registration; without one, do nothing."""
         owner = _digest(credential)
         entry = self._entries.get(name) if isinstance(name, str) else None
-        if entry is None or entry.expires_at <= self._now():
+        if entry is None or entry.expires_at <= self.now():
             validate_name(name)
             return []
         if not hmac.compare_digest(entry.owner, owner):
@@ -302,7 +299,7 @@ class RegistryTable:
 
     def expire(self) -> list[Change]:
         """Reap every dead registration; one ``Change(name, None)`` for each."""
-        now = self._now()
+        now = self.now()
         heap = self._heap
         changes = []
         while heap and heap[0][0] <= now:
@@ -317,7 +314,7 @@ class RegistryTable:
 
     def export_state(self) -> dict[str, Any]:
         """The live state as msgpack-able data (lease time left, not clock times)."""
-        now = self._now()
+        now = self.now()
         entries = [
             {"name": name, "addresses": list(entry.addresses), "epoch": entry.epoch,
              "lease": entry.lease, "expires_in": entry.expires_at - now,
@@ -438,16 +435,17 @@ class RegistryTable:
             del self._children[parent]
             node = parent
 
-    def _walk(self, pattern: Pattern) -> Iterator[str]:
-        """Registered names (live or dead) that match ``pattern``."""
+    def _walk(self, pattern: Pattern) -> list[str]:
+        """Registered names (live or dead) that match ``pattern``, in no order."""
         segments, entries, children = pattern.segments, self._entries, self._children
         start = pattern.literal_prefix
+        found: list[str] = []
         stack = [(start, start.count("/") + 1 if start else 0)]
         while stack:
             node, i = stack.pop()
             if i == len(segments):
                 if node in entries:
-                    yield node
+                    found.append(node)
                 continue
             kids = children.get(node)
             if not kids:
@@ -459,12 +457,16 @@ class RegistryTable:
                 while below:
                     path = below.pop()
                     if path in entries:
-                        yield path
-                    below.extend(path + "/" + kid for kid in children.get(path, ()))
+                        found.append(path)
+                    grandkids = children.get(path)
+                    if grandkids:
+                        path += "/"
+                        below.extend([path + kid for kid in grandkids])
             elif segment == ANY_ONE:
-                stack.extend((prefix + kid, i + 1) for kid in kids)
+                stack.extend([(prefix + kid, i + 1) for kid in kids])
             elif segment in kids:
                 stack.append((prefix + segment, i + 1))
+        return found
 
 
 class LocalRegistry:
@@ -478,7 +480,6 @@ class LocalRegistry:
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
         self._table = RegistryTable(now=clock)
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -523,8 +524,26 @@ class LocalRegistry:
         (None if no registration is held)."""
         def op() -> tuple[float | None, list[Change]]:
             deadline = self._table.next_expiry()
-            return (None if deadline is None else max(0.0, deadline - self._clock())), []
+            return (None if deadline is None
+                    else max(0.0, deadline - self._table.now())), []
         return self._apply(op)
+
+    def export_state(self) -> dict[str, Any]:
+        """``RegistryTable.export_state()`` of the live state, for a state file."""
+        return self._apply(lambda: (self._table.export_state(), []))
+
+    def load(self, table: RegistryTable) -> None:
+        """Replace the whole state by ``table`` (e.g. from ``import_state``), whose
+        clock the registry adopts. Watchers hear of every name that went away and
+        of every live name in ``table``."""
+        def op() -> tuple[None, list[Change]]:
+            old = {r.name for r in self._table.names()}
+            self._table = table
+            fresh = table.names()
+            gone = old.difference(r.name for r in fresh)
+            return None, ([Change(name, None) for name in sorted(gone)]
+                          + [Change(r.name, r) for r in fresh])
+        self._apply(op)
 
     def watch(self, callback: Callable[[str, Registration | None], None]
               ) -> Callable[[], None]:
@@ -550,7 +569,7 @@ class LocalRegistry:
         if self._closed:
             raise Closed("this LocalRegistry is closed; create a new one")
 
-    def _apply(self, op: Callable[[], tuple[Any, list[Change]]]) -> Any:
+    def _apply(self, op: Callable[[], tuple[_T, list[Change]]]) -> _T:
         try:
             with self._lock:
                 self._check_open()
