@@ -65,7 +65,7 @@ class _Target:
 class Forwarder:
     """Sends to names for one thread. Not thread-safe by design."""
 
-    def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
+    def __init__(self, name: str, *, resolve: Callable[[str, bool], tuple[tuple[str, ...], int]],
                  codec: Codec, options: Options, window: int = 1024,
                  ack_timeout: float = 1.0,
                  on_notify: Callable[[Message], None] | None = None,
@@ -156,6 +156,31 @@ class Forwarder:
             while target.out.unacked:
                 self._await_progress(target, deadline)
 
+    def connection(self, name: str) -> Connection:
+        """The connection that reaches ``name`` (a pollable reactor source)."""
+        return self._targets[name].conn
+
+    def poll(self, name: str) -> None:
+        """Read what came back from ``name`` without blocking (acks, replies, notices).
+
+        Raises ``TransportError`` if the connection failed."""
+        target = self._targets[name]
+        conn = target.conn
+        frame = conn.recv_nowait()
+        while frame is not None:
+            self._absorb(frame)
+            if target.conn is not conn:
+                return
+            frame = conn.recv_nowait()
+
+    def take_reply(self, name: str, seq: int) -> Message | None:
+        """The reply ``name`` sent to request ``seq``, if it came (removed)."""
+        return self._replies.pop((name, seq), None)
+
+    def peek_reply(self, name: str, seq: int) -> Message | None:
+        """The reply ``name`` sent to request ``seq``, if it came (kept)."""
+        return self._replies.get((name, seq))
+
     def unacknowledged(self) -> int:
         return sum(len(t.out) for t in self._targets.values())
 
@@ -175,14 +200,8 @@ class Forwarder:
 
     # -- reading what comes back --------------------------------------------
     def _poll(self, target: _Target) -> None:
-        conn = target.conn
         try:
-            frame = conn.recv_nowait()
-            while frame is not None:
-                self._absorb(frame)
-                if target.conn is not conn:
-                    return
-                frame = conn.recv_nowait()
+            self.poll(target.name)
         except TransportError:
             pass  # noticed and handled on the next send
 
@@ -245,7 +264,7 @@ class Forwarder:
         if self._pid != os.getpid():
             raise Closed("this peer was created in the parent process; create peers "
                          "after fork, in the process that uses them")
-        addresses, epoch = self._resolve(name)
+        addresses, epoch = self._resolve(name, False)
         address, conn = self._connect_any(name, addresses)
         target = self._targets[name] = _Target(name, address, epoch, conn, False)
         return target
@@ -293,7 +312,7 @@ class Forwarder:
                 if target.pinned:
                     addresses, epoch = (target.address,), target.epoch
                 else:
-                    addresses, epoch = self._resolve(target.name)
+                    addresses, epoch = self._resolve(target.name, True)
                 address = target.address if target.address in addresses else addresses[0]
                 if address != target.address or target.conn is not self._conns.get(address):
                     address, conn = self._connect_any(target.name, (address,) + tuple(
@@ -329,12 +348,14 @@ class Sender:
     publisher or client that receives nothing uses one directly (``name`` may be
     empty for an anonymous sender)."""
 
-    def __init__(self, name: str, *, resolve: Callable[[str], tuple[tuple[str, ...], int]],
+    def __init__(self, name: str, *, resolve: Callable[[str, bool], tuple[tuple[str, ...], int]],
                  codec: Codec | None = None, options: Options | None = None,
                  window: int = 1024, ack_timeout: float = 1.0,
                  on_notify: Callable[[Message], None] | None = None,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 pins: dict[str, str] | None = None) -> None:
         self.name = name
+        self.pins = dict(pins or {})
         self.codec = codec or Codec()
         self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
         self._make = lambda: Forwarder(name, resolve=resolve, codec=self.codec,
@@ -353,6 +374,8 @@ class Sender:
             if self.closed:
                 raise Closed(f"the sender {self.name!r} is closed")
             fwd = self._local.fwd = self._make()
+            for pinned, address in self.pins.items():
+                fwd.pin(pinned, address)
             with self._lock:
                 self._all.append(fwd)
         return fwd  # type: ignore[no-any-return]
@@ -367,10 +390,6 @@ class Sender:
                 headers: dict[str, Any] | None = None) -> Message:
         """Send a request to one name and return the reply message."""
         return self.forwarder().request(name, body, timeout=timeout, headers=headers)
-
-    def pin(self, name: str, address: str) -> None:
-        """For this thread: reach ``name`` at ``address`` without the registry."""
-        self.forwarder().pin(name, address)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged."""

@@ -28,11 +28,12 @@ import queue
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import transports
 from posa import reactor as reactor_module
-from posa.errors import Closed, InvalidName, PosaError, ProtocolError, Timeout, code_of
+from posa.errors import (Closed, InvalidName, NameNotFound, PosaError, ProtocolError,
+                         Timeout, code_of)
 from posa.forwarder import Sender
 from posa.gatekeeper import Authenticator, Gatekeeper, Rejection
 from posa.leases import keeper
@@ -89,14 +90,16 @@ class Peer:
     """A named endpoint that both forwards and receives (Forwarder-Receiver)."""
 
     def __init__(self, name: str, *, registry: Registry | None = None,
-                 listen: str | None = None, credential: str | None = None,
+                 listen: str | Sequence[str] | None = None, credential: str | None = None,
                  handler: Callable[[Message], Any] | None = None,
                  lease: float = 10.0, limits: Limits | None = None,
                  options: Options | None = None, inbox_size: int = 10000,
                  window: int = 1024, reactor: Reactor | None = None,
                  linger: float = 5.0, gatekeeper: Gatekeeper | None = None,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 aliases: Sequence[str] = ()) -> None:
         self.name = validate_name(name)
+        self._recipients = frozenset([self.name, *aliases])
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)
         self.authenticator = authenticator
@@ -122,12 +125,13 @@ class Peer:
         if listen is None:
             listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
                       else "zmq+tcp://127.0.0.1:0")
-        self._endpoint = self._open_endpoint(listen)
+        self._endpoints = self._open_endpoints(listen)
         try:
             registration = self.registry.register(
-                self.name, [self._endpoint.address], credential=self.credential, lease=lease)
+                self.name, self.addresses, credential=self.credential, lease=lease)
         except BaseException:
-            self._close_endpoint(self._endpoint)
+            for endpoint in self._endpoints:
+                self._close_endpoint(endpoint)
             raise
         self.epoch = registration.epoch
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
@@ -135,8 +139,13 @@ class Peer:
     # -- identity ------------------------------------------------------------
     @property
     def address(self) -> str:
-        """Where this peer receives now."""
-        return self._endpoint.address
+        """Where this peer receives now (the first of ``addresses``)."""
+        return self._endpoints[0].address
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every address this peer receives at now."""
+        return tuple(endpoint.address for endpoint in self._endpoints)
 
     def __repr__(self) -> str:
         return f"Peer({self.name!r} at {self.address}, epoch {self.epoch})"
@@ -148,7 +157,11 @@ class Peer:
         self.close()
 
     # -- forwarding ------------------------------------------------------------
-    def _resolve(self, name: str) -> tuple[tuple[str, ...], int]:
+    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        if fresh:
+            forget = getattr(self.registry, "forget", None)  # a caching registry
+            if forget is not None:
+                forget(name)
         registration = self.registry.lookup(name)
         return registration.addresses, registration.epoch
 
@@ -221,7 +234,8 @@ class Peer:
     def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
         if msg.kind != Kind.REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
-        frame = self._seal(self.codec.pack(kind, 0, 0, self.name, msg.sender, msg.id, {}, body))
+        me = msg.recipient if msg.recipient in self._recipients else self.name
+        frame = self._seal(self.codec.pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
         if msg.stream:
             replies = self._replies
             replies[(msg.sender, msg.stream, msg.id)] = frame
@@ -240,10 +254,21 @@ class Peer:
             log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
 
     # -- the reactor side ------------------------------------------------------
-    def _open_endpoint(self, address: str) -> _Endpoint:
-        endpoint = _Endpoint(transports.listen(address, self.options))
-        self.reactor.add_source(endpoint.listener, lambda: self._drain(endpoint))
-        return endpoint
+    def _open_endpoints(self, listen: str | Sequence[str]) -> list[_Endpoint]:
+        opened: list[_Endpoint] = []
+        try:
+            for address in [listen] if isinstance(listen, str) else listen:
+                endpoint = _Endpoint(transports.listen(address, self.options))
+                opened.append(endpoint)
+                self.reactor.add_source(endpoint.listener,
+                                        lambda e=endpoint: self._drain(e))  # type: ignore[misc]
+        except BaseException:
+            for endpoint in opened:
+                self._close_endpoint(endpoint)
+            raise
+        if not opened:
+            raise InvalidName(f"peer {self.name!r} needs at least one address to listen on")
+        return opened
 
     def _close_endpoint(self, endpoint: _Endpoint) -> None:
         try:
@@ -283,9 +308,12 @@ class Peer:
                 continue
             msg.route = (endpoint, route)
             kind = msg.kind
+            if msg.recipient not in self._recipients:
+                self._misdirected(endpoint, route, msg)
+                continue
             if kind == Kind.SEND or kind == Kind.REQUEST:
                 if msg.stream:
-                    touched[(msg.sender, msg.stream)] = route
+                    touched[(msg.sender, msg.stream)] = (route, msg.recipient)
                     ready = accept(msg)
                     if not ready and kind == Kind.REQUEST:
                         self._answer_duplicate(endpoint, route, msg)
@@ -300,9 +328,9 @@ class Peer:
         pack, acked, send = self.codec.pack, self._inbound.acked, endpoint.listener.send
         seal = self._seal
         routes = endpoint.routes
-        for (sender, stream), route in touched.items():
+        for (sender, stream), (route, me) in touched.items():
             try:
-                send(route, seal(pack(Kind.ACK, stream, acked(sender, stream), self.name,
+                send(route, seal(pack(Kind.ACK, stream, acked(sender, stream), me,
                                       sender, 0, {}, None)))
                 if endpoint.moved_to is not None and route not in endpoint.told:
                     self._tell_moved(endpoint, route, sender)
@@ -320,6 +348,15 @@ class Peer:
         endpoint.listener.send(route, self._seal(self.codec.pack(
             Kind.MOVED, 0, 0, self.name, recipient, 0, {},
             {"address": address, "epoch": epoch})))
+
+    def _misdirected(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
+        """A message for another name reached this address (a stale cache after the
+        name moved and the address was reused): refuse it, so that its sender
+        resolves the name again instead of believing it delivered."""
+        self.gatekeeper.rejections["misdirected"] += 1
+        if msg.kind == Kind.REQUEST:
+            self.reply_error(msg, NameNotFound(
+                f"{msg.recipient!r} does not live at {endpoint.address}; look it up again"))
 
     def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
         frame = self._replies.get((msg.sender, msg.stream, msg.id))
@@ -372,19 +409,22 @@ class Peer:
         Returns the new address. Senders are redirected; nothing is lost."""
         if self._closed:
             raise Closed(f"peer {self.name!r} is closed")
-        new = self._open_endpoint(listen)
+        new = self._open_endpoints(listen)
         try:
             registration = self.registry.register(
-                self.name, [new.address], credential=self.credential,
+                self.name, [e.address for e in new], credential=self.credential,
                 epoch=self.epoch + 1, lease=self.lease)
         except BaseException:
-            self._close_endpoint(new)
+            for endpoint in new:
+                self._close_endpoint(endpoint)
             raise
-        old, self._endpoint = self._endpoint, new
+        old, self._endpoints = self._endpoints, new
         self.epoch = registration.epoch
-        self.reactor.call(self._announce_move, old, (new.address, registration.epoch))
-        self.reactor.call_later(grace, lambda: self._close_endpoint(old))
-        return new.address
+        for endpoint in old:
+            self.reactor.call(self._announce_move, endpoint,
+                              (new[0].address, registration.epoch))
+            self.reactor.call_later(grace, lambda e=endpoint: self._close_endpoint(e))
+        return new[0].address
 
     def _announce_move(self, old: _Endpoint, moved_to: tuple[str, int]) -> None:
         old.moved_to = moved_to
@@ -400,7 +440,7 @@ class Peer:
 
     def _restore(self) -> None:
         registration = self.registry.register(
-            self.name, [self._endpoint.address], credential=self.credential,
+            self.name, self.addresses, credential=self.credential,
             epoch=self.epoch, lease=self.lease)
         self.epoch = registration.epoch
 
@@ -416,5 +456,6 @@ class Peer:
         except PosaError:
             pass
         self.sender.close(linger=self.linger)
-        self._close_endpoint(self._endpoint)
+        for endpoint in self._endpoints:
+            self._close_endpoint(endpoint)
         self._inbox.put(_CLOSED)

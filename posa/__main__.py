@@ -1,0 +1,5 @@
+import sys
+
+from posa.cli import main
+
+sys.exit(main())

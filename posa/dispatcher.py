@@ -1,0 +1,278 @@
+"""Client-Dispatcher-Server: the dispatcher service, network home of the registry.
+
+A ``Dispatcher`` is a peer named ``posa/dispatcher/<node>`` that also answers to
+``posa/dispatcher``.  It keeps the name registry (owners, epochs, leases),
+tells clients which servers provide a service, pushes every change to the
+connections that asked to watch, persists its state to a file if asked, and
+forwards lookups it cannot answer to the dispatchers it is federated with.
+
+Requests (body: a map with ``op``; replies and errors as in docs/protocol.md):
+
+    op           fields                                             reply
+    register     name addresses credential [epoch] [lease] [meta]   registration
+    renew        name credential                                    registration
+    unregister   name credential                                    nil
+    lookup       name [hops] [via]                                  registration
+    names        [pattern]                                          [registration]
+    pick         service [exclude]                                  registration
+    services                                                        {service: [name]}
+    watch                                                           {"instance": str}
+    ping                                                            {"instance": str}
+
+After ``watch`` the connection receives NOTIFY messages, body
+``{"name": str, "registration": registration | nil}``, for every change.
+
+Federation: a lookup that misses locally is asked of each federated dispatcher
+in turn, with ``via`` (the dispatchers it passed) and ``hops`` so that it never
+loops and never travels more than ``MAX_HOPS``.  That runs on a worker thread:
+the reactor never waits on the network.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
+
+import msgpack
+
+from posa.errors import NameNotFound, PosaError, ProtocolError, Rejected
+from posa.forwarder import Sender
+from posa.message import Kind, Message
+from posa.peer import DEFERRED, Peer
+from posa.registry import LocalRegistry, Registration, RegistryTable
+
+__all__ = ["Dispatcher", "DISPATCHER", "MAX_HOPS", "registration_to_wire",
+           "registration_from_wire"]
+
+log = logging.getLogger("posa.dispatcher")
+
+DISPATCHER = "posa/dispatcher"
+MAX_HOPS = 4
+
+
+def registration_to_wire(r: Registration) -> dict[str, Any]:
+    return {"name": r.name, "addresses": list(r.addresses), "epoch": r.epoch,
+            "lease": r.lease, "expires_in": r.expires_in, "meta": dict(r.meta)}
+
+
+def registration_from_wire(data: Any) -> Registration:
+    try:
+        return Registration(name=data["name"], addresses=tuple(data["addresses"]),
+                            epoch=int(data["epoch"]), lease=float(data["lease"]),
+                            expires_in=float(data["expires_in"]), meta=dict(data["meta"]))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ProtocolError(f"malformed registration from the dispatcher: {exc}") from None
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+           default: Any = ...) -> Any:
+    value = body.get(key, default)
+    if value is ...:
+        raise Rejected(f"request {body.get('op')!r} needs the field {key!r}")
+    if value is not default and not isinstance(value, kind):
+        raise Rejected(f"field {key!r} of request {body.get('op')!r} has the wrong type")
+    return value
+
+
+class Dispatcher:
+    """The standalone dispatcher: registry, service lookup, change notices, federation."""
+
+    def __init__(self, listen: str | Sequence[str] = "tcp://127.0.0.1:7000", *,
+                 node: str | None = None, peers: Sequence[str] = (),
+                 state: str | None = None, lease: float = 10.0,
+                 sweep_interval: float = 0.5, **peer_options: Any) -> None:
+        self.node = node or secrets.token_hex(4)
+        self.instance = secrets.token_hex(8)   # changes on every start: caches use it
+        self.state_path = state
+        self.registry = LocalRegistry()
+        if state is not None:
+            self._load_state(state)
+        self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
+        self._rotation: dict[str, itertools.count[int]] = {}
+        self._federation = [Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
+                                   pins={DISPATCHER: address}) for address in peers]
+        self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
+        self._dirty = False
+        self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
+                         listen=listen, lease=lease, aliases=(DISPATCHER,))
+        self.registry.watch(self._changed)
+        self.peer.serve(self._handle)
+        self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
+        self.stats = {"requests": 0, "federated_lookups": 0}
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.peer.addresses
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests (reactor thread) -----------------------------------------------
+    def _handle(self, msg: Message) -> Any:
+        if msg.kind != Kind.REQUEST:
+            return None
+        body = msg.body
+        if not isinstance(body, dict) or not isinstance(body.get("op"), str):
+            raise Rejected("a dispatcher request is a map with an 'op' field; see "
+                           "docs/protocol.md")
+        self.stats["requests"] += 1
+        op = body["op"]
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise Rejected(f"unknown dispatcher operation {op!r}; known: register, renew, "
+                           "unregister, lookup, names, pick, services, watch, ping")
+        return handler(msg, body)
+
+    def _op_register(self, msg: Message, body: dict[str, Any]) -> Any:
+        registration = self.registry.register(
+            _field(body, "name", str), _field(body, "addresses", list),
+            credential=_field(body, "credential", str),
+            epoch=_field(body, "epoch", int, None), lease=_field(body, "lease", (int, float), 10.0),
+            meta=_field(body, "meta", dict, None))
+        return registration_to_wire(registration)
+
+    def _op_renew(self, msg: Message, body: dict[str, Any]) -> Any:
+        return registration_to_wire(self.registry.renew(
+            _field(body, "name", str), credential=_field(body, "credential", str)))
+
+    def _op_unregister(self, msg: Message, body: dict[str, Any]) -> Any:
+        self.registry.unregister(_field(body, "name", str),
+                                 credential=_field(body, "credential", str))
+        return None
+
+    def _op_lookup(self, msg: Message, body: dict[str, Any]) -> Any:
+        name = _field(body, "name", str)
+        try:
+            return registration_to_wire(self.registry.lookup(name))
+        except NameNotFound:
+            via = _field(body, "via", list, [])
+            hops = _field(body, "hops", int, 0)
+            if not self._federation or self.node in via or hops >= MAX_HOPS:
+                raise
+        self._workers.submit(self._federated_lookup, msg, name, via + [self.node], hops + 1)
+        return DEFERRED
+
+    def _op_names(self, msg: Message, body: dict[str, Any]) -> Any:
+        return [registration_to_wire(r)
+                for r in self.registry.names(_field(body, "pattern", str, "**"))]
+
+    def _op_pick(self, msg: Message, body: dict[str, Any]) -> Any:
+        service = _field(body, "service", str)
+        exclude = set(_field(body, "exclude", list, []))
+        servers = [r for r in self._servers(service) if r.name not in exclude]
+        if not servers:
+            raise NameNotFound(f"no live server provides {service!r}"
+                               + (" besides the ones that failed" if exclude else "")
+                               + "; start one with posa.Server, or check its dispatcher")
+        turn = next(self._rotation.setdefault(service, itertools.count()))
+        # weighted round robin: a server of weight w gets w turns in a cycle
+        slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
+        return registration_to_wire(slots[turn % len(slots)])
+
+    def _op_services(self, msg: Message, body: dict[str, Any]) -> Any:
+        services: dict[str, list[str]] = {}
+        for r in self.registry.names("**"):
+            service = r.meta.get("service")
+            if isinstance(service, str):
+                services.setdefault(service, []).append(r.name)
+        return services
+
+    def _op_watch(self, msg: Message, body: dict[str, Any]) -> Any:
+        endpoint, route = msg.route
+        self._watchers[(id(endpoint), route)] = (endpoint, route)
+        return {"instance": self.instance}
+
+    def _op_ping(self, msg: Message, body: dict[str, Any]) -> Any:
+        return {"instance": self.instance, "node": self.node}
+
+    def _servers(self, service: str) -> list[Registration]:
+        prefix = service.rstrip("/")
+        return [r for r in self.registry.names(f"{prefix}/**")
+                if r.meta.get("service") == service]
+
+    # -- change notices, expiry, persistence ---------------------------------------
+    def _changed(self, name: str, registration: Registration | None) -> None:
+        self._dirty = True
+        if not self._watchers:
+            return
+        body = {"name": name, "registration": None if registration is None
+                else registration_to_wire(registration)}
+        frame = self.peer.codec.pack(Kind.NOTIFY, 0, 0, self.peer.name, "", 0, {}, body)
+        self.peer.reactor.call_soon(self._notify, frame)
+
+    def _notify(self, frame: bytes) -> None:
+        for key, (endpoint, route) in list(self._watchers.items()):
+            try:
+                endpoint.listener.send(route, frame)
+            except PosaError:
+                del self._watchers[key]     # that watcher's connection is gone
+
+    def _sweep(self) -> None:
+        self.registry.expire()
+        if self._dirty and self.state_path is not None:
+            self._dirty = False
+            self._save_state(self.state_path)
+
+    def _load_state(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                saved = msgpack.unpackb(f.read(), raw=False)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, msgpack.UnpackException) as exc:
+            raise PosaError(f"cannot read the dispatcher state file {path}: {exc}; "
+                            "move it away to start empty") from None
+        elapsed = max(0.0, time.time() - float(saved.get("saved_at", time.time())))
+        self.registry.load(RegistryTable.import_state(saved["table"], elapsed=elapsed))
+
+    def _save_state(self, path: str) -> None:
+        data = msgpack.packb({"saved_at": time.time(),
+                              "table": self.registry.export_state()})
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)   # atomic: a reader sees the old or the new state
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", path, exc)
+
+    # -- federation (worker threads) -------------------------------------------------
+    @staticmethod
+    def _no_resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        raise NameNotFound(f"{name!r} is reached by its pinned address only")
+
+    def _federated_lookup(self, msg: Message, name: str, via: list[str], hops: int) -> None:
+        self.stats["federated_lookups"] += 1
+        for sender in self._federation:
+            try:
+                reply = sender.request(DISPATCHER, {"op": "lookup", "name": name,
+                                                     "via": via, "hops": hops}, timeout=2.0)
+            except NameNotFound:
+                continue
+            except PosaError as exc:
+                log.info("federated lookup of %r failed at a peer dispatcher: %s", name, exc)
+                continue
+            self.peer.reply(msg, reply.body)
+            return
+        self.peer.reply_error(msg, NameNotFound(
+            f"no live registration for {name!r} here or at the federated dispatchers"))
+
+    def close(self) -> None:
+        """Stop serving; save the state one last time if a state file is kept."""
+        self._sweeper.cancel()
+        if self.state_path is not None:
+            self._save_state(self.state_path)
+        self.peer.close()
+        self._workers.shutdown(wait=False)
+        for sender in self._federation:
+            sender.close()
