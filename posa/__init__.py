@@ -21,6 +21,9 @@ from posa.names import matches, validate_name, validate_pattern
 from posa.registry import LocalRegistry, Registration, Registry
 from posa.peer import DEFERRED, Peer
 from posa.reactor import Reactor
+from posa.registry_client import RegistryClient
+from posa.dispatcher import Dispatcher
+from posa.services import Channel, Client, Server
 
 __all__ = [
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
@@ -28,7 +31,8 @@ __all__ = [
     "Codec", "Kind", "Limits", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "ZeroconfRegistry",
-    "Peer", "DEFERRED", "Reactor",
+    "Peer", "DEFERRED", "Reactor", "RegistryClient", "Dispatcher",
+    "Server", "Client", "Channel",
 ]
 
 __version__ = "0.1.0"

@@ -118,8 +118,11 @@ class Forwarder:
             self._targets[name] = _Target(name, address, 0, self._connect(address), True)
 
     def request(self, name: str, body: Any, *, timeout: float,
-                headers: dict[str, Any] | None = None) -> Message:
-        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back."""
+                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
+        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back.
+
+        With ``failfast`` a broken connection raises ``TransportError`` at once
+        instead of being retried until the deadline (the caller fails over)."""
         deadline = time.monotonic() + timeout
         hdrs = {"ttl": int(timeout * 1000)}
         if headers:
@@ -145,6 +148,12 @@ class Forwarder:
                     self._recover(target, deadline, None)  # request not yet delivered
                 continue
             except TransportError as exc:
+                if failfast:
+                    self._drop_connection(target.address)
+                    self._targets.pop(name, None)
+                    raise TransportError(f"lost the connection to {name!r} at "
+                                         f"{target.address} while waiting for a reply: "
+                                         f"{exc}") from None
                 self._recover(target, deadline, exc)
                 continue
             self._absorb(frame)
@@ -155,6 +164,13 @@ class Forwarder:
         for target in list(self._targets.values()):
             while target.out.unacked:
                 self._await_progress(target, deadline)
+
+    def forget(self, name: str) -> None:
+        """Drop the target ``name``: unacknowledged messages to it are given up."""
+        target = self._targets.pop(name, None)
+        if target is not None and not any(t.conn is target.conn
+                                          for t in self._targets.values()):
+            self._drop_connection(target.address)
 
     def connection(self, name: str) -> Connection:
         """The connection that reaches ``name`` (a pollable reactor source)."""
@@ -387,9 +403,15 @@ class Sender:
                                      deadline=time.monotonic() + timeout)
 
     def request(self, name: str, body: Any, *, timeout: float = 5.0,
-                headers: dict[str, Any] | None = None) -> Message:
+                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
         """Send a request to one name and return the reply message."""
-        return self.forwarder().request(name, body, timeout=timeout, headers=headers)
+        return self.forwarder().request(name, body, timeout=timeout, headers=headers,
+                                        failfast=failfast)
+
+    def forget(self, name: str) -> None:
+        """For this thread: drop what is known about ``name`` (its next send resolves
+        it again); its unacknowledged messages are given up."""
+        self.forwarder().forget(name)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged."""

@@ -97,7 +97,8 @@ class Peer:
                  window: int = 1024, reactor: Reactor | None = None,
                  linger: float = 5.0, gatekeeper: Gatekeeper | None = None,
                  authenticator: Authenticator | None = None,
-                 aliases: Sequence[str] = ()) -> None:
+                 aliases: Sequence[str] = (),
+                 meta: dict[str, Any] | None = None) -> None:
         self.name = validate_name(name)
         self._recipients = frozenset([self.name, *aliases])
         self.registry: Registry = registry if registry is not None else embedded_registry()
@@ -109,6 +110,7 @@ class Peer:
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
         self.lease = lease
+        self.meta = meta
         self.window = window
         self.linger = linger
         self._handler = handler
@@ -128,7 +130,8 @@ class Peer:
         self._endpoints = self._open_endpoints(listen)
         try:
             registration = self.registry.register(
-                self.name, self.addresses, credential=self.credential, lease=lease)
+                self.name, self.addresses, credential=self.credential, lease=lease,
+                meta=meta)
         except BaseException:
             for endpoint in self._endpoints:
                 self._close_endpoint(endpoint)
@@ -413,7 +416,7 @@ class Peer:
         try:
             registration = self.registry.register(
                 self.name, [e.address for e in new], credential=self.credential,
-                epoch=self.epoch + 1, lease=self.lease)
+                epoch=self.epoch + 1, lease=self.lease, meta=self.meta)
         except BaseException:
             for endpoint in new:
                 self._close_endpoint(endpoint)
@@ -441,7 +444,7 @@ class Peer:
     def _restore(self) -> None:
         registration = self.registry.register(
             self.name, self.addresses, credential=self.credential,
-            epoch=self.epoch, lease=self.lease)
+            epoch=self.epoch, lease=self.lease, meta=self.meta)
         self.epoch = registration.epoch
 
     def close(self) -> None:

@@ -545,17 +545,6 @@ class LocalRegistry:
                           + [Change(r.name, r) for r in fresh])
         self._apply(op)
 
-    def export_state(self) -> dict[str, Any]:
-        """The live state as msgpack-able data (see ``RegistryTable.export_state``)."""
-        return self._apply(lambda: (self._table.export_state(), []))  # type: ignore[no-any-return]
-
-    def load(self, table: RegistryTable) -> None:
-        """Replace the whole state with ``table`` (e.g. read back from a state file).
-        Watchers are not told: call it before anyone watches."""
-        with self._lock:
-            self._check_open()
-            self._table = table
-
     def watch(self, callback: Callable[[str, Registration | None], None]
               ) -> Callable[[], None]:
         """See ``Registry.watch``; unsubscribing twice is harmless."""
