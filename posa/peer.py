@@ -117,6 +117,7 @@ class Peer:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inbox_size = inbox_size
         self._paused: list[_Endpoint] = []
+        self._retiring: list[_Endpoint] = []   # moved away from, closing after a grace
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
         self.sender = Sender(self.name, resolve=self._resolve, codec=self.codec,
@@ -424,10 +425,16 @@ class Peer:
         old, self._endpoints = self._endpoints, new
         self.epoch = registration.epoch
         for endpoint in old:
-            self.reactor.call(self._announce_move, endpoint,
-                              (new[0].address, registration.epoch))
-            self.reactor.call_later(grace, lambda e=endpoint: self._close_endpoint(e))
+            self._retiring.append(endpoint)
+            self.reactor.call_soon(self._announce_move, endpoint,
+                                   (new[0].address, registration.epoch))
+            self.reactor.call_later(grace, lambda e=endpoint: self._retire(e))
         return new[0].address
+
+    def _retire(self, endpoint: _Endpoint) -> None:
+        if endpoint in self._retiring:
+            self._retiring.remove(endpoint)
+            self._close_endpoint(endpoint)
 
     def _announce_move(self, old: _Endpoint, moved_to: tuple[str, int]) -> None:
         old.moved_to = moved_to
@@ -461,4 +468,6 @@ class Peer:
         self.sender.close(linger=self.linger)
         for endpoint in self._endpoints:
             self._close_endpoint(endpoint)
+        for endpoint in list(self._retiring):
+            self.reactor.call(self._retire, endpoint)
         self._inbox.put(_CLOSED)

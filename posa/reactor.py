@@ -117,8 +117,14 @@ class Reactor:
 
     # -- sources and timers (reactor thread, or before start) ------------------
     def add_source(self, source: Source, callback: Callable[[], Any]) -> None:
-        """Watch ``source``; ``callback()`` drains it whenever it may have input."""
-        self.call(self._add_source, source, callback)
+        """Watch ``source``; ``callback()`` drains it whenever it may have input.
+
+        Safe from any thread and does not wait: what arrives before the reactor
+        takes the source over stays queued in the source."""
+        if not self._running or self.in_reactor_thread():
+            self._add_source(source, callback)
+        else:
+            self.call_soon(self._add_source, source, callback)
 
     def _add_source(self, source: Source, callback: Callable[[], Any]) -> None:
         self._sources[source] = callback

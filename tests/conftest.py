@@ -1,0 +1,31 @@
+"""Fixtures every test gets: a test must stop the threads it starts."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+THREAD_GRACE = 5.0   # seconds the threads a test started have to finish after it
+# process-wide service threads that posa starts once and keeps for the process's life
+PROCESS_THREADS = {"posa-reactor", "posa-leases"}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves running a thread it started (waiting up to
+    ``THREAD_GRACE`` seconds, in all, for them to finish)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE
+    leaked = []
+    for thread in set(threading.enumerate()) - before:
+        if thread.name in PROCESS_THREADS:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            leaked.append(thread.name)
+    if leaked:
+        pytest.fail(f"the test left {len(leaked)} thread(s) running: {', '.join(sorted(leaked))}; "
+                    "close whatever started them before the test ends", pytrace=False)

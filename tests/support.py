@@ -1,0 +1,108 @@
+"""Helpers for tests that run real processes: start, wait for a line, always kill."""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose stdout is read line by line with deadlines."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None) -> None:
+        environment = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        environment.update(env or {})
+        self.args = args
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.PIPE, cwd=ROOT, env=environment)
+        self._buffer = b""
+
+    @classmethod
+    def python(cls, code: str, *args: str, **kwargs: Any) -> Proc:
+        return cls([sys.executable, "-c", textwrap.dedent(code), *args], **kwargs)
+
+    @classmethod
+    def posa(cls, *args: str, **kwargs: Any) -> Proc:
+        return cls([sys.executable, "-m", "posa", *args], **kwargs)
+
+    def line(self, timeout: float = 20.0) -> str:
+        """The next line of stdout; AssertionError if none comes in time."""
+        deadline = time.monotonic() + timeout
+        assert self.popen.stdout is not None
+        fd = self.popen.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    raise AssertionError(f"no line from {self.args[:4]} within {timeout} s; "
+                                         f"stderr: {self.stderr_now()}")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"{self.args[:4]} exited "
+                                         f"({self.popen.wait()}) before a line; "
+                                         f"stderr: {self.stderr_now()}")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def expect(self, prefix: str, timeout: float = 20.0) -> str:
+        """Skip lines until one starts with ``prefix``; returns the rest of it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.1, deadline - time.monotonic()))
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def json(self, prefix: str, timeout: float = 20.0) -> Any:
+        return json.loads(self.expect(prefix, timeout))
+
+    def tell(self, text: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text.encode() + b"\n")
+        self.popen.stdin.flush()
+
+    def stderr_now(self) -> str:
+        if self.popen.poll() is None or self.popen.stderr is None:
+            return "(still running)"
+        return self.popen.stderr.read().decode(errors="replace")[-2000:]
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self.popen.stdout, self.popen.stderr, self.popen.stdin):
+            if stream is not None:
+                stream.close()
+
+
+def start_dispatcher(*args: str, port: int | None = None) -> tuple[Proc, str]:
+    """A real ``posa dispatcher`` on loopback; returns it and its address."""
+    address = f"tcp://127.0.0.1:{port or free_port()}"
+    proc = Proc.posa("dispatcher", "--listen", address, *args)
+    proc.expect("posa dispatcher")
+    return proc, address

@@ -1,0 +1,159 @@
+"""Forwarder-Receiver peers in one process, on every transport."""
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import pytest
+
+import posa
+from posa import Kind
+
+TRANSPORTS = ["inproc://{n}", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/{n}"]
+
+
+@pytest.fixture
+def registry() -> Iterator[posa.LocalRegistry]:
+    with posa.LocalRegistry() as reg:
+        yield reg
+
+
+def listen(template: str, name: str, tmp_path: object) -> str:
+    return template.format(n=name.replace("/", "-"), tmp=tmp_path)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_send_receive_request_reply(transport: str, registry: posa.LocalRegistry,
+                                    tmp_path: object) -> None:
+    with posa.Peer("net/a", registry=registry, listen=listen(transport, "a", tmp_path)) as a, \
+         posa.Peer("net/b", registry=registry, listen=listen(transport, "b", tmp_path)) as b:
+        assert a.send("net/b", {"event": "link-down", "port": 3}) == 1
+        msg = b.receive(timeout=5)
+        assert (msg.kind, msg.sender, msg.recipient, msg.body) == (
+            Kind.SEND, "net/a", "net/b", {"event": "link-down", "port": 3})
+        b.serve(lambda m: {"echo": m.body})
+        assert a.request("net/b", [1, 2], timeout=5) == {"echo": [1, 2]}
+        for i in range(2000):
+            a.send("net/b", i)
+        a.flush(10)
+
+
+def test_order_and_completeness_of_a_stream(registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry, listen="tcp://127.0.0.1:0") as a, \
+         posa.Peer("net/b", registry=registry, listen="zmq+tcp://127.0.0.1:0") as b:
+        for i in range(5000):
+            a.send("net/b", i)
+        got = [b.receive(timeout=5).body for _ in range(5000)]
+        assert got == list(range(5000))
+        with pytest.raises(posa.Timeout, match="no message for 'net/b'"):
+            b.receive(timeout=0.05)
+
+
+def test_group_send_reaches_every_member_but_the_sender(registry: posa.LocalRegistry) -> None:
+    peers = [posa.Peer(f"net/site-a/r{i}", registry=registry) for i in range(4)]
+    other = posa.Peer("net/site-b/r0", registry=registry)
+    try:
+        assert peers[0].send("net/site-a/*", "config-changed") == 3
+        for p in peers[1:]:
+            assert p.receive(timeout=5).body == "config-changed"
+        assert peers[0].send("net/**", "all") == 4
+        with pytest.raises(posa.Timeout):
+            peers[0].receive(timeout=0.05)
+        assert other.receive(timeout=5).body == "all"
+    finally:
+        for p in peers + [other]:
+            p.close()
+
+
+def test_errors_say_what_to_do(registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a:
+        with pytest.raises(posa.InvalidName, match="segments"):
+            posa.Peer("net//b", registry=registry)
+        with pytest.raises(posa.NameNotFound, match="net/nobody"):
+            a.send("net/nobody", 1)
+        with pytest.raises(posa.InvalidName, match="use send"):
+            a.request("net/*", 1)
+        with posa.Peer("net/b", registry=registry) as b:
+            def fail(msg: posa.Message) -> None:
+                raise ValueError("bad route table")
+            b.serve(fail)
+            with pytest.raises(posa.RemoteError, match="ValueError: bad route table"):
+                a.request("net/b", 1, timeout=5)
+            b.serve(lambda m: (_ for _ in ()).throw(posa.Unauthorized("not you")))
+            with pytest.raises(posa.Unauthorized, match="not you"):
+                a.request("net/b", 1, timeout=5)
+
+
+def test_deferred_replies_from_another_thread(registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        workers: list[threading.Thread] = []
+
+        def later(msg: posa.Message) -> object:
+            worker = threading.Thread(target=b.reply, args=(msg, msg.body * 2))
+            workers.append(worker)
+            worker.start()
+            return posa.DEFERRED
+        b.serve(later)
+        assert a.request("net/b", 21, timeout=5) == 42
+        for worker in workers:
+            worker.join(5)
+
+
+def test_request_times_out_naming_the_target(registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        b.serve(lambda m: posa.DEFERRED)  # never answers
+        with pytest.raises(posa.Timeout, match="no reply from 'net/b'"):
+            a.request("net/b", 1, timeout=0.3)
+
+
+def test_a_second_registrant_is_refused_and_the_owner_keeps_receiving(
+        registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        with pytest.raises(posa.Unauthorized, match="net/b"):
+            posa.Peer("net/b", registry=registry, listen="inproc://hijack")
+        a.send("net/b", "still mine")
+        assert b.receive(timeout=5).body == "still mine"
+
+
+def test_close_unregisters_at_once(registry: posa.LocalRegistry) -> None:
+    b = posa.Peer("net/b", registry=registry)
+    assert registry.lookup("net/b").addresses == (b.address,)
+    b.close()
+    with pytest.raises(posa.NameNotFound):
+        registry.lookup("net/b")
+    with pytest.raises(posa.Closed):
+        b.receive(timeout=1)
+
+
+@pytest.mark.parametrize("hops", [
+    ["tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/m", "inproc://m"],
+    ["zmq+ipc://{tmp}/m1", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"],
+])
+def test_migration_under_load_loses_nothing_and_duplicates_nothing(
+        hops: list[str], registry: posa.LocalRegistry, tmp_path: object) -> None:
+    with posa.Peer("net/a", registry=registry, listen="tcp://127.0.0.1:0") as a, \
+         posa.Peer("net/b", registry=registry, listen="inproc://start") as b:
+        received: list[int] = []
+        b.serve(lambda m: received.append(m.body))
+        total, per_hop = 6000, 6000 // (len(hops) + 1)
+        for i in range(total):
+            a.send("net/b", i)
+            if i % per_hop == per_hop - 1 and hops:
+                b.migrate(hops.pop(0).format(tmp=tmp_path), grace=0.5)
+        a.flush(10)
+        assert received == list(range(total))
+        assert b.epoch >= 3
+        assert registry.lookup("net/b").addresses == (b.address,)
+
+
+def test_a_full_inbox_holds_the_sender_back_instead_of_growing(
+        registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry, window=64) as a, \
+         posa.Peer("net/b", registry=registry, inbox_size=100) as b:
+        sent = 0
+        with pytest.raises(posa.Timeout, match="not acknowledged"):
+            for sent in range(10_000):
+                a.send("net/b", sent, timeout=0.5)
+        assert 100 <= sent < 400      # inbox plus one window, not everything
+        got = [b.receive(timeout=5).body for _ in range(sent)]
+        assert got == list(range(sent))
