@@ -1,0 +1,277 @@
+"""Every built-in transport against the conformance suite; choosing a
+transport by scheme; what only the inproc transport promises."""
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import transports
+from posa.errors import Closed, Timeout, TransportError
+from transports import Options
+from transports import testing as conformance
+from transports.inproc import InprocTransport
+
+MODULES = {
+    "inproc": "transports.inproc",
+    "tcp": "transports.tcp",
+    "zmq+tcp": "transports.zmq",
+    "zmq+ipc": "transports.zmq",
+}
+# checks a transport documents it cannot meet, by scheme; strict, so that a fix shows
+_NO_OVERSIZE_COUNT = ("libzmq drops a connection over MAXMSGSIZE without saying why, so "
+                      "transports.zmq cannot count it in rejections")
+KNOWN_GAPS = {
+    ("zmq+tcp", "check_oversize_dropped_by_listener"): _NO_OVERSIZE_COUNT,
+    ("zmq+ipc", "check_oversize_dropped_by_listener"): _NO_OVERSIZE_COUNT,
+}
+_names = itertools.count()
+
+
+def _inproc_name() -> str:
+    return f"inproc://test-{next(_names)}"
+
+
+@pytest.fixture(params=list(MODULES))
+def address_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    """Fresh listen addresses for one built-in transport (skipped until its module exists)."""
+    scheme = request.param
+    pytest.importorskip(MODULES[scheme], reason=f"{MODULES[scheme]} (the {scheme} "
+                        "transport) cannot be imported yet")
+    if scheme == "inproc":
+        return _inproc_name
+    if scheme == "zmq+ipc":
+        sockets = itertools.count()
+        return lambda: f"zmq+ipc://{tmp_path}/{next(sockets)}.sock"
+    return lambda: f"{scheme}://127.0.0.1:0"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("check", conformance.CHECKS, ids=lambda check: check.__name__)
+def test_conformance(check: conformance.Check, address_factory: Callable[[], str],
+                     request: pytest.FixtureRequest) -> None:
+    scheme = request.node.callspec.params["address_factory"]
+    gap = KNOWN_GAPS.get((scheme, check.__name__))
+    if gap:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=True, raises=AssertionError))
+    check(address_factory)
+
+
+# --------------------------------------------------------------------------- selection
+
+class LoopTransport:
+    """A third-party transport in miniature: ``loop://NAME`` over inproc."""
+
+    schemes = ("loop",)
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def listen(self, address: str, options: Options) -> transports.Listener:
+        self.calls.append(f"listen {address}")
+        listener = InprocTransport().listen(address.replace("loop://", "inproc://loop-"),
+                                            options)
+        listener.address = address
+        return listener
+
+    def connect(self, address: str, options: Options) -> transports.Connection:
+        self.calls.append(f"connect {address}")
+        return InprocTransport().connect(address.replace("loop://", "inproc://loop-"),
+                                         options)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo ``transports.register`` calls of the test."""
+    monkeypatch.setattr(transports, "_loaded", dict(transports._loaded))
+
+
+@pytest.mark.parametrize("scheme", list(MODULES))
+def test_get_selects_by_scheme(scheme: str) -> None:
+    pytest.importorskip(MODULES[scheme], reason=f"{MODULES[scheme]} cannot be imported yet")
+    transport = transports.get(scheme)
+    assert scheme in transport.schemes
+    assert transports.get(scheme) is transport
+    assert scheme in transports.schemes()
+
+
+def test_unknown_scheme_names_the_known_ones() -> None:
+    with pytest.raises(TransportError) as caught:
+        transports.connect("carrier-pigeon://coop-3")
+    for scheme in MODULES:
+        assert scheme in str(caught.value)
+    assert "carrier-pigeon" in str(caught.value)
+
+
+@pytest.mark.parametrize("address", ["", "inproc", "inproc:/x", "://x", "tcp://", "127.0.0.1:7000"])
+def test_malformed_address(address: str) -> None:
+    with pytest.raises(TransportError, match="SCHEME://WHERE"):
+        transports.listen(address)
+
+
+def test_registered_transport_is_chosen_by_scheme(registry: None) -> None:
+    loop = LoopTransport()
+    transports.register(loop)
+    assert transports.get("loop") is loop
+    assert "loop" in transports.schemes()
+    conformance.check_round_trip(lambda: f"loop://t-{next(_names)}")
+    assert [call.split()[0] for call in loop.calls] == ["listen", "connect", "connect"]
+
+
+def test_registered_transport_passes_the_suite(registry: None) -> None:
+    transports.register(LoopTransport())
+    conformance.check_all(lambda: f"loop://t-{next(_names)}")
+
+
+# --------------------------------------------------------------------------- inproc
+
+def test_inproc_name_is_taken_until_closed() -> None:
+    address = _inproc_name()
+    listener = transports.listen(address)
+    with pytest.raises(TransportError, match="already taken"):
+        transports.listen(address)
+    listener.close()
+    transports.listen(address).close()
+
+
+def test_inproc_unknown_name() -> None:
+    with pytest.raises(TransportError, match="no inproc listener named 'nobody-here' in "
+                                             "this process"):
+        transports.connect("inproc://nobody-here")
+
+
+def test_inproc_hands_frames_over_by_reference() -> None:
+    listener = transports.listen(_inproc_name())
+    connection = transports.connect(listener.address)
+    try:
+        frame = b"x" * 1000
+        connection.send(frame)
+        route, got = listener.recv(1.0)
+        assert got is frame
+        listener.send(route, frame)
+        assert connection.recv(1.0) is frame
+        connection.send(bytearray(b"mutable"))      # copied: the sender may change it
+        assert listener.recv(1.0)[1] == b"mutable"
+        with pytest.raises(TypeError, match="a frame is bytes, not str"):
+            connection.send("text")  # type: ignore[arg-type]
+    finally:
+        connection.close()
+        listener.close()
+
+
+def test_inproc_listener_close_fails_its_connections() -> None:
+    listener = transports.listen(_inproc_name())
+    connection = transports.connect(listener.address)
+    connection.send(b"hello")
+    route, _ = listener.recv(1.0)
+    listener.send(route, b"last words")
+    listener.close()
+    with pytest.raises(Closed, match=f"the inproc listener {listener.address} was closed"):
+        connection.send(b"anyone?")
+    assert connection.recv(1.0) == b"last words"    # what was sent is still read
+    with pytest.raises(Closed, match="was closed"):
+        connection.recv(1.0)
+    connection.close()
+
+
+def test_inproc_listener_close_wakes_a_blocked_connection() -> None:
+    listener = transports.listen(_inproc_name())
+    connection = transports.connect(listener.address)
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            connection.recv(10.0)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    listener.close()
+    thread.join(10.0)
+    connection.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], Closed)
+
+
+def test_inproc_send_blocks_at_the_high_water_mark() -> None:
+    options = Options(high_water_mark=4, send_timeout=0.05)
+    listener = transports.listen(_inproc_name(), options)
+    connection = transports.connect(listener.address, options)
+    try:
+        for n in range(4):
+            connection.send(b"%d" % n)
+        with pytest.raises(Timeout, match="4 frames are queued"):
+            connection.send(b"one too many")
+        for _ in range(3):                          # down to half the mark
+            listener.recv(1.0)
+        connection.send(b"room again")
+        assert [listener.recv(1.0)[1] for _ in range(2)] == [b"3", b"room again"]
+    finally:
+        connection.close()
+        listener.close()
+
+
+def test_inproc_blocked_sender_wakes_when_the_receiver_takes() -> None:
+    options = Options(high_water_mark=2, send_timeout=10.0)
+    listener = transports.listen(_inproc_name(), options)
+    connection = transports.connect(listener.address, options)
+    frames = [b"%d" % n for n in range(50)]
+    sender = threading.Thread(target=lambda: [connection.send(f) for f in frames])
+    sender.start()
+    try:
+        assert [listener.recv(10.0)[1] for _ in frames] == frames
+    finally:
+        sender.join(10.0)
+        connection.close()
+        listener.close()
+
+
+def test_inproc_close_wakes_a_blocked_sender() -> None:
+    options = Options(high_water_mark=1, send_timeout=10.0)
+    listener = transports.listen(_inproc_name(), options)
+    connection = transports.connect(listener.address, options)
+    connection.send(b"fills the queue")
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            connection.send(b"waits")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    listener.close()
+    sender.join(10.0)
+    connection.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], Closed)
+
+
+def test_inproc_max_connections() -> None:
+    listener = transports.listen(_inproc_name(), Options(max_connections=2))
+    connections = [transports.connect(listener.address) for _ in range(2)]
+    try:
+        with pytest.raises(TransportError, match="max_connections"):
+            transports.connect(listener.address)
+        assert listener.rejections["too-many-connections"] == 1
+        connections.pop().close()
+        connections.append(transports.connect(listener.address))
+    finally:
+        for connection in connections:
+            connection.close()
+        listener.close()
+
+
+def test_inproc_reply_to_a_closed_connection() -> None:
+    listener = transports.listen(_inproc_name())
+    connection = transports.connect(listener.address)
+    connection.send(b"bye")
+    connection.close()
+    route, frame = listener.recv(1.0)               # sent before close: delivered
+    assert frame == b"bye"
+    with pytest.raises(TransportError, match="was closed or dropped"):
+        listener.send(route, b"too late")
+    listener.close()
