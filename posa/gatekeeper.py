@@ -7,8 +7,28 @@ dropped, counted under its reason in ``rejections``, and logged once per cause
 caller answers a rejected request with an ERROR when it can
 (``Rejection.answerable``).
 
-The steps beyond decoding are pluggable objects (``posa.security``), each with
-one method; a gatekeeper without them admits every well-formed message.
+Rejection reasons (the keys of ``rejections``, fixed: metrics and docs name them):
+
+    malformed        not a posa envelope (bytes, msgpack, fields, size)
+    unauthenticated  no valid authentication trailer: none, unknown key, wrong MAC
+    stale            sealed outside the clock window
+    replay           a frame seen before
+    impersonation    the key may not speak for the sender name
+    forbidden        an access rule refuses sender -> recipient
+    rate-limited     the connection or the sender is over its rate
+    busy             too many requests in flight (``enter``)
+
+An ``Unauthorized`` raised by a step may carry its reason in ``.reason``
+(``posa.security.refusal``); without one, authentication failures count as
+``unauthenticated`` and authorization failures as ``forbidden``.
+
+With an authenticator, an admitted message carries the id of the key that
+authenticated it in ``headers["posa.key"]`` (a value sent by anyone else is
+removed), which ``posa.security.authenticated_key`` reads.
+
+The steps beyond decoding are pluggable objects (``posa.security``,
+``posa.limits``), each with one method; a gatekeeper without them admits every
+well-formed message.
 """
 from __future__ import annotations
 
@@ -17,11 +37,14 @@ from collections import Counter
 from typing import Any, Protocol
 
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
+from posa.limits import InFlight
 from posa.message import Codec, Kind, Message
 
-__all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter"]
+__all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER"]
 
 log = logging.getLogger("posa.gatekeeper")
+
+KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
 
 
 class Authenticator(Protocol):
@@ -68,11 +91,13 @@ class Gatekeeper:
     """Admission control for one receiving endpoint set (a peer or a service)."""
 
     def __init__(self, codec: Codec, *, authenticator: Authenticator | None = None,
-                 authorizer: Authorizer | None = None, limiter: Limiter | None = None) -> None:
+                 authorizer: Authorizer | None = None, limiter: Limiter | None = None,
+                 in_flight: InFlight | None = None) -> None:
         self.codec = codec
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.limiter = limiter
+        self.in_flight = in_flight
         self.rejections: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
         self._plain = authenticator is None and authorizer is None and limiter is None
@@ -81,15 +106,18 @@ class Gatekeeper:
         """The message in ``frame`` if it may pass; raises ``Rejection`` otherwise."""
         if self._plain:
             try:
-                return self.codec.decode(frame)
+                msg = self.codec.decode(frame)
             except ProtocolError as exc:
                 raise self._reject("malformed", exc, None) from None
+            if KEY_HEADER in msg.headers:
+                del msg.headers[KEY_HEADER]
+            return msg
         key_id = ""
         if self.authenticator is not None:
             try:
                 frame, key_id = self.authenticator.open(frame)
             except Unauthorized as exc:
-                raise self._reject("unauthenticated", exc, None) from None
+                raise self._reject(_reason(exc, "unauthenticated"), exc, None) from None
         try:
             msg = self.codec.decode(frame)
         except ProtocolError as exc:
@@ -98,19 +126,41 @@ class Gatekeeper:
             try:
                 self.authenticator.check(msg, key_id)
             except Unauthorized as exc:
-                raise self._reject("unauthenticated", exc, msg) from None
+                raise self._reject(_reason(exc, "unauthenticated"), exc, msg) from None
+            msg.headers[KEY_HEADER] = key_id
+        elif KEY_HEADER in msg.headers:
+            del msg.headers[KEY_HEADER]
         if self.authorizer is not None:
             try:
                 self.authorizer.check(msg)
             except Unauthorized as exc:
-                raise self._reject("forbidden", exc, msg) from None
+                raise self._reject(_reason(exc, "forbidden"), exc, msg) from None
         if self.limiter is not None and not self.limiter.admit(source, msg):
             raise self._reject("rate-limited", Rejected(
                 f"{msg.sender!r} is sending faster than this peer admits; slow down "
                 "or ask its operator to raise the rate limit"), msg)
         return msg
 
+    # -- requests in flight (called by the receiver after de-duplication) ------
+    def enter(self, msg: Message) -> PosaError | None:
+        """Count the request ``msg`` as in flight; the error to answer it with
+        if too many are (counted as ``busy``), else None."""
+        if self.in_flight is None or self.in_flight.enter(msg):
+            return None
+        error = Rejected(f"too many requests from {msg.sender!r} are in flight here "
+                         f"(at most {self.in_flight.max_per_sender} per sender, "
+                         f"{self.in_flight.max_total} in all); wait for replies before "
+                         "sending more, or retry later")
+        self._reject("busy", error, msg)
+        return error
+
+    def leave(self, msg: Message) -> None:
+        """The request ``msg`` was answered."""
+        if self.in_flight is not None:
+            self.in_flight.leave(msg)
+
     def _reject(self, reason: str, error: PosaError, msg: Message | None) -> Rejection:
+        """Count and log (once per cause) a refusal; the ``Rejection`` to raise."""
         self.rejections[reason] += 1
         cause = (reason, str(error)[:80])
         if cause not in self._logged and len(self._logged) < 1024:
@@ -118,3 +168,8 @@ class Gatekeeper:
             log.warning("rejected a frame (%s): %s; further ones like it are only counted",
                         reason, error)
         return Rejection(reason, error, msg)
+
+
+def _reason(exc: Unauthorized, default: str) -> str:
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, str) else default
