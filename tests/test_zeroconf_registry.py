@@ -478,7 +478,7 @@ def test_what_the_wire_may_change(netns: str, lan: Callable[..., ZeroconfRegistr
         other.loop.call_soon_threadsafe(other.registry.async_remove, alive)
         silent = time.monotonic()
         at = seen.wait("net/y", gone, timeout=2.0 + DEADLINE)
-        assert at is not None and at - silent <= 2.5
+        assert at is not None and at - silent <= 3.0      # TTL 2 s, one timer late at most
     finally:
         other.close()
 
@@ -599,7 +599,7 @@ def test_a_registry_in_another_process(netns: str,
         at = seen.wait("lan/child", gone, timeout=2.0 + DEADLINE)
         assert at is not None, "the dead child's name never went away"
         print(f"\ndead child's name gone {at - killed:.2f} s after SIGKILL (lease 2 s)")
-        assert at - killed <= 2.5
+        assert at - killed <= 3.0          # lease 2 s, one timer late at most
     finally:
         child.close()
 
