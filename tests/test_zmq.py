@@ -7,13 +7,17 @@ thread without touching its socket from another thread.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -367,3 +371,24 @@ def test_frames_sent_before_close_are_flushed(opened: list) -> None:
     conn.close()                               # the I/O thread keeps flushing (linger)
     got = [listener.recv(timeout=5.0)[1] for _ in range(500)]
     assert got == [b"%d" % i for i in range(500)]
+
+
+def test_frames_queued_at_exit_are_flushed_within_linger(opened: list) -> None:
+    """A process that closes its connection and exits at once still delivers:
+    at exit the shared context is terminated, which flushes closed sockets for
+    at most their linger instead of dropping what the I/O thread had not yet
+    written. Here 30 MiB wait in the sender while the receiver does not read."""
+    listener = listen(opened, "zmq+tcp://127.0.0.1:0", Options(high_water_mark=1))
+    child = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+             "import transports\n"
+             f"c = transports.connect({listener.address!r}, transports.Options(linger=10))\n"
+             "for i in range(500): c.send(b'%4d' % i + bytes(65536))\n"
+             "c.close()\n"
+             "print('closed', flush=True)\n")
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE) as sender:
+        assert sender.stdout is not None and sender.stdout.readline() == b"closed\n"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            sender.wait(timeout=0.5)   # without the flush it would exit, and lose frames
+        got = [listener.recv(timeout=10.0)[1][:4] for _ in range(500)]
+        assert sender.wait(timeout=10.0) == 0
+    assert got == [b"%4d" % i for i in range(500)]

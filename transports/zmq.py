@@ -42,10 +42,11 @@ Socket options, set deliberately
     such drops are not counted in ``rejections``; a DEALER reconnects by itself
     and the oversized frame is lost. ``send`` refuses oversized frames itself,
     so only a foreign peer (or one configured with a larger limit) hits this.
-``ROUTER_MANDATORY`` = 1 (listener)
+``ROUTER_MANDATORY`` = 1, ``SNDTIMEO`` = ``send_timeout`` (listener)
     a send to a route whose connection is gone raises ``TransportError``
     instead of being dropped silently; a full peer queue blocks the send for at
-    most ``send_timeout`` (``Timeout``).
+    most ``send_timeout`` (``Timeout``). A connection's ``send`` waits by
+    polling instead, so that ``close()`` can wake it.
 ``IMMEDIATE`` = 1 (connection)
     frames are queued only on a completed connection, so a send to an address
     where nobody listens blocks and ends in ``Timeout`` after ``send_timeout``
@@ -59,6 +60,7 @@ reason ``max_connections`` is not enforced by this transport.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import logging
 import math
@@ -119,7 +121,12 @@ def _flush_at_exit() -> None:
     ctx = _ctx
     if ctx is None or _ctx_pid != os.getpid() or _exit_linger <= 0:
         return
-    flusher = threading.Thread(target=ctx.term, name="posa-zmq-flush", daemon=True)
+
+    def term() -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            ctx.term()
+
+    flusher = threading.Thread(target=term, name="posa-zmq-flush", daemon=True)
     flusher.start()
     flusher.join(_exit_linger)
 
@@ -199,7 +206,7 @@ _BIND_REASONS = {
 def _socket_error(action: str, address: str, exc: zmq.ZMQError | OSError) -> TransportError:
     """Translate a ZeroMQ/OS error; a terminated context or closed socket is ``Closed``."""
     if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-        return Closed(f"{address} was closed (ZeroMQ is shutting down); open a new "
+        return Closed(f"{address} is closed (or the process is exiting); open a new "
                       "endpoint to go on")
     return TransportError(f"cannot {action} {address}: {exc.strerror or exc}")
 
@@ -210,8 +217,6 @@ def _new_socket(kind: int, options: Options, ipv6: bool) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, options.high_water_mark)
     sock.setsockopt(zmq.RCVHWM, options.high_water_mark)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_size)
-    sock.setsockopt(zmq.SNDTIMEO, -1 if options.send_timeout is None
-                    else int(options.send_timeout * 1000))
     if ipv6:
         sock.setsockopt(zmq.IPV6, 1)
     return sock
@@ -298,7 +303,8 @@ class _Endpoint:
         receive, spares the ``zmq.Again`` exception: it costs pyzmq ~6 us."""
         sock = self._sock
         while True:
-            ms = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            ms = -1 if deadline is None else max(
+                0, math.ceil((deadline - time.monotonic()) * 1000))
             try:
                 ready = zmq.zmq_poll(items, ms)
             except _ZMQError as exc:
@@ -344,6 +350,8 @@ class ZmqListener(_Endpoint):
             raise _socket_error("listen on", address, exc) from None
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.SNDTIMEO, -1 if options.send_timeout is None
+                            else int(options.send_timeout * 1000))
             sock.bind(endpoint)
             bound = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         except _ZMQError as exc:
