@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import secrets
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
@@ -53,6 +52,7 @@ log = logging.getLogger("posa.dispatcher")
 
 DISPATCHER = "posa/dispatcher"
 MAX_HOPS = 4
+JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
 
 
 def registration_to_wire(r: Registration) -> dict[str, Any]:
@@ -90,6 +90,8 @@ class Dispatcher:
         self.instance = secrets.token_hex(8)   # changes on every start: caches use it
         self.state_path = state
         self.registry = LocalRegistry()
+        self._pending: list[dict[str, Any]] = []
+        self._journaled = 0
         if state is not None:
             self._load_state(state)
         self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
@@ -97,7 +99,6 @@ class Dispatcher:
         self._federation = [Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
                                    pins={DISPATCHER: address}) for address in peers]
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
-        self._dirty = False
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,))
         self.registry.watch(self._changed)
@@ -137,6 +138,7 @@ class Dispatcher:
             credential=_field(body, "credential", str),
             epoch=_field(body, "epoch", int, None), lease=_field(body, "lease", (int, float), 10.0),
             meta=_field(body, "meta", dict, None))
+        self._commit()
         return registration_to_wire(registration)
 
     def _op_renew(self, msg: Message, body: dict[str, Any]) -> Any:
@@ -146,6 +148,7 @@ class Dispatcher:
     def _op_unregister(self, msg: Message, body: dict[str, Any]) -> Any:
         self.registry.unregister(_field(body, "name", str),
                                  credential=_field(body, "credential", str))
+        self._commit()
         return None
 
     def _op_lookup(self, msg: Message, body: dict[str, Any]) -> Any:
@@ -200,7 +203,7 @@ class Dispatcher:
 
     # -- change notices, expiry, persistence ---------------------------------------
     def _changed(self, name: str, registration: Registration | None) -> None:
-        self._dirty = True
+        self._record(name)
         if not self._watchers:
             return
         body = {"name": name, "registration": None if registration is None
@@ -217,25 +220,38 @@ class Dispatcher:
 
     def _sweep(self) -> None:
         self.registry.expire()
-        if self._dirty and self.state_path is not None:
-            self._dirty = False
-            self._save_state(self.state_path)
+        if self.state_path is not None:
+            self._commit()
+            if self._journaled > JOURNAL_COMPACT_AFTER:
+                self._snapshot()
 
-    def _load_state(self, path: str) -> None:
-        try:
-            with open(path, "rb") as f:
-                saved = msgpack.unpackb(f.read(), raw=False)
-        except FileNotFoundError:
+    # State file: a snapshot (replaced atomically) plus a journal of the changes
+    # since, appended and fsynced before a register/unregister is answered, so an
+    # acknowledged registration survives a crash; the journal is folded into a
+    # new snapshot when it grows.
+    def _record(self, name: str) -> None:
+        if self.state_path is not None:
+            self._pending.append({"name": name, "entry": self.registry.entry_state(name)})
+
+    def _commit(self) -> None:
+        if not self._pending:
             return
-        except (OSError, ValueError, msgpack.UnpackException) as exc:
-            raise PosaError(f"cannot read the dispatcher state file {path}: {exc}; "
-                            "move it away to start empty") from None
-        elapsed = max(0.0, time.time() - float(saved.get("saved_at", time.time())))
-        self.registry.load(RegistryTable.import_state(saved["table"], elapsed=elapsed))
+        records, self._pending = self._pending, []
+        data = b"".join(msgpack.packb(record) for record in records)
+        try:
+            with open(f"{self.state_path}.journal", "ab") as journal:
+                journal.write(data)
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as exc:
+            log.error("cannot append to the journal of %s: %s", self.state_path, exc)
+            return
+        self._journaled += len(records)
 
-    def _save_state(self, path: str) -> None:
-        data = msgpack.packb({"saved_at": time.time(),
-                              "table": self.registry.export_state()})
+    def _snapshot(self) -> None:
+        assert self.state_path is not None
+        path = self.state_path
+        data = msgpack.packb({"saved_at": time.time(), "table": self.registry.export_state()})
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -243,8 +259,44 @@ class Dispatcher:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)   # atomic: a reader sees the old or the new state
+            with open(f"{path}.journal", "wb"):
+                pass                # the snapshot holds everything the journal did
         except OSError as exc:
             log.error("cannot write the state file %s: %s", path, exc)
+            return
+        self._journaled = 0
+
+    def _load_state(self, path: str) -> None:
+        state: dict[str, Any] = {"version": 1, "entries": [], "epochs": {}}
+        try:
+            try:
+                with open(path, "rb") as f:
+                    state = msgpack.unpackb(f.read(), raw=False)["table"]
+            except FileNotFoundError:
+                pass
+            entries = {entry["name"]: entry for entry in state["entries"]}
+            try:
+                with open(f"{path}.journal", "rb") as f:
+                    unpacker = msgpack.Unpacker(f, raw=False)
+                    for record in unpacker:
+                        if record["entry"] is None:
+                            gone = entries.pop(record["name"], None)
+                            if gone is not None:
+                                state["epochs"][record["name"]] = gone["epoch"]
+                        else:
+                            entries[record["name"]] = record["entry"]
+            except FileNotFoundError:
+                pass
+            state["entries"] = list(entries.values())
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise PosaError(f"cannot read the dispatcher state {path}: {exc}; move it "
+                            "and its .journal away to start empty") from None
+        # owners could not renew while the dispatcher was down: every restored
+        # registration gets one whole lease from now to be renewed, or it expires
+        for entry in state["entries"]:
+            entry["expires_in"] = entry["lease"]
+        self.registry.load(RegistryTable.import_state(state))
+        self._snapshot()
 
     # -- federation (worker threads) -------------------------------------------------
     @staticmethod
@@ -271,7 +323,7 @@ class Dispatcher:
         """Stop serving; save the state one last time if a state file is kept."""
         self._sweeper.cancel()
         if self.state_path is not None:
-            self._save_state(self.state_path)
+            self.peer.reactor.call(self._snapshot)
         self.peer.close()
         self._workers.shutdown(wait=False)
         for sender in self._federation:

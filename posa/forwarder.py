@@ -81,6 +81,7 @@ class Forwarder:
         self.ack_timeout = ack_timeout
         self._on_notify = on_notify
         self._targets: dict[str, _Target] = {}
+        self._pins: dict[str, str] = {}
         self._conns: dict[str, Connection] = {}
         self._replies: dict[tuple[str, int], Message] = {}
         self._pid = os.getpid()
@@ -114,8 +115,7 @@ class Forwarder:
 
     def pin(self, name: str, address: str) -> None:
         """Send to ``name`` at ``address`` without asking the registry."""
-        if name not in self._targets:
-            self._targets[name] = _Target(name, address, 0, self._connect(address), True)
+        self._pins[name] = address
 
     def request(self, name: str, body: Any, *, timeout: float,
                 headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
@@ -261,6 +261,9 @@ class Forwarder:
                 target.out.ack(msg.id)
         elif kind == Kind.REPLY or kind == Kind.ERROR:
             self._replies[(msg.sender, msg.correlation)] = msg
+            target = self._targets.get(msg.sender)
+            if kind == Kind.REPLY and target is not None:
+                target.out.ack(msg.correlation)  # handled in order: all before it arrived
             if len(self._replies) > 4096:  # replies nobody waits for any more
                 self._replies.pop(next(iter(self._replies)))
         elif kind == Kind.MOVED:
@@ -280,9 +283,13 @@ class Forwarder:
         if self._pid != os.getpid():
             raise Closed("this peer was created in the parent process; create peers "
                          "after fork, in the process that uses them")
-        addresses, epoch = self._resolve(name, False)
+        pinned = self._pins.get(name)
+        if pinned is not None:
+            addresses, epoch = (pinned,), 0
+        else:
+            addresses, epoch = self._resolve(name, False)
         address, conn = self._connect_any(name, addresses)
-        target = self._targets[name] = _Target(name, address, epoch, conn, False)
+        target = self._targets[name] = _Target(name, address, epoch, conn, pinned is not None)
         return target
 
     def _connect_any(self, name: str, addresses: tuple[str, ...]) -> tuple[str, Connection]:
@@ -321,6 +328,7 @@ class Forwarder:
         """Re-resolve ``target`` and resend its backlog, retrying until ``deadline``."""
         delay = 0.005
         last: BaseException | None = cause
+        self._poll(target)      # acknowledgements already received shrink the backlog
         while True:
             try:
                 if cause is not None or last is not None:

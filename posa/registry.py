@@ -315,16 +315,28 @@ class RegistryTable:
     def export_state(self) -> dict[str, Any]:
         """The live state as msgpack-able data (lease time left, not clock times)."""
         now = self.now()
-        entries = [
-            {"name": name, "addresses": list(entry.addresses), "epoch": entry.epoch,
-             "lease": entry.lease, "expires_in": entry.expires_at - now,
-             "meta": dict(entry.meta), "owner": entry.owner}
-            for name, entry in self._entries.items() if entry.expires_at > now]
+        entries = [self._entry_state(name, entry, now)
+                   for name, entry in self._entries.items() if entry.expires_at > now]
         epochs = dict(self._tombstones)
         for name, entry in self._entries.items():
             if entry.expires_at <= now:
                 epochs[name] = entry.epoch
         return {"version": STATE_VERSION, "entries": entries, "epochs": epochs}
+
+    def entry_state(self, name: str) -> dict[str, Any] | None:
+        """The ``export_state()`` record of one live name (None if it has none):
+        what a journal of changes appends."""
+        entry = self._entries.get(name)
+        now = self.now()
+        if entry is None or entry.expires_at <= now:
+            return None
+        return self._entry_state(name, entry, now)
+
+    @staticmethod
+    def _entry_state(name: str, entry: _Entry, now: float) -> dict[str, Any]:
+        return {"name": name, "addresses": list(entry.addresses), "epoch": entry.epoch,
+                "lease": entry.lease, "expires_in": entry.expires_at - now,
+                "meta": dict(entry.meta), "owner": entry.owner}
 
     @classmethod
     def import_state(cls, state: Mapping[str, Any], *,
@@ -531,6 +543,10 @@ class LocalRegistry:
     def export_state(self) -> dict[str, Any]:
         """``RegistryTable.export_state()`` of the live state, for a state file."""
         return self._apply(lambda: (self._table.export_state(), []))
+
+    def entry_state(self, name: str) -> dict[str, Any] | None:
+        """``RegistryTable.entry_state(name)``, for a journal of changes."""
+        return self._apply(lambda: (self._table.entry_state(name), []))
 
     def load(self, table: RegistryTable) -> None:
         """Replace the whole state by ``table`` (e.g. from ``import_state``), whose
