@@ -247,6 +247,37 @@ def test_listener_close_ends_its_connections(opened: Callable[..., object]) -> N
             connection.recv_nowait()
 
 
+def test_listener_close_delivers_replies_despite_unread_input(
+        opened: Callable[..., object]) -> None:
+    """Frames the listener never read do not reset away the replies it sent."""
+    listener = listen(opened)
+    connection = connect(opened, listener)
+    connection.send(b"question")
+    route, _ = listener.recv(WAIT)
+    for n in range(1000):                       # input the listener will not read
+        connection.send(b"unread %d" % n)
+    listener.send(route, b"answer")
+    listener.close()
+    assert connection.recv(WAIT) == b"answer"
+    with pytest.raises(Closed, match="closed the connection"):
+        connection.recv(WAIT)
+
+
+def test_close_after_the_listener_went_away(opened: Callable[..., object]) -> None:
+    """close() with frames queued for a listener that is gone does not raise."""
+    listener = listen(opened)
+    connection = connect(opened, listener)
+    connection.send(b"hello")
+    listener.recv(WAIT)
+    listener.close()
+    with contextlib.suppress(TransportError):
+        for n in range(10_000):
+            connection.send(b"into the void %d" % n)
+    connection.close()
+    with pytest.raises(Closed):
+        connection.send(b"after close")
+
+
 # --------------------------------------------------------------------------- large and many
 
 def serve_until(listener: TcpListener, stop: threading.Event,

@@ -29,20 +29,31 @@ delivered; no other connection notices.
 sender at ~200k frames/s (on loopback the kernel delivers to the receiver inside
 the sender's call). An idle connection writes a frame at once, so a request
 costs one system call and no thread hop. A frame that follows the last write
-within ``_BURST_GAP`` joins a ``SendQueue`` instead; the sender writes the queue
-itself every ``_SYNC_FLUSH`` frames, and a flusher thread, woken when the queue
-stops being empty, writes what a burst leaves behind, so every frame leaves
-without waiting for a next ``send``. The flusher also waits for the kernel's
-buffer to drain when the listener reads slowly; ``send`` blocks only while
-``high_water_mark`` entries wait in the queue (beyond the kernel's buffer of a
-few MiB; a frame over 64 KiB counts as two). The flusher ends after
-``_FLUSHER_IDLE`` seconds without work and starts again when needed.
+within ``_BURST_GAP`` (and no answer came in between) joins a ``SendQueue``
+instead; the sender writes the queue itself every ``_SYNC_FLUSH`` frames, and a
+flusher thread, woken when the queue stops being empty, takes what the burst
+leaves behind after ``_TAIL_DELAY``, so every frame leaves without waiting for
+a next ``send`` (``recv`` and ``close`` write the queue at once). The flusher
+also waits for room in the kernel's buffer when the listener reads slowly;
+``send`` blocks only while ``high_water_mark`` entries wait in the queue (beyond
+the kernel's buffer of a few MiB; a frame over 64 KiB counts as two). The
+flusher ends after ``_FLUSHER_IDLE`` seconds without work.
+
+*Closing without loss.* A TCP socket closed while input is unread, or receiving
+input after it was closed, answers with a reset, and a reset makes the other
+kernel discard what its application has not read yet. So a connection's
+``close()`` ends only its sending side and hands the socket to a reaper thread,
+which discards input until the listener ends its side too (or ``linger`` runs
+out) and only then closes it; a program that sends, closes and exits keeps
+the reaper alive until then. A closing listener hands its connections to the
+reaper the same way; a listener that sees a connection's stream end has read
+all of it, and closes that socket at once.
 
 *Threads.* A listener is used by one thread at a time, except ``close()``. A
 connection may be used by several threads (writes are serialised by one lock).
 ``close()`` may come from any thread and wakes a blocked ``recv`` with
-``Closed``: the listener through its wake-up socket, the connection by shutting
-its socket down. Sockets are released only once no thread waits on them.
+``Closed``, through a wake-up socket (the connection makes its own on the first
+blocking wait). Sockets are released only once no thread waits on them.
 
 Every ``OSError`` is translated here into ``TransportError``, ``Closed`` or
 ``Timeout`` with the address in the message.
@@ -378,9 +389,9 @@ class TcpListener:
                 self._watch_writes(peer, True)
 
     def close(self) -> None:
-        """Stop listening, flush queued replies (at most ``linger`` seconds) and
-        drop every connection. Idempotent; wakes a ``recv`` blocked in another
-        thread, which raises ``Closed``."""
+        """Stop listening, flush queued replies and end every connection, within
+        ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
+        thread, which raises ``Closed``. Frames not yet received are dropped."""
         with self._close_lock:
             if self._closed:
                 return
@@ -390,9 +401,15 @@ class TcpListener:
         except OSError:
             pass  # the wake-up socket is full: a wake-up is pending already
         with self._io_lock:
-            self._flush_before_close()
+            deadline = time.monotonic() + self._linger
+            self._flush_before_close(deadline)
             for peer in self._peers.values():
-                peer.sock.close()
+                try:
+                    peer.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    peer.sock.close()  # reset already: nothing to deliver
+                else:
+                    _reaper.adopt(peer.sock, deadline)  # see "Closing without loss"
             self._peers.clear()
             self._ready.clear()
             self._selector.close()
@@ -538,8 +555,7 @@ class TcpListener:
             if peer.route not in self._peers:
                 raise self._gone_error(peer.route)
 
-    def _flush_before_close(self) -> None:
-        deadline = time.monotonic() + self._linger
+    def _flush_before_close(self, deadline: float) -> None:
         while True:
             waiting = [peer for peer in self._peers.values() if peer.out]
             remaining = deadline - time.monotonic()
@@ -894,7 +910,10 @@ class TcpConnection:
     def _linger_locked(self) -> None:
         """Let the flusher write the queue until the close deadline."""
         deadline = self._close_deadline
-        self._flush_locked()
+        try:
+            self._flush_locked()
+        except TransportError:
+            return  # the connection failed: _broken_locked reported the loss
         self._space_waiters += 1
         try:
             while self._out and self._failure is None:
@@ -920,6 +939,9 @@ class TcpConnection:
         else:
             self._failure = (TransportError, f"the connection to {self.address} "
                                              f"failed: {_reason(exc)}")
+        if self._out:
+            log.warning("%d frames queued for %s are lost: %s", len(self._out),
+                        self.address, self._failure[1])
         self._out.clear()
         self._cond.notify_all()
         return self._failure_error()
