@@ -156,12 +156,7 @@ class Dispatcher:
         try:
             return registration_to_wire(self.registry.lookup(name))
         except NameNotFound:
-            via = _field(body, "via", list, [])
-            hops = _field(body, "hops", int, 0)
-            if not self._federation or self.node in via or hops >= MAX_HOPS:
-                raise
-        self._workers.submit(self._federated_lookup, msg, name, via + [self.node], hops + 1)
-        return DEFERRED
+            return self._federate(msg, body)
 
     def _op_names(self, msg: Message, body: dict[str, Any]) -> Any:
         return [registration_to_wire(r)
@@ -172,9 +167,13 @@ class Dispatcher:
         exclude = set(_field(body, "exclude", list, []))
         servers = [r for r in self._servers(service) if r.name not in exclude]
         if not servers:
-            raise NameNotFound(f"no live server provides {service!r}"
-                               + (" besides the ones that failed" if exclude else "")
-                               + "; start one with posa.Server, or check its dispatcher")
+            try:
+                return self._federate(msg, body)
+            except NameNotFound:
+                raise NameNotFound(
+                    f"no live server provides {service!r}"
+                    + (" besides the ones that failed" if exclude else "")
+                    + "; start one with posa.Server, or check its dispatcher") from None
         turn = next(self._rotation.setdefault(service, itertools.count()))
         # weighted round robin: a server of weight w gets w turns in a cycle
         slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
@@ -303,21 +302,38 @@ class Dispatcher:
     def _no_resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
         raise NameNotFound(f"{name!r} is reached by its pinned address only")
 
-    def _federated_lookup(self, msg: Message, name: str, via: list[str], hops: int) -> None:
+    def connect_peer(self, address: str) -> None:
+        """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
+        self._federation.append(Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
+                                       pins={DISPATCHER: address}))
+
+    def _federate(self, msg: Message, body: dict[str, Any]) -> Any:
+        """Ask the federated dispatchers (on a worker thread); raise NameNotFound if
+        there are none, or if this request already passed here or went too far."""
+        via = _field(body, "via", list, [])
+        hops = _field(body, "hops", int, 0)
+        if not self._federation or self.node in via or hops >= MAX_HOPS:
+            raise NameNotFound(f"no live registration for {body.get('name') or body.get('service')!r}"
+                               " here or at the federated dispatchers")
+        forwarded = dict(body, via=via + [self.node], hops=hops + 1)
+        self._workers.submit(self._ask_federation, msg, forwarded)
+        return DEFERRED
+
+    def _ask_federation(self, msg: Message, body: dict[str, Any]) -> None:
         self.stats["federated_lookups"] += 1
-        for sender in self._federation:
+        for sender in list(self._federation):
             try:
-                reply = sender.request(DISPATCHER, {"op": "lookup", "name": name,
-                                                     "via": via, "hops": hops}, timeout=2.0)
+                reply = sender.request(DISPATCHER, body, timeout=2.0)
             except NameNotFound:
                 continue
             except PosaError as exc:
-                log.info("federated lookup of %r failed at a peer dispatcher: %s", name, exc)
+                log.info("federated %s failed at a peer dispatcher: %s", body["op"], exc)
                 continue
             self.peer.reply(msg, reply.body)
             return
+        what = body.get("name") or body.get("service")
         self.peer.reply_error(msg, NameNotFound(
-            f"no live registration for {name!r} here or at the federated dispatchers"))
+            f"no live registration for {what!r} here or at the federated dispatchers"))
 
     def close(self) -> None:
         """Stop serving; save the state one last time if a state file is kept."""

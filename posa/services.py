@@ -29,6 +29,7 @@ from posa.names import validate_name
 from posa.peer import DEFERRED, Peer
 from posa.registry import Registration, Registry
 from posa.registry_client import RegistryClient
+from transports.base import Options
 
 __all__ = ["Server", "Client", "Channel"]
 
@@ -103,7 +104,9 @@ class Client:
         self.registry, self._owns_registry = _registry(dispatcher, registry)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        self.sender = Sender("", resolve=self._resolve)
+        # a send to a vanished server must not block longer than one attempt
+        self.sender = Sender("", resolve=self._resolve,
+                             options=Options(send_timeout=attempt_timeout))
         self._chosen: dict[str, str] = {}       # service -> server name in use
 
     def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
