@@ -184,8 +184,10 @@ def _check_ipc_free(address: str, path: str) -> None:
     try:
         probe.settimeout(1.0)
         probe.connect(path)
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return  # nobody accepts there: a stale file left by a dead process
+    except OSError:
+        pass    # someone is there but busy: as good as in use
     finally:
         probe.close()
     raise TransportError(f"cannot bind {address}: address in use by a live listener; "
@@ -321,6 +323,18 @@ class _Endpoint:
     def _deadline(timeout: float | None) -> float | None:
         return None if timeout is None else time.monotonic() + max(timeout, 0.0)
 
+    def _drop_garbage(self, source: str, parts: int) -> None:
+        """Drain the rest of a multi-part message (``parts`` frames of it read so
+        far, not counting a ROUTER's identity frame) and count it; the first
+        such message is logged as a warning, later ones at debug level."""
+        while self._sock.get(_RCVMORE):
+            self._sock.recv(_NOBLOCK)
+            parts += 1
+        self.rejections["garbage"] += 1
+        log = _log.warning if self.rejections["garbage"] == 1 else _log.debug
+        log("%s dropped a message of %d frames from %s (expected one frame); %d "
+            "dropped so far", self.address, parts, source, self.rejections["garbage"])
+
     def _too_big(self, frame: bytes) -> TransportError:
         return TransportError(f"frame of {len(frame)} bytes exceeds max_frame_size "
                               f"({self._options.max_frame_size}) of {self.address}; "
@@ -360,7 +374,6 @@ class ZmqListener(_Endpoint):
             raise TransportError(f"cannot bind {address}: {reason}") from None
         super().__init__(_posa_address(bound), sock, options)
         self._recv = sock.recv
-        self._get = sock.get
 
     def recv_nowait(self) -> tuple[bytes, bytes] | None:
         """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""
@@ -377,17 +390,7 @@ class ZmqListener(_Endpoint):
             frame = recv(_NOBLOCK, copy=False)   # the parts of a message come together
             if not frame.more:
                 return route, frame.bytes
-            self._drop_garbage(route)
-
-    def _drop_garbage(self, route: bytes) -> None:
-        parts = 2
-        while self._get(_RCVMORE):
-            self._recv(_NOBLOCK)
-            parts += 1
-        self.rejections["garbage"] += 1
-        log = _log.warning if self.rejections["garbage"] == 1 else _log.debug
-        log("%s dropped a message of %d frames from route %r (expected one); "
-            "%d dropped so far", self.address, parts - 1, route, self.rejections["garbage"])
+            self._drop_garbage(f"route {route!r}", 1)
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Block for the next ``(route, frame)``. Raises ``Timeout``, ``Closed``."""
@@ -402,7 +405,7 @@ class ZmqListener(_Endpoint):
             self._leave_wait()
         raise Timeout(f"no frame arrived at {self.address} within {timeout:g} s")
 
-    def send(self, route: bytes, frame: bytes) -> None:  # type: ignore[override]
+    def send(self, route: bytes, frame: bytes) -> None:
         """Send ``frame`` on the connection ``route`` came from.
 
         Raises ``TransportError`` (oversize frame, connection gone), ``Timeout``
@@ -506,13 +509,7 @@ class ZmqConnection(_Endpoint):
                 raise _socket_error("receive from", self.address, exc) from None
             if not self._get(_RCVMORE):
                 return frame
-            parts = 1
-            while self._get(_RCVMORE):
-                recv(_NOBLOCK)
-                parts += 1
-            self.rejections["garbage"] += 1
-            _log.warning("%s dropped a reply of %d frames (expected one)",
-                         self.address, parts)
+            self._drop_garbage("the listener", 1)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame. Raises ``Timeout``, ``Closed``."""
