@@ -144,8 +144,9 @@ def _too_large(size: int, limit: int, where: str) -> TransportError:
 
 
 class _Reaper:
-    """Closes the sockets of closed connections once their listener has ended
-    its side too (or their deadline passed), discarding what still arrives.
+    """Closes the sockets that closed endpoints hand over (their sending side
+    already ended) once the other side has ended too, or at their deadline,
+    discarding what still arrives.
 
     One thread for the process, started when a socket is handed over and ended
     when none is left; at interpreter exit, it is given until the last deadline
@@ -343,14 +344,16 @@ class TcpListener:
     def recv(self, timeout: float | None = None) -> tuple[Route, bytes]:
         """Block for the next ``(route, frame)``. Raises ``Timeout``, ``Closed``."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        ready = self._ready
         while True:
-            item = self.recv_nowait()
-            if item is not None:
-                return item
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise Timeout(f"no frame arrived at {self.address} within {timeout} s")
+            if self._closed:
+                raise self._closed_error()
+            if ready:
+                return ready.popleft()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             self._poll(remaining)
+            if not ready and remaining == 0.0:
+                raise Timeout(f"no frame arrived at {self.address} within {timeout} s")
 
     def send(self, route: Route, frame: bytes) -> None:
         """Send ``frame`` on connection ``route``. Blocks, at most ``send_timeout``,
@@ -667,9 +670,9 @@ class TcpConnection:
             if self._closing or self._failure is not None:
                 raise self._failure_error()
             out = self._out
-            if out:
-                if len(out) >= self._high_water_mark:
-                    self._wait_for_room_locked()
+            if out and len(out) >= self._high_water_mark:
+                self._wait_for_room_locked()
+            if out:                       # the flusher is at work: join the queue
                 if out.push(frame) >= _SYNC_FLUSH:
                     self._flush_locked()
                 return
