@@ -43,31 +43,39 @@ def _body(text: str) -> Any:
                          "quote it: '\"hello\"'") from None
 
 
-def wait_for_signal(stop: Callable[[], None] | None = None) -> int:
-    """Block until SIGINT or SIGTERM, then call ``stop``; returns exit code 0."""
-    received = threading.Event()
+class StopSignals:
+    """SIGINT and SIGTERM set ``stopped``; install before announcing readiness, so
+    that a signal sent right after the announcement is never missed."""
 
-    def handler(signum: int, frame: Any) -> None:
-        received.set()
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not received.wait(0.5):
-            pass
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if stop is not None:
-        stop()
-    return 0
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._previous = {sig: signal.signal(sig, self._handler)
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.stopped.set()
+
+    def wait(self, then: Callable[[], None] | None = None) -> int:
+        """Block until a signal, restore the old handlers, call ``then``; exit code 0."""
+        try:
+            while not self.stopped.wait(0.5):
+                pass
+        finally:
+            for sig, old in self._previous.items():
+                signal.signal(sig, old)
+        if then is not None:
+            then()
+        return 0
 
 
 def _cmd_dispatcher(args: argparse.Namespace) -> int:
     from posa.dispatcher import Dispatcher
+    signals = StopSignals()
     dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
                             peers=args.peer, state=args.state, lease=args.lease)
     print(f"posa dispatcher {dispatcher.node} listening on "
           f"{' '.join(dispatcher.addresses)}", flush=True)
-    return wait_for_signal(dispatcher.close)
+    return signals.wait(dispatcher.close)
 
 
 def _registry(args: argparse.Namespace) -> Any:

@@ -52,6 +52,8 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
+ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
+ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
 _CLOSED = object()      # wakes receive() on close
 
 
@@ -118,6 +120,8 @@ class Peer:
         self._inbox_size = inbox_size
         self._paused: list[_Endpoint] = []
         self._retiring: list[_Endpoint] = []   # moved away from, closing after a grace
+        self._pending_acks: dict[tuple[str, int], list[Any]] = {}
+        self._ack_timer: Any = None
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
         self.sender = Sender(self.name, resolve=self._resolve, codec=self.codec,
@@ -177,7 +181,7 @@ class Peer:
         name, ``Timeout`` if delivery could not be made within ``timeout``."""
         deadline = time.monotonic() + timeout
         fwd = self.sender.forwarder()
-        if is_pattern(name):
+        if "*" in name:                       # a group pattern (posa.names.is_pattern)
             recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
             for recipient in recipients:
                 fwd.send(recipient, body, headers=headers, deadline=deadline)
@@ -290,7 +294,7 @@ class Peer:
         deliver = self._deliver
         inbox = self._inbox
         limit = self._inbox_size
-        touched: dict[tuple[str, int], Any] = {}
+        pending = self._pending_acks
         for _ in range(BATCH):
             if self._handler is None and inbox.qsize() >= limit:
                 self._pause(endpoint)
@@ -317,7 +321,14 @@ class Peer:
                 continue
             if kind == Kind.SEND or kind == Kind.REQUEST:
                 if msg.stream:
-                    touched[(msg.sender, msg.stream)] = (route, msg.recipient)
+                    key = (msg.sender, msg.stream)
+                    entry = pending.get(key)
+                    if entry is None:
+                        pending[key] = [endpoint, route, msg.recipient, 1]
+                    else:
+                        entry[0] = endpoint
+                        entry[1] = route
+                        entry[3] += 1
                     ready = accept(msg)
                     if not ready and kind == Kind.REQUEST:
                         self._answer_duplicate(endpoint, route, msg)
@@ -325,21 +336,32 @@ class Peer:
                         deliver(m)
                 else:
                     deliver(msg)
-        if touched:
-            self._acknowledge(endpoint, touched)
+        if pending:
+            due = [key for key, entry in pending.items() if entry[3] >= ACK_BATCH]
+            if due:
+                self._acknowledge(due)
+            if pending and self._ack_timer is None:
+                self._ack_timer = self.reactor.call_later(ACK_DELAY, self._acknowledge_all)
 
-    def _acknowledge(self, endpoint: _Endpoint, touched: dict[tuple[str, int], Any]) -> None:
-        pack, acked, send = self.codec.pack, self._inbound.acked, endpoint.listener.send
-        seal = self._seal
-        routes = endpoint.routes
-        for (sender, stream), (route, me) in touched.items():
+    def _acknowledge_all(self) -> None:
+        self._ack_timer = None
+        self._acknowledge(list(self._pending_acks))
+
+    def _acknowledge(self, keys: list[tuple[str, int]]) -> None:
+        """Send one cumulative ACK for each of these streams (reactor thread)."""
+        pack, acked, seal = self.codec.pack, self._inbound.acked, self._seal
+        pending = self._pending_acks
+        for key in keys:
+            endpoint, route, me, _ = pending.pop(key)
+            sender, stream = key
             try:
-                send(route, seal(pack(Kind.ACK, stream, acked(sender, stream), me,
-                                      sender, 0, {}, None)))
+                endpoint.listener.send(route, seal(pack(
+                    Kind.ACK, stream, acked(sender, stream), me, sender, 0, {}, None)))
                 if endpoint.moved_to is not None and route not in endpoint.told:
                     self._tell_moved(endpoint, route, sender)
             except PosaError:
                 continue  # that connection is gone; its sender resends
+            routes = endpoint.routes
             if route not in routes:
                 routes[route] = None
                 if len(routes) > 4096:
