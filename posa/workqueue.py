@@ -18,6 +18,7 @@ Protocol (requests to the queue's name; every body is a map):
              failed: [[key, token, reason]]            data]], "visibility": secs}
     put      items: [[key, data]]                      {"accepted": n, "added": m}
     extend   leases: [[key, token]]   (one-way send)   -
+    wake     -                        (one-way send)   answers the sender's held ``next``
     metrics  -                                         the metrics dict
     dead     -                                         [[key, attempts, reason]]
 
@@ -269,12 +270,15 @@ class WorkQueue:
                 for key, token in _pairs(body.get("leases")):
                     self.state.extend(key, token, now)
             return None
+        if op == "wake":
+            self._wake(msg.sender)
+            return None
         if op == "metrics":
             return self.metrics()
         if op == "dead":
             return [[key, attempts, reason] for key, _, attempts, reason in self.dead_letters()]
         raise Rejected(f"unknown work-queue operation {op!r}; use next, put, extend, "
-                       "metrics or dead")
+                       "wake, metrics or dead")
 
     def _next(self, msg: Message, body: dict[str, Any]) -> Any:
         now = time.monotonic()
@@ -333,6 +337,15 @@ class WorkQueue:
             self._changed.notify_all()
         self._after([], replies)
         return accepted, added
+
+    def _wake(self, worker: str) -> None:
+        """Answer ``worker``'s held request now (it is stopping)."""
+        with self._lock:
+            mine = [w for w in self._waiters if w[0].sender == worker]
+            for waiter in mine:
+                self._waiters.remove(waiter)
+        for msg, _, _ in mine:
+            self._reply_items(msg, [])
 
     def _serve_waiters_locked(self, now: float) -> list[tuple[Message, list[Any]]]:
         """Lease to held requests, oldest first; answer those whose wait is over."""
@@ -566,6 +579,11 @@ class Worker:
         """Stop, wait up to ``timeout`` for the items in hand, close the peer."""
         self.stop()
         if self._thread is not None:
+            if self._thread.is_alive():
+                try:                                # cut short a request held empty
+                    self.peer.send(self.queue, {"op": "wake"}, timeout=1.0)
+                except PosaError:
+                    pass
             self._thread.join(timeout)
         self.peer.close()
 

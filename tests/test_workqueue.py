@@ -114,7 +114,7 @@ class WorkStateMachine(RuleBasedStateMachine):
 
 
 TestWorkStateMachine = WorkStateMachine.TestCase
-TestWorkStateMachine.settings = settings(max_examples=200, stateful_step_count=60,
+TestWorkStateMachine.settings = settings(max_examples=100, stateful_step_count=50,
                                          deadline=None)
 
 
