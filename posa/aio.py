@@ -1,16 +1,25 @@
 """posa under asyncio: the same surface as the blocking API, every call awaitable.
 
-Implemented once: each asyncio object wraps its blocking counterpart.  Sends and
-requests run on one worker thread per object (so a peer's messages keep one
-stream and one order); receiving is fed by the reactor thread straight into an
-``asyncio.Queue``, so ``await peer.receive()`` costs no worker thread at all.
+Implemented once: each asyncio object wraps its blocking counterpart.
+
+- ``request`` drives the forwarder's own request steps
+  (``Forwarder.request_steps``) from the event loop: the loop thread sends, then
+  waits for the connection's descriptor with ``add_reader`` and drains it without
+  blocking. No thread hop and no future per message.
+- ``send`` uses the loop thread's forwarder too, so sends and requests of one
+  task keep one order. It returns at once unless ``window`` messages to the
+  recipient are unacknowledged: then it waits (flow control) like the blocking one.
+- Receiving is fed by the reactor thread into an ``asyncio.Queue``.
+- Calls that are rare or slow by nature (``migrate``, ``flush``, ``close``) run on
+  a worker thread.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import functools
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Generator
 
 from posa import peer as peer_module
 from posa.errors import Closed, Timeout
@@ -60,13 +69,38 @@ class Peer:
             self._worker, functools.partial(fn, *args, **kwargs))
 
     async def send(self, name: str, body: Any = None, **kwargs: Any) -> int:
-        return await self._run(self._sync.send, name, body, **kwargs)  # type: ignore[no-any-return]
+        return self._sync.send(name, body, **kwargs)
 
-    async def request(self, name: str, body: Any = None, **kwargs: Any) -> Any:
-        return await self._run(self._sync.request, name, body, **kwargs)
+    async def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
+                      headers: dict[str, Any] | None = None) -> Any:
+        reply = await self._drive(self._sync.sender.forwarder().request_steps(
+            name, body, timeout=timeout, headers=headers))
+        return reply.body
 
     async def flush(self, timeout: float = 5.0) -> None:
-        await self._run(self._sync.flush, timeout)
+        """Wait until everything sent from the event loop is acknowledged."""
+        await self._drive(self._sync.sender.forwarder().flush_steps(
+            time.monotonic() + timeout))
+
+    async def _drive(self, steps: Generator[tuple[Any, float], bool, Any]) -> Any:
+        """Run a forwarder's protocol steps on the event loop (see request_steps)."""
+        try:
+            conn, wait = next(steps)
+            while True:
+                conn, wait = steps.send(await self._readable(conn.fileno(), wait))
+        except StopIteration as done:
+            return done.value
+
+    async def _readable(self, fd: int, timeout: float) -> bool:
+        loop = self._loop
+        ready = loop.create_future()
+        loop.add_reader(fd, ready.set_result, True)
+        handle = loop.call_later(timeout, lambda: ready.done() or ready.set_result(False))
+        try:
+            return await ready  # type: ignore[no-any-return]
+        finally:
+            handle.cancel()
+            loop.remove_reader(fd)
 
     async def receive(self, timeout: float | None = None) -> Message:
         try:

@@ -23,9 +23,10 @@ import itertools
 import logging
 import os
 import secrets
+import select
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Generator, TypeVar
 
 import transports
 from posa.errors import (Closed, NameNotFound, PosaError, ProtocolError, Timeout,
@@ -123,6 +124,16 @@ class Forwarder:
 
         With ``failfast`` a broken connection raises ``TransportError`` at once
         instead of being retried until the deadline (the caller fails over)."""
+        return _drive(self.request_steps(name, body, timeout=timeout, headers=headers,
+                                         failfast=failfast))
+
+    def request_steps(self, name: str, body: Any, *, timeout: float,
+                      headers: dict[str, Any] | None = None, failfast: bool = False
+                      ) -> Generator[tuple[Connection, float], bool, Message]:
+        """A request as steps: it yields ``(connection, seconds)`` whenever it must
+        wait for input, expects to be sent whether the connection became readable,
+        and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
+        with the event loop, so the protocol is written once."""
         deadline = time.monotonic() + timeout
         hdrs = {"ttl": int(timeout * 1000)}
         if headers:
@@ -141,12 +152,14 @@ class Forwarder:
             if remaining <= 0:
                 raise Timeout(f"no reply from {name!r} within {timeout} s "
                               f"(at {target.address}); is its handler slow or stuck?")
+            conn = target.conn
             try:
-                frame = target.conn.recv(min(remaining, self.ack_timeout))
-            except Timeout:
-                if target.out.unacked and target.out.unacked[0][0] <= seq:
-                    self._recover(target, deadline, None)  # request not yet delivered
-                continue
+                frame = conn.recv_nowait()
+                if frame is None and not conn.pending():
+                    if not (yield conn, min(remaining, self.ack_timeout)):
+                        if target.out.unacked and target.out.unacked[0][0] <= seq:
+                            self._recover(target, deadline, None)  # not delivered yet
+                    continue
             except TransportError as exc:
                 if failfast:
                     self._drop_connection(target.address)
@@ -156,14 +169,41 @@ class Forwarder:
                                          f"{exc}") from None
                 self._recover(target, deadline, exc)
                 continue
-            self._absorb(frame)
+            if frame is not None:
+                self._absorb(frame)
             target = self._targets.get(name, target)
 
     def flush(self, deadline: float) -> None:
         """Wait until every message sent so far is acknowledged (or raise ``Timeout``)."""
+        _drive(self.flush_steps(deadline))
+
+    def flush_steps(self, deadline: float) -> Generator[tuple[Connection, float], bool, None]:
+        """``flush`` as steps, driven like ``request_steps``."""
         for target in list(self._targets.values()):
+            acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
             while target.out.unacked:
-                self._await_progress(target, deadline)
+                now = time.monotonic()
+                if now >= deadline:
+                    raise Timeout(
+                        f"{len(target.out)} message(s) to {target.name!r} at "
+                        f"{target.address} were not acknowledged in time; the peer may "
+                        "be overloaded or gone")
+                if target.out.acked != acked:       # progress: the stall clock restarts
+                    acked, stall_until = target.out.acked, now + self.ack_timeout
+                if now >= stall_until:
+                    self._recover(target, deadline, None)
+                    stall_until = time.monotonic() + self.ack_timeout
+                    continue
+                conn = target.conn
+                try:
+                    frame = conn.recv_nowait()
+                except TransportError as exc:
+                    self._recover(target, deadline, exc)
+                    continue
+                if frame is not None:
+                    self._absorb(frame)
+                elif not conn.pending():
+                    yield conn, min(deadline, stall_until) - now
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""
@@ -354,6 +394,27 @@ class Forwarder:
                               "message's deadline") from None
             time.sleep(delay)  # back off before asking the registry again
             delay = min(delay * 2, 0.2)
+
+
+_T = TypeVar("_T")
+
+
+def _drive(steps: Generator[tuple[Connection, float], bool, _T]) -> _T:
+    """Run protocol steps, waiting for each connection with ``select``."""
+    try:
+        conn, wait = next(steps)
+        while True:
+            conn, wait = steps.send(_readable(conn, wait))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _readable(conn: Connection, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``conn``'s descriptor; True if it fired."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], timeout)[0])
+    except (OSError, ValueError, PosaError):
+        return True  # closed under us: the next receive says how
 
 
 def _error_fields(body: Any) -> tuple[int, str, str]:
