@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Generator
 
 from posa import peer as peer_module
-from posa.errors import Closed, Timeout
+from posa.errors import PosaError, Timeout
 from posa.message import Message
 
 __all__ = ["Peer"]
@@ -39,6 +39,7 @@ class Peer:
         self._handler: Callable[[Message], Any] | None = None
         self._sync = peer_module.Peer(name, handler=self._from_reactor, **kwargs)
         self.name = self._sync.name
+        self._closed = False
 
     @property
     def address(self) -> str:
@@ -122,12 +123,15 @@ class Peer:
         return await self._run(self._sync.migrate, listen, **kwargs)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        if self._worker is None:
+        """Deliver what the event loop sent (up to ``linger``), then close. Idempotent."""
+        if self._closed:
             return
+        self._closed = True
         try:
-            await self._run(self._sync.close)
-        except Closed:
-            pass
+            await self.flush(self._sync.linger)
+        except PosaError:
+            pass  # close() goes on; what was not acknowledged is logged by the peer
+        await self._run(self._sync.close)
         self._worker.shutdown(wait=False)
 
     async def __aenter__(self) -> Peer:
