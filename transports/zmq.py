@@ -56,6 +56,13 @@ A message from a peer that is not ``[identity, payload]`` (a DEALER sending
 several frames at once) is drained, counted as ``"garbage"`` and not delivered;
 the peer's connection stays up, ROUTER cannot drop one connection. For the same
 reason ``max_connections`` is not enforced by this transport.
+
+CURVE (optional): ``ZmqTransport(curve=Curve(server_public, server_secret))``,
+registered with ``transports.register``, encrypts every zmq+ endpoint of the
+process. Listeners hold the server key pair; each connection makes a key pair
+of its own and accepts only a listener that proves the server public key (a
+listener without it is never reached: ``send`` ends in ``Timeout``). Who may
+*send* is decided above the transport, by posa's authentication.
 """
 from __future__ import annotations
 
@@ -70,13 +77,14 @@ import stat
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import zmq
 
 from posa.errors import Closed, Timeout, TransportError
 from transports.base import Options
 
-__all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection"]
+__all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "Curve"]
 
 _log = logging.getLogger(__name__)
 
@@ -224,6 +232,27 @@ def _new_socket(kind: int, options: Options, ipv6: bool) -> zmq.Socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Curve:
+    """CURVE keys (Z85 text, as ``zmq.curve_keypair()`` makes them): the server
+    key pair that listeners use; connections need only ``server_public``."""
+
+    server_public: bytes
+    server_secret: bytes | None = None
+
+    def apply(self, sock: zmq.Socket, *, listening: bool) -> None:
+        """Set ``sock``'s CURVE options, as a listener's or a connection's."""
+        if listening:
+            sock.curve_server = True
+            sock.curve_publickey = self.server_public
+            sock.curve_secretkey = self.server_secret
+        else:
+            public, secret = zmq.curve_keypair()
+            sock.curve_serverkey = self.server_public
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+
+
 # ------------------------------------------------------------------ endpoints
 class _Endpoint:
     """What listener and connection share: closing, waking, waiting, polling."""
@@ -354,7 +383,10 @@ class _Endpoint:
 class ZmqListener(_Endpoint):
     """A bound ROUTER socket. Routes are identity frames (``bytes``)."""
 
-    def __init__(self, address: str, options: Options) -> None:
+    def __init__(self, address: str, options: Options, curve: Curve | None = None) -> None:
+        if curve is not None and curve.server_secret is None:
+            raise TransportError(f"cannot listen on {address} with CURVE without the "
+                                 "server secret key; give Curve(server_public, server_secret)")
         endpoint, ipv6 = _zmq_endpoint(address, binding=True)
         if endpoint.startswith("ipc://"):
             _check_ipc_free(address, endpoint[len("ipc://"):])
@@ -364,6 +396,8 @@ class ZmqListener(_Endpoint):
             raise _socket_error("listen on", address, exc) from None
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if curve is not None:
+                curve.apply(sock, listening=True)
             sock.setsockopt(zmq.SNDTIMEO, -1 if options.send_timeout is None
                             else int(options.send_timeout * 1000))
             sock.bind(endpoint)
@@ -446,7 +480,7 @@ class ZmqListener(_Endpoint):
 class ZmqConnection(_Endpoint):
     """A DEALER socket connected to one listener."""
 
-    def __init__(self, address: str, options: Options) -> None:
+    def __init__(self, address: str, options: Options, curve: Curve | None = None) -> None:
         endpoint, ipv6 = _zmq_endpoint(address, binding=False)
         try:
             sock = _new_socket(zmq.DEALER, options, ipv6)
@@ -454,6 +488,8 @@ class ZmqConnection(_Endpoint):
             raise _socket_error("connect to", address, exc) from None
         try:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if curve is not None:
+                curve.apply(sock, listening=False)
             sock.connect(endpoint)
         except _ZMQError as exc:
             sock.close(linger=0)
@@ -530,11 +566,14 @@ class ZmqTransport:
 
     schemes = ("zmq+tcp", "zmq+ipc")
 
+    def __init__(self, curve: Curve | None = None) -> None:
+        self.curve = curve
+
     def listen(self, address: str, options: Options) -> ZmqListener:
         """Bind a ROUTER at ``address`` (port 0 or ``*`` picks a free port)."""
-        return ZmqListener(address, options)
+        return ZmqListener(address, options, self.curve)
 
     def connect(self, address: str, options: Options) -> ZmqConnection:
         """Connect a DEALER to ``address``; the connection completes in the
         background, and ``send`` waits for it (at most ``send_timeout``)."""
-        return ZmqConnection(address, options)
+        return ZmqConnection(address, options, self.curve)
