@@ -77,9 +77,12 @@ DEFAULT_WINDOW = 30.0          # seconds a frame's timestamp may differ from our
 MIN_SECRET_BYTES = 16
 ANONYMOUS = "(anonymous)"      # the sender of an Acl rule that matches anonymous senders
 
-_FIELDS = struct.Struct(">BQQB")     # key id length, timestamp, nonce, version
+_TAIL = struct.Struct(">QQB")        # after the key id and its length: time, nonce, version
+_pack_tail = _TAIL.pack
+_unpack_time = struct.Struct(">Q").unpack_from
 _MAC_SIZE = 32
-_FIXED = _FIELDS.size + _MAC_SIZE    # 50 bytes of trailer besides the key id
+_FIXED = 1 + _TAIL.size + _MAC_SIZE  # 50 bytes of trailer besides the key id
+_compare = hmac.compare_digest
 
 
 def refusal(reason: str, text: str) -> Unauthorized:
@@ -99,21 +102,22 @@ def speaks_for(key_id: str, sender: str) -> bool:
 class _Key:
     """One secret, with HMAC's two padded SHA-256 states made ready."""
 
-    __slots__ = ("id", "raw_id", "_inner", "_outer")
+    __slots__ = ("id", "raw_id", "inner", "outer")
 
     def __init__(self, key_id: str, secret: bytes) -> None:
         self.id = key_id
         self.raw_id = key_id.encode()
         block = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
         block = block.ljust(64, b"\0")
-        self._inner = hashlib.sha256(block.translate(_IPAD))
-        self._outer = hashlib.sha256(block.translate(_OPAD))
+        # copies of the states after the padded key block (bound: one lookup less)
+        self.inner = hashlib.sha256(block.translate(_IPAD)).copy
+        self.outer = hashlib.sha256(block.translate(_OPAD)).copy
 
-    def mac(self, *parts: bytes | memoryview) -> bytes:
-        inner = self._inner.copy()
-        for part in parts:
-            inner.update(part)
-        outer = self._outer.copy()
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` (RFC 2104), from the precomputed padded states."""
+        inner = self.inner()
+        inner.update(data)
+        outer = self.outer()
         outer.update(inner.digest())
         return outer.digest()
 
@@ -289,13 +293,14 @@ class HmacAuthenticator:
         if window <= 0 or max_seen <= 0:
             raise ValueError("window and max_seen must be positive")
         self.keyring = keyring
+        self._keys = keyring._keys
         self.key_id = key_id
         self.window = window
         self._key = key
-        self._head = key.raw_id
+        self._head = key.raw_id + bytes([len(key.raw_id)])
         self._window_ms = int(window * 1000)
         self._clock = clock
-        self._nonces = itertools.count((secrets.randbits(32) << 32) | secrets.randbits(31))
+        self._nonces = itertools.count(secrets.randbits(63))   # 2**63 seals to overflow
         self._local = threading.local()
         self._seen: dict[bytes, int] = {}          # MAC -> timestamp, oldest first
         self._horizon = 0                          # frames at or before it are refused
@@ -307,38 +312,49 @@ class HmacAuthenticator:
 
     def seal(self, envelope: bytes) -> bytes:
         """``envelope`` followed by the trailer (see the module docstring)."""
-        key = self._key
-        head = self._head + _FIELDS.pack(len(self._head), int(self._clock() * 1000),
-                                         next(self._nonces) & 0xFFFF_FFFF_FFFF_FFFF,
-                                         TRAILER_VERSION)
-        return b"".join((envelope, head, key.mac(envelope, head)))
+        signed = envelope + self._head + _pack_tail(int(self._clock() * 1000),
+                                                    next(self._nonces), TRAILER_VERSION)
+        key = self._key                     # Key.mac, inlined on this hot path
+        inner = key.inner()
+        inner.update(signed)
+        outer = key.outer()
+        outer.update(inner.digest())
+        return signed + outer.digest()
 
     def open(self, frame: bytes) -> tuple[bytes, str]:
         """``(envelope, key_id)`` of a sealed frame; ``Unauthorized`` if the frame
         has no valid trailer, an unknown key, a wrong MAC or a stale timestamp."""
+        if type(frame) is not bytes:
+            frame = bytes(frame)
         size = len(frame)
-        if size <= _FIXED:
+        id_end = size - _FIXED              # where the key id ends and its length byte is
+        if id_end < 2:
             raise refusal("unauthenticated", "the frame carries no authentication "
                           "trailer; the sender must seal its frames with a posa key "
                           "(authenticator=posa.security.from_env(name))")
-        id_len, sent, _, version = _FIELDS.unpack_from(frame, size - _FIXED)
-        if version != TRAILER_VERSION:
-            raise refusal("unauthenticated", f"authentication trailer version {version} "
-                          f"is not {TRAILER_VERSION}; sender and receiver must run "
-                          "compatible posa versions")
-        start = size - _FIXED - id_len
-        if id_len == 0 or start < 1:
+        if frame[size - _MAC_SIZE - 1] != TRAILER_VERSION:
+            raise refusal("unauthenticated", f"authentication trailer version "
+                          f"{frame[size - _MAC_SIZE - 1]} is not {TRAILER_VERSION}; sender "
+                          "and receiver must run compatible posa versions")
+        start = id_end - frame[id_end]
+        if start < 1 or start == id_end:
             raise refusal("unauthenticated", "the authentication trailer is malformed")
-        key = self.keyring._get(bytes(frame[start:size - _FIXED]))
+        key = self._keys.get(frame[start:id_end])
         if key is None:
             raise refusal("unauthenticated", f"frame sealed with key "
-                          f"{_shown(frame[start:size - _FIXED])}, which this process "
-                          "does not hold; add that key to its key file")
-        mac = frame[size - _MAC_SIZE:]
-        if not hmac.compare_digest(key.mac(memoryview(frame)[:size - _MAC_SIZE]), mac):
+                          f"{_shown(frame[start:id_end])}, which this process does not "
+                          "hold; add that key to its key file")
+        signed_end = size - _MAC_SIZE
+        mac = frame[signed_end:]
+        inner = key.inner()                 # Key.mac, inlined on this hot path
+        inner.update(frame[:signed_end])
+        outer = key.outer()
+        outer.update(inner.digest())
+        if not _compare(outer.digest(), mac):
             raise refusal("unauthenticated", f"the MAC of a frame sealed with key "
                           f"{key.id!r} is wrong: the frame was altered or the sender "
                           "holds another secret under that name")
+        sent = _unpack_time(frame, id_end + 1)[0]
         now = int(self._clock() * 1000)
         if not now - self._window_ms <= sent <= now + self._window_ms:
             raise refusal("stale", f"a frame sealed with key {key.id!r} is "

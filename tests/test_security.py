@@ -450,3 +450,40 @@ def test_impersonation_and_name_hijack_across_processes(tmp_path: Path, dispatch
             s.close()
         reg.close()
         agent.close()
+
+
+# ------------------------------------------------------------ ZeroMQ CURVE
+@pytest.fixture
+def curve_transport() -> Iterator[object]:
+    import zmq
+
+    import transports
+    from transports.zmq import Curve, ZmqTransport
+    public, secret_key = zmq.curve_keypair()
+    curve = Curve(public, secret_key)
+    transports.register(ZmqTransport(curve=curve))
+    try:
+        yield curve
+    finally:
+        transports.register(ZmqTransport())
+
+
+def test_zmq_curve_encrypts_and_refuses_plain_clients(curve_transport: object) -> None:
+    import transports
+    from transports.base import Options
+    from transports.zmq import Curve, ZmqTransport
+    with posa.LocalRegistry() as reg, \
+            posa.Peer("net/b", registry=reg, listen="zmq+tcp://127.0.0.1:0",
+                      handler=lambda m: m.body) as b, \
+            posa.Peer("net/a", registry=reg, listen="zmq+tcp://127.0.0.1:0") as a:
+        assert a.request("net/b", "secret plan", timeout=10) == "secret plan"
+        plain = ZmqTransport().connect(b.address, Options(send_timeout=0.5))
+        try:
+            with pytest.raises(posa.Timeout):
+                plain.send(envelope("net/x", recipient="net/b"))
+        finally:
+            plain.close()
+        with pytest.raises(posa.TransportError, match="without the server secret key"):
+            ZmqTransport(curve=Curve(curve_transport.server_public)).listen(  # type: ignore
+                "zmq+tcp://127.0.0.1:0", Options())
+    assert transports.get("zmq+tcp").curve is curve_transport  # type: ignore[attr-defined]
