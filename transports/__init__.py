@@ -56,7 +56,11 @@ def get(scheme: str) -> Transport:
     target = _BUILTIN.get(scheme)
     if target is not None:
         module, _, cls = target.partition(":")
-        register(getattr(importlib.import_module(module), cls)())
+        try:
+            register(getattr(importlib.import_module(module), cls)())
+        except ImportError as exc:
+            raise TransportError(f"the {scheme!r} transport cannot load ({exc}); "
+                                 "reinstall posa with its dependencies") from None
         return _loaded[scheme]
     if not _plugins_scanned:
         _scan_plugins()

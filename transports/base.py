@@ -26,8 +26,9 @@ Polling contract (the same for both):
 Frames are ``bytes``. Frames on one connection arrive in the order they were
 sent, whole or not at all. A frame larger than ``Options.max_frame_size`` is
 refused: by ``send`` with ``TransportError`` before it leaves, and by a listener
-by dropping the connection that sent it (counted in ``rejections``) while every
-other connection goes on.
+by dropping the connection that sent it (counted in ``rejections`` where the
+transport can see the cause: libzmq drops such a peer without saying why) while
+every other connection goes on.
 
 Errors are posa's: ``TransportError`` (``Closed`` once an endpoint is closed),
 ``Timeout``. Nothing from ``zmq``, ``socket`` or ``OSError`` escapes.
