@@ -145,7 +145,10 @@ class Reactor:
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn()`` once after ``delay`` seconds. Safe from any thread."""
         timer = Timer(time.monotonic() + delay, None, fn)
-        self.call_soon(self._push_timer, timer)
+        if self.in_reactor_thread():
+            self._push_timer(timer)
+        else:
+            self.call_soon(self._push_timer, timer)
         return timer
 
     def call_every(self, interval: float, fn: Callable[[], Any]) -> Timer:
