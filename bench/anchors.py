@@ -1,0 +1,76 @@
+"""The anchors: raw pyzmq, Pyro5, NATS, asyncio streams and queue.SimpleQueue.
+
+These rows are measured by the anchor scripts themselves, in
+``../shared/anchors`` (outside this repository, never copied into it): this
+module loads their ``runner.py`` and calls its benchmark functions, which
+start the anchor scripts as processes with READY handshakes, bounded loops and
+the same 100-byte msgpack message as posa's rows.  The anchors' processes run
+under ``--anchor-python`` (default: the interpreter running the suite); Pyro5
+and NATS rows need ``Pyro5`` and ``nats-py`` there and ``nats-server`` on the
+PATH, and are skipped with a message otherwise.
+
+A goal names an anchor by its key in ``ANCHORS``; the runner runs the anchors
+that the selected goals name, each right before the first posa row compared
+with it, in every rep.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bench import FANOUT, LOOKUP, ONEWAY, RR, Bench
+
+__all__ = ["ANCHORS"]
+
+# Message counts at --scale 1.  One-way and fan-out counts are the anchors'
+# own; request-reply rows make 10k timed calls (the anchors' RESULTS.md used
+# 20k) to keep a full run within its time budget.
+N_ONEWAY = 200_000
+N_RR = 10_000
+N_FANOUT = 100_000
+N_LOOKUP = 10_000
+
+
+def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], dict[str, Any]]:
+    """A row that calls ``function`` of the anchors' runner.py with ``n``."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        runner = ctx.anchor_runner(needs)
+        try:
+            result: dict[str, Any] = getattr(runner, function)(n)
+            return result
+        finally:
+            runner.stop_all()   # the anchors' own PID sweep of the processes it started
+
+    return run
+
+
+def _rows() -> dict[str, Bench]:
+    rows = [
+        Bench("zmq_dealer2_tcp", "pyzmq DEALER→ROUTER tcp, ROUTER reads 2× recv()",
+              _anchor("b_zmq_dealer2_tcp"), N_ONEWAY, ONEWAY),
+        Bench("zmq_push_ipc", "pyzmq PUSH→PULL ipc", _anchor("b_zmq_push_ipc"), N_ONEWAY, ONEWAY),
+        Bench("asyncio_streams", "asyncio TCP streams, 4-byte length prefix (readexactly)",
+              _anchor("b_asyncio_streams"), N_ONEWAY, ONEWAY),
+        Bench("simplequeue", "queue.SimpleQueue, 2 threads", _anchor("b_simplequeue"),
+              N_ONEWAY, ONEWAY),
+        Bench("nats_oneway", "NATS pub→sub (nats-py via nats-server)",
+              _anchor("b_nats_oneway", ("nats",)), N_ONEWAY, ONEWAY),
+        Bench("zmq_dealer_rr", "pyzmq DEALER/ROUTER tcp echo", _anchor("b_zmq_dealer_rr"),
+              N_RR, RR),
+        Bench("asyncio_echo", "asyncio TCP streams echo", _anchor("b_asyncio_echo"), N_RR, RR),
+        Bench("pyro_direct", "Pyro5 proxy call, PYRO: uri (msgpack)",
+              _anchor("b_pyro_direct", ("Pyro5",)), N_RR, RR),
+        Bench("pyro_ns", "Pyro5 proxy call, PYRONAME: via the name server",
+              _anchor("b_pyro_ns", ("Pyro5",)), N_RR, RR),
+        Bench("nats_rr", "NATS request-reply (nats-py)", _anchor("b_nats_rr", ("nats",)),
+              N_RR, RR),
+        Bench("pyro_lookup", "Pyro5 name-server lookup, NS proxy reused",
+              _anchor("b_pyro_lookup", ("Pyro5",)), N_LOOKUP, LOOKUP),
+        Bench("zmq_pubsub", "pyzmq PUB→4×SUB tcp", _anchor("b_zmq_pubsub"), N_FANOUT, FANOUT),
+        Bench("nats_pubsub", "NATS pub→4 subs", _anchor("b_nats_pubsub", ("nats",)),
+              N_FANOUT, FANOUT),
+    ]
+    return {row.key: row for row in rows}
+
+
+ANCHORS: dict[str, Bench] = _rows()

@@ -1,0 +1,101 @@
+"""What every benchmark process shares: the message, the handshake, the clock, statistics.
+
+The message model and method are those of the anchors (``../shared/anchors/common.py``),
+so that posa rows and anchor rows measure the same work:
+
+- every message is ``msgpack({"seq": i, "body": b"x" * 83})``, 96-100 bytes;
+  frame-level senders encode each with ``msgpack.packb`` and receivers decode
+  each (posa's own envelope codec does this inside posa's rows);
+- a process prints ``READY [extra]`` when it can be talked to and one
+  ``RESULT {json}`` line with what it measured;
+- a sender keeps its connection open after its last send until the runner
+  closes its stdin (``wait_release``), so nothing is lost to an early close;
+- ``time.perf_counter()`` is CLOCK_MONOTONIC, shared by all processes, so the
+  runner combines a sender's start with a receiver's last receive;
+- with ``BENCH_MALLOC=warm`` (the default) every process frees a 1 MiB block
+  at start-up, raising glibc's mmap threshold once, as the anchors' helpers do
+  (their pitfall 4): rows compare systems, not allocator states.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+from typing import Any
+
+import msgpack
+
+__all__ = ["BODY", "make_msg", "encode", "decode", "now", "ready", "emit", "wait_release",
+           "latency_summary", "oneway_metrics", "MAX_MEASURE_S", "IDLE_TIMEOUT_S",
+           "FIRST_MSG_TIMEOUT_S", "HARD_LIFETIME_S", "WARMUP"]
+
+BODY = b"x" * 83
+MAX_MEASURE_S = 10.0        # a measuring loop stops after this long, whatever its count
+IDLE_TIMEOUT_S = 3.0        # a receiver gives up after this long without traffic
+FIRST_MSG_TIMEOUT_S = 20.0  # ... or this long before the first message
+HARD_LIFETIME_S = 60.0      # no helper process outlives this
+WARMUP = 500                # request-reply calls made before timing, as the anchors do
+
+if os.environ.get("BENCH_MALLOC", "warm") == "warm":
+    _big = bytes(1 << 20)   # mmap'ed, then freed: glibc raises its thresholds
+    del _big
+
+encode_packb = msgpack.packb
+decode = msgpack.unpackb
+
+
+def make_msg(i: int) -> dict[str, Any]:
+    return {"seq": i, "body": BODY}
+
+
+def encode(i: int) -> bytes:
+    return encode_packb({"seq": i, "body": BODY})  # type: ignore[no-any-return]
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def ready(extra: str = "") -> None:
+    """Tell the runner this process can be talked to (``extra``: e.g. its address)."""
+    sys.stdout.write(f"READY {extra}\n")
+    sys.stdout.flush()
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Hand the runner this process's result (one line of JSON)."""
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def wait_release(timeout: float = HARD_LIFETIME_S) -> None:
+    """Block until the runner closes our stdin (or sends a line), at most ``timeout`` s."""
+    readable, _, _ = select.select([sys.stdin], [], [], timeout)
+    if readable:
+        sys.stdin.readline()
+
+
+def latency_summary(samples_ns: list[int], total_s: float, n: int) -> dict[str, Any]:
+    """p50/p99 in µs of per-call times in ns, and calls/s over ``total_s``."""
+    s = sorted(samples_ns)
+    if not s:
+        return {"n": 0, "calls_per_s": 0.0}
+
+    def pct(p: float) -> float:
+        return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))] / 1000.0
+
+    return {"n": n, "p50_us": pct(50), "p99_us": pct(99),
+            "calls_per_s": n / total_s if total_s > 0 else 0.0}
+
+
+def oneway_metrics(send: dict[str, Any], recv: dict[str, Any], n: int) -> dict[str, Any]:
+    """The anchors' one-way metrics: end to end (sender's first send -> receiver's
+    last receive) and receiver-side (first -> last receive)."""
+    count = recv.get("count", 0)
+    e2e = recv["t_last"] - send["t_start"] if count else 0.0
+    rx = recv["t_last"] - recv["t_first"] if count > 1 else 0.0
+    return {"msgs_per_s": count / e2e if e2e > 0 else 0.0,
+            "rx_msgs_per_s": (count - 1) / rx if rx > 0 else 0.0,
+            "delivered": count, "complete": count == n}

@@ -1,0 +1,220 @@
+"""Area 3, the dispatcher: name lookups and service calls through a real dispatcher process.
+
+- Uncached lookups: ``RegistryClient(addr, cache=False).lookup(name)`` of one
+  registered name, sequentially, timed per call like the Pyro5 name-server
+  anchor (which reuses its name-server proxy).
+- Cached lookups: ``RegistryClient(addr)`` once its watch is live (a batch of
+  100 lookups served in under 1 ms tells it is), in a loop without per-call
+  timing; p50/p99 come from a second, timed loop.
+- ``Client.call``: a ``posa.Server`` echo service and a ``posa.Client`` calling
+  it by service name, sequentially, 500 warm-up calls first; ``bind_ms`` is the
+  first call (dispatcher pick, connect, call), as Pyro5's PYRONAME bind.
+- Lookups among many names: a dispatcher started from a state file holding
+  100, or 100k, registrations (made once per run by a ``posa.Dispatcher`` in a
+  helper process and saved by its ``close()``), looked up uncached in a random
+  order over 1000 of them.
+"""
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import time
+from typing import Any, Callable
+
+import posa
+from bench import LOOKUP, RR, Bench, Goal
+from bench.anchors import N_LOOKUP, N_RR
+from bench.common import (HARD_LIFETIME_S, MAX_MEASURE_S, WARMUP, emit, latency_summary,
+                          make_msg, now, ready, wait_release)
+
+MODULE = "bench.dispatcher"
+N_CACHED = 200_000
+SCALE_SAMPLE = 1000           # distinct names looked up in the scale rows
+FAKE_ADDRESS = "zmq+tcp://127.0.0.1:9"   # lookups return it; nobody connects
+
+
+def scale_name(i: int) -> str:
+    return f"bench/scale/g{i // 1000:03d}/n{i:06d}"
+
+
+# ------------------------------------------------------------- process roles
+def _timed(lookup: Callable[[], Any], n: int) -> dict[str, Any]:
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    t0 = now()
+    done = 0
+    for _ in range(n):
+        start = clock()
+        lookup()
+        samples.append(clock() - start)
+        done += 1
+        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S / 2:
+            break
+    summary = latency_summary(samples, now() - t0, done)
+    summary["lookups_per_s"] = summary.pop("calls_per_s")
+    return summary
+
+
+def role_lookups(dispatcher: str, n: int, names: int = 0) -> None:
+    """Uncached lookups: of one name registered here, or (``names`` > 0) of a sample
+    of the ``scale_name`` names the dispatcher was started with."""
+    with posa.RegistryClient(dispatcher, cache=False) as reg:
+        if names:
+            rng = random.Random(7)
+            sample = [scale_name(rng.randrange(names)) for _ in range(SCALE_SAMPLE)]
+        else:
+            sample = [f"bench/lookup-{secrets.token_hex(3)}"]
+            reg.register(sample[0], [FAKE_ADDRESS], credential=secrets.token_hex(8),
+                         lease=HARD_LIFETIME_S)
+        lookup = reg.lookup
+        cycle = iter(sample * (1 + (n + 100) // len(sample)))
+        for _ in range(100):
+            lookup(next(cycle))
+        emit(_timed(lambda: lookup(next(cycle)), n))
+
+
+def role_cached_lookups(dispatcher: str, n: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        name = f"bench/cached-{secrets.token_hex(3)}"
+        reg.register(name, [FAKE_ADDRESS], credential=secrets.token_hex(8),
+                     lease=HARD_LIFETIME_S)
+        lookup = reg.lookup
+        deadline = now() + 10.0
+        while now() < deadline:              # until the watch is live and the entry cached
+            start = now()
+            for _ in range(100):
+                lookup(name)
+            if now() - start < 0.001:
+                break
+        else:
+            emit({"error": "the cache never served a lookup within 10 s"})
+            return
+        t0 = now()
+        for _ in range(n):
+            lookup(name)
+        untimed = n / (now() - t0)
+        result = _timed(lambda: lookup(name), min(n, 100_000))
+        result["lookups_per_s"] = untimed
+        emit(result)
+
+
+def role_service(dispatcher: str, service: str, listen: str) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Server(service, lambda body: body, registry=reg, listen=listen):
+            ready()
+            wait_release()
+            emit({})
+
+
+def role_caller(dispatcher: str, service: str, n: int) -> None:
+    with posa.Client(dispatcher=dispatcher) as client:
+        call = client.call
+        start = now()
+        call(service, make_msg(0), timeout=5.0)
+        bind_ms = (now() - start) * 1000
+        for i in range(WARMUP):
+            call(service, make_msg(i), timeout=5.0)
+        samples: list[int] = []
+        clock = time.perf_counter_ns
+        t0 = now()
+        done = 0
+        for i in range(n):
+            begin = clock()
+            call(service, make_msg(i), timeout=5.0)
+            samples.append(clock() - begin)
+            done += 1
+            if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
+                break
+        result = latency_summary(samples, now() - t0, done)
+        result["bind_ms"] = bind_ms
+        emit(result)
+
+
+def role_make_state(path: str, names: int) -> None:
+    """Save a dispatcher state file holding ``names`` registrations."""
+    dispatcher = posa.Dispatcher("tcp://127.0.0.1:0", state=path)
+    try:
+        credential = secrets.token_hex(8)
+        register = dispatcher.registry.register
+        for i in range(names):
+            register(scale_name(i), [FAKE_ADDRESS], credential=credential, lease=3600.0)
+    finally:
+        dispatcher.close()          # saves the state file
+    emit({"names": names})
+
+
+# ------------------------------------------------------------------ the rows
+def _uncached(ctx: Any, n: int) -> dict[str, Any]:
+    return ctx.spawn(MODULE, "lookups", dispatcher=ctx.dispatcher(), n=n).result()  # type: ignore[no-any-return]
+
+
+def _cached(ctx: Any, n: int) -> dict[str, Any]:
+    result: dict[str, Any] = ctx.spawn(MODULE, "cached_lookups", dispatcher=ctx.dispatcher(),
+                                       n=n).result()
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result
+
+
+def _call(ctx: Any, n: int) -> dict[str, Any]:
+    dispatcher = ctx.dispatcher()
+    service = f"bench/echo-{secrets.token_hex(3)}"
+    server = ctx.spawn(MODULE, "service", hold=True, dispatcher=dispatcher, service=service,
+                       listen=ctx.address("zmq+tcp"))
+    server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "caller", dispatcher=dispatcher,
+                                       service=service, n=n).result()
+    server.result(timeout=10)
+    return result
+
+
+def _state_file(ctx: Any, names: int) -> str:
+    """A dispatcher state file holding ``names`` registrations (made once per run),
+    copied so that each dispatcher starts from the same file."""
+    pristine = os.path.join(ctx.tmpdir, f"names-{names}.state")
+    if not os.path.exists(pristine):
+        ctx.spawn(MODULE, "make_state", path=pristine, names=names).result()
+    copy = os.path.join(ctx.tmpdir, f"run-{secrets.token_hex(3)}.state")
+    shutil.copyfile(pristine, copy)
+    return copy
+
+
+def _among(names: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        count = names if names <= SCALE_SAMPLE else max(SCALE_SAMPLE,
+                                                        int(names * min(1.0, ctx.scale)))
+        dispatcher = ctx.start_dispatcher(state=_state_file(ctx, count))
+        result: dict[str, Any] = ctx.spawn(MODULE, "lookups", dispatcher=dispatcher, n=n,
+                                           names=count).result()
+        result["names"] = count
+        return result
+    return run
+
+
+BENCHES = [
+    Bench("disp_lookup", "RegistryClient(cache=False).lookup, one name",
+          _uncached, N_LOOKUP, LOOKUP),
+    Bench("disp_lookup_cached", "RegistryClient.lookup, cached (watched)", _cached,
+          N_CACHED, LOOKUP),
+    Bench("disp_call", "Client.call through the dispatcher (posa.Server echo, zmq+tcp)",
+          _call, N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
+    Bench("disp_lookup_100", "uncached lookups, dispatcher holding 100 names",
+          _among(100), N_LOOKUP, LOOKUP + (("names", "names held", "int"),)),
+    Bench("disp_lookup_100k", "uncached lookups, dispatcher holding 100k names",
+          _among(100_000), N_LOOKUP, LOOKUP + (("names", "names held", "int"),),
+          note="with --scale below 1 the dispatcher holds scale × 100k names (at least 1000)"),
+]
+
+DISPATCH = "dispatcher"
+GOALS = [
+    Goal("disp-lookup", DISPATCH, "uncached lookups/s ≥ 1.2× Pyro5 NS lookups (proxy reused)",
+         ("disp_lookup", "lookups_per_s"), ("pyro_lookup", "lookups_per_s"), ">=", 1.2),
+    Goal("disp-cached", DISPATCH, "cached lookups/s ≥ 100× uncached lookups/s",
+         ("disp_lookup_cached", "lookups_per_s"), ("disp_lookup", "lookups_per_s"), ">=", 100.0),
+    Goal("disp-call", DISPATCH, "Client.call calls/s ≥ 1.1× Pyro5 proxy calls via PYRONAME:",
+         ("disp_call", "calls_per_s"), ("pyro_ns", "calls_per_s"), ">=", 1.1),
+    Goal("disp-scale", DISPATCH, "lookup p50 with 100k names ≤ 1.5× p50 with 100 names",
+         ("disp_lookup_100k", "p50_us"), ("disp_lookup_100", "p50_us"), "<=", 1.5),
+]

@@ -1,0 +1,321 @@
+"""Area 2, peers: what a user of ``posa.Peer`` gets, names resolved by a real dispatcher.
+
+Every process makes a ``RegistryClient`` to the run's dispatcher process and
+peers with ``registry=reg``.  The body is the anchors' message dict; posa's
+envelope codec encodes and decodes it (the receiver gets it decoded).
+
+- One-way: a source peer sends n messages with ``Peer.send`` and flushes; the
+  sink peer's handler counts them on the reactor thread.  The source's clock
+  starts before its first send, so the first lookup and connect are included.
+- Request-reply: an echo peer (``serve(lambda m: m.body)``) and a client peer
+  making sequential ``Peer.request`` calls, 500 warm-up calls first; the same
+  with ``posa.aio.Peer.request`` awaited in an asyncio loop.
+- Migration: the sink moves twice while the source sends at full speed
+  (zmq+tcp -> tcp -> zmq+tcp).  Both processes first open, use and close an
+  endpoint of every transport involved, so that module imports and the ZeroMQ
+  context are not timed.  The row reports the longest gap between two
+  deliveries from the start of each ``migrate()`` until its grace period has
+  ended, the longest gap of the steady stream before the first move for
+  comparison, and whether every message arrived exactly once and in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+import posa
+import posa.aio
+import transports
+from bench import GAP, ONEWAY, RR, Bench, Goal
+from bench.anchors import N_ONEWAY, N_RR
+from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, MAX_MEASURE_S, WARMUP, emit,
+                          latency_summary, make_msg, now, oneway_metrics, ready, wait_release)
+
+MODULE = "bench.peer"
+MOVES = ("tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0")   # where the migrating sink goes
+GRACE = 0.5                                              # seconds the old endpoint stays
+
+
+def _name(role: str) -> str:
+    return f"bench/{role}-{secrets.token_hex(3)}"
+
+
+# ------------------------------------------------------------- process roles
+class _Counter:
+    """The sink's handler: counts deliveries, keeps their times, checks the order."""
+
+    def __init__(self, n: int, keep_times: bool = False) -> None:
+        self.n = n
+        self.count = 0
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.next_seq = 0
+        self.out_of_order = 0
+        self.times: list[float] | None = [] if keep_times else None
+        self.done = threading.Event()
+        self._mark = -1                       # a count someone waits for (wait_for)
+        self._mark_reached = threading.Event()
+
+    def __call__(self, msg: posa.Message) -> None:
+        t = now()
+        seq = msg.body["seq"]
+        if seq != self.next_seq:
+            self.out_of_order += 1
+        self.next_seq = seq + 1
+        self.count += 1
+        if self.count == 1:
+            self.t_first = t
+        self.t_last = t
+        if self.times is not None:
+            self.times.append(t)
+        if self.count == self._mark:
+            self._mark_reached.set()
+        if self.count >= self.n:
+            self.done.set()
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        """Until ``count`` messages came (or ``timeout`` s passed). One waiter at a time."""
+        self._mark_reached.clear()
+        self._mark = count
+        if self.count < count:
+            self._mark_reached.wait(timeout)
+
+    def wait(self) -> None:
+        """Until n messages came, or none came for a while (bounded either way)."""
+        deadline = now() + HARD_LIFETIME_S - 5
+        seen = -1
+        while not self.done.wait(FIRST_MSG_TIMEOUT_S if self.count == 0 else 3.0):
+            if self.count == seen or now() > deadline:
+                return
+            seen = self.count
+
+    def result(self) -> dict[str, Any]:
+        return {"count": self.count, "t_first": self.t_first, "t_last": self.t_last,
+                "out_of_order": self.out_of_order}
+
+
+def role_sink(dispatcher: str, name: str, listen: str, n: int) -> None:
+    counter = _Counter(n)
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(name, registry=reg, listen=listen, handler=counter):
+            ready()
+            counter.wait()
+            emit(counter.result())
+            wait_release()      # stay up until the source has flushed (seen every ack)
+
+
+def role_source(dispatcher: str, target: str, listen: str, n: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(_name("source"), registry=reg, listen=listen) as peer:
+            _warm(listen)
+            ready()
+            send = peer.send
+            t_start = now()
+            sent = 0
+            for i in range(n):
+                send(target, make_msg(i), timeout=30.0)
+                sent += 1
+                if sent & 1023 == 0 and now() - t_start > MAX_MEASURE_S:
+                    break
+            t_end = now()
+            peer.flush(30.0)
+            emit({"sent": sent, "t_start": t_start, "t_end": t_end, "t_flushed": now()})
+
+
+def role_echo(dispatcher: str, name: str, listen: str) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(name, registry=reg, listen=listen, handler=lambda msg: msg.body):
+            ready()
+            wait_release()
+            emit({})
+
+
+def _timed_calls(call: Callable[[int], Any], n: int) -> dict[str, Any]:
+    for i in range(WARMUP):
+        call(i)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    t0 = now()
+    done = 0
+    for i in range(n):
+        start = clock()
+        call(i)
+        samples.append(clock() - start)
+        done += 1
+        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
+            break
+    return latency_summary(samples, now() - t0, done)
+
+
+def role_client(dispatcher: str, target: str, listen: str, n: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(_name("client"), registry=reg, listen=listen) as peer:
+            request = peer.request
+            emit(_timed_calls(lambda i: request(target, make_msg(i), timeout=5.0), n))
+
+
+def role_aio_client(dispatcher: str, target: str, listen: str, n: int) -> None:
+    async def main() -> dict[str, Any]:
+        with posa.RegistryClient(dispatcher) as reg:
+            async with posa.aio.Peer(_name("aio-client"), registry=reg, listen=listen) as peer:
+                request = peer.request
+                for i in range(WARMUP):
+                    await request(target, make_msg(i), timeout=5.0)
+                samples: list[int] = []
+                clock = time.perf_counter_ns
+                t0 = now()
+                done = 0
+                for i in range(n):
+                    start = clock()
+                    await request(target, make_msg(i), timeout=5.0)
+                    samples.append(clock() - start)
+                    done += 1
+                    if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
+                        break
+                return latency_summary(samples, now() - t0, done)
+
+    emit(asyncio.run(main()))
+
+
+def _warm(listen: str) -> None:
+    """Open, use and close an endpoint of ``listen``'s transport and of every
+    transport a migration goes to."""
+    for address in {listen, *MOVES}:
+        listener = transports.listen(address)
+        conn = transports.connect(listener.address)
+        conn.send(b"warm")
+        listener.recv(5.0)
+        conn.close()
+        listener.close()
+
+
+def role_migrating_sink(dispatcher: str, name: str, listen: str, n: int) -> None:
+    _warm(listen)
+    counter = _Counter(n, keep_times=True)
+    windows: list[tuple[float, float]] = []
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(name, registry=reg, listen=listen, handler=counter) as peer:
+            ready()
+            for k, where in enumerate(MOVES, start=1):
+                counter.wait_for(n * k // (len(MOVES) + 1), HARD_LIFETIME_S / 4)
+                start = now()
+                peer.migrate(where, grace=GRACE)
+                windows.append((start, now() + GRACE))
+            counter.wait()
+            assert counter.times is not None
+            emit({**counter.result(), **_gaps(counter.times, windows)})
+            wait_release()      # stay up until the source has flushed (seen every ack)
+
+
+def _gaps(times: list[float], windows: list[tuple[float, float]]) -> dict[str, Any]:
+    """Longest gap between deliveries inside the migration windows, and before them."""
+    def longest(lo: float, hi: float) -> float:
+        worst = 0.0
+        prev = None
+        for t in times:
+            if t < lo:
+                prev = t
+                continue
+            if prev is not None:
+                worst = max(worst, t - prev)
+            if t > hi:
+                break
+            prev = t
+        return worst
+
+    first_move = windows[0][0] if windows else times[-1]
+    steady_from = times[len(times) // 20] if times else 0.0   # skip the start-up 5 %
+    return {"max_gap_ms": max((longest(lo, hi) for lo, hi in windows), default=0.0) * 1000,
+            "steady_gap_ms": longest(steady_from, first_move) * 1000,
+            "moves": len(windows)}
+
+
+# ------------------------------------------------------------------ the rows
+def _oneway(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        sink_name = _name("sink")
+        sink = ctx.spawn(MODULE, "sink", hold=True, dispatcher=dispatcher, name=sink_name,
+                         listen=ctx.address(scheme), n=n)
+        sink.wait_ready()
+        source = ctx.spawn(MODULE, "source", dispatcher=dispatcher,
+                           target=sink_name, listen=ctx.address(scheme), n=n)
+        received = sink.wait_result()
+        sent = source.result()
+        sink.result()
+        result = oneway_metrics(sent, received, n)
+        result["complete"] = result["complete"] and received["out_of_order"] == 0
+        return result
+    return run
+
+
+def _request(scheme: str, role: str = "client") -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        echo_name = _name("echo")
+        echo = ctx.spawn(MODULE, "echo", hold=True, dispatcher=dispatcher, name=echo_name,
+                         listen=ctx.address(scheme))
+        echo.wait_ready()
+        result: dict[str, Any] = ctx.spawn(MODULE, role, dispatcher=dispatcher,
+                                           target=echo_name, listen=ctx.address(scheme),
+                                           n=n).result()
+        echo.result(timeout=10)
+        return result
+    return run
+
+
+def _migration(ctx: Any, n: int) -> dict[str, Any]:
+    dispatcher = ctx.dispatcher()
+    sink_name = _name("moving-sink")
+    sink = ctx.spawn(MODULE, "migrating_sink", hold=True, dispatcher=dispatcher,
+                     name=sink_name, listen=ctx.address("zmq+tcp"), n=n)
+    sink.wait_ready()
+    source = ctx.spawn(MODULE, "source", dispatcher=dispatcher, target=sink_name,
+                       listen=ctx.address("zmq+tcp"), n=n)
+    received = sink.wait_result()
+    sent = source.result()
+    sink.result()
+    result = oneway_metrics(sent, received, n)
+    result.update(max_gap_ms=received["max_gap_ms"], steady_gap_ms=received["steady_gap_ms"],
+                  exact=received["count"] == n and received["out_of_order"] == 0
+                  and received["moves"] == len(MOVES))
+    return result
+
+
+BENCHES = [
+    Bench("peer_send_zmq", "Peer.send one-way, zmq+tcp", _oneway("zmq+tcp"), N_ONEWAY, ONEWAY),
+    Bench("peer_send_tcp", "Peer.send one-way, tcp", _oneway("tcp"), N_ONEWAY, ONEWAY,
+          versus="asyncio_streams"),
+    Bench("peer_request_zmq", "Peer.request sequential, zmq+tcp", _request("zmq+tcp"),
+          N_RR, RR),
+    Bench("peer_request_tcp", "Peer.request sequential, tcp", _request("tcp"), N_RR, RR),
+    Bench("peer_aio_request", "posa.aio.Peer.request sequential, zmq+tcp",
+          _request("zmq+tcp", "aio_client"), N_RR, RR),
+    Bench("peer_migration", "Peer.send at full speed while the receiver migrates "
+          "zmq+tcp→tcp→zmq+tcp", _migration, N_ONEWAY // 2, GAP,
+          note=f"gap = longest time between two deliveries from the start of migrate() "
+               f"until its {GRACE} s grace ended; worst of {len(MOVES)} moves"),
+]
+
+PEERS = "peers"
+GOALS = [
+    Goal("peer-send-zmq", PEERS, "Peer.send (zmq+tcp) ≥ 0.7× raw pyzmq DEALER→ROUTER (2× recv)",
+         ("peer_send_zmq", "msgs_per_s"), ("zmq_dealer2_tcp", "msgs_per_s"), ">=", 0.7),
+    Goal("peer-send-nats", PEERS, "Peer.send (zmq+tcp) ≥ 2× NATS publish",
+         ("peer_send_zmq", "msgs_per_s"), ("nats_oneway", "msgs_per_s"), ">=", 2.0),
+    Goal("peer-req-zmq", PEERS, "Peer.request (zmq+tcp) calls/s ≥ 1.1× Pyro5 proxy calls",
+         ("peer_request_zmq", "calls_per_s"), ("pyro_direct", "calls_per_s"), ">=", 1.1),
+    Goal("peer-req-zmq-p50", PEERS, "Peer.request (zmq+tcp) p50 ≤ Pyro5's p50",
+         ("peer_request_zmq", "p50_us"), ("pyro_direct", "p50_us"), "<=", 1.0),
+    Goal("peer-req-tcp", PEERS, "Peer.request (tcp) calls/s ≥ 1.1× Pyro5 proxy calls",
+         ("peer_request_tcp", "calls_per_s"), ("pyro_direct", "calls_per_s"), ">=", 1.1),
+    Goal("peer-req-tcp-p50", PEERS, "Peer.request (tcp) p50 ≤ Pyro5's p50",
+         ("peer_request_tcp", "p50_us"), ("pyro_direct", "p50_us"), "<=", 1.0),
+    Goal("peer-aio", PEERS, "posa.aio.Peer.request calls/s ≥ 2× NATS request-reply",
+         ("peer_aio_request", "calls_per_s"), ("nats_rr", "calls_per_s"), ">=", 2.0),
+    Goal("peer-migration", PEERS, "migration blackout under load < 50 ms",
+         ("peer_migration", "max_gap_ms"), None, "<", 50.0, unit="ms"),
+]

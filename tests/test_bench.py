@@ -1,0 +1,86 @@
+"""The benchmark suite runs end to end at a tiny scale and writes its report.
+
+Nothing here asserts on timing: the numbers of a tiny run on a shared machine
+mean nothing; that the suite runs, fails no row and reports every goal does.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import AREAS, ONEWAY, Bench, Goal
+from bench.anchors import ANCHORS
+from bench.report import MARKER, ratios, write_markdown
+from bench.runner import Outcome, Suite, load_suite, schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(key: str, versus: str | None = None) -> Bench:
+    return Bench(key, key, lambda ctx, n: {}, 10, ONEWAY, versus=versus, area="transport")
+
+
+@pytest.mark.timeout(170)
+def test_tiny_run_writes_a_report(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "0.01", "--reps", "1", "--no-anchors",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=160,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "benchmarks.md").read_text(encoding="utf-8")
+    assert MARKER in report
+    assert "### Goals" in report
+    assert "Skipped and failed" not in report, report.split("Skipped and failed")[1][:3000]
+    suite = load_suite()
+    for goal in suite.goals:                     # every goal has its line
+        assert goal.text in report
+    for row in suite.rows.values():              # every posa row has a measured line
+        line = next(line for line in report.splitlines() if line.startswith(f"| {row.label} |"))
+        cells = [cell.strip() for cell in line.split("|")]
+        assert cells[2] != "–" and cells[3] not in ("–", "skipped"), line
+    assert "[#" in done.stderr                   # the progress bar
+
+
+def test_anchors_run_right_before_the_first_row_compared_with_them() -> None:
+    suite = Suite(rows={"a": _row("a"), "b": _row("b", versus="simplequeue"), "c": _row("c")},
+                  goals=[Goal("g", "t", "a vs dealer", ("a", "msgs_per_s"),
+                              ("zmq_dealer2_tcp", "msgs_per_s"), ">=", 0.8),
+                         Goal("h", "t", "c vs a", ("c", "msgs_per_s"), ("a", "msgs_per_s"),
+                              ">=", 1.0)])
+    order, goals = schedule(suite, set(), anchors=True)
+    assert [row.key for row in order] == ["zmq_dealer2_tcp", "a", "simplequeue", "b", "c"]
+    assert order[0].area == "anchors" and len(goals) == 2
+    order, _ = schedule(suite, {"b"}, anchors=False)
+    assert [row.key for row in order] == ["b"]
+    with pytest.raises(SystemExit):
+        schedule(suite, {"no-such-row"}, anchors=True)
+
+
+def test_goal_values_are_ratios_within_each_rep() -> None:
+    outcome = Outcome(order=[], goals=[], reps=3, scale=1.0, results={
+        "a": [{"m": 10.0}, None, {"m": 30.0}],
+        "b": [{"m": 5.0}, {"m": 5.0}, {"m": 10.0}]})
+    assert ratios(outcome, ("a", "m"), ("b", "m")) == [2.0, 3.0]
+    assert ratios(outcome, ("a", "m"), None) == [10.0, 30.0]
+
+
+def test_the_hand_written_header_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "benchmarks.md"
+    target.write_text("# Title\n\nMethod.\n\n" + MARKER + "\n\nold tables\n", encoding="utf-8")
+    write_markdown(str(target), "new tables", default_header_from=str(tmp_path / "none.md"))
+    assert target.read_text(encoding="utf-8") == f"# Title\n\nMethod.\n\n{MARKER}\n\nnew tables\n"
+
+
+def test_areas_not_written_yet_are_pending_slots() -> None:
+    suite = load_suite()
+    present = {row.area for row in suite.rows.values()}
+    assert {"transport", "peer", "dispatcher"} <= present
+    for area, _, _ in suite.pending:
+        assert area not in present
+    assert {a for a, _, _ in suite.pending} | present == {a for a, _, _ in AREAS}
+    assert not set(suite.rows) & set(ANCHORS)
