@@ -25,7 +25,9 @@ Invariants (tested with hypothesis):
 Strategy: ``_items`` maps each key not yet finished to its record; ``_pending``
 is a FIFO of keys with lazy deletion (an entry whose item is no longer pending
 is skipped when it reaches the front); lease deadlines sit in a heap with lazy
-deletion too (an entry whose token or deadline is not its item's is stale).
+deletion too (an entry whose token or deadline is not its item's is stale),
+compacted when stale entries outnumber the live ones (amortised O(log n) per
+event, whatever the number of items held).
 An ``ack`` is honoured whatever the lease token: the first completion wins even
 if it comes from a worker whose lease had expired, since its work is done.
 A ``fail`` or ``extend`` is honoured only with the current token, so a worker
@@ -304,9 +306,8 @@ class WorkState:
 
     def _push(self, deadline: float, token: int, key: Hashable) -> None:
         heap = self._heap
-        if len(heap) > 2 * self.n_leased + 64:
-            heap[:] = [(item.deadline, item.token, k) for k, item in self._items.items()
-                       if item.status == LEASED]
+        if len(heap) > 2 * self.n_leased + 64:      # mostly stale: keep the live ones
+            heap[:] = [entry for entry in heap if self._live_entry(*entry)]
             heapq.heapify(heap)
         heapq.heappush(heap, (deadline, token, key))
 

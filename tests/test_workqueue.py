@@ -3,6 +3,8 @@ workers in one process, the scaling rule, progress, and workers in real
 processes that are killed mid-item."""
 from __future__ import annotations
 
+import re
+import sys
 import threading
 import time
 from typing import Any, Iterator
@@ -17,7 +19,7 @@ from posa.errors import Rejected
 from posa.workqueue import (DirectorySource, Item, ListSource, WorkQueue, Worker,
                             render_progress, submit)
 from posa.workstate import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
-from tests.support import Proc, start_dispatcher
+from tests.support import ROOT, Proc, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -447,6 +449,30 @@ def test_render_progress() -> None:
     line = render_progress({"name": "q", "total": 200, "done": 50, "dead": 0,
                             "rate": 25.0, "in_flight": 3, "workers": 2}, width=10)
     assert line == "q [##........] 50/200 25% 25/s eta 6s in flight 3 workers 2 dead 0"
+
+
+def docs_blocks() -> list[str]:
+    text = (ROOT / "docs" / "work.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(docs_blocks())))
+def test_every_code_block_of_the_docs_runs(index: int) -> None:
+    block = Proc.python(docs_blocks()[index])
+    try:
+        assert block.popen.wait(60) == 0, block.stderr_now()
+    finally:
+        block.close()
+
+
+def test_work_queue_example_runs() -> None:
+    demo = Proc([sys.executable, "examples/work_queue.py"])
+    try:
+        assert demo.line(timeout=60).startswith("work/wordcount [" + "#" * 30 + "] 300/300")
+        assert "each file done once" in demo.line()
+        assert demo.popen.wait(30) == 0
+    finally:
+        demo.close()
 
 
 # ---------------------------------------------------------------------------
