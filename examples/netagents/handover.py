@@ -1,0 +1,73 @@
+"""Moving an agent to another process while its neighbours keep sending to its name.
+
+The new process takes the agent over; the old one hands it over and exits:
+
+    new process                                   old process (agent R)
+    staging peer netmgmt/handover/R ──"handover"──▶ stops its hellos, closes its
+                                                    peer: R is unregistered, and
+                                                    senders hold their messages and
+                                                    retry; it handles what had
+                                                    already arrived (what that would
+                                                    send goes to an outbox)
+    ◀──────────── R's whole state ──────────────── links, database, counters, outbox;
+                                                    then it exits
+    Agent(R, state, owner's credential):
+    R registered again, epoch + 1, on another
+    transport; it sends the outbox and syncs
+    with its neighbours
+
+Nothing is lost: a message R's old peer acknowledged was handled there (and is
+in the state); any other is still held by its sender, which resends it to the
+new address once R is registered again.  A message handled there whose
+acknowledgement did not reach its sender comes again: its per-sender number
+(``seq``) is in the state, so the new agent drops it as a duplicate.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import posa
+from posa.errors import Timeout
+from posa.registry import Registry
+
+from .agent import Agent, Publish
+from .network import ROOT, Network, peer_name
+
+__all__ = ["take_over", "credential_for"]
+
+
+def credential_for(secret: str, router: str) -> str:
+    """The credential owning ``router``'s name: derived from a secret that only the
+    processes allowed to run agents know, so any of them can take an agent over."""
+    return hmac.new(secret.encode(), peer_name(router).encode(), hashlib.sha256).hexdigest()
+
+
+def take_over(router: str, network: Network, *, registry: Registry, publish: Publish,
+              credential: str, listen: str, timeout: float = 15.0) -> Agent:
+    """Take ``router``'s agent over from the process running it now (new side).
+
+    Raises ``posa.Timeout`` if the old agent does not hand over within ``timeout``
+    and ``posa.NameNotFound`` if no agent of ``router`` runs."""
+    name = peer_name(router)
+    staging = posa.Peer(f"{ROOT}/handover/{router}", registry=registry, listen=listen)
+    try:
+        staging.send(name, {"op": "handover", "to": staging.name}, timeout=timeout)
+        state = _wait_for_state(staging, name, time.monotonic() + timeout)
+    finally:
+        staging.close()
+    return Agent(router, network, registry=registry, publish=publish, listen=listen,
+                 credential=credential, state=state)
+
+
+def _wait_for_state(staging: posa.Peer, name: str, deadline: float) -> dict[str, Any]:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"{name} did not hand its state over in time; is its process "
+                          "running, and was it started with the same NETAGENTS_SECRET?")
+        msg = staging.receive(timeout=remaining)
+        if msg.sender == name and isinstance(msg.body, dict) and "lsdb" in msg.body:
+            return msg.body
