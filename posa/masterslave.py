@@ -121,21 +121,21 @@ class Slave:
         return DEFERRED
 
     def _compute(self, msg: Message) -> None:
+        ok = False
         try:
             answer = self.work(msg.body)
+            ok = True
         except Exception as exc:
             log.info("slave %s: work raised on a subtask from %s: %r", self.name,
                      msg.sender, exc)
-            self.stats["failed"] += 1
-            self._answer(msg, exc)
-        else:
-            self.stats["done"] += 1
-            self._answer(msg, answer, ok=True)
+            answer = exc
         finally:
             with self._lock:
                 self._active -= 1
+                self.stats["done" if ok else "failed"] += 1
+        self._answer(msg, answer, ok)
 
-    def _answer(self, msg: Message, value: Any, ok: bool = False) -> None:
+    def _answer(self, msg: Message, value: Any, ok: bool) -> None:
         try:
             if ok:
                 self.peer.reply(msg, value)
@@ -275,8 +275,9 @@ class Master:
             self._closed = True
             self._cond.notify_all()
             lanes = [lane for group in self._lanes.values() for lane in group]
+        deadline = time.monotonic() + self.timeout + 1.0    # a lane ends within a request
         for lane in lanes:
-            lane.join(self.timeout + 1.0)
+            lane.join(max(0.0, deadline - time.monotonic()))
         self.sender.close()
 
     # -- internals ---------------------------------------------------------------

@@ -155,7 +155,6 @@ class WorkQueue:
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=40)
         self._advice: Recommendation | None = None
         self._advised_at = 0.0
-        self._source = source
         self._listed = source is None
         self._closed = False
         self.peer = Peer(name, registry=registry, listen=listen)
