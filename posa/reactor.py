@@ -73,6 +73,7 @@ class Reactor:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._running = False
+        self._stopping = False
         self._closed = False
 
     # -- hand-off from any thread -------------------------------------------
@@ -175,7 +176,7 @@ class Reactor:
                     self._guard(callback)
             except PosaError:
                 pass  # a source closed under us; its owner removes it
-        if busy or self._handoffs:
+        if busy or self._handoffs or self._stopping:
             wait: float | None = 0.0
         elif self._timers:
             wait = max(0.0, self._timers[0][0] - time.monotonic())
@@ -225,8 +226,9 @@ class Reactor:
         """Run on the calling thread until ``stop()`` (or ``stop`` is set)."""
         self._thread = threading.current_thread()
         self._running = True
+        self._stopping = False
         try:
-            while self._running and not (stop is not None and stop.is_set()):
+            while not self._stopping and not (stop is not None and stop.is_set()):
                 self.run_once(0.5 if stop is not None else None)
             self._run_handoffs()
         finally:
@@ -250,10 +252,9 @@ class Reactor:
 
     def stop(self) -> None:
         """Ask the loop to return after the current iteration. Safe from any thread."""
-        def halt() -> None:
-            self._running = False
         if self._running:
-            self.call_soon(halt)
+            self._stopping = True
+            self.call_soon(lambda: None)   # wake it if it waits
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop, wait for its thread, release the selector. Idempotent."""

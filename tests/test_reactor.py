@@ -1,0 +1,115 @@
+"""The reactor: one thread, every input, timers and hand-offs from other threads."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+import transports
+from posa.errors import Timeout
+from posa.reactor import Reactor
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    r = Reactor("test-reactor")
+    r.start()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_hand_offs_from_many_threads_run_on_the_reactor_thread_in_order(
+        reactor: Reactor) -> None:
+    seen: list[tuple[int, int]] = []
+    threads_seen: set[str] = set()
+    done = threading.Event()
+
+    def record(sender: int, i: int) -> None:
+        threads_seen.add(threading.current_thread().name)
+        seen.append((sender, i))
+        if len(seen) == 4000:
+            done.set()
+
+    def produce(sender: int) -> None:
+        for i in range(1000):
+            reactor.call_soon(record, sender, i)
+    producers = [threading.Thread(target=produce, args=(s,)) for s in range(4)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(10)
+    assert done.wait(10)
+    assert threads_seen == {"test-reactor"}
+    for sender in range(4):
+        assert [i for s, i in seen if s == sender] == list(range(1000))
+
+
+def test_call_returns_the_result_or_raises_what_the_function_raised(reactor: Reactor) -> None:
+    assert reactor.call(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        reactor.call(lambda: 1 / 0)
+    with pytest.raises(Timeout, match="did not run"):
+        reactor.call(reactor.call_soon, time.sleep, 0.3)   # keep the loop busy
+        reactor.call(lambda: None, timeout=0.01)
+
+
+def test_timers_fire_in_order_and_cancelled_ones_do_not(reactor: Reactor) -> None:
+    fired: list[str] = []
+    done = threading.Event()
+    reactor.call_later(0.06, lambda: (fired.append("late"), done.set()))
+    reactor.call_later(0.02, lambda: fired.append("early"))
+    reactor.call_later(0.01, lambda: fired.append("cancelled")).cancel()
+    ticks: list[float] = []
+    every = reactor.call_every(0.01, lambda: ticks.append(time.monotonic()))
+    assert done.wait(5)
+    every.cancel()
+    count = len(ticks)
+    assert fired == ["early", "late"]
+    assert count >= 3
+    stopped = threading.Event()
+    reactor.call_later(0.05, stopped.set)
+    assert stopped.wait(5) and len(ticks) <= count + 1
+
+
+def test_a_callback_that_raises_does_not_stop_the_loop(reactor: Reactor) -> None:
+    reactor.call_soon(lambda: 1 / 0)
+    assert reactor.call(lambda: "still running") == "still running"
+
+
+def test_sources_are_drained_when_they_have_input(reactor: Reactor) -> None:
+    listener = transports.listen("inproc://reactor-test")
+    connection = transports.connect("inproc://reactor-test")
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        while (item := listener.recv_nowait()) is not None:
+            got.append(item[1])
+        if len(got) == 500:
+            done.set()
+    try:
+        connection.send(b"before the reactor watched")
+        reactor.add_source(listener, drain)
+        for i in range(499):
+            connection.send(b"%d" % i)
+        assert done.wait(10)
+        assert got[0] == b"before the reactor watched" and got[-1] == b"498"
+        reactor.remove_source(listener)
+    finally:
+        connection.close()
+        listener.close()
+
+
+def test_close_stops_the_thread_and_releases_descriptors() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    r = Reactor("short-lived")
+    r.start()
+    thread = r._thread
+    r.close()
+    assert thread is not None and not thread.is_alive()
+    assert len(os.listdir("/proc/self/fd")) <= before
