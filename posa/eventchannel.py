@@ -426,6 +426,8 @@ class EventChannel:
                     if taken.freed and self._parked:
                         self._unpark()
                     head = core.seq
+                if not taken.runs and not taken.gaps:
+                    continue              # a replay pass that selected nothing
                 for body in self._frames(taken.runs, taken.gaps, taken.dropped, head):
                     if not self._send(sender, delivery, body):
                         return
