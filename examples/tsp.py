@@ -8,7 +8,7 @@ The same job gives the same tour in one process or on many.
 
     python examples/tsp.py                       # demo: two slave threads, in-process
     python examples/tsp.py slave work/tsp/a --dispatcher tcp://127.0.0.1:7000
-    python examples/tsp.py master --dispatcher tcp://127.0.0.1:7000 --tours 200000
+    python examples/tsp.py master --dispatcher tcp://127.0.0.1:7000 --tours 200000 --progress
 
 The slave prints "ready NAME" once registered and "subtask SEED" as it starts
 each part; the master prints the result as JSON.
@@ -20,12 +20,14 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from typing import Any, Sequence
 
 import posa
 from posa.masterslave import Master, Slave
+from posa.workqueue import progress_bar
 
 
 def make_job(*, cities: int = 40, tours: int = 20_000, parts: int = 8,
@@ -110,9 +112,14 @@ def run_slave(args: argparse.Namespace) -> None:
 def run_master(args: argparse.Namespace) -> None:
     job = make_job(cities=args.cities, tours=args.tours, parts=args.parts, seed=args.seed)
     registry = posa.RegistryClient(args.dispatcher)
+
+    def show(done: int, total: int) -> None:
+        print(f"\rsubtasks {progress_bar(done, total)}", end="\n" if done == total else "",
+              file=sys.stderr, flush=True)
     try:
         with Master(args.slaves, registry=registry, split=split, merge=merge,
-                    timeout=args.timeout) as master:
+                    timeout=args.timeout, on_progress=show if args.progress else None
+                    ) as master:
             started = time.monotonic()
             outcome = master.execute(job)
             elapsed = time.monotonic() - started
@@ -137,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--parts", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr")
     args = parser.parse_args(argv)
     if args.role == "slave":
         run_slave(args)

@@ -59,7 +59,7 @@ from posa.registry import Registry
 from posa.workstate import DEAD, DONE, PENDING, Recommendation, ScalingAdvisor, WorkState
 
 __all__ = ["Item", "Source", "ListSource", "DirectorySource", "WorkQueue", "Worker",
-           "submit", "finished", "render_progress", "add_parser", "run"]
+           "submit", "finished", "progress_bar", "render_progress", "add_parser", "run"]
 
 log = logging.getLogger("posa.workqueue")
 
@@ -673,20 +673,31 @@ def finished(metrics: Mapping[str, Any]) -> bool:
     return bool(metrics["listed"]) and metrics["pending"] == 0 and metrics["in_flight"] == 0
 
 
+def progress_bar(done: int, total: int, *, width: int = 30) -> str:
+    """``[####......] done/total pct``: a job's progress (a master's subtasks,
+    a queue's items) as text."""
+    fraction = min(done / total, 1.0) if total else 0.0
+    return f"{_bar(fraction, width)} {done}/{total} {fraction:.0%}"
+
+
 def render_progress(metrics: Mapping[str, Any], *, width: int = 30) -> str:
-    """One line: a bar of items finished (done or dead) of the total, the count,
-    the rate, the time left at that rate, items in flight, workers, dead letters."""
+    """One line for a queue: a bar of items finished (done or dead) of the
+    total, the count done, the rate, the time left at that rate, items in
+    flight, workers and dead letters."""
     total = metrics["total"]
     finished = metrics["done"] + metrics["dead"]
     fraction = finished / total if total else 0.0
-    filled = int(fraction * width)
     rate = metrics.get("rate") or 0.0
     left = total - finished
     eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
-    return (f"{metrics['name']} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{metrics['done']}/{total} {fraction:.0%} {rate:.0f}/s eta {eta} "
-            f"in flight {metrics['in_flight']} workers {metrics['workers']} "
-            f"dead {metrics['dead']}")
+    return (f"{metrics['name']} {_bar(fraction, width)} {metrics['done']}/{total} "
+            f"{fraction:.0%} {rate:.0f}/s eta {eta} in flight {metrics['in_flight']} "
+            f"workers {metrics['workers']} dead {metrics['dead']}")
+
+
+def _bar(fraction: float, width: int) -> str:
+    filled = int(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

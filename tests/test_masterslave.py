@@ -3,6 +3,7 @@ of one process, and slave processes that are killed or lie mid-job."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import threading
 from types import ModuleType
@@ -305,6 +306,27 @@ def test_a_slave_killed_mid_job_changes_nothing_in_the_result(dispatcher: str) -
     finally:
         for proc in procs:
             proc.close()
+
+
+def test_tsp_master_process_shows_progress_and_matches_the_sequential_result(
+        dispatcher: str) -> None:
+    slave = Proc([sys.executable, "examples/tsp.py", "slave", "tsp/only",
+                  "--dispatcher", dispatcher])
+    master = None
+    try:
+        slave.expect("ready")
+        master = Proc([sys.executable, "examples/tsp.py", "master", "--dispatcher",
+                       dispatcher, "--slaves", "tsp/*", "--tours", "2000", "--cities", "20",
+                       "--progress"])
+        answer = json.loads(master.line(timeout=60))
+        assert master.popen.wait(30) == 0
+        expected = tsp.solve(tsp.make_job(cities=20, tours=2000))
+        assert (answer["length"], answer["tour"]) == (expected["length"], expected["tour"])
+        assert "subtasks [" + "#" * 30 + "] 8/8 100%" in master.stderr_now()
+    finally:
+        slave.close()
+        if master is not None:
+            master.close()
 
 
 VOTER = """

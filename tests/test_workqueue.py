@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import posa
 from posa.errors import Rejected
 from posa.workqueue import (DirectorySource, Item, ListSource, WorkQueue, Worker,
-                            render_progress, submit)
+                            progress_bar, render_progress, submit)
 from posa.workstate import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
 from tests.support import ROOT, Proc, start_dispatcher
 
@@ -445,10 +445,12 @@ def test_bad_requests_are_refused_with_a_clear_error(registry: posa.LocalRegistr
             peer.request("jobs/b", {"op": "put", "items": [[1, 2]]})
 
 
-def test_render_progress() -> None:
+def test_progress_rendering() -> None:
     line = render_progress({"name": "q", "total": 200, "done": 50, "dead": 0,
                             "rate": 25.0, "in_flight": 3, "workers": 2}, width=10)
     assert line == "q [##........] 50/200 25% 25/s eta 6s in flight 3 workers 2 dead 0"
+    assert progress_bar(3, 8, width=8) == "[###.....] 3/8 38%"
+    assert progress_bar(0, 0, width=4) == "[....] 0/0 0%"
 
 
 def docs_blocks() -> list[str]:
