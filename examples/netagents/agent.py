@@ -317,7 +317,7 @@ class Agent:
 
         Close the peer first (its name is free, senders hold on and retry),
         handle what had already arrived (sends it causes go to the outbox),
-        then send the whole state to ``to``."""
+        then send the whole state to ``to`` as a request: the reply confirms it."""
         self.hellos = False
         self._outbox = []
         epoch, address, registry = self.peer.epoch, self.peer.address, self.peer.registry
@@ -333,8 +333,10 @@ class Agent:
                               "across_processes": True}
         sender = Sender(self.peer.name, resolve=_resolver(registry))
         try:
-            sender.send(to, state, timeout=10.0)
-            sender.flush(10.0)
+            sender.request(to, state, timeout=10.0)    # answered once it has the state
+        except PosaError as exc:
+            log.error("%s: %s did not confirm it has this agent's state (%s); the agent "
+                      "may be lost", self.router, to, exc)
         finally:
             sender.close()
         self.handed_over.set()

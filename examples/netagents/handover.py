@@ -9,8 +9,8 @@ The new process takes the agent over; the old one hands it over and exits:
                                                     retry; it handles what had
                                                     already arrived (what that would
                                                     send goes to an outbox)
-    ◀──────────── R's whole state ──────────────── links, database, counters, outbox;
-                                                    then it exits
+    ◀──────────── R's whole state ──────────────── links, database, counters, outbox
+    ─────────────────── ok ──────────────────────▶ then it exits
     Agent(R, state, owner's credential):
     R registered again, epoch + 1, on another
     transport; it sends the outbox and syncs
@@ -31,6 +31,7 @@ from typing import Any
 
 import posa
 from posa.errors import Timeout
+from posa.message import Kind
 from posa.registry import Registry
 
 from .agent import Agent, Publish
@@ -56,18 +57,21 @@ def take_over(router: str, network: Network, *, registry: Registry, publish: Pub
     try:
         staging.send(name, {"op": "handover", "to": staging.name}, timeout=timeout)
         state = _wait_for_state(staging, name, time.monotonic() + timeout)
+        return Agent(router, network, registry=registry, publish=publish, listen=listen,
+                     credential=credential, state=state)
     finally:
-        staging.close()
-    return Agent(router, network, registry=registry, publish=publish, listen=listen,
-                 credential=credential, state=state)
+        staging.close()     # after the agent started: the confirmation has long left
 
 
 def _wait_for_state(staging: posa.Peer, name: str, deadline: float) -> dict[str, Any]:
+    """The state the old agent sends (a request), confirmed by the reply."""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"{name} did not hand its state over in time; is its process "
-                          "running, and was it started with the same NETAGENTS_SECRET?")
+                          "running?")
         msg = staging.receive(timeout=remaining)
-        if msg.sender == name and isinstance(msg.body, dict) and "lsdb" in msg.body:
+        if (msg.kind == Kind.REQUEST and msg.sender == name and isinstance(msg.body, dict)
+                and "lsdb" in msg.body):
+            staging.reply(msg, {"ok": True})
             return msg.body
