@@ -44,8 +44,6 @@ import functools
 import json
 import logging
 import secrets
-import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -66,7 +64,7 @@ from posa.peer import Peer, embedded_registry
 from posa.registry import Registry
 
 __all__ = ["EventChannel", "Publisher", "Subscriber", "Event", "Gap",
-           "AsyncPublisher", "AsyncSubscriber", "add_parser", "run", "main"]
+           "AsyncPublisher", "AsyncSubscriber", "add_parser", "run"]
 
 log = logging.getLogger("posa.eventchannel")
 
@@ -1150,9 +1148,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
+    from posa.cli import DEFAULT_DISPATCHER   # the command's defaults live there
     parser.add_argument("name", help="the channel's name, e.g. events/netmgmt")
-    parser.add_argument("--dispatcher", required=True,
-                        help="the dispatcher's address, e.g. tcp://127.0.0.1:7000")
+    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
+                        help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
     parser.add_argument("--listen", default="zmq+tcp://127.0.0.1:0",
                         help="where to receive (default zmq+tcp://127.0.0.1:0)")
     parser.add_argument("--history", type=int, default=10000,
@@ -1171,37 +1170,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a channel until SIGTERM/SIGINT; prints one line when it is ready."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
-                               history=args.history, credential=args.credential,
-                               upstream=args.upstream,
-                               upstream_topics=args.upstream_topic or [""],
-                               upstream_filter=args.upstream_filter,
-                               upstream_policy=args.upstream_policy)
-    except PosaError as exc:
-        print(f"posa channel: {exc}", file=sys.stderr)
-        return 1
+    from posa.cli import wait_for_signal
+    channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
+                           history=args.history, credential=args.credential,
+                           upstream=args.upstream,
+                           upstream_topics=args.upstream_topic or [""],
+                           upstream_filter=args.upstream_filter,
+                           upstream_policy=args.upstream_policy)
     print(f"channel {channel.name} at {channel.address}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        channel.close()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m posa.eventchannel NAME --dispatcher ADDR ...``"""
-    parser = argparse.ArgumentParser(prog="posa channel",
-                                     description="Run an event channel.")
-    _arguments(parser)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return wait_for_signal(channel.close)
