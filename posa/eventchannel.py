@@ -44,6 +44,7 @@ import functools
 import json
 import logging
 import secrets
+import signal
 import threading
 import time
 from collections import deque
@@ -1169,13 +1170,23 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a channel until SIGTERM/SIGINT; prints one line when it is ready."""
-    from posa.cli import wait_for_signal
-    channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
-                           history=args.history, credential=args.credential,
-                           upstream=args.upstream,
-                           upstream_topics=args.upstream_topic or [""],
-                           upstream_filter=args.upstream_filter,
-                           upstream_policy=args.upstream_policy)
-    print(f"channel {channel.name} at {channel.address}", flush=True)
-    return wait_for_signal(channel.close)
+    """Run a channel until SIGTERM/SIGINT; prints one line when it is ready. The
+    signal handlers are in place before that line, so no signal is missed."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
+                               history=args.history, credential=args.credential,
+                               upstream=args.upstream,
+                               upstream_topics=args.upstream_topic or [""],
+                               upstream_filter=args.upstream_filter,
+                               upstream_policy=args.upstream_policy)
+        print(f"channel {channel.name} at {channel.address}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        channel.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

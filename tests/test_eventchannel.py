@@ -495,3 +495,14 @@ def test_chained_channel_processes_deliver_end_to_end(dispatcher: str,
     result = sub.json("RESULT", timeout=60)
     assert [e[2]["i"] for e in result["events"]] == list(range(1, 100, 2))
     assert all(e[1] == "alarm/fan" and e[4] == ["events/site-a"] for e in result["events"])
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_channel_cleanly_and_frees_its_name(dispatcher: str,
+                                                              procs: Processes) -> None:
+    channel = procs.channel(dispatcher, "events/net")
+    with posa.RegistryClient(dispatcher, cache=False) as reg:
+        assert reg.lookup("events/net").addresses
+        assert channel.terminate(timeout=30) == 0
+        with pytest.raises(posa.NameNotFound):
+            reg.lookup("events/net")
