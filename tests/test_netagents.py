@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,8 @@ GRAPHS = [
 
 
 @pytest.mark.parametrize("graph, source, expected", GRAPHS)
-def test_shortest_paths(graph: dict, source: str, expected: dict) -> None:
+def test_shortest_paths(graph: dict[str, dict[str, int]], source: str,
+                        expected: dict[str, tuple[str, int]]) -> None:
     assert shortest_paths(graph, source) == expected
 
 
@@ -81,7 +83,8 @@ def test_outcome_checks_spot_a_wrong_route_and_a_lost_message() -> None:
     counts = message_counts(counters)
     assert (counts["sent"], counts["received"], counts["lost"]) == (9, 8, 1)
     assert counts["unbalanced"] == ["a -> b: sent 5, received 4"]
-    assert migration_summary(counters)["received_after"] == 3
+    summary = migration_summary(counters)
+    assert summary is not None and summary["received_after"] == 3
     assert link_key("b", "a") == ("a", "b")
 
 
@@ -111,7 +114,7 @@ def _assert_gone(pids: list[int], timeout: float = 10.0) -> None:
     assert not left, f"processes left behind: {left}"
 
 
-def _run_demo(*args: str, timeout: float) -> tuple[dict, list[int], int]:
+def _run_demo(*args: str, timeout: float) -> tuple[dict[str, Any], list[int], int]:
     """Run the demo to its end; its RESULT, the pids it started, its exit code."""
     proc = Proc([sys.executable, "-m", "examples.netagents", "--pace", PACE, *args])
     pids: list[int] = []
@@ -129,7 +132,7 @@ def _run_demo(*args: str, timeout: float) -> tuple[dict, list[int], int]:
     return result, pids, code
 
 
-def _assert_outcome(result: dict) -> None:
+def _assert_outcome(result: dict[str, Any]) -> None:
     assert result["tables"]["mismatches"] == []
     assert result["tables"]["equal"] == result["tables"]["checked"] == 8
     messages = result["messages"]

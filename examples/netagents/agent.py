@@ -50,7 +50,7 @@ from posa.registry import Registry
 from .network import Network, peer_name, router_of
 from .routing import LSA, LinkStateDB, Routes
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "Publish", "MIGRATION_GRACE"]
 
 log = logging.getLogger("netagents.agent")
 

@@ -104,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.routers and not args.take_over:
         parser.error("give routers to run, or --take-over ROUTER")
+    known = build(args.seed).routers
+    unknown = [r for r in [*args.routers, args.take_over] if r and r not in known]
+    if unknown:
+        parser.error(f"no router {', '.join(unknown)} in the network of seed {args.seed}; "
+                     f"its routers: {' '.join(known)}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     stop = threading.Event()
 
