@@ -148,6 +148,7 @@ class JobState:
         self.backup_factor = backup_factor
         self.tasks = [_Subtask(data, self.replicas, set(), [], set(), {}) for data in subtasks]
         self._durations: list[float] = []
+        self._open = 0                              # every subtask before it is decided
         self.undecided = len(self.tasks)
         self.error: PosaError | None = None
         self.dissenters: dict[str, list[int]] = {}
@@ -183,7 +184,11 @@ class JobState:
             return None
         backup: int | None = None
         ripe = self._backup_threshold()
-        for index, task in enumerate(self.tasks):
+        tasks = self.tasks
+        while tasks[self._open].decided:            # skip the decided prefix for good
+            self._open += 1
+        for index in range(self._open, len(tasks)):
+            task = tasks[index]
             if task.decided or not self._may_take(task, slave):
                 continue
             if len(task.answers) + len(task.holders) < self._wanted(task):
