@@ -50,7 +50,8 @@ from posa.errors import (Closed, NameNotFound, ProtocolError, Rejected, StaleEpo
 from posa.names import ANY_DEPTH, ANY_ONE, Pattern, validate_name
 
 __all__ = ["Registration", "Change", "Registry", "RegistryTable", "LocalRegistry",
-           "DEFAULT_LEASE", "MAX_ADDRESSES", "MAX_ADDRESS_LEN", "MAX_META_BYTES"]
+           "DEFAULT_LEASE", "MAX_ADDRESSES", "MAX_ADDRESS_LEN", "MAX_META_BYTES",
+           "check_addresses", "check_lease", "credential_digest"]
 
 DEFAULT_LEASE = 10.0
 MAX_ADDRESSES = 16
@@ -135,14 +136,18 @@ def _not_found(name: str) -> NameNotFound:
                         "registered with this registry?")
 
 
-def _digest(credential: str) -> bytes:
+def credential_digest(credential: str) -> bytes:
+    """The SHA-256 digest of ``credential``, all a registry keeps of it
+    (``Unauthorized`` unless it is a non-empty str)."""
     if not isinstance(credential, str) or not credential:
         raise Unauthorized("a credential must be a non-empty str (the token that owns "
                            "the name); pass credential=...")
     return hashlib.sha256(credential.encode("utf-8", "surrogatepass")).digest()
 
 
-def _check_addresses(name: str, addresses: Sequence[str]) -> tuple[str, ...]:
+def check_addresses(name: str, addresses: Sequence[str]) -> tuple[str, ...]:
+    """``addresses`` of ``name`` as a tuple: 1 to ``MAX_ADDRESSES`` transport URIs
+    of at most ``MAX_ADDRESS_LEN`` characters, else ``Rejected``."""
     if isinstance(addresses, (str, bytes)) or not isinstance(addresses, Sequence):
         raise Rejected(f"addresses for {name!r} must be a list of transport URIs, e.g. "
                        "['tcp://127.0.0.1:7000'], not a single string")
@@ -159,7 +164,8 @@ def _check_addresses(name: str, addresses: Sequence[str]) -> tuple[str, ...]:
     return tuple(addresses)
 
 
-def _check_lease(name: str, lease: float) -> float:
+def check_lease(name: str, lease: float) -> float:
+    """``lease`` of ``name`` as a float: finite seconds > 0, else ``Rejected``."""
     if (isinstance(lease, bool) or not isinstance(lease, (int, float))
             or not math.isfinite(lease) or lease <= 0):
         raise Rejected(f"lease for {name!r} must be a finite number of seconds > 0, "
@@ -229,10 +235,10 @@ class RegistryTable:
                  ) -> tuple[Registration, list[Change]]:
         """Bind ``name``; see the module docstring for ownership and epochs."""
         validate_name(name)
-        addrs = _check_addresses(name, addresses)
-        lease = _check_lease(name, lease)
+        addrs = check_addresses(name, addresses)
+        lease = check_lease(name, lease)
         frozen_meta = self._freeze_meta(name, meta)
-        owner = _digest(credential)
+        owner = credential_digest(credential)
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
                                   or epoch < 1):
             raise Rejected(f"epoch for {name!r} must be an int >= 1 or None, got {epoch!r}")
@@ -269,7 +275,7 @@ class RegistryTable:
 
     def renew(self, name: str, *, credential: str) -> Registration:
         """Restart the lease of ``name``'s live registration with its own length."""
-        owner = _digest(credential)
+        owner = credential_digest(credential)
         now = self.now()
         entry = self._entries.get(name) if isinstance(name, str) else None
         if entry is None or entry.expires_at <= now:
@@ -286,7 +292,7 @@ class RegistryTable:
 
     def unregister(self, name: str, *, credential: str) -> list[Change]:
         """Remove ``name``'s live registration; without one, do nothing."""
-        owner = _digest(credential)
+        owner = credential_digest(credential)
         entry = self._entries.get(name) if isinstance(name, str) else None
         if entry is None or entry.expires_at <= self.now():
             validate_name(name)
@@ -371,8 +377,8 @@ class RegistryTable:
                 table._tombstones.pop(name, None)
                 token = next(table._tokens)
                 table._entries[name] = _Entry(
-                    _check_addresses(name, item["addresses"]), epoch,
-                    _check_lease(name, item["lease"]), clock + left,
+                    check_addresses(name, item["addresses"]), epoch,
+                    check_lease(name, item["lease"]), clock + left,
                     table._freeze_meta(name, item["meta"]), owner, token)
                 table._index_add(name)
                 table._push(clock + left, token, name)
