@@ -101,6 +101,10 @@ def _goal_cell(outcome: Outcome, goal: Goal) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------- tables
+def _header(name: str, columns: tuple[Column, ...]) -> str:
+    return next((title for metric_name, title, _ in columns if metric_name == name), name)
+
+
 def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
            goals: list[Goal], with_goals: bool) -> list[str]:
     columns: tuple[Column, ...] = rows[0].columns
@@ -122,13 +126,15 @@ def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
             for goal in mine:
                 value, verdict = _goal_cell(outcome, goal)
                 against = (f" vs {_label(goal.den[0], all_rows)}" if goal.den else "")
-                compared.append(f"{value}{against}")
+                compared.append(f"{_header(goal.num[1], columns)} {value}{against}")
                 verdicts.append(f"{goal.text}: {verdict}")
             if not mine and row.versus:
-                headline = columns[0][0]
+                # throughput if the row has one (higher is better), else its first metric
+                headline = next((name for name, _, kind in columns if kind == "rate"),
+                                columns[0][0])
                 values = ratios(outcome, (row.key, headline), (row.versus, headline))
-                compared.append(f"{spread(values, 'ratio')}× vs {_label(row.versus, all_rows)}"
-                                if values else "–")
+                compared.append(f"{_header(headline, columns)} {spread(values, 'ratio')}× vs "
+                                f"{_label(row.versus, all_rows)}" if values else "–")
                 verdicts.append("none (for reference)")
             cells += ["<br>".join(compared) or "–", "<br>".join(verdicts) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -290,8 +296,9 @@ def plot(outcome: Outcome, path: str) -> str | None:
     if not panels:
         return "nothing to plot"
     heights = [0.6 + 0.32 * len(bars) for _, _, bars in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.8),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights) + 0.8),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False,
+                             layout="constrained")
     for ax, (title, name, bars) in zip(axes[:, 0], panels):
         labels = [label for label, _, _ in bars][::-1]
         medians = [statistics.median(v) for _, _, v in bars][::-1]
@@ -308,7 +315,6 @@ def plot(outcome: Outcome, path: str) -> str | None:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"posa (blue) and the anchors (grey): median of {outcome.reps} rep(s), "
                  "whiskers min–max", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
