@@ -241,8 +241,8 @@ class Subscription:
     """One subscriber's selection, buffer and counters inside a channel."""
 
     __slots__ = ("id", "topics", "filter_spec", "skip_via", "policy", "limit", "everything",
-                 "_prefixes", "_filter", "buffer", "size", "holes", "lost_front",
-                 "dropped", "delivered", "cursor")
+                 "_prefixes", "_filter", "buffer", "size", "head_skip", "holes",
+                 "lost_front", "dropped", "delivered", "cursor")
 
     def __init__(self, sub_id: str, topics: tuple[str, ...], filter_spec: Any,
                  compiled: Filter | None, skip_via: frozenset[str], policy: str,
@@ -258,6 +258,7 @@ class Subscription:
         self.everything = self._prefixes is None and compiled is None and not skip_via
         self.buffer: deque[Run | _Hole] = deque()
         self.size = 0             # events in the buffer
+        self.head_skip = 0        # events of buffer[0] dropped but not yet cut off
         self.holes = 0            # hole markers in the buffer (drop-newest)
         self.lost_front = 0       # events evicted from the head since the last take
         self.dropped = 0          # events dropped by the buffer policy, in all
@@ -316,15 +317,18 @@ class Subscription:
         buffer.append(run)
         self.size += n
         if self.policy == "drop-oldest":
+            # whole runs go; of the oldest left, the first events are skipped (and
+            # cut off when taken: cutting decodes, so only once, not per push)
             while self.size > self.limit:
                 oldest = buffer[0]
                 assert type(oldest) is Run
-                excess = self.size - self.limit
-                evict = min(excess, len(oldest))
-                if evict == len(oldest):
+                held = len(oldest) - self.head_skip
+                evict = min(self.size - self.limit, held)
+                if evict == held:
                     buffer.popleft()
+                    self.head_skip = 0
                 else:
-                    buffer[0] = oldest.slice(evict, len(oldest))
+                    self.head_skip += evict
                 self.size -= evict
                 self.dropped += evict
                 self.lost_front += evict
@@ -418,6 +422,7 @@ class ChannelCore:
         self.history_limit = history
         self.history: deque[Run] = deque()
         self.history_size = 0                 # events in history
+        self._history_skip = 0                # events of history[0] no longer held
         self.subscriptions: dict[str, Subscription] = {}
         self._live: list[Subscription] = []   # subscriptions that get pushed events
         self._blocking: list[Subscription] = []
@@ -561,18 +566,22 @@ class ChannelCore:
         return fits
 
     def _remember(self, run: Run) -> None:
+        """Keep ``run`` in history; forget the oldest events beyond the limit. The
+        oldest run is forgotten in part by skipping its first events (slicing it
+        would decode it), so memory holds at most one publication more."""
         history = self.history
         history.append(run)
         self.history_size += len(run)
         excess = self.history_size - self.history_limit
         while excess > 0:
-            oldest = history[0]
-            if len(oldest) <= excess:
+            held = len(history[0]) - self._history_skip
+            if held <= excess:
                 history.popleft()
-                self.history_size -= len(oldest)
-                excess -= len(oldest)
+                self._history_skip = 0
+                self.history_size -= held
+                excess -= held
             else:
-                history[0] = oldest.slice(excess, len(oldest))
+                self._history_skip += excess
                 self.history_size -= excess
                 excess = 0
 
@@ -593,6 +602,11 @@ class ChannelCore:
             sub.lost_front = 0
         runs: list[Run] = []
         count = 0
+        if sub.head_skip:
+            head = buffer[0]
+            assert type(head) is Run
+            buffer[0] = head.slice(sub.head_skip, len(head))
+            sub.head_skip = 0
         while buffer and (count < max_events or type(buffer[0]) is _Hole):
             item = buffer.popleft()
             if type(item) is _Hole:

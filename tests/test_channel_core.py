@@ -141,6 +141,7 @@ def test_history_is_bounded_and_replays_from_a_seq() -> None:
     for i in range(4):
         c.publish(pub("t", [i * 3, i * 3 + 1, i * 3 + 2]))   # seqs 1..12
     assert c.history_size == 5 and c.first_seq() == 8
+    assert sum(len(run) for run in c.history) == 6       # one run is held in part
     c.subscribe("late", from_seq=10)
     assert [e[0] for e in flat(c.take("late", 100))] == [10, 11, 12]
     c.subscribe("early", from_seq=2)
