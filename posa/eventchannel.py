@@ -779,8 +779,9 @@ class Publisher:
                 self._in_flight = take
                 with cond:
                     cond.notify_all()         # room for publishers waiting on a full buffer
+                topics, bodies = zip(*events)
                 try:
-                    self._send([t for t, _ in events], [b for _, b in events])
+                    self._send(topics, bodies)
                 except Closed:
                     return
                 self._in_flight = 0
@@ -802,7 +803,7 @@ class Publisher:
             self._flushed = ticket
             self._cond.notify_all()
 
-    def _send(self, topics: list[str], bodies: list[Any]) -> None:
+    def _send(self, topics: Sequence[str], bodies: Sequence[Any]) -> None:
         """Encode the bodies once and hand them to the reliable stream; retry
         while the channel cannot be found or reached."""
         budget = self._max_bytes - sum(map(len, topics)) - 2 * len(topics)
@@ -812,9 +813,10 @@ class Publisher:
         uniform = topics.count(topics[0]) == len(topics)
         for start, end, blob in chunks:
             self._hand_over({"op": "publish", "bodies": blob,
-                             "topics": topics[0] if uniform else topics[start:end]})
+                             "topics": topics[0] if uniform else list(topics[start:end])})
 
-    def _report_bad(self, bad: list[int], topics: list[str], bodies: list[Any]) -> None:
+    def _report_bad(self, bad: list[int], topics: Sequence[str], bodies: Sequence[Any]
+                    ) -> None:
         first = bad[0]
         error = Rejected(f"{len(bad)} event(s) dropped: the body of the event on topic "
                          f"{topics[first]!r} ({type(bodies[first]).__name__}) is not "
