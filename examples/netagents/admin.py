@@ -17,6 +17,7 @@ From a shell:  posa request netmgmt/admin/srv-XXXX '{"op": "routes", "router": "
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import posa
@@ -27,13 +28,14 @@ from .network import peer_name
 __all__ = ["SERVICE", "AdminService", "AdminClient"]
 
 SERVICE = "netmgmt/admin"
+ATTEMPT = 3.0       # seconds to wait for an agent's answer before asking again
 
 
 class AdminService:
     """One server of ``netmgmt/admin`` (its handler runs on worker threads, since
     it waits for the agents' answers)."""
 
-    def __init__(self, registry: Registry, *, listen: str, timeout: float = 10.0) -> None:
+    def __init__(self, registry: Registry, *, listen: str, timeout: float = 20.0) -> None:
         self.timeout = timeout
         self.server = posa.Server(SERVICE, self.handle, registry=registry, listen=listen,
                                   workers=2)
@@ -59,17 +61,35 @@ class AdminService:
                             "or stats")
 
     def _ask(self, router: str, request: dict[str, Any]) -> Any:
-        return self.server.peer.request(peer_name(router), request, timeout=self.timeout)
+        """Ask ``router``'s agent. Every request but ``migrate`` sets or reads a
+        state, so asking twice does no harm: one that gets no answer within
+        ``ATTEMPT`` seconds is asked again (a reply can miss its requester while
+        the agent has just moved; see docs/netagents.md), until ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            attempt = remaining if request["op"] == "migrate" else min(ATTEMPT, remaining)
+            try:
+                return self.server.peer.request(peer_name(router), request,
+                                                timeout=max(attempt, 0.01))
+            except posa.Timeout:
+                if attempt >= remaining:
+                    raise
 
     def close(self) -> None:
         self.server.close()
 
 
 class AdminClient:
-    """What an administrator uses: calls ``netmgmt/admin`` wherever it is served."""
+    """What an administrator uses: calls ``netmgmt/admin`` wherever it is served.
+
+    It fails over to another server when one goes away (its process exits), but
+    does not send a request again after a timeout: a request that timed out
+    may have been carried out, and the server waits longer for the agents than
+    this client waits for the server."""
 
     def __init__(self, registry: Registry, *, timeout: float = 15.0) -> None:
-        self.client = posa.Client(registry=registry, timeout=timeout, attempt_timeout=12.0)
+        self.client = posa.Client(registry=registry, timeout=timeout, attempt_timeout=timeout)
 
     def call(self, op: str, **fields: Any) -> Any:
         return self.client.call(SERVICE, {"op": op, **fields})

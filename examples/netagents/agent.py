@@ -31,8 +31,8 @@ Requests (from the admin service):
     {"op": "quiet"}                           stop hellos, flush -> counters
     {"op": "stats"}                           flush -> counters
 
-One-way control: ``{"op": "handover", "to": NAME}`` hands the agent over to
-another process (see ``handover.py``).
+One-way control: ``{"op": "handover", "to": NAME, "epoch": E}`` hands the
+agent registered with epoch E over to another process (see ``handover.py``).
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ __all__ = ["Agent", "Publish", "MIGRATION_GRACE"]
 log = logging.getLogger("netagents.agent")
 
 MIGRATION_GRACE = 0.5   # seconds the old address keeps delivering after a migration
+SEND_TIMEOUT = 2.0      # seconds a send may wait for a neighbour that is moving
 
 Publish = Callable[[str, dict[str, Any]], None]
 
@@ -140,7 +141,8 @@ class Agent:
             if body.get("op") == "migrate":    # after the reply, sent where it was asked
                 self._migrate(body["listen"])
         elif body.get("op") == "handover" and isinstance(body.get("to"), str):
-            self._hand_over(body["to"])
+            if body.get("epoch") == self.peer.epoch:   # not a late copy meant for
+                self._hand_over(body["to"])            # the agent before this one
         elif "type" in body and self._count(router_of(msg.sender), body.get("seq")):
             self._traffic(router_of(msg.sender), body)
 
@@ -248,13 +250,14 @@ class Agent:
     def _forward(self, neighbor: str, body: dict[str, Any]) -> bool:
         """Hand one numbered message to posa; False if the neighbour has no agent."""
         try:
-            self.peer.send(peer_name(neighbor), body, timeout=5.0)
+            self.peer.send(peer_name(neighbor), body, timeout=SEND_TIMEOUT)
         except NameNotFound:
             return False
         except PosaError as exc:
             # still queued for resending (flush retries it), so it counts as sent
             self.send_errors += 1
-            log.warning("%s: sending to %s: %s", self.router, neighbor, exc)
+            if not self._stop.is_set():     # neighbours go away while all stop
+                log.warning("%s: sending to %s: %s", self.router, neighbor, exc)
         return True
 
     # -- requests --------------------------------------------------------------------

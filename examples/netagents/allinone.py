@@ -12,9 +12,12 @@ import sys
 import time
 from typing import Any, TextIO
 
+import transports
+from posa.errors import TransportError
 from posa.eventchannel import EventChannel
 from posa.peer import embedded_registry
 from posa.registry import Registry
+from transports.base import Options
 
 from .admin import AdminClient, AdminService
 from .agent import MIGRATION_GRACE, Agent
@@ -22,7 +25,7 @@ from .alerts import CHANNEL, AlertFeed, Alerts
 from .network import build, peer_name
 from .scenario import Driver, View, report
 
-__all__ = ["run", "listen_address", "migrate_in_process"]
+__all__ = ["run", "listen_address", "migrate_in_process", "wait_until_closed"]
 
 
 def listen_address(router: str) -> str:
@@ -36,18 +39,31 @@ def migrate_in_process(admin: AdminClient, registry: Registry, router: str, list
     """Ask ``router``'s agent to move to ``listen``; return once it has moved.
 
     The registry tells when the new address is registered (a new epoch).  The
-    old address keeps delivering for ``MIGRATION_GRACE`` seconds; requests to
-    the agent wait until it has closed, because a reply sent back by the old
-    address can miss a requester that has already switched to the new one."""
+    old address keeps delivering for ``MIGRATION_GRACE`` seconds, and requests
+    to the agent wait until it has closed: a reply leaves by the address its
+    request came in by, and a requester that switched to the new address
+    meanwhile would not see it."""
     asked = admin.call("migrate", router=router, listen=listen)
     deadline = time.monotonic() + timeout
     registration = registry.lookup(peer_name(router))
     while registration.epoch <= asked["epoch"] and time.monotonic() < deadline:
         time.sleep(0.01)
         registration = registry.lookup(peer_name(router))
-    time.sleep(MIGRATION_GRACE + 0.2)
+    wait_until_closed(asked["from"], MIGRATION_GRACE + timeout)
     return {"from": asked["from"], "to": registration.addresses[0],
             "epochs": [asked["epoch"], registration.epoch]}
+
+
+def wait_until_closed(address: str, timeout: float) -> None:
+    """Wait until nothing listens at ``address`` (a tcp:// or inproc:// one: where
+    the agents of this mode start) any more, probing with a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            transports.connect(address, Options()).close()
+        except TransportError:
+            return
+        time.sleep(0.02)
 
 
 def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:

@@ -55,7 +55,11 @@ def take_over(router: str, network: Network, *, registry: Registry, publish: Pub
     name = peer_name(router)
     staging = posa.Peer(f"{ROOT}/handover/{router}", registry=registry, listen=listen)
     try:
-        staging.send(name, {"op": "handover", "to": staging.name}, timeout=timeout)
+        # the epoch makes the command mean this agent only: if its copy reaches the
+        # next agent under the name (a resend after the old one closed), it is ignored
+        epoch = registry.lookup(name).epoch
+        staging.send(name, {"op": "handover", "to": staging.name, "epoch": epoch},
+                     timeout=timeout)
         state = _wait_for_state(staging, name, time.monotonic() + timeout)
         return Agent(router, network, registry=registry, publish=publish, listen=listen,
                      credential=credential, state=state)
