@@ -24,6 +24,13 @@ from posa.reactor import Reactor
 from posa.registry_client import RegistryClient
 from posa.dispatcher import Dispatcher
 from posa.services import Channel, Client, Server
+from posa.forwarder import Sender
+from posa.filters import InvalidFilter
+from posa.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
+from posa.masterslave import Master, Outcome, Slave
+from posa.workqueue import WorkQueue, Worker
+from posa.pipeline import Pipeline, Stage
+from posa.security import Acl, HmacAuthenticator, Keyring
 
 __all__ = [
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
@@ -31,8 +38,11 @@ __all__ = [
     "Codec", "Kind", "Limits", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "ZeroconfRegistry",
-    "Peer", "DEFERRED", "Reactor", "RegistryClient", "Dispatcher",
+    "Peer", "DEFERRED", "Reactor", "RegistryClient", "Dispatcher", "Sender",
     "Server", "Client", "Channel",
+    "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
+    "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
+    "Acl", "HmacAuthenticator", "Keyring",
 ]
 
 __version__ = "0.1.0"

@@ -23,9 +23,11 @@ from typing import Any, Callable, Generator
 
 from posa import peer as peer_module
 from posa.errors import PosaError, Timeout
+from posa.eventchannel import AsyncPublisher as Publisher
+from posa.eventchannel import AsyncSubscriber as Subscriber
 from posa.message import Message
 
-__all__ = ["Peer"]
+__all__ = ["Peer", "Publisher", "Subscriber"]
 
 
 class Peer:

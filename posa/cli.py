@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from posa.errors import NameNotFound, PosaError, Timeout, Unauthorized
 
@@ -27,7 +25,7 @@ DEFAULT_DISPATCHER = "tcp://127.0.0.1:7000"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 3, 4, 5
 
 # subcommands contributed by other modules: (module, function that adds the parser)
-_PLUGINS = ("posa.eventchannel", "posa.workqueue")
+_PLUGINS = ("posa.eventchannel", "posa.workqueue", "posa.security")
 
 
 def _to_json(value: Any) -> str:
@@ -43,39 +41,21 @@ def _body(text: str) -> Any:
                          "quote it: '\"hello\"'") from None
 
 
-class StopSignals:
-    """SIGINT and SIGTERM set ``stopped``; install before announcing readiness, so
-    that a signal sent right after the announcement is never missed."""
-
-    def __init__(self) -> None:
-        self.stopped = threading.Event()
-        self._previous = {sig: signal.signal(sig, self._handler)
-                          for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.stopped.set()
-
-    def wait(self, then: Callable[[], None] | None = None) -> int:
-        """Block until a signal, restore the old handlers, call ``then``; exit code 0."""
-        try:
-            while not self.stopped.wait(0.5):
-                pass
-        finally:
-            for sig, old in self._previous.items():
-                signal.signal(sig, old)
-        if then is not None:
-            then()
-        return 0
-
-
 def _cmd_dispatcher(args: argparse.Namespace) -> int:
+    from posa import ops, security
     from posa.dispatcher import Dispatcher
-    signals = StopSignals()
+    authenticator, acl = security.from_args(args, "posa/dispatcher")
     dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
-                            peers=args.peer, state=args.state, lease=args.lease)
-    print(f"posa dispatcher {dispatcher.node} listening on "
-          f"{' '.join(dispatcher.addresses)}", flush=True)
-    return signals.wait(dispatcher.close)
+                            peers=args.peer, state=args.state, lease=args.lease,
+                            authenticator=authenticator, acl=acl)
+    monitor = ops.Monitor(dispatcher, dispatcher.registry)
+    server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)
+              if args.ops_port is not None else None)
+    extra = f" ops on {server.url}" if server is not None else ""
+    announce = (f"posa dispatcher {dispatcher.node} listening on "
+                f"{' '.join(dispatcher.addresses)}{extra}")
+    return ops.serve_until_signalled([dispatcher], grace=args.grace, monitor=monitor,
+                                     server=server, ready=lambda: print(announce, flush=True))
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -165,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="this dispatcher's id (default: random)")
     p.add_argument("--lease", type=float, default=10.0,
                    help="lease of the dispatcher's own name, seconds")
+    from posa import ops, security
+    security.add_arguments(p)
+    ops.add_arguments(p)
     p.set_defaults(run=_cmd_dispatcher)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -41,9 +41,11 @@ import msgpack
 
 from posa.errors import NameNotFound, PosaError, ProtocolError, Rejected
 from posa.forwarder import Sender
+from posa.gatekeeper import Authenticator
 from posa.message import Kind, Message
 from posa.peer import DEFERRED, Peer
 from posa.registry import LocalRegistry, Registration, RegistryTable
+from posa.security import Acl, authenticated_key
 
 __all__ = ["Dispatcher", "DISPATCHER", "MAX_HOPS", "registration_to_wire",
            "registration_from_wire"]
@@ -85,7 +87,8 @@ class Dispatcher:
     def __init__(self, listen: str | Sequence[str] = "tcp://127.0.0.1:7000", *,
                  node: str | None = None, peers: Sequence[str] = (),
                  state: str | None = None, lease: float = 10.0,
-                 sweep_interval: float = 0.5, **peer_options: Any) -> None:
+                 sweep_interval: float = 0.5, authenticator: Authenticator | None = None,
+                 acl: Acl | None = None, **peer_options: Any) -> None:
         self.node = node or secrets.token_hex(4)
         self.instance = secrets.token_hex(8)   # changes on every start: caches use it
         self.state_path = state
@@ -96,11 +99,16 @@ class Dispatcher:
             self._load_state(state)
         self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
         self._rotation: dict[str, itertools.count[int]] = {}
-        self._federation = [Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
-                                   pins={DISPATCHER: address}) for address in peers]
+        self.acl = acl
+        self._authenticator = authenticator
+        self._federation: list[Sender] = []
+        for address in peers:
+            self.connect_peer(address)
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
-                         listen=listen, lease=lease, aliases=(DISPATCHER,))
+                         listen=listen, lease=lease, aliases=(DISPATCHER,),
+                         authenticator=authenticator, **peer_options)
+        self.name = self.peer.name
         self.registry.watch(self._changed)
         self.peer.serve(self._handle)
         self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
@@ -133,8 +141,11 @@ class Dispatcher:
         return handler(msg, body)
 
     def _op_register(self, msg: Message, body: dict[str, Any]) -> Any:
+        name = _field(body, "name", str)
+        if self.acl is not None:
+            self.acl.check_register(name, authenticated_key(msg))
         registration = self.registry.register(
-            _field(body, "name", str), _field(body, "addresses", list),
+            name, _field(body, "addresses", list),
             credential=_field(body, "credential", str),
             epoch=_field(body, "epoch", int, None), lease=_field(body, "lease", (int, float), 10.0),
             meta=_field(body, "meta", dict, None))
@@ -208,6 +219,8 @@ class Dispatcher:
         body = {"name": name, "registration": None if registration is None
                 else registration_to_wire(registration)}
         frame = self.peer.codec.pack(Kind.NOTIFY, 0, 0, self.peer.name, "", 0, {}, body)
+        if self._authenticator is not None:
+            frame = self._authenticator.seal(frame)
         self.peer.reactor.call_soon(self._notify, frame)
 
     def _notify(self, frame: bytes) -> None:
@@ -305,7 +318,8 @@ class Dispatcher:
     def connect_peer(self, address: str) -> None:
         """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
         self._federation.append(Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
-                                       pins={DISPATCHER: address}))
+                                       pins={DISPATCHER: address},
+                                       authenticator=self._authenticator))
 
     def _federate(self, msg: Message, body: dict[str, Any]) -> Any:
         """Ask the federated dispatchers (on a worker thread); raise NameNotFound if
@@ -334,6 +348,18 @@ class Dispatcher:
         what = body.get("name") or body.get("service")
         self.peer.reply_error(msg, NameNotFound(
             f"no live registration for {what!r} here or at the federated dispatchers"))
+
+    @property
+    def address(self) -> str:
+        return self.peer.address
+
+    def stop_accepting(self) -> None:
+        """Read no more requests (the first step of a clean shutdown)."""
+        self.peer.stop_accepting()
+
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered (federated lookups)."""
+        return self.peer.in_flight()
 
     def close(self) -> None:
         """Stop serving; save the state one last time if a state file is kept."""

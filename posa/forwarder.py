@@ -50,7 +50,7 @@ def new_stream_id() -> int:
 
 
 class _Target:
-    __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll")
+    __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll", "stream")
 
     def __init__(self, name: str, address: str, epoch: int, conn: Connection,
                  pinned: bool) -> None:
@@ -61,6 +61,9 @@ class _Target:
         self.out = Outbound()
         self.pinned = pinned      # address given by the caller: never re-resolved
         self.since_poll = 0
+        # a stream of its own: a target made again (after forget) starts a new
+        # stream, so its sequence numbers are never taken for old ones
+        self.stream = new_stream_id()
 
 
 class Forwarder:
@@ -72,7 +75,6 @@ class Forwarder:
                  on_notify: Callable[[Message], None] | None = None,
                  authenticator: Authenticator | None = None) -> None:
         self.name = name
-        self.stream = new_stream_id()
         self._auth = authenticator
         self._resolve = resolve
         self._codec = codec
@@ -97,8 +99,12 @@ class Forwarder:
             target = self._open_target(name, deadline)
         out = target.out
         seq = out.take_seq()
-        frame = self._pack(kind, self.stream, seq, self.name, name, 0,
-                           headers if headers is not None else {}, body)
+        try:
+            frame = self._pack(kind, target.stream, seq, self.name, name, 0,
+                               headers if headers is not None else {}, body)
+        except ProtocolError:
+            out.next_seq = seq      # nothing was sent: the sequence has no hole
+            raise
         if self._auth is not None:
             frame = self._auth.seal(frame)
         out.unacked.append((seq, frame))
@@ -297,7 +303,7 @@ class Forwarder:
         kind = msg.kind
         if kind == Kind.ACK:
             target = self._targets.get(msg.sender)
-            if target is not None and msg.stream == self.stream:
+            if target is not None and msg.stream == target.stream:
                 target.out.ack(msg.id)
         elif kind == Kind.REPLY or kind == Kind.ERROR:
             self._replies[(msg.sender, msg.correlation)] = msg
@@ -485,6 +491,12 @@ class Sender:
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged."""
         self.forwarder().flush(time.monotonic() + timeout)
+
+    def unacknowledged(self) -> int:
+        """Messages sent by every thread and not yet acknowledged (approximate)."""
+        with self._lock:
+            forwarders = list(self._all)
+        return sum(fwd.unacknowledged() for fwd in forwarders)
 
     def close(self, linger: float = 0.0) -> None:
         """Flush this thread's messages for up to ``linger`` s, then close every

@@ -43,7 +43,7 @@ class Kind(enum.IntEnum):
     ERROR = 4     # failed answer: body = [code, type name, text]
     ACK = 5       # cumulative acknowledgement: id = highest seq delivered in `stream`
     MOVED = 6     # the recipient moved: body = {"address": str, "epoch": int}
-    EVENT = 7     # an event-channel delivery: headers carry topic and channel seq
+    EVENT = 7     # reserved (event-channel deliveries travel as SEND in a stream)
     NOTIFY = 8    # unsolicited news from a service on an open connection
 
 

@@ -328,14 +328,16 @@ class OpsServer:
 def serve_until_signalled(closeables: Iterable[Any], *, grace: float = 10.0,
                           monitor: Monitor | None = None, server: OpsServer | None = None,
                           signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
-                          stop: threading.Event | None = None) -> int:
+                          stop: threading.Event | None = None,
+                          ready: Callable[[], None] | None = None) -> int:
     """Block until one of ``signals`` (or ``stop`` is set), then shut down:
     health turns to "draining", each closeable stops accepting, in-flight work
     drains for at most ``grace`` seconds (a second signal cuts it short), every
     closeable is closed in order, the ops server stops. Returns 0 (exit status).
 
     Signal handlers can only be installed from the main thread; elsewhere only
-    ``stop`` ends the wait."""
+    ``stop`` ends the wait. ``ready`` is called once they are in place: announce
+    readiness there, so a signal sent right after the announcement is handled."""
     closeables = list(closeables)
     stop = stop or threading.Event()
     hurry = threading.Event()
@@ -346,6 +348,8 @@ def serve_until_signalled(closeables: Iterable[Any], *, grace: float = 10.0,
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
+        if ready is not None:
+            ready()
         while not stop.wait(0.5):
             pass
         log.warning("stopping: draining in-flight work for at most %g s", grace)

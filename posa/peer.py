@@ -121,6 +121,9 @@ class Peer:
         self._paused: list[_Endpoint] = []
         self._retiring: list[_Endpoint] = []   # moved away from, closing after a grace
         self._pending_acks: dict[tuple[str, int], list[Any]] = {}
+        # requests handed to the application and not answered yet, with the route
+        # their latest copy came by: the reply goes where the requester waits now
+        self._open_requests: dict[tuple[str, int, int], Any] = {}
         self._ack_timer: Any = None
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
@@ -128,7 +131,8 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator)
         self._closed = False
-        self.stats = {"received": 0}
+        self._accepting = True
+        self.stats = {"received": 0, "sent": 0}
         if listen is None:
             listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
                       else "zmq+tcp://127.0.0.1:0")
@@ -185,8 +189,10 @@ class Peer:
             recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
             for recipient in recipients:
                 fwd.send(recipient, body, headers=headers, deadline=deadline)
+            self.stats["sent"] += len(recipients)
             return len(recipients)
         fwd.send(name, body, headers=headers, deadline=deadline)
+        self.stats["sent"] += 1
         return 1
 
     def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
@@ -242,14 +248,17 @@ class Peer:
     def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
         if msg.kind != Kind.REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
+        self.gatekeeper.leave(msg)
         me = msg.recipient if msg.recipient in self._recipients else self.name
         frame = self._seal(self.codec.pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
+        endpoint, route = msg.route
         if msg.stream:
+            key = (msg.sender, msg.stream, msg.id)
             replies = self._replies
-            replies[(msg.sender, msg.stream, msg.id)] = frame
+            replies[key] = frame
             if len(replies) > 1024:
                 del replies[next(iter(replies))]
-        endpoint, route = msg.route
+            endpoint, route = self._open_requests.pop(key, msg.route)
         if self.reactor.in_reactor_thread():
             self._send_back(endpoint, route, frame)
         else:
@@ -344,6 +353,8 @@ class Peer:
                 self._ack_timer = self.reactor.call_later(ACK_DELAY, self._acknowledge_all)
 
     def _acknowledge_all(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         self._ack_timer = None
         self._acknowledge(list(self._pending_acks))
 
@@ -385,11 +396,27 @@ class Peer:
                 f"{msg.recipient!r} does not live at {endpoint.address}; look it up again"))
 
     def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
-        frame = self._replies.get((msg.sender, msg.stream, msg.id))
+        """A request came again (its sender resent it, maybe by another way): answer
+        from the reply cache, or, while it is still being handled, make the reply
+        go where the requester waits now."""
+        key = (msg.sender, msg.stream, msg.id)
+        frame = self._replies.get(key)
         if frame is not None:
             self._send_back(endpoint, route, frame)
+        elif key in self._open_requests:
+            self._open_requests[key] = (endpoint, route)
 
     def _deliver(self, msg: Message) -> None:
+        if msg.kind == Kind.REQUEST:
+            refused = self.gatekeeper.enter(msg)
+            if refused is not None:
+                self.reply_error(msg, refused)
+                return
+            if msg.stream:
+                opened = self._open_requests
+                opened[(msg.sender, msg.stream, msg.id)] = msg.route
+                if len(opened) > 65536:     # handlers that never answer: forget the oldest
+                    del opened[next(iter(opened))]
         self.stats["received"] += 1
         handler = self._handler
         if handler is None:
@@ -425,8 +452,36 @@ class Peer:
     def _resume(self) -> None:
         paused, self._paused = self._paused, []
         for endpoint in paused:
-            if not self._closed:
+            if not self._closed and self._accepting:
                 self.reactor.add_source(endpoint.listener, lambda e=endpoint: self._drain(e))
+
+    def stop_accepting(self) -> None:
+        """Read no more frames (answers still go out): the first step of a clean
+        shutdown (``posa.ops.serve_until_signalled``)."""
+        def stop() -> None:
+            self._accepting = False
+            for endpoint in self._endpoints:
+                self._pause(endpoint)
+        self.reactor.call(stop)
+
+    def depths(self) -> dict[str, int]:
+        """Queue depths, for metrics: the inbox and the messages not yet acknowledged."""
+        return {"inbox": self._inbox.qsize(),
+                "unacknowledged": self.sender.unacknowledged()}
+
+    def transport_rejections(self) -> dict[str, int]:
+        """Connections the listeners dropped, by cause (garbage, oversize ...)."""
+        counts: dict[str, int] = {}
+        for endpoint in self._endpoints:
+            for cause, count in endpoint.listener.rejections.items():
+                counts[cause] = counts.get(cause, 0) + count
+        return counts
+
+    def in_flight(self) -> int:
+        """Requests handed to the application and not yet answered (counted when
+        the gatekeeper has an ``InFlight`` tracker, else 0)."""
+        tracker = self.gatekeeper.in_flight
+        return len(tracker) if tracker is not None else 0
 
     # -- migration -------------------------------------------------------------
     def migrate(self, listen: str, *, grace: float = 2.0) -> str:
@@ -484,10 +539,17 @@ class Peer:
         self._closed = True
         self._stop_renewing()
         try:
-            self.registry.unregister(self.name, credential=self.credential)
+            # a newer registration (another process took the name over with the
+            # owner's credential and a higher epoch) is not this peer's to remove
+            if self.registry.lookup(self.name).epoch <= self.epoch:
+                self.registry.unregister(self.name, credential=self.credential)
         except PosaError:
             pass
         self.sender.close(linger=self.linger)
+        try:
+            self.reactor.call(self._acknowledge_all)   # what was delivered is acknowledged
+        except PosaError:
+            pass
         for endpoint in self._endpoints:
             self._close_endpoint(endpoint)
         for endpoint in list(self._retiring):

@@ -20,6 +20,7 @@ from posa import reactor as reactor_module
 from posa.dispatcher import DISPATCHER, registration_from_wire
 from posa.errors import NameNotFound, PosaError
 from posa.forwarder import Forwarder, Sender
+from posa.gatekeeper import Authenticator
 from posa.message import Codec, Kind, Message
 from posa.reactor import Reactor
 from posa.registry import DEFAULT_LEASE, Registration
@@ -37,13 +38,16 @@ class RegistryClient:
 
     def __init__(self, address: str, *, timeout: float = 5.0, cache: bool = True,
                  ping_interval: float = 1.0, reactor: Reactor | None = None,
-                 options: Options | None = None, codec: Codec | None = None) -> None:
+                 options: Options | None = None, codec: Codec | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self.codec = codec or Codec()
         self.options = options or Options(send_timeout=min(timeout, 5.0))
+        self._authenticator = authenticator
         self._sender = Sender("", resolve=_pinned_only, codec=self.codec,
-                              options=self.options, pins={DISPATCHER: address})
+                              options=self.options, pins={DISPATCHER: address},
+                              authenticator=authenticator)
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -191,7 +195,7 @@ class RegistryClient:
 
     def _subscribe(self) -> None:
         watch = Forwarder("", resolve=_pinned_only, codec=self.codec, options=self.options,
-                          on_notify=self._notified)
+                          on_notify=self._notified, authenticator=self._authenticator)
         watch.pin(DISPATCHER, self.address)
         try:
             seq = watch.send(DISPATCHER, {"op": "watch"}, kind=Kind.REQUEST,

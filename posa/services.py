@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
 from posa.forwarder import Sender
+from posa.gatekeeper import Authenticator
 from posa.message import Message
 from posa.names import validate_name
 from posa.peer import DEFERRED, Peer
@@ -100,12 +101,13 @@ class Client:
     """Calls services by name through a dispatcher, failing over between servers."""
 
     def __init__(self, *, dispatcher: str | None = None, registry: Registry | None = None,
-                 timeout: float = 5.0, attempt_timeout: float = 1.0) -> None:
+                 timeout: float = 5.0, attempt_timeout: float = 1.0,
+                 authenticator: Authenticator | None = None) -> None:
         self.registry, self._owns_registry = _registry(dispatcher, registry)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         # a send to a vanished server must not block longer than one attempt
-        self.sender = Sender("", resolve=self._resolve,
+        self.sender = Sender("", resolve=self._resolve, authenticator=authenticator,
                              options=Options(send_timeout=attempt_timeout))
         self._chosen: dict[str, str] = {}       # service -> server name in use
 

@@ -157,3 +157,32 @@ def test_a_full_inbox_holds_the_sender_back_instead_of_growing(
         assert 100 <= sent < 400      # inbox plus one window, not everything
         got = [b.receive(timeout=5).body for _ in range(sent)]
         assert got == list(range(sent))
+
+
+def test_a_forgotten_target_opens_a_new_stream_and_gets_its_own_replies(
+        registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        b.serve(lambda m: m.body)
+        assert a.request("net/b", "first", timeout=5) == "first"
+        a.sender.forget("net/b")
+        assert a.request("net/b", "second", timeout=5) == "second"
+
+
+def test_close_leaves_a_newer_registration_of_the_name_alone(
+        registry: posa.LocalRegistry) -> None:
+    old = posa.Peer("net/moving", registry=registry, credential="secret")
+    # another process takes the name over: same credential, higher epoch
+    registration = registry.register("net/moving", ["inproc://elsewhere"],
+                                     credential="secret", epoch=old.epoch + 1)
+    old.close()
+    assert registry.lookup("net/moving").addresses == registration.addresses
+
+
+def test_an_unencodable_body_leaves_no_hole_in_the_stream(
+        registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        a.send("net/b", 1)
+        with pytest.raises(posa.ProtocolError, match="cannot encode"):
+            a.send("net/b", object())
+        a.send("net/b", 2)
+        assert [b.receive(timeout=5).body for _ in range(2)] == [1, 2]
