@@ -90,11 +90,8 @@ def _cmd_services(args: argparse.Namespace) -> int:
 
 def _sender(args: argparse.Namespace, registry: Any) -> Any:
     from posa.forwarder import Sender
-
-    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        registration = registry.lookup(name)
-        return registration.addresses, registration.epoch
-    return Sender("", resolve=resolve)
+    from posa.registry import resolver
+    return Sender("", resolve=resolver(registry))
 
 
 def _cmd_send(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ from posa.leases import keeper
 from posa.message import Codec, Kind, Limits, Message
 from posa.names import validate_name
 from posa.peer import Peer, embedded_registry
-from posa.registry import Registry
+from posa.registry import Registry, resolver
 
 __all__ = ["EventChannel", "Publisher", "Subscriber", "Event", "Gap",
            "AsyncPublisher", "AsyncSubscriber", "add_parser", "run"]
@@ -121,18 +121,6 @@ def open_registry(registry: Registry | None, dispatcher: str | None
         from posa.registry_client import RegistryClient
         return RegistryClient(dispatcher), True
     return embedded_registry(), False
-
-
-def resolver(registry: Registry) -> Callable[[str, bool], tuple[tuple[str, ...], int]]:
-    """The ``resolve(name, fresh)`` a ``Sender`` needs, over ``registry``."""
-    forget = getattr(registry, "forget", None)   # a caching registry
-
-    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        if fresh and forget is not None:
-            forget(name)
-        registration = registry.lookup(name)
-        return registration.addresses, registration.epoch
-    return resolve
 
 
 class _Delivery:

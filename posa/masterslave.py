@@ -38,7 +38,7 @@ from posa.jobstate import JobState, Mean, Vote, first, majority
 from posa.message import Kind, Message
 from posa.names import is_pattern
 from posa.peer import DEFERRED, Peer, embedded_registry
-from posa.registry import Registration, Registry
+from posa.registry import Registration, Registry, resolver
 
 __all__ = ["Slave", "Master", "Outcome", "split_chunks", "split_whole", "merge_concat",
            "merge_first", "majority", "first", "Mean"]
@@ -198,7 +198,7 @@ class Master:
         self.on_progress = on_progress
         self.metrics: dict[str, Any] = {"jobs": 0, "done": 0, "total": 0,
                                         "reassigned": 0, "backups": 0, "dissents": 0}
-        self.sender = Sender("", resolve=self._resolve)
+        self.sender = Sender("", resolve=resolver(self.registry))
         self._cond = threading.Condition()
         self._job: JobState | None = None
         self._lanes: dict[str, list[threading.Thread]] = {}
@@ -212,14 +212,6 @@ class Master:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        if fresh:
-            forget = getattr(self.registry, "forget", None)   # a caching registry
-            if forget is not None:
-                forget(name)
-        registration = self.registry.lookup(name)
-        return registration.addresses, registration.epoch
 
     def run(self, job: Any, *, timeout: float | None = None) -> Any:
         """The merged result of ``job``. Raises ``NameNotFound`` (no slaves),

@@ -40,7 +40,7 @@ from posa.leases import keeper
 from posa.message import Codec, Kind, Limits, Message
 from posa.names import is_pattern, validate_name
 from posa.reactor import Reactor
-from posa.registry import LocalRegistry, Registry
+from posa.registry import LocalRegistry, Registry, resolver
 from posa.streams import Inbound
 from transports.base import Listener, Options
 
@@ -127,7 +127,7 @@ class Peer:
         self._ack_timer: Any = None
         self._inbound = Inbound()
         self._replies: dict[tuple[str, int, int], bytes] = {}
-        self.sender = Sender(self.name, resolve=self._resolve, codec=self.codec,
+        self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
                              authenticator=authenticator)
         self._closed = False
@@ -169,14 +169,6 @@ class Peer:
         self.close()
 
     # -- forwarding ------------------------------------------------------------
-    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        if fresh:
-            forget = getattr(self.registry, "forget", None)  # a caching registry
-            if forget is not None:
-                forget(name)
-        registration = self.registry.lookup(name)
-        return registration.addresses, registration.epoch
-
     def send(self, name: str, body: Any = None, *, headers: dict[str, Any] | None = None,
              timeout: float = 5.0) -> int:
         """Send ``body`` to ``name`` (or to every peer matching a group pattern).

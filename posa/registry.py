@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Registration", "Change", "Registry", "RegistryTable", "LocalRegistry",
            "DEFAULT_LEASE", "MAX_ADDRESSES", "MAX_ADDRESS_LEN", "MAX_META_BYTES",
-           "check_addresses", "check_lease", "credential_digest"]
+           "check_addresses", "check_lease", "credential_digest", "resolver"]
 
 DEFAULT_LEASE = 10.0
 MAX_ADDRESSES = 16
@@ -141,6 +141,19 @@ def check_lease(name: str, lease: float) -> float:
         raise Rejected(f"lease for {name!r} must be a finite number of seconds > 0, "
                        f"got {lease!r}")
     return float(lease)
+
+
+def resolver(registry: Registry) -> Callable[[str, bool], tuple[tuple[str, ...], int]]:
+    """The ``resolve(name, fresh)`` a ``Sender`` needs, over ``registry``: ``fresh``
+    (after a failed delivery) first drops the name from a caching registry."""
+    forget = getattr(registry, "forget", None)   # a caching registry
+
+    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        if fresh and forget is not None:
+            forget(name)
+        registration = registry.lookup(name)
+        return registration.addresses, registration.epoch
+    return resolve
 
 
 class LocalRegistry:

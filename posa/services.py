@@ -28,7 +28,7 @@ from posa.gatekeeper import Authenticator
 from posa.message import Message
 from posa.names import validate_name
 from posa.peer import DEFERRED, Peer
-from posa.registry import Registration, Registry
+from posa.registry import Registration, Registry, resolver
 from posa.registry_client import RegistryClient
 from transports.base import Options
 
@@ -107,17 +107,9 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         # a send to a vanished server must not block longer than one attempt
-        self.sender = Sender("", resolve=self._resolve, authenticator=authenticator,
+        self.sender = Sender("", resolve=resolver(self.registry), authenticator=authenticator,
                              options=Options(send_timeout=attempt_timeout))
         self._chosen: dict[str, str] = {}       # service -> server name in use
-
-    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        if fresh:
-            forget = getattr(self.registry, "forget", None)
-            if forget is not None:
-                forget(name)
-        registration = self.registry.lookup(name)
-        return registration.addresses, registration.epoch
 
     def servers(self, service: str) -> list[Registration]:
         """Every live server of ``service`` with its addresses (client-managed

@@ -29,3 +29,14 @@ def no_leaked_threads() -> Iterator[None]:
     if leaked:
         pytest.fail(f"the test left {len(leaked)} thread(s) running: {', '.join(sorted(leaked))}; "
                     "close whatever started them before the test ends", pytrace=False)
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[str]:
+    """A real ``posa dispatcher`` process on loopback; yields its address."""
+    from tests.support import start_dispatcher
+    proc, address = start_dispatcher()
+    try:
+        yield address
+    finally:
+        proc.close()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,15 +27,6 @@ sys.stdin.readline()
 server.close()
 reg.close()
 """
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
 
 
 def wait_for_service(reg: posa.RegistryClient, service: str, count: int,

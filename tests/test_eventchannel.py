@@ -15,7 +15,7 @@ import posa
 from posa.eventchannel import (AsyncPublisher, AsyncSubscriber, Event, EventChannel, Gap,
                                Publisher, Subscriber)
 from posa.filters import InvalidFilter, compile_filter
-from tests.support import ROOT, Proc, start_dispatcher
+from tests.support import ROOT, Proc
 
 
 @pytest.fixture
@@ -293,15 +293,6 @@ with Publisher(channel, dispatcher=dispatcher, timeout=30) as pub:
     pub.flush(60)
     print("DONE", flush=True)
 """
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
 
 
 class Processes:

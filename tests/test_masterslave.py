@@ -17,7 +17,7 @@ import posa
 from posa.jobstate import First, JobState, Majority, Mean
 from posa.masterslave import (Master, Slave, majority, merge_concat, merge_first,
                               split_chunks, split_whole)
-from tests.support import ROOT, Proc, start_dispatcher
+from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,15 +265,6 @@ def test_tsp_example_runs() -> None:
 # ---------------------------------------------------------------------------
 # slaves in real processes
 # ---------------------------------------------------------------------------
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
-
 
 def test_a_slave_killed_mid_job_changes_nothing_in_the_result(dispatcher: str) -> None:
     job = tsp.make_job(cities=30, tours=24_000, parts=8, seed=7)

@@ -2,23 +2,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterator
 
 import pytest
 
 import posa
-from tests.support import Proc, start_dispatcher
+from tests.support import Proc
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
 
 
 EXCHANGE = """

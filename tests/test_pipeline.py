@@ -13,7 +13,7 @@ import pytest
 
 import posa
 from posa.pipeline import Pipeline, RunResult, Stage, load_stages, start_instances
-from tests.support import ROOT, Proc, start_dispatcher
+from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,15 +163,6 @@ def test_pipeline_example_runs() -> None:
 # ---------------------------------------------------------------------------
 # stage instances in real processes
 # ---------------------------------------------------------------------------
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
-
 
 def test_a_killed_stage_instance_changes_nothing_and_duplicates_nothing(
         dispatcher: str) -> None:

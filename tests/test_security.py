@@ -19,7 +19,7 @@ from posa.forwarder import Sender
 from posa.gatekeeper import Gatekeeper, Rejection
 from posa.security import (Acl, HmacAuthenticator, Keyring, add_parser, authenticated_key,
                            from_env)
-from tests.support import Proc, start_dispatcher
+from tests.support import Proc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -385,15 +385,6 @@ server.close()
 peer.close()
 reg.close()
 """
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
 
 
 def rejections(ops_url: str) -> dict[str, float]:

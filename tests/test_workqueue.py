@@ -19,7 +19,7 @@ from posa.errors import Rejected
 from posa.workqueue import (DirectorySource, Item, ListSource, WorkQueue, Worker,
                             progress_bar, render_progress, submit)
 from posa.workstate import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
-from tests.support import ROOT, Proc, start_dispatcher
+from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -498,15 +498,6 @@ worker = Worker(name, queue, work, registry=registry, listen="tcp://127.0.0.1:0"
 print("ready", flush=True)
 worker.run()
 """
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
 
 
 def test_three_worker_processes_one_killed_mid_item_each_item_done_once(

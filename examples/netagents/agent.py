@@ -45,7 +45,7 @@ import posa
 from posa.errors import Closed, NameNotFound, PosaError, Timeout
 from posa.forwarder import Sender
 from posa.message import Kind, Message
-from posa.registry import Registry
+from posa.registry import Registry, resolver
 
 from .network import Network, peer_name, router_of
 from .routing import LSA, LinkStateDB, Routes
@@ -334,7 +334,7 @@ class Agent:
         state["migration"] = {"router": self.router, "from": address, "epochs": [epoch],
                               "received_before": self._total_received(),
                               "across_processes": True}
-        sender = Sender(self.peer.name, resolve=_resolver(registry))
+        sender = Sender(self.peer.name, resolve=resolver(registry))
         try:
             sender.request(to, state, timeout=10.0)    # answered once it has the state
         except PosaError as exc:
@@ -394,12 +394,3 @@ class Agent:
         self.peer.close()
 
 
-def _resolver(registry: Registry) -> Callable[[str, bool], tuple[tuple[str, ...], int]]:
-    """The ``resolve(name, fresh)`` a ``posa.forwarder.Sender`` needs."""
-    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        forget = getattr(registry, "forget", None)
-        if fresh and forget is not None:
-            forget(name)
-        registration = registry.lookup(name)
-        return registration.addresses, registration.epoch
-    return resolve
