@@ -1,0 +1,123 @@
+"""Area 4, the event channel: 1 publisher -> ``posa.EventChannel`` -> 4 subscribers.
+
+Every role is a process of its own and resolves names through the run's
+dispatcher: the channel (``EventChannel`` listening on zmq+tcp), four
+``Subscriber`` processes (``policy="block"``, so nothing may be dropped) and
+one ``Publisher`` publishing n anchor messages (``{"seq": i, "body": 83 B}``,
+~100 B msgpack) on one topic, then flushing.  The publisher starts only when
+every subscriber is subscribed.  A subscriber's rate is its count over the
+time from the publisher's first publish to its own last receive, as the
+anchors' fan-out rows (NATS with 4 subscribers, raw pyzmq PUB->4 SUB) take it.
+"""
+from __future__ import annotations
+
+import secrets
+import statistics
+from typing import Any
+
+import posa
+from bench import FANOUT, Bench, Goal
+from bench.anchors import N_FANOUT
+from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, IDLE_TIMEOUT_S, emit,
+                          make_msg, now, ready, wait_release)
+from posa.errors import Timeout
+
+MODULE = "bench.channel"
+SUBSCRIBERS = 4
+TOPIC = "bench/fanout"
+SUB_BUFFER = 10_000          # events the channel buffers per subscriber before blocking
+
+
+# ------------------------------------------------------------- process roles
+def role_channel(dispatcher: str, name: str, listen: str) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.EventChannel(name, registry=reg, listen=listen):
+            ready()
+            wait_release()
+            emit({})
+
+
+def role_subscriber(dispatcher: str, channel: str, listen: str, n: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Subscriber(channel, topics=[TOPIC], registry=reg, listen=listen,
+                             policy="block", buffer=SUB_BUFFER) as sub:
+            ready()
+            receive = sub.receive
+            count = 0
+            t_first = 0.0
+            out_of_order = 0
+            deadline = now() + HARD_LIFETIME_S - 5
+            try:
+                event = receive(FIRST_MSG_TIMEOUT_S)
+                t_first = now()
+                count = 1
+                expected = event.body["seq"] + 1
+                while count < n and now() < deadline:
+                    event = receive(IDLE_TIMEOUT_S)
+                    seq = event.body["seq"]
+                    if seq != expected:
+                        out_of_order += 1
+                    expected = seq + 1
+                    count += 1
+            except Timeout:
+                pass
+            t_last = now()
+            emit({"count": count, "t_first": t_first, "t_last": t_last,
+                  "out_of_order": out_of_order, "gaps": sub.gaps})
+            wait_release()
+
+
+def role_publisher(dispatcher: str, channel: str, n: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Publisher(channel, registry=reg, timeout=30.0) as pub:
+            publish = pub.publish
+            t_start = now()
+            for i in range(n):
+                publish(TOPIC, make_msg(i))
+            t_end = now()
+            pub.flush(30.0)
+            emit({"t_start": t_start, "t_end": t_end, "sent": n})
+            wait_release()
+
+
+# ------------------------------------------------------------------ the row
+def _fanout(ctx: Any, n: int) -> dict[str, Any]:
+    dispatcher = ctx.dispatcher()
+    name = f"bench/channel-{secrets.token_hex(3)}"
+    channel = ctx.spawn(MODULE, "channel", hold=True, dispatcher=dispatcher, name=name,
+                        listen=ctx.address("zmq+tcp"))
+    channel.wait_ready()
+    subs = [ctx.spawn(MODULE, "subscriber", hold=True, dispatcher=dispatcher, channel=name,
+                      listen=ctx.address("zmq+tcp"), n=n) for _ in range(SUBSCRIBERS)]
+    for sub in subs:
+        sub.wait_ready()
+    pub = ctx.spawn(MODULE, "publisher", hold=True, dispatcher=dispatcher, channel=name, n=n)
+    received = [sub.wait_result(timeout=HARD_LIFETIME_S) for sub in subs]
+    sent = pub.result()
+    for sub in subs:
+        sub.result()
+    channel.result(timeout=10)
+    t_start = sent["t_start"]
+    rates = [r["count"] / (r["t_last"] - t_start) if r["count"] else 0.0 for r in received]
+    total = sum(r["count"] for r in received)
+    t_end = max(r["t_last"] for r in received)
+    return {"per_sub_msgs_per_s": statistics.median(rates),
+            "slowest_sub_msgs_per_s": min(rates),
+            "aggregate_msgs_per_s": total / (t_end - t_start) if t_end > t_start else 0.0,
+            "complete": all(r["count"] == n and r["out_of_order"] == 0 for r in received)}
+
+
+BENCHES = [
+    Bench("channel_fanout", "Publisher → EventChannel → 4 Subscriber processes, block policy, "
+          "zmq+tcp", _fanout, N_FANOUT, FANOUT),
+]
+
+CHANNEL = "event channel"
+GOALS = [
+    Goal("channel-nats", CHANNEL, "per-subscriber delivered msgs/s ≥ 2× NATS with 4 subscribers",
+         ("channel_fanout", "per_sub_msgs_per_s"), ("nats_pubsub", "per_sub_msgs_per_s"),
+         ">=", 2.0),
+    Goal("channel-zmq", CHANNEL, "per-subscriber delivered msgs/s ≥ 0.5× raw pyzmq PUB→SUB",
+         ("channel_fanout", "per_sub_msgs_per_s"), ("zmq_pubsub", "per_sub_msgs_per_s"),
+         ">=", 0.5),
+]
