@@ -1,6 +1,7 @@
 """Helpers for tests that run real processes: start, wait for a line, always kill."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import selectors
@@ -11,9 +12,20 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str) -> ModuleType:
+    """The module ``examples/NAME.py``, imported from its file."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}",
+                                                  ROOT / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -2,11 +2,9 @@
 of one process, and slave processes that are killed or lie mid-job."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import threading
-from types import ModuleType
 from typing import Any, Iterator
 
 import pytest
@@ -17,18 +15,9 @@ import posa
 from posa.jobstate import First, JobState, Majority, Mean
 from posa.masterslave import (Master, Slave, majority, merge_concat, merge_first,
                               split_chunks, split_whole)
-from tests.support import ROOT, Proc
+from tests.support import Proc, load_example
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 tsp = load_example("tsp")

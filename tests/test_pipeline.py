@@ -3,28 +3,17 @@ duplicate detection between stages, and stage instances in real processes
 killed mid-job."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 import threading
-from types import ModuleType
 from typing import Any, Iterator
 
 import pytest
 
 import posa
 from posa.pipeline import Pipeline, RunResult, Stage, load_stages, start_instances
-from tests.support import ROOT, Proc
+from tests.support import Proc, load_example
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 example = load_example("pipeline")

@@ -195,7 +195,7 @@ def report(view: View, result: dict[str, Any]) -> None:
         view.say(f"migration of {migration['router']}: {migration['received_before']} "
                  f"messages received before, {migration['received_after']} after; "
                  f"{migration['sent_to_it']} sent to it, {migration['lost']} lost")
-    view.say(f"alerts on events/netmgmt: " + ", ".join(
+    view.say("alerts on events/netmgmt: " + ", ".join(
         f"{n} {topic}" for topic, n in result["alerts"].items()))
     view.say("OK" if result["ok"] else "FAILED: see the lines above")
     print("RESULT " + json.dumps(result, sort_keys=True), file=view.out, flush=True)
