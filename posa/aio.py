@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import threading
 import time
 from typing import Any, Callable, Generator
 
@@ -76,21 +77,27 @@ class Peer:
 
     async def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
                       headers: dict[str, Any] | None = None) -> Any:
-        reply = await self._drive(self._sync.sender.forwarder().request_steps(
+        fwd = self._sync.sender.forwarder()
+        reply = await self._drive(fwd.lock, fwd.request_steps(
             name, body, timeout=timeout, headers=headers))
         return reply.body
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent from the event loop is acknowledged."""
-        await self._drive(self._sync.sender.forwarder().flush_steps(
-            time.monotonic() + timeout))
+        fwd = self._sync.sender.forwarder()
+        await self._drive(fwd.lock, fwd.flush_steps(time.monotonic() + timeout))
 
-    async def _drive(self, steps: Generator[tuple[Any, float], bool, Any]) -> Any:
-        """Run a forwarder's protocol steps on the event loop (see request_steps)."""
+    async def _drive(self, lock: threading.Lock,
+                     steps: Generator[tuple[Any, float], bool, Any]) -> Any:
+        """Run a forwarder's protocol steps on the event loop (see request_steps),
+        holding the forwarder's ``lock`` while a step runs, not while it waits."""
         try:
-            conn, wait = next(steps)
+            with lock:
+                conn, wait = next(steps)
             while True:
-                conn, wait = steps.send(await self._readable(conn.fileno(), wait))
+                ready = await self._readable(conn.fileno(), wait)
+                with lock:
+                    conn, wait = steps.send(ready)
         except StopIteration as done:
             return done.value
 

@@ -26,6 +26,11 @@ With an authenticator, an admitted message carries the id of the key that
 authenticated it in ``headers["posa.key"]`` (a value sent by anyone else is
 removed), which ``posa.security.authenticated_key`` reads.
 
+A ``BATCH`` frame (several envelopes of one stream) passes these steps once as a
+whole; ``unbatch`` then validates each envelope inside and applies the rate limit
+to each, admitting the batch up to its first refused message (the rest come again
+from the sender's backlog, like any message that was not acknowledged).
+
 The steps beyond decoding are pluggable objects (``posa.security``,
 ``posa.limits``), each with one method; a gatekeeper without them admits every
 well-formed message.
@@ -135,11 +140,39 @@ class Gatekeeper:
                 self.authorizer.check(msg)
             except Unauthorized as exc:
                 raise self._reject(_reason(exc, "forbidden"), exc, msg) from None
-        if self.limiter is not None and not self.limiter.admit(source, msg):
+        if self.limiter is not None and msg.kind != Kind.BATCH \
+                and not self.limiter.admit(source, msg):
             raise self._reject("rate-limited", Rejected(
                 f"{msg.sender!r} is sending faster than this peer admits; slow down "
                 "or ask its operator to raise the rate limit"), msg)
         return msg
+
+    def unbatch(self, batch: Message, source: Any = None) -> list[Message]:
+        """The messages inside ``batch`` (a ``BATCH`` that ``admit`` let pass) that
+        may pass too, in order; raises ``Rejection`` if the batch is malformed."""
+        try:
+            messages = self.codec.unbatch(batch)
+        except ProtocolError as exc:
+            raise self._reject("malformed", exc, None) from None
+        if self._plain:
+            for msg in messages:
+                if KEY_HEADER in msg.headers:
+                    del msg.headers[KEY_HEADER]
+            return messages
+        key_id = batch.headers.get(KEY_HEADER)
+        for msg in messages:
+            if key_id is not None:
+                msg.headers[KEY_HEADER] = key_id
+            elif KEY_HEADER in msg.headers:
+                del msg.headers[KEY_HEADER]
+        if self.limiter is not None:
+            for admitted, msg in enumerate(messages):
+                if not self.limiter.admit(source, msg):
+                    self._reject("rate-limited", Rejected(
+                        f"{msg.sender!r} is sending faster than this peer admits; slow "
+                        "down or ask its operator to raise the rate limit"), msg)
+                    return messages[:admitted]
+        return messages
 
     # -- requests in flight (called by the receiver after de-duplication) ------
     def enter(self, msg: Message) -> PosaError | None:

@@ -13,6 +13,12 @@ Wire format, fixed forever for version 1: one msgpack array of nine items
     7      headers      map str -> any      deadline, auth, trace ... (see docs/protocol.md)
     8      body         any msgpack value   the application's data
 
+A ``BATCH`` envelope carries several envelopes of one stream in one frame: its
+body is an array whose items are complete envelopes (SEND or REQUEST, the same
+stream, sender and recipient as the batch).  ``Codec.pack_batch`` joins envelopes
+already encoded, without encoding them again; ``Codec.unbatch`` validates each as
+if it had come alone.
+
 Decoding takes untrusted bytes and returns a ``Message`` or raises
 ``ProtocolError``: never another exception, never unbounded allocation (msgpack's
 own length limits are set from ``Limits`` before it allocates), never pickle.
@@ -45,9 +51,11 @@ class Kind(enum.IntEnum):
     MOVED = 6     # the recipient moved: body = {"address": str, "epoch": int}
     EVENT = 7     # reserved (event-channel deliveries travel as SEND in a stream)
     NOTIFY = 8    # unsolicited news from a service on an open connection
+    BATCH = 9     # several SEND/REQUEST envelopes of one stream: body = array of envelopes
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+_BATCHABLE = (Kind.SEND, Kind.REQUEST)
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,21 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
+def _within(obj: Any, budget: int) -> bool:
+    """True if ``obj`` nests at most ``budget`` containers deep; flat containers
+    (the common case) are settled without the full walk."""
+    if type(obj) is dict:
+        children: Any = obj.values()
+    elif type(obj) is list:
+        children = obj
+    else:
+        return True
+    for child in children:
+        if type(child) is dict or type(child) is list:
+            return _depth(obj) <= budget
+    return budget >= 1
+
+
 class Codec:
     """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
 
@@ -181,6 +204,66 @@ class Codec:
                 f"{self.limits.max_frame_size}; split it or raise Limits.max_frame_size")
         return data
 
+    def pack_batch(self, stream: int, sender: str, recipient: str,
+                   envelopes: list[bytes]) -> bytes:
+        """One ``BATCH`` frame holding ``envelopes`` (encoded by ``pack``, all of
+        ``stream`` from ``sender`` to ``recipient``), joined without re-encoding."""
+        try:
+            packer = self._local.packer
+        except AttributeError:
+            packer = self._packer()
+        head = packer.pack([VERSION, Kind.BATCH, stream, 0, sender, recipient, 0, {}, None])
+        return b"".join([head[:-1], packer.pack_array_header(len(envelopes)), *envelopes])
+
+    def unbatch(self, batch: Message) -> list[Message]:
+        """The messages inside the ``BATCH`` message ``batch``, each validated as if
+        it had come in a frame of its own (``max_depth`` applies to each).
+
+        Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
+        sender and recipient: a batch is taken whole or not at all."""
+        body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
+        if type(body) is not list or not body or not stream:
+            raise ProtocolError("a BATCH must carry a non-empty array of envelopes "
+                                "of one stream (stream != 0); see docs/protocol.md")
+        depth = self.limits.max_depth - 1       # the envelope array itself is one level
+        if not _within(batch.headers, depth):
+            raise ProtocolError(f"message nests deeper than max_depth {self.limits.max_depth}")
+        messages = []
+        append = messages.append
+        new = _new_message
+        for fields in body:
+            if type(fields) is not list or len(fields) != 9:
+                raise ProtocolError("every item of a BATCH must be an envelope: a msgpack "
+                                    "array of 9 items (see docs/protocol.md)")
+            version, kind, inner_stream, id, inner_sender, inner_recipient, correlation, \
+                headers, inner_body = fields
+            if not (type(kind) is int and (kind == 1 or kind == 2) and version == VERSION
+                    and inner_stream == stream and type(inner_stream) is int
+                    and type(id) is int and id > 0 and type(correlation) is int
+                    and correlation >= 0 and inner_sender == sender
+                    and inner_recipient == recipient and type(headers) is dict):
+                raise ProtocolError(
+                    "every envelope in a BATCH must be a SEND or REQUEST of the batch's "
+                    "stream, sender and recipient, with a sequence number and a headers "
+                    "map (see docs/protocol.md)")
+            if (headers and not _within(headers, depth)) or (
+                    (type(inner_body) is dict or type(inner_body) is list)
+                    and not _within(inner_body, depth)):
+                raise ProtocolError(
+                    f"message nests deeper than max_depth {self.limits.max_depth}")
+            msg = new(Message)
+            msg.kind = kind
+            msg.stream = stream
+            msg.id = id
+            msg.sender = sender
+            msg.recipient = recipient
+            msg.correlation = correlation
+            msg.headers = headers
+            msg.body = inner_body
+            msg.route = None
+            append(msg)
+        return messages
+
     def decode(self, data: bytes | bytearray | memoryview) -> Message:
         """Decode untrusted bytes. Returns a ``Message`` or raises ``ProtocolError``."""
         limits = self.limits
@@ -219,7 +302,7 @@ class Codec:
                 and len(sender) <= name_len and len(recipient) <= name_len
                 and type(headers) is dict):
             raise ProtocolError(_what_is_wrong(fields, name_len))
-        if size > limits.max_depth and len(bytes(data).translate(None, _OTHER_BYTES)) \
+        if size > limits.max_depth and kind != _BATCH and len(bytes(data).translate(None, _OTHER_BYTES)) \
                 > limits.max_depth and _depth(fields) > limits.max_depth:
             raise ProtocolError(f"message nests deeper than max_depth {limits.max_depth}")
         msg = _new_message(Message)
@@ -236,6 +319,7 @@ class Codec:
 
 
 _new_message = object.__new__
+_BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
 
 

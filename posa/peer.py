@@ -6,8 +6,8 @@ transport), receives through the process's reactor, and sends through one
 while others keep sending to its name (``migrate``): nothing is lost, nothing
 is delivered twice, every sender's order is kept.
 
-Receiving side, on the reactor thread, per drained batch of frames:
-decode -> validate -> ``Inbound.accept`` (order, duplicates) -> the handler, or
+Receiving side, on the reactor thread, per drained run of frames:
+decode -> validate (a BATCH frame opens into its envelopes) -> ``Inbound.accept`` (order, duplicates) -> the handler, or
 the inbox that ``receive()`` reads -> one cumulative ACK per stream.
 If the inbox is full the peer stops reading its listener: senders' windows fill
 and they wait (flow control instead of unbounded memory).
@@ -129,7 +129,7 @@ class Peer:
         self._replies: dict[tuple[str, int, int], bytes] = {}
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
-                             authenticator=authenticator)
+                             authenticator=authenticator, reactor=self.reactor)
         self._closed = False
         self._accepting = True
         self.stats = {"received": 0, "sent": 0}
@@ -291,6 +291,7 @@ class Peer:
     def _drain(self, endpoint: _Endpoint) -> None:
         listener = endpoint.listener
         admit = self.gatekeeper.admit
+        unbatch = self.gatekeeper.unbatch
         accept = self._inbound.accept
         deliver = self._deliver
         inbox = self._inbox
@@ -320,7 +321,30 @@ class Peer:
             if msg.recipient not in self._recipients:
                 self._misdirected(endpoint, route, msg)
                 continue
-            if kind == Kind.SEND or kind == Kind.REQUEST:
+            if kind == Kind.BATCH:
+                try:
+                    batch = unbatch(msg, route)
+                except Rejection:
+                    continue
+                if not batch:
+                    continue
+                key = (msg.sender, msg.stream)
+                entry = pending.get(key)
+                if entry is None:
+                    pending[key] = [endpoint, route, msg.recipient, len(batch)]
+                else:
+                    entry[0] = endpoint
+                    entry[1] = route
+                    entry[3] += len(batch)
+                for inner in batch:
+                    inner.route = msg.route
+                    ready = accept(inner)
+                    if ready:
+                        for m in ready:
+                            deliver(m)
+                    elif inner.kind == Kind.REQUEST:
+                        self._answer_duplicate(endpoint, route, inner)
+            elif kind == Kind.SEND or kind == Kind.REQUEST:
                 if msg.stream:
                     key = (msg.sender, msg.stream)
                     entry = pending.get(key)
