@@ -44,7 +44,7 @@ from posa import reactor as reactor_module
 from posa.errors import (Closed, NameNotFound, PosaError, ProtocolError, Timeout,
                          TransportError, Unauthorized, from_wire)
 from posa.gatekeeper import Authenticator
-from posa.message import VERSION, Codec, Kind, Message
+from posa.message import Codec, Kind, Message
 from posa.reactor import Reactor
 from posa.streams import Outbound
 from transports.base import Connection, Options
@@ -60,6 +60,7 @@ QUIET = 0.0005          # a SEND to a target written to longer ago than this goe
 LINGER = 0.001          # an open batch goes out at the latest this long after it opened
 _monotonic = time.monotonic
 _NO_HEADERS: dict[str, Any] = {}    # packed for messages without headers; never changed
+_SEND = int(Kind.SEND)
 _ids = itertools.count(1)
 
 
@@ -125,17 +126,18 @@ class Forwarder:
              headers: dict[str, Any] | None = None, deadline: float) -> int:
         """Send one message to ``name`` reliably; returns its sequence number."""
         with self.lock:
-            return self._send(name, body, kind, headers, deadline)
+            return self.send_locked(name, body, kind, headers, deadline)
 
-    def _send(self, name: str, body: Any, kind: int, headers: dict[str, Any] | None,
-              deadline: float) -> int:
+    def send_locked(self, name: str, body: Any, kind: int,
+                    headers: dict[str, Any] | None, deadline: float) -> int:
+        """``send`` for a caller that holds ``lock`` (the hot path of ``Peer.send``)."""
         target = self._targets.get(name)
         if target is None:
             target = self._open_target(name, deadline)
         out = target.out
         seq = out.next_seq
         try:
-            frame = self._packb([VERSION, kind, target.stream, seq, self.name, name, 0,
+            frame = self._packb([1, kind, target.stream, seq, self.name, name, 0,
                                  headers or _NO_HEADERS, body])
         except Exception:
             self._packer.reset()
@@ -144,10 +146,11 @@ class Forwarder:
             frame = self._codec.pack(kind, target.stream, seq, self.name, name, 0,
                                      headers or _NO_HEADERS, body)
         out.next_seq = seq + 1
-        out.unacked.append((seq, frame))
+        unacked = out.unacked
+        unacked.append((seq, frame))
         batch = target.batch
         try:
-            if kind != Kind.SEND:
+            if kind != _SEND:
                 if batch:
                     self._write_batch(target)
                 self._write(target, [frame])
@@ -164,11 +167,11 @@ class Forwarder:
                 self._write(target, [frame])
         except (TransportError, Timeout) as exc:
             self._recover(target, deadline, exc)
-        target.since_poll += 1
-        if target.since_poll >= ACK_EVERY or len(out.unacked) >= self.window:
+        polls = target.since_poll = target.since_poll + 1
+        if polls >= ACK_EVERY or len(unacked) >= self.window:
             target.since_poll = 0
             self._poll(target)
-            while len(out.unacked) >= self.window:
+            while len(unacked) >= self.window:
                 self._await_progress(target, deadline)
         return seq
 
@@ -247,7 +250,7 @@ class Forwarder:
         hdrs = {"ttl": int(timeout * 1000)}
         if headers:
             hdrs.update(headers)
-        seq = self._send(name, body, Kind.REQUEST, hdrs, deadline)
+        seq = self.send_locked(name, body, Kind.REQUEST, hdrs, deadline)
         key = (name, seq)
         target = self._targets[name]
         while True:

@@ -217,7 +217,8 @@ class Codec:
 
     def unbatch(self, batch: Message) -> list[Message]:
         """The messages inside the ``BATCH`` message ``batch``, each validated as if
-        it had come in a frame of its own (``max_depth`` applies to each).
+        it had come in a frame of its own (``max_depth`` applies to each); their
+        sequence numbers are consecutive.
 
         Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
         sender and recipient: a batch is taken whole or not at all."""
@@ -231,6 +232,7 @@ class Codec:
         messages = []
         append = messages.append
         new = _new_message
+        next_id = 0
         for fields in body:
             if type(fields) is not list or len(fields) != 9:
                 raise ProtocolError("every item of a BATCH must be an envelope: a msgpack "
@@ -239,13 +241,15 @@ class Codec:
                 headers, inner_body = fields
             if not (type(kind) is int and (kind == 1 or kind == 2) and version == VERSION
                     and inner_stream == stream and type(inner_stream) is int
-                    and type(id) is int and id > 0 and type(correlation) is int
+                    and type(id) is int and id > 0 and (id == next_id or not next_id)
+                    and type(correlation) is int
                     and correlation >= 0 and inner_sender == sender
                     and inner_recipient == recipient and type(headers) is dict):
                 raise ProtocolError(
                     "every envelope in a BATCH must be a SEND or REQUEST of the batch's "
-                    "stream, sender and recipient, with a sequence number and a headers "
-                    "map (see docs/protocol.md)")
+                    "stream, sender and recipient, with consecutive sequence numbers and "
+                    "a headers map (see docs/protocol.md)")
+            next_id = id + 1
             if (headers and not _within(headers, depth)) or (
                     (type(inner_body) is dict or type(inner_body) is list)
                     and not _within(inner_body, depth)):

@@ -55,6 +55,7 @@ BATCH = 4096            # frames drained from one listener before others get a t
 ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
 ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
 _CLOSED = object()      # wakes receive() on close
+_SEND = int(Kind.SEND)
 
 
 
@@ -183,7 +184,12 @@ class Peer:
                 fwd.send(recipient, body, headers=headers, deadline=deadline)
             self.stats["sent"] += len(recipients)
             return len(recipients)
-        fwd.send(name, body, headers=headers, deadline=deadline)
+        lock = fwd.lock
+        lock.acquire()          # (cheaper than ``with`` on this path)
+        try:
+            fwd.send_locked(name, body, _SEND, headers, deadline)
+        finally:
+            lock.release()
         self.stats["sent"] += 1
         return 1
 
@@ -293,6 +299,7 @@ class Peer:
         admit = self.gatekeeper.admit
         unbatch = self.gatekeeper.unbatch
         accept = self._inbound.accept
+        accept_run = self._inbound.accept_run
         deliver = self._deliver
         inbox = self._inbox
         limit = self._inbox_size
@@ -338,6 +345,11 @@ class Peer:
                     entry[3] += len(batch)
                 for inner in batch:
                     inner.route = msg.route
+                if accept_run(batch):               # the common case: all new, in order
+                    for inner in batch:
+                        deliver(inner)
+                    continue
+                for inner in batch:
                     ready = accept(inner)
                     if ready:
                         for m in ready:

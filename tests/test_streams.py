@@ -60,3 +60,16 @@ def test_outbound_keeps_frames_until_acknowledged() -> None:
     assert list(out.backlog()) == [b"f4", b"f5"]
     assert out.ack(2) == 0          # an old acknowledgement changes nothing
     assert out.ack(5) == 2 and len(out) == 0
+
+
+def test_a_run_is_taken_in_one_step_only_where_its_stream_expects_it() -> None:
+    inbound = Inbound()
+    assert not inbound.accept_run([msg(1), msg(2)])        # an unknown stream: one by one
+    assert [m.id for m in inbound.accept(msg(1))] == [1]
+    assert inbound.accept_run([msg(2), msg(3), msg(4)])
+    assert inbound.acked("a", 7) == 4
+    assert not inbound.accept_run([msg(3), msg(4), msg(5)])  # overlaps: one by one
+    assert not inbound.accept_run([msg(7), msg(8)])          # a gap: one by one
+    assert inbound.accept(msg(7)) == ()                       # held early
+    assert not inbound.accept_run([msg(5), msg(6)])          # something is held early
+    assert inbound.acked("a", 7) == 4
