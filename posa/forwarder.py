@@ -53,8 +53,8 @@ __all__ = ["Forwarder", "Sender"]
 
 log = logging.getLogger("posa.forwarder")
 
-ACK_EVERY = 64          # look for acknowledgements every this many sends per target
-BATCH_MAX = 64          # envelopes in one BATCH frame at most
+ACK_EVERY = 128         # look for acknowledgements every this many sends per target
+BATCH_MAX = 128         # envelopes in one BATCH frame at most
 BATCH_BYTES = 32 * 1024 # bytes of envelopes in one BATCH frame at most (about)
 QUIET = 0.0005          # a SEND to a target written to longer ago than this goes out alone
 LINGER = 0.001          # an open batch goes out at the latest this long after it opened

@@ -250,9 +250,17 @@ class Codec:
                     "stream, sender and recipient, with consecutive sequence numbers and "
                     "a headers map (see docs/protocol.md)")
             next_id = id + 1
-            if (headers and not _within(headers, depth)) or (
-                    (type(inner_body) is dict or type(inner_body) is list)
-                    and not _within(inner_body, depth)):
+            if headers and not _within(headers, depth):
+                raise ProtocolError(
+                    f"message nests deeper than max_depth {self.limits.max_depth}")
+            if type(inner_body) is dict:            # _within, inlined for flat bodies
+                for child in inner_body.values():
+                    if type(child) is dict or type(child) is list:
+                        if _depth(inner_body) > depth:
+                            raise ProtocolError(f"message nests deeper than max_depth "
+                                                f"{self.limits.max_depth}")
+                        break
+            elif type(inner_body) is list and not _within(inner_body, depth):
                 raise ProtocolError(
                     f"message nests deeper than max_depth {self.limits.max_depth}")
             msg = new(Message)

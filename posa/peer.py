@@ -56,6 +56,7 @@ ACK_BATCH = 128         # a stream is acknowledged at once after this many deliv
 ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
 _CLOSED = object()      # wakes receive() on close
 _SEND = int(Kind.SEND)
+_REQUEST = int(Kind.REQUEST)
 
 
 
@@ -435,7 +436,8 @@ class Peer:
             self._open_requests[key] = (endpoint, route)
 
     def _deliver(self, msg: Message) -> None:
-        if msg.kind == Kind.REQUEST:
+        request = msg.kind == _REQUEST
+        if request:
             refused = self.gatekeeper.enter(msg)
             if refused is not None:
                 self.reply_error(msg, refused)
@@ -453,12 +455,12 @@ class Peer:
         try:
             result = handler(msg)
         except Exception as exc:
-            if msg.kind == Kind.REQUEST:
+            if request:
                 self.reply_error(msg, exc)
             else:
                 log.exception("peer %s: handler raised on %r", self.name, msg)
             return
-        if msg.kind == Kind.REQUEST and result is not DEFERRED:
+        if request and result is not DEFERRED:
             self.reply(msg, result)
 
     def _drain_inbox_to_handler(self) -> None:

@@ -94,9 +94,13 @@ def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:
     small = Codec(Limits(max_depth=8))
     flat = batch_of([(Kind.SEND, {}, {"seq": i, "tags": [1, 2]}) for i in range(200)])
     assert len(small.unbatch(small.decode(flat))) == 200   # 600 containers, none deep
-    deep = batch_of([(Kind.SEND, {}, 1), (Kind.SEND, {}, nested(20))])
+    for body in (nested(20), {"flat": 1, "deep": nested(20)}):
+        deep = batch_of([(Kind.SEND, {}, 1), (Kind.SEND, {}, body)])
+        with pytest.raises(ProtocolError, match="deeper than max_depth 8"):
+            small.unbatch(small.decode(deep))
+    deep_headers = batch_of([(Kind.SEND, {"trace": nested(20)}, 1)])
     with pytest.raises(ProtocolError, match="deeper than max_depth 8"):
-        small.unbatch(small.decode(deep))
+        small.unbatch(small.decode(deep_headers))
 
 
 @settings(max_examples=300, deadline=None)
