@@ -161,16 +161,18 @@ def _cached(ctx: Any, n: int) -> dict[str, Any]:
     return result
 
 
-def _call(ctx: Any, n: int) -> dict[str, Any]:
-    dispatcher = ctx.dispatcher()
-    service = f"bench/echo-{secrets.token_hex(3)}"
-    server = ctx.spawn(MODULE, "service", hold=True, dispatcher=dispatcher, service=service,
-                       listen=ctx.address("zmq+tcp"))
-    server.wait_ready()
-    result: dict[str, Any] = ctx.spawn(MODULE, "caller", dispatcher=dispatcher,
-                                       service=service, n=n).result()
-    server.result(timeout=10)
-    return result
+def _call(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        service = f"bench/echo-{secrets.token_hex(3)}"
+        server = ctx.spawn(MODULE, "service", hold=True, dispatcher=dispatcher,
+                           service=service, listen=ctx.address(scheme))
+        server.wait_ready()
+        result: dict[str, Any] = ctx.spawn(MODULE, "caller", dispatcher=dispatcher,
+                                           service=service, n=n).result()
+        server.result(timeout=10)
+        return result
+    return run
 
 
 def _state_file(ctx: Any, names: int) -> str:
@@ -205,7 +207,9 @@ BENCHES = [
     Bench("disp_lookup_cached", "RegistryClient.lookup, cached (watched)", _cached,
           N_CACHED, LOOKUP),
     Bench("disp_call", "Client.call through the dispatcher (posa.Server echo, zmq+tcp)",
-          _call, N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
+          _call("zmq+tcp"), N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
+    Bench("disp_call_tcp", "Client.call through the dispatcher (posa.Server echo, tcp)",
+          _call("tcp"), N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
     Bench("disp_lookup_100", "uncached lookups, dispatcher holding 100 names",
           _among(100), N_LOOKUP, MANY_NAMES),
     Bench("disp_lookup_100k", "uncached lookups, dispatcher holding 100k names",
@@ -219,8 +223,12 @@ GOALS = [
          ("disp_lookup", "lookups_per_s"), ("pyro_lookup", "lookups_per_s"), ">=", 1.2),
     Goal("disp-cached", DISPATCH, "cached lookups/s ≥ 100× uncached lookups/s",
          ("disp_lookup_cached", "lookups_per_s"), ("disp_lookup", "lookups_per_s"), ">=", 100.0),
-    Goal("disp-call", DISPATCH, "Client.call calls/s ≥ 1.1× Pyro5 proxy calls via PYRONAME:",
+    Goal("disp-call", DISPATCH,
+         "Client.call (zmq+tcp) calls/s ≥ 1.1× Pyro5 proxy calls via PYRONAME:",
          ("disp_call", "calls_per_s"), ("pyro_ns", "calls_per_s"), ">=", 1.1),
+    Goal("disp-call-tcp", DISPATCH,
+         "Client.call (tcp) calls/s ≥ 1.1× Pyro5 proxy calls via PYRONAME:",
+         ("disp_call_tcp", "calls_per_s"), ("pyro_ns", "calls_per_s"), ">=", 1.1),
     Goal("disp-scale", DISPATCH, "lookup p50 with 100k names ≤ 1.5× p50 with 100 names",
          ("disp_lookup_100k", "p50_us"), ("disp_lookup_100", "p50_us"), "<=", 1.5),
 ]
