@@ -8,7 +8,9 @@ is delivered twice, every sender's order is kept.
 
 Receiving side, on the reactor thread, per drained batch of frames:
 decode -> validate -> ``Inbound.accept`` (order, duplicates) -> the handler, or
-the inbox that ``receive()`` reads -> one cumulative ACK per stream.
+the inbox that ``receive()`` reads -> one cumulative ACK per stream, unless a
+REPLY to the stream's newest message went out instead (the requester takes the
+REPLY for an ACK: a request-reply exchange costs two frames, not three).
 If the inbox is full the peer stops reading its listener: senders' windows fill
 and they wait (flow control instead of unbounded memory).
 
@@ -244,6 +246,7 @@ class Peer:
         me = msg.recipient if msg.recipient in self._recipients else self.name
         frame = self._seal(self.codec.pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
         endpoint, route = msg.route
+        settles = None
         if msg.stream:
             key = (msg.sender, msg.stream, msg.id)
             replies = self._replies
@@ -251,16 +254,35 @@ class Peer:
             if len(replies) > 1024:
                 del replies[next(iter(replies))]
             endpoint, route = self._open_requests.pop(key, msg.route)
+            if kind == Kind.REPLY:      # the requester takes a REPLY for an ACK
+                settles = key
         if self.reactor.in_reactor_thread():
-            self._send_back(endpoint, route, frame)
+            self._send_back(endpoint, route, frame, settles)
         else:
-            self.reactor.call_soon(self._send_back, endpoint, route, frame)
+            self.reactor.call_soon(self._send_back, endpoint, route, frame, settles)
 
-    def _send_back(self, endpoint: _Endpoint, route: Any, frame: bytes) -> None:
+    def _send_back(self, endpoint: _Endpoint, route: Any, frame: bytes,
+                   settles: tuple[str, int, int] | None = None) -> None:
+        """Send an answer; if it is the REPLY to request ``settles`` (sender,
+        stream, id), it stands for the stream's pending ACK where it acknowledges
+        as much (the request is the newest delivery) on the same connection."""
         try:
             endpoint.listener.send(route, frame)
         except PosaError as exc:
             log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
+            return
+        if settles is None:
+            return
+        sender, stream, seq = settles
+        key = (sender, stream)
+        entry = self._pending_acks.get(key)
+        if (entry is not None and entry[0] is endpoint and entry[1] == route
+                and self._inbound.acked(sender, stream) == seq):
+            del self._pending_acks[key]
+            try:
+                self._answered(endpoint, route, sender)
+            except PosaError:
+                pass  # that connection is gone; its sender resends
 
     # -- the reactor side ------------------------------------------------------
     def _open_endpoints(self, listen: str | Sequence[str]) -> list[_Endpoint]:
@@ -360,15 +382,20 @@ class Peer:
             try:
                 endpoint.listener.send(route, seal(pack(
                     Kind.ACK, stream, acked(sender, stream), me, sender, 0, {}, None)))
-                if endpoint.moved_to is not None and route not in endpoint.told:
-                    self._tell_moved(endpoint, route, sender)
+                self._answered(endpoint, route, sender)
             except PosaError:
                 continue  # that connection is gone; its sender resends
-            routes = endpoint.routes
-            if route not in routes:
-                routes[route] = None
-                if len(routes) > 4096:
-                    del routes[next(iter(routes))]
+
+    def _answered(self, endpoint: _Endpoint, route: Any, sender: str) -> None:
+        """``sender`` was acknowledged on ``route``: tell it where this peer moved,
+        and remember the route for a later move."""
+        if endpoint.moved_to is not None and route not in endpoint.told:
+            self._tell_moved(endpoint, route, sender)
+        routes = endpoint.routes
+        if route not in routes:
+            routes[route] = None
+            if len(routes) > 4096:
+                del routes[next(iter(routes))]
 
     def _tell_moved(self, endpoint: _Endpoint, route: Any, recipient: str) -> None:
         assert endpoint.moved_to is not None
