@@ -30,6 +30,7 @@ import queue
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import transports
@@ -128,7 +129,9 @@ class Peer:
         self._open_requests: dict[tuple[str, int, int], Any] = {}
         self._ack_timer: Any = None
         self._inbound = Inbound()
-        self._replies: dict[tuple[str, int, int], bytes] = {}
+        # the latest replies, oldest first (popitem(last=False) evicts in O(1); a dict's
+        # next(iter()) would scan every slot its deletions left behind)
+        self._replies: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
                              authenticator=authenticator)
@@ -252,7 +255,7 @@ class Peer:
             replies = self._replies
             replies[key] = frame
             if len(replies) > 1024:
-                del replies[next(iter(replies))]
+                replies.popitem(last=False)
             endpoint, route = self._open_requests.pop(key, msg.route)
             if kind == Kind.REPLY:      # the requester takes a REPLY for an ACK
                 settles = key
