@@ -160,12 +160,14 @@ class Forwarder:
                               f"(at {target.address}); is its handler slow or stuck?")
             conn = target.conn
             try:
-                frame = conn.recv_nowait()
-                if frame is None and not conn.pending():
+                # nothing queued: wait for the descriptor, which fires for the next
+                # frame (transports/base.py); no receive that would find nothing
+                if not conn.pending():
                     if not (yield conn, min(remaining, self.ack_timeout)):
                         if target.out.unacked and target.out.unacked[0][0] <= seq:
                             self._recover(target, deadline, None)  # not delivered yet
-                    continue
+                        continue
+                frame = conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
                     self._drop_connection(target.address)
