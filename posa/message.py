@@ -314,8 +314,9 @@ class Codec:
                 and len(sender) <= name_len and len(recipient) <= name_len
                 and type(headers) is dict):
             raise ProtocolError(_what_is_wrong(fields, name_len))
-        if size > limits.max_depth and kind != _BATCH and len(bytes(data).translate(None, _OTHER_BYTES)) \
-                > limits.max_depth and _depth(fields) > limits.max_depth:
+        if size > limits.max_depth and kind != _BATCH \
+                and len(bytes(data).translate(None, _OTHER_BYTES)) > limits.max_depth \
+                and _depth(fields) > limits.max_depth:
             raise ProtocolError(f"message nests deeper than max_depth {limits.max_depth}")
         msg = _new_message(Message)
         msg.kind = kind

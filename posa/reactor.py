@@ -166,8 +166,11 @@ class Reactor:
     # -- the loop ------------------------------------------------------------
     def run_once(self, timeout: float | None = None) -> None:
         """One iteration: hand-offs, due timers, pending sources, then wait."""
-        self._run_handoffs()
-        self._run_timers()
+        if self._handoffs:
+            self._run_handoffs()
+        timers = self._timers
+        if timers and timers[0][0] <= time.monotonic():
+            self._run_timers()
         busy = False
         for source, callback in list(self._sources.items()):
             try:

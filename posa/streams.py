@@ -31,9 +31,9 @@ class Outbound:
 
     __slots__ = ("next_seq", "acked", "unacked")
 
-    def __init__(self) -> None:
-        self.next_seq = 1
-        self.acked = 0
+    def __init__(self, first_seq: int = 1) -> None:
+        self.next_seq = first_seq
+        self.acked = first_seq - 1
         self.unacked: deque[tuple[int, bytes]] = deque()
 
     def take_seq(self) -> int:

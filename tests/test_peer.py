@@ -7,6 +7,7 @@ from typing import Iterator
 import pytest
 
 import posa
+import transports
 from posa import Kind
 
 TRANSPORTS = ["inproc://{n}", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/{n}"]
@@ -99,6 +100,34 @@ def test_deferred_replies_from_another_thread(registry: posa.LocalRegistry) -> N
             worker.join(5)
 
 
+@pytest.mark.parametrize("transport", ["inproc://{n}", "tcp://127.0.0.1:0"])
+def test_a_reply_stands_for_the_acknowledgement_of_its_request(
+        transport: str, registry: posa.LocalRegistry, tmp_path: object) -> None:
+    """A stream whose newest message is a request gets its REPLY and no ACK (the
+    requester takes the REPLY for one); a stream of sends is acknowledged."""
+    codec = posa.Codec()
+    delivered = threading.Event()
+    b = posa.Peer("net/b", registry=registry, listen=listen(transport, "b", tmp_path))
+    b.serve(lambda m: m.body if m.kind == Kind.REQUEST else delivered.set())
+    conn = transports.connect(b.address)
+    try:
+        conn.send(codec.pack(Kind.SEND, 8, 1, "net/a", "net/b", 0, {}, "note"))
+        assert delivered.wait(5)
+        conn.send(codec.pack(Kind.REQUEST, 7, 1, "net/a", "net/b", 0, {}, "ping"))
+        answers = [codec.decode(conn.recv(5))]
+        while answers[-1].kind != Kind.REPLY:
+            answers.append(codec.decode(conn.recv(5)))
+        b.close()                  # acknowledges whatever is still unacknowledged
+        with pytest.raises(posa.Closed):
+            while True:
+                answers.append(codec.decode(conn.recv(5)))
+    finally:
+        conn.close()
+        b.close()
+    assert [(m.correlation, m.body) for m in answers if m.kind == Kind.REPLY] == [(1, "ping")]
+    assert [(m.stream, m.id) for m in answers if m.kind == Kind.ACK] == [(8, 1)]
+
+
 def test_request_times_out_naming_the_target(registry: posa.LocalRegistry) -> None:
     with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
         b.serve(lambda m: posa.DEFERRED)  # never answers
@@ -166,6 +195,28 @@ def test_a_forgotten_target_opens_a_new_stream_and_gets_its_own_replies(
         assert a.request("net/b", "first", timeout=5) == "first"
         a.sender.forget("net/b")
         assert a.request("net/b", "second", timeout=5) == "second"
+
+
+def test_a_late_reply_to_a_forgotten_stream_never_answers_a_new_request(
+        registry: posa.LocalRegistry) -> None:
+    held: list[posa.Message] = []
+
+    def handler(msg: posa.Message) -> object:
+        if msg.body == "slow":
+            held.append(msg)
+            return posa.DEFERRED
+        return f"fresh {msg.body}"
+
+    with posa.Peer("net/a", registry=registry) as a, \
+         posa.Peer("net/b", registry=registry, aliases=["net/b2"], handler=handler) as b:
+        with pytest.raises(posa.Timeout):
+            a.request("net/b", "slow", timeout=0.2)
+        a.sender.forwarder().pin("net/b2", b.address)   # the same connection, kept open
+        assert a.request("net/b2", "x", timeout=5) == "fresh x"
+        a.sender.forget("net/b")
+        b.reply(held[0], "stale")
+        assert a.request("net/b2", "x", timeout=5) == "fresh x"   # reads the stale reply
+        assert a.request("net/b", "new", timeout=5) == "fresh new"
 
 
 def test_close_leaves_a_newer_registration_of_the_name_alone(

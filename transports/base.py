@@ -15,11 +15,14 @@ every transport of a process:
 
 Polling contract (the same for both):
 - ``fileno()`` is a descriptor that becomes readable when ``recv_nowait()`` may
-  return a frame. It may be edge-triggered (ZeroMQ's is), so a caller that waits
-  on it must first drain ``recv_nowait()`` until it returns ``None``.
+  return a frame. It may be edge-triggered (ZeroMQ's is), so a caller must not
+  wait on it while ``pending()`` is true.
 - ``pending()`` is a cheap check, to be made before waiting on the descriptor:
   true if ``recv_nowait()`` may return a frame without the descriptor firing
-  (a send can consume a ZeroMQ notification).
+  (a send can consume a ZeroMQ notification); false if the descriptor will fire
+  for the next frame. A caller that took a frame may therefore wait as soon as
+  ``pending()`` is false, without draining ``recv_nowait()`` to ``None`` first
+  (a receive that finds nothing is the dearest call of some transports).
 - ``recv(timeout)`` is the blocking form: it returns a frame or raises
   ``Timeout``; ``close()`` from another thread wakes it with ``Closed``.
 

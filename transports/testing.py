@@ -50,6 +50,7 @@ __all__ = [
     "check_round_trip", "check_order", "check_frame_sizes", "check_oversize_refused_by_send",
     "check_oversize_dropped_by_listener", "check_many_connections", "check_close_wakes_recv",
     "check_use_after_close", "check_resolved_address", "check_recv_timeout", "check_polling",
+    "check_waiting_without_draining",
 ]
 
 AddressFactory = Callable[[], str]
@@ -204,6 +205,23 @@ def _poll(endpoint: Listener | Connection, what: str) -> Any:
         assert remaining > 0, (f"{what}: fileno() did not become readable within "
                                f"{DEADLINE} s although a frame was sent")
         select.select([endpoint.fileno()], [], [], remaining)
+    raise AssertionError(f"{what}: 10000 wake-ups without a frame: fileno() stays readable "
+                         "or pending() stays true while recv_nowait() returns None")
+
+
+def _wait_then_take(endpoint: Listener | Connection, what: str) -> Any:
+    """What a request-reply caller does: wait on ``fileno()`` unless ``pending()``,
+    then take one frame, without draining ``recv_nowait()`` to ``None`` first."""
+    deadline = time.monotonic() + DEADLINE
+    for _ in range(10_000):
+        if not endpoint.pending():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0 and select.select([endpoint.fileno()], [], [], remaining)[0], (
+                f"{what}: fileno() did not become readable within {DEADLINE} s although "
+                "pending() was false and a frame was sent")
+        item = endpoint.recv_nowait()
+        if item is not None:
+            return item
     raise AssertionError(f"{what}: 10000 wake-ups without a frame: fileno() stays readable "
                          "or pending() stays true while recv_nowait() returns None")
 
@@ -493,3 +511,20 @@ def check_polling(address_factory: AddressFactory, options: Options) -> None:
             if not taken.wait(DEADLINE):
                 break   # join() reports the poller's failure
         started[-1].join()
+
+
+@_check
+def check_waiting_without_draining(address_factory: AddressFactory, options: Options) -> None:
+    """Once pending() is false, fileno() fires for the next frame even though the
+    last recv_nowait() returned a frame, not None: a client takes the answer, sends
+    the next question and waits; the listener answers and waits for the next one."""
+    with _Endpoints() as ends:
+        listener = ends.listen(address_factory(), options)
+        connection = ends.connect(listener.address, options)
+        for n in range(5):
+            connection.send(b"ask-%d" % n)
+            route, frame = _wait_then_take(listener, f"the listener waiting for question {n}")
+            assert frame == b"ask-%d" % n, f"the listener received {_frame(frame)}"
+            listener.send(route, b"answer-%d" % n)
+            frame = _wait_then_take(connection, f"the connection waiting for answer {n}")
+            assert frame == b"answer-%d" % n, f"the connection received {_frame(frame)}"

@@ -19,7 +19,17 @@ Strategy
   ``more`` flag, which says whether a foreign peer sent extra parts: that is
   the cheapest check pyzmq offers (``getsockopt(RCVMORE)`` costs twice as
   much), and without it one multi-part message would shift every later frame
-  onto the wrong route. Only when a call would block does an endpoint poll, and then it polls
+  onto the wrong route.
+* A receive that finds nothing is what costs most: pyzmq raises ``zmq.Again``
+  and builds a traceback, the price of four receives or more, where an
+  ``EVENTS`` check costs two. Whoever drains an endpoint receives until
+  nothing comes, so every drain ends in one such receive. After a lone frame
+  (the previous drain held one frame too: request-reply), the endpoint asks
+  ``EVENTS`` before receiving again; in a burst it receives at once and pays
+  the exception once per burst. A receive or check that found nothing also
+  answers ``pending()`` until the socket is used again: the descriptor fires
+  for the next frame then, and ``pending()`` need not ask.
+* Only when a call would block does an endpoint poll, and then it polls
   its socket together with a wake-up pipe: ``close()`` from another thread sets
   a flag and writes the pipe; the blocked thread wakes, closes the socket itself
   (ZeroMQ sockets must never be used by two threads at once) and raises
@@ -269,6 +279,9 @@ class _Endpoint:
         self._closed = False
         self._sock_closed = False
         self._blocked = 0                  # threads inside a blocking wait
+        self._idle = False                 # nothing to receive, socket untouched since
+        self._run = 0                      # frames received since the last empty receive
+        self._lone = False                 # the run before that was a single frame
         self._wake: tuple[int, int] | None = None   # pipe, made on first blocking wait
         self._poll_in: list[tuple[object, int]] = []    # zmq_poll items: socket + pipe
         self._poll_out: list[tuple[object, int]] = []
@@ -286,10 +299,25 @@ class _Endpoint:
         """True if ``recv_nowait`` may return a frame without the descriptor firing."""
         if self._closed:
             raise self._closed_error()
+        if self._idle:
+            return False
         try:
-            return bool(self._sock.get(_EVENTS) & _POLLIN)
+            ready = bool(self._sock.get(_EVENTS) & _POLLIN)
         except _ZMQError as exc:
             raise _socket_error("poll", self.address, exc) from None
+        self._idle = not ready
+        return ready
+
+    def _nothing_left(self) -> bool:
+        """After a lone frame of a lone-frame drain, whether ``EVENTS`` says that
+        nothing is left to receive (see the module docstring)."""
+        return self._run == 1 and self._lone and not self._sock.get(_EVENTS) & _POLLIN
+
+    def _drained(self) -> None:
+        """A receive found nothing: the run of frames ends."""
+        self._idle = True
+        self._lone = self._run == 1
+        self._run = 0
 
     def close(self) -> None:
         """Close; a thread blocked in this endpoint wakes with ``Closed``. Idempotent."""
@@ -416,13 +444,19 @@ class ZmqListener(_Endpoint):
         recv = self._recv
         while True:
             try:
+                if self._nothing_left():
+                    self._drained()
+                    return None
                 route = recv(_NOBLOCK)
             except _Again:
+                self._drained()
                 return None
             except _ZMQError as exc:
                 raise _socket_error("receive on", self.address, exc) from None
             frame = recv(_NOBLOCK, copy=False)   # the parts of a message come together
+            self._idle = False
             if not frame.more:
+                self._run += 1
                 return route, frame.bytes
             self._drop_garbage(f"route {route!r}", 1)
 
@@ -449,6 +483,7 @@ class ZmqListener(_Endpoint):
         if len(frame) > self._options.max_frame_size:
             raise self._too_big(frame)
         sock = self._sock
+        self._idle = False           # a send may take the descriptor's notification
         try:
             try:
                 _raw_send(sock, route, _NOBLOCK | _SNDMORE)
@@ -507,6 +542,7 @@ class ZmqConnection(_Endpoint):
             raise self._closed_error()
         if len(frame) > self._options.max_frame_size:
             raise self._too_big(frame)
+        self._idle = False           # a send may take the descriptor's notification
         try:
             self._send(frame, _NOBLOCK)
         except _Again:
@@ -538,12 +574,18 @@ class ZmqConnection(_Endpoint):
         recv = self._recv
         while True:
             try:
+                if self._nothing_left():
+                    self._drained()
+                    return None
                 frame = recv(_NOBLOCK)
             except _Again:
+                self._drained()
                 return None
             except _ZMQError as exc:
                 raise _socket_error("receive from", self.address, exc) from None
+            self._idle = False
             if not self._get(_RCVMORE):
+                self._run += 1
                 return frame
             self._drop_garbage("the listener", 1)
 
