@@ -10,8 +10,9 @@ Implemented once: each asyncio object wraps its blocking counterpart.
   task keep one order. It returns at once unless ``window`` messages to the
   recipient are unacknowledged: then it waits (flow control) like the blocking one.
 - Receiving is fed by the reactor thread into an ``asyncio.Queue``.
-- Calls that are rare or slow by nature (``migrate``, ``flush``, ``close``) run on
-  a worker thread.
+- ``flush`` drives the forwarder's flush steps on the loop the same way; calls
+  that are rare or slow by nature (``migrate``, the closing of the peer) run on a
+  worker thread.
 """
 from __future__ import annotations
 
