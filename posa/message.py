@@ -263,7 +263,7 @@ class Codec:
             elif type(inner_body) is list and not _within(inner_body, depth):
                 raise ProtocolError(
                     f"message nests deeper than max_depth {self.limits.max_depth}")
-            msg = new(Message)
+            msg = new(Message)      # as in decode: no __init__ on the hot path
             msg.kind = kind
             msg.stream = stream
             msg.id = id

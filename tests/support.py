@@ -28,6 +28,14 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
+def nested(depth: int) -> object:
+    """A value nesting ``depth`` lists: [[[...0...]]]."""
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ from posa.gatekeeper import KEY_HEADER, Gatekeeper, Rejection
 from posa.limits import Rate, RateLimiter
 from posa.message import VERSION, Codec, Limits, Message
 from posa.security import HmacAuthenticator, Keyring
+from tests.support import nested
 
 codec = Codec()
 STREAM = 4242
@@ -81,13 +82,6 @@ def but(index: int, value: object) -> list[object]:
 def test_a_bad_envelope_anywhere_refuses_the_whole_batch(frame: bytes, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         codec.unbatch(codec.decode(frame))
-
-
-def nested(depth: int) -> object:
-    value: object = 0
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from posa.errors import ProtocolError
 from posa.message import VERSION, Codec, Kind, Limits, Message
+from tests.support import nested
 
 codec = Codec()
 
@@ -80,13 +81,6 @@ def test_bad_envelopes_say_what_is_wrong(frame: bytes, reason: str | None) -> No
         return
     with pytest.raises(ProtocolError, match=reason):
         codec.decode(frame)
-
-
-def nested(depth: int) -> object:
-    value: object = 0
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def test_nesting_beyond_the_limit_is_refused() -> None:
