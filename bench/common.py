@@ -23,12 +23,13 @@ import os
 import select
 import sys
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgpack
 
 __all__ = ["BODY", "make_msg", "encode", "decode", "now", "ready", "emit", "wait_release",
-           "latency_summary", "oneway_metrics", "MAX_MEASURE_S", "IDLE_TIMEOUT_S",
+           "latency_summary", "oneway_metrics", "timed_calls", "timed_calls_async",
+           "send_stream", "MAX_MEASURE_S", "IDLE_TIMEOUT_S",
            "FIRST_MSG_TIMEOUT_S", "HARD_LIFETIME_S", "WARMUP"]
 
 BODY = b"x" * 83
@@ -88,6 +89,62 @@ def latency_summary(samples_ns: list[int], total_s: float, n: int) -> dict[str, 
 
     return {"n": n, "p50_us": pct(50), "p99_us": pct(99),
             "calls_per_s": n / total_s if total_s > 0 else 0.0}
+
+
+def timed_calls(call: Callable[[int], Any], n: int, *, warmup: int = WARMUP,
+                limit_s: float = MAX_MEASURE_S) -> dict[str, Any]:
+    """``call(i)`` ``warmup`` times untimed, then up to ``n`` times timed (stopping
+    after ``limit_s``): the ``latency_summary`` of the timed calls."""
+    for i in range(warmup):
+        call(i)
+    samples: list[int] = []
+    append = samples.append
+    clock = time.perf_counter_ns
+    t0 = now()
+    done = 0
+    for i in range(n):
+        start = clock()
+        call(i)
+        append(clock() - start)
+        done += 1
+        if done & 255 == 0 and now() - t0 > limit_s:
+            break
+    return latency_summary(samples, now() - t0, done)
+
+
+async def timed_calls_async(call: Callable[[int], Awaitable[Any]], n: int, *,
+                            warmup: int = WARMUP) -> dict[str, Any]:
+    """``timed_calls`` for a coroutine function."""
+    for i in range(warmup):
+        await call(i)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    t0 = now()
+    done = 0
+    for i in range(n):
+        start = clock()
+        await call(i)
+        samples.append(clock() - start)
+        done += 1
+        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
+            break
+    return latency_summary(samples, now() - t0, done)
+
+
+def send_stream(send: Callable[[int], Any], n: int) -> dict[str, Any]:
+    """``send(i)`` for i in 0..n-1 (stopping after ``MAX_MEASURE_S``). The clock
+    starts before the first send, whose lookup and connect it includes, as the
+    anchors' senders do; ``first_send_ms`` says what that first send took."""
+    t_start = now()
+    send(0)
+    first_send = now() - t_start
+    sent = 1
+    for i in range(1, n):
+        send(i)
+        sent += 1
+        if sent & 1023 == 0 and now() - t_start > MAX_MEASURE_S:
+            break
+    return {"sent": sent, "t_start": t_start, "t_end": now(), "first_send_ms": first_send * 1000}
 
 
 def oneway_metrics(send: dict[str, Any], recv: dict[str, Any], n: int) -> dict[str, Any]:

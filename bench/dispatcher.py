@@ -27,8 +27,8 @@ from typing import Any, Callable
 import posa
 from bench import LOOKUP, RR, Bench, Goal
 from bench.anchors import N_LOOKUP, N_RR
-from bench.common import (HARD_LIFETIME_S, MAX_MEASURE_S, WARMUP, emit, latency_summary,
-                          make_msg, now, ready, wait_release)
+from bench.common import (HARD_LIFETIME_S, MAX_MEASURE_S, emit, make_msg, now, ready,
+                          timed_calls, wait_release)
 
 MODULE = "bench.dispatcher"
 N_CACHED = 200_000
@@ -43,19 +43,8 @@ def scale_name(i: int) -> str:
 
 
 # ------------------------------------------------------------- process roles
-def _timed(lookup: Callable[[], Any], n: int) -> dict[str, Any]:
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    t0 = now()
-    done = 0
-    for _ in range(n):
-        start = clock()
-        lookup()
-        samples.append(clock() - start)
-        done += 1
-        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S / 2:
-            break
-    summary = latency_summary(samples, now() - t0, done)
+def _timed(lookup: Callable[[int], Any], n: int) -> dict[str, Any]:
+    summary = timed_calls(lookup, n, warmup=0, limit_s=MAX_MEASURE_S / 2)
     summary["lookups_per_s"] = summary.pop("calls_per_s")
     return summary
 
@@ -75,7 +64,7 @@ def role_lookups(dispatcher: str, n: int, names: int = 0) -> None:
         cycle = iter(sample * (1 + (n + 100) // len(sample)))
         for _ in range(100):
             lookup(next(cycle))
-        emit(_timed(lambda: lookup(next(cycle)), n))
+        emit(_timed(lambda _: lookup(next(cycle)), n))
 
 
 def role_cached_lookups(dispatcher: str, n: int) -> None:
@@ -98,7 +87,7 @@ def role_cached_lookups(dispatcher: str, n: int) -> None:
         for _ in range(n):
             lookup(name)
         untimed = n / (now() - t0)
-        result = _timed(lambda: lookup(name), min(n, 100_000))
+        result = _timed(lambda _: lookup(name), min(n, 100_000))
         result["lookups_per_s"] = untimed
         emit(result)
 
@@ -117,20 +106,7 @@ def role_caller(dispatcher: str, service: str, n: int) -> None:
         start = now()
         call(service, make_msg(0), timeout=5.0)
         bind_ms = (now() - start) * 1000
-        for i in range(WARMUP):
-            call(service, make_msg(i), timeout=5.0)
-        samples: list[int] = []
-        clock = time.perf_counter_ns
-        t0 = now()
-        done = 0
-        for i in range(n):
-            begin = clock()
-            call(service, make_msg(i), timeout=5.0)
-            samples.append(clock() - begin)
-            done += 1
-            if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
-                break
-        result = latency_summary(samples, now() - t0, done)
+        result = timed_calls(lambda i: call(service, make_msg(i), timeout=5.0), n)
         result["bind_ms"] = bind_ms
         emit(result)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-import time
 from typing import Any, Callable
 
 import posa
@@ -32,8 +31,9 @@ import posa.aio
 import transports
 from bench import GAP, ONEWAY, RR, Bench, Goal
 from bench.anchors import N_ONEWAY, N_RR
-from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, MAX_MEASURE_S, WARMUP, emit,
-                          latency_summary, make_msg, now, oneway_metrics, ready, wait_release)
+from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, emit, make_msg, now,
+                          oneway_metrics, ready, send_stream, timed_calls, timed_calls_async,
+                          wait_release)
 
 MODULE = "bench.peer"
 MOVES = ("tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0")   # where the migrating sink goes
@@ -115,19 +115,9 @@ def role_source(dispatcher: str, target: str, listen: str, n: int) -> None:
             _warm(listen)
             ready()
             send = peer.send
-            t_start = now()
-            send(target, make_msg(0), timeout=30.0)     # resolves the name and connects
-            first_send = now() - t_start
-            sent = 1
-            for i in range(1, n):
-                send(target, make_msg(i), timeout=30.0)
-                sent += 1
-                if sent & 1023 == 0 and now() - t_start > MAX_MEASURE_S:
-                    break
-            t_end = now()
+            result = send_stream(lambda i: send(target, make_msg(i), timeout=30.0), n)
             peer.flush(30.0)
-            emit({"sent": sent, "t_start": t_start, "t_end": t_end,
-                  "first_send_ms": first_send * 1000})
+            emit(result)
 
 
 def role_echo(dispatcher: str, name: str, listen: str) -> None:
@@ -138,28 +128,11 @@ def role_echo(dispatcher: str, name: str, listen: str) -> None:
             emit({})
 
 
-def _timed_calls(call: Callable[[int], Any], n: int) -> dict[str, Any]:
-    for i in range(WARMUP):
-        call(i)
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    t0 = now()
-    done = 0
-    for i in range(n):
-        start = clock()
-        call(i)
-        samples.append(clock() - start)
-        done += 1
-        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
-            break
-    return latency_summary(samples, now() - t0, done)
-
-
 def role_client(dispatcher: str, target: str, listen: str, n: int) -> None:
     with posa.RegistryClient(dispatcher) as reg:
         with posa.Peer(_name("client"), registry=reg, listen=listen) as peer:
             request = peer.request
-            emit(_timed_calls(lambda i: request(target, make_msg(i), timeout=5.0), n))
+            emit(timed_calls(lambda i: request(target, make_msg(i), timeout=5.0), n))
 
 
 def role_aio_client(dispatcher: str, target: str, listen: str, n: int) -> None:
@@ -167,20 +140,8 @@ def role_aio_client(dispatcher: str, target: str, listen: str, n: int) -> None:
         with posa.RegistryClient(dispatcher) as reg:
             async with posa.aio.Peer(_name("aio-client"), registry=reg, listen=listen) as peer:
                 request = peer.request
-                for i in range(WARMUP):
-                    await request(target, make_msg(i), timeout=5.0)
-                samples: list[int] = []
-                clock = time.perf_counter_ns
-                t0 = now()
-                done = 0
-                for i in range(n):
-                    start = clock()
-                    await request(target, make_msg(i), timeout=5.0)
-                    samples.append(clock() - start)
-                    done += 1
-                    if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
-                        break
-                return latency_summary(samples, now() - t0, done)
+                return await timed_calls_async(
+                    lambda i: request(target, make_msg(i), timeout=5.0), n)
 
     emit(asyncio.run(main()))
 

@@ -11,7 +11,6 @@ when nothing is queued, as a reactor would.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable
 
 import msgpack
@@ -20,8 +19,8 @@ import transports
 from bench import ONEWAY, RR, Bench, Goal
 from bench.anchors import N_ONEWAY, N_RR
 from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, IDLE_TIMEOUT_S,
-                          MAX_MEASURE_S, WARMUP, decode, emit, encode, latency_summary,
-                          make_msg, now, oneway_metrics, ready, wait_release)
+                          MAX_MEASURE_S, decode, emit, encode, make_msg, now, oneway_metrics,
+                          ready, timed_calls, wait_release)
 from posa.errors import Timeout
 from transports.base import Connection, Listener
 
@@ -126,23 +125,9 @@ def _call_loop(conn: Connection, n: int) -> dict[str, Any]:
         send(packb(make_msg(i)))
         return unpackb(recv(5.0))
 
-    for i in range(WARMUP):
-        call(i)
-    samples: list[int] = []
-    append = samples.append
-    clock = time.perf_counter_ns
-    t0 = now()
-    done = 0
-    for i in range(n):
-        start = clock()
-        call(i)
-        append(clock() - start)
-        done += 1
-        if done & 255 == 0 and now() - t0 > MAX_MEASURE_S:
-            break
-    total = now() - t0
+    summary = timed_calls(call, n)
     send(STOP)
-    return latency_summary(samples, total, done)
+    return summary
 
 
 def role_rr_server(addr: str) -> None:
