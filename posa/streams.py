@@ -3,8 +3,8 @@
 Every message a forwarder sends to one recipient name carries the forwarder's
 ``stream`` id and a sequence number ``id`` (1, 2, 3 ...).  The receiver delivers
 each stream strictly in sequence order, drops duplicates, holds a bounded number
-of early arrivals, and answers with cumulative ``ACK`` messages (one per drained
-batch, not one per message).  The forwarder keeps every frame until it is
+of early arrivals, and answers with cumulative ``ACK`` messages (one for many
+messages; a REPLY to the newest one acknowledges instead).  The forwarder keeps every frame until it is
 acknowledged and sends the unacknowledged tail again after a failure or a move.
 
 That is what makes migration and reconnection lossless and duplicate-free:
@@ -12,8 +12,8 @@ a frame may travel twice (through the old and the new address), but it is
 delivered once, in order.
 
     forwarder                          receiver
-    Outbound.push(seq, frame) ──────▶  Inbound.accept(msg) -> deliver in order
-    Outbound.ack(n)           ◀──────  ACK(stream, id=n) after each batch
+    Outbound.unacked += (seq, frame) ─▶ Inbound.accept(msg) -> deliver in order
+    Outbound.ack(n)           ◀──────  ACK(stream, id=n) for many messages
     Outbound.backlog() (resend)  ───▶  duplicates dropped, gaps filled
 """
 from __future__ import annotations
@@ -27,7 +27,11 @@ __all__ = ["Outbound", "Inbound"]
 
 
 class Outbound:
-    """The forwarder's side of one stream: sequence numbers and unacked frames."""
+    """The forwarder's side of one stream: sequence numbers and unacked frames.
+
+    The forwarder numbers each message ``next_seq`` (then increments it) and
+    appends ``(seq, frame)`` to ``unacked`` itself: two attribute updates on the
+    send path instead of two method calls."""
 
     __slots__ = ("next_seq", "acked", "unacked")
 
@@ -35,14 +39,6 @@ class Outbound:
         self.next_seq = first_seq
         self.acked = first_seq - 1
         self.unacked: deque[tuple[int, bytes]] = deque()
-
-    def take_seq(self) -> int:
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        return seq
-
-    def push(self, seq: int, frame: bytes) -> None:
-        self.unacked.append((seq, frame))
 
     def ack(self, upto: int) -> int:
         """Release every frame with seq <= ``upto``; returns how many."""

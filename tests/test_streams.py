@@ -52,14 +52,15 @@ def test_remembered_streams_are_bounded() -> None:
 
 
 def test_outbound_keeps_frames_until_acknowledged() -> None:
-    out = Outbound()
-    for _ in range(5):
-        seq = out.take_seq()
-        out.push(seq, b"f%d" % seq)
-    assert out.ack(3) == 3
-    assert list(out.backlog()) == [b"f4", b"f5"]
-    assert out.ack(2) == 0          # an old acknowledgement changes nothing
-    assert out.ack(5) == 2 and len(out) == 0
+    out = Outbound(first_seq=11)
+    for _ in range(5):              # what the forwarder does per message
+        seq = out.next_seq
+        out.next_seq = seq + 1
+        out.unacked.append((seq, b"f%d" % seq))
+    assert out.ack(13) == 3
+    assert list(out.backlog()) == [b"f14", b"f15"]
+    assert out.ack(12) == 0         # an old acknowledgement changes nothing
+    assert out.ack(15) == 2 and len(out) == 0
 
 
 def test_a_run_is_taken_in_one_step_only_where_its_stream_expects_it() -> None:
