@@ -1,8 +1,9 @@
 """The Forwarder: sends to names, wherever they live now.
 
 One forwarder belongs to one thread (a ``Peer`` keeps one per sending thread),
-so the send path takes no lock and hands nothing to another thread: it encodes,
-writes to its own connection and goes on.  What comes back on that connection
+so the send path contends with no other sender and hands nothing to another
+thread: it encodes, writes to its own connection (or joins a batch) and goes on;
+its only lock is shared with the reactor's late write of an open batch.  What comes back on that connection
 (acknowledgements, replies, "moved" notices) is read by the same thread, when it
 sends, waits for a reply or flushes.
 
@@ -94,7 +95,8 @@ class _Target:
 
 
 class Forwarder:
-    """Sends to names for one thread. Not thread-safe by design."""
+    """Sends to names for one thread. Not thread-safe by design: only the reactor's
+    late write of open batches shares it, under ``lock``."""
 
     def __init__(self, name: str, *, resolve: Callable[[str, bool], tuple[tuple[str, ...], int]],
                  codec: Codec, options: Options, window: int = 1024,
