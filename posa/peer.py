@@ -359,49 +359,41 @@ class Peer:
                 continue
             if kind == _BATCH:
                 try:
-                    batch = unbatch(msg, route)
+                    run = unbatch(msg, route)
                 except Rejection:
                     continue
-                if not batch:
+                if not run:
                     continue
-                key = (msg.sender, msg.stream)
-                entry = pending.get(key)
-                if entry is None:
-                    pending[key] = [endpoint, route, msg.recipient, len(batch)]
-                else:
-                    entry[0] = endpoint
-                    entry[1] = route
-                    entry[3] += len(batch)
-                for inner in batch:
+                for inner in run:
                     inner.route = msg.route
-                if accept_run(batch):               # the common case: all new, in order
-                    for inner in batch:
-                        deliver(inner)
-                    continue
-                for inner in batch:
-                    ready = accept(inner)
-                    if ready:
-                        for m in ready:
-                            deliver(m)
-                    elif inner.kind == _REQUEST:
-                        self._answer_duplicate(endpoint, route, inner)
             elif kind == _SEND or kind == _REQUEST:
-                if msg.stream:
-                    key = (msg.sender, msg.stream)
-                    entry = pending.get(key)
-                    if entry is None:
-                        pending[key] = [endpoint, route, msg.recipient, 1]
-                    else:
-                        entry[0] = endpoint
-                        entry[1] = route
-                        entry[3] += 1
-                    ready = accept(msg)
-                    if not ready and kind == _REQUEST:
-                        self._answer_duplicate(endpoint, route, msg)
+                if not msg.stream:
+                    deliver(msg)
+                    continue
+                run = [msg]
+            else:
+                continue
+            # a run of one stream (a batch, or one message): count it for the ACK,
+            # then deliver what is new, in order
+            key = (msg.sender, msg.stream)
+            entry = pending.get(key)
+            if entry is None:
+                pending[key] = [endpoint, route, msg.recipient, len(run)]
+            else:
+                entry[0] = endpoint
+                entry[1] = route
+                entry[3] += len(run)
+            if accept_run(run):                     # the common case: all new, in order
+                for inner in run:
+                    deliver(inner)
+                continue
+            for inner in run:
+                ready = accept(inner)
+                if ready:
                     for m in ready:
                         deliver(m)
-                else:
-                    deliver(msg)
+                elif inner.kind == _REQUEST:
+                    self._answer_duplicate(endpoint, route, inner)
         if pending:
             due = [key for key, entry in pending.items() if entry[3] >= ACK_BATCH]
             if due:
