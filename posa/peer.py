@@ -332,12 +332,18 @@ class Peer:
         deliver = self._deliver
         inbox = self._inbox
         limit = self._inbox_size
+        more = listener.pending
         pending = self._pending_acks
-        for _ in range(BATCH):
+        for i in range(BATCH):
             if self._handler is None and inbox.qsize() >= limit:
                 self._pause(endpoint)
                 break
             try:
+                # after a frame, stop once nothing is queued: the descriptor fires
+                # for the next one (transports/base.py), and a receive that finds
+                # nothing costs a poll
+                if i and not more():
+                    break
                 item = listener.recv_nowait()
             except PosaError:
                 return  # closed under us during a migration

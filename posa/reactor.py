@@ -7,7 +7,8 @@ are never preempted by each other (the synchronous demultiplexer of the
 Reactor pattern).
 
 Strategy:
-- One ``selectors`` selector holds the sources' descriptors plus a wake-up pipe.
+- One poller (``transports.poller``: epoll on Linux) holds the sources'
+  descriptors plus a wake-up pipe.
   Other threads hand work over with ``call_soon`` (a deque append, atomic under
   the GIL) and write the pipe only when the reactor may be asleep, so a burst of
   hand-offs costs one system call, not one per call.
@@ -22,13 +23,13 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Protocol
 
 from posa.errors import Closed, PosaError, Timeout
+from transports.poller import READ, Poller
 
 __all__ = ["Reactor", "Source", "Timer", "default"]
 
@@ -61,7 +62,8 @@ class Reactor:
 
     def __init__(self, name: str = "posa-reactor") -> None:
         self.name = name
-        self._selector = selectors.DefaultSelector()
+        self._poller = Poller()
+        self._callbacks: dict[int, Callable[[], Any] | None] = {}   # by descriptor
         self._sources: dict[Source, Callable[[], Any]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
@@ -70,7 +72,8 @@ class Reactor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._signalled = False
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._poller.register(self._wake_r, READ)
+        self._callbacks[self._wake_r] = None
         self._thread: threading.Thread | None = None
         self._running = False
         self._stopping = False
@@ -129,7 +132,9 @@ class Reactor:
 
     def _add_source(self, source: Source, callback: Callable[[], Any]) -> None:
         self._sources[source] = callback
-        self._selector.register(source.fileno(), selectors.EVENT_READ, callback)
+        fd = source.fileno()
+        self._poller.register(fd, READ)
+        self._callbacks[fd] = callback
         callback()  # input may have arrived before the registration
 
     def remove_source(self, source: Source) -> None:
@@ -139,7 +144,9 @@ class Reactor:
     def _remove_source(self, source: Source) -> None:
         if self._sources.pop(source, None) is not None:
             try:
-                self._selector.unregister(source.fileno())
+                fd = source.fileno()
+                self._callbacks.pop(fd, None)
+                self._poller.unregister(fd)
             except (KeyError, ValueError, OSError, PosaError):
                 pass
 
@@ -187,11 +194,17 @@ class Reactor:
                 wait = min(wait, timeout)
         else:
             wait = timeout
-        for key, _ in self._selector.select(wait):
-            if key.data is None:
+        try:
+            events = self._poller.poll(-1 if wait is None else wait)
+        except InterruptedError:
+            return
+        callbacks = self._callbacks
+        for fd, _ in events:
+            callback = callbacks.get(fd)
+            if callback is not None:
+                self._guard(callback)
+            elif fd == self._wake_r:
                 self._drain_wakeups()
-            else:
-                self._guard(key.data)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -260,7 +273,7 @@ class Reactor:
             self.call_soon(lambda: None)   # wake it if it waits
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the loop, wait for its thread, release the selector. Idempotent."""
+        """Stop the loop, wait for its thread, release the poller. Idempotent."""
         if self._closed:
             return
         thread = self._thread
@@ -268,7 +281,7 @@ class Reactor:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._closed = True
-        self._selector.close()
+        self._poller.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

@@ -2,18 +2,18 @@
 
 Strategy.
 
-*One descriptor for the reactor.* A listener owns an inner selector (epoll on
-Linux) holding its listening socket, every accepted connection and a wake-up
-socket. ``fileno()`` is that selector's descriptor, readable whenever one of
+*One descriptor for the reactor.* A listener owns an inner poller (epoll on
+Linux, ``transports.poller``) holding its listening socket, every accepted connection and a wake-up
+socket. ``fileno()`` is that poller's descriptor, readable whenever one of
 them is ready, so a reactor waits on one descriptor per listener however many
 peers are connected. ``recv_nowait()`` serves queued frames; when none are
-queued it polls the inner selector without waiting, accepts, reads each ready
+queued it polls the inner poller without waiting, accepts, reads each ready
 connection once into one reused 256 KiB buffer (no allocation per read: see the
 allocator pitfall in the anchors' RESULTS.md), and queues every complete frame
 as ``(route, frame)``. One buffer's worth per connection and poll bounds the
 queue. ``send`` writes at once; what the kernel does not take waits in that
 connection's ``SendQueue``, the connection is registered for writability, and
-the next poll (which the selector's readiness brings about) flushes the waiting
+the next poll (which the poller's readiness brings about) flushes the waiting
 frames in one write.
 
 *Bad peers.* A connection that fails the greeting, announces a frame over
@@ -34,7 +34,6 @@ from __future__ import annotations
 import itertools
 import logging
 import select
-import selectors
 import socket
 import threading
 import time
@@ -44,6 +43,7 @@ from itertools import repeat
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from transports.base import Options, Route
 from transports.framing import GREETING, MAX_LENGTH, FrameDecoder, SendQueue, frame_header
+from transports.poller import READ, WRITE, Poller, readable, writable
 from transports.tcp_address import format_address
 from transports.tcp_closing import reaper
 from transports.tcp_sockets import DIRECT_LIMIT, NOSIGNAL, error_text, poll_ms, too_large
@@ -54,8 +54,8 @@ log = logging.getLogger("transports.tcp")
 
 _LISTENER_READ_SIZE = 256 * 1024   # one reused buffer per listener
 _ACCEPT_BATCH = 64                 # connections accepted per poll
-_ACCEPT = object()                 # selector tag of the listening socket
-_WAKE = object()                   # selector tag of the wake-up socket
+_ACCEPT = object()                 # what the listening socket's events mean
+_WAKE = object()                   # what the wake-up socket's events mean
 
 
 class _Peer:
@@ -96,24 +96,27 @@ class TcpListener:
         self._io_lock = threading.Lock()      # held by the thread doing I/O
         self._close_lock = threading.Lock()
         self._closed = False
-        self._selector = selectors.DefaultSelector()
+        self._poller = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
+        # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (_Peer)
+        self._owners: dict[int, object] = {sock.fileno(): _ACCEPT,
+                                           self._wake_r.fileno(): _WAKE}
         try:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ, _ACCEPT)
-            self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+            self._poller.register(sock, READ)
+            self._poller.register(self._wake_r, READ)
         except BaseException:
-            self._selector.close()
+            self._poller.close()
             self._wake_r.close()
             self._wake_w.close()
             raise
 
     def fileno(self) -> int:
-        """The inner selector's descriptor: readable when a poll has work."""
+        """The inner poller's descriptor: readable when a poll has work."""
         if self._closed:
             raise self._closed_error()
-        return self._selector.fileno()
+        return self._poller.fileno()
 
     def pending(self) -> bool:
         """True if frames are queued (``recv_nowait`` returns one at once)."""
@@ -204,7 +207,7 @@ class TcpListener:
                     reaper.adopt(peer.sock, deadline)  # see transports.tcp_closing
             self._peers.clear()
             self._ready.clear()
-            self._selector.close()
+            self._poller.close()
             self._sock.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -222,26 +225,30 @@ class TcpListener:
     # -- the following run with the I/O lock held ----------------------------
 
     def _poll(self, timeout: float | None) -> None:
-        """Wait at most ``timeout`` for the inner selector, then serve what it
+        """Wait at most ``timeout`` for the inner poller, then serve what it
         reports: accept, flush, read. Raises ``Closed`` once closed."""
         with self._io_lock:
             if self._closed:
                 raise self._closed_error()
             try:
-                events = self._selector.select(timeout)
+                events = self._poller.poll(-1 if timeout is None else timeout)
+            except InterruptedError:
+                events = []
             except OSError as exc:
                 raise TransportError(f"polling {self.address} failed: "
                                      f"{error_text(exc)}") from None
-            for key, mask in events:
-                peer = key.data
-                if peer is _ACCEPT:
+            owners = self._owners
+            for fd, mask in events:
+                owner = owners.get(fd)
+                if owner is _ACCEPT:
                     self._accept()
-                elif peer is _WAKE:
+                elif owner is _WAKE:
                     self._drain_wake()
-                else:
-                    if mask & selectors.EVENT_WRITE:
+                elif owner is not None:     # (None: dropped earlier in this round)
+                    peer: _Peer = owner     # type: ignore[assignment]
+                    if writable(mask):
                         self._flush(peer)
-                    if mask & selectors.EVENT_READ and peer.route in self._peers:
+                    if readable(mask) and peer.route in self._peers:
                         self._read(peer)
             if self._closed:
                 raise self._closed_error()
@@ -272,7 +279,8 @@ class TcpListener:
                 continue
             peer = _Peer(next(self._ids), sock, where, FrameDecoder(self._max_frame))
             self._peers[peer.route] = peer
-            self._selector.register(sock, selectors.EVENT_READ, peer)
+            self._owners[sock.fileno()] = peer
+            self._poller.register(sock, READ)
 
     def _read(self, peer: _Peer) -> None:
         try:
@@ -326,8 +334,7 @@ class TcpListener:
     def _watch_writes(self, peer: _Peer, on: bool) -> None:
         if peer.watching_writes != on:
             peer.watching_writes = on
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
-            self._selector.modify(peer.sock, events, peer)
+            self._poller.modify(peer.sock, READ | WRITE if on else READ)
 
     def _wait_for_room(self, peer: _Peer) -> None:
         """Flush ``peer`` until fewer than ``high_water_mark`` entries wait."""
@@ -376,7 +383,8 @@ class TcpListener:
     def _drop(self, peer: _Peer, cause: str | None, detail: str) -> None:
         """Close ``peer``; count it in ``rejections`` under ``cause`` if given."""
         del self._peers[peer.route]
-        self._selector.unregister(peer.sock)
+        del self._owners[peer.sock.fileno()]
+        self._poller.unregister(peer.sock)
         peer.sock.close()
         if cause is None:
             log.debug("%s: connection %d from %s ended: %s", self.address, peer.route,

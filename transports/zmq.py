@@ -305,7 +305,8 @@ class _Endpoint:
             ready = bool(self._sock.get(_EVENTS) & _POLLIN)
         except _ZMQError as exc:
             raise _socket_error("poll", self.address, exc) from None
-        self._idle = not ready
+        if not ready:
+            self._drained()     # as a receive that found nothing: the run ends
         return ready
 
     def _nothing_left(self) -> bool:
