@@ -105,6 +105,9 @@ class Dispatcher:
         for address in peers:
             self.connect_peer(address)
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
+        self.stats = {"requests": 0, "federated_lookups": 0}
+        self._ops = {name[len("_op_"):]: getattr(self, name)
+                     for name in dir(type(self)) if name.startswith("_op_")}
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,),
                          authenticator=authenticator, **peer_options)
@@ -112,7 +115,6 @@ class Dispatcher:
         self.registry.watch(self._changed)
         self.peer.serve(self._handle)
         self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
-        self.stats = {"requests": 0, "federated_lookups": 0}
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -134,10 +136,10 @@ class Dispatcher:
                            "docs/protocol.md")
         self.stats["requests"] += 1
         op = body["op"]
-        handler = getattr(self, f"_op_{op}", None)
+        handler = self._ops.get(op)
         if handler is None:
-            raise Rejected(f"unknown dispatcher operation {op!r}; known: register, renew, "
-                           "unregister, lookup, names, pick, services, watch, ping")
+            raise Rejected(f"unknown dispatcher operation {op!r}; known: "
+                           f"{', '.join(sorted(self._ops))}")
         return handler(msg, body)
 
     def _op_register(self, msg: Message, body: dict[str, Any]) -> Any:

@@ -99,6 +99,11 @@ class RegistryTable:
         return [snapshot(name, entries[name], now) for name in names
                 if entries[name].expires_at > now]
 
+    def reaping_due(self) -> bool:
+        """True if ``expire`` may have a registration to reap now."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= self.now()
+
     def next_expiry(self) -> float | None:
         """Clock time at which the next registration dies, or None if none is held."""
         heap = self._heap
