@@ -152,6 +152,25 @@ def test_garbage_on_the_dispatchers_port_harms_no_one(dispatcher: str) -> None:
             assert reg.lookup("net/survivor").epoch >= 1
 
 
+def test_malformed_requests_are_refused_with_what_to_send(dispatcher: str) -> None:
+    def nothing_but_the_pin(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        raise posa.NameNotFound(name)
+    sender = posa.Sender("", resolve=nothing_but_the_pin, pins={"posa/dispatcher": dispatcher})
+    try:
+        def ask(body: object) -> object:
+            return sender.request("posa/dispatcher", body, timeout=5).body
+        with pytest.raises(posa.Rejected, match=r"unknown dispatcher operation "
+                           r"'frobnicate'; known: .*lookup.*register"):
+            ask({"op": "frobnicate"})
+        with pytest.raises(posa.Rejected, match="a map with an 'op' field"):
+            ask(["lookup"])
+        with pytest.raises(posa.Rejected, match="name"):
+            ask({"op": "lookup"})
+        assert ask({"op": "ping"})["node"]      # still serving
+    finally:
+        sender.close()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "posa", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=30,
