@@ -143,9 +143,9 @@ class Peer:
         self._closed = False
         self._accepting = True
         self.stats = {"received": 0, "sent": 0}
-        if listen is None:
+        if listen is None:   # plain tcp: the fastest remote transport (docs/benchmarks.md)
             listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
-                      else "zmq+tcp://127.0.0.1:0")
+                      else "tcp://127.0.0.1:0")
         self._endpoints = self._open_endpoints(listen)
         try:
             registration = self.registry.register(
