@@ -51,7 +51,7 @@ class Server:
 
     def __init__(self, service: str, handler: Callable[[Any], Any], *,
                  dispatcher: str | None = None, registry: Registry | None = None,
-                 listen: str | Sequence[str] = "zmq+tcp://127.0.0.1:0", weight: int = 1,
+                 listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
                  name: str | None = None, lease: float = 10.0, workers: int = 0,
                  **peer_options: Any) -> None:
         self.service = validate_name(service)
