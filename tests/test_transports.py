@@ -3,6 +3,9 @@ transport by scheme; what only the inproc transport promises."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -14,6 +17,7 @@ from posa.errors import Closed, Timeout, TransportError
 from transports import Options
 from transports import testing as conformance
 from transports.inproc import InprocTransport
+from tests.support import ROOT
 
 MODULES = {
     "inproc": "transports.inproc",
@@ -275,3 +279,55 @@ def test_inproc_reply_to_a_closed_connection() -> None:
     with pytest.raises(TransportError, match="was closed or dropped"):
         listener.send(route, b"too late")
     listener.close()
+
+
+PLUGIN = '''
+from transports.inproc import InprocTransport
+
+
+class LoopTransport:
+    """``loop://NAME``: the inproc transport under another scheme."""
+    schemes = ("loop",)
+
+    def __init__(self):
+        self._inner = InprocTransport()
+
+    def listen(self, address, options):
+        return self._inner.listen("inproc://" + address.removeprefix("loop://"), options)
+
+    def connect(self, address, options):
+        return self._inner.connect("inproc://" + address.removeprefix("loop://"), options)
+'''
+
+USE_PLUGINS = '''
+import transports
+from posa.errors import TransportError
+listener = transports.listen("loop://plugged")
+connection = transports.connect("loop://plugged")
+connection.send(b"through the plugin")
+print(listener.recv(5.0)[1].decode())
+try:
+    transports.get("nowhere")
+except TransportError as exc:
+    print(exc)
+'''
+
+
+def test_transport_plugins_load_from_entry_points(tmp_path: Path) -> None:
+    """An installed distribution's ``posa.transports`` entry points serve their
+    schemes; a plugin that cannot load is named in the error, built-ins unharmed."""
+    (tmp_path / "loopplug.py").write_text(PLUGIN)
+    for dist, entry in (("loopplug", "loop = loopplug:LoopTransport"),
+                        ("brokenplug", "nowhere = brokenplug_missing:Transport")):
+        info = tmp_path / f"{dist}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[posa.transports]\n{entry}\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    done = subprocess.run([sys.executable, "-c", USE_PLUGINS], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "through the plugin"
+    assert "no transport serves scheme 'nowhere'" in lines[1]
+    assert "plugin 'nowhere'" in lines[1] and "fix or uninstall it" in lines[1]

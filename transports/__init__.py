@@ -12,7 +12,6 @@ URI schemes it serves. See docs/transports.md.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from posa.errors import TransportError
 from transports.base import Connection, Listener, Options, Route, Transport
@@ -28,7 +27,7 @@ _BUILTIN = {
     "zmq+ipc": "transports.zmq:ZmqTransport",
 }
 _loaded: dict[str, Transport] = {}
-_plugins_scanned = False
+_plugin_failures: list[str] | None = None    # None until the plugins are scanned
 
 
 def register(transport: Transport) -> None:
@@ -37,15 +36,22 @@ def register(transport: Transport) -> None:
         _loaded[scheme] = transport
 
 
-def _scan_plugins() -> None:
-    global _plugins_scanned
-    _plugins_scanned = True
-    for ep in entry_points(group="posa.transports"):
-        try:
-            register(ep.load()())
-        except Exception as exc:  # a broken plugin must not break the built-ins
-            raise TransportError(f"transport plugin {ep.name!r} ({ep.value}) failed to "
-                                 f"load: {exc}; fix or uninstall it") from None
+def _scan_plugins() -> list[str]:
+    """Load every installed plugin once; return what went wrong with each that
+    failed (a broken plugin must not keep the others, or the built-ins, from working)."""
+    global _plugin_failures
+    if _plugin_failures is None:
+        _plugin_failures = []
+        # imported here: importlib.metadata costs a tenth of posa's import time, and
+        # only an address with an unknown scheme needs it
+        from importlib.metadata import entry_points
+        for ep in entry_points(group="posa.transports"):
+            try:
+                register(ep.load()())
+            except Exception as exc:
+                _plugin_failures.append(f"transport plugin {ep.name!r} ({ep.value}) "
+                                        f"failed to load: {exc}; fix or uninstall it")
+    return _plugin_failures
 
 
 def get(scheme: str) -> Transport:
@@ -62,12 +68,12 @@ def get(scheme: str) -> Transport:
             raise TransportError(f"the {scheme!r} transport cannot load ({exc}); "
                                  "reinstall posa with its dependencies") from None
         return _loaded[scheme]
-    if not _plugins_scanned:
-        _scan_plugins()
-        if scheme in _loaded:
-            return _loaded[scheme]
+    failures = _scan_plugins()
+    if scheme in _loaded:
+        return _loaded[scheme]
     raise TransportError(f"no transport serves scheme {scheme!r}; use one of "
-                         f"{', '.join(schemes())} or install a posa.transports plugin")
+                         f"{', '.join(schemes())} or install a posa.transports plugin"
+                         + "".join(f" ({failure})" for failure in failures))
 
 
 def schemes() -> list[str]:
