@@ -267,7 +267,9 @@ BENCHES = [
     Bench("peer_migration", "Peer.send at full speed while the receiver migrates "
           "zmq+tcp→tcp→zmq+tcp", _migration, N_ONEWAY // 2, GAP,
           note=f"gap = longest time between two deliveries from the start of migrate() "
-               f"until its {GRACE} s grace ended; worst of {len(MOVES)} moves"),
+               f"until its {GRACE} s grace ended; worst of {len(MOVES)} moves. The receiver "
+               f"does not freeze its garbage collector, so a full collection (10–20 ms "
+               f"here) counts when it falls in the window: see docs/operations.md"),
 ]
 
 PEERS = "peers"
