@@ -64,7 +64,9 @@ class Reactor:
         self.name = name
         self._poller = Poller()
         self._callbacks: dict[int, Callable[[], Any] | None] = {}   # by descriptor
-        self._sources: dict[Source, Callable[[], Any]] = {}
+        # each source's descriptor as registered (it may not answer fileno() once
+        # closed) and its callback
+        self._sources: dict[Source, tuple[int, Callable[[], Any]]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._handoffs: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
@@ -131,9 +133,9 @@ class Reactor:
             self.call_soon(self._add_source, source, callback)
 
     def _add_source(self, source: Source, callback: Callable[[], Any]) -> None:
-        self._sources[source] = callback
         fd = source.fileno()
         self._poller.register(fd, READ)
+        self._sources[source] = (fd, callback)
         self._callbacks[fd] = callback
         callback()  # input may have arrived before the registration
 
@@ -142,13 +144,17 @@ class Reactor:
         self.call(self._remove_source, source)
 
     def _remove_source(self, source: Source) -> None:
-        if self._sources.pop(source, None) is not None:
+        entry = self._sources.pop(source, None)
+        if entry is None:
+            return
+        fd, callback = entry
+        # the descriptor may have been closed and its number given to a newer source
+        if self._callbacks.get(fd) is callback:
+            del self._callbacks[fd]
             try:
-                fd = source.fileno()
-                self._callbacks.pop(fd, None)
                 self._poller.unregister(fd)
-            except (KeyError, ValueError, OSError, PosaError):
-                pass
+            except (KeyError, ValueError, OSError):
+                pass    # closed already: epoll forgot it by itself
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn()`` once after ``delay`` seconds. Safe from any thread."""
@@ -179,7 +185,7 @@ class Reactor:
         if timers and timers[0][0] <= time.monotonic():
             self._run_timers()
         busy = False
-        for source, callback in list(self._sources.items()):
+        for source, (_, callback) in list(self._sources.items()):
             try:
                 if source.pending():
                     busy = True
@@ -194,10 +200,7 @@ class Reactor:
                 wait = min(wait, timeout)
         else:
             wait = timeout
-        try:
-            events = self._poller.poll(-1 if wait is None else wait)
-        except InterruptedError:
-            return
+        events = self._poller.poll(-1 if wait is None else max(0.0, wait))
         callbacks = self._callbacks
         for fd, _ in events:
             callback = callbacks.get(fd)

@@ -113,3 +113,98 @@ def test_close_stops_the_thread_and_releases_descriptors() -> None:
     r.close()
     assert thread is not None and not thread.is_alive()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_negative_timeout_polls_without_waiting() -> None:
+    r = Reactor("not-started")
+    try:
+        finished = threading.Event()
+        worker = threading.Thread(target=lambda: (r.run_once(-1.0), finished.set()),
+                                  daemon=True)
+        worker.start()
+        assert finished.wait(5), "run_once(-1) must return at once, as run_once(0) does"
+    finally:
+        r.close()
+
+
+class _PipeSource:
+    """A source on the read end of a pipe; counts its callbacks. Once closed, its
+    ``fileno()`` raises, or (``keeps_number``) still answers the old number."""
+
+    def __init__(self, keeps_number: bool = False) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self.keeps_number = keeps_number
+        self.calls = 0
+        self.closed = False
+
+    def fileno(self) -> int:
+        if self.closed and not self.keeps_number:
+            raise OSError("closed")
+        return self.read_fd
+
+    def pending(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        self.calls += 1
+        if not self.closed:
+            os.set_blocking(self.read_fd, False)
+            try:
+                os.read(self.read_fd, 4096)
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _watch(reactor: Reactor, source: _PipeSource) -> None:
+    reactor.add_source(source, source.drain)
+    reactor.call(lambda: None)                # hand-offs run in order: it is watched
+
+
+@pytest.mark.parametrize("keeps_number", [False, True])
+def test_a_source_closed_before_its_removal_is_forgotten(reactor: Reactor,
+                                                         keeps_number: bool) -> None:
+    source = _PipeSource(keeps_number)
+    _watch(reactor, source)
+    number = source.read_fd
+    source.close()
+    reactor.remove_source(source)
+    assert source not in reactor._sources
+    assert number not in reactor._callbacks, "its callback (and its owner) stays alive"
+
+
+@pytest.mark.parametrize("keeps_number", [False, True])
+def test_removing_a_closed_source_leaves_a_newer_one_on_its_number_watched(
+        reactor: Reactor, keeps_number: bool) -> None:
+    old = _PipeSource(keeps_number)
+    _watch(reactor, old)
+    number = old.read_fd
+    old.close()                               # closed before it was removed
+    new = None
+    spare = []
+    try:
+        for _ in range(64):                   # get a pipe on the same number
+            candidate = _PipeSource()
+            if candidate.read_fd == number:
+                new = candidate
+                break
+            spare.append(candidate)
+        assert new is not None, "the closed number was not handed out again"
+        _watch(reactor, new)
+        reactor.remove_source(old)            # must not take the new one's watch
+        calls = new.calls
+        os.write(new.write_fd, b"x")
+        for _ in range(100):
+            if new.calls > calls:
+                break
+            time.sleep(0.02)
+        assert new.calls > calls, "the newer source on the reused number went unwatched"
+        reactor.remove_source(new)
+        assert number not in reactor._callbacks
+    finally:
+        for source in [*spare, *([new] if new is not None else [])]:
+            source.close()

@@ -310,24 +310,32 @@ try:
     transports.get("nowhere")
 except TransportError as exc:
     print(exc)
+builtin = transports.listen("tcp://127.0.0.1:0")
+print(builtin.address.startswith("tcp://"))
+builtin.close()
 '''
 
 
 def test_transport_plugins_load_from_entry_points(tmp_path: Path) -> None:
     """An installed distribution's ``posa.transports`` entry points serve their
-    schemes; a plugin that cannot load is named in the error, built-ins unharmed."""
+    schemes. A plugin that cannot load, or a package whose entry points cannot be
+    read, is named in the error for a scheme nobody serves and harms nothing else."""
     (tmp_path / "loopplug.py").write_text(PLUGIN)
-    for dist, entry in (("loopplug", "loop = loopplug:LoopTransport"),
-                        ("brokenplug", "nowhere = brokenplug_missing:Transport")):
+    for dist, entries in (("loopplug", "[posa.transports]\nloop = loopplug:LoopTransport"),
+                          ("brokenplug", "[posa.transports]\nnowhere = brokenplug_gone:T"),
+                          ("garbled", "[console_scripts]\nthis is = = not\n[[[")):
         info = tmp_path / f"{dist}-1.0.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[posa.transports]\n{entry}\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+        (info / "entry_points.txt").write_text(entries + "\n")
+    path = [str(tmp_path), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     done = subprocess.run([sys.executable, "-c", USE_PLUGINS], capture_output=True,
                           text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0] == "through the plugin"
-    assert "no transport serves scheme 'nowhere'" in lines[1]
-    assert "plugin 'nowhere'" in lines[1] and "fix or uninstall it" in lines[1]
+    plugged, error, builtin = done.stdout.splitlines()
+    assert plugged == "through the plugin"
+    assert "no transport serves scheme 'nowhere'" in error
+    assert "plugin 'nowhere'" in error and "fix or uninstall it" in error
+    assert "package 'garbled'" in error
+    assert builtin == "True"

@@ -12,6 +12,8 @@ URI schemes it serves. See docs/transports.md.
 from __future__ import annotations
 
 import importlib
+import threading
+from typing import Any
 
 from posa.errors import TransportError
 from transports.base import Connection, Listener, Options, Route, Transport
@@ -28,6 +30,7 @@ _BUILTIN = {
 }
 _loaded: dict[str, Transport] = {}
 _plugin_failures: list[str] | None = None    # None until the plugins are scanned
+_scan_lock = threading.Lock()
 
 
 def register(transport: Transport) -> None:
@@ -38,20 +41,42 @@ def register(transport: Transport) -> None:
 
 def _scan_plugins() -> list[str]:
     """Load every installed plugin once; return what went wrong with each that
-    failed (a broken plugin must not keep the others, or the built-ins, from working)."""
+    failed. A broken plugin, or a package whose entry points cannot be read, must
+    not keep the others or the built-ins from working."""
     global _plugin_failures
-    if _plugin_failures is None:
-        _plugin_failures = []
-        # imported here: importlib.metadata costs a tenth of posa's import time, and
-        # only an address with an unknown scheme needs it
-        from importlib.metadata import entry_points
-        for ep in entry_points(group="posa.transports"):
-            try:
-                register(ep.load()())
-            except Exception as exc:
-                _plugin_failures.append(f"transport plugin {ep.name!r} ({ep.value}) "
-                                        f"failed to load: {exc}; fix or uninstall it")
-    return _plugin_failures
+    with _scan_lock:
+        if _plugin_failures is None:
+            failures: list[str] = []
+            for ep in _plugin_entry_points(failures):
+                try:
+                    register(ep.load()())
+                except Exception as exc:
+                    failures.append(f"transport plugin {ep.name!r} ({ep.value}) failed "
+                                    f"to load: {exc}; fix or uninstall it")
+            _plugin_failures = failures
+        return _plugin_failures
+
+
+def _plugin_entry_points(failures: list[str]) -> list[Any]:
+    """The ``posa.transports`` entry points of every installed distribution, read
+    one distribution at a time (the first of a name on the path wins)."""
+    # imported here: importlib.metadata costs a tenth of posa's import time, and
+    # only an address with an unknown scheme needs it
+    from importlib.metadata import distributions
+    found, seen = [], set()
+    for dist in distributions():
+        name = "?"
+        try:
+            name = (dist.metadata["Name"] or "?").lower().replace("_", "-")
+            if name in seen:
+                continue
+            seen.add(name)
+            found.extend(ep for ep in dist.entry_points if ep.group == "posa.transports")
+        except Exception as exc:     # e.g. a malformed entry_points.txt
+            failures.append(f"the entry points of the installed package {name!r} "
+                            f"cannot be read ({type(exc).__name__}: {exc}); fix or "
+                            "reinstall it")
+    return found
 
 
 def get(scheme: str) -> Transport:

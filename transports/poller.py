@@ -39,7 +39,12 @@ else:                                            # pragma: no cover (not Linux)
             return self._selector.fileno()
 
         def register(self, fd: int, mask: int) -> None:
-            self._selector.register(fd, mask)
+            try:
+                self._selector.register(fd, mask)
+            except KeyError:
+                # a number still held for a descriptor closed without being
+                # unregistered (epoll forgets those by itself): take it over
+                self._selector.modify(fd, mask)
 
         def modify(self, fd: int, mask: int) -> None:
             self._selector.modify(fd, mask)

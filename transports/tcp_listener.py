@@ -231,9 +231,7 @@ class TcpListener:
             if self._closed:
                 raise self._closed_error()
             try:
-                events = self._poller.poll(-1 if timeout is None else timeout)
-            except InterruptedError:
-                events = []
+                events = self._poller.poll(-1 if timeout is None else max(0.0, timeout))
             except OSError as exc:
                 raise TransportError(f"polling {self.address} failed: "
                                      f"{error_text(exc)}") from None
@@ -277,10 +275,16 @@ class TcpListener:
             except OSError:
                 sock.close()  # reset before it could be used: nothing to serve
                 continue
+            try:
+                self._poller.register(sock, READ)
+            except OSError as exc:     # the kernel is out of room for watches
+                sock.close()
+                log.warning("%s: cannot watch a connection from %s: %s", self.address,
+                            where, error_text(exc))
+                continue
             peer = _Peer(next(self._ids), sock, where, FrameDecoder(self._max_frame))
             self._peers[peer.route] = peer
             self._owners[sock.fileno()] = peer
-            self._poller.register(sock, READ)
 
     def _read(self, peer: _Peer) -> None:
         try:
@@ -384,7 +388,10 @@ class TcpListener:
         """Close ``peer``; count it in ``rejections`` under ``cause`` if given."""
         del self._peers[peer.route]
         del self._owners[peer.sock.fileno()]
-        self._poller.unregister(peer.sock)
+        try:
+            self._poller.unregister(peer.sock)
+        except (OSError, ValueError, KeyError):
+            pass                  # closing below takes it out of the set as well
         peer.sock.close()
         if cause is None:
             log.debug("%s: connection %d from %s ended: %s", self.address, peer.route,
