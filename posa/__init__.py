@@ -10,7 +10,8 @@ See docs/ for the patterns: peers (Forwarder-Receiver), the dispatcher
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # the error tree first: transports import it while this package initialises
 from posa.errors import (Closed, InvalidName, NameNotFound, PosaError, ProtocolError,
@@ -25,12 +26,28 @@ from posa.registry_client import RegistryClient
 from posa.dispatcher import Dispatcher
 from posa.services import Channel, Client, Server
 from posa.forwarder import Sender
-from posa.filters import InvalidFilter
-from posa.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
-from posa.masterslave import Master, Outcome, Slave
-from posa.workqueue import WorkQueue, Worker
-from posa.pipeline import Pipeline, Stage
 from posa.security import Acl, HmacAuthenticator, Keyring
+
+if TYPE_CHECKING:
+    from posa.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
+    from posa.filters import InvalidFilter
+    from posa.masterslave import Master, Outcome, Slave
+    from posa.pipeline import Pipeline, Stage
+    from posa.workqueue import WorkQueue, Worker
+    from posa.zeroconf_registry import ZeroconfRegistry
+
+# the patterns built on peers load on first use: a process that only sends to
+# names does not pay for them (import time, and objects every full garbage
+# collection walks: docs/operations.md)
+_LAZY = {
+    **dict.fromkeys(["Event", "EventChannel", "Gap", "Publisher", "Subscriber"],
+                    "posa.eventchannel"),
+    "InvalidFilter": "posa.filters",
+    **dict.fromkeys(["Master", "Outcome", "Slave"], "posa.masterslave"),
+    **dict.fromkeys(["WorkQueue", "Worker"], "posa.workqueue"),
+    **dict.fromkeys(["Pipeline", "Stage"], "posa.pipeline"),
+    "ZeroconfRegistry": "posa.zeroconf_registry",   # and zeroconf with it
+}
 
 __all__ = [
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
@@ -49,8 +66,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # zeroconf is imported only by those who use LAN discovery
-    if name == "ZeroconfRegistry":
-        from posa.zeroconf_registry import ZeroconfRegistry
-        return ZeroconfRegistry
-    raise AttributeError(f"module 'posa' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'posa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
 import posa
 import posa.aio
 import transports
+from tests.support import ROOT
 
 PUBLIC = ["posa", "posa.aio", "transports"] + [
     f"posa.{m}" for m in ("errors", "message", "names", "registry", "reactor", "peer",
@@ -39,3 +42,18 @@ def test_the_contract_of_the_design_is_there() -> None:
         assert hasattr(posa, name), f"posa.{name} is part of the documented contract"
     assert {"Peer", "Publisher", "Subscriber"} <= set(posa.aio.__all__)
     assert set(transports.schemes()) >= {"inproc", "tcp", "zmq+tcp", "zmq+ipc"}
+
+
+def test_the_patterns_on_top_of_peers_load_on_first_use() -> None:
+    """``import posa`` loads the core only; each pattern loads when first named."""
+    script = (
+        "import sys, posa\n"
+        "heavy = ['asyncio', 'zeroconf', 'posa.eventchannel', 'posa.workqueue',"
+        " 'posa.masterslave', 'posa.pipeline']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print(posa.EventChannel.__module__, 'posa.eventchannel' in sys.modules)\n"
+        "print('WorkQueue' in dir(posa))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "posa.eventchannel True", "True"]
