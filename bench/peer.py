@@ -268,7 +268,7 @@ BENCHES = [
           "zmq+tcp→tcp→zmq+tcp", _migration, N_ONEWAY // 2, GAP,
           note=f"gap = longest time between two deliveries from the start of migrate() "
                f"until its {GRACE} s grace ended; worst of {len(MOVES)} moves. The receiver "
-               f"does not freeze its garbage collector, so a full collection (10–20 ms "
+               f"does not freeze its garbage collector, so a full collection (9–15 ms "
                f"here) counts when it falls in the window: see docs/operations.md"),
 ]
 
