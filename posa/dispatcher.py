@@ -64,9 +64,9 @@ def registration_to_wire(r: Registration) -> dict[str, Any]:
 
 def registration_from_wire(data: Any) -> Registration:
     try:
-        return Registration(name=data["name"], addresses=tuple(data["addresses"]),
-                            epoch=int(data["epoch"]), lease=float(data["lease"]),
-                            expires_in=float(data["expires_in"]), meta=dict(data["meta"]))
+        return Registration(data["name"], tuple(data["addresses"]), int(data["epoch"]),
+                            float(data["lease"]), float(data["expires_in"]),
+                            dict(data["meta"]))
     except (TypeError, KeyError, ValueError) as exc:
         raise ProtocolError(f"malformed registration from the dispatcher: {exc}") from None
 
