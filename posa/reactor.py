@@ -63,7 +63,7 @@ class Reactor:
     def __init__(self, name: str = "posa-reactor") -> None:
         self.name = name
         self._poller = Poller()
-        self._callbacks: dict[int, Callable[[], Any] | None] = {}   # by descriptor
+        self._callbacks: dict[int, Callable[[], Any]] = {}   # by descriptor
         # each source's descriptor as registered (it may not answer fileno() once
         # closed) and its callback
         self._sources: dict[Source, tuple[int, Callable[[], Any]]] = {}
@@ -75,7 +75,7 @@ class Reactor:
         os.set_blocking(self._wake_w, False)
         self._signalled = False
         self._poller.register(self._wake_r, READ)
-        self._callbacks[self._wake_r] = None
+        self._callbacks[self._wake_r] = self._drain_wakeups
         self._thread: threading.Thread | None = None
         self._running = False
         self._stopping = False
@@ -206,8 +206,6 @@ class Reactor:
             callback = callbacks.get(fd)
             if callback is not None:
                 self._guard(callback)
-            elif fd == self._wake_r:
-                self._drain_wakeups()
 
     def _drain_wakeups(self) -> None:
         try:

@@ -135,6 +135,7 @@ class _PipeSource:
         self.read_fd, self.write_fd = os.pipe()
         self.keeps_number = keeps_number
         self.calls = 0
+        self.called = threading.Event()
         self.closed = False
 
     def fileno(self) -> int:
@@ -147,6 +148,7 @@ class _PipeSource:
 
     def drain(self) -> None:
         self.calls += 1
+        self.called.set()
         if not self.closed:
             os.set_blocking(self.read_fd, False)
             try:
@@ -196,13 +198,9 @@ def test_removing_a_closed_source_leaves_a_newer_one_on_its_number_watched(
         assert new is not None, "the closed number was not handed out again"
         _watch(reactor, new)
         reactor.remove_source(old)            # must not take the new one's watch
-        calls = new.calls
+        new.called.clear()                    # (add_source drained it once)
         os.write(new.write_fd, b"x")
-        for _ in range(100):
-            if new.calls > calls:
-                break
-            time.sleep(0.02)
-        assert new.calls > calls, "the newer source on the reused number went unwatched"
+        assert new.called.wait(2), "the newer source on the reused number went unwatched"
         reactor.remove_source(new)
         assert number not in reactor._callbacks
     finally:

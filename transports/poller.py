@@ -1,7 +1,7 @@
 """``Poller``: the readiness poller under the reactor and the tcp listener.
 
-On Linux it is ``select.epoll`` itself. Elsewhere it is a stand-in built on
-``selectors`` with the same calls (``register``, ``modify``, ``unregister``,
+On Linux it is ``select.epoll`` itself. Elsewhere it is ``SelectorPoller``, built
+on ``selectors`` with the same calls (``register``, ``modify``, ``unregister``,
 ``poll``, ``fileno``, ``close``). Both report ``(fd, mask)`` pairs; ``READ``
 and ``WRITE`` are the mask bits.
 
@@ -19,45 +19,55 @@ import select
 import selectors
 from typing import Any
 
-__all__ = ["Poller", "READ", "WRITE", "readable", "writable"]
+__all__ = ["Poller", "SelectorPoller", "READ", "WRITE", "readable", "writable"]
 
-if hasattr(select, "epoll"):
-    READ: int = select.EPOLLIN
-    WRITE: int = select.EPOLLOUT
-    Poller: Any = select.epoll
-else:                                            # pragma: no cover (not Linux)
-    READ = selectors.EVENT_READ
-    WRITE = selectors.EVENT_WRITE
+READ: int = getattr(select, "EPOLLIN", selectors.EVENT_READ)
+WRITE: int = getattr(select, "EPOLLOUT", selectors.EVENT_WRITE)
 
-    class Poller:   # type: ignore[no-redef]
-        """``select.epoll``'s calls over the platform's ``selectors`` selector."""
 
-        def __init__(self) -> None:
-            self._selector = selectors.DefaultSelector()
+class SelectorPoller:
+    """``select.epoll``'s calls and masks over the platform's ``selectors``
+    selector: the poller where there is no epoll (tested on Linux as well)."""
 
-        def fileno(self) -> int:
-            return self._selector.fileno()
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
 
-        def register(self, fd: int, mask: int) -> None:
-            try:
-                self._selector.register(fd, mask)
-            except KeyError:
-                # a number still held for a descriptor closed without being
-                # unregistered (epoll forgets those by itself): take it over
-                self._selector.modify(fd, mask)
+    def fileno(self) -> int:
+        return self._selector.fileno()
 
-        def modify(self, fd: int, mask: int) -> None:
-            self._selector.modify(fd, mask)
-
-        def unregister(self, fd: int) -> None:
+    def register(self, fd: Any, mask: int) -> None:
+        try:
+            self._selector.register(fd, _events(mask))
+        except KeyError:
+            # a number still held for a descriptor closed without being
+            # unregistered (epoll forgets those by itself): drop the stale entry
+            # (a modify would keep it, and nothing would be watched) and register
             self._selector.unregister(fd)
+            self._selector.register(fd, _events(mask))
 
-        def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
-            wait = None if timeout is None or timeout < 0 else timeout
-            return [(key.fd, events) for key, events in self._selector.select(wait)]
+    def modify(self, fd: Any, mask: int) -> None:
+        self._selector.modify(fd, _events(mask))
 
-        def close(self) -> None:
-            self._selector.close()
+    def unregister(self, fd: Any) -> None:
+        self._selector.unregister(fd)
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        """Ready ``(fd, mask)`` pairs; a negative timeout waits for ever, as epoll's."""
+        wait = None if timeout < 0 else timeout
+        return [(key.fd, (READ if events & selectors.EVENT_READ else 0)
+                 | (WRITE if events & selectors.EVENT_WRITE else 0))
+                for key, events in self._selector.select(wait)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def _events(mask: int) -> int:
+    return ((selectors.EVENT_READ if mask & READ else 0)
+            | (selectors.EVENT_WRITE if mask & WRITE else 0))
+
+
+Poller: Any = select.epoll if hasattr(select, "epoll") else SelectorPoller
 
 
 def readable(mask: int) -> bool:

@@ -3,18 +3,18 @@
 Strategy.
 
 *One descriptor for the reactor.* A listener owns an inner poller (epoll on
-Linux, ``transports.poller``) holding its listening socket, every accepted connection and a wake-up
-socket. ``fileno()`` is that poller's descriptor, readable whenever one of
-them is ready, so a reactor waits on one descriptor per listener however many
-peers are connected. ``recv_nowait()`` serves queued frames; when none are
-queued it polls the inner poller without waiting, accepts, reads each ready
-connection once into one reused 256 KiB buffer (no allocation per read: see the
-allocator pitfall in the anchors' RESULTS.md), and queues every complete frame
-as ``(route, frame)``. One buffer's worth per connection and poll bounds the
-queue. ``send`` writes at once; what the kernel does not take waits in that
-connection's ``SendQueue``, the connection is registered for writability, and
-the next poll (which the poller's readiness brings about) flushes the waiting
-frames in one write.
+Linux: ``transports.poller``) holding its listening socket, every accepted
+connection and a wake-up socket. ``fileno()`` is that poller's descriptor,
+readable whenever one of them is ready, so a reactor waits on one descriptor per
+listener however many peers are connected. ``recv_nowait()`` serves queued
+frames; when none are queued it polls the inner poller without waiting, accepts,
+reads each ready connection once into one reused 256 KiB buffer (no allocation
+per read: see the allocator pitfall in the anchors' RESULTS.md), and queues
+every complete frame as ``(route, frame)``. One buffer's worth per connection
+and poll bounds the queue. ``send`` writes at once; what the kernel does not
+take waits in that connection's ``SendQueue``, the connection is registered for
+writability, and the next poll (which the poller's readiness brings about)
+flushes the waiting frames in one write.
 
 *Bad peers.* A connection that fails the greeting, announces a frame over
 ``max_frame_size``, closes mid-frame, or arrives past ``max_connections`` is
