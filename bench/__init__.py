@@ -49,8 +49,9 @@ exist yet is reported as a pending slot.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Bench", "Goal", "Column", "AREAS", "ONEWAY", "RR", "LOOKUP", "FANOUT", "GAP"]
 

@@ -15,7 +15,8 @@ with it, in every rep.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench import FANOUT, LOOKUP, ONEWAY, RR, Bench
 

@@ -18,8 +18,16 @@ from typing import Any
 import posa
 from bench import FANOUT, Bench, Goal
 from bench.anchors import N_FANOUT
-from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, IDLE_TIMEOUT_S, emit,
-                          make_msg, now, ready, wait_release)
+from bench.common import (
+    FIRST_MSG_TIMEOUT_S,
+    HARD_LIFETIME_S,
+    IDLE_TIMEOUT_S,
+    emit,
+    make_msg,
+    now,
+    ready,
+    wait_release,
+)
 from posa.errors import Timeout
 
 MODULE = "bench.channel"

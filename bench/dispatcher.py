@@ -22,13 +22,22 @@ import random
 import secrets
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import posa
 from bench import LOOKUP, RR, Bench, Goal
 from bench.anchors import N_LOOKUP, N_RR
-from bench.common import (HARD_LIFETIME_S, MAX_MEASURE_S, emit, make_msg, now, ready,
-                          timed_calls, wait_release)
+from bench.common import (
+    HARD_LIFETIME_S,
+    MAX_MEASURE_S,
+    emit,
+    make_msg,
+    now,
+    ready,
+    timed_calls,
+    wait_release,
+)
 
 MODULE = "bench.dispatcher"
 N_CACHED = 200_000

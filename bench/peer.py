@@ -24,16 +24,27 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import posa
 import posa.aio
-import transports
 from bench import GAP, ONEWAY, RR, Bench, Goal
 from bench.anchors import N_ONEWAY, N_RR
-from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, emit, make_msg, now,
-                          oneway_metrics, ready, send_stream, timed_calls, timed_calls_async,
-                          wait_release)
+from bench.common import (
+    FIRST_MSG_TIMEOUT_S,
+    HARD_LIFETIME_S,
+    emit,
+    make_msg,
+    now,
+    oneway_metrics,
+    ready,
+    send_stream,
+    timed_calls,
+    timed_calls_async,
+    wait_release,
+)
+from posa import transport
 
 MODULE = "bench.peer"
 MOVES = ("tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0")   # where the migrating sink goes
@@ -150,8 +161,8 @@ def _warm(listen: str) -> None:
     """Open, use and close an endpoint of ``listen``'s transport and of every
     transport a migration goes to."""
     for address in {listen, *MOVES}:
-        listener = transports.listen(address)
-        conn = transports.connect(listener.address)
+        listener = transport.listen(address)
+        conn = transport.connect(listener.address)
         conn.send(b"warm")
         listener.recv(5.0)
         conn.close()

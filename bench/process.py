@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["Proc", "ProcGroup", "BenchError"]
 

@@ -15,7 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from bench import AREAS, FANOUT, LOOKUP, ONEWAY, RR, Bench, Column, Goal
 from bench.anchors import ANCHORS

@@ -127,7 +127,7 @@ class Context:
             assert spec is not None and spec.loader is not None
             runner = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(runner)
-            setattr(runner, "PY", self.anchor_python)   # the interpreter of its processes
+            runner.PY = self.anchor_python   # the interpreter of its processes
             self._anchor_runner = runner
         for module in needs:
             self._need_module(module)

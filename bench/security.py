@@ -11,7 +11,8 @@ the runner makes for the row and hands them on their command line.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import posa
 from bench import ONEWAY, Bench, Goal

@@ -11,18 +11,31 @@ when nothing is queued, as a reactor would.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
-import transports
 from bench import ONEWAY, RR, Bench, Goal
 from bench.anchors import N_ONEWAY, N_RR
-from bench.common import (FIRST_MSG_TIMEOUT_S, HARD_LIFETIME_S, IDLE_TIMEOUT_S,
-                          MAX_MEASURE_S, decode, emit, encode, make_msg, now, oneway_metrics,
-                          ready, timed_calls, wait_release)
+from bench.common import (
+    FIRST_MSG_TIMEOUT_S,
+    HARD_LIFETIME_S,
+    IDLE_TIMEOUT_S,
+    MAX_MEASURE_S,
+    decode,
+    emit,
+    encode,
+    make_msg,
+    now,
+    oneway_metrics,
+    ready,
+    timed_calls,
+    wait_release,
+)
+from posa import transport
 from posa.errors import Timeout
-from transports.base import Connection, Listener
+from posa.transport.base import Connection, Listener
 
 MODULE = "bench.transport"
 STOP = b"STOP"
@@ -67,7 +80,7 @@ def _send(conn: Connection, n: int) -> dict[str, Any]:
 
 
 def role_recv(addr: str, n: int) -> None:
-    listener = transports.listen(addr)
+    listener = transport.listen(addr)
     ready(listener.address)
     result = _receive(listener, n)
     emit(result)
@@ -75,7 +88,7 @@ def role_recv(addr: str, n: int) -> None:
 
 
 def role_send(addr: str, n: int) -> None:
-    conn = transports.connect(addr)
+    conn = transport.connect(addr)
     result = _send(conn, n)
     emit(result)
     wait_release()      # keep the connection open until the receiver has everything
@@ -84,8 +97,8 @@ def role_send(addr: str, n: int) -> None:
 
 def role_inproc(n: int) -> None:
     """Both ends in one process: a receiving thread and the sending main thread."""
-    listener = transports.listen("inproc://bench-oneway")
-    conn = transports.connect(listener.address)
+    listener = transport.listen("inproc://bench-oneway")
+    conn = transport.connect(listener.address)
     got: dict[str, Any] = {}
     receiver = threading.Thread(target=lambda: got.update(_receive(listener, n)), daemon=True)
     receiver.start()
@@ -131,21 +144,21 @@ def _call_loop(conn: Connection, n: int) -> dict[str, Any]:
 
 
 def role_rr_server(addr: str) -> None:
-    listener = transports.listen(addr)
+    listener = transport.listen(addr)
     ready(listener.address)
     emit({"served": _serve(listener)})
     listener.close()
 
 
 def role_rr_client(addr: str, n: int) -> None:
-    conn = transports.connect(addr)
+    conn = transport.connect(addr)
     emit(_call_loop(conn, n))
     conn.close()
 
 
 def role_inproc_rr(n: int) -> None:
-    listener = transports.listen("inproc://bench-rr")
-    conn = transports.connect(listener.address)
+    listener = transport.listen("inproc://bench-rr")
+    conn = transport.connect(listener.address)
     server = threading.Thread(target=_serve, args=(listener,), daemon=True)
     server.start()
     emit(_call_loop(conn, n))

@@ -17,14 +17,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import posa
 from bench import Bench, Column, Goal
 from bench.common import HARD_LIFETIME_S, MAX_MEASURE_S, emit, now, ready, wait_release
-from posa.masterslave import Master, Slave
-from posa.workqueue import Item, WorkQueue, Worker
+from posa.work.masterslave import Master, Slave
+from posa.work.queue import Item, Worker, WorkQueue
 
 MODULE = "bench.work"
 N_ITEMS = 50_000

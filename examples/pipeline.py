@@ -23,10 +23,11 @@ import json
 import signal
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import posa
-from posa.pipeline import Pipeline, start_instances
+from posa.work.pipeline import Pipeline, start_instances
 
 NAME = "pipe/text"
 

@@ -23,11 +23,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import posa
-from posa.masterslave import Master, Slave
-from posa.workqueue import progress_bar
+from posa.work.masterslave import Master, Slave
+from posa.work.queue import progress_bar
 
 
 def make_job(*, cities: int = 40, tours: int = 20_000, parts: int = 8,

@@ -12,7 +12,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from posa.workqueue import DirectorySource, Item, WorkQueue, Worker, render_progress
+from posa.work.queue import DirectorySource, Item, Worker, WorkQueue, render_progress
 
 QUEUE = "work/wordcount"
 

@@ -7,62 +7,86 @@
 
 See docs/ for the patterns: peers (Forwarder-Receiver), the dispatcher
 (Client-Dispatcher-Server), event channels, master-slave and work queues.
+
+This module is a façade: every name loads its module on first use (PEP 562), so
+``import posa`` costs almost nothing, and a module low in the stack (a transport
+importing ``posa.errors``) does not pull the stack above it in. The public
+modules are ``posa``, ``posa.aio``, ``posa.errors``, ``posa.transport`` (with
+``posa.transport.testing``), ``posa.security`` and ``posa.ops``; everything else
+is internal and may change (docs/architecture.md).
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# the error tree first: transports import it while this package initialises
-from posa.errors import (Closed, InvalidName, NameNotFound, PosaError, ProtocolError,
-                         Rejected, RemoteError, StaleEpoch, Timeout, TransportError,
-                         Unauthorized)
-from posa.message import Codec, Kind, Limits, Message
-from posa.names import matches, validate_name, validate_pattern
-from posa.registry import LocalRegistry, Registration, Registry
-from posa.peer import DEFERRED, Peer
-from posa.reactor import Reactor
-from posa.registry_client import RegistryClient
-from posa.dispatcher import Dispatcher
-from posa.services import Channel, Client, Server
-from posa.forwarder import Sender
-from posa.security import Acl, HmacAuthenticator, Keyring
-
 if TYPE_CHECKING:
-    from posa.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
-    from posa.filters import InvalidFilter
-    from posa.masterslave import Master, Outcome, Slave
-    from posa.pipeline import Pipeline, Stage
-    from posa.workqueue import WorkQueue, Worker
-    from posa.zeroconf_registry import ZeroconfRegistry
+    from posa.channel.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
+    from posa.channel.predicate import InvalidFilter
+    from posa.dispatch.dispatcher import Dispatcher
+    from posa.dispatch.services import Client, Server, ServiceChannel
+    from posa.errors import (
+        Closed,
+        InvalidName,
+        NameNotFound,
+        PosaError,
+        ProtocolError,
+        Rejected,
+        RemoteError,
+        StaleEpoch,
+        Timeout,
+        TransportError,
+        Unauthorized,
+    )
+    from posa.naming.client import RegistryClient
+    from posa.naming.registry import LocalRegistry, Registration, Registry
+    from posa.naming.zeroconf.registry import ZeroconfRegistry
+    from posa.peer import DEFERRED, Peer
+    from posa.runtime.reactor import Reactor
+    from posa.security import Acl, HmacAuthenticator, Keyring
+    from posa.wire.codec import CodecLimits, Kind, Message
+    from posa.wire.names import matches, validate_name, validate_pattern
+    from posa.work.masterslave import Master, Outcome, Slave
+    from posa.work.pipeline import Pipeline, Stage
+    from posa.work.queue import Worker, WorkQueue
 
-# the patterns built on peers load on first use: a process that only sends to
-# names does not pay for them (import time, and objects every full garbage
-# collection walks: docs/operations.md)
+__version__ = "0.1.0"
+
+# name -> the module that defines it, imported on first use
 _LAZY = {
+    **dict.fromkeys(["PosaError", "ProtocolError", "TransportError", "Closed", "Timeout",
+                     "InvalidName", "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected",
+                     "RemoteError"], "posa.errors"),
+    **dict.fromkeys(["CodecLimits", "Kind", "Message"], "posa.wire.codec"),
+    **dict.fromkeys(["matches", "validate_name", "validate_pattern"], "posa.wire.names"),
+    **dict.fromkeys(["LocalRegistry", "Registration", "Registry"], "posa.naming.registry"),
+    "RegistryClient": "posa.naming.client",
+    "ZeroconfRegistry": "posa.naming.zeroconf.registry",   # and zeroconf with it
+    **dict.fromkeys(["Peer", "DEFERRED"], "posa.peer"),
+    "Reactor": "posa.runtime.reactor",
+    "Dispatcher": "posa.dispatch.dispatcher",
+    **dict.fromkeys(["Server", "Client", "ServiceChannel"], "posa.dispatch.services"),
     **dict.fromkeys(["Event", "EventChannel", "Gap", "Publisher", "Subscriber"],
-                    "posa.eventchannel"),
-    "InvalidFilter": "posa.filters",
-    **dict.fromkeys(["Master", "Outcome", "Slave"], "posa.masterslave"),
-    **dict.fromkeys(["WorkQueue", "Worker"], "posa.workqueue"),
-    **dict.fromkeys(["Pipeline", "Stage"], "posa.pipeline"),
-    "ZeroconfRegistry": "posa.zeroconf_registry",   # and zeroconf with it
+                    "posa.channel.eventchannel"),
+    "InvalidFilter": "posa.channel.predicate",
+    **dict.fromkeys(["Master", "Outcome", "Slave"], "posa.work.masterslave"),
+    **dict.fromkeys(["WorkQueue", "Worker"], "posa.work.queue"),
+    **dict.fromkeys(["Pipeline", "Stage"], "posa.work.pipeline"),
+    **dict.fromkeys(["Acl", "HmacAuthenticator", "Keyring"], "posa.security"),
 }
 
 __all__ = [
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
     "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected", "RemoteError",
-    "Codec", "Kind", "Limits", "Message",
+    "CodecLimits", "Kind", "Message",
     "matches", "validate_name", "validate_pattern",
-    "LocalRegistry", "Registration", "Registry", "ZeroconfRegistry",
-    "Peer", "DEFERRED", "Reactor", "RegistryClient", "Dispatcher", "Sender",
-    "Server", "Client", "Channel",
+    "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",
+    "Peer", "DEFERRED", "Reactor", "Dispatcher",
+    "Server", "Client", "ServiceChannel",
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "Acl", "HmacAuthenticator", "Keyring",
 ]
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -21,13 +21,14 @@ import concurrent.futures
 import functools
 import threading
 import time
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 from posa import peer as peer_module
+from posa.channel.eventchannel import AsyncPublisher as Publisher
+from posa.channel.eventchannel import AsyncSubscriber as Subscriber
 from posa.errors import PosaError, Timeout
-from posa.eventchannel import AsyncPublisher as Publisher
-from posa.eventchannel import AsyncSubscriber as Subscriber
-from posa.message import Message
+from posa.wire.codec import Message
 
 __all__ = ["Peer", "Publisher", "Subscriber"]
 

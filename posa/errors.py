@@ -14,7 +14,7 @@ occur and never reach users.  Each message says what happened and what to do.
     ├── Unauthorized         a credential, key or ACL refused the operation
     ├── StaleEpoch           a registration older than the one in force
     ├── Rejected             the receiver refused a message (limit, ACL, bad request)
-    │   └── InvalidFilter    a content filter that is not valid data (posa.filters)
+    │   └── InvalidFilter    a content filter that is not valid data (posa.channel.predicate)
     └── RemoteError          a handler on the other side raised; carries its type and text
 """
 from __future__ import annotations

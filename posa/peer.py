@@ -32,21 +32,29 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import transports
-from posa import reactor as reactor_module
-from posa.errors import (Closed, InvalidName, NameNotFound, PosaError, ProtocolError,
-                         Timeout, code_of)
-from posa.forwarder import Sender
-from posa.gatekeeper import Authenticator, Gatekeeper, Rejection
-from posa.leases import keeper
-from posa.message import Codec, Kind, Limits, Message
-from posa.names import is_pattern, validate_name
-from posa.reactor import Reactor
-from posa.registry import LocalRegistry, Registry, resolver
-from posa.streams import Inbound
-from transports.base import Listener, Options
+from posa import transport
+from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
+from posa.delivery.forwarder import Sender
+from posa.delivery.streams import Inbound
+from posa.errors import (
+    Closed,
+    InvalidName,
+    NameNotFound,
+    PosaError,
+    ProtocolError,
+    Timeout,
+    code_of,
+)
+from posa.naming.registry import LocalRegistry, Registry, resolver
+from posa.runtime import reactor as reactor_module
+from posa.runtime.leases import keeper
+from posa.runtime.reactor import Reactor
+from posa.transport.base import Listener, Options
+from posa.wire.codec import Codec, CodecLimits, Kind, Message
+from posa.wire.names import is_pattern, validate_name
 
 __all__ = ["Peer", "DEFERRED", "embedded_registry"]
 
@@ -102,7 +110,7 @@ class Peer:
     def __init__(self, name: str, *, registry: Registry | None = None,
                  listen: str | Sequence[str] | None = None, credential: str | None = None,
                  handler: Callable[[Message], Any] | None = None,
-                 lease: float = 10.0, limits: Limits | None = None,
+                 lease: float = 10.0, limits: CodecLimits | None = None,
                  options: Options | None = None, inbox_size: int = 10000,
                  window: int = 1024, reactor: Reactor | None = None,
                  linger: float = 5.0, gatekeeper: Gatekeeper | None = None,
@@ -187,7 +195,7 @@ class Peer:
         name, ``Timeout`` if delivery could not be made within ``timeout``."""
         deadline = time.monotonic() + timeout
         fwd = self.sender.forwarder()
-        if "*" in name:                       # a group pattern (posa.names.is_pattern)
+        if "*" in name:                       # a group pattern (posa.wire.names.is_pattern)
             recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
             for recipient in recipients:
                 fwd.send(recipient, body, headers=headers, deadline=deadline)
@@ -302,7 +310,7 @@ class Peer:
         opened: list[_Endpoint] = []
         try:
             for address in [listen] if isinstance(listen, str) else listen:
-                endpoint = _Endpoint(transports.listen(address, self.options))
+                endpoint = _Endpoint(transport.listen(address, self.options))
                 opened.append(endpoint)
                 self.reactor.add_source(endpoint.listener,
                                         lambda e=endpoint: self._drain(e))  # type: ignore[misc]
@@ -340,7 +348,7 @@ class Peer:
                 break
             try:
                 # after a frame, stop once nothing is queued: the descriptor fires
-                # for the next one (transports/base.py), and a receive that finds
+                # for the next one (posa/transport/base.py), and a receive that finds
                 # nothing costs a poll
                 if i and not more():
                     break

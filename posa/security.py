@@ -62,12 +62,13 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from posa.admission.gatekeeper import KEY_HEADER
 from posa.errors import PosaError, Unauthorized
-from posa.gatekeeper import KEY_HEADER
-from posa.message import Message
-from posa.names import Pattern, validate_name
+from posa.wire.codec import Message
+from posa.wire.names import Pattern, validate_name
 
 __all__ = ["Keyring", "HmacAuthenticator", "Acl", "from_env", "acl_from_env",
            "authenticated_key", "refusal", "KEY_HEADER", "TRAILER_VERSION",

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -12,11 +13,11 @@ from hypothesis import strategies as st
 
 import posa
 from posa import Kind
+from posa.admission.gatekeeper import KEY_HEADER, Gatekeeper, Rejection
+from posa.admission.quotas import Rate, RateLimiter
 from posa.errors import ProtocolError
-from posa.gatekeeper import KEY_HEADER, Gatekeeper, Rejection
-from posa.limits import Rate, RateLimiter
-from posa.message import VERSION, Codec, Limits, Message
 from posa.security import HmacAuthenticator, Keyring
+from posa.wire.codec import VERSION, Codec, CodecLimits, Message
 from tests.support import nested
 
 codec = Codec()
@@ -85,7 +86,7 @@ def test_a_bad_envelope_anywhere_refuses_the_whole_batch(frame: bytes, reason: s
 
 
 def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:
-    small = Codec(Limits(max_depth=8))
+    small = Codec(CodecLimits(max_depth=8))
     flat = batch_of([(Kind.SEND, {}, {"seq": i, "tags": [1, 2]}) for i in range(200)])
     assert len(small.unbatch(small.decode(flat))) == 200   # 600 containers, none deep
     for body in (nested(20), {"flat": 1, "deep": nested(20)}):
@@ -154,10 +155,10 @@ class CountingConnections:
     """Wraps every connection a forwarder opens and counts its writes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import posa.forwarder as forwarder_module
+        import posa.delivery.forwarder as forwarder_module
         self.writes = 0
         self.lock = threading.Lock()
-        connect = forwarder_module.transports.connect
+        connect = forwarder_module.transport.connect
 
         def counting(address: str, options: Any) -> Any:
             conn = connect(address, options)
@@ -169,7 +170,7 @@ class CountingConnections:
                 send(frame)
             conn.send = counted
             return conn
-        monkeypatch.setattr(forwarder_module.transports, "connect", counting)
+        monkeypatch.setattr(forwarder_module.transport, "connect", counting)
 
 
 @pytest.mark.parametrize("transport", ["tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"])

@@ -8,10 +8,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posa.channel import (ChannelCore, Event, Gap, Publication, Run, SubscriberState,
-                          Taken, check_bodies, parse_delivery, parse_publish)
+from posa.channel.core import (
+    ChannelCore,
+    Event,
+    Gap,
+    Publication,
+    Run,
+    SubscriberState,
+    Taken,
+    check_bodies,
+    parse_delivery,
+    parse_publish,
+)
+from posa.channel.predicate import InvalidFilter
 from posa.errors import ProtocolError, Rejected
-from posa.filters import InvalidFilter
 
 INC = 77
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posa.errors import ProtocolError
-from posa.message import VERSION, Codec, Kind, Limits, Message
+from posa.wire.codec import VERSION, Codec, CodecLimits, Kind, Message
 from tests.support import nested
 
 codec = Codec()
@@ -84,7 +84,7 @@ def test_bad_envelopes_say_what_is_wrong(frame: bytes, reason: str | None) -> No
 
 
 def test_nesting_beyond_the_limit_is_refused() -> None:
-    small = Codec(Limits(max_depth=8))
+    small = Codec(CodecLimits(max_depth=8))
     assert small.decode(small.encode(Message(1, "a", "b", nested(6)))).body == nested(6)
     with pytest.raises(ProtocolError, match="deeper than max_depth 8"):
         small.decode(Codec().encode(Message(1, "a", "b", nested(20))))
@@ -93,7 +93,7 @@ def test_nesting_beyond_the_limit_is_refused() -> None:
 
 
 def test_lengths_beyond_the_limits_are_refused_before_allocation() -> None:
-    small = Codec(Limits(max_frame_size=1 << 20, max_str_len=10, max_bin_len=10,
+    small = Codec(CodecLimits(max_frame_size=1 << 20, max_str_len=10, max_bin_len=10,
                          max_array_len=10, max_map_len=10))
     with pytest.raises(ProtocolError):
         small.decode(Codec().encode(Message(1, "a", "b", "y" * 100)))
@@ -109,7 +109,7 @@ def test_encode_refuses_what_msgpack_cannot_carry() -> None:
     with pytest.raises(ProtocolError, match="cannot encode"):
         codec.encode(Message(1, "a", "b", object()))
     with pytest.raises(ProtocolError, match="exceeds max_frame_size"):
-        Codec(Limits(max_frame_size=100)).encode(Message(1, "a", "b", b"x" * 200))
+        Codec(CodecLimits(max_frame_size=100)).encode(Message(1, "a", "b", b"x" * 200))
     # the codec is still usable after a failed encode
     assert codec.decode(codec.encode(Message(1, "a", "b", 1))).body == 1
 
@@ -123,7 +123,7 @@ def test_kind_numbers_are_fixed_forever() -> None:
 def test_no_pickle_anywhere() -> None:
     import pathlib
     root = pathlib.Path(__file__).resolve().parents[1]
-    for path in [*root.glob("posa/**/*.py"), *root.glob("transports/**/*.py")]:
+    for path in [*root.glob("posa/**/*.py"), *root.glob("posa/transport/**/*.py")]:
         used = re.search(r"^\s*(import|from)\s+(c?pickle|marshal|shelve)\b|pickle\.loads?\(",
                          path.read_text(), re.M)
         assert used is None, f"{path} uses pickle"

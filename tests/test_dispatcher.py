@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import posa
+from posa.delivery.forwarder import Sender
 from tests.support import ROOT, Proc, free_port, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
@@ -155,7 +156,7 @@ def test_garbage_on_the_dispatchers_port_harms_no_one(dispatcher: str) -> None:
 def test_malformed_requests_are_refused_with_what_to_send(dispatcher: str) -> None:
     def nothing_but_the_pin(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
         raise posa.NameNotFound(name)
-    sender = posa.Sender("", resolve=nothing_but_the_pin, pins={"posa/dispatcher": dispatcher})
+    sender = Sender("", resolve=nothing_but_the_pin, pins={"posa/dispatcher": dispatcher})
     try:
         def ask(body: object) -> object:
             return sender.request("posa/dispatcher", body, timeout=5).body

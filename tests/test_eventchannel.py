@@ -7,14 +7,22 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 import posa
-from posa.eventchannel import (AsyncPublisher, AsyncSubscriber, Event, EventChannel, Gap,
-                               Publisher, Subscriber)
-from posa.filters import InvalidFilter, compile_filter
+from posa.channel.eventchannel import (
+    AsyncPublisher,
+    AsyncSubscriber,
+    Event,
+    EventChannel,
+    Gap,
+    Publisher,
+    Subscriber,
+)
+from posa.channel.predicate import InvalidFilter, compile_filter
 from tests.support import ROOT, Proc
 
 
@@ -261,7 +269,7 @@ def test_the_example_runs() -> None:
 # -- across processes -------------------------------------------------------------------
 SUBSCRIBER = """
 import json, sys, time, posa
-from posa.eventchannel import Subscriber
+from posa.channel.eventchannel import Subscriber
 dispatcher, channel, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 expect, until_seq = int(sys.argv[4]), int(sys.argv[5])   # events, or up to a seq
 with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **options) as sub:
@@ -287,7 +295,7 @@ with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **op
 
 PUBLISHER = """
 import sys
-from posa.eventchannel import Publisher
+from posa.channel.eventchannel import Publisher
 from tests.test_eventchannel import PLANS
 dispatcher, channel, kind, publisher, n = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
 plan = PLANS[kind](publisher, n)

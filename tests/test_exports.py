@@ -1,7 +1,15 @@
-"""The public surface is exactly what it claims to be."""
+"""The public surface is exactly what it claims to be (docs/architecture.md).
+
+Public modules: ``posa`` (the façade), ``posa.aio``, ``posa.errors``,
+``posa.transport`` (with ``posa.transport.testing``), ``posa.security`` and
+``posa.ops``. Everything else is internal. The docs and examples import only
+from the public modules.
+"""
 from __future__ import annotations
 
+import ast
 import importlib
+import re
 import subprocess
 import sys
 
@@ -9,14 +17,24 @@ import pytest
 
 import posa
 import posa.aio
-import transports
+from posa import transport
 from tests.support import ROOT
 
-PUBLIC = ["posa", "posa.aio", "transports"] + [
-    f"posa.{m}" for m in ("errors", "message", "names", "registry", "reactor", "peer",
-                          "forwarder", "dispatcher", "registry_client", "services",
-                          "eventchannel", "filters", "masterslave", "workqueue", "pipeline",
-                          "security", "ops", "gatekeeper", "streams", "limits")]
+PUBLIC = ["posa", "posa.aio", "posa.errors", "posa.transport", "posa.transport.testing",
+          "posa.security", "posa.ops"]
+
+FACADE = {
+    "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
+    "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected", "RemoteError",
+    "CodecLimits", "Kind", "Message",
+    "matches", "validate_name", "validate_pattern",
+    "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",
+    "Peer", "DEFERRED", "Reactor", "Dispatcher",
+    "Server", "Client", "ServiceChannel",
+    "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
+    "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
+    "Acl", "HmacAuthenticator", "Keyring",
+}
 
 
 @pytest.mark.parametrize("module_name", PUBLIC)
@@ -26,6 +44,11 @@ def test_all_names_exist_and_are_unique(module_name: str) -> None:
     assert len(names) == len(set(names)), f"{module_name}.__all__ repeats a name"
     for name in names:
         assert getattr(module, name) is not None, f"{module_name}.{name} is missing"
+
+
+def test_the_facade_is_exactly_pinned() -> None:
+    assert set(posa.__all__) == FACADE
+    assert posa.__version__ and re.fullmatch(r"\d+\.\d+\.\d+\S*", posa.__version__)
 
 
 def test_every_error_is_a_posa_error() -> None:
@@ -41,19 +64,53 @@ def test_the_contract_of_the_design_is_there() -> None:
                  "Unauthorized"):
         assert hasattr(posa, name), f"posa.{name} is part of the documented contract"
     assert {"Peer", "Publisher", "Subscriber"} <= set(posa.aio.__all__)
-    assert set(transports.schemes()) >= {"inproc", "tcp", "zmq+tcp", "zmq+ipc"}
+    assert set(transport.schemes()) >= {"inproc", "tcp", "zmq+tcp", "zmq+ipc"}
 
 
-def test_the_patterns_on_top_of_peers_load_on_first_use() -> None:
-    """``import posa`` loads the core only; each pattern loads when first named."""
+def test_import_posa_loads_nothing_until_a_name_is_used() -> None:
+    """The façade is lazy for every name (PEP 562): ``import posa`` loads no
+    other posa module; each name loads its own module when first used."""
     script = (
         "import sys, posa\n"
-        "heavy = ['asyncio', 'zeroconf', 'posa.eventchannel', 'posa.workqueue',"
-        " 'posa.masterslave', 'posa.pipeline']\n"
+        "print(sorted(m for m in sys.modules if m.startswith('posa.')))\n"
+        "heavy = ['asyncio', 'zeroconf', 'posa.channel.eventchannel', 'posa.work.queue']\n"
+        "posa.Peer\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
-        "print(posa.EventChannel.__module__, 'posa.eventchannel' in sys.modules)\n"
-        "print('WorkQueue' in dir(posa))\n")
+        "print(posa.EventChannel.__module__, 'WorkQueue' in dir(posa))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "posa.eventchannel True", "True"]
+    assert done.stdout.splitlines() == ["[]", "[]", "posa.channel.eventchannel True"]
+
+
+def _posa_imports(source: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "posa"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "posa":
+            found += [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names
+                                             if f"{node.module}.{a.name}" in PUBLIC]
+    return found
+
+
+def _code_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for path in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]:
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(),
+                                             re.S)):
+            blocks.append((f"{path.relative_to(ROOT)}#{i}", block))
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        blocks.append((str(path.relative_to(ROOT)), path.read_text()))
+    return blocks
+
+
+def test_docs_and_examples_import_only_the_public_surface() -> None:
+    problems = []
+    for where, code in _code_blocks():
+        try:
+            imported = _posa_imports(code)
+        except SyntaxError:
+            continue            # a fragment, not a program
+        problems += [f"{where}: {m}" for m in imported if m not in PUBLIC]
+    assert not problems, "internal modules imported:\n" + "\n".join(problems)

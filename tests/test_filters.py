@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from posa.channel.predicate import MAX_DEPTH, MAX_NODES, OPS, InvalidFilter, compile_filter
 from posa.errors import Rejected
-from posa.filters import (MAX_DEPTH, MAX_NODES, OPS, InvalidFilter, compile_filter)
 
 BODY = {"load": 0.9, "site": "a", "link": {"port": 3, "up": False, "name": "eth0"},
         "tags": ["core", "edge"], "a.b": 1, "n": None, "raw": b"\x00\x01"}

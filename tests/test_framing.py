@@ -8,8 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posa.errors import ProtocolError
-from transports.framing import (GREETING, MAX_LENGTH, FrameDecoder, SendQueue,
-                                encode_frame, encode_frames, frame_header)
+from posa.transport.framing import (
+    GREETING,
+    MAX_LENGTH,
+    FrameDecoder,
+    SendQueue,
+    encode_frame,
+    encode_frames,
+    frame_header,
+)
 
 LIMIT = 4096
 payloads = st.lists(st.binary(max_size=300), max_size=30)

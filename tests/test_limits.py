@@ -7,11 +7,12 @@ import pytest
 
 import posa
 from posa import Kind, Message
-from posa.gatekeeper import Gatekeeper, Rejection
-from posa.limits import InFlight, Quotas, Rate, RateLimiter
-from transports.base import Options
+from posa.admission.gatekeeper import Gatekeeper, Rejection
+from posa.admission.quotas import InFlight, Quotas, Rate, RateLimiter
+from posa.transport.base import Options
+from posa.wire.codec import Codec
 
-CODEC = posa.Codec()
+CODEC = Codec()
 
 
 class Clock:
@@ -149,7 +150,7 @@ def test_peer_under_a_rate_limit_still_gets_everything() -> None:
     limiter = RateLimiter(per_source=None, per_sender=Rate(2000, 200))
     with posa.LocalRegistry() as reg, \
             posa.Peer("net/b", registry=reg, listen="tcp://127.0.0.1:0",
-                      gatekeeper=Gatekeeper(posa.Codec(), limiter=limiter)) as b, \
+                      gatekeeper=Gatekeeper(Codec(), limiter=limiter)) as b, \
             posa.Peer("net/a", registry=reg, listen="tcp://127.0.0.1:0") as a:
         for i in range(1000):
             a.send("net/b", i, timeout=30)

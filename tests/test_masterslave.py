@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import posa
-from posa.jobstate import First, JobState, Majority, Mean
-from posa.masterslave import (Master, Slave, majority, merge_concat, merge_first,
-                              split_chunks, split_whole)
+from posa.work.jobstate import First, JobState, Majority, Mean
+from posa.work.masterslave import (
+    Master,
+    Slave,
+    majority,
+    merge_concat,
+    merge_first,
+    split_chunks,
+    split_whole,
+)
 from tests.support import Proc, load_example
 
 pytestmark = pytest.mark.timeout(120)
@@ -311,7 +319,7 @@ def test_tsp_master_process_shows_progress_and_matches_the_sequential_result(
 
 VOTER = """
 import sys, posa
-from posa.masterslave import Slave
+from posa.work.masterslave import Slave
 name, dispatcher, factor = sys.argv[1], sys.argv[2], int(sys.argv[3])
 registry = posa.RegistryClient(dispatcher)
 slave = Slave(name, lambda job: {"answer": job["x"] * factor}, registry=registry,

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posa.errors import InvalidName
-from posa.names import (MAX_NAME_LEN, MAX_SEGMENT_LEN, Pattern, is_pattern, matches,
-                        validate_name, validate_pattern)
+from posa.wire.names import (
+    MAX_NAME_LEN,
+    MAX_SEGMENT_LEN,
+    Pattern,
+    is_pattern,
+    matches,
+    validate_name,
+    validate_pattern,
+)
 
 SEGMENT_CHARS = string.ascii_letters + string.digits + "._-"
 

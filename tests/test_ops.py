@@ -10,15 +10,17 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import posa
-from posa.gatekeeper import Gatekeeper
-from posa.limits import InFlight
+from posa.admission.gatekeeper import Gatekeeper
+from posa.admission.quotas import InFlight
 from posa.ops import Histogram, Monitor, OpsServer, serve_until_signalled, timed
+from posa.wire.codec import Codec
 from tests.support import Proc, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,7 +111,7 @@ def test_health_names_the_registered_peers(registry: posa.LocalRegistry) -> None
 
 
 def test_metrics_read_the_objects_given(registry: posa.LocalRegistry) -> None:
-    gatekeeper = Gatekeeper(posa.Codec(), in_flight=InFlight())
+    gatekeeper = Gatekeeper(Codec(), in_flight=InFlight())
     histogram = Histogram()
     with posa.Peer("net/b", registry=registry, gatekeeper=gatekeeper,
                    handler=timed(lambda m: m.body, histogram)) as b, \
@@ -252,7 +254,7 @@ def test_sigterm_starts_it_and_a_second_signal_hurries() -> None:
 
 def test_peer_closes_and_unregisters_on_shutdown(registry: posa.LocalRegistry) -> None:
     peer = posa.Peer("net/a", registry=registry, gatekeeper=Gatekeeper(
-        posa.Codec(), in_flight=InFlight()))
+        Codec(), in_flight=InFlight()))
     stop = threading.Event()
     stop.set()
     assert serve_until_signalled([peer], grace=1, stop=stop) == 0
@@ -264,7 +266,7 @@ SERVICE = """
 import sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 import posa
-from posa.limits import InFlight
+from posa.admission.quotas import InFlight
 from posa.ops import Histogram, Monitor, OpsServer, serve_until_signalled
 
 class EchoService:
@@ -331,7 +333,7 @@ def test_sigterm_under_load_answers_every_accepted_request() -> None:
         def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
             registration = registry.lookup(name)
             return registration.addresses, registration.epoch
-        sender = posa.forwarder.Sender(f"cli/{n}", resolve=resolve)
+        sender = posa.delivery.forwarder.Sender(f"cli/{n}", resolve=resolve)
         try:
             for i in range(100_000):
                 if stop.is_set():

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import posa
-import transports
 from posa import Kind
+from posa import transport as posa_transport
+from posa.wire.codec import Codec
 
 TRANSPORTS = ["inproc://{n}", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/{n}"]
 
@@ -105,11 +106,11 @@ def test_a_reply_stands_for_the_acknowledgement_of_its_request(
         transport: str, registry: posa.LocalRegistry, tmp_path: object) -> None:
     """A stream whose newest message is a request gets its REPLY and no ACK (the
     requester takes the REPLY for one); a stream of sends is acknowledged."""
-    codec = posa.Codec()
+    codec = Codec()
     delivered = threading.Event()
     b = posa.Peer("net/b", registry=registry, listen=listen(transport, "b", tmp_path))
     b.serve(lambda m: m.body if m.kind == Kind.REQUEST else delivered.set())
-    conn = transports.connect(b.address)
+    conn = posa_transport.connect(b.address)
     try:
         conn.send(codec.pack(Kind.SEND, 8, 1, "net/a", "net/b", 0, {}, "note"))
         assert delivered.wait(5)

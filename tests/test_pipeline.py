@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import posa
-from posa.pipeline import Pipeline, RunResult, Stage, load_stages, start_instances
+from posa.work.pipeline import Pipeline, RunResult, Stage, load_stages, start_instances
 from tests.support import Proc, load_example
 
 pytestmark = pytest.mark.timeout(120)

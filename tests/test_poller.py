@@ -1,13 +1,14 @@
-"""``transports.poller``: epoll and its ``selectors`` stand-in behave alike."""
+"""``posa.transport.poller``: epoll and its ``selectors`` stand-in behave alike."""
 from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from transports.poller import READ, WRITE, SelectorPoller, readable, writable
+from posa.transport.poller import READ, WRITE, SelectorPoller, readable, writable
 
 POLLERS: list[Callable[[], Any]] = [SelectorPoller]
 if hasattr(select, "epoll"):

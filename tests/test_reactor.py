@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-import transports
+from posa import transport
 from posa.errors import Timeout
-from posa.reactor import Reactor
+from posa.runtime.reactor import Reactor
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_a_callback_that_raises_does_not_stop_the_loop(reactor: Reactor) -> None
 
 
 def test_sources_are_drained_when_they_have_input(reactor: Reactor) -> None:
-    listener = transports.listen("inproc://reactor-test")
-    connection = transports.connect("inproc://reactor-test")
+    listener = transport.listen("inproc://reactor-test")
+    connection = transport.connect("inproc://reactor-test")
     got: list[bytes] = []
     done = threading.Event()
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from posa.errors import (Closed, InvalidName, NameNotFound, ProtocolError, Rejected,
-                         StaleEpoch, Unauthorized)
-from posa.registry import (MAX_ADDRESSES, LocalRegistry, Registration, Registry,
-                           RegistryTable)
+from posa.errors import (
+    Closed,
+    InvalidName,
+    NameNotFound,
+    ProtocolError,
+    Rejected,
+    StaleEpoch,
+    Unauthorized,
+)
+from posa.naming.registry import MAX_ADDRESSES, LocalRegistry, Registration, Registry, RegistryTable
 
 ADDR = ["tcp://127.0.0.1:7001"]
 

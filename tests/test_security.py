@@ -6,8 +6,8 @@ import os
 import re
 import struct
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 
 import posa
 from posa import Kind, Message
-from posa.forwarder import Sender
-from posa.gatekeeper import Gatekeeper, Rejection
-from posa.security import (Acl, HmacAuthenticator, Keyring, add_parser, authenticated_key,
-                           from_env)
+from posa.admission.gatekeeper import Gatekeeper, Rejection
+from posa.delivery.forwarder import Sender
+from posa.security import Acl, HmacAuthenticator, Keyring, add_parser, authenticated_key, from_env
+from posa.wire.codec import Codec
 from tests.support import Proc
 
 pytestmark = pytest.mark.timeout(120)
 
-CODEC = posa.Codec()
+CODEC = Codec()
 
 
 def secret() -> bytes:
@@ -448,21 +448,21 @@ def test_impersonation_and_name_hijack_across_processes(tmp_path: Path, dispatch
 def curve_transport() -> Iterator[object]:
     import zmq
 
-    import transports
-    from transports.zmq import Curve, ZmqTransport
+    from posa import transport
+    from posa.transport.zmq import Curve, ZmqTransport
     public, secret_key = zmq.curve_keypair()
     curve = Curve(public, secret_key)
-    transports.register(ZmqTransport(curve=curve))
+    transport.register(ZmqTransport(curve=curve))
     try:
         yield curve
     finally:
-        transports.register(ZmqTransport())
+        transport.register(ZmqTransport())
 
 
 def test_zmq_curve_encrypts_and_refuses_plain_clients(curve_transport: object) -> None:
-    import transports
-    from transports.base import Options
-    from transports.zmq import Curve, ZmqTransport
+    from posa import transport
+    from posa.transport.base import Options
+    from posa.transport.zmq import Curve, ZmqTransport
     with posa.LocalRegistry() as reg, \
             posa.Peer("net/b", registry=reg, listen="zmq+tcp://127.0.0.1:0",
                       handler=lambda m: m.body) as b, \
@@ -477,4 +477,4 @@ def test_zmq_curve_encrypts_and_refuses_plain_clients(curve_transport: object) -
         with pytest.raises(posa.TransportError, match="without the server secret key"):
             ZmqTransport(curve=Curve(curve_transport.server_public)).listen(  # type: ignore
                 "zmq+tcp://127.0.0.1:0", Options())
-    assert transports.get("zmq+tcp").curve is curve_transport  # type: ignore[attr-defined]
+    assert transport.get("zmq+tcp").curve is curve_transport  # type: ignore[attr-defined]

@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from posa.message import Kind, Message
-from posa.streams import Inbound, Outbound
+from posa.delivery.streams import Inbound, Outbound
+from posa.wire.codec import Kind, Message
 
 
 def msg(seq: int, sender: str = "a", stream: int = 7) -> Message:

@@ -10,15 +10,20 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from posa.errors import Closed, Timeout, TransportError
-from transports import Options
-from transports.framing import GREETING, encode_frame
-from transports.tcp import (TcpConnection, TcpListener, TcpTransport, format_address,
-                            parse_address)
+from posa.transport import Options
+from posa.transport.framing import GREETING, encode_frame
+from posa.transport.tcp import (
+    TcpConnection,
+    TcpListener,
+    TcpTransport,
+    format_address,
+    parse_address,
+)
 
 WAIT = 10.0                      # seconds any single wait may take
 TCP = TcpTransport()

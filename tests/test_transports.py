@@ -7,27 +7,27 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-import transports
+from posa import transport
 from posa.errors import Closed, Timeout, TransportError
-from transports import Options
-from transports import testing as conformance
-from transports.inproc import InprocTransport
+from posa.transport import Options
+from posa.transport import testing as conformance
+from posa.transport.inproc import InprocTransport
 from tests.support import ROOT
 
 MODULES = {
-    "inproc": "transports.inproc",
-    "tcp": "transports.tcp",
-    "zmq+tcp": "transports.zmq",
-    "zmq+ipc": "transports.zmq",
+    "inproc": "posa.transport.inproc",
+    "tcp": "posa.transport.tcp",
+    "zmq+tcp": "posa.transport.zmq",
+    "zmq+ipc": "posa.transport.zmq",
 }
 # checks a transport documents it cannot meet, by scheme; strict, so that a fix shows
 _NO_OVERSIZE_COUNT = ("libzmq drops a connection over MAXMSGSIZE without saying why, so "
-                      "transports.zmq cannot count it in rejections")
+                      "posa.transport.zmq cannot count it in rejections")
 KNOWN_GAPS = {
     ("zmq+tcp", "check_oversize_dropped_by_listener"): _NO_OVERSIZE_COUNT,
     ("zmq+ipc", "check_oversize_dropped_by_listener"): _NO_OVERSIZE_COUNT,
@@ -74,14 +74,14 @@ class LoopTransport:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def listen(self, address: str, options: Options) -> transports.Listener:
+    def listen(self, address: str, options: Options) -> transport.Listener:
         self.calls.append(f"listen {address}")
         listener = InprocTransport().listen(address.replace("loop://", "inproc://loop-"),
                                             options)
         listener.address = address
         return listener
 
-    def connect(self, address: str, options: Options) -> transports.Connection:
+    def connect(self, address: str, options: Options) -> transport.Connection:
         self.calls.append(f"connect {address}")
         return InprocTransport().connect(address.replace("loop://", "inproc://loop-"),
                                          options)
@@ -89,22 +89,22 @@ class LoopTransport:
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo ``transports.register`` calls of the test."""
-    monkeypatch.setattr(transports, "_loaded", dict(transports._loaded))
+    """Undo ``transport.register`` calls of the test."""
+    monkeypatch.setattr(transport, "_loaded", dict(transport._loaded))
 
 
 @pytest.mark.parametrize("scheme", list(MODULES))
 def test_get_selects_by_scheme(scheme: str) -> None:
     pytest.importorskip(MODULES[scheme], reason=f"{MODULES[scheme]} cannot be imported yet")
-    transport = transports.get(scheme)
-    assert scheme in transport.schemes
-    assert transports.get(scheme) is transport
-    assert scheme in transports.schemes()
+    chosen = transport.get(scheme)
+    assert scheme in chosen.schemes
+    assert transport.get(scheme) is chosen
+    assert scheme in transport.schemes()
 
 
 def test_unknown_scheme_names_the_known_ones() -> None:
     with pytest.raises(TransportError) as caught:
-        transports.connect("carrier-pigeon://coop-3")
+        transport.connect("carrier-pigeon://coop-3")
     for scheme in MODULES:
         assert scheme in str(caught.value)
     assert "carrier-pigeon" in str(caught.value)
@@ -113,20 +113,20 @@ def test_unknown_scheme_names_the_known_ones() -> None:
 @pytest.mark.parametrize("address", ["", "inproc", "inproc:/x", "://x", "tcp://", "127.0.0.1:7000"])
 def test_malformed_address(address: str) -> None:
     with pytest.raises(TransportError, match="SCHEME://WHERE"):
-        transports.listen(address)
+        transport.listen(address)
 
 
 def test_registered_transport_is_chosen_by_scheme(registry: None) -> None:
     loop = LoopTransport()
-    transports.register(loop)
-    assert transports.get("loop") is loop
-    assert "loop" in transports.schemes()
+    transport.register(loop)
+    assert transport.get("loop") is loop
+    assert "loop" in transport.schemes()
     conformance.check_round_trip(lambda: f"loop://t-{next(_names)}")
     assert [call.split()[0] for call in loop.calls] == ["listen", "connect", "connect"]
 
 
 def test_registered_transport_passes_the_suite(registry: None) -> None:
-    transports.register(LoopTransport())
+    transport.register(LoopTransport())
     conformance.check_all(lambda: f"loop://t-{next(_names)}")
 
 
@@ -134,22 +134,22 @@ def test_registered_transport_passes_the_suite(registry: None) -> None:
 
 def test_inproc_name_is_taken_until_closed() -> None:
     address = _inproc_name()
-    listener = transports.listen(address)
+    listener = transport.listen(address)
     with pytest.raises(TransportError, match="already taken"):
-        transports.listen(address)
+        transport.listen(address)
     listener.close()
-    transports.listen(address).close()
+    transport.listen(address).close()
 
 
 def test_inproc_unknown_name() -> None:
     with pytest.raises(TransportError, match="no inproc listener named 'nobody-here' in "
                                              "this process"):
-        transports.connect("inproc://nobody-here")
+        transport.connect("inproc://nobody-here")
 
 
 def test_inproc_hands_frames_over_by_reference() -> None:
-    listener = transports.listen(_inproc_name())
-    connection = transports.connect(listener.address)
+    listener = transport.listen(_inproc_name())
+    connection = transport.connect(listener.address)
     try:
         frame = b"x" * 1000
         connection.send(frame)
@@ -167,8 +167,8 @@ def test_inproc_hands_frames_over_by_reference() -> None:
 
 
 def test_inproc_listener_close_fails_its_connections() -> None:
-    listener = transports.listen(_inproc_name())
-    connection = transports.connect(listener.address)
+    listener = transport.listen(_inproc_name())
+    connection = transport.connect(listener.address)
     connection.send(b"hello")
     route, _ = listener.recv(1.0)
     listener.send(route, b"last words")
@@ -182,8 +182,8 @@ def test_inproc_listener_close_fails_its_connections() -> None:
 
 
 def test_inproc_listener_close_wakes_a_blocked_connection() -> None:
-    listener = transports.listen(_inproc_name())
-    connection = transports.connect(listener.address)
+    listener = transport.listen(_inproc_name())
+    connection = transport.connect(listener.address)
     outcome: list[BaseException] = []
 
     def wait() -> None:
@@ -202,8 +202,8 @@ def test_inproc_listener_close_wakes_a_blocked_connection() -> None:
 
 def test_inproc_send_blocks_at_the_high_water_mark() -> None:
     options = Options(high_water_mark=4, send_timeout=0.05)
-    listener = transports.listen(_inproc_name(), options)
-    connection = transports.connect(listener.address, options)
+    listener = transport.listen(_inproc_name(), options)
+    connection = transport.connect(listener.address, options)
     try:
         for n in range(4):
             connection.send(b"%d" % n)
@@ -220,8 +220,8 @@ def test_inproc_send_blocks_at_the_high_water_mark() -> None:
 
 def test_inproc_blocked_sender_wakes_when_the_receiver_takes() -> None:
     options = Options(high_water_mark=2, send_timeout=10.0)
-    listener = transports.listen(_inproc_name(), options)
-    connection = transports.connect(listener.address, options)
+    listener = transport.listen(_inproc_name(), options)
+    connection = transport.connect(listener.address, options)
     frames = [b"%d" % n for n in range(50)]
     sender = threading.Thread(target=lambda: [connection.send(f) for f in frames])
     sender.start()
@@ -235,8 +235,8 @@ def test_inproc_blocked_sender_wakes_when_the_receiver_takes() -> None:
 
 def test_inproc_close_wakes_a_blocked_sender() -> None:
     options = Options(high_water_mark=1, send_timeout=10.0)
-    listener = transports.listen(_inproc_name(), options)
-    connection = transports.connect(listener.address, options)
+    listener = transport.listen(_inproc_name(), options)
+    connection = transport.connect(listener.address, options)
     connection.send(b"fills the queue")
     outcome: list[BaseException] = []
 
@@ -255,14 +255,14 @@ def test_inproc_close_wakes_a_blocked_sender() -> None:
 
 
 def test_inproc_max_connections() -> None:
-    listener = transports.listen(_inproc_name(), Options(max_connections=2))
-    connections = [transports.connect(listener.address) for _ in range(2)]
+    listener = transport.listen(_inproc_name(), Options(max_connections=2))
+    connections = [transport.connect(listener.address) for _ in range(2)]
     try:
         with pytest.raises(TransportError, match="max_connections"):
-            transports.connect(listener.address)
+            transport.connect(listener.address)
         assert listener.rejections["too-many-connections"] == 1
         connections.pop().close()
-        connections.append(transports.connect(listener.address))
+        connections.append(transport.connect(listener.address))
     finally:
         for connection in connections:
             connection.close()
@@ -270,8 +270,8 @@ def test_inproc_max_connections() -> None:
 
 
 def test_inproc_reply_to_a_closed_connection() -> None:
-    listener = transports.listen(_inproc_name())
-    connection = transports.connect(listener.address)
+    listener = transport.listen(_inproc_name())
+    connection = transport.connect(listener.address)
     connection.send(b"bye")
     connection.close()
     route, frame = listener.recv(1.0)               # sent before close: delivered
@@ -282,7 +282,7 @@ def test_inproc_reply_to_a_closed_connection() -> None:
 
 
 PLUGIN = '''
-from transports.inproc import InprocTransport
+from posa.transport.inproc import InprocTransport
 
 
 class LoopTransport:
@@ -300,17 +300,17 @@ class LoopTransport:
 '''
 
 USE_PLUGINS = '''
-import transports
+from posa import transport
 from posa.errors import TransportError
-listener = transports.listen("loop://plugged")
-connection = transports.connect("loop://plugged")
+listener = transport.listen("loop://plugged")
+connection = transport.connect("loop://plugged")
 connection.send(b"through the plugin")
 print(listener.recv(5.0)[1].decode())
 try:
-    transports.get("nowhere")
+    transport.get("nowhere")
 except TransportError as exc:
     print(exc)
-builtin = transports.listen("tcp://127.0.0.1:0")
+builtin = transport.listen("tcp://127.0.0.1:0")
 print(builtin.address.startswith("tcp://"))
 builtin.close()
 '''

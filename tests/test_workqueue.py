@@ -7,7 +7,8 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,9 +17,17 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import posa
 from posa.errors import Rejected
-from posa.workqueue import (DirectorySource, Item, ListSource, WorkQueue, Worker,
-                            progress_bar, render_progress, submit)
-from posa.workstate import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
+from posa.work.queue import (
+    DirectorySource,
+    Item,
+    ListSource,
+    Worker,
+    WorkQueue,
+    progress_bar,
+    render_progress,
+    submit,
+)
+from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
 from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
@@ -483,7 +492,7 @@ def test_work_queue_example_runs() -> None:
 
 WORKER = """
 import sys, time, posa
-from posa.workqueue import Worker
+from posa.work.queue import Worker
 name, queue, dispatcher = sys.argv[1:4]
 registry = posa.RegistryClient(dispatcher)
 

@@ -23,19 +23,33 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from posa.errors import (Closed, InvalidName, NameNotFound, ProtocolError, Rejected,
-                         StaleEpoch, Unauthorized)
-from posa.registry import Registration, Registry
-from posa.zeroconf_registry import (SERVICE_TYPE, Announcement, DiscoveryTable,
-                                    ZeroconfRegistry, decode_txt, encode_txt,
-                                    instance_label)
+from posa.errors import (
+    Closed,
+    InvalidName,
+    NameNotFound,
+    ProtocolError,
+    Rejected,
+    StaleEpoch,
+    Unauthorized,
+)
+from posa.naming.registry import Registration, Registry
+from posa.naming.zeroconf.registry import (
+    SERVICE_TYPE,
+    Announcement,
+    DiscoveryTable,
+    ZeroconfRegistry,
+    decode_txt,
+    encode_txt,
+    instance_label,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 5.0          # s for anything that should take milliseconds on loopback
@@ -485,7 +499,7 @@ def test_what_the_wire_may_change(netns: str, lan: Callable[..., ZeroconfRegistr
 
 CHILD = r"""
 import sys, threading
-from posa.zeroconf_registry import ZeroconfRegistry
+from posa.naming.zeroconf.registry import ZeroconfRegistry
 reg = ZeroconfRegistry(interfaces=["127.0.0.1"])
 mine, lock, stop = set(), threading.Lock(), threading.Event()
 cond, seen = threading.Condition(), {}

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-import transports
+from posa import transport
 from posa.errors import Closed, Timeout, TransportError
-from transports.base import Options
-from transports.zmq import ZmqConnection, ZmqListener
+from posa.transport.base import Options
+from posa.transport.zmq import ZmqConnection, ZmqListener
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,14 +55,14 @@ def ipc_dir() -> Iterator[str]:
 
 
 def listen(opened: list, address: str, options: Options | None = None) -> ZmqListener:
-    listener = transports.listen(address, options)
+    listener = transport.listen(address, options)
     assert isinstance(listener, ZmqListener)
     opened.append(listener)
     return listener
 
 
 def connect(opened: list, address: str, options: Options | None = None) -> ZmqConnection:
-    conn = transports.connect(address, options)
+    conn = transport.connect(address, options)
     assert isinstance(conn, ZmqConnection)
     opened.append(conn)
     return conn
@@ -268,7 +268,7 @@ def test_send_where_nobody_listens_times_out(opened: list) -> None:
 
 def test_send_to_a_vanished_route_is_an_error(opened: list) -> None:
     listener = listen(opened, "zmq+tcp://127.0.0.1:0")
-    conn = transports.connect(listener.address)
+    conn = transport.connect(listener.address)
     conn.send(b"hi")
     route, _ = listener.recv(timeout=5.0)
     conn.close()
@@ -365,7 +365,7 @@ def test_use_after_close_raises_closed(opened: list) -> None:
 
 def test_frames_sent_before_close_are_flushed(opened: list) -> None:
     listener = listen(opened, "zmq+tcp://127.0.0.1:0")
-    conn = transports.connect(listener.address)
+    conn = transport.connect(listener.address)
     for i in range(500):
         conn.send(b"%d" % i)
     conn.close()                               # the I/O thread keeps flushing (linger)
@@ -380,8 +380,8 @@ def test_frames_queued_at_exit_are_flushed_within_linger(opened: list) -> None:
     written. Here 30 MiB wait in the sender while the receiver does not read."""
     listener = listen(opened, "zmq+tcp://127.0.0.1:0", Options(high_water_mark=1))
     child = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
-             "import transports\n"
-             f"c = transports.connect({listener.address!r}, transports.Options(linger=10))\n"
+             "from posa import transport\n"
+             f"c = transport.connect({listener.address!r}, transport.Options(linger=10))\n"
              "for i in range(500): c.send(b'%4d' % i + bytes(65536))\n"
              "c.close()\n"
              "print('closed', flush=True)\n")

@@ -5,7 +5,8 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import posa
-from posa.registry import Registry
+from posa.naming.registry import Registry
 
 from .network import peer_name
 

@@ -39,13 +39,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import posa
+from posa.delivery.forwarder import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Timeout
-from posa.forwarder import Sender
-from posa.message import Kind, Message
-from posa.registry import Registry, resolver
+from posa.naming.registry import Registry, resolver
+from posa.wire.codec import Kind, Message
 
 from .network import Network, peer_name, router_of
 from .routing import LSA, LinkStateDB, Routes

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from posa.channel.eventchannel import Publisher, Subscriber
 from posa.errors import Closed, PosaError, Timeout
-from posa.eventchannel import Publisher, Subscriber
-from posa.registry import Registry
+from posa.naming.registry import Registry
 
 __all__ = ["CHANNEL", "Alerts", "AlertFeed"]
 

@@ -12,12 +12,12 @@ import sys
 import time
 from typing import Any, TextIO
 
-import transports
+from posa import transport
+from posa.channel.eventchannel import EventChannel
 from posa.errors import TransportError
-from posa.eventchannel import EventChannel
+from posa.naming.registry import Registry
 from posa.peer import embedded_registry
-from posa.registry import Registry
-from transports.base import Options
+from posa.transport.base import Options
 
 from .admin import AdminClient, AdminService
 from .agent import MIGRATION_GRACE, Agent
@@ -60,7 +60,7 @@ def wait_until_closed(address: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            transports.connect(address, Options()).close()
+            transport.connect(address, Options()).close()
         except TransportError:
             return
         time.sleep(0.02)

@@ -31,8 +31,8 @@ from typing import Any
 
 import posa
 from posa.errors import Timeout
-from posa.message import Kind
-from posa.registry import Registry
+from posa.naming.registry import Registry
+from posa.wire.codec import Kind
 
 from .agent import Agent, Publish
 from .network import ROOT, Network, peer_name

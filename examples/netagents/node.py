@@ -24,10 +24,11 @@ import secrets
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from posa.errors import PosaError
-from posa.registry_client import RegistryClient
+from posa.naming.client import RegistryClient
 
 from .admin import AdminService
 from .agent import Agent

@@ -9,7 +9,8 @@
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .network import Network
 from .routing import shortest_paths

@@ -12,8 +12,9 @@ computed centrally over the true topology are equal, not merely equivalent.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = ["LSA", "LinkStateDB", "Routes", "shortest_paths"]
 

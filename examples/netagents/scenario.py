@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .admin import AdminClient
 from .network import Network, Step, scenario

@@ -1,0 +1,208 @@
+"""The Gatekeeper: nothing reaches a handler that has not passed it.
+
+For each inbound frame, in order: size limit, decode, envelope validation,
+authentication, authorization, rate limit.  A frame that fails any step is
+dropped, counted under its reason in ``rejections``, and logged once per cause
+(not once per frame: a flood must not become a flood of log lines).  The
+caller answers a rejected request with an ERROR when it can
+(``Rejection.answerable``).
+
+Rejection reasons (the keys of ``rejections``, fixed: metrics and docs name them):
+
+    malformed        not a posa envelope (bytes, msgpack, fields, size)
+    unauthenticated  no valid authentication trailer: none, unknown key, wrong MAC
+    stale            sealed outside the clock window
+    replay           a frame seen before
+    impersonation    the key may not speak for the sender name
+    forbidden        an access rule refuses sender -> recipient
+    rate-limited     the connection or the sender is over its rate
+    busy             too many requests in flight (``enter``)
+
+An ``Unauthorized`` raised by a step may carry its reason in ``.reason``
+(``posa.security.refusal``); without one, authentication failures count as
+``unauthenticated`` and authorization failures as ``forbidden``.
+
+With an authenticator, an admitted message carries the id of the key that
+authenticated it in ``headers["posa.key"]`` (a value sent by anyone else is
+removed), which ``posa.security.authenticated_key`` reads.
+
+A ``BATCH`` frame (several envelopes of one stream) passes these steps once as a
+whole; ``unbatch`` then validates each envelope inside and applies the rate limit
+to each, admitting the batch up to its first refused message (the rest come again
+from the sender's backlog, like any message that was not acknowledged).
+
+The steps beyond decoding are pluggable objects (``posa.security``,
+``posa.admission.quotas``), each with one method; a gatekeeper without them admits every
+well-formed message.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Protocol
+
+from posa.admission.quotas import InFlight
+from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
+from posa.wire.codec import Codec, Kind, Message
+
+__all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER"]
+
+log = logging.getLogger("posa.admission.gatekeeper")
+
+KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
+
+
+class Authenticator(Protocol):
+    """Proves who sent a frame. Senders ``seal`` every frame; receivers ``open`` it
+    (before decoding) and ``check`` the decoded message against the key that opened it."""
+
+    def seal(self, envelope: bytes) -> bytes:
+        """``envelope`` with the proof appended (the frame that goes on the wire)."""
+
+    def open(self, frame: bytes) -> tuple[bytes, str]:
+        """``(envelope, key_id)``; raises ``Unauthorized`` (unknown key, bad proof, stale)."""
+
+    def check(self, msg: Message, key_id: str) -> None:
+        """Raise ``Unauthorized`` unless ``key_id`` may speak for ``msg.sender``, or the
+        message is a replay."""
+
+
+class Authorizer(Protocol):
+    def check(self, msg: Message) -> None:
+        """Raise ``Unauthorized`` unless ``msg.sender`` may send to ``msg.recipient``."""
+
+
+class Limiter(Protocol):
+    def admit(self, source: Any, msg: Message) -> bool:
+        """False if ``source`` or ``msg.sender`` is over its rate."""
+
+
+class Rejection(Exception):
+    """Why a frame was refused: ``reason`` (a counter key) and the error to answer."""
+
+    def __init__(self, reason: str, error: PosaError, msg: Message | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+        self.msg = msg
+
+    @property
+    def answerable(self) -> bool:
+        """True if the sender waits for a reply that should carry this error."""
+        return self.msg is not None and self.msg.kind == Kind.REQUEST
+
+
+class Gatekeeper:
+    """Admission control for one receiving endpoint set (a peer or a service)."""
+
+    def __init__(self, codec: Codec | None = None, *, authenticator: Authenticator | None = None,
+                 authorizer: Authorizer | None = None, limiter: Limiter | None = None,
+                 in_flight: InFlight | None = None) -> None:
+        self.codec = codec if codec is not None else Codec()
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.limiter = limiter
+        self.in_flight = in_flight
+        self.rejections: Counter[str] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+        self._plain = authenticator is None and authorizer is None and limiter is None
+
+    def admit(self, frame: bytes, source: Any = None) -> Message:
+        """The message in ``frame`` if it may pass; raises ``Rejection`` otherwise."""
+        if self._plain:
+            try:
+                msg = self.codec.decode(frame)
+            except ProtocolError as exc:
+                raise self._reject("malformed", exc, None) from None
+            if KEY_HEADER in msg.headers:
+                del msg.headers[KEY_HEADER]
+            return msg
+        key_id = ""
+        if self.authenticator is not None:
+            try:
+                frame, key_id = self.authenticator.open(frame)
+            except Unauthorized as exc:
+                raise self._reject(_reason(exc, "unauthenticated"), exc, None) from None
+        try:
+            msg = self.codec.decode(frame)
+        except ProtocolError as exc:
+            raise self._reject("malformed", exc, None) from None
+        if self.authenticator is not None:
+            try:
+                self.authenticator.check(msg, key_id)
+            except Unauthorized as exc:
+                raise self._reject(_reason(exc, "unauthenticated"), exc, msg) from None
+            msg.headers[KEY_HEADER] = key_id
+        elif KEY_HEADER in msg.headers:
+            del msg.headers[KEY_HEADER]
+        if self.authorizer is not None:
+            try:
+                self.authorizer.check(msg)
+            except Unauthorized as exc:
+                raise self._reject(_reason(exc, "forbidden"), exc, msg) from None
+        if self.limiter is not None and msg.kind != Kind.BATCH \
+                and not self.limiter.admit(source, msg):
+            raise self._reject("rate-limited", Rejected(
+                f"{msg.sender!r} is sending faster than this peer admits; slow down "
+                "or ask its operator to raise the rate limit"), msg)
+        return msg
+
+    def unbatch(self, batch: Message, source: Any = None) -> list[Message]:
+        """The messages inside ``batch`` (a ``BATCH`` that ``admit`` let pass) that
+        may pass too, in order; raises ``Rejection`` if the batch is malformed."""
+        try:
+            messages = self.codec.unbatch(batch)
+        except ProtocolError as exc:
+            raise self._reject("malformed", exc, None) from None
+        if self._plain:
+            for msg in messages:
+                if KEY_HEADER in msg.headers:
+                    del msg.headers[KEY_HEADER]
+            return messages
+        key_id = batch.headers.get(KEY_HEADER)
+        for msg in messages:
+            if key_id is not None:
+                msg.headers[KEY_HEADER] = key_id
+            elif KEY_HEADER in msg.headers:
+                del msg.headers[KEY_HEADER]
+        if self.limiter is not None:
+            for admitted, msg in enumerate(messages):
+                if not self.limiter.admit(source, msg):
+                    self._reject("rate-limited", Rejected(
+                        f"{msg.sender!r} is sending faster than this peer admits; slow "
+                        "down or ask its operator to raise the rate limit"), msg)
+                    return messages[:admitted]
+        return messages
+
+    # -- requests in flight (called by the receiver after de-duplication) ------
+    def enter(self, msg: Message) -> PosaError | None:
+        """Count the request ``msg`` as in flight; the error to answer it with
+        if too many are (counted as ``busy``), else None."""
+        if self.in_flight is None or self.in_flight.enter(msg):
+            return None
+        error = Rejected(f"too many requests from {msg.sender!r} are in flight here "
+                         f"(at most {self.in_flight.max_per_sender} per sender, "
+                         f"{self.in_flight.max_total} in all); wait for replies before "
+                         "sending more, or retry later")
+        self._reject("busy", error, msg)
+        return error
+
+    def leave(self, msg: Message) -> None:
+        """The request ``msg`` was answered."""
+        if self.in_flight is not None:
+            self.in_flight.leave(msg)
+
+    def _reject(self, reason: str, error: PosaError, msg: Message | None) -> Rejection:
+        """Count and log (once per cause) a refusal; the ``Rejection`` to raise."""
+        self.rejections[reason] += 1
+        cause = (reason, str(error)[:80])
+        if cause not in self._logged and len(self._logged) < 1024:
+            self._logged.add(cause)
+            log.warning("rejected a frame (%s): %s; further ones like it are only counted",
+                        reason, error)
+        return Rejection(reason, error, msg)
+
+
+def _reason(exc: Unauthorized, default: str) -> str:
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, str) else default

@@ -1,0 +1,136 @@
+"""Reliable streams between a forwarder and a receiver (sans-IO).
+
+Every message a forwarder sends to one recipient name carries the forwarder's
+``stream`` id and a sequence number ``id`` (1, 2, 3 ...).  The receiver delivers
+each stream strictly in sequence order, drops duplicates, holds a bounded number
+of early arrivals, and answers with cumulative ``ACK`` messages (one for many
+messages; a REPLY to the newest one acknowledges instead).  The forwarder keeps every frame until it is
+acknowledged and sends the unacknowledged tail again after a failure or a move.
+
+That is what makes migration and reconnection lossless and duplicate-free:
+a frame may travel twice (through the old and the new address), but it is
+delivered once, in order.
+
+    forwarder                          receiver
+    Outbound.unacked += (seq, frame) ─▶ Inbound.accept(msg) -> deliver in order
+    Outbound.ack(n)           ◀──────  ACK(stream, id=n) for many messages
+    Outbound.backlog() (resend)  ───▶  duplicates dropped, gaps filled
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from posa.wire.codec import Message
+
+__all__ = ["Outbound", "Inbound"]
+
+
+class Outbound:
+    """The forwarder's side of one stream: sequence numbers and unacked frames.
+
+    The forwarder numbers each message ``next_seq`` (then increments it) and
+    appends ``(seq, frame)`` to ``unacked`` itself: two attribute updates on the
+    send path instead of two method calls."""
+
+    __slots__ = ("next_seq", "acked", "unacked")
+
+    def __init__(self, first_seq: int = 1) -> None:
+        self.next_seq = first_seq
+        self.acked = first_seq - 1
+        self.unacked: deque[tuple[int, bytes]] = deque()
+
+    def ack(self, upto: int) -> int:
+        """Release every frame with seq <= ``upto``; returns how many."""
+        if upto <= self.acked:
+            return 0
+        self.acked = upto
+        unacked = self.unacked
+        released = 0
+        while unacked and unacked[0][0] <= upto:
+            unacked.popleft()
+            released += 1
+        return released
+
+    def backlog(self) -> Iterator[bytes]:
+        """The frames to send again, oldest first."""
+        return (frame for _, frame in list(self.unacked))
+
+    def __len__(self) -> int:
+        return len(self.unacked)
+
+
+class _State:
+    __slots__ = ("expected", "early")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.early: dict[int, Message] = {}
+
+
+class Inbound:
+    """The receiver's side of every stream: ordering and duplicate detection.
+
+    Bounded: at most ``max_streams`` streams are remembered (the least recently
+    started is forgotten first) and at most ``max_early`` early arrivals per
+    stream are held; an early arrival beyond that is dropped and comes again
+    from the forwarder's backlog.
+    """
+
+    def __init__(self, max_streams: int = 65536, max_early: int = 4096) -> None:
+        self.max_streams = max_streams
+        self.max_early = max_early
+        self._streams: dict[tuple[str, int], _State] = {}
+        self.duplicates = 0
+        self.dropped_early = 0
+
+    def accept(self, msg: Message) -> tuple[Message, ...]:
+        """The messages that may be delivered now, in order (often just ``msg``)."""
+        key = (msg.sender, msg.stream)
+        state = self._streams.get(key)
+        seq = msg.id
+        if state is None:
+            if len(self._streams) >= self.max_streams:
+                del self._streams[next(iter(self._streams))]
+            state = self._streams[key] = _State(seq)
+        expected = state.expected
+        if seq == expected:
+            state.expected = seq + 1
+            if not state.early:
+                return (msg,)
+            ready = [msg]
+            early = state.early
+            nxt = seq + 1
+            while nxt in early:
+                ready.append(early.pop(nxt))
+                nxt += 1
+            state.expected = nxt
+            return tuple(ready)
+        if seq < expected or seq in state.early:
+            self.duplicates += 1
+            return ()
+        if len(state.early) >= self.max_early:
+            self.dropped_early += 1
+            return ()
+        state.early[seq] = msg
+        return ()
+
+    def accept_run(self, run: list[Message]) -> bool:
+        """Accept a run of messages of one stream with consecutive sequence numbers
+        (a batch) in one step: True if all of them may be delivered now, in order,
+        because the run starts where its known stream expects and nothing is held
+        early. False changes nothing: ``accept`` them one by one instead."""
+        first = run[0]
+        state = self._streams.get((first.sender, first.stream))
+        if state is None or state.early or first.id != state.expected:
+            return False
+        state.expected = first.id + len(run)
+        return True
+
+    def acked(self, sender: str, stream: int) -> int:
+        """The cumulative sequence number to acknowledge for a stream."""
+        state = self._streams.get((sender, stream))
+        return 0 if state is None else state.expected - 1
+
+    def __len__(self) -> int:
+        return len(self._streams)

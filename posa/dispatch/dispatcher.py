@@ -1,0 +1,375 @@
+"""Client-Dispatcher-Server: the dispatcher service, network home of the registry.
+
+A ``Dispatcher`` is a peer named ``posa/dispatcher/<node>`` that also answers to
+``posa/dispatcher``.  It keeps the name registry (owners, epochs, leases),
+tells clients which servers provide a service, pushes every change to the
+connections that asked to watch, persists its state to a file if asked, and
+forwards lookups it cannot answer to the dispatchers it is federated with.
+
+Requests (body: a map with ``op``; replies and errors as in docs/protocol.md):
+
+    op           fields                                             reply
+    register     name addresses credential [epoch] [lease] [meta]   registration
+    renew        name credential                                    registration
+    unregister   name credential                                    nil
+    lookup       name [hops] [via]                                  registration
+    names        [pattern]                                          [registration]
+    pick         service [exclude]                                  registration
+    services                                                        {service: [name]}
+    watch                                                           {"instance": str}
+    ping                                                            {"instance": str}
+
+After ``watch`` the connection receives NOTIFY messages, body
+``{"name": str, "registration": registration | nil}``, for every change.
+
+Federation: a lookup that misses locally is asked of each federated dispatcher
+in turn, with ``via`` (the dispatchers it passed) and ``hops`` so that it never
+loops and never travels more than ``MAX_HOPS``.  That runs on a worker thread:
+the reactor never waits on the network.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+
+from posa.admission.gatekeeper import Authenticator
+from posa.delivery.forwarder import Sender
+from posa.errors import NameNotFound, PosaError, ProtocolError, Rejected
+from posa.naming.registry import LocalRegistry, Registration, RegistryTable
+from posa.peer import DEFERRED, Peer
+from posa.security import Acl, authenticated_key
+from posa.wire.codec import Kind, Message
+
+__all__ = ["Dispatcher", "DISPATCHER", "MAX_HOPS", "registration_to_wire",
+           "registration_from_wire"]
+
+log = logging.getLogger("posa.dispatch.dispatcher")
+
+DISPATCHER = "posa/dispatcher"
+MAX_HOPS = 4
+JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
+
+
+def registration_to_wire(r: Registration) -> dict[str, Any]:
+    return {"name": r.name, "addresses": list(r.addresses), "epoch": r.epoch,
+            "lease": r.lease, "expires_in": r.expires_in, "meta": dict(r.meta)}
+
+
+def registration_from_wire(data: Any) -> Registration:
+    try:
+        return Registration(data["name"], tuple(data["addresses"]), int(data["epoch"]),
+                            float(data["lease"]), float(data["expires_in"]),
+                            dict(data["meta"]))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ProtocolError(f"malformed registration from the dispatcher: {exc}") from None
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
+           default: Any = ...) -> Any:
+    value = body.get(key, default)
+    if value is ...:
+        raise Rejected(f"request {body.get('op')!r} needs the field {key!r}")
+    if value is not default and not isinstance(value, kind):
+        raise Rejected(f"field {key!r} of request {body.get('op')!r} has the wrong type")
+    return value
+
+
+class Dispatcher:
+    """The standalone dispatcher: registry, service lookup, change notices, federation."""
+
+    def __init__(self, listen: str | Sequence[str] = "tcp://127.0.0.1:7000", *,
+                 node: str | None = None, peers: Sequence[str] = (),
+                 state: str | None = None, lease: float = 10.0,
+                 sweep_interval: float = 0.5, authenticator: Authenticator | None = None,
+                 acl: Acl | None = None, **peer_options: Any) -> None:
+        self.node = node or secrets.token_hex(4)
+        self.instance = secrets.token_hex(8)   # changes on every start: caches use it
+        self.state_path = state
+        self.registry = LocalRegistry()
+        self._pending: list[dict[str, Any]] = []
+        self._journaled = 0
+        if state is not None:
+            self._load_state(state)
+        self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
+        self._rotation: dict[str, itertools.count[int]] = {}
+        self.acl = acl
+        self._authenticator = authenticator
+        self._federation: list[Sender] = []
+        for address in peers:
+            self.connect_peer(address)
+        self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
+        self.stats = {"requests": 0, "federated_lookups": 0}
+        self._ops = {name[len("_op_"):]: getattr(self, name)
+                     for name in dir(type(self)) if name.startswith("_op_")}
+        self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
+                         listen=listen, lease=lease, aliases=(DISPATCHER,),
+                         authenticator=authenticator, **peer_options)
+        self.name = self.peer.name
+        self.registry.watch(self._changed)
+        self.peer.serve(self._handle)
+        self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.peer.addresses
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests (reactor thread) -----------------------------------------------
+    def _handle(self, msg: Message) -> Any:
+        if msg.kind != Kind.REQUEST:
+            return None
+        body = msg.body
+        if not isinstance(body, dict) or not isinstance(body.get("op"), str):
+            raise Rejected("a dispatcher request is a map with an 'op' field; see "
+                           "docs/protocol.md")
+        self.stats["requests"] += 1
+        op = body["op"]
+        handler = self._ops.get(op)
+        if handler is None:
+            raise Rejected(f"unknown dispatcher operation {op!r}; known: "
+                           f"{', '.join(sorted(self._ops))}")
+        return handler(msg, body)
+
+    def _op_register(self, msg: Message, body: dict[str, Any]) -> Any:
+        name = _field(body, "name", str)
+        if self.acl is not None:
+            self.acl.check_register(name, authenticated_key(msg))
+        registration = self.registry.register(
+            name, _field(body, "addresses", list),
+            credential=_field(body, "credential", str),
+            epoch=_field(body, "epoch", int, None), lease=_field(body, "lease", (int, float), 10.0),
+            meta=_field(body, "meta", dict, None))
+        self._commit()
+        return registration_to_wire(registration)
+
+    def _op_renew(self, msg: Message, body: dict[str, Any]) -> Any:
+        return registration_to_wire(self.registry.renew(
+            _field(body, "name", str), credential=_field(body, "credential", str)))
+
+    def _op_unregister(self, msg: Message, body: dict[str, Any]) -> Any:
+        self.registry.unregister(_field(body, "name", str),
+                                 credential=_field(body, "credential", str))
+        self._commit()
+        return None
+
+    def _op_lookup(self, msg: Message, body: dict[str, Any]) -> Any:
+        name = _field(body, "name", str)
+        try:
+            return registration_to_wire(self.registry.lookup(name))
+        except NameNotFound:
+            return self._federate(msg, body)
+
+    def _op_names(self, msg: Message, body: dict[str, Any]) -> Any:
+        return [registration_to_wire(r)
+                for r in self.registry.names(_field(body, "pattern", str, "**"))]
+
+    def _op_pick(self, msg: Message, body: dict[str, Any]) -> Any:
+        service = _field(body, "service", str)
+        exclude = set(_field(body, "exclude", list, []))
+        servers = [r for r in self._servers(service) if r.name not in exclude]
+        if not servers:
+            try:
+                return self._federate(msg, body)
+            except NameNotFound:
+                raise NameNotFound(
+                    f"no live server provides {service!r}"
+                    + (" besides the ones that failed" if exclude else "")
+                    + "; start one with posa.Server, or check its dispatcher") from None
+        turn = next(self._rotation.setdefault(service, itertools.count()))
+        # weighted round robin: a server of weight w gets w turns in a cycle
+        slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
+        return registration_to_wire(slots[turn % len(slots)])
+
+    def _op_services(self, msg: Message, body: dict[str, Any]) -> Any:
+        services: dict[str, list[str]] = {}
+        for r in self.registry.names("**"):
+            service = r.meta.get("service")
+            if isinstance(service, str):
+                services.setdefault(service, []).append(r.name)
+        return services
+
+    def _op_watch(self, msg: Message, body: dict[str, Any]) -> Any:
+        endpoint, route = msg.route
+        self._watchers[(id(endpoint), route)] = (endpoint, route)
+        return {"instance": self.instance}
+
+    def _op_ping(self, msg: Message, body: dict[str, Any]) -> Any:
+        return {"instance": self.instance, "node": self.node}
+
+    def _servers(self, service: str) -> list[Registration]:
+        prefix = service.rstrip("/")
+        return [r for r in self.registry.names(f"{prefix}/**")
+                if r.meta.get("service") == service]
+
+    # -- change notices, expiry, persistence ---------------------------------------
+    def _changed(self, name: str, registration: Registration | None) -> None:
+        self._record(name)
+        if not self._watchers:
+            return
+        body = {"name": name, "registration": None if registration is None
+                else registration_to_wire(registration)}
+        frame = self.peer.codec.pack(Kind.NOTIFY, 0, 0, self.peer.name, "", 0, {}, body)
+        if self._authenticator is not None:
+            frame = self._authenticator.seal(frame)
+        self.peer.reactor.call_soon(self._notify, frame)
+
+    def _notify(self, frame: bytes) -> None:
+        for key, (endpoint, route) in list(self._watchers.items()):
+            try:
+                endpoint.listener.send(route, frame)
+            except PosaError:
+                del self._watchers[key]     # that watcher's connection is gone
+
+    def _sweep(self) -> None:
+        self.registry.expire()
+        if self.state_path is not None:
+            self._commit()
+            if self._journaled > JOURNAL_COMPACT_AFTER:
+                self._snapshot()
+
+    # State file: a snapshot (replaced atomically) plus a journal of the changes
+    # since, appended and fsynced before a register/unregister is answered, so an
+    # acknowledged registration survives a crash; the journal is folded into a
+    # new snapshot when it grows.
+    def _record(self, name: str) -> None:
+        if self.state_path is not None:
+            self._pending.append({"name": name, "entry": self.registry.entry_state(name)})
+
+    def _commit(self) -> None:
+        if not self._pending:
+            return
+        records, self._pending = self._pending, []
+        data = b"".join(msgpack.packb(record) for record in records)
+        try:
+            with open(f"{self.state_path}.journal", "ab") as journal:
+                journal.write(data)
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as exc:
+            log.error("cannot append to the journal of %s: %s", self.state_path, exc)
+            return
+        self._journaled += len(records)
+
+    def _snapshot(self) -> None:
+        assert self.state_path is not None
+        path = self.state_path
+        data = msgpack.packb({"saved_at": time.time(), "table": self.registry.export_state()})
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)   # atomic: a reader sees the old or the new state
+            with open(f"{path}.journal", "wb"):
+                pass                # the snapshot holds everything the journal did
+        except OSError as exc:
+            log.error("cannot write the state file %s: %s", path, exc)
+            return
+        self._journaled = 0
+
+    def _load_state(self, path: str) -> None:
+        state: dict[str, Any] = {"version": 1, "entries": [], "epochs": {}}
+        try:
+            try:
+                with open(path, "rb") as f:
+                    state = msgpack.unpackb(f.read(), raw=False)["table"]
+            except FileNotFoundError:
+                pass
+            entries = {entry["name"]: entry for entry in state["entries"]}
+            try:
+                with open(f"{path}.journal", "rb") as f:
+                    unpacker = msgpack.Unpacker(f, raw=False)
+                    for record in unpacker:
+                        if record["entry"] is None:
+                            gone = entries.pop(record["name"], None)
+                            if gone is not None:
+                                state["epochs"][record["name"]] = gone["epoch"]
+                        else:
+                            entries[record["name"]] = record["entry"]
+            except FileNotFoundError:
+                pass
+            state["entries"] = list(entries.values())
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise PosaError(f"cannot read the dispatcher state {path}: {exc}; move it "
+                            "and its .journal away to start empty") from None
+        # owners could not renew while the dispatcher was down: every restored
+        # registration gets one whole lease from now to be renewed, or it expires
+        for entry in state["entries"]:
+            entry["expires_in"] = entry["lease"]
+        self.registry.load(RegistryTable.import_state(state))
+        self._snapshot()
+
+    # -- federation (worker threads) -------------------------------------------------
+    @staticmethod
+    def _no_resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        raise NameNotFound(f"{name!r} is reached by its pinned address only")
+
+    def connect_peer(self, address: str) -> None:
+        """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
+        self._federation.append(Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
+                                       pins={DISPATCHER: address},
+                                       authenticator=self._authenticator))
+
+    def _federate(self, msg: Message, body: dict[str, Any]) -> Any:
+        """Ask the federated dispatchers (on a worker thread); raise NameNotFound if
+        there are none, or if this request already passed here or went too far."""
+        via = _field(body, "via", list, [])
+        hops = _field(body, "hops", int, 0)
+        if not self._federation or self.node in via or hops >= MAX_HOPS:
+            raise NameNotFound(f"no live registration for {body.get('name') or body.get('service')!r}"
+                               " here or at the federated dispatchers")
+        forwarded = dict(body, via=via + [self.node], hops=hops + 1)
+        self._workers.submit(self._ask_federation, msg, forwarded)
+        return DEFERRED
+
+    def _ask_federation(self, msg: Message, body: dict[str, Any]) -> None:
+        self.stats["federated_lookups"] += 1
+        for sender in list(self._federation):
+            try:
+                reply = sender.request(DISPATCHER, body, timeout=2.0)
+            except NameNotFound:
+                continue
+            except PosaError as exc:
+                log.info("federated %s failed at a peer dispatcher: %s", body["op"], exc)
+                continue
+            self.peer.reply(msg, reply.body)
+            return
+        what = body.get("name") or body.get("service")
+        self.peer.reply_error(msg, NameNotFound(
+            f"no live registration for {what!r} here or at the federated dispatchers"))
+
+    @property
+    def address(self) -> str:
+        return self.peer.address
+
+    def stop_accepting(self) -> None:
+        """Read no more requests (the first step of a clean shutdown)."""
+        self.peer.stop_accepting()
+
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered (federated lookups)."""
+        return self.peer.in_flight()
+
+    def close(self) -> None:
+        """Stop serving; save the state one last time if a state file is kept."""
+        self._sweeper.cancel()
+        if self.state_path is not None:
+            self.peer.reactor.call(self._snapshot)
+        self.peer.close()
+        self._workers.shutdown(wait=False)
+        for sender in self._federation:
+            sender.close()

@@ -1,0 +1,195 @@
+"""Client-Dispatcher-Server: servers register services, clients call them by name.
+
+A ``Server`` is a peer named ``SERVICE/srv-XXXX`` whose registration carries
+``meta = {"service": SERVICE, "weight": W, "transports": [...]}``; it registers
+with the dispatcher on start, renews its lease, and unregisters on close.
+
+A ``Client`` asks the dispatcher for a server of a service once (``pick``:
+round robin by weight), then talks to that server directly.  When a call
+fails — the connection breaks, or no reply comes within ``attempt_timeout`` —
+the client asks for another server (excluding the one that failed) and sends
+the request there, until the call's deadline.  Every request carries its
+stream id and sequence number, so a request resent to the same server is not
+executed twice (the server answers a repeat from its reply cache); a request
+that fails over to *another* server may run there as well: handlers of
+services that fail over should be idempotent, or use ``attempt_timeout``
+longer than their slowest call.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from posa.admission.gatekeeper import Authenticator
+from posa.delivery.forwarder import Sender
+from posa.errors import NameNotFound, PosaError, Timeout, TransportError
+from posa.naming.client import RegistryClient
+from posa.naming.registry import Registration, Registry, resolver
+from posa.peer import DEFERRED, Peer
+from posa.transport.base import Options
+from posa.wire.codec import Message
+from posa.wire.names import validate_name
+
+__all__ = ["Server", "Client", "ServiceChannel"]
+
+
+def _registry(dispatcher: str | None, registry: Registry | None) -> tuple[Any, bool]:
+    if registry is not None:
+        return registry, False
+    if dispatcher is None:
+        raise TypeError("give the dispatcher's address (dispatcher='tcp://...') or a registry")
+    return RegistryClient(dispatcher), True
+
+
+class Server:
+    """Serves ``service`` with ``handler(body) -> reply body``.
+
+    The handler runs on the reactor thread; give ``workers=N`` if it blocks
+    (it then runs on N threads, and replies when it returns)."""
+
+    def __init__(self, service: str, handler: Callable[[Any], Any], *,
+                 dispatcher: str | None = None, registry: Registry | None = None,
+                 listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
+                 name: str | None = None, lease: float = 10.0, workers: int = 0,
+                 **peer_options: Any) -> None:
+        self.service = validate_name(service)
+        self.handler = handler
+        self.registry, self._owns_registry = _registry(dispatcher, registry)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"posa-{service}") \
+            if workers > 0 else None
+        addresses = [listen] if isinstance(listen, str) else list(listen)
+        meta = {"service": self.service, "weight": weight,
+                "transports": sorted({a.partition("://")[0] for a in addresses})}
+        self.peer = Peer(name or f"{self.service}/srv-{secrets.token_hex(4)}",
+                         registry=self.registry, listen=addresses, lease=lease, meta=meta,
+                         **peer_options)
+        self.name = self.peer.name
+        self.peer.serve(self._serve)
+
+    def _serve(self, msg: Message) -> Any:
+        if self._pool is None:
+            return self.handler(msg.body)
+        self._pool.submit(self._run, msg)
+        return DEFERRED
+
+    def _run(self, msg: Message) -> None:
+        try:
+            result = self.handler(msg.body)
+        except Exception as exc:
+            self.peer.reply_error(msg, exc)
+        else:
+            self.peer.reply(msg, result)
+
+    def close(self) -> None:
+        """Unregister and stop serving."""
+        self.peer.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """Calls services by name through a dispatcher, failing over between servers."""
+
+    def __init__(self, *, dispatcher: str | None = None, registry: Registry | None = None,
+                 timeout: float = 5.0, attempt_timeout: float = 1.0,
+                 authenticator: Authenticator | None = None) -> None:
+        self.registry, self._owns_registry = _registry(dispatcher, registry)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        # a send to a vanished server must not block longer than one attempt
+        self.sender = Sender("", resolve=resolver(self.registry), authenticator=authenticator,
+                             options=Options(send_timeout=attempt_timeout))
+        self._chosen: dict[str, str] = {}       # service -> server name in use
+
+    def servers(self, service: str) -> list[Registration]:
+        """Every live server of ``service`` with its addresses (client-managed
+        communication: connect to one yourself)."""
+        return [r for r in self.registry.names(f"{service}/**")
+                if r.meta.get("service") == service]
+
+    def call(self, service: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        """Call ``service`` and return its reply body, failing over between servers
+        until ``timeout``. Raises ``Timeout``, ``NameNotFound`` (no server at all) or
+        the error the handler raised."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        failed: list[str] = []
+        last: PosaError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"no server of {service!r} answered within {timeout} s "
+                              f"(tried {', '.join(failed) or 'none'}): {last}")
+            server = self._chosen.get(service)
+            if server is None or server in failed:
+                try:
+                    server = self._pick(service, failed)
+                except NameNotFound as exc:
+                    if not failed:
+                        raise
+                    last = exc
+                    failed.clear()      # every server failed once: try them again
+                    time.sleep(min(0.05, max(0.0, remaining)))
+                    continue
+            try:
+                return self.sender.request(server, body, failfast=True,
+                                           timeout=min(remaining, self.attempt_timeout)).body
+            except (TransportError, Timeout, NameNotFound) as exc:
+                last = exc
+                failed.append(server)
+                self._chosen.pop(service, None)
+                self.sender.forget(server)
+
+    def _pick(self, service: str, exclude: Sequence[str]) -> str:
+        pick = getattr(self.registry, "pick", None)
+        if pick is not None:
+            name = pick(service, exclude=exclude).name
+        else:  # a registry without service lookup: choose among the live servers
+            servers = [r.name for r in self.servers(service) if r.name not in exclude]
+            if not servers:
+                raise NameNotFound(f"no live server provides {service!r}")
+            name = servers[int(time.monotonic() * 1000) % len(servers)]
+        self._chosen[service] = name
+        return name
+
+    def channel(self, service: str) -> ServiceChannel:
+        """A handle for repeated calls to ``service``."""
+        return ServiceChannel(self, service)
+
+    def close(self) -> None:
+        self.sender.close()
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ServiceChannel:
+    """Repeated calls to one service, through the server the dispatcher handed out."""
+
+    def __init__(self, client: Client, service: str) -> None:
+        self.client = client
+        self.service = validate_name(service)
+
+    def call(self, body: Any = None, *, timeout: float | None = None) -> Any:
+        return self.client.call(self.service, body, timeout=timeout)
+
+    @property
+    def server(self) -> str | None:
+        """The server in use now (None before the first call)."""
+        return self.client._chosen.get(self.service)

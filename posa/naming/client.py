@@ -1,0 +1,241 @@
+"""The registry of a dispatcher service, reached over the network.
+
+``RegistryClient`` implements the ``Registry`` interface by asking a
+``posa dispatcher``; it keeps a local cache so a repeated lookup costs a dict
+read, not a round trip.  The cache is kept true by the dispatcher's change
+notices: a watch connection, driven by the process's reactor (never blocking
+it), receives a NOTIFY for every change.  A ping every ``ping_interval``
+seconds tells whether the dispatcher restarted (its instance id changed) or
+went silent; either way the cache is dropped and the watch made again.  Cache
+entries also expire with their lease, so staleness is bounded even if notices
+are lost.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from posa.admission.gatekeeper import Authenticator
+from posa.delivery.forwarder import Forwarder, Sender
+from posa.dispatch.dispatcher import DISPATCHER, registration_from_wire
+from posa.errors import NameNotFound, PosaError
+from posa.naming.registry import DEFAULT_LEASE, Registration
+from posa.runtime import reactor as reactor_module
+from posa.runtime.reactor import Reactor
+from posa.transport.base import Options
+from posa.wire.codec import Codec, Kind, Message
+
+__all__ = ["RegistryClient"]
+
+
+def _pinned_only(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+    raise NameNotFound(f"{name!r} is reached at the dispatcher's address only")
+
+
+class RegistryClient:
+    """``Registry`` backed by a ``posa dispatcher`` at ``address``. Thread-safe."""
+
+    def __init__(self, address: str, *, timeout: float = 5.0, cache: bool = True,
+                 ping_interval: float = 1.0, reactor: Reactor | None = None,
+                 options: Options | None = None, codec: Codec | None = None,
+                 authenticator: Authenticator | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.codec = codec or Codec()
+        self.options = options or Options(send_timeout=min(timeout, 5.0))
+        self._authenticator = authenticator
+        self._sender = Sender("", resolve=_pinned_only, codec=self.codec,
+                              options=self.options, pins={DISPATCHER: address},
+                              authenticator=authenticator)
+        self._cache: dict[str, tuple[Registration, float]] = {}
+        self._lock = threading.Lock()
+        self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
+        self._next_watcher = 0
+        self._closed = False
+        self._reactor = reactor or reactor_module.default()
+        self._watch: Forwarder | None = None
+        self._instance: str | None = None
+        self._ping_seq = 0
+        self._silent = 0
+        self._ticker = None
+        if cache:
+            self._ticker = self._reactor.call_every(ping_interval, self._tick)
+            self._reactor.call_soon(self._tick)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the Registry interface ------------------------------------------------
+    def _call(self, op: str, **fields: Any) -> Any:
+        fields["op"] = op
+        return self._sender.request(DISPATCHER, fields, timeout=self.timeout).body
+
+    def register(self, name: str, addresses: Sequence[str], *, credential: str,
+                 epoch: int | None = None, lease: float = DEFAULT_LEASE,
+                 meta: Mapping[str, Any] | None = None) -> Registration:
+        registration = registration_from_wire(self._call(
+            "register", name=name, addresses=list(addresses), credential=credential,
+            epoch=epoch, lease=lease, meta=dict(meta) if meta else None))
+        self._remember(registration)
+        return registration
+
+    def renew(self, name: str, *, credential: str) -> Registration:
+        return registration_from_wire(self._call("renew", name=name, credential=credential))
+
+    def unregister(self, name: str, *, credential: str) -> None:
+        self._call("unregister", name=name, credential=credential)
+        self.forget(name)
+
+    def lookup(self, name: str) -> Registration:
+        cached = self._cache.get(name)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        registration = registration_from_wire(self._call("lookup", name=name))
+        self._remember(registration)
+        return registration
+
+    def names(self, pattern: str = "**") -> list[Registration]:
+        return [registration_from_wire(r) for r in self._call("names", pattern=pattern)]
+
+    def pick(self, service: str, *, exclude: Sequence[str] = ()) -> Registration:
+        """A live server of ``service``, chosen by the dispatcher (round robin by weight)."""
+        return registration_from_wire(self._call("pick", service=service,
+                                                 exclude=list(exclude)))
+
+    def services(self) -> dict[str, list[str]]:
+        """Every service with its servers' names."""
+        return self._call("services")  # type: ignore[no-any-return]
+
+    def watch(self, callback: Callable[[str, Registration | None], None]) -> Callable[[], None]:
+        with self._lock:
+            key = self._next_watcher
+            self._next_watcher += 1
+            self._watchers[key] = callback
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._watchers.pop(key, None)
+        return unsubscribe
+
+    def forget(self, name: str) -> None:
+        """Drop ``name`` from the cache: the next lookup asks the dispatcher."""
+        self._cache.pop(name, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._reactor.call(self._drop_watch)
+        self._sender.close()
+        self._cache.clear()
+
+    # -- the cache ---------------------------------------------------------------
+    def _remember(self, registration: Registration) -> None:
+        if self._ticker is None or self._instance is None:
+            return  # no live watch: a cached entry could go stale unnoticed
+        with self._lock:
+            old = self._cache.get(registration.name)
+            if old is None or old[0].epoch <= registration.epoch:
+                self._cache[registration.name] = (
+                    registration, time.monotonic() + max(0.0, registration.expires_in))
+
+    def _notified(self, msg: Message) -> None:
+        body = msg.body
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return
+        name = body["name"]
+        registration = None
+        if body.get("registration") is not None:
+            try:
+                registration = registration_from_wire(body["registration"])
+            except PosaError:
+                self.forget(name)
+                return
+        with self._lock:
+            if registration is None:
+                self._cache.pop(name, None)
+            elif name in self._cache:
+                self._cache[name] = (registration,
+                                     time.monotonic() + max(0.0, registration.expires_in))
+            watchers = list(self._watchers.values())
+        for callback in watchers:
+            try:
+                callback(name, registration)
+            except Exception:  # a watcher must not break the cache
+                pass
+
+    # -- the watch connection (reactor thread) -------------------------------------
+    def _tick(self) -> None:
+        """Keep the watch alive: (re)subscribe, ping, notice restarts and silence."""
+        if self._closed:
+            return
+        watch = self._watch
+        if watch is not None:
+            reply = watch.take_reply(DISPATCHER, self._ping_seq)
+            instance = reply.body.get("instance") if reply is not None and isinstance(
+                reply.body, dict) else None
+            if reply is None:
+                self._silent += 1
+            elif instance != self._instance:
+                self._drop_watch()          # the dispatcher restarted: nothing cached holds
+            else:
+                self._silent = 0
+            if self._silent >= 3:
+                self._drop_watch()
+        if self._watch is None:
+            self._subscribe()
+        elif self._watch is not None:
+            self._ping()
+
+    def _subscribe(self) -> None:
+        watch = Forwarder("", resolve=_pinned_only, codec=self.codec, options=self.options,
+                          on_notify=self._notified, authenticator=self._authenticator)
+        watch.pin(DISPATCHER, self.address)
+        try:
+            seq = watch.send(DISPATCHER, {"op": "watch"}, kind=Kind.REQUEST,
+                             deadline=time.monotonic())
+        except (PosaError, OSError):
+            watch.close()
+            return  # the dispatcher is not there (yet): the next tick tries again
+        self._watch = watch
+        self._ping_seq = seq
+        self._silent = 0
+        self._reactor.add_source(watch.connection(DISPATCHER), lambda: self._drain(watch))
+        self._instance = None
+
+    def _ping(self) -> None:
+        assert self._watch is not None
+        try:
+            self._ping_seq = self._watch.send(DISPATCHER, {"op": "ping"}, kind=Kind.REQUEST,
+                                              deadline=time.monotonic())
+        except (PosaError, OSError):
+            self._drop_watch()
+
+    def _drain(self, watch: Forwarder) -> None:
+        if watch is not self._watch:
+            return
+        try:
+            watch.poll(DISPATCHER)
+        except PosaError:
+            self._drop_watch()
+            return
+        if self._instance is None:
+            reply = watch.peek_reply(DISPATCHER, self._ping_seq)
+            if reply is not None and isinstance(reply.body, dict):
+                self._instance = reply.body.get("instance")
+
+    def _drop_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        self._instance = None
+        with self._lock:
+            self._cache.clear()
+        if watch is not None:
+            self._reactor.remove_source(watch.connection(DISPATCHER))
+            watch.close()

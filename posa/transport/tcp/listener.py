@@ -1,0 +1,410 @@
+"""The listening end of ``tcp://``: ``TcpListener``.
+
+Strategy.
+
+*One descriptor for the reactor.* A listener owns an inner poller (epoll on
+Linux: ``posa.transport.poller``) holding its listening socket, every accepted
+connection and a wake-up socket. ``fileno()`` is that poller's descriptor,
+readable whenever one of them is ready, so a reactor waits on one descriptor per
+listener however many peers are connected. ``recv_nowait()`` serves queued
+frames; when none are queued it polls the inner poller without waiting, accepts,
+reads each ready connection once into one reused 256 KiB buffer (no allocation
+per read: see the allocator pitfall in the anchors' RESULTS.md), and queues
+every complete frame as ``(route, frame)``. One buffer's worth per connection
+and poll bounds the queue. ``send`` writes at once; what the kernel does not
+take waits in that connection's ``SendQueue``, the connection is registered for
+writability, and the next poll (which the poller's readiness brings about)
+flushes the waiting frames in one write.
+
+*Bad peers.* A connection that fails the greeting, announces a frame over
+``max_frame_size``, closes mid-frame, or arrives past ``max_connections`` is
+closed and counted in ``rejections``; the frames it completed before are
+delivered; no other connection notices.
+
+*Closing.* ``close()`` flushes, ends the sending side of every connection and
+hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
+whose stream ended has been read to its end and is closed at once.
+
+*Threads.* A listener is used by one thread at a time, except ``close()``,
+which may come from any thread and wakes a blocked ``recv`` with ``Closed``
+through the wake-up socket.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+import socket
+import threading
+import time
+from collections import Counter, deque
+from itertools import repeat
+
+from posa.errors import Closed, ProtocolError, Timeout, TransportError
+from posa.transport.base import Options, Route
+from posa.transport.framing import GREETING, MAX_LENGTH, FrameDecoder, SendQueue, frame_header
+from posa.transport.poller import READ, WRITE, Poller, readable, writable
+from posa.transport.tcp.address import format_address
+from posa.transport.tcp.closing import reaper
+from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, poll_ms, too_large
+
+__all__ = ["TcpListener"]
+
+log = logging.getLogger("posa.transport.tcp")
+
+_LISTENER_READ_SIZE = 256 * 1024   # one reused buffer per listener
+_ACCEPT_BATCH = 64                 # connections accepted per poll
+_ACCEPT = object()                 # what the listening socket's events mean
+_WAKE = object()                   # what the wake-up socket's events mean
+
+
+class _Peer:
+    """One accepted connection of a listener."""
+
+    __slots__ = ("route", "sock", "remote", "decoder", "out", "watching_writes")
+
+    def __init__(self, route: int, sock: socket.socket, remote: str,
+                 decoder: FrameDecoder) -> None:
+        self.route = route
+        self.sock = sock
+        self.remote = remote
+        self.decoder = decoder
+        self.out = SendQueue()            # what the kernel has not taken yet
+        self.watching_writes = False      # registered for EVENT_WRITE
+
+
+class TcpListener:
+    """A bound ``tcp://`` endpoint; see the module docstring for its design.
+
+    Routes are ints, one per accepted connection, never reused by a listener."""
+
+    def __init__(self, sock: socket.socket, options: Options) -> None:
+        host, port = sock.getsockname()[:2]
+        self.address = format_address(host, port)
+        self.rejections: Counter[str] = Counter()
+        self._sock = sock
+        self._max_frame = min(options.max_frame_size, MAX_LENGTH)
+        self._max_connections = options.max_connections
+        self._high_water_mark = options.high_water_mark
+        self._send_timeout = options.send_timeout
+        self._linger = options.linger
+        self._peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._ready: deque[tuple[int, bytes]] = deque()
+        self._buf = bytearray(_LISTENER_READ_SIZE)
+        self._view = memoryview(self._buf)
+        self._io_lock = threading.Lock()      # held by the thread doing I/O
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._poller = Poller()
+        self._wake_r, self._wake_w = socket.socketpair()
+        # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (_Peer)
+        self._owners: dict[int, object] = {sock.fileno(): _ACCEPT,
+                                           self._wake_r.fileno(): _WAKE}
+        try:
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._poller.register(sock, READ)
+            self._poller.register(self._wake_r, READ)
+        except BaseException:
+            self._poller.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
+
+    def fileno(self) -> int:
+        """The inner poller's descriptor: readable when a poll has work."""
+        if self._closed:
+            raise self._closed_error()
+        return self._poller.fileno()
+
+    def pending(self) -> bool:
+        """True if frames are queued (``recv_nowait`` returns one at once)."""
+        return bool(self._ready)
+
+    def recv_nowait(self) -> tuple[Route, bytes] | None:
+        """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""
+        if self._closed:
+            raise self._closed_error()
+        ready = self._ready
+        if not ready:
+            self._poll(0)
+            if not ready:
+                return None
+        return ready.popleft()
+
+    def recv(self, timeout: float | None = None) -> tuple[Route, bytes]:
+        """Block for the next ``(route, frame)``. Raises ``Timeout``, ``Closed``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ready = self._ready
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            if ready:
+                return ready.popleft()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._poll(remaining)
+            if not ready and remaining == 0.0:
+                raise Timeout(f"no frame arrived at {self.address} within {timeout} s")
+
+    def send(self, route: Route, frame: bytes) -> None:
+        """Send ``frame`` on connection ``route``. Blocks, at most ``send_timeout``,
+        only while ``high_water_mark`` entries wait for that connection.
+
+        Raises ``TransportError`` (frame too large, connection gone), ``Timeout``,
+        ``Closed``."""
+        size = len(frame)
+        if size > self._max_frame:
+            raise too_large(size, self._max_frame, f"from {self.address}")
+        with self._io_lock:
+            if self._closed:
+                raise self._closed_error()
+            peer = self._peers.get(route)  # type: ignore[call-overload]
+            if peer is None:
+                raise self._gone_error(route)
+            out = peer.out
+            if len(out) >= self._high_water_mark:
+                self._wait_for_room(peer)
+            if out or size > DIRECT_LIMIT:
+                out.push(frame)
+                self._flush(peer)
+                if peer.route not in self._peers:
+                    raise self._gone_error(route)
+                return
+            data = frame_header(size) + frame
+            try:
+                sent = peer.sock.send(data, NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._drop(peer, None, f"the connection failed: {error_text(exc)}")
+                raise self._gone_error(route) from None
+            if sent < len(data):
+                out.push_raw(memoryview(data)[sent:] if sent else data)
+                self._watch_writes(peer, True)
+
+    def close(self) -> None:
+        """Stop listening, flush queued replies and end every connection, within
+        ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
+        thread, which raises ``Closed``. Frames not yet received are dropped."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the wake-up socket is full: a wake-up is pending already
+        with self._io_lock:
+            deadline = time.monotonic() + self._linger
+            self._flush_before_close(deadline)
+            for peer in self._peers.values():
+                try:
+                    peer.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    peer.sock.close()  # reset already: nothing to deliver
+                else:
+                    reaper.adopt(peer.sock, deadline)  # see posa.transport.tcp.closing
+            self._peers.clear()
+            self._ready.clear()
+            self._poller.close()
+            self._sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def __enter__(self) -> TcpListener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._peers)} connections"
+        return f"<TcpListener {self.address} {state}>"
+
+    # -- the following run with the I/O lock held ----------------------------
+
+    def _poll(self, timeout: float | None) -> None:
+        """Wait at most ``timeout`` for the inner poller, then serve what it
+        reports: accept, flush, read. Raises ``Closed`` once closed."""
+        with self._io_lock:
+            if self._closed:
+                raise self._closed_error()
+            try:
+                events = self._poller.poll(-1 if timeout is None else max(0.0, timeout))
+            except OSError as exc:
+                raise TransportError(f"polling {self.address} failed: "
+                                     f"{error_text(exc)}") from None
+            owners = self._owners
+            for fd, mask in events:
+                owner = owners.get(fd)
+                if owner is _ACCEPT:
+                    self._accept()
+                elif owner is _WAKE:
+                    self._drain_wake()
+                elif owner is not None:     # (None: dropped earlier in this round)
+                    peer: _Peer = owner     # type: ignore[assignment]
+                    if writable(mask):
+                        self._flush(peer)
+                    if readable(mask) and peer.route in self._peers:
+                        self._read(peer)
+            if self._closed:
+                raise self._closed_error()
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, remote = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("%s: cannot accept a connection: %s", self.address,
+                            error_text(exc))
+                return
+            where = format_address(remote[0], remote[1])
+            if len(self._peers) >= self._max_connections:
+                sock.close()
+                self.rejections["too-many-connections"] += 1
+                log.warning("%s: refused a connection from %s: %d connections are "
+                            "open (Options.max_connections)", self.address, where,
+                            self._max_connections)
+                continue
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()  # reset before it could be used: nothing to serve
+                continue
+            try:
+                self._poller.register(sock, READ)
+            except OSError as exc:     # the kernel is out of room for watches
+                sock.close()
+                log.warning("%s: cannot watch a connection from %s: %s", self.address,
+                            where, error_text(exc))
+                continue
+            peer = _Peer(next(self._ids), sock, where, FrameDecoder(self._max_frame))
+            self._peers[peer.route] = peer
+            self._owners[sock.fileno()] = peer
+
+    def _read(self, peer: _Peer) -> None:
+        try:
+            size = peer.sock.recv_into(self._buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            cause = "truncated" if peer.decoder.buffered else None
+            self._drop(peer, cause, f"the connection failed: {error_text(exc)}")
+            return
+        decoder = peer.decoder
+        if not size:
+            try:
+                decoder.finish()
+            except ProtocolError as exc:
+                self._drop(peer, "truncated", str(exc))
+            else:
+                self._drop(peer, None, "closed by the peer")
+            return
+        greeted = decoder.greeted
+        try:
+            frames = decoder.feed(self._view[:size])
+        except ProtocolError as exc:
+            self._ready.extend(zip(repeat(peer.route), decoder.frames_before_failure))
+            self._drop(peer, decoder.failure, str(exc))
+            return
+        if frames:
+            self._ready.extend(zip(repeat(peer.route), frames))
+        if not greeted and decoder.greeted:
+            peer.out.push_raw(GREETING)
+            self._flush(peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        """Hand the kernel what it takes of ``peer.out`` without waiting; watch
+        for writability while something is left. Drops ``peer`` if it failed."""
+        out = peer.out
+        while out:
+            data = out.head()
+            try:
+                sent = peer.sock.send(data, NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._drop(peer, None, f"the connection failed: {error_text(exc)}")
+                return
+            out.consume(sent)
+            if sent < len(data):
+                break
+        self._watch_writes(peer, bool(out))
+
+    def _watch_writes(self, peer: _Peer, on: bool) -> None:
+        if peer.watching_writes != on:
+            peer.watching_writes = on
+            self._poller.modify(peer.sock, READ | WRITE if on else READ)
+
+    def _wait_for_room(self, peer: _Peer) -> None:
+        """Flush ``peer`` until fewer than ``high_water_mark`` entries wait."""
+        deadline = None if self._send_timeout is None else (
+            time.monotonic() + self._send_timeout)
+        poller = select.poll()
+        poller.register(peer.sock, select.POLLOUT)
+        while len(peer.out) >= self._high_water_mark:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"cannot send on connection {peer.route} of "
+                              f"{self.address}: {len(peer.out)} frames wait for a peer "
+                              f"that has not read for {self._send_timeout} s "
+                              "(Options.high_water_mark); the frame was not sent")
+            poller.poll(poll_ms(remaining))
+            self._flush(peer)
+            if peer.route not in self._peers:
+                raise self._gone_error(peer.route)
+
+    def _flush_before_close(self, deadline: float) -> None:
+        while True:
+            waiting = [peer for peer in self._peers.values() if peer.out]
+            remaining = deadline - time.monotonic()
+            if not waiting:
+                return
+            if remaining <= 0:
+                log.warning("%s: closed with frames unsent to %d connections after "
+                            "%s s (Options.linger)", self.address, len(waiting),
+                            self._linger)
+                return
+            poller = select.poll()
+            for peer in waiting:
+                poller.register(peer.sock, select.POLLOUT)
+            poller.poll(poll_ms(remaining))
+            for peer in waiting:
+                if peer.route in self._peers:
+                    self._flush(peer)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except OSError:
+            pass  # drained (BlockingIOError): the wake-up has done its job
+
+    def _drop(self, peer: _Peer, cause: str | None, detail: str) -> None:
+        """Close ``peer``; count it in ``rejections`` under ``cause`` if given."""
+        del self._peers[peer.route]
+        del self._owners[peer.sock.fileno()]
+        try:
+            self._poller.unregister(peer.sock)
+        except (OSError, ValueError, KeyError):
+            pass                  # closing below takes it out of the set as well
+        peer.sock.close()
+        if cause is None:
+            log.debug("%s: connection %d from %s ended: %s", self.address, peer.route,
+                      peer.remote, detail)
+            return
+        self.rejections[cause] += 1
+        log.warning("%s: dropped connection %d from %s (%s): %s", self.address,
+                    peer.route, peer.remote, cause, detail)
+
+    def _gone_error(self, route: Route) -> TransportError:
+        return TransportError(f"connection {route!r} of {self.address} is gone (the "
+                              "peer closed it or it was dropped); the frame was not "
+                              "sent")
+
+    def _closed_error(self) -> Closed:
+        return Closed(f"the listener {self.address} is closed; listen again to go on")

@@ -1,0 +1,353 @@
+"""The message envelope and its msgpack wire codec (sans-IO).
+
+Wire format, fixed forever for version 1: one msgpack array of nine items
+
+    index  field        msgpack type        meaning
+    0      version      positive int        1
+    1      kind         positive int        a ``Kind`` (numbers never change)
+    2      stream       uint64              the sending forwarder's stream id (0: none)
+    3      id           uint64              sequence number within the stream (0: none)
+    4      sender       str                 sender's name ("" for anonymous clients)
+    5      recipient    str                 recipient's name or group pattern
+    6      correlation  uint64              id of the request a REPLY/ERROR answers (0: none)
+    7      headers      map str -> any      deadline, auth, trace ... (see docs/protocol.md)
+    8      body         any msgpack value   the application's data
+
+A ``BATCH`` envelope carries several envelopes of one stream in one frame: its
+body is an array whose items are complete envelopes (SEND or REQUEST, the same
+stream, sender and recipient as the batch).  ``Codec.pack_batch`` joins envelopes
+already encoded, without encoding them again; ``Codec.unbatch`` validates each as
+if it had come alone.
+
+Decoding takes untrusted bytes and returns a ``Message`` or raises
+``ProtocolError``: never another exception, never unbounded allocation (msgpack's
+own length limits are set from ``CodecLimits`` before it allocates), never pickle.
+"""
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from posa.errors import ProtocolError
+
+__all__ = ["Kind", "CodecLimits", "Message", "Codec", "VERSION"]
+
+VERSION = 1
+_U64 = (1 << 64) - 1
+
+
+class Kind(enum.IntEnum):
+    """Message kinds. The numbers are part of the wire protocol: never renumber."""
+
+    SEND = 1      # one-way message to a name
+    REQUEST = 2   # expects one REPLY or ERROR with correlation = this id
+    REPLY = 3     # successful answer to a REQUEST
+    ERROR = 4     # failed answer: body = [code, type name, text]
+    ACK = 5       # cumulative acknowledgement: id = highest seq delivered in `stream`
+    MOVED = 6     # the recipient moved: body = {"address": str, "epoch": int}
+    EVENT = 7     # reserved (event-channel deliveries travel as SEND in a stream)
+    NOTIFY = 8    # unsolicited news from a service on an open connection
+    BATCH = 9     # several SEND/REQUEST envelopes of one stream: body = array of envelopes
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+_BATCHABLE = (Kind.SEND, Kind.REQUEST)
+
+
+@dataclass(frozen=True)
+class CodecLimits:
+    """Bounds applied to untrusted input. Pass your own to ``Codec``/transports."""
+
+    max_frame_size: int = 16 * 1024 * 1024
+    max_depth: int = 64
+    max_str_len: int = 1024 * 1024
+    max_bin_len: int = 16 * 1024 * 1024
+    max_array_len: int = 1_000_000
+    max_map_len: int = 100_000
+    max_name_len: int = 255
+
+    def __post_init__(self) -> None:
+        for field in ("max_frame_size", "max_depth", "max_str_len", "max_bin_len",
+                      "max_array_len", "max_map_len", "max_name_len"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"CodecLimits.{field} must be positive")
+
+
+class Message:
+    """One envelope. ``body`` is any msgpack-able value; ``headers`` a str-keyed dict."""
+
+    __slots__ = ("kind", "stream", "id", "sender", "recipient", "correlation",
+                 "headers", "body", "route")
+
+    def __init__(self, kind: int, sender: str, recipient: str, body: Any = None, *,
+                 id: int = 0, stream: int = 0, correlation: int = 0,
+                 headers: dict[str, Any] | None = None) -> None:
+        self.kind = kind
+        self.stream = stream
+        self.id = id
+        self.sender = sender
+        self.recipient = recipient
+        self.correlation = correlation
+        self.headers = headers if headers is not None else {}
+        self.body = body
+        self.route: Any = None  # where it came from, for replies; never on the wire
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.kind, self.stream, self.id, self.sender, self.recipient,
+                self.correlation, self.headers, self.body) == (
+                other.kind, other.stream, other.id, other.sender, other.recipient,
+                other.correlation, other.headers, other.body)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        try:
+            kind = Kind(self.kind).name
+        except ValueError:
+            kind = str(self.kind)
+        return (f"Message({kind} {self.sender!r}->{self.recipient!r} id={self.id} "
+                f"corr={self.correlation} body={self.body!r:.60})")
+
+
+# Bytes that can start a msgpack map or array.  A frame's nesting depth is at most
+# the number of such bytes in it, so counting them (at C speed) bounds the depth
+# and the exact walk below runs only for frames that could exceed the limit.
+_CONTAINER_BYTES = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTAINER_BYTES)
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of containers in ``obj`` (iterative: no recursion)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is dict:
+            children = item.values()
+        elif type(item) is list:
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children
+                     if type(child) is dict or type(child) is list)
+    return deepest
+
+
+def _within(obj: Any, budget: int) -> bool:
+    """True if ``obj`` nests at most ``budget`` containers deep; flat containers
+    (the common case) are settled without the full walk."""
+    if type(obj) is dict:
+        children: Any = obj.values()
+    elif type(obj) is list:
+        children = obj
+    else:
+        return True
+    for child in children:
+        if type(child) is dict or type(child) is list:
+            return _depth(obj) <= budget
+    return budget >= 1
+
+
+class Codec:
+    """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
+
+    Thread-safe: each thread gets its own reusable msgpack ``Packer``
+    (``msgpack.packb`` allocates 256 KiB per call).
+    """
+
+    def __init__(self, limits: CodecLimits | None = None) -> None:
+        self.limits = limits = limits or CodecLimits()
+        self._local = threading.local()
+        self._unpack_limits = dict(
+            max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_array_len, max_map_len=limits.max_map_len)
+        self._unbounded_below = min(limits.max_str_len, limits.max_bin_len,
+                                    limits.max_array_len, limits.max_map_len)
+
+    def _packer(self) -> msgpack.Packer:
+        try:
+            return self._local.packer
+        except AttributeError:
+            packer = self._local.packer = msgpack.Packer(use_bin_type=True)
+            return packer
+
+    def encode(self, msg: Message) -> bytes:
+        """The wire bytes of ``msg``. Raises ``ProtocolError`` if it cannot be encoded."""
+        return self.pack(msg.kind, msg.stream, msg.id, msg.sender, msg.recipient,
+                         msg.correlation, msg.headers, msg.body)
+
+    def pack(self, kind: int, stream: int, id: int, sender: str, recipient: str,
+             correlation: int, headers: dict[str, Any], body: Any) -> bytes:
+        """Encode the fields directly, without building a ``Message`` first."""
+        try:
+            packer = self._local.packer
+        except AttributeError:
+            packer = self._packer()
+        try:
+            data = packer.pack([VERSION, kind, stream, id, sender, recipient,
+                                correlation, headers, body])
+        except (TypeError, ValueError, OverflowError) as exc:
+            packer.reset()
+            raise ProtocolError(
+                f"cannot encode the message body as msgpack ({exc}); send only None, "
+                "bool, int, float, str, bytes, lists and str-keyed dicts") from None
+        if len(data) > self.limits.max_frame_size:
+            raise ProtocolError(
+                f"message of {len(data)} bytes exceeds max_frame_size "
+                f"{self.limits.max_frame_size}; split it or raise CodecLimits.max_frame_size")
+        return data
+
+    def pack_batch(self, stream: int, sender: str, recipient: str,
+                   envelopes: list[bytes]) -> bytes:
+        """One ``BATCH`` frame holding ``envelopes`` (encoded by ``pack``, all of
+        ``stream`` from ``sender`` to ``recipient``), joined without re-encoding."""
+        try:
+            packer = self._local.packer
+        except AttributeError:
+            packer = self._packer()
+        head = packer.pack([VERSION, Kind.BATCH, stream, 0, sender, recipient, 0, {}, None])
+        return b"".join([head[:-1], packer.pack_array_header(len(envelopes)), *envelopes])
+
+    def unbatch(self, batch: Message) -> list[Message]:
+        """The messages inside the ``BATCH`` message ``batch``, each validated as if
+        it had come in a frame of its own (``max_depth`` applies to each); their
+        sequence numbers are consecutive.
+
+        Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
+        sender and recipient: a batch is taken whole or not at all."""
+        body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
+        if type(body) is not list or not body or not stream:
+            raise ProtocolError("a BATCH must carry a non-empty array of envelopes "
+                                "of one stream (stream != 0); see docs/protocol.md")
+        depth = self.limits.max_depth - 1       # the envelope array itself is one level
+        if not _within(batch.headers, depth):
+            raise ProtocolError(f"message nests deeper than max_depth {self.limits.max_depth}")
+        messages = []
+        append = messages.append
+        new = _new_message
+        next_id = 0
+        for fields in body:
+            if type(fields) is not list or len(fields) != 9:
+                raise ProtocolError("every item of a BATCH must be an envelope: a msgpack "
+                                    "array of 9 items (see docs/protocol.md)")
+            version, kind, inner_stream, id, inner_sender, inner_recipient, correlation, \
+                headers, inner_body = fields
+            if not (type(kind) is int and (kind == 1 or kind == 2) and version == VERSION
+                    and inner_stream == stream and type(inner_stream) is int
+                    and type(id) is int and id > 0 and (id == next_id or not next_id)
+                    and type(correlation) is int
+                    and correlation >= 0 and inner_sender == sender
+                    and inner_recipient == recipient and type(headers) is dict):
+                raise ProtocolError(
+                    "every envelope in a BATCH must be a SEND or REQUEST of the batch's "
+                    "stream, sender and recipient, with consecutive sequence numbers and "
+                    "a headers map (see docs/protocol.md)")
+            next_id = id + 1
+            if headers and not _within(headers, depth):
+                raise ProtocolError(
+                    f"message nests deeper than max_depth {self.limits.max_depth}")
+            if type(inner_body) is dict:            # _within, inlined for flat bodies
+                for child in inner_body.values():
+                    if type(child) is dict or type(child) is list:
+                        if _depth(inner_body) > depth:
+                            raise ProtocolError(f"message nests deeper than max_depth "
+                                                f"{self.limits.max_depth}")
+                        break
+            elif type(inner_body) is list and not _within(inner_body, depth):
+                raise ProtocolError(
+                    f"message nests deeper than max_depth {self.limits.max_depth}")
+            msg = new(Message)      # as in decode: no __init__ on the hot path
+            msg.kind = kind
+            msg.stream = stream
+            msg.id = id
+            msg.sender = sender
+            msg.recipient = recipient
+            msg.correlation = correlation
+            msg.headers = headers
+            msg.body = inner_body
+            msg.route = None
+            append(msg)
+        return messages
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Message:
+        """Decode untrusted bytes. Returns a ``Message`` or raises ``ProtocolError``."""
+        limits = self.limits
+        size = len(data)
+        if size > limits.max_frame_size:
+            raise ProtocolError(f"frame of {size} bytes exceeds max_frame_size "
+                                f"{limits.max_frame_size}")
+        try:
+            # msgpack bounds every length by the frame's size; the configured
+            # limits matter only for frames larger than the smallest of them.
+            if size <= self._unbounded_below:
+                fields = _unpackb(data)
+            else:
+                fields = _unpackb(data, **self._unpack_limits)
+        except msgpack.ExtraData:
+            raise ProtocolError("frame has bytes after the envelope") from None
+        except msgpack.StackError:
+            raise ProtocolError("frame nests containers too deeply") from None
+        except ValueError as exc:
+            if "incomplete" in str(exc).lower():
+                raise ProtocolError("frame ends in the middle of the envelope") from None
+            raise ProtocolError(f"frame is not valid msgpack ({exc}): it is truncated "
+                                "or corrupt") from None
+        except Exception as exc:  # FormatError, TypeError (unhashable key) ...
+            raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: "
+                                f"{exc})") from None
+        if type(fields) is not list or len(fields) != 9:
+            raise ProtocolError("envelope must be a msgpack array of 9 items "
+                                "(see docs/protocol.md)")
+        version, kind, stream, id, sender, recipient, correlation, headers, body = fields
+        name_len = limits.max_name_len
+        if not (version == VERSION and type(kind) is int and kind in _KINDS
+                and type(stream) is int and type(id) is int and type(correlation) is int
+                and stream >= 0 and id >= 0 and correlation >= 0
+                and type(sender) is str and type(recipient) is str
+                and len(sender) <= name_len and len(recipient) <= name_len
+                and type(headers) is dict):
+            raise ProtocolError(_what_is_wrong(fields, name_len))
+        if size > limits.max_depth and kind != _BATCH \
+                and len(bytes(data).translate(None, _OTHER_BYTES)) > limits.max_depth \
+                and _depth(fields) > limits.max_depth:
+            raise ProtocolError(f"message nests deeper than max_depth {limits.max_depth}")
+        msg = _new_message(Message)
+        msg.kind = kind
+        msg.stream = stream
+        msg.id = id
+        msg.sender = sender
+        msg.recipient = recipient
+        msg.correlation = correlation
+        msg.headers = headers
+        msg.body = body
+        msg.route = None
+        return msg
+
+
+_new_message = object.__new__
+_BATCH = Kind.BATCH
+_unpackb = msgpack.unpackb
+
+
+def _what_is_wrong(fields: list[Any], name_len: int) -> str:
+    """The reason a decoded envelope failed validation, for the error message."""
+    version, kind, stream, id, sender, recipient, correlation, headers, _ = fields
+    if version != VERSION:
+        return f"unsupported envelope version {version!r:.20}; this posa speaks {VERSION}"
+    if type(kind) is not int or kind not in _KINDS:
+        return f"unknown message kind {kind!r:.20}"
+    for label, value in (("stream", stream), ("id", id), ("correlation", correlation)):
+        if type(value) is not int or value < 0:
+            return f"envelope field {label} must be an unsigned 64-bit integer"
+    if type(sender) is not str or type(recipient) is not str:
+        return "envelope sender and recipient must be strings"
+    if len(sender) > name_len or len(recipient) > name_len:
+        return f"a name is longer than {name_len} characters"
+    return "envelope headers must be a map with string keys"
