@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from posa.errors import (
     code_of,
 )
 from posa.naming.registry import LocalRegistry, Registry, resolver
+from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
@@ -56,7 +56,7 @@ from posa.transport.base import Listener, Options
 from posa.wire.codec import Codec, CodecLimits, Kind, Message
 from posa.wire.names import is_pattern, validate_name
 
-__all__ = ["Peer", "DEFERRED", "embedded_registry"]
+__all__ = ["Peer", "DEFERRED"]
 
 log = logging.getLogger("posa.peer")
 
@@ -76,19 +76,6 @@ _SEND, _REQUEST, _REPLY, _ERROR, _BATCH = (Kind.SEND, Kind.REQUEST, Kind.REPLY, 
 
 def _unsealed(frame: bytes) -> bytes:
     return frame
-
-
-_embedded: LocalRegistry | None = None
-_embedded_lock = threading.Lock()
-
-
-def embedded_registry() -> LocalRegistry:
-    """The process's embedded registry: the default for peers given none."""
-    global _embedded
-    with _embedded_lock:
-        if _embedded is None:
-            _embedded = LocalRegistry()
-        return _embedded
 
 
 class _Endpoint:

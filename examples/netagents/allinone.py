@@ -16,7 +16,7 @@ from posa import transport
 from posa.channel.eventchannel import EventChannel
 from posa.errors import TransportError
 from posa.naming.registry import Registry
-from posa.peer import embedded_registry
+from posa.naming.resolve import embedded_registry
 from posa.transport.base import Options
 
 from .admin import AdminClient, AdminService

@@ -76,7 +76,8 @@ from posa.errors import (
     TransportError,
 )
 from posa.naming.registry import Registry, resolver
-from posa.peer import Peer, embedded_registry
+from posa.naming.resolve import embedded_registry
+from posa.peer import Peer
 from posa.runtime.leases import keeper
 from posa.wire.codec import Codec, CodecLimits, Kind, Message
 from posa.wire.names import validate_name

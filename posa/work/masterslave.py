@@ -36,7 +36,8 @@ from typing import Any
 from posa.delivery.forwarder import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registry import Registration, Registry, resolver
-from posa.peer import DEFERRED, Peer, embedded_registry
+from posa.naming.resolve import embedded_registry
+from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 from posa.work.jobstate import JobState, Mean, Vote, first, majority
