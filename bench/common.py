@@ -86,7 +86,7 @@ def latency_summary(samples_ns: list[int], total_s: float, n: int) -> dict[str, 
         return {"n": 0, "calls_per_s": 0.0}
 
     def pct(p: float) -> float:
-        return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))] / 1000.0
+        return s[min(len(s) - 1, round(p / 100.0 * (len(s) - 1)))] / 1000.0
 
     return {"n": n, "p50_us": pct(50), "p99_us": pct(99),
             "calls_per_s": n / total_s if total_s > 0 else 0.0}

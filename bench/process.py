@@ -31,7 +31,7 @@ class Proc:
     def __init__(self, argv: Sequence[str], *, group: ProcGroup, hold: bool = False,
                  cwd: str | None = None, env: dict[str, str] | None = None) -> None:
         self.cmd = " ".join(argv)
-        self._err = tempfile.TemporaryFile(mode="w+")
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
         self.p = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                   stdin=subprocess.PIPE if hold else subprocess.DEVNULL,
                                   stderr=self._err, text=True, bufsize=1)

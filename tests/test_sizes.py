@@ -14,7 +14,8 @@ EXCEPTIONS: dict[str, str] = {}
 
 
 def _modules() -> list[tuple[str, str]]:
-    return [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "posa").rglob("*.py"))]
+    return [(str(p.relative_to(ROOT)), p.read_text())
+            for p in sorted((ROOT / "posa").rglob("*.py"))]
 
 
 def test_no_module_over_the_limit() -> None:
