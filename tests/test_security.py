@@ -17,7 +17,7 @@ import posa
 from posa import Kind, Message
 from posa.admission.gatekeeper import Gatekeeper, Rejection
 from posa.delivery.forwarder import Sender
-from posa.security import Acl, HmacAuthenticator, Keyring, add_parser, authenticated_key, from_env
+from posa.security import Acl, HmacAuthenticator, Keyring, authenticated_key, from_env
 from posa.wire.codec import Codec
 from tests.support import Proc
 
@@ -113,21 +113,6 @@ def test_the_switch(tmp_path: Path) -> None:
         from_env("lab/x", environ={"POSA_KEYS": str(path)})
     with pytest.raises(posa.PosaError, match="say which one seals"):
         from_env(None, environ={"POSA_KEYS": str(path)})
-
-
-def test_keygen_writes_a_private_key_file(tmp_path: Path) -> None:
-    import argparse
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    path = tmp_path / "keys"
-    for key_id in ("netmgmt", "netmgmt/agent-a"):
-        args = parser.parse_args(["keygen", key_id, "--file", str(path)])
-        assert args.run(args) == 0
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert Keyring.from_file(path).ids() == ["netmgmt", "netmgmt/agent-a"]
-    args = parser.parse_args(["keygen", "netmgmt", "--file", str(path)])
-    with pytest.raises(posa.PosaError, match="already holds a key 'netmgmt'"):
-        args.run(args)
 
 
 # ------------------------------------------------------------ seal and open

@@ -19,7 +19,7 @@ Rejection reasons (the keys of ``rejections``, fixed: metrics and docs name them
     busy             too many requests in flight (``enter``)
 
 An ``Unauthorized`` raised by a step may carry its reason in ``.reason``
-(``posa.security.refusal``); without one, authentication failures count as
+(``refusal``); without one, authentication failures count as
 ``unauthenticated`` and authorization failures as ``forbidden``.
 
 With an authenticator, an admitted message carries the id of the key that
@@ -31,9 +31,10 @@ whole; ``unbatch`` then validates each envelope inside and applies the rate limi
 to each, admitting the batch up to its first refused message (the rest come again
 from the sender's backlog, like any message that was not acknowledged).
 
-The steps beyond decoding are pluggable objects (``posa.security``,
-``posa.admission.quotas``), each with one method; a gatekeeper without them admits every
-well-formed message.
+The steps beyond decoding are pluggable objects (``posa.admission.authenticator``,
+``posa.admission.acl``, ``posa.admission.quotas``; users configure them through
+``posa.security``), each with one method; a gatekeeper without them admits
+every well-formed message.
 """
 from __future__ import annotations
 
@@ -45,11 +46,19 @@ from posa.admission.quotas import InFlight
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
 from posa.wire.codec import Codec, Kind, Message
 
-__all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER"]
+__all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER",
+           "refusal"]
 
 log = logging.getLogger("posa.admission.gatekeeper")
 
 KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
+
+
+def refusal(reason: str, text: str) -> Unauthorized:
+    """An ``Unauthorized`` tagged with the gatekeeper counter it belongs to."""
+    exc = Unauthorized(text)
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
 
 
 class Authenticator(Protocol):

@@ -1,0 +1,129 @@
+"""Access rules: who may send to whom, and which keys may register which names.
+
+An ``Acl`` is an ``Authorizer`` for the ``Gatekeeper`` (``check``) and the
+registry's guard (``check_register``, called by the dispatcher before it
+registers a name).  Everything no rule allows is refused.  Decisions on
+``(sender, recipient)`` pairs are cached (bounded: cleared at 65536 entries), so
+a hot path pays one dict lookup per message.  ``acl_from_env`` reads the rules
+from the file ``POSA_ACL`` names.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+from posa.admission.gatekeeper import refusal
+from posa.admission.keys import speaks_for
+from posa.errors import PosaError
+from posa.wire.codec import Message
+from posa.wire.names import Pattern
+
+__all__ = ["Acl", "acl_from_env", "ANONYMOUS"]
+
+ANONYMOUS = "(anonymous)"      # the sender of an Acl rule that matches anonymous senders
+
+
+class Acl:
+    """Access rules: who may send to whom, which keys may register which names.
+
+    ``send`` rules are ``(sender pattern, recipient pattern)`` pairs; a message
+    passes if one matches (``"(anonymous)"`` as sender pattern matches the empty
+    sender). ``register`` rules are ``(key pattern, name pattern)`` pairs; with
+    ``register_own`` (the default) a key may also register every name it speaks
+    for. Everything else is refused. An ``Acl`` is an ``Authorizer`` for the
+    ``Gatekeeper``; the registry's side calls ``check_register``."""
+
+    def __init__(self, send: Iterable[tuple[str, str]] = (),
+                 register: Iterable[tuple[str, str]] = (), *,
+                 register_own: bool = True) -> None:
+        self.send_rules = [(_rule_pattern(s), Pattern(r)) for s, r in send]
+        self.register_rules = [(_rule_pattern(k), Pattern(n)) for k, n in register]
+        self.register_own = register_own
+        self._decided: dict[tuple[str, str], bool] = {}
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "ACL") -> Acl:
+        """Rules from text, one per line (``#`` comments)::
+
+            send      SENDER-PATTERN  RECIPIENT-PATTERN
+            register  KEY-PATTERN     NAME-PATTERN
+            register-own  no          # keys may not register their own names
+        """
+        send: list[tuple[str, str]] = []
+        register: list[tuple[str, str]] = []
+        register_own = True
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            where = f"{source}:{number}"
+            if fields[0] in ("send", "register") and len(fields) == 3:
+                try:
+                    _rule_pattern(fields[1])
+                    Pattern(fields[2])
+                except PosaError as exc:
+                    raise PosaError(f"{where}: {exc}") from None
+                (send if fields[0] == "send" else register).append((fields[1], fields[2]))
+            elif fields[0] == "register-own" and len(fields) == 2 and fields[1] in ("yes", "no"):
+                register_own = fields[1] == "yes"
+            else:
+                raise PosaError(f"{where}: expected `send SENDER RECIPIENT`, `register KEY "
+                                "NAME` or `register-own yes|no`")
+        return cls(send, register, register_own=register_own)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Acl:
+        """Rules from a file (see ``parse``)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise PosaError(f"cannot read the ACL file {os.fspath(path)}: "
+                            f"{exc.strerror}") from None
+        return cls.parse(text, source=os.fspath(path))
+
+    def allows(self, sender: str, recipient: str) -> bool:
+        """True if some send rule lets ``sender`` reach ``recipient``."""
+        decided = self._decided.get((sender, recipient))
+        if decided is None:
+            decided = any(_match(s, sender) and r.match(recipient)
+                          for s, r in self.send_rules)
+            if len(self._decided) >= 65536:
+                self._decided.clear()
+            self._decided[(sender, recipient)] = decided
+        return decided
+
+    def check(self, msg: Message) -> None:
+        """``Authorizer``: raise ``Unauthorized`` unless the rules allow ``msg``."""
+        if not self.allows(msg.sender, msg.recipient):
+            raise refusal("forbidden", f"{msg.sender or ANONYMOUS!r} may not send to "
+                          f"{msg.recipient!r}; ask the operator for a `send` rule")
+
+    def check_register(self, name: str, key_id: str | None) -> None:
+        """Raise ``Unauthorized`` unless the key ``key_id`` (None: no key) may
+        register ``name``. The dispatcher calls this before registering."""
+        who = key_id or ""
+        if self.register_own and key_id and speaks_for(key_id, name):
+            return
+        if any(_match(k, who) and n.match(name) for k, n in self.register_rules):
+            return
+        holder = f"key {key_id!r}" if key_id else "a client without a key"
+        raise refusal("forbidden", f"{holder} may not register {name!r}; register with "
+                      "a key that speaks for it, or ask the operator for a `register` rule")
+
+
+def _rule_pattern(text: str) -> Pattern | None:
+    return None if text == ANONYMOUS else Pattern(text)
+
+
+def _match(pattern: Pattern | None, name: str) -> bool:
+    if pattern is None:
+        return not name
+    return bool(name) and pattern.match(name)
+
+def acl_from_env(environ: Mapping[str, str] | None = None) -> Acl | None:
+    """The ``Acl`` in the file ``POSA_ACL`` names, or None (no access rules)."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("POSA_ACL")
+    return Acl.load(path) if path else None
+
