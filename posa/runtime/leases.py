@@ -11,12 +11,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 
 from posa.errors import NameNotFound, PosaError
+from posa.runtime.local import process_local
 
 __all__ = ["LeaseKeeper", "keeper"]
 
@@ -84,23 +84,5 @@ class LeaseKeeper:
                                             next(self._order), lease))
 
 
-_keeper: LeaseKeeper | None = None
-_lock = threading.Lock()
-
-
-def keeper() -> LeaseKeeper:
-    """The process's lease keeper."""
-    global _keeper
-    with _lock:
-        if _keeper is None:
-            _keeper = LeaseKeeper()
-        return _keeper
-
-
-def _forget_after_fork() -> None:
-    global _keeper, _lock
-    _keeper = None
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+keeper = process_local(LeaseKeeper)
+"""The process's lease keeper."""

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from posa.errors import Closed, PosaError, Timeout
+from posa.runtime.local import process_local
 from posa.transport.poller import READ, Poller
 
 __all__ = ["Reactor", "Source", "Timer", "default"]
@@ -204,9 +205,9 @@ class Reactor:
         events = self._poller.poll(-1 if wait is None else max(0.0, wait))
         callbacks = self._callbacks
         for fd, _ in events:
-            callback = callbacks.get(fd)
-            if callback is not None:
-                self._guard(callback)
+            ready = callbacks.get(fd)
+            if ready is not None:
+                self._guard(ready)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -291,24 +292,11 @@ class Reactor:
                 pass
 
 
-_default: Reactor | None = None
-_default_lock = threading.Lock()
+def _started() -> Reactor:
+    reactor = Reactor()
+    reactor.start()
+    return reactor
 
 
-def default() -> Reactor:
-    """The process's reactor, started on first use on a daemon thread."""
-    global _default
-    with _default_lock:
-        if _default is None or _default._closed:
-            _default = Reactor()
-            _default.start()
-        return _default
-
-
-def _forget_after_fork() -> None:
-    global _default, _default_lock
-    _default = None  # the reactor thread does not exist in the child
-    _default_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+default = process_local(_started, alive=lambda reactor: not reactor._closed)
+"""The process's reactor, started on first use on a daemon thread."""
