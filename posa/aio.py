@@ -25,8 +25,8 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from posa import peer as peer_module
-from posa.channel.eventchannel import AsyncPublisher as Publisher
-from posa.channel.eventchannel import AsyncSubscriber as Subscriber
+from posa.channel.aio import AsyncPublisher as Publisher
+from posa.channel.aio import AsyncSubscriber as Subscriber
 from posa.errors import PosaError, Timeout
 from posa.wire.codec import Message
 
@@ -107,7 +107,11 @@ class Peer:
         loop = self._loop
         ready = loop.create_future()
         loop.add_reader(fd, ready.set_result, True)
-        handle = loop.call_later(timeout, lambda: ready.done() or ready.set_result(False))
+
+        def expire() -> None:
+            if not ready.done():
+                ready.set_result(False)
+        handle = loop.call_later(timeout, expire)
         try:
             return await ready  # type: ignore[no-any-return]
         finally:

@@ -1,0 +1,54 @@
+"""Options and helpers the ``posa`` command groups share.
+
+The dispatcher-client options (``--dispatcher``, ``--timeout``, ``--json``), the
+operations options of a long-running service (``--ops-port``, ``--ops-host``,
+``--grace``), JSON in (message bodies) and out (``--json``).  Defaults live in
+``posa.cli`` (``DEFAULT_DISPATCHER``), so every group shows the same ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from posa.cli import DEFAULT_DISPATCHER
+
+__all__ = ["add_client_parser", "add_ops_arguments", "to_json", "json_body"]
+
+
+def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that asks the dispatcher: ``--dispatcher``, ``--timeout``, ``--json``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
+                                                            description=help_text)
+    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
+                        help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--ops-port``, ``--ops-host`` and ``--grace`` to a subcommand."""
+    group = parser.add_argument_group("operations")
+    group.add_argument("--ops-port", type=int, default=None, metavar="PORT",
+                       help="serve /health and /metrics over HTTP on this port "
+                       "(0 picks one; default: off)")
+    group.add_argument("--ops-host", default="127.0.0.1", metavar="HOST",
+                       help="address for --ops-port (default 127.0.0.1)")
+    group.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                       help="on SIGTERM, wait this long for in-flight work (default 10)")
+
+
+def to_json(value: Any) -> str:
+    """``value`` as JSON; bytes as (lossy) UTF-8 text, anything else by ``repr``."""
+    return json.dumps(value, default=lambda v: v.decode("utf-8", "replace")
+                      if isinstance(v, (bytes, bytearray)) else repr(v), sort_keys=True)
+
+
+def json_body(text: str) -> Any:
+    """A message body given as JSON on the command line; exits with usage help if not."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"posa: the message body must be JSON ({exc}); for a string, "
+                         "quote it: '\"hello\"'") from None
