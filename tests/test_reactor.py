@@ -10,6 +10,9 @@ import pytest
 
 from posa import transport
 from posa.errors import Timeout
+from posa.runtime import leases
+from posa.runtime import reactor as reactor_module
+from posa.runtime.local import process_local
 from posa.runtime.reactor import Reactor
 
 
@@ -206,3 +209,42 @@ def test_removing_a_closed_source_leaves_a_newer_one_on_its_number_watched(
     finally:
         for source in [*spare, *([new] if new is not None else [])]:
             source.close()
+
+
+# -- per-process singletons ----------------------------------------------------------
+def test_process_local_makes_one_object_and_a_new_one_when_it_is_gone() -> None:
+    made: list[list[bool]] = []
+
+    def make() -> list[bool]:
+        made.append([True])
+        return made[-1]
+    get = process_local(make, alive=lambda obj: obj[0])
+    threads = [threading.Thread(target=get) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(made) == 1 and get() is made[0]
+    made[0][0] = False                        # "closed": the next call makes another
+    assert get() is made[1] and len(made) == 2
+
+
+def test_a_forked_child_gets_its_own_reactor_and_lease_keeper() -> None:
+    parent_reactor, parent_keeper = reactor_module.default(), leases.keeper()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: report, and leave at once
+        try:
+            child = reactor_module.default()
+            fresh = child is not parent_reactor and leases.keeper() is not parent_keeper
+            ran = child.call(lambda: True, timeout=5)   # its loop thread runs here
+            os.write(write_fd, b"ok" if fresh and ran else b"no")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+    assert reactor_module.default() is parent_reactor
