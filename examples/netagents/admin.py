@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import posa
-from posa.naming.registry import Registry
+from posa import Registry
 
 from .network import peer_name
 
@@ -56,7 +56,8 @@ class AdminService:
                                  {k: v for k, v in body.items() if k != "router"})
         except (KeyError, TypeError, ValueError) as exc:
             raise posa.Rejected(f"admin op {op!r} is missing or has a malformed field "
-                                f"({exc!r}); see the fields in examples/netagents/admin.py")
+                                f"({exc!r}); see the fields in examples/netagents/admin.py"
+                                ) from None
         raise posa.Rejected(f"unknown admin op {op!r}; use routes, link, migrate, quiet "
                             "or stats")
 

@@ -43,15 +43,13 @@ from collections.abc import Callable
 from typing import Any
 
 import posa
-from posa.delivery.forwarder import Sender
+from posa import Kind, Message, Registry
 from posa.errors import Closed, NameNotFound, PosaError, Timeout
-from posa.naming.registry import Registry, resolver
-from posa.wire.codec import Kind, Message
 
-from .network import Network, peer_name, router_of
+from .network import ROOT, Network, peer_name, router_of
 from .routing import LSA, LinkStateDB, Routes
 
-__all__ = ["Agent", "Publish", "MIGRATION_GRACE"]
+__all__ = ["Agent", "Publish", "MIGRATION_GRACE", "state_sender_name"]
 
 log = logging.getLogger("netagents.agent")
 
@@ -59,6 +57,12 @@ MIGRATION_GRACE = 0.5   # seconds the old address keeps delivering after a migra
 SEND_TIMEOUT = 2.0      # seconds a send may wait for a neighbour that is moving
 
 Publish = Callable[[str, dict[str, Any]], None]
+
+
+def state_sender_name(router: str) -> str:
+    """The name that sends ``router``'s state when its agent hands over: the agent's
+    own name is unregistered by then, so that its senders hold their messages."""
+    return f"{ROOT}/handover/{router}/state"
 
 
 def _wire_routes(routes: Routes) -> dict[str, list[Any]]:
@@ -335,14 +339,12 @@ class Agent:
         state["migration"] = {"router": self.router, "from": address, "epochs": [epoch],
                               "received_before": self._total_received(),
                               "across_processes": True}
-        sender = Sender(self.peer.name, resolve=resolver(registry))
-        try:
-            sender.request(to, state, timeout=10.0)    # answered once it has the state
+        try:            # the name is free now: a peer of its own carries the state
+            with posa.Peer(state_sender_name(self.router), registry=registry) as courier:
+                courier.request(to, state, timeout=10.0)  # answered once it has the state
         except PosaError as exc:
             log.error("%s: %s did not confirm it has this agent's state (%s); the agent "
                       "may be lost", self.router, to, exc)
-        finally:
-            sender.close()
         self.handed_over.set()
 
     def export_state(self) -> dict[str, Any]:

@@ -12,12 +12,10 @@ import sys
 import time
 from typing import Any, TextIO
 
-from posa import transport
-from posa.channel.eventchannel import EventChannel
+import posa
+from posa import EventChannel, Registry, transport
 from posa.errors import TransportError
-from posa.naming.registry import Registry
-from posa.naming.resolve import embedded_registry
-from posa.transport.base import Options
+from posa.transport import Options
 
 from .admin import AdminClient, AdminService
 from .agent import MIGRATION_GRACE, Agent
@@ -70,7 +68,7 @@ def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
     """Run the scenario; 0 if every check passed, 1 if one failed."""
     network = build(seed)
     view = View(out)
-    registry = embedded_registry()
+    registry = posa.LocalRegistry()
     view.say(f"netagents: {len(network.routers)} routers in 2 sites, {len(network.links)} "
              f"links (seed {seed}); one process, embedded registry")
     services: list[Any] = []

@@ -10,6 +10,7 @@ The new process takes the agent over; the old one hands it over and exits:
                                                     already arrived (what that would
                                                     send goes to an outbox)
     ◀──────────── R's whole state ──────────────── links, database, counters, outbox
+                                                    (sent as netmgmt/handover/R/state)
     ─────────────────── ok ──────────────────────▶ then it exits
     Agent(R, state, owner's credential):
     R registered again, epoch + 1, on another
@@ -30,11 +31,10 @@ import time
 from typing import Any
 
 import posa
+from posa import Kind, Registry
 from posa.errors import Timeout
-from posa.naming.registry import Registry
-from posa.wire.codec import Kind
 
-from .agent import Agent, Publish
+from .agent import Agent, Publish, state_sender_name
 from .network import ROOT, Network, peer_name
 
 __all__ = ["take_over", "credential_for"]
@@ -60,22 +60,23 @@ def take_over(router: str, network: Network, *, registry: Registry, publish: Pub
         epoch = registry.lookup(name).epoch
         staging.send(name, {"op": "handover", "to": staging.name, "epoch": epoch},
                      timeout=timeout)
-        state = _wait_for_state(staging, name, time.monotonic() + timeout)
+        state = _wait_for_state(staging, router, time.monotonic() + timeout)
         return Agent(router, network, registry=registry, publish=publish, listen=listen,
                      credential=credential, state=state)
     finally:
         staging.close()     # after the agent started: the confirmation has long left
 
 
-def _wait_for_state(staging: posa.Peer, name: str, deadline: float) -> dict[str, Any]:
+def _wait_for_state(staging: posa.Peer, router: str, deadline: float) -> dict[str, Any]:
     """The state the old agent sends (a request), confirmed by the reply."""
+    name, courier = peer_name(router), state_sender_name(router)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"{name} did not hand its state over in time; is its process "
                           "running?")
         msg = staging.receive(timeout=remaining)
-        if (msg.kind == Kind.REQUEST and msg.sender == name and isinstance(msg.body, dict)
-                and "lsdb" in msg.body):
+        if (msg.kind == Kind.REQUEST and msg.sender == courier
+                and isinstance(msg.body, dict) and "lsdb" in msg.body):
             staging.reply(msg, {"ok": True})
             return msg.body

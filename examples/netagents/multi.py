@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from posa.naming.client import RegistryClient
+from posa import RegistryClient
 
 from .admin import AdminClient
 from .alerts import CHANNEL, AlertFeed

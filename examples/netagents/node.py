@@ -27,8 +27,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from posa import RegistryClient
 from posa.errors import PosaError
-from posa.naming.client import RegistryClient
 
 from .admin import AdminService
 from .agent import Agent
