@@ -11,7 +11,8 @@ the first time it is called in a process, and returns the same object after.
 lock in the child (the parent may have held the lock at the moment of the fork;
 a copied held lock would never be released).  ``alive`` lets a getter replace
 an object that was closed (a closed reactor is made again on the next call).
-The getter's fast path is one attribute check under the lock, as before.
+Once the object exists, the getter reads it without the lock (one attribute
+read is atomic); only making it takes the lock, and checks again under it.
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ class ProcessLocal(Generic[T]):
         os.register_at_fork(after_in_child=self._forget)
 
     def __call__(self) -> T:
-        with self._lock:
+        value = self._value              # made and alive: no lock needed to read it
+        if value is not None and (self._alive is None or self._alive(value)):
+            return value
+        with self._lock:                 # make it once, however many threads ask
             value = self._value
             if value is None or (self._alive is not None and not self._alive(value)):
                 value = self._value = self._factory()
