@@ -8,13 +8,15 @@ once the recipient acknowledged the message.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posa.cli import EXIT_NOT_FOUND
 from posa.cli.options import add_client_parser, json_body, to_json
 from posa.delivery.forwarder import Sender
-from posa.naming.client import RegistryClient
 from posa.naming.registry import resolver
+
+if TYPE_CHECKING:
+    from posa.naming.client import RegistryClient
 
 __all__ = ["add_parser"]
 
@@ -40,6 +42,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _registry(args: argparse.Namespace) -> RegistryClient:
+    from posa.naming.client import RegistryClient  # only the commands that ask load it
     return RegistryClient(args.dispatcher, timeout=args.timeout, cache=False)
 
 
