@@ -41,7 +41,9 @@ from typing import Any
 
 from posa.errors import PosaError, Timeout
 from posa.naming.registry import Registry
-from posa.work.queue import Item, Worker, WorkQueue, submit
+from posa.work.client import submit
+from posa.work.queue import WorkQueue
+from posa.work.worker import Item, Worker
 
 __all__ = ["Stage", "Pipeline", "RunResult", "load_stages", "start_instances"]
 
@@ -76,10 +78,10 @@ def load_stages(config: Sequence[Stage | Mapping[str, Any]] | Mapping[str, Any]
     """Stages from configuration: a list of ``Stage`` or dicts (name, filter,
     instances), or a dict with a "stages" list. Raises ``ValueError`` for a
     missing field or a stage name used twice."""
-    if isinstance(config, Mapping):
-        config = config["stages"]
+    entries: Sequence[Stage | Mapping[str, Any]] = (
+        config["stages"] if isinstance(config, Mapping) else config)
     stages = []
-    for entry in config:
+    for entry in entries:
         if isinstance(entry, Stage):
             stages.append(entry)
             continue
