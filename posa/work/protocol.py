@@ -25,7 +25,7 @@ Pure: no I/O.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from posa.wire.schema import Field, Op, OpTable
@@ -36,19 +36,39 @@ MAX_ITEMS = 10_000          # items one ``next`` may ask for
 MAX_WAIT = 3600.0           # seconds one ``next`` may be held
 
 
-def _rows_of(width: int, *checks: tuple[int, type | tuple[type, ...]]
-             ) -> Callable[[list[Any]], bool]:
-    """A check that a field is a list of lists of ``width`` entries, entry
-    ``i`` of type ``kind`` for each ``(i, kind)`` of ``checks``."""
-    def check(rows: list[Any]) -> bool:
-        for row in rows:
-            if not isinstance(row, list) or len(row) != width:
-                return False
-            for i, kind in checks:
-                if not isinstance(row[i], kind):
-                    return False
-        return True
-    return check
+def _done_rows(rows: list[Any]) -> bool:
+    """Each row is [key (str), result, seconds (a number)]."""
+    for row in rows:
+        if (type(row) is not list or len(row) != 3 or type(row[0]) is not str
+                or not isinstance(row[2], (int, float))):
+            return False
+    return True
+
+
+def _failed_rows(rows: list[Any]) -> bool:
+    """Each row is [key (str), token (int), reason]."""
+    for row in rows:
+        if (type(row) is not list or len(row) != 3 or type(row[0]) is not str
+                or type(row[1]) is not int):
+            return False
+    return True
+
+
+def _lease_rows(rows: list[Any]) -> bool:
+    """Each row is [key (str), token (int)]."""
+    for row in rows:
+        if (type(row) is not list or len(row) != 2 or type(row[0]) is not str
+                or type(row[1]) is not int):
+            return False
+    return True
+
+
+def _item_rows(rows: list[Any]) -> bool:
+    """Each row is [key (str), data]."""
+    for row in rows:
+        if type(row) is not list or len(row) != 2 or type(row[0]) is not str:
+            return False
+    return True
 
 
 _NUMBER = (int, float)
@@ -57,21 +77,21 @@ QUEUE = OpTable("work-queue", [
     Op("next", (
         Field("max", int, 1),
         Field("wait", _NUMBER, 0.0),
-        Field("done", list, (), _rows_of(3, (0, str), (2, _NUMBER)),
+        Field("done", list, (), _done_rows,
               "a list of [key (a string), result, seconds (a number)]"),
-        Field("failed", list, (), _rows_of(3, (0, str), (1, int)),
+        Field("failed", list, (), _failed_rows,
               "a list of [key (a string), token (an integer), reason]"),
     ), doc="settle `done` (`[[key, result, secs]]`) and `failed` (`[[key, token, "
            "reason]]`), then lease up to `max` items (default 1, 0..10000), holding the "
            "request up to `wait` seconds (default 0, at most its time to live) if there "
            "are none; replies `{items: [[key, token, attempt, data]], visibility: secs}`"),
     Op("put", (
-        Field("items", list, check=_rows_of(2, (0, str)),
+        Field("items", list, check=_item_rows,
               must="a list of [key (a string), data]"),
     ), doc="queue the items (`[[key, data]]`) that fit, in order; replies `{accepted: "
            "n, added: m}`: the first n were taken, m of them new (known keys are ignored)"),
     Op("extend", (
-        Field("leases", list, (), _rows_of(2, (0, str), (1, int)),
+        Field("leases", list, (), _lease_rows,
               "a list of [key (a string), token (an integer)]"),
     ), oneway=True, doc="the leases (`[[key, token]]`) run `visibility` seconds from now"),
     Op("wake", oneway=True, doc="answer the sender's held `next` at once (it is stopping)"),

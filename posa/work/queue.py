@@ -243,11 +243,12 @@ class WorkQueue:
                 self._waiters.append((msg, max_items, now + wait))
             replies = self._serve_waiters_locked(now) if returned else []
             self._changed.notify_all()
-        self._after(completed, replies, dead)
+        if completed or replies or dead:
+            self._after(completed, replies, dead)
         if held:
             return DEFERRED
-        return items_reply([[lease.key, lease.token, lease.attempt, lease.data]
-                            for lease in leases], self.state.visibility)
+        return {"items": [[lease.key, lease.token, lease.attempt, lease.data]
+                          for lease in leases], "visibility": self.state.visibility}
 
     def _acknowledge_locked(self, done: Sequence[list[Any]], failed: Sequence[list[Any]]
                             ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]], bool]:
