@@ -22,8 +22,8 @@ from posa.work.progress import progress_bar, render_progress
 from posa.work.protocol import QUEUE
 from posa.work.queue import WorkQueue
 from posa.work.sources import DirectorySource, ListSource
-from posa.work.worker import Item, Worker
 from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
+from posa.work.worker import Item, Worker
 from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
