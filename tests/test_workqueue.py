@@ -19,7 +19,7 @@ import posa
 from posa.errors import Rejected
 from posa.work.client import submit
 from posa.work.progress import progress_bar, render_progress
-from posa.work.protocol import QUEUE
+from posa.work.protocol import QUEUE, next_request
 from posa.work.queue import WorkQueue
 from posa.work.sources import DirectorySource, ListSource
 from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
@@ -488,8 +488,11 @@ def test_bad_requests_are_refused_with_a_clear_error(registry: posa.LocalRegistr
 
 
 def test_clients_build_requests_from_the_table() -> None:
-    assert QUEUE.request("next", max=2, wait=1.0, done=[], failed=[]) == {
-        "op": "next", "max": 2, "wait": 1.0, "done": [], "failed": []}
+    done, failed = [["a", 1, 0.5]], [["b", 7, "boom"]]
+    assert next_request(2, 1.0, done, failed) == QUEUE.request(
+        "next", max=2, wait=1.0, done=done, failed=failed)
+    assert QUEUE.parse(next_request(2, 1.0, done, failed))[1] == {
+        "max": 2, "wait": 1.0, "done": done, "failed": failed}
     with pytest.raises(TypeError, match="no field"):
         QUEUE.request("put", item=[])
     op, fields = QUEUE.parse({"op": "next"})

@@ -14,8 +14,9 @@ Requests go to the queue's name; every body is a map with an ``op`` field
 
 The queue (``posa.work.queue``) parses every request with ``QUEUE.parse`` and
 dispatches through ``QUEUE.bind``; its clients (``posa.work.worker``,
-``posa.work.client``) build their requests with ``QUEUE.request``, so neither
-side can drift from the other. A malformed request (not a map, an unknown
+``posa.work.client``) build their requests with ``QUEUE.request`` (the worker's
+per-item ``next`` with ``next_request``, tested equal to it), so neither side
+can drift from the other. A malformed request (not a map, an unknown
 ``op``, a field of the wrong type, a list entry of the wrong shape) is refused
 as a whole with ``Rejected`` saying what to send. Numbers out of range are
 clamped (``MAX_ITEMS``, ``MAX_WAIT``), not refused: a worker asking for more
@@ -30,7 +31,7 @@ from typing import Any
 
 from posa.wire.schema import Field, Op, OpTable
 
-__all__ = ["QUEUE", "MAX_ITEMS", "MAX_WAIT", "items_reply"]
+__all__ = ["QUEUE", "MAX_ITEMS", "MAX_WAIT", "items_reply", "next_request"]
 
 MAX_ITEMS = 10_000          # items one ``next`` may ask for
 MAX_WAIT = 3600.0           # seconds one ``next`` may be held
@@ -105,3 +106,11 @@ def items_reply(rows: Iterable[list[Any]], visibility: float) -> dict[str, Any]:
     rows and the queue's visibility timeout."""
     return {"items": rows if isinstance(rows, list) else list(rows),
             "visibility": visibility}
+
+
+def next_request(max_items: int, wait: float, done: list[list[Any]],
+                 failed: list[list[Any]]) -> dict[str, Any]:
+    """The body of ``next``, as ``QUEUE.request("next", ...)`` builds it. A
+    worker sends one per item (or per ``prefetch`` items): written out, it costs
+    a tenth of the generic builder; tests/test_workqueue.py keeps the two equal."""
+    return {"op": "next", "max": max_items, "wait": wait, "done": done, "failed": failed}

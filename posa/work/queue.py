@@ -95,7 +95,9 @@ class WorkQueue:
         self.name = self.peer.name
         self._timer = self.peer.reactor.call_every(TICK, self._tick)
         self.peer.serve(self._handle)
-        self._feeder = Feeder(self, source, refresh) if source is not None else None
+        self._feeder = None if source is None else Feeder(
+            self.name, source, refresh, wants=self._wants, offer=self.offer,
+            listed=self._listed_once)
 
     def __enter__(self) -> WorkQueue:
         return self
@@ -177,7 +179,7 @@ class WorkQueue:
         self.peer.close()
 
     # -- what the source's feeder asks (its thread) ------------------------------
-    def wants(self, key: str) -> bool:
+    def _wants(self, key: str) -> bool:
         """Whether ``key`` is new to the queue, once there is room for it: blocks
         while the queue is full. Raises ``Closed`` once the queue is closed."""
         with self._changed:
@@ -188,7 +190,7 @@ class WorkQueue:
                 raise Closed(f"the work queue {self.name!r} is closed")
             return self.state.status(key) is None
 
-    def listed(self) -> None:
+    def _listed_once(self) -> None:
         """The source has been listed through once (``join`` waits for that)."""
         with self._lock:
             self._listed = True

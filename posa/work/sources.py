@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,32 +68,26 @@ class DirectorySource:
         path = self.directory / key
         return {"path": str(path), "size": path.stat().st_size}
 
-class _Fed(Protocol):
-    """What a feeder needs of its queue (``posa.work.queue.WorkQueue``)."""
-
-    name: str
-
-    def wants(self, key: str) -> bool:
-        """Whether ``key`` is new to the queue, once there is room for it
-        (blocks while the queue is full). Raises ``Closed`` once closed."""
-
-    def offer(self, items: Iterable[tuple[str, Any]]) -> tuple[int, list[str]]:
-        """Queue the items that fit (raises ``Closed`` once closed)."""
-
-    def listed(self) -> None:
-        """The source has been listed through once."""
-
-
 class Feeder:
-    """The thread that lists ``source`` into ``queue`` every ``refresh`` seconds
-    until ``stop()``."""
+    """The thread that lists ``source`` into the queue named ``name`` every
+    ``refresh`` seconds until ``stop()``. It asks the queue through three
+    callables: ``wants(key)`` (whether ``key`` is new, once there is room for
+    it: blocks while the queue is full), ``offer([(key, data)])`` (queue it) and
+    ``listed()`` (the source was listed through once); ``wants`` and ``offer``
+    raise ``Closed`` once the queue is closed, which ends the thread."""
 
-    def __init__(self, queue: _Fed, source: Source, refresh: float) -> None:
-        self.queue = queue
+    def __init__(self, name: str, source: Source, refresh: float, *,
+                 wants: Callable[[str], bool],
+                 offer: Callable[[list[tuple[str, Any]]], object],
+                 listed: Callable[[], None]) -> None:
+        self.name = name
         self.source = source
         self.refresh = refresh
+        self._wants = wants
+        self._offer = offer
+        self._listed = listed
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"posa-source-{queue.name}",
+        self._thread = threading.Thread(target=self._run, name=f"posa-source-{name}",
                                         daemon=True)
         self._thread.start()
 
@@ -106,13 +100,13 @@ class Feeder:
         try:
             while not self._stop.is_set():
                 self._list_once()
-                self.queue.listed()
+                self._listed()
                 self._stop.wait(self.refresh)
         except Closed:
             return
 
     def _list_once(self) -> None:
-        name = self.queue.name
+        name = self.name
         try:
             keys = list(self.source.items())
         except Exception:
@@ -120,7 +114,7 @@ class Feeder:
                           name, self.refresh)
             return
         for key in keys:
-            if self._stop.is_set() or not self.queue.wants(key):
+            if self._stop.is_set() or not self._wants(key):
                 continue                     # known: queued, done or dead
             try:
                 data = self.source.fetch(key)
@@ -128,4 +122,4 @@ class Feeder:
                 log.exception("queue %s: fetching %r failed; retrying at the next "
                               "refresh", name, key)
                 continue
-            self.queue.offer([(key, data)])
+            self._offer([(key, data)])

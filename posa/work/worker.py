@@ -31,7 +31,7 @@ import msgpack
 from posa.errors import PosaError
 from posa.naming.registry import Registry
 from posa.peer import Peer
-from posa.work.protocol import QUEUE
+from posa.work.protocol import QUEUE, next_request
 
 __all__ = ["Item", "Worker"]
 
@@ -147,8 +147,8 @@ class Worker:
               failed: list[list[Any]]) -> list[list[Any]] | None:
         try:
             reply = self.peer.request(
-                self.queue, QUEUE.request("next", max=want, wait=self.wait, done=done,
-                                          failed=failed), timeout=self.wait + self.timeout)
+                self.queue, next_request(want, self.wait, done, failed),
+                timeout=self.wait + self.timeout)
         except PosaError as exc:
             log.warning("worker %s: asking %s for work failed (%s); retrying", self.name,
                         self.queue, exc)
