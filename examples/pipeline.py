@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import posa
-from posa.work.pipeline import Pipeline, start_instances
 
 NAME = "pipe/text"
 
@@ -75,7 +74,7 @@ def sequential(items: Sequence[str]) -> list[Any]:
 
 def demo() -> None:
     items = sentences(200)
-    with Pipeline(NAME, STAGES) as pipeline:
+    with posa.Pipeline(NAME, STAGES) as pipeline:
         outputs = pipeline.run(items, timeout=60)
         done = {stage: m["done"] for stage, m in pipeline.metrics().items()}
     assert outputs == sequential(items), "pipeline and sequential results differ"
@@ -93,8 +92,8 @@ def run_stage(args: argparse.Namespace) -> None:
             if stage["name"] == args.stage:
                 stage["filter"] = _traced(stage["filter"])
     registry = posa.RegistryClient(args.dispatcher)
-    workers = start_instances(NAME, stages, args.stage, count=args.instances,
-                              registry=registry, listen="tcp://127.0.0.1:0")
+    workers = posa.Pipeline.start_instances(NAME, stages, args.stage, count=args.instances,
+                                            registry=registry, listen="tcp://127.0.0.1:0")
     print("ready", flush=True)
     try:
         while not stop.wait(0.5):
@@ -118,8 +117,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
     items = sentences(args.items)
     registry = posa.RegistryClient(args.dispatcher)
     try:
-        with Pipeline(NAME, STAGES, registry=registry, listen="tcp://127.0.0.1:0",
-                      local=False, visibility=args.visibility) as pipeline:
+        with posa.Pipeline(NAME, STAGES, registry=registry, listen="tcp://127.0.0.1:0",
+                           local=False, visibility=args.visibility) as pipeline:
             print("queues ready", flush=True)
             started = time.monotonic()
             outputs = pipeline.run(items, timeout=args.timeout)

@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import posa
-from posa.work.masterslave import Master, Slave
-from posa.work.queue import progress_bar
 
 
 def make_job(*, cities: int = 40, tours: int = 20_000, parts: int = 8,
@@ -77,9 +75,9 @@ def solve(job: dict[str, Any]) -> dict[str, Any]:
 
 def demo() -> None:
     job = make_job(cities=30, tours=4000)
-    slaves = [Slave(f"work/tsp/slave-{i}", sample) for i in range(2)]
+    slaves = [posa.Slave(f"work/tsp/slave-{i}", sample) for i in range(2)]
     try:
-        with Master("work/tsp/*", split=split, merge=merge, timeout=30.0) as master:
+        with posa.Master("work/tsp/*", split=split, merge=merge, timeout=30.0) as master:
             outcome = master.execute(job)
     finally:
         for slave in slaves:
@@ -100,7 +98,7 @@ def run_slave(args: argparse.Namespace) -> None:
         return sample(subtask)
 
     registry = posa.RegistryClient(args.dispatcher)
-    slave = Slave(args.name, work, registry=registry, listen="tcp://127.0.0.1:0")
+    slave = posa.Slave(args.name, work, registry=registry, listen="tcp://127.0.0.1:0")
     print(f"ready {slave.name}", flush=True)
     try:
         while not stop.wait(0.5):
@@ -115,12 +113,14 @@ def run_master(args: argparse.Namespace) -> None:
     registry = posa.RegistryClient(args.dispatcher)
 
     def show(done: int, total: int) -> None:
-        print(f"\rsubtasks {progress_bar(done, total)}", end="\n" if done == total else "",
+        filled = 30 * done // total if total else 0
+        print(f"\rsubtasks [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} "
+              f"{done / total if total else 0:.0%}", end="\n" if done == total else "",
               file=sys.stderr, flush=True)
     try:
-        with Master(args.slaves, registry=registry, split=split, merge=merge,
-                    timeout=args.timeout, on_progress=show if args.progress else None
-                    ) as master:
+        with posa.Master(args.slaves, registry=registry, split=split, merge=merge,
+                         timeout=args.timeout, on_progress=show if args.progress else None
+                         ) as master:
             started = time.monotonic()
             outcome = master.execute(job)
             elapsed = time.monotonic() - started

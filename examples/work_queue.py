@@ -12,12 +12,12 @@ import random
 import tempfile
 from pathlib import Path
 
-from posa.work.queue import DirectorySource, Item, Worker, WorkQueue, render_progress
+import posa
 
 QUEUE = "work/wordcount"
 
 
-def count_words(item: Item) -> int:
+def count_words(item: posa.Item) -> int:
     """The executor: one file in, its word count out."""
     return len(Path(item.data["path"]).read_text().split())
 
@@ -32,9 +32,9 @@ def main() -> None:
             Path(tmp, f"doc-{i:03}.txt").write_text(" ".join(rng.choices(words, k=n)))
             expected[f"doc-{i:03}.txt"] = n
         counts: dict[str, int] = {}
-        with WorkQueue(QUEUE, source=DirectorySource(tmp, "*.txt"), visibility=5.0,
-                       on_done=counts.__setitem__) as queue:
-            workers = [Worker(f"{QUEUE}/worker-{i}", QUEUE, count_words).start()
+        with posa.WorkQueue(QUEUE, source=posa.DirectorySource(tmp, "*.txt"),
+                            visibility=5.0, on_done=counts.__setitem__) as queue:
+            workers = [posa.Worker(f"{QUEUE}/worker-{i}", QUEUE, count_words).start()
                        for i in range(3)]
             try:
                 metrics = queue.join(60)
@@ -44,9 +44,15 @@ def main() -> None:
                 for worker in workers:
                     worker.close()
     assert counts == expected, "a file was lost or counted wrongly"
-    print(render_progress(metrics))
+    print(f"{QUEUE} {bar(metrics['done'], metrics['total'])} {metrics['done']}/"
+          f"{metrics['total']} dead {metrics['dead']} duplicates {metrics['duplicates']}")
     print(f"{len(counts)} files, {sum(counts.values())} words, each file done once; "
           f"per worker {[w.stats['processed'] for w in workers]}")
+
+
+def bar(done: int, total: int, width: int = 30) -> str:
+    filled = width * done // total if total else 0
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
 
 
 if __name__ == "__main__":

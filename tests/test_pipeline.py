@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import posa
-from posa.work.pipeline import Pipeline, RunResult, Stage, load_stages, start_instances
+from posa.work.pipeline import Pipeline, RunResult, Stage, load_stages
 from tests.support import Proc, load_example
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,7 +128,7 @@ def test_an_instance_dying_after_sending_its_output_makes_no_duplicate(
                 dying.request("pipe/dup/dbl", {"op": "put", "items": [[key, data + 1]]})
             # ... and it dies here, before acknowledging its input
             for stage in ("inc", "dbl"):
-                workers += start_instances("pipe/dup", pipeline.stages, stage,
+                workers += Pipeline.start_instances("pipe/dup", pipeline.stages, stage,
                                            registry=registry)
             feeder.join(30)
             # the output is complete; the dead instance's lease runs out later

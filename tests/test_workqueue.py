@@ -17,17 +17,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import posa
 from posa.errors import Rejected
-from posa.work.queue import (
-    DirectorySource,
-    Item,
-    ListSource,
-    Worker,
-    WorkQueue,
-    progress_bar,
-    render_progress,
-    submit,
-)
+from posa.work.client import submit
+from posa.work.progress import progress_bar, render_progress
+from posa.work.protocol import QUEUE, next_request
+from posa.work.queue import WorkQueue
+from posa.work.sources import DirectorySource, ListSource
 from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
+from posa.work.worker import Item, Worker
 from tests.support import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(120)
@@ -445,13 +441,69 @@ def test_metrics_carry_the_scaling_advice(registry: posa.LocalRegistry) -> None:
     assert advice and advice[-1].workers == 4
 
 
+BAD_REQUESTS = [       # (body, what the refusal says)
+    ("next", "a work-queue request is a map with an 'op' field, one of dead, extend, "
+             "metrics, next, put, wake"),
+    ({"max": 1}, "a map with an 'op' field"),
+    ({"op": "steal"}, "unknown work-queue operation 'steal'; known: dead, extend, "
+                      "metrics, next, put, wake"),
+    ({"op": "put"}, "work-queue operation 'put' needs the field 'items' (a list)"),
+    ({"op": "put", "items": [[1, 2]]},
+     "field 'items' of work-queue operation 'put' must be a list of [key (a string), data]"),
+    ({"op": "put", "items": {"a": 1}}, "must be a list, got dict"),
+    ({"op": "next", "max": "3"}, "field 'max' of work-queue operation 'next' must be an "
+                                 "integer, got str"),
+    ({"op": "next", "max": True}, "field 'max' of work-queue operation 'next' must be an "
+                                  "integer, got bool"),
+    ({"op": "next", "wait": [1]}, "must be a number, got list"),
+    ({"op": "next", "max": 0, "done": [["a", 1]]},
+     "field 'done' of work-queue operation 'next' must be a list of [key (a string), "
+     "result, seconds (a number)]"),
+    ({"op": "next", "max": 0, "failed": [["a", "t", "boom"]]},
+     "must be a list of [key (a string), token (an integer), reason]"),
+    ({"op": "extend", "leases": [["a"]]}, "must be a list of [key (a string), token"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), BAD_REQUESTS)
+def test_the_table_refuses_malformed_requests_saying_what_to_send(body: Any,
+                                                                  says: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        QUEUE.parse(body)
+    assert says in str(refused.value)
+
+
 def test_bad_requests_are_refused_with_a_clear_error(registry: posa.LocalRegistry) -> None:
-    with WorkQueue("jobs/b", registry=registry), \
+    with WorkQueue("jobs/b", registry=registry) as queue, \
             posa.Peer("jobs/b/x", registry=registry) as peer:
-        with pytest.raises(Rejected, match="unknown work-queue operation"):
-            peer.request("jobs/b", {"op": "steal"})
-        with pytest.raises(Rejected, match="put needs items"):
-            peer.request("jobs/b", {"op": "put", "items": [[1, 2]]})
+        for body, says in BAD_REQUESTS:
+            if isinstance(body, dict) and body.get("op") == "extend":
+                continue                              # one-way: no answer to refuse
+            with pytest.raises(Rejected) as refused:
+                peer.request("jobs/b", body)
+            assert says in str(refused.value)
+        assert peer.request("jobs/b", {"op": "put", "items": [["k", 1]]}) == {
+            "accepted": 1, "added": 1}                 # and it goes on serving
+        assert queue.metrics()["pending"] == 1
+
+
+def test_clients_build_requests_from_the_table() -> None:
+    done, failed = [["a", 1, 0.5]], [["b", 7, "boom"]]
+    assert next_request(2, 1.0, done, failed) == QUEUE.request(
+        "next", max=2, wait=1.0, done=done, failed=failed)
+    assert QUEUE.parse(next_request(2, 1.0, done, failed))[1] == {
+        "max": 2, "wait": 1.0, "done": done, "failed": failed}
+    with pytest.raises(TypeError, match="no field"):
+        QUEUE.request("put", item=[])
+    op, fields = QUEUE.parse({"op": "next"})
+    assert (op.name, fields["max"], fields["wait"], list(fields["done"])) == (
+        "next", 1, 0.0, [])
+
+
+def test_the_protocol_doc_shows_the_table() -> None:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text[text.index("## The work queue's requests"):]
+    assert QUEUE.describe() in section, "regenerate it: print(QUEUE.describe())"
 
 
 def test_progress_rendering() -> None:
@@ -492,7 +544,7 @@ def test_work_queue_example_runs() -> None:
 
 WORKER = """
 import sys, time, posa
-from posa.work.queue import Worker
+from posa.work.worker import Worker
 name, queue, dispatcher = sys.argv[1:4]
 registry = posa.RegistryClient(dispatcher)
 

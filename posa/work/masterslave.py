@@ -36,7 +36,7 @@ from typing import Any
 from posa.delivery.forwarder import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registry import Registration, Registry, resolver
-from posa.naming.resolve import embedded_registry
+from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
@@ -188,7 +188,7 @@ class Master:
                  backups: bool = True,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         self.slaves = slaves
-        self.registry = registry if registry is not None else embedded_registry()
+        self.registry, _ = open_registry(registry)
         self.split = split
         self.merge = merge
         self.replicas = replicas
@@ -321,19 +321,8 @@ class Master:
         """One slave's lane: take a subtask, request it, report; until the slave
         is found dead or the master closes."""
         try:
-            while True:
-                with self._cond:
-                    while True:
-                        state = self._job
-                        if self._closed or (state is not None and slave not in state.live):
-                            return
-                        now = time.monotonic()
-                        task = state.take(slave, now) if state is not None else None
-                        if task is not None:
-                            break
-                        due = state.backup_due() if state is not None else None
-                        self._cond.wait(None if due is None else max(0.001, due - now))
-                index, subtask = task
+            while (taken := self._take(slave)) is not None:
+                state, index, subtask = taken
                 failure: PosaError | None = None
                 try:
                     answer = self.sender.request(slave, subtask, timeout=self.timeout,
@@ -359,6 +348,24 @@ class Master:
                 self.sender.forget(slave)           # this lane's connection to it
             except PosaError:
                 pass
+
+    def _take(self, slave: str) -> tuple[JobState, int, Any] | None:
+        """The next subtask for ``slave``'s lane (waiting for a job, or for a
+        backup to fall due), with its job; None once the lane is to end."""
+        with self._cond:
+            while True:
+                state = self._job
+                if self._closed or (state is not None and slave not in state.live):
+                    return None
+                if state is None:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                task = state.take(slave, now)
+                if task is not None:
+                    return state, task[0], task[1]
+                due = state.backup_due()
+                self._cond.wait(None if due is None else max(0.001, due - now))
 
     def _quarantine(self, slave: str) -> None:
         """Leave ``slave`` out of jobs while the registration seen dead may live."""

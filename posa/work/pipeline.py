@@ -26,7 +26,7 @@ exactly once; filters should be deterministic (or idempotent) for the output to
 be the same whichever instance computed it.
 
 The queues live in the process that creates the ``Pipeline``; instances run
-there (``local=True``) and/or in other processes (``start_instances``).
+there (``local=True``) and/or in other processes (``Pipeline.start_instances``).
 """
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ from typing import Any
 
 from posa.errors import PosaError, Timeout
 from posa.naming.registry import Registry
-from posa.work.queue import Item, Worker, WorkQueue, submit
+from posa.work.client import submit
+from posa.work.queue import WorkQueue
+from posa.work.worker import Item, Worker
 
-__all__ = ["Stage", "Pipeline", "RunResult", "load_stages", "start_instances"]
+__all__ = ["Stage", "StageFunction", "Pipeline", "RunResult", "load_stages"]
 
 StageFunction = Callable[[Any], Any]
 
@@ -76,10 +78,10 @@ def load_stages(config: Sequence[Stage | Mapping[str, Any]] | Mapping[str, Any]
     """Stages from configuration: a list of ``Stage`` or dicts (name, filter,
     instances), or a dict with a "stages" list. Raises ``ValueError`` for a
     missing field or a stage name used twice."""
-    if isinstance(config, Mapping):
-        config = config["stages"]
+    entries: Sequence[Stage | Mapping[str, Any]] = (
+        config["stages"] if isinstance(config, Mapping) else config)
     stages = []
-    for entry in config:
+    for entry in entries:
         if isinstance(entry, Stage):
             stages.append(entry)
             continue
@@ -92,31 +94,6 @@ def load_stages(config: Sequence[Stage | Mapping[str, Any]] | Mapping[str, Any]
     if not stages or len(set(names)) != len(names):
         raise ValueError(f"a pipeline needs stages with distinct names, got {names}")
     return stages
-
-
-def start_instances(pipeline: str, stages: Sequence[Stage | Mapping[str, Any]],
-                    stage: str, *, count: int | None = None,
-                    registry: Registry | None = None, listen: str | None = None,
-                    prefetch: int = 1, timeout: float = 30.0) -> list[Worker]:
-    """Start ``count`` (default: the stage's ``instances``) instances of
-    ``stage`` in this process, on their own threads; close them when done.
-    ``stages`` must be the pipeline's configuration: it tells where outputs go."""
-    stages = load_stages(stages)
-    position = [s.name for s in stages].index(stage)
-    here = stages[position]
-    target = (f"{pipeline}/{stages[position + 1].name}" if position + 1 < len(stages)
-              else None)
-    function = here.function()
-    workers = []
-    for _ in range(here.instances if count is None else count):
-        name = f"{pipeline}/{here.name}/{os.getpid()}-{next(_instance_ids)}"
-        holder: list[Worker] = []
-        worker = Worker(name, f"{pipeline}/{here.name}",
-                        _executor(function, target, holder, timeout),
-                        registry=registry, listen=listen, prefetch=prefetch)
-        holder.append(worker)
-        workers.append(worker.start())
-    return workers
 
 
 _instance_ids = itertools.count()
@@ -181,13 +158,38 @@ class Pipeline:
                     on_dead=self._on_dead_at(stage.name))
             if local:
                 for stage in self.stages:
-                    self.instances += start_instances(name, self.stages, stage.name,
-                                                      registry=registry, listen=listen,
-                                                      prefetch=prefetch)
+                    self.instances += self.start_instances(
+                        name, self.stages, stage.name, registry=registry, listen=listen,
+                        prefetch=prefetch)
         except BaseException:
             self.close()
             raise
         self._feeder = self.queues[self.stages[0].name]
+
+    @staticmethod
+    def start_instances(pipeline: str, stages: Sequence[Stage | Mapping[str, Any]],
+                        stage: str, *, count: int | None = None,
+                        registry: Registry | None = None, listen: str | None = None,
+                        prefetch: int = 1, timeout: float = 30.0) -> list[Worker]:
+        """Start ``count`` (default: the stage's ``instances``) instances of
+        ``stage`` in this process, on their own threads; close them when done.
+        ``stages`` must be the pipeline's configuration: it tells where outputs go."""
+        stages = load_stages(stages)
+        position = [s.name for s in stages].index(stage)
+        here = stages[position]
+        target = (f"{pipeline}/{stages[position + 1].name}" if position + 1 < len(stages)
+                  else None)
+        function = here.function()
+        workers = []
+        for _ in range(here.instances if count is None else count):
+            name = f"{pipeline}/{here.name}/{os.getpid()}-{next(_instance_ids)}"
+            holder: list[Worker] = []
+            worker = Worker(name, f"{pipeline}/{here.name}",
+                            _executor(function, target, holder, timeout),
+                            registry=registry, listen=listen, prefetch=prefetch)
+            holder.append(worker)
+            workers.append(worker.start())
+        return workers
 
     def __enter__(self) -> Pipeline:
         return self

@@ -41,7 +41,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from posa.errors import Rejected
 
@@ -54,9 +54,10 @@ DONE = "done"
 DEAD = "dead"
 
 
-@dataclass(frozen=True)
-class Lease:
-    """One item handed to a worker; ``token`` names this lease for ``fail``/``extend``."""
+class Lease(NamedTuple):
+    """One item handed to a worker; ``token`` names this lease for ``fail``/``extend``.
+    A named tuple: one is built per item handed out, on the queue's hot path (a
+    third of the cost of a frozen dataclass)."""
 
     key: Hashable
     token: int
