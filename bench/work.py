@@ -25,7 +25,8 @@ import posa
 from bench import Bench, Column, Goal
 from bench.common import HARD_LIFETIME_S, MAX_MEASURE_S, emit, now, ready, wait_release
 from posa.work.masterslave import Master, Slave
-from posa.work.queue import Item, Worker, WorkQueue
+from posa.work.queue import WorkQueue
+from posa.work.worker import Item, Worker
 
 MODULE = "bench.work"
 N_ITEMS = 50_000

@@ -46,9 +46,24 @@ if TYPE_CHECKING:
     from posa.security import Acl, HmacAuthenticator, Keyring
     from posa.wire.codec import CodecLimits, Kind, Message
     from posa.wire.names import matches, validate_name, validate_pattern
-    from posa.work.masterslave import Master, Outcome, Slave
+    from posa.work.client import submit
+    from posa.work.masterslave import (
+        Master,
+        Mean,
+        Outcome,
+        Slave,
+        first,
+        majority,
+        merge_concat,
+        merge_first,
+        split_chunks,
+        split_whole,
+    )
     from posa.work.pipeline import Pipeline, Stage
-    from posa.work.queue import Worker, WorkQueue
+    from posa.work.queue import WorkQueue
+    from posa.work.sources import DirectorySource, ListSource
+    from posa.work.state import ScalingAdvisor
+    from posa.work.worker import Item, Worker
 
 __version__ = "0.1.0"
 
@@ -69,8 +84,14 @@ _LAZY = {
     **dict.fromkeys(["Event", "EventChannel", "Gap", "Publisher", "Subscriber"],
                     "posa.channel.eventchannel"),
     "InvalidFilter": "posa.channel.predicate",
-    **dict.fromkeys(["Master", "Outcome", "Slave"], "posa.work.masterslave"),
-    **dict.fromkeys(["WorkQueue", "Worker"], "posa.work.queue"),
+    **dict.fromkeys(["Master", "Outcome", "Slave", "split_chunks", "split_whole",
+                     "merge_concat", "merge_first", "majority", "first", "Mean"],
+                    "posa.work.masterslave"),
+    "WorkQueue": "posa.work.queue",
+    **dict.fromkeys(["Worker", "Item"], "posa.work.worker"),
+    **dict.fromkeys(["ListSource", "DirectorySource"], "posa.work.sources"),
+    "ScalingAdvisor": "posa.work.state",
+    "submit": "posa.work.client",
     **dict.fromkeys(["Pipeline", "Stage"], "posa.work.pipeline"),
     **dict.fromkeys(["Acl", "HmacAuthenticator", "Keyring"], "posa.security"),
 }
@@ -85,6 +106,8 @@ __all__ = [
     "Server", "Client", "ServiceChannel",
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
+    "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
     "Acl", "HmacAuthenticator", "Keyring",
 ]
 

@@ -33,6 +33,8 @@ FACADE = {
     "Server", "Client", "ServiceChannel",
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
+    "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
     "Acl", "HmacAuthenticator", "Keyring",
 }
 

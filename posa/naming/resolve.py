@@ -6,23 +6,14 @@ process's embedded registry"), so no service writes it again.
 """
 from __future__ import annotations
 
-import threading
-
 from posa.naming.registry import LocalRegistry, Registry
+from posa.runtime.local import process_local
 
 __all__ = ["embedded_registry", "open_registry"]
 
-_embedded: LocalRegistry | None = None
-_embedded_lock = threading.Lock()
-
-
-def embedded_registry() -> LocalRegistry:
-    """The process's embedded registry: the default for peers given none."""
-    global _embedded
-    with _embedded_lock:
-        if _embedded is None:
-            _embedded = LocalRegistry()
-        return _embedded
+embedded_registry = process_local(LocalRegistry)
+"""The process's embedded registry: the default for peers given none (a forked
+child gets a fresh one: the parent's inproc addresses do not exist in it)."""
 
 
 def open_registry(registry: Registry | None = None, dispatcher: str | None = None, *,
