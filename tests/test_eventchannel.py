@@ -13,15 +13,11 @@ from typing import Any
 import pytest
 
 import posa
-from posa.channel.eventchannel import (
-    AsyncPublisher,
-    AsyncSubscriber,
-    Event,
-    EventChannel,
-    Gap,
-    Publisher,
-    Subscriber,
-)
+from posa.channel.aio import AsyncPublisher, AsyncSubscriber
+from posa.channel.events import Event, Gap
+from posa.channel.publisher import Publisher
+from posa.channel.service import EventChannel
+from posa.channel.subscriber import Subscriber
 from posa.channel.predicate import InvalidFilter, compile_filter
 from tests.support import ROOT, Proc
 
@@ -208,7 +204,7 @@ def test_bad_requests_and_publications_are_refused_not_fatal(
         with pytest.raises(posa.Rejected, match="is not an operator"):
             raw.request("events/net", {"op": "subscribe", "filter": {"field": "x", "op": "~",
                                                                      "value": 1}})
-        with pytest.raises(posa.Rejected, match="unknown channel operation"):
+        with pytest.raises(posa.Rejected, match="unknown event-channel operation"):
             raw.request("events/net", {"op": "drop-tables"})
         raw.send("events/net", {"op": "publish", "topics": ["t"], "bodies": b"\xc1"})
         raw.send("events/net", "garbage")
@@ -269,7 +265,7 @@ def test_the_example_runs() -> None:
 # -- across processes -------------------------------------------------------------------
 SUBSCRIBER = """
 import json, sys, time, posa
-from posa.channel.eventchannel import Subscriber
+from posa.channel.subscriber import Subscriber
 dispatcher, channel, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 expect, until_seq = int(sys.argv[4]), int(sys.argv[5])   # events, or up to a seq
 with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **options) as sub:
@@ -295,7 +291,7 @@ with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **op
 
 PUBLISHER = """
 import sys
-from posa.channel.eventchannel import Publisher
+from posa.channel.publisher import Publisher
 from tests.test_eventchannel import PLANS
 dispatcher, channel, kind, publisher, n = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
 plan = PLANS[kind](publisher, n)

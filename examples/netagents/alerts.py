@@ -18,9 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from posa.channel.eventchannel import Publisher, Subscriber
+from posa import Publisher, Registry, Subscriber
 from posa.errors import Closed, PosaError, Timeout
-from posa.naming.registry import Registry
 
 __all__ = ["CHANNEL", "Alerts", "AlertFeed"]
 
