@@ -15,10 +15,10 @@ import pytest
 import posa
 from posa.channel.aio import AsyncPublisher, AsyncSubscriber
 from posa.channel.events import Event, Gap
+from posa.channel.predicate import InvalidFilter, compile_filter
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
-from posa.channel.predicate import InvalidFilter, compile_filter
 from tests.support import ROOT, Proc
 
 
@@ -204,18 +204,25 @@ def test_bad_requests_and_publications_are_refused_not_fatal(
         with pytest.raises(posa.Rejected, match="is not an operator"):
             raw.request("events/net", {"op": "subscribe", "filter": {"field": "x", "op": "~",
                                                                      "value": 1}})
-        with pytest.raises(posa.Rejected, match="unknown event-channel operation"):
+        with pytest.raises(posa.Rejected, match="unknown channel operation"):
             raw.request("events/net", {"op": "drop-tables"})
+        with pytest.raises(posa.Rejected, match="'topics' of channel operation 'subscribe' "
+                                                "must be a list, got str"):
+            raw.request("events/net", {"op": "subscribe", "topics": "link/"})
+        with pytest.raises(posa.Rejected, match="'publish' is one-way: send it"):
+            raw.request("events/net", {"op": "publish", "topics": ["t"], "bodies": b"\x90"})
         raw.send("events/net", {"op": "publish", "topics": ["t"], "bodies": b"\xc1"})
         raw.send("events/net", "garbage")
+        raw.send("events/net", {"op": "subscribe"})      # a request sent one-way
         raw.flush(5)
-        wait_until(lambda: channel.stats()["rejected"] == 2, what="2 refusals counted")
+        wait_until(lambda: channel.stats()["rejected"] == 3, what="3 refusals counted")
         with Subscriber("events/net", registry=registry) as sub, \
                 Publisher("events/net", registry=registry) as pub:
             pub.publish("t", "still works")
             pub.flush(5)
             assert receive_n(sub, 1)[0].body == "still works"
-        assert raw.request("events/net", {"op": "stats"})["rejected"] == 2
+        assert raw.request("events/net", {"op": "stats"})["rejected"] == 3
+        assert "test/raw" not in channel.stats()["subscriptions"]
 
 
 def test_publisher_reports_bad_topics_and_bodies(registry: posa.LocalRegistry) -> None:

@@ -60,7 +60,7 @@ FRAME_MARGIN = 4096         # bytes of a frame kept for the envelope around a ba
 
 _NUMBER = (int, float)
 
-CHANNEL = OpTable("event-channel", [
+CHANNEL = OpTable("channel", [
     Op("publish", (
         Field("topics", (list, str)),
         Field("bodies", bytes),
@@ -78,11 +78,12 @@ CHANNEL = OpTable("event-channel", [
         Field("from_seq", int, None),
         Field("inc", int, None),
         Field("skip_via", list, ()),
-    ), doc="subscribe the sender's name: topic prefixes (default `[\"\"]`, every topic), "
-           "a content filter, the buffer's `policy` (`block`, `drop-oldest`, "
-           "`drop-newest`) and size in events, the lease in seconds (default 6), a "
-           "replay `from_seq` of incarnation `inc`, channels whose events to skip; "
-           "replies `{inc, head, first, replay_from, restarted}`"),
+    ), doc="subscribe the sender's name: `topics` prefixes (default `[\"\"]`: every "
+           "topic), a content `filter`, the buffer's `policy` (`block`, `drop-oldest` "
+           "(default), `drop-newest`) and size (`buffer`, default 1000 events), the "
+           "`lease` (default 6 s), a replay `from_seq` of incarnation `inc`, channels "
+           "whose events to leave out (`skip_via`); replies `{inc, head, first, "
+           "replay_from, restarted}`"),
     Op("renew", doc="extend the sender's subscription by its lease; replies `{known, "
                     "inc, head?, dropped?}` (`known` false: subscribe again)"),
     Op("unsubscribe", doc="end the sender's subscription; replies its counters"),
@@ -194,7 +195,7 @@ def parse_publish(body: Any) -> Publication:
     to send) if it is not one."""
     op, fields = CHANNEL.parse(body)
     if op.name != "publish":
-        raise Rejected(f"expected an event-channel 'publish', got {op.name!r}")
+        raise Rejected(f"expected a channel 'publish', got {op.name!r}")
     return publication(fields)
 
 

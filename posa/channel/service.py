@@ -56,8 +56,8 @@ __all__ = ["EventChannel"]
 log = logging.getLogger("posa.channel.service")
 
 _MISUSED = {  # oneway -> why a message of the wrong kind is refused
-    True: "event-channel operation {!r} is one-way: send it, do not request it",
-    False: "event-channel operation {!r} is a request: request it (the answer comes "
+    True: "channel operation {!r} is one-way: send it, do not request it",
+    False: "channel operation {!r} is a request: request it (the answer comes "
            "back), do not send it",
 }
 
