@@ -16,7 +16,6 @@ import threading
 from typing import Any
 
 from posa.channel.protocol import POLICIES
-from posa.channel.service import EventChannel
 
 __all__ = ["add_parser"]
 
@@ -49,6 +48,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the channel until SIGTERM/SIGINT; the exit code (0)."""
+    from posa.channel.service import EventChannel  # loaded when the command runs
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
