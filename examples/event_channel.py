@@ -9,7 +9,7 @@ same code over processes and hosts.
 """
 from __future__ import annotations
 
-from posa.channel.eventchannel import EventChannel, Publisher, Subscriber
+from posa import EventChannel, Publisher, Subscriber
 
 CHANNEL = "events/netmgmt"
 

@@ -21,8 +21,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from posa.channel.eventchannel import Event, EventChannel, Gap, Publisher, Subscriber
+    from posa.channel.events import Event, Gap
     from posa.channel.predicate import InvalidFilter
+    from posa.channel.publisher import Publisher
+    from posa.channel.service import EventChannel
+    from posa.channel.subscriber import Subscriber
     from posa.dispatch.dispatcher import Dispatcher
     from posa.dispatch.services import Client, Server, ServiceChannel
     from posa.errors import (
@@ -81,8 +84,10 @@ _LAZY = {
     "Reactor": "posa.runtime.reactor",
     "Dispatcher": "posa.dispatch.dispatcher",
     **dict.fromkeys(["Server", "Client", "ServiceChannel"], "posa.dispatch.services"),
-    **dict.fromkeys(["Event", "EventChannel", "Gap", "Publisher", "Subscriber"],
-                    "posa.channel.eventchannel"),
+    **dict.fromkeys(["Event", "Gap"], "posa.channel.events"),
+    "EventChannel": "posa.channel.service",
+    "Publisher": "posa.channel.publisher",
+    "Subscriber": "posa.channel.subscriber",
     "InvalidFilter": "posa.channel.predicate",
     **dict.fromkeys(["Master", "Outcome", "Slave", "split_chunks", "split_whole",
                      "merge_concat", "merge_first", "majority", "first", "Mean"],

@@ -8,19 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posa.channel.core import (
-    ChannelCore,
-    Event,
-    Gap,
-    Publication,
-    Run,
-    SubscriberState,
-    Taken,
-    check_bodies,
-    parse_delivery,
-    parse_publish,
-)
+from posa.channel.core import ChannelCore, Taken
+from posa.channel.events import Event, Gap, SubscriberState
 from posa.channel.predicate import InvalidFilter
+from posa.channel.protocol import Publication, check_bodies, parse_delivery, parse_publish
+from posa.channel.run import Run
 from posa.errors import ProtocolError, Rejected
 
 INC = 77

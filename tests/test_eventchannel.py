@@ -13,16 +13,12 @@ from typing import Any
 import pytest
 
 import posa
-from posa.channel.eventchannel import (
-    AsyncPublisher,
-    AsyncSubscriber,
-    Event,
-    EventChannel,
-    Gap,
-    Publisher,
-    Subscriber,
-)
+from posa.channel.aio import AsyncPublisher, AsyncSubscriber
+from posa.channel.events import Event, Gap
 from posa.channel.predicate import InvalidFilter, compile_filter
+from posa.channel.publisher import Publisher
+from posa.channel.service import EventChannel
+from posa.channel.subscriber import Subscriber
 from tests.support import ROOT, Proc
 
 
@@ -210,16 +206,23 @@ def test_bad_requests_and_publications_are_refused_not_fatal(
                                                                      "value": 1}})
         with pytest.raises(posa.Rejected, match="unknown channel operation"):
             raw.request("events/net", {"op": "drop-tables"})
+        with pytest.raises(posa.Rejected, match="'topics' of channel operation 'subscribe' "
+                                                "must be a list, got str"):
+            raw.request("events/net", {"op": "subscribe", "topics": "link/"})
+        with pytest.raises(posa.Rejected, match="'publish' is one-way: send it"):
+            raw.request("events/net", {"op": "publish", "topics": ["t"], "bodies": b"\x90"})
         raw.send("events/net", {"op": "publish", "topics": ["t"], "bodies": b"\xc1"})
         raw.send("events/net", "garbage")
+        raw.send("events/net", {"op": "subscribe"})      # a request sent one-way
         raw.flush(5)
-        wait_until(lambda: channel.stats()["rejected"] == 2, what="2 refusals counted")
+        wait_until(lambda: channel.stats()["rejected"] == 3, what="3 refusals counted")
         with Subscriber("events/net", registry=registry) as sub, \
                 Publisher("events/net", registry=registry) as pub:
             pub.publish("t", "still works")
             pub.flush(5)
             assert receive_n(sub, 1)[0].body == "still works"
-        assert raw.request("events/net", {"op": "stats"})["rejected"] == 2
+        assert raw.request("events/net", {"op": "stats"})["rejected"] == 3
+        assert "test/raw" not in channel.stats()["subscriptions"]
 
 
 def test_publisher_reports_bad_topics_and_bodies(registry: posa.LocalRegistry) -> None:
@@ -269,7 +272,7 @@ def test_the_example_runs() -> None:
 # -- across processes -------------------------------------------------------------------
 SUBSCRIBER = """
 import json, sys, time, posa
-from posa.channel.eventchannel import Subscriber
+from posa.channel.subscriber import Subscriber
 dispatcher, channel, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 expect, until_seq = int(sys.argv[4]), int(sys.argv[5])   # events, or up to a seq
 with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **options) as sub:
@@ -295,7 +298,7 @@ with Subscriber(channel, dispatcher=dispatcher, listen="tcp://127.0.0.1:0", **op
 
 PUBLISHER = """
 import sys
-from posa.channel.eventchannel import Publisher
+from posa.channel.publisher import Publisher
 from tests.test_eventchannel import PLANS
 dispatcher, channel, kind, publisher, n = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
 plan = PLANS[kind](publisher, n)

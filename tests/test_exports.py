@@ -75,14 +75,14 @@ def test_import_posa_loads_nothing_until_a_name_is_used() -> None:
     script = (
         "import sys, posa\n"
         "print(sorted(m for m in sys.modules if m.startswith('posa.')))\n"
-        "heavy = ['asyncio', 'zeroconf', 'posa.channel.eventchannel', 'posa.work.queue']\n"
+        "heavy = ['asyncio', 'zeroconf', 'posa.channel.service', 'posa.work.queue']\n"
         "posa.Peer\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "print(posa.EventChannel.__module__, 'WorkQueue' in dir(posa))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "[]", "posa.channel.eventchannel True"]
+    assert done.stdout.splitlines() == ["[]", "[]", "posa.channel.service True"]
 
 
 def _posa_imports(source: str) -> list[str]:

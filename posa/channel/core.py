@@ -1,21 +1,13 @@
 """The Event Channel's state machine, with no I/O (sans-IO, pure).
 
 ``ChannelCore`` is everything a channel decides: the sequence numbers, the
-bounded history, the subscriptions with their topic prefixes, filters and
-bounded buffers, the drop counters and the loop check for chained channels.
-It is fed calls (``publish``, ``subscribe``, ``unsubscribe``, ``take``) and
-answers with decisions; it never sleeps, sends or starts a thread, so the
-service in ``posa.channel.eventchannel`` is free to run it under one lock from any
-thread.  ``SubscriberState`` is the subscriber's half: it turns deliveries
-into ``Event`` objects and notices every hole (``Gap``).
-
-Events travel in *runs*: the events of one publication, with consecutive seqs,
-their topics, and their bodies as one msgpack array (``blob``).  A run moves
-through the channel as it came: history and the buffers of subscribers that
-take all of it hold the same object, and its blob is sent to each of them
-without being decoded or encoded again.  Only a filter decodes bodies (once
-per run, for all filters), and only a subscriber that takes part of a run gets
-a new run (with explicit seqs) that is encoded for it.
+bounded history, the subscriptions (``posa.channel.subscription``) with their
+topic prefixes, filters and bounded buffers, the drop counters and the loop
+check for chained channels. It is fed calls (``publish``, ``subscribe``,
+``unsubscribe``, ``take``) and answers with decisions; it never sleeps, sends
+or starts a thread, so the service (``posa.channel.service``) is free to run
+it under one lock from any thread. Events travel through it in runs
+(``posa.channel.run``), as they were published.
 
 Every accepted event gets the next ``seq`` of the channel's incarnation (1, 2,
 3 ...); an incarnation is one run of a channel process, named by a random
@@ -43,321 +35,32 @@ Invariants:
 """
 from __future__ import annotations
 
-import functools
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgpack
+from posa.channel.predicate import compile_filter
+from posa.channel.protocol import (
+    MAX_BUFFER,
+    MAX_TOPIC_LEN,
+    MAX_VIA,
+    POLICIES,
+    Publication,
+    check_bodies,
+    check_event_topics,
+    check_prefixes,
+    check_via,
+    unpack,
+)
+from posa.channel.run import Run
+from posa.channel.subscription import Hole, Subscription
+from posa.errors import Rejected
 
-from posa.channel.predicate import Predicate, compile_filter
-from posa.errors import ProtocolError, Rejected
+__all__ = ["ChannelCore", "Published", "Taken", "Subscribed"]
 
-__all__ = ["ChannelCore", "Subscription", "Publication", "Published", "Run", "Taken",
-           "Subscribed", "SubscriberState", "Event", "Gap", "POLICIES", "MAX_TOPIC_LEN",
-           "check_bodies", "parse_publish", "parse_delivery"]
-
-POLICIES = ("block", "drop-oldest", "drop-newest")
-MAX_TOPIC_LEN = 255         # characters in a topic or a topic prefix
-MAX_PREFIXES = 64           # topic prefixes in one subscription
-MAX_BUFFER = 10_000_000     # events one subscription may buffer
 REPLAY_SCAN = 4096          # history events one take() examines at most
-MAX_VIA = 32                # channels one event may pass
-_SEVERITY = ("dropped", "history", "restart")
-
-
-class Gap(NamedTuple):
-    """Events this subscriber will never receive, and where they were.
-
-    ``reason``: ``"dropped"`` (its buffer at the channel overflowed),
-    ``"history"`` (a replay asked for events older than the channel keeps) or
-    ``"restart"`` (the channel restarted; what its old run had not delivered is
-    lost). ``after``: the seq of the last event received before the hole (0:
-    none yet; for a restart, a seq of the old run). ``count``: how many events
-    for this subscription were lost, or None when the channel cannot know."""
-
-    reason: str
-    after: int
-    count: int | None
-
-    def merged(self, other: Gap) -> Gap:
-        """One gap standing for two adjacent holes."""
-        count = None if self.count is None or other.count is None \
-            else self.count + other.count
-        reason = max(self.reason, other.reason, key=_SEVERITY.index)
-        return Gap(reason, self.after, count)
-
-
-class Event(NamedTuple):
-    """One event as a subscriber receives it.
-
-    ``topic`` and ``body`` are what the publisher gave; ``seq`` is the channel's
-    sequence number (increasing); ``channel`` the channel it came from; ``via``
-    the channels it passed before that one (origin first); ``gap`` a ``Gap``
-    when events were lost right before this one, else None."""
-
-    seq: int
-    topic: str
-    body: Any
-    channel: str = ""
-    via: tuple[str, ...] = ()
-    gap: Gap | None = None
-
-
-_new_event = functools.partial(tuple.__new__, Event)
-
-
-def unpack(blob: Any, what: str) -> Any:
-    """Decode one msgpack value. Raises ``ProtocolError``."""
-    if type(blob) is not bytes:
-        raise ProtocolError(f"{what}: expected msgpack bytes, got {type(blob).__name__}")
-    try:
-        return msgpack.unpackb(blob)
-    except Exception as exc:  # msgpack's FormatError, ExtraData, StackError, ValueError ...
-        raise ProtocolError(f"{what}: not valid msgpack ({exc})") from None
-
-
-def check_bodies(blob: Any, n: int | None) -> int:
-    """Check, without building the values, that ``blob`` is one msgpack array
-    of well-formed items (``n`` of them, if given); returns how many. Raises
-    ``Rejected``."""
-    if type(blob) is not bytes:
-        raise Rejected("a publication's bodies must be msgpack bytes (an array)")
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(blob), 1))
-    unpacker.feed(blob)
-    try:
-        count = unpacker.read_array_header()
-        if n is not None and count != n:
-            raise Rejected("a publication needs one body per topic")
-        skip = unpacker.skip
-        for _ in range(count):
-            skip()
-    except Rejected:
-        raise
-    except Exception as exc:  # msgpack's OutOfData, FormatError, StackError ...
-        raise Rejected(f"a publication's bodies are not valid msgpack ({exc!r:.80})") \
-            from None
-    if unpacker.tell() != len(blob):
-        raise Rejected("a publication's bodies have bytes after the array")
-    return count
-
-
-class Run:
-    """Events that travel together: seqs ``first``, ``first + 1`` ... (or the
-    explicit ``seqs``), their ``topics`` (``topic`` when they all share one),
-    their bodies encoded (``blob``, a msgpack array) and/or decoded
-    (``bodies``), and for chained events the channels each passed (``vias``,
-    entries None when none)."""
-
-    __slots__ = ("first", "seqs", "topics", "topic", "blob", "bodies", "vias")
-
-    def __init__(self, first: int, topics: list[str], *, blob: bytes | None = None,
-                 bodies: list[Any] | None = None, seqs: list[int] | None = None,
-                 vias: list[Any] | None = None, topic: str | None = None) -> None:
-        self.first = first
-        self.seqs = seqs
-        self.topics = topics
-        self.topic = topic
-        self.blob = blob
-        self.bodies = bodies
-        self.vias = vias
-
-    def __len__(self) -> int:
-        return len(self.topics)
-
-    def __repr__(self) -> str:
-        return f"Run(seq {self.first}..{self.last}, {len(self)} events)"
-
-    @property
-    def last(self) -> int:
-        return self.seqs[-1] if self.seqs is not None else self.first + len(self.topics) - 1
-
-    def seq_list(self) -> Sequence[int]:
-        return self.seqs if self.seqs is not None else \
-            range(self.first, self.first + len(self.topics))
-
-    def decoded(self) -> list[Any]:
-        """The bodies, decoded from the blob and kept (the caller may drop them
-        again with ``compact``)."""
-        if self.bodies is None:
-            self.bodies = unpack(self.blob, "run")
-        return self.bodies
-
-    def compact(self) -> None:
-        """Drop the decoded bodies if the blob holds them too."""
-        if self.blob is not None:
-            self.bodies = None
-
-    def body_list(self) -> list[Any]:
-        """The bodies, decoded if need be, without keeping them."""
-        return self.bodies if self.bodies is not None else unpack(self.blob, "run")
-
-    def slice(self, start: int, end: int) -> Run:
-        """Events ``start`` to ``end`` (this run itself when that is all of it)."""
-        if start <= 0 and end >= len(self.topics):
-            return self
-        seqs = self.seqs[start:end] if self.seqs is not None else None
-        return Run(seqs[0] if seqs else self.first + start, self.topics[start:end],
-                   bodies=self.body_list()[start:end], seqs=seqs, topic=self.topic,
-                   vias=self.vias[start:end] if self.vias is not None else None)
-
-    def pick(self, indexes: list[int]) -> Run:
-        """The events at ``indexes`` (ascending), as a run with explicit seqs."""
-        seq_list, topics, bodies = self.seq_list(), self.topics, self.decoded()
-        vias = self.vias
-        return Run(seq_list[indexes[0]], [topics[i] for i in indexes],
-                   bodies=[bodies[i] for i in indexes],
-                   seqs=[seq_list[i] for i in indexes], topic=self.topic,
-                   vias=[vias[i] for i in indexes] if vias is not None else None)
-
-    def topics_size(self) -> int:
-        """About how many bytes the topics take on the wire."""
-        if self.topic is not None:
-            return len(self.topic) + 2
-        return sum(map(len, self.topics)) + 2 * len(self.topics)
-
-    def wire(self, blob: bytes) -> list[Any]:
-        """The run as a delivery carries it: ``[seqs, topics, blob(, vias)]``, with
-        one topic str standing for all when they share it."""
-        item = [self.seqs if self.seqs is not None else self.first,
-                self.topic if self.topic is not None else self.topics, blob]
-        if self.vias is not None:
-            item.append(self.vias)
-        return item
-
-
-class _Hole:
-    """A run of events dropped from the tail of a ``drop-newest`` buffer."""
-
-    __slots__ = ("count",)
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-
-class Subscription:
-    """One subscriber's selection, buffer and counters inside a channel."""
-
-    __slots__ = ("id", "topics", "filter_spec", "skip_via", "policy", "limit", "everything",
-                 "_prefixes", "_filter", "buffer", "size", "head_skip", "holes",
-                 "lost_front", "dropped", "delivered", "cursor")
-
-    def __init__(self, sub_id: str, topics: tuple[str, ...], filter_spec: Any,
-                 compiled: Predicate | None, skip_via: frozenset[str], policy: str,
-                 limit: int) -> None:
-        self.id = sub_id
-        self.topics = topics
-        self.filter_spec = filter_spec
-        self.skip_via = skip_via
-        self.policy = policy
-        self.limit = limit
-        self._prefixes = None if "" in topics else topics
-        self._filter = compiled
-        self.everything = self._prefixes is None and compiled is None and not skip_via
-        self.buffer: deque[Run | _Hole] = deque()
-        self.size = 0             # events in the buffer
-        self.head_skip = 0        # events of buffer[0] dropped but not yet cut off
-        self.holes = 0            # hole markers in the buffer (drop-newest)
-        self.lost_front = 0       # events evicted from the head since the last take
-        self.dropped = 0          # events dropped by the buffer policy, in all
-        self.delivered = 0        # events taken for delivery, in all
-        self.cursor: int | None = None   # next seq to replay from history; None: live
-
-    def selection(self, run: Run) -> list[int] | None:
-        """Indexes of the run's events this subscription wants (None: all)."""
-        if self.everything:
-            return None
-        n = len(run)
-        chosen: Sequence[int] = range(n)
-        if self._prefixes is not None:
-            prefixes, topics = self._prefixes, run.topics
-            if run.topic is not None:
-                if not run.topic.startswith(prefixes):
-                    return []
-            else:
-                chosen = [i for i in chosen if topics[i].startswith(prefixes)]
-        if self.skip_via and run.vias is not None:
-            skip, vias = self.skip_via, run.vias
-            chosen = [i for i in chosen if not vias[i] or skip.isdisjoint(vias[i])]
-        if self._filter is not None and chosen:
-            test, bodies = self._filter, run.decoded()
-            chosen = [i for i in chosen if test(bodies[i])]
-        return None if len(chosen) == n else list(chosen)
-
-    def select(self, run: Run) -> Run | None:
-        """The part of ``run`` this subscription wants (None: nothing)."""
-        chosen = self.selection(run)
-        if chosen is None:
-            return run
-        return run.pick(chosen) if chosen else None
-
-    def push(self, run: Run) -> None:
-        """Buffer ``run`` under the policy (``block`` room was checked before)."""
-        n = len(run)
-        buffer = self.buffer
-        if self.policy == "drop-newest":
-            room = self.limit - self.size
-            if room >= n:
-                buffer.append(run)
-                self.size += n
-                return
-            if room > 0:
-                buffer.append(run.slice(0, room))
-                self.size += room
-            lost = n - max(room, 0)
-            self.dropped += lost
-            if buffer and type(buffer[-1]) is _Hole:
-                buffer[-1].count += lost     # type: ignore[union-attr]
-            else:
-                buffer.append(_Hole(lost))
-                self.holes += 1
-            return
-        buffer.append(run)
-        self.size += n
-        if self.policy == "drop-oldest":
-            # whole runs go; of the oldest left, the first events are skipped (and
-            # cut off when taken: cutting decodes, so only once, not per push)
-            while self.size > self.limit:
-                oldest = buffer[0]
-                assert type(oldest) is Run
-                held = len(oldest) - self.head_skip
-                evict = min(self.size - self.limit, held)
-                if evict == held:
-                    buffer.popleft()
-                    self.head_skip = 0
-                else:
-                    self.head_skip += evict
-                self.size -= evict
-                self.dropped += evict
-                self.lost_front += evict
-
-    def stats(self) -> dict[str, Any]:
-        return {"topics": list(self.topics), "filter": self.filter_spec,
-                "policy": self.policy, "limit": self.limit, "buffered": self.size,
-                "dropped": self.dropped, "delivered": self.delivered,
-                "replaying": self.cursor is not None}
-
-
-@dataclass
-class Publication:
-    """Events offered to a channel, not yet numbered: their ``topics`` (or one
-    topic str for all), their bodies as a msgpack array (``blob``) or a list
-    (``bodies``), and for chained events the channels each passed (``vias``)."""
-
-    topics: list[str] | str
-    blob: bytes | None = None
-    bodies: list[Any] | None = None
-    vias: list[Any] | None = None
-
-    def tail(self, start: int) -> Publication:
-        """The events from ``start`` on."""
-        bodies = self.bodies if self.bodies is not None else unpack(self.blob, "publication")
-        topics = self.topics if isinstance(self.topics, str) else self.topics[start:]
-        return Publication(topics, bodies=bodies[start:],
-                           vias=self.vias[start:] if self.vias is not None else None)
 
 
 @dataclass
@@ -441,7 +144,7 @@ class ChannelCore:
         ``incarnation`` is the one the subscriber knew: if it is another, this
         channel restarted and everything its history holds is replayed. Raises
         ``Rejected`` (``InvalidFilter`` for the filter) for bad arguments."""
-        chosen = _check_topics(topics)
+        chosen = check_prefixes(topics)
         if policy not in POLICIES:
             raise Rejected(f"buffer policy {policy!r:.40} is unknown; use one of "
                            + ", ".join(POLICIES))
@@ -491,40 +194,7 @@ class ChannelCore:
     def publish(self, pub: Publication) -> Published:
         """Accept a publication, in order, as far as ``block`` subscriptions
         allow. Raises ``Rejected`` for a malformed one, accepting none of it."""
-        topic: str | None = None
-        if type(pub.topics) is str:
-            topic = pub.topics
-            if len(topic) > MAX_TOPIC_LEN:
-                raise Rejected(f"an event's topic is longer than {MAX_TOPIC_LEN} characters")
-            n = len(pub.bodies) if pub.bodies is not None else check_bodies(pub.blob, None)
-            topics = [topic] * n
-        else:
-            topics, n = pub.topics, len(pub.topics)
-            _check_event_topics(topics)
-            if pub.bodies is not None:
-                if len(pub.bodies) != n:
-                    raise Rejected("a publication needs one body per topic")
-            else:
-                check_bodies(pub.blob, n)
-        origin: list[int] | None = None       # input index of each kept event
-        looped: list[int] = []
-        vias = pub.vias
-        if vias is not None:
-            if len(vias) != n:
-                raise Rejected("a publication needs one via per topic")
-            vias = [_check_via(v) for v in vias]
-            origin = [i for i in range(n) if not (vias[i] and self.name in vias[i])]
-            looped = [i for i in range(n) if vias[i] and self.name in vias[i]]
-            if not any(vias):
-                vias = None
-        if origin is not None and len(origin) < n:
-            bodies = pub.bodies if pub.bodies is not None else unpack(pub.blob, "publication")
-            run = Run(self.seq + 1, [topics[i] for i in origin],
-                      bodies=[bodies[i] for i in origin], topic=topic,
-                      vias=[vias[i] for i in origin] if vias is not None else None)
-        else:
-            run = Run(self.seq + 1, topics, blob=pub.blob, bodies=pub.bodies, vias=vias,
-                      topic=topic)
+        run, n, origin, looped = self._run_of(pub)
         fits = self._admissible(run) if self._blocking and len(run) else len(run)
         consumed = n if fits == len(run) else (origin[fits] if origin else fits)
         result = Published(consumed, fits, sum(1 for i in looped if i < consumed))
@@ -547,6 +217,32 @@ class ChannelCore:
                 woken.append(sub)
         run.compact()      # history keeps the encoded form only
         return result
+
+    def _run_of(self, pub: Publication) -> tuple[Run, int, list[int] | None, list[int]]:
+        """The checked publication as a run numbered from the next seq, without
+        the events that already passed this channel: (run, events offered,
+        input index of each kept event or None when all are, looped indexes)."""
+        topics, topic, n = _topics_of(pub)
+        origin: list[int] | None = None
+        looped: list[int] = []
+        vias = pub.vias
+        if vias is not None:
+            if len(vias) != n:
+                raise Rejected("a publication needs one via per topic")
+            vias = [check_via(v) for v in vias]
+            origin = [i for i in range(n) if not (vias[i] and self.name in vias[i])]
+            looped = [i for i in range(n) if vias[i] and self.name in vias[i]]
+            if not any(vias):
+                vias = None
+        if origin is not None and len(origin) < n:
+            bodies = pub.bodies if pub.bodies is not None else unpack(pub.blob, "publication")
+            run = Run(self.seq + 1, [topics[i] for i in origin],
+                      bodies=[bodies[i] for i in origin], topic=topic,
+                      vias=[vias[i] for i in origin] if vias is not None else None)
+        else:
+            run = Run(self.seq + 1, topics, blob=pub.blob, bodies=pub.bodies, vias=vias,
+                      topic=topic)
+        return run, n, origin, looped
 
     def _admissible(self, run: Run) -> int:
         """How many leading events of ``run`` to accept now: all of it if it fits
@@ -608,10 +304,10 @@ class ChannelCore:
             assert type(head) is Run
             buffer[0] = head.slice(sub.head_skip, len(head))
             sub.head_skip = 0
-        while buffer and (count < max_events or type(buffer[0]) is _Hole):
+        while buffer and (count < max_events or type(buffer[0]) is Hole):
             item = buffer.popleft()
-            if type(item) is _Hole:
-                gaps.append([count, item.count, "dropped"])   # type: ignore[union-attr]
+            if type(item) is Hole:
+                gaps.append([count, item.count, "dropped"])
                 sub.holes -= 1
             else:
                 runs.append(item)  # type: ignore[arg-type]
@@ -664,182 +360,22 @@ class ChannelCore:
                                   for sid, sub in self.subscriptions.items()}}
 
 
-def _check_topics(topics: Any) -> tuple[str, ...]:
-    if isinstance(topics, str) or not isinstance(topics, (list, tuple)):
-        raise Rejected('topics must be a list of topic prefixes, e.g. ["link/", '
-                       '"alarm/"] ([""] for every topic)')
-    if not topics or len(topics) > MAX_PREFIXES:
-        raise Rejected(f"give 1 to {MAX_PREFIXES} topic prefixes ([\"\"] for every topic)")
-    for prefix in topics:
-        if not isinstance(prefix, str) or len(prefix) > MAX_TOPIC_LEN:
-            raise Rejected(f"topic prefix {prefix!r:.40} must be a str of at most "
-                           f"{MAX_TOPIC_LEN} characters")
-    return tuple(topics)
 
-
-def _check_event_topics(topics: Any) -> None:
-    if type(topics) is not list or not set(map(type, topics)) <= {str}:
-        raise Rejected("a publication's topics must be a list of str")
-    if topics and max(map(len, topics)) > MAX_TOPIC_LEN:
-        raise Rejected(f"an event's topic is longer than {MAX_TOPIC_LEN} characters")
-
-
-def _check_via(via: Any) -> tuple[str, ...] | None:
-    if not via:
-        return None
-    if not isinstance(via, (list, tuple)) or len(via) > MAX_VIA or \
-            not all(type(v) is str for v in via):
-        raise Rejected(f"an event's via must list at most {MAX_VIA} channel names")
-    return tuple(via)
-
-
-# -- the channel's messages (bodies of posa messages; see docs/event-channel.md) --
-def parse_publish(body: Any) -> Publication:
-    """``{"op": "publish", "topics": [str, ...] | str, "bodies": BIN, "vias":
-    [...]?}``, BIN a msgpack array of the bodies, one topic str standing for
-    all when they share it -> ``Publication`` (checked by
-    ``ChannelCore.publish``). Raises ``Rejected`` if it is not one."""
-    topics, blob, vias = body.get("topics"), body.get("bodies"), body.get("vias")
-    if (type(topics) is not list and type(topics) is not str) or type(blob) is not bytes \
-            or (vias is not None and type(vias) is not list):
-        raise Rejected('a publication is {"op": "publish", "topics": [str, ...] (or one '
-                       'str for all), "bodies": msgpack array of the bodies}')
-    return Publication(topics, blob=blob, vias=vias)
-
-
-def parse_delivery(body: Any) -> tuple[int, list[list[Any]], list[list[Any]], int, int]:
-    """A delivery's body -> (incarnation, runs, gaps, dropped, head).
-
-    ``{"ch": name, "inc": int, "runs": [[seqs, topics, BIN(, vias)], ...],
-    "gaps": [[index, count|nil, reason], ...]?, "dropped": int, "head": int}``:
-    ``seqs`` is the first seq of consecutive ones or a list of seqs, ``topics``
-    a list or one str for all, BIN a msgpack array of the bodies. Raises
-    ``ProtocolError`` if it is not one."""
-    try:
-        inc, runs, gaps = body["inc"], body["runs"], body.get("gaps") or []
-        dropped, head = body["dropped"], body["head"]
-    except (TypeError, KeyError, AttributeError):
-        raise ProtocolError("not a channel delivery: expected a map with inc, runs, "
-                            "dropped and head") from None
-    if not (type(inc) is int and type(runs) is list and type(gaps) is list
-            and type(dropped) is int and type(head) is int
-            and all(map(_is_run, runs)) and all(map(_is_gap, gaps))):
-        raise ProtocolError("malformed channel delivery: runs must be [seqs, topics, "
-                            "bodies(, vias)] and gaps [index, count, reason]")
-    return inc, runs, gaps, dropped, head
-
-
-def _is_run(item: Any) -> bool:
-    if type(item) is not list or not 3 <= len(item) <= 4:
-        return False
-    seqs, topics, blob = item[0], item[1], item[2]
-    return (type(blob) is bytes
-            and (type(topics) is str or (type(topics) is list
-                                         and set(map(type, topics)) <= {str}))
-            and (type(seqs) is int or (type(seqs) is list and set(map(type, seqs)) <= {int}))
-            and (len(item) == 3 or type(item[3]) is list))
-
-
-def _is_gap(g: Any) -> bool:
-    return type(g) is list and len(g) == 3 and type(g[0]) is int and g[0] >= 0 \
-        and (g[1] is None or type(g[1]) is int) and g[2] in ("dropped", "history")
-
-
-class SubscriberState:
-    """The subscriber's side: turns deliveries into events, notices holes.
-
-    ``last_seq`` is the seq up to which this subscriber has everything that
-    matched (except the holes it was told of); a re-subscription resumes after
-    it, and anything at or below it that arrives again is dropped as a
-    duplicate. ``incarnation`` is the channel run it follows. Counters:
-    ``gaps`` (holes noticed), ``missed`` (events known lost), ``dropped`` (the
-    channel's drop count for this subscription, as last reported), ``head``
-    (the channel's last seq, as last reported), ``duplicates``."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.incarnation: int | None = None
-        self.last_seq = 0
-        self.gaps = 0
-        self.missed = 0
-        self.dropped = 0
-        self.head = 0
-        self.duplicates = 0
-        self.last_gap: Gap | None = None
-        self._pending: Gap | None = None
-
-    def subscribed(self, answer: dict[str, Any]) -> None:
-        """Take note of a first subscription's answer: where events start."""
-        if self.incarnation is None:
-            self.incarnation = answer["inc"]
-            replay = answer.get("replay_from")
-            self.last_seq = (replay - 1) if replay is not None else answer["head"]
-
-    def resume_point(self) -> tuple[int | None, int]:
-        """(incarnation, seq) to ask a re-subscription to continue from."""
-        return self.incarnation, self.last_seq + 1
-
-    def accept(self, inc: int, runs: list[list[Any]], gaps: list[list[Any]],
-               dropped: int, head: int) -> list[Event]:
-        """The new events of one delivery, in order, each hole announced by the
-        event after it. Raises ``ProtocolError`` for bodies that do not decode."""
-        self.dropped, self.head = dropped, head
-        events: list[Event] = []
-        channel = self.channel
-        for item in runs:
-            seqs, topics, bodies = item[0], item[1], unpack(item[2], "delivery")
-            if type(bodies) is not list:
-                raise ProtocolError("delivery: a run's bodies must be an array")
-            n = len(bodies)
-            if type(topics) is str:
-                topics = repeat(topics, n)
-            elif len(topics) != n:
-                raise ProtocolError("delivery: a run needs one body per topic")
-            if type(seqs) is int:
-                seqs = range(seqs, seqs + n)
-            elif len(seqs) != n:
-                raise ProtocolError("delivery: a run needs one seq per body")
-            via_iter: Any = repeat(())
-            if len(item) == 4:
-                if len(item[3]) != n:
-                    raise ProtocolError("delivery: a run needs one via per body")
-                via_iter = [tuple(v) if v else () for v in item[3]]
-            events.extend(map(_new_event, zip(seqs, topics, bodies, repeat(channel),
-                                              via_iter, repeat(None))))
-        if inc != self.incarnation:
-            if self.incarnation is not None:
-                self._note(Gap("restart", self.last_seq, None))
-            self.incarnation = inc
-            self.last_seq = 0
-        if not gaps and self._pending is None and events \
-                and events[0].seq > self.last_seq:
-            self.last_seq = events[-1].seq
-            return events
-        holes: dict[int, Gap] = {}
-        for index, count, reason in gaps:
-            hole = Gap(reason, 0, count)
-            holes[index] = holes[index].merged(hole) if index in holes else hole
-        out: list[Event] = []
-        for i, event in enumerate(events):
-            hole = holes.get(i)
-            if hole is not None:
-                self._note(Gap(hole.reason, self.last_seq, hole.count))
-            if event.seq <= self.last_seq:
-                self.duplicates += 1
-                continue
-            self.last_seq = event.seq
-            if self._pending is not None:
-                event = event._replace(gap=self._pending)
-                self._pending = None
-            out.append(event)
-        tail = holes.get(len(events))
-        if tail is not None:
-            self._note(Gap(tail.reason, self.last_seq, tail.count))
-        return out
-
-    def _note(self, gap: Gap) -> None:
-        self.gaps += 1
-        if gap.count is not None:
-            self.missed += gap.count
-        self._pending = gap if self._pending is None else self._pending.merged(gap)
-        self.last_gap = self._pending
+def _topics_of(pub: Publication) -> tuple[list[str], str | None, int]:
+    """(topics, the one topic of all or None, count) of a publication, its
+    topics and bodies checked. Raises ``Rejected``."""
+    topics = pub.topics
+    if isinstance(topics, str):
+        topic = topics
+        if len(topic) > MAX_TOPIC_LEN:
+            raise Rejected(f"an event's topic is longer than {MAX_TOPIC_LEN} characters")
+        n = len(pub.bodies) if pub.bodies is not None else check_bodies(pub.blob, None)
+        return [topic] * n, topic, n
+    n = len(topics)
+    check_event_topics(topics)
+    if pub.bodies is not None:
+        if len(pub.bodies) != n:
+            raise Rejected("a publication needs one body per topic")
+    else:
+        check_bodies(pub.blob, n)
+    return topics, None, n

@@ -38,10 +38,6 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 
 # the command groups, in the order ``posa --help`` lists them
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.channel", "posa.cli.queue",
            "posa.cli.keys")
-# until the channel and queue groups are merged, their commands come from the
-# library modules that still define them
-_UNTIL_MERGED = {"posa.cli.channel": "posa.channel.eventchannel",
-                 "posa.cli.queue": "posa.work.queue"}
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),
@@ -56,22 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 posa error, 2 usage, 3 not found, 4 timeout, "
         "5 unauthorized. Start with: posa dispatcher --listen tcp://127.0.0.1:7000")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _GROUPS:
-        group = _group(name)
-        if group is not None:
-            group.add_parser(subparsers)
+    for name in _GROUPS:     # imported here: a group may import from posa.cli
+        importlib.import_module(name).add_parser(subparsers)
     return parser
-
-
-def _group(name: str) -> Any:
-    """The module of a command group (None if it offers no commands)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name or name not in _UNTIL_MERGED:
-            raise
-    module = importlib.import_module(_UNTIL_MERGED[name])
-    return module if hasattr(module, "add_parser") else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
