@@ -26,7 +26,6 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from posa.errors import NameNotFound, PosaError, Timeout, Unauthorized
 

@@ -26,13 +26,14 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: Any) -> None:
     """Add ``posa progress QUEUE``: a work queue's progress as a bar, until done."""
+    from posa.cli import DEFAULT_DISPATCHER  # the command's defaults live there
     p = subparsers.add_parser(
         "progress", help="show a work queue's progress (items done/total) as a bar",
         description="Poll a work queue's metrics and draw a progress bar until every "
         "item it holds is finished (done or dead-lettered), or once with --once.")
     p.add_argument("queue", help="the work queue's name, e.g. work/thumbnails")
-    p.add_argument("--dispatcher", default="tcp://127.0.0.1:7000", metavar="ADDRESS",
-                   help="the dispatcher to ask (default tcp://127.0.0.1:7000)")
+    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
+                   help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     p.add_argument("--once", action="store_true", help="print one line and exit")
