@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from posa.errors import TransportError
 from posa.transport.base import Connection, Listener, Options, Route, Transport
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["Connection", "Listener", "Options", "Route", "Transport",
            "listen", "connect", "get", "schemes", "register"]
@@ -57,13 +60,14 @@ def _scan_plugins() -> list[str]:
         return _plugin_failures
 
 
-def _plugin_entry_points(failures: list[str]) -> list[Any]:
+def _plugin_entry_points(failures: list[str]) -> list[EntryPoint]:
     """The ``posa.transports`` entry points of every installed distribution, read
     one distribution at a time (the first of a name on the path wins)."""
     # imported here: importlib.metadata costs a tenth of posa's import time, and
     # only an address with an unknown scheme needs it
     from importlib.metadata import distributions
-    found, seen = [], set()
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
     for dist in distributions():
         name = "?"
         try:
