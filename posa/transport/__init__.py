@@ -5,6 +5,10 @@
     zmq+tcp://HOST:PORT      ZeroMQ ROUTER/DEALER over TCP         (posa.transport.zmq)
     zmq+ipc:///PATH          ZeroMQ ROUTER/DEALER over a Unix socket
 
+This module and ``posa.transport.testing`` (the conformance suite) are public;
+the transports' own modules are internal. The transport layer is posa's bottom:
+nothing under ``posa.transport`` imports posa beyond ``posa.errors``.
+
 A third-party transport registers under the entry-point group ``posa.transports``
 (``name = "package.module:TransportClass"``); the class's ``schemes`` say which
 URI schemes it serves. See docs/transports.md.
