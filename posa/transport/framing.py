@@ -220,7 +220,7 @@ class FrameDecoder:
         raise ProtocolError(message)
 
 
-class SendQueue(deque):  # type: ignore[type-arg]
+class SendQueue(deque[int]):
     """Encoded frames waiting for a socket, handed out as few large writes.
 
     ``push`` encodes a frame; ``head`` is the next buffer to write (small frames

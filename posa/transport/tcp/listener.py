@@ -31,6 +31,7 @@ through the wake-up socket.
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import select
@@ -39,6 +40,7 @@ import threading
 import time
 from collections import Counter, deque
 from itertools import repeat
+from typing import Final
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options, Route
@@ -54,8 +56,18 @@ __all__ = ["TcpListener"]
 log = logging.getLogger("posa.transport.tcp")
 
 _LISTENER_READ_SIZE = 256 * 1024   # one reused buffer per listener
-_ACCEPT = object()                 # what the listening socket's events mean
-_WAKE = object()                   # what the wake-up socket's events mean
+
+
+class _Role(enum.Enum):
+    """What a descriptor of the inner poller is, when it is no connection."""
+
+    ACCEPT = "the listening socket"
+    WAKE = "the wake-up socket"
+
+
+# module globals, so that the poll loop compares identities without a lookup
+_ACCEPT: Final = _Role.ACCEPT
+_WAKE: Final = _Role.WAKE
 
 
 class TcpListener:
@@ -73,7 +85,7 @@ class TcpListener:
         self._high_water_mark = options.high_water_mark
         self._send_timeout = options.send_timeout
         self._linger = options.linger
-        self._peers: dict[int, Accepted] = {}
+        self._peers: dict[Route, Accepted] = {}
         self._ids = itertools.count(1)
         self._ready: deque[tuple[int, bytes]] = deque()
         self._buf = bytearray(_LISTENER_READ_SIZE)
@@ -84,7 +96,7 @@ class TcpListener:
         self._poller = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (Accepted)
-        self._owners: dict[int, object] = {sock.fileno(): _ACCEPT,
+        self._owners: dict[int, Accepted | _Role] = {sock.fileno(): _ACCEPT,
                                            self._wake_r.fileno(): _WAKE}
         try:
             self._wake_r.setblocking(False)
@@ -144,7 +156,7 @@ class TcpListener:
         with self._io_lock:
             if self._closed:
                 raise self._closed_error()
-            peer = self._peers.get(route)  # type: ignore[call-overload]
+            peer = self._peers.get(route)
             if peer is None:
                 raise self._gone_error(route)
             out = peer.out
@@ -228,8 +240,7 @@ class TcpListener:
                 elif owner is _WAKE:
                     self._drain_wake()
                 elif owner is not None:     # (None: dropped earlier in this round)
-                    # neither sentinel: a connection (no isinstance on this path)
-                    peer: Accepted = owner     # type: ignore[assignment]
+                    peer = owner
                     if writable(mask):
                         self._flush(peer)
                     if readable(mask) and peer.route in self._peers:
