@@ -1,6 +1,7 @@
 """The tcp byte stream without sockets: greeting, frames, limits, send queue."""
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import pytest
@@ -25,7 +26,7 @@ payloads = st.lists(st.binary(max_size=300), max_size=30)
 def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at the given offsets (taken modulo its length, sorted)."""
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def decode_all(pieces: list[bytes], limit: int = LIMIT) -> list[bytes]:

@@ -354,7 +354,7 @@ def test_use_after_close_raises_closed(opened: list) -> None:
         endpoint.close()
         endpoint.close()                       # idempotent
         for use in (endpoint.fileno, endpoint.pending, endpoint.recv_nowait,
-                    lambda: endpoint.recv(timeout=1.0)):
+                    lambda endpoint=endpoint: endpoint.recv(timeout=1.0)):
             with pytest.raises(Closed):
                 use()
     with pytest.raises(Closed):

@@ -5,6 +5,10 @@
     zmq+tcp://HOST:PORT      ZeroMQ ROUTER/DEALER over TCP         (posa.transport.zmq)
     zmq+ipc:///PATH          ZeroMQ ROUTER/DEALER over a Unix socket
 
+This module and ``posa.transport.testing`` (the conformance suite) are public;
+the transports' own modules are internal. The transport layer is posa's bottom:
+nothing under ``posa.transport`` imports posa beyond ``posa.errors``.
+
 A third-party transport registers under the entry-point group ``posa.transports``
 (``name = "package.module:TransportClass"``); the class's ``schemes`` say which
 URI schemes it serves. See docs/transports.md.
@@ -13,10 +17,13 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from posa.errors import TransportError
 from posa.transport.base import Connection, Listener, Options, Route, Transport
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["Connection", "Listener", "Options", "Route", "Transport",
            "listen", "connect", "get", "schemes", "register"]
@@ -57,13 +64,14 @@ def _scan_plugins() -> list[str]:
         return _plugin_failures
 
 
-def _plugin_entry_points(failures: list[str]) -> list[Any]:
+def _plugin_entry_points(failures: list[str]) -> list[EntryPoint]:
     """The ``posa.transports`` entry points of every installed distribution, read
     one distribution at a time (the first of a name on the path wins)."""
     # imported here: importlib.metadata costs a tenth of posa's import time, and
     # only an address with an unknown scheme needs it
     from importlib.metadata import distributions
-    found, seen = [], set()
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
     for dist in distributions():
         name = "?"
         try:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import NoReturn, Union
+from typing import NoReturn
 
 from posa.errors import ProtocolError
 
@@ -55,7 +55,7 @@ _GREETING_FIELDS = struct.Struct(">4sHH")
 _JOIN_LIMIT = 64 * 1024      # frames up to this size are copied behind their header
 _WRITE_SIZE = 256 * 1024     # SendQueue.head() joins small frames up to this size
 
-Buffer = Union[bytes, memoryview]
+Buffer = bytes | memoryview
 
 
 def frame_header(length: int) -> bytes:
@@ -220,7 +220,7 @@ class FrameDecoder:
         raise ProtocolError(message)
 
 
-class SendQueue(deque):  # type: ignore[type-arg]
+class SendQueue(deque[int]):
     """Encoded frames waiting for a socket, handed out as few large writes.
 
     ``push`` encodes a frame; ``head`` is the next buffer to write (small frames

@@ -17,12 +17,33 @@ from __future__ import annotations
 
 import select
 import selectors
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Poller", "SelectorPoller", "READ", "WRITE", "readable", "writable"]
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
+__all__ = ["Poller", "PollerType", "SelectorPoller", "READ", "WRITE", "readable",
+           "writable"]
 
 READ: int = getattr(select, "EPOLLIN", selectors.EVENT_READ)
 WRITE: int = getattr(select, "EPOLLOUT", selectors.EVENT_WRITE)
+
+
+class PollerType(Protocol):
+    """The calls of ``select.epoll`` that posa uses: what a ``Poller()`` offers."""
+
+    def fileno(self) -> int: ...
+
+    def register(self, fd: FileDescriptorLike, mask: int, /) -> None: ...
+
+    def modify(self, fd: FileDescriptorLike, mask: int, /) -> None: ...
+
+    def unregister(self, fd: FileDescriptorLike, /) -> None: ...
+
+    def poll(self, timeout: float = -1, /) -> list[tuple[int, int]]: ...
+
+    def close(self) -> None: ...
 
 
 class SelectorPoller:
@@ -35,7 +56,7 @@ class SelectorPoller:
     def fileno(self) -> int:
         return self._selector.fileno()
 
-    def register(self, fd: Any, mask: int) -> None:
+    def register(self, fd: FileDescriptorLike, mask: int) -> None:
         try:
             self._selector.register(fd, _events(mask))
         except KeyError:
@@ -45,10 +66,10 @@ class SelectorPoller:
             self._selector.unregister(fd)
             self._selector.register(fd, _events(mask))
 
-    def modify(self, fd: Any, mask: int) -> None:
+    def modify(self, fd: FileDescriptorLike, mask: int) -> None:
         self._selector.modify(fd, _events(mask))
 
-    def unregister(self, fd: Any) -> None:
+    def unregister(self, fd: FileDescriptorLike) -> None:
         self._selector.unregister(fd)
 
     def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
@@ -67,7 +88,9 @@ def _events(mask: int) -> int:
             | (selectors.EVENT_WRITE if mask & WRITE else 0))
 
 
-Poller: Any = select.epoll if hasattr(select, "epoll") else SelectorPoller
+# a class, called for a new poller: epoll itself where there is one
+Poller: Callable[[], PollerType] = (select.epoll if hasattr(select, "epoll")
+                                    else SelectorPoller)
 
 
 def readable(mask: int) -> bool:

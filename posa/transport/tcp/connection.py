@@ -2,19 +2,12 @@
 
 Strategy.
 
-*Coalesced writes.* A system call per 100-byte frame would cap a sender at
-~200k frames/s (on loopback the kernel delivers to the receiver inside the
-sender's call). An idle connection writes a frame at once, so a request costs
-one system call and no thread hop. A frame that follows the last write within
-``_BURST_GAP`` (and no answer came in between) joins a ``SendQueue`` instead;
-the sender writes the queue itself every ``_SYNC_FLUSH`` frames, and a flusher
-thread, woken when the queue stops being empty, takes what the burst leaves
-behind after ``_TAIL_DELAY``, so every frame leaves without waiting for a next
-``send`` (``recv`` and ``close`` write the queue at once). The flusher also
-waits for room in the kernel's buffer when the listener reads slowly; ``send``
-blocks only while ``high_water_mark`` entries wait in the queue (beyond the
-kernel's buffer of a few MiB; a frame over 64 KiB counts as two). The flusher
-ends after ``_FLUSHER_IDLE`` seconds without work.
+*Sending.* Frames are written at once when the connection is idle and
+coalesced in a burst, with a flusher thread taking what a burst leaves behind:
+the sending half, ``posa.transport.tcp.writer``, says how and why.
+
+*Receiving.* One reused 64 KiB buffer per connection is read without waiting
+and fed to a ``FrameDecoder``; the frames it completes wait in ``_ready``.
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
@@ -27,68 +20,38 @@ blocking wait. The socket is released only once no thread waits on it.
 """
 from __future__ import annotations
 
-import errno
-import logging
 import select
 import socket
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options
-from posa.transport.framing import GREETING, MAX_LENGTH, FrameDecoder, SendQueue, frame_header
+from posa.transport.framing import GREETING, FrameDecoder
 from posa.transport.tcp.closing import reaper
-from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, poll_ms, too_large
+from posa.transport.tcp.sockets import poll_ms
+from posa.transport.tcp.writer import QueuedWriter
 
 __all__ = ["TcpConnection"]
 
-log = logging.getLogger("posa.transport.tcp")
-
 _CONNECTION_READ_SIZE = 64 * 1024  # one reused buffer per connection
-_BURST_GAP = 50e-6                 # s: a send this soon after a write joins the queue
-_SYNC_FLUSH = 256                  # queued entries at which the sender writes them itself
-_TAIL_DELAY = 100e-6               # s: the flusher's pause before it takes a burst's tail
-_FLUSHER_IDLE = 1.0                # s: an idle flusher thread ends after this long
-_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
-         errno.ESHUTDOWN, errno.ETIMEDOUT)
 
 
-class TcpConnection:
+class TcpConnection(QueuedWriter):
     """A connection to a ``tcp://`` listener; see the module docstring."""
 
     def __init__(self, sock: socket.socket, address: str, options: Options) -> None:
-        self.address = address
-        self._sock = sock
-        self._max_frame = min(options.max_frame_size, MAX_LENGTH)
-        self._high_water_mark = options.high_water_mark
-        self._send_timeout = options.send_timeout
-        self._linger = options.linger
+        super().__init__(sock, address, options)
         self._decoder = FrameDecoder(self._max_frame)
         self._ready: deque[bytes] = deque()
         self._buf = bytearray(_CONNECTION_READ_SIZE)
         self._view = memoryview(self._buf)
-        self._lock = threading.Lock()         # guards everything below and writes
-        self._cond = threading.Condition(self._lock)
-        self._out = SendQueue()
-        self._last_write = 0.0                # time.monotonic() of the last write
-        self._flusher: threading.Thread | None = None
-        self._flusher_idle = False            # the flusher waits for work
-        self._space_waiters = 0               # threads waiting for _out to shrink
-        self._closing = False                 # close() began: no more sends
-        self._closed = False                  # closed: nothing more at all
-        self._waiting = 0                     # threads waiting on the socket
         self._released = False                # the socket went to the reaper
-        self._close_deadline = 0.0            # close() + linger
         self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._failure: tuple[type[TransportError], str] | None = None  # unusable since
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._readable = select.poll()
         self._readable.register(sock, select.POLLIN)
-        self._writable = select.poll()
-        self._writable.register(sock, select.POLLOUT)
         with self._lock:
             self._out.push_raw(GREETING)
             self._flush_locked()
@@ -105,48 +68,6 @@ class TcpConnection:
     def pending(self) -> bool:
         """True if frames are queued (``recv_nowait`` returns one at once)."""
         return bool(self._ready)
-
-    def send(self, frame: bytes) -> None:
-        """Send one frame. It is written at once or queued for the flusher;
-        blocks, at most ``send_timeout``, while ``high_water_mark`` entries wait.
-
-        Raises ``TransportError`` (frame too large, listener gone), ``Timeout``
-        (the frame was not sent), ``Closed``."""
-        size = len(frame)
-        if size > self._max_frame:
-            raise too_large(size, self._max_frame, f"to {self.address}")
-        with self._lock:
-            if self._closing or self._failure is not None:
-                raise self._failure_error()
-            out = self._out
-            if out and len(out) >= self._high_water_mark:
-                self._wait_for_room_locked()
-            if out:                       # the flusher is at work: join the queue
-                if out.push(frame) >= _SYNC_FLUSH:
-                    self._flush_locked()
-                return
-            now = time.monotonic()
-            if now - self._last_write < _BURST_GAP:
-                out.push(frame)           # a burst: the flusher or a later send writes it
-                self._kick_locked()
-                return
-            self._last_write = now
-            if size > DIRECT_LIMIT:
-                out.push(frame)
-                self._flush_locked()
-                if out:
-                    self._kick_locked()
-                return
-            data = frame_header(size) + frame
-            try:
-                sent = self._sock.send(data, NOSIGNAL)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                raise self._broken_locked(exc) from None
-            if sent < len(data):
-                out.push_raw(memoryview(data)[sent:] if sent else data)
-                self._kick_locked()
 
     def recv_nowait(self) -> bytes | None:
         """The next frame from the listener, or ``None``.
@@ -263,140 +184,9 @@ class TcpConnection:
         finally:
             with self._lock:
                 self._waiting -= 1
-                if self._closed and not self._waiting:
-                    self._release_locked()
+                self._release_if_unused_locked()
         if self._closed:
             raise self._closed_error()
-
-    # -- sending (the lock is held) ----------------------------------------------
-
-    def _flush_locked(self) -> None:
-        """Write what the kernel takes of the queue without waiting."""
-        out = self._out
-        before = len(out)
-        while out:
-            data = out.head()
-            try:
-                sent = self._sock.send(data, NOSIGNAL)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                raise self._broken_locked(exc) from None
-            out.consume(sent)
-            if sent < len(data):
-                break
-        self._last_write = time.monotonic()
-        if self._space_waiters and len(out) < before:
-            self._cond.notify_all()
-
-    def _kick_locked(self) -> None:
-        """Make sure a flusher thread will write the queue."""
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._run_flusher, daemon=True,
-                                             name=f"posa-tcp-flusher {self.address}")
-            self._flusher.start()
-        elif self._flusher_idle:
-            self._flusher_idle = False
-            self._cond.notify_all()
-
-    def _run_flusher(self) -> None:
-        """The flusher thread: write what a burst of sends leaves queued."""
-        with self._cond:
-            try:
-                while True:
-                    # a burst began: its sender writes most of it (every _SYNC_FLUSH
-                    # frames); wait a moment and take what it leaves behind
-                    self._unlocked(time.sleep, _TAIL_DELAY)
-                    while self._out and not self._closed and self._failure is None:
-                        self._flush_locked()
-                        if self._out:
-                            self._unlocked(self._writable.poll)
-                    if self._closed or self._failure is not None:
-                        break
-                    self._flusher_idle = True
-                    woken = self._cond.wait(_FLUSHER_IDLE)
-                    self._flusher_idle = False
-                    if self._closed or self._failure is not None or not (woken or self._out):
-                        break
-            except TransportError:
-                pass  # recorded in _failure: the next send raises it
-            finally:
-                self._flusher = None
-                self._cond.notify_all()
-                if self._closed and not self._waiting:
-                    self._release_locked()
-
-    def _unlocked(self, wait: Callable[..., object], *args: float) -> None:
-        """Call ``wait`` without the lock, counted as a thread using the socket."""
-        self._waiting += 1
-        self._lock.release()
-        try:
-            wait(*args)
-        finally:
-            self._lock.acquire()
-            self._waiting -= 1
-
-    def _wait_for_room_locked(self) -> None:
-        """Wait until fewer than ``high_water_mark`` entries are queued."""
-        deadline = None if self._send_timeout is None else (
-            time.monotonic() + self._send_timeout)
-        self._flush_locked()
-        self._space_waiters += 1
-        try:
-            while len(self._out) >= self._high_water_mark:
-                if self._closing or self._failure is not None:
-                    raise self._failure_error()
-                self._kick_locked()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise Timeout(f"cannot send to {self.address}: {len(self._out)} "
-                                  "frames wait for a listener that has not read for "
-                                  f"{self._send_timeout} s (Options.send_timeout); "
-                                  "the frame was not sent")
-                self._cond.wait(remaining)
-        finally:
-            self._space_waiters -= 1
-        if self._closing or self._failure is not None:
-            raise self._failure_error()
-
-    def _linger_locked(self) -> None:
-        """Let the flusher write the queue until the close deadline."""
-        deadline = self._close_deadline
-        try:
-            self._flush_locked()
-        except TransportError:
-            return  # the connection failed: _broken_locked reported the loss
-        self._space_waiters += 1
-        try:
-            while self._out and self._failure is None:
-                self._kick_locked()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("closing the connection to %s with %d frames unsent "
-                                "after %s s (Options.linger): the listener is not "
-                                "reading", self.address, len(self._out), self._linger)
-                    return
-                self._cond.wait(remaining)
-        finally:
-            self._space_waiters -= 1
-
-    def _broken_locked(self, exc: OSError) -> TransportError:
-        """Record that the stream failed with ``exc``; the error to raise."""
-        if self._closed:
-            return self._closed_error()
-        if exc.errno in _GONE:
-            self._failure = (Closed, f"the listener at {self.address} closed the "
-                                     f"connection ({error_text(exc)}); connect again to "
-                                     "go on")
-        else:
-            self._failure = (TransportError, f"the connection to {self.address} "
-                                             f"failed: {error_text(exc)}")
-        if self._out:
-            log.warning("%d frames queued for %s are lost: %s", len(self._out),
-                        self.address, self._failure[1])
-        self._out.clear()
-        self._cond.notify_all()
-        return self._failure_error()
 
     def _release_locked(self) -> None:
         """Give the socket, once, to the reaper, which closes it when the listener
@@ -411,13 +201,3 @@ class TcpConnection:
             reaper.adopt(self._sock, self._close_deadline)
         else:
             self._sock.close()
-
-    def _failure_error(self) -> TransportError:
-        if self._closing or self._failure is None:
-            return self._closed_error()
-        cls, message = self._failure
-        return cls(message)
-
-    def _closed_error(self) -> Closed:
-        return Closed(f"the connection to {self.address} is closed; connect again "
-                      "to go on")

@@ -17,9 +17,9 @@ writability, and the next poll (which the poller's readiness brings about)
 flushes the waiting frames in one write.
 
 *Bad peers.* A connection that fails the greeting, announces a frame over
-``max_frame_size``, closes mid-frame, or arrives past ``max_connections`` is
-closed and counted in ``rejections``; the frames it completed before are
-delivered; no other connection notices.
+``max_frame_size``, closes mid-frame, or arrives past ``max_connections`` (see
+``posa.transport.tcp.accepting``) is closed and counted in ``rejections``; the
+frames it completed before are delivered; no other connection notices.
 
 *Closing.* ``close()`` flushes, ends the sending side of every connection and
 hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
@@ -31,6 +31,7 @@ through the wake-up socket.
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import select
@@ -39,11 +40,13 @@ import threading
 import time
 from collections import Counter, deque
 from itertools import repeat
+from typing import Final
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options, Route
-from posa.transport.framing import GREETING, MAX_LENGTH, FrameDecoder, SendQueue, frame_header
+from posa.transport.framing import GREETING, MAX_LENGTH, FrameDecoder, frame_header
 from posa.transport.poller import READ, WRITE, Poller, readable, writable
+from posa.transport.tcp.accepting import Accepted, accept_ready
 from posa.transport.tcp.address import format_address
 from posa.transport.tcp.closing import reaper
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, poll_ms, too_large
@@ -53,24 +56,18 @@ __all__ = ["TcpListener"]
 log = logging.getLogger("posa.transport.tcp")
 
 _LISTENER_READ_SIZE = 256 * 1024   # one reused buffer per listener
-_ACCEPT_BATCH = 64                 # connections accepted per poll
-_ACCEPT = object()                 # what the listening socket's events mean
-_WAKE = object()                   # what the wake-up socket's events mean
 
 
-class _Peer:
-    """One accepted connection of a listener."""
+class _Role(enum.Enum):
+    """What a descriptor of the inner poller is, when it is no connection."""
 
-    __slots__ = ("route", "sock", "remote", "decoder", "out", "watching_writes")
+    ACCEPT = "the listening socket"
+    WAKE = "the wake-up socket"
 
-    def __init__(self, route: int, sock: socket.socket, remote: str,
-                 decoder: FrameDecoder) -> None:
-        self.route = route
-        self.sock = sock
-        self.remote = remote
-        self.decoder = decoder
-        self.out = SendQueue()            # what the kernel has not taken yet
-        self.watching_writes = False      # registered for EVENT_WRITE
+
+# module globals, so that the poll loop compares identities without a lookup
+_ACCEPT: Final = _Role.ACCEPT
+_WAKE: Final = _Role.WAKE
 
 
 class TcpListener:
@@ -88,7 +85,7 @@ class TcpListener:
         self._high_water_mark = options.high_water_mark
         self._send_timeout = options.send_timeout
         self._linger = options.linger
-        self._peers: dict[int, _Peer] = {}
+        self._peers: dict[Route, Accepted] = {}
         self._ids = itertools.count(1)
         self._ready: deque[tuple[int, bytes]] = deque()
         self._buf = bytearray(_LISTENER_READ_SIZE)
@@ -98,8 +95,8 @@ class TcpListener:
         self._closed = False
         self._poller = Poller()
         self._wake_r, self._wake_w = socket.socketpair()
-        # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (_Peer)
-        self._owners: dict[int, object] = {sock.fileno(): _ACCEPT,
+        # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (Accepted)
+        self._owners: dict[int, Accepted | _Role] = {sock.fileno(): _ACCEPT,
                                            self._wake_r.fileno(): _WAKE}
         try:
             self._wake_r.setblocking(False)
@@ -159,7 +156,7 @@ class TcpListener:
         with self._io_lock:
             if self._closed:
                 raise self._closed_error()
-            peer = self._peers.get(route)  # type: ignore[call-overload]
+            peer = self._peers.get(route)
             if peer is None:
                 raise self._gone_error(route)
             out = peer.out
@@ -243,7 +240,7 @@ class TcpListener:
                 elif owner is _WAKE:
                     self._drain_wake()
                 elif owner is not None:     # (None: dropped earlier in this round)
-                    peer: _Peer = owner     # type: ignore[assignment]
+                    peer = owner
                     if writable(mask):
                         self._flush(peer)
                     if readable(mask) and peer.route in self._peers:
@@ -252,29 +249,8 @@ class TcpListener:
                 raise self._closed_error()
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, remote = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("%s: cannot accept a connection: %s", self.address,
-                            error_text(exc))
-                return
-            where = format_address(remote[0], remote[1])
-            if len(self._peers) >= self._max_connections:
-                sock.close()
-                self.rejections["too-many-connections"] += 1
-                log.warning("%s: refused a connection from %s: %d connections are "
-                            "open (Options.max_connections)", self.address, where,
-                            self._max_connections)
-                continue
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                sock.close()  # reset before it could be used: nothing to serve
-                continue
+        for sock, where in accept_ready(self._sock, self.address, self._full,
+                                        self._max_connections, self.rejections):
             try:
                 self._poller.register(sock, READ)
             except OSError as exc:     # the kernel is out of room for watches
@@ -282,11 +258,14 @@ class TcpListener:
                 log.warning("%s: cannot watch a connection from %s: %s", self.address,
                             where, error_text(exc))
                 continue
-            peer = _Peer(next(self._ids), sock, where, FrameDecoder(self._max_frame))
+            peer = Accepted(next(self._ids), sock, where, FrameDecoder(self._max_frame))
             self._peers[peer.route] = peer
             self._owners[sock.fileno()] = peer
 
-    def _read(self, peer: _Peer) -> None:
+    def _full(self) -> bool:
+        return len(self._peers) >= self._max_connections
+
+    def _read(self, peer: Accepted) -> None:
         try:
             size = peer.sock.recv_into(self._buf)
         except (BlockingIOError, InterruptedError):
@@ -317,7 +296,7 @@ class TcpListener:
             peer.out.push_raw(GREETING)
             self._flush(peer)
 
-    def _flush(self, peer: _Peer) -> None:
+    def _flush(self, peer: Accepted) -> None:
         """Hand the kernel what it takes of ``peer.out`` without waiting; watch
         for writability while something is left. Drops ``peer`` if it failed."""
         out = peer.out
@@ -335,12 +314,12 @@ class TcpListener:
                 break
         self._watch_writes(peer, bool(out))
 
-    def _watch_writes(self, peer: _Peer, on: bool) -> None:
+    def _watch_writes(self, peer: Accepted, on: bool) -> None:
         if peer.watching_writes != on:
             peer.watching_writes = on
             self._poller.modify(peer.sock, READ | WRITE if on else READ)
 
-    def _wait_for_room(self, peer: _Peer) -> None:
+    def _wait_for_room(self, peer: Accepted) -> None:
         """Flush ``peer`` until fewer than ``high_water_mark`` entries wait."""
         deadline = None if self._send_timeout is None else (
             time.monotonic() + self._send_timeout)
@@ -384,7 +363,7 @@ class TcpListener:
         except OSError:
             pass  # drained (BlockingIOError): the wake-up has done its job
 
-    def _drop(self, peer: _Peer, cause: str | None, detail: str) -> None:
+    def _drop(self, peer: Accepted, cause: str | None, detail: str) -> None:
         """Close ``peer``; count it in ``rejections`` under ``cause`` if given."""
         del self._peers[peer.route]
         del self._owners[peer.sock.fileno()]
