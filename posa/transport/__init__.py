@@ -26,7 +26,17 @@ if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
 __all__ = ["Connection", "Listener", "Options", "Route", "Transport",
-           "listen", "connect", "get", "schemes", "register"]
+           "listen", "connect", "get", "schemes", "register", "Curve", "ZmqTransport"]
+
+# ZeroMQ's CURVE configuration is public, but pyzmq loads only when it is used
+_FROM_ZMQ = ("Curve", "ZmqTransport")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_ZMQ:
+        from posa.transport import zmq
+        return getattr(zmq, name)
+    raise AttributeError(f"module 'posa.transport' has no attribute {name!r}")
 
 # scheme -> "module:Class" of the built-in transports, imported on first use
 _BUILTIN = {
