@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from posa.errors import TransportError
 from posa.transport.base import Connection, Listener, Options, Route, Transport
