@@ -30,29 +30,27 @@ import logging
 import queue
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from posa import transport
 from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
 from posa.delivery.forwarder import Sender
-from posa.delivery.streams import Inbound
+from posa.delivery.receiver import Endpoint, Outgoing, Receiver, error_body
 from posa.errors import (
     Closed,
     InvalidName,
-    NameNotFound,
     PosaError,
     ProtocolError,
     Timeout,
-    code_of,
 )
 from posa.naming.registry import LocalRegistry, Registry, resolver
 from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
-from posa.transport.base import Listener, Options
+from posa.transport.base import Options
 from posa.wire.codec import Codec, CodecLimits, Kind, Message
 from posa.wire.names import is_pattern, validate_name
 
@@ -64,31 +62,16 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
-ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
-ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
 _CLOSED = object()      # wakes receive() on close
 # the kinds the receiving path compares with, as module globals: looking a member
 # up on its enum class costs ~0.1 us before Python 3.12
-_SEND, _REQUEST, _REPLY, _ERROR, _BATCH = (Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR,
-                                         Kind.BATCH)
+_SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_monotonic = time.monotonic
 
 
 
 def _unsealed(frame: bytes) -> bytes:
     return frame
-
-
-class _Endpoint:
-    """One listener of a peer, with what it must tell senders after a move."""
-
-    __slots__ = ("listener", "address", "moved_to", "told", "routes")
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-        self.address = listener.address
-        self.moved_to: tuple[str, int] | None = None
-        self.told: set[Any] = set()
-        self.routes: dict[Any, None] = {}   # recent senders' routes, bounded
 
 
 class Peer:
@@ -105,7 +88,6 @@ class Peer:
                  aliases: Sequence[str] = (),
                  meta: dict[str, Any] | None = None) -> None:
         self.name = validate_name(name)
-        self._recipients = frozenset([self.name, *aliases])
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)
         self.authenticator = authenticator
@@ -121,17 +103,12 @@ class Peer:
         self._handler = handler
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inbox_size = inbox_size
-        self._paused: list[_Endpoint] = []
-        self._retiring: list[_Endpoint] = []   # moved away from, closing after a grace
-        self._pending_acks: dict[tuple[str, int], list[Any]] = {}
-        # requests handed to the application and not answered yet, with the route
-        # their latest copy came by: the reply goes where the requester waits now
-        self._open_requests: dict[tuple[str, int, int], Any] = {}
+        self._paused: list[Endpoint] = []
+        self._retiring: list[Endpoint] = []   # moved away from, closing after a grace
         self._ack_timer: Any = None
-        self._inbound = Inbound()
-        # the latest replies, oldest first (popitem(last=False) evicts in O(1); a dict's
-        # next(iter()) would scan every slot its deletions left behind)
-        self._replies: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._receiver = Receiver(self.name, aliases, pack=self.codec.pack, seal=self._seal,
+                                  unbatch=self.gatekeeper.unbatch,
+                                  rejections=self.gatekeeper.rejections)
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
@@ -245,62 +222,48 @@ class Peer:
 
     def reply_error(self, msg: Message, exc: BaseException) -> None:
         """Answer the request ``msg`` with an error that the requester raises."""
-        self._answer(msg, _ERROR, [code_of(exc), type(exc).__name__, str(exc)])
+        self._answer(msg, _ERROR, error_body(exc))
 
     def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
         if msg.kind != _REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
         self.gatekeeper.leave(msg)
-        me = msg.recipient if msg.recipient in self._recipients else self.name
-        frame = self._seal(self.codec.pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
-        endpoint, route = msg.route
-        settles = None
-        if msg.stream:
-            key = (msg.sender, msg.stream, msg.id)
-            replies = self._replies
-            replies[key] = frame
-            if len(replies) > 1024:
-                replies.popitem(last=False)
-            endpoint, route = self._open_requests.pop(key, msg.route)
-            if kind == _REPLY:      # the requester takes a REPLY for an ACK
-                settles = key
+        endpoint, route, frame, settles = self._receiver.answer(msg, kind, body)
         if self.reactor.in_reactor_thread():
             self._send_back(endpoint, route, frame, settles)
         else:
             self.reactor.call_soon(self._send_back, endpoint, route, frame, settles)
 
-    def _send_back(self, endpoint: _Endpoint, route: Any, frame: bytes,
-                   settles: tuple[str, int, int] | None = None) -> None:
-        """Send an answer; if it is the REPLY to request ``settles`` (sender,
-        stream, id), it stands for the stream's pending ACK where it acknowledges
-        as much (the request is the newest delivery) on the same connection."""
+    def _send_back(self, endpoint: Endpoint, route: Any, frame: bytes,
+                   settles: tuple[str, int, int] | None) -> None:
+        """Send an answer; if it is the REPLY to request ``settles``, the receiver
+        may take it for the stream's pending ACK."""
         try:
             endpoint.listener.send(route, frame)
         except PosaError as exc:
             log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
             return
-        if settles is None:
-            return
-        sender, stream, seq = settles
-        key = (sender, stream)
-        entry = self._pending_acks.get(key)
-        if (entry is not None and entry[0] is endpoint and entry[1] == route
-                and self._inbound.acked(sender, stream) == seq):
-            del self._pending_acks[key]
+        if settles is not None:
+            self._send(self._receiver.replied(endpoint, route, settles))
+
+    @staticmethod
+    def _send(out: list[Outgoing]) -> None:
+        """Send what the receiver returned, each on its route (reactor thread)."""
+        for endpoint, route, frame in out:
             try:
-                self._answered(endpoint, route, sender)
+                endpoint.listener.send(route, frame)
             except PosaError:
-                pass  # that connection is gone; its sender resends
+                continue  # that connection is gone; its sender resends
 
     # -- the reactor side ------------------------------------------------------
-    def _open_endpoints(self, listen: str | Sequence[str]) -> list[_Endpoint]:
-        opened: list[_Endpoint] = []
+    def _open_endpoints(self, listen: str | Sequence[str]) -> list[Endpoint]:
+        opened: list[Endpoint] = []
         try:
             for address in [listen] if isinstance(listen, str) else listen:
-                endpoint = _Endpoint(transport.listen(address, self.options))
+                listener = transport.listen(address, self.options)
+                endpoint = Endpoint(listener, listener.address)
                 opened.append(endpoint)
-                self.reactor.add_source(endpoint.listener,
-                                        lambda e=endpoint: self._drain(e))  # type: ignore[misc]
+                self.reactor.add_source(listener, partial(self._drain, endpoint))
         except BaseException:
             for endpoint in opened:
                 self._close_endpoint(endpoint)
@@ -309,7 +272,7 @@ class Peer:
             raise InvalidName(f"peer {self.name!r} needs at least one address to listen on")
         return opened
 
-    def _close_endpoint(self, endpoint: _Endpoint) -> None:
+    def _close_endpoint(self, endpoint: Endpoint) -> None:
         try:
             self.reactor.remove_source(endpoint.listener)
         except PosaError:
@@ -318,17 +281,17 @@ class Peer:
             self._paused.remove(endpoint)
         endpoint.listener.close()
 
-    def _drain(self, endpoint: _Endpoint) -> None:
+    def _drain(self, endpoint: Endpoint) -> None:
+        """Read up to ``BATCH`` frames of ``endpoint``: admit, hand to the receiver,
+        deliver what it returns, then send what it has to send back. The hot path:
+        names are bound to locals once per run."""
         listener = endpoint.listener
         admit = self.gatekeeper.admit
-        unbatch = self.gatekeeper.unbatch
-        accept = self._inbound.accept
-        accept_run = self._inbound.accept_run
+        receive = self._receiver.receive
         deliver = self._deliver
         inbox = self._inbox
         limit = self._inbox_size
         more = listener.pending
-        pending = self._pending_acks
         for i in range(BATCH):
             if self._handler is None and inbox.qsize() >= limit:
                 self._pause(endpoint)
@@ -353,113 +316,27 @@ class Peer:
                     rejection.msg.route = (endpoint, route)
                     self.reply_error(rejection.msg, rejection.error)
                 continue
-            msg.route = (endpoint, route)
-            kind = msg.kind
-            if msg.recipient not in self._recipients:
-                self._misdirected(endpoint, route, msg)
-                continue
-            if kind == _BATCH:
-                try:
-                    run = unbatch(msg, route)
-                except Rejection:
-                    continue
-                if not run:
-                    continue
-                for inner in run:
-                    inner.route = msg.route
-            elif kind == _SEND or kind == _REQUEST:
-                if not msg.stream:
-                    deliver(msg)
-                    continue
-                run = [msg]
-            else:
-                continue
-            # a run of one stream (a batch, or one message): count it for the ACK,
-            # then deliver what is new, in order
-            key = (msg.sender, msg.stream)
-            entry = pending.get(key)
-            if entry is None:
-                pending[key] = [endpoint, route, msg.recipient, len(run)]
-            else:
-                entry[0] = endpoint
-                entry[1] = route
-                entry[3] += len(run)
-            if accept_run(run):                     # the common case: all new, in order
-                for inner in run:
-                    deliver(inner)
-                continue
-            for inner in run:
-                ready = accept(inner)
-                if ready:
-                    for m in ready:
-                        deliver(m)
-                elif inner.kind == _REQUEST:
-                    self._answer_duplicate(endpoint, route, inner)
-        if pending:
-            due = [key for key, entry in pending.items() if entry[3] >= ACK_BATCH]
-            if due:
-                self._acknowledge(due)
-            if pending and self._ack_timer is None:
-                self._ack_timer = self.reactor.call_later(ACK_DELAY, self._acknowledge_all)
+            for ready in receive(msg, endpoint, route):
+                deliver(ready)
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        """After a run: the receiver's answers, the ACKs due, and a timer for the rest."""
+        receiver = self._receiver
+        if receiver.has_outbox:
+            self._send(receiver.take_outbox())
+        if receiver.pending:
+            now = _monotonic()
+            self._send(receiver.collect(now))
+            if receiver.deadline is not None and self._ack_timer is None:
+                self._ack_timer = self.reactor.call_later(receiver.deadline - now,
+                                                          self._acknowledge_all)
 
     def _acknowledge_all(self) -> None:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         self._ack_timer = None
-        self._acknowledge(list(self._pending_acks))
-
-    def _acknowledge(self, keys: list[tuple[str, int]]) -> None:
-        """Send one cumulative ACK for each of these streams (reactor thread)."""
-        pack, acked, seal = self.codec.pack, self._inbound.acked, self._seal
-        pending = self._pending_acks
-        for key in keys:
-            endpoint, route, me, _ = pending.pop(key)
-            sender, stream = key
-            try:
-                endpoint.listener.send(route, seal(pack(
-                    Kind.ACK, stream, acked(sender, stream), me, sender, 0, {}, None)))
-                self._answered(endpoint, route, sender)
-            except PosaError:
-                continue  # that connection is gone; its sender resends
-
-    def _answered(self, endpoint: _Endpoint, route: Any, sender: str) -> None:
-        """``sender`` was acknowledged on ``route``: tell it where this peer moved,
-        and remember the route for a later move."""
-        if endpoint.moved_to is not None and route not in endpoint.told:
-            self._tell_moved(endpoint, route, sender)
-        routes = endpoint.routes
-        if route not in routes:
-            routes[route] = None
-            if len(routes) > 4096:
-                del routes[next(iter(routes))]
-
-    def _tell_moved(self, endpoint: _Endpoint, route: Any, recipient: str) -> None:
-        assert endpoint.moved_to is not None
-        address, epoch = endpoint.moved_to
-        endpoint.told.add(route)
-        endpoint.listener.send(route, self._seal(self.codec.pack(
-            Kind.MOVED, 0, 0, self.name, recipient, 0, {},
-            {"address": address, "epoch": epoch})))
-
-    def _misdirected(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
-        """A message for another name reached this address (a stale cache after the
-        name moved and the address was reused): refuse it, so that its sender
-        resolves the name again instead of believing it delivered."""
-        self.gatekeeper.rejections["misdirected"] += 1
-        if msg.kind == Kind.REQUEST:
-            self.reply_error(msg, NameNotFound(
-                f"{msg.recipient!r} does not live at {endpoint.address}; look it up again"))
-
-    def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
-        """A request came again (its sender resent it, maybe by another way): answer
-        from the reply cache, or, while it is still being handled, make the reply
-        go where the requester waits now."""
-        key = (msg.sender, msg.stream, msg.id)
-        frame = self._replies.get(key)
-        if frame is not None:
-            self._send_back(endpoint, route, frame)
-        elif key in self._open_requests:
-            self._open_requests[key] = (endpoint, route)
+        self._send(self._receiver.acknowledge_all())
 
     def _deliver(self, msg: Message) -> None:
         request = msg.kind == _REQUEST
@@ -468,11 +345,7 @@ class Peer:
             if refused is not None:
                 self.reply_error(msg, refused)
                 return
-            if msg.stream:
-                opened = self._open_requests
-                opened[(msg.sender, msg.stream, msg.id)] = msg.route
-                if len(opened) > 65536:     # handlers that never answer: forget the oldest
-                    del opened[next(iter(opened))]
+            self._receiver.open_request(msg)
         self.stats["received"] += 1
         handler = self._handler
         if handler is None:
@@ -500,7 +373,7 @@ class Peer:
                 return
             self._deliver(msg)
 
-    def _pause(self, endpoint: _Endpoint) -> None:
+    def _pause(self, endpoint: Endpoint) -> None:
         if endpoint not in self._paused:
             self._paused.append(endpoint)
             self.reactor.remove_source(endpoint.listener)
@@ -509,7 +382,7 @@ class Peer:
         paused, self._paused = self._paused, []
         for endpoint in paused:
             if not self._closed and self._accepting:
-                self.reactor.add_source(endpoint.listener, lambda e=endpoint: self._drain(e))
+                self.reactor.add_source(endpoint.listener, partial(self._drain, endpoint))
 
     def stop_accepting(self) -> None:
         """Read no more frames (answers still go out): the first step of a clean
@@ -561,21 +434,16 @@ class Peer:
             self._retiring.append(endpoint)
             self.reactor.call_soon(self._announce_move, endpoint,
                                    (new[0].address, registration.epoch))
-            self.reactor.call_later(grace, lambda e=endpoint: self._retire(e))
+            self.reactor.call_later(grace, partial(self._retire, endpoint))
         return new[0].address
 
-    def _retire(self, endpoint: _Endpoint) -> None:
+    def _retire(self, endpoint: Endpoint) -> None:
         if endpoint in self._retiring:
             self._retiring.remove(endpoint)
             self._close_endpoint(endpoint)
 
-    def _announce_move(self, old: _Endpoint, moved_to: tuple[str, int]) -> None:
-        old.moved_to = moved_to
-        for route in list(old.routes):
-            try:
-                self._tell_moved(old, route, "")
-            except PosaError:
-                pass
+    def _announce_move(self, old: Endpoint, moved_to: tuple[str, int]) -> None:
+        self._send(self._receiver.move(old, *moved_to))
 
     # -- liveness and shutdown ---------------------------------------------------
     def _renew(self) -> None:
