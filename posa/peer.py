@@ -106,7 +106,7 @@ class Peer:
         self._paused: list[Endpoint] = []
         self._retiring: list[Endpoint] = []   # moved away from, closing after a grace
         self._ack_timer: Any = None
-        self._receiver = Receiver(self.name, aliases, pack=self.codec.pack, seal=self._seal,
+        self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
                                   unbatch=self.gatekeeper.unbatch,
                                   rejections=self.gatekeeper.rejections)
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,

@@ -30,7 +30,7 @@ def batch(first: int, count: int, *, sender: str = "a", stream: int = 7,
 
 
 def new_receiver(**kwargs: Any) -> Receiver:
-    return Receiver("b", ["b-alias"], pack=CODEC.pack,
+    return Receiver("b", ["b-alias"], codec=CODEC,
                     unbatch=lambda msg, route: CODEC.unbatch(msg), **kwargs)
 
 

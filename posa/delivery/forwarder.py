@@ -39,8 +39,6 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-import msgpack
-
 from posa import transport
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.streams import Outbound
@@ -121,9 +119,7 @@ class Forwarder:
         self._auth = authenticator
         self._resolve = resolve
         self._codec = codec
-        self._packer = msgpack.Packer(use_bin_type=True)    # this thread's own
-        self._packb = self._packer.pack
-        self._max_frame = codec.limits.max_frame_size
+        self._pack = codec.packer()     # this thread's own: no per-call thread lookup
         self._options = options
         self.window = window
         self.ack_timeout = ack_timeout
@@ -151,18 +147,11 @@ class Forwarder:
             target = self._open_target(name, deadline)
         out = target.out
         seq = out.next_seq
-        try:
-            frame = self._packb([1, kind, target.stream, seq, self.name, name, 0,
-                                 headers or _NO_HEADERS, body])
-        except Exception:
-            self._packer.reset()
-            frame = b""         # Codec.pack raises the error that says what to do
-        if not frame or len(frame) > self._max_frame:
-            frame = self._codec.pack(kind, target.stream, seq, self.name, name, 0,
-                                     headers or _NO_HEADERS, body)
+        frame = self._pack(kind, target.stream, seq, self.name, name, 0,
+                           headers or _NO_HEADERS, body)
         out.next_seq = seq + 1
         unacked = out.unacked
-        unacked.append((seq, frame))
+        unacked.append(frame)
         batch = target.batch
         try:
             if kind != _SEND:
@@ -285,7 +274,7 @@ class Forwarder:
                 # frame (posa/transport/base.py); no receive that would find nothing
                 if not conn.pending():
                     if not (yield conn, min(remaining, self.ack_timeout)):
-                        if target.out.unacked and target.out.unacked[0][0] <= seq:
+                        if target.out.unacked and target.out.first_unacked() <= seq:
                             self._recover(target, deadline, None)  # not delivered yet
                         continue
                 frame = conn.recv_nowait()

@@ -45,7 +45,7 @@ from typing import Any
 from posa.admission.gatekeeper import Rejection
 from posa.delivery.streams import Inbound
 from posa.errors import NameNotFound, ProtocolError, code_of
-from posa.wire.codec import Kind, Message
+from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY", "error_body"]
 
@@ -56,7 +56,6 @@ ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for ma
 _SEND, _REQUEST, _REPLY, _ERROR, _BATCH, _ACK, _MOVED = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.BATCH, Kind.ACK, Kind.MOVED)
 
-Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
 Key = tuple[str, int, int]          # (sender, stream, id) of a request
 
 
@@ -92,7 +91,7 @@ def _no_batches(batch: Message, route: Hashable) -> list[Message]:
 class Receiver:
     """Delivery state of one named peer: ordering, acknowledgements, replies, moves."""
 
-    def __init__(self, name: str, recipients: Iterable[str], *, pack: Pack,
+    def __init__(self, name: str, recipients: Iterable[str], *, codec: Codec,
                  seal: Callable[[bytes], bytes] = _unsealed,
                  unbatch: Callable[[Message, Hashable], list[Message]] = _no_batches,
                  rejections: Any = None, ack_batch: int = ACK_BATCH,
@@ -101,7 +100,8 @@ class Receiver:
                  inbound: Inbound | None = None) -> None:
         self.name = name
         self.recipients = frozenset([name, *recipients])
-        self._pack = pack
+        self._pack = codec.pack             # thread-safe: ``answer`` runs on any thread
+        self._pack_here = codec.packer()    # the receiving thread's own, for ACK and MOVED
         self._seal = seal
         self._unbatch = unbatch
         self.rejections = rejections if rejections is not None else {}
@@ -242,7 +242,7 @@ class Receiver:
 
     def acknowledge(self, keys: list[tuple[str, int]]) -> list[Outgoing]:
         """One cumulative ACK for each of these streams, on its latest route."""
-        pack, acked, seal = self._pack, self.inbound.acked, self._seal
+        pack, acked, seal = self._pack_here, self.inbound.acked, self._seal
         pending = self.pending
         out: list[Outgoing] = []
         for key in keys:
@@ -316,7 +316,7 @@ class Receiver:
         assert endpoint.moved_to is not None
         address, epoch = endpoint.moved_to
         endpoint.told.add(route)
-        return (endpoint, route, self._seal(self._pack(
+        return (endpoint, route, self._seal(self._pack_here(
             _MOVED, 0, 0, self.name, recipient, 0, {}, {"address": address, "epoch": epoch})))
 
 

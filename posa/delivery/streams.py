@@ -30,31 +30,39 @@ class Outbound:
     """The forwarder's side of one stream: sequence numbers and unacked frames.
 
     The forwarder numbers each message ``next_seq`` (then increments it) and
-    appends ``(seq, frame)`` to ``unacked`` itself: two attribute updates on the
-    send path instead of two method calls."""
+    appends its frame to ``unacked`` itself: two attribute updates on the send
+    path instead of two method calls.  Sequence numbers are consecutive, so a
+    frame's number is implied by its place: ``unacked[i]`` is number
+    ``acked + 1 + i`` (invariant: ``next_seq == acked + 1 + len(unacked)``), and
+    the send path stores no (seq, frame) pair."""
 
     __slots__ = ("next_seq", "acked", "unacked")
 
     def __init__(self, first_seq: int = 1) -> None:
         self.next_seq = first_seq
         self.acked = first_seq - 1
-        self.unacked: deque[tuple[int, bytes]] = deque()
+        self.unacked: deque[bytes] = deque()
 
     def ack(self, upto: int) -> int:
-        """Release every frame with seq <= ``upto``; returns how many."""
-        if upto <= self.acked:
+        """Release every frame with seq <= ``upto``; returns how many. An
+        acknowledgement of numbers not sent yet releases what was sent."""
+        upto = min(upto, self.next_seq - 1)
+        released = upto - self.acked
+        if released <= 0:
             return 0
         self.acked = upto
-        unacked = self.unacked
-        released = 0
-        while unacked and unacked[0][0] <= upto:
-            unacked.popleft()
-            released += 1
+        popleft = self.unacked.popleft
+        for _ in range(released):
+            popleft()
         return released
+
+    def first_unacked(self) -> int:
+        """The number of the oldest unacknowledged frame (``next_seq`` if none)."""
+        return self.acked + 1
 
     def backlog(self) -> Iterator[bytes]:
         """The frames to send again, oldest first."""
-        return (frame for _, frame in list(self.unacked))
+        return iter(list(self.unacked))
 
     def __len__(self) -> int:
         return len(self.unacked)

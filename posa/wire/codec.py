@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ import msgpack
 
 from posa.errors import ProtocolError
 
-__all__ = ["Kind", "CodecLimits", "Message", "Codec", "VERSION"]
+__all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION"]
 
 VERSION = 1
 _U64 = (1 << 64) - 1
@@ -155,11 +156,25 @@ def _within(obj: Any, budget: int) -> bool:
     return budget >= 1
 
 
+Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
+"""(kind, stream, id, sender, recipient, correlation, headers, body) -> frame"""
+
+
+def _array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` items."""
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
 class Codec:
     """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
 
     Thread-safe: each thread gets its own reusable msgpack ``Packer``
-    (``msgpack.packb`` allocates 256 KiB per call).
+    (``msgpack.packb`` allocates 256 KiB per call); ``packer()`` hands one to a
+    caller that stays on one thread.
     """
 
     def __init__(self, limits: CodecLimits | None = None) -> None:
@@ -171,12 +186,31 @@ class Codec:
         self._unbounded_below = min(limits.max_str_len, limits.max_bin_len,
                                     limits.max_array_len, limits.max_map_len)
 
-    def _packer(self) -> msgpack.Packer:
-        try:
-            return self._local.packer
-        except AttributeError:
-            packer = self._local.packer = msgpack.Packer(use_bin_type=True)
-            return packer
+    def packer(self) -> Pack:
+        """A pack function with a ``Packer`` of its own, for one thread: ``pack``
+        without the per-call lookup of the thread's packer (the forwarder's send
+        path holds one). The one place that lays out the envelope."""
+        packer = msgpack.Packer(use_bin_type=True)
+        packb = packer.pack
+        limit = self.limits.max_frame_size
+
+        def pack(kind: int, stream: int, id: int, sender: str, recipient: str,
+                 correlation: int, headers: dict[str, Any], body: Any) -> bytes:
+            try:
+                data: bytes = packb([VERSION, kind, stream, id, sender, recipient,
+                                     correlation, headers, body])
+            except (TypeError, ValueError, OverflowError) as exc:
+                packer.reset()
+                raise ProtocolError(
+                    f"cannot encode the message body as msgpack ({exc}); send only None, "
+                    "bool, int, float, str, bytes, lists and str-keyed dicts") from None
+            if len(data) > limit:
+                raise ProtocolError(
+                    f"message of {len(data)} bytes exceeds max_frame_size {limit}; "
+                    "split it or raise CodecLimits.max_frame_size")
+            return data
+
+        return pack
 
     def encode(self, msg: Message) -> bytes:
         """The wire bytes of ``msg``. Raises ``ProtocolError`` if it cannot be encoded."""
@@ -185,35 +219,20 @@ class Codec:
 
     def pack(self, kind: int, stream: int, id: int, sender: str, recipient: str,
              correlation: int, headers: dict[str, Any], body: Any) -> bytes:
-        """Encode the fields directly, without building a ``Message`` first."""
+        """Encode the fields directly, without building a ``Message`` first.
+        Raises ``ProtocolError`` if they cannot be encoded. Thread-safe."""
         try:
-            packer = self._local.packer
+            pack: Pack = self._local.pack
         except AttributeError:
-            packer = self._packer()
-        try:
-            data = packer.pack([VERSION, kind, stream, id, sender, recipient,
-                                correlation, headers, body])
-        except (TypeError, ValueError, OverflowError) as exc:
-            packer.reset()
-            raise ProtocolError(
-                f"cannot encode the message body as msgpack ({exc}); send only None, "
-                "bool, int, float, str, bytes, lists and str-keyed dicts") from None
-        if len(data) > self.limits.max_frame_size:
-            raise ProtocolError(
-                f"message of {len(data)} bytes exceeds max_frame_size "
-                f"{self.limits.max_frame_size}; split it or raise CodecLimits.max_frame_size")
-        return data
+            pack = self._local.pack = self.packer()
+        return pack(kind, stream, id, sender, recipient, correlation, headers, body)
 
     def pack_batch(self, stream: int, sender: str, recipient: str,
                    envelopes: list[bytes]) -> bytes:
         """One ``BATCH`` frame holding ``envelopes`` (encoded by ``pack``, all of
         ``stream`` from ``sender`` to ``recipient``), joined without re-encoding."""
-        try:
-            packer = self._local.packer
-        except AttributeError:
-            packer = self._packer()
-        head = packer.pack([VERSION, Kind.BATCH, stream, 0, sender, recipient, 0, {}, None])
-        return b"".join([head[:-1], packer.pack_array_header(len(envelopes)), *envelopes])
+        head = self.pack(Kind.BATCH, stream, 0, sender, recipient, 0, {}, None)
+        return b"".join([head[:-1], _array_header(len(envelopes)), *envelopes])
 
     def unbatch(self, batch: Message) -> list[Message]:
         """The messages inside the ``BATCH`` message ``batch``, each validated as if
