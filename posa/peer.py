@@ -36,8 +36,8 @@ from typing import Any
 
 from posa import transport
 from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
-from posa.delivery.forwarder import Sender
-from posa.delivery.receiver import Endpoint, Outgoing, Receiver, error_body
+from posa.delivery.receiver import Endpoint, Outgoing, Receiver
+from posa.delivery.sender import Sender
 from posa.errors import (
     Closed,
     InvalidName,
@@ -51,7 +51,7 @@ from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
-from posa.wire.codec import Codec, CodecLimits, Kind, Message
+from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_body
 from posa.wire.names import is_pattern, validate_name
 
 __all__ = ["Peer", "DEFERRED"]

@@ -44,10 +44,10 @@ from typing import Any
 
 from posa.admission.gatekeeper import Rejection
 from posa.delivery.streams import Inbound
-from posa.errors import NameNotFound, ProtocolError, code_of
-from posa.wire.codec import Codec, Kind, Message
+from posa.errors import NameNotFound, ProtocolError
+from posa.wire.codec import Codec, Kind, Message, error_body
 
-__all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY", "error_body"]
+__all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY"]
 
 ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
 ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
@@ -318,9 +318,3 @@ class Receiver:
         endpoint.told.add(route)
         return (endpoint, route, self._seal(self._pack_here(
             _MOVED, 0, 0, self.name, recipient, 0, {}, {"address": address, "epoch": epoch})))
-
-
-def error_body(exc: BaseException) -> list[Any]:
-    """The body of an ERROR frame answering with ``exc``: [code, type name, text]
-    (see docs/protocol.md)."""
-    return [code_of(exc), type(exc).__name__, str(exc)]

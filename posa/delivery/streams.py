@@ -4,8 +4,9 @@ Every message a forwarder sends to one recipient name carries the forwarder's
 ``stream`` id and a sequence number ``id`` (1, 2, 3 ...).  The receiver delivers
 each stream strictly in sequence order, drops duplicates, holds a bounded number
 of early arrivals, and answers with cumulative ``ACK`` messages (one for many
-messages; a REPLY to the newest one acknowledges instead).  The forwarder keeps every frame until it is
-acknowledged and sends the unacknowledged tail again after a failure or a move.
+messages; a REPLY to the newest one acknowledges instead: ``posa.delivery.receiver``).
+The forwarder keeps every frame until it is acknowledged and sends the
+unacknowledged tail again after a failure or a move.
 
 That is what makes migration and reconnection lossless and duplicate-free:
 a frame may travel twice (through the old and the new address), but it is

@@ -33,9 +33,10 @@ from typing import Any
 
 import msgpack
 
-from posa.errors import ProtocolError
+from posa.errors import ProtocolError, code_of
 
-__all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION"]
+__all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION", "error_body",
+           "error_fields"]
 
 VERSION = 1
 _U64 = (1 << 64) - 1
@@ -129,6 +130,7 @@ def _depth(obj: Any) -> int:
     stack = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Any
         if type(item) is dict:
             children = item.values()
         elif type(item) is list:
@@ -180,7 +182,7 @@ class Codec:
     def __init__(self, limits: CodecLimits | None = None) -> None:
         self.limits = limits = limits or CodecLimits()
         self._local = threading.local()
-        self._unpack_limits = dict(
+        self._unpack_limits: dict[str, Any] = dict(
             max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
             max_array_len=limits.max_array_len, max_map_len=limits.max_map_len)
         self._unbounded_below = min(limits.max_str_len, limits.max_bin_len,
@@ -248,7 +250,7 @@ class Codec:
         depth = self.limits.max_depth - 1       # the envelope array itself is one level
         if not _within(batch.headers, depth):
             raise ProtocolError(f"message nests deeper than max_depth {self.limits.max_depth}")
-        messages = []
+        messages: list[Message] = []
         append = messages.append
         new = _new_message
         next_id = 0
@@ -350,6 +352,20 @@ class Codec:
         return msg
 
 
+def error_body(exc: BaseException) -> list[Any]:
+    """The body of an ERROR answering with ``exc``: [code, type name, text]."""
+    return [code_of(exc), type(exc).__name__, str(exc)]
+
+
+def error_fields(body: Any) -> tuple[int, str, str]:
+    """(code, type name, text) of an ERROR's body; a malformed one says so."""
+    if isinstance(body, list) and len(body) == 3:
+        code, kind, text = body
+        if isinstance(code, int) and isinstance(kind, str) and isinstance(text, str):
+            return code, kind, text
+    return 0, "PosaError", f"malformed error reply: {body!r:.80}"
+
+
 _new_message = object.__new__
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
@@ -357,7 +373,7 @@ _unpackb = msgpack.unpackb
 
 def _what_is_wrong(fields: list[Any], name_len: int) -> str:
     """The reason a decoded envelope failed validation, for the error message."""
-    version, kind, stream, id, sender, recipient, correlation, headers, _ = fields
+    version, kind, stream, id, sender, recipient, correlation, _, _ = fields
     if version != VERSION:
         return f"unsupported envelope version {version!r:.20}; this posa speaks {VERSION}"
     if type(kind) is not int or kind not in _KINDS:
