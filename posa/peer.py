@@ -31,11 +31,10 @@ import queue
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
-from posa import transport
 from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
+from posa.delivery.endpoints import Listening
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.delivery.sender import Sender
 from posa.errors import (
@@ -93,7 +92,7 @@ class Peer:
         self.authenticator = authenticator
         self.gatekeeper = gatekeeper or Gatekeeper(self.codec, authenticator=authenticator)
         self._seal = authenticator.seal if authenticator is not None else _unsealed
-        self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
+        self.options = self.codec.limits.options(options)
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
         self.lease = lease
@@ -103,8 +102,6 @@ class Peer:
         self._handler = handler
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inbox_size = inbox_size
-        self._paused: list[Endpoint] = []
-        self._retiring: list[Endpoint] = []   # moved away from, closing after a grace
         self._ack_timer: Any = None
         self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
                                   unbatch=self.gatekeeper.unbatch,
@@ -113,19 +110,18 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
-        self._accepting = True
         self.stats = {"received": 0, "sent": 0}
         if listen is None:   # plain tcp: the fastest remote transport (docs/benchmarks.md)
             listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
                       else "tcp://127.0.0.1:0")
-        self._endpoints = self._open_endpoints(listen)
+        self._listening = Listening(self.name, self.reactor, self.options, self._drain)
+        self._listening.current = self._listening.open(listen)
         try:
             registration = self.registry.register(
                 self.name, self.addresses, credential=self.credential, lease=lease,
                 meta=meta)
         except BaseException:
-            for endpoint in self._endpoints:
-                self._close_endpoint(endpoint)
+            self._listening.close_all()
             raise
         self.epoch = registration.epoch
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
@@ -134,12 +130,12 @@ class Peer:
     @property
     def address(self) -> str:
         """Where this peer receives now (the first of ``addresses``)."""
-        return self._endpoints[0].address
+        return self._listening.current[0].address
 
     @property
     def addresses(self) -> tuple[str, ...]:
         """Every address this peer receives at now."""
-        return tuple(endpoint.address for endpoint in self._endpoints)
+        return tuple(endpoint.address for endpoint in self._listening.current)
 
     def __repr__(self) -> str:
         return f"Peer({self.name!r} at {self.address}, epoch {self.epoch})"
@@ -203,8 +199,8 @@ class Peer:
         if msg is _CLOSED:
             self._inbox.put(_CLOSED)
             raise Closed(f"peer {self.name!r} is closed")
-        if self._paused and self._inbox.qsize() < self._inbox_size // 2:
-            self.reactor.call_soon(self._resume)
+        if self._listening.paused and self._inbox.qsize() < self._inbox_size // 2:
+            self.reactor.call_soon(self._listening.resume)
         return msg  # type: ignore[no-any-return]
 
     def serve(self, handler: Callable[[Message], Any]) -> None:
@@ -256,31 +252,6 @@ class Peer:
                 continue  # that connection is gone; its sender resends
 
     # -- the reactor side ------------------------------------------------------
-    def _open_endpoints(self, listen: str | Sequence[str]) -> list[Endpoint]:
-        opened: list[Endpoint] = []
-        try:
-            for address in [listen] if isinstance(listen, str) else listen:
-                listener = transport.listen(address, self.options)
-                endpoint = Endpoint(listener, listener.address)
-                opened.append(endpoint)
-                self.reactor.add_source(listener, partial(self._drain, endpoint))
-        except BaseException:
-            for endpoint in opened:
-                self._close_endpoint(endpoint)
-            raise
-        if not opened:
-            raise InvalidName(f"peer {self.name!r} needs at least one address to listen on")
-        return opened
-
-    def _close_endpoint(self, endpoint: Endpoint) -> None:
-        try:
-            self.reactor.remove_source(endpoint.listener)
-        except PosaError:
-            pass
-        if endpoint in self._paused:
-            self._paused.remove(endpoint)
-        endpoint.listener.close()
-
     def _drain(self, endpoint: Endpoint) -> None:
         """Read up to ``BATCH`` frames of ``endpoint``: admit, hand to the receiver,
         deliver what it returns, then send what it has to send back. The hot path:
@@ -294,7 +265,7 @@ class Peer:
         more = listener.pending
         for i in range(BATCH):
             if self._handler is None and inbox.qsize() >= limit:
-                self._pause(endpoint)
+                self._listening.pause(endpoint)
                 break
             try:
                 # after a frame, stop once nothing is queued: the descriptor fires
@@ -373,25 +344,10 @@ class Peer:
                 return
             self._deliver(msg)
 
-    def _pause(self, endpoint: Endpoint) -> None:
-        if endpoint not in self._paused:
-            self._paused.append(endpoint)
-            self.reactor.remove_source(endpoint.listener)
-
-    def _resume(self) -> None:
-        paused, self._paused = self._paused, []
-        for endpoint in paused:
-            if not self._closed and self._accepting:
-                self.reactor.add_source(endpoint.listener, partial(self._drain, endpoint))
-
     def stop_accepting(self) -> None:
         """Read no more frames (answers still go out): the first step of a clean
         shutdown (``posa.ops.serve_until_signalled``)."""
-        def stop() -> None:
-            self._accepting = False
-            for endpoint in self._endpoints:
-                self._pause(endpoint)
-        self.reactor.call(stop)
+        self.reactor.call(self._listening.stop_accepting)
 
     def depths(self) -> dict[str, int]:
         """Queue depths, for metrics: the inbox and the messages not yet acknowledged."""
@@ -400,11 +356,7 @@ class Peer:
 
     def transport_rejections(self) -> dict[str, int]:
         """Connections the listeners dropped, by cause (garbage, oversize ...)."""
-        counts: dict[str, int] = {}
-        for endpoint in self._endpoints:
-            for cause, count in endpoint.listener.rejections.items():
-                counts[cause] = counts.get(cause, 0) + count
-        return counts
+        return self._listening.rejections()
 
     def in_flight(self) -> int:
         """Requests handed to the application and not yet answered (counted when
@@ -419,28 +371,19 @@ class Peer:
         Returns the new address. Senders are redirected; nothing is lost."""
         if self._closed:
             raise Closed(f"peer {self.name!r} is closed")
-        new = self._open_endpoints(listen)
+        new = self._listening.open(listen)
         try:
             registration = self.registry.register(
                 self.name, [e.address for e in new], credential=self.credential,
                 epoch=self.epoch + 1, lease=self.lease, meta=self.meta)
         except BaseException:
-            for endpoint in new:
-                self._close_endpoint(endpoint)
+            self._listening.close(new)
             raise
-        old, self._endpoints = self._endpoints, new
         self.epoch = registration.epoch
-        for endpoint in old:
-            self._retiring.append(endpoint)
+        for endpoint in self._listening.replace(new, grace):
             self.reactor.call_soon(self._announce_move, endpoint,
                                    (new[0].address, registration.epoch))
-            self.reactor.call_later(grace, partial(self._retire, endpoint))
         return new[0].address
-
-    def _retire(self, endpoint: Endpoint) -> None:
-        if endpoint in self._retiring:
-            self._retiring.remove(endpoint)
-            self._close_endpoint(endpoint)
 
     def _announce_move(self, old: Endpoint, moved_to: tuple[str, int]) -> None:
         self._send(self._receiver.move(old, *moved_to))
@@ -461,6 +404,7 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        self._listening.accepting = False   # a paused endpoint is not read again
         self._stop_renewing()
         try:
             # a newer registration (another process took the name over with the
@@ -474,8 +418,5 @@ class Peer:
             self.reactor.call(self._acknowledge_all)   # what was delivered is acknowledged
         except PosaError:
             pass
-        for endpoint in self._endpoints:
-            self._close_endpoint(endpoint)
-        for endpoint in list(self._retiring):
-            self.reactor.call(self._retire, endpoint)
+        self._listening.close_all()
         self._inbox.put(_CLOSED)

@@ -45,7 +45,7 @@ class Sender:
         self.name = name
         self.pins = dict(pins or {})
         self.codec = codec or Codec()
-        self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
+        self.options = self.codec.limits.options(options)
         self._make: Callable[[], Forwarder] = partial(
             Forwarder, name, resolve=resolve, codec=self.codec, options=self.options,
             window=window, ack_timeout=ack_timeout, on_notify=on_notify,

@@ -25,6 +25,7 @@ own length limits are set from ``CodecLimits`` before it allocates), never pickl
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from typing import Any
 import msgpack
 
 from posa.errors import ProtocolError, code_of
+from posa.transport.base import Options
 
 __all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION", "error_body",
            "error_fields"]
@@ -71,6 +73,11 @@ class CodecLimits:
     max_array_len: int = 1_000_000
     max_map_len: int = 100_000
     max_name_len: int = 255
+
+    def options(self, base: Options | None = None) -> Options:
+        """Transport ``Options`` (``base``, or the defaults) that refuse frames over
+        these limits' ``max_frame_size``: the one place it is derived from."""
+        return dataclasses.replace(base or Options(), max_frame_size=self.max_frame_size)
 
     def __post_init__(self) -> None:
         for field in ("max_frame_size", "max_depth", "max_str_len", "max_bin_len",
