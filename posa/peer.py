@@ -1,33 +1,33 @@
 """Forwarder-Receiver: a named peer that sends to names and receives by name.
 
-A ``Peer`` registers its name with a registry, listens on one address (any
-transport), receives through the process's reactor, and sends through one
-``Forwarder`` per sending thread.  It can move to another address or transport
-while others keep sending to its name (``migrate``): nothing is lost, nothing
-is delivered twice, every sender's order is kept.
+A ``Peer`` registers its name with a registry, listens on one or more addresses
+(any transport), receives through the process's reactor, and sends through one
+``Forwarder`` per sending thread (``posa.delivery.sender``).  It can move to
+another address or transport while others keep sending to its name
+(``migrate``): nothing is lost, nothing is delivered twice, every sender's
+order is kept.  ``Peer`` is glue; each part it joins has its own module:
 
-Receiving side, on the reactor thread, per drained run of frames:
-decode -> validate (a BATCH frame opens into its envelopes) -> ``Inbound.accept``
-(order, duplicates) -> the handler, or the inbox that ``receive()`` reads -> one
-cumulative ACK per stream, unless a REPLY to the stream's newest message went out
-instead (the requester takes the REPLY for an ACK: a request-reply exchange costs
-two frames, not three).
-If the inbox is full the peer stops reading its listener: senders' windows fill
-and they wait (flow control instead of unbounded memory).
+    reactor ─▶ Listening (endpoints) ─▶ _drain: listener.recv_nowait
+      ─▶ Gatekeeper.admit (decode, authenticate, authorize, limit)
+      ─▶ Receiver.receive (order, duplicates, BATCH runs; sans-IO)
+      ─▶ the handler, or the Inbox that ``receive()`` reads
+      ◀─ what the Receiver returns to send back: ACKs, cached replies,
+         MOVED notices, NameNotFound for misdirected requests
 
-Migration (see docs/migration.md):
-1. bind the new address and start receiving there;
-2. register the name again with epoch + 1 (only the owner's credential may);
-3. the old endpoint keeps delivering what reaches it and answers every sender
-   it has seen with MOVED(address, epoch); forwarders switch and resend their
-   unacknowledged tail to the new address, where duplicates are dropped;
-4. after ``grace`` seconds the old endpoint closes; a sender that still finds
-   it gone re-resolves the name and resends.
+After each drained run the due ACKs go out and a reactor timer is armed for the
+receiver's ``deadline``.  If the inbox is full the peer stops reading its
+listeners: senders' windows fill and they wait (flow control).
+
+Migration (see docs/migration.md): bind the new address; register the name
+again with epoch + 1 (only the owner's credential may); the old endpoints keep
+delivering and answer every sender they have seen with MOVED(address, epoch),
+so forwarders switch and resend their unacknowledged tail, whose duplicates the
+receiver drops; after ``grace`` seconds the old endpoints close, and a sender
+that still finds one gone re-resolves the name and resends.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -35,15 +35,10 @@ from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
 from posa.delivery.endpoints import Listening
+from posa.delivery.inbox import Inbox
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.delivery.sender import Sender
-from posa.errors import (
-    Closed,
-    InvalidName,
-    PosaError,
-    ProtocolError,
-    Timeout,
-)
+from posa.errors import Closed, InvalidName, PosaError, ProtocolError
 from posa.naming.registry import LocalRegistry, Registry, resolver
 from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
@@ -61,16 +56,20 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
-_CLOSED = object()      # wakes receive() on close
 # the kinds the receiving path compares with, as module globals: looking a member
 # up on its enum class costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
 
 
-
 def _unsealed(frame: bytes) -> bytes:
     return frame
+
+
+def _default_listen(name: str, registry: Registry) -> str:
+    """In-process beside an embedded registry, else plain tcp: the fastest remote
+    transport (docs/benchmarks.md)."""
+    return f"inproc://{name}" if isinstance(registry, LocalRegistry) else "tcp://127.0.0.1:0"
 
 
 class Peer:
@@ -95,13 +94,9 @@ class Peer:
         self.options = self.codec.limits.options(options)
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
-        self.lease = lease
-        self.meta = meta
-        self.window = window
-        self.linger = linger
+        self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
         self._handler = handler
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._inbox_size = inbox_size
+        self._inbox = Inbox(inbox_size)
         self._ack_timer: Any = None
         self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
                                   unbatch=self.gatekeeper.unbatch,
@@ -111,19 +106,16 @@ class Peer:
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
         self.stats = {"received": 0, "sent": 0}
-        if listen is None:   # plain tcp: the fastest remote transport (docs/benchmarks.md)
-            listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
-                      else "tcp://127.0.0.1:0")
         self._listening = Listening(self.name, self.reactor, self.options, self._drain)
-        self._listening.current = self._listening.open(listen)
+        self._listening.current = self._listening.open(
+            listen if listen is not None else _default_listen(self.name, self.registry))
         try:
-            registration = self.registry.register(
+            self.epoch = self.registry.register(
                 self.name, self.addresses, credential=self.credential, lease=lease,
-                meta=meta)
+                meta=meta).epoch
         except BaseException:
             self._listening.close_all()
             raise
-        self.epoch = registration.epoch
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
 
     # -- identity ------------------------------------------------------------
@@ -189,19 +181,10 @@ class Peer:
     def receive(self, timeout: float | None = None) -> Message:
         """The next message for this peer; blocks up to ``timeout`` (None: forever,
         0: don't block). Raises ``Timeout`` if none came, ``Closed`` after close."""
-        try:
-            if timeout is not None and timeout <= 0:
-                msg = self._inbox.get_nowait()
-            else:
-                msg = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise Timeout(f"no message for {self.name!r} within {timeout} s") from None
-        if msg is _CLOSED:
-            self._inbox.put(_CLOSED)
-            raise Closed(f"peer {self.name!r} is closed")
-        if self._listening.paused and self._inbox.qsize() < self._inbox_size // 2:
+        msg = self._inbox.get(timeout, self.name)
+        if self._listening.paused and self._inbox.low():
             self.reactor.call_soon(self._listening.resume)
-        return msg  # type: ignore[no-any-return]
+        return msg
 
     def serve(self, handler: Callable[[Message], Any]) -> None:
         """Hand every message to ``handler`` on the reactor thread from now on.
@@ -260,11 +243,11 @@ class Peer:
         admit = self.gatekeeper.admit
         receive = self._receiver.receive
         deliver = self._deliver
-        inbox = self._inbox
-        limit = self._inbox_size
+        queued = self._inbox.qsize
+        limit = self._inbox.size
         more = listener.pending
         for i in range(BATCH):
-            if self._handler is None and inbox.qsize() >= limit:
+            if self._handler is None and queued() >= limit:
                 self._listening.pause(endpoint)
                 break
             try:
@@ -334,14 +317,7 @@ class Peer:
             self.reply(msg, result)
 
     def _drain_inbox_to_handler(self) -> None:
-        while True:
-            try:
-                msg = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if msg is _CLOSED:
-                self._inbox.put(_CLOSED)
-                return
+        for msg in self._inbox.take_all():
             self._deliver(msg)
 
     def stop_accepting(self) -> None:
@@ -393,10 +369,9 @@ class Peer:
         self.registry.renew(self.name, credential=self.credential)
 
     def _restore(self) -> None:
-        registration = self.registry.register(
+        self.epoch = self.registry.register(
             self.name, self.addresses, credential=self.credential,
-            epoch=self.epoch, lease=self.lease, meta=self.meta)
-        self.epoch = registration.epoch
+            epoch=self.epoch, lease=self.lease, meta=self.meta).epoch
 
     def close(self) -> None:
         """Unregister the name, deliver what is unacknowledged (up to ``linger``
@@ -419,4 +394,4 @@ class Peer:
         except PosaError:
             pass
         self._listening.close_all()
-        self._inbox.put(_CLOSED)
+        self._inbox.close()
