@@ -72,6 +72,21 @@ def test_early_messages_wait_for_the_gap_and_duplicates_are_dropped() -> None:
     assert ack[2].id == 4
 
 
+def test_a_run_is_taken_whole_only_where_its_stream_expects_it() -> None:
+    receiver = new_receiver()
+    e1 = Endpoint(None, "inproc://e1")
+
+    def ids(msg: Message) -> list[int]:
+        return [m.id for m in receiver.receive(msg, e1, "r")]
+    assert ids(batch(1, 2)) == [1, 2]                  # an unknown stream: one by one
+    assert ids(batch(3, 3)) == [3, 4, 5]               # where it expects: whole
+    assert ids(batch(4, 3)) == [6]                     # overlaps: the new part
+    assert ids(batch(9, 2)) == []                      # a gap: held early
+    assert ids(batch(7, 1)) == [7]                     # something is held early
+    assert ids(envelope(8)) == [8, 9, 10]
+    assert receiver.acked("a", 7) == 10
+
+
 def test_misdirected_request_gets_name_not_found_and_a_send_is_only_counted() -> None:
     receiver = new_receiver()
     e1 = Endpoint(None, "inproc://e1")

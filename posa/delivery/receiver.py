@@ -88,8 +88,9 @@ def _no_batches(batch: Message, route: Hashable) -> list[Message]:
     raise Rejection("malformed", ProtocolError("this receiver takes no BATCH"), None)
 
 
-class Receiver:
-    """Delivery state of one named peer: ordering, acknowledgements, replies, moves."""
+class Receiver(Inbound):
+    """Delivery state of one named peer: ordering and duplicates (``Inbound``),
+    acknowledgements, replies, moves."""
 
     def __init__(self, name: str, recipients: Iterable[str], *, codec: Codec,
                  seal: Callable[[bytes], bytes] = _unsealed,
@@ -97,7 +98,8 @@ class Receiver:
                  rejections: Any = None, ack_batch: int = ACK_BATCH,
                  ack_delay: float = ACK_DELAY, max_replies: int = 1024,
                  max_open: int = 65536, max_routes: int = 4096,
-                 inbound: Inbound | None = None) -> None:
+                 max_streams: int = 65536, max_early: int = 4096) -> None:
+        super().__init__(max_streams, max_early)
         self.name = name
         self.recipients = frozenset([name, *recipients])
         self._pack = codec.pack             # thread-safe: ``answer`` runs on any thread
@@ -110,7 +112,6 @@ class Receiver:
         self.max_replies = max_replies
         self.max_open = max_open
         self.max_routes = max_routes
-        self.inbound = inbound if inbound is not None else Inbound()
         # (sender, stream) -> [endpoint, route, recipient, runs since the last ACK]
         self.pending: dict[tuple[str, int], list[Any]] = {}
         self.deadline: float | None = None    # the pending ACKs go out by then
@@ -128,8 +129,9 @@ class Receiver:
         by ``route`` of ``endpoint`` (often ``[msg]``; a BATCH's run; or none).
         Frames to send back collect in the outbox (``take_outbox``).
 
-        The hot path: the common run (all new, in order) costs one dict lookup and
-        one ``Inbound.accept_run``."""
+        The hot path: the common run (all new, in order: it starts where its known
+        stream expects and nothing is held early) is taken whole, with two dict
+        lookups and no further call."""
         where = (endpoint, route)
         msg.route = where
         if msg.recipient not in self.recipients:
@@ -152,14 +154,17 @@ class Receiver:
         else:
             return ()
         key = (msg.sender, msg.stream)
+        count = len(run)
         entry = self.pending.get(key)
         if entry is None:
-            self.pending[key] = [endpoint, route, msg.recipient, len(run)]
+            self.pending[key] = [endpoint, route, msg.recipient, count]
         else:
             entry[0] = endpoint
             entry[1] = route
-            entry[3] += len(run)
-        if self.inbound.accept_run(run):            # the common case: all new, in order
+            entry[3] += count
+        state = self._streams.get(key)
+        if state is not None and not state.early and run[0].id == state.expected:
+            state.expected += count                 # the common case: all new, in order
             return run
         return self._accept_each(run, endpoint, route)
 
@@ -167,7 +172,7 @@ class Receiver:
                      route: Hashable) -> list[Message]:
         """A run with duplicates or gaps: what may be delivered now; a repeated
         request is answered from the reply cache (or redirected while open)."""
-        accept = self.inbound.accept
+        accept = self.accept
         ready: list[Message] = []
         for inner in run:
             now_ready = accept(inner)
@@ -242,7 +247,7 @@ class Receiver:
 
     def acknowledge(self, keys: list[tuple[str, int]]) -> list[Outgoing]:
         """One cumulative ACK for each of these streams, on its latest route."""
-        pack, acked, seal = self._pack_here, self.inbound.acked, self._seal
+        pack, acked, seal = self._pack_here, self.acked, self._seal
         pending = self.pending
         out: list[Outgoing] = []
         for key in keys:
@@ -299,7 +304,7 @@ class Receiver:
         entry = self.pending.get(key)
         out: list[Outgoing] = []
         if (entry is not None and entry[0] is endpoint and entry[1] == route
-                and self.inbound.acked(sender, stream) == seq):
+                and self.acked(sender, stream) == seq):
             del self.pending[key]
             self._answered(endpoint, route, sender, out)
         return out

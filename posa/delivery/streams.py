@@ -124,18 +124,6 @@ class Inbound:
         state.early[seq] = msg
         return ()
 
-    def accept_run(self, run: list[Message]) -> bool:
-        """Accept a run of messages of one stream with consecutive sequence numbers
-        (a batch) in one step: True if all of them may be delivered now, in order,
-        because the run starts where its known stream expects and nothing is held
-        early. False changes nothing: ``accept`` them one by one instead."""
-        first = run[0]
-        state = self._streams.get((first.sender, first.stream))
-        if state is None or state.early or first.id != state.expected:
-            return False
-        state.expected = first.id + len(run)
-        return True
-
     def acked(self, sender: str, stream: int) -> int:
         """The cumulative sequence number to acknowledge for a stream."""
         state = self._streams.get((sender, stream))
