@@ -169,15 +169,6 @@ Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
 """(kind, stream, id, sender, recipient, correlation, headers, body) -> frame"""
 
 
-def _array_header(length: int) -> bytes:
-    """The msgpack header of an array of ``length`` items."""
-    if length < 16:
-        return bytes([0x90 | length])
-    if length < 1 << 16:
-        return b"\xdc" + length.to_bytes(2, "big")
-    return b"\xdd" + length.to_bytes(4, "big")
-
-
 class Codec:
     """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
 
@@ -241,56 +232,49 @@ class Codec:
         """One ``BATCH`` frame holding ``envelopes`` (encoded by ``pack``, all of
         ``stream`` from ``sender`` to ``recipient``), joined without re-encoding."""
         head = self.pack(Kind.BATCH, stream, 0, sender, recipient, 0, {}, None)
-        return b"".join([head[:-1], _array_header(len(envelopes)), *envelopes])
+        n = len(envelopes)          # the body: an array of n items, already encoded
+        array = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+                 if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
+        return b"".join([head[:-1], array, *envelopes])
 
     def unbatch(self, batch: Message) -> list[Message]:
         """The messages inside the ``BATCH`` message ``batch``, each validated as if
-        it had come in a frame of its own (``max_depth`` applies to each); their
-        sequence numbers are consecutive.
-
+        it had come alone (``max_depth`` applies to each), numbered consecutively.
         Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
         sender and recipient: a batch is taken whole or not at all."""
         body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
         if type(body) is not list or not body or not stream:
-            raise ProtocolError("a BATCH must carry a non-empty array of envelopes "
-                                "of one stream (stream != 0); see docs/protocol.md")
+            raise ProtocolError(_NOT_A_BATCH)
         depth = self.limits.max_depth - 1       # the envelope array itself is one level
         if not _within(batch.headers, depth):
-            raise ProtocolError(f"message nests deeper than max_depth {self.limits.max_depth}")
+            raise _too_deep(self.limits.max_depth)
         messages: list[Message] = []
         append = messages.append
         new = _new_message
         next_id = 0
         for fields in body:
             if type(fields) is not list or len(fields) != 9:
-                raise ProtocolError("every item of a BATCH must be an envelope: a msgpack "
-                                    "array of 9 items (see docs/protocol.md)")
-            version, kind, inner_stream, id, inner_sender, inner_recipient, correlation, \
-                headers, inner_body = fields
+                raise ProtocolError(_NOT_AN_ENVELOPE)
+            version, kind, inner_stream, id, inner_sender, inner_to, correlation, headers, \
+                inner_body = fields
             if not (type(kind) is int and (kind == 1 or kind == 2) and version == VERSION
                     and inner_stream == stream and type(inner_stream) is int
                     and type(id) is int and id > 0 and (id == next_id or not next_id)
                     and type(correlation) is int
                     and correlation >= 0 and inner_sender == sender
-                    and inner_recipient == recipient and type(headers) is dict):
-                raise ProtocolError(
-                    "every envelope in a BATCH must be a SEND or REQUEST of the batch's "
-                    "stream, sender and recipient, with consecutive sequence numbers and "
-                    "a headers map (see docs/protocol.md)")
+                    and inner_to == recipient and type(headers) is dict):
+                raise ProtocolError(_NOT_OF_THE_BATCH)
             next_id = id + 1
             if headers and not _within(headers, depth):
-                raise ProtocolError(
-                    f"message nests deeper than max_depth {self.limits.max_depth}")
+                raise _too_deep(self.limits.max_depth)
             if type(inner_body) is dict:            # _within, inlined for flat bodies
                 for child in inner_body.values():
                     if type(child) is dict or type(child) is list:
                         if _depth(inner_body) > depth:
-                            raise ProtocolError(f"message nests deeper than max_depth "
-                                                f"{self.limits.max_depth}")
+                            raise _too_deep(self.limits.max_depth)
                         break
             elif type(inner_body) is list and not _within(inner_body, depth):
-                raise ProtocolError(
-                    f"message nests deeper than max_depth {self.limits.max_depth}")
+                raise _too_deep(self.limits.max_depth)
             msg = new(Message)      # as in decode: no __init__ on the hot path
             msg.kind = kind
             msg.stream = stream
@@ -318,18 +302,8 @@ class Codec:
                 fields = _unpackb(data)
             else:
                 fields = _unpackb(data, **self._unpack_limits)
-        except msgpack.ExtraData:
-            raise ProtocolError("frame has bytes after the envelope") from None
-        except msgpack.StackError:
-            raise ProtocolError("frame nests containers too deeply") from None
-        except ValueError as exc:
-            if "incomplete" in str(exc).lower():
-                raise ProtocolError("frame ends in the middle of the envelope") from None
-            raise ProtocolError(f"frame is not valid msgpack ({exc}): it is truncated "
-                                "or corrupt") from None
-        except Exception as exc:  # FormatError, TypeError (unhashable key) ...
-            raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: "
-                                f"{exc})") from None
+        except Exception as exc:  # ExtraData, StackError, FormatError, TypeError ...
+            raise _unreadable(exc) from None
         if type(fields) is not list or len(fields) != 9:
             raise ProtocolError("envelope must be a msgpack array of 9 items "
                                 "(see docs/protocol.md)")
@@ -345,7 +319,7 @@ class Codec:
         if size > limits.max_depth and kind != _BATCH \
                 and len(bytes(data).translate(None, _OTHER_BYTES)) > limits.max_depth \
                 and _depth(fields) > limits.max_depth:
-            raise ProtocolError(f"message nests deeper than max_depth {limits.max_depth}")
+            raise _too_deep(limits.max_depth)
         msg = _new_message(Message)
         msg.kind = kind
         msg.stream = stream
@@ -376,6 +350,34 @@ def error_fields(body: Any) -> tuple[int, str, str]:
 _new_message = object.__new__
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
+
+
+_NOT_A_BATCH = ("a BATCH must carry a non-empty array of envelopes of one stream "
+                "(stream != 0); see docs/protocol.md")
+_NOT_AN_ENVELOPE = ("every item of a BATCH must be an envelope: a msgpack array of 9 "
+                    "items (see docs/protocol.md)")
+_NOT_OF_THE_BATCH = ("every envelope in a BATCH must be a SEND or REQUEST of the batch's "
+                     "stream, sender and recipient, with consecutive sequence numbers and "
+                     "a headers map (see docs/protocol.md)")
+
+
+def _too_deep(max_depth: int) -> ProtocolError:
+    """The error for a message that nests deeper than ``max_depth``."""
+    return ProtocolError(f"message nests deeper than max_depth {max_depth}")
+
+
+def _unreadable(exc: Exception) -> ProtocolError:
+    """The error for a frame msgpack could not read (``exc`` is what it raised)."""
+    if isinstance(exc, msgpack.ExtraData):
+        return ProtocolError("frame has bytes after the envelope")
+    if isinstance(exc, msgpack.StackError):
+        return ProtocolError("frame nests containers too deeply")
+    if isinstance(exc, ValueError):
+        if "incomplete" in str(exc).lower():
+            return ProtocolError("frame ends in the middle of the envelope")
+        return ProtocolError(f"frame is not valid msgpack ({exc}): it is truncated "
+                             "or corrupt")
+    return ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})")
 
 
 def _what_is_wrong(fields: list[Any], name_len: int) -> str:
