@@ -223,7 +223,9 @@ class Peer:
             log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
             return
         if settles is not None:
-            self._send(self._receiver.replied(endpoint, route, settles))
+            out = self._receiver.replied(endpoint, route, settles)
+            if out:
+                self._send(out)
 
     @staticmethod
     def _send(out: list[Outgoing]) -> None:
@@ -272,12 +274,13 @@ class Peer:
                 continue
             for ready in receive(msg, endpoint, route):
                 deliver(ready)
-        self._send_pending()
+        if self._receiver.pending or self._receiver.outbox:
+            self._send_pending()
 
     def _send_pending(self) -> None:
         """After a run: the receiver's answers, the ACKs due, and a timer for the rest."""
         receiver = self._receiver
-        if receiver.has_outbox:
+        if receiver.outbox:
             self._send(receiver.take_outbox())
         if receiver.pending:
             now = _monotonic()

@@ -91,7 +91,7 @@ def test_misdirected_request_gets_name_not_found_and_a_send_is_only_counted() ->
     receiver = new_receiver()
     e1 = Endpoint(None, "inproc://e1")
     assert list(receiver.receive(envelope(1, recipient="c"), e1, "r")) == []
-    assert not receiver.has_outbox
+    assert not receiver.outbox
     assert list(receiver.receive(envelope(2, kind=Kind.REQUEST, recipient="c"), e1, "r")) == []
     (error,) = decoded(receiver.take_outbox())
     assert error[2].kind == Kind.ERROR and error[2].correlation == 2
@@ -136,7 +136,7 @@ def test_a_repeated_request_goes_where_its_sender_waits_now() -> None:
     (msg,) = receiver.receive(envelope(1, kind=Kind.REQUEST), e1, "r1")
     receiver.open_request(msg)
     assert list(receiver.receive(envelope(1, kind=Kind.REQUEST), e2, "r2")) == []
-    assert not receiver.has_outbox                      # still being handled
+    assert not receiver.outbox                          # still being handled
     endpoint, route, frame, _ = receiver.answer(msg, Kind.REPLY, "ok")
     assert (endpoint, route) == (e2, "r2")
     receiver.receive(envelope(1, kind=Kind.REQUEST), e1, "r3")

@@ -121,7 +121,7 @@ class Receiver(Inbound):
         # requests delivered and not answered yet, with the (endpoint, route) their
         # latest copy came by: the reply goes where the requester waits now
         self.open_requests: dict[Key, tuple[Endpoint, Hashable]] = {}
-        self._outbox: list[Outgoing] = []
+        self.outbox: list[Outgoing] = []     # what ``receive`` has to send back
 
     # -- receiving -------------------------------------------------------------
     def receive(self, msg: Message, endpoint: Endpoint, route: Hashable) -> Sequence[Message]:
@@ -189,7 +189,7 @@ class Receiver(Inbound):
         key = (msg.sender, msg.stream, msg.id)
         frame = self.replies.get(key)
         if frame is not None:
-            self._outbox.append((endpoint, route, frame))
+            self.outbox.append((endpoint, route, frame))
         elif key in self.open_requests:
             self.open_requests[key] = (endpoint, route)
 
@@ -201,7 +201,7 @@ class Receiver(Inbound):
         if msg.kind == _REQUEST:
             endpoint_, route, frame, _ = self.answer(msg, _ERROR, error_body(NameNotFound(
                 f"{msg.recipient!r} does not live at {endpoint.address}; look it up again")))
-            self._outbox.append((endpoint_, route, frame))
+            self.outbox.append((endpoint_, route, frame))
 
     def open_request(self, msg: Message) -> None:
         """The request ``msg`` was handed to the application: its reply goes where
@@ -212,14 +212,9 @@ class Receiver(Inbound):
             if len(opened) > self.max_open:     # handlers that never answer: forget the oldest
                 del opened[next(iter(opened))]
 
-    @property
-    def has_outbox(self) -> bool:
-        """True if ``take_outbox`` has frames to send."""
-        return bool(self._outbox)
-
     def take_outbox(self) -> list[Outgoing]:
         """The frames to send back that ``receive`` produced, in order (cleared)."""
-        out, self._outbox = self._outbox, []
+        out, self.outbox = self.outbox, []
         return out
 
     # -- acknowledging ---------------------------------------------------------

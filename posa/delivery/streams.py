@@ -47,7 +47,8 @@ class Outbound:
     def ack(self, upto: int) -> int:
         """Release every frame with seq <= ``upto``; returns how many. An
         acknowledgement of numbers not sent yet releases what was sent."""
-        upto = min(upto, self.next_seq - 1)
+        if upto >= self.next_seq:
+            upto = self.next_seq - 1
         released = upto - self.acked
         if released <= 0:
             return 0
