@@ -1,59 +1,51 @@
 """Forwarder-Receiver: a named peer that sends to names and receives by name.
 
-A ``Peer`` registers its name with a registry, listens on one address (any
-transport), receives through the process's reactor, and sends through one
-``Forwarder`` per sending thread.  It can move to another address or transport
-while others keep sending to its name (``migrate``): nothing is lost, nothing
-is delivered twice, every sender's order is kept.
+A ``Peer`` registers its name with a registry, listens on one or more addresses
+(any transport), receives through the process's reactor, and sends through one
+``Forwarder`` per sending thread (``posa.delivery.sender``).  It can move to
+another address or transport while others keep sending to its name
+(``migrate``): nothing is lost, nothing is delivered twice, every sender's
+order is kept.  ``Peer`` is glue; each part it joins has its own module:
 
-Receiving side, on the reactor thread, per drained run of frames:
-decode -> validate (a BATCH frame opens into its envelopes) -> ``Inbound.accept``
-(order, duplicates) -> the handler, or the inbox that ``receive()`` reads -> one
-cumulative ACK per stream, unless a REPLY to the stream's newest message went out
-instead (the requester takes the REPLY for an ACK: a request-reply exchange costs
-two frames, not three).
-If the inbox is full the peer stops reading its listener: senders' windows fill
-and they wait (flow control instead of unbounded memory).
+    reactor ─▶ Listening (endpoints) ─▶ _drain: listener.recv_nowait
+      ─▶ Gatekeeper.admit (decode, authenticate, authorize, limit)
+      ─▶ Receiver.receive (order, duplicates, BATCH runs; sans-IO)
+      ─▶ the handler, or the Inbox that ``receive()`` reads
+      ◀─ what the Receiver returns to send back: ACKs, cached replies,
+         MOVED notices, NameNotFound for misdirected requests
 
-Migration (see docs/migration.md):
-1. bind the new address and start receiving there;
-2. register the name again with epoch + 1 (only the owner's credential may);
-3. the old endpoint keeps delivering what reaches it and answers every sender
-   it has seen with MOVED(address, epoch); forwarders switch and resend their
-   unacknowledged tail to the new address, where duplicates are dropped;
-4. after ``grace`` seconds the old endpoint closes; a sender that still finds
-   it gone re-resolves the name and resends.
+After each drained run the due ACKs go out and a reactor timer is armed for the
+receiver's ``deadline``.  If the inbox is full the peer stops reading its
+listeners: senders' windows fill and they wait (flow control).
+
+Migration (see docs/migration.md): bind the new address; register the name
+again with epoch + 1 (only the owner's credential may); the old endpoints keep
+delivering and answer every sender they have seen with MOVED(address, epoch),
+so forwarders switch and resend their unacknowledged tail, whose duplicates the
+receiver drops; after ``grace`` seconds the old endpoints close, and a sender
+that still finds one gone re-resolves the name and resends.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from posa import transport
 from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
-from posa.delivery.forwarder import Sender
-from posa.delivery.streams import Inbound
-from posa.errors import (
-    Closed,
-    InvalidName,
-    NameNotFound,
-    PosaError,
-    ProtocolError,
-    Timeout,
-    code_of,
-)
+from posa.delivery.endpoints import Listening
+from posa.delivery.inbox import Inbox
+from posa.delivery.receiver import Endpoint, Outgoing, Receiver
+from posa.delivery.sender import Sender
+from posa.errors import Closed, InvalidName, PosaError, ProtocolError
 from posa.naming.registry import LocalRegistry, Registry, resolver
 from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
-from posa.transport.base import Listener, Options
-from posa.wire.codec import Codec, CodecLimits, Kind, Message
+from posa.transport.base import Options
+from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_body
 from posa.wire.names import is_pattern, validate_name
 
 __all__ = ["Peer", "DEFERRED"]
@@ -64,31 +56,20 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
-ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
-ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
-_CLOSED = object()      # wakes receive() on close
 # the kinds the receiving path compares with, as module globals: looking a member
 # up on its enum class costs ~0.1 us before Python 3.12
-_SEND, _REQUEST, _REPLY, _ERROR, _BATCH = (Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR,
-                                         Kind.BATCH)
-
+_SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_monotonic = time.monotonic
 
 
 def _unsealed(frame: bytes) -> bytes:
     return frame
 
 
-class _Endpoint:
-    """One listener of a peer, with what it must tell senders after a move."""
-
-    __slots__ = ("listener", "address", "moved_to", "told", "routes")
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-        self.address = listener.address
-        self.moved_to: tuple[str, int] | None = None
-        self.told: set[Any] = set()
-        self.routes: dict[Any, None] = {}   # recent senders' routes, bounded
+def _default_listen(name: str, registry: Registry) -> str:
+    """In-process beside an embedded registry, else plain tcp: the fastest remote
+    transport (docs/benchmarks.md)."""
+    return f"inproc://{name}" if isinstance(registry, LocalRegistry) else "tcp://127.0.0.1:0"
 
 
 class Peer:
@@ -105,64 +86,48 @@ class Peer:
                  aliases: Sequence[str] = (),
                  meta: dict[str, Any] | None = None) -> None:
         self.name = validate_name(name)
-        self._recipients = frozenset([self.name, *aliases])
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)
         self.authenticator = authenticator
         self.gatekeeper = gatekeeper or Gatekeeper(self.codec, authenticator=authenticator)
         self._seal = authenticator.seal if authenticator is not None else _unsealed
-        self.options = options or Options(max_frame_size=self.codec.limits.max_frame_size)
+        self.options = self.codec.limits.options(options)
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
-        self.lease = lease
-        self.meta = meta
-        self.window = window
-        self.linger = linger
+        self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
         self._handler = handler
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._inbox_size = inbox_size
-        self._paused: list[_Endpoint] = []
-        self._retiring: list[_Endpoint] = []   # moved away from, closing after a grace
-        self._pending_acks: dict[tuple[str, int], list[Any]] = {}
-        # requests handed to the application and not answered yet, with the route
-        # their latest copy came by: the reply goes where the requester waits now
-        self._open_requests: dict[tuple[str, int, int], Any] = {}
+        self._inbox = Inbox(inbox_size)
         self._ack_timer: Any = None
-        self._inbound = Inbound()
-        # the latest replies, oldest first (popitem(last=False) evicts in O(1); a dict's
-        # next(iter()) would scan every slot its deletions left behind)
-        self._replies: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
+                                  unbatch=self.gatekeeper.unbatch,
+                                  rejections=self.gatekeeper.rejections)
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
-        self._accepting = True
         self.stats = {"received": 0, "sent": 0}
-        if listen is None:   # plain tcp: the fastest remote transport (docs/benchmarks.md)
-            listen = (f"inproc://{self.name}" if isinstance(self.registry, LocalRegistry)
-                      else "tcp://127.0.0.1:0")
-        self._endpoints = self._open_endpoints(listen)
+        self._listening = Listening(self.name, self.reactor, self.options, self._drain)
+        self._listening.current = self._listening.open(
+            listen if listen is not None else _default_listen(self.name, self.registry))
         try:
-            registration = self.registry.register(
+            self.epoch = self.registry.register(
                 self.name, self.addresses, credential=self.credential, lease=lease,
-                meta=meta)
+                meta=meta).epoch
         except BaseException:
-            for endpoint in self._endpoints:
-                self._close_endpoint(endpoint)
+            self._listening.close_all()
             raise
-        self.epoch = registration.epoch
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
 
     # -- identity ------------------------------------------------------------
     @property
     def address(self) -> str:
         """Where this peer receives now (the first of ``addresses``)."""
-        return self._endpoints[0].address
+        return self._listening.current[0].address
 
     @property
     def addresses(self) -> tuple[str, ...]:
         """Every address this peer receives at now."""
-        return tuple(endpoint.address for endpoint in self._endpoints)
+        return tuple(endpoint.address for endpoint in self._listening.current)
 
     def __repr__(self) -> str:
         return f"Peer({self.name!r} at {self.address}, epoch {self.epoch})"
@@ -216,19 +181,10 @@ class Peer:
     def receive(self, timeout: float | None = None) -> Message:
         """The next message for this peer; blocks up to ``timeout`` (None: forever,
         0: don't block). Raises ``Timeout`` if none came, ``Closed`` after close."""
-        try:
-            if timeout is not None and timeout <= 0:
-                msg = self._inbox.get_nowait()
-            else:
-                msg = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise Timeout(f"no message for {self.name!r} within {timeout} s") from None
-        if msg is _CLOSED:
-            self._inbox.put(_CLOSED)
-            raise Closed(f"peer {self.name!r} is closed")
-        if self._paused and self._inbox.qsize() < self._inbox_size // 2:
-            self.reactor.call_soon(self._resume)
-        return msg  # type: ignore[no-any-return]
+        msg = self._inbox.get(timeout, self.name)
+        if self._listening.paused and self._inbox.low():
+            self.reactor.call_soon(self._listening.resume)
+        return msg
 
     def serve(self, handler: Callable[[Message], Any]) -> None:
         """Hand every message to ``handler`` on the reactor thread from now on.
@@ -245,93 +201,56 @@ class Peer:
 
     def reply_error(self, msg: Message, exc: BaseException) -> None:
         """Answer the request ``msg`` with an error that the requester raises."""
-        self._answer(msg, _ERROR, [code_of(exc), type(exc).__name__, str(exc)])
+        self._answer(msg, _ERROR, error_body(exc))
 
     def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
         if msg.kind != _REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
         self.gatekeeper.leave(msg)
-        me = msg.recipient if msg.recipient in self._recipients else self.name
-        frame = self._seal(self.codec.pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
-        endpoint, route = msg.route
-        settles = None
-        if msg.stream:
-            key = (msg.sender, msg.stream, msg.id)
-            replies = self._replies
-            replies[key] = frame
-            if len(replies) > 1024:
-                replies.popitem(last=False)
-            endpoint, route = self._open_requests.pop(key, msg.route)
-            if kind == _REPLY:      # the requester takes a REPLY for an ACK
-                settles = key
+        endpoint, route, frame, settles = self._receiver.answer(msg, kind, body)
         if self.reactor.in_reactor_thread():
             self._send_back(endpoint, route, frame, settles)
         else:
             self.reactor.call_soon(self._send_back, endpoint, route, frame, settles)
 
-    def _send_back(self, endpoint: _Endpoint, route: Any, frame: bytes,
-                   settles: tuple[str, int, int] | None = None) -> None:
-        """Send an answer; if it is the REPLY to request ``settles`` (sender,
-        stream, id), it stands for the stream's pending ACK where it acknowledges
-        as much (the request is the newest delivery) on the same connection."""
+    def _send_back(self, endpoint: Endpoint, route: Any, frame: bytes,
+                   settles: tuple[str, int, int] | None) -> None:
+        """Send an answer; if it is the REPLY to request ``settles``, the receiver
+        may take it for the stream's pending ACK."""
         try:
             endpoint.listener.send(route, frame)
         except PosaError as exc:
             log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
             return
-        if settles is None:
-            return
-        sender, stream, seq = settles
-        key = (sender, stream)
-        entry = self._pending_acks.get(key)
-        if (entry is not None and entry[0] is endpoint and entry[1] == route
-                and self._inbound.acked(sender, stream) == seq):
-            del self._pending_acks[key]
+        if settles is not None:
+            out = self._receiver.replied(endpoint, route, settles)
+            if out:
+                self._send(out)
+
+    @staticmethod
+    def _send(out: list[Outgoing]) -> None:
+        """Send what the receiver returned, each on its route (reactor thread)."""
+        for endpoint, route, frame in out:
             try:
-                self._answered(endpoint, route, sender)
+                endpoint.listener.send(route, frame)
             except PosaError:
-                pass  # that connection is gone; its sender resends
+                continue  # that connection is gone; its sender resends
 
     # -- the reactor side ------------------------------------------------------
-    def _open_endpoints(self, listen: str | Sequence[str]) -> list[_Endpoint]:
-        opened: list[_Endpoint] = []
-        try:
-            for address in [listen] if isinstance(listen, str) else listen:
-                endpoint = _Endpoint(transport.listen(address, self.options))
-                opened.append(endpoint)
-                self.reactor.add_source(endpoint.listener,
-                                        lambda e=endpoint: self._drain(e))  # type: ignore[misc]
-        except BaseException:
-            for endpoint in opened:
-                self._close_endpoint(endpoint)
-            raise
-        if not opened:
-            raise InvalidName(f"peer {self.name!r} needs at least one address to listen on")
-        return opened
-
-    def _close_endpoint(self, endpoint: _Endpoint) -> None:
-        try:
-            self.reactor.remove_source(endpoint.listener)
-        except PosaError:
-            pass
-        if endpoint in self._paused:
-            self._paused.remove(endpoint)
-        endpoint.listener.close()
-
-    def _drain(self, endpoint: _Endpoint) -> None:
+    def _drain(self, endpoint: Endpoint) -> None:
+        """Read up to ``BATCH`` frames of ``endpoint``: admit, hand to the receiver,
+        deliver what it returns, then send what it has to send back. The hot path:
+        names are bound to locals once per run."""
         listener = endpoint.listener
         admit = self.gatekeeper.admit
-        unbatch = self.gatekeeper.unbatch
-        accept = self._inbound.accept
-        accept_run = self._inbound.accept_run
+        receive = self._receiver.receive
         deliver = self._deliver
-        inbox = self._inbox
-        limit = self._inbox_size
+        queued = self._inbox.qsize
+        limit = self._inbox.size
         more = listener.pending
-        pending = self._pending_acks
         for i in range(BATCH):
-            if self._handler is None and inbox.qsize() >= limit:
-                self._pause(endpoint)
+            if self._handler is None and queued() >= limit:
+                self._listening.pause(endpoint)
                 break
             try:
                 # after a frame, stop once nothing is queued: the descriptor fires
@@ -353,113 +272,28 @@ class Peer:
                     rejection.msg.route = (endpoint, route)
                     self.reply_error(rejection.msg, rejection.error)
                 continue
-            msg.route = (endpoint, route)
-            kind = msg.kind
-            if msg.recipient not in self._recipients:
-                self._misdirected(endpoint, route, msg)
-                continue
-            if kind == _BATCH:
-                try:
-                    run = unbatch(msg, route)
-                except Rejection:
-                    continue
-                if not run:
-                    continue
-                for inner in run:
-                    inner.route = msg.route
-            elif kind == _SEND or kind == _REQUEST:
-                if not msg.stream:
-                    deliver(msg)
-                    continue
-                run = [msg]
-            else:
-                continue
-            # a run of one stream (a batch, or one message): count it for the ACK,
-            # then deliver what is new, in order
-            key = (msg.sender, msg.stream)
-            entry = pending.get(key)
-            if entry is None:
-                pending[key] = [endpoint, route, msg.recipient, len(run)]
-            else:
-                entry[0] = endpoint
-                entry[1] = route
-                entry[3] += len(run)
-            if accept_run(run):                     # the common case: all new, in order
-                for inner in run:
-                    deliver(inner)
-                continue
-            for inner in run:
-                ready = accept(inner)
-                if ready:
-                    for m in ready:
-                        deliver(m)
-                elif inner.kind == _REQUEST:
-                    self._answer_duplicate(endpoint, route, inner)
-        if pending:
-            due = [key for key, entry in pending.items() if entry[3] >= ACK_BATCH]
-            if due:
-                self._acknowledge(due)
-            if pending and self._ack_timer is None:
-                self._ack_timer = self.reactor.call_later(ACK_DELAY, self._acknowledge_all)
+            for ready in receive(msg, endpoint, route):
+                deliver(ready)
+        if self._receiver.pending or self._receiver.outbox:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        """After a run: the receiver's answers, the ACKs due, and a timer for the rest."""
+        receiver = self._receiver
+        if receiver.outbox:
+            self._send(receiver.take_outbox())
+        if receiver.pending:
+            now = _monotonic()
+            self._send(receiver.collect(now))
+            if receiver.deadline is not None and self._ack_timer is None:
+                self._ack_timer = self.reactor.call_later(receiver.deadline - now,
+                                                          self._acknowledge_all)
 
     def _acknowledge_all(self) -> None:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         self._ack_timer = None
-        self._acknowledge(list(self._pending_acks))
-
-    def _acknowledge(self, keys: list[tuple[str, int]]) -> None:
-        """Send one cumulative ACK for each of these streams (reactor thread)."""
-        pack, acked, seal = self.codec.pack, self._inbound.acked, self._seal
-        pending = self._pending_acks
-        for key in keys:
-            endpoint, route, me, _ = pending.pop(key)
-            sender, stream = key
-            try:
-                endpoint.listener.send(route, seal(pack(
-                    Kind.ACK, stream, acked(sender, stream), me, sender, 0, {}, None)))
-                self._answered(endpoint, route, sender)
-            except PosaError:
-                continue  # that connection is gone; its sender resends
-
-    def _answered(self, endpoint: _Endpoint, route: Any, sender: str) -> None:
-        """``sender`` was acknowledged on ``route``: tell it where this peer moved,
-        and remember the route for a later move."""
-        if endpoint.moved_to is not None and route not in endpoint.told:
-            self._tell_moved(endpoint, route, sender)
-        routes = endpoint.routes
-        if route not in routes:
-            routes[route] = None
-            if len(routes) > 4096:
-                del routes[next(iter(routes))]
-
-    def _tell_moved(self, endpoint: _Endpoint, route: Any, recipient: str) -> None:
-        assert endpoint.moved_to is not None
-        address, epoch = endpoint.moved_to
-        endpoint.told.add(route)
-        endpoint.listener.send(route, self._seal(self.codec.pack(
-            Kind.MOVED, 0, 0, self.name, recipient, 0, {},
-            {"address": address, "epoch": epoch})))
-
-    def _misdirected(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
-        """A message for another name reached this address (a stale cache after the
-        name moved and the address was reused): refuse it, so that its sender
-        resolves the name again instead of believing it delivered."""
-        self.gatekeeper.rejections["misdirected"] += 1
-        if msg.kind == Kind.REQUEST:
-            self.reply_error(msg, NameNotFound(
-                f"{msg.recipient!r} does not live at {endpoint.address}; look it up again"))
-
-    def _answer_duplicate(self, endpoint: _Endpoint, route: Any, msg: Message) -> None:
-        """A request came again (its sender resent it, maybe by another way): answer
-        from the reply cache, or, while it is still being handled, make the reply
-        go where the requester waits now."""
-        key = (msg.sender, msg.stream, msg.id)
-        frame = self._replies.get(key)
-        if frame is not None:
-            self._send_back(endpoint, route, frame)
-        elif key in self._open_requests:
-            self._open_requests[key] = (endpoint, route)
+        self._send(self._receiver.acknowledge_all())
 
     def _deliver(self, msg: Message) -> None:
         request = msg.kind == _REQUEST
@@ -468,11 +302,7 @@ class Peer:
             if refused is not None:
                 self.reply_error(msg, refused)
                 return
-            if msg.stream:
-                opened = self._open_requests
-                opened[(msg.sender, msg.stream, msg.id)] = msg.route
-                if len(opened) > 65536:     # handlers that never answer: forget the oldest
-                    del opened[next(iter(opened))]
+            self._receiver.open_request(msg)
         self.stats["received"] += 1
         handler = self._handler
         if handler is None:
@@ -490,35 +320,13 @@ class Peer:
             self.reply(msg, result)
 
     def _drain_inbox_to_handler(self) -> None:
-        while True:
-            try:
-                msg = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if msg is _CLOSED:
-                self._inbox.put(_CLOSED)
-                return
+        for msg in self._inbox.take_all():
             self._deliver(msg)
-
-    def _pause(self, endpoint: _Endpoint) -> None:
-        if endpoint not in self._paused:
-            self._paused.append(endpoint)
-            self.reactor.remove_source(endpoint.listener)
-
-    def _resume(self) -> None:
-        paused, self._paused = self._paused, []
-        for endpoint in paused:
-            if not self._closed and self._accepting:
-                self.reactor.add_source(endpoint.listener, lambda e=endpoint: self._drain(e))
 
     def stop_accepting(self) -> None:
         """Read no more frames (answers still go out): the first step of a clean
         shutdown (``posa.ops.serve_until_signalled``)."""
-        def stop() -> None:
-            self._accepting = False
-            for endpoint in self._endpoints:
-                self._pause(endpoint)
-        self.reactor.call(stop)
+        self.reactor.call(self._listening.stop_accepting)
 
     def depths(self) -> dict[str, int]:
         """Queue depths, for metrics: the inbox and the messages not yet acknowledged."""
@@ -527,11 +335,7 @@ class Peer:
 
     def transport_rejections(self) -> dict[str, int]:
         """Connections the listeners dropped, by cause (garbage, oversize ...)."""
-        counts: dict[str, int] = {}
-        for endpoint in self._endpoints:
-            for cause, count in endpoint.listener.rejections.items():
-                counts[cause] = counts.get(cause, 0) + count
-        return counts
+        return self._listening.rejections()
 
     def in_flight(self) -> int:
         """Requests handed to the application and not yet answered (counted when
@@ -546,46 +350,31 @@ class Peer:
         Returns the new address. Senders are redirected; nothing is lost."""
         if self._closed:
             raise Closed(f"peer {self.name!r} is closed")
-        new = self._open_endpoints(listen)
+        new = self._listening.open(listen)
         try:
             registration = self.registry.register(
                 self.name, [e.address for e in new], credential=self.credential,
                 epoch=self.epoch + 1, lease=self.lease, meta=self.meta)
         except BaseException:
-            for endpoint in new:
-                self._close_endpoint(endpoint)
+            self._listening.close(new)
             raise
-        old, self._endpoints = self._endpoints, new
         self.epoch = registration.epoch
-        for endpoint in old:
-            self._retiring.append(endpoint)
+        for endpoint in self._listening.replace(new, grace):
             self.reactor.call_soon(self._announce_move, endpoint,
                                    (new[0].address, registration.epoch))
-            self.reactor.call_later(grace, lambda e=endpoint: self._retire(e))
         return new[0].address
 
-    def _retire(self, endpoint: _Endpoint) -> None:
-        if endpoint in self._retiring:
-            self._retiring.remove(endpoint)
-            self._close_endpoint(endpoint)
-
-    def _announce_move(self, old: _Endpoint, moved_to: tuple[str, int]) -> None:
-        old.moved_to = moved_to
-        for route in list(old.routes):
-            try:
-                self._tell_moved(old, route, "")
-            except PosaError:
-                pass
+    def _announce_move(self, old: Endpoint, moved_to: tuple[str, int]) -> None:
+        self._send(self._receiver.move(old, *moved_to))
 
     # -- liveness and shutdown ---------------------------------------------------
     def _renew(self) -> None:
         self.registry.renew(self.name, credential=self.credential)
 
     def _restore(self) -> None:
-        registration = self.registry.register(
+        self.epoch = self.registry.register(
             self.name, self.addresses, credential=self.credential,
-            epoch=self.epoch, lease=self.lease, meta=self.meta)
-        self.epoch = registration.epoch
+            epoch=self.epoch, lease=self.lease, meta=self.meta).epoch
 
     def close(self) -> None:
         """Unregister the name, deliver what is unacknowledged (up to ``linger``
@@ -593,6 +382,7 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        self._listening.accepting = False   # a paused endpoint is not read again
         self._stop_renewing()
         try:
             # a newer registration (another process took the name over with the
@@ -606,8 +396,5 @@ class Peer:
             self.reactor.call(self._acknowledge_all)   # what was delivered is acknowledged
         except PosaError:
             pass
-        for endpoint in self._endpoints:
-            self._close_endpoint(endpoint)
-        for endpoint in list(self._retiring):
-            self.reactor.call(self._retire, endpoint)
-        self._inbox.put(_CLOSED)
+        self._listening.close_all()
+        self._inbox.close()

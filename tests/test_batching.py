@@ -155,10 +155,10 @@ class CountingConnections:
     """Wraps every connection a forwarder opens and counts its writes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import posa.delivery.forwarder as forwarder_module
+        import posa.delivery.links as links_module
         self.writes = 0
         self.lock = threading.Lock()
-        connect = forwarder_module.transport.connect
+        connect = links_module.transport.connect
 
         def counting(address: str, options: Any) -> Any:
             conn = connect(address, options)
@@ -170,7 +170,7 @@ class CountingConnections:
                 send(frame)
             conn.send = counted
             return conn
-        monkeypatch.setattr(forwarder_module.transport, "connect", counting)
+        monkeypatch.setattr(links_module.transport, "connect", counting)
 
 
 @pytest.mark.parametrize("transport", ["tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"])

@@ -56,21 +56,12 @@ def test_outbound_keeps_frames_until_acknowledged() -> None:
     for _ in range(5):              # what the forwarder does per message
         seq = out.next_seq
         out.next_seq = seq + 1
-        out.unacked.append((seq, b"f%d" % seq))
+        out.unacked.append(b"f%d" % seq)
     assert out.ack(13) == 3
     assert list(out.backlog()) == [b"f14", b"f15"]
     assert out.ack(12) == 0         # an old acknowledgement changes nothing
     assert out.ack(15) == 2 and len(out) == 0
-
-
-def test_a_run_is_taken_in_one_step_only_where_its_stream_expects_it() -> None:
-    inbound = Inbound()
-    assert not inbound.accept_run([msg(1), msg(2)])        # an unknown stream: one by one
-    assert [m.id for m in inbound.accept(msg(1))] == [1]
-    assert inbound.accept_run([msg(2), msg(3), msg(4)])
-    assert inbound.acked("a", 7) == 4
-    assert not inbound.accept_run([msg(3), msg(4), msg(5)])  # overlaps: one by one
-    assert not inbound.accept_run([msg(7), msg(8)])          # a gap: one by one
-    assert inbound.accept(msg(7)) == ()                       # held early
-    assert not inbound.accept_run([msg(5), msg(6)])          # something is held early
-    assert inbound.acked("a", 7) == 4
+    out.unacked.append(b"f16")
+    out.next_seq = 17
+    assert out.ack(99) == 1 and out.acked == 16     # not sent yet: not taken as acked
+    assert out.first_unacked() == 17

@@ -4,8 +4,9 @@ Every message a forwarder sends to one recipient name carries the forwarder's
 ``stream`` id and a sequence number ``id`` (1, 2, 3 ...).  The receiver delivers
 each stream strictly in sequence order, drops duplicates, holds a bounded number
 of early arrivals, and answers with cumulative ``ACK`` messages (one for many
-messages; a REPLY to the newest one acknowledges instead).  The forwarder keeps every frame until it is
-acknowledged and sends the unacknowledged tail again after a failure or a move.
+messages; a REPLY to the newest one acknowledges instead: ``posa.delivery.receiver``).
+The forwarder keeps every frame until it is acknowledged and sends the
+unacknowledged tail again after a failure or a move.
 
 That is what makes migration and reconnection lossless and duplicate-free:
 a frame may travel twice (through the old and the new address), but it is
@@ -30,31 +31,40 @@ class Outbound:
     """The forwarder's side of one stream: sequence numbers and unacked frames.
 
     The forwarder numbers each message ``next_seq`` (then increments it) and
-    appends ``(seq, frame)`` to ``unacked`` itself: two attribute updates on the
-    send path instead of two method calls."""
+    appends its frame to ``unacked`` itself: two attribute updates on the send
+    path instead of two method calls.  Sequence numbers are consecutive, so a
+    frame's number is implied by its place: ``unacked[i]`` is number
+    ``acked + 1 + i`` (invariant: ``next_seq == acked + 1 + len(unacked)``), and
+    the send path stores no (seq, frame) pair."""
 
     __slots__ = ("next_seq", "acked", "unacked")
 
     def __init__(self, first_seq: int = 1) -> None:
         self.next_seq = first_seq
         self.acked = first_seq - 1
-        self.unacked: deque[tuple[int, bytes]] = deque()
+        self.unacked: deque[bytes] = deque()
 
     def ack(self, upto: int) -> int:
-        """Release every frame with seq <= ``upto``; returns how many."""
-        if upto <= self.acked:
+        """Release every frame with seq <= ``upto``; returns how many. An
+        acknowledgement of numbers not sent yet releases what was sent."""
+        if upto >= self.next_seq:
+            upto = self.next_seq - 1
+        released = upto - self.acked
+        if released <= 0:
             return 0
         self.acked = upto
-        unacked = self.unacked
-        released = 0
-        while unacked and unacked[0][0] <= upto:
-            unacked.popleft()
-            released += 1
+        popleft = self.unacked.popleft
+        for _ in range(released):
+            popleft()
         return released
+
+    def first_unacked(self) -> int:
+        """The number of the oldest unacknowledged frame (``next_seq`` if none)."""
+        return self.acked + 1
 
     def backlog(self) -> Iterator[bytes]:
         """The frames to send again, oldest first."""
-        return (frame for _, frame in list(self.unacked))
+        return iter(list(self.unacked))
 
     def __len__(self) -> int:
         return len(self.unacked)
@@ -114,18 +124,6 @@ class Inbound:
             return ()
         state.early[seq] = msg
         return ()
-
-    def accept_run(self, run: list[Message]) -> bool:
-        """Accept a run of messages of one stream with consecutive sequence numbers
-        (a batch) in one step: True if all of them may be delivered now, in order,
-        because the run starts where its known stream expects and nothing is held
-        early. False changes nothing: ``accept`` them one by one instead."""
-        first = run[0]
-        state = self._streams.get((first.sender, first.stream))
-        if state is None or state.early or first.id != state.expected:
-            return False
-        state.expected = first.id + len(run)
-        return True
 
     def acked(self, sender: str, stream: int) -> int:
         """The cumulative sequence number to acknowledge for a stream."""

@@ -50,7 +50,11 @@ Route = Hashable  # identifies one inbound connection of a listener
 
 @dataclass(frozen=True)
 class Options:
-    """Settings every transport honours. Defaults are safe for untrusted peers."""
+    """Settings every transport honours. Defaults are safe for untrusted peers.
+
+    Above the transports, ``max_frame_size`` is not set by hand: a peer or sender
+    takes it from its codec's limits (``CodecLimits.options``), so that a
+    transport refuses exactly the frames its codec would."""
 
     max_frame_size: int = 16 * 1024 * 1024   # bytes; larger frames are refused
     max_connections: int = 1024              # per listener; further ones are closed

@@ -25,16 +25,20 @@ own length limits are set from ``CodecLimits`` before it allocates), never pickl
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from posa.errors import ProtocolError
+from posa.errors import ProtocolError, code_of
+from posa.transport.base import Options
 
-__all__ = ["Kind", "CodecLimits", "Message", "Codec", "VERSION"]
+__all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION", "error_body",
+           "error_fields"]
 
 VERSION = 1
 _U64 = (1 << 64) - 1
@@ -69,6 +73,11 @@ class CodecLimits:
     max_array_len: int = 1_000_000
     max_map_len: int = 100_000
     max_name_len: int = 255
+
+    def options(self, base: Options | None = None) -> Options:
+        """Transport ``Options`` (``base``, or the defaults) that refuse frames over
+        these limits' ``max_frame_size``: the one place it is derived from."""
+        return dataclasses.replace(base or Options(), max_frame_size=self.max_frame_size)
 
     def __post_init__(self) -> None:
         for field in ("max_frame_size", "max_depth", "max_str_len", "max_bin_len",
@@ -128,6 +137,7 @@ def _depth(obj: Any) -> int:
     stack = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Any
         if type(item) is dict:
             children = item.values()
         elif type(item) is list:
@@ -155,28 +165,52 @@ def _within(obj: Any, budget: int) -> bool:
     return budget >= 1
 
 
+Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
+"""(kind, stream, id, sender, recipient, correlation, headers, body) -> frame"""
+
+
 class Codec:
     """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
 
     Thread-safe: each thread gets its own reusable msgpack ``Packer``
-    (``msgpack.packb`` allocates 256 KiB per call).
+    (``msgpack.packb`` allocates 256 KiB per call); ``packer()`` hands one to a
+    caller that stays on one thread.
     """
 
     def __init__(self, limits: CodecLimits | None = None) -> None:
         self.limits = limits = limits or CodecLimits()
         self._local = threading.local()
-        self._unpack_limits = dict(
+        self._unpack_limits: dict[str, Any] = dict(
             max_str_len=limits.max_str_len, max_bin_len=limits.max_bin_len,
             max_array_len=limits.max_array_len, max_map_len=limits.max_map_len)
         self._unbounded_below = min(limits.max_str_len, limits.max_bin_len,
                                     limits.max_array_len, limits.max_map_len)
 
-    def _packer(self) -> msgpack.Packer:
-        try:
-            return self._local.packer
-        except AttributeError:
-            packer = self._local.packer = msgpack.Packer(use_bin_type=True)
-            return packer
+    def packer(self) -> Pack:
+        """A pack function with a ``Packer`` of its own, for one thread: ``pack``
+        without the per-call lookup of the thread's packer (the forwarder's send
+        path holds one). The one place that lays out the envelope."""
+        packer = msgpack.Packer(use_bin_type=True)
+        packb = packer.pack
+        limit = self.limits.max_frame_size
+
+        def pack(kind: int, stream: int, id: int, sender: str, recipient: str,
+                 correlation: int, headers: dict[str, Any], body: Any) -> bytes:
+            try:
+                data: bytes = packb([VERSION, kind, stream, id, sender, recipient,
+                                     correlation, headers, body])
+            except (TypeError, ValueError, OverflowError) as exc:
+                packer.reset()
+                raise ProtocolError(
+                    f"cannot encode the message body as msgpack ({exc}); send only None, "
+                    "bool, int, float, str, bytes, lists and str-keyed dicts") from None
+            if len(data) > limit:
+                raise ProtocolError(
+                    f"message of {len(data)} bytes exceeds max_frame_size {limit}; "
+                    "split it or raise CodecLimits.max_frame_size")
+            return data
+
+        return pack
 
     def encode(self, msg: Message) -> bytes:
         """The wire bytes of ``msg``. Raises ``ProtocolError`` if it cannot be encoded."""
@@ -185,84 +219,62 @@ class Codec:
 
     def pack(self, kind: int, stream: int, id: int, sender: str, recipient: str,
              correlation: int, headers: dict[str, Any], body: Any) -> bytes:
-        """Encode the fields directly, without building a ``Message`` first."""
+        """Encode the fields directly, without building a ``Message`` first.
+        Raises ``ProtocolError`` if they cannot be encoded. Thread-safe."""
         try:
-            packer = self._local.packer
+            pack: Pack = self._local.pack
         except AttributeError:
-            packer = self._packer()
-        try:
-            data = packer.pack([VERSION, kind, stream, id, sender, recipient,
-                                correlation, headers, body])
-        except (TypeError, ValueError, OverflowError) as exc:
-            packer.reset()
-            raise ProtocolError(
-                f"cannot encode the message body as msgpack ({exc}); send only None, "
-                "bool, int, float, str, bytes, lists and str-keyed dicts") from None
-        if len(data) > self.limits.max_frame_size:
-            raise ProtocolError(
-                f"message of {len(data)} bytes exceeds max_frame_size "
-                f"{self.limits.max_frame_size}; split it or raise CodecLimits.max_frame_size")
-        return data
+            pack = self._local.pack = self.packer()
+        return pack(kind, stream, id, sender, recipient, correlation, headers, body)
 
     def pack_batch(self, stream: int, sender: str, recipient: str,
                    envelopes: list[bytes]) -> bytes:
         """One ``BATCH`` frame holding ``envelopes`` (encoded by ``pack``, all of
         ``stream`` from ``sender`` to ``recipient``), joined without re-encoding."""
-        try:
-            packer = self._local.packer
-        except AttributeError:
-            packer = self._packer()
-        head = packer.pack([VERSION, Kind.BATCH, stream, 0, sender, recipient, 0, {}, None])
-        return b"".join([head[:-1], packer.pack_array_header(len(envelopes)), *envelopes])
+        head = self.pack(Kind.BATCH, stream, 0, sender, recipient, 0, {}, None)
+        n = len(envelopes)          # the body: an array of n items, already encoded
+        array = (bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+                 if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
+        return b"".join([head[:-1], array, *envelopes])
 
     def unbatch(self, batch: Message) -> list[Message]:
         """The messages inside the ``BATCH`` message ``batch``, each validated as if
-        it had come in a frame of its own (``max_depth`` applies to each); their
-        sequence numbers are consecutive.
-
+        it had come alone (``max_depth`` applies to each), numbered consecutively.
         Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
         sender and recipient: a batch is taken whole or not at all."""
         body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
         if type(body) is not list or not body or not stream:
-            raise ProtocolError("a BATCH must carry a non-empty array of envelopes "
-                                "of one stream (stream != 0); see docs/protocol.md")
+            raise ProtocolError(_NOT_A_BATCH)
         depth = self.limits.max_depth - 1       # the envelope array itself is one level
         if not _within(batch.headers, depth):
-            raise ProtocolError(f"message nests deeper than max_depth {self.limits.max_depth}")
-        messages = []
+            raise _too_deep(self.limits.max_depth)
+        messages: list[Message] = []
         append = messages.append
         new = _new_message
         next_id = 0
         for fields in body:
             if type(fields) is not list or len(fields) != 9:
-                raise ProtocolError("every item of a BATCH must be an envelope: a msgpack "
-                                    "array of 9 items (see docs/protocol.md)")
-            version, kind, inner_stream, id, inner_sender, inner_recipient, correlation, \
-                headers, inner_body = fields
+                raise ProtocolError(_NOT_AN_ENVELOPE)
+            version, kind, inner_stream, id, inner_sender, inner_to, correlation, headers, \
+                inner_body = fields
             if not (type(kind) is int and (kind == 1 or kind == 2) and version == VERSION
                     and inner_stream == stream and type(inner_stream) is int
                     and type(id) is int and id > 0 and (id == next_id or not next_id)
                     and type(correlation) is int
                     and correlation >= 0 and inner_sender == sender
-                    and inner_recipient == recipient and type(headers) is dict):
-                raise ProtocolError(
-                    "every envelope in a BATCH must be a SEND or REQUEST of the batch's "
-                    "stream, sender and recipient, with consecutive sequence numbers and "
-                    "a headers map (see docs/protocol.md)")
+                    and inner_to == recipient and type(headers) is dict):
+                raise ProtocolError(_NOT_OF_THE_BATCH)
             next_id = id + 1
             if headers and not _within(headers, depth):
-                raise ProtocolError(
-                    f"message nests deeper than max_depth {self.limits.max_depth}")
+                raise _too_deep(self.limits.max_depth)
             if type(inner_body) is dict:            # _within, inlined for flat bodies
                 for child in inner_body.values():
                     if type(child) is dict or type(child) is list:
                         if _depth(inner_body) > depth:
-                            raise ProtocolError(f"message nests deeper than max_depth "
-                                                f"{self.limits.max_depth}")
+                            raise _too_deep(self.limits.max_depth)
                         break
             elif type(inner_body) is list and not _within(inner_body, depth):
-                raise ProtocolError(
-                    f"message nests deeper than max_depth {self.limits.max_depth}")
+                raise _too_deep(self.limits.max_depth)
             msg = new(Message)      # as in decode: no __init__ on the hot path
             msg.kind = kind
             msg.stream = stream
@@ -290,18 +302,8 @@ class Codec:
                 fields = _unpackb(data)
             else:
                 fields = _unpackb(data, **self._unpack_limits)
-        except msgpack.ExtraData:
-            raise ProtocolError("frame has bytes after the envelope") from None
-        except msgpack.StackError:
-            raise ProtocolError("frame nests containers too deeply") from None
-        except ValueError as exc:
-            if "incomplete" in str(exc).lower():
-                raise ProtocolError("frame ends in the middle of the envelope") from None
-            raise ProtocolError(f"frame is not valid msgpack ({exc}): it is truncated "
-                                "or corrupt") from None
-        except Exception as exc:  # FormatError, TypeError (unhashable key) ...
-            raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: "
-                                f"{exc})") from None
+        except Exception as exc:  # ExtraData, StackError, FormatError, TypeError ...
+            raise _unreadable(exc) from None
         if type(fields) is not list or len(fields) != 9:
             raise ProtocolError("envelope must be a msgpack array of 9 items "
                                 "(see docs/protocol.md)")
@@ -317,7 +319,7 @@ class Codec:
         if size > limits.max_depth and kind != _BATCH \
                 and len(bytes(data).translate(None, _OTHER_BYTES)) > limits.max_depth \
                 and _depth(fields) > limits.max_depth:
-            raise ProtocolError(f"message nests deeper than max_depth {limits.max_depth}")
+            raise _too_deep(limits.max_depth)
         msg = _new_message(Message)
         msg.kind = kind
         msg.stream = stream
@@ -331,14 +333,56 @@ class Codec:
         return msg
 
 
+def error_body(exc: BaseException) -> list[Any]:
+    """The body of an ERROR answering with ``exc``: [code, type name, text]."""
+    return [code_of(exc), type(exc).__name__, str(exc)]
+
+
+def error_fields(body: Any) -> tuple[int, str, str]:
+    """(code, type name, text) of an ERROR's body; a malformed one says so."""
+    if isinstance(body, list) and len(body) == 3:
+        code, kind, text = body
+        if isinstance(code, int) and isinstance(kind, str) and isinstance(text, str):
+            return code, kind, text
+    return 0, "PosaError", f"malformed error reply: {body!r:.80}"
+
+
 _new_message = object.__new__
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
 
 
+_NOT_A_BATCH = ("a BATCH must carry a non-empty array of envelopes of one stream "
+                "(stream != 0); see docs/protocol.md")
+_NOT_AN_ENVELOPE = ("every item of a BATCH must be an envelope: a msgpack array of 9 "
+                    "items (see docs/protocol.md)")
+_NOT_OF_THE_BATCH = ("every envelope in a BATCH must be a SEND or REQUEST of the batch's "
+                     "stream, sender and recipient, with consecutive sequence numbers and "
+                     "a headers map (see docs/protocol.md)")
+
+
+def _too_deep(max_depth: int) -> ProtocolError:
+    """The error for a message that nests deeper than ``max_depth``."""
+    return ProtocolError(f"message nests deeper than max_depth {max_depth}")
+
+
+def _unreadable(exc: Exception) -> ProtocolError:
+    """The error for a frame msgpack could not read (``exc`` is what it raised)."""
+    if isinstance(exc, msgpack.ExtraData):
+        return ProtocolError("frame has bytes after the envelope")
+    if isinstance(exc, msgpack.StackError):
+        return ProtocolError("frame nests containers too deeply")
+    if isinstance(exc, ValueError):
+        if "incomplete" in str(exc).lower():
+            return ProtocolError("frame ends in the middle of the envelope")
+        return ProtocolError(f"frame is not valid msgpack ({exc}): it is truncated "
+                             "or corrupt")
+    return ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})")
+
+
 def _what_is_wrong(fields: list[Any], name_len: int) -> str:
     """The reason a decoded envelope failed validation, for the error message."""
-    version, kind, stream, id, sender, recipient, correlation, headers, _ = fields
+    version, kind, stream, id, sender, recipient, correlation, _, _ = fields
     if version != VERSION:
         return f"unsupported envelope version {version!r:.20}; this posa speaks {VERSION}"
     if type(kind) is not int or kind not in _KINDS:

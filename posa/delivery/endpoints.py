@@ -1,0 +1,118 @@
+"""The addresses a peer receives at: its listeners, as sources of the reactor.
+
+A peer listens on one or more addresses (any transports).  Each listener is a
+source of the process's reactor; when it is readable the reactor calls the
+peer's ``drain`` for that endpoint.  The set changes in three ways:
+
+- pause / resume: while the inbox is full a listener is not read, so senders'
+  windows fill and they wait (flow control instead of unbounded memory);
+- stop accepting: no listener is read again (the first step of a clean
+  shutdown; answers still go out);
+- replace (a move): new endpoints become current; the old ones keep delivering
+  what reaches them for a grace period, then close.
+
+Everything but ``open`` and ``replace`` runs on the reactor thread.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from posa import transport
+from posa.delivery.receiver import Endpoint
+from posa.errors import InvalidName, PosaError
+from posa.runtime.reactor import Reactor
+from posa.transport.base import Options
+
+__all__ = ["Listening"]
+
+
+class Listening:
+    """The endpoints of one peer: current, paused, and retiring after a move."""
+
+    def __init__(self, owner: str, reactor: Reactor, options: Options,
+                 drain: Callable[[Endpoint], None]) -> None:
+        self.owner = owner
+        self.reactor = reactor
+        self.options = options
+        self._drain = drain
+        self.current: list[Endpoint] = []
+        self.paused: list[Endpoint] = []
+        self._retiring: list[Endpoint] = []   # moved away from, closing after a grace
+        self.accepting = True
+
+    def open(self, listen: str | Sequence[str]) -> list[Endpoint]:
+        """Listen on every address of ``listen`` and read them from the reactor;
+        on failure nothing stays open. Raises ``InvalidName`` for no address."""
+        opened: list[Endpoint] = []
+        try:
+            for address in [listen] if isinstance(listen, str) else listen:
+                listener = transport.listen(address, self.options)
+                endpoint = Endpoint(listener, listener.address)
+                opened.append(endpoint)
+                self.reactor.add_source(listener, partial(self._drain, endpoint))
+        except BaseException:
+            self.close(opened)
+            raise
+        if not opened:
+            raise InvalidName(f"peer {self.owner!r} needs at least one address to listen on")
+        return opened
+
+    def close(self, endpoints: Sequence[Endpoint]) -> None:
+        """Stop reading these endpoints and close their listeners."""
+        for endpoint in endpoints:
+            try:
+                self.reactor.remove_source(endpoint.listener)
+            except PosaError:
+                pass
+            if endpoint in self.paused:
+                self.paused.remove(endpoint)
+            endpoint.listener.close()
+
+    def pause(self, endpoint: Endpoint) -> None:
+        """Read ``endpoint`` no more until ``resume``."""
+        if endpoint not in self.paused:
+            self.paused.append(endpoint)
+            self.reactor.remove_source(endpoint.listener)
+
+    def resume(self) -> None:
+        """Read the paused endpoints again (unless no longer accepting)."""
+        paused, self.paused = self.paused, []
+        for endpoint in paused:
+            if self.accepting:
+                self.reactor.add_source(endpoint.listener, partial(self._drain, endpoint))
+
+    def stop_accepting(self) -> None:
+        """Read no endpoint again."""
+        self.accepting = False
+        for endpoint in self.current:
+            self.pause(endpoint)
+
+    def replace(self, new: list[Endpoint], grace: float) -> list[Endpoint]:
+        """Make ``new`` current; the old endpoints close ``grace`` s from now.
+        Returns the old ones."""
+        old, self.current = self.current, new
+        for endpoint in old:
+            self._retiring.append(endpoint)
+            self.reactor.call_later(grace, partial(self._retire, endpoint))
+        return old
+
+    def _retire(self, endpoint: Endpoint) -> None:
+        if endpoint in self._retiring:
+            self._retiring.remove(endpoint)
+            self.close([endpoint])
+
+    def close_all(self) -> None:
+        """Close every endpoint, current and retiring (not on the reactor thread)."""
+        self.accepting = False
+        self.close(self.current)
+        for endpoint in list(self._retiring):
+            self.reactor.call(self._retire, endpoint)
+
+    def rejections(self) -> dict[str, int]:
+        """Connections the current listeners dropped, by cause (garbage, oversize ...)."""
+        counts: dict[str, int] = {}
+        for endpoint in self.current:
+            for cause, count in endpoint.listener.rejections.items():
+                counts[cause] = counts.get(cause, 0) + count
+        return counts

@@ -1,0 +1,67 @@
+"""A peer's inbox: what was delivered while no handler serves, for ``receive()``.
+
+Bounded by flow control, not by refusing: the reactor stops reading a peer's
+listeners once the inbox holds ``size`` messages (senders' windows fill and they
+wait) and reads them again when a reader has taken it below half (``low``).
+Closing leaves a marker that wakes every reader, now and later, with ``Closed``.
+"""
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+from posa.errors import Closed, Timeout
+from posa.wire.codec import Message
+
+__all__ = ["Inbox"]
+
+_CLOSED = object()      # wakes receive() on close
+
+
+class Inbox:
+    """Delivered messages, oldest first; ``put`` and ``qsize`` are the queue's
+    own (the delivery path calls them with no wrapper in between)."""
+
+    __slots__ = ("size", "put", "qsize", "_queue")
+
+    def __init__(self, size: int) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.size = size
+        self.put = self._queue.put
+        self.qsize = self._queue.qsize
+
+    def get(self, timeout: float | None, owner: str) -> Message:
+        """The next message; blocks up to ``timeout`` (None: forever, 0: don't
+        block). Raises ``Timeout`` if none came, ``Closed`` after ``close``."""
+        try:
+            if timeout is not None and timeout <= 0:
+                msg = self._queue.get_nowait()
+            else:
+                msg = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout(f"no message for {owner!r} within {timeout} s") from None
+        if msg is _CLOSED:
+            self._queue.put(_CLOSED)
+            raise Closed(f"peer {owner!r} is closed")
+        return msg  # type: ignore[no-any-return]
+
+    def low(self) -> bool:
+        """True once readers have taken the inbox below half its size."""
+        return self._queue.qsize() < self.size // 2
+
+    def take_all(self) -> Iterator[Message]:
+        """Every message queued now, oldest first (not past ``close``)."""
+        while True:
+            try:
+                msg = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if msg is _CLOSED:
+                self._queue.put(_CLOSED)
+                return
+            yield msg
+
+    def close(self) -> None:
+        """Wake every reader with ``Closed``."""
+        self._queue.put(_CLOSED)

@@ -1,0 +1,113 @@
+"""The Sender: sends to names on behalf of one name, from any number of threads.
+
+Each thread gets a ``Forwarder`` of its own (its own streams, connections and
+order), so sends never contend for a lock and no message crosses a thread.  A
+``Peer`` sends through one; a publisher or a client that receives nothing uses
+one directly.  Closing flushes the closing thread's messages for up to
+``linger`` seconds, then closes every thread's forwarder.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from posa.admission.gatekeeper import Authenticator
+from posa.delivery.forwarder import Forwarder
+from posa.delivery.links import Resolve
+from posa.errors import Closed, PosaError
+from posa.runtime.reactor import Reactor
+from posa.transport.base import Options
+from posa.wire.codec import Codec, Kind, Message
+
+__all__ = ["Sender"]
+
+log = logging.getLogger("posa.delivery.sender")
+
+
+class Sender:
+    """Sends to names on behalf of ``name``, from any number of threads.
+
+    Each thread gets a ``Forwarder`` of its own (its own stream, connections and
+    order), so sends never contend for a lock. ``Peer`` sends through one; a
+    publisher or client that receives nothing uses one directly (``name`` may be
+    empty for an anonymous sender)."""
+
+    def __init__(self, name: str, *, resolve: Resolve,
+                 codec: Codec | None = None, options: Options | None = None,
+                 window: int = 1024, ack_timeout: float = 1.0,
+                 on_notify: Callable[[Message], None] | None = None,
+                 authenticator: Authenticator | None = None,
+                 pins: dict[str, str] | None = None, reactor: Reactor | None = None) -> None:
+        self.name = name
+        self.pins = dict(pins or {})
+        self.codec = codec or Codec()
+        self.options = self.codec.limits.options(options)
+        self._make: Callable[[], Forwarder] = partial(
+            Forwarder, name, resolve=resolve, codec=self.codec, options=self.options,
+            window=window, ack_timeout=ack_timeout, on_notify=on_notify,
+            authenticator=authenticator, reactor=reactor)
+        self._local = threading.local()
+        self._all: list[Forwarder] = []
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def forwarder(self) -> Forwarder:
+        """This thread's forwarder."""
+        fwd: Forwarder | None = getattr(self._local, "fwd", None)
+        if fwd is None or fwd.closed:
+            if self.closed:
+                raise Closed(f"the sender {self.name!r} is closed")
+            fwd = self._local.fwd = self._make()
+            for pinned, address in self.pins.items():
+                fwd.pin(pinned, address)
+            with self._lock:
+                self._all.append(fwd)
+        return fwd
+
+    def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
+             timeout: float = 5.0, kind: int = Kind.SEND) -> int:
+        """Send reliably to one name; returns the message's sequence number."""
+        return self.forwarder().send(name, body, kind=kind, headers=headers,
+                                     deadline=time.monotonic() + timeout)
+
+    def request(self, name: str, body: Any, *, timeout: float = 5.0,
+                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
+        """Send a request to one name and return the reply message."""
+        return self.forwarder().request(name, body, timeout=timeout, headers=headers,
+                                        failfast=failfast)
+
+    def forget(self, name: str) -> None:
+        """For this thread: drop what is known about ``name`` (its next send resolves
+        it again); its unacknowledged messages are given up."""
+        self.forwarder().forget(name)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything this thread sent is acknowledged."""
+        self.forwarder().flush(time.monotonic() + timeout)
+
+    def unacknowledged(self) -> int:
+        """Messages sent by every thread and not yet acknowledged (approximate)."""
+        with self._lock:
+            forwarders = list(self._all)
+        return sum(fwd.unacknowledged() for fwd in forwarders)
+
+    def close(self, linger: float = 0.0) -> None:
+        """Flush this thread's messages for up to ``linger`` s, then close every
+        forwarder. Call it when the other sending threads are done."""
+        if self.closed:
+            return
+        mine = getattr(self._local, "fwd", None)
+        if mine is not None and linger > 0:
+            try:
+                mine.flush(time.monotonic() + linger)
+            except PosaError as exc:
+                log.warning("%s: closing with undelivered messages: %s", self.name, exc)
+        self.closed = True
+        with self._lock:
+            forwarders, self._all = self._all, []
+        for fwd in forwarders:
+            fwd.close()

@@ -1,0 +1,42 @@
+"""Blocking waits for protocol steps written once (``Forwarder.request_steps``,
+``flush_steps``): a step yields ``(connection, seconds)`` when it must wait for
+input and is sent whether the connection became readable.  ``drive`` runs the
+steps in the calling thread with ``select``; ``posa.aio`` drives the same steps
+with the event loop.  The lock a step runs under is released while it waits.
+"""
+from __future__ import annotations
+
+import select
+import threading
+from collections.abc import Generator
+from typing import TypeVar
+
+from posa.errors import PosaError
+from posa.transport.base import Connection
+
+__all__ = ["drive", "readable", "Steps"]
+
+_T = TypeVar("_T")
+Steps = Generator[tuple[Connection, float], bool, _T]
+
+
+def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
+    """Run protocol steps holding ``lock``, waiting for each connection with
+    ``select`` without it."""
+    try:
+        with lock:
+            conn, wait = next(steps)
+        while True:
+            ready = readable(conn, wait)
+            with lock:
+                conn, wait = steps.send(ready)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def readable(conn: Connection, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``conn``'s descriptor; True if it fired."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], timeout)[0])
+    except (OSError, ValueError, PosaError):
+        return True  # closed under us: the next receive says how
