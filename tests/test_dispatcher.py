@@ -13,6 +13,8 @@ import pytest
 
 import posa
 from posa.delivery.forwarder import Sender
+from posa.naming.protocol import DISPATCHER
+from posa.naming.resolve import resolver
 from tests.support import ROOT, Proc, free_port, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
@@ -154,9 +156,7 @@ def test_garbage_on_the_dispatchers_port_harms_no_one(dispatcher: str) -> None:
 
 
 def test_malformed_requests_are_refused_with_what_to_send(dispatcher: str) -> None:
-    def nothing_but_the_pin(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        raise posa.NameNotFound(name)
-    sender = Sender("", resolve=nothing_but_the_pin, pins={"posa/dispatcher": dispatcher})
+    sender = Sender("", resolve=resolver(None, pins={DISPATCHER: dispatcher}))
     try:
         def ask(body: object) -> object:
             return sender.request("posa/dispatcher", body, timeout=5).body

@@ -133,9 +133,10 @@ class OpTable:
         op = self.op_of(body)
         return op, op.parse(self.service, body)
 
-    def request(self, name: str, **fields: Any) -> dict[str, Any]:
+    def request(self, name: str, /, **fields: Any) -> dict[str, Any]:
         """The body of a request for operation ``name`` (client side). Fields
-        left out or None are not sent; an unknown field is a programming error."""
+        left out or None are not sent; an unknown field is a programming error.
+        ``name`` is positional only, so an operation may have a field "name"."""
         op = self.ops[name]
         unknown = set(fields) - op.names
         if unknown:
