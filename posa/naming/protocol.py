@@ -51,24 +51,27 @@ OPS = OpTable("dispatcher", [
         Field("epoch", int, None),
         Field("lease", (int, float), DEFAULT_LEASE),
         Field("meta", dict, None)),
-       doc="bind `name` to `addresses` for `lease` seconds, owned by `credential`; "
-           "nil `epoch` takes the next one → registration"),
+       doc="bind `name` to `addresses` (transport URIs, preferred first) for `lease` "
+           "seconds (default 10), owned by `credential`; no `epoch` takes the next one "
+           "→ registration"),
     Op("renew", (_NAME, _CREDENTIAL),
        doc="restart the lease of `name`'s live registration → registration"),
     Op("unregister", (_NAME, _CREDENTIAL),
        doc="remove `name`'s live registration → nil"),
     Op("lookup", (_NAME, _VIA, _HOPS),
-       doc="the live registration of `name`, asking the federated dispatchers if "
-           "none is held here → registration"),
+       doc="the live registration of `name`; if none is held here, the federated "
+           "dispatchers are asked (`via`: the dispatcher nodes passed, `hops`: how "
+           "far; set by dispatchers) → registration"),
     Op("names", (Field("pattern", str, "**"),),
-       doc="every live registration whose name matches `pattern` → [registration]"),
+       doc="every live registration whose name matches `pattern` (default `**`), "
+           "sorted by name → [registration]"),
     Op("pick", (Field("service", str),
                 Field("exclude", list, (), _strings, "a list of server names (strings)"),
                 _VIA, _HOPS),
-       doc="one live server of `service` but those in `exclude`, round robin by "
-           "weight → registration"),
+       doc="one live server of `service` other than the server names in `exclude`, "
+           "round robin by weight; federated like `lookup` → registration"),
     Op("services", (),
-       doc="every service with its servers → {service: [server name]}"),
+       doc="every service with the names of its servers → {service: [name]}"),
     Op("watch", (),
        doc="send a NOTIFY `{name, registration or nil}` on this connection for every "
            "change → `{instance}`"),
