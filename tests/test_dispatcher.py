@@ -15,7 +15,7 @@ import pytest
 import posa
 from posa.delivery.forwarder import Sender
 from posa.naming.protocol import DISPATCHER, OPS
-from posa.naming.resolve import resolver
+from posa.naming.registration import resolver
 from tests.support import ROOT, Proc, free_port, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)

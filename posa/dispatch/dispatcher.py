@@ -34,9 +34,8 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Sender
 from posa.errors import NameNotFound, PosaError
 from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, registration_to_wire
-from posa.naming.registration import Registration
+from posa.naming.registration import Registration, resolver
 from posa.naming.registry import LocalRegistry
-from posa.naming.resolve import resolver
 from posa.naming.table import RegistryTable
 from posa.peer import DEFERRED, Peer
 from posa.security import Acl, authenticated_key

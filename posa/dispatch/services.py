@@ -26,8 +26,8 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Sender
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
-from posa.naming.registration import Registration, Registry
-from posa.naming.resolve import open_registry, resolver
+from posa.naming.registration import Registration, Registry, resolver
+from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
 from posa.transport.base import Options
 from posa.wire.codec import Message

@@ -21,8 +21,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder, Sender
 from posa.errors import PosaError, ProtocolError
 from posa.naming.protocol import DISPATCHER, OPS, notice_from_wire, registration_from_wire
-from posa.naming.registration import DEFAULT_LEASE, Registration
-from posa.naming.resolve import resolver
+from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options

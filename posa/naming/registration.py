@@ -1,9 +1,10 @@
-"""The registration types and the checks every registry makes.
+"""The registration types, the checks every registry makes, and the resolver.
 
 ``Registry`` is the interface every registry implements (embedded, the
 dispatcher service's, zeroconf); ``Registration`` and ``Change`` are what it
 hands out, and ``check_addresses``, ``check_lease`` and ``credential_digest``
-the checks they all make, with the limits they enforce.
+the checks they all make, with the limits they enforce. ``resolver`` makes,
+over any ``Registry``, the ``resolve(name, fresh)`` a ``Sender`` needs.
 
 Rules (the same for every registry):
 
@@ -18,6 +19,12 @@ Rules (the same for every registry):
   reports it gone. Epochs survive death (within a bound of ``max_tombstones``
   names), so a name's epoch never goes backwards for its watchers.
 
+Pinned names: a sender may reach a name at an address it was given, never
+looked up (a client reaches the dispatcher so). ``resolver(registry, pins)``
+answers a pinned name with its one address and epoch 0, fresh or not, which is
+what a forwarder's recovery needs: it reconnects to the same address and asks
+no registry about it. With ``registry=None`` only the pinned names resolve.
+
 This module sits at the bottom of the naming layer: the sans-IO table
 (``posa.naming.table``), the embedded registry (``posa.naming.registry``), the
 dispatcher's wire protocol and zeroconf all build on it, and it imports none of
@@ -31,11 +38,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from posa.errors import Rejected, Unauthorized
+from posa.errors import NameNotFound, Rejected, Unauthorized
 
 __all__ = ["Registration", "Change", "Registry", "DEFAULT_LEASE", "MAX_ADDRESSES",
            "MAX_ADDRESS_LEN", "MAX_META_BYTES", "check_addresses", "check_lease",
-           "credential_digest"]
+           "credential_digest", "Resolve", "resolver"]
 
 DEFAULT_LEASE = 10.0
 MAX_ADDRESSES = 16
@@ -142,3 +149,36 @@ def check_lease(name: str, lease: float) -> float:
         raise Rejected(f"lease for {name!r} must be a finite number of seconds > 0, "
                        f"got {lease!r}")
     return float(lease)
+
+
+Resolve = Callable[[str, bool], tuple[tuple[str, ...], int]]
+"""``resolve(name, fresh) -> (addresses, epoch)``: how a ``Sender`` finds a name."""
+
+
+def resolver(registry: Registry | None, pins: Mapping[str, str] | None = None) -> Resolve:
+    """The ``resolve(name, fresh)`` a ``Sender`` needs: a name in ``pins`` is
+    reached at its pinned address (epoch 0); any other is looked up in
+    ``registry`` (``NameNotFound`` if there is none), ``fresh`` (after a failed
+    delivery) first dropping it from a caching registry's cache."""
+    pinned = {name: ((address,), 0) for name, address in (pins or {}).items()}
+    if registry is None:
+        def pinned_only(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+            found = pinned.get(name)
+            if found is None:
+                raise NameNotFound(f"{name!r} is not reachable here: only "
+                                   f"{', '.join(sorted(pinned)) or 'no name'} is pinned "
+                                   "and no registry is given")
+            return found
+        return pinned_only
+    forget = getattr(registry, "forget", None)   # a caching registry
+
+    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        if pinned:
+            found = pinned.get(name)
+            if found is not None:
+                return found
+        if fresh and forget is not None:
+            forget(name)
+        registration = registry.lookup(name)
+        return registration.addresses, registration.epoch
+    return resolve

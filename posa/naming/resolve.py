@@ -1,29 +1,22 @@
-"""Which registry a peer or a service uses, and how a sender resolves a name.
+"""Which registry a peer or a service uses: the one given, a dispatcher's, or the embedded one.
 
 One place answers the question every pattern asks at construction ("the
 registry I was given, else a client of the dispatcher at this address, else the
 process's embedded registry"), so no service writes it again.
 
-And one place makes the ``resolve(name, fresh)`` a ``Sender`` needs: over a
-registry, with *pinned* names (the dispatcher's own name, reached at the
-address the caller was given, never looked up) answered first. A pinned name
-resolves to its one address with epoch 0, fresh or not, which is what a
-forwarder's recovery needs: it reconnects to the same address and never asks a
-registry about it.
+The ``resolve(name, fresh)`` a ``Sender`` needs is ``resolver`` in
+``posa.naming.registration``, beside the ``Registry`` interface it works over:
+``RegistryClient``, which this module picks, uses it too, so it cannot live
+here without an import cycle.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
 
-from posa.errors import NameNotFound
 from posa.naming.registration import Registry
 from posa.naming.registry import LocalRegistry
 
-__all__ = ["Resolve", "embedded_registry", "open_registry", "resolver"]
-
-Resolve = Callable[[str, bool], tuple[tuple[str, ...], int]]
-"""``resolve(name, fresh) -> (addresses, epoch)``: how a ``Sender`` finds a name."""
+__all__ = ["embedded_registry", "open_registry"]
 
 _embedded: LocalRegistry | None = None
 _embedded_lock = threading.Lock()
@@ -52,32 +45,3 @@ def open_registry(registry: Registry | None = None, dispatcher: str | None = Non
     if required:
         raise TypeError("give the dispatcher's address (dispatcher='tcp://...') or a registry")
     return embedded_registry(), False
-
-
-def resolver(registry: Registry | None, pins: Mapping[str, str] | None = None) -> Resolve:
-    """The ``resolve(name, fresh)`` a ``Sender`` needs: a name in ``pins`` is
-    reached at its pinned address (epoch 0); any other is looked up in
-    ``registry`` (``NameNotFound`` if there is none), ``fresh`` (after a failed
-    delivery) first dropping it from a caching registry's cache."""
-    pinned = {name: ((address,), 0) for name, address in (pins or {}).items()}
-    if registry is None:
-        def pinned_only(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-            found = pinned.get(name)
-            if found is None:
-                raise NameNotFound(f"{name!r} is not reachable here: only "
-                                   f"{', '.join(sorted(pinned)) or 'no name'} is pinned "
-                                   "and no registry is given")
-            return found
-        return pinned_only
-    forget = getattr(registry, "forget", None)   # a caching registry
-
-    def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        if pinned:
-            found = pinned.get(name)
-            if found is not None:
-                return found
-        if fresh and forget is not None:
-            forget(name)
-        registration = registry.lookup(name)
-        return registration.addresses, registration.epoch
-    return resolve
