@@ -155,10 +155,11 @@ class OpTable:
 
     def parse(self, body: Any) -> tuple[Op, dict[str, Any]]:
         """The operation and its checked fields (defaults filled in)."""
-        op = None
+        op: Op | None = None
+        ops: dict[Any, Op] = self.ops       # any key: a malformed "op" just misses
         if body.__class__ is dict:          # the usual case, without op_of's checks
             try:
-                op = self.ops.get(body.get("op"))
+                op = ops.get(body.get("op"))
             except TypeError:               # an unhashable "op"
                 pass
         if op is None:
