@@ -42,7 +42,8 @@ if TYPE_CHECKING:
         Unauthorized,
     )
     from posa.naming.client import RegistryClient
-    from posa.naming.registry import LocalRegistry, Registration, Registry
+    from posa.naming.registration import Registration, Registry
+    from posa.naming.registry import LocalRegistry
     from posa.naming.zeroconf.registry import ZeroconfRegistry
     from posa.peer import DEFERRED, Peer
     from posa.runtime.reactor import Reactor
@@ -77,7 +78,8 @@ _LAZY = {
                      "RemoteError"], "posa.errors"),
     **dict.fromkeys(["CodecLimits", "Kind", "Message"], "posa.wire.codec"),
     **dict.fromkeys(["matches", "validate_name", "validate_pattern"], "posa.wire.names"),
-    **dict.fromkeys(["LocalRegistry", "Registration", "Registry"], "posa.naming.registry"),
+    **dict.fromkeys(["Registration", "Registry"], "posa.naming.registration"),
+    "LocalRegistry": "posa.naming.registry",
     "RegistryClient": "posa.naming.client",
     "ZeroconfRegistry": "posa.naming.zeroconf.registry",   # and zeroconf with it
     **dict.fromkeys(["Peer", "DEFERRED"], "posa.peer"),

@@ -105,7 +105,7 @@ def code_of(exc: BaseException) -> int:
     """The wire code for an exception (RemoteError for anything not posa's)."""
     for cls in type(exc).__mro__:
         if cls in CODE_OF:
-            return CODE_OF[cls]  # type: ignore[index]
+            return CODE_OF[cls]
     return CODE_OF[RemoteError]
 
 

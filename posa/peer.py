@@ -39,7 +39,8 @@ from posa.delivery.inbox import Inbox
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.delivery.sender import Sender
 from posa.errors import Closed, InvalidName, PosaError, ProtocolError
-from posa.naming.registry import LocalRegistry, Registry, resolver
+from posa.naming.registration import Registry, resolver
+from posa.naming.registry import LocalRegistry
 from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import posa
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
+from posa.naming.protocol import DISPATCHER, OPS
+from posa.naming.registration import resolver
 from tests.support import ROOT, Proc, free_port, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,6 +143,30 @@ def test_two_federated_dispatchers_route_between_sites() -> None:
             proc.close()
 
 
+def test_a_service_held_at_a_federated_dispatcher_is_picked_there() -> None:
+    with posa.Dispatcher("tcp://127.0.0.1:0", node="b") as b, \
+         posa.Dispatcher("tcp://127.0.0.1:0", node="a", peers=[b.address]) as a:
+        b.connect_peer(a.address)           # both ways: a request must still not loop
+        with posa.Server("svc/far", lambda body: {"echo": body}, dispatcher=b.address):
+            with posa.Client(dispatcher=a.address) as client:
+                assert client.call("svc/far", 1, timeout=5) == {"echo": 1}
+            with posa.RegistryClient(a.address) as reg, \
+                 pytest.raises(posa.NameNotFound, match="svc/none"):
+                reg.pick("svc/none")
+        assert a.stats["federated_lookups"] >= 2 and b.stats["federated_lookups"] >= 1
+
+
+def test_the_protocol_document_shows_the_dispatchers_op_table() -> None:
+    """docs/protocol.md carries ``OPS.describe()`` between its markers, verbatim."""
+    page = (ROOT / "docs" / "protocol.md").read_text()
+    found = re.search(r"<!-- generated: posa\.naming\.protocol\.OPS -->\n(.*?)\n"
+                      r"<!-- end generated -->", page, re.S)
+    assert found, "docs/protocol.md lost its generated dispatcher table"
+    assert found.group(1) == OPS.describe(), (
+        "docs/protocol.md differs from the dispatcher's op table; paste "
+        "posa.naming.protocol.OPS.describe() between its markers")
+
+
 def test_garbage_on_the_dispatchers_port_harms_no_one(dispatcher: str) -> None:
     host, port = dispatcher.removeprefix("tcp://").rsplit(":", 1)
     blobs = [os.urandom(512), b"POSA\x00\x01\x00\x00" + b"\xff\xff\xff\xff",
@@ -153,21 +180,40 @@ def test_garbage_on_the_dispatchers_port_harms_no_one(dispatcher: str) -> None:
             assert reg.lookup("net/survivor").epoch >= 1
 
 
+# (request body, what the Rejected text says): every refusal says what to send
+REFUSED: list[tuple[object, str]] = [
+    ({"op": "frobnicate"}, r"^unknown dispatcher operation 'frobnicate'; known: "
+                           r"lookup, names, pick, ping, register, renew, services, "
+                           r"unregister, watch$"),
+    (["lookup"], r"^a dispatcher request is a map with an 'op' field, one of lookup, .*; "
+                 r"see docs/protocol.md$"),
+    ({"op": "lookup"}, r"^dispatcher operation 'lookup' needs the field 'name' "
+                       r"\(a string\); see docs/protocol.md$"),
+    ({"op": "lookup", "name": 3}, r"^field 'name' of dispatcher operation 'lookup' must "
+                                  r"be a string, got int$"),
+    ({"op": "register", "name": "net/x", "addresses": [1], "credential": "c"},
+     r"^field 'addresses' of dispatcher operation 'register' must be a list of "
+     r"transport URIs \(strings\)"),
+    ({"op": "register", "name": "net/x", "addresses": ["tcp://h:1"], "credential": "c",
+      "lease": True}, r"field 'lease' .* must be a number, got bool$"),
+    ({"op": "pick", "service": "svc", "exclude": "svc/a"},
+     r"field 'exclude' .* must be a list, got str$"),
+    ({"op": "lookup", "name": "net/x", "hops": -1}, r"field 'hops' .* must be an integer >= 0"),
+]
+
+
 def test_malformed_requests_are_refused_with_what_to_send(dispatcher: str) -> None:
-    def nothing_but_the_pin(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        raise posa.NameNotFound(name)
-    sender = Sender("", resolve=nothing_but_the_pin, pins={"posa/dispatcher": dispatcher})
+    sender = Sender("", resolve=resolver(None, pins={DISPATCHER: dispatcher}))
     try:
         def ask(body: object) -> object:
             return sender.request("posa/dispatcher", body, timeout=5).body
-        with pytest.raises(posa.Rejected, match=r"unknown dispatcher operation "
-                           r"'frobnicate'; known: .*lookup.*register"):
-            ask({"op": "frobnicate"})
-        with pytest.raises(posa.Rejected, match="a map with an 'op' field"):
-            ask(["lookup"])
-        with pytest.raises(posa.Rejected, match="needs the field 'name'"):
-            ask({"op": "lookup"})
-        assert ask({"op": "ping"})["node"]      # still serving
+        for body, says in REFUSED:
+            with pytest.raises(posa.Rejected) as refused:
+                ask(body)
+            assert re.search(says, str(refused.value)), (body, str(refused.value))
+        listed = ask({"op": "names", "pattern": None})          # nil: the default, **
+        node = ask({"op": "ping"})["node"]                      # still serving
+        assert [r["name"] for r in listed] == [f"posa/dispatcher/{node}"]
     finally:
         sender.close()
 

@@ -333,7 +333,7 @@ def test_sigterm_under_load_answers_every_accepted_request() -> None:
         def resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
             registration = registry.lookup(name)
             return registration.addresses, registration.epoch
-        sender = posa.delivery.forwarder.Sender(f"cli/{n}", resolve=resolve)
+        sender = posa.delivery.sender.Sender(f"cli/{n}", resolve=resolve)
         try:
             for i in range(100_000):
                 if stop.is_set():

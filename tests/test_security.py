@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import posa
 from posa import Kind, Message
 from posa.admission.gatekeeper import Gatekeeper, Rejection
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.security import Acl, HmacAuthenticator, Keyring, authenticated_key, from_env
 from posa.wire.codec import Codec
 from tests.support import Proc

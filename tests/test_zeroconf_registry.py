@@ -40,7 +40,7 @@ from posa.errors import (
     StaleEpoch,
     Unauthorized,
 )
-from posa.naming.registry import Registration, Registry
+from posa.naming.registration import Registration, Registry
 from posa.naming.zeroconf.registry import (
     SERVICE_TYPE,
     Announcement,

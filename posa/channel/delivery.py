@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from posa.channel.protocol import delivery_body, encode_chunks
 from posa.channel.run import Run
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
-from posa.naming.registry import resolver
+from posa.naming.registration import resolver
 
 if TYPE_CHECKING:
     from posa.channel.service import EventChannel

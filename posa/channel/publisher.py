@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from posa.channel.protocol import FRAME_MARGIN, encode_chunks, publish_body
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
-from posa.naming.registry import Registry, resolver
+from posa.naming.registration import Registry, resolver
 from posa.naming.resolve import open_registry
 from posa.wire.codec import Codec, CodecLimits
 from posa.wire.names import validate_name

@@ -45,7 +45,7 @@ from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
 from posa.channel.subscriber import Subscriber
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
-from posa.naming.registry import Registry
+from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import Peer
 from posa.wire.codec import CodecLimits, Kind, Message

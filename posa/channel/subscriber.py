@@ -37,7 +37,7 @@ from posa.channel.protocol import (
     parse_delivery,
 )
 from posa.errors import Closed, NameNotFound, PosaError, ProtocolError, Rejected, Timeout
-from posa.naming.registry import Registry
+from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import Peer
 from posa.runtime.leases import keeper

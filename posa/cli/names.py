@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from posa.cli import EXIT_NOT_FOUND
 from posa.cli.options import add_client_parser, json_body, to_json
-from posa.delivery.forwarder import Sender
-from posa.naming.registry import resolver
+from posa.delivery.sender import Sender
+from posa.naming.registration import resolver
 
 if TYPE_CHECKING:
     from posa.naming.client import RegistryClient

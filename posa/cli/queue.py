@@ -15,9 +15,9 @@ import sys
 import threading
 from typing import Any
 
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.naming.client import RegistryClient
-from posa.naming.registry import resolver
+from posa.naming.registration import resolver
 from posa.work.progress import finished, render_progress
 from posa.work.protocol import QUEUE
 

@@ -6,21 +6,11 @@ tells clients which servers provide a service, pushes every change to the
 connections that asked to watch, persists its state to a file if asked, and
 forwards lookups it cannot answer to the dispatchers it is federated with.
 
-Requests (body: a map with ``op``; replies and errors as in docs/protocol.md):
-
-    op           fields                                             reply
-    register     name addresses credential [epoch] [lease] [meta]   registration
-    renew        name credential                                    registration
-    unregister   name credential                                    nil
-    lookup       name [hops] [via]                                  registration
-    names        [pattern]                                          [registration]
-    pick         service [exclude]                                  registration
-    services                                                        {service: [name]}
-    watch                                                           {"instance": str}
-    ping                                                            {"instance": str}
-
-After ``watch`` the connection receives NOTIFY messages, body
-``{"name": str, "registration": registration | nil}``, for every change.
+Its requests, their fields and replies, and the change notices are declared
+once in ``posa.naming.protocol`` (``OPS``, also the table in docs/protocol.md);
+the dispatcher binds every operation of that table to its ``_op_<name>``
+method at construction (a missing one fails there, not at the first request)
+and hands each the request's checked fields, so no handler reads the body.
 
 Federation: a lookup that misses locally is asked of each federated dispatcher
 in turn, with ``via`` (the dispatchers it passed) and ``hops`` so that it never
@@ -34,52 +24,29 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
 
 from posa.admission.gatekeeper import Authenticator
-from posa.delivery.forwarder import Sender
-from posa.errors import NameNotFound, PosaError, ProtocolError, Rejected
-from posa.naming.registry import LocalRegistry, Registration, RegistryTable
+from posa.delivery.sender import Sender
+from posa.errors import NameNotFound, PosaError
+from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, registration_to_wire
+from posa.naming.registration import Registration, resolver
+from posa.naming.registry import LocalRegistry
+from posa.naming.table import RegistryTable
 from posa.peer import DEFERRED, Peer
 from posa.security import Acl, authenticated_key
 from posa.wire.codec import Kind, Message
 
-__all__ = ["Dispatcher", "DISPATCHER", "MAX_HOPS", "registration_to_wire",
-           "registration_from_wire"]
+__all__ = ["Dispatcher", "MAX_HOPS"]
 
 log = logging.getLogger("posa.dispatch.dispatcher")
 
-DISPATCHER = "posa/dispatcher"
 MAX_HOPS = 4
 JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
-
-
-def registration_to_wire(r: Registration) -> dict[str, Any]:
-    return {"name": r.name, "addresses": list(r.addresses), "epoch": r.epoch,
-            "lease": r.lease, "expires_in": r.expires_in, "meta": dict(r.meta)}
-
-
-def registration_from_wire(data: Any) -> Registration:
-    try:
-        return Registration(data["name"], tuple(data["addresses"]), int(data["epoch"]),
-                            float(data["lease"]), float(data["expires_in"]),
-                            dict(data["meta"]))
-    except (TypeError, KeyError, ValueError) as exc:
-        raise ProtocolError(f"malformed registration from the dispatcher: {exc}") from None
-
-
-def _field(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
-           default: Any = ...) -> Any:
-    value = body.get(key, default)
-    if value is ...:
-        raise Rejected(f"request {body.get('op')!r} needs the field {key!r}")
-    if value is not default and not isinstance(value, kind):
-        raise Rejected(f"field {key!r} of request {body.get('op')!r} has the wrong type")
-    return value
 
 
 class Dispatcher:
@@ -107,8 +74,7 @@ class Dispatcher:
             self.connect_peer(address)
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
         self.stats = {"requests": 0, "federated_lookups": 0}
-        self._ops = {name[len("_op_"):]: getattr(self, name)
-                     for name in dir(type(self)) if name.startswith("_op_")}
+        self._handlers = OPS.bind(self)
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,),
                          authenticator=authenticator, **peer_options)
@@ -131,58 +97,44 @@ class Dispatcher:
     def _handle(self, msg: Message) -> Any:
         if msg.kind != Kind.REQUEST:
             return None
-        body = msg.body
-        if not isinstance(body, dict) or not isinstance(body.get("op"), str):
-            raise Rejected("a dispatcher request is a map with an 'op' field; see "
-                           "docs/protocol.md")
         self.stats["requests"] += 1
-        op = body["op"]
-        handler = self._ops.get(op)
-        if handler is None:
-            raise Rejected(f"unknown dispatcher operation {op!r}; known: "
-                           f"{', '.join(sorted(self._ops))}")
-        return handler(msg, body)
+        op, fields = OPS.parse(msg.body)    # Rejected, saying what to send, if malformed
+        return self._handlers[op.name](msg, fields)
 
-    def _op_register(self, msg: Message, body: dict[str, Any]) -> Any:
-        name = _field(body, "name", str)
+    def _op_register(self, msg: Message, fields: dict[str, Any]) -> Any:
+        name = fields["name"]
         if self.acl is not None:
             self.acl.check_register(name, authenticated_key(msg))
         registration = self.registry.register(
-            name, _field(body, "addresses", list),
-            credential=_field(body, "credential", str),
-            epoch=_field(body, "epoch", int, None), lease=_field(body, "lease", (int, float), 10.0),
-            meta=_field(body, "meta", dict, None))
+            name, fields["addresses"], credential=fields["credential"],
+            epoch=fields["epoch"], lease=fields["lease"], meta=fields["meta"])
         self._commit()
         return registration_to_wire(registration)
 
-    def _op_renew(self, msg: Message, body: dict[str, Any]) -> Any:
+    def _op_renew(self, msg: Message, fields: dict[str, Any]) -> Any:
         return registration_to_wire(self.registry.renew(
-            _field(body, "name", str), credential=_field(body, "credential", str)))
+            fields["name"], credential=fields["credential"]))
 
-    def _op_unregister(self, msg: Message, body: dict[str, Any]) -> Any:
-        self.registry.unregister(_field(body, "name", str),
-                                 credential=_field(body, "credential", str))
+    def _op_unregister(self, msg: Message, fields: dict[str, Any]) -> Any:
+        self.registry.unregister(fields["name"], credential=fields["credential"])
         self._commit()
         return None
 
-    def _op_lookup(self, msg: Message, body: dict[str, Any]) -> Any:
-        name = _field(body, "name", str)
+    def _op_lookup(self, msg: Message, fields: dict[str, Any]) -> Any:
         try:
-            return registration_to_wire(self.registry.lookup(name))
+            return registration_to_wire(self.registry.lookup(fields["name"]))
         except NameNotFound:
-            return self._federate(msg, body)
+            return self._federate(msg, "lookup", fields, fields["name"])
 
-    def _op_names(self, msg: Message, body: dict[str, Any]) -> Any:
-        return [registration_to_wire(r)
-                for r in self.registry.names(_field(body, "pattern", str, "**"))]
+    def _op_names(self, msg: Message, fields: dict[str, Any]) -> Any:
+        return [registration_to_wire(r) for r in self.registry.names(fields["pattern"])]
 
-    def _op_pick(self, msg: Message, body: dict[str, Any]) -> Any:
-        service = _field(body, "service", str)
-        exclude = set(_field(body, "exclude", list, []))
+    def _op_pick(self, msg: Message, fields: dict[str, Any]) -> Any:
+        service, exclude = fields["service"], set(fields["exclude"])
         servers = [r for r in self._servers(service) if r.name not in exclude]
         if not servers:
             try:
-                return self._federate(msg, body)
+                return self._federate(msg, "pick", fields, service)
             except NameNotFound:
                 raise NameNotFound(
                     f"no live server provides {service!r}"
@@ -193,7 +145,7 @@ class Dispatcher:
         slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
         return registration_to_wire(slots[turn % len(slots)])
 
-    def _op_services(self, msg: Message, body: dict[str, Any]) -> Any:
+    def _op_services(self, msg: Message, fields: dict[str, Any]) -> Any:
         services: dict[str, list[str]] = {}
         for r in self.registry.names("**"):
             service = r.meta.get("service")
@@ -201,12 +153,12 @@ class Dispatcher:
                 services.setdefault(service, []).append(r.name)
         return services
 
-    def _op_watch(self, msg: Message, body: dict[str, Any]) -> Any:
+    def _op_watch(self, msg: Message, fields: dict[str, Any]) -> Any:
         endpoint, route = msg.route
         self._watchers[(id(endpoint), route)] = (endpoint, route)
         return {"instance": self.instance}
 
-    def _op_ping(self, msg: Message, body: dict[str, Any]) -> Any:
+    def _op_ping(self, msg: Message, fields: dict[str, Any]) -> Any:
         return {"instance": self.instance, "node": self.node}
 
     def _servers(self, service: str) -> list[Registration]:
@@ -219,9 +171,8 @@ class Dispatcher:
         self._record(name)
         if not self._watchers:
             return
-        body = {"name": name, "registration": None if registration is None
-                else registration_to_wire(registration)}
-        frame = self.peer.codec.pack(Kind.NOTIFY, 0, 0, self.peer.name, "", 0, {}, body)
+        frame = self.peer.codec.pack(Kind.NOTIFY, 0, 0, self.peer.name, "", 0, {},
+                                     notice_to_wire(name, registration))
         if self._authenticator is not None:
             frame = self._authenticator.seal(frame)
         self.peer.reactor.call_soon(self._notify, frame)
@@ -314,29 +265,25 @@ class Dispatcher:
         self._snapshot()
 
     # -- federation (worker threads) -------------------------------------------------
-    @staticmethod
-    def _no_resolve(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        raise NameNotFound(f"{name!r} is reached by its pinned address only")
-
     def connect_peer(self, address: str) -> None:
         """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
-        self._federation.append(Sender(f"{DISPATCHER}/{self.node}", resolve=self._no_resolve,
-                                       pins={DISPATCHER: address},
+        self._federation.append(Sender(f"{DISPATCHER}/{self.node}",
+                                       resolve=resolver(None, pins={DISPATCHER: address}),
                                        authenticator=self._authenticator))
 
-    def _federate(self, msg: Message, body: dict[str, Any]) -> Any:
-        """Ask the federated dispatchers (on a worker thread); raise NameNotFound if
-        there are none, or if this request already passed here or went too far."""
-        via = _field(body, "via", list, [])
-        hops = _field(body, "hops", int, 0)
+    def _federate(self, msg: Message, op: str, fields: dict[str, Any], what: str) -> Any:
+        """Ask the federated dispatchers for ``what`` (on a worker thread); raise
+        NameNotFound if there are none, or if this request already passed here or
+        went too far."""
+        via, hops = list(fields["via"]), fields["hops"]
         if not self._federation or self.node in via or hops >= MAX_HOPS:
-            raise NameNotFound(f"no live registration for {body.get('name') or body.get('service')!r}"
-                               " here or at the federated dispatchers")
-        forwarded = dict(body, via=via + [self.node], hops=hops + 1)
-        self._workers.submit(self._ask_federation, msg, forwarded)
+            raise NameNotFound(f"no live registration for {what!r} here or at the "
+                               "federated dispatchers")
+        forwarded = OPS.request(op, **dict(fields, via=via + [self.node], hops=hops + 1))
+        self._workers.submit(self._ask_federation, msg, forwarded, what)
         return DEFERRED
 
-    def _ask_federation(self, msg: Message, body: dict[str, Any]) -> None:
+    def _ask_federation(self, msg: Message, body: dict[str, Any], what: str) -> None:
         self.stats["federated_lookups"] += 1
         for sender in list(self._federation):
             try:
@@ -348,7 +295,6 @@ class Dispatcher:
                 continue
             self.peer.reply(msg, reply.body)
             return
-        what = body.get("name") or body.get("service")
         self.peer.reply_error(msg, NameNotFound(
             f"no live registration for {what!r} here or at the federated dispatchers"))
 

@@ -24,24 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
-from posa.naming.client import RegistryClient
-from posa.naming.registry import Registration, Registry, resolver
+from posa.naming.registration import Registration, Registry, resolver
+from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
 from posa.transport.base import Options
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
 __all__ = ["Server", "Client", "ServiceChannel"]
-
-
-def _registry(dispatcher: str | None, registry: Registry | None) -> tuple[Any, bool]:
-    if registry is not None:
-        return registry, False
-    if dispatcher is None:
-        raise TypeError("give the dispatcher's address (dispatcher='tcp://...') or a registry")
-    return RegistryClient(dispatcher), True
 
 
 class Server:
@@ -57,7 +49,8 @@ class Server:
                  **peer_options: Any) -> None:
         self.service = validate_name(service)
         self.handler = handler
-        self.registry, self._owns_registry = _registry(dispatcher, registry)
+        self.registry, self._owns_registry = open_registry(registry, dispatcher,
+                                                           required=True)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"posa-{service}") \
             if workers > 0 else None
         addresses = [listen] if isinstance(listen, str) else list(listen)
@@ -104,7 +97,8 @@ class Client:
     def __init__(self, *, dispatcher: str | None = None, registry: Registry | None = None,
                  timeout: float = 5.0, attempt_timeout: float = 1.0,
                  authenticator: Authenticator | None = None) -> None:
-        self.registry, self._owns_registry = _registry(dispatcher, registry)
+        self.registry, self._owns_registry = open_registry(registry, dispatcher,
+                                                           required=True)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         # a send to a vanished server must not block longer than one attempt
@@ -154,7 +148,8 @@ class Client:
     def _pick(self, service: str, exclude: Sequence[str]) -> str:
         pick = getattr(self.registry, "pick", None)
         if pick is not None:
-            name = pick(service, exclude=exclude).name
+            picked: Registration = pick(service, exclude=exclude)
+            name = picked.name
         else:  # a registry without service lookup: choose among the live servers
             servers = [r.name for r in self.servers(service) if r.name not in exclude]
             if not servers:

@@ -18,20 +18,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
-from posa.delivery.forwarder import Forwarder, Sender
-from posa.dispatch.dispatcher import DISPATCHER, registration_from_wire
-from posa.errors import NameNotFound, PosaError
-from posa.naming.registry import DEFAULT_LEASE, Registration
+from posa.delivery.forwarder import Forwarder
+from posa.delivery.sender import Sender
+from posa.errors import PosaError, ProtocolError
+from posa.naming.protocol import DISPATCHER, OPS, notice_from_wire, registration_from_wire
+from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
 from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["RegistryClient"]
-
-
-def _pinned_only(name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-    raise NameNotFound(f"{name!r} is reached at the dispatcher's address only")
 
 
 class RegistryClient:
@@ -46,9 +43,9 @@ class RegistryClient:
         self.codec = codec or Codec()
         self.options = options or Options(send_timeout=min(timeout, 5.0))
         self._authenticator = authenticator
-        self._sender = Sender("", resolve=_pinned_only, codec=self.codec,
-                              options=self.options, pins={DISPATCHER: address},
-                              authenticator=authenticator)
+        self._resolve = resolver(None, pins={DISPATCHER: address})
+        self._sender = Sender("", resolve=self._resolve, codec=self.codec,
+                              options=self.options, authenticator=authenticator)
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -72,8 +69,8 @@ class RegistryClient:
 
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
-        fields["op"] = op
-        return self._sender.request(DISPATCHER, fields, timeout=self.timeout).body
+        return self._sender.request(DISPATCHER, OPS.request(op, **fields),
+                                    timeout=self.timeout).body
 
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
@@ -147,17 +144,14 @@ class RegistryClient:
                     registration, time.monotonic() + max(0.0, registration.expires_in))
 
     def _notified(self, msg: Message) -> None:
-        body = msg.body
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        try:
+            notice = notice_from_wire(msg.body)
+        except ProtocolError:
+            self.forget(msg.body["name"])
             return
-        name = body["name"]
-        registration = None
-        if body.get("registration") is not None:
-            try:
-                registration = registration_from_wire(body["registration"])
-            except PosaError:
-                self.forget(name)
-                return
+        if notice is None:
+            return
+        name, registration = notice
         with self._lock:
             if registration is None:
                 self._cache.pop(name, None)
@@ -195,11 +189,10 @@ class RegistryClient:
             self._ping()
 
     def _subscribe(self) -> None:
-        watch = Forwarder("", resolve=_pinned_only, codec=self.codec, options=self.options,
+        watch = Forwarder("", resolve=self._resolve, codec=self.codec, options=self.options,
                           on_notify=self._notified, authenticator=self._authenticator)
-        watch.pin(DISPATCHER, self.address)
         try:
-            seq = watch.send(DISPATCHER, {"op": "watch"}, kind=Kind.REQUEST,
+            seq = watch.send(DISPATCHER, OPS.request("watch"), kind=Kind.REQUEST,
                              deadline=time.monotonic())
         except (PosaError, OSError):
             watch.close()
@@ -213,8 +206,8 @@ class RegistryClient:
     def _ping(self) -> None:
         assert self._watch is not None
         try:
-            self._ping_seq = self._watch.send(DISPATCHER, {"op": "ping"}, kind=Kind.REQUEST,
-                                              deadline=time.monotonic())
+            self._ping_seq = self._watch.send(DISPATCHER, OPS.request("ping"),
+                                              kind=Kind.REQUEST, deadline=time.monotonic())
         except (PosaError, OSError):
             self._drop_watch()
 

@@ -1,12 +1,18 @@
-"""Which registry a peer or a service uses, and how a sender resolves a name.
+"""Which registry a peer or a service uses: the one given, a dispatcher's, or the embedded one.
 
 One place answers the question every pattern asks at construction ("the
 registry I was given, else a client of the dispatcher at this address, else the
 process's embedded registry"), so no service writes it again.
+
+The ``resolve(name, fresh)`` a ``Sender`` needs is ``resolver`` in
+``posa.naming.registration``, beside the ``Registry`` interface it works over:
+``RegistryClient``, which this module picks, uses it too, so it cannot live
+here without an import cycle.
 """
 from __future__ import annotations
 
-from posa.naming.registry import LocalRegistry, Registry
+from posa.naming.registration import Registry
+from posa.naming.registry import LocalRegistry
 from posa.runtime.local import process_local
 
 __all__ = ["embedded_registry", "open_registry"]

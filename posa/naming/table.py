@@ -1,7 +1,7 @@
 """The registry's state as a pure class: ``RegistryTable``.
 
 No threads, no I/O, an injectable clock: mutations return change events instead
-of calling anyone. It enforces the rules of ``posa.naming.registry`` (owners, epochs,
+of calling anyone. It enforces the rules of ``posa.naming.registration`` (owners, epochs,
 leases); ``LocalRegistry`` and the standalone dispatcher keep one each.
 
 Strategy: ``_entries`` (a dict) makes lookup O(1). ``_children`` maps every path
@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 
 from posa.errors import NameNotFound, ProtocolError, Rejected, StaleEpoch, Unauthorized
-from posa.naming.registry import (
+from posa.naming.registration import (
     DEFAULT_LEASE,
     MAX_META_BYTES,
     Change,
@@ -129,7 +129,7 @@ class RegistryTable:
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None
                  ) -> tuple[Registration, list[Change]]:
-        """Bind ``name``; see ``posa.naming.registry`` for ownership and epochs."""
+        """Bind ``name``; see ``posa.naming.registration`` for ownership and epochs."""
         validate_name(name)
         addrs = check_addresses(name, addresses)
         lease = check_lease(name, lease)
@@ -154,10 +154,7 @@ class RegistryTable:
             changed = (new_epoch != entry.epoch or addrs != entry.addresses
                        or frozen_meta != entry.meta)
         else:
-            if entry is not None:
-                last_epoch = entry.epoch
-            else:
-                last_epoch = self._tombstones.pop(name, 0)
+            last_epoch = entry.epoch if entry is not None else self._tombstones.pop(name, 0)
             new_epoch = last_epoch + 1 if epoch is None else epoch
             changed = True
         if entry is None:

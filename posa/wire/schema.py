@@ -57,6 +57,11 @@ class Field:
     default: Any = REQUIRED
     check: Callable[[Any], bool] | None = None
     must: str = ""              # what ``check`` demands, for the refusal text
+    kinds: tuple[type, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds",
+                           self.kind if isinstance(self.kind, tuple) else (self.kind,))
 
     @property
     def required(self) -> bool:
@@ -71,7 +76,7 @@ class Field:
                 raise Rejected(f"{service} operation {op!r} needs the field {self.name!r} "
                                f"({_describe_kind(self.kind)}); see docs/protocol.md")
             return self.default
-        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        kinds = self.kinds
         if (not isinstance(value, kinds)
                 or (isinstance(value, bool) and bool not in kinds)):
             raise Rejected(f"field {self.name!r} of {service} operation {op!r} must be "
@@ -92,12 +97,32 @@ class Op:
     oneway: bool = False
     doc: str = ""
     names: frozenset[str] = field(init=False, repr=False, compare=False)
+    _plan: tuple[tuple[str, tuple[type, ...], Any, Field], ...] = field(
+        init=False, repr=False, compare=False)
+    _defaults: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(f.name for f in self.fields))
+        object.__setattr__(self, "_plan", tuple(
+            (f.name, f.kinds, f.check, f) for f in self.fields))
+        object.__setattr__(self, "_defaults", {
+            f.name: f.default for f in self.fields if not f.required})
 
     def parse(self, service: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return {f.name: f.take(self.name, service, body) for f in self.fields}
+        """The checked fields of ``body`` (defaults filled in); ``Rejected`` if
+        one is missing or malformed."""
+        # the hot path of every request: a value of exactly a declared type is
+        # taken here; anything else (absent and required, a subclass such as bool
+        # for int, the wrong type) goes to Field.take, which accepts or refuses it
+        fields = self._defaults.copy()
+        get = body.get
+        for name, kinds, check, spec in self._plan:
+            value = get(name)
+            if value.__class__ in kinds and (check is None or check(value)):
+                fields[name] = value
+            elif value is not None or name not in fields:   # else: the default stands
+                fields[name] = spec.take(self.name, service, body)
+        return fields
 
 
 Handler = Callable[[Any, dict[str, Any]], Any]
@@ -130,20 +155,29 @@ class OpTable:
 
     def parse(self, body: Any) -> tuple[Op, dict[str, Any]]:
         """The operation and its checked fields (defaults filled in)."""
-        op = self.op_of(body)
+        op: Op | None = None
+        ops: dict[Any, Op] = self.ops       # any key: a malformed "op" just misses
+        if body.__class__ is dict:          # the usual case, without op_of's checks
+            try:
+                op = ops.get(body.get("op"))
+            except TypeError:               # an unhashable "op"
+                pass
+        if op is None:
+            op = self.op_of(body)           # refuses it, or takes a dict subclass
         return op, op.parse(self.service, body)
 
-    def request(self, name: str, **fields: Any) -> dict[str, Any]:
+    def request(self, name: str, /, **fields: Any) -> dict[str, Any]:
         """The body of a request for operation ``name`` (client side). Fields
-        left out or None are not sent; an unknown field is a programming error."""
-        op = self.ops[name]
-        unknown = set(fields) - op.names
-        if unknown:
+        left out or None are not sent; an unknown field is a programming error.
+        ``name`` is positional only, so an operation may have a field "name"."""
+        names = self.ops[name].names
+        if not names.issuperset(fields):
             raise TypeError(f"{self.service} operation {name!r} has no field(s) "
-                            f"{', '.join(sorted(unknown))}")
-        body: dict[str, Any] = {"op": name}
-        body.update((k, v) for k, v in fields.items() if v is not None)
-        return body
+                            f"{', '.join(sorted(set(fields) - names))}")
+        if None in fields.values():
+            fields = {k: v for k, v in fields.items() if v is not None}
+        fields["op"] = name         # ``fields`` is this call's own dict
+        return fields
 
     def bind(self, server: object, prefix: str = "_op_") -> dict[str, Handler]:
         """``op name -> server.<prefix><name>`` for every operation; raises

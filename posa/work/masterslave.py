@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from posa.delivery.forwarder import Sender
+from posa.delivery.sender import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
-from posa.naming.registry import Registration, Registry, resolver
+from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Kind, Message

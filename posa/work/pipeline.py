@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from posa.errors import PosaError, Timeout
-from posa.naming.registry import Registry
+from posa.naming.registration import Registry
 from posa.work.client import submit
 from posa.work.queue import WorkQueue
 from posa.work.worker import Item, Worker

@@ -37,7 +37,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from posa.errors import Closed, PosaError, Rejected, Timeout
-from posa.naming.registry import Registry
+from posa.naming.registration import Registry
 from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Message
 from posa.work.progress import finished, render_progress

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from posa.errors import PosaError
-from posa.naming.registry import Registry
+from posa.naming.registration import Registry
 from posa.peer import Peer
 from posa.work.protocol import QUEUE, next_request
 

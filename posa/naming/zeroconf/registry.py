@@ -51,7 +51,7 @@ from zeroconf.asyncio import AsyncServiceBrowser
 from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_TXT
 
 from posa.errors import Closed, PosaError, Rejected, Timeout, TransportError
-from posa.naming.registry import DEFAULT_LEASE, Change, Registration
+from posa.naming.registration import DEFAULT_LEASE, Change, Registration
 from posa.naming.zeroconf.table import DiscoveryTable
 from posa.naming.zeroconf.watchers import Watchers
 from posa.naming.zeroconf.wire import (

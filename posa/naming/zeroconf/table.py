@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from posa.errors import NameNotFound, ProtocolError, Rejected, StaleEpoch, Unauthorized
-from posa.naming.registry import (
+from posa.naming.registration import (
     Change,
     Registration,
     check_addresses,

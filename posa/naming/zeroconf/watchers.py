@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from posa.naming.registry import Change, Registration
+from posa.naming.registration import Change, Registration
 
 __all__ = ["Watchers"]
 

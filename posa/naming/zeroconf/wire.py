@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from posa.errors import PosaError, ProtocolError, Rejected
-from posa.naming.registry import check_addresses, check_lease
+from posa.naming.registration import check_addresses, check_lease
 from posa.wire.names import validate_name
 
 __all__ = ["SERVICE_TYPE", "TXT_VERSION", "MAX_TXT_BYTES", "Announcement",
