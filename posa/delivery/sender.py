@@ -41,9 +41,8 @@ class Sender:
                  window: int = 1024, ack_timeout: float = 1.0,
                  on_notify: Callable[[Message], None] | None = None,
                  authenticator: Authenticator | None = None,
-                 pins: dict[str, str] | None = None, reactor: Reactor | None = None) -> None:
+                 reactor: Reactor | None = None) -> None:
         self.name = name
-        self.pins = dict(pins or {})
         self.codec = codec or Codec()
         self.options = self.codec.limits.options(options)
         self._make: Callable[[], Forwarder] = partial(
@@ -62,8 +61,6 @@ class Sender:
             if self.closed:
                 raise Closed(f"the sender {self.name!r} is closed")
             fwd = self._local.fwd = self._make()
-            for pinned, address in self.pins.items():
-                fwd.pin(pinned, address)
             with self._lock:
                 self._all.append(fwd)
         return fwd
