@@ -38,6 +38,32 @@ FACADE = {
     "Acl", "HmacAuthenticator", "Keyring",
 }
 
+# the __all__ of every other public module, exactly
+MODULES = {
+    "posa.aio": {"Peer", "Publisher", "Subscriber"},
+    "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PosaError", "ProtocolError",
+                    "Rejected", "RemoteError", "StaleEpoch", "Timeout", "TransportError",
+                    "Unauthorized"},
+    "posa.transport": {"Connection", "Curve", "Listener", "Options", "Route", "Transport",
+                       "ZmqTransport", "connect", "get", "listen", "register", "schemes"},
+    "posa.transport.testing": {
+        "AddressFactory", "CHECKS", "DEADLINE", "check_all", "check_close_wakes_recv",
+        "check_frame_sizes", "check_many_connections", "check_order",
+        "check_oversize_dropped_by_listener", "check_oversize_refused_by_send",
+        "check_polling", "check_recv_timeout", "check_resolved_address", "check_round_trip",
+        "check_use_after_close", "check_waiting_without_draining"},
+    "posa.security": {"Acl", "Authenticator", "Authorizer", "Gatekeeper", "HmacAuthenticator",
+                      "InFlight", "Keyring", "Limiter", "Quotas", "Rate", "RateLimiter",
+                      "acl_from_env", "authenticated_key", "from_env"},
+    "posa.ops": {"DEFAULT_BUCKETS", "Histogram", "Monitor", "OpsServer",
+                 "serve_until_signalled", "timed"},
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(MODULES))
+def test_each_public_module_exports_exactly_its_pinned_names(module_name: str) -> None:
+    assert set(importlib.import_module(module_name).__all__) == MODULES[module_name]
+
 
 @pytest.mark.parametrize("module_name", PUBLIC)
 def test_all_names_exist_and_are_unique(module_name: str) -> None:
