@@ -238,3 +238,19 @@ def test_an_unencodable_body_leaves_no_hole_in_the_stream(
             a.send("net/b", object())
         a.send("net/b", 2)
         assert [b.receive(timeout=5).body for _ in range(2)] == [1, 2]
+
+
+@pytest.mark.parametrize("address", ["inproc://{n}", "tcp://127.0.0.1:0"])
+def test_a_reply_that_cannot_be_encoded_is_a_remote_error_at_once(
+        address: str, registry: posa.LocalRegistry, tmp_path: object) -> None:
+    """Not msgpack-able, or over the frame limit: the requester is told why, not
+    left to wait out its deadline (which here is far longer than any answer)."""
+    answers = {"object": object(), "huge": b"x" * 70_000}
+    with posa.Peer("net/b", registry=registry, listen=listen(address, "b", tmp_path),
+                   limits=posa.CodecLimits(max_frame_size=64 * 1024),
+                   handler=lambda m: answers.get(m.body, m.body)) as b, \
+         posa.Peer("net/a", registry=registry) as a:
+        for what in answers:
+            with pytest.raises(posa.RemoteError, match="could not be sent"):
+                a.request(b.name, what, timeout=60)
+        assert a.request(b.name, "still serving", timeout=60) == "still serving"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from posa.delivery.receiver import ACK_BATCH, Endpoint, Outgoing, Receiver
-from posa.errors import NameNotFound, code_of
-from posa.wire.codec import Codec, Kind, Message
+from posa.errors import NameNotFound, RemoteError, code_of, from_wire
+from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_fields
 
 CODEC = Codec()
 
@@ -141,6 +142,35 @@ def test_a_repeated_request_goes_where_its_sender_waits_now() -> None:
     assert (endpoint, route) == (e2, "r2")
     receiver.receive(envelope(1, kind=Kind.REQUEST), e1, "r3")
     assert receiver.take_outbox() == [(e1, "r3", frame)]   # from the cache
+
+
+def test_the_reply_cache_is_bounded_in_bytes_as_well_as_in_count() -> None:
+    receiver = new_receiver(max_reply_bytes=64 * 1024)
+    e1 = Endpoint(None, "inproc://e1")
+    big = b"x" * 20_000
+    for seq in range(1, 11):
+        (msg,) = receiver.receive(envelope(seq, kind=Kind.REQUEST), e1, "r")
+        receiver.answer(msg, Kind.REPLY, big)
+        assert receiver.reply_bytes == sum(len(f) for f in receiver.replies.values())
+        assert receiver.reply_bytes <= 64 * 1024
+    assert [key[2] for key in receiver.replies] == [8, 9, 10]   # the newest kept
+    (msg,) = receiver.receive(envelope(11, kind=Kind.REQUEST), e1, "r")
+    receiver.answer(msg, Kind.REPLY, b"y" * 70_000)           # larger than the budget
+    assert (7, 11) not in {k[1:] for k in receiver.replies} and receiver.reply_bytes <= 65536
+
+
+@pytest.mark.parametrize("body, cause", [(object(), "msgpack"), (b"z" * 5000, "frame")])
+def test_an_answer_that_cannot_be_encoded_becomes_a_remote_error(body: Any,
+                                                                 cause: str) -> None:
+    codec = Codec(CodecLimits(max_frame_size=4096))
+    receiver = Receiver("b", [], codec=codec)
+    e1 = Endpoint(None, "inproc://e1")
+    (msg,) = receiver.receive(envelope(1, kind=Kind.REQUEST), e1, "r")
+    endpoint, route, frame, settles = receiver.answer(msg, Kind.REPLY, body)
+    answer = CODEC.decode(frame)
+    assert (endpoint, route, settles, answer.kind) == (e1, "r", None, Kind.ERROR)
+    error = from_wire(*error_fields(answer.body))
+    assert isinstance(error, RemoteError) and cause in str(error).lower(), str(error)
 
 
 def test_after_a_move_senders_are_told_once_per_route() -> None:

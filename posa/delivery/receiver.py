@@ -26,9 +26,14 @@ Invariants:
 - A REPLY to the newest message of a stream, sent on the route its pending ACK
   would take, stands for that ACK (the requester takes a REPLY for an ACK): a
   request-reply exchange costs two frames, not three.
-- The latest ``max_replies`` replies are cached: a request that comes again gets
-  the same reply again.  A request still being handled is remembered with the
-  route its latest copy came by (at most ``max_open``): its reply goes there.
+- The latest replies are cached, at most ``max_replies`` of them and
+  ``max_reply_bytes`` in all (the oldest go first; a reply larger than the whole
+  budget is not kept): a request that comes again gets the same reply again.
+- An answer that cannot be encoded (not msgpack-able, or over the frame limit)
+  is replaced by an ERROR that the requester raises as ``RemoteError`` naming the
+  cause, so a requester is told at once instead of waiting out its deadline.
+- A request still being handled is remembered with the route its latest copy
+  came by (at most ``max_open``): its reply goes there.
 - After ``move(endpoint, ...)`` every sender acknowledged on that endpoint is told
   once where the peer went (MOVED), on every route the endpoint has seen (the
   latest ``max_routes``).
@@ -38,13 +43,14 @@ dict operations are single steps.  Everything else runs on one thread.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Rejection
 from posa.delivery.streams import Inbound
-from posa.errors import NameNotFound, ProtocolError
+from posa.errors import NameNotFound, ProtocolError, RemoteError, code_of
 from posa.wire.codec import Codec, Kind, Message, error_body
 
 __all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY"]
@@ -57,6 +63,7 @@ _SEND, _REQUEST, _REPLY, _ERROR, _BATCH, _ACK, _MOVED = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.BATCH, Kind.ACK, Kind.MOVED)
 
 Key = tuple[str, int, int]          # (sender, stream, id) of a request
+_REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 
 
 class Endpoint:
@@ -97,6 +104,7 @@ class Receiver(Inbound):
                  unbatch: Callable[[Message, Hashable], list[Message]] = _no_batches,
                  rejections: Any = None, ack_batch: int = ACK_BATCH,
                  ack_delay: float = ACK_DELAY, max_replies: int = 1024,
+                 max_reply_bytes: int = 64 * 1024 * 1024,
                  max_open: int = 65536, max_routes: int = 4096,
                  max_streams: int = 65536, max_early: int = 4096) -> None:
         super().__init__(max_streams, max_early)
@@ -110,6 +118,9 @@ class Receiver(Inbound):
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.max_replies = max_replies
+        self.max_reply_bytes = max_reply_bytes
+        self.reply_bytes = 0                  # the cached replies' size
+        self._cache_lock = threading.Lock()   # ``answer`` runs on any thread
         self.max_open = max_open
         self.max_routes = max_routes
         # (sender, stream) -> [endpoint, route, recipient, runs since the last ACK]
@@ -275,19 +286,35 @@ class Receiver(Inbound):
         a stream, the request it settles (pass it to ``replied`` once sent).
         The frame is cached for a repeat of the request."""
         me = msg.recipient if msg.recipient in self.recipients else self.name
-        frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
+        try:
+            frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
+        except ProtocolError as exc:        # the requester is told why, at once
+            kind = _ERROR
+            frame = self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
+                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
         endpoint, route = msg.route
         settles = None
         if msg.stream:
             key = (msg.sender, msg.stream, msg.id)
-            replies = self.replies
-            replies[key] = frame
-            if len(replies) > self.max_replies:
-                replies.popitem(last=False)
+            self._cache(key, frame)
             endpoint, route = self.open_requests.pop(key, msg.route)
             if kind == _REPLY:      # the requester takes a REPLY for an ACK
                 settles = key
         return endpoint, route, frame, settles
+
+    def _cache(self, key: Key, frame: bytes) -> None:
+        """Keep ``frame`` for a repeat of request ``key``, within both bounds."""
+        replies = self.replies
+        with self._cache_lock:
+            old = replies.pop(key, None)
+            if old is not None:
+                self.reply_bytes -= len(old)
+            if len(frame) <= self.max_reply_bytes:
+                replies[key] = frame
+                self.reply_bytes += len(frame)
+            while replies and (len(replies) > self.max_replies
+                               or self.reply_bytes > self.max_reply_bytes):
+                self.reply_bytes -= len(replies.popitem(last=False)[1])
 
     def replied(self, endpoint: Endpoint, route: Hashable, settles: Key) -> list[Outgoing]:
         """The REPLY to request ``settles`` went out on ``route``: where it
