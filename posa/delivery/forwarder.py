@@ -37,6 +37,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.delivery.budget import bounded
 from posa.delivery.links import Links, Resolve
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import drive
@@ -61,8 +62,8 @@ _monotonic = time.monotonic
 _NO_HEADERS: dict[str, Any] = {}    # packed for messages without headers; never changed
 # the kinds the hot paths compare with, as module globals: looking a member up on
 # its enum class costs ~0.1 us before Python 3.12
-_SEND, _REQUEST, _REPLY, _ERROR, _ACK = (Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR,
-                                        Kind.ACK)
+_SEND, _REQUEST, _REPLY, _ERROR, _ACK, _PROGRESS = (
+    Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.ACK, Kind.PROGRESS)
 
 
 class Forwarder:
@@ -88,6 +89,7 @@ class Forwarder:
         self._batches = OpenBatches(self.lock, self._targets, reactor)
         self._links = Links(resolve, options)
         self._replies: dict[tuple[str, int], Message] = {}
+        self._progress: dict[tuple[str, int], float] = {}   # request -> last PROGRESS
         self._seq_floor = 1         # where new streams start numbering (_drop_target)
         self._pid = os.getpid()
         self.closed = False
@@ -159,32 +161,79 @@ class Forwarder:
         wait for input, expects to be sent whether the connection became readable,
         and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
         with the event loop, so the protocol is written once. Drivers hold ``lock``
-        while a step runs and release it while they wait."""
+        while a step runs and release it while they wait.
+
+        Inside a handler the timeout is cut to the handled request's remaining
+        time (``posa.delivery.budget``); the ``ttl`` header tells the recipient."""
+        timeout = bounded(timeout)
         deadline = time.monotonic() + timeout
-        hdrs = {"ttl": int(timeout * 1000)}
+        seq = self.send_request(name, body, deadline, headers)
+        return (yield from self.reply_steps(name, seq, deadline, failfast=failfast))
+
+    def send_request(self, name: str, body: Any, deadline: float,
+                     headers: dict[str, Any] | None = None, *,
+                     send_within: float | None = None) -> int:
+        """Send a REQUEST due by ``deadline`` (its ``ttl``); returns its id (wait
+        with ``reply_steps``). ``send_within`` bounds the send itself (a caller
+        that fails over gives a dead recipient only that long)."""
+        now = time.monotonic()
+        hdrs = {"ttl": max(1, int((deadline - now) * 1000))}
         if headers:
             hdrs.update(headers)
-        seq = self.send_locked(name, body, _REQUEST, hdrs, deadline)
+        if send_within is not None:
+            deadline = min(deadline, now + send_within)
+        return self.send_locked(name, body, _REQUEST, hdrs, deadline)
+
+    def knows(self, name: str) -> bool:
+        """True while this forwarder has a stream to ``name`` (not given up)."""
+        return name in self._targets
+
+    def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
+                    stall: float | None = None
+                    ) -> Generator[tuple[Connection, float], bool, Message]:
+        """Wait for the reply to request ``seq`` sent to ``name``, as steps.
+
+        Until the request is acknowledged it is resent (by way of the name, which
+        may have moved) every ``ack_timeout`` s.  With ``stall``, a recipient that
+        has not acknowledged the request, nor said it is still handling it
+        (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
+        ``TransportError``, like a connection lost with ``failfast``."""
         key = (name, seq)
         target = self._targets[name]
+        heard = time.monotonic()
+        acked = False
         while True:
             reply = self._replies.pop(key, None)
             if reply is not None:
+                self._progress.pop(key, None)
                 if reply.kind == _ERROR:
                     code, kind, text = error_fields(reply.body)
                     raise from_wire(code, kind, text)
                 return reply
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if not acked and target.out.acked >= seq:
+                acked, heard = True, now
+            heard = max(heard, self._progress.pop(key, heard))
+            remaining = deadline - now
             if remaining <= 0:
-                raise Timeout(f"no reply from {name!r} within {timeout} s "
+                raise Timeout(f"no reply from {name!r} within the deadline "
                               f"(at {target.address}); is its handler slow or stuck?")
+            wait = min(remaining, self.ack_timeout)
+            if stall is not None:
+                if now - heard >= stall:
+                    raise TransportError(
+                        f"{name!r} at {target.address} gave no sign of life for {stall} s "
+                        f"({'handling' if acked else 'not acknowledging'} the request)")
+                wait = min(wait, heard + stall - now)
             conn = target.conn
             try:
                 # nothing queued: wait for the descriptor, which fires for the next
                 # frame (posa/transport/base.py); no receive that would find nothing
-                if not conn.pending() and not (yield conn, min(remaining, self.ack_timeout)):
-                    if target.out.unacked and target.out.first_unacked() <= seq:
-                        self._recover(target, deadline, None)  # not delivered yet
+                if not conn.pending() and not (yield conn, wait):
+                    if not acked and target.out.unacked and target.out.first_unacked() <= seq:
+                        # not delivered yet: resend, within the stall if there is one
+                        self._recover(target, deadline if stall is None
+                                      else min(deadline, heard + stall), None)
                     continue
                 frame = conn.recv_nowait()
             except TransportError as exc:
@@ -360,6 +409,11 @@ class Forwarder:
                 target.out.ack(msg.correlation)  # handled in order: all before it arrived
             if len(self._replies) > 4096:  # replies nobody waits for any more
                 self._replies.pop(next(iter(self._replies)))
+        elif kind == _PROGRESS:
+            progress = self._progress
+            progress[(msg.sender, msg.correlation)] = _monotonic()
+            if len(progress) > 4096:    # requests nobody waits for any more
+                progress.pop(next(iter(progress)))
         elif kind == Kind.MOVED:
             target = self._targets.get(msg.sender)
             body = msg.body if isinstance(msg.body, dict) else {}
