@@ -37,8 +37,8 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
-from posa.delivery.budget import bounded
 from posa.delivery.links import Links, Resolve
+from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import drive
 from posa.errors import (
@@ -48,11 +48,10 @@ from posa.errors import (
     Timeout,
     TransportError,
     Unauthorized,
-    from_wire,
 )
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Connection, Options
-from posa.wire.codec import Codec, Kind, Message, error_fields
+from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["Forwarder"]
 
@@ -66,7 +65,7 @@ _SEND, _REQUEST, _REPLY, _ERROR, _ACK, _PROGRESS = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.ACK, Kind.PROGRESS)
 
 
-class Forwarder:
+class Forwarder(Requesting):
     """Sends to names for one thread. Not thread-safe by design: only the reactor's
     late write of open batches shares it, under ``lock``."""
 
@@ -145,109 +144,9 @@ class Forwarder:
         """Send to ``name`` at ``address`` without asking the registry."""
         self._links.pins[name] = address
 
-    def request(self, name: str, body: Any, *, timeout: float,
-                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
-        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back.
-
-        With ``failfast`` a broken connection raises ``TransportError`` at once
-        instead of being retried until the deadline (the caller fails over)."""
-        return drive(self.lock, self.request_steps(name, body, timeout=timeout,
-                                                    headers=headers, failfast=failfast))
-
-    def request_steps(self, name: str, body: Any, *, timeout: float,
-                      headers: dict[str, Any] | None = None, failfast: bool = False
-                      ) -> Generator[tuple[Connection, float], bool, Message]:
-        """A request as steps: it yields ``(connection, seconds)`` whenever it must
-        wait for input, expects to be sent whether the connection became readable,
-        and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
-        with the event loop, so the protocol is written once. Drivers hold ``lock``
-        while a step runs and release it while they wait.
-
-        Inside a handler the timeout is cut to the handled request's remaining
-        time (``posa.delivery.budget``); the ``ttl`` header tells the recipient."""
-        timeout = bounded(timeout)
-        deadline = time.monotonic() + timeout
-        seq = self.send_request(name, body, deadline, headers)
-        return (yield from self.reply_steps(name, seq, deadline, failfast=failfast))
-
-    def send_request(self, name: str, body: Any, deadline: float,
-                     headers: dict[str, Any] | None = None, *,
-                     send_within: float | None = None) -> int:
-        """Send a REQUEST due by ``deadline`` (its ``ttl``); returns its id (wait
-        with ``reply_steps``). ``send_within`` bounds the send itself (a caller
-        that fails over gives a dead recipient only that long)."""
-        now = time.monotonic()
-        hdrs = {"ttl": max(1, int((deadline - now) * 1000))}
-        if headers:
-            hdrs.update(headers)
-        if send_within is not None:
-            deadline = min(deadline, now + send_within)
-        return self.send_locked(name, body, _REQUEST, hdrs, deadline)
-
     def knows(self, name: str) -> bool:
         """True while this forwarder has a stream to ``name`` (not given up)."""
         return name in self._targets
-
-    def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
-                    stall: float | None = None
-                    ) -> Generator[tuple[Connection, float], bool, Message]:
-        """Wait for the reply to request ``seq`` sent to ``name``, as steps.
-
-        Until the request is acknowledged it is resent (by way of the name, which
-        may have moved) every ``ack_timeout`` s.  With ``stall``, a recipient that
-        has not acknowledged the request, nor said it is still handling it
-        (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
-        ``TransportError``, like a connection lost with ``failfast``."""
-        key = (name, seq)
-        target = self._targets[name]
-        heard = time.monotonic()
-        acked = False
-        while True:
-            reply = self._replies.pop(key, None)
-            if reply is not None:
-                self._progress.pop(key, None)
-                if reply.kind == _ERROR:
-                    code, kind, text = error_fields(reply.body)
-                    raise from_wire(code, kind, text)
-                return reply
-            now = time.monotonic()
-            if not acked and target.out.acked >= seq:
-                acked, heard = True, now
-            heard = max(heard, self._progress.pop(key, heard))
-            remaining = deadline - now
-            if remaining <= 0:
-                raise Timeout(f"no reply from {name!r} within the deadline "
-                              f"(at {target.address}); is its handler slow or stuck?")
-            wait = min(remaining, self.ack_timeout)
-            if stall is not None:
-                if now - heard >= stall:
-                    raise TransportError(
-                        f"{name!r} at {target.address} gave no sign of life for {stall} s "
-                        f"({'handling' if acked else 'not acknowledging'} the request)")
-                wait = min(wait, heard + stall - now)
-            conn = target.conn
-            try:
-                # nothing queued: wait for the descriptor, which fires for the next
-                # frame (posa/transport/base.py); no receive that would find nothing
-                if not conn.pending() and not (yield conn, wait):
-                    if not acked and target.out.unacked and target.out.first_unacked() <= seq:
-                        # not delivered yet: resend, within the stall if there is one
-                        self._recover(target, deadline if stall is None
-                                      else min(deadline, heard + stall), None)
-                    continue
-                frame = conn.recv_nowait()
-            except TransportError as exc:
-                if failfast:
-                    self._links.drop(target.address)
-                    self._drop_target(name)
-                    raise TransportError(f"lost the connection to {name!r} at "
-                                         f"{target.address} while waiting for a reply: "
-                                         f"{exc}") from None
-                self._recover(target, deadline, exc)
-                continue
-            if frame is not None:
-                self._absorb(frame)
-            target = self._targets.get(name, target)
 
     def flush(self, deadline: float) -> None:
         """Wait until every message sent so far is acknowledged (or raise ``Timeout``)."""
@@ -323,14 +222,6 @@ class Forwarder:
             if target.conn is not conn:
                 return
             frame = conn.recv_nowait()
-
-    def take_reply(self, name: str, seq: int) -> Message | None:
-        """The reply ``name`` sent to request ``seq``, if it came (removed)."""
-        return self._replies.pop((name, seq), None)
-
-    def peek_reply(self, name: str, seq: int) -> Message | None:
-        """The reply ``name`` sent to request ``seq``, if it came (kept)."""
-        return self._replies.get((name, seq))
 
     def unacknowledged(self) -> int:
         return sum(len(t.out) for t in self._targets.values())
