@@ -321,9 +321,9 @@ class Forwarder:
         while target.out.acked == before and target.out.unacked:
             now = time.monotonic()
             if now >= deadline:
-                raise self._give_up(target, f"the window to {target.name!r} at "
-                                    f"{target.address} stayed full; the peer may be "
-                                    "overloaded or gone")
+                raise self._give_up(target, f"messages to {target.name!r} at "
+                                    f"{target.address} were not acknowledged in time; "
+                                    "the peer may be overloaded or gone")
             if now >= stall_until or target.moved is not None:
                 self._recover(target, deadline, None)
                 stall_until = time.monotonic() + self.ack_timeout
