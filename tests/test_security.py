@@ -453,10 +453,12 @@ def test_zmq_curve_encrypts_and_refuses_plain_clients(curve_transport: object) -
                       handler=lambda m: m.body) as b, \
             posa.Peer("net/a", registry=reg, listen="zmq+tcp://127.0.0.1:0") as a:
         assert a.request("net/b", "secret plan", timeout=10) == "secret plan"
-        plain = ZmqTransport().connect(b.address, Options(send_timeout=0.5))
+        plain = ZmqTransport().connect(b.address, Options(send_timeout=0.5,
+                                                          high_water_mark=1))
         try:
-            with pytest.raises(posa.Timeout):
-                plain.send(envelope("net/x", recipient="net/b"))
+            with pytest.raises(posa.Timeout):   # the handshake never completes: no room
+                for _ in range(2):
+                    plain.send(envelope("net/x", recipient="net/b"))
         finally:
             plain.close()
         with pytest.raises(posa.TransportError, match="without the server secret key"):

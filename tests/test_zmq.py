@@ -255,11 +255,12 @@ def test_oversized_frame_is_refused_by_send(opened: list) -> None:
     assert conn.recv(timeout=5.0) == b"y" * 1000
 
 
-def test_send_where_nobody_listens_times_out(opened: list) -> None:
+def test_send_where_nobody_listens_queues_to_the_mark_then_times_out(opened: list) -> None:
     with socket.socket() as probe:             # a port that is free, so nobody listens
         probe.bind(("127.0.0.1", 0))
         address = f"zmq+tcp://127.0.0.1:{probe.getsockname()[1]}"
-    conn = connect(opened, address, Options(send_timeout=0.2))
+    conn = connect(opened, address, Options(send_timeout=0.2, high_water_mark=1))
+    conn.send(b"queued until a listener answers")
     started = time.monotonic()
     with pytest.raises(Timeout, match=re.escape(f"could not send to {address} ")):
         conn.send(b"into the void")
@@ -327,7 +328,8 @@ def test_close_from_another_thread_wakes_a_send_waiting_for_a_listener(opened: l
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"zmq+tcp://127.0.0.1:{probe.getsockname()[1]}"
-    conn = connect(opened, address, Options(send_timeout=None))
+    conn = connect(opened, address, Options(send_timeout=None, high_water_mark=1))
+    conn.send(b"queued")                       # the next send waits for room
     outcome: list[BaseException] = []
 
     def send() -> None:

@@ -15,6 +15,8 @@ Strategy:
 - A failed send, an acknowledgement overdue, or a ``MOVED`` notice makes the
   forwarder re-resolve the name and send the unacknowledged frames again on the
   new connection (``posa.delivery.links``); the receiver drops the duplicates.
+  A MOVED notice read is only recorded; the recovery that follows it knows the
+  caller's deadline. A ``Timeout`` is final for its target (``_give_up``).
 - At most ``window`` frames per target are unacknowledged; a sender that gets
   ahead waits for acknowledgements (flow control, bounded memory).
 - Bursts travel in ``BATCH`` frames: a SEND to a target that was written to less
@@ -86,7 +88,7 @@ class Forwarder(Requesting):
         self._on_notify = on_notify
         self._targets: dict[str, Target] = {}
         self._batches = OpenBatches(self.lock, self._targets, reactor)
-        self._links = Links(resolve, options)
+        self._links = Links(resolve, options, ack_timeout)
         self._replies: dict[tuple[str, int], Message] = {}
         self._progress: dict[tuple[str, int], float] = {}   # request -> last PROGRESS
         self._seq_floor = 1         # where new streams start numbering (_drop_target)
@@ -136,6 +138,8 @@ class Forwarder(Requesting):
         if polls >= ACK_EVERY or len(unacked) >= self.window:
             target.since_poll = 0
             self._poll(target)
+            if target.moved is not None:
+                self._recover(target, deadline, None)
             while len(unacked) >= self.window:
                 self._await_progress(target, deadline)
         return seq
@@ -163,13 +167,12 @@ class Forwarder(Requesting):
             while target.out.unacked:
                 now = time.monotonic()
                 if now >= deadline:
-                    raise Timeout(
-                        f"{len(target.out)} message(s) to {target.name!r} at "
-                        f"{target.address} were not acknowledged in time; the peer may "
-                        "be overloaded or gone")
+                    raise self._give_up(target, f"messages to {target.name!r} at "
+                                        f"{target.address} were not acknowledged in time; "
+                                        "the peer may be overloaded or gone")
                 if target.out.acked != acked:       # progress: the stall clock restarts
                     acked, stall_until = target.out.acked, now + self.ack_timeout
-                if now >= stall_until:
+                if now >= stall_until or target.moved is not None:
                     self._recover(target, deadline, None)
                     stall_until = time.monotonic() + self.ack_timeout
                     continue
@@ -182,7 +185,7 @@ class Forwarder(Requesting):
                 if frame is not None:
                     self._absorb(frame)
                 elif not conn.pending():
-                    yield conn, min(deadline, stall_until) - now
+                    yield conn, max(0.0, min(deadline, stall_until) - now)
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""
@@ -198,8 +201,7 @@ class Forwarder(Requesting):
     def _drop_target(self, name: str) -> Target | None:
         target = self._targets.pop(name, None)
         if target is not None:
-            # the next stream numbers its messages above this one's, so that a late
-            # reply to one of its requests can never be taken for a new one's
+            # the next stream numbers above this one: a late reply is never a new one's
             self._seq_floor = max(self._seq_floor, target.out.next_seq)
         return target
 
@@ -208,9 +210,8 @@ class Forwarder(Requesting):
         return self._targets[name].conn
 
     def poll(self, name: str) -> None:
-        """Read what came back from ``name`` without blocking (acks, replies, notices).
-
-        Raises ``TransportError`` if the connection failed."""
+        """Read what came back from ``name`` without blocking (acks, replies, notices);
+        raises ``TransportError`` if the connection failed."""
         with self.lock:
             self._poll_target(self._targets[name])
 
@@ -218,9 +219,7 @@ class Forwarder(Requesting):
         conn = target.conn
         frame = conn.recv_nowait()
         while frame is not None:
-            self._absorb(frame)
-            if target.conn is not conn:
-                return
+            self._absorb(frame)     # (a MOVED notice is recorded: conn stays)
             frame = conn.recv_nowait()
 
     def unacknowledged(self) -> int:
@@ -262,10 +261,10 @@ class Forwarder(Requesting):
         while target.out.acked == before and target.out.unacked:
             now = time.monotonic()
             if now >= deadline:
-                raise Timeout(
-                    f"{len(target.out)} message(s) to {target.name!r} at {target.address} "
-                    "were not acknowledged in time; the peer may be overloaded or gone")
-            if now >= stall_until:
+                raise self._give_up(target, f"messages to {target.name!r} at "
+                                    f"{target.address} were not acknowledged in time; "
+                                    "the peer may be overloaded or gone")
+            if now >= stall_until or target.moved is not None:
                 self._recover(target, deadline, None)
                 stall_until = time.monotonic() + self.ack_timeout
                 continue
@@ -310,8 +309,9 @@ class Forwarder(Requesting):
             body = msg.body if isinstance(msg.body, dict) else {}
             address, epoch = body.get("address"), body.get("epoch")
             if (target is not None and isinstance(address, str) and isinstance(epoch, int)
-                    and epoch > target.epoch and address != target.address):
-                self._links.switch(target, address, epoch, self._batch_bytes)
+                    and epoch > target.epoch and address != target.address
+                    and (target.moved is None or epoch > target.moved[1])):
+                target.moved = (address, epoch)     # followed by the next recovery
         elif kind == Kind.NOTIFY and self._on_notify is not None:
             self._on_notify(msg)
 
@@ -322,17 +322,24 @@ class Forwarder(Requesting):
         if self._pid != os.getpid():
             raise Closed("this peer was created in the parent process; create peers "
                          "after fork, in the process that uses them")
-        addresses, epoch = self._links.resolve(name, False)
-        address, conn = self._links.connect_any(name, addresses)
+        address, epoch, conn = self._links.open(name, deadline)
         target = self._targets[name] = Target(
-            name, address, epoch, conn, pinned=name in self._links.pins,
-            first_seq=self._seq_floor, sender=self.name, codec=self._codec,
-            authenticator=self._auth)
+            name, address, epoch, conn, pinned=name in self._links.pins, sender=self.name,
+            first_seq=self._seq_floor, codec=self._codec, authenticator=self._auth)
         return target
 
     def _recover(self, target: Target, deadline: float, cause: BaseException | None) -> None:
-        """Re-resolve ``target`` and resend its backlog, retrying until ``deadline``."""
+        """Re-resolve ``target``, resend its backlog until ``deadline``, or give up."""
         self._poll(target)      # acknowledgements already received shrink the backlog
-        self._links.relink(target, deadline, cause, self._batch_bytes)
+        try:
+            self._links.relink(target, deadline, cause, self._batch_bytes)
+        except Timeout as exc:
+            raise self._give_up(target, str(exc)) from None
+
+    def _give_up(self, target: Target, why: str) -> Timeout:
+        """Drop ``target`` and its backlog; the Timeout says how many (``Links.given_up``)."""
+        if self._targets.get(target.name) is target:
+            self._forget(target.name)
+        return self._links.given_up(target, why)
 
 

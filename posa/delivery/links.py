@@ -5,15 +5,27 @@ it), resolves a name to its addresses (through the registry's ``resolve``, or an
 address pinned by the caller), and connects to the first address that answers.
 A connection that failed is dropped, so that the next use connects again.
 
-Recovery (``relink``) is the same for every cause (a failed send, an overdue
-acknowledgement): ask the registry again past its cache, keep the target's
-address if it is still registered, connect, and resend the unacknowledged
-frames; the receiver drops what it already has.  Retries back off and end at
-the message's deadline with an error that names the target.  A MOVED notice
-(``switch``) needs no registry: it names the new address and epoch.
+Every wait here ends by the caller's deadline. A connection blocks a write for
+at most ``write_bound`` s (``Options.send_timeout`` capped at the forwarder's
+acknowledgement timeout), and a connect waits no longer: a write that cannot go
+is treated as a stall (re-resolve, resend) by a loop that checks the deadline
+between tries; no write starts after the deadline.
+
+Recovery (``relink``) is the same for every cause (a failed or stuck write, an
+overdue acknowledgement, a ``MOVED`` notice): ask the registry again past its
+cache, keep the target's address if it is still registered, connect, and resend
+the unacknowledged frames; the receiver drops what it already has.  A MOVED
+notice is a hint, not a fact: it may have waited in a socket while the sender
+was idle and the peer moved on several times since, so the registry's answer
+wins when it is as new or newer, and the notice is used only when the registry
+has not caught up (or cannot be asked).  Retries back off and end at the
+message's deadline with ``Timeout`` naming the target.  First contact
+(``open``) retries the same way: a peer that crashed while its lease runs is
+still registered, and one that restarts before the deadline is reached.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -22,20 +34,40 @@ from posa.delivery.target import Target
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
 from posa.transport.base import Connection, Options
 
-__all__ = ["Links", "Resolve"]
+__all__ = ["Links", "Resolve", "Retry"]
 
 Resolve = Callable[[str, bool], tuple[tuple[str, ...], int]]
 """(name, fresh) -> (addresses, epoch); ``fresh`` asks past any cache."""
+
+_FAILED = (TransportError, Timeout, NameNotFound)
+
+
+class Retry:
+    """Backing off between tries until a deadline: ``wait`` sleeps before the
+    next try, or raises ``Timeout`` naming ``what`` and the last failure."""
+
+    def __init__(self, deadline: float, what: str) -> None:
+        self.deadline, self.what, self.delay = deadline, what, 0.005
+
+    def wait(self, last: BaseException | None) -> None:
+        if time.monotonic() + self.delay >= self.deadline:
+            raise Timeout(f"cannot deliver to {self.what}: {last}; gave up at the "
+                          "message's deadline") from None
+        time.sleep(self.delay)  # back off before asking the registry again
+        self.delay = min(self.delay * 2, 0.2)
 
 
 class Links:
     """Connections by address, and name resolution with pins, for one forwarder."""
 
-    def __init__(self, resolve: Resolve, options: Options) -> None:
+    def __init__(self, resolve: Resolve, options: Options, write_bound: float) -> None:
         self._resolve = resolve
-        self._options = options
+        bound = options.send_timeout
+        bound = write_bound if bound is None else min(bound, write_bound)
+        self._options = dataclasses.replace(options, send_timeout=bound)
         self.pins: dict[str, str] = {}
         self._conns: dict[str, Connection] = {}
+        self._stale: set[str] = set()   # names given up on: resolved afresh next time
 
     def resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
         """The addresses of ``name`` and the epoch of its registration (0 if pinned)."""
@@ -63,6 +95,34 @@ class Links:
         raise TransportError(f"cannot reach {name!r} at any of its addresses: "
                              + "; ".join(failures or ["it has none"]))
 
+    def open(self, name: str, deadline: float) -> tuple[str, int, Connection]:
+        """First contact: resolve ``name`` and connect, retrying (re-resolving)
+        until ``deadline``. An unknown name raises ``NameNotFound`` at once."""
+        retry = Retry(deadline, repr(name))
+        addresses, epoch = self.resolve(name, name in self._stale)
+        self._stale.discard(name)
+        while True:
+            try:
+                address, conn = self.connect_any(name, addresses)
+                return address, epoch, conn
+            except TransportError as exc:
+                last: BaseException = exc
+            retry.wait(last)
+            try:
+                addresses, epoch = self.resolve(name, True)
+            except NameNotFound as exc:     # gone while we tried: it may come back
+                addresses, last = (), exc
+
+    def given_up(self, target: Target, why: str) -> Timeout:
+        """The ``Timeout`` for a target its forwarder dropped with its backlog
+        (``why`` it did): none of those messages is sent again (a copy already
+        written may still arrive, once, where it was written), and the next
+        send to the name resolves it afresh and starts a new stream."""
+        self._stale.add(target.name)
+        return Timeout(f"{why}; gave up {len(target.out)} unacknowledged message(s) "
+                       f"to {target.name!r}: not known to be delivered, and posa will "
+                       "not send them again")
+
     def current(self, address: str) -> Connection | None:
         """The connection to ``address`` if there is one."""
         return self._conns.get(address)
@@ -81,28 +141,19 @@ class Links:
         for address in list(self._conns):
             self.drop(address)
 
-    def switch(self, target: Target, address: str, epoch: int, batch_bytes: int) -> None:
-        """Point ``target`` at a new address and send its backlog there."""
-        target.conn = self.connect(address)
-        target.address = address
-        target.epoch = epoch
-        target.resend(batch_bytes)
-
     def relink(self, target: Target, deadline: float, cause: BaseException | None,
                batch_bytes: int) -> None:
-        """Re-resolve ``target``, reconnect if it must, and resend its backlog,
-        retrying until ``deadline`` (then ``Timeout``)."""
-        delay = 0.005
-        last: BaseException | None = cause
+        """Re-resolve ``target`` (or follow its MOVED notice), reconnect if it
+        must, and resend its backlog, retrying until ``deadline`` (then
+        ``Timeout``). A broken connection is replaced; a stuck one is kept."""
+        retry = Retry(deadline, repr(target.name))
+        hint, target.moved = target.moved, None
+        last = cause
         while True:
             try:
-                if cause is not None or last is not None:
+                if isinstance(last, TransportError):
                     self.drop(target.address)
-                addresses: tuple[str, ...]
-                if target.pinned:
-                    addresses, epoch = (target.address,), target.epoch
-                else:
-                    addresses, epoch = self.resolve(target.name, True)
+                addresses, epoch = self._where(target, hint)
                 address = target.address if target.address in addresses else addresses[0]
                 if address != target.address or target.conn is not self.current(address):
                     address, conn = self.connect_any(target.name, (address,) + tuple(
@@ -111,11 +162,25 @@ class Links:
                 target.epoch = max(target.epoch, epoch)
                 target.resend(batch_bytes)
                 return
-            except (TransportError, Timeout, NameNotFound) as exc:
+            except _FAILED as exc:
                 last = exc
-                cause = exc
-            if time.monotonic() + delay >= deadline:
-                raise Timeout(f"cannot deliver to {target.name!r}: {last}; gave up at the "
-                              "message's deadline") from None
-            time.sleep(delay)  # back off before asking the registry again
-            delay = min(delay * 2, 0.2)
+            hint = None                 # the notice led nowhere: ask the registry
+            retry.wait(last)
+
+    def _where(self, target: Target, hint: tuple[str, int] | None
+               ) -> tuple[tuple[str, ...], int]:
+        """Where ``target`` lives now: the registry's answer, or the MOVED notice
+        ``hint`` if it is newer than what the registry says (or it cannot say)."""
+        if target.pinned:
+            return ((hint[0],), hint[1]) if hint else ((target.address,), target.epoch)
+        try:
+            addresses, epoch = self.resolve(target.name, True)
+        except _FAILED:
+            if hint is None:
+                raise
+            return (hint[0],), hint[1]
+        if hint is not None and hint[1] > epoch:
+            return (hint[0],), hint[1]
+        if not addresses:
+            raise NameNotFound(f"{target.name!r} is registered with no address")
+        return addresses, epoch

@@ -50,7 +50,7 @@ class Target:
     """The forwarder's state for one recipient name."""
 
     __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll", "stream",
-                 "batch", "batch_bytes", "written_at", "sender", "_codec", "_auth")
+                 "batch", "batch_bytes", "written_at", "sender", "moved", "_codec", "_auth")
 
     def __init__(self, name: str, address: str, epoch: int, conn: Connection, *,
                  pinned: bool, first_seq: int, sender: str, codec: Codec,
@@ -67,6 +67,9 @@ class Target:
         self.batch_bytes = 0
         self.written_at = 0.0
         self.sender = sender
+        # a MOVED notice read and not yet acted on: (address, epoch); the next
+        # recovery, which knows the caller's deadline, follows it
+        self.moved: tuple[str, int] | None = None
         self._codec = codec
         self._auth = authenticator
 

@@ -1,10 +1,17 @@
 """The dialling end of ``zmq+tcp://`` and ``zmq+ipc://``: a connected DEALER socket.
 
 ``send`` is pyzmq's compiled ``send(frame, NOBLOCK)``; only when that would
-block does the connection poll its socket and its wake-up pipe (``IMMEDIATE``
-makes a send wait for a completed connection), for at most ``send_timeout``, so
-that ``close()`` from another thread can wake it. A multi-part message from the
-listener (a foreign peer) is drained and counted as ``"garbage"``.
+block (``high_water_mark`` frames queued) does the connection poll its socket
+and its wake-up pipe, for at most ``send_timeout``, so that ``close()`` from
+another thread can wake it. A multi-part message from the listener (a foreign
+peer) is drained and counted as ``"garbage"``.
+
+The socket does not set ``IMMEDIATE``: with it, libzmq discards the frames a
+connection received and the application has not read yet when the listener
+goes away (a receiver that acknowledged and then closed: the acknowledgement
+was lost, and its sender waited out its deadline for nothing). Without it a
+frame sent before the listener answers is queued and goes when it does, and
+what arrived stays readable after the listener closed, as on ``tcp://``.
 """
 from __future__ import annotations
 
@@ -38,7 +45,6 @@ class ZmqConnection(Endpoint):
         except ZMQError as exc:
             raise socket_error("connect to", address, exc) from None
         try:
-            sock.setsockopt(zmq.IMMEDIATE, 1)
             if curve is not None:
                 curve.apply(sock, listening=False)
             sock.connect(endpoint)
@@ -52,7 +58,7 @@ class ZmqConnection(Endpoint):
 
     def send(self, frame: bytes) -> None:
         """Send one frame. Raises ``TransportError`` (oversize), ``Timeout`` after
-        ``send_timeout`` with nobody accepting, ``Closed``."""
+        ``send_timeout`` with ``high_water_mark`` frames queued, ``Closed``."""
         if self._closed:
             raise self._closed_error()
         if len(frame) > self._options.max_frame_size:

@@ -21,10 +21,14 @@ Socket options, set deliberately
     instead of being dropped silently; a full peer queue blocks the send for at
     most ``send_timeout`` (``Timeout``). A connection's ``send`` waits by
     polling instead, so that ``close()`` can wake it.
-``IMMEDIATE`` = 1 (connection)
-    frames are queued only on a completed connection, so a send to an address
-    where nobody listens blocks and ends in ``Timeout`` after ``send_timeout``
-    instead of queueing silently.
+``IMMEDIATE`` is not set (connection)
+    a connection queues up to ``high_water_mark`` frames before its listener
+    answers (then ``send`` blocks for at most ``send_timeout``), and keeps the
+    frames it received readable after the listener went away: with
+    ``IMMEDIATE`` libzmq drops them on disconnect, which lost acknowledgements
+    sent just before a receiver closed. A sender learns that nobody accepts its
+    frames from the missing acknowledgements (the layer above), not from a send
+    that blocks.
 
 The flags are plain ints, and ``raw_send`` is pyzmq's compiled send: the hot
 paths of the listener and the connection use them as module globals.
