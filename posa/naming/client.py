@@ -10,7 +10,9 @@ went silent; either way the cache is dropped and the watch made again.  Cache
 entries also expire with their lease, so staleness is bounded even if notices
 are lost.  Without a cache the watch connection is made by the first ``watch()``;
 ``watch()`` returns once the dispatcher has taken the subscription, so every
-change made after it returns is reported.
+change made after it returns is reported.  An address on a wildcard host is
+registered as the interfaces' addresses, which other hosts can use
+(``posa.naming.hosts``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
 from posa.errors import PosaError, ProtocolError, Timeout
+from posa.naming.hosts import reachable
 from posa.naming.protocol import DISPATCHER, OPS, notice_from_wire, registration_from_wire
 from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
 from posa.runtime import reactor as reactor_module
@@ -79,8 +82,8 @@ class RegistryClient:
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None) -> Registration:
-        registration = registration_from_wire(self._call(
-            "register", name=name, addresses=list(addresses), credential=credential,
+        registration = registration_from_wire(self._call(   # addresses others can use:
+            "register", name=name, addresses=list(reachable(addresses)), credential=credential,
             epoch=epoch, lease=lease, meta=dict(meta) if meta else None))
         self._remember(registration)
         return registration
