@@ -55,8 +55,7 @@ def _unsealed(frame: bytes) -> bytes:
 
 
 def _default_listen(name: str, registry: Registry) -> str:
-    """In-process beside an embedded registry, else the registry's ``default_listen``
-    (a LAN registry's: every interface) or loopback tcp, the fastest remote transport."""
+    """In-process beside an embedded registry, else the registry's or loopback tcp."""
     return f"inproc://{name}" if isinstance(registry, LocalRegistry) else getattr(
         registry, "default_listen", "tcp://127.0.0.1:0")
 
@@ -140,7 +139,8 @@ class Peer:
         fwd = self.sender.forwarder()
         if "*" in name:     # a group pattern: every member is tried (posa.delivery.group)
             members = [r.name for r in self.registry.names(name) if r.name != self.name]
-            self.stats["sent"] += send_to_group(fwd, name, members, body, headers, deadline)
+            self.stats["sent"] += send_to_group(fwd, name, members, body, headers, deadline,
+                                                not self.reactor.in_reactor_thread())
             return len(members)
         lock = fwd.lock
         lock.acquire()          # (cheaper than ``with`` on this path)

@@ -70,3 +70,22 @@ def test_a_group_of_live_members_is_reached_once_in_order(dispatcher: str) -> No
     finally:
         for proc in members.values():
             proc.close()
+
+
+def test_a_handler_relays_to_a_group_in_its_own_process() -> None:
+    """On the reactor thread a group send cannot wait for acknowledgements (members
+    in this process are served by that thread): it reaches them all the same."""
+    registry = posa.LocalRegistry()
+    members = [posa.Peer(f"grp/local/m{i}", registry=registry) for i in range(3)]
+    relay = posa.Peer("grp/relay", registry=registry)
+    counts: list[int] = []
+    relay.serve(lambda msg: counts.append(relay.send("grp/local/*", msg.body, timeout=5.0)))
+    try:
+        with posa.Peer("grp/origin", registry=registry) as origin:
+            origin.send("grp/relay", "news")
+            for member in members:
+                assert member.receive(timeout=10).body == "news"
+        assert counts == [3]
+    finally:
+        for peer in members + [relay]:
+            peer.close()

@@ -14,6 +14,10 @@ live ones one slice, never the deadline; one that comes back before the deadline
 reached.  A member that has not acknowledged the message by the deadline failed,
 with the last error its attempts met; like any ``Timeout`` of a send, its message
 stays in its stream and may still arrive if it comes back later.
+
+On a reactor thread (a handler's group send) acknowledgements cannot be awaited:
+members in this process are served by that very thread.  There (``confirm=False``)
+a member counts as reached once the message is in its stream.
 """
 from __future__ import annotations
 
@@ -31,10 +35,12 @@ MAX_SLICE = 1.0     # s at most per member and round (a restarted member is seen
 
 
 def send_to_group(fwd: Forwarder, pattern: str, members: Sequence[str], body: Any,
-                  headers: dict[str, Any] | None, deadline: float) -> int:
+                  headers: dict[str, Any] | None, deadline: float, confirm: bool = True
+                  ) -> int:
     """Send ``body`` to every name of ``members`` (the group ``pattern``) through
-    ``fwd`` by ``deadline``; return how many got it. Raises ``PartialDelivery``
-    (after every member was tried) when some did not."""
+    ``fwd`` by ``deadline``; return how many got it (acknowledged it, with
+    ``confirm``). Raises ``PartialDelivery`` (after every member was tried) when
+    some did not."""
     unsent = list(members)          # nothing of the message in their stream yet
     unconfirmed: list[str] = []     # in their stream, not yet acknowledged
     errors: dict[str, PosaError] = {}
@@ -48,6 +54,8 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Sequence[str], body: An
                 unconfirmed.append(member)
             if member in unconfirmed or isinstance(errors.get(member), NameNotFound):
                 unsent.remove(member)   # a member that left the group is not retried
+        if not confirm:
+            unconfirmed.clear()         # in their streams: reached, as far as we can tell
         for member in list(unconfirmed):
             if _confirm(fwd, member, min(deadline, time.monotonic() + step), final, errors):
                 unconfirmed.remove(member)
