@@ -109,14 +109,14 @@ def test_a_peer_found_on_the_lan_is_reached_from_another_host(
     far = _in(a, FAR, listen)
     near = None
     try:
-        announced = json.loads(far.expect("ANNOUNCED"))
+        announced = json.loads(far.expect("ANNOUNCED", timeout=40.0))
         assert any(f"://{host}:" in address for address in announced), announced
         for address in announced:
             assert "0.0.0.0" not in address and "[::]" not in address, announced
             assert "127.0.0.1" not in address and "[::1]" not in address, announced
         near = _in(b, NEAR)
-        assert json.loads(near.expect("FOUND")) == announced
-        assert json.loads(near.expect("REPLY")) == {"from": "lan/far", "got": "hello"}
+        assert json.loads(near.expect("FOUND", timeout=40.0)) == announced
+        assert json.loads(near.expect("REPLY", timeout=40.0)) == {"from": "lan/far", "got": "hello"}
     finally:
         for proc in (near, far):
             if proc is not None:
