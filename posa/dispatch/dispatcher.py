@@ -326,11 +326,13 @@ class Dispatcher:
                 return
             if not isinstance(error, NameNotFound):
                 unreachable.append(_unreachable(address, error))
-        self.peer.reply_error(msg, Unreachable(
-            f"{what!r} is not held at dispatcher {self.node}, and " + _advice(unreachable))
-            if unreachable else
-                              NameNotFound(f"no live registration for {what!r} here or at "
-                                           "the federated dispatchers"))
+        if unreachable:
+            self.peer.reply_error(msg, Unreachable(
+                f"{what!r} is not held at dispatcher {self.node}, and "
+                + _advice(unreachable)))
+        else:
+            self.peer.reply_error(msg, NameNotFound(
+                f"no live registration for {what!r} here or at the federated dispatchers"))
 
     def _gather_names(self, msg: Message, body: dict[str, Any],
                       here: list[dict[str, Any]]) -> None:
@@ -351,7 +353,6 @@ class Dispatcher:
                 + _advice(unreachable)))
         else:
             self.peer.reply(msg, [found[name] for name in sorted(found)])
-
 
     @property
     def address(self) -> str:
