@@ -205,10 +205,6 @@ class Forwarder(Requesting):
             self._seq_floor = max(self._seq_floor, target.out.next_seq)
         return target
 
-    def holds(self, name: str) -> bool:
-        """Whether this forwarder has a stream to ``name`` (what was sent is in it)."""
-        return name in self._targets
-
     def connection(self, name: str) -> Connection:
         """The connection that reaches ``name`` (a pollable reactor source)."""
         return self._targets[name].conn

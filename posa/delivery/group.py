@@ -86,7 +86,7 @@ def _hand_over(fwd: Forwarder, member: str, body: Any, headers: dict[str, Any] |
         return False
     except PosaError as exc:
         errors[member] = exc
-        return fwd.holds(member)
+        return fwd.knows(member)
     errors.pop(member, None)
     return True
 
