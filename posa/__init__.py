@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Closed,
         InvalidName,
         NameNotFound,
+        PartialDelivery,
         PosaError,
         ProtocolError,
         Rejected,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         Timeout,
         TransportError,
         Unauthorized,
+        Unreachable,
     )
     from posa.naming.client import RegistryClient
     from posa.naming.registration import Registration, Registry
@@ -75,7 +77,7 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(["PosaError", "ProtocolError", "TransportError", "Closed", "Timeout",
                      "InvalidName", "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected",
-                     "RemoteError"], "posa.errors"),
+                     "RemoteError", "Unreachable", "PartialDelivery"], "posa.errors"),
     **dict.fromkeys(["CodecLimits", "Kind", "Message"], "posa.wire.codec"),
     **dict.fromkeys(["matches", "validate_name", "validate_pattern"], "posa.wire.names"),
     **dict.fromkeys(["Registration", "Registry"], "posa.naming.registration"),
@@ -106,6 +108,7 @@ _LAZY = {
 __all__ = [
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
     "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected", "RemoteError",
+    "Unreachable", "PartialDelivery",
     "CodecLimits", "Kind", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",

@@ -7,7 +7,8 @@ occur and never reach users.  Each message says what happened and what to do.
     PosaError
     ├── ProtocolError        bytes that are not a valid posa frame or envelope
     ├── TransportError       a transport could not listen, connect, send or receive
-    │   └── Closed           the endpoint was closed (by this side or the other)
+    │   ├── Closed           the endpoint was closed (by this side or the other)
+    │   └── Unreachable      a dispatcher that had to be asked could not be reached
     ├── Timeout              a deadline passed before the operation completed
     ├── InvalidName          a name or group pattern is malformed
     ├── NameNotFound         no live registration for a name or service
@@ -15,7 +16,8 @@ occur and never reach users.  Each message says what happened and what to do.
     ├── StaleEpoch           a registration older than the one in force
     ├── Rejected             the receiver refused a message (limit, ACL, bad request)
     │   └── InvalidFilter    a content filter that is not valid data (posa.channel.predicate)
-    └── RemoteError          a handler on the other side raised; carries its type and text
+    ├── RemoteError          a handler on the other side raised; carries its type and text
+    └── PartialDelivery      a group send reached some members, not all; says which
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ __all__ = [
     "ProtocolError",
     "TransportError",
     "Closed",
+    "Unreachable",
     "Timeout",
     "InvalidName",
     "NameNotFound",
@@ -31,6 +34,7 @@ __all__ = [
     "StaleEpoch",
     "Rejected",
     "RemoteError",
+    "PartialDelivery",
 ]
 
 
@@ -48,6 +52,12 @@ class TransportError(PosaError):
 
 class Closed(TransportError):
     """The endpoint is closed; open a new one to go on."""
+
+
+class Unreachable(TransportError):
+    """A dispatcher that had to be asked could not be reached, so the answer is not
+    known (not a ``NameNotFound``): the text names the dispatcher; start it again, or
+    check the network between the dispatchers."""
 
 
 class Timeout(PosaError):
@@ -86,6 +96,24 @@ class RemoteError(PosaError):
         self.remote_message = remote_message
 
 
+class PartialDelivery(PosaError):
+    """A group send reached some members, not all, by its deadline (every member
+    was tried). ``delivered`` lists the members that acknowledged the message;
+    ``failed`` maps every other member to the error it met."""
+
+    def __init__(self, pattern: str, delivered: list[str],
+                 failed: dict[str, PosaError]) -> None:
+        reasons = "; ".join(f"{name}: {type(exc).__name__}: {exc}"
+                            for name, exc in failed.items())
+        super().__init__(
+            f"the send to {pattern!r} reached {len(delivered)} of "
+            f"{len(delivered) + len(failed)} members; {len(failed)} failed ({reasons}); "
+            "retry those with send(name), or check whether they are running")
+        self.pattern = pattern
+        self.delivered = delivered
+        self.failed = failed
+
+
 # error codes on the wire (ERROR replies); fixed forever, see docs/protocol.md
 ERROR_CODES: dict[int, type[PosaError]] = {
     1: ProtocolError,
@@ -97,6 +125,7 @@ ERROR_CODES: dict[int, type[PosaError]] = {
     7: RemoteError,
     8: TransportError,
     9: InvalidName,
+    10: Unreachable,
 }
 CODE_OF: dict[type[PosaError], int] = {cls: code for code, cls in ERROR_CODES.items()}
 

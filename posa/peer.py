@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper
+from posa.delivery.group import send_to_group
 from posa.delivery.inbox import Inbox
 from posa.delivery.intake import DEFERRED, Intake
 from posa.delivery.receiver import Endpoint, Receiver
@@ -54,9 +55,10 @@ def _unsealed(frame: bytes) -> bytes:
 
 
 def _default_listen(name: str, registry: Registry) -> str:
-    """In-process beside an embedded registry, else plain tcp: the fastest remote
-    transport (docs/benchmarks.md)."""
-    return f"inproc://{name}" if isinstance(registry, LocalRegistry) else "tcp://127.0.0.1:0"
+    """In-process beside an embedded registry; else the registry's ``default_listen``
+    (a LAN registry's: every interface), or loopback tcp, the fastest remote transport."""
+    return f"inproc://{name}" if isinstance(registry, LocalRegistry) else getattr(
+        registry, "default_listen", "tcp://127.0.0.1:0")
 
 
 class Peer:
@@ -132,16 +134,15 @@ class Peer:
              timeout: float = 5.0) -> int:
         """Send ``body`` to ``name`` (or to every peer matching a group pattern).
 
-        Returns the number of recipients. Raises ``NameNotFound`` for an unknown
-        name, ``Timeout`` if delivery could not be made within ``timeout``."""
+        Returns the number of recipients. Raises ``NameNotFound``, ``Timeout`` if not
+        delivered in ``timeout``, ``PartialDelivery`` if some of a group were not."""
         deadline = time.monotonic() + timeout
         fwd = self.sender.forwarder()
-        if "*" in name:                       # a group pattern (posa.wire.names.is_pattern)
-            recipients = [r.name for r in self.registry.names(name) if r.name != self.name]
-            for recipient in recipients:
-                fwd.send(recipient, body, headers=headers, deadline=deadline)
-            self.stats["sent"] += len(recipients)
-            return len(recipients)
+        if "*" in name:     # a group pattern: every member is tried (posa.delivery.group)
+            members = [r.name for r in self.registry.names(name) if r.name != self.name]
+            self.stats["sent"] += send_to_group(fwd, name, members, body, headers, deadline,
+                                                not self.reactor.in_reactor_thread())
+            return len(members)
         lock = fwd.lock
         lock.acquire()          # (cheaper than ``with`` on this path)
         try:

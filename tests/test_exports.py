@@ -26,6 +26,7 @@ PUBLIC = ["posa", "posa.aio", "posa.errors", "posa.transport", "posa.transport.t
 FACADE = {
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
     "NameNotFound", "Unauthorized", "StaleEpoch", "Rejected", "RemoteError",
+    "Unreachable", "PartialDelivery",
     "CodecLimits", "Kind", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",
@@ -41,9 +42,9 @@ FACADE = {
 # the __all__ of every other public module, exactly
 MODULES = {
     "posa.aio": {"Peer", "Publisher", "Subscriber"},
-    "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PosaError", "ProtocolError",
-                    "Rejected", "RemoteError", "StaleEpoch", "Timeout", "TransportError",
-                    "Unauthorized"},
+    "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PartialDelivery", "PosaError",
+                    "ProtocolError", "Rejected", "RemoteError", "StaleEpoch", "Timeout",
+                    "TransportError", "Unauthorized", "Unreachable"},
     "posa.transport": {"Connection", "Curve", "Listener", "Options", "Route", "Transport",
                        "ZmqTransport", "connect", "get", "listen", "register", "schemes"},
     "posa.transport.testing": {

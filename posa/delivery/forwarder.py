@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -152,17 +152,19 @@ class Forwarder(Requesting):
         """True while this forwarder has a stream to ``name`` (not given up)."""
         return name in self._targets
 
-    def flush(self, deadline: float) -> None:
-        """Wait until every message sent so far is acknowledged (or raise ``Timeout``)."""
-        drive(self.lock, self.flush_steps(deadline))
+    def flush(self, deadline: float, names: Collection[str] | None = None) -> None:
+        """Wait until every message sent so far (to ``names`` only, if given) is
+        acknowledged (or raise ``Timeout``)."""
+        drive(self.lock, self.flush_steps(deadline, names))
 
-    def flush_steps(self, deadline: float) -> Generator[tuple[Connection, float], bool, None]:
+    def flush_steps(self, deadline: float, names: Collection[str] | None = None
+                    ) -> Generator[tuple[Connection, float], bool, None]:
         """``flush`` as steps, driven like ``request_steps``."""
         try:
             self._batches.write_all()
         except (TransportError, Timeout):
             pass    # the stall clock below resends
-        for target in list(self._targets.values()):
+        for target in [t for t in self._targets.values() if names is None or t.name in names]:
             acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
             while target.out.unacked:
                 now = time.monotonic()

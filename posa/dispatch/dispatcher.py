@@ -14,8 +14,11 @@ and hands each the request's checked fields, so no handler reads the body.
 
 Federation: a lookup that misses locally is asked of each federated dispatcher
 in turn, with ``via`` (the dispatchers it passed) and ``hops`` so that it never
-loops and never travels more than ``MAX_HOPS``.  That runs on a worker thread:
-the reactor never waits on the network.
+loops and never travels more than ``MAX_HOPS``; ``names`` gathers from all of
+them the same way.  A federated dispatcher that cannot be asked (refused, broken,
+silent within the request's budget) makes the answer ``Unreachable``, naming it,
+unless another one has the name: an unknown answer is never a ``NameNotFound``.
+That runs on a worker thread: the reactor never waits on the network.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +35,7 @@ import msgpack
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, PosaError
+from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, registration_to_wire
 from posa.naming.registration import Registration, resolver
 from posa.naming.registry import LocalRegistry
@@ -46,6 +49,7 @@ __all__ = ["Dispatcher", "MAX_HOPS"]
 log = logging.getLogger("posa.dispatch.dispatcher")
 
 MAX_HOPS = 4
+FEDERATED_TIMEOUT = 2.0          # s at most to wait for one federated dispatcher
 JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
 
 
@@ -69,7 +73,7 @@ class Dispatcher:
         self._rotation: dict[str, itertools.count[int]] = {}
         self.acl = acl
         self._authenticator = authenticator
-        self._federation: list[Sender] = []
+        self._federation: list[tuple[str, Sender]] = []    # (address, sender)
         for address in peers:
             self.connect_peer(address)
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
@@ -127,7 +131,16 @@ class Dispatcher:
             return self._federate(msg, "lookup", fields, fields["name"])
 
     def _op_names(self, msg: Message, fields: dict[str, Any]) -> Any:
-        return [registration_to_wire(r) for r in self.registry.names(fields["pattern"])]
+        via, hops = list(fields["via"]), fields["hops"]
+        if self.node in via:
+            return []           # the dispatcher that passed here counts these names
+        here = [registration_to_wire(r) for r in self.registry.names(fields["pattern"])]
+        if not self._federation or hops >= MAX_HOPS:
+            return here
+        forwarded = OPS.request("names", **dict(fields, via=via + [self.node],
+                                                hops=hops + 1))
+        self._workers.submit(self._gather_names, msg, forwarded, here)
+        return DEFERRED
 
     def _op_pick(self, msg: Message, fields: dict[str, Any]) -> Any:
         service, exclude = fields["service"], set(fields["exclude"])
@@ -267,9 +280,9 @@ class Dispatcher:
     # -- federation (worker threads) -------------------------------------------------
     def connect_peer(self, address: str) -> None:
         """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
-        self._federation.append(Sender(f"{DISPATCHER}/{self.node}",
-                                       resolve=resolver(None, pins={DISPATCHER: address}),
-                                       authenticator=self._authenticator))
+        self._federation.append((address, Sender(
+            f"{DISPATCHER}/{self.node}", resolve=resolver(None, pins={DISPATCHER: address}),
+            authenticator=self._authenticator)))
 
     def _federate(self, msg: Message, op: str, fields: dict[str, Any], what: str) -> Any:
         """Ask the federated dispatchers for ``what`` (on a worker thread); raise
@@ -283,20 +296,63 @@ class Dispatcher:
         self._workers.submit(self._ask_federation, msg, forwarded, what)
         return DEFERRED
 
+    def _ask(self, msg: Message, body: dict[str, Any]
+             ) -> Iterator[tuple[str, Any, PosaError | None]]:
+        """Ask every federated dispatcher ``body`` within the budget of request
+        ``msg``: yields (address, the reply's body or None, the error or None);
+        a failure is logged here."""
+        ttl = msg.headers.get("ttl")
+        budget = (0.8 * ttl / 1000 if isinstance(ttl, int) and ttl > 0
+                  else FEDERATED_TIMEOUT * len(self._federation))
+        deadline = time.monotonic() + budget
+        for address, sender in list(self._federation):
+            remaining = min(FEDERATED_TIMEOUT, deadline - time.monotonic())
+            try:
+                if remaining <= 0:
+                    raise Timeout(f"no time left of the request's {budget:.1f} s")
+                yield address, sender.request(DISPATCHER, body, timeout=remaining,
+                                              failfast=True).body, None
+            except PosaError as exc:
+                if not isinstance(exc, NameNotFound):
+                    log.info("federated %s failed at %s: %s", body["op"], address, exc)
+                yield address, None, exc
+
     def _ask_federation(self, msg: Message, body: dict[str, Any], what: str) -> None:
         self.stats["federated_lookups"] += 1
-        for sender in list(self._federation):
-            try:
-                reply = sender.request(DISPATCHER, body, timeout=2.0)
-            except NameNotFound:
+        unreachable: list[str] = []
+        for address, reply, error in self._ask(msg, body):
+            if error is None:
+                self.peer.reply(msg, reply)
+                return
+            if not isinstance(error, NameNotFound):
+                unreachable.append(_unreachable(address, error))
+        if unreachable:
+            self.peer.reply_error(msg, Unreachable(
+                f"{what!r} is not held at dispatcher {self.node}, and "
+                + _advice(unreachable)))
+        else:
+            self.peer.reply_error(msg, NameNotFound(
+                f"no live registration for {what!r} here or at the federated dispatchers"))
+
+    def _gather_names(self, msg: Message, body: dict[str, Any],
+                      here: list[dict[str, Any]]) -> None:
+        self.stats["federated_lookups"] += 1
+        found = {r["name"]: r for r in here}
+        unreachable: list[str] = []
+        for address, reply, error in self._ask(msg, body):
+            if error is not None:
+                unreachable.append(_unreachable(address, error))
                 continue
-            except PosaError as exc:
-                log.info("federated %s failed at a peer dispatcher: %s", body["op"], exc)
-                continue
-            self.peer.reply(msg, reply.body)
-            return
-        self.peer.reply_error(msg, NameNotFound(
-            f"no live registration for {what!r} here or at the federated dispatchers"))
+            for registration in reply if isinstance(reply, list) else ():
+                if isinstance(registration, dict) and isinstance(registration.get("name"),
+                                                                 str):
+                    found.setdefault(registration["name"], registration)
+        if unreachable:
+            self.peer.reply_error(msg, Unreachable(
+                f"the names matching {body['pattern']!r} cannot all be listed: "
+                + _advice(unreachable)))
+        else:
+            self.peer.reply(msg, [found[name] for name in sorted(found)])
 
     @property
     def address(self) -> str:
@@ -317,5 +373,18 @@ class Dispatcher:
             self.peer.reactor.call(self._snapshot)
         self.peer.close()
         self._workers.shutdown(wait=False)
-        for sender in self._federation:
+        for _, sender in self._federation:
             sender.close()
+
+
+def _advice(unreachable: list[str]) -> str:
+    return ("; ".join(unreachable) + " (the answer may be held there); start that "
+            "dispatcher again or check the network to it")
+
+
+def _unreachable(address: str, error: PosaError) -> str:
+    """Why the federated dispatcher at ``address`` gave no answer, for an error text."""
+    if isinstance(error, Unreachable):
+        return f"the dispatcher at {address} could not tell either ({error})"
+    return (f"the federated dispatcher at {address} is unreachable "
+            f"({type(error).__name__}: {error})")

@@ -8,7 +8,11 @@ it), receives a NOTIFY for every change.  A ping every ``ping_interval``
 seconds tells whether the dispatcher restarted (its instance id changed) or
 went silent; either way the cache is dropped and the watch made again.  Cache
 entries also expire with their lease, so staleness is bounded even if notices
-are lost.
+are lost.  Without a cache the watch connection is made by the first ``watch()``;
+``watch()`` returns once the dispatcher has taken the subscription, so every
+change made after it returns is reported.  An address on a wildcard host is
+registered as the interfaces' addresses, which other hosts can use
+(``posa.naming.hosts``).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import PosaError, ProtocolError
+from posa.errors import PosaError, ProtocolError, Timeout
+from posa.naming.hosts import reachable
 from posa.naming.protocol import DISPATCHER, OPS, notice_from_wire, registration_from_wire
 from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
 from posa.runtime import reactor as reactor_module
@@ -54,12 +59,14 @@ class RegistryClient:
         self._reactor = reactor or reactor_module.default()
         self._watch: Forwarder | None = None
         self._instance: str | None = None
+        self._subscribed = threading.Event()    # the dispatcher answered the watch
         self._ping_seq = 0
         self._silent = 0
-        self._ticker = None
+        self._caching = cache
+        self._ping_interval = ping_interval
+        self._ticker: Any = None
         if cache:
-            self._ticker = self._reactor.call_every(ping_interval, self._tick)
-            self._reactor.call_soon(self._tick)
+            self._keep_watch()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -75,8 +82,8 @@ class RegistryClient:
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None) -> Registration:
-        registration = registration_from_wire(self._call(
-            "register", name=name, addresses=list(addresses), credential=credential,
+        registration = registration_from_wire(self._call(   # addresses others can use:
+            "register", name=name, addresses=list(reachable(addresses)), credential=credential,
             epoch=epoch, lease=lease, meta=dict(meta) if meta else None))
         self._remember(registration)
         return registration
@@ -109,6 +116,12 @@ class RegistryClient:
         return self._call("services")  # type: ignore[no-any-return]
 
     def watch(self, callback: Callable[[str, Registration | None], None]) -> Callable[[], None]:
+        """Call ``callback(name, registration or None)`` (on the reactor thread) for
+        every change the dispatcher reports; return a function that unsubscribes.
+
+        Returns once the dispatcher has taken the subscription (``Timeout`` if it
+        does not within ``timeout``), so a change made after it is reported; called
+        on the reactor thread it cannot wait, and the subscription follows."""
         with self._lock:
             key = self._next_watcher
             self._next_watcher += 1
@@ -117,6 +130,11 @@ class RegistryClient:
         def unsubscribe() -> None:
             with self._lock:
                 self._watchers.pop(key, None)
+        self._keep_watch()
+        if not self._reactor.in_reactor_thread() and not self._subscribed.wait(self.timeout):
+            unsubscribe()
+            raise Timeout(f"the dispatcher at {self.address} did not take a watch within "
+                          f"{self.timeout} s; is it running?")
         return unsubscribe
 
     def forget(self, name: str) -> None:
@@ -124,9 +142,10 @@ class RegistryClient:
         self._cache.pop(name, None)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
             self._reactor.call(self._drop_watch)
@@ -135,8 +154,8 @@ class RegistryClient:
 
     # -- the cache ---------------------------------------------------------------
     def _remember(self, registration: Registration) -> None:
-        if self._ticker is None or self._instance is None:
-            return  # no live watch: a cached entry could go stale unnoticed
+        if not self._caching or self._instance is None:
+            return  # no cache, or no live watch: an entry could go stale unnoticed
         with self._lock:
             old = self._cache.get(registration.name)
             if old is None or old[0].epoch <= registration.epoch:
@@ -166,6 +185,14 @@ class RegistryClient:
                 pass
 
     # -- the watch connection (reactor thread) -------------------------------------
+    def _keep_watch(self) -> None:
+        """Start keeping the watch connection (once): the cache and watchers need it."""
+        with self._lock:
+            if self._ticker is not None or self._closed:
+                return
+            self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
+        self._reactor.call_soon(self._tick)
+
     def _tick(self) -> None:
         """Keep the watch alive: (re)subscribe, ping, notice restarts and silence."""
         if self._closed:
@@ -223,10 +250,12 @@ class RegistryClient:
             reply = watch.peek_reply(DISPATCHER, self._ping_seq)
             if reply is not None and isinstance(reply.body, dict):
                 self._instance = reply.body.get("instance")
+                self._subscribed.set()
 
     def _drop_watch(self) -> None:
         watch, self._watch = self._watch, None
         self._instance = None
+        self._subscribed.clear()
         with self._lock:
             self._cache.clear()
         if watch is not None:

@@ -61,10 +61,12 @@ OPS = OpTable("dispatcher", [
     Op("lookup", (_NAME, _VIA, _HOPS),
        doc="the live registration of `name`; if none is held here, the federated "
            "dispatchers are asked (`via`: the dispatcher nodes passed, `hops`: how "
-           "far; set by dispatchers) → registration"),
-    Op("names", (Field("pattern", str, "**"),),
-       doc="every live registration whose name matches `pattern` (default `**`), "
-           "sorted by name → [registration]"),
+           "far; set by dispatchers); Unreachable (code 10) if one could not be asked "
+           "and none had it → registration"),
+    Op("names", (Field("pattern", str, "**"), _VIA, _HOPS),
+       doc="every live registration whose name matches `pattern` (default `**`), here "
+           "and at the federated dispatchers (`via`, `hops` as for `lookup`; a "
+           "dispatcher already in `via` answers []), sorted by name → [registration]"),
     Op("pick", (Field("service", str),
                 Field("exclude", list, (), _strings, "a list of server names (strings)"),
                 _VIA, _HOPS),

@@ -10,6 +10,10 @@ local table, so ``lookup()`` and ``names()`` answer without a network round trip
     posa.naming.zeroconf.table     DiscoveryTable: names seen and owned, leases as TTLs,
                             ownership rules
 
+Addresses. An address on a wildcard host (``tcp://0.0.0.0:P``) is announced as one
+per interface address, which other hosts can use (``posa.naming.hosts``); a peer
+that names no ``listen`` listens on every interface (``default_listen``).
+
 Strategy. ``ZeroconfRegistry`` feeds the table the TXT records python-zeroconf
 receives, on python-zeroconf's event-loop thread, runs its operations there, one
 at a time, and sends what the table decides: announcements, goodbyes (three times,
@@ -51,6 +55,7 @@ from zeroconf.asyncio import AsyncServiceBrowser
 from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_TXT
 
 from posa.errors import Closed, PosaError, Rejected, Timeout, TransportError
+from posa.naming.hosts import reachable
 from posa.naming.registration import DEFAULT_LEASE, Change, Registration
 from posa.naming.zeroconf.table import DiscoveryTable
 from posa.naming.zeroconf.watchers import Watchers
@@ -128,6 +133,8 @@ class ZeroconfRegistry:
     not call them on the zeroconf loop.
     """
 
+    default_listen = "tcp://0.0.0.0:0"     # a Peer that names no listen: every interface
+
     def __init__(self, *, interfaces: Sequence[str] | None = None,
                  ip_version: str | None = None, zeroconf: Zeroconf | None = None) -> None:
         versions = {None: None, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only,
@@ -137,6 +144,7 @@ class ZeroconfRegistry:
         if zeroconf is not None and (interfaces is not None or ip_version is not None):
             raise Rejected("pass zeroconf= or interfaces=/ip_version=, not both: a shared "
                            "Zeroconf keeps the interfaces it was opened with")
+        self._interfaces = None if interfaces is None else list(interfaces)
         self._table = DiscoveryTable()
         self._lock = threading.Lock()       # the table and _closed
         self._closed = False
@@ -174,9 +182,9 @@ class ZeroconfRegistry:
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None) -> Registration:
-        """See ``Registry.register``; announces the name on the LAN."""
-        return self._call(self._async_register(name, addresses, credential, epoch, lease,
-                                               meta))
+        """See ``Registry.register``; announces the name on the LAN (see Addresses)."""
+        return self._call(self._async_register(
+            name, reachable(addresses, self._interfaces), credential, epoch, lease, meta))
 
     def renew(self, name: str, *, credential: str) -> Registration:
         """See ``Registry.renew``; announces the name again, refreshing every cache."""

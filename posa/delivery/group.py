@@ -1,0 +1,106 @@
+"""Group sends: one message to every member of a group, every member tried.
+
+A group send goes through the calling thread's ``Forwarder``, so each member gets
+it in order with the thread's other messages to that member, once.  It ends when
+every member has *acknowledged* it, or at the deadline: the caller learns which
+members got it, not only which connections took the bytes (a member killed after
+the last send still takes a write or two).
+
+No member waits on another.  Members are served in rounds of growing time slices
+(``SLICE`` doubling up to ``MAX_SLICE``): in each round a member not reached yet
+gets one attempt to hand it the message, and a member that holds it unacknowledged
+gets one slice of recovery (reconnect, re-resolve, resend).  A dead member costs the
+live ones one slice, never the deadline; one that comes back before the deadline is
+reached.  A member that has not acknowledged the message by the deadline failed,
+with the last error its attempts met; like any ``Timeout`` of a send, its message
+stays in its stream and may still arrive if it comes back later.
+
+On a reactor thread (a handler's group send) acknowledgements cannot be awaited:
+members in this process are served by that very thread.  There (``confirm=False``)
+a member counts as reached once the message is in its stream.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from posa.delivery.forwarder import Forwarder
+from posa.errors import Closed, NameNotFound, PartialDelivery, PosaError, Timeout
+
+__all__ = ["send_to_group", "SLICE", "MAX_SLICE"]
+
+SLICE = 0.05        # s a member gets in the first round
+MAX_SLICE = 1.0     # s at most per member and round (a restarted member is seen by then)
+
+
+def send_to_group(fwd: Forwarder, pattern: str, members: Sequence[str], body: Any,
+                  headers: dict[str, Any] | None, deadline: float, confirm: bool = True
+                  ) -> int:
+    """Send ``body`` to every name of ``members`` (the group ``pattern``) through
+    ``fwd`` by ``deadline``; return how many got it (acknowledged it, with
+    ``confirm``). Raises ``PartialDelivery`` (after every member was tried) when
+    some did not."""
+    unsent = list(members)          # nothing of the message in their stream yet
+    unconfirmed: list[str] = []     # in their stream, not yet acknowledged
+    errors: dict[str, PosaError] = {}
+    step = SLICE
+    while unsent or unconfirmed:
+        started = time.monotonic()
+        final = started >= deadline
+        for member in list(unsent):
+            if _hand_over(fwd, member, body, headers, min(deadline, time.monotonic() + step),
+                          errors):
+                unconfirmed.append(member)
+            if member in unconfirmed or isinstance(errors.get(member), NameNotFound):
+                unsent.remove(member)   # a member that left the group is not retried
+        if not confirm:
+            unconfirmed.clear()         # in their streams: reached, as far as we can tell
+        for member in list(unconfirmed):
+            if _confirm(fwd, member, min(deadline, time.monotonic() + step), final, errors):
+                unconfirmed.remove(member)
+        if final:
+            break
+        rest = min(deadline, started + step) - time.monotonic()
+        if (unsent or unconfirmed) and rest > 0:
+            time.sleep(rest)    # back off: a refused connection fails at once
+        step = min(step * 2, MAX_SLICE)
+    failed = {member: errors.get(member) or Timeout(f"{member!r} did not acknowledge "
+                                                    "in time")
+              for member in members if member in errors or member in unconfirmed}
+    if failed:
+        raise PartialDelivery(pattern, [m for m in members if m not in failed], failed)
+    return len(members)
+
+
+def _hand_over(fwd: Forwarder, member: str, body: Any, headers: dict[str, Any] | None,
+               until: float, errors: dict[str, PosaError]) -> bool:
+    """One attempt to put the message into ``member``'s stream; True if it is there
+    (written, or kept for recovery after a failed write)."""
+    try:
+        fwd.send(member, body, headers=headers, deadline=until)
+    except Closed:
+        if fwd.closed:
+            raise               # this peer is closed: nothing can be sent
+        errors[member] = Closed(f"the connection to {member!r} closed")
+        return False
+    except PosaError as exc:
+        errors[member] = exc
+        return fwd.knows(member)
+    errors.pop(member, None)
+    return True
+
+
+def _confirm(fwd: Forwarder, member: str, until: float, final: bool,
+             errors: dict[str, PosaError]) -> bool:
+    """Wait until ``until`` for ``member`` to acknowledge everything sent to it
+    (resending as the forwarder does); True if it did."""
+    try:
+        if final:
+            fwd.poll(member)    # at the deadline: read the acknowledgements already in
+        fwd.flush(until, names=(member,))
+    except PosaError as exc:
+        errors[member] = exc
+        return False
+    errors.pop(member, None)
+    return True
