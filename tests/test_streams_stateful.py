@@ -205,7 +205,7 @@ class StreamsMachine(RuleBasedStateMachine):
                                                                      out.next_seq)]
 
 
-StreamsMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40,
+StreamsMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
                                             deadline=None)
 test_streams_machine = StreamsMachine.TestCase
 
