@@ -1,0 +1,94 @@
+"""A forwarder's flow control as protocol steps, for drivers that must never block.
+
+``Forwarder.send_locked`` waits, blocking its thread, while ``window`` messages
+to the recipient are unacknowledged (``Forwarder._await_progress``).  An event
+loop must not block, so ``send_steps`` first waits for room the way
+``request_steps`` waits for a reply: it yields ``(connection, seconds)`` and is
+sent whether the connection became readable (``posa.delivery.waiting``), reads
+acknowledgements without blocking, and resends an overdue backlog; once one more
+message fits without filling the window, ``send_locked`` sends it and returns at
+once.
+
+``mark`` lets a driver that runs the steps of several callers on one forwarder
+at once (``posa.aio``: many tasks, one thread) see that a step read something
+another waiting step may be looking for (an acknowledgement, a reply, a new
+connection), so that it wakes them instead of leaving them to wait on a
+descriptor that will not fire again for what was already read.
+
+These are functions of the forwarder (they use its state and recovery); they
+live here to keep ``forwarder.py`` within its size.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from posa.delivery.forwarder import Forwarder
+from posa.delivery.target import Target
+from posa.delivery.waiting import Steps
+from posa.errors import Timeout, TransportError
+
+__all__ = ["send_steps", "room_steps", "mark"]
+
+
+def send_steps(fwd: Forwarder, name: str, body: Any, kind: int,
+               headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
+    """``fwd.send_locked`` as steps that wait for room in the window instead of
+    blocking; returns the message's sequence number. Needs ``fwd.window`` ≥ 2."""
+    yield from room_steps(fwd, name, deadline)
+    return fwd.send_locked(name, body, kind, headers, deadline)
+
+
+def room_steps(fwd: Forwarder, name: str, deadline: float) -> Steps[None]:
+    """Wait until one more message to ``name`` leaves the window short of full,
+    so that ``send_locked`` does not wait for acknowledgements."""
+    if fwd.window < 2:
+        raise ValueError(f"a window of {fwd.window} makes every send wait for its "
+                         "acknowledgement; give window=2 or more to send from an event loop")
+    target = fwd._targets.get(name)
+    while target is not None and len(target.out.unacked) >= fwd.window - 1:
+        yield from _progress_steps(fwd, target, deadline)
+        target = fwd._targets.get(name)
+
+
+def _progress_steps(fwd: Forwarder, target: Target, deadline: float) -> Steps[None]:
+    """``Forwarder._await_progress`` as steps: until an acknowledgement for
+    ``target`` arrives; resends the backlog when one is overdue."""
+    if target.batch:
+        try:
+            target.write_batch()
+        except (TransportError, Timeout):
+            pass    # the stall clock below resends
+    before = target.out.acked
+    stall_until = time.monotonic() + fwd.ack_timeout
+    while target.out.acked == before and target.out.unacked:
+        now = time.monotonic()
+        if now >= deadline:
+            raise Timeout(
+                f"{len(target.out)} message(s) to {target.name!r} at {target.address} "
+                "were not acknowledged in time; the peer may be overloaded or gone")
+        if now >= stall_until:
+            fwd._recover(target, deadline, None)
+            stall_until = time.monotonic() + fwd.ack_timeout
+            continue
+        conn = target.conn
+        try:
+            frame = conn.recv_nowait()
+        except TransportError as exc:
+            fwd._recover(target, deadline, exc)
+            continue
+        if frame is not None:
+            fwd._absorb(frame)
+        elif not conn.pending():
+            yield conn, min(deadline, stall_until) - now
+
+
+def mark(fwd: Forwarder) -> tuple[int, int, int]:
+    """A value that changes when the forwarder read something a waiting step may
+    look for: an acknowledgement (``acked`` grows), a reply (the reply table
+    changes), a target on a new connection or a target made or dropped."""
+    acked = conns = 0
+    for target in fwd._targets.values():
+        acked += target.out.acked
+        conns ^= id(target.conn)
+    return acked, len(fwd._replies), conns
