@@ -9,15 +9,17 @@ holding the forwarder's lock while a step runs and not while it waits.
 
 Any number of tasks may drive steps of one forwarder at once, and they share
 its connections.  asyncio keeps one reader per descriptor, so the ``Hub`` of a
-loop is that reader: it maps a descriptor to the tasks waiting on it, and when
-it fires wakes every one of them.  The first to run reads what came (replies
-and acknowledgements land in the forwarder's tables), the others find theirs
-there: a step checks its reply before it waits.  A step may also read what
-another task waits for without its descriptor firing (a request that finds
-frames queued after sending); the driver sees it by the forwarder's progress
-mark (``posa.delivery.flow.mark``) and wakes the other tasks of that forwarder
-to look again.  A wake that finds nothing new costs one step and changes
-nothing, so wake-ups cannot chase each other.
+loop is that reader: it maps a descriptor to the tasks waiting on it.  When it
+fires, one of them (the oldest) is woken to read; what it reads lands in the
+forwarder's tables (replies, acknowledgements).  After every step the driver
+asks the hub to wake the waiting tasks of that forwarder the step may concern
+(``stepped``): a task whose ``wanted`` holds (a request: its reply is in the
+table; by default: the forwarder's progress mark, ``posa.delivery.flow.mark``,
+moved), and one task to read a connection that still holds frames read from
+the socket (its descriptor will not fire for them).  A task woken for nothing
+runs one step that changes nothing, so wake-ups cannot chase each other; a
+task that is not woken waits out its step's own timeout, which every step
+bounds (``ack_timeout``).
 """
 from __future__ import annotations
 
@@ -31,10 +33,30 @@ from posa.delivery.waiting import Steps
 from posa.errors import PosaError
 from posa.transport.base import Connection
 
-__all__ = ["Hub", "drive"]
+__all__ = ["Hub", "drive", "Wanted", "changed"]
 
 _T = TypeVar("_T")
+Wanted = Callable[[bool], bool]
+"""What a waiting task waits for: called after another task's step of its
+group with whether the group's progress mark moved; True wakes the task."""
+
+
+def changed(moved: bool) -> bool:
+    """The default ``Wanted``: any progress of the group."""
+    return moved
+
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+class _Fd:
+    """The tasks waiting on one descriptor: each future with its group (whose
+    steps it runs) and what it waits for (``wanted``)."""
+
+    __slots__ = ("conn", "waiters")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.waiters: dict[asyncio.Future[bool], tuple[Hashable, Wanted]] = {}
 
 
 class Hub:
@@ -42,9 +64,7 @@ class Hub:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        # descriptor -> its waiting tasks' futures, each with the group (forwarder)
-        # whose state it waits for
-        self._waiting: dict[int, dict[asyncio.Future[bool], Hashable]] = {}
+        self._fds: dict[int, _Fd] = {}
         self.stats = {"waits": 0, "fired": 0, "woken": 0, "expired": 0}
 
     @classmethod
@@ -55,10 +75,11 @@ class Hub:
             hub = _hubs[loop] = cls(loop)
         return hub
 
-    async def readable(self, conn: Connection | None, timeout: float,
-                       group: Hashable) -> bool:
-        """Wait up to ``timeout`` s for ``conn``'s descriptor, or for a ``wake`` of
-        ``group``; True unless the time ran out. No ``conn``: a pause of ``timeout`` s."""
+    async def readable(self, conn: Connection | None, timeout: float, group: Hashable,
+                       wanted: Wanted = changed) -> bool:
+        """Wait up to ``timeout`` s for ``conn``'s descriptor, or until a step of
+        ``group`` makes ``wanted(changed)`` true; True unless the time ran out.
+        No ``conn``: a pause of ``timeout`` s."""
         loop = self._loop
         if conn is None:
             await asyncio.sleep(max(0.0, timeout))
@@ -67,15 +88,17 @@ class Hub:
             fd = conn.fileno()
         except (OSError, ValueError, PosaError):
             return True         # closed under us: the next receive says how
-        waiters = self._waiting.get(fd)
-        if waiters is None:
+        entry = self._fds.get(fd)
+        if entry is None or entry.conn is not conn:
+            if entry is not None:       # a descriptor number used again
+                self._wake_all(fd)
             try:
                 loop.add_reader(fd, self._fire, fd)
             except (OSError, ValueError):
                 return True
-            waiters = self._waiting[fd] = {}
+            entry = self._fds[fd] = _Fd(conn)
         ready: asyncio.Future[bool] = loop.create_future()
-        waiters[ready] = group
+        entry.waiters[ready] = (group, wanted)
         self.stats["waits"] += 1
         expiry = loop.call_later(max(0.0, timeout), self._expire, fd, ready)
         try:
@@ -84,24 +107,54 @@ class Hub:
             expiry.cancel()
             self._forget(fd, ready)
 
-    def wake(self, group: Hashable) -> None:
-        """Wake every task of ``group`` that waits (its steps look again)."""
-        for fd, waiters in list(self._waiting.items()):
-            for ready, of in list(waiters.items()):
-                if of is group:
-                    del waiters[ready]
-                    if not ready.done():
-                        ready.set_result(True)
-                        self.stats["woken"] += 1
-            if not waiters:
+    def stepped(self, group: Hashable, changed: bool) -> None:
+        """After a step of ``group`` (``changed``: its progress mark moved): wake
+        the tasks of ``group`` it may concern, and one task to read a connection
+        that still holds frames (its descriptor will not fire for them)."""
+        for fd, entry in list(self._fds.items()):
+            reader: asyncio.Future[bool] | None = None
+            mine = False
+            for ready, (of, wanted) in list(entry.waiters.items()):
+                if of is not group:
+                    continue
+                mine = True
+                if wanted(changed):
+                    self._wake(entry, ready)
+                elif reader is None:
+                    reader = ready
+            if reader is not None and _pending(entry.conn):
+                self._wake(entry, reader)
+            if mine and not entry.waiters:
                 self._drop(fd)
 
+    def _wake(self, entry: _Fd, ready: asyncio.Future[bool]) -> None:
+        del entry.waiters[ready]
+        if not ready.done():
+            ready.set_result(True)
+            self.stats["woken"] += 1
+
     def _fire(self, fd: int) -> None:
+        """The descriptor is readable: wake one task to read it (the oldest); what
+        its step reads wakes the others it concerns (``stepped``)."""
         self.stats["fired"] += 1
-        waiters = self._drop(fd)
-        for ready in waiters:
+        entry = self._fds.get(fd)
+        if entry is None:
+            self._drop(fd)
+            return
+        for ready in list(entry.waiters):
+            del entry.waiters[ready]
             if not ready.done():
                 ready.set_result(True)
+                break
+        if not entry.waiters:
+            self._drop(fd)
+
+    def _wake_all(self, fd: int) -> None:
+        entry = self._drop(fd)
+        if entry is not None:
+            for ready in entry.waiters:
+                if not ready.done():
+                    ready.set_result(True)
 
     def _expire(self, fd: int, ready: asyncio.Future[bool]) -> None:
         self._forget(fd, ready)
@@ -110,26 +163,36 @@ class Hub:
             ready.set_result(False)
 
     def _forget(self, fd: int, ready: asyncio.Future[bool]) -> None:
-        waiters = self._waiting.get(fd)
-        if waiters is not None and waiters.pop(ready, None) is not None and not waiters:
+        entry = self._fds.get(fd)
+        if entry is not None and entry.waiters.pop(ready, None) is not None \
+                and not entry.waiters:
             self._drop(fd)
 
-    def _drop(self, fd: int) -> dict[asyncio.Future[bool], Hashable]:
-        waiters = self._waiting.pop(fd, {})
+    def _drop(self, fd: int) -> _Fd | None:
+        entry = self._fds.pop(fd, None)
         try:
             self._loop.remove_reader(fd)
         except (OSError, ValueError):
             pass    # the descriptor was closed (a connection replaced): nothing to remove
-        return waiters
+        return entry
+
+
+def _pending(conn: Connection) -> bool:
+    try:
+        return conn.pending()
+    except (OSError, ValueError, PosaError):
+        return True     # closed: a step finds out how
 
 
 async def drive(steps: Steps[_T], lock: threading.Lock, group: Hashable,
-                mark: Callable[[], object]) -> _T:
+                mark: Callable[[], object], wanted: Wanted = changed) -> _T:
     """Run ``steps`` on the running loop, holding ``lock`` while a step runs.
 
     ``group`` is what the steps share with other tasks' (their forwarder) and
-    ``mark()`` its progress mark: when a step changes it, the other waiting
-    tasks of ``group`` are woken. Cancelling the task closes the steps."""
+    ``mark()`` its progress mark; after each step the hub wakes the waiting
+    tasks of ``group`` whose ``wanted(mark moved)`` holds. ``wanted`` says
+    what these steps wait for (default: any progress). Cancelling the task
+    closes the steps."""
     hub = Hub.of(asyncio.get_running_loop())
     ready: bool | None = None
     try:
@@ -139,9 +202,8 @@ async def drive(steps: Steps[_T], lock: threading.Lock, group: Hashable,
                 try:
                     conn, wait = next(steps) if ready is None else steps.send(ready)
                 finally:
-                    if mark() != before:
-                        hub.wake(group)
-            ready = await hub.readable(conn, wait, group)
+                    hub.stepped(group, mark() != before)
+            ready = await hub.readable(conn, wait, group, wanted)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     except BaseException:
