@@ -5,18 +5,9 @@ A ``Peer`` registers its name with a registry, listens on one or more addresses
 ``Forwarder`` per sending thread (``posa.delivery.sender``).  It can move to
 another address or transport while others keep sending to its name
 (``migrate``): nothing is lost, nothing is delivered twice, every sender's
-order is kept.  ``Peer`` is glue; each part it joins has its own module:
-
-    reactor ─▶ Listening (endpoints) ─▶ _drain: listener.recv_nowait
-      ─▶ Gatekeeper.admit (decode, authenticate, authorize, limit)
-      ─▶ Receiver.receive (order, duplicates, BATCH runs; sans-IO)
-      ─▶ the handler, or the Inbox that ``receive()`` reads
-      ◀─ what the Receiver returns to send back: ACKs, cached replies,
-         MOVED notices, NameNotFound for misdirected requests
-
-After each drained run the due ACKs go out and a reactor timer is armed for the
-receiver's ``deadline``.  If the inbox is full the peer stops reading its
-listeners: senders' windows fill and they wait (flow control).
+order is kept.  ``Peer`` is glue; each part it joins has its own module: the receiving side
+on the reactor thread (reading, admission, ordering, delivery, answers, drain)
+is ``posa.delivery.intake``.
 
 Migration (see docs/migration.md): bind the new address; register the name
 again with epoch + 1 (only the owner's credential may); the old endpoints keep
@@ -33,12 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from posa.admission.gatekeeper import Authenticator, Gatekeeper, Rejection
-from posa.delivery.endpoints import Listening
+from posa.admission.gatekeeper import Authenticator, Gatekeeper
 from posa.delivery.inbox import Inbox
-from posa.delivery.receiver import Endpoint, Outgoing, Receiver
+from posa.delivery.intake import DEFERRED, Intake
+from posa.delivery.receiver import Endpoint, Receiver
 from posa.delivery.sender import Sender
-from posa.errors import Closed, InvalidName, PosaError, ProtocolError
+from posa.errors import Closed, InvalidName, PosaError
 from posa.naming.registration import Registry, resolver
 from posa.naming.registry import LocalRegistry
 from posa.naming.resolve import embedded_registry
@@ -53,10 +44,6 @@ __all__ = ["Peer", "DEFERRED"]
 
 log = logging.getLogger("posa.peer")
 
-DEFERRED = object()
-"""Return this from a handler to reply later with ``Peer.reply``."""
-
-BATCH = 4096            # frames drained from one listener before others get a turn
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
@@ -95,9 +82,7 @@ class Peer:
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
         self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
-        self._handler = handler
         self._inbox = Inbox(inbox_size)
-        self._ack_timer: Any = None
         self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
                                   unbatch=self.gatekeeper.unbatch,
                                   rejections=self.gatekeeper.rejections)
@@ -105,8 +90,12 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
-        self.stats = {"received": 0, "sent": 0}
-        self._listening = Listening(self.name, self.reactor, self.options, self._drain)
+        self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
+                              gatekeeper=self.gatekeeper, receiver=self._receiver,
+                              inbox=self._inbox, handler=handler)
+        self.stats = self._intake.stats         # received, expired, refused ...
+        self.stats["sent"] = 0
+        self._listening = self._intake.listening
         self._listening.current = self._listening.open(
             listen if listen is not None else _default_listen(self.name, self.registry))
         try:
@@ -181,10 +170,15 @@ class Peer:
     def receive(self, timeout: float | None = None) -> Message:
         """The next message for this peer; blocks up to ``timeout`` (None: forever,
         0: don't block). Raises ``Timeout`` if none came, ``Closed`` after close."""
-        msg = self._inbox.get(timeout, self.name)
-        if self._listening.paused and self._inbox.low():
-            self.reactor.call_soon(self._listening.resume)
-        return msg
+        deadline = None if timeout is None else _monotonic() + timeout
+        while True:
+            msg = self._inbox.get(timeout, self.name)
+            if self._listening.paused and self._inbox.low():
+                self.reactor.call_soon(self._listening.resume)
+            if msg.kind != _REQUEST or not self._intake.expired(msg):
+                return msg
+            if deadline is not None:        # a request that expired in the inbox:
+                timeout = max(0.0, deadline - _monotonic())     # answered, skipped
 
     def serve(self, handler: Callable[[Message], Any]) -> None:
         """Hand every message to ``handler`` on the reactor thread from now on.
@@ -192,141 +186,28 @@ class Peer:
         For a REQUEST, the handler's return value is the reply, an exception it
         raises becomes an ERROR reply, and ``DEFERRED`` means it will call
         ``reply`` itself later."""
-        self._handler = handler
-        self.reactor.call(self._drain_inbox_to_handler)
+        self._intake.handler = handler
+        self.reactor.call(self._intake.deliver_queued)
 
     def reply(self, msg: Message, body: Any = None) -> None:
         """Answer the request ``msg``."""
-        self._answer(msg, _REPLY, body)
+        self._intake.answer(msg, _REPLY, body)
 
     def reply_error(self, msg: Message, exc: BaseException) -> None:
         """Answer the request ``msg`` with an error that the requester raises."""
-        self._answer(msg, _ERROR, error_body(exc))
+        self._intake.answer(msg, _ERROR, error_body(exc))
 
-    def _answer(self, msg: Message, kind: Kind, body: Any) -> None:
-        if msg.kind != _REQUEST:
-            raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
-        self.gatekeeper.leave(msg)
-        endpoint, route, frame, settles = self._receiver.answer(msg, kind, body)
-        if self.reactor.in_reactor_thread():
-            self._send_back(endpoint, route, frame, settles)
-        else:
-            self.reactor.call_soon(self._send_back, endpoint, route, frame, settles)
-
-    def _send_back(self, endpoint: Endpoint, route: Any, frame: bytes,
-                   settles: tuple[str, int, int] | None) -> None:
-        """Send an answer; if it is the REPLY to request ``settles``, the receiver
-        may take it for the stream's pending ACK."""
-        try:
-            endpoint.listener.send(route, frame)
-        except PosaError as exc:
-            log.info("peer %s: reply not sent (%s); the requester will retry", self.name, exc)
-            return
-        if settles is not None:
-            out = self._receiver.replied(endpoint, route, settles)
-            if out:
-                self._send(out)
-
-    @staticmethod
-    def _send(out: list[Outgoing]) -> None:
-        """Send what the receiver returned, each on its route (reactor thread)."""
-        for endpoint, route, frame in out:
-            try:
-                endpoint.listener.send(route, frame)
-            except PosaError:
-                continue  # that connection is gone; its sender resends
-
-    # -- the reactor side ------------------------------------------------------
-    def _drain(self, endpoint: Endpoint) -> None:
-        """Read up to ``BATCH`` frames of ``endpoint``: admit, hand to the receiver,
-        deliver what it returns, then send what it has to send back. The hot path:
-        names are bound to locals once per run."""
-        listener = endpoint.listener
-        admit = self.gatekeeper.admit
-        receive = self._receiver.receive
-        deliver = self._deliver
-        queued = self._inbox.qsize
-        limit = self._inbox.size
-        more = listener.pending
-        for i in range(BATCH):
-            if self._handler is None and queued() >= limit:
-                self._listening.pause(endpoint)
-                break
-            try:
-                # after a frame, stop once nothing is queued: the descriptor fires
-                # for the next one (posa/transport/base.py), and a receive that finds
-                # nothing costs a poll
-                if i and not more():
-                    break
-                item = listener.recv_nowait()
-            except PosaError:
-                return  # closed under us during a migration
-            if item is None:
-                break
-            route, frame = item
-            try:
-                msg = admit(frame, route)
-            except Rejection as rejection:
-                if rejection.answerable:
-                    assert rejection.msg is not None
-                    rejection.msg.route = (endpoint, route)
-                    self.reply_error(rejection.msg, rejection.error)
-                continue
-            for ready in receive(msg, endpoint, route):
-                deliver(ready)
-        if self._receiver.pending or self._receiver.outbox:
-            self._send_pending()
-
-    def _send_pending(self) -> None:
-        """After a run: the receiver's answers, the ACKs due, and a timer for the rest."""
-        receiver = self._receiver
-        if receiver.outbox:
-            self._send(receiver.take_outbox())
-        if receiver.pending:
-            now = _monotonic()
-            self._send(receiver.collect(now))
-            if receiver.deadline is not None and self._ack_timer is None:
-                self._ack_timer = self.reactor.call_later(receiver.deadline - now,
-                                                          self._acknowledge_all)
-
-    def _acknowledge_all(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-        self._ack_timer = None
-        self._send(self._receiver.acknowledge_all())
-
-    def _deliver(self, msg: Message) -> None:
-        request = msg.kind == _REQUEST
-        if request:
-            refused = self.gatekeeper.enter(msg)
-            if refused is not None:
-                self.reply_error(msg, refused)
-                return
-            self._receiver.open_request(msg)
-        self.stats["received"] += 1
-        handler = self._handler
-        if handler is None:
-            self._inbox.put(msg)
-            return
-        try:
-            result = handler(msg)
-        except Exception as exc:
-            if request:
-                self.reply_error(msg, exc)
-            else:
-                log.exception("peer %s: handler raised on %r", self.name, msg)
-            return
-        if request and result is not DEFERRED:
-            self.reply(msg, result)
-
-    def _drain_inbox_to_handler(self) -> None:
-        for msg in self._inbox.take_all():
-            self._deliver(msg)
+    def expired(self, msg: Message) -> bool:
+        """True if the request ``msg`` waited past its deadline: then it has been
+        answered with ``Timeout`` (and counted); don't start it. For work queued
+        outside the peer, e.g. a thread pool."""
+        return self._intake.expired(msg)
 
     def stop_accepting(self) -> None:
-        """Read no more frames (answers still go out): the first step of a clean
-        shutdown (``posa.ops.serve_until_signalled``)."""
-        self.reactor.call(self._listening.stop_accepting)
+        """Start draining: new requests are refused with ``Rejected`` at once, those
+        in flight are answered as they finish, acknowledgements still go out (the
+        first step of a clean shutdown, ``posa.ops.serve_until_signalled``)."""
+        self._intake.draining = True
 
     def depths(self) -> dict[str, int]:
         """Queue depths, for metrics: the inbox and the messages not yet acknowledged."""
@@ -338,10 +219,8 @@ class Peer:
         return self._listening.rejections()
 
     def in_flight(self) -> int:
-        """Requests handed to the application and not yet answered (counted when
-        the gatekeeper has an ``InFlight`` tracker, else 0)."""
-        tracker = self.gatekeeper.in_flight
-        return len(tracker) if tracker is not None else 0
+        """Requests handed to the application and not yet answered."""
+        return self._intake.in_flight()
 
     # -- migration -------------------------------------------------------------
     def migrate(self, listen: str, *, grace: float = 2.0) -> str:
@@ -365,7 +244,7 @@ class Peer:
         return new[0].address
 
     def _announce_move(self, old: Endpoint, moved_to: tuple[str, int]) -> None:
-        self._send(self._receiver.move(old, *moved_to))
+        self._intake.send(self._receiver.move(old, *moved_to))
 
     # -- liveness and shutdown ---------------------------------------------------
     def _renew(self) -> None:
@@ -393,7 +272,7 @@ class Peer:
             pass
         self.sender.close(linger=self.linger)
         try:
-            self.reactor.call(self._acknowledge_all)   # what was delivered is acknowledged
+            self.reactor.call(self._intake.acknowledge_all)   # what was delivered is acknowledged
         except PosaError:
             pass
         self._listening.close_all()

@@ -117,7 +117,7 @@ def test_encode_refuses_what_msgpack_cannot_carry() -> None:
 def test_kind_numbers_are_fixed_forever() -> None:
     assert {k.name: int(k) for k in Kind} == {
         "SEND": 1, "REQUEST": 2, "REPLY": 3, "ERROR": 4, "ACK": 5, "MOVED": 6,
-        "EVENT": 7, "NOTIFY": 8, "BATCH": 9}
+        "EVENT": 7, "NOTIFY": 8, "BATCH": 9, "PROGRESS": 10}
 
 
 def test_no_pickle_anywhere() -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.links import Links, Resolve
+from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import drive
 from posa.errors import (
@@ -47,11 +48,10 @@ from posa.errors import (
     Timeout,
     TransportError,
     Unauthorized,
-    from_wire,
 )
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Connection, Options
-from posa.wire.codec import Codec, Kind, Message, error_fields
+from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["Forwarder"]
 
@@ -61,11 +61,11 @@ _monotonic = time.monotonic
 _NO_HEADERS: dict[str, Any] = {}    # packed for messages without headers; never changed
 # the kinds the hot paths compare with, as module globals: looking a member up on
 # its enum class costs ~0.1 us before Python 3.12
-_SEND, _REQUEST, _REPLY, _ERROR, _ACK = (Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR,
-                                        Kind.ACK)
+_SEND, _REQUEST, _REPLY, _ERROR, _ACK, _PROGRESS = (
+    Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.ACK, Kind.PROGRESS)
 
 
-class Forwarder:
+class Forwarder(Requesting):
     """Sends to names for one thread. Not thread-safe by design: only the reactor's
     late write of open batches shares it, under ``lock``."""
 
@@ -88,6 +88,7 @@ class Forwarder:
         self._batches = OpenBatches(self.lock, self._targets, reactor)
         self._links = Links(resolve, options)
         self._replies: dict[tuple[str, int], Message] = {}
+        self._progress: dict[tuple[str, int], float] = {}   # request -> last PROGRESS
         self._seq_floor = 1         # where new streams start numbering (_drop_target)
         self._pid = os.getpid()
         self.closed = False
@@ -143,62 +144,9 @@ class Forwarder:
         """Send to ``name`` at ``address`` without asking the registry."""
         self._links.pins[name] = address
 
-    def request(self, name: str, body: Any, *, timeout: float,
-                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
-        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back.
-
-        With ``failfast`` a broken connection raises ``TransportError`` at once
-        instead of being retried until the deadline (the caller fails over)."""
-        return drive(self.lock, self.request_steps(name, body, timeout=timeout,
-                                                    headers=headers, failfast=failfast))
-
-    def request_steps(self, name: str, body: Any, *, timeout: float,
-                      headers: dict[str, Any] | None = None, failfast: bool = False
-                      ) -> Generator[tuple[Connection, float], bool, Message]:
-        """A request as steps: it yields ``(connection, seconds)`` whenever it must
-        wait for input, expects to be sent whether the connection became readable,
-        and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
-        with the event loop, so the protocol is written once. Drivers hold ``lock``
-        while a step runs and release it while they wait."""
-        deadline = time.monotonic() + timeout
-        hdrs = {"ttl": int(timeout * 1000)}
-        if headers:
-            hdrs.update(headers)
-        seq = self.send_locked(name, body, _REQUEST, hdrs, deadline)
-        key = (name, seq)
-        target = self._targets[name]
-        while True:
-            reply = self._replies.pop(key, None)
-            if reply is not None:
-                if reply.kind == _ERROR:
-                    code, kind, text = error_fields(reply.body)
-                    raise from_wire(code, kind, text)
-                return reply
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout(f"no reply from {name!r} within {timeout} s "
-                              f"(at {target.address}); is its handler slow or stuck?")
-            conn = target.conn
-            try:
-                # nothing queued: wait for the descriptor, which fires for the next
-                # frame (posa/transport/base.py); no receive that would find nothing
-                if not conn.pending() and not (yield conn, min(remaining, self.ack_timeout)):
-                    if target.out.unacked and target.out.first_unacked() <= seq:
-                        self._recover(target, deadline, None)  # not delivered yet
-                    continue
-                frame = conn.recv_nowait()
-            except TransportError as exc:
-                if failfast:
-                    self._links.drop(target.address)
-                    self._drop_target(name)
-                    raise TransportError(f"lost the connection to {name!r} at "
-                                         f"{target.address} while waiting for a reply: "
-                                         f"{exc}") from None
-                self._recover(target, deadline, exc)
-                continue
-            if frame is not None:
-                self._absorb(frame)
-            target = self._targets.get(name, target)
+    def knows(self, name: str) -> bool:
+        """True while this forwarder has a stream to ``name`` (not given up)."""
+        return name in self._targets
 
     def flush(self, deadline: float) -> None:
         """Wait until every message sent so far is acknowledged (or raise ``Timeout``)."""
@@ -274,14 +222,6 @@ class Forwarder:
             if target.conn is not conn:
                 return
             frame = conn.recv_nowait()
-
-    def take_reply(self, name: str, seq: int) -> Message | None:
-        """The reply ``name`` sent to request ``seq``, if it came (removed)."""
-        return self._replies.pop((name, seq), None)
-
-    def peek_reply(self, name: str, seq: int) -> Message | None:
-        """The reply ``name`` sent to request ``seq``, if it came (kept)."""
-        return self._replies.get((name, seq))
 
     def unacknowledged(self) -> int:
         return sum(len(t.out) for t in self._targets.values())
@@ -360,6 +300,11 @@ class Forwarder:
                 target.out.ack(msg.correlation)  # handled in order: all before it arrived
             if len(self._replies) > 4096:  # replies nobody waits for any more
                 self._replies.pop(next(iter(self._replies)))
+        elif kind == _PROGRESS:
+            progress = self._progress
+            progress[(msg.sender, msg.correlation)] = _monotonic()
+            if len(progress) > 4096:    # requests nobody waits for any more
+                progress.pop(next(iter(progress)))
         elif kind == Kind.MOVED:
             target = self._targets.get(msg.sender)
             body = msg.body if isinstance(msg.body, dict) else {}

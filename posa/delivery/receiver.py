@@ -43,14 +43,14 @@ dict operations are single steps.  Everything else runs on one thread.
 """
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Rejection
+from posa.delivery.requests import PROGRESS_EVERY, Key, Requests
 from posa.delivery.streams import Inbound
-from posa.errors import NameNotFound, ProtocolError, RemoteError, code_of
+from posa.errors import NameNotFound, ProtocolError
 from posa.wire.codec import Codec, Kind, Message, error_body
 
 __all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY"]
@@ -62,8 +62,6 @@ ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for ma
 _SEND, _REQUEST, _REPLY, _ERROR, _BATCH, _ACK, _MOVED = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.BATCH, Kind.ACK, Kind.MOVED)
 
-Key = tuple[str, int, int]          # (sender, stream, id) of a request
-_REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 
 
 class Endpoint:
@@ -106,7 +104,8 @@ class Receiver(Inbound):
                  ack_delay: float = ACK_DELAY, max_replies: int = 1024,
                  max_reply_bytes: int = 64 * 1024 * 1024,
                  max_open: int = 65536, max_routes: int = 4096,
-                 max_streams: int = 65536, max_early: int = 4096) -> None:
+                 max_streams: int = 65536, max_early: int = 4096,
+                 progress_every: float = PROGRESS_EVERY) -> None:
         super().__init__(max_streams, max_early)
         self.name = name
         self.recipients = frozenset([name, *recipients])
@@ -117,21 +116,13 @@ class Receiver(Inbound):
         self.rejections = rejections if rejections is not None else {}
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
-        self.max_replies = max_replies
-        self.max_reply_bytes = max_reply_bytes
-        self.reply_bytes = 0                  # the cached replies' size
-        self._cache_lock = threading.Lock()   # ``answer`` runs on any thread
-        self.max_open = max_open
+        self.requests = Requests(name, self.recipients, pack=self._pack, seal=seal,
+                                 max_replies=max_replies, max_reply_bytes=max_reply_bytes,
+                                 max_open=max_open, progress_every=progress_every)
         self.max_routes = max_routes
         # (sender, stream) -> [endpoint, route, recipient, runs since the last ACK]
         self.pending: dict[tuple[str, int], list[Any]] = {}
         self.deadline: float | None = None    # the pending ACKs go out by then
-        # the latest replies, oldest first (popitem(last=False) evicts in O(1); a dict's
-        # next(iter()) would scan every slot its deletions left behind)
-        self.replies: OrderedDict[Key, bytes] = OrderedDict()
-        # requests delivered and not answered yet, with the (endpoint, route) their
-        # latest copy came by: the reply goes where the requester waits now
-        self.open_requests: dict[Key, tuple[Endpoint, Hashable]] = {}
         self.outbox: list[Outgoing] = []     # what ``receive`` has to send back
 
     # -- receiving -------------------------------------------------------------
@@ -197,12 +188,9 @@ class Receiver(Inbound):
         """A request came again (its sender resent it, maybe by another way): answer
         from the reply cache, or, while it is still being handled, make the reply
         go where the requester waits now."""
-        key = (msg.sender, msg.stream, msg.id)
-        frame = self.replies.get(key)
+        frame = self.requests.repeated(msg, (endpoint, route))
         if frame is not None:
             self.outbox.append((endpoint, route, frame))
-        elif key in self.open_requests:
-            self.open_requests[key] = (endpoint, route)
 
     def _misdirected(self, msg: Message, endpoint: Endpoint) -> None:
         """A message for another name reached this address (a stale cache after the
@@ -214,14 +202,40 @@ class Receiver(Inbound):
                 f"{msg.recipient!r} does not live at {endpoint.address}; look it up again")))
             self.outbox.append((endpoint_, route, frame))
 
-    def open_request(self, msg: Message) -> None:
-        """The request ``msg`` was handed to the application: its reply goes where
-        its latest copy came from."""
-        if msg.stream:
-            opened = self.open_requests
-            opened[(msg.sender, msg.stream, msg.id)] = msg.route
-            if len(opened) > self.max_open:     # handlers that never answer: forget the oldest
-                del opened[next(iter(opened))]
+    def open_request(self, msg: Message, now: float = 0.0) -> None:
+        """The request ``msg`` goes to the application at ``now``: it is open (its
+        reply goes where its latest copy came from) with its deadline."""
+        self.requests.opened(msg, now)
+
+    def duplicate(self, msg: Message) -> bool:
+        """True if ``msg`` repeats an idempotency key (header ``key``) its sender
+        used before: not to be delivered again (what a keyed request gets instead
+        is in the outbox)."""
+        answers = self.requests.duplicate(msg)
+        if answers is None:
+            return False
+        self.outbox.extend(answer[:3] for answer in answers)
+        return True
+
+    def progress(self, now: float) -> list[Outgoing]:
+        """Keep-alives (PROGRESS) for the requests being handled for a while."""
+        return self.requests.progress(now)
+
+    @property
+    def open_requests(self) -> dict[Key, Any]:
+        return self.requests.open
+
+    @property
+    def replies(self) -> OrderedDict[Key, bytes]:
+        return self.requests.replies
+
+    @property
+    def reply_bytes(self) -> int:
+        return self.requests.reply_bytes
+
+    @property
+    def max_replies(self) -> int:
+        return self.requests.max_replies
 
     def take_outbox(self) -> list[Outgoing]:
         """The frames to send back that ``receive`` produced, in order (cleared)."""
@@ -285,36 +299,13 @@ class Receiver(Inbound):
         where it goes (the route the requester waits on now) and, for a REPLY in
         a stream, the request it settles (pass it to ``replied`` once sent).
         The frame is cached for a repeat of the request."""
-        me = msg.recipient if msg.recipient in self.recipients else self.name
-        try:
-            frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
-        except ProtocolError as exc:        # the requester is told why, at once
-            kind = _ERROR
-            frame = self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
-                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
-        endpoint, route = msg.route
-        settles = None
-        if msg.stream:
-            key = (msg.sender, msg.stream, msg.id)
-            self._cache(key, frame)
-            endpoint, route = self.open_requests.pop(key, msg.route)
-            if kind == _REPLY:      # the requester takes a REPLY for an ACK
-                settles = key
-        return endpoint, route, frame, settles
+        return self.requests.answer(msg, kind, body)[0]
 
-    def _cache(self, key: Key, frame: bytes) -> None:
-        """Keep ``frame`` for a repeat of request ``key``, within both bounds."""
-        replies = self.replies
-        with self._cache_lock:
-            old = replies.pop(key, None)
-            if old is not None:
-                self.reply_bytes -= len(old)
-            if len(frame) <= self.max_reply_bytes:
-                replies[key] = frame
-                self.reply_bytes += len(frame)
-            while replies and (len(replies) > self.max_replies
-                               or self.reply_bytes > self.max_reply_bytes):
-                self.reply_bytes -= len(replies.popitem(last=False)[1])
+    def answers(self, msg: Message, kind: int, body: Any
+                ) -> list[tuple[Endpoint, Hashable, bytes, Key | None]]:
+        """``answer``, and the same answer to the repeats of ``msg`` sent with its
+        idempotency key while it was being handled."""
+        return self.requests.answer(msg, kind, body)
 
     def replied(self, endpoint: Endpoint, route: Hashable, settles: Key) -> list[Outgoing]:
         """The REPLY to request ``settles`` went out on ``route``: where it

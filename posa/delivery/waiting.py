@@ -1,6 +1,7 @@
 """Blocking waits for protocol steps written once (``Forwarder.request_steps``,
 ``flush_steps``): a step yields ``(connection, seconds)`` when it must wait for
-input and is sent whether the connection became readable.  ``drive`` runs the
+input and is sent whether the connection became readable.  A step with
+nothing to wait for yields ``(None, seconds)``.  ``drive`` runs the
 steps in the calling thread with ``select``; ``posa.aio`` drives the same steps
 with the event loop.  The lock a step runs under is released while it waits.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Generator
 from typing import TypeVar
 
@@ -17,7 +19,7 @@ from posa.transport.base import Connection
 __all__ = ["drive", "readable", "Steps"]
 
 _T = TypeVar("_T")
-Steps = Generator[tuple[Connection, float], bool, _T]
+Steps = Generator[tuple[Connection | None, float], bool, _T]
 
 
 def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
@@ -34,8 +36,12 @@ def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
         return done.value  # type: ignore[no-any-return]
 
 
-def readable(conn: Connection, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for ``conn``'s descriptor; True if it fired."""
+def readable(conn: Connection | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``conn``'s descriptor; True if it fired.
+    With no connection (a step that backs off) just wait."""
+    if conn is None:
+        time.sleep(max(0.0, timeout))
+        return False
     try:
         return bool(select.select([conn.fileno()], [], [], timeout)[0])
     except (OSError, ValueError, PosaError):

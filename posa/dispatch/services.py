@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, PosaError, Timeout, TransportError
+from posa.delivery.waiting import drive
+from posa.errors import NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
-from posa.transport.base import Options
+from posa.transport.base import Connection, Options
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
@@ -39,13 +41,17 @@ __all__ = ["Server", "Client", "ServiceChannel"]
 class Server:
     """Serves ``service`` with ``handler(body) -> reply body``.
 
-    The handler runs on the reactor thread; give ``workers=N`` if it blocks
-    (it then runs on N threads, and replies when it returns)."""
+    The handler runs on ``workers`` threads (at most that many requests at once;
+    more wait, and one whose deadline passes while it waits is not run), so the
+    peer's reactor stays free to acknowledge requests and to tell requesters a
+    slow handler is still working.  ``workers=0`` runs it on the reactor thread:
+    the fastest for handlers that never block, but one that takes longer than a
+    client's ``attempt_timeout`` then looks gone to it."""
 
     def __init__(self, service: str, handler: Callable[[Any], Any], *,
                  dispatcher: str | None = None, registry: Registry | None = None,
                  listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
-                 name: str | None = None, lease: float = 10.0, workers: int = 0,
+                 name: str | None = None, lease: float = 10.0, workers: int = 8,
                  **peer_options: Any) -> None:
         self.service = validate_name(service)
         self.handler = handler
@@ -69,12 +75,23 @@ class Server:
         return DEFERRED
 
     def _run(self, msg: Message) -> None:
+        if self.peer.expired(msg):
+            return
         try:
-            result = self.handler(msg.body)
+            with until(msg.deadline):
+                result = self.handler(msg.body)
         except Exception as exc:
             self.peer.reply_error(msg, exc)
         else:
             self.peer.reply(msg, result)
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests; those in flight are answered (a clean shutdown)."""
+        self.peer.stop_accepting()
+
+    def in_flight(self) -> int:
+        """Requests taken and not yet answered."""
+        return self.peer.in_flight()
 
     def close(self) -> None:
         """Unregister and stop serving."""
@@ -116,34 +133,62 @@ class Client:
         """Call ``service`` and return its reply body, failing over between servers
         until ``timeout``. Raises ``Timeout``, ``NameNotFound`` (no server at all) or
         the error the handler raised."""
-        timeout = self.timeout if timeout is None else timeout
+        fwd = self.sender.forwarder()
+        return drive(fwd.lock, self.call_steps(service, body, timeout=timeout))
+
+    def call_steps(self, service: str, body: Any = None, *, timeout: float | None = None
+                   ) -> Generator[tuple[Connection | None, float], bool, Any]:
+        """``call`` as protocol steps (``posa.delivery.waiting``): ``call`` drives
+        them with ``select``, ``posa.aio.Client`` with the event loop.
+
+        A request goes to one server and is waited for until the call's deadline
+        while that server shows it is alive: it acknowledged the request and
+        sends keep-alives while its handler runs, however long that takes.  A
+        server that is gone (its connection lost, or silent for
+        ``attempt_timeout`` s), or refuses (draining, over a limit), is left for
+        another; a server already asked is never sent the request again under
+        another id, so it runs the request at most once."""
+        fwd = self.sender.forwarder()
+        timeout = bounded(self.timeout if timeout is None else timeout)
         deadline = time.monotonic() + timeout
+        sent: dict[str, int] = {}           # server -> the id it was sent under
         failed: list[str] = []
         last: PosaError | None = None
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Timeout(f"no server of {service!r} answered within {timeout} s "
+            if time.monotonic() >= deadline:
+                raise Timeout(f"no server of {service!r} answered within {timeout:g} s "
                               f"(tried {', '.join(failed) or 'none'}): {last}")
-            server = self._chosen.get(service)
-            if server is None or server in failed:
-                try:
-                    server = self._pick(service, failed)
-                except NameNotFound as exc:
-                    if not failed:
-                        raise
-                    last = exc
-                    failed.clear()      # every server failed once: try them again
-                    time.sleep(min(0.05, max(0.0, remaining)))
-                    continue
             try:
-                return self.sender.request(server, body, failfast=True,
-                                           timeout=min(remaining, self.attempt_timeout)).body
-            except (TransportError, Timeout, NameNotFound) as exc:
+                server = self._server(service, failed)
+            except NameNotFound as exc:
+                if not failed and not sent:
+                    raise
                 last = exc
-                failed.append(server)
-                self._chosen.pop(service, None)
-                self.sender.forget(server)
+                failed.clear()      # every server failed once: ask them again
+                yield None, min(0.05, max(0.0, deadline - time.monotonic()))
+                continue
+            try:
+                seq = sent.get(server)
+                if seq is None:
+                    seq = sent[server] = fwd.send_request(
+                        server, body, deadline, send_within=self.attempt_timeout)
+                reply: Message = yield from fwd.reply_steps(
+                    server, seq, deadline, failfast=True, stall=self.attempt_timeout)
+                return reply.body
+            except (TransportError, NameNotFound, Rejected, Timeout) as exc:
+                last = exc      # (a Timeout here: the send gave up within the attempt)
+            if not fwd.knows(server):   # the request was given up with the connection
+                sent.pop(server, None)
+            failed.append(server)
+            self._chosen.pop(service, None)
+
+    def _server(self, service: str, failed: list[str]) -> str:
+        """The server to ask: the one in use, else another (not one that failed in
+        this call). Raises ``NameNotFound`` if there is none."""
+        server = self._chosen.get(service)
+        if server is not None and server not in failed:
+            return server
+        return self._pick(service, failed)
 
     def _pick(self, service: str, exclude: Sequence[str]) -> str:
         pick = getattr(self.registry, "pick", None)

@@ -56,6 +56,7 @@ class Kind(enum.IntEnum):
     EVENT = 7     # reserved (event-channel deliveries travel as SEND in a stream)
     NOTIFY = 8    # unsolicited news from a service on an open connection
     BATCH = 9     # several SEND/REQUEST envelopes of one stream: body = array of envelopes
+    PROGRESS = 10  # the REQUEST `correlation` is still being handled (a keep-alive)
 
 
 _KINDS = frozenset(int(k) for k in Kind)
@@ -90,7 +91,7 @@ class Message:
     """One envelope. ``body`` is any msgpack-able value; ``headers`` a str-keyed dict."""
 
     __slots__ = ("kind", "stream", "id", "sender", "recipient", "correlation",
-                 "headers", "body", "route")
+                 "headers", "body", "route", "deadline")
 
     def __init__(self, kind: int, sender: str, recipient: str, body: Any = None, *,
                  id: int = 0, stream: int = 0, correlation: int = 0,
@@ -104,6 +105,7 @@ class Message:
         self.headers = headers if headers is not None else {}
         self.body = body
         self.route: Any = None  # where it came from, for replies; never on the wire
+        self.deadline: float | None = None  # a request's, on this host's clock; not sent
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -284,7 +286,7 @@ class Codec:
             msg.correlation = correlation
             msg.headers = headers
             msg.body = inner_body
-            msg.route = None
+            msg.route = msg.deadline = None
             append(msg)
         return messages
 
@@ -329,7 +331,7 @@ class Codec:
         msg.correlation = correlation
         msg.headers = headers
         msg.body = body
-        msg.route = None
+        msg.route = msg.deadline = None
         return msg
 
 

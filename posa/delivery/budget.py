@@ -1,0 +1,48 @@
+"""The time budget of the work in hand: a request's deadline, inherited by the
+calls made while handling it.
+
+A handler runs ``with until(request.deadline)``; every request it makes (on any
+peer, client or forwarder of this thread or of the asyncio task it runs in)
+gets at most the time left: ``bounded(timeout)``.  So a request that has 1 s
+left does not start a nested call that would wait 5 s for an answer nobody
+waits for, and the nested call's ``ttl`` tells its server as much.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+__all__ = ["until", "remaining", "bounded"]
+
+_deadline: ContextVar[float | None] = ContextVar("posa_deadline", default=None)
+
+
+@contextmanager
+def until(deadline: float | None) -> Iterator[None]:
+    """Run the block with ``deadline`` (``time.monotonic()`` seconds) as its budget;
+    None leaves the budget as it is. A budget never grows inside a shorter one."""
+    if deadline is None:
+        yield
+        return
+    outer = _deadline.get()
+    token = _deadline.set(deadline if outer is None else min(outer, deadline))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left of the current budget (None: no budget; never negative)."""
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def bounded(timeout: float) -> float:
+    """``timeout`` cut to the current budget."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    return max(0.0, min(timeout, deadline - time.monotonic()))

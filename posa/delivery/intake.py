@@ -1,0 +1,261 @@
+"""The receiving side of a peer on the reactor thread: frames in, answers out.
+
+``Intake`` is the glue between a peer's listeners and its sans-IO ``Receiver``:
+
+    reactor ─▶ drain(endpoint): listener.recv_nowait
+      ─▶ Gatekeeper.admit (decode, authenticate, authorize, limit)
+      ─▶ Receiver.receive (order, duplicates, BATCH runs)
+      ─▶ deliver: a request is opened (its deadline, its route), then the
+         handler runs with the request's remaining time as the budget of the
+         calls it makes (``posa.delivery.budget``), or the message is queued
+         in the Inbox that ``Peer.receive()`` reads
+      ◀─ what the Receiver returns to send back: ACKs, cached answers, MOVED
+         notices, PROGRESS keep-alives for requests still being handled
+
+After each drained run the due ACKs go out and a reactor timer is armed for the
+receiver's ``deadline``; while requests are open a second timer sends their
+keep-alives.  If the inbox is full the peer stops reading its listeners:
+senders' windows fill and they wait (flow control).
+
+Draining (``drain()``, the first step of a clean shutdown): the listeners are
+still read, so acknowledgements and repeats are answered, but every new request
+is refused with ``Rejected`` at once (its requester asks another); requests
+already open are answered as they finish (``in_flight`` counts them).  A request
+whose deadline passed before its handler could start is not started: it is
+answered with ``Timeout`` and counted in ``stats["expired"]``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from posa.admission.gatekeeper import Gatekeeper, Rejection
+from posa.delivery import budget
+from posa.delivery.endpoints import Listening
+from posa.delivery.inbox import Inbox
+from posa.delivery.receiver import Endpoint, Outgoing, Receiver
+from posa.errors import PosaError, ProtocolError, Rejected, Timeout
+from posa.runtime.reactor import Reactor
+from posa.transport.base import Options
+from posa.wire.codec import Kind, Message, error_body
+
+__all__ = ["Intake", "DEFERRED"]
+
+log = logging.getLogger("posa.peer")
+
+DEFERRED = object()
+"""Return this from a handler to reply later with ``Peer.reply``."""
+
+BATCH = 4096            # frames drained from one listener before others get a turn
+# kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
+_REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_monotonic = time.monotonic
+
+
+class Intake:
+    """Reads a peer's listeners, delivers, answers (reactor thread; ``answer``
+    from any thread)."""
+
+    def __init__(self, name: str, *, reactor: Reactor, gatekeeper: Gatekeeper,
+                 options: Options, receiver: Receiver, inbox: Inbox,
+                 handler: Callable[[Message], Any] | None) -> None:
+        self.name = name
+        self.reactor = reactor
+        self.gatekeeper = gatekeeper
+        self.receiver = receiver
+        self.inbox = inbox
+        self.listening = Listening(name, reactor, options, self.drain)
+        self.handler = handler
+        self.draining = False
+        self.stats = {"received": 0, "expired": 0, "refused": 0}
+        self._ack_timer: Any = None
+        self._keep_alive_timer: Any = None
+
+    # -- reading -----------------------------------------------------------------
+    def drain(self, endpoint: Endpoint) -> None:
+        """Read up to ``BATCH`` frames of ``endpoint``: admit, hand to the receiver,
+        deliver what it returns, then send what it has to send back. The hot path:
+        names are bound to locals once per run."""
+        listener = endpoint.listener
+        admit = self.gatekeeper.admit
+        receive = self.receiver.receive
+        deliver = self.deliver
+        queued = self.inbox.qsize
+        limit = self.inbox.size
+        more = listener.pending
+        for i in range(BATCH):
+            if self.handler is None and queued() >= limit:
+                self.listening.pause(endpoint)
+                break
+            try:
+                # after a frame, stop once nothing is queued: the descriptor fires
+                # for the next one (posa/transport/base.py), and a receive that finds
+                # nothing costs a poll
+                if i and not more():
+                    break
+                item = listener.recv_nowait()
+            except PosaError:
+                return  # closed under us during a migration
+            if item is None:
+                break
+            route, frame = item
+            try:
+                msg = admit(frame, route)
+            except Rejection as rejection:
+                if rejection.answerable:
+                    assert rejection.msg is not None
+                    rejection.msg.route = (endpoint, route)
+                    self.answer(rejection.msg, _ERROR, error_body(rejection.error))
+                continue
+            for ready in receive(msg, endpoint, route):
+                deliver(ready)
+        receiver = self.receiver
+        if receiver.pending or receiver.outbox or receiver.requests.open:
+            self.send_pending()
+
+    def deliver(self, msg: Message) -> None:
+        """Hand ``msg`` to the handler (or the inbox); a request is opened first,
+        or refused while draining, or skipped as a repeat of an idempotency key."""
+        request = msg.kind == _REQUEST
+        if msg.headers and "key" in msg.headers and self.receiver.duplicate(msg):
+            return
+        if request:
+            refused = self.gatekeeper.enter(msg)
+            if refused is None and self.draining:
+                self.stats["refused"] += 1
+                refused = Rejected(f"{self.name!r} is shutting down and takes no new "
+                                   "requests; ask again (another server, or after it "
+                                   "restarts)")
+            if refused is not None:
+                self.answer(msg, _ERROR, error_body(refused))
+                return
+            self.receiver.open_request(msg, _monotonic())
+        self.stats["received"] += 1
+        handler = self.handler
+        if handler is None:
+            self.inbox.put(msg)
+            return
+        if request:
+            self.run(handler, msg)
+            return
+        try:
+            handler(msg)
+        except Exception:
+            log.exception("peer %s: handler raised on %r", self.name, msg)
+
+    def run(self, handler: Callable[[Message], Any], msg: Message) -> None:
+        """Run ``handler`` on the request ``msg`` within its deadline and answer
+        with what it returns or raises (unless it returns ``DEFERRED``). A
+        request past its deadline is answered with ``Timeout`` and not run."""
+        if self.expired(msg):
+            return
+        try:
+            with budget.until(msg.deadline):
+                result = handler(msg)
+        except Exception as exc:
+            self.answer(msg, _ERROR, error_body(exc))
+            return
+        if result is not DEFERRED:
+            self.answer(msg, _REPLY, result)
+
+    def expired(self, msg: Message) -> bool:
+        """If request ``msg``'s deadline passed (it waited too long to start):
+        answer it with ``Timeout``, count it, and return True."""
+        deadline = msg.deadline
+        if deadline is None or _monotonic() < deadline:
+            return False
+        self.stats["expired"] += 1
+        self.answer(msg, _ERROR, error_body(Timeout(
+            f"the request waited past its deadline at {self.name!r} before it could "
+            "start; it was not run")))
+        return True
+
+    def deliver_queued(self) -> None:
+        """A handler was set: hand it what the inbox holds (counted when queued)."""
+        for msg in self.inbox.take_all():
+            self.handle(msg)
+
+    def handle(self, msg: Message) -> None:
+        """Run the handler on ``msg`` (a request is answered with its result)."""
+        handler = self.handler
+        assert handler is not None
+        if msg.kind == _REQUEST:
+            self.run(handler, msg)
+            return
+        try:
+            handler(msg)
+        except Exception:
+            log.exception("peer %s: handler raised on %r", self.name, msg)
+
+    def in_flight(self) -> int:
+        """Requests handed to the application and not yet answered."""
+        return len(self.receiver.requests.open)
+
+    # -- answering -----------------------------------------------------------------
+    def answer(self, msg: Message, kind: int, body: Any) -> None:
+        """Answer the request ``msg`` (any thread): the frame goes back on the
+        reactor thread, where the requester waits now."""
+        if msg.kind != _REQUEST:
+            raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
+        self.gatekeeper.leave(msg)
+        answers = self.receiver.answers(msg, kind, body)
+        if self.reactor.in_reactor_thread():
+            self.send_back(answers)
+        else:
+            self.reactor.call_soon(self.send_back, answers)
+
+    def send_back(self, answers: list[tuple[Endpoint, Any, bytes, Any]]) -> None:
+        """Send answers; a REPLY to the newest request of a stream may stand for
+        that stream's pending ACK (``Receiver.replied``)."""
+        for endpoint, route, frame, settles in answers:
+            try:
+                endpoint.listener.send(route, frame)
+            except PosaError as exc:
+                log.info("peer %s: reply not sent (%s); the requester will retry",
+                         self.name, exc)
+                continue
+            if settles is not None:
+                out = self.receiver.replied(endpoint, route, settles)
+                if out:
+                    self.send(out)
+
+    @staticmethod
+    def send(out: list[Outgoing]) -> None:
+        """Send what the receiver returned, each on its route (reactor thread)."""
+        for endpoint, route, frame in out:
+            try:
+                endpoint.listener.send(route, frame)
+            except PosaError:
+                continue  # that connection is gone; its sender resends
+
+    def send_pending(self) -> None:
+        """After a run: the receiver's answers, the ACKs due, and timers for the
+        rest and for the keep-alives of open requests."""
+        receiver = self.receiver
+        if receiver.outbox:
+            self.send(receiver.take_outbox())
+        if receiver.pending:
+            now = _monotonic()
+            self.send(receiver.collect(now))
+            if receiver.deadline is not None and self._ack_timer is None:
+                self._ack_timer = self.reactor.call_later(receiver.deadline - now,
+                                                          self.acknowledge_all)
+        if receiver.requests.open and self._keep_alive_timer is None:
+            self._keep_alive_timer = self.reactor.call_later(
+                receiver.requests.progress_every, self._keep_alive)
+
+    def acknowledge_all(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        self._ack_timer = None
+        self.send(self.receiver.acknowledge_all())
+
+    def _keep_alive(self) -> None:
+        self._keep_alive_timer = None
+        requests = self.receiver.requests
+        self.send(requests.progress(_monotonic()))
+        if requests.open:
+            self._keep_alive_timer = self.reactor.call_later(requests.progress_every,
+                                                             self._keep_alive)

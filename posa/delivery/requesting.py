@@ -1,0 +1,172 @@
+"""The request side of a forwarder: send a REQUEST, wait for its answer.
+
+``Forwarder`` inherits it; it lives apart because waiting is a protocol of its
+own, written once as steps (``request_steps``, ``reply_steps``) that a driver
+runs: ``posa.delivery.waiting.drive`` with ``select``, ``posa.aio`` with the
+event loop, ``posa.Client.call_steps`` inside its failover.
+
+Waiting for an answer: until the request is acknowledged it is resent (by way of
+its name, which may have moved) every ``ack_timeout`` s; once acknowledged it
+is waited for until the caller's deadline, however long the handler takes.  A
+caller that fails over passes ``stall``: a recipient silent for that long (no
+acknowledgement, no PROGRESS keep-alive) is taken for gone.  Inside a handler
+the wait is cut to the handled request's remaining time (``posa.delivery.budget``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from posa.delivery.budget import bounded
+from posa.delivery.waiting import drive
+from posa.errors import Timeout, TransportError, from_wire
+from posa.transport.base import Connection
+from posa.wire.codec import Kind, Message, error_fields
+
+if TYPE_CHECKING:
+    from posa.delivery.links import Links
+    from posa.delivery.target import Target
+
+__all__ = ["Requesting"]
+
+_REQUEST, _ERROR = Kind.REQUEST, Kind.ERROR
+
+
+class Requesting:
+    """Requests and their answers, for a ``Forwarder`` (one thread's)."""
+
+    if TYPE_CHECKING:       # what the forwarder provides
+        lock: threading.Lock
+        ack_timeout: float
+        _replies: dict[tuple[str, int], Message]
+        _progress: dict[tuple[str, int], float]
+        _targets: dict[str, Target]
+        _links: Links
+
+        def send_locked(self, name: str, body: Any, kind: int,
+                        headers: dict[str, Any] | None, deadline: float) -> int: ...
+        def _recover(self, target: Target, deadline: float,
+                     cause: BaseException | None) -> None: ...
+        def _drop_target(self, name: str) -> Target | None: ...
+        def _absorb(self, frame: bytes) -> None: ...
+
+    def request(self, name: str, body: Any, *, timeout: float,
+                headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
+        """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back.
+
+        With ``failfast`` a broken connection raises ``TransportError`` at once
+        instead of being retried until the deadline (the caller fails over)."""
+        return drive(self.lock, self.request_steps(name, body, timeout=timeout,
+                                                    headers=headers, failfast=failfast))
+
+    def request_steps(self, name: str, body: Any, *, timeout: float,
+                      headers: dict[str, Any] | None = None, failfast: bool = False
+                      ) -> Generator[tuple[Connection, float], bool, Message]:
+        """A request as steps: it yields ``(connection, seconds)`` whenever it must
+        wait for input, expects to be sent whether the connection became readable,
+        and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
+        with the event loop, so the protocol is written once. Drivers hold ``lock``
+        while a step runs and release it while they wait.
+
+        Inside a handler the timeout is cut to the handled request's remaining
+        time (``posa.delivery.budget``); the ``ttl`` header tells the recipient."""
+        timeout = bounded(timeout)
+        deadline = time.monotonic() + timeout
+        seq = self.send_request(name, body, deadline, headers)
+        return (yield from self.reply_steps(name, seq, deadline, failfast=failfast))
+
+    def send_request(self, name: str, body: Any, deadline: float,
+                     headers: dict[str, Any] | None = None, *,
+                     send_within: float | None = None) -> int:
+        """Send a REQUEST due by ``deadline`` (its ``ttl``); returns its id (wait
+        with ``reply_steps``). ``send_within`` bounds the send itself (a caller
+        that fails over gives a dead recipient only that long)."""
+        now = time.monotonic()
+        hdrs = {"ttl": max(1, int((deadline - now) * 1000))}
+        if headers:
+            hdrs.update(headers)
+        if send_within is not None:
+            deadline = min(deadline, now + send_within)
+        return self.send_locked(name, body, _REQUEST, hdrs, deadline)
+
+    def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
+                    stall: float | None = None
+                    ) -> Generator[tuple[Connection, float], bool, Message]:
+        """Wait for the reply to request ``seq`` sent to ``name``, as steps.
+
+        Until the request is acknowledged it is resent (by way of the name, which
+        may have moved) every ``ack_timeout`` s.  With ``stall``, a recipient that
+        has not acknowledged the request, nor said it is still handling it
+        (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
+        ``TransportError``, like a connection lost with ``failfast``."""
+        key = (name, seq)
+        target = self._targets[name]
+        heard = time.monotonic()
+        acked = False
+        while True:
+            reply = self._replies.pop(key, None)
+            if reply is not None:
+                return self._answered(key, reply)
+            now = time.monotonic()
+            if not acked and target.out.acked >= seq:
+                acked, heard = True, now
+            heard = max(heard, self._progress.pop(key, heard))
+            wait = self._patience(target, now, deadline, heard, stall, acked)
+            conn = target.conn
+            try:
+                # nothing queued: wait for the descriptor, which fires for the next
+                # frame (posa/transport/base.py); no receive that would find nothing
+                if not conn.pending() and not (yield conn, wait):
+                    if not acked and target.out.unacked and target.out.first_unacked() <= seq:
+                        # not delivered yet: resend, within the stall if there is one
+                        self._recover(target, deadline if stall is None
+                                      else min(deadline, heard + stall), None)
+                    continue
+                frame = conn.recv_nowait()
+            except TransportError as exc:
+                if failfast:
+                    self._links.drop(target.address)
+                    self._drop_target(name)
+                    raise TransportError(f"lost the connection to {name!r} at "
+                                         f"{target.address} while waiting for a reply: "
+                                         f"{exc}") from None
+                self._recover(target, deadline, exc)
+                continue
+            if frame is not None:
+                self._absorb(frame)
+            target = self._targets.get(name, target)
+
+    def _answered(self, key: tuple[str, int], reply: Message) -> Message:
+        """The reply to return, or the error it carries raised."""
+        self._progress.pop(key, None)
+        if reply.kind == _ERROR:
+            code, kind, text = error_fields(reply.body)
+            raise from_wire(code, kind, text)
+        return reply
+
+    def _patience(self, target: Target, now: float, deadline: float, heard: float,
+                  stall: float | None, acked: bool) -> float:
+        """How long to wait for input now; raises ``Timeout`` past ``deadline`` and
+        ``TransportError`` once the recipient has been silent for ``stall`` s."""
+        if now >= deadline:
+            raise Timeout(f"no reply from {target.name!r} within the deadline "
+                          f"(at {target.address}); is its handler slow or stuck?")
+        wait = min(deadline - now, self.ack_timeout)
+        if stall is None:
+            return wait
+        if now - heard >= stall:
+            raise TransportError(
+                f"{target.name!r} at {target.address} gave no sign of life for {stall} s "
+                f"({'handling' if acked else 'not acknowledging'} the request)")
+        return min(wait, heard + stall - now)
+
+    def take_reply(self, name: str, seq: int) -> Message | None:
+        """The reply ``name`` sent to request ``seq``, if it came (removed)."""
+        return self._replies.pop((name, seq), None)
+
+    def peek_reply(self, name: str, seq: int) -> Message | None:
+        """The reply ``name`` sent to request ``seq``, if it came (kept)."""
+        return self._replies.get((name, seq))
+
