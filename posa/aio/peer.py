@@ -29,9 +29,11 @@ from typing import Any
 from posa import peer as peer_module
 from posa.aio.hub import drive
 from posa.delivery import flow
+from posa.delivery.budget import bounded, until
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
+from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 
@@ -88,7 +90,8 @@ class Peer:
         return peer_module.DEFERRED
 
     def _start(self, awaitable: Awaitable[Any], msg: Message) -> None:
-        task = asyncio.ensure_future(call_handler(self._sync, awaitable, msg))
+        with until(msg.deadline):   # calls it makes inherit the request's time left
+            task = asyncio.ensure_future(call_handler(self._sync, awaitable, msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -135,15 +138,17 @@ class Peer:
     async def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
                       headers: dict[str, Any] | None = None) -> Any:
         """Send a request to ``name`` and return its reply's body; any number of
-        tasks may have requests in flight at once."""
+        tasks may have requests in flight at once. Inside a handler the timeout
+        is cut to the handled request's remaining time."""
         if is_pattern(name):
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")
         fwd = self._sync.sender.forwarder()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + bounded(timeout)
         await self._first_contact(fwd, name)
-        reply = await drive(request_steps(fwd, name, body, deadline, headers),
-                            fwd.lock, fwd, functools.partial(flow.mark, fwd))
+        awaited = _Awaited(fwd, name)
+        reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited),
+                            fwd.lock, fwd, functools.partial(flow.mark, fwd), awaited)
         return reply.body
 
     async def flush(self, timeout: float = 5.0) -> None:
@@ -188,12 +193,42 @@ class Peer:
 
 
 def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
-                  headers: dict[str, Any] | None) -> Steps[Message]:
+                  headers: dict[str, Any] | None, awaited: _Awaited) -> Steps[Message]:
     """A request that first waits for room in the window (so that its send does
-    not block), then ``Forwarder.request_steps`` with the time left."""
+    not block), then sends and waits for the reply (``Forwarder.reply_steps``)."""
     yield from flow.room_steps(fwd, name, deadline)
-    return (yield from fwd.request_steps(name, body, timeout=deadline - time.monotonic(),
-                                         headers=headers))
+    awaited.seq = fwd.send_request(name, body, deadline, headers)
+    awaited.conn = fwd.connection(name)
+    return (yield from fwd.reply_steps(name, awaited.seq, deadline))
+
+
+class _Awaited:
+    """What a waiting request is woken for (``posa.aio.hub.Wanted``): its reply
+    read by another task, or its recipient reached on another connection (a
+    move); before it is sent, any progress (room in the window)."""
+
+    __slots__ = ("fwd", "name", "seq", "conn")
+
+    def __init__(self, fwd: Forwarder, name: str) -> None:
+        self.fwd, self.name = fwd, name
+        self.seq: int | None = None
+        self.conn: Connection | None = None
+
+    def __call__(self, moved: bool) -> bool:
+        if self.seq is None:
+            return moved
+        if self.fwd.peek_reply(self.name, self.seq) is not None:
+            return True
+        if not moved:
+            return False
+        try:
+            conn = self.fwd.connection(self.name)
+        except KeyError:
+            return True         # given up: its step finds out how
+        if conn is self.conn:
+            return False
+        self.conn = conn
+        return True
 
 
 async def call_handler(peer: peer_module.Peer, awaitable: Awaitable[Any],
@@ -201,6 +236,10 @@ async def call_handler(peer: peer_module.Peer, awaitable: Awaitable[Any],
     """Await a handler's result on the loop and answer ``msg`` with it (a request:
     the reply or the error; else an error is logged)."""
     request = msg.kind == Kind.REQUEST
+    if request and peer.expired(msg):      # answered with Timeout: not started
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        return
     try:
         result = await awaitable
     except Exception as exc:
