@@ -107,6 +107,11 @@ class Hub:
             expiry.cancel()
             self._forget(fd, ready)
 
+    def waiting(self, group: Hashable) -> bool:
+        """True if a task of ``group`` waits now."""
+        return any(of is group for entry in self._fds.values()
+                   for of, _ in entry.waiters.values())
+
     def stepped(self, group: Hashable, changed: bool) -> None:
         """After a step of ``group`` (``changed``: its progress mark moved): wake
         the tasks of ``group`` it may concern, and one task to read a connection

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from posa import peer as peer_module
-from posa.aio.hub import drive
+from posa.aio.hub import Hub, drive
 from posa.delivery import flow
 from posa.delivery.budget import bounded, until
 from posa.delivery.forwarder import Forwarder
@@ -58,6 +58,7 @@ class Peer:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._handler = handler
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._corked: set[Forwarder] = set()
         self._sync = peer_module.Peer(name, handler=self._from_reactor, **kwargs)
         self.name = self._sync.name
         self._closed = False
@@ -147,9 +148,28 @@ class Peer:
         deadline = time.monotonic() + bounded(timeout)
         await self._first_contact(fwd, name)
         awaited = _Awaited(fwd, name)
-        reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited),
+        reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
+                                          self._cork),
                             fwd.lock, fwd, functools.partial(flow.mark, fwd), awaited)
         return reply.body
+
+    def _cork(self, fwd: Forwarder) -> bool:
+        """If other tasks wait on ``fwd`` (requests travel together): write its open
+        batches once the tasks running in this turn of the loop, and those their
+        steps woke, have made their requests, and return True. A lone request
+        goes out at once (False)."""
+        if fwd in self._corked:
+            return True
+        if not Hub.of(self._loop).waiting(fwd):
+            return False
+        self._corked.add(fwd)
+        self._loop.call_soon(self._loop.call_soon, self._uncork, fwd)
+        return True
+
+    def _uncork(self, fwd: Forwarder) -> None:
+        self._corked.discard(fwd)
+        with fwd.lock:
+            flow.write_open(fwd)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent from the event loop is acknowledged."""
@@ -193,11 +213,17 @@ class Peer:
 
 
 def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
-                  headers: dict[str, Any] | None, awaited: _Awaited) -> Steps[Message]:
+                  headers: dict[str, Any] | None, awaited: _Awaited,
+                  cork: Callable[[Forwarder], bool]) -> Steps[Message]:
     """A request that first waits for room in the window (so that its send does
-    not block), then sends and waits for the reply (``Forwarder.reply_steps``)."""
+    not block), then is sent, or joins the requests of this turn of the loop if
+    ``cork`` says other tasks are at work (it writes them together), and waits
+    for the reply (``Forwarder.reply_steps``)."""
     yield from flow.room_steps(fwd, name, deadline)
-    awaited.seq = fwd.send_request(name, body, deadline, headers)
+    if cork(fwd):
+        awaited.seq = flow.queue_request(fwd, name, body, deadline, headers)
+    else:
+        awaited.seq = fwd.send_request(name, body, deadline, headers)
     awaited.conn = fwd.connection(name)
     return (yield from fwd.reply_steps(name, awaited.seq, deadline))
 

@@ -24,11 +24,12 @@ import time
 from typing import Any
 
 from posa.delivery.forwarder import Forwarder
-from posa.delivery.target import Target
+from posa.delivery.target import BATCH_MAX, Target
 from posa.delivery.waiting import Steps
 from posa.errors import Timeout, TransportError
+from posa.wire.codec import Kind
 
-__all__ = ["send_steps", "room_steps", "mark"]
+__all__ = ["send_steps", "room_steps", "queue_request", "write_open", "mark"]
 
 
 def send_steps(fwd: Forwarder, name: str, body: Any, kind: int,
@@ -81,6 +82,47 @@ def _progress_steps(fwd: Forwarder, target: Target, deadline: float) -> Steps[No
             fwd._absorb(frame)
         elif not conn.pending():
             yield conn, min(deadline, stall_until) - now
+
+
+def queue_request(fwd: Forwarder, name: str, body: Any, deadline: float,
+                  headers: dict[str, Any] | None) -> int:
+    """``fwd.send_request`` that puts the REQUEST in the target's open batch
+    rather than writing it; returns its id. The caller writes the open batches
+    (``write_open``) before it waits for input, so that the requests several
+    tasks make in one turn of an event loop leave in one frame (one write, one
+    wake-up of the receiver). Written as ``send_locked`` writes a SEND that
+    joins a batch."""
+    hdrs = {"ttl": max(1, int((deadline - time.monotonic()) * 1000))}
+    if headers:
+        hdrs.update(headers)
+    target = fwd._targets.get(name)
+    if target is None:
+        target = fwd._open_target(name, deadline)
+    out = target.out
+    seq = out.next_seq
+    frame = fwd._pack(Kind.REQUEST, target.stream, seq, fwd.name, name, 0, hdrs, body)
+    out.next_seq = seq + 1
+    out.unacked.append(frame)
+    target.batch.append(frame)
+    target.batch_bytes += len(frame)
+    if len(target.batch) >= BATCH_MAX or target.batch_bytes >= fwd._batch_bytes:
+        try:
+            target.write_batch()
+        except (TransportError, Timeout) as exc:
+            fwd._recover(target, deadline, exc)
+    return seq
+
+
+def write_open(fwd: Forwarder) -> None:
+    """Write every open batch of ``fwd`` now (the caller holds its lock). A write
+    that fails is left to the waiting steps, which resend what is not
+    acknowledged (every ``ack_timeout``) and recover a broken connection."""
+    for target in list(fwd._targets.values()):
+        if target.batch:
+            try:
+                target.write_batch()
+            except (TransportError, Timeout):
+                pass
 
 
 def mark(fwd: Forwarder) -> tuple[int, int, int]:
