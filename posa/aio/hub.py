@@ -52,11 +52,12 @@ class _Fd:
     """The tasks waiting on one descriptor: each future with its group (whose
     steps it runs) and what it waits for (``wanted``)."""
 
-    __slots__ = ("conn", "waiters")
+    __slots__ = ("conn", "waiters", "sweeping")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.waiters: dict[asyncio.Future[bool], tuple[Hashable, Wanted]] = {}
+        self.sweeping = False
 
 
 class Hub:
@@ -65,6 +66,7 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._fds: dict[int, _Fd] = {}
+        self.waiting: dict[Hashable, int] = {}     # group -> its tasks waiting now
         self.stats = {"waits": 0, "fired": 0, "woken": 0, "expired": 0}
 
     @classmethod
@@ -100,17 +102,18 @@ class Hub:
         ready: asyncio.Future[bool] = loop.create_future()
         entry.waiters[ready] = (group, wanted)
         self.stats["waits"] += 1
+        waiting = self.waiting
+        waiting[group] = waiting.get(group, 0) + 1
         expiry = loop.call_later(max(0.0, timeout), self._expire, fd, ready)
         try:
             return await ready
         finally:
             expiry.cancel()
             self._forget(fd, ready)
-
-    def waiting(self, group: Hashable) -> bool:
-        """True if a task of ``group`` waits now."""
-        return any(of is group for entry in self._fds.values()
-                   for of, _ in entry.waiters.values())
+            if waiting[group] == 1:
+                del waiting[group]
+            else:
+                waiting[group] -= 1
 
     def stepped(self, group: Hashable, changed: bool) -> None:
         """After a step of ``group`` (``changed``: its progress mark moved): wake
@@ -130,7 +133,7 @@ class Hub:
             if reader is not None and _pending(entry.conn):
                 self._wake(entry, reader)
             if mine and not entry.waiters:
-                self._drop(fd)
+                self._idle(fd, entry)
 
     def _wake(self, entry: _Fd, ready: asyncio.Future[bool]) -> None:
         del entry.waiters[ready]
@@ -143,8 +146,8 @@ class Hub:
         its step reads wakes the others it concerns (``stepped``)."""
         self.stats["fired"] += 1
         entry = self._fds.get(fd)
-        if entry is None:
-            self._drop(fd)
+        if entry is None or not entry.waiters:
+            self._drop(fd)      # input for nobody: stop watching until someone waits
             return
         for ready in list(entry.waiters):
             del entry.waiters[ready]
@@ -152,7 +155,7 @@ class Hub:
                 ready.set_result(True)
                 break
         if not entry.waiters:
-            self._drop(fd)
+            self._idle(fd, entry)
 
     def _wake_all(self, fd: int) -> None:
         entry = self._drop(fd)
@@ -171,6 +174,19 @@ class Hub:
         entry = self._fds.get(fd)
         if entry is not None and entry.waiters.pop(ready, None) is not None \
                 and not entry.waiters:
+            self._idle(fd, entry)
+
+    def _idle(self, fd: int, entry: _Fd) -> None:
+        """Nobody waits on ``fd`` now: stop watching it after this turn of the loop
+        unless a task waits on it again by then (the next request of a task that
+        just got its reply: no reader to remove and add again)."""
+        if not entry.sweeping:
+            entry.sweeping = True
+            self._loop.call_soon(self._sweep, fd, entry)
+
+    def _sweep(self, fd: int, entry: _Fd) -> None:
+        entry.sweeping = False
+        if self._fds.get(fd) is entry and not entry.waiters:
             self._drop(fd)
 
     def _drop(self, fd: int) -> _Fd | None:
@@ -190,24 +206,31 @@ def _pending(conn: Connection) -> bool:
 
 
 async def drive(steps: Steps[_T], lock: threading.Lock, group: Hashable,
-                mark: Callable[[], object], wanted: Wanted = changed) -> _T:
-    """Run ``steps`` on the running loop, holding ``lock`` while a step runs.
+                mark: Callable[[], object], wanted: Wanted = changed,
+                hub: Hub | None = None) -> _T:
+    """Run ``steps`` on the running loop (whose hub is ``hub``), holding ``lock``
+    while a step runs.
 
     ``group`` is what the steps share with other tasks' (their forwarder) and
-    ``mark()`` its progress mark; after each step the hub wakes the waiting
-    tasks of ``group`` whose ``wanted(mark moved)`` holds. ``wanted`` says
-    what these steps wait for (default: any progress). Cancelling the task
-    closes the steps."""
-    hub = Hub.of(asyncio.get_running_loop())
+    ``mark()`` its progress mark; while other tasks of ``group`` wait, the hub
+    is told after each step whether it moved the mark (``Hub.stepped``), and
+    wakes those it concerns. ``wanted`` says what these steps wait for
+    (default: any progress). Cancelling the task closes the steps."""
+    if hub is None:
+        hub = Hub.of(asyncio.get_running_loop())
+    waiting = hub.waiting
     ready: bool | None = None
     try:
         while True:
             with lock:
-                before = mark()
-                try:
+                if group not in waiting:    # alone: nobody to tell
                     conn, wait = next(steps) if ready is None else steps.send(ready)
-                finally:
-                    hub.stepped(group, mark() != before)
+                else:
+                    before = mark()
+                    try:
+                        conn, wait = next(steps) if ready is None else steps.send(ready)
+                    finally:
+                        hub.stepped(group, mark() != before)
             ready = await hub.readable(conn, wait, group, wanted)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]

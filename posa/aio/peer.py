@@ -59,6 +59,7 @@ class Peer:
         self._handler = handler
         self._tasks: set[asyncio.Future[Any]] = set()
         self._corked: set[Forwarder] = set()
+        self._hub = Hub.of(self._loop)
         self._sync = peer_module.Peer(name, handler=self._from_reactor, **kwargs)
         self.name = self._sync.name
         self._closed = False
@@ -129,7 +130,7 @@ class Peer:
         for recipient in recipients:
             await self._first_contact(fwd, recipient)
             await drive(flow.send_steps(fwd, recipient, body, Kind.SEND, headers, deadline),
-                        fwd.lock, fwd, functools.partial(flow.mark, fwd))
+                        fwd.lock, fwd, functools.partial(flow.mark, fwd), hub=self._hub)
             self._sync.stats["sent"] += 1
         return len(recipients)
 
@@ -150,7 +151,7 @@ class Peer:
         awaited = _Awaited(fwd, name)
         reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
                                           self._cork),
-                            fwd.lock, fwd, functools.partial(flow.mark, fwd), awaited)
+                            fwd.lock, fwd, functools.partial(flow.mark, fwd), awaited, self._hub)
         return reply.body
 
     def _cork(self, fwd: Forwarder) -> bool:
@@ -160,7 +161,7 @@ class Peer:
         goes out at once (False)."""
         if fwd in self._corked:
             return True
-        if not Hub.of(self._loop).waiting(fwd):
+        if fwd not in self._hub.waiting:
             return False
         self._corked.add(fwd)
         self._loop.call_soon(self._loop.call_soon, self._uncork, fwd)
