@@ -128,9 +128,14 @@ class Peer:
             recipients = [name]
         fwd = self._sync.sender.forwarder()
         for recipient in recipients:
-            await self._first_contact(fwd, recipient)
-            await drive(flow.send_steps(fwd, recipient, body, Kind.SEND, headers, deadline),
-                        fwd.lock, fwd, functools.partial(flow.mark, fwd), hub=self._hub)
+            if fwd not in self._hub.waiting and flow.has_room(fwd, recipient):
+                with fwd.lock:      # the common case: no wait, no other task to wake
+                    fwd.send_locked(recipient, body, Kind.SEND, headers, deadline)
+            else:
+                await self._first_contact(fwd, recipient)
+                await drive(flow.send_steps(fwd, recipient, body, Kind.SEND, headers,
+                                            deadline),
+                            fwd.lock, fwd, functools.partial(flow.mark, fwd), hub=self._hub)
             self._sync.stats["sent"] += 1
         return len(recipients)
 

@@ -29,7 +29,7 @@ from posa.delivery.waiting import Steps
 from posa.errors import Timeout, TransportError
 from posa.wire.codec import Kind
 
-__all__ = ["send_steps", "room_steps", "queue_request", "write_open", "mark"]
+__all__ = ["send_steps", "has_room", "room_steps", "queue_request", "write_open", "mark"]
 
 
 def send_steps(fwd: Forwarder, name: str, body: Any, kind: int,
@@ -38,6 +38,13 @@ def send_steps(fwd: Forwarder, name: str, body: Any, kind: int,
     blocking; returns the message's sequence number. Needs ``fwd.window`` ≥ 2."""
     yield from room_steps(fwd, name, deadline)
     return fwd.send_locked(name, body, kind, headers, deadline)
+
+
+def has_room(fwd: Forwarder, name: str) -> bool:
+    """True if ``fwd`` sends to ``name`` already and one more message leaves its
+    window short of full (``send_locked`` will not wait)."""
+    target = fwd._targets.get(name)
+    return target is not None and len(target.out.unacked) < fwd.window - 1
 
 
 def room_steps(fwd: Forwarder, name: str, deadline: float) -> Steps[None]:
