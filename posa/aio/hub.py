@@ -19,7 +19,13 @@ moved), and one task to read a connection that still holds frames read from
 the socket (its descriptor will not fire for them).  A task woken for nothing
 runs one step that changes nothing, so wake-ups cannot chase each other; a
 task that is not woken waits out its step's own timeout, which every step
-bounds (``ack_timeout``).
+bounds (``ack_timeout``).  A task alone on its forwarder pays for none of
+this (no mark, no wake-ups to look for), and a descriptor nobody waits on any
+more keeps its reader until the end of the turn of the loop, so that a task's
+next request on the same connection does not remove and add it again.
+
+The hub keeps counts (``stats``: waits, fired, woken, expired) for tests and
+diagnosis: an ``expired`` wait is a task that was not woken by its input.
 """
 from __future__ import annotations
 

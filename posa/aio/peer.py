@@ -5,7 +5,9 @@ protocol steps (``request_steps``, ``flush_steps``, ``flow.send_steps``) it
 drives on the event loop through the loop's hub (``posa.aio.hub``): any number
 of tasks share the peer, their requests are in flight together, and a send to
 a recipient whose window is full waits for acknowledgements as a task, not as
-the loop.  Sends and requests of one task keep their order.
+the loop.  Requests that several tasks make in one turn of the loop while
+others wait go out in one BATCH frame (``flow.queue_request``); a lone request
+goes out at once.  Sends and requests of one task keep their order.
 
 Handlers: ``serve(fn)`` runs a plain function on posa's reactor thread (like
 ``posa.Peer``'s: it must not block); a coroutine function, or a function that
