@@ -108,16 +108,16 @@ async def _until(condition: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_ten_tasks_share_one_peer_and_their_requests_travel_together() -> None:
+@pytest.mark.parametrize("listen", ["tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"])
+def test_ten_tasks_share_one_peer_and_their_requests_travel_together(listen: str) -> None:
     async def main() -> None:
         readers = _Readers(asyncio.get_running_loop())
         with posa.LocalRegistry() as reg:
-            server = posa.Peer("aio/barrier", registry=reg, listen="tcp://127.0.0.1:0")
+            server = posa.Peer("aio/barrier", registry=reg, listen=listen)
             barrier = _Barrier(server, 10)
             server.serve(barrier)
             try:
-                async with posa.aio.Peer("aio/many", registry=reg,
-                                         listen="tcp://127.0.0.1:0") as peer:
+                async with posa.aio.Peer("aio/many", registry=reg, listen=listen) as peer:
                     for round_ in range(5):
                         replies = await asyncio.gather(*(
                             peer.request("aio/barrier", round_ * 100 + k, timeout=60)
@@ -234,4 +234,37 @@ def test_a_coroutine_handler_serves_concurrent_calls_concurrently() -> None:
                 results = await asyncio.gather(*(client.call("svc/together", k)
                                                   for k in range(8)))
                 assert results == [k * 2 for k in range(8)]
+    run(main())
+
+
+def test_a_client_fails_over_to_another_server_on_the_loop() -> None:
+    async def main() -> None:
+        with posa.LocalRegistry() as reg:
+            first = posa.aio.Server("svc/twice", lambda body: ["first", body], registry=reg)
+            second = posa.aio.Server("svc/twice", lambda body: ["second", body], registry=reg)
+            async with posa.aio.Client(registry=reg, timeout=30) as client:
+                who, _ = await client.call("svc/twice", 1)
+                chosen, other = (first, second) if who == "first" else (second, first)
+                await chosen.close()
+                assert await client.call("svc/twice", 2) == [
+                    "second" if chosen is first else "first", 2]
+            await other.close()
+    run(main())
+
+
+def test_a_coroutine_handler_s_calls_inherit_the_request_s_time_left() -> None:
+    async def main() -> None:
+        with posa.LocalRegistry() as reg:
+            inner = posa.Peer("aio/inner", registry=reg)
+            inner.serve(lambda m: m.headers["ttl"])     # the time its requester gives it
+            try:
+                async with posa.aio.Peer("aio/outer", registry=reg) as outer, \
+                           posa.aio.Peer("aio/caller", registry=reg) as caller:
+                    async def relay(msg: posa.Message) -> object:
+                        return await outer.request("aio/inner", None, timeout=30)
+                    outer.serve(relay)
+                    ttl = await caller.request("aio/outer", None, timeout=4)
+                    assert 0 < ttl <= 4000
+            finally:
+                inner.close()
     run(main())
