@@ -2,7 +2,7 @@
 per descriptor.
 
 A forwarder's protocol is written once, as steps (``Forwarder.request_steps``,
-``flush_steps``, ``posa.delivery.flow.send_steps``): a step yields
+``flush_steps``, ``Forwarder.send_steps``): a step yields
 ``(connection, seconds)`` when it must wait for input and is sent whether the
 connection became readable.  ``drive`` runs such steps on the event loop,
 holding the forwarder's lock while a step runs and not while it waits.
@@ -14,7 +14,7 @@ fires, one of them (the oldest) is woken to read; what it reads lands in the
 forwarder's tables (replies, acknowledgements).  After every step the driver
 asks the hub to wake the waiting tasks of that forwarder the step may concern
 (``stepped``): a task whose ``wanted`` holds (a request: its reply is in the
-table; by default: the forwarder's progress mark, ``posa.delivery.flow.mark``,
+table; by default: the forwarder's progress mark, ``Forwarder.progress_mark``,
 moved), and one task to read a connection that still holds frames read from
 the socket (its descriptor will not fire for them).  A task woken for nothing
 runs one step that changes nothing, so wake-ups cannot chase each other; a

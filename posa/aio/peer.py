@@ -1,12 +1,12 @@
 """``posa.aio.Peer``: a peer whose every call is awaitable and none blocks the loop.
 
 It wraps a ``posa.Peer`` and sends through the loop thread's forwarder, whose
-protocol steps (``request_steps``, ``flush_steps``, ``flow.send_steps``) it
+protocol steps (``request_steps``, ``flush_steps``, ``send_steps``) it
 drives on the event loop through the loop's hub (``posa.aio.hub``): any number
 of tasks share the peer, their requests are in flight together, and a send to
 a recipient whose window is full waits for acknowledgements as a task, not as
 the loop.  Requests that several tasks make in one turn of the loop while
-others wait go out in one BATCH frame (``flow.queue_request``); a lone request
+others wait go out in one BATCH frame (``Forwarder.queue_request``); a lone request
 goes out at once.  Sends and requests of one task keep their order.
 
 Handlers: ``serve(fn)`` runs a plain function on posa's reactor thread (like
@@ -30,7 +30,6 @@ from typing import Any
 
 from posa import peer as peer_module
 from posa.aio.hub import Hub, drive
-from posa.delivery import flow
 from posa.delivery.budget import bounded, until
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
@@ -130,14 +129,14 @@ class Peer:
             recipients = [name]
         fwd = self._sync.sender.forwarder()
         for recipient in recipients:
-            if fwd not in self._hub.waiting and flow.has_room(fwd, recipient):
+            if fwd not in self._hub.waiting and fwd.has_room(recipient):
                 with fwd.lock:      # the common case: no wait, no other task to wake
                     fwd.send_locked(recipient, body, Kind.SEND, headers, deadline)
             else:
                 await self._first_contact(fwd, recipient)
-                await drive(flow.send_steps(fwd, recipient, body, Kind.SEND, headers,
+                await drive(fwd.send_steps(recipient, body, Kind.SEND, headers,
                                             deadline),
-                            fwd.lock, fwd, functools.partial(flow.mark, fwd), hub=self._hub)
+                            fwd.lock, fwd, fwd.progress_mark, hub=self._hub)
             self._sync.stats["sent"] += 1
         return len(recipients)
 
@@ -158,7 +157,7 @@ class Peer:
         awaited = _Awaited(fwd, name)
         reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
                                           self._cork),
-                            fwd.lock, fwd, functools.partial(flow.mark, fwd), awaited, self._hub)
+                            fwd.lock, fwd, fwd.progress_mark, awaited, self._hub)
         return reply.body
 
     def _cork(self, fwd: Forwarder) -> bool:
@@ -177,13 +176,13 @@ class Peer:
     def _uncork(self, fwd: Forwarder) -> None:
         self._corked.discard(fwd)
         with fwd.lock:
-            flow.write_open(fwd)
+            fwd.write_open()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent from the event loop is acknowledged."""
         fwd = self._sync.sender.forwarder()
         await drive(fwd.flush_steps(time.monotonic() + timeout), fwd.lock, fwd,
-                    functools.partial(flow.mark, fwd))
+                    fwd.progress_mark)
 
     async def _first_contact(self, fwd: Forwarder, name: str) -> None:
         """Look a name up on the worker thread the first time (the registry may be
@@ -227,9 +226,9 @@ def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
     not block), then is sent, or joins the requests of this turn of the loop if
     ``cork`` says other tasks are at work (it writes them together), and waits
     for the reply (``Forwarder.reply_steps``)."""
-    yield from flow.room_steps(fwd, name, deadline)
+    yield from fwd.room_steps(name, deadline)
     if cork(fwd):
-        awaited.seq = flow.queue_request(fwd, name, body, deadline, headers)
+        awaited.seq = fwd.queue_request(name, body, deadline, headers)
     else:
         awaited.seq = fwd.send_request(name, body, deadline, headers)
     awaited.conn = fwd.connection(name)

@@ -24,7 +24,6 @@ from typing import Any
 
 from posa.aio.hub import drive
 from posa.aio.peer import Peer
-from posa.delivery import flow
 from posa.delivery.budget import until
 from posa.dispatch import services
 from posa.naming.registration import Registry
@@ -141,7 +140,7 @@ class Client:
             await self._run(client._pick, service, ())
         fwd = client.sender.forwarder()
         return await drive(client.call_steps(service, body, timeout=timeout),
-                           fwd.lock, fwd, functools.partial(flow.mark, fwd))
+                           fwd.lock, fwd, fwd.progress_mark)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
