@@ -70,7 +70,9 @@ class Hub:
     """The one reader of each descriptor a loop's tasks wait on."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # weakly: the hubs are kept by loop in a WeakKeyDictionary, which a strong
+        # reference back would keep from ever letting a closed loop go
+        self._loop: asyncio.AbstractEventLoop = weakref.proxy(loop)
         self._fds: dict[int, _Fd] = {}
         self.waiting: dict[Hashable, int] = {}     # group -> its tasks waiting now
         self.stats = {"waits": 0, "fired": 0, "woken": 0, "expired": 0}
