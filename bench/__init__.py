@@ -70,6 +70,8 @@ AREAS: tuple[tuple[str, str, str], ...] = (
      "work-queue throughput against the anchors its engineer chooses"),
     ("security", "6. Security",
      "authentication on against off (goal >= 0.7x)"),
+    ("aio", "7. asyncio",
+     "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
 )
 
 # Column sets: (metric, header, format) with format one of rate, us, ms, ratio, int, bool.

@@ -41,7 +41,7 @@ FACADE = {
 
 # the __all__ of every other public module, exactly
 MODULES = {
-    "posa.aio": {"Peer", "Publisher", "Subscriber"},
+    "posa.aio": {"Peer", "Server", "Client", "Publisher", "Subscriber"},
     "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PartialDelivery", "PosaError",
                     "ProtocolError", "Rejected", "RemoteError", "StaleEpoch", "Timeout",
                     "TransportError", "Unauthorized", "Unreachable"},

@@ -39,6 +39,7 @@ from collections.abc import Callable, Collection, Generator
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
@@ -67,7 +68,7 @@ _SEND, _REQUEST, _REPLY, _ERROR, _ACK, _PROGRESS = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.ACK, Kind.PROGRESS)
 
 
-class Forwarder(Requesting):
+class Forwarder(Requesting, Flow):
     """Sends to names for one thread. Not thread-safe by design: only the reactor's
     late write of open batches shares it, under ``lock``."""
 

@@ -1,0 +1,163 @@
+"""A forwarder's sending as protocol steps, for drivers that must never block.
+
+``Forwarder`` inherits it; it lives apart (like ``requesting.py``) because it is
+a protocol of its own, written as steps that a driver runs (``posa.aio``).
+
+``Forwarder.send_locked`` waits, blocking its thread, while ``window`` messages
+to the recipient are unacknowledged (``_await_progress``).  An event loop must
+not block, so ``send_steps`` first waits for room the way ``reply_steps`` waits
+for a reply: it yields ``(connection, seconds)`` and is sent whether the
+connection became readable (``posa.delivery.waiting``), reads acknowledgements
+without blocking, and resends an overdue backlog; once one more message fits
+without filling the window, ``send_locked`` sends it and returns at once.
+
+``queue_request`` puts a REQUEST in the recipient's open batch instead of
+writing it, and ``write_open`` writes the open batches: a driver running the
+requests of many tasks on one thread (``posa.aio``) sends those made in one
+turn of its loop in one frame.  ``progress_mark`` lets such a driver see that a
+step read something another waiting step may look for (an acknowledgement, a
+reply, a new connection), so that it wakes it instead of leaving it to wait on
+a descriptor that will not fire again for what was already read.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from posa.delivery.target import BATCH_MAX
+from posa.delivery.waiting import Steps
+from posa.errors import Timeout, TransportError
+from posa.wire.codec import Kind, Message
+
+if TYPE_CHECKING:
+    from posa.delivery.target import Target
+
+__all__ = ["Flow"]
+
+_REQUEST = Kind.REQUEST
+
+
+class Flow:
+    """Sending as steps, for a ``Forwarder`` (one thread's)."""
+
+    if TYPE_CHECKING:       # what the forwarder provides
+        name: str
+        lock: threading.Lock
+        window: int
+        ack_timeout: float
+        _batch_bytes: int
+        _pack: Callable[..., bytes]
+        _replies: dict[tuple[str, int], Message]
+        _targets: dict[str, Target]
+
+        def send_locked(self, name: str, body: Any, kind: int,
+                        headers: dict[str, Any] | None, deadline: float) -> int: ...
+        def _open_target(self, name: str, deadline: float) -> Target: ...
+        def _recover(self, target: Target, deadline: float,
+                     cause: BaseException | None) -> None: ...
+        def _absorb(self, frame: bytes) -> None: ...
+
+    def send_steps(self, name: str, body: Any, kind: int,
+                   headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
+        """``send_locked`` as steps that wait for room in the window instead of
+        blocking; returns the message's sequence number. Needs ``window`` ≥ 2."""
+        yield from self.room_steps(name, deadline)
+        return self.send_locked(name, body, kind, headers, deadline)
+
+    def has_room(self, name: str) -> bool:
+        """True if this forwarder sends to ``name`` already and one more message
+        leaves its window short of full (``send_locked`` will not wait)."""
+        target = self._targets.get(name)
+        return target is not None and len(target.out.unacked) < self.window - 1
+
+    def room_steps(self, name: str, deadline: float) -> Steps[None]:
+        """Wait until one more message to ``name`` leaves the window short of full,
+        so that ``send_locked`` does not wait for acknowledgements."""
+        if self.window < 2:
+            raise ValueError(f"a window of {self.window} makes every send wait for its "
+                             "acknowledgement; give window=2 or more to send from an "
+                             "event loop")
+        target = self._targets.get(name)
+        while target is not None and len(target.out.unacked) >= self.window - 1:
+            yield from self._progress_steps(target, deadline)
+            target = self._targets.get(name)
+
+    def _progress_steps(self, target: Target, deadline: float) -> Steps[None]:
+        """``_await_progress`` as steps: until an acknowledgement for ``target``
+        arrives; resends the backlog when one is overdue."""
+        if target.batch:
+            try:
+                target.write_batch()
+            except (TransportError, Timeout):
+                pass    # the stall clock below resends
+        before = target.out.acked
+        stall_until = time.monotonic() + self.ack_timeout
+        while target.out.acked == before and target.out.unacked:
+            now = time.monotonic()
+            if now >= deadline:
+                raise Timeout(
+                    f"{len(target.out)} message(s) to {target.name!r} at {target.address} "
+                    "were not acknowledged in time; the peer may be overloaded or gone")
+            if now >= stall_until:
+                self._recover(target, deadline, None)
+                stall_until = time.monotonic() + self.ack_timeout
+                continue
+            conn = target.conn
+            try:
+                frame = conn.recv_nowait()
+            except TransportError as exc:
+                self._recover(target, deadline, exc)
+                continue
+            if frame is not None:
+                self._absorb(frame)
+            elif not conn.pending():
+                yield conn, min(deadline, stall_until) - now
+
+    def queue_request(self, name: str, body: Any, deadline: float,
+                      headers: dict[str, Any] | None = None) -> int:
+        """``send_request`` that puts the REQUEST in the target's open batch rather
+        than writing it; returns its id. The caller writes the open batches
+        (``write_open``) before it waits for input. Framed as ``send_locked``
+        frames a SEND that joins a batch."""
+        hdrs = {"ttl": max(1, int((deadline - time.monotonic()) * 1000))}
+        if headers:
+            hdrs.update(headers)
+        target = self._targets.get(name)
+        if target is None:
+            target = self._open_target(name, deadline)
+        out = target.out
+        seq = out.next_seq
+        frame = self._pack(_REQUEST, target.stream, seq, self.name, name, 0, hdrs, body)
+        out.next_seq = seq + 1
+        out.unacked.append(frame)
+        target.batch.append(frame)
+        target.batch_bytes += len(frame)
+        if len(target.batch) >= BATCH_MAX or target.batch_bytes >= self._batch_bytes:
+            try:
+                target.write_batch()
+            except (TransportError, Timeout) as exc:
+                self._recover(target, deadline, exc)
+        return seq
+
+    def write_open(self) -> None:
+        """Write every open batch now (the caller holds ``lock``). A write that
+        fails is left to the waiting steps, which resend what is not
+        acknowledged (every ``ack_timeout``) and recover a broken connection."""
+        for target in list(self._targets.values()):
+            if target.batch:
+                try:
+                    target.write_batch()
+                except (TransportError, Timeout):
+                    pass
+
+    def progress_mark(self) -> tuple[int, int, int]:
+        """A value that changes when this forwarder read something a waiting step
+        may look for: an acknowledgement (``acked`` grows), a reply (the reply
+        table changes), a target on a new connection, made or dropped."""
+        acked = conns = 0
+        for target in self._targets.values():
+            acked += target.out.acked
+            conns ^= id(target.conn)
+        return acked, len(self._replies), conns
