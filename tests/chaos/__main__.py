@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.chaos import CI_SEEDS, replay_command
-from tests.chaos.checker import Violation
+from tests.chaos.checker import Violation, summarize
 from tests.chaos.runner import run
 from tests.chaos.scenario import FEATURES, check_without, generate
 
@@ -30,10 +30,8 @@ def one(seed: int, without: frozenset[str], root: Path, keep: bool) -> list[Viol
     if violations:
         print(f"seed {seed}: {len(violations)} violation(s) in {took:.1f} s "
               f"(histories in {directory})")
-        for v in violations[:30]:
-            print(f"  {v}")
-        if len(violations) > 30:
-            print(f"  ... and {len(violations) - 30} more")
+        for line in summarize(violations):
+            print(f"  {line}")
         print(f"  replay: {replay_command(seed, without)}")
     else:
         print(f"seed {seed}: ok in {took:.1f} s")

@@ -50,7 +50,7 @@ import posa
 from tests.chaos.history import read_all
 from tests.chaos.scenario import LEASE
 
-__all__ = ["Violation", "check", "RECOVERY", "SLACK"]
+__all__ = ["Violation", "check", "summarize", "RECOVERY", "SLACK"]
 
 RECOVERY = 1.0     # s after a node is back before it counts as healthy again
 SLACK = 2.0        # s a call may return after its deadline
@@ -200,9 +200,9 @@ def check_groups(w: World) -> list[Violation]:
     return out
 
 
-def _deadline_checks(r: Record, what: str) -> list[Violation]:
+def _deadline_checks(w: World, r: Record, what: str) -> list[Violation]:
     out = []
-    if r["late"] > SLACK:
+    if r["late"] > SLACK and w.healthy([r["node"]], r["t0"], r["t"]):   # not SIGSTOPped
         outcome = "returned" if r["ok"] else f"raised {r['err']}"
         out.append(Violation("overran-deadline", f"{what} {outcome} {r['late']:.2f} s after "
                              f"its deadline ({r['timeout']} s)"))
@@ -220,17 +220,17 @@ def check_calls(w: World) -> list[Violation]:
     out: list[Violation] = []
     for s in w.of("send"):
         what = f"send {s['id']} to {s['to']}"
-        out += _deadline_checks(s, what)
+        out += _deadline_checks(w, s, what)
         needs = [s["node"], w.node_of.get(s["to"], ""), "d"]
         if not s["ok"] and w.healthy(needs, s["t0"], s["t"]):
             out.append(Violation("failed-while-healthy", f"{what} raised {s['err']}"))
     for g in w.of("group"):
-        out += _deadline_checks(g, f"group send {g['id']} to {g['pattern']}")
+        out += _deadline_checks(w, g, f"group send {g['id']} to {g['pattern']}")
     replies = {r["rid"]: r["body"] for r in w.of("reply")}
     for r in w.of("request"):
         what = f"{'call' if r['via'] == 'client' else 'request'} {r['rid']} to {r['to']} " \
                f"(handler {r['sleep']} s, timeout {r['timeout']} s)"
-        out += _deadline_checks(r, what)
+        out += _deadline_checks(w, r, what)
         body = replies.get(r["rid"])
         if r["ok"] and (not isinstance(body, dict) or body.get("rid") != r["rid"]):
             out.append(Violation("wrong-reply", f"{what} was answered with {body!r}"))
@@ -243,6 +243,10 @@ def check_calls(w: World) -> list[Violation]:
                 and r["sleep"] + 2.0 <= r["timeout"]
         if not r["ok"] and fine:
             out.append(Violation("failed-while-healthy", f"{what} raised {r['err']}"))
+    for m in w.of("migrate"):
+        if not m["ok"] and w.healthy([m["node"], "d"], m["t0"], m["t"]):
+            out.append(Violation("failed-while-healthy", f"{m['peer']} could not migrate to "
+                                 f"{m['address']}: {m['err']}"))
     return out + _check_flushes(w)
 
 
@@ -259,7 +263,7 @@ def _check_flushes(w: World) -> list[Violation]:
             if f["ok"]:
                 since = f["t"]
                 continue
-            out += _deadline_checks(f, f"flush of {key[2]}")
+            out += _deadline_checks(w, f, f"flush of {key[2]}")
             targets = {w.node_of.get(s.get("to", ""), "") for s in window
                        if s["ev"] == "send"}
             for g in (s for s in window if s["ev"] == "group"):
@@ -297,3 +301,15 @@ def check(directory: Path) -> list[Violation]:
     """Every violation the histories in ``directory`` show."""
     world = World(directory)
     return [v for checker in CHECKS for v in checker(world)]
+
+
+def summarize(violations: list[Violation], examples: int = 3) -> list[str]:
+    """One line a kind (how many), then its first ``examples``."""
+    kinds: dict[str, list[Violation]] = defaultdict(list)
+    for v in violations:
+        kinds[v.kind].append(v)
+    lines = []
+    for kind, found in kinds.items():
+        lines.append(f"{kind} ×{len(found)}")
+        lines += [f"    {v.detail[:500]}" for v in found[:examples]]
+    return lines

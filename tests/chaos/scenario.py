@@ -178,8 +178,8 @@ class _Episodes(_Gen):
         for sender in senders:
             self.send(sender, receiver, 20)
         self.migrations(receiver, self.rng.randint(2, 4), idle=True)
-        for sender in senders:
-            self.send(sender, receiver, 20)
+        for sender in senders:      # 3 s: shorter than zmq's 5 s send timeout
+            self.send(sender, receiver, 20, timeout=self.rng.choice([3.0, 8.0]))
             if self.on["requests"]:
                 self.cmd(self.where[sender], "request", peer=sender, to=receiver,
                          sleeps=self.sleeps(1), timeout=6.0)
