@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import runpy
+import signal
 import sys
 import threading
 import time
@@ -282,7 +283,21 @@ def _start(ctx: Context) -> tuple[dict[str, Any], list[Any], Any]:
     return {p.name: p for p in peers}, peers, registry
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when the runner dies, even while it is SIGSTOPped (where
+    it could not notice the end of its stdin). Linux only; elsewhere stdin suffices."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)           # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:
+        os._exit(2)                             # the runner died before prctl
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.role")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--node", required=True, help="the node's spec, JSON")
