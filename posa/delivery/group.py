@@ -13,7 +13,7 @@ gets one slice of recovery (reconnect, re-resolve, resend).  A dead member costs
 live ones one slice, never the deadline; one that comes back before the deadline is
 reached.  A member that has not acknowledged the message by the deadline failed,
 with the last error its attempts met; like any ``Timeout`` of a send, its message
-stays in its stream and may still arrive if it comes back later.
+is given up: posa does not send it again.
 
 On a reactor thread (a handler's group send) acknowledgements cannot be awaited:
 members in this process are served by that very thread.  There (``confirm=False``)
@@ -58,7 +58,7 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Sequence[str], body: An
             unconfirmed.clear()         # in their streams: reached, as far as we can tell
         for member in list(unconfirmed):
             if _confirm(fwd, member, min(deadline, time.monotonic() + step), final, errors):
-                unconfirmed.remove(member)
+                unconfirmed.remove(member)      # acknowledged, or given up (in errors)
         if final:
             break
         rest = min(deadline, started + step) - time.monotonic()
@@ -94,7 +94,11 @@ def _hand_over(fwd: Forwarder, member: str, body: Any, headers: dict[str, Any] |
 def _confirm(fwd: Forwarder, member: str, until: float, final: bool,
              errors: dict[str, PosaError]) -> bool:
     """Wait until ``until`` for ``member`` to acknowledge everything sent to it
-    (resending as the forwarder does); True if it did."""
+    (resending as the forwarder does); True once settled: it did, or the forwarder
+    gave its messages up (a send Timeout is final), which leaves its error."""
+    if not fwd.knows(member):
+        errors.setdefault(member, Timeout(f"gave up the message to {member!r}"))
+        return True
     try:
         if final:
             fwd.poll(member)    # at the deadline: read the acknowledgements already in
