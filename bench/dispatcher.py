@@ -23,6 +23,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import posa
@@ -41,6 +42,9 @@ from bench.common import (
 
 MODULE = "bench.dispatcher"
 N_CACHED = 200_000
+SLOW_S = 1.5                  # the slow handler's seconds (issue 15: once answered, run once)
+SLOW_COLUMNS = (("answers", "answers", "int"), ("executions", "executions", "int"),
+                ("seconds", "s for all", "ms"))
 SCALE_SAMPLE = 1000           # distinct names looked up in the scale rows
 FAKE_ADDRESS = "zmq+tcp://127.0.0.1:9"   # lookups return it; nobody connects
 MANY_NAMES = LOOKUP + (("names", "names held", "int"),
@@ -120,6 +124,29 @@ def role_caller(dispatcher: str, service: str, n: int) -> None:
         emit(result)
 
 
+def role_slow_service(dispatcher: str, service: str, listen: str, seconds: float,
+                      workers: int) -> None:
+    runs = []
+
+    def slow(body: Any) -> Any:
+        runs.append(body)       # list.append is atomic: the executions, counted
+        time.sleep(seconds)     # the handler's work
+        return body
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Server(service, slow, registry=reg, listen=listen, workers=workers):
+            ready()
+            wait_release()
+            emit({"executions": len(runs)})
+
+
+def role_slow_caller(dispatcher: str, service: str, n: int) -> None:
+    with posa.Client(dispatcher=dispatcher) as client, ThreadPoolExecutor(n) as pool:
+        start = now()
+        calls = [pool.submit(client.call, service, i, timeout=30.0) for i in range(n)]
+        answers = sum(1 for i, call in enumerate(calls) if call.result() == i)
+        emit({"answers": answers, "seconds": now() - start})
+
+
 def role_make_state(path: str, names: int) -> None:
     """Save a dispatcher state file holding ``names`` registrations."""
     dispatcher = posa.Dispatcher("tcp://127.0.0.1:0", state=path)
@@ -160,6 +187,18 @@ def _call(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
+def _slow(ctx: Any, n: int) -> dict[str, Any]:
+    dispatcher = ctx.dispatcher()
+    service = f"bench/slow-{secrets.token_hex(3)}"
+    server = ctx.spawn(MODULE, "slow_service", hold=True, dispatcher=dispatcher,
+                       service=service, listen=ctx.address("tcp"), seconds=SLOW_S, workers=n)
+    server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "slow_caller", dispatcher=dispatcher,
+                                       service=service, n=n).result(timeout=120)
+    result.update(server.result(timeout=30))
+    return result
+
+
 def _state_file(ctx: Any, names: int) -> str:
     """A dispatcher state file holding ``names`` registrations (made once per run),
     copied so that each dispatcher starts from the same file."""
@@ -195,6 +234,9 @@ BENCHES = [
           _call("zmq+tcp"), N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
     Bench("disp_call_tcp", "Client.call through the dispatcher (posa.Server echo, tcp)",
           _call("tcp"), N_RR, RR + (("bind_ms", "first call ms", "ms"),)),
+    Bench("disp_slow", f"Client.call of a {SLOW_S:g} s handler, 100 calls at once (tcp)",
+          _slow, 100, SLOW_COLUMNS,
+          note="the server runs 100 workers; every call must be answered and run once"),
     Bench("disp_lookup_100", "uncached lookups, dispatcher holding 100 names",
           _among(100), N_LOOKUP, MANY_NAMES),
     Bench("disp_lookup_100k", "uncached lookups, dispatcher holding 100k names",
@@ -214,6 +256,10 @@ GOALS = [
     Goal("disp-call-tcp", DISPATCH,
          "Client.call (tcp) calls/s ≥ 1.1× Pyro5 proxy calls via PYRONAME:",
          ("disp_call_tcp", "calls_per_s"), ("pyro_ns", "calls_per_s"), ">=", 1.1),
+    Goal("disp-slow-answers", "issue 15", f"a {SLOW_S:g} s handler called 100 times: 100 answers",
+         ("disp_slow", "answers"), None, ">=", 100, unit=""),
+    Goal("disp-slow-runs", "issue 15", f"a {SLOW_S:g} s handler called 100 times: 100 executions",
+         ("disp_slow", "executions"), None, "<=", 100, unit=""),
     Goal("disp-scale", DISPATCH, "lookup p50 with 100k names ≤ 1.5× p50 with 100 names",
          ("disp_lookup_100k", "p50_us"), ("disp_lookup_100", "p50_us"), "<=", 1.5),
 ]

@@ -51,6 +51,7 @@ class Requesting:
                      cause: BaseException | None) -> None: ...
         def _drop_target(self, name: str) -> Target | None: ...
         def _absorb(self, frame: bytes) -> None: ...
+        def _give_up(self, target: Target, why: str) -> Timeout: ...
 
     def request(self, name: str, body: Any, *, timeout: float,
                 headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
@@ -151,6 +152,9 @@ class Requesting:
         """How long to wait for input now; raises ``Timeout`` past ``deadline`` and
         ``TransportError`` once the recipient has been silent for ``stall`` s."""
         if now >= deadline:
+            if not acked:   # not even received: a Timeout is final, nothing is resent
+                raise self._give_up(target, "the request was not acknowledged by its "
+                                    "deadline")
             raise Timeout(f"no reply from {target.name!r} within the deadline "
                           f"(at {target.address}); is its handler slow or stuck?")
         wait = min(deadline - now, self.ack_timeout)
