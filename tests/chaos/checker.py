@@ -26,7 +26,8 @@ The checks (each a ``Violation`` kind):
   although every process it needed was healthy throughout (and a request's handler
   had time: its sleep plus 2 s, 3 s for a service call, within the deadline).
 - ``unexpected-error``: a call raised something other than ``Timeout`` or
-  ``NameNotFound`` (``TransportError`` escaping, say).
+  ``NameNotFound`` (``TransportError`` escaping, say), or, for a group send,
+  ``PartialDelivery`` (whose members are checked by ``group-missed``).
 - ``early-timeout``: ``Timeout`` raised more than ``EARLY`` s before the deadline.
 - ``overran-deadline``: a call returned or raised more than ``SLACK`` s after its
   deadline (a liveness check, not a timing test).
@@ -56,7 +57,7 @@ RECOVERY = 1.0     # s after a node is back before it counts as healthy again
 SLACK = 2.0        # s a call may return after its deadline
 EARLY = 1.0        # s before its deadline a Timeout may come
 LATE = 0.5         # s after a Timeout a delivery counts as "after" it
-ALLOWED = ("Timeout", "NameNotFound")
+ALLOWED = ("Timeout", "NameNotFound", "PartialDelivery")   # the last: group sends only
 
 Record = dict[str, Any]
 
