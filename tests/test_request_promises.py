@@ -111,19 +111,32 @@ def test_a_request_that_expired_while_queued_is_not_run() -> None:
         assert server.stats["expired"] == 1
 
 
-def test_a_nested_request_inherits_the_callers_remaining_time() -> None:
-    registry = posa.LocalRegistry()
-    seen: list[int] = []
-    with posa.Peer("nest/inner", registry=registry,
-                   handler=lambda msg: seen.append(msg.headers["ttl"])) as inner, \
-            posa.Peer("nest/caller", registry=registry) as caller, \
-            posa.Client(registry=registry) as client:
-        # the outer handler runs on a worker thread with the request's deadline
-        with posa.Server("nest/outer", lambda body: caller.request("nest/inner", None,
-                                                                    timeout=30),
-                         registry=registry):
-            client.call("nest/outer", None, timeout=1.0)
-        assert inner.name and 0 < seen[0] <= 1000
+INNER = """
+import sys, posa
+registry = posa.RegistryClient(sys.argv[1])
+def handle(msg):
+    print("TTL", msg.headers["ttl"], flush=True)
+with posa.Peer("nest/inner", registry=registry, listen="tcp://127.0.0.1:0", handler=handle):
+    print("READY", flush=True)
+    sys.stdin.readline()
+registry.close()
+"""
+
+
+def test_a_nested_request_inherits_the_callers_remaining_time(dispatcher: str) -> None:
+    inner = Proc.python(INNER, dispatcher)
+    registry = posa.RegistryClient(dispatcher)
+    try:
+        inner.expect("READY")
+        with posa.Peer("nest/outer", registry=registry, listen="tcp://127.0.0.1:0") as outer, \
+                posa.Peer("nest/caller", registry=registry,
+                          listen="tcp://127.0.0.1:0") as caller:
+            outer.serve(lambda msg: outer.request("nest/inner", None, timeout=30))
+            caller.request("nest/outer", None, timeout=1.0)
+        assert 0 < int(inner.expect("TTL")) <= 1000
+    finally:
+        registry.close()
+        inner.close()
 
 
 def test_a_keyed_message_sent_again_on_a_new_stream_is_delivered_once() -> None:

@@ -35,18 +35,21 @@ from posa.transport.base import Connection, Options
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
-__all__ = ["Server", "Client", "ServiceChannel"]
+__all__ = ["Server", "Client", "ServiceChannel", "SLOW_HANDLER"]
+
+SLOW_HANDLER = 0.01     # s: a handler that once took this long runs on worker threads
 
 
 class Server:
     """Serves ``service`` with ``handler(body) -> reply body``.
 
-    The handler runs on ``workers`` threads (at most that many requests at once;
-    more wait, and one whose deadline passes while it waits is not run), so the
-    peer's reactor stays free to acknowledge requests and to tell requesters a
-    slow handler is still working.  ``workers=0`` runs it on the reactor thread:
-    the fastest for handlers that never block, but one that takes longer than a
-    client's ``attempt_timeout`` then looks gone to it."""
+    The handler runs on the peer's reactor thread (no thread hop: the fastest)
+    until one call takes ``SLOW_HANDLER`` s or more; from then on it runs on
+    ``workers`` threads (at most that many requests at once; more wait, and one
+    whose deadline passes while it waits is not run), so the reactor stays free
+    to acknowledge requests and to tell requesters a slow handler is still
+    working.  ``workers=0`` keeps it on the reactor thread: then a call longer
+    than a client's ``attempt_timeout`` makes the server look gone to it."""
 
     def __init__(self, service: str, handler: Callable[[Any], Any], *,
                  dispatcher: str | None = None, registry: Registry | None = None,
@@ -59,6 +62,7 @@ class Server:
                                                            required=True)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"posa-{service}") \
             if workers > 0 else None
+        self._slow = False      # a call took SLOW_HANDLER s or more: run on the workers
         addresses = [listen] if isinstance(listen, str) else list(listen)
         meta = {"service": self.service, "weight": weight,
                 "transports": sorted({a.partition("://")[0] for a in addresses})}
@@ -69,8 +73,12 @@ class Server:
         self.peer.serve(self._serve)
 
     def _serve(self, msg: Message) -> Any:
-        if self._pool is None:
-            return self.handler(msg.body)
+        if self._pool is None or not self._slow:
+            started = time.monotonic()
+            try:
+                return self.handler(msg.body)
+            finally:
+                self._slow = time.monotonic() - started >= SLOW_HANDLER
         self._pool.submit(self._run, msg)
         return DEFERRED
 
