@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
-__all__ = ["until", "remaining", "bounded"]
+__all__ = ["until", "enter", "leave", "remaining", "bounded"]
 
 _deadline: ContextVar[float | None] = ContextVar("posa_deadline", default=None)
 
@@ -32,6 +32,17 @@ def until(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def enter(deadline: float) -> Token[float | None]:
+    """``until`` without a context manager, for hot paths: set ``deadline`` as the
+    budget (never growing an outer one); pass the result to ``leave``."""
+    outer = _deadline.get()
+    return _deadline.set(deadline if outer is None or deadline < outer else outer)
+
+
+def leave(token: Token[float | None]) -> None:
+    _deadline.reset(token)
 
 
 def remaining() -> float | None:

@@ -149,14 +149,18 @@ class Intake:
         """Run ``handler`` on the request ``msg`` within its deadline and answer
         with what it returns or raises (unless it returns ``DEFERRED``). A
         request past its deadline is answered with ``Timeout`` and not run."""
-        if self.expired(msg):
+        deadline = msg.deadline
+        if deadline is not None and self.expired(msg):
             return
+        token = None if deadline is None else budget.enter(deadline)
         try:
-            with budget.until(msg.deadline):
-                result = handler(msg)
+            result = handler(msg)
         except Exception as exc:
             self.answer(msg, _ERROR, error_body(exc))
             return
+        finally:
+            if token is not None:
+                budget.leave(token)
         if result is not DEFERRED:
             self.answer(msg, _REPLY, result)
 

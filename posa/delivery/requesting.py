@@ -113,8 +113,12 @@ class Requesting:
             now = time.monotonic()
             if not acked and target.out.acked >= seq:
                 acked, heard = True, now
-            heard = max(heard, self._progress.pop(key, heard))
-            wait = self._patience(target, now, deadline, heard, stall, acked)
+            if self._progress:
+                heard = max(heard, self._progress.pop(key, heard))
+            if stall is None and now < deadline:        # the common case, inline
+                wait = min(deadline - now, self.ack_timeout)
+            else:
+                wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn
             try:
                 # nothing queued: wait for the descriptor, which fires for the next
@@ -141,7 +145,8 @@ class Requesting:
 
     def _answered(self, key: tuple[str, int], reply: Message) -> Message:
         """The reply to return, or the error it carries raised."""
-        self._progress.pop(key, None)
+        if self._progress:
+            self._progress.pop(key, None)
         if reply.kind == _ERROR:
             code, kind, text = error_fields(reply.body)
             raise from_wire(code, kind, text)
