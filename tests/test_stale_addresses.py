@@ -217,3 +217,44 @@ def test_an_acknowledgement_sent_before_the_receiver_closed_is_read_after(
     finally:
         reg.close()
         closer.close()
+
+
+LISTENER = """
+import sys, posa
+reg = posa.RegistryClient(sys.argv[1])
+with posa.Peer("stale/listener", registry=reg, listen="tcp://127.0.0.1:0", lease=60.0) as p:
+    print("READY", flush=True)
+    print("GOT", p.receive(timeout=60).body, flush=True)
+    p.flush(10)
+"""
+
+
+def test_a_first_send_while_the_dispatcher_restarts_waits_for_it(tmp_path: Path) -> None:
+    from tests.support import start_dispatcher
+    port, state = free_port(), str(tmp_path / "names.state")
+    dispatcher, address = start_dispatcher("--state", state, port=port)
+    listener = Proc.python(LISTENER, address)
+    try:
+        listener.expect("READY")
+        with posa.RegistryClient(address) as reg, \
+                posa.Peer("stale/first", registry=reg, listen="tcp://127.0.0.1:0",
+                          lease=60.0) as sender:
+            dispatcher.close()                # SIGKILL: its registrations are in the file
+            done: list[BaseException | int] = []
+            thread = threading.Thread(target=lambda: done.append(
+                _attempt(sender, "stale/listener", "hello")))
+            thread.start()
+            dispatcher, _ = start_dispatcher("--state", state, port=port)
+            thread.join(30)
+            assert done == [1], done
+            assert listener.expect("GOT") == "hello"
+    finally:
+        listener.close()
+        dispatcher.close()
+
+
+def _attempt(peer: posa.Peer, name: str, body: str) -> BaseException | int:
+    try:
+        return peer.send(name, body, timeout=20)
+    except posa.PosaError as exc:
+        return exc

@@ -97,21 +97,25 @@ class Links:
 
     def open(self, name: str, deadline: float) -> tuple[str, int, Connection]:
         """First contact: resolve ``name`` and connect, retrying (re-resolving)
-        until ``deadline``. An unknown name raises ``NameNotFound`` at once."""
+        until ``deadline`` while the peer or the registry cannot be reached. An
+        unknown name raises ``NameNotFound`` at once."""
         retry = Retry(deadline, repr(name))
-        addresses, epoch = self.resolve(name, name in self._stale)
+        fresh = name in self._stale
         self._stale.discard(name)
+        first = True
         while True:
             try:
+                addresses, epoch = self.resolve(name, fresh)
                 address, conn = self.connect_any(name, addresses)
                 return address, epoch, conn
-            except TransportError as exc:
+            except NameNotFound as exc:     # unknown: at once; gone while we tried:
+                if first:                   # it may come back
+                    raise
                 last: BaseException = exc
+            except TransportError as exc:   # the peer, or the registry, unreachable
+                last = exc
             retry.wait(last)
-            try:
-                addresses, epoch = self.resolve(name, True)
-            except NameNotFound as exc:     # gone while we tried: it may come back
-                addresses, last = (), exc
+            first, fresh = False, True
 
     def given_up(self, target: Target, why: str) -> Timeout:
         """The ``Timeout`` for a target its forwarder dropped with its backlog

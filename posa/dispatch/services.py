@@ -35,34 +35,39 @@ from posa.transport.base import Connection, Options
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
-__all__ = ["Server", "Client", "ServiceChannel", "SLOW_HANDLER"]
+__all__ = ["Server", "Client", "ServiceChannel", "SLOW_HANDLER", "WORKERS"]
 
 SLOW_HANDLER = 0.01     # s: a handler that once took this long runs on worker threads
+WORKERS = 8             # worker threads of a server not told how many
 
 
 class Server:
     """Serves ``service`` with ``handler(body) -> reply body``.
 
-    The handler runs on the peer's reactor thread (no thread hop: the fastest)
-    until one call takes ``SLOW_HANDLER`` s or more; from then on it runs on
-    ``workers`` threads (at most that many requests at once; more wait, and one
-    whose deadline passes while it waits is not run), so the reactor stays free
-    to acknowledge requests and to tell requesters a slow handler is still
-    working.  ``workers=0`` keeps it on the reactor thread: then a call longer
-    than a client's ``attempt_timeout`` makes the server look gone to it."""
+    ``workers=N`` runs the handler on N threads (at most N requests at once; more
+    wait, and one whose deadline passes while it waits is not run), so the
+    reactor stays free to acknowledge requests and to tell requesters a slow
+    handler is still working: give it to a handler that blocks or calls peers of
+    its own process.  By default (None) the handler runs on the peer's reactor
+    thread (no thread hop: the fastest) until one call takes ``SLOW_HANDLER`` s
+    or more, then on ``WORKERS`` threads.  ``workers=0`` keeps it on the reactor
+    thread: then a call longer than a client's ``attempt_timeout`` makes the
+    server look gone to it."""
 
     def __init__(self, service: str, handler: Callable[[Any], Any], *,
                  dispatcher: str | None = None, registry: Registry | None = None,
                  listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
-                 name: str | None = None, lease: float = 10.0, workers: int = 8,
+                 name: str | None = None, lease: float = 10.0, workers: int | None = None,
                  **peer_options: Any) -> None:
         self.service = validate_name(service)
         self.handler = handler
         self.registry, self._owns_registry = open_registry(registry, dispatcher,
                                                            required=True)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"posa-{service}") \
-            if workers > 0 else None
-        self._slow = False      # a call took SLOW_HANDLER s or more: run on the workers
+        self._pool = ThreadPoolExecutor(workers or WORKERS,
+                                        thread_name_prefix=f"posa-{service}") \
+            if workers != 0 else None
+        # on the workers from the start if asked for, else once a call took SLOW_HANDLER s
+        self._slow = workers is not None
         addresses = [listen] if isinstance(listen, str) else list(listen)
         meta = {"service": self.service, "weight": weight,
                 "transports": sorted({a.partition("://")[0] for a in addresses})}
