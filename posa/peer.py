@@ -18,7 +18,6 @@ that still finds one gone re-resolves the name and resends.
 """
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +42,6 @@ from posa.wire.names import is_pattern, validate_name
 
 __all__ = ["Peer", "DEFERRED"]
 
-log = logging.getLogger("posa.peer")
 
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR

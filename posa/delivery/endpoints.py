@@ -6,8 +6,8 @@ peer's ``drain`` for that endpoint.  The set changes in three ways:
 
 - pause / resume: while the inbox is full a listener is not read, so senders'
   windows fill and they wait (flow control instead of unbounded memory);
-- stop accepting: no listener is read again (the first step of a clean
-  shutdown; answers still go out);
+- close: no listener is read again (a draining peer still reads them: it
+  refuses new requests and answers the rest, see ``posa.delivery.intake``);
 - replace (a move): new endpoints become current; the old ones keep delivering
   what reaches them for a grace period, then close.
 
@@ -81,12 +81,6 @@ class Listening:
         for endpoint in paused:
             if self.accepting:
                 self.reactor.add_source(endpoint.listener, partial(self._drain, endpoint))
-
-    def stop_accepting(self) -> None:
-        """Read no endpoint again."""
-        self.accepting = False
-        for endpoint in self.current:
-            self.pause(endpoint)
 
     def replace(self, new: list[Endpoint], grace: float) -> list[Endpoint]:
         """Make ``new`` current; the old endpoints close ``grace`` s from now.

@@ -58,6 +58,7 @@ class Flow:
         def _recover(self, target: Target, deadline: float,
                      cause: BaseException | None) -> None: ...
         def _absorb(self, frame: bytes) -> None: ...
+        def _give_up(self, target: Target, why: str) -> Timeout: ...
 
     def send_steps(self, name: str, body: Any, kind: int,
                    headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
@@ -96,11 +97,11 @@ class Flow:
         stall_until = time.monotonic() + self.ack_timeout
         while target.out.acked == before and target.out.unacked:
             now = time.monotonic()
-            if now >= deadline:
-                raise Timeout(
-                    f"{len(target.out)} message(s) to {target.name!r} at {target.address} "
-                    "were not acknowledged in time; the peer may be overloaded or gone")
-            if now >= stall_until:
+            if now >= deadline:     # a Timeout is final: the backlog is given up
+                raise self._give_up(target, f"messages to {target.name!r} at "
+                                    f"{target.address} were not acknowledged in time; "
+                                    "the peer may be overloaded or gone")
+            if now >= stall_until or target.moved is not None:
                 self._recover(target, deadline, None)
                 stall_until = time.monotonic() + self.ack_timeout
                 continue
