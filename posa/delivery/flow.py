@@ -59,6 +59,8 @@ class Flow:
                      cause: BaseException | None) -> None: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
+        def _acked_steps(self, target: Target, deadline: float,
+                         done: Callable[[], bool]) -> Steps[None]: ...
 
     def send_steps(self, name: str, body: Any, kind: int,
                    headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
@@ -86,35 +88,16 @@ class Flow:
             target = self._targets.get(name)
 
     def _progress_steps(self, target: Target, deadline: float) -> Steps[None]:
-        """``_await_progress`` as steps: until an acknowledgement for ``target``
-        arrives; resends the backlog when one is overdue."""
+        """Until an acknowledgement for ``target`` arrives, as steps (the blocking
+        ``_await_progress`` runs them too)."""
         if target.batch:
             try:
                 target.write_batch()
             except (TransportError, Timeout):
-                pass    # the stall clock below resends
+                pass    # the stall clock resends
         before = target.out.acked
-        stall_until = time.monotonic() + self.ack_timeout
-        while target.out.acked == before and target.out.unacked:
-            now = time.monotonic()
-            if now >= deadline:     # a Timeout is final: the backlog is given up
-                raise self._give_up(target, f"messages to {target.name!r} at "
-                                    f"{target.address} were not acknowledged in time; "
-                                    "the peer may be overloaded or gone")
-            if now >= stall_until or target.moved is not None:
-                self._recover(target, deadline, None)
-                stall_until = time.monotonic() + self.ack_timeout
-                continue
-            conn = target.conn
-            try:
-                frame = conn.recv_nowait()
-            except TransportError as exc:
-                self._recover(target, deadline, exc)
-                continue
-            if frame is not None:
-                self._absorb(frame)
-            elif not conn.pending():
-                yield conn, min(deadline, stall_until) - now
+        yield from self._acked_steps(
+            target, deadline, lambda: target.out.acked != before or not target.out.unacked)
 
     def queue_request(self, name: str, body: Any, deadline: float,
                       headers: dict[str, Any] | None = None) -> int:

@@ -43,7 +43,7 @@ from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
-from posa.delivery.waiting import drive
+from posa.delivery.waiting import drive, run_held
 from posa.errors import (
     Closed,
     PosaError,
@@ -166,29 +166,37 @@ class Forwarder(Requesting, Flow):
         except (TransportError, Timeout):
             pass    # the stall clock below resends
         for target in [t for t in self._targets.values() if names is None or t.name in names]:
-            acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
-            while target.out.unacked:
-                now = time.monotonic()
-                if now >= deadline:
-                    raise self._give_up(target, f"messages to {target.name!r} at "
-                                        f"{target.address} were not acknowledged in time; "
-                                        "the peer may be overloaded or gone")
-                if target.out.acked != acked:       # progress: the stall clock restarts
-                    acked, stall_until = target.out.acked, now + self.ack_timeout
-                if now >= stall_until or target.moved is not None:
-                    self._recover(target, deadline, None)
-                    stall_until = time.monotonic() + self.ack_timeout
-                    continue
-                conn = target.conn
-                try:
-                    frame = conn.recv_nowait()
-                except TransportError as exc:
-                    self._recover(target, deadline, exc)
-                    continue
-                if frame is not None:
-                    self._absorb(frame)
-                elif not conn.pending():
-                    yield conn, max(0.0, min(deadline, stall_until) - now)
+            yield from self._acked_steps(target, deadline, target.out.settled)
+
+    def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool]
+                     ) -> Generator[tuple[Connection, float], bool, None]:
+        """Read ``target``'s acknowledgements until ``done()``, as steps: the backlog
+        is resent when none came for ``ack_timeout`` s (or a MOVED hint came), and
+        given up at ``deadline`` (a Timeout is final). The one waiting loop of
+        ``flush``, of a full window and of ``posa.aio``'s wait for room."""
+        acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
+        while not done():
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._give_up(target, f"messages to {target.name!r} at "
+                                    f"{target.address} were not acknowledged in time; "
+                                    "the peer may be overloaded or gone")
+            if target.out.acked != acked:       # progress: the stall clock restarts
+                acked, stall_until = target.out.acked, now + self.ack_timeout
+            if now >= stall_until or target.moved is not None:
+                self._recover(target, deadline, None)
+                stall_until = time.monotonic() + self.ack_timeout
+                continue
+            conn = target.conn
+            try:
+                frame = conn.recv_nowait()
+            except TransportError as exc:
+                self._recover(target, deadline, exc)
+                continue
+            if frame is not None:
+                self._absorb(frame)
+            elif not conn.pending():
+                yield conn, max(0.0, min(deadline, stall_until) - now)
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""
@@ -253,32 +261,9 @@ class Forwarder(Requesting, Flow):
             pass  # noticed and handled on the next send
 
     def _await_progress(self, target: Target, deadline: float) -> None:
-        """Block until an acknowledgement for ``target`` arrives; resend if overdue."""
-        if target.batch:
-            try:
-                target.write_batch()
-            except (TransportError, Timeout):
-                pass    # the stall clock below resends
-        before = target.out.acked
-        stall_until = time.monotonic() + self.ack_timeout
-        while target.out.acked == before and target.out.unacked:
-            now = time.monotonic()
-            if now >= deadline:
-                raise self._give_up(target, f"messages to {target.name!r} at "
-                                    f"{target.address} were not acknowledged in time; "
-                                    "the peer may be overloaded or gone")
-            if now >= stall_until or target.moved is not None:
-                self._recover(target, deadline, None)
-                stall_until = time.monotonic() + self.ack_timeout
-                continue
-            try:
-                frame = target.conn.recv(min(deadline, stall_until) - now)
-            except Timeout:
-                continue
-            except TransportError as exc:
-                self._recover(target, deadline, exc)
-                continue
-            self._absorb(frame)
+        """Block until an acknowledgement for ``target`` arrives (the caller holds
+        ``lock``): ``_progress_steps`` waited for with ``select``."""
+        run_held(self._progress_steps(target, deadline))
 
     def _absorb(self, frame: bytes) -> None:
         try:

@@ -137,7 +137,7 @@ class Intake:
         if handler is None:
             self.inbox.put(msg)
             return
-        if request:
+        if request:             # ``handle``, inline: this is the hot path
             self.run(handler, msg)
             return
         try:

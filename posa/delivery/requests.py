@@ -127,19 +127,21 @@ class Requests:
         sender used before and is not delivered again: a keyed request gets the
         first one's answer (the frames returned now, or once it comes)."""
         token = (msg.sender, msg.headers["key"])
-        seen = self.keys.get(token)
-        if seen is None:
-            self.keys[token] = Keyed((msg.sender, msg.stream, msg.id))
-            if len(self.keys) > self.max_keys:
-                self._kept_bytes -= self.keys.popitem(last=False)[1].size
-            return None
-        if msg.kind != Kind.REQUEST:
-            return []
-        if seen.answer is not None:
-            return [self._answer_one(msg, *seen.answer)]
-        if seen.first in self.open or seen.size < 0:
-            seen.waiting.append(msg)     # answered with the first, when it is
-            return []
+        with self._lock:        # ``answer`` (any thread) walks the keys too
+            seen = self.keys.get(token)
+            if seen is None:
+                self.keys[token] = Keyed((msg.sender, msg.stream, msg.id))
+                if len(self.keys) > self.max_keys:
+                    self._kept_bytes -= max(0, self.keys.popitem(last=False)[1].size)
+                return None
+            if msg.kind != Kind.REQUEST:
+                return []
+            answer = seen.answer
+            if answer is None and (seen.first in self.open or seen.size < 0):
+                seen.waiting.append(msg)     # answered with the first, when it is
+                return []
+        if answer is not None:
+            return [self._answer_one(msg, *answer)]
         return [self._answer_one(msg, _ERROR, [_REJECTED, "Rejected", (
             f"a request with key {token[1]!r} was answered before and its answer is no "
             "longer kept; use a new key to run it again")])]
@@ -168,10 +170,10 @@ class Requests:
         if msg.headers and "key" in msg.headers:
             seen = self.keys.get((msg.sender, msg.headers["key"]))
             if seen is not None and seen.first == (msg.sender, msg.stream, msg.id):
-                self._keep(seen, kind, body, len(out[0][2]))
-                for waiting in seen.waiting:
-                    out.append(self._answer_one(waiting, kind, body))
-                seen.waiting.clear()
+                with self._lock:
+                    self._keep(seen, kind, body, len(out[0][2]))
+                    waiting, seen.waiting = seen.waiting, []
+                out.extend(self._answer_one(copy, kind, body) for copy in waiting)
         return out
 
     def _keep(self, seen: Keyed, kind: int, body: Any, size: int) -> None:

@@ -66,6 +66,10 @@ class Outbound:
         """The frames to send again, oldest first."""
         return iter(list(self.unacked))
 
+    def settled(self) -> bool:
+        """True when nothing sent is waiting for its acknowledgement."""
+        return not self.unacked
+
     def __len__(self) -> int:
         return len(self.unacked)
 

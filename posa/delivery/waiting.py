@@ -16,7 +16,7 @@ from typing import TypeVar
 from posa.errors import PosaError
 from posa.transport.base import Connection
 
-__all__ = ["drive", "readable", "Steps"]
+__all__ = ["drive", "run_held", "readable", "Steps"]
 
 _T = TypeVar("_T")
 Steps = Generator[tuple[Connection | None, float], bool, _T]
@@ -32,6 +32,17 @@ def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
             ready = readable(conn, wait)
             with lock:
                 conn, wait = steps.send(ready)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def run_held(steps: Steps[_T]) -> _T:
+    """Run protocol steps in a thread that already holds their lock (it is kept
+    while waiting: nothing else may use the forwarder meanwhile)."""
+    try:
+        conn, wait = next(steps)
+        while True:
+            conn, wait = steps.send(readable(conn, wait))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 

@@ -5,15 +5,15 @@ A ``Server`` is a peer named ``SERVICE/srv-XXXX`` whose registration carries
 with the dispatcher on start, renews its lease, and unregisters on close.
 
 A ``Client`` asks the dispatcher for a server of a service once (``pick``:
-round robin by weight), then talks to that server directly.  When a call
-fails — the connection breaks, or no reply comes within ``attempt_timeout`` —
-the client asks for another server (excluding the one that failed) and sends
-the request there, until the call's deadline.  Every request carries its
-stream id and sequence number, so a request resent to the same server is not
-executed twice (the server answers a repeat from its reply cache); a request
-that fails over to *another* server may run there as well: handlers of
-services that fail over should be idempotent, or use ``attempt_timeout``
-longer than their slowest call.
+round robin by weight), then talks to that server directly, and waits for a
+request's answer until the call's deadline as long as the server shows it is
+alive (it acknowledged the request and sends PROGRESS keep-alives while its
+handler runs).  A server that is gone (connection lost, or silent for
+``attempt_timeout``) or refuses (draining, over a limit) is left for another
+(the dispatcher is asked to exclude it).  A server is sent a call under one
+request id only, so it runs the call at most once; a call that failed over to
+*another* server may have run on the first as well (gone is not necessarily
+dead): handlers of services that fail over should be idempotent.
 """
 from __future__ import annotations
 
