@@ -2,11 +2,14 @@
 ``flush_steps``): a step yields ``(connection, seconds)`` when it must wait for
 input and is sent whether the connection became readable.  A step with
 nothing to wait for yields ``(None, seconds)``.  ``drive`` runs the
-steps in the calling thread with ``select``; ``posa.aio`` drives the same steps
-with the event loop.  The lock a step runs under is released while it waits.
+steps in the calling thread with ``poll`` (``select`` where there is no poll:
+``select.select`` refuses descriptors from 1024 up, which a process holding
+many sockets reaches); ``posa.aio`` drives the same steps with the event
+loop.  The lock a step runs under is released while it waits.
 """
 from __future__ import annotations
 
+import math
 import select
 import threading
 import time
@@ -54,6 +57,15 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         time.sleep(max(0.0, timeout))
         return False
     try:
-        return bool(select.select([conn.fileno()], [], [], timeout)[0])
+        fd = conn.fileno()
+        if _poll is None:
+            return bool(select.select([fd], [], [], timeout)[0])
+        poller = _poll()
+        poller.register(fd, _POLLIN)
+        return bool(poller.poll(math.ceil(max(0.0, timeout) * 1000)))
     except (OSError, ValueError, PosaError):
         return True  # closed under us: the next receive says how
+
+
+_poll = getattr(select, "poll", None)
+_POLLIN = getattr(select, "POLLIN", 1)
