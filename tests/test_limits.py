@@ -158,3 +158,33 @@ def test_peer_under_a_rate_limit_still_gets_everything() -> None:
         got = [b.receive(timeout=30).body for _ in range(1000)]
         assert got == list(range(1000))
         assert b.gatekeeper.rejections["rate-limited"] > 0
+
+
+class _RefuseFirst:
+    """A limiter that refuses message 1 of every stream once, and says so."""
+
+    def __init__(self) -> None:
+        self.refused = threading.Event()
+
+    def admit(self, source: object, msg: Message) -> bool:
+        if msg.id == 1 and msg.stream and not self.refused.is_set():
+            self.refused.set()
+            return False
+        return True
+
+
+def test_a_refused_first_frame_of_a_stream_is_delivered_before_the_second() -> None:
+    """A rate limit refuses the first frame of a new stream and the second arrives
+    alone: it waits for the first (resent from the sender's backlog) instead of
+    being taken for the start, which acknowledged the first undelivered."""
+    limiter = _RefuseFirst()
+    with posa.LocalRegistry() as reg, \
+            posa.Peer("net/b", registry=reg, listen="tcp://127.0.0.1:0",
+                      gatekeeper=Gatekeeper(Codec(), limiter=limiter)) as b, \
+            posa.Peer("net/a", registry=reg, listen="tcp://127.0.0.1:0") as a:
+        a.send("net/b", "first", timeout=30)
+        assert limiter.refused.wait(30)
+        a.send("net/b", "second", timeout=30)
+        a.flush(30)
+        assert [b.receive(timeout=30).body for _ in range(2)] == ["first", "second"]
+        assert b.gatekeeper.rejections["rate-limited"] == 1

@@ -50,7 +50,7 @@ DEFERRED = object()
 
 BATCH = 4096            # frames drained from one listener before others get a turn
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
-_REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
 
 
@@ -104,6 +104,10 @@ class Intake:
             try:
                 msg = admit(frame, route)
             except Rejection as rejection:
+                refused = rejection.msg
+                if refused is not None and rejection.reason == "rate-limited" and (
+                        refused.kind == _SEND or refused.kind == _REQUEST):
+                    self.receiver.refused(refused.sender, refused.stream, refused.id)
                 if rejection.answerable:
                     assert rejection.msg is not None
                     rejection.msg.route = (endpoint, route)

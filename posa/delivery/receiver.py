@@ -145,7 +145,8 @@ class Receiver(Inbound):
                 run = self._unbatch(msg, route)
             except Rejection:
                 return ()
-            if not run:
+            if not run:         # refused from its first message on: a rate limit
+                self.refused(msg.sender, msg.stream, msg.body[0][3])
                 return ()
             for inner in run:
                 inner.route = where

@@ -129,6 +129,18 @@ class Inbound:
         state.early[seq] = msg
         return ()
 
+    def refused(self, sender: str, stream: int, seq: int) -> None:
+        """Message ``seq`` of a stream was refused before ordering (a rate limit,
+        after authentication).  An unknown stream starts there: the frames after
+        it wait for it to come again from the sender's backlog, instead of the
+        next one to arrive being taken for the stream's start (and ``seq``
+        acknowledged without ever being delivered)."""
+        key = (sender, stream)
+        if stream and key not in self._streams:
+            if len(self._streams) >= self.max_streams:
+                del self._streams[next(iter(self._streams))]
+            self._streams[key] = _State(seq)
+
     def acked(self, sender: str, stream: int) -> int:
         """The cumulative sequence number to acknowledge for a stream."""
         state = self._streams.get((sender, stream))
