@@ -237,9 +237,12 @@ class Peer:
             self._listening.close(new)
             raise
         self.epoch = registration.epoch
+        # the registry's form of the address: a wildcard host (0.0.0.0) is one that
+        # the senders' hosts can reach, as in their lookups
+        moved_to = (registration.addresses or (new[0].address,))[0]
         for endpoint in self._listening.replace(new, grace):
             self.reactor.call_soon(self._announce_move, endpoint,
-                                   (new[0].address, registration.epoch))
+                                   (moved_to, registration.epoch))
         return new[0].address
 
     def _announce_move(self, old: Endpoint, moved_to: tuple[str, int]) -> None:

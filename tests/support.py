@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,17 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0,
+               what: str = "condition") -> None:
+    """Poll a cheap condition with a deadline (for counters, not for events)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def nested(depth: int) -> object:

@@ -19,7 +19,7 @@ from posa.channel.predicate import InvalidFilter, compile_filter
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
-from tests.support import ROOT, Proc
+from tests.support import ROOT, Proc, wait_until
 
 
 @pytest.fixture
@@ -39,17 +39,6 @@ def receive_n(sub: Subscriber, n: int, timeout: float = 20.0) -> list[Event]:
     with pytest.raises(posa.Timeout):
         sub.receive(timeout=0.05)
     return events
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0,
-               what: str = "condition") -> None:
-    """Poll a cheap condition with a deadline (for counters, not for events)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 # -- in one process ------------------------------------------------------------------

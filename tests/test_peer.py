@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import posa
 from posa import Kind
 from posa import transport as posa_transport
+from posa.naming.hosts import reachable
 from posa.wire.codec import Codec
+from tests.support import wait_until
 
 TRANSPORTS = ["inproc://{n}", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/{n}"]
 
@@ -254,3 +257,24 @@ def test_a_reply_that_cannot_be_encoded_is_a_remote_error_at_once(
             with pytest.raises(posa.RemoteError, match="could not be sent"):
                 a.request(b.name, what, timeout=60)
         assert a.request(b.name, "still serving", timeout=60) == "still serving"
+
+
+class _Reachable(posa.LocalRegistry):
+    """A registry that publishes wildcard addresses as a reachable interface's, as
+    ``RegistryClient`` and the zeroconf registry do."""
+
+    def register(self, name: str, addresses: Any, **kwargs: Any) -> posa.Registration:
+        return super().register(name, reachable(addresses, ["127.0.0.1"]), **kwargs)
+
+
+def test_a_move_to_a_wildcard_host_is_announced_with_the_registered_address() -> None:
+    """MOVED tells senders where to go: from another host, ``0.0.0.0`` is that host
+    itself, so the notice carries the address the registry published."""
+    with _Reachable() as registry, \
+            posa.Peer("net/b", registry=registry, listen="tcp://127.0.0.1:0") as b:
+        old = list(b._listening.current)
+        b.migrate("tcp://0.0.0.0:0", grace=5)
+        published = registry.lookup("net/b").addresses[0]
+        assert published.startswith("tcp://127.0.0.1:")
+        wait_until(lambda: old[0].moved_to is not None, 10, "the move was announced")
+        assert old[0].moved_to == (published, b.epoch)
