@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from typing import Any
@@ -267,4 +268,64 @@ def test_a_coroutine_handler_s_calls_inherit_the_request_s_time_left() -> None:
                     assert 0 < ttl <= 4000
             finally:
                 inner.close()
+    run(main())
+
+
+def _dead_address() -> str:
+    """A tcp address nobody listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def _runs_while(task: asyncio.Future[Any], ticks: int = 20) -> None:
+    """Tick the loop while ``task`` is pending: it backs off on the loop if the
+    ticker gets all its turns before ``task`` ends (a blocking back-off holds the
+    loop until the task's deadline, and the ticker finds it done)."""
+    for _ in range(ticks):
+        await asyncio.sleep(0.001)
+        assert not task.done(), "the back-off held the loop until the deadline"
+
+
+@pytest.mark.parametrize("call", ["send", "request"])
+def test_first_contact_with_an_unreachable_peer_backs_off_on_the_loop(call: str) -> None:
+    """A name registered at an address that refuses connections (its process
+    died, its lease runs): first contact retries until the deadline without
+    blocking the loop, then raises Timeout."""
+    async def main() -> None:
+        with posa.LocalRegistry() as reg:
+            reg.register("aio/ghost", [_dead_address()], credential="c", lease=60)
+            async with posa.aio.Peer("aio/caller", registry=reg,
+                                     listen="tcp://127.0.0.1:0") as peer:
+                attempt = getattr(peer, call)("aio/ghost", "hello", timeout=3)
+                task = asyncio.ensure_future(attempt)
+                await _runs_while(task)
+                with pytest.raises(posa.Timeout, match="aio/ghost"):
+                    await asyncio.wait_for(task, 30)
+    run(main())
+
+
+@pytest.mark.parametrize("call", ["send", "request"])
+def test_recovering_from_a_peer_gone_backs_off_on_the_loop(call: str) -> None:
+    """The peer an aio peer talks to goes away: recovery (re-resolve, reconnect,
+    resend) retries until the deadline without blocking the loop."""
+    async def main() -> None:
+        with posa.LocalRegistry() as reg:
+            gone = posa.Peer("aio/gone", registry=reg, listen="tcp://127.0.0.1:0")
+            gone.serve(lambda m: m.body)
+            async with posa.aio.Peer("aio/caller", registry=reg,
+                                     listen="tcp://127.0.0.1:0") as peer:
+                assert await peer.request("aio/gone", "first", timeout=10) == "first"
+                address = gone.address
+                gone.close()        # its address stays registered, as after a crash
+                reg.register("aio/gone", [address], credential="c", lease=60)
+                async def send_and_flush() -> None:
+                    await peer.send("aio/gone", "second", timeout=3)   # may be written
+                    await peer.flush(3)
+                task = asyncio.ensure_future(
+                    send_and_flush() if call == "send"
+                    else peer.request("aio/gone", "second", timeout=3))
+                await _runs_while(task)
+                with pytest.raises(posa.Timeout, match="aio/gone"):
+                    await asyncio.wait_for(task, 30)
     run(main())

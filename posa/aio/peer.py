@@ -130,8 +130,12 @@ class Peer:
         fwd = self._sync.sender.forwarder()
         for recipient in recipients:
             if fwd not in self._hub.waiting and fwd.has_room(recipient):
+                failed: list[BaseException | None] = []
                 with fwd.lock:      # the common case: no wait, no other task to wake
-                    fwd.send_locked(recipient, body, Kind.SEND, headers, deadline)
+                    fwd.send_locked(recipient, body, Kind.SEND, headers, deadline, failed)
+                if failed:          # the link must be recovered: back off on the loop
+                    await drive(fwd.recovery_steps(recipient, deadline, failed[0]),
+                                fwd.lock, fwd, fwd.progress_mark, hub=self._hub)
             else:
                 await self._first_contact(fwd, recipient)
                 await drive(fwd.send_steps(recipient, body, Kind.SEND, headers,

@@ -53,10 +53,12 @@ class Flow:
         _targets: dict[str, Target]
 
         def send_locked(self, name: str, body: Any, kind: int,
-                        headers: dict[str, Any] | None, deadline: float) -> int: ...
+                        headers: dict[str, Any] | None, deadline: float,
+                        failed: list[BaseException | None] | None = None) -> int: ...
         def _open_target(self, name: str, deadline: float) -> Target: ...
-        def _recover(self, target: Target, deadline: float,
-                     cause: BaseException | None) -> None: ...
+        def open_steps(self, name: str, deadline: float) -> Steps[Target]: ...
+        def _recover_steps(self, target: Target, deadline: float,
+                           cause: BaseException | None) -> Steps[None]: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
         def _acked_steps(self, target: Target, deadline: float,
@@ -67,7 +69,19 @@ class Flow:
         """``send_locked`` as steps that wait for room in the window instead of
         blocking; returns the message's sequence number. Needs ``window`` ≥ 2."""
         yield from self.room_steps(name, deadline)
-        return self.send_locked(name, body, kind, headers, deadline)
+        failed: list[BaseException | None] = []
+        seq = self.send_locked(name, body, kind, headers, deadline, failed)
+        if failed:
+            yield from self.recovery_steps(name, deadline, failed[0])
+        return seq
+
+    def recovery_steps(self, name: str, deadline: float,
+                       cause: BaseException | None) -> Steps[None]:
+        """Re-resolve ``name``, reconnect and resend its backlog after ``cause``
+        (a failed write; None: a MOVED notice), as steps that yield each back-off."""
+        target = self._targets.get(name)
+        if target is not None:
+            yield from self._recover_steps(target, deadline, cause)
 
     def has_room(self, name: str) -> bool:
         """True if this forwarder sends to ``name`` already and one more message
@@ -83,6 +97,8 @@ class Flow:
                              "acknowledgement; give window=2 or more to send from an "
                              "event loop")
         target = self._targets.get(name)
+        if target is None:      # first contact: backs off without blocking too
+            target = yield from self.open_steps(name, deadline)
         while target is not None and len(target.out.unacked) >= self.window - 1:
             yield from self._progress_steps(target, deadline)
             target = self._targets.get(name)
@@ -121,8 +137,8 @@ class Flow:
         if len(target.batch) >= BATCH_MAX or target.batch_bytes >= self._batch_bytes:
             try:
                 target.write_batch()
-            except (TransportError, Timeout) as exc:
-                self._recover(target, deadline, exc)
+            except (TransportError, Timeout):
+                pass    # the caller's reply_steps recover the link and resend
         return seq
 
     def write_open(self) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -43,7 +43,7 @@ from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
-from posa.delivery.waiting import drive, run_held
+from posa.delivery.waiting import Steps, drive, run_held
 from posa.errors import (
     Closed,
     PosaError,
@@ -104,8 +104,11 @@ class Forwarder(Requesting, Flow):
             return self.send_locked(name, body, kind, headers, deadline)
 
     def send_locked(self, name: str, body: Any, kind: int,
-                    headers: dict[str, Any] | None, deadline: float) -> int:
-        """``send`` for a caller that holds ``lock`` (the hot path of ``Peer.send``)."""
+                    headers: dict[str, Any] | None, deadline: float,
+                    failed: list[BaseException | None] | None = None) -> int:
+        """``send`` for a caller that holds ``lock`` (the hot path of ``Peer.send``).
+        Given ``failed``, a recovery it needs (a failed write, a MOVED notice) is
+        not run here but its cause appended, for the caller's ``recovery_steps``."""
         target = self._targets.get(name)
         if target is None:
             target = self._open_target(name, deadline)
@@ -134,12 +137,18 @@ class Forwarder(Requesting, Flow):
             else:
                 target.write([frame])
         except (TransportError, Timeout) as exc:
+            if failed is not None:
+                failed.append(exc)
+                return seq
             self._recover(target, deadline, exc)
         polls = target.since_poll = target.since_poll + 1
         if polls >= ACK_EVERY or len(unacked) >= self.window:
             target.since_poll = 0
             self._poll(target)
             if target.moved is not None:
+                if failed is not None:
+                    failed.append(None)
+                    return seq
                 self._recover(target, deadline, None)
             while len(unacked) >= self.window:
                 self._await_progress(target, deadline)
@@ -159,7 +168,7 @@ class Forwarder(Requesting, Flow):
         drive(self.lock, self.flush_steps(deadline, names))
 
     def flush_steps(self, deadline: float, names: Collection[str] | None = None
-                    ) -> Generator[tuple[Connection, float], bool, None]:
+                    ) -> Steps[None]:
         """``flush`` as steps, driven like ``request_steps``."""
         try:
             self._batches.write_all()
@@ -169,7 +178,7 @@ class Forwarder(Requesting, Flow):
             yield from self._acked_steps(target, deadline, target.out.settled)
 
     def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool]
-                     ) -> Generator[tuple[Connection, float], bool, None]:
+                     ) -> Steps[None]:
         """Read ``target``'s acknowledgements until ``done()``, as steps: the backlog
         is resent when none came for ``ack_timeout`` s (or a MOVED hint came), and
         given up at ``deadline`` (a Timeout is final). The one waiting loop of
@@ -184,14 +193,14 @@ class Forwarder(Requesting, Flow):
             if target.out.acked != acked:       # progress: the stall clock restarts
                 acked, stall_until = target.out.acked, now + self.ack_timeout
             if now >= stall_until or target.moved is not None:
-                self._recover(target, deadline, None)
+                yield from self._recover_steps(target, deadline, None)
                 stall_until = time.monotonic() + self.ack_timeout
                 continue
             conn = target.conn
             try:
                 frame = conn.recv_nowait()
             except TransportError as exc:
-                self._recover(target, deadline, exc)
+                yield from self._recover_steps(target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
@@ -305,22 +314,35 @@ class Forwarder(Requesting, Flow):
 
     # -- resolving, connecting, recovering ----------------------------------
     def _open_target(self, name: str, deadline: float) -> Target:
+        return run_held(self.open_steps(name, deadline))
+
+    def open_steps(self, name: str, deadline: float) -> Steps[Target]:
+        """First contact with ``name`` (resolve, connect, retry until ``deadline``)
+        as steps; a driver that must not block runs them before ``send_locked``."""
+        target = self._targets.get(name)
+        if target is not None:
+            return target
         if self.closed:
             raise Closed(f"the forwarder of {self.name!r} is closed")
         if self._pid != os.getpid():
             raise Closed("this peer was created in the parent process; create peers "
                          "after fork, in the process that uses them")
-        address, epoch, conn = self._links.open(name, deadline)
+        address, epoch, conn = yield from self._links.open_steps(name, deadline)
         target = self._targets[name] = Target(
             name, address, epoch, conn, pinned=name in self._links.pins, sender=self.name,
             first_seq=self._seq_floor, codec=self._codec, authenticator=self._auth)
         return target
 
     def _recover(self, target: Target, deadline: float, cause: BaseException | None) -> None:
+        """``_recover_steps``, blocking (the caller holds ``lock``)."""
+        run_held(self._recover_steps(target, deadline, cause))
+
+    def _recover_steps(self, target: Target, deadline: float,
+                       cause: BaseException | None) -> Steps[None]:
         """Re-resolve ``target``, resend its backlog until ``deadline``, or give up."""
         self._poll(target)      # acknowledgements already received shrink the backlog
         try:
-            self._links.relink(target, deadline, cause, self._batch_bytes)
+            yield from self._links.relink_steps(target, deadline, cause, self._batch_bytes)
         except Timeout as exc:
             raise self._give_up(target, str(exc)) from None
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from posa import transport
 from posa.delivery.target import Target
+from posa.delivery.waiting import Steps
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
 from posa.transport.base import Connection, Options
 
@@ -43,18 +44,21 @@ _FAILED = (TransportError, Timeout, NameNotFound)
 
 
 class Retry:
-    """Backing off between tries until a deadline: ``wait`` sleeps before the
-    next try, or raises ``Timeout`` naming ``what`` and the last failure."""
+    """Backing off between tries until a deadline: ``pause`` says how long to
+    wait before the next try, or raises ``Timeout`` naming ``what`` and the
+    last failure."""
 
     def __init__(self, deadline: float, what: str) -> None:
         self.deadline, self.what, self.delay = deadline, what, 0.005
 
-    def wait(self, last: BaseException | None) -> None:
-        if time.monotonic() + self.delay >= self.deadline:
+    def pause(self, last: BaseException | None) -> float:
+        """The seconds to back off before the next try (a step yields them)."""
+        delay = self.delay
+        if time.monotonic() + delay >= self.deadline:
             raise Timeout(f"cannot deliver to {self.what}: {last}; gave up at the "
                           "message's deadline") from None
-        time.sleep(self.delay)  # back off before asking the registry again
-        self.delay = min(self.delay * 2, 0.2)
+        self.delay = min(delay * 2, 0.2)
+        return delay
 
 
 class Links:
@@ -95,10 +99,11 @@ class Links:
         raise TransportError(f"cannot reach {name!r} at any of its addresses: "
                              + "; ".join(failures or ["it has none"]))
 
-    def open(self, name: str, deadline: float) -> tuple[str, int, Connection]:
+    def open_steps(self, name: str, deadline: float) -> Steps[tuple[str, int, Connection]]:
         """First contact: resolve ``name`` and connect, retrying (re-resolving)
-        until ``deadline`` while the peer or the registry cannot be reached. An
-        unknown name raises ``NameNotFound`` at once."""
+        until ``deadline`` while the peer or the registry cannot be reached, as
+        steps that yield each back-off as ``(None, seconds)``. An unknown name
+        raises ``NameNotFound`` at once."""
         retry = Retry(deadline, repr(name))
         fresh = name in self._stale
         self._stale.discard(name)
@@ -114,7 +119,7 @@ class Links:
                 last: BaseException = exc
             except TransportError as exc:   # the peer, or the registry, unreachable
                 last = exc
-            retry.wait(last)
+            yield None, retry.pause(last)
             first, fresh = False, True
 
     def given_up(self, target: Target, why: str) -> Timeout:
@@ -145,11 +150,12 @@ class Links:
         for address in list(self._conns):
             self.drop(address)
 
-    def relink(self, target: Target, deadline: float, cause: BaseException | None,
-               batch_bytes: int) -> None:
+    def relink_steps(self, target: Target, deadline: float, cause: BaseException | None,
+                     batch_bytes: int) -> Steps[None]:
         """Re-resolve ``target`` (or follow its MOVED notice), reconnect if it
         must, and resend its backlog, retrying until ``deadline`` (then
-        ``Timeout``). A broken connection is replaced; a stuck one is kept."""
+        ``Timeout``), as steps that yield each back-off as ``(None, seconds)``.
+        A broken connection is replaced; a stuck one is kept."""
         retry = Retry(deadline, repr(target.name))
         hint, target.moved = target.moved, None
         last = cause
@@ -169,7 +175,7 @@ class Links:
             except _FAILED as exc:
                 last = exc
             hint = None                 # the notice led nowhere: ask the registry
-            retry.wait(last)
+            yield None, retry.pause(last)
 
     def _where(self, target: Target, hint: tuple[str, int] | None
                ) -> tuple[tuple[str, ...], int]:

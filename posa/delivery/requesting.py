@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import bounded
-from posa.delivery.waiting import drive
+from posa.delivery.waiting import Steps, drive
 from posa.errors import Timeout, TransportError, from_wire
-from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message, error_fields
 
 if TYPE_CHECKING:
@@ -47,8 +45,9 @@ class Requesting:
 
         def send_locked(self, name: str, body: Any, kind: int,
                         headers: dict[str, Any] | None, deadline: float) -> int: ...
-        def _recover(self, target: Target, deadline: float,
-                     cause: BaseException | None) -> None: ...
+        def _recover_steps(self, target: Target, deadline: float,
+                           cause: BaseException | None) -> Steps[None]: ...
+        def open_steps(self, name: str, deadline: float) -> Steps[Target]: ...
         def _drop_target(self, name: str) -> Target | None: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
@@ -64,7 +63,7 @@ class Requesting:
 
     def request_steps(self, name: str, body: Any, *, timeout: float,
                       headers: dict[str, Any] | None = None, failfast: bool = False
-                      ) -> Generator[tuple[Connection, float], bool, Message]:
+                      ) -> Steps[Message]:
         """A request as steps: it yields ``(connection, seconds)`` whenever it must
         wait for input, expects to be sent whether the connection became readable,
         and returns the reply. ``request`` drives it with ``select``; ``posa.aio``
@@ -75,6 +74,8 @@ class Requesting:
         time (``posa.delivery.budget``); the ``ttl`` header tells the recipient."""
         timeout = bounded(timeout)
         deadline = time.monotonic() + timeout
+        if name not in self._targets:
+            yield from self.open_steps(name, deadline)
         seq = self.send_request(name, body, deadline, headers)
         return (yield from self.reply_steps(name, seq, deadline, failfast=failfast))
 
@@ -93,8 +94,7 @@ class Requesting:
         return self.send_locked(name, body, _REQUEST, hdrs, deadline)
 
     def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
-                    stall: float | None = None
-                    ) -> Generator[tuple[Connection, float], bool, Message]:
+                    stall: float | None = None) -> Steps[Message]:
         """Wait for the reply to request ``seq`` sent to ``name``, as steps.
 
         Until the request is acknowledged it is resent (by way of the name, which
@@ -126,8 +126,9 @@ class Requesting:
                 if not conn.pending() and not (yield conn, wait):
                     if not acked and target.out.unacked and target.out.first_unacked() <= seq:
                         # not delivered yet: resend, within the stall if there is one
-                        self._recover(target, deadline if stall is None
-                                      else min(deadline, heard + stall), None)
+                        yield from self._recover_steps(
+                            target, deadline if stall is None
+                            else min(deadline, heard + stall), None)
                     continue
                 frame = conn.recv_nowait()
             except TransportError as exc:
@@ -137,7 +138,7 @@ class Requesting:
                     raise TransportError(f"lost the connection to {name!r} at "
                                          f"{target.address} while waiting for a reply: "
                                          f"{exc}") from None
-                self._recover(target, deadline, exc)
+                yield from self._recover_steps(target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
