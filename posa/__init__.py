@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     )
     from posa.work.pipeline import Pipeline, Stage
     from posa.work.queue import WorkQueue
-    from posa.work.sources import DirectorySource, ListSource
     from posa.work.scaling import ScalingAdvisor
+    from posa.work.sources import DirectorySource, ListSource
     from posa.work.worker import Item, Worker
 
 __version__ = "0.1.0"
