@@ -51,7 +51,7 @@ from posa.work.scaling import Recommendation, ScalingAdvisor
 from posa.work.sources import Feeder, Source
 from posa.work.sqlitestore import SqliteStore
 from posa.work.state import DEAD, DONE, PENDING, WorkState
-from posa.work.store import QueueStore
+from posa.work.store import Committer, QueueStore
 
 __all__ = ["WorkQueue"]
 
@@ -102,6 +102,8 @@ class WorkQueue:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._held = Held()
+        self._committer = (None if self.store is None
+                           else Committer(self.store, self.state.take_changes))
         self._listed = source is None
         self._closed = self._draining = False
         self._ops = QUEUE.bind(self)
@@ -217,12 +219,9 @@ class WorkQueue:
             self.store.close()
 
     def _commit_locked(self) -> None:
-        """Write the state's changes to the store (one transaction), before any
-        request they answer is answered."""
-        if self.store is not None:
-            changes = self.state.take_changes()
-            if changes:
-                self.store.write(changes)
+        """Write the state's changes (``Committer``) before answering what they answer."""
+        if self._committer is not None:
+            self._committer.commit()
 
     # -- what the source's feeder asks (its thread) ------------------------------
     def _wants(self, key: str) -> bool:

@@ -28,12 +28,12 @@ Pure: no I/O here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Change", "DeadLetter", "StoredItem", "Snapshot", "QueueStore", "MemoryStore",
-           "PENDING", "LEASED", "DONE", "DEAD"]
+           "Committer", "PENDING", "LEASED", "DONE", "DEAD"]
 
 PENDING = "pending"
 LEASED = "leased"
@@ -88,6 +88,25 @@ class QueueStore(Protocol):
         """Release the store (further writes are an error)."""
 
 
+class Committer:
+    """Writes a state's journal (``take_changes``) to ``store``, one batch per
+    ``commit``. A write that fails raises, and its changes are written first
+    by the next ``commit``: a later success means everything before it is
+    stored, so no request is answered while a change it depends on is not."""
+
+    def __init__(self, store: QueueStore, take_changes: Callable[[], list[Change]]) -> None:
+        self.store = store
+        self._take = take_changes
+        self._unwritten: list[Change] = []
+
+    def commit(self) -> None:
+        changes = self._unwritten + self._take()
+        if changes:
+            self._unwritten = changes
+            self.store.write(changes)
+            self._unwritten = []
+
+
 class MemoryStore:
     """A store in this process's memory: it survives a queue's ``close`` and a
     new queue given the same store (tests, or a queue restarted in place), not
@@ -128,6 +147,7 @@ class MemoryStore:
     def _dead(self, key: Hashable, attempts: int, reason: str) -> None:
         item = self.items.pop(key)
         self._finish(key, DEAD)
+        self.dead.pop(key, None)                # a letter kept before moves to the end
         self.dead[key] = DeadLetter(key, item.data, attempts, reason)
 
     def _undead(self, key: Hashable) -> None:
