@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from posa.work.sqlitestore import SqliteStore
 from tests.support import ROOT, start_dispatcher
 
 pytestmark = pytest.mark.timeout(600)
@@ -197,6 +196,7 @@ def test_sigkilled_queue_loses_no_accepted_item(tmp_path: Path) -> None:
 
 def _check(store: Path, n: int, done_lines: list[str], executions: Counter[str]) -> None:
     keys = {f"k{i:05d}" for i in range(n)}
+    from posa.work.sqlitestore import SqliteStore  # not on main: tests fail there first
     opened = SqliteStore(store)
     snapshot = opened.load()
     opened.close()
