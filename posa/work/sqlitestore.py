@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -40,31 +40,42 @@ __all__ = ["SqliteStore", "SYNCHRONOUS"]
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, data BLOB, "
-    "attempts INTEGER NOT NULL, token INTEGER NOT NULL, worker TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS finished (key TEXT PRIMARY KEY, status TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS dead (key TEXT PRIMARY KEY, data BLOB, "
-    "attempts INTEGER NOT NULL, reason TEXT NOT NULL)",
+_SCHEMA = (      # WITHOUT ROWID: one b-tree per table, keyed by the item's key
+    "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+    "data BLOB, attempts INTEGER NOT NULL, token INTEGER NOT NULL, worker TEXT NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS finished (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+    "status TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS dead (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, data BLOB, "
+    "attempts INTEGER NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID",
 )
+CHECKPOINT_PAGES = 10_000   # WAL pages (4 KiB) between checkpoints: fewer flushes of the file
 
-def _key(change: Change) -> tuple[Any]:
+Params = Callable[[Change, Iterator[int]], tuple[Any, ...]]
+
+
+def _key(change: Change, seq: Iterator[int]) -> tuple[Any, ...]:
     return (change[1],)
 
 
-# each change kind: the statements it runs, and how a change becomes their parameters
-_STATEMENTS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "add": (("INSERT OR REPLACE INTO items VALUES (?, ?, 0, 0, '')",
-             lambda c: (c[1], _pack(c[2]))),),
+def _key_seq(change: Change, seq: Iterator[int]) -> tuple[Any, ...]:
+    return (change[1], next(seq))
+
+
+# each change kind: its statements, and how a change (and the next sequence
+# number, which orders the rows as they came) become their parameters
+_STATEMENTS: dict[str, tuple[tuple[str, Params], ...]] = {
+    "add": (("INSERT OR REPLACE INTO items VALUES (?, ?, ?, 0, 0, '')",
+             lambda c, seq: (c[1], next(seq), _pack(c[2]))),),
     "lease": (("UPDATE items SET token = ?, attempts = ?, worker = ? WHERE key = ?",
-               itemgetter(2, 3, 4, 1)),),
+               lambda c, seq: (c[2], c[3], c[4], c[1])),),
     "release": (("UPDATE items SET worker = '' WHERE key = ?", _key),),
     "done": (("DELETE FROM items WHERE key = ?", _key),
-             ("INSERT OR REPLACE INTO finished VALUES (?, 'done')", _key)),
-    "dead": (("INSERT OR REPLACE INTO dead SELECT key, data, ?, ? FROM items WHERE key = ?",
-              itemgetter(2, 3, 1)),
+             ("INSERT OR REPLACE INTO finished VALUES (?, ?, 'done')", _key_seq)),
+    "dead": (("INSERT OR REPLACE INTO dead SELECT key, ?, data, ?, ? FROM items WHERE key = ?",
+              lambda c, seq: (next(seq), c[2], c[3], c[1])),
              ("DELETE FROM items WHERE key = ?", _key),
-             ("INSERT OR REPLACE INTO finished VALUES (?, 'dead')", _key)),
+             ("INSERT OR REPLACE INTO finished VALUES (?, ?, 'dead')", _key_seq)),
     "undead": (("DELETE FROM dead WHERE key = ?", _key),),
     "drop": (("DELETE FROM dead WHERE key = ?", _key),),
     "forget": (("DELETE FROM finished WHERE key = ?", _key),),
@@ -114,10 +125,14 @@ class SqliteStore:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"WAL mode is not available ({mode})")
         db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         db.execute("BEGIN IMMEDIATE")       # takes the exclusive lock now
         for statement in _SCHEMA:
             db.execute(statement)
         db.execute("COMMIT")
+        top = max(db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0]
+                  for table in ("items", "finished", "dead"))
+        self._seq = itertools.count(top + 1)
 
     def load(self) -> Snapshot:
         """Everything held: items in the order they came, finished keys and dead
@@ -125,13 +140,14 @@ class SqliteStore:
         db = self._db
         items = [StoredItem(key, _unpack(data), attempts, token, worker)
                  for key, data, attempts, token, worker
-                 in db.execute("SELECT * FROM items ORDER BY rowid")]
+                 in db.execute("SELECT key, data, attempts, token, worker FROM items "
+                               "ORDER BY seq")]
         finished: list[tuple[Hashable, str]] = [
             (key, status) for key, status
-            in db.execute("SELECT key, status FROM finished ORDER BY rowid")]
+            in db.execute("SELECT key, status FROM finished ORDER BY seq")]
         dead = [DeadLetter(key, _unpack(data), attempts, reason)
                 for key, data, attempts, reason
-                in db.execute("SELECT * FROM dead ORDER BY rowid")]
+                in db.execute("SELECT key, data, attempts, reason FROM dead ORDER BY seq")]
         return Snapshot(items, finished, dead)
 
     def write(self, changes: Sequence[Change]) -> None:
@@ -140,14 +156,14 @@ class SqliteStore:
         (nothing applied) if the database cannot be written."""
         if not changes:
             return
-        db = self._db
+        db, seq = self._db, self._seq
         try:
             db.execute("BEGIN")
             try:
                 for kind, run in itertools.groupby(changes, itemgetter(0)):
                     batch = list(run)
                     for sql, params in _STATEMENTS[kind]:
-                        db.executemany(sql, [params(c) for c in batch])
+                        db.executemany(sql, [params(c, seq) for c in batch])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
