@@ -33,7 +33,7 @@ from tests.support import ROOT, start_dispatcher
 
 pytestmark = pytest.mark.timeout(600)
 
-ROUNDS = int(os.environ.get("POSA_CRASH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("POSA_CRASH_ROUNDS", "5"))      # the run: 20
 SEED = int(os.environ.get("POSA_CRASH_SEED", str(random.SystemRandom().randrange(10**6))))
 BATCH = 5
 ITEMS_PER_ROUND = 40
