@@ -183,7 +183,7 @@ def test_a_stalled_program_is_killed_with_its_process_group_at_its_timeout(
     with WorkQueue("jobs/stall", registry=registry, listen="tcp://127.0.0.1:0",
                    max_attempts=1, on_dead=dead) as queue:
         worker = Proc.posa("worker", "--queue", "jobs/stall", "--dispatcher", dispatcher,
-                           "--timeout", "1", "--", "sh", "-c",
+                           "--timeout", "3", "--", "sh", "-c",
                            f'sleep 600 & echo $$ $! > "{pids}"; wait')
         try:
             worker.expect("worker ")
@@ -191,7 +191,7 @@ def test_a_stalled_program_is_killed_with_its_process_group_at_its_timeout(
             dead.wait(1, timeout=60)
         finally:
             worker.close()
-    assert "still ran after 1 s: its process group was killed" in dead.calls[0][1]
+    assert "still ran after 3 s: its process group was killed" in dead.calls[0][1]
     for pid in map(int, pids.read_text().split()):         # the shell and its child
         assert _gone(pid), f"process {pid} of the stalled program survived"
 
