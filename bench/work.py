@@ -6,7 +6,11 @@
   each; ``work`` returns it) and times until ``join`` sees them all done, so
   the rate covers hand-out, the work call, acknowledgement and bookkeeping.
   The machine may have fewer cores than processes: the curve shows where the
-  queue process, not the workers, sets the pace.
+  queue process, not the workers, sets the pace.  The durable rows run the
+  same with the queue's items in a SQLite store (``store=``, WAL) on the run's
+  temporary directory: ``synchronous=NORMAL`` (the default: survives the
+  process being killed) and ``FULL`` (an fsync per transaction: survives a
+  power cut), each against the in-memory row.
 - Master-slave: the TSP example's job (40 cities, n random tours in 8
   subtasks) run by a ``Master`` process on 1, then 2 ``Slave`` processes; one
   small job first, untimed, so that lanes and connections exist.  The rows
@@ -26,6 +30,7 @@ from bench import Bench, Column, Goal
 from bench.common import HARD_LIFETIME_S, MAX_MEASURE_S, emit, now, ready, wait_release
 from posa.work.masterslave import Master, Slave
 from posa.work.queue import WorkQueue
+from posa.work.sqlitestore import SqliteStore
 from posa.work.worker import Item, Worker
 
 MODULE = "bench.work"
@@ -55,12 +60,14 @@ def _tsp() -> ModuleType:
 
 
 # ------------------------------------------------------------- process roles
-def role_queue(dispatcher: str, name: str, listen: str, n: int) -> None:
+def role_queue(dispatcher: str, name: str, listen: str, n: int, store: str = "",
+               sync: str = "NORMAL") -> None:
     """Waits for the runner's go (a line on stdin), puts n items, joins them, reports,
     and stays up until released, so that the workers can stop cleanly first."""
     with posa.RegistryClient(dispatcher) as reg:
         with WorkQueue(name, registry=reg, listen=listen, max_in_flight=10_000,
-                       capacity=max(100_000, n)) as queue:
+                       capacity=max(100_000, n),
+                       store=SqliteStore(store, synchronous=sync) if store else None) as queue:
             ready()
             wait_release()
             items = {f"i{i}": i for i in range(n)}
@@ -114,12 +121,13 @@ def role_master(dispatcher: str, slaves: str, tours: int) -> None:
 
 
 # ------------------------------------------------------------------ the rows
-def _queue(workers: int) -> Callable[[Any, int], dict[str, Any]]:
+def _queue(workers: int, sync: str = "") -> Callable[[Any, int], dict[str, Any]]:
     def run(ctx: Any, n: int) -> dict[str, Any]:
         dispatcher = ctx.dispatcher()
         name = f"bench/queue-{secrets.token_hex(3)}"
+        store = os.path.join(ctx.tmpdir, f"{name.rsplit('/', 1)[1]}.db") if sync else ""
         queue = ctx.spawn(MODULE, "queue", hold=True, dispatcher=dispatcher, name=name,
-                          listen=ctx.address("tcp"), n=n)
+                          listen=ctx.address("tcp"), n=n, store=store, sync=sync or "NORMAL")
         queue.wait_ready()
         procs = [ctx.spawn(MODULE, "worker", hold=True, dispatcher=dispatcher,
                            name=f"{name}/w{i}", queue=name, listen=ctx.address("tcp"),
@@ -165,6 +173,14 @@ BENCHES = [
     Bench("work_queue_4", f"WorkQueue → 4 Worker processes, trivial items, prefetch {PREFETCH}",
           _queue(4), N_ITEMS, QUEUE_COLUMNS, versus="work_queue_1",
           note="items/s from put() until join() saw every item done; ratio against 1 worker"),
+    Bench("work_queue_1_durable", f"WorkQueue (SQLite store, synchronous=NORMAL) → 1 Worker "
+          f"process, prefetch {PREFETCH}", _queue(1, "NORMAL"), N_ITEMS, QUEUE_COLUMNS,
+          versus="work_queue_1"),
+    Bench("work_queue_1_full", f"WorkQueue (SQLite store, synchronous=FULL) → 1 Worker "
+          f"process, prefetch {PREFETCH}", _queue(1, "FULL"), N_ITEMS, QUEUE_COLUMNS,
+          versus="work_queue_1_durable",
+          note="durable rows: one transaction per worker request (16 acks + 16 leases); "
+               "FULL adds an fsync to each; ratios against in-memory and NORMAL"),
     Bench("work_tsp_1", "Master → 1 Slave process, TSP example (40 cities, 8 subtasks)",
           _tsp_row(1), N_TOURS, TSP_COLUMNS),
     Bench("work_tsp_2", "Master → 2 Slave processes, TSP example (40 cities, 8 subtasks)",
@@ -172,4 +188,8 @@ BENCHES = [
           note="n = tours sampled; the ratio against 1 slave is the speed-up"),
 ]
 
-GOALS: list[Goal] = []          # a scaling curve and a speed-up: reported, not judged
+GOALS: list[Goal] = [          # the scaling curve and the speed-up are reported, not judged
+    Goal("work-durable", "issue 17", "durable WorkQueue (SQLite, NORMAL) items/s ≥ 0.5× "
+         "in-memory", ("work_queue_1_durable", "items_per_s"), ("work_queue_1", "items_per_s"),
+         ">=", 0.5),
+]

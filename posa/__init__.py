@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     )
     from posa.work.pipeline import Pipeline, Stage
     from posa.work.queue import WorkQueue
+    from posa.work.scaling import ScalingAdvisor
     from posa.work.sources import DirectorySource, ListSource
-    from posa.work.state import ScalingAdvisor
     from posa.work.worker import Item, Worker
 
 __version__ = "0.1.0"
@@ -99,7 +99,7 @@ _LAZY = {
     "WorkQueue": "posa.work.queue",
     **dict.fromkeys(["Worker", "Item"], "posa.work.worker"),
     **dict.fromkeys(["ListSource", "DirectorySource"], "posa.work.sources"),
-    "ScalingAdvisor": "posa.work.state",
+    "ScalingAdvisor": "posa.work.scaling",
     "submit": "posa.work.client",
     **dict.fromkeys(["Pipeline", "Stage"], "posa.work.pipeline"),
     **dict.fromkeys(["Acl", "HmacAuthenticator", "Keyring"], "posa.security"),

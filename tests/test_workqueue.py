@@ -21,8 +21,9 @@ from posa.work.client import submit
 from posa.work.progress import progress_bar, render_progress
 from posa.work.protocol import QUEUE, next_request
 from posa.work.queue import WorkQueue
+from posa.work.scaling import ScalingAdvisor
 from posa.work.sources import DirectorySource, ListSource
-from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, ScalingAdvisor, WorkState
+from posa.work.state import DEAD, DONE, LEASED, PENDING, Lease, WorkState
 from posa.work.worker import Item, Worker
 from tests.support import ROOT, Proc
 

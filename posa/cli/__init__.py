@@ -6,6 +6,8 @@
     posa send NAME JSON --dispatcher ADDR              one-way message to a name
     posa request NAME JSON --dispatcher ADDR           request; prints the reply
     posa channel NAME --dispatcher ADDR                an event channel
+    posa queue NAME --store PATH --dispatcher ADDR     a work queue (durable with --store)
+    posa worker --queue NAME -- COMMAND ARGS...        a program run per item of a queue
     posa progress QUEUE --dispatcher ADDR              a work queue's progress
     posa keygen KEY-ID [--file FILE]                   a new secret key
 
@@ -13,7 +15,7 @@ Exit codes: 0 success, 1 a posa error, 2 bad usage, 3 name not found,
 4 timeout, 5 unauthorized.  ``--json`` prints machine-readable output.
 
 One module per command group (``dispatcher``, ``names``, ``keys``, ``channel``,
-``queue``), each with ``add_parser(subparsers)`` that sets ``run`` on its
+``queue``, ``worker``), each with ``add_parser(subparsers)`` that sets ``run`` on its
 subcommands; this package builds the parser from them, runs the chosen
 command, and maps posa's errors to the exit codes.  The groups are imported
 when the parser is built, so importing ``posa.cli`` (or one group) is cheap and
@@ -36,7 +38,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 
 
 # the command groups, in the order ``posa --help`` lists them
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.channel", "posa.cli.queue",
-           "posa.cli.keys")
+           "posa.cli.worker", "posa.cli.keys")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),

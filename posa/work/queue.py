@@ -13,26 +13,29 @@ The roles of the work-queue pattern, on posa peers:
 
 The requests it answers are those of ``posa.work.protocol.QUEUE``, dispatched
 through that table to the ``_op_<name>`` methods. A worker's acknowledgements
-ride on its request for the next items, so a busy worker costs one round trip
-per item (or per ``prefetch`` items). With nothing pending, the queue holds a
-``next`` request for up to ``wait`` seconds and answers it as soon as an item
-comes (a long poll: no busy polling). ``put`` takes the items that fit and
-leaves the rest to be sent again.
+ride on its request for the next items (one round trip per item, or per
+``prefetch`` items); with nothing pending a ``next`` is held (``posa.work.held``).
+With a ``store`` (``posa.work.store``) every change a request makes is written
+in one transaction before the request is answered, so an item ``put``
+acknowledged survives the queue process (docs/work.md, "What survives what").
+Draining (``stop_accepting``, on SIGTERM under ``serve_until_signalled``):
+new items are refused with ``Rejected``, nothing more is handed out, workers'
+acknowledgements are still taken until ``in_flight()`` is 0.
 
 Strategy: the state is touched under one lock, briefly, by the request handler
 (on the reactor thread), by the reactor timer that expires leases and held
-requests, and by the source's feeder thread; replies and user callbacks run
-after the lock is released. Completion is idempotent (the first
-acknowledgement of a key wins; later ones are counted as duplicates), so a
-worker that dies after finishing but before acknowledging costs a second
-execution, never a second completion.
+requests, and by the source's feeder thread; the store is written under the
+same lock, replies and user callbacks run after it is released. Completion is
+idempotent (the first acknowledgement of a key wins), so a worker that dies
+after finishing but before acknowledging costs a second execution, never a
+second completion.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,17 +43,21 @@ from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
 from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Message
+from posa.work.held import Held, lease_rows
+from posa.work.pace import Pace
 from posa.work.progress import finished, render_progress
 from posa.work.protocol import MAX_ITEMS, MAX_WAIT, QUEUE, items_reply
+from posa.work.scaling import Recommendation, ScalingAdvisor
 from posa.work.sources import Feeder, Source
-from posa.work.state import DEAD, DONE, PENDING, Recommendation, ScalingAdvisor, WorkState
+from posa.work.sqlitestore import SqliteStore
+from posa.work.state import DEAD, DONE, PENDING, WorkState
+from posa.work.store import Committer, QueueStore
 
 __all__ = ["WorkQueue"]
 
 log = logging.getLogger("posa.work.queue")
 
 TICK = 0.05             # seconds between lease-expiry checks
-ACTIVE = 10.0           # a worker seen within this many seconds counts as active
 
 
 class WorkQueue:
@@ -63,6 +70,11 @@ class WorkQueue:
     ``on_dead(key, reason)`` once per item given up, and
     ``on_scale(recommendation)`` when the advised number of workers changes,
     all on the reactor thread: keep them quick, never block in them.
+
+    ``store``: where items are kept (a ``QueueStore``, or a path for a
+    ``SqliteStore``; None keeps them in memory only); the queue restores what
+    it holds. ``credential`` owns the name: give a restarted queue the same one
+    and it takes its name over at once.
     """
 
     def __init__(self, name: str, *, source: Source | None = None,
@@ -70,28 +82,38 @@ class WorkQueue:
                  visibility: float = 30.0, max_in_flight: int = 1000,
                  max_attempts: int = 3, capacity: int = 100_000,
                  remember: int = 1_000_000, max_dead: int = 10_000, refresh: float = 5.0,
+                 store: QueueStore | str | os.PathLike[str] | None = None,
+                 credential: str | None = None,
                  on_done: Callable[[str, Any], None] | None = None,
                  on_dead: Callable[[str, str], None] | None = None,
                  advisor: ScalingAdvisor | None = None,
                  on_scale: Callable[[Recommendation], None] | None = None) -> None:
         self.state = WorkState(visibility=visibility, max_in_flight=max_in_flight,
                                max_attempts=max_attempts, capacity=capacity,
-                               remember=remember, max_dead=max_dead)
-        self.advisor = advisor or ScalingAdvisor()
+                               remember=remember, max_dead=max_dead,
+                               journal=store is not None)
+        self._owns_store = isinstance(store, (str, os.PathLike))
+        self.store = SqliteStore(store) if isinstance(store, (str, os.PathLike)) else store
+        self.pace = Pace(advisor or ScalingAdvisor())
+        self.advisor = self.pace.advisor
         self.on_done = on_done
         self.on_dead = on_dead
         self.on_scale = on_scale
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._waiters: deque[tuple[Message, int, float]] = deque()
-        self._seen: dict[str, float] = {}
-        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=40)
-        self._advice: Recommendation | None = None
-        self._advised_at = 0.0
+        self._held = Held()
+        self._committer = (None if self.store is None
+                           else Committer(self.store, self.state.take_changes))
         self._listed = source is None
-        self._closed = False
+        self._closed = self._draining = False
         self._ops = QUEUE.bind(self)
-        self.peer = Peer(name, registry=registry, listen=listen)
+        try:
+            if self.store is not None:
+                self.state.restore(self.store.load(), time.monotonic())
+            self.peer = Peer(name, registry=registry, listen=listen, credential=credential)
+        except BaseException:
+            self._close_store()
+            raise
         self.name = self.peer.name
         self._timer = self.peer.reactor.call_every(TICK, self._tick)
         self.peer.serve(self._handle)
@@ -127,9 +149,8 @@ class WorkQueue:
         return len(added)
 
     def metrics(self) -> dict[str, Any]:
-        """Progress and health: total, done, pending, in_flight, dead, failed,
-        expired, redelivered, duplicates, workers, waiting, rate (items/s),
-        progress (0..1) and the scaling advice."""
+        """Progress and health (docs/work.md, "Progress"): total, done, pending,
+        in_flight, dead, ..., rate (items/s), progress (0..1), scaling advice."""
         with self._lock:
             return self._metrics_locked(time.monotonic())
 
@@ -163,31 +184,55 @@ class WorkQueue:
         the source listed once); return the metrics. Raises ``Timeout``."""
         return self.wait_until(finished, timeout)
 
+    def stop_accepting(self) -> None:
+        """Drain: refuse new items (``Rejected``), stop listing the source, hand
+        out nothing more; workers' acknowledgements are still taken."""
+        with self._lock:
+            self._draining = True
+            self._changed.notify_all()
+
+    def in_flight(self) -> int:
+        """Items leased to workers now (a drain waits for them to be acknowledged)."""
+        with self._lock:
+            return self.state.n_leased
+
     def close(self) -> None:
-        """Stop handing out items, answer held requests, close the peer. Idempotent."""
+        """Answer held requests, close the peer and the store (items leased stay
+        leased there: handed out again a visibility after a restart). Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            waiters, self._waiters = list(self._waiters), deque()
+            waiters = self._held.release()
             self._changed.notify_all()
         self._timer.cancel()
-        for msg, _, _ in waiters:
+        for msg in waiters:
             self._reply_items(msg, [])
         if self._feeder is not None:
             self._feeder.stop(5.0)
         self.peer.close()
+        with self._lock:
+            self._close_store()
+
+    def _close_store(self) -> None:
+        if self.store is not None and self._owns_store:
+            self.store.close()
+
+    def _commit_locked(self) -> None:
+        """Write the state's changes (``Committer``) before answering what they answer."""
+        if self._committer is not None:
+            self._committer.commit()
 
     # -- what the source's feeder asks (its thread) ------------------------------
     def _wants(self, key: str) -> bool:
         """Whether ``key`` is new to the queue, once there is room for it: blocks
         while the queue is full. Raises ``Closed`` once the queue is closed."""
         with self._changed:
-            while (not self._closed and self.state.status(key) is None
-                   and self.state.room() <= 0):
+            while (not self._closed and not self._draining
+                   and self.state.status(key) is None and self.state.room() <= 0):
                 self._changed.wait(1.0)      # full: wait for completions
-            if self._closed:
-                raise Closed(f"the work queue {self.name!r} is closed")
+            if self._closed or self._draining:
+                raise Closed(f"the work queue {self.name!r} is closed or draining")
             return self.state.status(key) is None
 
     def _listed_once(self) -> None:
@@ -215,10 +260,8 @@ class WorkQueue:
     def _op_wake(self, msg: Message, fields: dict[str, Any]) -> Any:
         """Answer the sender's held request now (it is stopping)."""
         with self._lock:
-            mine = [w for w in self._waiters if w[0].sender == msg.sender]
-            for waiter in mine:
-                self._waiters.remove(waiter)
-        for held, _, _ in mine:
+            mine = self._held.release(msg.sender)
+        for held in mine:
             self._reply_items(held, [])
         return None
 
@@ -236,21 +279,22 @@ class WorkQueue:
         with self._lock:
             if self._closed:
                 raise Closed(f"the work queue {self.name!r} is closing")
-            self._seen[msg.sender] = now
+            self.pace.saw(msg.sender, now)
             completed, dead, returned = self._acknowledge_locked(fields["done"],
                                                                  fields["failed"])
-            leases = self.state.lease(msg.sender, now, max_items) if max_items else []
+            leases = (self.state.lease(msg.sender, now, max_items)
+                      if max_items and not self._draining else [])
             held = not leases and max_items > 0 and wait > 0
             if held:
-                self._waiters.append((msg, max_items, now + wait))
-            replies = self._serve_waiters_locked(now) if returned else []
+                self._held.hold(msg, max_items, now + wait)
+            replies = self._serve_held_locked(now) if returned else []
+            self._commit_locked()
             self._changed.notify_all()
         if completed or replies or dead:
             self._after(completed, replies, dead)
         if held:
             return DEFERRED
-        return {"items": [[lease.key, lease.token, lease.attempt, lease.data]
-                          for lease in leases], "visibility": self.state.visibility}
+        return {"items": lease_rows(leases), "visibility": self.state.visibility}
 
     def _acknowledge_locked(self, done: Sequence[list[Any]], failed: Sequence[list[Any]]
                             ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]], bool]:
@@ -278,6 +322,9 @@ class WorkQueue:
         with self._lock:
             if self._closed:
                 raise Closed(f"the work queue {self.name!r} is closed")
+            if self._draining:
+                raise Rejected(f"the work queue {self.name!r} is draining (shutting down) "
+                               "and takes no new items; submit them again once it is back")
             for key, data in items:
                 if self.state.status(key) is None and self.state.room() <= 0:
                     break
@@ -285,24 +332,15 @@ class WorkQueue:
                 if self.state.add(key, data):
                     added.append(key)
                     self.advisor.observe_arrival(now)
-            replies = self._serve_waiters_locked(now) if added else []
+            replies = self._serve_held_locked(now) if added else []
+            self._commit_locked()
             self._changed.notify_all()
         self._after([], replies)
         return accepted, added
 
-    def _serve_waiters_locked(self, now: float) -> list[tuple[Message, list[Any]]]:
-        """Lease to held requests, oldest first; answer those whose wait is over."""
-        replies = []
-        waiters = self._waiters
-        for _ in range(len(waiters)):
-            msg, max_items, until = waiters.popleft()
-            leases = self.state.lease(msg.sender, now, max_items)
-            if leases or until <= now:
-                replies.append((msg, [[lease.key, lease.token, lease.attempt, lease.data]
-                                      for lease in leases]))
-            else:
-                waiters.append((msg, max_items, until))
-        return replies
+    def _serve_held_locked(self, now: float) -> list[tuple[Message, list[Any]]]:
+        """Lease to held requests (nothing while draining); the answers to send."""
+        return self._held.serve(None if self._draining else self.state.lease, now)
 
     def _after(self, completed: list[tuple[str, Any]],
                replies: list[tuple[Message, list[Any]]],
@@ -310,20 +348,19 @@ class WorkQueue:
         for msg, items in replies:
             self._reply_items(msg, items)
         for key, result in completed:
-            self._callback(self.on_done, key, result)
+            self._call(self.on_done, key, result)
         for key, reason in dead:
             log.warning("queue %s: item %r given up after %d attempts: %s", self.name, key,
                         self.state.max_attempts, reason)
-            self._callback(self.on_dead, key, reason)
+            self._call(self.on_dead, key, reason)
 
-    def _callback(self, callback: Callable[[str, Any], None] | None, key: str,
-                  value: Any) -> None:
+    def _call(self, callback: Callable[..., None] | None, *args: Any) -> None:
         if callback is not None:
             try:
-                callback(key, value)
+                callback(*args)
             except Exception:
                 log.exception("queue %s: callback %r raised for %r", self.name, callback,
-                              key)
+                              args)
 
     def _reply_items(self, msg: Message, items: list[Any]) -> None:
         try:
@@ -334,55 +371,29 @@ class WorkQueue:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        advice = None
         with self._lock:
+            if self._closed:
+                return
             expired = self.state.expire(now)
             dead = [(str(key), self._last_reason(key)) for key, outcome in expired
                     if outcome == DEAD]
-            replies = self._serve_waiters_locked(now) if self._waiters else []
-            if expired or replies:
-                self._changed.notify_all()
-            if now - self._advised_at >= 1.0:
-                self._advised_at = now
-                done = self.state.counters["done"]
-                self._rate_samples.append((now, done))
-                for worker in [w for w, t in self._seen.items() if now - t > ACTIVE]:
-                    del self._seen[worker]
-                recommendation = self.advisor.recommend(len(self._seen), now)
-                if (self._advice is None or self._advice.workers != recommendation.workers):
-                    advice = recommendation
-                self._advice = recommendation
+            replies = self._serve_held_locked(now) if self._held else []
+            try:
+                self._commit_locked()
+            except PosaError:
+                log.exception("queue %s: expired leases not stored", self.name)
+            reviewed, advice = self.pace.review(now, self.state.counters["done"])
+            if expired or replies or reviewed:
                 self._changed.notify_all()
         self._after([], replies, dead)
-        if advice is not None and self._seen:
+        if advice is not None and self.pace.seen:
             log.info("queue %s: %d worker(s) advised: %s", self.name, advice.workers,
                      advice.reason)
-            if self.on_scale is not None:
-                try:
-                    self.on_scale(advice)
-                except Exception:
-                    log.exception("queue %s: on_scale raised", self.name)
+            self._call(self.on_scale, advice)
 
     def _last_reason(self, key: Hashable) -> str:
-        letter = self.state.dead_letter(key)
-        return letter.reason if letter is not None else "lease expired"
+        return getattr(self.state.dead_letter(key), "reason", "lease expired")
 
     def _metrics_locked(self, now: float) -> dict[str, Any]:
-        counts = self.state.counts()
-        total, done = counts["total"], counts["done"]
-        samples = self._rate_samples
-        rate = 0.0
-        if samples and now - samples[0][0] > 0:
-            rate = (done - samples[0][1]) / (now - samples[0][0])
-        return {
-            "name": self.name, "total": total, "done": done,
-            "pending": counts["pending"], "in_flight": counts["leased"],
-            "dead": counts["dead"], "failed": counts["failed"],
-            "expired": counts["expired"], "redelivered": counts["redelivered"],
-            "duplicates": counts["duplicate_adds"] + counts["duplicate_acks"],
-            "workers": sum(1 for t in self._seen.values() if now - t <= ACTIVE),
-            "waiting": len(self._waiters), "rate": rate,
-            "progress": (done + counts["dead"]) / total if total else 0.0,
-            "listed": self._listed,
-            "scaling": self._advice.as_dict() if self._advice is not None else None,
-        }
+        return self.pace.metrics(self.name, self.state.counts(), now,
+                                 waiting=len(self._held), listed=self._listed)

@@ -1,10 +1,16 @@
-"""The work queue's bookkeeping and its scaling rule (sans-IO: no threads, no clock).
+"""The work queue's bookkeeping (sans-IO: no threads, no clock, no storage).
 
 ``WorkState`` is the queue manager of the work-queue pattern: it knows every
 item it was given and whether the item waits, is leased to a worker, is done or
-was given up (dead-lettered).  ``ScalingAdvisor`` applies the rule for sizing
-the pool of workers.  Both take the time as an argument, so a test drives them
-with any sequence of events and any clock.
+was given up (dead-lettered).  It takes the time as an argument, so a test
+drives it with any sequence of events and any clock.  (The scaling rule is
+``posa.work.scaling``.)
+
+Durability without I/O: built with ``journal=True`` the state appends every
+change it makes to ``journal`` as a plain tuple (``posa.work.store`` names the
+kinds); whoever drives it hands ``take_changes()`` to a store in one
+transaction before it answers the request that caused them, and a restarted
+queue rebuilds the state from the store's ``Snapshot`` (``restore``).
 
 Item life cycle::
 
@@ -20,7 +26,9 @@ Invariants (tested with hypothesis):
 - a key is completed at most once: a second ``ack`` (a redelivered item that two
   workers finished, a retried acknowledgement) is counted as a duplicate and
   changes nothing — completion is idempotent;
-- at most ``max_in_flight`` items are leased at any time.
+- at most ``max_in_flight`` items are leased at any time;
+- the journal, replayed into a store and loaded back (``restore``), gives the
+  same items, attempts, leases, finished keys and dead letters.
 
 Strategy: ``_items`` maps each key not yet finished to its record; ``_pending``
 is a FIFO of keys with lazy deletion (an entry whose item is no longer pending
@@ -37,22 +45,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from posa.errors import Rejected
+from posa.work.store import DEAD, DONE, LEASED, PENDING, Change, DeadLetter, Snapshot
 
-__all__ = ["Lease", "DeadLetter", "WorkState", "Recommendation", "ScalingAdvisor",
-           "PENDING", "LEASED", "DONE", "DEAD"]
-
-PENDING = "pending"
-LEASED = "leased"
-DONE = "done"
-DEAD = "dead"
-
+__all__ = ["Lease", "DeadLetter", "WorkState", "PENDING", "LEASED", "DONE", "DEAD"]
 
 class Lease(NamedTuple):
     """One item handed to a worker; ``token`` names this lease for ``fail``/``extend``.
@@ -63,16 +63,6 @@ class Lease(NamedTuple):
     token: int
     attempt: int        # 1 for the first delivery, 2 for the first redelivery ...
     data: Any
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An item given up after ``attempts`` failed attempts; ``reason`` is the last."""
-
-    key: Hashable
-    data: Any
-    attempts: int
-    reason: str
 
 
 class _Item:
@@ -95,12 +85,14 @@ class WorkState:
     before an item is dead-lettered; ``capacity``: items pending or leased at
     most (``add`` beyond it raises ``Rejected``); ``remember``: finished keys kept
     to recognise duplicates (the oldest are forgotten first); ``max_dead``: dead
-    letters kept for inspection (the oldest are dropped first).
+    letters kept for inspection (the oldest are dropped first); ``journal``:
+    record every change in ``journal`` for a store (``take_changes``).
     """
 
     def __init__(self, *, visibility: float = 30.0, max_in_flight: int = 1000,
                  max_attempts: int = 3, capacity: int = 100_000,
-                 remember: int = 1_000_000, max_dead: int = 10_000) -> None:
+                 remember: int = 1_000_000, max_dead: int = 10_000,
+                 journal: bool = False) -> None:
         if not visibility > 0:
             raise ValueError("visibility must be a positive number of seconds")
         for label, value in (("max_in_flight", max_in_flight), ("max_attempts", max_attempts),
@@ -124,6 +116,43 @@ class WorkState:
         self.n_leased = 0
         self.counters = {"added": 0, "done": 0, "dead": 0, "failed": 0, "expired": 0,
                          "redelivered": 0, "duplicate_adds": 0, "duplicate_acks": 0}
+        self.journal: list[Change] | None = [] if journal else None
+
+    def take_changes(self) -> list[Change]:
+        """The changes journaled since the last call (empty without a journal)."""
+        changes = self.journal
+        if not changes:
+            return []
+        self.journal = []
+        return changes
+
+    def restore(self, snapshot: Snapshot, now: float) -> None:
+        """Take over what a store held (into an empty state): items leased then
+        are leased again until ``now + visibility`` under their old token, so
+        their workers may still acknowledge them; then they are handed out again.
+        Counters start over, with ``added``, ``done`` and ``dead`` counting what
+        was held, completed and given up before."""
+        if self._items or self._finished or self._dead:
+            raise ValueError("restore needs an empty state")
+        top = 0
+        for key, data, attempts, token, worker in snapshot.items:
+            item = self._items[key] = _Item(data)
+            item.attempts, item.token = attempts, token
+            top = max(top, token)
+            if worker:
+                item.status, item.worker = LEASED, worker
+                item.deadline = now + self.visibility
+                heapq.heappush(self._heap, (item.deadline, token, key))
+                self.n_leased += 1
+            else:
+                self._pending.append(key)
+                self.n_pending += 1
+        self._finished.update(snapshot.finished)
+        self._dead.update((letter.key, letter) for letter in snapshot.dead)
+        self._tokens = itertools.count(top + 1)
+        done = sum(1 for status in self._finished.values() if status == DONE)
+        self.counters.update(added=len(self._items) + done + len(self._dead), done=done,
+                             dead=len(self._dead))
 
     # -- queries ---------------------------------------------------------------
     def status(self, key: Hashable) -> str | None:
@@ -180,6 +209,8 @@ class WorkState:
         self._pending.append(key)
         self.n_pending += 1
         self.counters["added"] += 1
+        if self.journal is not None:
+            self.journal.append(("add", key, data))
         return True
 
     def lease(self, worker: str, now: float, max_items: int = 1) -> list[Lease]:
@@ -189,6 +220,7 @@ class WorkState:
         leases: list[Lease] = []
         pending, items = self._pending, self._items
         deadline = now + self.visibility
+        journal = self.journal
         while len(leases) < n:
             key = pending.popleft()
             item = items.get(key)
@@ -205,6 +237,8 @@ class WorkState:
             self.n_leased += 1
             self._push(deadline, item.token, key)
             leases.append(Lease(key, item.token, item.attempts, item.data))
+            if journal is not None:
+                journal.append(("lease", key, item.token, item.attempts, worker))
         return leases
 
     def ack(self, key: Hashable) -> str:
@@ -219,6 +253,7 @@ class WorkState:
                 return "duplicate"
             if self._finished.get(key) == DEAD:
                 self._dead.pop(key, None)             # late success of a given-up item
+                self._record("undead", key)
                 self.counters["dead"] -= 1
                 self._finish(key, DONE)
                 self.counters["done"] += 1
@@ -273,6 +308,8 @@ class WorkState:
         if letter is None:
             return False
         del self._finished[key]
+        self._record("undead", key)
+        self._record("forget", key)
         self.counters["dead"] -= 1
         self.counters["added"] -= 1
         return self.add(key, letter.data)
@@ -287,14 +324,16 @@ class WorkState:
         self.n_leased -= 1
         if item.attempts >= self.max_attempts:
             del self._items[key]
+            self._record("dead", key, item.attempts, reason)
             self._finish(key, DEAD)
             self._dead[key] = DeadLetter(key, item.data, item.attempts, reason)
             if len(self._dead) > self.max_dead:
-                self._dead.popitem(last=False)
+                self._record("drop", self._dead.popitem(last=False)[0])
             self.counters["dead"] += 1
             return DEAD
         item.status = PENDING
         item.worker = ""
+        self._record("release", key)
         self._pending.append(key)
         self.n_pending += 1
         return PENDING
@@ -303,8 +342,14 @@ class WorkState:
         finished = self._finished
         finished[key] = status
         finished.move_to_end(key)
+        if status == DONE and self.journal is not None:
+            self.journal.append(("done", key))
         if len(finished) > self.remember:
-            finished.popitem(last=False)
+            self._record("forget", finished.popitem(last=False)[0])
+
+    def _record(self, *change: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(change)
 
     def _push(self, deadline: float, token: int, key: Hashable) -> None:
         heap = self._heap
@@ -312,87 +357,3 @@ class WorkState:
             heap[:] = [entry for entry in heap if self._live_entry(*entry)]
             heapq.heapify(heap)
         heapq.heappush(heap, (deadline, token, key))
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """What the advisor recommends and why (``reason`` is for people)."""
-
-    workers: int                    # recommended number of workers
-    current: int                    # the number it was given
-    mean_interval: float | None     # seconds between arrivals, on average
-    mean_processing: float | None   # seconds to process one item (queue time excluded)
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"workers": self.workers, "current": self.current,
-                "mean_interval": self.mean_interval,
-                "mean_processing": self.mean_processing, "reason": self.reason}
-
-
-class ScalingAdvisor:
-    """Sizes a pool of workers from the mean arrival interval and processing time.
-
-    The rule: a queue is stable when the mean processing time divided by the
-    number of workers is below the mean interval between arrivals. Scale up to
-    the smallest count that satisfies it; scale down only as far as the
-    processing time per worker stays within ``headroom`` (90 %) of the interval,
-    so that a pool does not flap at the boundary. The means are taken over the
-    last ``window`` observations; the interval is measured up to ``now``, so a
-    burst followed by silence lengthens it as time passes.
-    """
-
-    def __init__(self, *, window: int = 1000, headroom: float = 0.9,
-                 min_workers: int = 1, max_workers: int = 64) -> None:
-        if not 0 < headroom < 1:
-            raise ValueError("headroom must be between 0 and 1 (e.g. 0.9)")
-        if not 1 <= min_workers <= max_workers:
-            raise ValueError("need 1 <= min_workers <= max_workers")
-        self.headroom = headroom
-        self.min_workers = min_workers
-        self.max_workers = max_workers
-        self._arrivals: deque[float] = deque(maxlen=window)
-        self._durations: deque[float] = deque(maxlen=window)
-        self._duration_sum = 0.0
-
-    def observe_arrival(self, now: float) -> None:
-        self._arrivals.append(now)
-
-    def observe_processing(self, seconds: float) -> None:
-        durations = self._durations
-        if len(durations) == durations.maxlen:
-            self._duration_sum -= durations[0]
-        durations.append(max(0.0, seconds))
-        self._duration_sum += durations[-1]
-
-    def recommend(self, current: int, now: float) -> Recommendation:
-        """The number of workers to run, given ``current`` running now."""
-        arrivals, durations = self._arrivals, self._durations
-        interval = (now - arrivals[0]) / len(arrivals) if arrivals else None
-        processing = self._duration_sum / len(durations) if durations else None
-        keep = self._clamp(current)
-        if interval is None or processing is None:
-            return Recommendation(keep, current, interval, processing,
-                                  "not enough data yet: need arrivals and finished items")
-        if interval <= 0:
-            return Recommendation(self.max_workers, current, interval, processing,
-                                  "items arrive all at once: use the most workers allowed")
-        per_worker = processing / max(current, 1)
-        if current < 1 or per_worker >= interval:
-            needed = self._clamp(math.floor(processing / interval) + 1)
-            return Recommendation(needed, current, interval, processing,
-                                  f"scale up: {processing:.3g} s per item / {current} "
-                                  f"worker(s) is not below the {interval:.3g} s between "
-                                  "arrivals")
-        enough = self._clamp(math.ceil(processing / (self.headroom * interval)))
-        if enough < current:
-            return Recommendation(enough, current, interval, processing,
-                                  f"scale down: {enough} worker(s) keep {processing:.3g} s "
-                                  f"per item within {self.headroom:.0%} of the "
-                                  f"{interval:.3g} s between arrivals")
-        return Recommendation(keep, current, interval, processing,
-                              f"steady: {per_worker:.3g} s per item per worker is below "
-                              f"the {interval:.3g} s between arrivals")
-
-    def _clamp(self, workers: int) -> int:
-        return min(max(workers, self.min_workers), self.max_workers)

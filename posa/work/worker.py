@@ -16,6 +16,11 @@ cannot be reached is asked again after a pause; acknowledgements that cannot
 be delivered are logged, and those items are handed out again by the queue
 (completion there is idempotent, so that costs a second execution, never a
 second completion).
+
+Draining (``stop_accepting``, as ``posa.ops.serve_until_signalled`` calls it on
+SIGTERM): the worker takes no more items, finishes those in hand and delivers
+their acknowledgements; ``in_flight()`` counts the items taken and not yet
+acknowledged, so a drain waits until the queue has them.
 """
 from __future__ import annotations
 
@@ -59,11 +64,14 @@ class Worker:
     every third of the queue's visibility timeout, so a slow item is not handed
     to a second worker while this one is alive. ``wait`` is how long one request
     may be held by an empty queue; ``timeout`` bounds a round trip beyond it.
+    ``credential`` owns the name: a restarted worker given the same one takes
+    its name over at once.
     """
 
     def __init__(self, name: str, queue: str, work: Callable[[Item], Any], *,
                  registry: Registry | None = None, listen: str | None = None,
-                 prefetch: int = 1, wait: float = 1.0, timeout: float = 5.0) -> None:
+                 prefetch: int = 1, wait: float = 1.0, timeout: float = 5.0,
+                 credential: str | None = None) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self.queue = queue
@@ -72,12 +80,13 @@ class Worker:
         self.wait = wait
         self.timeout = timeout
         self.stats = {"processed": 0, "failed": 0}
-        self.peer = Peer(name, registry=registry, listen=listen)
+        self.peer = Peer(name, registry=registry, listen=listen, credential=credential)
         self.name = self.peer.name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: dict[str, int] = {}          # key -> lease token, for heartbeats
         self._visibility = 30.0                     # until the queue tells its own
+        self._unsettled = 0                         # items taken, not yet acknowledged
 
     def __enter__(self) -> Worker:
         return self
@@ -104,6 +113,7 @@ class Worker:
                 if items is None:
                     continue                        # queue unreachable: retried
                 done, failed = [], []
+                self._unsettled = len(items)        # the earlier ones are acknowledged
                 if not items and until_idle:
                     break
                 if heart is None:
@@ -115,6 +125,7 @@ class Worker:
             if done or failed:
                 self._flush(done, failed)
         finally:
+            self._unsettled = 0
             beating.set()
             if heart is not None:
                 heart.join(5.0)
@@ -131,17 +142,31 @@ class Worker:
         """Finish the items in hand, acknowledge them and return from ``run``."""
         self._stop.set()
 
+    def stop_accepting(self) -> None:
+        """Drain: take no more items; those in hand are finished and acknowledged
+        (``in_flight`` counts them), then ``run`` returns."""
+        self.stop()
+        self._wake()
+
+    def in_flight(self) -> int:
+        """Items taken from the queue and not yet acknowledged to it."""
+        return self._unsettled
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop, wait up to ``timeout`` for the items in hand, close the peer."""
         self.stop()
         if self._thread is not None:
             if self._thread.is_alive():
-                try:                                # cut short a request held empty
-                    self.peer.send(self.queue, QUEUE.request("wake"), timeout=1.0)
-                except PosaError:
-                    pass
+                self._wake()
             self._thread.join(timeout)
         self.peer.close()
+
+    def _wake(self) -> None:
+        """Cut short a request of ours that the queue holds while it is empty."""
+        try:
+            self.peer.send(self.queue, QUEUE.request("wake"), timeout=1.0)
+        except PosaError:
+            pass
 
     def _next(self, want: int, done: list[list[Any]],
               failed: list[list[Any]]) -> list[list[Any]] | None:
