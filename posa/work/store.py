@@ -21,8 +21,8 @@ The changes (``Change``), in the order the state made them:
 
 Implementations: ``MemoryStore`` here (the reference: what ``write`` means,
 and what a queue without a store behaves like, minus the cost) and
-``posa.work.sqlite.SqliteStore`` (on disk, the default for ``--store``). The
-contract is tested on both with the same journals (tests/test_workstore.py).
+``posa.work.sqlitestore.SqliteStore`` (on disk, the default for ``--store``). The
+contract is tested on both with the same journals (tests/test_workqueue_store.py).
 Pure: no I/O here.
 """
 from __future__ import annotations
