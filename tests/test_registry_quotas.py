@@ -26,11 +26,10 @@ import posa
 from posa.delivery.sender import Sender
 from posa.naming.pages import PAGE_BYTES, PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, registration_to_wire
-from posa.naming.quotas import RegistryQuotas
 from posa.naming.registration import resolver
 from posa.naming.table import RegistryTable
-from posa.security import HmacAuthenticator, Keyring, Rate
-from tests.support import ROOT, Proc, start_dispatcher
+from posa.security import HmacAuthenticator, Keyring, Quotas, Rate
+from tests.support import ROOT, start_dispatcher
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,7 +103,7 @@ def keyring() -> Keyring:
 
 def test_names_per_owner_count_a_key_across_connections_and_free_up(
         keyring: Keyring) -> None:
-    quotas = RegistryQuotas(max_names_per_owner=3)
+    quotas = Quotas(registry_names_per_owner=3)
     with posa.Dispatcher("tcp://127.0.0.1:0", quotas=quotas, authenticator=HmacAuthenticator(
             keyring, key_id="posa/dispatcher")) as dispatcher:
         address = dispatcher.address
@@ -129,7 +128,7 @@ def test_names_per_owner_count_a_key_across_connections_and_free_up(
 def test_registrations_per_second_are_bounded_per_connection() -> None:
     rate = Rate(0.001, 5)       # five at once, then one in 1,000 s: no refill in a test
     with posa.Dispatcher("tcp://127.0.0.1:0",
-                         quotas=RegistryQuotas(registration_rate=rate)) as dispatcher:
+                         quotas=Quotas(registry_rate=rate)) as dispatcher:
         with posa.RegistryClient(dispatcher.address, cache=False) as first, \
              posa.RegistryClient(dispatcher.address, cache=False) as second:
             for i in range(5):

@@ -43,19 +43,20 @@ def add_parser(subparsers: Any) -> None:
 
 def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
     """Registry quotas and reserved names (docs/security.md)."""
-    from posa.naming.quotas import REGISTRATION_RATE, RegistryQuotas
-    defaults = RegistryQuotas()
+    from posa.security import Quotas
+    defaults = Quotas()
     g = p.add_argument_group("registry quotas and reserved names (docs/security.md)")
-    g.add_argument("--max-names-per-owner", type=int, default=defaults.max_names_per_owner,
+    g.add_argument("--max-names-per-owner", type=int, default=defaults.registry_names_per_owner,
                    metavar="N", help="names one key (or one connection without a key) may "
                    "hold (default %(default)s)")
-    g.add_argument("--max-meta-bytes", type=int, default=defaults.max_meta_bytes,
+    g.add_argument("--max-meta-bytes", type=int, default=defaults.registry_meta_bytes,
                    metavar="BYTES", help="packed meta one name may carry (default "
                    "%(default)s, at most 65536)")
-    g.add_argument("--registration-rate", type=float, default=REGISTRATION_RATE.per_second,
+    rate = defaults.registry_rate
+    g.add_argument("--registration-rate", type=float, default=rate.per_second if rate else 0,
                    metavar="PER_SECOND", help="registrations per second per connection, "
                    "bursts of twice as many (default %(default)g; 0: no limit)")
-    g.add_argument("--max-names", type=int, default=defaults.max_names, metavar="N",
+    g.add_argument("--max-names", type=int, default=defaults.registry_names, metavar="N",
                    help="names the registry holds in all (default %(default)s)")
     g.add_argument("--reserved-key", action="append", default=[], metavar="KEY_ID",
                    help="a key that may register names under posa/ (a posa service of "
@@ -63,13 +64,14 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _registry_options(args: argparse.Namespace) -> dict[str, Any]:
-    from posa.naming.quotas import RegistryQuotas
-    from posa.security import Rate
+    from posa.naming.quotas import check_quotas
+    from posa.security import Quotas, Rate
     rate = args.registration_rate
     try:
-        quotas = RegistryQuotas(args.max_names_per_owner, args.max_meta_bytes,
-                                Rate(rate, max(1.0, 2 * rate)) if rate > 0 else None,
-                                args.max_names)
+        quotas = check_quotas(Quotas(
+            registry_names_per_owner=args.max_names_per_owner,
+            registry_meta_bytes=args.max_meta_bytes, registry_names=args.max_names,
+            registry_rate=Rate(rate, max(1.0, 2 * rate)) if rate > 0 else None))
     except ValueError as exc:
         raise PosaError(f"bad registry quota: {exc}") from None
     return {"quotas": quotas, "reserved_keys": args.reserved_key}

@@ -45,12 +45,12 @@ from posa.naming.protocol import (
     page_to_wire,
     registration_to_wire,
 )
-from posa.naming.quotas import RegistryQuotas, is_reserved
+from posa.naming.quotas import is_reserved
 from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
 from posa.naming.table import RegistryTable
 from posa.peer import DEFERRED, Peer
-from posa.security import Acl
+from posa.security import Acl, Quotas
 from posa.wire.codec import Kind, Message
 
 __all__ = ["Dispatcher", "MAX_HOPS"]
@@ -67,7 +67,7 @@ class Dispatcher:
                  node: str | None = None, peers: Sequence[str] = (),
                  state: str | None = None, lease: float = 10.0,
                  sweep_interval: float = 0.5, authenticator: Authenticator | None = None,
-                 acl: Acl | None = None, quotas: RegistryQuotas | None = None,
+                 acl: Acl | None = None, quotas: Quotas | None = None,
                  reserved_keys: Collection[str] = (), **peer_options: Any) -> None:
         self.node = node or secrets.token_hex(4)
         self.instance = secrets.token_hex(8)   # changes on every start: caches use it
@@ -80,7 +80,7 @@ class Dispatcher:
         self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
         self._rotation: dict[str, itertools.count[int]] = {}
         self.acl = acl
-        self.guard = RegistrationGuard(self.registry, quotas or RegistryQuotas(), acl=acl,
+        self.guard = RegistrationGuard(self.registry, quotas or Quotas(), acl=acl,
                                        reserved_keys=reserved_keys)
         self._authenticator = authenticator
         self.stats = {"requests": 0, "federated_lookups": 0}

@@ -20,10 +20,10 @@ import msgpack
 
 from posa.admission.gatekeeper import refusal
 from posa.errors import NameNotFound
-from posa.naming.quotas import RESERVED, QuotaLedger, RegistryQuotas, is_reserved
+from posa.naming.quotas import RESERVED, QuotaLedger, is_reserved
 from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
-from posa.security import Acl, authenticated_key
+from posa.security import Acl, Quotas, authenticated_key
 from posa.wire.codec import Message
 
 __all__ = ["RegistrationGuard"]
@@ -32,7 +32,7 @@ __all__ = ["RegistrationGuard"]
 class RegistrationGuard:
     """Registers a name for a request, if the rules and quotas let it."""
 
-    def __init__(self, registry: LocalRegistry, quotas: RegistryQuotas, *,
+    def __init__(self, registry: LocalRegistry, quotas: Quotas, *,
                  acl: Acl | None = None, reserved_keys: Collection[str] = ()) -> None:
         self.registry = registry
         self.quotas = quotas

@@ -13,7 +13,9 @@ And the names under ``posa/`` are posa's own (``is_reserved``): the dispatcher
 registers its names in its own table, and over the wire only a key the
 dispatcher was configured with may register one ("Reserved names").
 
-``QuotaLedger`` is sans-IO: it is told which names each owner registered and
+The values are the ``registry_*`` fields of ``posa.security.Quotas`` (every limit
+in one place), with safe defaults: a posa peer registers one name, with under
+200 bytes of meta. ``QuotaLedger`` is sans-IO: it is told which names each owner registered and
 which went away, and checks a registration before it is made; every refusal is
 a ``Rejected`` that names the quota, its value and what to do. Not thread-safe.
 """
@@ -21,19 +23,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
-from posa.admission.quotas import Rate, RateLimiter
+from posa.admission.quotas import Quotas, RateLimiter
 from posa.errors import Rejected
 from posa.naming.registration import MAX_META_BYTES
 from posa.wire.codec import Message
 
-__all__ = ["RESERVED", "is_reserved", "RegistryQuotas", "QuotaLedger"]
+__all__ = ["RESERVED", "is_reserved", "check_quotas", "QuotaLedger"]
 
 RESERVED = "posa"       # the first segment of the names posa's own services take
-
-
-REGISTRATION_RATE = Rate(100, 200)      # the default: 100 a second, bursts of 200
 
 
 def is_reserved(name: str) -> bool:
@@ -41,31 +39,24 @@ def is_reserved(name: str) -> bool:
     return name == RESERVED or name.startswith(RESERVED + "/")
 
 
-@dataclass(frozen=True)
-class RegistryQuotas:
-    """A dispatcher's registry quotas; the defaults are safe for untrusted clients
-    (a posa peer registers one name with under 200 bytes of meta)."""
-
-    max_names_per_owner: int = 1000         # per key, or per connection without one
-    max_meta_bytes: int = 16 * 1024         # packed meta of one name
-    registration_rate: Rate | None = REGISTRATION_RATE  # per connection; None: no limit
-    max_names: int = 100_000                # in the whole registry
-
-    def __post_init__(self) -> None:
-        if min(self.max_names_per_owner, self.max_meta_bytes, self.max_names) <= 0:
-            raise ValueError("registry quotas must be positive")
-        if self.max_meta_bytes > MAX_META_BYTES:
-            raise ValueError(f"max_meta_bytes is at most {MAX_META_BYTES} (the registry's "
-                             f"own limit), got {self.max_meta_bytes}")
+def check_quotas(quotas: Quotas) -> Quotas:
+    """``quotas`` if its ``registry_*`` fields make sense, else ``ValueError``."""
+    if min(quotas.registry_names_per_owner, quotas.registry_meta_bytes,
+           quotas.registry_names) <= 0:
+        raise ValueError("registry quotas must be positive")
+    if quotas.registry_meta_bytes > MAX_META_BYTES:
+        raise ValueError(f"registry_meta_bytes is at most {MAX_META_BYTES} (the registry's "
+                         f"own limit), got {quotas.registry_meta_bytes}")
+    return quotas
 
 
 class QuotaLedger:
     """Names held per owner, and the checks a registration passes first."""
 
-    def __init__(self, quotas: RegistryQuotas, *,
+    def __init__(self, quotas: Quotas, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.quotas = quotas
-        rate = quotas.registration_rate
+        self.quotas = check_quotas(quotas)
+        rate = quotas.registry_rate
         self._rate = (RateLimiter(per_source=rate, per_sender=None, clock=clock)
                       if rate is not None else None)
         self._owner_of: dict[str, Hashable] = {}
@@ -78,7 +69,7 @@ class QuotaLedger:
 
     def admit(self, connection: Hashable, msg: Message) -> None:
         """Take a registration token of ``connection``; ``Rejected`` if none is left."""
-        rate = self.quotas.registration_rate
+        rate = self.quotas.registry_rate
         if self._rate is None or rate is None or self._rate.admit(connection, msg):
             return
         self.refused["rate"] += 1
@@ -94,24 +85,25 @@ class QuotaLedger:
         ``name`` with ``meta_bytes`` of meta; ``live``: the name is registered now;
         ``total``: names the registry holds."""
         quotas = self.quotas
-        if meta_bytes > quotas.max_meta_bytes:
+        if meta_bytes > quotas.registry_meta_bytes:
             self.refused["meta_bytes"] += 1
             raise Rejected(
                 f"metadata quota: the meta of {name!r} packs to {meta_bytes} bytes, over "
-                f"the {quotas.max_meta_bytes} bytes a name may carry here "
+                f"the {quotas.registry_meta_bytes} bytes a name may carry here "
                 "(--max-meta-bytes); keep bulky data out of the registry")
-        if self._owner_of.get(name) != owner and self.held(owner) >= quotas.max_names_per_owner:
+        most = quotas.registry_names_per_owner
+        if self._owner_of.get(name) != owner and self.held(owner) >= most:
             self.refused["names_per_owner"] += 1
             raise Rejected(
                 f"names-per-owner quota: {who} holds {self.held(owner)} names, the most "
-                f"one owner may (--max-names-per-owner {quotas.max_names_per_owner}); "
+                f"one owner may (--max-names-per-owner {quotas.registry_names_per_owner}); "
                 f"unregister names it no longer uses before registering {name!r}, or ask "
                 "the operator to raise the quota")
-        if not live and total >= quotas.max_names:
+        if not live and total >= quotas.registry_names:
             self.refused["names"] += 1
             raise Rejected(
                 f"registry size quota: the registry holds {total} names, its most "
-                f"(--max-names {quotas.max_names}); {name!r} can be registered once "
+                f"(--max-names {quotas.registry_names}); {name!r} can be registered once "
                 "others are gone, or ask the operator to raise the quota")
 
     def bind(self, name: str, owner: Hashable) -> None:
