@@ -23,6 +23,7 @@ import msgpack
 import pytest
 
 import posa
+from posa import ops
 from posa.delivery.sender import Sender
 from posa.naming.pages import PAGE_BYTES, PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, registration_to_wire
@@ -139,6 +140,10 @@ def test_registrations_per_second_are_bounded_per_connection() -> None:
             second.register("r/5", FAKE, credential="r")    # its own connection, own bucket
             first.renew("r/0", credential="r")              # renewals are not counted
             assert len(first.names("r/**")) == 6
+        assert dispatcher.rejections["registry-rate"] == 1      # counted in /metrics:
+        samples = list(ops.Monitor(dispatcher).samples())
+        assert ("posa_rejections_total", {"name": dispatcher.name, "reason": "registry-rate"},
+                1) in samples
 
 
 def test_the_table_pages_every_pattern_as_names_lists_it() -> None:
@@ -266,3 +271,19 @@ def test_a_posa_service_registers_a_posa_name_with_a_reserved_key(keyring: Keyri
                 alice.register("posa/queues/q2", FAKE, credential="q")
             with pytest.raises(posa.Unauthorized, match="registered with another credential"):
                 svc.register(DISPATCHER, FAKE, credential="q")  # held by the dispatcher
+
+
+def test_pages_gather_a_federation_each_name_once_in_order() -> None:
+    with posa.Dispatcher("tcp://127.0.0.1:0", node="b") as b, \
+         posa.Dispatcher("tcp://127.0.0.1:0", node="a", peers=[b.address]) as a:
+        for i in range(40):         # interleaved: even names at a, odd ones at b
+            (a if i % 2 == 0 else b).registry.register(f"fed/{i:02d}", FAKE,
+                                                       credential="f", lease=600)
+        b.registry.register("fed/00", ["tcp://127.0.0.1:8"], credential="f", lease=600)
+        with posa.RegistryClient(a.address, cache=False) as reg:
+            pages = list(reg.pages("fed/**", limit=3))
+            assert all(len(page) <= 3 for page in pages) and len(pages) >= 14
+            walked = [r for page in pages for r in page]
+            assert [r.name for r in walked] == [f"fed/{i:02d}" for i in range(40)]
+            assert walked[0].addresses == tuple(FAKE)      # the nearest one's wins
+            assert [r.addresses for r in reg.names(DISPATCHER)] == [a.addresses]

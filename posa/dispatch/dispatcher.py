@@ -319,6 +319,11 @@ class Dispatcher:
         return DEFERRED
 
     @property
+    def rejections(self) -> dict[str, int]:
+        """Registrations refused by quota or reserved name (``posa_rejections_total``)."""
+        return self.guard.rejections
+
+    @property
     def address(self) -> str:
         return self.peer.address
 

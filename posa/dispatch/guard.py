@@ -40,6 +40,12 @@ class RegistrationGuard:
         self.acl = acl
         self.reserved_keys = frozenset(reserved_keys)
         self._lock = threading.RLock()
+        self.reserved_refused = 0
+
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Registrations refused, by cause: each quota, and ``reserved-name``."""
+        return {**self.ledger.refused, "reserved-name": self.reserved_refused}
 
     def register(self, msg: Message, fields: dict[str, Any]) -> Registration:
         """Register what the request ``msg`` asks (its checked ``fields``), or raise
@@ -51,7 +57,8 @@ class RegistrationGuard:
         if self.acl is not None:
             self.acl.check_register(name, key)
         if is_reserved(name) and key not in self.reserved_keys:
-            raise refusal("reserved", _reserved_text(name, key))
+            self.reserved_refused += 1
+            raise refusal("reserved-name", _reserved_text(name, key))
         owner: Hashable = ("key", key) if key else connection
         who = f"key {key!r}" if key else "this connection (it has no key)"
         meta = fields["meta"]

@@ -61,7 +61,8 @@ class QuotaLedger:
                       if rate is not None else None)
         self._owner_of: dict[str, Hashable] = {}
         self._held: dict[Hashable, int] = {}
-        self.refused = {"rate": 0, "names_per_owner": 0, "meta_bytes": 0, "names": 0}
+        self.refused = {"registry-rate": 0, "registry-meta-bytes": 0,      # by quota
+                        "registry-names-per-owner": 0, "registry-names": 0}
 
     def held(self, owner: Hashable) -> int:
         """How many names ``owner`` holds."""
@@ -72,7 +73,7 @@ class QuotaLedger:
         rate = self.quotas.registry_rate
         if self._rate is None or rate is None or self._rate.admit(connection, msg):
             return
-        self.refused["rate"] += 1
+        self.refused["registry-rate"] += 1
         raise Rejected(
             f"registration rate quota: at most {rate.per_second:g} registrations per "
             f"second per connection (bursts of {rate.burst:g}), and this connection sent "
@@ -86,21 +87,21 @@ class QuotaLedger:
         ``total``: names the registry holds."""
         quotas = self.quotas
         if meta_bytes > quotas.registry_meta_bytes:
-            self.refused["meta_bytes"] += 1
+            self.refused["registry-meta-bytes"] += 1
             raise Rejected(
                 f"metadata quota: the meta of {name!r} packs to {meta_bytes} bytes, over "
                 f"the {quotas.registry_meta_bytes} bytes a name may carry here "
                 "(--max-meta-bytes); keep bulky data out of the registry")
         most = quotas.registry_names_per_owner
         if self._owner_of.get(name) != owner and self.held(owner) >= most:
-            self.refused["names_per_owner"] += 1
+            self.refused["registry-names-per-owner"] += 1
             raise Rejected(
                 f"names-per-owner quota: {who} holds {self.held(owner)} names, the most "
                 f"one owner may (--max-names-per-owner {quotas.registry_names_per_owner}); "
                 f"unregister names it no longer uses before registering {name!r}, or ask "
                 "the operator to raise the quota")
         if not live and total >= quotas.registry_names:
-            self.refused["names"] += 1
+            self.refused["registry-names"] += 1
             raise Rejected(
                 f"registry size quota: the registry holds {total} names, its most "
                 f"(--max-names {quotas.registry_names}); {name!r} can be registered once "
