@@ -178,7 +178,7 @@ def dispatcher_with_10k() -> Iterator[posa.Dispatcher]:
 def test_a_walk_of_10k_names_lists_each_once_while_others_come_and_go(
         dispatcher_with_10k: posa.Dispatcher) -> None:
     dispatcher = dispatcher_with_10k
-    stop = threading.Event()
+    stop, churning = threading.Event(), threading.Event()
     churned = [0]
 
     def churn() -> None:        # names between the walked ones, registered and removed
@@ -191,9 +191,13 @@ def test_a_walk_of_10k_names_lists_each_once_while_others_come_and_go(
             if turn % 2:
                 registry.unregister(name, credential="churn")
             churned[0] += 1
+            if turn == 100:
+                churning.set()
     sender = Sender("", resolve=resolver(None, pins={DISPATCHER: dispatcher.address}))
     worker = threading.Thread(target=churn, daemon=True)
     worker.start()
+    assert churning.wait(60), "the churning thread did not start"
+    before = churned[0]
     try:
         walked: list[str] = []
         cursor, pages = None, 0
@@ -211,7 +215,7 @@ def test_a_walk_of_10k_names_lists_each_once_while_others_come_and_go(
         stop.set()
         worker.join(30)
         sender.close()
-    assert churned[0] > 0 and pages > 30        # ~40 MB of names: many pages, not one
+    assert churned[0] > before and pages > 30   # churn while ~40 MB of names went by
     assert walked == sorted(set(walked))        # in order, none twice
     stable = [name for name in walked if not name.endswith("-churn")]
     assert stable == [f"walk/{i:05d}" for i in range(10_000)]   # none lost
