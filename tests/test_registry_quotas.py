@@ -291,3 +291,23 @@ def test_pages_gather_a_federation_each_name_once_in_order() -> None:
             assert [r.name for r in walked] == [f"fed/{i:02d}" for i in range(40)]
             assert walked[0].addresses == tuple(FAKE)      # the nearest one's wins
             assert [r.addresses for r in reg.names(DISPATCHER)] == [a.addresses]
+
+
+def test_services_are_listed_page_by_page() -> None:
+    with posa.Dispatcher("tcp://127.0.0.1:0") as dispatcher:
+        for i in range(2500):       # three services, and names that serve none
+            meta = {"service": f"svc/{i % 3}"} if i % 5 else {"note": "not a server"}
+            dispatcher.registry.register(f"svc/{i % 3}/srv-{i:04d}", FAKE, credential="s",
+                                         lease=600, meta=meta)
+        sender = Sender("", resolve=resolver(None, pins={DISPATCHER: dispatcher.address}))
+        try:
+            first = sender.request(DISPATCHER, OPS.request("services"), timeout=20).body
+        finally:
+            sender.close()
+        assert sum(len(names) for names in first["services"].values()) == PAGE_ENTRIES
+        assert isinstance(first["next"], str)
+        with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+            services = reg.services()
+        assert sorted(services) == ["svc/0", "svc/1", "svc/2"]
+        assert sorted(n for names in services.values() for n in names) == sorted(
+            f"svc/{i % 3}/srv-{i:04d}" for i in range(2500) if i % 5)

@@ -169,12 +169,11 @@ class Dispatcher:
         return registration_to_wire(slots[turn % len(slots)])
 
     def _op_services(self, msg: Message, fields: dict[str, Any]) -> Any:
+        servers, cursor = self.registry.page("**", fields["after"], keep=_serves)
         services: dict[str, list[str]] = {}
-        for r in self.registry.names("**"):
-            service = r.meta.get("service")
-            if isinstance(service, str):
-                services.setdefault(service, []).append(r.name)
-        return services
+        for r in servers:
+            services.setdefault(r.meta["service"], []).append(r.name)
+        return {"services": services, "next": cursor}
 
     def _op_watch(self, msg: Message, fields: dict[str, Any]) -> Any:
         endpoint, route = msg.route
@@ -344,3 +343,7 @@ class Dispatcher:
         self._workers.shutdown(wait=False)
         self.federation.close()
 
+
+def _serves(meta: Any) -> bool:
+    """True for the meta of a server (``{"service": SERVICE, ...}``)."""
+    return isinstance(meta.get("service"), str)

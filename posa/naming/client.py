@@ -133,8 +133,22 @@ class RegistryClient:
                                                  exclude=list(exclude)))
 
     def services(self) -> dict[str, list[str]]:
-        """Every service with its servers' names."""
-        return self._call("services")  # type: ignore[no-any-return]
+        """Every service with its servers' names, read page by page."""
+        services: dict[str, list[str]] = {}
+        cursor: str | None = None
+        while True:
+            body = self._call("services", after=cursor)
+            if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
+                raise ProtocolError("malformed page of services from the dispatcher")
+            for service, names in body["services"].items():
+                services.setdefault(service, []).extend(names)
+            after = body.get("next")
+            if after is None:
+                return services
+            if not isinstance(after, str) or (cursor is not None and after <= cursor):
+                raise ProtocolError(f"a page cursor of services went from {cursor!r} to "
+                                    f"{after!r}; the dispatcher must move it forward")
+            cursor = after
 
     def watch(self, callback: Callable[[str, Registration | None], None]) -> Callable[[], None]:
         """Call ``callback(name, registration or None)`` (on the reactor thread) for

@@ -81,8 +81,11 @@ OPS = OpTable("dispatcher", [
                 _VIA, _HOPS),
        doc="one live server of `service` other than the server names in `exclude`, "
            "round robin by weight; federated like `lookup` → registration"),
-    Op("services", (),
-       doc="every service with the names of its servers → {service: [name]}"),
+    Op("services", (Field("after", str, None),),
+       doc="one page of the services with the names of their servers: the servers named "
+           "above the cursor `after` (none: from the first), in name order, bounded as a "
+           "page of `names`; `next` is the cursor of the next page, nil after the last → "
+           "`{services: {service: [name]}, next}`"),
     Op("watch", (),
        doc="send a NOTIFY `{name, registration or nil}` on this connection for every "
            "change → `{instance}`"),

@@ -83,10 +83,12 @@ class LocalRegistry:
         return self._apply(lambda: (self._table.names(pattern), []))
 
     def page(self, pattern: str = "**", after: str | None = None, *,
-             limit: int = PAGE_ENTRIES) -> tuple[list[Registration], str | None]:
+             limit: int = PAGE_ENTRIES, keep: Callable[[Mapping[str, Any]], bool] | None = None
+             ) -> tuple[list[Registration], str | None]:
         """One page of ``names(pattern)`` above the cursor ``after``, and the next
         cursor (see ``RegistryTable.page`` and ``posa.naming.pages``)."""
-        return self._apply(lambda: (self._table.page(pattern, after, limit=limit), []))
+        return self._apply(lambda: (self._table.page(pattern, after, limit=limit, keep=keep),
+                                    []))
 
     def pages(self, pattern: str = "**", *, limit: int = PAGE_ENTRIES
               ) -> Iterator[list[Registration]]:

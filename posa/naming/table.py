@@ -113,7 +113,8 @@ class RegistryTable:
                 if entries[name].expires_at > now]
 
     def page(self, pattern: str = "**", after: str | None = None, *,
-             limit: int = PAGE_ENTRIES, max_bytes: int = PAGE_BYTES
+             limit: int = PAGE_ENTRIES, max_bytes: int = PAGE_BYTES,
+             keep: Callable[[Mapping[str, Any]], bool] | None = None
              ) -> tuple[list[Registration], str | None]:
         """One page of ``names(pattern)``: the live registrations named above the
         cursor ``after`` (None: from the first), sorted by name, at most ``limit``
@@ -121,7 +122,8 @@ class RegistryTable:
         page (None: this was the last). A cursor is the last name the page looked
         at, so a walk lists every name that lives through it once, in order.
         A page may hold fewer (or no) names while a cursor follows: it looks at
-        ``MAX_SCAN`` names at most."""
+        ``MAX_SCAN`` names at most. ``keep(meta)``, if given, skips the
+        registrations whose meta it refuses (as if they did not match)."""
         compiled = Pattern(pattern)
         if after is not None and not isinstance(after, str):
             raise Rejected(f"a page cursor is the str a page returned, not {after!r}")
@@ -131,7 +133,7 @@ class RegistryTable:
         for scanned, name in enumerate(self._sorted.after(after, compiled.literal_prefix,
                                                           entries)):
             entry = entries[name]
-            if entry.expires_at > now and match(name):
+            if entry.expires_at > now and match(name) and (keep is None or keep(entry.meta)):
                 if found and (len(found) >= limit or size + entry.size > max_bytes):
                     return found, done
                 found.append(self._snapshot(name, entry, now))
