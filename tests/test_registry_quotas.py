@@ -21,10 +21,13 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import posa
 from posa import ops
 from posa.delivery.sender import Sender
+from posa.naming.index import SortedNames
 from posa.naming.pages import PAGE_BYTES, PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, registration_to_wire
 from posa.naming.registration import resolver
@@ -164,6 +167,55 @@ def test_the_table_pages_every_pattern_as_names_lists_it() -> None:
                 if cursor is None:
                     break
             assert walked == [r.name for r in table.names(pattern)], (pattern, limit)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "drop", "tick", "walk"]),
+                          st.integers(0, 40)), max_size=300))
+def test_pages_agree_with_names_through_any_changes(steps: list[tuple[str, int]]) -> None:
+    clock = Clock()
+    table = RegistryTable(now=clock)
+    for op, i in steps:
+        name = f"n/{i % 3}/x-{i}"
+        if op == "add":         # short leases: some die by the clock, unreaped
+            table.register(name, FAKE, credential="k", lease=1 + i % 4)
+        elif op == "drop":
+            table.unregister(name, credential="k")
+        elif op == "tick":
+            clock.now += 1
+            if i % 2:
+                table.expire()
+        for pattern in ("**", "n/1/*") if op == "walk" else ():
+            walked, cursor = [], None
+            for _ in range(100):
+                page, cursor = table.page(pattern, cursor, limit=1 + i % 4)
+                walked += [r.name for r in page]
+                if cursor is None:
+                    break
+            assert walked == [r.name for r in table.names(pattern)]
+
+
+def test_the_sorted_index_drops_removed_names_and_takes_them_back() -> None:
+    index, held = SortedNames(), set()
+    for turn in range(4):       # turns 2 and 3 remove most: compaction, then names back
+        for i in range(300):
+            index.add(f"s/{i:03d}")
+            held.add(f"s/{i:03d}")
+        for i in range(0, 300, 10 if turn < 2 else 1):
+            if i % 7:
+                held.discard(f"s/{i:03d}")
+                index.discard(f"s/{i:03d}")
+        assert list(index.after(None, "s/", held)) == sorted(held)
+        assert list(index.after("s/150", "s/", held)) == sorted(n for n in held
+                                                                 if n > "s/150")
 
 
 @pytest.fixture
