@@ -30,6 +30,7 @@ from posa.delivery.intake import DEFERRED, Intake
 from posa.delivery.receiver import Endpoint, Receiver
 from posa.delivery.sender import Sender
 from posa.errors import Closed, InvalidName, PosaError
+from posa.naming.pages import registrations
 from posa.naming.registration import Registry, resolver
 from posa.naming.registry import LocalRegistry
 from posa.naming.resolve import embedded_registry
@@ -137,7 +138,8 @@ class Peer:
         deadline = time.monotonic() + timeout
         fwd = self.sender.forwarder()
         if "*" in name:     # a group pattern: every member is tried (posa.delivery.group)
-            members = [r.name for r in self.registry.names(name) if r.name != self.name]
+            members = [r.name for r in registrations(self.registry, name)  # page by page
+                       if r.name != self.name]
             self.stats["sent"] += send_to_group(fwd, name, members, body, headers, deadline,
                                                 not self.reactor.in_reactor_thread())
             return len(members)

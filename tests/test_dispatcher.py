@@ -213,7 +213,9 @@ def test_malformed_requests_are_refused_with_what_to_send(dispatcher: str) -> No
             assert re.search(says, str(refused.value)), (body, str(refused.value))
         listed = ask({"op": "names", "pattern": None})          # nil: the default, **
         node = ask({"op": "ping"})["node"]                      # still serving
-        assert [r["name"] for r in listed] == [f"posa/dispatcher/{node}"]
+        assert isinstance(listed, dict) and listed["next"] is None      # one page, the last
+        assert [r["name"] for r in listed["page"]] == ["posa/dispatcher",
+                                                       f"posa/dispatcher/{node}"]
     finally:
         sender.close()
 

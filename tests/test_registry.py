@@ -318,9 +318,9 @@ def test_index_forgets_intermediate_nodes(clock: FakeClock) -> None:
     table.register("a/b/c/d", ADDR, credential="k")
     table.register("a", ADDR, credential="k")
     table.unregister("a/b/c/d", credential="k")
-    assert table._children == {"": {"a"}}
+    assert table._tree._children == {"": {"a"}}
     table.unregister("a", credential="k")
-    assert table._children == {}
+    assert table._tree._children == {}
     assert table.names("**") == []
 
 

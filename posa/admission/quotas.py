@@ -57,6 +57,11 @@ class Quotas:
     max_connections: int = 1024        # per listener (transports enforce it)
     max_in_flight: int = 1024          # requests admitted, not yet answered, per sender
     max_in_flight_total: int = 16_384  # ... in all
+    # a dispatcher's registry, for registrations over the wire (posa.naming.quotas)
+    registry_names_per_owner: int = 1000     # per key, or per connection without one
+    registry_meta_bytes: int = 16 * 1024     # packed meta of one name (at most 64 KiB)
+    registry_rate: Rate | None = Rate(100, 200)     # registrations per connection
+    registry_names: int = 100_000            # names in the whole registry
 
     def __post_init__(self) -> None:
         if min(self.max_tracked, self.max_connections, self.max_in_flight,

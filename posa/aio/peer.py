@@ -34,6 +34,7 @@ from posa.delivery.budget import bounded, until
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
+from posa.naming.pages import registrations
 from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
@@ -145,7 +146,7 @@ class Peer:
         return len(recipients)
 
     def _members(self, pattern: str) -> list[str]:
-        return [r.name for r in self._sync.registry.names(pattern)]
+        return [r.name for r in registrations(self._sync.registry, pattern)]  # by pages
 
     async def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
                       headers: dict[str, Any] | None = None) -> Any:

@@ -15,6 +15,7 @@ from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
 from posa.cli.keys import add_security_arguments, security_from_args
 from posa.cli.options import add_ops_arguments
+from posa.errors import PosaError
 
 __all__ = ["add_parser"]
 
@@ -34,9 +35,46 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--node", help="this dispatcher's id (default: random)")
     p.add_argument("--lease", type=float, default=10.0,
                    help="lease of the dispatcher's own name, seconds")
+    _add_registry_arguments(p)
     add_security_arguments(p)
     add_ops_arguments(p)
     p.set_defaults(run=_run)
+
+
+def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
+    """Registry quotas and reserved names (docs/security.md)."""
+    from posa.security import Quotas
+    defaults = Quotas()
+    g = p.add_argument_group("registry quotas and reserved names (docs/security.md)")
+    g.add_argument("--max-names-per-owner", type=int, default=defaults.registry_names_per_owner,
+                   metavar="N", help="names one key (or one connection without a key) may "
+                   "hold (default %(default)s)")
+    g.add_argument("--max-meta-bytes", type=int, default=defaults.registry_meta_bytes,
+                   metavar="BYTES", help="packed meta one name may carry (default "
+                   "%(default)s, at most 65536)")
+    rate = defaults.registry_rate
+    g.add_argument("--registration-rate", type=float, default=rate.per_second if rate else 0,
+                   metavar="PER_SECOND", help="registrations per second per connection, "
+                   "bursts of twice as many (default %(default)g; 0: no limit)")
+    g.add_argument("--max-names", type=int, default=defaults.registry_names, metavar="N",
+                   help="names the registry holds in all (default %(default)s)")
+    g.add_argument("--reserved-key", action="append", default=[], metavar="KEY_ID",
+                   help="a key that may register names under posa/ (a posa service of "
+                   "your own), repeatable; none by default")
+
+
+def _registry_options(args: argparse.Namespace) -> dict[str, Any]:
+    from posa.naming.quotas import check_quotas
+    from posa.security import Quotas, Rate
+    rate = args.registration_rate
+    try:
+        quotas = check_quotas(Quotas(
+            registry_names_per_owner=args.max_names_per_owner,
+            registry_meta_bytes=args.max_meta_bytes, registry_names=args.max_names,
+            registry_rate=Rate(rate, max(1.0, 2 * rate)) if rate > 0 else None))
+    except ValueError as exc:
+        raise PosaError(f"bad registry quota: {exc}") from None
+    return {"quotas": quotas, "reserved_keys": args.reserved_key}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     authenticator, acl = security_from_args(args, "posa/dispatcher")
     dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
                             peers=args.peer, state=args.state, lease=args.lease,
-                            authenticator=authenticator, acl=acl)
+                            authenticator=authenticator, acl=acl,
+                            **_registry_options(args))
     monitor = ops.Monitor(dispatcher, dispatcher.registry)
     server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)
               if args.ops_port is not None else None)

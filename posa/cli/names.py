@@ -48,7 +48,7 @@ def _registry(args: argparse.Namespace) -> RegistryClient:
 
 def _names(args: argparse.Namespace) -> int:
     with _registry(args) as registry:
-        found = registry.names(args.pattern)
+        found = [r for page in registry.pages(args.pattern) for r in page]  # page by page
     if args.json:
         print(to_json([{"name": r.name, "addresses": list(r.addresses), "epoch": r.epoch,
                         "expires_in": round(r.expires_in, 3), "meta": dict(r.meta)}

@@ -1,5 +1,9 @@
 """Group sends: one message to every member of a group, every member tried.
 
+The members come as the caller lists them; ``Peer`` reads the group's names from
+the registry page by page (``posa.naming.pages.registrations``), so a group of any
+size is listed in replies that stay far below the frame limit.
+
 A group send goes through the calling thread's ``Forwarder``, so each member gets
 it in order with the thread's other messages to that member, once.  It ends when
 every member has *acknowledged* it, or at the deadline: the caller learns which
@@ -22,7 +26,7 @@ a member counts as reached once the message is in its stream.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from posa.delivery.forwarder import Forwarder
@@ -34,13 +38,14 @@ SLICE = 0.05        # s a member gets in the first round
 MAX_SLICE = 1.0     # s at most per member and round (a restarted member is seen by then)
 
 
-def send_to_group(fwd: Forwarder, pattern: str, members: Sequence[str], body: Any,
+def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: Any,
                   headers: dict[str, Any] | None, deadline: float, confirm: bool = True
                   ) -> int:
     """Send ``body`` to every name of ``members`` (the group ``pattern``) through
     ``fwd`` by ``deadline``; return how many got it (acknowledged it, with
     ``confirm``). Raises ``PartialDelivery`` (after every member was tried) when
     some did not."""
+    members = list(members)         # (a generator over the registry's pages, read once)
     unsent = list(members)          # nothing of the message in their stream yet
     unconfirmed: list[str] = []     # in their stream, not yet acknowledged
     errors: dict[str, PosaError] = {}

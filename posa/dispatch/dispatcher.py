@@ -12,13 +12,13 @@ the dispatcher binds every operation of that table to its ``_op_<name>``
 method at construction (a missing one fails there, not at the first request)
 and hands each the request's checked fields, so no handler reads the body.
 
-Federation: a lookup that misses locally is asked of each federated dispatcher
-in turn, with ``via`` (the dispatchers it passed) and ``hops`` so that it never
-loops and never travels more than ``MAX_HOPS``; ``names`` gathers from all of
-them the same way.  A federated dispatcher that cannot be asked (refused, broken,
-silent within the request's budget) makes the answer ``Unreachable``, naming it,
-unless another one has the name: an unknown answer is never a ``NameNotFound``.
-That runs on a worker thread: the reactor never waits on the network.
+A registration over the wire passes the ``RegistrationGuard``
+(``posa.dispatch.guard``: access rules, the reserved ``posa/`` names, quotas);
+the dispatcher's own names, ``posa/dispatcher/<node>`` and ``posa/dispatcher``,
+are registered in its table directly, so a client that looks the dispatcher up
+by name reaches it. ``names`` answers a page at a time (``posa.naming.pages``).
+Federation (asking other dispatchers what is not held here) is
+``posa.dispatch.federation``.
 """
 from __future__ import annotations
 
@@ -27,29 +27,36 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
 
 from posa.admission.gatekeeper import Authenticator
-from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
-from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, registration_to_wire
-from posa.naming.registration import Registration, resolver
+from posa.dispatch.federation import MAX_HOPS, Federation
+from posa.dispatch.guard import RegistrationGuard
+from posa.errors import NameNotFound, PosaError
+from posa.naming.pages import PAGE_ENTRIES
+from posa.naming.protocol import (
+    DISPATCHER,
+    OPS,
+    notice_to_wire,
+    page_to_wire,
+    registration_to_wire,
+)
+from posa.naming.quotas import is_reserved
+from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
 from posa.naming.table import RegistryTable
 from posa.peer import DEFERRED, Peer
-from posa.security import Acl, authenticated_key
+from posa.security import Acl, Quotas
 from posa.wire.codec import Kind, Message
 
 __all__ = ["Dispatcher", "MAX_HOPS"]
 
 log = logging.getLogger("posa.dispatch.dispatcher")
 
-MAX_HOPS = 4
-FEDERATED_TIMEOUT = 2.0          # s at most to wait for one federated dispatcher
 JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
 
 
@@ -60,7 +67,8 @@ class Dispatcher:
                  node: str | None = None, peers: Sequence[str] = (),
                  state: str | None = None, lease: float = 10.0,
                  sweep_interval: float = 0.5, authenticator: Authenticator | None = None,
-                 acl: Acl | None = None, **peer_options: Any) -> None:
+                 acl: Acl | None = None, quotas: Quotas | None = None,
+                 reserved_keys: Collection[str] = (), **peer_options: Any) -> None:
         self.node = node or secrets.token_hex(4)
         self.instance = secrets.token_hex(8)   # changes on every start: caches use it
         self.state_path = state
@@ -72,17 +80,23 @@ class Dispatcher:
         self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
         self._rotation: dict[str, itertools.count[int]] = {}
         self.acl = acl
+        self.guard = RegistrationGuard(self.registry, quotas or Quotas(), acl=acl,
+                                       reserved_keys=reserved_keys)
         self._authenticator = authenticator
-        self._federation: list[tuple[str, Sender]] = []    # (address, sender)
+        self.stats = {"requests": 0, "federated_lookups": 0}
+        self.federation = Federation(self.node, authenticator=authenticator,
+                                     reply=lambda msg, body: self.peer.reply(msg, body),
+                                     fail=lambda msg, exc: self.peer.reply_error(msg, exc),
+                                     stats=self.stats)
         for address in peers:
             self.connect_peer(address)
         self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
-        self.stats = {"requests": 0, "federated_lookups": 0}
         self._handlers = OPS.bind(self)
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,),
                          authenticator=authenticator, **peer_options)
         self.name = self.peer.name
+        self._keep_own_name()
         self.registry.watch(self._changed)
         self.peer.serve(self._handle)
         self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
@@ -106,12 +120,7 @@ class Dispatcher:
         return self._handlers[op.name](msg, fields)
 
     def _op_register(self, msg: Message, fields: dict[str, Any]) -> Any:
-        name = fields["name"]
-        if self.acl is not None:
-            self.acl.check_register(name, authenticated_key(msg))
-        registration = self.registry.register(
-            name, fields["addresses"], credential=fields["credential"],
-            epoch=fields["epoch"], lease=fields["lease"], meta=fields["meta"])
+        registration = self.guard.register(msg, fields)  # rules and quotas first
         self._commit()
         return registration_to_wire(registration)
 
@@ -131,15 +140,16 @@ class Dispatcher:
             return self._federate(msg, "lookup", fields, fields["name"])
 
     def _op_names(self, msg: Message, fields: dict[str, Any]) -> Any:
-        via, hops = list(fields["via"]), fields["hops"]
-        if self.node in via:
-            return []           # the dispatcher that passed here counts these names
-        here = [registration_to_wire(r) for r in self.registry.names(fields["pattern"])]
-        if not self._federation or hops >= MAX_HOPS:
-            return here
-        forwarded = OPS.request("names", **dict(fields, via=via + [self.node],
-                                                hops=hops + 1))
-        self._workers.submit(self._gather_names, msg, forwarded, here)
+        if self.node in fields["via"]:
+            return page_to_wire([], None)   # the dispatcher that passed here has these
+        limit = min(fields["limit"], PAGE_ENTRIES)
+        found, cursor = self.registry.page(fields["pattern"], fields["after"], limit=limit)
+        here = [registration_to_wire(r) for r in found]
+        if not self.federation.forwards(fields):
+            return page_to_wire(here, cursor)
+        forwarded = OPS.request("names", **self.federation.forwarded(dict(fields,
+                                                                          limit=limit)))
+        self._workers.submit(self.federation.gather_page, msg, forwarded, here, cursor)
         return DEFERRED
 
     def _op_pick(self, msg: Message, fields: dict[str, Any]) -> Any:
@@ -159,12 +169,11 @@ class Dispatcher:
         return registration_to_wire(slots[turn % len(slots)])
 
     def _op_services(self, msg: Message, fields: dict[str, Any]) -> Any:
+        servers, cursor = self.registry.page("**", fields["after"], keep=_serves)
         services: dict[str, list[str]] = {}
-        for r in self.registry.names("**"):
-            service = r.meta.get("service")
-            if isinstance(service, str):
-                services.setdefault(service, []).append(r.name)
-        return services
+        for r in servers:
+            services.setdefault(r.meta["service"], []).append(r.name)
+        return {"services": services, "next": cursor}
 
     def _op_watch(self, msg: Message, fields: dict[str, Any]) -> Any:
         endpoint, route = msg.route
@@ -179,8 +188,19 @@ class Dispatcher:
         return [r for r in self.registry.names(f"{prefix}/**")
                 if r.meta.get("service") == service]
 
-    # -- change notices, expiry, persistence ---------------------------------------
+    # -- own names, change notices, expiry, persistence ----------------------------
+    def _keep_own_name(self) -> None:
+        """Hold ``posa/dispatcher`` in this table, at this dispatcher's addresses (a
+        reserved name: no client may take it); renewed at every sweep."""
+        credential = self.peer.credential
+        try:
+            self.registry.renew(DISPATCHER, credential=credential)
+        except NameNotFound:
+            self.registry.register(DISPATCHER, self.peer.addresses, credential=credential,
+                                   lease=self.peer.lease)
+
     def _changed(self, name: str, registration: Registration | None) -> None:
+        self.guard.changed(name, registration)
         self._record(name)
         if not self._watchers:
             return
@@ -199,6 +219,7 @@ class Dispatcher:
 
     def _sweep(self) -> None:
         self.registry.expire()
+        self._keep_own_name()
         if self.state_path is not None:
             self._commit()
             if self._journaled > JOURNAL_COMPACT_AFTER:
@@ -274,85 +295,32 @@ class Dispatcher:
         # registration gets one whole lease from now to be renewed, or it expires
         for entry in state["entries"]:
             entry["expires_in"] = entry["lease"]
+        # posa/ names are posa's own: this dispatcher registers its own anew, and a
+        # posa service its own (its renewal refused, it registers again)
+        state["entries"] = [e for e in state["entries"] if not is_reserved(e["name"])]
         self.registry.load(RegistryTable.import_state(state))
         self._snapshot()
 
     # -- federation (worker threads) -------------------------------------------------
     def connect_peer(self, address: str) -> None:
         """Federate with the dispatcher at ``address`` (ask it what is not held here)."""
-        self._federation.append((address, Sender(
-            f"{DISPATCHER}/{self.node}", resolve=resolver(None, pins={DISPATCHER: address}),
-            authenticator=self._authenticator)))
+        self.federation.connect(address)
 
     def _federate(self, msg: Message, op: str, fields: dict[str, Any], what: str) -> Any:
         """Ask the federated dispatchers for ``what`` (on a worker thread); raise
         NameNotFound if there are none, or if this request already passed here or
         went too far."""
-        via, hops = list(fields["via"]), fields["hops"]
-        if not self._federation or self.node in via or hops >= MAX_HOPS:
+        if not self.federation.forwards(fields):
             raise NameNotFound(f"no live registration for {what!r} here or at the "
                                "federated dispatchers")
-        forwarded = OPS.request(op, **dict(fields, via=via + [self.node], hops=hops + 1))
-        self._workers.submit(self._ask_federation, msg, forwarded, what)
+        forwarded = OPS.request(op, **self.federation.forwarded(fields))
+        self._workers.submit(self.federation.find, msg, forwarded, what)
         return DEFERRED
 
-    def _ask(self, msg: Message, body: dict[str, Any]
-             ) -> Iterator[tuple[str, Any, PosaError | None]]:
-        """Ask every federated dispatcher ``body`` within the budget of request
-        ``msg``: yields (address, the reply's body or None, the error or None);
-        a failure is logged here."""
-        ttl = msg.headers.get("ttl")
-        budget = (0.8 * ttl / 1000 if isinstance(ttl, int) and ttl > 0
-                  else FEDERATED_TIMEOUT * len(self._federation))
-        deadline = time.monotonic() + budget
-        for address, sender in list(self._federation):
-            remaining = min(FEDERATED_TIMEOUT, deadline - time.monotonic())
-            try:
-                if remaining <= 0:
-                    raise Timeout(f"no time left of the request's {budget:.1f} s")
-                yield address, sender.request(DISPATCHER, body, timeout=remaining,
-                                              failfast=True).body, None
-            except PosaError as exc:
-                if not isinstance(exc, NameNotFound):
-                    log.info("federated %s failed at %s: %s", body["op"], address, exc)
-                yield address, None, exc
-
-    def _ask_federation(self, msg: Message, body: dict[str, Any], what: str) -> None:
-        self.stats["federated_lookups"] += 1
-        unreachable: list[str] = []
-        for address, reply, error in self._ask(msg, body):
-            if error is None:
-                self.peer.reply(msg, reply)
-                return
-            if not isinstance(error, NameNotFound):
-                unreachable.append(_unreachable(address, error))
-        if unreachable:
-            self.peer.reply_error(msg, Unreachable(
-                f"{what!r} is not held at dispatcher {self.node}, and "
-                + _advice(unreachable)))
-        else:
-            self.peer.reply_error(msg, NameNotFound(
-                f"no live registration for {what!r} here or at the federated dispatchers"))
-
-    def _gather_names(self, msg: Message, body: dict[str, Any],
-                      here: list[dict[str, Any]]) -> None:
-        self.stats["federated_lookups"] += 1
-        found = {r["name"]: r for r in here}
-        unreachable: list[str] = []
-        for address, reply, error in self._ask(msg, body):
-            if error is not None:
-                unreachable.append(_unreachable(address, error))
-                continue
-            for registration in reply if isinstance(reply, list) else ():
-                if isinstance(registration, dict) and isinstance(registration.get("name"),
-                                                                 str):
-                    found.setdefault(registration["name"], registration)
-        if unreachable:
-            self.peer.reply_error(msg, Unreachable(
-                f"the names matching {body['pattern']!r} cannot all be listed: "
-                + _advice(unreachable)))
-        else:
-            self.peer.reply(msg, [found[name] for name in sorted(found)])
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Registrations refused by quota or reserved name (``posa_rejections_total``)."""
+        return self.guard.rejections
 
     @property
     def address(self) -> str:
@@ -373,18 +341,9 @@ class Dispatcher:
             self.peer.reactor.call(self._snapshot)
         self.peer.close()
         self._workers.shutdown(wait=False)
-        for _, sender in self._federation:
-            sender.close()
+        self.federation.close()
 
 
-def _advice(unreachable: list[str]) -> str:
-    return ("; ".join(unreachable) + " (the answer may be held there); start that "
-            "dispatcher again or check the network to it")
-
-
-def _unreachable(address: str, error: PosaError) -> str:
-    """Why the federated dispatcher at ``address`` gave no answer, for an error text."""
-    if isinstance(error, Unreachable):
-        return f"the dispatcher at {address} could not tell either ({error})"
-    return (f"the federated dispatcher at {address} is unreachable "
-            f"({type(error).__name__}: {error})")
+def _serves(meta: Any) -> bool:
+    """True for the meta of a server (``{"service": SERVICE, ...}``)."""
+    return isinstance(meta.get("service"), str)

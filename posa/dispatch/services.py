@@ -28,6 +28,7 @@ from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
 from posa.delivery.waiting import drive
 from posa.errors import NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.naming.pages import registrations
 from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED, Peer
@@ -138,8 +139,8 @@ class Client:
 
     def servers(self, service: str) -> list[Registration]:
         """Every live server of ``service`` with its addresses (client-managed
-        communication: connect to one yourself)."""
-        return [r for r in self.registry.names(f"{service}/**")
+        communication: connect to one yourself), read from the registry page by page."""
+        return [r for r in registrations(self.registry, f"{service}/**")
                 if r.meta.get("service") == service]
 
     def call(self, service: str, body: Any = None, *, timeout: float | None = None) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -26,7 +26,14 @@ from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
 from posa.errors import PosaError, ProtocolError, Timeout
 from posa.naming.hosts import reachable
-from posa.naming.protocol import DISPATCHER, OPS, notice_from_wire, registration_from_wire
+from posa.naming.pages import PAGE_ENTRIES, walk
+from posa.naming.protocol import (
+    DISPATCHER,
+    OPS,
+    notice_from_wire,
+    page_from_wire,
+    registration_from_wire,
+)
 from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
@@ -104,7 +111,21 @@ class RegistryClient:
         return registration
 
     def names(self, pattern: str = "**") -> list[Registration]:
-        return [registration_from_wire(r) for r in self._call("names", pattern=pattern)]
+        """Every live registration matching ``pattern``, sorted: the pages, walked."""
+        return [r for page in self.pages(pattern) for r in page]
+
+    def page(self, pattern: str = "**", after: str | None = None, *,
+             limit: int = PAGE_ENTRIES) -> tuple[list[Registration], str | None]:
+        """One page of ``names(pattern)``: the registrations named above the cursor
+        ``after`` (None: from the first), and the next page's cursor (None after
+        the last). See ``posa.naming.pages`` for what a walk promises."""
+        return page_from_wire(self._call("names", pattern=pattern, after=after,
+                                         limit=limit))
+
+    def pages(self, pattern: str = "**", *, limit: int = PAGE_ENTRIES
+              ) -> Iterator[list[Registration]]:
+        """Every page of ``names(pattern)``, first to last, one request each."""
+        return walk(lambda after: self.page(pattern, after, limit=limit))
 
     def pick(self, service: str, *, exclude: Sequence[str] = ()) -> Registration:
         """A live server of ``service``, chosen by the dispatcher (round robin by weight)."""
@@ -112,8 +133,22 @@ class RegistryClient:
                                                  exclude=list(exclude)))
 
     def services(self) -> dict[str, list[str]]:
-        """Every service with its servers' names."""
-        return self._call("services")  # type: ignore[no-any-return]
+        """Every service with its servers' names, read page by page."""
+        services: dict[str, list[str]] = {}
+        cursor: str | None = None
+        while True:
+            body = self._call("services", after=cursor)
+            if not isinstance(body, dict) or not isinstance(body.get("services"), dict):
+                raise ProtocolError("malformed page of services from the dispatcher")
+            for service, names in body["services"].items():
+                services.setdefault(service, []).extend(names)
+            after = body.get("next")
+            if after is None:
+                return services
+            if not isinstance(after, str) or (cursor is not None and after <= cursor):
+                raise ProtocolError(f"a page cursor of services went from {cursor!r} to "
+                                    f"{after!r}; the dispatcher must move it forward")
+            cursor = after
 
     def watch(self, callback: Callable[[str, Registration | None], None]) -> Callable[[], None]:
         """Call ``callback(name, registration or None)`` (on the reactor thread) for

@@ -12,7 +12,9 @@ docs/protocol.md (a test compares the document with ``OPS.describe()``):
 - a *registration* on the wire, a map ``{name, addresses, epoch, lease,
   expires_in, meta}`` (``registration_to_wire`` / ``registration_from_wire``);
 - a change notice, the body of a NOTIFY after ``watch``:
-  ``{name, registration or nil}`` (``notice_to_wire`` / ``notice_from_wire``).
+  ``{name, registration or nil}`` (``notice_to_wire`` / ``notice_from_wire``);
+- a page of ``names``: ``{page: [registration], next: cursor or nil}``
+  (``page_to_wire`` / ``page_from_wire``; ``posa.naming.pages`` bounds a page).
 
 Pure: no I/O; nothing above the naming layer's registration types.
 """
@@ -22,11 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from posa.errors import ProtocolError
+from posa.naming.pages import PAGE_BYTES, PAGE_ENTRIES
 from posa.naming.registration import DEFAULT_LEASE, Registration
 from posa.wire.schema import Field, Op, OpTable
 
 __all__ = ["DISPATCHER", "OPS", "registration_to_wire", "registration_from_wire",
-           "notice_to_wire", "notice_from_wire"]
+           "notice_to_wire", "notice_from_wire", "page_to_wire", "page_from_wire"]
 
 DISPATCHER = "posa/dispatcher"
 """The name every dispatcher answers to (besides its own ``posa/dispatcher/NODE``)."""
@@ -63,17 +66,26 @@ OPS = OpTable("dispatcher", [
            "dispatchers are asked (`via`: the dispatcher nodes passed, `hops`: how "
            "far; set by dispatchers); Unreachable (code 10) if one could not be asked "
            "and none had it → registration"),
-    Op("names", (Field("pattern", str, "**"), _VIA, _HOPS),
-       doc="every live registration whose name matches `pattern` (default `**`), here "
-           "and at the federated dispatchers (`via`, `hops` as for `lookup`; a "
-           "dispatcher already in `via` answers []), sorted by name → [registration]"),
+    Op("names", (Field("pattern", str, "**"), Field("after", str, None),
+                 Field("limit", int, PAGE_ENTRIES, lambda limit: limit >= 1,
+                       "an integer >= 1"), _VIA, _HOPS),
+       doc="one page of the live registrations whose name matches `pattern` (default "
+           "`**`), here and at the federated dispatchers (`via`, `hops` as for "
+           "`lookup`; a dispatcher already in `via` answers an empty last page): those "
+           f"named above the cursor `after` (none: from the first), sorted by name, at "
+           f"most `limit` (default and most {PAGE_ENTRIES}) and {PAGE_BYTES // 2**20} MiB; "
+           "`next` is the cursor of the next page, nil after the last → "
+           "`{page: [registration], next}`"),
     Op("pick", (Field("service", str),
                 Field("exclude", list, (), _strings, "a list of server names (strings)"),
                 _VIA, _HOPS),
        doc="one live server of `service` other than the server names in `exclude`, "
            "round robin by weight; federated like `lookup` → registration"),
-    Op("services", (),
-       doc="every service with the names of its servers → {service: [name]}"),
+    Op("services", (Field("after", str, None),),
+       doc="one page of the services with the names of their servers: the servers named "
+           "above the cursor `after` (none: from the first), in name order, bounded as a "
+           "page of `names`; `next` is the cursor of the next page, nil after the last → "
+           "`{services: {service: [name]}, next}`"),
     Op("watch", (),
        doc="send a NOTIFY `{name, registration or nil}` on this connection for every "
            "change → `{instance}`"),
@@ -113,3 +125,19 @@ def notice_from_wire(body: Any) -> tuple[str, Registration | None] | None:
         return None
     data = body.get("registration")
     return body["name"], None if data is None else registration_from_wire(data)
+
+
+def page_to_wire(page: list[dict[str, Any]], cursor: str | None) -> dict[str, Any]:
+    """The reply to ``names``: registrations (as ``registration_to_wire`` made them)
+    and the cursor of the next page (None after the last)."""
+    return {"page": page, "next": cursor}
+
+
+def page_from_wire(body: Any) -> tuple[list[Registration], str | None]:
+    """``(registrations, next cursor or None)`` from a ``names`` reply;
+    ``ProtocolError`` if it is malformed."""
+    if (not isinstance(body, dict) or not isinstance(body.get("page"), list)
+            or not isinstance(body.get("next"), (str, type(None)))):
+        raise ProtocolError("malformed page of names from the dispatcher: expected "
+                            f"{{page: [registration], next}}, got {type(body).__name__}")
+    return [registration_from_wire(r) for r in body["page"]], body["next"]

@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from posa.errors import Closed
+from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.registration import DEFAULT_LEASE, Change, Registration
 from posa.naming.table import RegistryTable
 
@@ -80,6 +81,24 @@ class LocalRegistry:
     def names(self, pattern: str = "**") -> list[Registration]:
         """See ``Registry.names``."""
         return self._apply(lambda: (self._table.names(pattern), []))
+
+    def page(self, pattern: str = "**", after: str | None = None, *,
+             limit: int = PAGE_ENTRIES, keep: Callable[[Mapping[str, Any]], bool] | None = None
+             ) -> tuple[list[Registration], str | None]:
+        """One page of ``names(pattern)`` above the cursor ``after``, and the next
+        cursor (see ``RegistryTable.page`` and ``posa.naming.pages``)."""
+        return self._apply(lambda: (self._table.page(pattern, after, limit=limit, keep=keep),
+                                    []))
+
+    def pages(self, pattern: str = "**", *, limit: int = PAGE_ENTRIES
+              ) -> Iterator[list[Registration]]:
+        """Every page of ``names(pattern)``, first to last (``posa.naming.pages``)."""
+        return walk(lambda after: self.page(pattern, after, limit=limit))
+
+    def __len__(self) -> int:
+        """Registrations held (dead ones not yet reaped included)."""
+        with self._lock:
+            return len(self._table)
 
     def expire(self) -> float | None:
         """Reap dead registrations now; return the seconds until the next one dies

@@ -4,13 +4,13 @@ No threads, no I/O, an injectable clock: mutations return change events instead
 of calling anyone. It enforces the rules of ``posa.naming.registration`` (owners, epochs,
 leases); ``LocalRegistry`` and the standalone dispatcher keep one each.
 
-Strategy: ``_entries`` (a dict) makes lookup O(1). ``_children`` maps every path
-prefix of a registered name ("" for the root) to the segments below it, so that
-``names("net/site-a/*")`` visits only net/site-a's children and
-``names("net/**")`` only net's subtree: a pattern walks the tree from its literal
-prefix. Expiry is a heap of (expires_at, token, name) with lazy deletion: a
-renewal pushes a new item, and an item whose token is no longer its entry's is
-skipped; the heap is rebuilt when stale items outnumber the entries.
+Strategy: ``_entries`` (a dict) makes lookup O(1). Two indexes
+(``posa.naming.index``) serve ``names``: a tree of path prefixes, so a pattern
+walks only the subtree below its literal prefix, and a sorted list, so a page
+(``page``: names above a cursor) bisects to its cursor. Expiry is a heap of
+(expires_at, token, name) with lazy deletion: a renewal pushes a new item, and an
+item whose token is no longer its entry's is skipped; the heap is rebuilt when
+stale items outnumber the entries.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from typing import Any
 import msgpack
 
 from posa.errors import NameNotFound, ProtocolError, Rejected, StaleEpoch, Unauthorized
+from posa.naming.index import NameTree, SortedNames
+from posa.naming.pages import MAX_SCAN, PAGE_BYTES, PAGE_ENTRIES, wire_size
 from posa.naming.registration import (
     DEFAULT_LEASE,
     MAX_META_BYTES,
@@ -35,7 +37,7 @@ from posa.naming.registration import (
     check_lease,
     credential_digest,
 )
-from posa.wire.names import ANY_DEPTH, ANY_ONE, Pattern, validate_name
+from posa.wire.names import Pattern, validate_name
 
 __all__ = ["RegistryTable", "STATE_VERSION"]
 
@@ -45,11 +47,12 @@ _EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Entry:
-    __slots__ = ("addresses", "epoch", "lease", "expires_at", "meta", "owner", "token")
+    __slots__ = ("addresses", "epoch", "lease", "expires_at", "meta", "owner", "token",
+                 "size")
 
     def __init__(self, addresses: tuple[str, ...], epoch: int, lease: float,
                  expires_at: float, meta: Mapping[str, Any], owner: bytes,
-                 token: int) -> None:
+                 token: int, size: int) -> None:
         self.addresses = addresses
         self.epoch = epoch
         self.lease = lease
@@ -57,6 +60,7 @@ class _Entry:
         self.meta = meta
         self.owner = owner
         self.token = token
+        self.size = size            # bytes its registration takes on the wire, at most
 
 
 def _not_found(name: str) -> NameNotFound:
@@ -77,7 +81,8 @@ class RegistryTable:
         self.now = now                          # the clock every lease is measured on
         self._max_tombstones = max_tombstones
         self._entries: dict[str, _Entry] = {}
-        self._children: dict[str, set[str]] = {}
+        self._tree = NameTree()
+        self._sorted = SortedNames()
         self._heap: list[tuple[float, int, str]] = []
         self._tokens = itertools.count(1)
         self._tombstones: dict[str, int] = {}   # name -> last epoch, oldest first
@@ -101,11 +106,42 @@ class RegistryTable:
     def names(self, pattern: str = "**") -> list[Registration]:
         """Live registrations matching ``pattern``, sorted by name (``InvalidName``
         for a malformed pattern). Visits only the subtree below its literal prefix."""
-        names = self._walk(Pattern(pattern))
+        names = self._tree.walk(Pattern(pattern), self._entries)
         names.sort()
         now, entries, snapshot = self.now(), self._entries, self._snapshot
         return [snapshot(name, entries[name], now) for name in names
                 if entries[name].expires_at > now]
+
+    def page(self, pattern: str = "**", after: str | None = None, *,
+             limit: int = PAGE_ENTRIES, max_bytes: int = PAGE_BYTES,
+             keep: Callable[[Mapping[str, Any]], bool] | None = None
+             ) -> tuple[list[Registration], str | None]:
+        """One page of ``names(pattern)``: the live registrations named above the
+        cursor ``after`` (None: from the first), sorted by name, at most ``limit``
+        and ``max_bytes`` on the wire (one at least), with the cursor of the next
+        page (None: this was the last). A cursor is the last name the page looked
+        at, so a walk lists every name that lives through it once, in order.
+        A page may hold fewer (or no) names while a cursor follows: it looks at
+        ``MAX_SCAN`` names at most. ``keep(meta)``, if given, skips the
+        registrations whose meta it refuses (as if they did not match)."""
+        compiled = Pattern(pattern)
+        if after is not None and not isinstance(after, str):
+            raise Rejected(f"a page cursor is the str a page returned, not {after!r}")
+        match, entries, now = compiled.match, self._entries, self.now()
+        found: list[Registration] = []
+        size, done = 0, after
+        for scanned, name in enumerate(self._sorted.after(after, compiled.literal_prefix,
+                                                          entries)):
+            entry = entries[name]
+            if entry.expires_at > now and match(name) and (keep is None or keep(entry.meta)):
+                if found and (len(found) >= limit or size + entry.size > max_bytes):
+                    return found, done
+                found.append(self._snapshot(name, entry, now))
+                size += entry.size
+            elif scanned >= MAX_SCAN:
+                return found, done
+            done = name
+        return found, None
 
     def reaping_due(self) -> bool:
         """True if ``expire`` may have a registration to reap now."""
@@ -133,7 +169,7 @@ class RegistryTable:
         validate_name(name)
         addrs = check_addresses(name, addresses)
         lease = check_lease(name, lease)
-        frozen_meta = self._freeze_meta(name, meta)
+        frozen_meta, meta_size = self._freeze_meta(name, meta)
         owner = credential_digest(credential)
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
                                   or epoch < 1):
@@ -160,7 +196,8 @@ class RegistryTable:
         if entry is None:
             self._index_add(name)
         token = next(self._tokens)
-        entry = _Entry(addrs, new_epoch, lease, now + lease, frozen_meta, owner, token)
+        entry = _Entry(addrs, new_epoch, lease, now + lease, frozen_meta, owner, token,
+                       wire_size(name, addrs, meta_size))
         self._entries[name] = entry
         self._push(entry.expires_at, token, name)
         registration = self._snapshot(name, entry, now)
@@ -269,10 +306,11 @@ class RegistryTable:
                     continue
                 table._tombstones.pop(name, None)
                 token = next(table._tokens)
+                addresses = check_addresses(name, item["addresses"])
+                meta, meta_size = table._freeze_meta(name, item["meta"])
                 table._entries[name] = _Entry(
-                    check_addresses(name, item["addresses"]), epoch,
-                    check_lease(name, item["lease"]), clock + left,
-                    table._freeze_meta(name, item["meta"]), owner, token)
+                    addresses, epoch, check_lease(name, item["lease"]), clock + left,
+                    meta, owner, token, wire_size(name, addresses, meta_size))
                 table._index_add(name)
                 table._push(clock + left, token, name)
         except (KeyError, TypeError, ValueError, AttributeError, Rejected) as exc:
@@ -286,10 +324,12 @@ class RegistryTable:
         return Registration(name, entry.addresses, entry.epoch, entry.lease,
                             entry.expires_at - now, entry.meta)
 
-    def _freeze_meta(self, name: str, meta: Mapping[str, Any] | None) -> Mapping[str, Any]:
-        """A read-only deep copy of ``meta`` as it will travel: msgpack data only."""
+    def _freeze_meta(self, name: str, meta: Mapping[str, Any] | None
+                     ) -> tuple[Mapping[str, Any], int]:
+        """A read-only deep copy of ``meta`` as it will travel (msgpack data only),
+        and its packed size."""
         if meta is None or (isinstance(meta, Mapping) and not meta):
-            return _EMPTY_META
+            return _EMPTY_META, 1
         if not isinstance(meta, Mapping) or not all(isinstance(k, str) for k in meta):
             raise Rejected(f"meta for {name!r} must be a mapping with str keys")
         try:
@@ -301,7 +341,7 @@ class RegistryTable:
         if len(packed) > MAX_META_BYTES:
             raise Rejected(f"meta for {name!r} packs to {len(packed)} bytes (at most "
                            f"{MAX_META_BYTES}); keep bulky data out of the registry")
-        return MappingProxyType(msgpack.unpackb(packed, strict_map_key=False))
+        return MappingProxyType(msgpack.unpackb(packed, strict_map_key=False)), len(packed)
 
     def _push(self, expires_at: float, token: int, name: str) -> None:
         heap = self._heap
@@ -312,8 +352,13 @@ class RegistryTable:
 
     def _remove(self, name: str, entry: _Entry) -> None:
         del self._entries[name]
-        self._index_remove(name)
+        self._tree.remove(name, self._entries)
+        self._sorted.discard(name)
         self._bury(name, entry.epoch)
+
+    def _index_add(self, name: str) -> None:
+        self._tree.add(name)
+        self._sorted.add(name)
 
     def _bury(self, name: str, epoch: int) -> None:
         tombstones = self._tombstones
@@ -321,60 +366,3 @@ class RegistryTable:
         tombstones[name] = epoch
         if len(tombstones) > self._max_tombstones:
             del tombstones[next(iter(tombstones))]
-
-    def _index_add(self, name: str) -> None:
-        parent, _, leaf = name.rpartition("/")
-        while True:
-            kids = self._children.get(parent)
-            if kids is None:
-                kids = self._children[parent] = set()
-            elif leaf in kids:
-                return                      # the ancestors are indexed already
-            kids.add(leaf)
-            if not parent:
-                return
-            parent, _, leaf = parent.rpartition("/")
-
-    def _index_remove(self, name: str) -> None:
-        node = name
-        while node and node not in self._entries and node not in self._children:
-            parent, _, leaf = node.rpartition("/")
-            kids = self._children[parent]
-            kids.discard(leaf)
-            if kids:
-                return
-            del self._children[parent]
-            node = parent
-
-    def _walk(self, pattern: Pattern) -> list[str]:
-        """Registered names (live or dead) that match ``pattern``, in no order."""
-        segments, entries, children = pattern.segments, self._entries, self._children
-        start = pattern.literal_prefix
-        found: list[str] = []
-        stack = [(start, start.count("/") + 1 if start else 0)]
-        while stack:
-            node, i = stack.pop()
-            if i == len(segments):
-                if node in entries:
-                    found.append(node)
-                continue
-            kids = children.get(node)
-            if not kids:
-                continue
-            prefix = node + "/" if node else ""
-            segment = segments[i]
-            if segment == ANY_DEPTH:
-                below = [prefix + kid for kid in kids]
-                while below:
-                    path = below.pop()
-                    if path in entries:
-                        found.append(path)
-                    grandkids = children.get(path)
-                    if grandkids:
-                        path += "/"
-                        below.extend([path + kid for kid in grandkids])
-            elif segment == ANY_ONE:
-                stack.extend([(prefix + kid, i + 1) for kid in kids])
-            elif segment in kids:
-                stack.append((prefix + segment, i + 1))
-        return found
