@@ -14,7 +14,7 @@ from typing import Any
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
 from posa.cli.keys import add_security_arguments, security_from_args
-from posa.cli.options import add_ops_arguments
+from posa.cli.options import add_ops_arguments, add_tls_arguments
 
 __all__ = ["add_parser"]
 
@@ -35,6 +35,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--lease", type=float, default=10.0,
                    help="lease of the dispatcher's own name, seconds")
     add_security_arguments(p)
+    add_tls_arguments(p)
     add_ops_arguments(p)
     p.set_defaults(run=_run)
 

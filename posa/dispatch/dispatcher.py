@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from posa.admission.acl import peer_identity
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
@@ -108,7 +109,7 @@ class Dispatcher:
     def _op_register(self, msg: Message, fields: dict[str, Any]) -> Any:
         name = fields["name"]
         if self.acl is not None:
-            self.acl.check_register(name, authenticated_key(msg))
+            self.acl.check_register(name, authenticated_key(msg), peer_identity(msg))
         registration = self.registry.register(
             name, fields["addresses"], credential=fields["credential"],
             epoch=fields["epoch"], lease=fields["lease"], meta=fields["meta"])

@@ -66,9 +66,15 @@ class TlsSettings:
         """Settings from ``POSA_TLS_CA``, ``POSA_TLS_CERT``, ``POSA_TLS_KEY`` and
         ``POSA_TLS_CLIENT_CERT=required`` (unset ones stay at their defaults)."""
         env = os.environ if environ is None else environ
-        return cls(cert=env.get(_ENV_CERT) or None, key=env.get(_ENV_KEY) or None,
-                   ca=env.get(_ENV_CA) or None,
-                   require_client_cert=env.get(_ENV_CLIENT_CERT, "") == "required")
+        try:
+            return cls(cert=env.get(_ENV_CERT) or None, key=env.get(_ENV_KEY) or None,
+                       ca=env.get(_ENV_CA) or None,
+                       require_client_cert=env.get(_ENV_CLIENT_CERT, "") == "required")
+        except ValueError as exc:
+            raise TransportError(f"{exc} (from the environment: POSA_TLS_CA, "
+                                 "POSA_TLS_CERT, POSA_TLS_KEY, POSA_TLS_CLIENT_CERT; "
+                                 "or --tls-ca, --tls-cert, --tls-key, --tls-client-cert)"
+                                 ) from None
 
     def server_context(self) -> ssl.SSLContext:
         """The listeners' context (built once). Raises ``TransportError`` if the
