@@ -21,7 +21,7 @@ from posa.transport.tcp.sockets import error_text
 from posa.transport.tls.settings import TlsSettings
 from posa.transport.tls.sockets import TlsFailure, TlsSocket
 
-__all__ = ["TlsConnection", "handshake", "hint"]
+__all__ = ["TlsConnection", "handshake"]
 
 _READ_SIZE = 64 * 1024
 
@@ -75,27 +75,13 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
         return TlsConnection(sock, address, options, (settings, host, port, name))
     except TlsFailure as exc:
         sock.close()
-        raise TransportError(f"cannot connect to {address}: {exc.strerror}"
-                             f"{hint(exc, name)}") from None
+        raise TransportError(f"cannot connect to {address}: {exc.strerror}") from None
     except OSError as exc:
         sock.close()
         raise TransportError(f"cannot connect to {address}: {error_text(exc)}") from None
     except BaseException:
         sock.close()
         raise
-
-
-def hint(exc: TlsFailure, name: str) -> str:
-    """What to do about a refused handshake, for the error text."""
-    text = (exc.strerror or "").lower()
-    if "hostname mismatch" in text or "not valid for" in text:
-        return (f"; the certificate is not for {name!r}: connect by a name it holds, or "
-                "set TlsSettings.server_hostname")
-    if "unable to get local issuer" in text or "self-signed" in text or "self signed" in text:
-        return "; its CA is not one this side trusts: give it with TlsSettings.ca (--tls-ca)"
-    if "expired" in text:
-        return "; renew the listener's certificate"
-    return ""
 
 
 def _dial(address: str, host: str, port: int, timeout: float | None) -> socket.socket:

@@ -67,16 +67,33 @@ class TlsFailure(OSError):
 
 
 def describe(exc: ssl.SSLError, side: str) -> TlsFailure:
-    """A ``TlsFailure`` for ``exc`` raised on ``side`` ("listener"/"connection")."""
+    """A ``TlsFailure`` for ``exc`` raised on ``side`` ("listener"/"connection"/
+    "record"), saying what to do about it."""
     reason = (exc.reason or "").lower().replace("_", " ")
-    text = getattr(exc, "verify_message", None) or exc.strerror or reason or str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        whose = "the connecting side's" if side == "listener" else "the listener's"
-        return TlsFailure(f"{whose} certificate was refused: {text}", "certificate")
-    if "certificate" in reason or "alert unknown ca" in reason:
-        return TlsFailure(f"a certificate was refused ({reason})", "certificate")
-    return TlsFailure(f"the TLS handshake or a record failed ({reason or text}); "
+        text = str(exc.verify_message or reason)
+        if side == "listener":
+            return TlsFailure(f"the client certificate was refused: {text}", "certificate")
+        return TlsFailure(f"the listener's certificate was refused: {text}{_hint(text)}",
+                          "certificate")
+    if "certificate" in reason or "unknown ca" in reason:
+        return TlsFailure(f"a certificate was refused ({reason}); the listener accepts "
+                          "clients whose certificate its ca signed: give one with "
+                          "--tls-cert (or cert=)", "certificate")
+    return TlsFailure(f"the TLS handshake or a record failed ({reason or exc}); "
                       "is the other side a posa tls:// endpoint?")
+
+
+def _hint(text: str) -> str:
+    text = text.lower()
+    if "mismatch" in text or "not valid for" in text:
+        return ("; connect by a name the certificate holds, or name one with "
+                "server_hostname= in the tls settings")
+    if "issuer" in text or "self-signed" in text or "self signed" in text:
+        return "; its ca is not one this side trusts: give it with --tls-ca (or ca=)"
+    if "expired" in text or "not yet valid" in text:
+        return "; the listener's certificate is out of date: renew it"
+    return ""
 
 
 class TlsSocket(socket.socket):
