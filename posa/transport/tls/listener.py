@@ -82,12 +82,12 @@ class TlsListener(TcpListener):
             except OSError as exc:
                 self._drop(peer, None, f"the connection failed: {exc}")
                 return
-        counted = sum(self.rejections.values())
+        truncated = peer.decoder.buffered       # tcp counts a failure "truncated" then
         super()._read(peer)
-        failure = sock.failure if isinstance(sock, TlsSocket) else None
-        if (failure is not None and failure.cause and peer.route not in self._peers
-                and sum(self.rejections.values()) == counted):
-            self.rejections[failure.cause] += 1     # a broken record: tcp saw an OSError
+        if peer.route not in self._peers and isinstance(sock, TlsSocket):
+            failure = sock.failure              # a broken record: tcp saw an OSError
+            if failure is not None and failure.cause and not truncated:
+                self.rejections[failure.cause] += 1
 
     def _poll(self, timeout: float | None) -> None:
         try:

@@ -53,6 +53,8 @@ _CHUNK = 256 * 1024          # plaintext encrypted per send
 _CLIENT_READ = 64 * 1024     # a connection's raw read buffer
 _EARLY_LIMIT = 4 * 1024 * 1024   # plaintext a connection keeps until its handshake is done
 _SLICE = 0.25                # s: a driver looks at least this often whether it is wanted
+_raw_recv_into = socket.socket.recv_into   # the plain socket's calls, without super()
+_raw_send = socket.socket.send
 NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
@@ -106,6 +108,8 @@ class TlsSocket(socket.socket):
         self._out = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._in, self._out, server_side=server_side,
                                      server_hostname=server_hostname, session=session)
+        # the C object under ssl.SSLObject: its read and write skip a Python call
+        self._c = getattr(self._tls, "_sslobj", self._tls)
         self._server = server_side
         self._mutex = threading.Lock()   # guards the TLS state below
         self._scratch = scratch          # raw reads land here (shared by a listener)
@@ -241,12 +245,19 @@ class TlsSocket(socket.socket):
                 raise self.failure
             if self.handshaking and not self._handshake_locked():
                 raise BlockingIOError(errno.EAGAIN, "the TLS handshake is under way")
-            view = memoryview(buffer).cast("B")
-            room = min(len(view) - self._in.pending, len(self._scratch))
-            size = self._read_raw(self._scratch[:room]) if room > 0 else -1
-            if size > 0:
-                self._in.write(self._scratch[:size])
-            got, closed = self._decrypt(view)
+            incoming = self._in
+            scratch = self._scratch
+            room = len(buffer) - incoming.pending
+            size = -1
+            if room > 0:
+                try:
+                    size = _raw_recv_into(self, scratch if room >= len(scratch)
+                                          else scratch[:room])
+                except (BlockingIOError, InterruptedError):
+                    pass
+                if size > 0:
+                    incoming.write(scratch[:size])
+            got, closed = self._decrypt(buffer) if incoming.pending else (0, False)
             if self._out.pending:            # a post-handshake message to answer
                 self._write_raw(self._out.read())
         if got:
@@ -262,13 +273,18 @@ class TlsSocket(socket.socket):
         except (BlockingIOError, InterruptedError):
             return -1
 
-    def _decrypt(self, view: memoryview) -> tuple[int, bool]:
-        read = self._tls.read
+    def _decrypt(self, buffer: Any) -> tuple[int, bool]:
+        """Decrypt the complete records in the incoming BIO into ``buffer``: the
+        bytes, and whether close_notify came. Stops when the BIO is empty, so a
+        whole record costs one call and no exception."""
+        read = self._c.read
+        incoming = self._in
         got: int = 0
-        size = len(view)
-        while got < size:
+        size = len(buffer)
+        view = memoryview(buffer)
+        while got < size and incoming.pending:
             try:
-                n = read(size - got, view[got:])
+                n = read(size - got, view[got:] if got else buffer)
             except ssl.SSLWantReadError:
                 return got, False
             except ssl.SSLZeroReturnError:
@@ -300,9 +316,10 @@ class TlsSocket(socket.socket):
                 if self._backlog:
                     raise BlockingIOError(errno.EAGAIN, "earlier TLS records still wait")
             done, self._ahead = self._ahead, 0
-            rest = memoryview(data)[done:done + _CHUNK]
+            rest = data if not done and len(data) <= _CHUNK else (
+                memoryview(data)[done:done + _CHUNK])
             if rest:
-                self._tls.write(rest)
+                self._c.write(rest)
                 self._write_raw(self._out.read())
                 if self._backlog:
                     self._ahead = len(rest)
@@ -311,8 +328,19 @@ class TlsSocket(socket.socket):
 
     def _write_raw(self, data: bytes) -> None:
         """Write the backlog, then ``data``, as far as the kernel takes them."""
+        if not self._backlog:
+            if not data:
+                return
+            try:
+                sent = _raw_send(self, data, NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent == len(data):
+                return
+            self._backlog = memoryview(data)[sent:]
+            return
         if data:
-            self._backlog = bytes(self._backlog) + data if self._backlog else data
+            self._backlog = bytes(self._backlog) + data
         backlog = self._backlog
         while backlog:
             try:
