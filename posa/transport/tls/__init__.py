@@ -14,6 +14,7 @@ first used.
     posa.transport.tls             TlsTransport: the scheme, listen and connect
     posa.transport.tls.settings    TlsSettings, the contexts, the session cache
     posa.transport.tls.sockets     TlsSocket: plaintext in, TLS records out
+    posa.transport.tls.failures    TlsFailure: what went wrong, in words
     posa.transport.tls.listener    TlsListener: non-blocking handshakes, identities
     posa.transport.tls.connection  TlsConnection and the connecting handshake
 """

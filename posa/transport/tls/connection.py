@@ -18,8 +18,9 @@ from posa.errors import TransportError
 from posa.transport.base import Options
 from posa.transport.tcp.connection import TcpConnection
 from posa.transport.tcp.sockets import error_text
+from posa.transport.tls.failures import TlsFailure
 from posa.transport.tls.settings import TlsSettings
-from posa.transport.tls.sockets import TlsFailure, TlsSocket
+from posa.transport.tls.sockets import TlsSocket
 
 __all__ = ["TlsConnection", "handshake"]
 

@@ -31,7 +31,8 @@ from collections import deque
 from posa.transport.base import Options, Route
 from posa.transport.tcp.accepting import Accepted
 from posa.transport.tcp.listener import TcpListener
-from posa.transport.tls.sockets import TlsFailure, TlsListeningSocket, TlsSocket
+from posa.transport.tls.failures import TlsFailure
+from posa.transport.tls.sockets import TlsListeningSocket, TlsSocket
 
 __all__ = ["TlsListener"]
 

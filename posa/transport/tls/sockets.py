@@ -45,9 +45,10 @@ import threading
 import time
 from typing import Any
 
+from posa.transport.tls.failures import TlsFailure, describe
 from posa.transport.tls.settings import identity_of
 
-__all__ = ["TlsSocket", "TlsListeningSocket", "TlsFailure"]
+__all__ = ["TlsSocket", "TlsListeningSocket"]
 
 _CHUNK = 256 * 1024          # plaintext encrypted per send
 _CLIENT_READ = 64 * 1024     # a connection's raw read buffer
@@ -56,46 +57,6 @@ _SLICE = 0.25                # s: a driver looks at least this often whether it 
 _raw_recv_into = socket.socket.recv_into   # the plain socket's calls, without super()
 _raw_send = socket.socket.send
 NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
-class TlsFailure(OSError):
-    """A TLS handshake or record failed; ``cause`` is the listener's rejection
-    counter (``"garbage"``, ``"certificate"``, ``"truncated"``), or None for a
-    connection that closed before saying anything."""
-
-    def __init__(self, text: str, cause: str | None = "garbage") -> None:
-        super().__init__(errno.EPROTO, text)
-        self.cause = cause
-
-
-def describe(exc: ssl.SSLError, side: str) -> TlsFailure:
-    """A ``TlsFailure`` for ``exc`` raised on ``side`` ("listener"/"connection"/
-    "record"), saying what to do about it."""
-    reason = (exc.reason or "").lower().replace("_", " ")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        text = str(exc.verify_message or reason)
-        if side == "listener":
-            return TlsFailure(f"the client certificate was refused: {text}", "certificate")
-        return TlsFailure(f"the listener's certificate was refused: {text}{_hint(text)}",
-                          "certificate")
-    if "certificate" in reason or "unknown ca" in reason:
-        return TlsFailure(f"a certificate was refused ({reason}); the listener accepts "
-                          "clients whose certificate its ca signed: give one with "
-                          "--tls-cert (or cert=)", "certificate")
-    return TlsFailure(f"the TLS handshake or a record failed ({reason or exc}); "
-                      "is the other side a posa tls:// endpoint?")
-
-
-def _hint(text: str) -> str:
-    text = text.lower()
-    if "mismatch" in text or "not valid for" in text:
-        return ("; connect by a name the certificate holds, or name one with "
-                "server_hostname= in the tls settings")
-    if "issuer" in text or "self-signed" in text or "self signed" in text:
-        return "; its ca is not one this side trusts: give it with --tls-ca (or ca=)"
-    if "expired" in text or "not yet valid" in text:
-        return "; the listener's certificate is out of date: renew it"
-    return ""
 
 
 class TlsSocket(socket.socket):
@@ -121,6 +82,7 @@ class TlsSocket(socket.socket):
         self._driver: threading.Thread | None = None
         self.linger = 1.0                # s shutdown waits for the driver
         self.handshaking = True
+        self._steady = False             # handshake done, not failed, not shut down
         self.deadline: float | None = deadline    # the handshake must beat it
         self.identity: str | None = None
         self.failure: TlsFailure | None = None    # why TLS failed, once it did
@@ -182,11 +144,13 @@ class TlsSocket(socket.socket):
                 pass
             raise failure from None
         self.handshaking = False
+        self._steady = True
         self.deadline = None
         self.identity = identity_of(self._tls.getpeercert())
         return True
 
     def _failed(self, failure: TlsFailure) -> TlsFailure:
+        self._steady = False
         if self.failure is None:
             self.failure = failure
         return self.failure
@@ -241,20 +205,22 @@ class TlsSocket(socket.socket):
         if self._raw:
             return super().recv_into(buffer, nbytes, flags)
         with self._mutex:
-            if self.failure is not None:
-                raise self.failure
-            if self.handshaking and not self._handshake_locked():
-                raise BlockingIOError(errno.EAGAIN, "the TLS handshake is under way")
+            if not self._steady:
+                if self.failure is not None:
+                    raise self.failure
+                if self.handshaking and not self._handshake_locked():
+                    raise BlockingIOError(errno.EAGAIN, "the TLS handshake is under way")
             incoming = self._in
             scratch = self._scratch
             room = len(buffer) - incoming.pending
             size = -1
+            blocked: BaseException | None = None
             if room > 0:
                 try:
                     size = _raw_recv_into(self, scratch if room >= len(scratch)
                                           else scratch[:room])
-                except (BlockingIOError, InterruptedError):
-                    pass
+                except (BlockingIOError, InterruptedError) as exc:
+                    blocked = exc
                 if size > 0:
                     incoming.write(scratch[:size])
             got, closed = self._decrypt(buffer) if incoming.pending else (0, False)
@@ -264,7 +230,7 @@ class TlsSocket(socket.socket):
             return got
         if size == 0 or closed:
             return 0
-        raise BlockingIOError(errno.EAGAIN, "no complete TLS record yet")
+        raise blocked or BlockingIOError(errno.EAGAIN, "no complete TLS record yet")
 
     def _read_raw(self, into: memoryview) -> int:
         """Read what the socket has into ``into``: its size, 0 at the end, -1 for none."""
@@ -303,14 +269,8 @@ class TlsSocket(socket.socket):
         if self._raw:
             return super().send(data, flags)
         with self._mutex:
-            if self.failure is not None:
-                raise self.failure
-            if self.handshaking:
-                if len(self._early) >= _EARLY_LIMIT:
-                    raise BlockingIOError(errno.EAGAIN, "the TLS handshake is under way")
-                chunk = memoryview(data)[:_CHUNK]
-                self._early += chunk
-                return len(chunk)
+            if not self._steady:
+                return self._send_unsteady(data)
             if self._backlog:
                 self._write_raw(b"")
                 if self._backlog:
@@ -320,11 +280,28 @@ class TlsSocket(socket.socket):
                 memoryview(data)[done:done + _CHUNK])
             if rest:
                 self._c.write(rest)
-                self._write_raw(self._out.read())
-                if self._backlog:
-                    self._ahead = len(rest)
-                    return done
+                cipher = self._out.read()
+                try:
+                    sent = _raw_send(self, cipher, NOSIGNAL)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent < len(cipher):
+                    self._backlog = memoryview(cipher)[sent:]
+                    self._write_raw(b"")
+                    if self._backlog:
+                        self._ahead = len(rest)
+                        return done
             return done + len(rest)
+
+    def _send_unsteady(self, data: Any) -> int:
+        """``send`` before the handshake is done (keep ``data``) or after it failed."""
+        if self.failure is not None:
+            raise self.failure
+        if len(self._early) >= _EARLY_LIMIT:
+            raise BlockingIOError(errno.EAGAIN, "the TLS handshake is under way")
+        chunk = memoryview(data)[:_CHUNK]
+        self._early += chunk
+        return len(chunk)
 
     def _write_raw(self, data: bytes) -> None:
         """Write the backlog, then ``data``, as far as the kernel takes them."""
@@ -368,6 +345,7 @@ class TlsSocket(socket.socket):
                 except OSError:
                     pass
             self._raw = True
+            self._steady = False
         super().shutdown(how)
 
 
