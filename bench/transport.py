@@ -6,10 +6,14 @@ do.  One-way: a ``Connection`` sends n frames to a ``Listener`` in another
 process (``inproc``: two threads of one process, like the SimpleQueue anchor).
 Request-reply: a client sends a frame and waits for the echo, sequentially.
 A receiver takes what ``recv_nowait()`` has and blocks in ``recv()`` only
-when nothing is queued, as a reactor would.
+when nothing is queued, as a reactor would. The ``tls://`` rows run beside
+the ``tcp://`` ones with a self-signed P-256 certificate made by ``openssl``
+for the run (TLS 1.3, AES-GCM), which both processes read from ``POSA_TLS_*``.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -168,8 +172,23 @@ def role_inproc_rr(n: int) -> None:
 
 
 # ------------------------------------------------------------------ the rows
+def _tls_certificate(ctx: Any) -> None:
+    """Make a certificate for 127.0.0.1 once per run; its processes use it (env)."""
+    if "POSA_TLS_CERT" in ctx.env and os.path.exists(ctx.env["POSA_TLS_CERT"]):
+        return
+    cert, key = os.path.join(ctx.tmpdir, "tls-cert.pem"), os.path.join(ctx.tmpdir, "tls-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    ctx.env.update(POSA_TLS_CERT=cert, POSA_TLS_KEY=key, POSA_TLS_CA=cert)
+
+
 def _oneway(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
     def run(ctx: Any, n: int) -> dict[str, Any]:
+        if scheme == "tls":
+            _tls_certificate(ctx)
         if scheme == "inproc":
             both = ctx.spawn(MODULE, "inproc", n=n).result()
             return oneway_metrics(both, both, n)
@@ -183,6 +202,8 @@ def _oneway(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
 
 def _rr(scheme: str) -> Callable[[Any, int], dict[str, Any]]:
     def run(ctx: Any, n: int) -> dict[str, Any]:
+        if scheme == "tls":
+            _tls_certificate(ctx)
         if scheme == "inproc":
             return ctx.spawn(MODULE, "inproc_rr", n=n).result()  # type: ignore[no-any-return]
         server = ctx.spawn(MODULE, "rr_server", addr=ctx.address(scheme))
@@ -199,6 +220,7 @@ BENCHES = [
     Bench("tr_zmq_ipc", "posa zmq+ipc one-way", _oneway("zmq+ipc"), N_ONEWAY, ONEWAY,
           versus="zmq_push_ipc"),
     Bench("tr_tcp", "posa tcp one-way", _oneway("tcp"), N_ONEWAY, ONEWAY),
+    Bench("tr_tls", "posa tls one-way", _oneway("tls"), N_ONEWAY, ONEWAY, versus="tr_tcp"),
     Bench("tr_inproc", "posa inproc one-way, 2 threads", _oneway("inproc"), N_ONEWAY, ONEWAY),
     Bench("tr_zmq_tcp_rr", "posa zmq+tcp request-reply (echo)", _rr("zmq+tcp"), N_RR, RR,
           versus="zmq_dealer_rr"),
@@ -206,6 +228,8 @@ BENCHES = [
           versus="zmq_dealer_rr"),
     Bench("tr_tcp_rr", "posa tcp request-reply (echo)", _rr("tcp"), N_RR, RR,
           versus="asyncio_echo"),
+    Bench("tr_tls_rr", "posa tls request-reply (echo)", _rr("tls"), N_RR, RR,
+          versus="tr_tcp_rr"),
     Bench("tr_inproc_rr", "posa inproc request-reply (echo), 2 threads", _rr("inproc"),
           N_RR, RR),
 ]
@@ -216,6 +240,10 @@ GOALS = [
          ("tr_zmq_tcp", "msgs_per_s"), ("zmq_dealer2_tcp", "msgs_per_s"), ">=", 0.8),
     Goal("tr-tcp", FOUNDATION, "tcp one-way ≥ 1.0× asyncio length-prefixed streams",
          ("tr_tcp", "msgs_per_s"), ("asyncio_streams", "msgs_per_s"), ">=", 1.0),
+    Goal("tr-tls", FOUNDATION, "tls one-way ≥ 0.7× tcp one-way",
+         ("tr_tls", "msgs_per_s"), ("tr_tcp", "msgs_per_s"), ">=", 0.7),
+    Goal("tr-tls-rr", FOUNDATION, "tls request-reply ≥ 0.7× tcp request-reply",
+         ("tr_tls_rr", "calls_per_s"), ("tr_tcp_rr", "calls_per_s"), ">=", 0.7),
     Goal("tr-inproc", FOUNDATION, "inproc (2 threads) ≥ 0.5× queue.SimpleQueue (2 threads)",
          ("tr_inproc", "msgs_per_s"), ("simplequeue", "msgs_per_s"), ">=", 0.5),
 ]

@@ -46,7 +46,8 @@ MODULES = {
                     "ProtocolError", "Rejected", "RemoteError", "StaleEpoch", "Timeout",
                     "TransportError", "Unauthorized", "Unreachable"},
     "posa.transport": {"Connection", "Curve", "Listener", "Options", "Route", "Transport",
-                       "ZmqTransport", "connect", "get", "listen", "register", "schemes"},
+                       "ZmqTransport", "TlsSettings", "TlsTransport", "connect", "get",
+                       "listen", "register", "schemes"},
     "posa.transport.testing": {
         "AddressFactory", "CHECKS", "DEADLINE", "check_all", "check_close_wakes_recv",
         "check_frame_sizes", "check_many_connections", "check_order",

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from posa.channel.protocol import POLICIES
+from posa.cli.options import add_tls_arguments
 
 __all__ = ["add_parser"]
 
@@ -43,6 +44,7 @@ def add_parser(subparsers: Any) -> None:
                         help='filter for upstream events, JSON, e.g. '
                              '\'{"field": "load", "op": ">", "value": 0.8}\'')
     parser.add_argument("--upstream-policy", default="drop-oldest", choices=POLICIES)
+    add_tls_arguments(parser)
     parser.set_defaults(run=_run)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
 from posa.cli.keys import add_security_arguments, security_from_args
-from posa.cli.options import add_ops_arguments
+from posa.cli.options import add_ops_arguments, add_tls_arguments
 from posa.errors import PosaError
 
 __all__ = ["add_parser"]
@@ -37,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
                    help="lease of the dispatcher's own name, seconds")
     _add_registry_arguments(p)
     add_security_arguments(p)
+    add_tls_arguments(p)
     add_ops_arguments(p)
     p.set_defaults(run=_run)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from posa.cli import DEFAULT_DISPATCHER
 
-__all__ = ["add_client_parser", "add_ops_arguments", "to_json", "json_body"]
+__all__ = ["add_client_parser", "add_ops_arguments", "add_tls_arguments", "to_json",
+           "json_body"]
 
 
 def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -24,6 +26,7 @@ def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.Ar
                         help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tls_arguments(parser)
     return parser
 
 
@@ -37,6 +40,36 @@ def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
                        help="address for --ops-port (default 127.0.0.1)")
     group.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                        help="on SIGTERM, wait this long for in-flight work (default 10)")
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--tls-client-cert``:
+    the settings of every ``tls://`` address the command listens on or connects
+    to. Each sets its ``POSA_TLS_*`` variable for this process (and the processes
+    it starts), which the tls transport reads when it is first used."""
+    group = parser.add_argument_group("tls (for tls:// addresses)")
+    for flag, meta, text in (
+            ("--tls-ca", "PEM", "CA certificates to verify the other side with "
+                                "(env POSA_TLS_CA; default: the system's)"),
+            ("--tls-cert", "PEM", "this side's certificate chain; a listener needs it, "
+                                  "a client presents it for mutual TLS (env POSA_TLS_CERT)"),
+            ("--tls-key", "PEM", "the certificate's private key (env POSA_TLS_KEY; "
+                                 "default: in --tls-cert)"),
+            ("--tls-client-cert", "required", "listeners accept only clients with a "
+                                              "certificate signed by --tls-ca (env "
+                                              "POSA_TLS_CLIENT_CERT)")):
+        group.add_argument(flag, metavar=meta, action=_SetEnvironment,
+                           choices=("required", "optional") if meta == "required" else None,
+                           help=text)
+
+
+class _SetEnvironment(argparse.Action):
+    """``--tls-ca X`` sets ``POSA_TLS_CA=X``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        os.environ["POSA_" + self.dest.upper()] = str(values)
 
 
 def to_json(value: Any) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from posa.admission.acl import peer_identity
 from posa.admission.gatekeeper import refusal
 from posa.errors import NameNotFound
 from posa.naming.quotas import RESERVED, QuotaLedger, is_reserved
@@ -55,7 +56,7 @@ class RegistrationGuard:
         with self._lock:
             self.ledger.admit(connection, msg)
         if self.acl is not None:
-            self.acl.check_register(name, key)
+            self.acl.check_register(name, key, peer_identity(msg))
         if is_reserved(name) and key not in self.reserved_keys:
             self.reserved_refused += 1
             raise refusal("reserved-name", _reserved_text(name, key))

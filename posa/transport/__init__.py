@@ -4,6 +4,7 @@
     tcp://HOST:PORT          length-prefixed frames over TCP       (posa.transport.tcp)
     zmq+tcp://HOST:PORT      ZeroMQ ROUTER/DEALER over TCP         (posa.transport.zmq)
     zmq+ipc:///PATH          ZeroMQ ROUTER/DEALER over a Unix socket
+    tls://HOST:PORT          the tcp frames inside TLS                (posa.transport.tls)
 
 This module and ``posa.transport.testing`` (the conformance suite) are public;
 the transports' own modules are internal. The transport layer is posa's bottom:
@@ -26,16 +27,23 @@ if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
 __all__ = ["Connection", "Listener", "Options", "Route", "Transport",
-           "listen", "connect", "get", "schemes", "register", "Curve", "ZmqTransport"]
+           "listen", "connect", "get", "schemes", "register", "Curve", "ZmqTransport",
+           "TlsSettings", "TlsTransport"]
 
 # ZeroMQ's CURVE configuration is public, but pyzmq loads only when it is used
 _FROM_ZMQ = ("Curve", "ZmqTransport")
+
+
+_FROM_TLS = ("TlsSettings", "TlsTransport")
 
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_ZMQ:
         from posa.transport import zmq
         return getattr(zmq, name)
+    if name in _FROM_TLS:
+        from posa.transport import tls
+        return getattr(tls, name)
     raise AttributeError(f"module 'posa.transport' has no attribute {name!r}")
 
 # scheme -> "module:Class" of the built-in transports, imported on first use
@@ -44,6 +52,7 @@ _BUILTIN = {
     "tcp": "posa.transport.tcp:TcpTransport",
     "zmq+tcp": "posa.transport.zmq:ZmqTransport",
     "zmq+ipc": "posa.transport.zmq:ZmqTransport",
+    "tls": "posa.transport.tls:TlsTransport",
 }
 _loaded: dict[str, Transport] = {}
 _plugin_failures: list[str] | None = None    # None until the plugins are scanned

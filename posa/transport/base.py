@@ -33,6 +33,11 @@ by dropping the connection that sent it (counted in ``rejections`` where the
 transport can see the cause: libzmq drops such a peer without saying why) while
 every other connection goes on.
 
+A listener that authenticates its peers may also offer
+``identity(route) -> str | None``: what the connection's verified credential names
+(``tls://`` with client certificates: the certificate's common name). It is
+optional; callers look it up with ``getattr``.
+
 Errors are posa's: ``TransportError`` (``Closed`` once an endpoint is closed),
 ``Timeout``. Nothing from ``zmq``, ``socket`` or ``OSError`` escapes.
 """
@@ -41,7 +46,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from posa.transport.tls.settings import TlsSettings
 
 __all__ = ["Options", "Transport", "Listener", "Connection", "Route"]
 
@@ -61,6 +69,7 @@ class Options:
     high_water_mark: int = 1000              # frames queued per connection before send blocks
     send_timeout: float | None = 5.0         # seconds send may block; None: forever
     linger: float = 1.0                      # seconds close() may spend flushing
+    tls: TlsSettings | None = None           # tls:// only; None: the transport's own
 
     def __post_init__(self) -> None:
         if self.max_frame_size <= 0 or self.max_connections <= 0 or self.high_water_mark <= 0:
