@@ -32,19 +32,21 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from posa.channel.core import ChannelCore
+from posa.channel.core import ChannelCore, Published
 from posa.channel.delivery import Delivery
+from posa.channel.droplog import DropLog
+from posa.channel.keeping import Keeping, is_publish
 from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
-from posa.channel.subscriber import Subscriber
-from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.channel.store import HistoryStore, open_store
+from posa.channel.upstream import follow
+from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import Peer
@@ -74,7 +76,14 @@ class EventChannel:
     ``upstream_policy``. ``credential`` owns the name: give the same one to a
     restarted channel so it can take the name over at once. The name is
     registered with ``registry``, or with the dispatcher at ``dispatcher``, or
-    in the process's embedded registry."""
+    in the process's embedded registry.
+
+    ``store`` keeps the history on disk (a file path: SQLite; default None:
+    memory only, and a restart begins a new incarnation); with one, the seqs
+    and the history continue across restarts and an event acknowledged to its
+    publisher is in the store first. Retention: ``history`` events, at most
+    ``history_bytes`` bytes and ``history_age`` seconds (None: no bound).
+    Drops are logged at most once per cause per ``drop_log_interval`` s."""
 
     def __init__(self, name: str, *, registry: Registry | None = None,
                  dispatcher: str | None = None,
@@ -84,7 +93,9 @@ class EventChannel:
                  upstream_filter: Any = None, upstream_policy: str = "drop-oldest",
                  upstream_buffer: int = 10000, max_batch: int = 4096, window: int = 8,
                  inbox: int = 32, park_limit: int = 8, send_timeout: float = 2.0,
-                 limits: CodecLimits | None = None) -> None:
+                 limits: CodecLimits | None = None,
+                 store: str | HistoryStore | None = None, history_bytes: int | None = None,
+                 history_age: float | None = None, drop_log_interval: float = 10.0) -> None:
         self.name = validate_name(name)
         for up in upstream:
             validate_name(up)
@@ -92,8 +103,14 @@ class EventChannel:
             compile_filter(upstream_filter)
         if max_batch < 1 or window < 1 or inbox < 2 or park_limit < 1:
             raise ValueError("max_batch, window, park_limit must be >= 1 and inbox >= 2")
-        self.registry, self._owns_registry = open_registry(registry, dispatcher)
-        self.core = ChannelCore(self.name, secrets.randbits(62) + 1, history=history)
+        self.store = open_store(store)
+        stored = self.store.load()
+        self.core = ChannelCore(self.name, stored.incarnation, history=history,
+                                history_bytes=history_bytes, history_age=history_age,
+                                seq=stored.seq)
+        for run, stamp, pid, pseq in stored.runs:
+            self.core.restore(run, stamp, pid, pseq)
+        self.keeping = Keeping(self.store) if self.store.durable else None
         self.max_batch = max_batch
         self.window = window
         self.park_limit = park_limit
@@ -104,23 +121,35 @@ class EventChannel:
         self._deliveries: dict[str, Delivery] = {}
         self._closing = threading.Event()
         self._closed = False
+        self._accepting = True
+        self._entry: int | None = None      # the journal entry of the message in hand
         self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0}
+        self.drop_log = DropLog(self.name, log, drop_log_interval)
         self._handlers = CHANNEL.bind(self)
+        with self._lock:
+            for entry, pub in stored.pending:   # acknowledged, not numbered: now
+                pub.entry = entry
+                self._offer(pub)
+        self.registry, self._owns_registry = open_registry(registry, dispatcher)
         try:
             self.peer = Peer(self.name, registry=self.registry, listen=listen,
                              credential=credential, lease=lease, limits=limits,
-                             inbox_size=inbox)
+                             inbox_size=inbox, on_run=self.keeping.journal_run
+                             if self.keeping is not None else None)
         except BaseException:
             if self._owns_registry:
                 self.registry.close()
+            self.store.close()
             raise
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
         self._start(self._ingest, "ingest")
+        selection = {"topics": list(upstream_topics), "filter": upstream_filter,
+                     "policy": upstream_policy, "buffer": upstream_buffer}
         for up in upstream:
             self._start(functools.partial(
-                self._upstream, up, list(upstream_topics), upstream_filter,
-                upstream_policy, upstream_buffer), f"upstream-{up}")
+                follow, self.name, up, self.registry, selection, self._accept_upstream,
+                self._closing, max_batch), f"upstream-{up}")
 
     def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"posa-channel-{self.name}-{role}",
@@ -157,15 +186,57 @@ class EventChannel:
             stats = self.core.stats()
             stats["parked"] = len(self._parked)
         stats.update(self.counters)
+        stats["store_bytes"] = self.store.size()
+        stats["drops"] = dict(self.core.drops)
         return stats
+
+    def depths(self) -> dict[str, int]:
+        """The channel's numbers for metrics (``posa.ops.Monitor``): events
+        buffered for subscribers, the largest lag, subscribers, parked
+        publications, history held (events, bytes in the store), and events
+        dropped per cause and duplicates dropped, since the start."""
+        with self._lock:
+            core = self.core
+            subs = list(core.subscriptions.values())
+            numbers = {"channel_buffered": sum(s.size for s in subs),
+                       "channel_lag": max((core.seq - (s.cursor or core.seq) + s.size
+                                           for s in subs), default=0),
+                       "channel_subscribers": len(subs),
+                       "channel_parked": len(self._parked),
+                       "channel_history": core.history_size,
+                       "channel_store_bytes": self.store.size(),
+                       "channel_duplicates": core.duplicates}
+            for cause, count in self._drop_totals().items():
+                numbers[f"channel_dropped_{cause.replace('-', '_')}"] = count
+        return numbers
+
+    def _drop_totals(self) -> dict[str, int]:
+        return {**self.core.drops, "undeliverable": self.counters["undeliverable"]}
+
+    # -- draining -------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """First step of a clean stop: new requests (subscriptions) are refused;
+        what publishers send still comes in and is delivered (or, with a
+        store, kept)."""
+        self._accepting = False
+        self.peer.stop_accepting()
+
+    def in_flight(self) -> int:
+        """Events accepted and not yet delivered: buffered for subscribers,
+        parked, and publications waiting to be taken in."""
+        with self._lock:
+            buffered = sum(s.size for s in self.core.subscriptions.values())
+            return buffered + len(self._parked) + self.peer.depths().get("inbox", 0)
 
     # -- ingest: publications and control requests -----------------------------
     def _ingest(self) -> None:
         sweep_at = time.monotonic() + 0.5
-        while not self._closing.is_set():
-            try:
-                msg = self.peer.receive(timeout=0.25)
+        while True:
+            try:    # once closing, take in what the inbox holds still, then stop
+                msg = self.peer.receive(timeout=0 if self._closing.is_set() else 0.25)
             except Timeout:
+                if self._closing.is_set():
+                    return
                 msg = None
             except Closed:
                 return
@@ -173,13 +244,30 @@ class EventChannel:
                 self._handle(msg)
             now = time.monotonic()
             if now >= sweep_at:
-                self._expire(now)
+                self._sweep(now)
                 sweep_at = now + 0.5
+
+    def _sweep(self, now: float) -> None:
+        """Twice a second: expired subscriptions, retention by age, the store's
+        trim, the drop log."""
+        self._expire(now)
+        with self._lock:
+            self.core.kept.expire(time.time())
+            totals = self._drop_totals()
+        if self.keeping is not None:
+            self.keeping.trim(self.core)
+        self.drop_log.observe(totals, now)
 
     def _handle(self, msg: Message) -> None:
         """Parse a message by the table and run its operation's handler; a
         request gets the answer or the error, a one-way message none."""
         kind = msg.kind
+        self._entry = None
+        if self.keeping is not None and is_publish(msg):
+            try:
+                self._entry = self.keeping.entry_for(self._closing)
+            except Closed:
+                return      # journaled (or not acknowledged): the next run numbers it
         try:
             op, fields = CHANNEL.parse(msg.body)
             if kind != (Kind.SEND if op.oneway else Kind.REQUEST):
@@ -203,12 +291,17 @@ class EventChannel:
 
     def _reject(self, msg: Message, exc: PosaError) -> None:
         self.counters["rejected"] += 1
+        if self._entry and self.keeping is not None:
+            with self._lock:
+                self.keeping.record(Publication([], entry=self._entry), None, self.core, 0)
         if self.counters["rejected"] <= 10:
             log.warning("channel %s: refused a message from %r: %s", self.name,
                         msg.sender, exc)
 
     def _op_publish(self, msg: Message, fields: dict[str, Any]) -> None:
-        self._accept(publication(fields))
+        pub = publication(fields)
+        pub.entry = self._entry
+        self._accept(pub)
 
     def _accept(self, pub: Publication) -> None:
         """Offer a publication; wait (ingest or upstream thread) while the park is full."""
@@ -228,18 +321,29 @@ class EventChannel:
                 delivery.expires += waited
 
     def _offer(self, pub: Publication) -> bool:
-        """Publish into the core (lock held); park what does not fit. True if all fit."""
+        """Publish into the core (lock held), keep it in the store before anyone
+        can take it, park what does not fit. True if all fit."""
+        now = time.time()
+        result: Published | None
         try:
-            result = self.core.publish(pub)
+            result = self.core.publish(pub, now)
         except Rejected as exc:
             self.counters["rejected"] += 1
             log.warning("channel %s: refused a publication: %s", self.name, exc)
+            result = None
+        if self.keeping is not None:
+            self.keeping.record(pub, result, self.core, now)
+        if result is None:
             return True
         deliveries = self._deliveries
         for sub in result.woken:
             delivery = deliveries.get(sub.id)
             if delivery is not None:
                 delivery.cond.notify()
+        for sub in result.ended:
+            log.info("channel %s: subscription of %r ended (policy %s: its buffer of %d "
+                     "events was full)", self.name, sub.id, sub.policy, sub.limit)
+            self._end(sub.id)
         if result.rest is not None:
             self._parked.appendleft(result.rest)
             return False
@@ -315,37 +419,10 @@ class EventChannel:
                     self._end(sub_id)
 
     # -- chaining ------------------------------------------------------------------
-    def _upstream(self, upstream: str, topics: list[str], flt: Any, policy: str,
-                  buffer: int) -> None:
-        sub: Subscriber | None = None
-        delay = 0.05
-        # the upstream subscriber shares this channel's registry (never closes it)
-        try:
-            while not self._closing.is_set():
-                if sub is None:
-                    try:
-                        sub = Subscriber(upstream, registry=self.registry, topics=topics,
-                                         filter=flt, policy=policy, buffer=buffer,
-                                         skip_via=[self.name], timeout=2.0)
-                        delay = 0.05
-                    except (NameNotFound, Timeout, TransportError) as exc:
-                        log.info("channel %s: upstream %s not reachable yet (%s)",
-                                 self.name, upstream, exc)
-                        self._closing.wait(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
-                try:
-                    events = sub.receive_many(self.max_batch, timeout=0.25)
-                except Timeout:
-                    continue
-                except Closed:
-                    return
-                self._accept(Publication([e.topic for e in events],
-                                         bodies=[e.body for e in events],
-                                         vias=[[*e.via, upstream] for e in events]))
-        finally:
-            if sub is not None:
-                sub.close()
+    def _accept_upstream(self, pub: Publication) -> None:
+        if self.keeping is not None:
+            self.keeping.journal_one(pub)
+        self._accept(pub)
 
     # -- shutdown ----------------------------------------------------------------------
     def close(self, linger: float = 2.0) -> None:
@@ -370,4 +447,6 @@ class EventChannel:
             thread.join(0.1)
         if self._owns_registry:
             self.registry.close()
+        with self._lock:
+            self.store.close()
 

@@ -1,0 +1,118 @@
+"""The channel's side of its store: what is journaled, numbered and trimmed when.
+
+``Keeping`` sits between ``EventChannel`` and a ``posa.channel.store`` store:
+
+- ``journal_run`` runs on the reactor thread at the end of each turn (the
+  peer's ``on_run``), before that turn's acknowledgements go out: it keeps the
+  turn's publications in one transaction and queues their entry ids, in the
+  order the ingest thread will take the messages (``entry_for``);
+- ``record`` runs under the channel's lock when the core accepted (part of) a
+  publication, before any subscriber can take it: the numbered run goes to
+  the history and the entry is marked done, in one transaction;
+- ``trim`` follows the core's retention (every sweep, twice a second).
+
+With a ``MemoryStore`` nothing of this is installed and nothing costs.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from posa.channel.core import ChannelCore, Published
+from posa.channel.protocol import Publication
+from posa.channel.store import HistoryStore
+from posa.errors import Closed
+from posa.wire.codec import Kind, Message
+
+__all__ = ["Keeping", "is_publish"]
+
+log = logging.getLogger("posa.channel.service")
+
+
+def is_publish(msg: Message) -> bool:
+    """True for what the channel treats as a publication (and journals)."""
+    body = msg.body
+    return msg.kind == Kind.SEND and type(body) is dict and body.get("op") == "publish"
+
+
+def _raw(body: dict[str, Any]) -> Publication:
+    """A publication as received, unchecked (the core checks it when numbering)."""
+    topics, blob = body.get("topics"), body.get("bodies")
+    return Publication(topics if isinstance(topics, (str, list)) else [],
+                       blob=blob if type(blob) is bytes else b"\x90",
+                       vias=body.get("vias"), origins=body.get("origins"),
+                       pid=body.get("pid") if type(body.get("pid")) is int else None,
+                       pseq=body.get("pseq") if type(body.get("pseq")) is int else None)
+
+
+class Keeping:
+    """Journal, history and retention of one channel in its store."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+        self._entries: deque[int] = deque()
+        self._journaled = threading.Condition()
+        self._trimmed = 0
+        self.errors = 0
+
+    def journal_run(self, run: list[Message]) -> None:
+        """The reactor's turn ended: keep its publications (``Peer(on_run=...)``)."""
+        pubs = [_raw(msg.body) for msg in run if is_publish(msg)]
+        if not pubs:
+            return
+        try:
+            ids = self.store.journal(pubs)
+        except Exception as exc:
+            self.errors += 1
+            log.error("channel store: %d publication(s) not journaled: %s", len(pubs), exc)
+            ids = [0] * len(pubs)
+        with self._journaled:
+            self._entries.extend(ids)
+            self._journaled.notify_all()
+
+    def entry_for(self, closing: threading.Event) -> int:
+        """The journal entry of the next publication the ingest thread takes."""
+        with self._journaled:
+            while not self._entries:
+                if closing.is_set():
+                    raise Closed("the channel is closing")
+                self._journaled.wait(0.25)
+            return self._entries.popleft()
+
+    def journal_one(self, pub: Publication) -> None:
+        """Keep one publication that did not come through the reactor (upstream)."""
+        try:
+            pub.entry = self.store.journal([pub])[0]
+        except Exception as exc:
+            self.errors += 1
+            log.error("channel store: an upstream publication was not journaled: %s", exc)
+
+    def record(self, pub: Publication, result: Published | None, core: ChannelCore,
+               now: float) -> None:
+        """The core settled (part of) ``pub``: keep the run, mark the entry."""
+        runs = []
+        if result is not None and result.run is not None:
+            runs.append((result.run, now, pub.pid, pub.pseq))
+        entry = pub.entry
+        done = [] if not entry else [(entry, -1 if result is None or result.rest is None
+                                      else result.consumed)]
+        if not runs and not done:
+            return
+        try:
+            self.store.record(runs, done, core.seq)
+        except Exception as exc:
+            self.errors += 1
+            log.error("channel store: seqs %s not kept: %s",
+                      f"{result.first}-{result.last}" if runs and result else "-", exc)
+
+    def trim(self, core: ChannelCore) -> None:
+        first = core.first_seq()
+        if first > self._trimmed:
+            try:
+                self.store.trim(first)
+                self._trimmed = first
+            except Exception as exc:
+                self.errors += 1
+                log.error("channel store: history below seq %d not trimmed: %s", first, exc)
