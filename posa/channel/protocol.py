@@ -86,7 +86,8 @@ CHANNEL = OpTable("channel", [
         Field("skip_via", list, ()),
     ), doc="subscribe the sender's name: `topics` prefixes (default `[\"\"]`: every "
            "topic), a content `filter`, the buffer's `policy` (`block`, `drop-oldest` "
-           "(default), `drop-newest`, `fail`, `disconnect`) and size (`buffer`, default 1000 events), the "
+           "(default), `drop-newest`, `fail`, `disconnect`) and size (`buffer`, "
+           "default 1000 events), the "
            "`lease` (default 6 s), a replay `from_seq` of incarnation `inc`, channels "
            "whose events to leave out (`skip_via`); replies `{inc, head, first, "
            "replay_from, restarted}`"),
