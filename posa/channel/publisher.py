@@ -231,13 +231,14 @@ class Publisher:
                 with cond:
                     self._idle = True
                     while not queue and self._flushed == self._flushes and \
-                            not self._closing and not (self._waiters and self._frames):
+                            not self._closing and not self._frames:
                         cond.wait()
                     self._idle = False
                     if self._closing:
                         return
-                    if len(queue) < self.batch and self._flushed == self._flushes \
-                            and self.linger > 0 and not self._waiters:
+                    if queue and len(queue) < self.batch and \
+                            self._flushed == self._flushes and self.linger > 0 \
+                            and not self._waiters:
                         self._lingering = True
                         cond.wait(self.linger)    # let the batch fill, at most linger
                         self._lingering = False
@@ -245,7 +246,7 @@ class Publisher:
                 self._send_backlog(len(queue))    # later ones wait for the next round
                 if flush_ticket > self._flushed:
                     self._finish_flush(flush_ticket)
-                elif self._waiters and self._frames:
+                elif self._frames and not queue:  # nothing to send: read the acks
                     self._await_acks()
         except Closed:
             return
