@@ -16,7 +16,6 @@ from posa.channel.core import ChannelCore
 from posa.channel.protocol import Publication
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
-from posa.channel.store import SqliteStore
 from posa.channel.subscriber import Subscriber
 from tests.support import Proc, wait_until
 
@@ -70,7 +69,7 @@ def test_sigkill_and_restart_lose_no_acknowledged_event_and_keep_the_history(
                     published += 1
                 if rng.random() < 0.5:      # sometimes kill with events in flight
                     target = published - rng.randrange(0, burst)
-                    wait_until(lambda: pub.sent >= target, timeout=60, what="acks")
+                    wait_until(lambda t=target: pub.sent >= t, timeout=60, what="acks")
                 acked = pub.sent
                 channel.kill()
                 channel.close()
@@ -158,6 +157,7 @@ def test_a_stored_channel_continues_its_seqs_and_retention_by_count(
 
 
 def test_retention_by_bytes_and_by_age_in_memory_and_in_the_store(tmp_path: Path) -> None:
+    from posa.channel.store import SqliteStore
     core = ChannelCore("events/r", 7, history=1000, history_bytes=300, history_age=10.0)
     for t in range(10):
         core.publish(Publication("t", bodies=[b"x" * 50]), now=float(t))

@@ -38,13 +38,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from posa.channel.control import ChannelControl
 from posa.channel.core import ChannelCore, Published
 from posa.channel.delivery import Delivery
 from posa.channel.droplog import DropLog
 from posa.channel.keeping import Keeping, is_publish
 from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
-from posa.channel.store import HistoryStore, open_store
+from posa.channel.store import HistoryStore, Stored, open_store
 from posa.channel.upstream import follow
 from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
@@ -64,7 +65,17 @@ _MISUSED = {  # oneway -> why a message of the wrong kind is refused
 }
 
 
-class EventChannel:
+def _core_of(name: str, stored: Stored, history: int, history_bytes: int | None,
+             history_age: float | None) -> ChannelCore:
+    """The core of a channel, with what its store kept."""
+    core = ChannelCore(name, stored.incarnation, history=history,
+                       history_bytes=history_bytes, history_age=history_age, seq=stored.seq)
+    for run, stamp, pid, pseq in stored.runs:
+        core.restore(run, stamp, pid, pseq)
+    return core
+
+
+class EventChannel(ChannelControl):
     """A named event channel: publishers and subscribers meet here.
 
     ``history`` events are kept for replay; ``max_batch`` events at most go in
@@ -105,24 +116,17 @@ class EventChannel:
             raise ValueError("max_batch, window, park_limit must be >= 1 and inbox >= 2")
         self.store = open_store(store)
         stored = self.store.load()
-        self.core = ChannelCore(self.name, stored.incarnation, history=history,
-                                history_bytes=history_bytes, history_age=history_age,
-                                seq=stored.seq)
-        for run, stamp, pid, pseq in stored.runs:
-            self.core.restore(run, stamp, pid, pseq)
+        self.core = _core_of(self.name, stored, history, history_bytes, history_age)
         self.keeping = Keeping(self.store) if self.store.durable else None
-        self.max_batch = max_batch
-        self.window = window
-        self.park_limit = park_limit
+        self.max_batch, self.window, self.park_limit = max_batch, window, park_limit
         self.send_timeout = send_timeout
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._parked: deque[Publication] = deque()
         self._deliveries: dict[str, Delivery] = {}
         self._closing = threading.Event()
-        self._closed = False
-        self._accepting = True
         self._entry: int | None = None      # the journal entry of the message in hand
+        self._closed, self._accepting, self.sweeps = False, True, 0
         self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0}
         self.drop_log = DropLog(self.name, log, drop_log_interval)
         self._handlers = CHANNEL.bind(self)
@@ -131,25 +135,32 @@ class EventChannel:
                 pub.entry = entry
                 self._offer(pub)
         self.registry, self._owns_registry = open_registry(registry, dispatcher)
-        try:
-            self.peer = Peer(self.name, registry=self.registry, listen=listen,
-                             credential=credential, lease=lease, limits=limits,
-                             inbox_size=inbox, on_run=self.keeping.journal_run
-                             if self.keeping is not None else None)
-        except BaseException:
-            if self._owns_registry:
-                self.registry.close()
-            self.store.close()
-            raise
+        self.peer = self._open_peer(listen=listen, credential=credential, lease=lease,
+                                    limits=limits, inbox_size=inbox)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
         self._start(self._ingest, "ingest")
         selection = {"topics": list(upstream_topics), "filter": upstream_filter,
                      "policy": upstream_policy, "buffer": upstream_buffer}
+        self._follow(upstream, selection)
+
+    def _open_peer(self, **options: Any) -> Peer:
+        """The channel's peer; with a store, each reactor turn's publications are
+        journaled before their acknowledgements go out."""
+        try:
+            return Peer(self.name, registry=self.registry, on_run=self.keeping.journal_run
+                        if self.keeping is not None else None, **options)
+        except BaseException:
+            if self._owns_registry:
+                self.registry.close()
+            self.store.close()
+            raise
+
+    def _follow(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
         for up in upstream:
             self._start(functools.partial(
                 follow, self.name, up, self.registry, selection, self._accept_upstream,
-                self._closing, max_batch), f"upstream-{up}")
+                self._closing, self.max_batch), f"upstream-{up}")
 
     def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"posa-channel-{self.name}-{role}",
@@ -180,54 +191,6 @@ class EventChannel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and every subscription's state (buffered, dropped, delivered)."""
-        with self._lock:
-            stats = self.core.stats()
-            stats["parked"] = len(self._parked)
-        stats.update(self.counters)
-        stats["store_bytes"] = self.store.size()
-        stats["drops"] = dict(self.core.drops)
-        return stats
-
-    def depths(self) -> dict[str, int]:
-        """The channel's numbers for metrics (``posa.ops.Monitor``): events
-        buffered for subscribers, the largest lag, subscribers, parked
-        publications, history held (events, bytes in the store), and events
-        dropped per cause and duplicates dropped, since the start."""
-        with self._lock:
-            core = self.core
-            subs = list(core.subscriptions.values())
-            numbers = {"channel_buffered": sum(s.size for s in subs),
-                       "channel_lag": max((core.seq - (s.cursor or core.seq) + s.size
-                                           for s in subs), default=0),
-                       "channel_subscribers": len(subs),
-                       "channel_parked": len(self._parked),
-                       "channel_history": core.history_size,
-                       "channel_store_bytes": self.store.size(),
-                       "channel_duplicates": core.duplicates}
-            for cause, count in self._drop_totals().items():
-                numbers[f"channel_dropped_{cause.replace('-', '_')}"] = count
-        return numbers
-
-    def _drop_totals(self) -> dict[str, int]:
-        return {**self.core.drops, "undeliverable": self.counters["undeliverable"]}
-
-    # -- draining -------------------------------------------------------------------
-    def stop_accepting(self) -> None:
-        """First step of a clean stop: new requests (subscriptions) are refused;
-        what publishers send still comes in and is delivered (or, with a
-        store, kept)."""
-        self._accepting = False
-        self.peer.stop_accepting()
-
-    def in_flight(self) -> int:
-        """Events accepted and not yet delivered: buffered for subscribers,
-        parked, and publications waiting to be taken in."""
-        with self._lock:
-            buffered = sum(s.size for s in self.core.subscriptions.values())
-            return buffered + len(self._parked) + self.peer.depths().get("inbox", 0)
-
     # -- ingest: publications and control requests -----------------------------
     def _ingest(self) -> None:
         sweep_at = time.monotonic() + 0.5
@@ -250,6 +213,7 @@ class EventChannel:
     def _sweep(self, now: float) -> None:
         """Twice a second: expired subscriptions, retention by age, the store's
         trim, the drop log."""
+        self.sweeps += 1
         self._expire(now)
         with self._lock:
             self.core.kept.expire(time.time())
@@ -357,66 +321,6 @@ class EventChannel:
                 break
         if len(parked) < self.park_limit:
             self._room.notify_all()
-
-    # -- control requests (ingest thread) ---------------------------------------
-    def _op_subscribe(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        sender = msg.sender
-        if not sender:
-            raise Rejected("subscribe from a named peer: deliveries go to its name")
-        lease = float(fields["lease"])
-        with self._lock:
-            answer = self.core.subscribe(
-                sender, topics=fields["topics"], filter=fields["filter"],
-                policy=fields["policy"], limit=fields["buffer"],
-                from_seq=fields["from_seq"], incarnation=fields["inc"],
-                skip_via=fields["skip_via"])
-            delivery = self._deliveries.get(sender)
-            if delivery is None or delivery.stopped:
-                delivery = self._deliveries[sender] = Delivery(self, sender, lease)
-                delivery.thread = self._start(delivery.run, "deliver")
-            delivery.lease = lease
-            delivery.expires = time.monotonic() + lease
-            delivery.cond.notify()
-        return {"inc": answer.incarnation, "head": answer.head, "first": answer.first,
-                "replay_from": answer.replay_from, "restarted": answer.restarted}
-
-    def _op_renew(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            delivery = self._deliveries.get(msg.sender)
-            sub = self.core.subscriptions.get(msg.sender)
-            if delivery is None or delivery.stopped or sub is None:
-                return {"known": False, "inc": self.core.incarnation}
-            delivery.expires = time.monotonic() + delivery.lease
-            return {"known": True, "inc": self.core.incarnation, "head": self.core.seq,
-                    "dropped": sub.dropped}
-
-    def _op_unsubscribe(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            sub = self.core.subscriptions.get(msg.sender)
-            stats = sub.stats() if sub is not None else {}
-            self._end(msg.sender)
-        return stats
-
-    def _op_stats(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        return self.stats()
-
-    def _end(self, sub_id: str) -> None:
-        """Stop a subscription and its delivery thread (lock held)."""
-        delivery = self._deliveries.pop(sub_id, None)
-        if delivery is not None:
-            delivery.stopped = True
-            delivery.cond.notify()
-        if self.core.unsubscribe(sub_id) is not None and self._parked:
-            self._unpark()
-
-    def _expire(self, now: float) -> None:
-        with self._lock:
-            for sub_id, delivery in list(self._deliveries.items()):
-                if delivery.expires < now:
-                    log.info("channel %s: subscription of %r expired (no renewal)",
-                             self.name, sub_id)
-                    self.counters["expired"] += 1
-                    self._end(sub_id)
 
     # -- chaining ------------------------------------------------------------------
     def _accept_upstream(self, pub: Publication) -> None:
