@@ -96,8 +96,14 @@ class Keeping:
         if result is not None and result.run is not None:
             runs.append((result.run, now, pub.pid, pub.pseq))
         entry = pub.entry
-        done = [] if not entry else [(entry, -1 if result is None or result.rest is None
-                                      else result.consumed)]
+        done: list[tuple[int, int]] = []
+        if entry:
+            whole = result is not None and result.rest is None and pub.whole and \
+                not result.looped and not result.duplicate and result.run is not None \
+                and result.run.seqs is None
+            finished = result is None or result.rest is None
+            done.append((entry, -2 if whole else -1 if finished else
+                         result.consumed if result is not None else -1))
         if not runs and not done:
             return
         try:

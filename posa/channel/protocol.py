@@ -182,6 +182,7 @@ class Publication:
     pid: int | None = None
     pseq: int | None = None
     entry: int | None = None      # its journal entry in the channel's store
+    whole: bool = True            # False for a tail: what a channel had not taken of one
 
     def tail(self, start: int) -> Publication:
         """The events from ``start`` on (no longer a whole publication: no pid)."""
@@ -190,7 +191,7 @@ class Publication:
         return Publication(topics, bodies=bodies[start:],
                            vias=self.vias[start:] if self.vias is not None else None,
                            origins=self.origins[start:] if self.origins is not None
-                           else None, entry=self.entry)
+                           else None, entry=self.entry, whole=False)
 
 
 def publish_body(topics: list[str] | str, blob: bytes, pid: int | None = None,

@@ -103,14 +103,15 @@ class MemoryStore:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topics BLOB NOT NULL, bodies BLOB NOT NULL, vias BLOB, origins BLOB,
-    pid INTEGER, pseq INTEGER, done INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS history (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
     seqs BLOB, topics BLOB NOT NULL, bodies BLOB NOT NULL, vias BLOB, origins BLOB,
-    stamp REAL NOT NULL, nbytes INTEGER NOT NULL, pid INTEGER, pseq INTEGER);
+    pid INTEGER, pseq INTEGER, done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS numbered (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
+    entry INTEGER NOT NULL UNIQUE, stamp REAL NOT NULL, nbytes INTEGER NOT NULL);
 """
-
-
+# A journal row holds events as received (written once: bodies are never copied);
+# a ``numbered`` row gives one its seqs. The common case numbers a whole publication
+# (one small row); a part (a filter, a loop, a duplicate, a full ``block`` buffer)
+# is written as a journal row of its own, numbered at once.
 def _pack(value: Any) -> bytes | None:
     return None if value is None else msgpack.packb(value, use_bin_type=True)
 
@@ -140,7 +141,7 @@ class SqliteStore:
             raise ValueError(f"cannot open the channel store {path!r}: {exc}; give a "
                              "writable file path (it is created if missing)") from None
         self._bytes = self._db.execute(
-            "SELECT COALESCE(SUM(nbytes), 0) FROM history").fetchone()[0]
+            "SELECT COALESCE(SUM(nbytes), 0) FROM numbered").fetchone()[0]
 
     def _meta(self, key: str) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -148,21 +149,25 @@ class SqliteStore:
 
     def load(self) -> Stored:
         with self._lock:
+            db = self._db
             inc = self._meta("incarnation")
             if inc is None:
                 inc = secrets.randbits(62) + 1
-                self._db.execute("INSERT INTO meta VALUES ('incarnation', ?)", (inc,))
-            stored = Stored(inc, self._meta("seq") or 0)
+                db.execute("INSERT INTO meta VALUES ('incarnation', ?)", (inc,))
             floor = self._meta("first") or 1
-            for row in self._db.execute(
-                    "SELECT first, last, seqs, topics, bodies, vias, origins, stamp, pid, "
-                    "pseq FROM history WHERE last >= ? ORDER BY first", (floor,)):
+            head = db.execute("SELECT MAX(last) FROM numbered").fetchone()[0]
+            stored = Stored(inc, max(head or 0, floor - 1))
+            for row in db.execute(
+                    "SELECT n.first, n.last, j.seqs, j.topics, j.bodies, j.vias, j.origins, "
+                    "n.stamp, j.pid, j.pseq, j.done FROM numbered n JOIN journal j ON "
+                    "j.id = n.entry WHERE n.last >= ? ORDER BY n.first", (floor,)):
                 run = _run_of(row)
                 if run.first < floor:
                     run = run.slice(floor - run.first, len(run))
-                stored.runs.append((run, row[7], row[8], row[9]))
-            for row in self._db.execute("SELECT id, topics, bodies, vias, origins, pid, "
-                                        "pseq, done FROM journal ORDER BY id"):
+                stored.runs.append((run, row[7], row[8] if not row[10] else None, row[9]))
+            for row in db.execute(
+                    "SELECT id, topics, bodies, vias, origins, pid, pseq, done FROM journal "
+                    "WHERE id NOT IN (SELECT entry FROM numbered) ORDER BY id"):
                 pub = Publication(_unpack(row[1]), blob=row[2], vias=_unpack(row[3]),
                                   origins=_unpack(row[4]), pid=row[5], pseq=row[6])
                 stored.pending.append((row[0], pub.tail(row[7]) if row[7] else pub))
@@ -184,38 +189,50 @@ class SqliteStore:
 
     def record(self, runs: Sequence[tuple[Run, float, int | None, int | None]],
                done: Sequence[tuple[int, int]], seq: int) -> None:
-        """Add numbered runs, note how many events of journal entries are
-        numbered (``(id, n)``; ``n`` < 0: all of it), and the head ``seq``."""
+        """Number journal entries: ``done`` says for each ``(id, n)`` how many
+        more of its events are settled (-1: all of them, and ``runs`` hold what
+        was accepted; -2: exactly that entry, numbered as it is), in one
+        transaction."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
-            for run, stamp, pid, pseq in runs:
-                blob = run.blob if run.blob is not None else _pack(run.bodies) or b""
-                nbytes = len(blob) + run.topics_size()
-                db.execute("INSERT OR REPLACE INTO history VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (run.first, run.last, _pack(run.seqs),
-                            _pack(run.topic if run.topic is not None else run.topics),
-                            blob, _pack(run.vias), _pack(run.origins), stamp, nbytes,
-                            pid, pseq))
-                self._bytes += nbytes
             for entry, n in done:
-                if n < 0:
-                    db.execute("DELETE FROM journal WHERE id = ?", (entry,))
+                if n == -2 and len(runs) == 1:
+                    run, stamp, _, _ = runs[0]
+                    self._number(run, entry, stamp)
+                    runs = []
+                elif n < 0:
+                    db.execute("DELETE FROM journal WHERE id = ? AND id NOT IN "
+                               "(SELECT entry FROM numbered)", (entry,))
                 else:
-                    db.execute("UPDATE journal SET done = done + ? WHERE id = ?",
-                               (n, entry))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (seq,))
+                    db.execute("UPDATE journal SET done = done + ? WHERE id = ?", (n, entry))
+            for run, stamp, pid, pseq in runs:
+                entry = db.execute(
+                    "INSERT INTO journal (seqs, topics, bodies, vias, origins, pid, pseq, "
+                    "done) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    (_pack(run.seqs), _pack(run.topic if run.topic is not None
+                                            else run.topics),
+                     _blob(run), _pack(run.vias), _pack(run.origins), pid, pseq)
+                ).lastrowid or 0
+                self._number(run, entry, stamp)
             db.execute("COMMIT")
+
+    def _number(self, run: Run, entry: int, stamp: float) -> None:
+        nbytes = _size(run)
+        self._db.execute("INSERT OR REPLACE INTO numbered VALUES (?, ?, ?, ?, ?)",
+                         (run.first, run.last, entry, stamp, nbytes))
+        self._bytes += nbytes
 
     def trim(self, first_seq: int) -> None:
         """Forget history below ``first_seq``."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
-            gone = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM history WHERE last < ?",
-                              (first_seq,)).fetchone()[0]
-            db.execute("DELETE FROM history WHERE last < ?", (first_seq,))
+            gone = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM numbered WHERE "
+                              "last < ?", (first_seq,)).fetchone()[0]
+            db.execute("DELETE FROM journal WHERE id IN (SELECT entry FROM numbered "
+                       "WHERE last < ?)", (first_seq,))
+            db.execute("DELETE FROM numbered WHERE last < ?", (first_seq,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('first', ?)", (first_seq,))
             db.execute("COMMIT")
             self._bytes -= gone
@@ -229,7 +246,16 @@ class SqliteStore:
             self._db.close()
 
 
+def _blob(run: Run) -> bytes:
+    return run.blob if run.blob is not None else _pack(run.bodies) or b""
+
+
+def _size(run: Run) -> int:
+    return (len(run.blob) if run.blob is not None else 64 * len(run)) + run.topics_size()
+
+
 def _run_of(row: Any) -> Run:
+    """A numbered run from a row of (first, last, seqs, topics, bodies, vias, origins ...)."""
     first, _last, seqs, topics, blob, vias, origins = row[:7]
     topics = _unpack(topics)
     seqs = _unpack(seqs)
