@@ -184,3 +184,20 @@ def test_retention_by_bytes_and_by_age_in_memory_and_in_the_store(tmp_path: Path
         assert [run.first for run, *_ in again.runs] == [4, 5]
     finally:
         store.close()
+
+
+def test_a_peer_shows_each_turns_deliveries_before_acknowledging_them(
+        registry: posa.LocalRegistry) -> None:
+    seen: list[tuple[int, int]] = []       # (messages shown, acknowledgements still due)
+
+    def on_run(run: list[posa.Message]) -> None:
+        seen.append((len(run), len(peer._intake.receiver.pending)))
+
+    with posa.Peer("test/journaled", registry=registry, on_run=on_run) as peer, \
+            posa.Peer("test/sender", registry=registry) as sender:
+        for i in range(20):
+            sender.send("test/journaled", i)
+        sender.flush(10)                   # acknowledged: so every turn was shown first
+        assert sum(n for n, _ in seen) == 20
+        assert all(due >= 1 for _, due in seen)   # none of them acknowledged yet
+        assert [peer.receive(timeout=5).body for _ in range(20)] == list(range(20))

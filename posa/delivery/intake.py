@@ -127,8 +127,10 @@ class Intake:
             self.send_pending()
 
     def _deliver_noted(self, msg: Message) -> None:
-        self._run.append(msg)
+        received = self.stats["received"]
         self.deliver(msg)
+        if self.stats["received"] != received:    # delivered, not skipped or refused
+            self._run.append(msg)
 
     def _end_run(self) -> None:
         """Show ``on_run`` the run's deliveries (before any ACK covers them)."""
