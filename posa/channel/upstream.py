@@ -17,7 +17,7 @@ from typing import Any
 from posa.channel.events import Event
 from posa.channel.protocol import Publication
 from posa.channel.subscriber import Subscriber
-from posa.errors import Closed, NameNotFound, Timeout, TransportError
+from posa.errors import Closed, NameNotFound, Rejected, Timeout, TransportError
 from posa.naming.registration import Registry
 
 __all__ = ["follow", "publication_of"]
@@ -65,6 +65,12 @@ def follow(name: str, upstream: str, registry: Registry, selection: dict[str, An
                 continue
             except Closed:
                 return
+            except Rejected as exc:     # policy "fail" ended it: follow anew, from now
+                log.warning("channel %s: upstream %s: %s; subscribing again", name,
+                            upstream, exc)
+                sub.close()
+                sub = None
+                continue
             accept(publication_of(events, upstream, sub.incarnation))
     finally:
         if sub is not None:
