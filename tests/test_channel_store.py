@@ -201,3 +201,23 @@ def test_a_peer_shows_each_turns_deliveries_before_acknowledging_them(
         assert sum(n for n, _ in seen) == 20
         assert all(due >= 1 for _, due in seen)   # none of them acknowledged yet
         assert [peer.receive(timeout=5).body for _ in range(20)] == list(range(20))
+
+
+def test_what_was_journaled_is_numbered_at_the_restart_and_a_resent_copy_is_dropped(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    from posa.channel.store import SqliteStore
+    path = str(tmp_path / "j.db")
+    store = SqliteStore(path)
+    store.load()
+    # received and acknowledged, then the process died before numbering them
+    store.journal([Publication("t", bodies=["a", "b"], pid=5, pseq=1),
+                   Publication("t", bodies=["c"], pid=5, pseq=2)])
+    store.close()
+    with EventChannel("events/j", registry=registry, store=path) as channel:
+        assert channel.seq == 3
+        copy = Publication("t", bodies=["c"], pid=5, pseq=2)     # the publisher resends
+        assert channel.core.publish(copy).duplicate == 1 and channel.seq == 3
+        with Subscriber("events/j", registry=registry, from_seq=1) as sub:
+            assert [sub.receive(timeout=10).body for _ in range(3)] == ["a", "b", "c"]
+    with EventChannel("events/j", registry=registry, store=path) as again:
+        assert again.seq == 3 and again.core.publishers.seen(5, 2)

@@ -1,18 +1,20 @@
 """Where a channel's history survives a restart: the history-store interface and
 its SQLite implementation (standard library ``sqlite3``, WAL).
 
-A store holds two things:
+A store holds publications in two steps:
 
-- the *journal*: publications the channel received and acknowledged but has
-  not numbered yet (``journal``, written on the reactor thread at the end of
-  each turn, before that turn's acknowledgements go out: an event
-  acknowledged to its publisher is in the store first);
-- the *history*: numbered runs, as the channel's core accepted them
-  (``record``, written under the channel's lock before any subscriber can take
-  them, together with how much of each journal entry is now numbered).
+- ``journal``: publications as the channel received them, before it
+  acknowledged them (written on the reactor thread at the end of each turn,
+  before that turn's acknowledgements go out: an event acknowledged to its
+  publisher is in the store first);
+- ``record``: the seqs the channel's core gave them (written under the
+  channel's lock before any subscriber can take them). A publication accepted
+  whole is numbered by a small row of its own (its bodies are written once); a
+  part (a filter, a loop, a duplicate, a full ``block`` buffer) is written as an
+  entry of its own, numbered at once.
 
 ``load`` gives both back after a restart: the incarnation and the head seq
-continue, the history is replayed into the core, and journal entries not yet
+continue, the numbered history is replayed into the core, and entries not yet
 numbered are offered again (they were never delivered to anyone, so they may
 take any seq after the head). ``trim`` forgets history below a seq.
 
@@ -108,10 +110,6 @@ CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
 CREATE TABLE IF NOT EXISTS numbered (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
     entry INTEGER NOT NULL UNIQUE, stamp REAL NOT NULL, nbytes INTEGER NOT NULL);
 """
-# A journal row holds events as received (written once: bodies are never copied);
-# a ``numbered`` row gives one its seqs. The common case numbers a whole publication
-# (one small row); a part (a filter, a loop, a duplicate, a full ``block`` buffer)
-# is written as a journal row of its own, numbered at once.
 def _pack(value: Any) -> bytes | None:
     return None if value is None else msgpack.packb(value, use_bin_type=True)
 
@@ -159,12 +157,12 @@ class SqliteStore:
             stored = Stored(inc, max(head or 0, floor - 1))
             for row in db.execute(
                     "SELECT n.first, n.last, j.seqs, j.topics, j.bodies, j.vias, j.origins, "
-                    "n.stamp, j.pid, j.pseq, j.done FROM numbered n JOIN journal j ON "
+                    "n.stamp, j.pid, j.pseq FROM numbered n JOIN journal j ON "
                     "j.id = n.entry WHERE n.last >= ? ORDER BY n.first", (floor,)):
                 run = _run_of(row)
                 if run.first < floor:
                     run = run.slice(floor - run.first, len(run))
-                stored.runs.append((run, row[7], row[8] if not row[10] else None, row[9]))
+                stored.runs.append((run, row[7], row[8], row[9]))
             for row in db.execute(
                     "SELECT id, topics, bodies, vias, origins, pid, pseq, done FROM journal "
                     "WHERE id NOT IN (SELECT entry FROM numbered) ORDER BY id"):
