@@ -120,6 +120,7 @@ class ChannelCore:
         self.name = name
         self.incarnation = incarnation
         self.seq = seq                        # the last seq given out
+        self.safe: int | None = None          # the last seq subscribers may take (None: all)
         self.kept = History(history, max_bytes=history_bytes, max_age=history_age)
         self.kept.head = seq
         self.subscriptions: dict[str, Subscription] = {}
@@ -306,7 +307,11 @@ class ChannelCore:
             assert type(head) is Run
             buffer[0] = head.slice(sub.head_skip, len(head))
             sub.head_skip = 0
+        safe = self.safe
         while buffer and (count < max_events or type(buffer[0]) is Hole):
+            if safe is not None and type(buffer[0]) is Run and \
+                    buffer[0].first > safe:
+                break                   # not yet in the store: not for anyone yet
             item = buffer.popleft()
             if type(item) is Hole:
                 gaps.append([count, item.count, "dropped"])
@@ -331,8 +336,11 @@ class ChannelCore:
         index = self.kept.index(sub.cursor)
         runs: list[Run] = []
         count = scanned = 0
+        safe = self.seq if self.safe is None else self.safe
         while index < len(history) and count < max_events and scanned < REPLAY_SCAN:
             run = history[index]
+            if run.first > safe:
+                break
             if run.last >= sub.cursor:
                 run = run.slice(sub.cursor - run.first, len(run))
                 scanned += len(run)
@@ -351,8 +359,17 @@ class ChannelCore:
     def pending(self, sub_id: str) -> bool:
         """True if a ``take`` for ``sub_id`` would return something."""
         sub = self.subscriptions.get(sub_id)
-        return sub is not None and (sub.cursor is not None or bool(sub.buffer)
-                                    or sub.lost_front > 0 or sub.end is not None)
+        if sub is None:
+            return False
+        safe = self.safe
+        if safe is None:
+            return sub.cursor is not None or bool(sub.buffer) or sub.lost_front > 0 \
+                or sub.end is not None
+        if sub.cursor is not None:
+            return sub.cursor <= safe
+        head = sub.buffer[0] if sub.buffer else None
+        return (head is not None and (type(head) is not Run or head.first <= safe)) \
+            or sub.lost_front > 0 or (sub.end is not None and not sub.buffer)
 
     def stats(self) -> dict[str, Any]:
         """Counters and every subscription's state, as msgpack-able data."""

@@ -7,8 +7,10 @@
   turn's publications in one transaction and queues their entry ids, in the
   order the ingest thread will take the messages (``entry_for``);
 - ``record`` runs under the channel's lock when the core accepted (part of) a
-  publication, before any subscriber can take it: the numbered run goes to
-  the history and the entry is marked done, in one transaction;
+  publication, and ``commit`` writes what was recorded since the last one in
+  one transaction (the ingest thread commits when the inbox is empty, or every
+  ``COMMIT_EVERY`` publications, and before it waits); only then may
+  subscribers take the events (``ChannelCore.safe``);
 - ``trim`` follows the core's retention (every sweep, twice a second).
 
 With a ``MemoryStore`` nothing of this is installed and nothing costs.
@@ -56,6 +58,10 @@ class Keeping:
         self._journaled = threading.Condition()
         self._trimmed = 0
         self.errors = 0
+        self._now = 0.0
+        self._runs: list[tuple[Any, float, int | None, int | None]] = []
+        self._whole: list[tuple[Any, float, int | None, int | None]] = []
+        self._done: list[tuple[int, int]] = []
 
     def journal_run(self, run: list[Message]) -> None:
         """The reactor's turn ended: keep its publications (``Peer(on_run=...)``)."""
@@ -89,29 +95,40 @@ class Keeping:
             self.errors += 1
             log.error("channel store: an upstream publication was not journaled: %s", exc)
 
-    def record(self, pub: Publication, result: Published | None, core: ChannelCore,
-               now: float) -> None:
-        """The core settled (part of) ``pub``: keep the run, mark the entry."""
-        runs = []
-        if result is not None and result.run is not None:
-            runs.append((result.run, now, pub.pid, pub.pseq))
+    def record(self, pub: Publication, result: Published | None) -> None:
+        """The core settled (part of) ``pub``: note the run and the entry, for
+        the next ``commit``."""
+        run = result.run if result is not None else None
         entry = pub.entry
-        done: list[tuple[int, int]] = []
-        if entry:
-            whole = result is not None and result.rest is None and pub.whole and \
-                not result.looped and not result.duplicate and result.run is not None \
-                and result.run.seqs is None
-            finished = result is None or result.rest is None
-            done.append((entry, -2 if whole else -1 if finished else
-                         result.consumed if result is not None else -1))
-        if not runs and not done:
+        if entry and result is not None and run is not None and result.rest is None \
+                and pub.whole and not result.looped and not result.duplicate \
+                and run.seqs is None:       # numbered as it is: bodies not written again
+            self._done.append((entry, -2))
+            self._whole.append((run, self._now, pub.pid, pub.pseq))
             return
-        try:
-            self.store.record(runs, done, core.seq)
-        except Exception as exc:
-            self.errors += 1
-            log.error("channel store: seqs %s not kept: %s",
-                      f"{result.first}-{result.last}" if runs and result else "-", exc)
+        if run is not None:
+            self._runs.append((run, self._now, pub.pid, pub.pseq))
+        if entry:
+            finished = result is None or result.rest is None
+            self._done.append((entry, -1 if finished or result is None else result.consumed))
+
+    @property
+    def uncommitted(self) -> int:
+        return len(self._done) + len(self._runs)
+
+    def commit(self, core: ChannelCore, now: float) -> None:
+        """Write what was noted since the last commit, in one transaction; then
+        subscribers may take it (``core.safe``)."""
+        self._now = now
+        if self._done or self._runs:
+            whole, runs, done = self._whole, self._runs, self._done
+            self._whole, self._runs, self._done = [], [], []
+            try:
+                self.store.record(runs, done, core.seq, whole)
+            except Exception as exc:
+                self.errors += 1
+                log.error("channel store: seqs up to %d not kept: %s", core.seq, exc)
+        core.safe = core.seq
 
     def trim(self, core: ChannelCore) -> None:
         first = core.first_seq()

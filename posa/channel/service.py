@@ -58,6 +58,8 @@ __all__ = ["EventChannel"]
 
 log = logging.getLogger("posa.channel.service")
 
+COMMIT_EVERY = 64       # publications the ingest thread numbers in one transaction at most
+
 _MISUSED = {  # oneway -> why a message of the wrong kind is refused
     True: "channel operation {!r} is one-way: send it, do not request it",
     False: "channel operation {!r} is a request: request it (the answer comes "
@@ -134,6 +136,7 @@ class EventChannel(ChannelControl):
             for entry, pub in stored.pending:   # acknowledged, not numbered: now
                 pub.entry = entry
                 self._offer(pub)
+            self._commit()
         self.registry, self._owns_registry = open_registry(registry, dispatcher)
         self.peer = self._open_peer(listen=listen, credential=credential, lease=lease,
                                     limits=limits, inbox_size=inbox)
@@ -194,17 +197,25 @@ class EventChannel(ChannelControl):
     # -- ingest: publications and control requests -----------------------------
     def _ingest(self) -> None:
         sweep_at = time.monotonic() + 0.5
+        keeping = self.keeping
         while True:
+            batch = keeping is not None and keeping.uncommitted > 0
             try:    # once closing, take in what the inbox holds still, then stop
-                msg = self.peer.receive(timeout=0 if self._closing.is_set() else 0.25)
-            except Timeout:
-                if self._closing.is_set():
+                msg = self.peer.receive(timeout=0 if self._closing.is_set() or batch
+                                        else 0.25)
+            except (Timeout, Closed) as exc:
+                if batch:                   # the inbox is empty: one commit for all
+                    with self._lock:
+                        self._commit()
+                    continue
+                if self._closing.is_set() or isinstance(exc, Closed):
                     return
                 msg = None
-            except Closed:
-                return
             if msg is not None:
                 self._handle(msg)
+                if keeping is not None and keeping.uncommitted >= COMMIT_EVERY:
+                    with self._lock:
+                        self._commit()
             now = time.monotonic()
             if now >= sweep_at:
                 self._sweep(now)
@@ -257,7 +268,7 @@ class EventChannel(ChannelControl):
         self.counters["rejected"] += 1
         if self._entry and self.keeping is not None:
             with self._lock:
-                self.keeping.record(Publication([], entry=self._entry), None, self.core, 0)
+                self.keeping.record(Publication([], entry=self._entry), None)
         if self.counters["rejected"] <= 10:
             log.warning("channel %s: refused a message from %r: %s", self.name,
                         msg.sender, exc)
@@ -276,6 +287,7 @@ class EventChannel(ChannelControl):
                 self._offer(pub)
             if len(self._parked) < self.park_limit:
                 return
+            self._commit()          # what is parked behind must reach subscribers
             stalled = time.monotonic()
             while len(self._parked) >= self.park_limit and not self._closing.is_set():
                 self._room.wait(0.5)
@@ -296,7 +308,7 @@ class EventChannel(ChannelControl):
             log.warning("channel %s: refused a publication: %s", self.name, exc)
             result = None
         if self.keeping is not None:
-            self.keeping.record(pub, result, self.core, now)
+            self.keeping.record(pub, result)
         if result is None:
             return True
         deliveries = self._deliveries
@@ -313,12 +325,24 @@ class EventChannel(ChannelControl):
             return False
         return True
 
+    def _commit(self) -> None:
+        """With a store: write what was accepted since the last commit, then let
+        subscribers take it (lock held)."""
+        if self.keeping is None:
+            return
+        self.keeping.commit(self.core, time.time())
+        core = self.core
+        for sub_id, delivery in self._deliveries.items():
+            if core.pending(sub_id):
+                delivery.cond.notify()
+
     def _unpark(self) -> None:
         """Move parked publications into the core as far as room allows (lock held)."""
         parked = self._parked
         while parked:
             if not self._offer(parked.popleft()):
                 break
+        self._commit()
         if len(parked) < self.park_limit:
             self._room.notify_all()
 
@@ -327,6 +351,8 @@ class EventChannel(ChannelControl):
         if self.keeping is not None:
             self.keeping.journal_one(pub)
         self._accept(pub)
+        with self._lock:
+            self._commit()
 
     # -- shutdown ----------------------------------------------------------------------
     def close(self, linger: float = 2.0) -> None:

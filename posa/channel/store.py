@@ -67,7 +67,9 @@ class HistoryStore(Protocol):
     def journal(self, pubs: Sequence[Publication]) -> list[int]: ...
 
     def record(self, runs: Sequence[tuple[Run, float, int | None, int | None]],
-               done: Sequence[tuple[int, int]], seq: int) -> None: ...
+               done: Sequence[tuple[int, int]], seq: int,
+               whole: Sequence[tuple[Run, float, int | None, int | None]] = ()
+               ) -> None: ...
 
     def trim(self, first_seq: int) -> None: ...
 
@@ -89,7 +91,9 @@ class MemoryStore:
         return []
 
     def record(self, runs: Sequence[tuple[Run, float, int | None, int | None]],
-               done: Sequence[tuple[int, int]], seq: int) -> None:
+               done: Sequence[tuple[int, int]], seq: int,
+               whole: Sequence[tuple[Run, float, int | None, int | None]] = ()
+               ) -> None:
         pass
 
     def trim(self, first_seq: int) -> None:
@@ -186,19 +190,21 @@ class SqliteStore:
             return ids
 
     def record(self, runs: Sequence[tuple[Run, float, int | None, int | None]],
-               done: Sequence[tuple[int, int]], seq: int) -> None:
-        """Number journal entries: ``done`` says for each ``(id, n)`` how many
-        more of its events are settled (-1: all of them, and ``runs`` hold what
-        was accepted; -2: exactly that entry, numbered as it is), in one
-        transaction."""
+               done: Sequence[tuple[int, int]], seq: int,
+               whole: Sequence[tuple[Run, float, int | None, int | None]] = ()
+               ) -> None:
+        """Number journal entries, in one transaction: ``done`` says for each
+        ``(id, n)`` how many more of its events are settled (-1: all of them,
+        what was accepted being in ``runs``; -2: all, accepted as they are: the
+        next run of ``whole``); ``runs`` are written as entries of their own."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
+            numbered = iter(whole)
             for entry, n in done:
-                if n == -2 and len(runs) == 1:
-                    run, stamp, _, _ = runs[0]
+                if n == -2:
+                    run, stamp, _, _ = next(numbered)
                     self._number(run, entry, stamp)
-                    runs = []
                 elif n < 0:
                     db.execute("DELETE FROM journal WHERE id = ? AND id NOT IN "
                                "(SELECT entry FROM numbered)", (entry,))
