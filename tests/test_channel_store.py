@@ -41,10 +41,10 @@ def start_channel(dispatcher: str, name: str, store: Path, token: str, *args: st
 ANNOUNCED: dict[str, str] = {}      # channel name -> the rest of its "channel NAME at" line
 
 
-def replay_all(name: str, dispatcher: str, n: int) -> list[posa.Event]:
-    """Every event from seq 1, by a subscriber that starts after the fact."""
+def replay_all(name: str, dispatcher: str, n: int, from_seq: int = 1) -> list[posa.Event]:
+    """``n`` events from ``from_seq``, by a subscriber that starts after the fact."""
     events: list[posa.Event] = []
-    with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=100000) as late:
+    with Subscriber(name, dispatcher=dispatcher, from_seq=from_seq, buffer=100000) as late:
         while len(events) < n:
             events += late.receive_many(n - len(events), timeout=30)
     return events
@@ -85,6 +85,9 @@ def test_sigkill_and_restart_lose_no_acknowledged_event_and_keep_the_history(
         assert [e.body["i"] for e in events] == list(range(published))
         assert [e.seq for e in events] == list(range(1, published + 1))
         assert all(e.gap is None for e in events)
+        middle = rng.randrange(1, published + 1)
+        tail = replay_all(name, dispatcher, published - middle + 1, from_seq=middle)
+        assert [e.body["i"] for e in tail] == list(range(middle - 1, published))
     finally:
         channel.close()
 
