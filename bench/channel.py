@@ -37,9 +37,9 @@ SUB_BUFFER = 10_000          # events the channel buffers per subscriber before 
 
 
 # ------------------------------------------------------------- process roles
-def role_channel(dispatcher: str, name: str, listen: str) -> None:
+def role_channel(dispatcher: str, name: str, listen: str, store: str | None = None) -> None:
     with posa.RegistryClient(dispatcher) as reg:
-        with posa.EventChannel(name, registry=reg, listen=listen):
+        with posa.EventChannel(name, registry=reg, listen=listen, store=store):
             ready()
             wait_release()
             emit({})
@@ -89,11 +89,12 @@ def role_publisher(dispatcher: str, channel: str, n: int) -> None:
 
 
 # ------------------------------------------------------------------ the row
-def _fanout(ctx: Any, n: int) -> dict[str, Any]:
+def _fanout(ctx: Any, n: int, store: bool = False) -> dict[str, Any]:
     dispatcher = ctx.dispatcher()
     name = f"bench/channel-{secrets.token_hex(3)}"
+    path = f"{ctx.tmpdir}/{name.replace('/', '-')}.db" if store else None
     channel = ctx.spawn(MODULE, "channel", hold=True, dispatcher=dispatcher, name=name,
-                        listen=ctx.address("zmq+tcp"))
+                        listen=ctx.address("zmq+tcp"), store=path)
     channel.wait_ready()
     subs = [ctx.spawn(MODULE, "subscriber", hold=True, dispatcher=dispatcher, channel=name,
                       listen=ctx.address("zmq+tcp"), n=n) for _ in range(SUBSCRIBERS)]
@@ -115,9 +116,15 @@ def _fanout(ctx: Any, n: int) -> dict[str, Any]:
             "complete": all(r["count"] == n and r["out_of_order"] == 0 for r in received)}
 
 
+def _fanout_store(ctx: Any, n: int) -> dict[str, Any]:
+    return _fanout(ctx, n, store=True)
+
+
 BENCHES = [
     Bench("channel_fanout", "Publisher → EventChannel → 4 Subscriber processes, block policy, "
           "zmq+tcp", _fanout, N_FANOUT, FANOUT),
+    Bench("channel_fanout_store", "the same, the channel's history in SQLite (--store, WAL, "
+          "synchronous=NORMAL)", _fanout_store, N_FANOUT, FANOUT),
 ]
 
 CHANNEL = "event channel"
@@ -128,4 +135,7 @@ GOALS = [
     Goal("channel-zmq", CHANNEL, "per-subscriber delivered msgs/s ≥ 0.5× raw pyzmq PUB→SUB",
          ("channel_fanout", "per_sub_msgs_per_s"), ("zmq_pubsub", "per_sub_msgs_per_s"),
          ">=", 0.5),
+    Goal("channel-store", CHANNEL, "per-subscriber msgs/s with the history in SQLite ≥ 0.5× "
+         "in memory", ("channel_fanout_store", "per_sub_msgs_per_s"),
+         ("channel_fanout", "per_sub_msgs_per_s"), ">=", 0.5),
 ]

@@ -72,7 +72,8 @@ class Peer:
                  linger: float = 5.0, gatekeeper: Gatekeeper | None = None,
                  authenticator: Authenticator | None = None,
                  aliases: Sequence[str] = (),
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None,
+                 on_run: Callable[[list[Message]], None] | None = None) -> None:
         self.name = validate_name(name)
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)
@@ -93,7 +94,7 @@ class Peer:
         self._closed = False
         self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
                               gatekeeper=self.gatekeeper, receiver=self._receiver,
-                              inbox=self._inbox, handler=handler)
+                              inbox=self._inbox, handler=handler, on_run=on_run)
         self.stats = self._intake.stats         # received, expired, refused ...
         self.stats["sent"] = 0
         self._listening = self._intake.listening

@@ -35,25 +35,16 @@ Invariants:
 """
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from posa.channel.accept import candidate, count_of, note_origins
+from posa.channel.dedup import OriginSeen, PublisherSeen
+from posa.channel.history import History
 from posa.channel.predicate import compile_filter
-from posa.channel.protocol import (
-    MAX_BUFFER,
-    MAX_TOPIC_LEN,
-    MAX_VIA,
-    POLICIES,
-    Publication,
-    check_bodies,
-    check_event_topics,
-    check_prefixes,
-    check_via,
-    unpack,
-)
+from posa.channel.protocol import MAX_BUFFER, MAX_VIA, POLICIES, Publication, check_prefixes
 from posa.channel.run import Run
 from posa.channel.subscription import Hole, Subscription
 from posa.errors import Rejected
@@ -68,17 +59,21 @@ class Published:
     """What ``publish`` did with a publication of ``n`` events.
 
     ``consumed`` of them (a prefix) are settled: accepted with seqs ``first`` to
-    ``last``, or refused as ``looped``. ``rest`` is what a full ``block``
-    subscription did not take: offer it again after ``take`` frees room.
-    ``woken`` lists the subscriptions that got new events."""
+    ``last`` (the ``run``), or refused as ``looped`` or ``duplicate``. ``rest``
+    is what a full ``block`` subscription did not take: offer it again after
+    ``take`` frees room. ``woken`` lists the subscriptions that got new
+    events, ``ended`` those its events ended (``disconnect`` policy)."""
 
     consumed: int
     accepted: int = 0
     looped: int = 0
+    duplicate: int = 0
     first: int = 0
     last: int = 0
+    run: Run | None = None
     rest: Publication | None = None
     woken: list[Subscription] = field(default_factory=list)
+    ended: list[Subscription] = field(default_factory=list)
 
 
 @dataclass
@@ -88,13 +83,15 @@ class Taken:
     ``gaps``: ``[index, count or None, reason]`` for each hole, ``index`` being
     the position (counted in events over all ``runs``) it precedes; equal to
     the number of events when it follows the last. ``more``: further events are
-    ready. ``freed``: room was made in a ``block`` buffer."""
+    ready. ``freed``: room was made in a ``block`` buffer. ``end``: the
+    subscription ends after this delivery, and why (``fail`` policy)."""
 
     runs: list[Run]
     gaps: list[list[Any]]
     dropped: int
     more: bool
     freed: bool
+    end: str | None = None
 
     @property
     def count(self) -> int:
@@ -117,21 +114,42 @@ class ChannelCore:
     """Sequence, history and subscriptions of one channel. Not thread-safe:
     the service calls it under one lock."""
 
-    def __init__(self, name: str, incarnation: int, *, history: int = 10000) -> None:
-        if history < 0:
-            raise ValueError("history must be >= 0 events")
+    def __init__(self, name: str, incarnation: int, *, history: int = 10000,
+                 history_bytes: int | None = None, history_age: float | None = None,
+                 seq: int = 0) -> None:
         self.name = name
         self.incarnation = incarnation
-        self.seq = 0                          # the last seq given out
-        self.history_limit = history
-        self.history: deque[Run] = deque()
-        self.history_size = 0                 # events in history
-        self._history_skip = 0                # events of history[0] no longer held
+        self.seq = seq                        # the last seq given out
+        self.safe: int | None = None          # the last seq subscribers may take (None: all)
+        self.kept = History(history, max_bytes=history_bytes, max_age=history_age)
+        self.kept.head = seq
         self.subscriptions: dict[str, Subscription] = {}
         self._live: list[Subscription] = []   # subscriptions that get pushed events
         self._blocking: list[Subscription] = []
+        self.publishers = PublisherSeen()
+        self.origins = OriginSeen()
         self.published = 0
         self.looped = 0
+        self.duplicates = 0
+        self.ended: dict[str, int] = {"disconnected": 0, "failed": 0}
+        self.drops: dict[str, int] = {policy: 0 for policy in POLICIES if policy != "block"}
+
+    @property
+    def history(self) -> deque[Run]:
+        return self.kept.runs
+
+    @property
+    def history_size(self) -> int:
+        return self.kept.size
+
+    def restore(self, run: Run, stamp: float, pid: int | None, pseq: int | None) -> None:
+        """Take back a run of a stored history (oldest first), with what it says
+        about publishers and origins already accepted."""
+        self.kept.add(run, stamp)
+        self.seq = max(self.seq, run.last)
+        if pid is not None and pseq is not None:
+            self.publishers.note(pid, pseq)
+        note_origins(run, len(run), self.origins)
 
     # -- subscriptions -------------------------------------------------------
     def subscribe(self, sub_id: str, *, topics: Sequence[str] = ("",), filter: Any = None,
@@ -180,69 +198,74 @@ class ChannelCore:
         """Remove subscription ``sub_id``; returns it (None if unknown)."""
         sub = self.subscriptions.pop(sub_id, None)
         if sub is not None:
-            if sub in self._live:
-                self._live.remove(sub)
-            if sub in self._blocking:
-                self._blocking.remove(sub)
+            self._stop_live(sub)
         return sub
 
     def first_seq(self) -> int:
         """The oldest seq the history still holds (head + 1 when it is empty)."""
-        return self.seq - self.history_size + 1
+        return self.seq - self.kept.size + 1
 
     # -- publishing ----------------------------------------------------------
-    def publish(self, pub: Publication) -> Published:
-        """Accept a publication, in order, as far as ``block`` subscriptions
-        allow. Raises ``Rejected`` for a malformed one, accepting none of it."""
-        run, n, origin, looped = self._run_of(pub)
+    def publish(self, pub: Publication, now: float = 0.0) -> Published:
+        """Accept a publication (at time ``now``, for retention by age), in order,
+        as far as ``block`` subscriptions allow; one already accepted (by its
+        publisher's number, or its events by origin) is dropped. Raises
+        ``Rejected`` for a malformed one, accepting none of it."""
+        if pub.pid is not None and pub.pseq is not None and \
+                self.publishers.seen(pub.pid, pub.pseq):
+            n = count_of(pub)
+            self.duplicates += n
+            return Published(n, duplicate=n)
+        cand = candidate(pub, self.name, self.seq + 1, self.origins)
+        run, n, origin = cand.run, cand.n, cand.index
         fits = self._admissible(run) if self._blocking and len(run) else len(run)
         consumed = n if fits == len(run) else (origin[fits] if origin else fits)
-        result = Published(consumed, fits, sum(1 for i in looped if i < consumed))
+        result = Published(consumed, fits, sum(1 for i in cand.looped if i < consumed),
+                           sum(1 for i in cand.duplicate if i < consumed))
         self.looped += result.looped
+        self.duplicates += result.duplicate
         if consumed < n:
             result.rest = pub if consumed == 0 else pub.tail(consumed)
+        if consumed and pub.pid is not None and pub.pseq is not None:
+            self.publishers.note(pub.pid, pub.pseq)
         if fits < len(run):
             run = run.slice(0, fits)
         if not fits:
             return result
-        result.first, result.last = run.first, run.last
+        note_origins(run, fits, self.origins)
+        result.first, result.last, result.run = run.first, run.last, run
         self.seq = run.last
         self.published += fits
-        self._remember(run)
-        woken = result.woken
-        for sub in self._live:
-            part = sub.select(run)
-            if part is not None:
-                sub.push(part)
-                woken.append(sub)
+        self.kept.add(run, now)
+        self._push(run, result)
         run.compact()      # history keeps the encoded form only
         return result
 
-    def _run_of(self, pub: Publication) -> tuple[Run, int, list[int] | None, list[int]]:
-        """The checked publication as a run numbered from the next seq, without
-        the events that already passed this channel: (run, events offered,
-        input index of each kept event or None when all are, looped indexes)."""
-        topics, topic, n = _topics_of(pub)
-        origin: list[int] | None = None
-        looped: list[int] = []
-        vias = pub.vias
-        if vias is not None:
-            if len(vias) != n:
-                raise Rejected("a publication needs one via per topic")
-            vias = [check_via(v) for v in vias]
-            origin = [i for i in range(n) if not (vias[i] and self.name in vias[i])]
-            looped = [i for i in range(n) if vias[i] and self.name in vias[i]]
-            if not any(vias):
-                vias = None
-        if origin is not None and len(origin) < n:
-            bodies = pub.bodies if pub.bodies is not None else unpack(pub.blob, "publication")
-            run = Run(self.seq + 1, [topics[i] for i in origin],
-                      bodies=[bodies[i] for i in origin], topic=topic,
-                      vias=[vias[i] for i in origin] if vias is not None else None)
-        else:
-            run = Run(self.seq + 1, topics, blob=pub.blob, bodies=pub.bodies, vias=vias,
-                      topic=topic)
-        return run, n, origin, looped
+    def _push(self, run: Run, result: Published) -> None:
+        for sub in self._live:
+            part = sub.select(run)
+            if part is not None:
+                before = sub.dropped
+                sub.push(part)
+                if sub.dropped != before:
+                    self.drops[sub.policy] += sub.dropped - before
+                if sub.end is None:
+                    result.woken.append(sub)
+                    continue
+                self._stop_live(sub)
+                if sub.end == "disconnected":
+                    self.ended["disconnected"] += 1
+                    self.unsubscribe(sub.id)
+                    result.ended.append(sub)
+                else:
+                    self.ended["failed"] += 1
+                    result.woken.append(sub)   # to deliver its buffer, then the end
+
+    def _stop_live(self, sub: Subscription) -> None:
+        if sub in self._live:
+            self._live.remove(sub)
+        if sub in self._blocking:
+            self._blocking.remove(sub)
 
     def _admissible(self, run: Run) -> int:
         """How many leading events of ``run`` to accept now: all of it if it fits
@@ -261,26 +284,6 @@ class ChannelCore:
                 return 0
             fits = room if chosen is None else chosen[room] if room >= 0 else 0
         return fits
-
-    def _remember(self, run: Run) -> None:
-        """Keep ``run`` in history; forget the oldest events beyond the limit. The
-        oldest run is forgotten in part by skipping its first events (slicing it
-        would decode it), so memory holds at most one publication more."""
-        history = self.history
-        history.append(run)
-        self.history_size += len(run)
-        excess = self.history_size - self.history_limit
-        while excess > 0:
-            held = len(history[0]) - self._history_skip
-            if held <= excess:
-                history.popleft()
-                self._history_skip = 0
-                self.history_size -= held
-                excess -= held
-            else:
-                self._history_skip += excess
-                self.history_size -= excess
-                excess = 0
 
     # -- delivering ----------------------------------------------------------
     def take(self, sub_id: str, max_events: int) -> Taken | None:
@@ -304,7 +307,11 @@ class ChannelCore:
             assert type(head) is Run
             buffer[0] = head.slice(sub.head_skip, len(head))
             sub.head_skip = 0
+        safe = self.safe
         while buffer and (count < max_events or type(buffer[0]) is Hole):
+            if safe is not None and type(buffer[0]) is Run and \
+                    buffer[0].first > safe:
+                break                   # not yet in the store: not for anyone yet
             item = buffer.popleft()
             if type(item) is Hole:
                 gaps.append([count, item.count, "dropped"])
@@ -315,7 +322,8 @@ class ChannelCore:
         sub.size -= count
         sub.delivered += count
         return Taken(runs, gaps, sub.dropped, bool(buffer),
-                     sub.policy == "block" and count > 0)
+                     sub.policy == "block" and count > 0,
+                     sub.end if not buffer else None)
 
     def _replay(self, sub: Subscription, max_events: int) -> Taken:
         assert sub.cursor is not None
@@ -324,12 +332,15 @@ class ChannelCore:
         if sub.cursor < first:
             gaps.append([0, None, "history"])
             sub.cursor = first
-        history = self.history
-        index = max(0, bisect_right(history, sub.cursor, key=lambda r: r.first) - 1)
+        history = self.kept.runs
+        index = self.kept.index(sub.cursor)
         runs: list[Run] = []
         count = scanned = 0
+        safe = self.seq if self.safe is None else self.safe
         while index < len(history) and count < max_events and scanned < REPLAY_SCAN:
             run = history[index]
+            if run.first > safe:
+                break
             if run.last >= sub.cursor:
                 run = run.slice(sub.cursor - run.first, len(run))
                 scanned += len(run)
@@ -348,34 +359,24 @@ class ChannelCore:
     def pending(self, sub_id: str) -> bool:
         """True if a ``take`` for ``sub_id`` would return something."""
         sub = self.subscriptions.get(sub_id)
-        return sub is not None and (sub.cursor is not None or bool(sub.buffer)
-                                    or sub.lost_front > 0)
+        if sub is None:
+            return False
+        safe = self.safe
+        if safe is None:
+            return sub.cursor is not None or bool(sub.buffer) or sub.lost_front > 0 \
+                or sub.end is not None
+        if sub.cursor is not None:
+            return sub.cursor <= safe
+        head = sub.buffer[0] if sub.buffer else None
+        return (head is not None and (type(head) is not Run or head.first <= safe)) \
+            or sub.lost_front > 0 or (sub.end is not None and not sub.buffer)
 
     def stats(self) -> dict[str, Any]:
         """Counters and every subscription's state, as msgpack-able data."""
         return {"name": self.name, "incarnation": self.incarnation, "seq": self.seq,
                 "first": self.first_seq(), "history": self.history_size,
-                "published": self.published, "looped": self.looped,
+                "history_bytes": self.kept.bytes, "published": self.published,
+                "looped": self.looped, "duplicates": self.duplicates,
+                "disconnected": self.ended["disconnected"], "failed": self.ended["failed"],
                 "subscriptions": {sid: sub.stats()
                                   for sid, sub in self.subscriptions.items()}}
-
-
-
-def _topics_of(pub: Publication) -> tuple[list[str], str | None, int]:
-    """(topics, the one topic of all or None, count) of a publication, its
-    topics and bodies checked. Raises ``Rejected``."""
-    topics = pub.topics
-    if isinstance(topics, str):
-        topic = topics
-        if len(topic) > MAX_TOPIC_LEN:
-            raise Rejected(f"an event's topic is longer than {MAX_TOPIC_LEN} characters")
-        n = len(pub.bodies) if pub.bodies is not None else check_bodies(pub.blob, None)
-        return [topic] * n, topic, n
-    n = len(topics)
-    check_event_topics(topics)
-    if pub.bodies is not None:
-        if len(pub.bodies) != n:
-            raise Rejected("a publication needs one body per topic")
-    else:
-        check_bodies(pub.blob, n)
-    return topics, None, n

@@ -73,11 +73,15 @@ class Delivery:
                     if taken.freed and channel._parked:
                         channel._unpark()
                     head = core.seq
-                if not taken.runs and not taken.gaps:
+                if not taken.runs and not taken.gaps and taken.end is None:
                     continue              # a replay pass that selected nothing
                 for body in self._frames(taken.runs, taken.gaps, taken.dropped, head):
                     if not self._send(sender, body):
                         return
+                if taken.end is not None:   # the policy ended it: say so, and stop
+                    self._send(sender, {**self._body([], [], taken.dropped, head),
+                                        "end": taken.end})
+                    return
         finally:
             with lock:
                 if channel._deliveries.get(sub_id) is self:

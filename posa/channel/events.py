@@ -54,7 +54,8 @@ class Event(NamedTuple):
     ``topic`` and ``body`` are what the publisher gave; ``seq`` is the channel's
     sequence number (increasing); ``channel`` the channel it came from; ``via``
     the channels it passed before that one (origin first); ``gap`` a ``Gap``
-    when events were lost right before this one, else None."""
+    when events were lost right before this one, else None; ``origin`` for a
+    chained event: ``(incarnation, seq)`` it had at ``via[0]``, where it began."""
 
     seq: int
     topic: str
@@ -62,9 +63,15 @@ class Event(NamedTuple):
     channel: str = ""
     via: tuple[str, ...] = ()
     gap: Gap | None = None
+    origin: tuple[int, int] | None = None
 
 
 _new_event = functools.partial(tuple.__new__, Event)
+
+
+def _is_pair(origin: Any) -> bool:
+    return type(origin) is list and len(origin) == 2 and type(origin[0]) is int \
+        and type(origin[1]) is int
 
 
 class SubscriberState:
@@ -134,12 +141,16 @@ class SubscriberState:
             elif len(seqs) != n:
                 raise ProtocolError("delivery: a run needs one seq per body")
             via_iter: Any = repeat(())
-            if len(item) == 4:
-                if len(item[3]) != n:
-                    raise ProtocolError("delivery: a run needs one via per body")
+            origin_iter: Any = repeat(None)
+            if len(item) >= 4:
+                if len(item[3]) != n or (len(item) == 5 and len(item[4]) != n):
+                    raise ProtocolError("delivery: a run needs one via (and origin) "
+                                        "per body")
                 via_iter = [tuple(v) if v else () for v in item[3]]
+                if len(item) == 5:
+                    origin_iter = [tuple(o) if _is_pair(o) else None for o in item[4]]
             events.extend(map(_new_event, zip(seqs, topics, bodies, repeat(channel),
-                                              via_iter, repeat(None))))
+                                              via_iter, repeat(None), origin_iter)))
         return events
 
     def _with_gaps(self, events: list[Event], gaps: list[list[Any]]) -> list[Event]:

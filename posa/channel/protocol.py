@@ -49,7 +49,7 @@ __all__ = ["CHANNEL", "POLICIES", "MAX_TOPIC_LEN", "MAX_PREFIXES", "MAX_BUFFER",
            "check_via", "publish_body", "publication", "parse_publish", "delivery_body",
            "parse_delivery", "encode_chunks"]
 
-POLICIES = ("block", "drop-oldest", "drop-newest")
+POLICIES = ("block", "drop-oldest", "drop-newest", "fail", "disconnect")
 MAX_TOPIC_LEN = 255         # characters in a topic or a topic prefix
 MAX_PREFIXES = 64           # topic prefixes in one subscription
 MAX_BUFFER = 10_000_000     # events one subscription may buffer
@@ -65,9 +65,15 @@ CHANNEL = OpTable("channel", [
         Field("topics", (list, str)),
         Field("bodies", bytes),
         Field("vias", list, None),
+        Field("origins", list, None),
+        Field("pid", int, None),
+        Field("pseq", int, None),
     ), oneway=True, doc="publish events: `topics` (one per body, or one str for all), "
                         "`bodies` one msgpack array of the bodies, `vias` (chained "
-                        "events) the channels each passed; numbered in order"),
+                        "events) the channels each passed and `origins` where each "
+                        "began (`[incarnation, seq]` at its first via); `pid`, `pseq`: "
+                        "the publisher and its publication number, for dropping a "
+                        "publication sent twice; numbered in order"),
     Op("subscribe", (
         Field("topics", list, ("",)),
         Field("filter", dict, None),
@@ -80,7 +86,8 @@ CHANNEL = OpTable("channel", [
         Field("skip_via", list, ()),
     ), doc="subscribe the sender's name: `topics` prefixes (default `[\"\"]`: every "
            "topic), a content `filter`, the buffer's `policy` (`block`, `drop-oldest` "
-           "(default), `drop-newest`) and size (`buffer`, default 1000 events), the "
+           "(default), `drop-newest`, `fail`, `disconnect`) and size (`buffer`, "
+           "default 1000 events), the "
            "`lease` (default 6 s), a replay `from_seq` of incarnation `inc`, channels "
            "whose events to leave out (`skip_via`); replies `{inc, head, first, "
            "replay_from, restarted}`"),
@@ -163,31 +170,46 @@ def check_via(via: Any) -> tuple[str, ...] | None:
 class Publication:
     """Events offered to a channel, not yet numbered: their ``topics`` (or one
     topic str for all), their bodies as a msgpack array (``blob``) or a list
-    (``bodies``), and for chained events the channels each passed (``vias``)."""
+    (``bodies``), for chained events the channels each passed (``vias``) and
+    where each began (``origins``), and the publisher's id and publication
+    number (``pid``, ``pseq``) when it gave them."""
 
     topics: list[str] | str
     blob: bytes | None = None
     bodies: list[Any] | None = None
     vias: list[Any] | None = None
+    origins: list[Any] | None = None
+    pid: int | None = None
+    pseq: int | None = None
+    entry: int | None = None      # its journal entry in the channel's store
+    whole: bool = True            # False for a tail: what a channel had not taken of one
 
     def tail(self, start: int) -> Publication:
-        """The events from ``start`` on."""
+        """The events from ``start`` on (no longer a whole publication: no pid)."""
         bodies = self.bodies if self.bodies is not None else unpack(self.blob, "publication")
         topics = self.topics if isinstance(self.topics, str) else self.topics[start:]
         return Publication(topics, bodies=bodies[start:],
-                           vias=self.vias[start:] if self.vias is not None else None)
+                           vias=self.vias[start:] if self.vias is not None else None,
+                           origins=self.origins[start:] if self.origins is not None
+                           else None, entry=self.entry, whole=False)
 
 
-def publish_body(topics: list[str] | str, blob: bytes) -> dict[str, Any]:
+def publish_body(topics: list[str] | str, blob: bytes, pid: int | None = None,
+                 pseq: int | None = None) -> dict[str, Any]:
     """The body of a ``publish`` (one-way): ``blob`` one msgpack array of the
-    bodies, ``topics`` one per body or one str for all."""
-    return {"op": "publish", "bodies": blob, "topics": topics}
+    bodies, ``topics`` one per body or one str for all; ``pid``/``pseq`` name
+    the publisher and number the publication."""
+    body: dict[str, Any] = {"op": "publish", "bodies": blob, "topics": topics}
+    if pid is not None:
+        body["pid"], body["pseq"] = pid, pseq
+    return body
 
 
 def publication(fields: dict[str, Any]) -> Publication:
     """The ``Publication`` of a ``publish`` request's fields (as ``CHANNEL``
     parsed them); its events are checked by ``ChannelCore.publish``."""
-    return Publication(fields["topics"], blob=fields["bodies"], vias=fields["vias"])
+    return Publication(fields["topics"], blob=fields["bodies"], vias=fields["vias"],
+                       origins=fields["origins"], pid=fields["pid"], pseq=fields["pseq"])
 
 
 def parse_publish(body: Any) -> Publication:
@@ -230,14 +252,14 @@ def parse_delivery(body: Any) -> tuple[int, list[list[Any]], list[list[Any]], in
 
 
 def _is_run(item: Any) -> bool:
-    if type(item) is not list or not 3 <= len(item) <= 4:
+    if type(item) is not list or not 3 <= len(item) <= 5:
         return False
     seqs, topics, blob = item[0], item[1], item[2]
     return (type(blob) is bytes
             and (type(topics) is str or (type(topics) is list
                                          and set(map(type, topics)) <= {str}))
             and (type(seqs) is int or (type(seqs) is list and set(map(type, seqs)) <= {int}))
-            and (len(item) == 3 or type(item[3]) is list))
+            and all(type(extra) is list for extra in item[3:]))
 
 
 def _is_gap(g: Any) -> bool:

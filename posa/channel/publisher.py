@@ -16,6 +16,7 @@ acknowledged everything published before it.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -47,7 +48,11 @@ class Publisher:
     waits, up to its ``timeout``, then raises ``Timeout``.  An event whose body
     is not msgpack data is dropped, counted in ``rejected``, and reported by
     the next ``publish`` or ``flush`` with ``Rejected``.  ``sent`` counts the
-    events handed to the channel."""
+    events the channel acknowledged (as last read: ``flush`` brings it up to
+    date). The buffer holds the events not yet acknowledged: a publisher never
+    holds more than ``buffer`` events, whatever the channel does; what its
+    stream to the channel gave up is sent again (the channel drops copies by
+    the publisher's numbering of its publications)."""
 
     def __init__(self, channel: str, *, registry: Registry | None = None,
                  dispatcher: str | None = None, batch: int = 1024, linger: float = 0.002,
@@ -68,7 +73,11 @@ class Publisher:
         # and takes the condition only to wake the sending thread or to wait
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._in_flight = 0           # taken by the sending thread, not yet handed over
+        self._held = 0                # events taken from the queue, not acknowledged
+        self._frames: deque[tuple[dict[str, Any], int]] = deque()  # (publish, events)
+        self._pid = secrets.randbits(62) + 1     # this publisher, to the channel
+        self._pseq = 0                # publications numbered so far
+        self._waiters = 0             # publish() calls waiting for room
         self._flushes = 0             # flush requests made
         self._flushed = 0             # flush requests completed
         self._flush_error: PosaError | None = None
@@ -80,6 +89,7 @@ class Publisher:
         self._lingering = False       # the sending thread waits for a batch to fill
         self.sent = 0
         self.rejected = 0
+        self.undelivered = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"posa-publisher-{channel}")
         self._thread.start()
@@ -102,7 +112,7 @@ class Publisher:
             raise Rejected(f"a topic must be a str of at most 255 characters, got "
                            f"{topic!r:.40}, e.g. 'link/down'")
         queue = self._queue
-        if len(queue) >= self.buffer or self._attention:
+        if len(queue) + self._held >= self.buffer or self._attention:
             with self._cond:
                 self._wait_for_room(timeout)
         queue.append((topic, body))
@@ -123,8 +133,8 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        """Events published but not yet handed to the channel."""
-        return len(self._queue) + self._in_flight
+        """Events published and not yet acknowledged by the channel (nor rejected)."""
+        return len(self._queue) + self._held
 
     def _wait_for_room(self, timeout: float | None) -> None:
         """With the condition held: raise a pending error, or wait for room."""
@@ -133,15 +143,20 @@ class Publisher:
         self._raise_error()
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        while len(self._queue) >= self.buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closing:
-                why = f" ({self._problem})" if self._problem is not None else ""
-                raise Timeout(f"channel {self.channel!r} did not take events for {wait} s: "
-                              f"the publisher's buffer of {self.buffer} events is full"
-                              f"{why}; is the channel running, and are 'block' "
-                              "subscribers keeping up?")
-            self._cond.wait(remaining)
+        self._waiters += 1
+        try:
+            while len(self._queue) + self._held >= self.buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing:
+                    why = f" ({self._problem})" if self._problem is not None else ""
+                    raise Timeout(f"channel {self.channel!r} did not take events for "
+                                  f"{wait} s: the publisher's buffer of {self.buffer} "
+                                  f"events is full{why}; is the channel running, and are "
+                                  "'block' subscribers keeping up?")
+                self._cond.notify_all()       # the sending thread: wait for acks
+                self._cond.wait(remaining)
+        finally:
+            self._waiters -= 1
         self._raise_error()
 
     def _raise_error(self) -> None:
@@ -173,8 +188,8 @@ class Publisher:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is buffered (waiting up to ``timeout``) and stop. Idempotent.
-        Raises ``Timeout``, saying how many events were not delivered, if the
-        channel did not acknowledge them in time."""
+        Raises ``Timeout``, saying exactly how many events the channel did not
+        acknowledge (``undelivered``), if it did not acknowledge them all in time."""
         if self._closing:
             return
         failure: Timeout | None = None
@@ -186,58 +201,101 @@ class Publisher:
             pass  # reported already, or reported to nobody: the publisher is closing
         with self._cond:
             self._closing = self._attention = True
-            unsent = self.pending
             self._cond.notify_all()
         self._thread.join(timeout)
+        self._settle_final()
+        self.undelivered = unsent = self.pending
         self._sender.close(linger=0)
         if self._owns_registry:
             self.registry.close()
         if failure is not None:
             raise Timeout(f"publisher closed with {unsent} event(s) for {self.channel!r} "
-                          f"not handed over: {failure}")
+                          f"not acknowledged by the channel: {failure}")
+
+    def _settle_final(self) -> None:
+        """After the sending thread stopped: count what was acknowledged last."""
+        if self._thread.is_alive() or not self._frames:
+            return
+        try:
+            self._fwd.poll(self.channel)
+        except (PosaError, KeyError, AttributeError):
+            return
+        self._settle()
 
     # -- the sending thread ----------------------------------------------------------
     def _run(self) -> None:
         cond, queue = self._cond, self._queue
-        while True:
-            with cond:
-                self._idle = True
-                while not queue and self._flushed == self._flushes and not self._closing:
-                    cond.wait()
-                self._idle = False
-                if self._closing:
-                    return
-                if len(queue) < self.batch and self._flushed == self._flushes \
-                        and self.linger > 0:
-                    self._lingering = True
-                    cond.wait(self.linger)    # let the batch fill, at most linger
-                    self._lingering = False
-                flush_ticket = self._flushes
-            backlog = len(queue)              # later ones wait for the next round
-            while backlog > 0:
-                take = min(backlog, self.batch)
-                backlog -= take
-                popleft = queue.popleft
-                events = [popleft() for _ in range(take)]
-                self._in_flight = take
+        self._fwd = self._sender.forwarder()
+        try:
+            while True:
                 with cond:
-                    cond.notify_all()         # room for publishers waiting on a full buffer
-                topics, bodies = zip(*events)
-                try:
-                    self._send(topics, bodies)
-                except Closed:
-                    return
-                self._in_flight = 0
-                self.sent += take
-            if flush_ticket > self._flushed:
-                self._finish_flush(flush_ticket)
+                    self._idle = True
+                    while not queue and self._flushed == self._flushes and \
+                            not self._closing and not self._frames:
+                        cond.wait()
+                    self._idle = False
+                    if self._closing:
+                        return
+                    if queue and len(queue) < self.batch and \
+                            self._flushed == self._flushes and self.linger > 0 \
+                            and not self._waiters:
+                        self._lingering = True
+                        cond.wait(self.linger)    # let the batch fill, at most linger
+                        self._lingering = False
+                    flush_ticket = self._flushes
+                self._send_backlog(len(queue))    # later ones wait for the next round
+                if flush_ticket > self._flushed:
+                    self._finish_flush(flush_ticket)
+                elif self._frames and not queue:  # nothing to send: read the acks
+                    self._await_acks()
+        except Closed:
+            return
+
+    def _send_backlog(self, backlog: int) -> None:
+        queue = self._queue
+        while backlog > 0:
+            take = min(backlog, self.batch)
+            backlog -= take
+            self._held += take            # held before popped: publish never sees room
+            popleft = queue.popleft
+            events = [popleft() for _ in range(take)]
+            topics, bodies = zip(*events)
+            self._send(topics, bodies)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Count what the channel acknowledged (frames are acknowledged in order)."""
+        frames = self._frames
+        acked = len(frames) - self._sender.unacknowledged()
+        if acked <= 0:
+            return
+        with self._cond:
+            for _ in range(acked):
+                count = frames.popleft()[1]
+                self.sent += count
+                self._held -= count
+            self._cond.notify_all()       # room for publishers waiting on a full buffer
+
+    def _await_acks(self) -> None:
+        """Publishers wait for room: wait for the channel's acknowledgements."""
+        try:
+            self._sender.flush(self.timeout)
+        except PosaError as exc:
+            self._problem = exc
+            self._resend()
+        self._settle()
 
     def _finish_flush(self, ticket: int) -> None:
         error: PosaError | None = None
         try:
             self._sender.flush(self.timeout)
+        except Timeout as exc:       # given up: send again (the channel drops copies)
+            self._problem = exc
+            error = exc
+            self._resend()
         except PosaError as exc:
             error = exc
+        self._settle()
         with self._cond:
             if error is not None:
                 self._flush_error = error
@@ -247,16 +305,20 @@ class Publisher:
             self._cond.notify_all()
 
     def _send(self, topics: Sequence[str], bodies: Sequence[Any]) -> None:
-        """Encode the bodies once and hand them to the reliable stream; retry
-        while the channel cannot be found or reached."""
+        """Encode the bodies once and hand them to the reliable stream, as
+        numbered publications kept until acknowledged."""
         budget = self._max_bytes - sum(map(len, topics)) - 2 * len(topics)
         chunks, bad = encode_chunks(lambda s, e: bodies[s:e], len(topics), budget)
         if bad:
             self._report_bad(bad, topics, bodies)
         uniform = topics.count(topics[0]) == len(topics)
         for start, end, blob in chunks:
-            self._hand_over(publish_body(topics[0] if uniform else list(topics[start:end]),
-                                         blob))
+            self._pseq += 1
+            frame = (publish_body(topics[0] if uniform else list(topics[start:end]),
+                                  blob, self._pid, self._pseq), end - start)
+            self._frames.append(frame)
+            if not self._hand_over(frame[0]):
+                self._resend()
 
     def _report_bad(self, bad: list[int], topics: Sequence[str], bodies: Sequence[Any]
                     ) -> None:
@@ -267,23 +329,31 @@ class Publisher:
                          "float, str, bytes, lists and str-keyed maps")
         with self._cond:
             self.rejected += len(bad)
+            self._held -= len(bad)
             self._error = error
             self._attention = True
         log.warning("publisher for %s: %s", self.channel, error)
 
-    def _hand_over(self, body: dict[str, Any]) -> None:
+    def _hand_over(self, body: dict[str, Any]) -> bool:
+        """Send one publication; False if the stream gave up what it held."""
+        try:
+            self._sender.send(self.channel, body, timeout=self.timeout)
+            return True
+        except (Timeout, NameNotFound, TransportError) as exc:
+            self._problem = exc
+            return False
+
+    def _resend(self) -> None:
+        """The stream gave up the publications it held (or never took them):
+        send every one not known acknowledged again, in order, until the
+        stream takes them all (the channel drops the copies it has already),
+        backing off between tries. Raises ``Closed`` once closing."""
         delay = 0.01
         while True:
-            try:
-                self._sender.send(self.channel, body, timeout=self.timeout)
-                return
-            except Timeout as exc:
-                self._problem = exc   # the frame is queued: the stream keeps trying
-                return
-            except (NameNotFound, TransportError) as exc:
-                self._problem = exc   # not queued: find the channel again, then resend
             with self._cond:
                 if self._closing:
                     raise Closed(f"the publisher for {self.channel!r} is closed")
                 self._cond.wait(delay)
             delay = min(delay * 2, 0.5)
+            if all(self._hand_over(body) for body, _ in list(self._frames)):
+                return

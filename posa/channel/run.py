@@ -26,13 +26,15 @@ class Run:
     explicit ``seqs``), their ``topics`` (``topic`` when they all share one),
     their bodies encoded (``blob``, a msgpack array) and/or decoded
     (``bodies``), and for chained events the channels each passed (``vias``,
-    entries None when none)."""
+    entries None when none) and where each began (``origins``: ``[incarnation,
+    seq]`` at ``via[0]``, with ``vias``)."""
 
-    __slots__ = ("first", "seqs", "topics", "topic", "blob", "bodies", "vias")
+    __slots__ = ("first", "seqs", "topics", "topic", "blob", "bodies", "vias", "origins")
 
     def __init__(self, first: int, topics: list[str], *, blob: bytes | None = None,
                  bodies: list[Any] | None = None, seqs: list[int] | None = None,
-                 vias: list[Any] | None = None, topic: str | None = None) -> None:
+                 vias: list[Any] | None = None, topic: str | None = None,
+                 origins: list[Any] | None = None) -> None:
         self.first = first
         self.seqs = seqs
         self.topics = topics
@@ -40,6 +42,7 @@ class Run:
         self.blob = blob
         self.bodies = bodies
         self.vias = vias
+        self.origins = origins        # [incarnation, seq] at via[0], per chained event
 
     def __len__(self) -> int:
         return len(self.topics)
@@ -78,16 +81,18 @@ class Run:
         seqs = self.seqs[start:end] if self.seqs is not None else None
         return Run(seqs[0] if seqs else self.first + start, self.topics[start:end],
                    bodies=self.body_list()[start:end], seqs=seqs, topic=self.topic,
-                   vias=self.vias[start:end] if self.vias is not None else None)
+                   vias=self.vias[start:end] if self.vias is not None else None,
+                   origins=self.origins[start:end] if self.origins is not None else None)
 
     def pick(self, indexes: list[int]) -> Run:
         """The events at ``indexes`` (ascending), as a run with explicit seqs."""
         seq_list, topics, bodies = self.seq_list(), self.topics, self.decoded()
-        vias = self.vias
+        vias, origins = self.vias, self.origins
         return Run(seq_list[indexes[0]], [topics[i] for i in indexes],
                    bodies=[bodies[i] for i in indexes],
                    seqs=[seq_list[i] for i in indexes], topic=self.topic,
-                   vias=[vias[i] for i in indexes] if vias is not None else None)
+                   vias=[vias[i] for i in indexes] if vias is not None else None,
+                   origins=[origins[i] for i in indexes] if origins is not None else None)
 
     def topics_size(self) -> int:
         """About how many bytes the topics take on the wire."""
@@ -96,10 +101,11 @@ class Run:
         return sum(map(len, self.topics)) + 2 * len(self.topics)
 
     def wire(self, blob: bytes) -> list[Any]:
-        """The run as a delivery carries it: ``[seqs, topics, blob(, vias)]``, with
-        one topic str standing for all when they share it."""
-        item = [self.seqs if self.seqs is not None else self.first,
+        """The run as a delivery carries it: ``[seqs, topics, blob(, vias,
+        origins)]``, with one topic str standing for all when they share it."""
+        item: list[Any] = [self.seqs if self.seqs is not None else self.first,
                 self.topic if self.topic is not None else self.topics, blob]
         if self.vias is not None:
             item.append(self.vias)
+            item.append(self.origins if self.origins is not None else [None] * len(self))
         return item

@@ -32,19 +32,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from posa.channel.core import ChannelCore
+from posa.channel.control import ChannelControl
+from posa.channel.core import ChannelCore, Published
 from posa.channel.delivery import Delivery
+from posa.channel.droplog import DropLog
+from posa.channel.keeping import Keeping, is_publish
 from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
-from posa.channel.subscriber import Subscriber
-from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.channel.store import HistoryStore, Stored, open_store
+from posa.channel.upstream import follow
+from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import Peer
@@ -55,6 +58,8 @@ __all__ = ["EventChannel"]
 
 log = logging.getLogger("posa.channel.service")
 
+COMMIT_EVERY = 64       # publications the ingest thread numbers in one transaction at most
+
 _MISUSED = {  # oneway -> why a message of the wrong kind is refused
     True: "channel operation {!r} is one-way: send it, do not request it",
     False: "channel operation {!r} is a request: request it (the answer comes "
@@ -62,7 +67,17 @@ _MISUSED = {  # oneway -> why a message of the wrong kind is refused
 }
 
 
-class EventChannel:
+def _core_of(name: str, stored: Stored, history: int, history_bytes: int | None,
+             history_age: float | None) -> ChannelCore:
+    """The core of a channel, with what its store kept."""
+    core = ChannelCore(name, stored.incarnation, history=history,
+                       history_bytes=history_bytes, history_age=history_age, seq=stored.seq)
+    for run, stamp, pid, pseq in stored.runs:
+        core.restore(run, stamp, pid, pseq)
+    return core
+
+
+class EventChannel(ChannelControl):
     """A named event channel: publishers and subscribers meet here.
 
     ``history`` events are kept for replay; ``max_batch`` events at most go in
@@ -74,7 +89,14 @@ class EventChannel:
     ``upstream_policy``. ``credential`` owns the name: give the same one to a
     restarted channel so it can take the name over at once. The name is
     registered with ``registry``, or with the dispatcher at ``dispatcher``, or
-    in the process's embedded registry."""
+    in the process's embedded registry.
+
+    ``store`` keeps the history on disk (a file path: SQLite; default None:
+    memory only, and a restart begins a new incarnation); with one, the seqs
+    and the history continue across restarts and an event acknowledged to its
+    publisher is in the store first. Retention: ``history`` events, at most
+    ``history_bytes`` bytes and ``history_age`` seconds (None: no bound).
+    Drops are logged at most once per cause per ``drop_log_interval`` s."""
 
     def __init__(self, name: str, *, registry: Registry | None = None,
                  dispatcher: str | None = None,
@@ -84,7 +106,9 @@ class EventChannel:
                  upstream_filter: Any = None, upstream_policy: str = "drop-oldest",
                  upstream_buffer: int = 10000, max_batch: int = 4096, window: int = 8,
                  inbox: int = 32, park_limit: int = 8, send_timeout: float = 2.0,
-                 limits: CodecLimits | None = None) -> None:
+                 limits: CodecLimits | None = None,
+                 store: str | HistoryStore | None = None, history_bytes: int | None = None,
+                 history_age: float | None = None, drop_log_interval: float = 10.0) -> None:
         self.name = validate_name(name)
         for up in upstream:
             validate_name(up)
@@ -92,35 +116,54 @@ class EventChannel:
             compile_filter(upstream_filter)
         if max_batch < 1 or window < 1 or inbox < 2 or park_limit < 1:
             raise ValueError("max_batch, window, park_limit must be >= 1 and inbox >= 2")
-        self.registry, self._owns_registry = open_registry(registry, dispatcher)
-        self.core = ChannelCore(self.name, secrets.randbits(62) + 1, history=history)
-        self.max_batch = max_batch
-        self.window = window
-        self.park_limit = park_limit
+        self.store = open_store(store)
+        stored = self.store.load()
+        self.core = _core_of(self.name, stored, history, history_bytes, history_age)
+        self.keeping = Keeping(self.store) if self.store.durable else None
+        self.max_batch, self.window, self.park_limit = max_batch, window, park_limit
         self.send_timeout = send_timeout
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._parked: deque[Publication] = deque()
         self._deliveries: dict[str, Delivery] = {}
         self._closing = threading.Event()
-        self._closed = False
+        self._entry: int | None = None      # the journal entry of the message in hand
+        self._closed, self._accepting, self.sweeps = False, True, 0
         self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0}
+        self.drop_log = DropLog(self.name, log, drop_log_interval)
         self._handlers = CHANNEL.bind(self)
-        try:
-            self.peer = Peer(self.name, registry=self.registry, listen=listen,
-                             credential=credential, lease=lease, limits=limits,
-                             inbox_size=inbox)
-        except BaseException:
-            if self._owns_registry:
-                self.registry.close()
-            raise
+        with self._lock:
+            for entry, pub in stored.pending:   # acknowledged, not numbered: now
+                pub.entry = entry
+                self._offer(pub)
+            self._commit()
+        self.registry, self._owns_registry = open_registry(registry, dispatcher)
+        self.peer = self._open_peer(listen=listen, credential=credential, lease=lease,
+                                    limits=limits, inbox_size=inbox)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
         self._start(self._ingest, "ingest")
+        selection = {"topics": list(upstream_topics), "filter": upstream_filter,
+                     "policy": upstream_policy, "buffer": upstream_buffer}
+        self._follow(upstream, selection)
+
+    def _open_peer(self, **options: Any) -> Peer:
+        """The channel's peer; with a store, each reactor turn's publications are
+        journaled before their acknowledgements go out."""
+        try:
+            return Peer(self.name, registry=self.registry, on_run=self.keeping.journal_run
+                        if self.keeping is not None else None, **options)
+        except BaseException:
+            if self._owns_registry:
+                self.registry.close()
+            self.store.close()
+            raise
+
+    def _follow(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
         for up in upstream:
             self._start(functools.partial(
-                self._upstream, up, list(upstream_topics), upstream_filter,
-                upstream_policy, upstream_buffer), f"upstream-{up}")
+                follow, self.name, up, self.registry, selection, self._accept_upstream,
+                self._closing, self.max_batch), f"upstream-{up}")
 
     def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"posa-channel-{self.name}-{role}",
@@ -151,35 +194,55 @@ class EventChannel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and every subscription's state (buffered, dropped, delivered)."""
-        with self._lock:
-            stats = self.core.stats()
-            stats["parked"] = len(self._parked)
-        stats.update(self.counters)
-        return stats
-
     # -- ingest: publications and control requests -----------------------------
     def _ingest(self) -> None:
         sweep_at = time.monotonic() + 0.5
-        while not self._closing.is_set():
-            try:
-                msg = self.peer.receive(timeout=0.25)
-            except Timeout:
+        keeping = self.keeping
+        while True:
+            batch = keeping is not None and keeping.uncommitted > 0
+            try:    # once closing, take in what the inbox holds still, then stop
+                msg = self.peer.receive(timeout=0 if self._closing.is_set() or batch
+                                        else 0.25)
+            except (Timeout, Closed) as exc:
+                if batch:                   # the inbox is empty: one commit for all
+                    with self._lock:
+                        self._commit()
+                    continue
+                if self._closing.is_set() or isinstance(exc, Closed):
+                    return
                 msg = None
-            except Closed:
-                return
             if msg is not None:
                 self._handle(msg)
+                if keeping is not None and keeping.uncommitted >= COMMIT_EVERY:
+                    with self._lock:
+                        self._commit()
             now = time.monotonic()
             if now >= sweep_at:
-                self._expire(now)
+                self._sweep(now)
                 sweep_at = now + 0.5
+
+    def _sweep(self, now: float) -> None:
+        """Twice a second: expired subscriptions, retention by age, the store's
+        trim, the drop log."""
+        self.sweeps += 1
+        self._expire(now)
+        with self._lock:
+            self.core.kept.expire(time.time())
+            totals = self._drop_totals()
+        if self.keeping is not None:
+            self.keeping.trim(self.core)
+        self.drop_log.observe(totals, now)
 
     def _handle(self, msg: Message) -> None:
         """Parse a message by the table and run its operation's handler; a
         request gets the answer or the error, a one-way message none."""
         kind = msg.kind
+        self._entry = None
+        if self.keeping is not None and is_publish(msg):
+            try:
+                self._entry = self.keeping.entry_for(self._closing)
+            except Closed:
+                return      # journaled (or not acknowledged): the next run numbers it
         try:
             op, fields = CHANNEL.parse(msg.body)
             if kind != (Kind.SEND if op.oneway else Kind.REQUEST):
@@ -203,12 +266,17 @@ class EventChannel:
 
     def _reject(self, msg: Message, exc: PosaError) -> None:
         self.counters["rejected"] += 1
+        if self._entry and self.keeping is not None:
+            with self._lock:
+                self.keeping.record(Publication([], entry=self._entry), None)
         if self.counters["rejected"] <= 10:
             log.warning("channel %s: refused a message from %r: %s", self.name,
                         msg.sender, exc)
 
     def _op_publish(self, msg: Message, fields: dict[str, Any]) -> None:
-        self._accept(publication(fields))
+        pub = publication(fields)
+        pub.entry = self._entry
+        self._accept(pub)
 
     def _accept(self, pub: Publication) -> None:
         """Offer a publication; wait (ingest or upstream thread) while the park is full."""
@@ -219,6 +287,7 @@ class EventChannel:
                 self._offer(pub)
             if len(self._parked) < self.park_limit:
                 return
+            self._commit()          # what is parked behind must reach subscribers
             stalled = time.monotonic()
             while len(self._parked) >= self.park_limit and not self._closing.is_set():
                 self._room.wait(0.5)
@@ -228,22 +297,44 @@ class EventChannel:
                 delivery.expires += waited
 
     def _offer(self, pub: Publication) -> bool:
-        """Publish into the core (lock held); park what does not fit. True if all fit."""
+        """Publish into the core (lock held), keep it in the store before anyone
+        can take it, park what does not fit. True if all fit."""
+        now = time.time()
+        result: Published | None
         try:
-            result = self.core.publish(pub)
+            result = self.core.publish(pub, now)
         except Rejected as exc:
             self.counters["rejected"] += 1
             log.warning("channel %s: refused a publication: %s", self.name, exc)
+            result = None
+        if self.keeping is not None:
+            self.keeping.record(pub, result)
+        if result is None:
             return True
         deliveries = self._deliveries
         for sub in result.woken:
             delivery = deliveries.get(sub.id)
             if delivery is not None:
                 delivery.cond.notify()
+        for sub in result.ended:
+            log.info("channel %s: subscription of %r ended (policy %s: its buffer of %d "
+                     "events was full)", self.name, sub.id, sub.policy, sub.limit)
+            self._end(sub.id)
         if result.rest is not None:
             self._parked.appendleft(result.rest)
             return False
         return True
+
+    def _commit(self) -> None:
+        """With a store: write what was accepted since the last commit, then let
+        subscribers take it (lock held)."""
+        if self.keeping is None:
+            return
+        self.keeping.commit(self.core, time.time())
+        core = self.core
+        for sub_id, delivery in self._deliveries.items():
+            if core.pending(sub_id):
+                delivery.cond.notify()
 
     def _unpark(self) -> None:
         """Move parked publications into the core as far as room allows (lock held)."""
@@ -251,101 +342,17 @@ class EventChannel:
         while parked:
             if not self._offer(parked.popleft()):
                 break
+        self._commit()
         if len(parked) < self.park_limit:
             self._room.notify_all()
 
-    # -- control requests (ingest thread) ---------------------------------------
-    def _op_subscribe(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        sender = msg.sender
-        if not sender:
-            raise Rejected("subscribe from a named peer: deliveries go to its name")
-        lease = float(fields["lease"])
-        with self._lock:
-            answer = self.core.subscribe(
-                sender, topics=fields["topics"], filter=fields["filter"],
-                policy=fields["policy"], limit=fields["buffer"],
-                from_seq=fields["from_seq"], incarnation=fields["inc"],
-                skip_via=fields["skip_via"])
-            delivery = self._deliveries.get(sender)
-            if delivery is None or delivery.stopped:
-                delivery = self._deliveries[sender] = Delivery(self, sender, lease)
-                delivery.thread = self._start(delivery.run, "deliver")
-            delivery.lease = lease
-            delivery.expires = time.monotonic() + lease
-            delivery.cond.notify()
-        return {"inc": answer.incarnation, "head": answer.head, "first": answer.first,
-                "replay_from": answer.replay_from, "restarted": answer.restarted}
-
-    def _op_renew(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            delivery = self._deliveries.get(msg.sender)
-            sub = self.core.subscriptions.get(msg.sender)
-            if delivery is None or delivery.stopped or sub is None:
-                return {"known": False, "inc": self.core.incarnation}
-            delivery.expires = time.monotonic() + delivery.lease
-            return {"known": True, "inc": self.core.incarnation, "head": self.core.seq,
-                    "dropped": sub.dropped}
-
-    def _op_unsubscribe(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            sub = self.core.subscriptions.get(msg.sender)
-            stats = sub.stats() if sub is not None else {}
-            self._end(msg.sender)
-        return stats
-
-    def _op_stats(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
-        return self.stats()
-
-    def _end(self, sub_id: str) -> None:
-        """Stop a subscription and its delivery thread (lock held)."""
-        delivery = self._deliveries.pop(sub_id, None)
-        if delivery is not None:
-            delivery.stopped = True
-            delivery.cond.notify()
-        if self.core.unsubscribe(sub_id) is not None and self._parked:
-            self._unpark()
-
-    def _expire(self, now: float) -> None:
-        with self._lock:
-            for sub_id, delivery in list(self._deliveries.items()):
-                if delivery.expires < now:
-                    log.info("channel %s: subscription of %r expired (no renewal)",
-                             self.name, sub_id)
-                    self.counters["expired"] += 1
-                    self._end(sub_id)
-
     # -- chaining ------------------------------------------------------------------
-    def _upstream(self, upstream: str, topics: list[str], flt: Any, policy: str,
-                  buffer: int) -> None:
-        sub: Subscriber | None = None
-        delay = 0.05
-        # the upstream subscriber shares this channel's registry (never closes it)
-        try:
-            while not self._closing.is_set():
-                if sub is None:
-                    try:
-                        sub = Subscriber(upstream, registry=self.registry, topics=topics,
-                                         filter=flt, policy=policy, buffer=buffer,
-                                         skip_via=[self.name], timeout=2.0)
-                        delay = 0.05
-                    except (NameNotFound, Timeout, TransportError) as exc:
-                        log.info("channel %s: upstream %s not reachable yet (%s)",
-                                 self.name, upstream, exc)
-                        self._closing.wait(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
-                try:
-                    events = sub.receive_many(self.max_batch, timeout=0.25)
-                except Timeout:
-                    continue
-                except Closed:
-                    return
-                self._accept(Publication([e.topic for e in events],
-                                         bodies=[e.body for e in events],
-                                         vias=[[*e.via, upstream] for e in events]))
-        finally:
-            if sub is not None:
-                sub.close()
+    def _accept_upstream(self, pub: Publication) -> None:
+        if self.keeping is not None:
+            self.keeping.journal_one(pub)
+        self._accept(pub)
+        with self._lock:
+            self._commit()
 
     # -- shutdown ----------------------------------------------------------------------
     def close(self, linger: float = 2.0) -> None:
@@ -370,4 +377,6 @@ class EventChannel:
             thread.join(0.1)
         if self._owns_registry:
             self.registry.close()
+        with self._lock:
+            self.store.close()
 

@@ -60,6 +60,11 @@ class Subscriber:
     history from that seq first.  A subscriber renews its subscription every
     ``lease``/3 seconds; when the channel restarted (or forgot it) it
     subscribes again by itself, resuming after the last event it received.
+    Under ``"disconnect"`` a full buffer ends the subscription at the channel
+    (freeing it at once); the subscriber notices at its next renewal and
+    subscribes again, replaying from the channel's history what it missed.
+    Under ``"fail"`` a full buffer ends it for good: the events buffered
+    before are delivered, then ``receive`` raises ``Rejected``.
 
     Lost events are never silent: the event that follows a hole carries a
     ``Gap`` in ``event.gap``, and the counters ``gaps`` (holes), ``missed``
@@ -111,6 +116,7 @@ class Subscriber:
             raise
         self._state.subscribed(answer)
         self._closed = False
+        self._failed: Rejected | None = None
         self._stop_renewing = keeper().keep(self._renew, self._resubscribe, lease / 3)
 
     def __repr__(self) -> str:
@@ -159,6 +165,8 @@ class Subscriber:
         try:
             return self._ready.popleft()
         except IndexError:
+            if self._failed is not None:
+                raise self._failed from None
             return self._fill(timeout)  # type: ignore[no-any-return]
 
     def receive_many(self, max_events: int = 1000, timeout: float | None = None
@@ -199,6 +207,8 @@ class Subscriber:
             while True:
                 if self._ready:
                     return None if keep else self._ready.popleft()
+                if self._failed is not None:
+                    raise self._failed
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     msg = self.peer.receive(remaining)
@@ -217,6 +227,14 @@ class Subscriber:
                         msg.sender, exc)
             return
         self._ready.extend(events)
+        end = msg.body.get("end") if type(msg.body) is dict else None
+        if end is not None and self._failed is None:
+            self._failed = Rejected(
+                f"the subscription to {self.channel!r} ended: its buffer of "
+                f"{self._selection['buffer']} events at the channel overflowed under "
+                f"policy {self._selection['policy']!r} ({end}); subscribe again (with "
+                f"from_seq={self._state.last_seq + 1} to replay what followed)")
+            self._stop_renewing()
 
     # -- staying subscribed (the lease keeper's thread) ---------------------------
     def _renew(self) -> None:

@@ -9,7 +9,9 @@ marker per run under ``drop-newest``; whatever does not fit is dropped *and
 counted* (``dropped``), and its place is kept so that the subscriber is told
 exactly where events were lost: a ``Hole`` in the buffer (``drop-newest``) or
 ``lost_front`` (``drop-oldest``, events evicted from the head). ``block``
-room is checked by the core before ``push``.
+room is checked by the core before ``push``. Under ``disconnect`` and
+``fail`` a run that does not fit ends the subscription instead (``end``): it
+is not buffered, and counted as dropped.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from posa.channel.predicate import Predicate
 from posa.channel.run import Run
 
 __all__ = ["Hole", "Subscription"]
+
+
+_ENDING = {"disconnect": "disconnected", "fail": "overflow"}
 
 
 class Hole:
@@ -37,7 +42,7 @@ class Subscription:
 
     __slots__ = ("id", "topics", "filter_spec", "skip_via", "policy", "limit", "everything",
                  "_prefixes", "_filter", "buffer", "size", "head_skip", "holes",
-                 "lost_front", "dropped", "delivered", "cursor")
+                 "lost_front", "dropped", "delivered", "cursor", "end")
 
     def __init__(self, sub_id: str, topics: tuple[str, ...], filter_spec: Any,
                  compiled: Predicate | None, skip_via: frozenset[str], policy: str,
@@ -59,6 +64,7 @@ class Subscription:
         self.dropped = 0          # events dropped by the buffer policy, in all
         self.delivered = 0        # events taken for delivery, in all
         self.cursor: int | None = None   # next seq to replay from history; None: live
+        self.end: str | None = None      # "disconnected" or "overflow": ended by its policy
 
     def selection(self, run: Run) -> list[int] | None:
         """Indexes of the run's events this subscription wants (None: all)."""
@@ -92,6 +98,10 @@ class Subscription:
         """Buffer ``run`` under the policy (``block`` room was checked before)."""
         n = len(run)
         buffer = self.buffer
+        if self.policy in _ENDING and self.size + n > self.limit:
+            self.dropped += n
+            self.end = _ENDING[self.policy]
+            return
         if self.policy == "drop-newest":
             room = self.limit - self.size
             if room >= n:

@@ -3,20 +3,21 @@
 The channel (``posa.channel.service.EventChannel``) registers NAME with the
 dispatcher and runs until SIGTERM or SIGINT; it prints ``channel NAME at
 ADDRESS`` once it is ready. The signal handlers are in place before that line,
-so a signal sent as soon as it appears is never missed; on a signal the channel
-delivers what it buffered (up to 2 s), unregisters its name and the command
-exits with 0.
+so a signal sent as soon as it appears is never missed. On a signal the
+channel stops accepting, waits (up to ``--grace``) while events it accepted
+are undelivered, delivers what is still buffered (up to 2 s), unregisters its
+name and the command exits with 0. With ``--store PATH`` its history (and
+what it acknowledged and did not number yet) survives any stop, a SIGKILL
+included; ``--ops-port`` serves /health and /metrics.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 from typing import Any
 
 from posa.channel.protocol import POLICIES
-from posa.cli.options import add_tls_arguments
+from posa.cli.options import add_ops_arguments, add_tls_arguments
 
 __all__ = ["add_parser"]
 
@@ -34,6 +35,16 @@ def add_parser(subparsers: Any) -> None:
                         help="where to receive (default zmq+tcp://127.0.0.1:0)")
     parser.add_argument("--history", type=int, default=10000,
                         help="events kept for replay (default 10000)")
+    parser.add_argument("--history-bytes", type=int, default=None, metavar="BYTES",
+                        help="keep at most this many bytes of history (default: no bound)")
+    parser.add_argument("--history-age", type=float, default=None, metavar="SECONDS",
+                        help="forget history older than this (default: never)")
+    parser.add_argument("--store", default=None, metavar="PATH",
+                        help="keep the history in this SQLite file, so that it and the "
+                             "seqs survive a restart (default: memory only)")
+    parser.add_argument("--store-sync", default="normal", choices=("normal", "full"),
+                        help="normal: a commit survives the process's crash; full: "
+                             "also the machine's (an fsync per commit; default normal)")
     parser.add_argument("--credential", default=None,
                         help="token owning the name; reuse it to restart in place")
     parser.add_argument("--upstream", action="append", default=[],
@@ -45,27 +56,35 @@ def add_parser(subparsers: Any) -> None:
                              '\'{"field": "load", "op": ">", "value": 0.8}\'')
     parser.add_argument("--upstream-policy", default="drop-oldest", choices=POLICIES)
     add_tls_arguments(parser)
+    add_ops_arguments(parser)
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run the channel until SIGTERM/SIGINT; the exit code (0)."""
+    from posa import ops
     from posa.channel.service import EventChannel  # loaded when the command runs
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    from posa.channel.store import SqliteStore
+    if args.history < 0 or (args.history_bytes is not None and args.history_bytes < 0) \
+            or (args.history_age is not None and args.history_age <= 0):
+        raise SystemExit("posa channel: --history and --history-bytes must be >= 0, "
+                         "--history-age > 0 seconds")
     try:
-        channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
-                               history=args.history, credential=args.credential,
-                               upstream=args.upstream,
-                               upstream_topics=args.upstream_topic or [""],
-                               upstream_filter=args.upstream_filter,
-                               upstream_policy=args.upstream_policy)
-        print(f"channel {channel.name} at {channel.address}", flush=True)
-        while not stop.wait(0.5):
-            pass
-        channel.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+        store = SqliteStore(args.store, synchronous=args.store_sync) \
+            if args.store is not None else None
+    except ValueError as exc:
+        raise SystemExit(f"posa channel: {exc}") from None
+    channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
+                           history=args.history, history_bytes=args.history_bytes,
+                           history_age=args.history_age, store=store,
+                           credential=args.credential, upstream=args.upstream,
+                           upstream_topics=args.upstream_topic or [""],
+                           upstream_filter=args.upstream_filter,
+                           upstream_policy=args.upstream_policy)
+    monitor = ops.Monitor(channel)
+    server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)
+              if args.ops_port is not None else None)
+    extra = f" ops on {server.url}" if server is not None else ""
+    announce = f"channel {channel.name} at {channel.address}{extra}"
+    return ops.serve_until_signalled([channel], grace=args.grace, monitor=monitor,
+                                     server=server, ready=lambda: print(announce, flush=True))

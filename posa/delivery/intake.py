@@ -60,7 +60,8 @@ class Intake:
 
     def __init__(self, name: str, *, reactor: Reactor, gatekeeper: Gatekeeper,
                  options: Options, receiver: Receiver, inbox: Inbox,
-                 handler: Callable[[Message], Any] | None) -> None:
+                 handler: Callable[[Message], Any] | None,
+                 on_run: Callable[[list[Message]], None] | None = None) -> None:
         self.name = name
         self.reactor = reactor
         self.gatekeeper = gatekeeper
@@ -68,6 +69,8 @@ class Intake:
         self.inbox = inbox
         self.listening = Listening(name, reactor, options, self.drain)
         self.handler = handler
+        self.on_run = on_run        # sees each run's deliveries before their ACKs go out
+        self._run: list[Message] = []
         self.draining = False
         self.stats = {"received": 0, "expired": 0, "refused": 0}
         self._ack_timer: Any = None
@@ -81,7 +84,7 @@ class Intake:
         listener = endpoint.listener
         admit = self.gatekeeper.admit
         receive = self.receiver.receive
-        deliver = self.deliver
+        deliver = self.deliver if self.on_run is None else self._deliver_noted
         queued = self.inbox.qsize
         limit = self.inbox.size
         more = listener.pending
@@ -97,6 +100,8 @@ class Intake:
                     break
                 item = listener.recv_nowait()
             except PosaError:
+                if self._run:
+                    self._end_run()
                 return  # closed under us during a migration
             if item is None:
                 break
@@ -115,9 +120,25 @@ class Intake:
                 continue
             for ready in receive(msg, endpoint, route):
                 deliver(ready)
+        if self._run:
+            self._end_run()
         receiver = self.receiver
         if receiver.pending or receiver.outbox or receiver.requests.open:
             self.send_pending()
+
+    def _deliver_noted(self, msg: Message) -> None:
+        received = self.stats["received"]
+        self.deliver(msg)
+        if self.stats["received"] != received:    # delivered, not skipped or refused
+            self._run.append(msg)
+
+    def _end_run(self) -> None:
+        """Show ``on_run`` the run's deliveries (before any ACK covers them)."""
+        run, self._run = self._run, []
+        try:
+            self.on_run(run)  # type: ignore[misc]
+        except Exception:
+            log.exception("peer %s: on_run raised", self.name)
 
     def deliver(self, msg: Message) -> None:
         """Hand ``msg`` to the handler (or the inbox); a request is opened first,
