@@ -233,3 +233,45 @@ def test_an_idle_connection_is_closed_and_the_client_carries_on() -> None:
               "the server closed the idle connection")
         for i in range(20):
             assert client.request("hygiene/server", i, timeout=10) == i + 1
+
+
+def _closed_for_good(sock: socket.socket) -> bool:
+    """Read what came (libzmq's greeting) until the peer closed: True then."""
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_zmq_sheds_stalled_handshakes_and_legacy_peers_and_counts_them() -> None:
+    """libzmq closes a connection whose handshake stalls (HANDSHAKE_IVL =
+    first_frame_timeout) and, with posa's ZAP domain, one that falls back to
+    ZMTP 1.0 (which no deadline would cut); the monitor counts the refusals."""
+    options = Options(first_frame_timeout=1.0)
+    listener = posa.transport.listen("zmq+tcp://127.0.0.1:0", options)
+    client = posa.transport.connect(listener.address, options)
+    try:
+        host, port = listener.address[len("zmq+tcp://"):].rsplit(":", 1)
+        stalled = _connect_many(f"tcp://{host}:{port}", 10, b"\xff\x00")
+        legacy = _connect_many(f"tcp://{host}:{port}", 10, b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            _wait(lambda: all(_closed_for_good(s) for s in stalled + legacy),
+                  "libzmq closed the stalled and the ZMTP 1.0 connections")
+            _wait(lambda: listener.rejections["handshake-failed"] >= 10,
+                  f"the stalled handshakes were counted: {dict(listener.rejections)}")
+            client.send(b"still served")
+            end = time.monotonic() + 30
+            item = None
+            while item is None and time.monotonic() < end:
+                item = listener.recv_nowait() or (time.sleep(0.01) and None)
+            assert item is not None and item[1] == b"still served"
+        finally:
+            for sock in stalled + legacy:
+                sock.close()
+    finally:
+        client.close()
+        listener.close()
