@@ -275,3 +275,59 @@ def test_zmq_sheds_stalled_handshakes_and_legacy_peers_and_counts_them() -> None
     finally:
         client.close()
         listener.close()
+
+
+def _serve_until(listener: posa.transport.Listener, condition: Callable[[], bool],
+                 what: str, frames: list[bytes] | None = None) -> list[bytes]:
+    """Drive ``listener`` until ``condition()``; the frames it delivered (added
+    to ``frames`` if given)."""
+    frames = [] if frames is None else frames
+    end = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < end, f"not within 30 s: {what}"
+        item = listener.recv_nowait()
+        if item is None:
+            time.sleep(0.01)     # a poll interval
+        else:
+            frames.append(item[1])
+    return frames
+
+
+@pytest.mark.parametrize("data, cause", [
+    (b"PO", "first-frame-timeout"),                                   # stalled greeting
+    (GREETING + _frame(b"first") + b"\x00\x00", "frame-timeout"),     # slowloris
+])
+def test_tcp_deadlines_shed_stalled_connections(data: bytes, cause: str) -> None:
+    options = Options(first_frame_timeout=0.5, frame_timeout=0.5, idle_timeout=None)
+    with TcpTransport().listen("tcp://127.0.0.1:0", options) as listener:
+        sock = _connect_many(listener.address, 1, data)[0]
+        with sock:
+            frames = _serve_until(listener, lambda: listener.rejections[cause] == 1,
+                                  f"{cause} counted")
+            _wait(lambda: _closed_for_good(sock), "the connection was closed")
+        assert frames == ([b"first"] if cause == "frame-timeout" else [])
+        assert sum(listener.rejections.values()) == 1, dict(listener.rejections)
+
+
+def test_a_client_sharing_its_address_with_stallers_is_served() -> None:
+    """At the per-source cap a new connection sheds the oldest stalled one from
+    that address, never a connection that completed frames and is in use."""
+    options = Options(max_connections_per_source=8, first_frame_timeout=None)
+    with TcpTransport().listen("tcp://127.0.0.1:0", options) as listener:
+        stallers = _connect_many(listener.address, 8, b"PO")
+        client = posa.transport.connect(listener.address, Options())
+        frames: list[bytes] = []
+        try:
+            for i in range(20):
+                stallers += _connect_many(listener.address, 1, b"PO")
+                client.send(b"%d" % i)
+                _serve_until(listener, lambda n=i: listener.rejections["evicted-unframed"] > n,
+                             "a staller evicted", frames)
+            _serve_until(listener, lambda: len(frames) >= 20, "20 frames", frames)
+            assert frames == [b"%d" % i for i in range(20)]
+            assert dict(listener.rejections) == {"evicted-unframed": 21}   # + the client's
+            assert sum(_closed_for_good(s) for s in stallers) == 21
+        finally:
+            client.close()
+            for sock in stallers:
+                sock.close()
