@@ -74,7 +74,7 @@ class Options:
     max_connections_per_source: int = 512    # per listener and source address
     first_frame_timeout: float | None = 10.0  # s to deliver a first whole frame (zmq: handshake)
     frame_timeout: float | None = 60.0       # s a begun frame may take to complete
-    idle_timeout: float | None = 300.0       # s without a frame either way (tcp)
+    idle_timeout: float | None = 300.0       # s without a frame (zmq: without a heartbeat)
 
     def __post_init__(self) -> None:
         if min(self.max_frame_size, self.max_connections, self.high_water_mark,

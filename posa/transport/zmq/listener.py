@@ -14,9 +14,9 @@ A message from a peer that is not ``[identity, payload]`` (a DEALER sending
 several frames at once) is drained, counted as ``"garbage"`` and not delivered;
 the peer's connection stays up, ROUTER cannot drop one connection. For the same
 reason ``max_connections`` and ``max_connections_per_source`` are not enforced
-by this transport, nor ``idle_timeout``; libzmq sheds a connection whose
+by this transport, nor ``frame_timeout``; libzmq sheds a connection whose
 handshake does not finish within ``first_frame_timeout`` and one that answers no
-heartbeat within ``frame_timeout`` (``posa.transport.zmq.sockets``), and the
+heartbeat within ``idle_timeout`` (``posa.transport.zmq.sockets``), and the
 refusals it makes on its own are counted in ``rejections`` by the monitor
 thread (``posa.transport.zmq.monitoring``).
 """

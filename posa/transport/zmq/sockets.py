@@ -26,13 +26,16 @@ Socket options, set deliberately
     finished by then is closed by libzmq (its default is 30 s): stalled and
     half-open connections give their descriptors back. Counted as
     ``"handshake-failed"`` by a listener's monitor.
-``HEARTBEAT_IVL`` = 10 s, ``HEARTBEAT_TIMEOUT`` = ``HEARTBEAT_TTL`` = ``frame_timeout``
+``HEARTBEAT_IVL`` = 10 s, ``HEARTBEAT_TIMEOUT`` = ``HEARTBEAT_TTL`` = ``idle_timeout``
     each side pings the other every 10 s; a peer from which nothing at all
-    (not even the answer to a ping) arrives for ``frame_timeout`` after a ping
-    is dropped, on either side: a dead host, a stopped process, a connection
+    (not even the answer to a ping) arrives for ``idle_timeout`` after a ping is
+    dropped, on either side: a dead host, a stopped process, a connection
     stalled in the middle of a message. A live peer answers pings by itself
     (inside libzmq), so an idle but healthy connection stays: libzmq has no idle
-    timeout. ``frame_timeout`` = None turns heartbeats off.
+    timeout. Not ``frame_timeout``: a receiver that stops reading (a full inbox)
+    leaves the pings unread too (libzmq stops reading a connection whose queue
+    is full), and a connection held back that way is flow control, not a fault,
+    which may last minutes. ``idle_timeout`` = None turns heartbeats off.
 ``ZAP_DOMAIN`` = ``NULL_ZAP_DOMAIN`` (listener without CURVE)
     libzmq still speaks ZMTP 1.0 to a peer whose first byte is not 0xFF: such
     a "peer" (``GET / HTTP/1.1`` will do) passes no handshake deadline and no
@@ -120,10 +123,10 @@ def new_socket(kind: int, options: Options, ipv6: bool) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.RCVHWM, options.high_water_mark)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_size)
     sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(options.first_frame_timeout))
-    if options.frame_timeout is not None:
+    if options.idle_timeout is not None:
         sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(HEARTBEAT))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(options.frame_timeout))
-        sock.setsockopt(zmq.HEARTBEAT_TTL, min(_ms(options.frame_timeout), 6_553_500))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(options.idle_timeout))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, min(_ms(options.idle_timeout), 6_553_500))
     if ipv6:
         sock.setsockopt(zmq.IPV6, 1)
     return sock
