@@ -2,8 +2,9 @@
 
 For each inbound frame, in order: size limit, decode, envelope validation,
 authentication, authorization, rate limit.  A frame that fails any step is
-dropped, counted under its reason in ``rejections``, and logged once per cause
-(not once per frame: a flood must not become a flood of log lines).  The
+dropped, counted under its reason in ``rejections``, and logged at most once per
+reason per interval with a count of the others (``posa.transport.refusals``: a
+flood must not become a flood of log lines, nor carry the sender's bytes).  The
 caller answers a rejected request with an ERROR when it can
 (``Rejection.answerable``).
 
@@ -44,6 +45,7 @@ from typing import Any, Protocol
 
 from posa.admission.quotas import InFlight
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
+from posa.transport.refusals import RefusalLog, clip
 from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER",
@@ -113,7 +115,7 @@ class Gatekeeper:
         self.limiter = limiter
         self.in_flight = in_flight
         self.rejections: Counter[str] = Counter()
-        self._logged: set[tuple[str, str]] = set()
+        self._refusals = RefusalLog(log)
         self._plain = authenticator is None and authorizer is None and limiter is None
 
     def admit(self, frame: bytes, source: Any = None) -> Message:
@@ -202,13 +204,9 @@ class Gatekeeper:
             self.in_flight.leave(msg)
 
     def _reject(self, reason: str, error: PosaError, msg: Message | None) -> Rejection:
-        """Count and log (once per cause) a refusal; the ``Rejection`` to raise."""
+        """Count and log (throttled per reason) a refusal; the ``Rejection`` to raise."""
         self.rejections[reason] += 1
-        cause = (reason, str(error)[:80])
-        if cause not in self._logged and len(self._logged) < 1024:
-            self._logged.add(cause)
-            log.warning("rejected a frame (%s): %s; further ones like it are only counted",
-                        reason, error)
+        self._refusals.refused(reason, "rejected a frame (%s): %s", reason, clip(str(error)))
         return Rejection(reason, error, msg)
 
 

@@ -65,10 +65,12 @@ def _run(args: argparse.Namespace) -> int:
     from posa import ops
     from posa.channel.service import EventChannel  # loaded when the command runs
     from posa.channel.store import SqliteStore
+    from posa.transport.descriptors import raise_descriptor_limit
     if args.history < 0 or (args.history_bytes is not None and args.history_bytes < 0) \
             or (args.history_age is not None and args.history_age <= 0):
         raise SystemExit("posa channel: --history and --history-bytes must be >= 0, "
                          "--history-age > 0 seconds")
+    raise_descriptor_limit()
     try:
         store = SqliteStore(args.store, synchronous=args.store_sync) \
             if args.store is not None else None

@@ -14,8 +14,14 @@ from typing import Any
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
 from posa.cli.keys import add_security_arguments, security_from_args
-from posa.cli.options import add_ops_arguments, add_tls_arguments
+from posa.cli.options import (
+    add_connection_arguments,
+    add_ops_arguments,
+    add_tls_arguments,
+    connection_options,
+)
 from posa.errors import PosaError
+from posa.transport.descriptors import raise_descriptor_limit
 
 __all__ = ["add_parser"]
 
@@ -39,6 +45,7 @@ def add_parser(subparsers: Any) -> None:
     add_security_arguments(p)
     add_tls_arguments(p)
     add_ops_arguments(p)
+    add_connection_arguments(p)
     p.set_defaults(run=_run)
 
 
@@ -81,9 +88,11 @@ def _registry_options(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     from posa.dispatch.dispatcher import Dispatcher  # loaded by the one command that runs it
     authenticator, acl = security_from_args(args, "posa/dispatcher")
+    raise_descriptor_limit()
     dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
                             peers=args.peer, state=args.state, lease=args.lease,
                             authenticator=authenticator, acl=acl,
+                            options=connection_options(args),
                             **_registry_options(args))
     monitor = ops.Monitor(dispatcher, dispatcher.registry)
     server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)

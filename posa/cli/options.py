@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 from posa.cli import DEFAULT_DISPATCHER
+from posa.transport.base import Options
 
-__all__ = ["add_client_parser", "add_ops_arguments", "add_tls_arguments", "to_json",
-           "json_body"]
+__all__ = ["add_client_parser", "add_ops_arguments", "add_tls_arguments",
+           "add_connection_arguments", "connection_options", "to_json", "json_body"]
 
 
 def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -70,6 +71,32 @@ class _SetEnvironment(argparse.Action):
                  values: Any, option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
         os.environ["POSA_" + self.dest.upper()] = str(values)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the connection-hygiene settings of a service's listeners
+    (``Options``; docs/security.md)."""
+    defaults = Options()
+    group = parser.add_argument_group("connections (docs/security.md, connection hygiene)")
+    group.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       metavar="N", help="per listener (default %(default)s)")
+    group.add_argument("--max-connections-per-source", type=int, metavar="N",
+                       default=defaults.max_connections_per_source,
+                       help="per listener and source address (default %(default)s)")
+    for flag, value in (("first-frame-timeout", defaults.first_frame_timeout),
+                        ("frame-timeout", defaults.frame_timeout),
+                        ("idle-timeout", defaults.idle_timeout)):
+        group.add_argument(f"--{flag}", type=float, default=value, metavar="SECONDS",
+                           help=f"shed a connection past it, 0: never (default {value})")
+
+
+def connection_options(args: argparse.Namespace) -> Options:
+    """The ``Options`` that ``add_connection_arguments``' flags ask for."""
+    return Options(max_connections=args.max_connections,
+                   max_connections_per_source=args.max_connections_per_source,
+                   first_frame_timeout=args.first_frame_timeout or None,
+                   frame_timeout=args.frame_timeout or None,
+                   idle_timeout=args.idle_timeout or None)
 
 
 def to_json(value: Any) -> str:

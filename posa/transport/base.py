@@ -65,15 +65,26 @@ class Options:
     transport refuses exactly the frames its codec would."""
 
     max_frame_size: int = 16 * 1024 * 1024   # bytes; larger frames are refused
-    max_connections: int = 1024              # per listener; further ones are closed
+    max_connections: int = 1024              # per listener; see posa.transport.hygiene
     high_water_mark: int = 1000              # frames queued per connection before send blocks
     send_timeout: float | None = 5.0         # seconds send may block; None: forever
     linger: float = 1.0                      # seconds close() may spend flushing
     tls: TlsSettings | None = None           # tls:// only; None: the transport's own
+    # connection hygiene (docs/security.md); None turns a deadline off
+    max_connections_per_source: int = 512    # per listener and source address
+    first_frame_timeout: float | None = 10.0  # s to deliver a first whole frame (zmq: handshake)
+    frame_timeout: float | None = 60.0       # s a begun frame may take to complete
+    idle_timeout: float | None = 300.0       # s without a frame (zmq: without a heartbeat)
 
     def __post_init__(self) -> None:
-        if self.max_frame_size <= 0 or self.max_connections <= 0 or self.high_water_mark <= 0:
+        if min(self.max_frame_size, self.max_connections, self.high_water_mark,
+               self.max_connections_per_source) <= 0:
             raise ValueError("Options limits must be positive")
+        for name in ("first_frame_timeout", "frame_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"Options.{name} must be positive seconds or None "
+                                 f"(no deadline), not {value!r}")
 
 
 @runtime_checkable
@@ -84,8 +95,9 @@ class Listener(Protocol):
     """The address actually bound (port 0 resolved), to hand to ``connect``."""
 
     rejections: Counter[str]
-    """Connections dropped by cause: ``"oversize"``, ``"garbage"``, ``"truncated"``,
-    ``"too-many-connections"``."""
+    """Connections refused or dropped, by cause: ``"oversize"``, ``"garbage"``,
+    ``"truncated"``, and the causes of ``posa.transport.hygiene`` (deadlines,
+    caps, evictions) and ``"out-of-descriptors"`` where the transport can see them."""
 
     def fileno(self) -> int: ...
 

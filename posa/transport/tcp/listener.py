@@ -17,9 +17,18 @@ writability, and the next poll (which the poller's readiness brings about)
 flushes the waiting frames in one write.
 
 *Bad peers.* A connection that fails the greeting, announces a frame over
-``max_frame_size``, closes mid-frame, or arrives past ``max_connections`` (see
-``posa.transport.tcp.accepting``) is closed and counted in ``rejections``; the
-frames it completed before are delivered; no other connection notices.
+``max_frame_size`` or closes mid-frame is closed and counted in ``rejections``;
+the frames it completed before are delivered; no other connection notices.
+
+*Hygiene.* A connection that sends no whole frame in time, stalls inside a
+frame or stays idle is shed, and a new connection over ``max_connections``
+(per listener or per source address) sheds one that never completed a frame,
+else the longest idle one (``posa.transport.hygiene``: the policy;
+``posa.transport.tcp.guard``: counting, throttled logs, the accept back-off
+when descriptors run out). The poll reads the clock once (``_now``); reads and
+sends stamp their connection with it, so the hot path adds no clock call. The
+alarm thread (``posa.transport.tcp.alarm``) wakes the listener when a deadline
+falls due while nothing else happens.
 
 *Closing.* ``close()`` flushes, ends the sending side of every connection and
 hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
@@ -34,7 +43,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import select
 import socket
 import threading
 import time
@@ -44,12 +52,15 @@ from typing import Final
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options, Route
-from posa.transport.framing import GREETING, MAX_LENGTH, FrameDecoder, frame_header
+from posa.transport.framing import GREETING, MAX_LENGTH, frame_header
 from posa.transport.poller import READ, WRITE, Poller, readable, writable
-from posa.transport.tcp.accepting import Accepted, accept_ready
+from posa.transport.refusals import clip
+from posa.transport.tcp.accepting import Accepted, AcceptPath
 from posa.transport.tcp.address import format_address
 from posa.transport.tcp.closing import reaper
-from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, poll_ms, too_large
+from posa.transport.tcp.guard import Guard
+from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
+from posa.transport.tcp.waiting import flush_before_close, wait_for_room
 
 __all__ = ["TcpListener"]
 
@@ -70,7 +81,7 @@ _ACCEPT: Final = _Role.ACCEPT
 _WAKE: Final = _Role.WAKE
 
 
-class TcpListener:
+class TcpListener(AcceptPath):
     """A bound ``tcp://`` endpoint; see the module docstring for its design.
 
     Routes are ints, one per accepted connection, never reused by a listener."""
@@ -81,7 +92,11 @@ class TcpListener:
         self.rejections: Counter[str] = Counter()
         self._sock = sock
         self._max_frame = min(options.max_frame_size, MAX_LENGTH)
-        self._max_connections = options.max_connections
+        self._guard = Guard(self.address, options, self.rejections, self._wake_up)
+        self._hygiene = self._guard.hygiene
+        self._now = time.monotonic()           # read once per poll
+        self._accepting = True                 # the listening socket is watched
+        self._shed_for_descriptor = False
         self._high_water_mark = options.high_water_mark
         self._send_timeout = options.send_timeout
         self._linger = options.linger
@@ -159,9 +174,12 @@ class TcpListener:
             peer = self._peers.get(route)
             if peer is None:
                 raise self._gone_error(route)
+            peer.tracked.active = self._now
             out = peer.out
-            if len(out) >= self._high_water_mark:
-                self._wait_for_room(peer)
+            if len(out) >= self._high_water_mark and not wait_for_room(
+                    peer, self._peers, self._high_water_mark, self._send_timeout,
+                    self._flush, self.address):
+                raise self._gone_error(route)
             if out or size > DIRECT_LIMIT:
                 out.push(frame)
                 self._flush(peer)
@@ -188,13 +206,12 @@ class TcpListener:
             if self._closed:
                 return
             self._closed = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # the wake-up socket is full: a wake-up is pending already
+        self._wake_up()
+        self._guard.close()
         with self._io_lock:
             deadline = time.monotonic() + self._linger
-            self._flush_before_close(deadline)
+            flush_before_close(self._peers, deadline, self._linger, self._flush,
+                               self.address)
             for peer in self._peers.values():
                 try:
                     peer.sock.shutdown(socket.SHUT_WR)
@@ -232,6 +249,7 @@ class TcpListener:
             except OSError as exc:
                 raise TransportError(f"polling {self.address} failed: "
                                      f"{error_text(exc)}") from None
+            now = self._now = time.monotonic()
             owners = self._owners
             for fd, mask in events:
                 owner = owners.get(fd)
@@ -245,25 +263,10 @@ class TcpListener:
                         self._flush(peer)
                     if readable(mask) and peer.route in self._peers:
                         self._read(peer)
+            if now >= self._guard.check_at:
+                self._sweep(now)
             if self._closed:
                 raise self._closed_error()
-
-    def _accept(self) -> None:
-        for sock, where in accept_ready(self._sock, self.address, self._full,
-                                        self._max_connections, self.rejections):
-            try:
-                self._poller.register(sock, READ)
-            except OSError as exc:     # the kernel is out of room for watches
-                sock.close()
-                log.warning("%s: cannot watch a connection from %s: %s", self.address,
-                            where, error_text(exc))
-                continue
-            peer = Accepted(next(self._ids), sock, where, FrameDecoder(self._max_frame))
-            self._peers[peer.route] = peer
-            self._owners[sock.fileno()] = peer
-
-    def _full(self) -> bool:
-        return len(self._peers) >= self._max_connections
 
     def _read(self, peer: Accepted) -> None:
         try:
@@ -292,6 +295,8 @@ class TcpListener:
             return
         if frames:
             self._ready.extend(zip(repeat(peer.route), frames))
+        if self._hygiene.read(peer.tracked, self._now, bool(frames), decoder.buffered > 0):
+            self._guard.arm(self._now)
         if not greeted and decoder.greeted:
             peer.out.push_raw(GREETING)
             self._flush(peer)
@@ -319,42 +324,12 @@ class TcpListener:
             peer.watching_writes = on
             self._poller.modify(peer.sock, READ | WRITE if on else READ)
 
-    def _wait_for_room(self, peer: Accepted) -> None:
-        """Flush ``peer`` until fewer than ``high_water_mark`` entries wait."""
-        deadline = None if self._send_timeout is None else (
-            time.monotonic() + self._send_timeout)
-        poller = select.poll()
-        poller.register(peer.sock, select.POLLOUT)
-        while len(peer.out) >= self._high_water_mark:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise Timeout(f"cannot send on connection {peer.route} of "
-                              f"{self.address}: {len(peer.out)} frames wait for a peer "
-                              f"that has not read for {self._send_timeout} s "
-                              "(Options.high_water_mark); the frame was not sent")
-            poller.poll(poll_ms(remaining))
-            self._flush(peer)
-            if peer.route not in self._peers:
-                raise self._gone_error(peer.route)
-
-    def _flush_before_close(self, deadline: float) -> None:
-        while True:
-            waiting = [peer for peer in self._peers.values() if peer.out]
-            remaining = deadline - time.monotonic()
-            if not waiting:
-                return
-            if remaining <= 0:
-                log.warning("%s: closed with frames unsent to %d connections after "
-                            "%s s (Options.linger)", self.address, len(waiting),
-                            self._linger)
-                return
-            poller = select.poll()
-            for peer in waiting:
-                poller.register(peer.sock, select.POLLOUT)
-            poller.poll(poll_ms(remaining))
-            for peer in waiting:
-                if peer.route in self._peers:
-                    self._flush(peer)
+    def _wake_up(self) -> None:
+        """Make the next (or a blocked) poll return: from any thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending already) or closed
 
     def _drain_wake(self) -> None:
         try:
@@ -363,22 +338,30 @@ class TcpListener:
         except OSError:
             pass  # drained (BlockingIOError): the wake-up has done its job
 
-    def _drop(self, peer: Accepted, cause: str | None, detail: str) -> None:
-        """Close ``peer``; count it in ``rejections`` under ``cause`` if given."""
+    def _drop(self, peer: Accepted, cause: str | None, detail: str,
+              graceful: bool = False) -> None:
+        """Close ``peer``; count it in ``rejections`` under ``cause`` if given.
+        ``graceful``: end the sending side and let the reaper close it."""
         del self._peers[peer.route]
         del self._owners[peer.sock.fileno()]
+        self._hygiene.forget(peer.route)
         try:
             self._poller.unregister(peer.sock)
         except (OSError, ValueError, KeyError):
             pass                  # closing below takes it out of the set as well
-        peer.sock.close()
+        try:
+            if not graceful:
+                raise OSError
+            peer.sock.shutdown(socket.SHUT_WR)
+            reaper.adopt(peer.sock, time.monotonic() + self._linger)
+        except OSError:
+            peer.sock.close()
         if cause is None:
             log.debug("%s: connection %d from %s ended: %s", self.address, peer.route,
                       peer.remote, detail)
             return
-        self.rejections[cause] += 1
-        log.warning("%s: dropped connection %d from %s (%s): %s", self.address,
-                    peer.route, peer.remote, cause, detail)
+        self._guard.refuse(cause, "%s: dropped connection %d from %s (%s): %s",
+                           self.address, peer.route, peer.remote, cause, clip(detail))
 
     def _gone_error(self, route: Route) -> TransportError:
         return TransportError(f"connection {route!r} of {self.address} is gone (the "

@@ -33,6 +33,7 @@ import zmq
 
 from posa.errors import Closed, Timeout, TransportError
 from posa.transport.base import Options
+from posa.transport.refusals import RefusalLog
 from posa.transport.zmq.context import note_linger
 from posa.transport.zmq.sockets import (
     EVENTS,
@@ -59,6 +60,7 @@ class Endpoint:
     def __init__(self, address: str, sock: zmq.Socket[bytes], options: Options) -> None:
         self.address = address
         self.rejections: Counter[str] = Counter()
+        self._refusals = RefusalLog(_log)
         self._options = options
         self._sock = sock
         # pyzmq types get() as int | bytes, as a few options are bytes; the
@@ -172,15 +174,15 @@ class Endpoint:
 
     def _drop_garbage(self, source: str, parts: int) -> None:
         """Drain the rest of a multi-part message (``parts`` frames of it read so
-        far, not counting a ROUTER's identity frame) and count it; the first
-        such message is logged as a warning, later ones at debug level."""
+        far, not counting a ROUTER's identity frame) and count it; logged once
+        per interval (``posa.transport.refusals``)."""
         while self._get(RCVMORE):
             self._sock.recv(NOBLOCK)
             parts += 1
         self.rejections["garbage"] += 1
-        log = _log.warning if self.rejections["garbage"] == 1 else _log.debug
-        log("%s dropped a message of %d frames from %s (expected one frame); %d "
-            "dropped so far", self.address, parts, source, self.rejections["garbage"])
+        self._refusals.refused("garbage", "%s dropped a message of %d frames from %s "
+                               "(expected one frame); %d dropped so far", self.address,
+                               parts, source, self.rejections["garbage"])
 
     def _too_big(self, frame: bytes) -> TransportError:
         return TransportError(f"frame of {len(frame)} bytes exceeds max_frame_size "

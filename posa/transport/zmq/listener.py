@@ -13,19 +13,29 @@ the wrong route.
 A message from a peer that is not ``[identity, payload]`` (a DEALER sending
 several frames at once) is drained, counted as ``"garbage"`` and not delivered;
 the peer's connection stays up, ROUTER cannot drop one connection. For the same
-reason ``max_connections`` is not enforced by this transport.
+reason ``max_connections`` and ``max_connections_per_source`` are not enforced
+by this transport, nor ``frame_timeout``; libzmq sheds a connection whose
+handshake does not finish within ``first_frame_timeout`` and one that answers no
+heartbeat within ``idle_timeout`` (``posa.transport.zmq.sockets``), and the
+refusals it makes on its own are counted in ``rejections`` by the monitor
+thread (``posa.transport.zmq.monitoring``).
 """
 from __future__ import annotations
+
+import logging
 
 import zmq
 
 from posa.errors import Timeout, TransportError
 from posa.transport.base import Options
+from posa.transport.refusals import sample
 from posa.transport.zmq.address import check_ipc_free, posa_address, zmq_endpoint
 from posa.transport.zmq.endpoint import Endpoint
+from posa.transport.zmq.monitoring import watch
 from posa.transport.zmq.sockets import (
     BIND_REASONS,
     NOBLOCK,
+    NULL_ZAP_DOMAIN,
     SNDMORE,
     Again,
     Curve,
@@ -36,6 +46,8 @@ from posa.transport.zmq.sockets import (
 )
 
 __all__ = ["ZmqListener"]
+
+_log = logging.getLogger("posa.transport.zmq")
 
 
 class ZmqListener(Endpoint):
@@ -56,6 +68,8 @@ class ZmqListener(Endpoint):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             if curve is not None:
                 curve.apply(sock, listening=True)
+            else:   # refuse ZMTP 1.0 peers, which never time out (sockets.py)
+                sock.setsockopt(zmq.ZAP_DOMAIN, NULL_ZAP_DOMAIN)
             sock.setsockopt(zmq.SNDTIMEO, -1 if options.send_timeout is None
                             else int(options.send_timeout * 1000))
             sock.bind(endpoint)
@@ -66,6 +80,11 @@ class ZmqListener(Endpoint):
             raise TransportError(f"cannot bind {address}: {reason}") from None
         super().__init__(posa_address(bound), sock, options)
         self._recv = sock.recv
+        try:
+            watch(sock, self.address, self.rejections)
+        except ZMQError as exc:      # out of descriptors already: serve uncounted
+            _log.warning("%s: refusals made by libzmq will not be counted: %s",
+                         self.address, exc.strerror)
 
     def recv_nowait(self) -> tuple[bytes, bytes] | None:
         """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""
@@ -88,7 +107,7 @@ class ZmqListener(Endpoint):
             if not frame.more:
                 self._run += 1
                 return route, frame.bytes
-            self._drop_garbage(f"route {route!r}", 1)
+            self._drop_garbage(f"route {sample(route)}", 1)
 
     def recv(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Block for the next ``(route, frame)``. Raises ``Timeout``, ``Closed``."""

@@ -21,6 +21,28 @@ Socket options, set deliberately
     instead of being dropped silently; a full peer queue blocks the send for at
     most ``send_timeout`` (``Timeout``). A connection's ``send`` waits by
     polling instead, so that ``close()`` can wake it.
+``HANDSHAKE_IVL`` = ``first_frame_timeout``
+    a connection whose ZMTP handshake (greeting, mechanism, CURVE) has not
+    finished by then is closed by libzmq (its default is 30 s): stalled and
+    half-open connections give their descriptors back. Counted as
+    ``"handshake-failed"`` by a listener's monitor.
+``HEARTBEAT_IVL`` = 10 s, ``HEARTBEAT_TIMEOUT`` = ``HEARTBEAT_TTL`` = ``idle_timeout``
+    each side pings the other every 10 s; a peer from which nothing at all
+    (not even the answer to a ping) arrives for ``idle_timeout`` after a ping is
+    dropped, on either side: a dead host, a stopped process, a connection
+    stalled in the middle of a message. A live peer answers pings by itself
+    (inside libzmq), so an idle but healthy connection stays: libzmq has no idle
+    timeout. Not ``frame_timeout``: a receiver that stops reading (a full inbox)
+    leaves the pings unread too (libzmq stops reading a connection whose queue
+    is full), and a connection held back that way is flow control, not a fault,
+    which may last minutes. ``idle_timeout`` = None turns heartbeats off.
+``ZAP_DOMAIN`` = ``NULL_ZAP_DOMAIN`` (listener without CURVE)
+    libzmq still speaks ZMTP 1.0 to a peer whose first byte is not 0xFF: such
+    a "peer" (``GET / HTTP/1.1`` will do) passes no handshake deadline and no
+    heartbeat, and holds its connection for ever. A ZAP domain makes libzmq
+    refuse ZMTP 1.0 (counted as ``"handshake-garbage"``); with no ZAP handler in
+    the process, NULL-mechanism peers pass as before. A process that installs a
+    ZAP handler must answer ``200`` to requests of this domain.
 ``IMMEDIATE`` is not set (connection)
     a connection queues up to ``high_water_mark`` frames before its listener
     answers (then ``send`` blocks for at most ``send_timeout``), and keeps the
@@ -48,7 +70,10 @@ from posa.transport.zmq.context import context
 
 __all__ = ["NOBLOCK", "SNDMORE", "RCVMORE", "EVENTS", "POLLIN", "POLLOUT", "Again",
            "ZMQError", "raw_send", "poll", "PollItems", "BIND_REASONS", "new_socket",
-           "socket_error", "Curve"]
+           "socket_error", "Curve", "HEARTBEAT", "NULL_ZAP_DOMAIN"]
+
+HEARTBEAT = 10.0     # s between ZMTP pings on every connection
+NULL_ZAP_DOMAIN = b"posa.null"   # the ZAP domain of listeners without CURVE
 
 # plain ints: pyzmq's enum and flag types cost a microsecond per operation
 NOBLOCK = int(zmq.NOBLOCK)
@@ -97,9 +122,19 @@ def new_socket(kind: int, options: Options, ipv6: bool) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.SNDHWM, options.high_water_mark)
     sock.setsockopt(zmq.RCVHWM, options.high_water_mark)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_size)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(options.first_frame_timeout))
+    if options.idle_timeout is not None:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(HEARTBEAT))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(options.idle_timeout))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, min(_ms(options.idle_timeout), 6_553_500))
     if ipv6:
         sock.setsockopt(zmq.IPV6, 1)
     return sock
+
+
+def _ms(seconds: float | None) -> int:
+    """A libzmq interval in whole milliseconds (0: none)."""
+    return 0 if seconds is None else max(1, round(seconds * 1000))
 
 
 @dataclass(frozen=True)
