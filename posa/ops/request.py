@@ -3,9 +3,10 @@
 The ops server answers small ``GET``s (``/health``, ``/metrics``), so this is a
 tight parse of a request line and its header fields, nothing more:
 
-- the head (request line and fields) of one request may take at most
-  ``max_header_bytes`` bytes; more is refused as soon as the buffer holds more
-  (``header-too-large``, 431), so an endless header costs the limit, not memory;
+- the head of one request (request line and fields, without the empty line that
+  ends it) may take at most ``max_header_bytes`` bytes; a longer one is refused as
+  soon as the bytes that arrived show it (``header-too-large``, 431), so an
+  endless header costs the limit, not memory;
 - the request line is ``METHOD SP TARGET SP HTTP/1.0|1.1``; field lines are
   ``name: value`` with a token name; anything else is ``bad-request`` (400);
 - a request with a body (``Content-Length`` other than 0, ``Transfer-Encoding``)
@@ -81,11 +82,11 @@ class RequestReader:
         malformed."""
         if self.failure is not None:
             raise ProtocolError(f"the request was refused ({self.failure[0]})")
-        while self._buffer.startswith(b"\r\n"):      # empty lines before a request
-            del self._buffer[:2]
+        if self._buffer.startswith((b"\r", b"\n")):     # empty lines before a request
+            self._buffer = bytearray(self._buffer.lstrip(b"\r\n"))
         end = self._buffer.find(b"\r\n\r\n", 0, self.max_header_bytes + 4)
         if end < 0:
-            if len(self._buffer) > self.max_header_bytes:
+            if len(self._buffer) >= self.max_header_bytes + 4:   # no end can come in time
                 self._fail("header-too-large", 431,
                            f"a request head over {self.max_header_bytes} bytes")
             return None
