@@ -122,7 +122,12 @@ class SlowCrowd:
 
     def __init__(self, port: int, size: int) -> None:
         self.port, self.stop = port, threading.Event()
-        self.socks = [connect(port) for _ in range(size)]
+        self.socks: list[socket.socket] = []
+        deadline = time.monotonic() + 60
+        while len(self.socks) < size:
+            assert time.monotonic() < deadline, (
+                f"only {len(self.socks)} of {size} slow clients connected in 60 s")
+            self.socks.append(connect(port))
         self.sent = [0] * size
         self.reconnects = 0
         self.thread = threading.Thread(target=self._trickle, daemon=True)
