@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from posa.errors import PosaError, ProtocolError
@@ -44,6 +43,7 @@ _RECV_SIZE = 65536
 _ACCEPTS_PER_TURN = 64
 _REQUESTS_PER_TURN = 8
 _LOG_INTERVAL = 60.0
+_ROUTINE = {"idle-timeout"}          # counted, but an idle client is no attack: not warned
 
 
 class _Conn:
@@ -70,7 +70,8 @@ class _Throttle:
     def note(self, cause: str, now: float) -> None:
         self._unlogged[cause] += 1
         if now - self._last.get(cause, -self.interval) >= self.interval:
-            log.warning("ops server %s: %d connection(s) cut (%s) since the last report; "
+            level = logging.DEBUG if cause in _ROUTINE else logging.WARNING
+            log.log(level, "ops server %s: %d connection(s) cut (%s) since the last report; "
                         "see posa_rejections_total", self.where, self._unlogged[cause], cause)
             self._last[cause] = now
             del self._unlogged[cause]
@@ -79,15 +80,25 @@ class _Throttle:
 class OpsServer:
     """Serves ``monitor`` over HTTP on ``host:port`` (port 0 picks a free one).
 
-    The keyword limits are those of ``posa.ops.hygiene.Limits``; the server adds
-    itself to ``monitor`` so that its own refusals are in ``/metrics``."""
+    ``header_timeout``: seconds from a request's first byte (or the connection's
+    start) to the end of its head; ``max_header_bytes``: bytes of a request line
+    and its fields; ``max_connections``: open at once, the oldest unfinished
+    request gives way to a new connection; ``idle_timeout``: seconds a kept-alive
+    connection may wait for its next request; ``write_timeout``: seconds a client
+    has to read an answer. The server adds itself to ``monitor``, so that its own
+    refusals are in ``/metrics``."""
 
     def __init__(self, monitor: Monitor, *, host: str = "127.0.0.1", port: int = 0,
-                 clock: Callable[[], float] = time.monotonic, **limits: Any) -> None:
-        self.limits = Limits(**limits)
+                 header_timeout: float = Limits.header_timeout,
+                 max_header_bytes: int = Limits.max_header_bytes,
+                 max_connections: int = Limits.max_connections,
+                 idle_timeout: float = Limits.idle_timeout,
+                 write_timeout: float = Limits.write_timeout) -> None:
+        self.limits = Limits(header_timeout, max_header_bytes, max_connections,
+                             idle_timeout, write_timeout)
         self.monitor = monitor
         self.rejections: Counter[str] = Counter()
-        self._clock = clock
+        self._clock = time.monotonic
         self._listener = _bind(host, port)
         bound, self.port = self._listener.getsockname()[:2]
         self.host = str(bound)
@@ -169,12 +180,15 @@ class OpsServer:
                 self._wake_r.recv(64)
             except OSError:
                 pass
-        else:
-            conn = self._conns.get(fileobj)
-            if conn is not None and mask & selectors.EVENT_READ:
-                self._read(conn)
-            elif conn is not None and mask & selectors.EVENT_WRITE and self._flush(conn):
-                self._serve(conn)
+        elif (conn := self._conns.get(fileobj)) is not None:
+            try:
+                if mask & selectors.EVENT_READ:
+                    self._read(conn)
+                elif mask & selectors.EVENT_WRITE and self._flush(conn):
+                    self._serve(conn)
+            except Exception:
+                log.exception("ops server %s: a connection failed; closing it", self.url)
+                self._close(conn.sock)
 
     def _shut(self) -> None:
         for sock in list(self._conns):
