@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from posa.errors import PosaError, ProtocolError
@@ -155,7 +156,7 @@ class OpsServer:
                 ready, self._ready = self._ready, []
                 for conn in ready:
                     if conn.sock in self._conns and not conn.out:
-                        self._serve(conn)
+                        self._guarded(conn, self._serve)
                 now = self._clock()
                 for sock, cause in self._slots.expired(now):
                     self._cut(sock, cause, now, polite=cause == "header-timeout")
@@ -181,14 +182,19 @@ class OpsServer:
             except OSError:
                 pass
         elif (conn := self._conns.get(fileobj)) is not None:
-            try:
-                if mask & selectors.EVENT_READ:
-                    self._read(conn)
-                elif mask & selectors.EVENT_WRITE and self._flush(conn):
-                    self._serve(conn)
-            except Exception:
-                log.exception("ops server %s: a connection failed; closing it", self.url)
-                self._close(conn.sock)
+            self._guarded(conn, self._read if mask & selectors.EVENT_READ else self._written)
+
+    def _guarded(self, conn: _Conn, step: Callable[[_Conn], None]) -> None:
+        """Run one step of ``conn``; a bug closes that connection, not the server."""
+        try:
+            step(conn)
+        except Exception:
+            log.exception("ops server %s: a connection failed; closing it", self.url)
+            self._close(conn.sock)
+
+    def _written(self, conn: _Conn) -> None:
+        if self._flush(conn):
+            self._serve(conn)
 
     def _shut(self) -> None:
         for sock in list(self._conns):
@@ -203,7 +209,9 @@ class OpsServer:
 
     # -- accepting -----------------------------------------------------------------
     def _accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_TURN):
+        # fewer than the cap per turn: a connection accepted with its request already
+        # sent is read before newcomers could push it out
+        for _ in range(max(1, min(_ACCEPTS_PER_TURN, self.limits.max_connections // 4))):
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
