@@ -37,7 +37,7 @@ from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
-from posa.transport.base import Options
+from posa.transport.base import Listener, Options
 from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_body
 from posa.wire.names import is_pattern, validate_name
 
@@ -215,6 +215,12 @@ class Peer:
         """Queue depths, for metrics: the inbox and the messages not yet acknowledged."""
         return {"inbox": self._inbox.qsize(),
                 "unacknowledged": self.sender.unacknowledged()}
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """The listeners this peer receives on now (each with its ``address`` and a
+        ``rejections`` Counter, which ``posa.ops.Monitor`` exports)."""
+        return tuple(endpoint.listener for endpoint in self._listening.current)
 
     def transport_rejections(self) -> dict[str, int]:
         """Connections the listeners dropped, by cause (garbage, oversize ...)."""

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -43,6 +44,7 @@ def parse_metrics(text: str) -> dict[str, float]:
         match = SAMPLE.match(line)
         assert match, f"not a sample line: {line!r}"
         key, value = line.rsplit(" ", 1)
+        assert key not in values, f"a series comes twice: {key}"
         values[key] = float(value)
     assert all(count == 1 for count in described.values()), described
     return values
@@ -144,6 +146,26 @@ def test_a_service_is_read_with_its_peer(registry: posa.LocalRegistry) -> None:
         assert Monitor(service).health()["names"] == ["svc/x"]
 
 
+def test_each_series_once_and_listener_refusals_by_address(
+        registry: posa.LocalRegistry) -> None:
+    with posa.Peer("net/b", registry=registry,
+                   listen=["tcp://127.0.0.1:0", "inproc://net-b"]) as b:
+        tcp = b.addresses[0]
+        host, port = tcp.removeprefix("tcp://").rsplit(":", 1)
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"HELO not posa")
+        wait_until(lambda: b.transport_rejections().get("garbage") == 3)
+        b.gatekeeper.rejections["malformed"] += 1
+        service = SimpleNamespace(peer=b, name="net/b", in_flight=lambda: 7,
+                                  stats={"requests": 1})
+        values = parse_metrics(Monitor(service).metrics())    # no series twice
+    assert values['posa_requests_in_flight{name="net/b"}'] == 7      # the service's
+    assert values[f'posa_rejections_total{{name="net/b",listener="{tcp}",reason="garbage"}}'] == 3
+    assert values['posa_rejections_total{name="net/b",reason="malformed"}'] == 1
+    assert not any("inproc" in key for key in values)      # nothing refused there
+
+
 # ------------------------------------------------------------- ops server
 def test_ops_server_answers_health_and_metrics(registry: posa.LocalRegistry) -> None:
     with posa.Peer("net/a", registry=registry) as a:
@@ -161,6 +183,12 @@ def test_ops_server_answers_health_and_metrics(registry: posa.LocalRegistry) -> 
             status, _, body = get(server.url + "/health")
             assert status == 503 and json.loads(body)["status"] == "draining"
             assert parse_metrics(get(server.url + "/metrics")[2])["posa_up"] == 0
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(b"NONSENSE\r\n\r\n")     # the server's own refusals count
+                assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+            values = parse_metrics(get(server.url + "/metrics")[2])
+            assert values[f'posa_rejections_total{{listener="{server.url}",'
+                          f'reason="bad-request"}}'] == 1
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(server.url + "/health", timeout=2)
 

@@ -4,8 +4,11 @@
                    (peers, gatekeepers, dispatchers, registries, histograms):
                    it reads their counters when asked, and keeps no globals.
 ``OpsServer``      ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text
-                   format 0.0.4) over HTTP, on its own thread, bound to
-                   127.0.0.1 unless told otherwise.
+                   format 0.0.4) over HTTP: one event loop on its own thread,
+                   bound to 127.0.0.1 unless told otherwise, with limits (header
+                   deadline and size, connections, idle and write timeouts) that
+                   slow or hostile clients cannot get past; its refusals are
+                   counted in its ``rejections``.
 ``Histogram``      a latency histogram (``observe``, ``time()``, ``timed``).
 ``serve_until_signalled(closeables, grace=...)``
                    block until SIGTERM/SIGINT, then stop accepting, drain
@@ -13,7 +16,9 @@
                    unregisters its name) and return 0 for the exit status.
 
 One module per concept: ``histogram``, ``monitor`` (what a monitored object
-may offer), ``server``, ``shutdown`` (the protocol a closeable follows).  They
+may offer), ``request`` (HTTP request heads and answers, sans-IO), ``hygiene``
+(the server's limits, connection phases and eviction, sans-IO), ``server``,
+``shutdown`` (the protocol a closeable follows).  They
 are internal; this package names what is public.  The command-line options
 (``--ops-port``, ``--grace``) live with the ``posa`` command (``posa.cli``).
 """

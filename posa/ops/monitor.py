@@ -9,8 +9,12 @@ What a monitored object may offer (see docs/operations.md):
     name                   label of its samples
     stats                  {event: count} -> posa_messages_<event>_total for
                            received/sent, else posa_<event>_total
-    rejections             Counter -> posa_rejections_total{reason}
+    rejections             Counter -> posa_rejections_total{reason}, with
+                           listener=<address> if the object has an address
+                           (a listener, the ops server)
     gatekeeper             its rejections and in_flight are read too
+    listeners              transport listeners (address, rejections): their
+                           refusals, posa_rejections_total{listener, reason}
     depths()               {queue: depth} -> posa_queue_depth{queue}
     registry, name, address(es)   health checks that the name is registered here
     names("**")            a registry: posa_registry_names
@@ -79,37 +83,24 @@ class Monitor:
                 "problems": problems}
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """Every sample as ``(metric, labels, value)``."""
+        """Every sample as ``(metric, labels, value)``, each series once: where two
+        objects offer the same series (a service and its peer share a name), the
+        first one given wins."""
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for metric, labels, value in self._all_samples():
+            series = (metric, tuple(sorted(labels.items())))
+            if series not in seen:
+                seen.add(series)
+                yield metric, labels, value
+
+    def _all_samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         yield "posa_up", {}, 0.0 if self.draining else 1.0
         yield "posa_uptime_seconds", {}, self._clock() - self.started
         for source in list(self._sources):
             if isinstance(source, Histogram):
                 yield from source.samples()
-                continue
-            name = getattr(source, "name", None)
-            who = {"name": name} if isinstance(name, str) else {}
-            stats = getattr(source, "stats", None)
-            if isinstance(stats, Mapping):
-                for key, value in list(stats.items()):
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        yield _STAT_NAMES.get(key, f"posa_{_metric_part(key)}_total"), who, value
-            for holder in (source, getattr(source, "gatekeeper", None)):
-                rejections = getattr(holder, "rejections", None)
-                if isinstance(rejections, Mapping):
-                    for reason, count in list(rejections.items()):
-                        yield "posa_rejections_total", {**who, "reason": str(reason)}, count
-            count = in_flight_counter(source)
-            if count is not None:
-                yield "posa_requests_in_flight", who, float(count())
-            depths = getattr(source, "depths", None)
-            if callable(depths):
-                for queue, depth in depths().items():
-                    yield "posa_queue_depth", {**who, "queue": str(queue)}, depth
-            if callable(getattr(source, "names", None)) and hasattr(source, "lookup"):
-                try:
-                    yield "posa_registry_names", who, float(len(source.names("**")))
-                except PosaError as exc:
-                    log.info("metrics: the registry did not answer: %s", exc)
+            else:
+                yield from _source_samples(source)
 
     def metrics(self) -> str:
         """The samples in the Prometheus text format (0.0.4)."""
@@ -128,6 +119,43 @@ class Monitor:
             lines.append(f"# TYPE {family} {kind}")
             lines.extend(samples)
         return "\n".join(lines) + "\n"
+
+
+def _source_samples(source: Any) -> Iterator[tuple[str, dict[str, str], float]]:
+    name = getattr(source, "name", None)
+    who = {"name": name} if isinstance(name, str) else {}
+    stats = getattr(source, "stats", None)
+    if isinstance(stats, Mapping):
+        for key, value in list(stats.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield _STAT_NAMES.get(key, f"posa_{_metric_part(key)}_total"), who, value
+    for holder in (source, getattr(source, "gatekeeper", None), *_listeners(source)):
+        rejections = getattr(holder, "rejections", None)
+        if isinstance(rejections, Mapping):
+            address = getattr(holder, "address", None)
+            where = {"listener": address} if isinstance(address, str) else {}
+            for reason, count in list(rejections.items()):
+                yield "posa_rejections_total", {**who, **where, "reason": str(reason)}, count
+    count = in_flight_counter(source)
+    if count is not None:
+        yield "posa_requests_in_flight", who, float(count())
+    depths = getattr(source, "depths", None)
+    if callable(depths):
+        for queue, depth in depths().items():
+            yield "posa_queue_depth", {**who, "queue": str(queue)}, depth
+    if callable(getattr(source, "names", None)) and hasattr(source, "lookup"):
+        try:
+            yield "posa_registry_names", who, float(len(source.names("**")))
+        except PosaError as exc:
+            log.info("metrics: the registry did not answer: %s", exc)
+
+
+def _listeners(source: Any) -> tuple[Any, ...]:
+    """A source's ``listeners`` (a sequence, or a method returning one)."""
+    listeners = getattr(source, "listeners", None)
+    if callable(listeners):
+        listeners = listeners()
+    return tuple(listeners) if isinstance(listeners, (list, tuple)) else ()
 
 
 _HELP = {
