@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from typing import Any, Protocol
 
-from posa.admission.quotas import InFlight
+from posa.admission.quotas import InFlight, Rate
+from posa.admission.unverified import ANSWER_RATE, RefusalAnswers
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
 from posa.wire.codec import Codec, Kind, Message
 
@@ -54,10 +56,13 @@ log = logging.getLogger("posa.admission.gatekeeper")
 KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
 
 
-def refusal(reason: str, text: str) -> Unauthorized:
-    """An ``Unauthorized`` tagged with the gatekeeper counter it belongs to."""
+def refusal(reason: str, text: str, detail: str | None = None) -> Unauthorized:
+    """An ``Unauthorized`` tagged with the gatekeeper counter it belongs to and,
+    for a frame that failed to open, ``detail``: why (``posa.admission.unverified``
+    answers the sender with a fixed text per detail)."""
     exc = Unauthorized(text)
     exc.reason = reason  # type: ignore[attr-defined]
+    exc.detail = detail  # type: ignore[attr-defined]
     return exc
 
 
@@ -89,11 +94,13 @@ class Limiter(Protocol):
 class Rejection(Exception):
     """Why a frame was refused: ``reason`` (a counter key) and the error to answer."""
 
-    def __init__(self, reason: str, error: PosaError, msg: Message | None) -> None:
+    def __init__(self, reason: str, error: PosaError, msg: Message | None,
+                 frame: bytes | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error
         self.msg = msg
+        self.frame = frame      # a frame that failed to open (for ``Gatekeeper.refusal``)
 
     @property
     def answerable(self) -> bool:
@@ -106,8 +113,11 @@ class Gatekeeper:
 
     def __init__(self, codec: Codec | None = None, *, authenticator: Authenticator | None = None,
                  authorizer: Authorizer | None = None, limiter: Limiter | None = None,
-                 in_flight: InFlight | None = None) -> None:
+                 in_flight: InFlight | None = None,
+                 refusal_rate: Rate | None = ANSWER_RATE) -> None:
         self.codec = codec if codec is not None else Codec()
+        self.answers = (RefusalAnswers(self.codec, refusal_rate)
+                        if refusal_rate is not None else None)
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.limiter = limiter
@@ -131,7 +141,9 @@ class Gatekeeper:
             try:
                 frame, key_id = self.authenticator.open(frame)
             except Unauthorized as exc:
-                raise self._reject(_reason(exc, "unauthenticated"), exc, None) from None
+                rejection = self._reject(_reason(exc, "unauthenticated"), exc, None)
+                rejection.frame = frame
+                raise rejection from None
         try:
             msg = self.codec.decode(frame)
         except ProtocolError as exc:
@@ -182,6 +194,15 @@ class Gatekeeper:
                         "down or ask its operator to raise the rate limit"), msg)
                     return messages[:admitted]
         return messages
+
+    def refusal(self, rejection: Rejection, names: Collection[str]) -> bytes | None:
+        """The unsealed refusal to send back for a frame that failed to open (sent
+        to one of ``names``), if the refusal rate allows; see
+        ``posa.admission.unverified``."""
+        detail = getattr(rejection.error, "detail", None)
+        if self.answers is None or rejection.frame is None or detail is None:
+            return None
+        return self.answers.answer(rejection.frame, detail, names)
 
     # -- requests in flight (called by the receiver after de-duplication) ------
     def enter(self, msg: Message) -> PosaError | None:

@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from posa.admission.gatekeeper import Authenticator
 from posa.channel.core import ChannelCore
 from posa.channel.delivery import Delivery
 from posa.channel.predicate import compile_filter
@@ -84,7 +85,8 @@ class EventChannel:
                  upstream_filter: Any = None, upstream_policy: str = "drop-oldest",
                  upstream_buffer: int = 10000, max_batch: int = 4096, window: int = 8,
                  inbox: int = 32, park_limit: int = 8, send_timeout: float = 2.0,
-                 limits: CodecLimits | None = None) -> None:
+                 limits: CodecLimits | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.name = validate_name(name)
         for up in upstream:
             validate_name(up)
@@ -109,7 +111,7 @@ class EventChannel:
         try:
             self.peer = Peer(self.name, registry=self.registry, listen=listen,
                              credential=credential, lease=lease, limits=limits,
-                             inbox_size=inbox)
+                             inbox_size=inbox, authenticator=authenticator)
         except BaseException:
             if self._owns_registry:
                 self.registry.close()

@@ -13,8 +13,7 @@ from typing import Any
 
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.keys import add_security_arguments, security_from_args
-from posa.cli.options import add_ops_arguments
+from posa.cli.options import add_ops_arguments, add_security_arguments, security_from_args
 from posa.errors import PosaError
 
 __all__ = ["add_parser"]

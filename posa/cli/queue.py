@@ -26,7 +26,12 @@ from typing import Any
 
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.options import add_ops_arguments, to_json
+from posa.cli.options import (
+    add_ops_arguments,
+    add_security_arguments,
+    authenticator_from_args,
+    to_json,
+)
 from posa.delivery.sender import Sender
 from posa.naming.client import RegistryClient
 from posa.naming.registration import resolver
@@ -128,13 +133,15 @@ def _add_progress(subparsers: Any) -> None:
     p.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     p.add_argument("--once", action="store_true", help="print one line and exit")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON lines")
+    add_security_arguments(p, acl=False)
     p.set_defaults(run=_run_progress)
 
 
 def _run_progress(args: argparse.Namespace) -> int:
     """The ``posa progress`` command; returns the exit code (0 when finished)."""
-    with RegistryClient(args.dispatcher, timeout=args.timeout) as registry:
-        sender = Sender("", resolve=resolver(registry))
+    auth = authenticator_from_args(args)
+    with RegistryClient(args.dispatcher, timeout=args.timeout, authenticator=auth) as registry:
+        sender = Sender("", resolve=resolver(registry), authenticator=auth)
         try:
             return _draw_until_finished(sender, args)
         finally:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import bounded
 from posa.delivery.waiting import Steps, drive
-from posa.errors import Timeout, TransportError, from_wire
+from posa.errors import Timeout, TransportError, Unauthorized, from_wire
 from posa.wire.codec import Kind, Message, error_fields
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Requesting:
         def _drop_target(self, name: str) -> Target | None: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
+        def _refusal(self, target: Target) -> Unauthorized: ...
 
     def request(self, name: str, body: Any, *, timeout: float,
                 headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
@@ -107,6 +108,9 @@ class Requesting:
         heard = time.monotonic()
         acked = False
         while True:
+            if target.refused is not None:      # an authentication failure: said at once
+                self._replies.pop(key, None)
+                raise self._refusal(target)
             reply = self._replies.pop(key, None)
             if reply is not None:
                 return self._answered(key, reply)
