@@ -108,12 +108,9 @@ class Requesting:
         heard = time.monotonic()
         acked = False
         while True:
-            if target.refused is not None:      # an authentication failure: said at once
-                self._replies.pop(key, None)
-                raise self._refusal(target)
             reply = self._replies.pop(key, None)
-            if reply is not None:
-                return self._answered(key, reply)
+            if reply is not None or target.refused is not None:
+                return self._answered(key, reply, target)
             now = time.monotonic()
             if not acked and target.out.acked >= seq:
                 acked, heard = True, now
@@ -148,10 +145,14 @@ class Requesting:
                 self._absorb(frame)
             target = self._targets.get(name, target)
 
-    def _answered(self, key: tuple[str, int], reply: Message) -> Message:
-        """The reply to return, or the error it carries raised."""
+    def _answered(self, key: tuple[str, int], reply: Message | None,
+                  target: Target) -> Message:
+        """The reply to return, or the error it carries raised; an authentication
+        failure of ``target`` is raised at once (``Forwarder._refusal``)."""
         if self._progress:
             self._progress.pop(key, None)
+        if target.refused is not None or reply is None:
+            raise self._refusal(target)
         if reply.kind == _ERROR:
             code, kind, text = error_fields(reply.body)
             raise from_wire(code, kind, text)
