@@ -5,7 +5,9 @@ authentication, authorization, rate limit.  A frame that fails any step is
 dropped, counted under its reason in ``rejections``, and logged once per cause
 (not once per frame: a flood must not become a flood of log lines).  The
 caller answers a rejected request with an ERROR when it can
-(``Rejection.answerable``).
+(``Rejection.answerable``), and a frame that failed to open (it carries
+``Rejection.frame``) with the unsealed, rate-limited refusal ``refusal`` gives
+(``posa.admission.unverified``), so that its sender is told instead of timing out.
 
 Rejection reasons (the keys of ``rejections``, fixed: metrics and docs name them):
 
