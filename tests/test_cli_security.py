@@ -58,6 +58,7 @@ FILES = {               # key file -> the key ids it holds
     "no-dispatcher.keys": ("ops", "lab"),
     "no-lab.keys": ("ops", "posa/dispatcher"),
     "stranger.keys": ("stranger", "posa/dispatcher"),
+    "channel.keys": ("lab", "posa/dispatcher"),
 }
 
 
@@ -161,6 +162,21 @@ def test_names_send_and_request_work_with_posa_keys_and_with_the_keys_option(
                         *option, **env)
         assert sent.returncode == 0, sent.stderr
         assert how in echo.sent      # send returns once the message was acknowledged
+
+
+def test_a_channel_runs_keyed_with_the_keys_option(dispatcher: str, keydir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSA_KEY")}
+    channel = Proc.posa("channel", "lab/events", "--dispatcher", dispatcher,
+                        "--keys", str(keydir / "channel.keys"), env=env)
+    try:
+        assert channel.expect("channel lab/events at")
+        names = posa_cli("names", "lab/events", "--dispatcher", dispatcher,
+                         "--keys", str(keydir / "client.keys"), "--key-id", "ops")
+        assert names.returncode == 0, names.stderr
+        assert names.stdout.startswith("lab/events\t"), names.stdout
+        assert channel.terminate() == 0
+    finally:
+        channel.close()
 
 
 # ------------------------------------------------------------ failures, said at once
