@@ -27,13 +27,17 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import posa
+from posa.admission.unverified import RefusalAnswers
 from posa.cli import EXIT_UNAUTHORIZED
 from posa.delivery.sender import Sender
 from posa.naming.registration import resolver
 from posa.security import Gatekeeper, HmacAuthenticator, Keyring, Rate
-from tests.support import ROOT, Proc, free_port
+from posa.wire.codec import Codec
+from tests.support import ROOT, Proc, free_port, start_dispatcher
 from tests.test_protocol_doc import (
     BODY,
     CORRELATION,
@@ -223,6 +227,18 @@ def test_a_key_the_dispatcher_does_not_hold_is_refused_naming_the_sealing_key(
     assert "(this process seals with key 'stranger')" in done.stderr
 
 
+def test_a_keyed_command_against_a_dispatcher_without_keys_is_told_so(keydir: Path) -> None:
+    proc, address = start_dispatcher()
+    try:
+        done = posa_cli("names", "--dispatcher", address, "--timeout", LONG,
+                        keys=keydir / "no-lab.keys")
+    finally:
+        proc.close()
+    assert done.returncode == EXIT_UNAUTHORIZED, done.stderr
+    assert ("refused: 'posa/dispatcher' runs without keys and cannot open sealed frames"
+            in done.stderr)
+
+
 def test_a_python_requester_without_the_repliers_key_raises_unauthorized_naming_it(
         dispatcher: str, secrets_by_id: dict[str, str]) -> None:
     auth = HmacAuthenticator(ring(secrets_by_id, "ops"))
@@ -340,3 +356,36 @@ def own_network() -> bool:
     probe = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"],
                            capture_output=True, timeout=10)
     return probe.returncode == 0
+
+
+ENVELOPES = st.builds(
+    lambda kind, recipient, seq, body: Codec().encode(posa.Message(
+        kind, "evil/x", recipient, body, id=seq, stream=7)),
+    st.sampled_from([1, 2, 3, 4, 5]), st.sampled_from(["lab/target", "lab/other"]),
+    st.integers(1, 2**32), st.binary(max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300), ENVELOPES), sealed=st.booleans(),
+       cause=st.sampled_from(["unsealed", "unknown-key", "bad-mac", "stale", "sealed"]))
+def test_a_refusal_is_built_from_any_bytes_without_raising_and_names_only_the_receiver(
+        body: bytes, sealed: bool, cause: str) -> None:
+    codec = Codec()
+    answers = RefusalAnswers(codec, Rate(1, 1_000_000))
+    frame = body
+    if sealed and body:     # a trailer of a key this side does not know
+        frame = HmacAuthenticator(Keyring({"k": b"s" * 32})).seal(body)
+    refusal = answers.answer(frame, cause, {"lab/target"})
+    try:
+        sent = codec.decode(body)
+    except posa.PosaError:
+        sent = None
+    expected = (sent is not None and sent.kind in (1, 2) and sent.recipient == "lab/target"
+                and (cause != "sealed" or sealed))
+    assert (refusal is not None) == expected
+    if refusal is not None:
+        assert sent is not None
+        msg = codec.decode(refusal)
+        assert (msg.kind, msg.sender, msg.recipient) == (posa.Kind.ERROR, "lab/target", "")
+        assert msg.correlation == sent.id and msg.headers == {"refused": cause}
+        assert msg.body[:2] == [3, "Unauthorized"] and b"evil" not in refusal

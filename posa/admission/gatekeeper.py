@@ -96,13 +96,20 @@ class Limiter(Protocol):
 class Rejection(Exception):
     """Why a frame was refused: ``reason`` (a counter key) and the error to answer."""
 
-    def __init__(self, reason: str, error: PosaError, msg: Message | None,
-                 frame: bytes | None = None) -> None:
+    def __init__(self, reason: str, error: PosaError, msg: Message | None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error
         self.msg = msg
-        self.frame = frame      # a frame that failed to open (for ``Gatekeeper.refusal``)
+        # a frame that failed authentication, and why (a key of
+        # ``posa.admission.unverified.CAUSES``): ``Gatekeeper.refusal`` answers it
+        self.frame: bytes | None = None
+        self.cause: str | None = None
+
+    def unopened(self, frame: bytes, cause: str | None) -> Rejection:
+        """This rejection, for ``frame`` that could not be opened for ``cause``."""
+        self.frame, self.cause = frame, cause
+        return self
 
     @property
     def answerable(self) -> bool:
@@ -133,8 +140,9 @@ class Gatekeeper:
         if self._plain:
             try:
                 msg = self.codec.decode(frame)
-            except ProtocolError as exc:
-                raise self._reject("malformed", exc, None) from None
+            except ProtocolError as exc:    # perhaps sealed: this side has no keys
+                raise self._reject("malformed", exc, None).unopened(frame, "sealed") \
+                    from None
             if KEY_HEADER in msg.headers:
                 del msg.headers[KEY_HEADER]
             return msg
@@ -143,9 +151,8 @@ class Gatekeeper:
             try:
                 frame, key_id = self.authenticator.open(frame)
             except Unauthorized as exc:
-                rejection = self._reject(_reason(exc, "unauthenticated"), exc, None)
-                rejection.frame = frame
-                raise rejection from None
+                raise self._reject(_reason(exc, "unauthenticated"), exc, None).unopened(
+                    frame, getattr(exc, "detail", None)) from None
         try:
             msg = self.codec.decode(frame)
         except ProtocolError as exc:
@@ -199,12 +206,12 @@ class Gatekeeper:
 
     def refusal(self, rejection: Rejection, names: Collection[str]) -> bytes | None:
         """The unsealed refusal to send back for a frame that failed to open (sent
-        to one of ``names``), if the refusal rate allows; see
-        ``posa.admission.unverified``."""
-        detail = getattr(rejection.error, "detail", None)
-        if self.answers is None or rejection.frame is None or detail is None:
+        to one of ``names``): unsealed or sealed with a key this side cannot check,
+        or sealed while this side has no keys; if the refusal rate allows (see
+        ``posa.admission.unverified``)."""
+        if self.answers is None or rejection.frame is None or rejection.cause is None:
             return None
-        return self.answers.answer(rejection.frame, detail, names)
+        return self.answers.answer(rejection.frame, rejection.cause, names)
 
     # -- requests in flight (called by the receiver after de-duplication) ------
     def enter(self, msg: Message) -> PosaError | None:

@@ -7,8 +7,9 @@ nothing to tell its user but ``Timeout``.  So:
 
 - **The refusing side answers** (``RefusalAnswers``): a SEND, REQUEST or BATCH
   refused because it is unsealed, sealed with a key the receiver does not hold,
-  carries a wrong MAC or a stale time, addressed to one of the receiver's own
-  names, gets an ERROR ``Unauthorized`` with the header ``refused`` (the cause).
+  carries a wrong MAC or a stale time — or is sealed while the receiver runs
+  without keys — addressed to one of the receiver's own names, gets an ERROR
+  ``Unauthorized`` with the header ``refused`` (the cause).
   It is *unsealed* (the receiver cannot know which key the sender could check),
   its text is fixed per cause and names only the receiver (never a byte of the
   refused frame: no key id, no sender), its ``recipient`` is ``""`` and its
@@ -61,6 +62,8 @@ CAUSES = {
                "altered, or the two sides hold different secrets under that key id",
     "stale": "this frame's time is outside {name!r}'s clock window: synchronise the "
              "clocks (NTP)",
+    "sealed": "{name!r} runs without keys and cannot open sealed frames: run this side "
+              "without keys (unset POSA_KEYS), or give {name!r} its key file (--keys)",
 }
 
 
@@ -109,8 +112,8 @@ class RefusalAnswers:
             return None
         tokens[0] -= 1.0            # decoding is what the bucket bounds
         peeked = peek(frame, self._codec)
-        if peeked is None:
-            return None
+        if peeked is None or (cause == "sealed" and peeked[1] is None):
+            return None     # garbage; or, to a side without keys, a frame not sealed
         msg = peeked[0]
         if msg.kind not in _REFUSABLE or msg.recipient not in names:
             return None
