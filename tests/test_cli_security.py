@@ -62,7 +62,7 @@ FILES = {               # key file -> the key ids it holds
     "no-dispatcher.keys": ("ops", "lab"),
     "no-lab.keys": ("ops", "posa/dispatcher"),
     "stranger.keys": ("stranger", "posa/dispatcher"),
-    "channel.keys": ("lab", "posa/dispatcher"),
+    "service.keys": ("lab", "ops", "posa/dispatcher"),
 }
 
 
@@ -171,7 +171,7 @@ def test_names_send_and_request_work_with_posa_keys_and_with_the_keys_option(
 def test_a_channel_runs_keyed_with_the_keys_option(dispatcher: str, keydir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSA_KEY")}
     channel = Proc.posa("channel", "lab/events", "--dispatcher", dispatcher,
-                        "--keys", str(keydir / "channel.keys"), env=env)
+                        "--keys", str(keydir / "service.keys"), env=env)
     try:
         assert channel.expect("channel lab/events at")
         names = posa_cli("names", "lab/events", "--dispatcher", dispatcher,
@@ -181,6 +181,29 @@ def test_a_channel_runs_keyed_with_the_keys_option(dispatcher: str, keydir: Path
         assert channel.terminate() == 0
     finally:
         channel.close()
+
+
+def test_a_queue_and_its_worker_run_keyed_with_the_keys_option(
+        dispatcher: str, echo: Echo, keydir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSA_KEY")}
+    keys = ["--dispatcher", dispatcher, "--keys", str(keydir / "service.keys")]
+    queue = Proc.posa("queue", "lab/q", "--results", *keys, env=env)
+    worker = None
+    try:
+        assert queue.expect("queue lab/q at")
+        worker = Proc.posa("worker", "--queue", "lab/q", *keys, "--", "cat", env=env)
+        assert worker.expect("worker lab/q/")
+        assert posa.submit(echo.peer, "lab/q", {"item": "keyed"}, timeout=20) == 1
+        assert queue.json("", timeout=20) == {"done": "item", "result": '"keyed"'}  # JSON in
+        progress = posa_cli("progress", "lab/q", "--once", "--json", "--dispatcher",
+                            dispatcher, "--keys", str(keydir / "client.keys"),
+                            "--key-id", "ops")
+        assert progress.returncode == 0, progress.stderr
+        assert '"done": 1' in progress.stdout, progress.stdout
+    finally:
+        for proc in (worker, queue):
+            if proc is not None:
+                proc.close()
 
 
 # ------------------------------------------------------------ failures, said at once

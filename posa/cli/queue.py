@@ -79,6 +79,7 @@ def _add_queue(subparsers: Any) -> None:
                    help='print each item finished as a JSON line: {"done": key, '
                    '"result": ...} or {"dead": key, "reason": ...}')
     add_ops_arguments(p)
+    add_security_arguments(p, acl=False)
     p.set_defaults(run=_run_queue)
 
 
@@ -87,11 +88,12 @@ def _run_queue(args: argparse.Namespace) -> int:
     from posa.work.queue import WorkQueue  # loaded when the command runs
     from posa.work.sources import DirectorySource
     from posa.work.sqlitestore import SqliteStore
+    auth = authenticator_from_args(args, args.name)   # a bad key file fails before the store opens
     store = SqliteStore(args.store, synchronous=args.sync.upper()) if args.store else None
     source = DirectorySource(args.directory, args.pattern) if args.directory else None
-    with RegistryClient(args.dispatcher) as registry:
+    with RegistryClient(args.dispatcher, authenticator=auth) as registry:
         queue = WorkQueue(args.name, registry=registry, listen=args.listen, store=store,
-                          credential=args.credential, source=source,
+                          credential=args.credential, source=source, authenticator=auth,
                           visibility=args.visibility, max_attempts=args.max_attempts,
                           capacity=args.capacity,
                           on_done=_printer("done", "result") if args.results else None,
