@@ -17,7 +17,10 @@ The switch: ``from_env(name)`` returns an authenticator when ``POSA_KEYS`` or a
 ``POSA_KEY_*`` variable is set, else ``None``; pass it as
 ``Peer(..., authenticator=...)``.  ``acl_from_env()`` reads ``POSA_ACL``.  A
 custom step implements the ``Authenticator``, ``Authorizer`` or ``Limiter``
-protocol.  See docs/security.md.
+protocol.  An authentication failure is said on both sides: a refused frame's
+sender gets an unsealed, rate-limited refusal (``Gatekeeper(refusal_rate=...)``)
+and a requester that cannot verify an answer raises ``Unauthorized`` naming the
+key it lacks (``posa.admission.unverified``).  See docs/security.md.
 
 The code lives in ``posa.admission`` (internal: ``keys``, ``authenticator``
 with the trailer's byte layout, ``acl``, ``quotas``, ``gatekeeper``); this

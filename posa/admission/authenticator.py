@@ -54,8 +54,8 @@ from posa.admission.keys import Keyring
 from posa.errors import PosaError
 from posa.wire.codec import Message
 
-__all__ = ["HmacAuthenticator", "authenticated_key", "from_env", "TRAILER_VERSION",
-           "DEFAULT_WINDOW"]
+__all__ = ["HmacAuthenticator", "authenticated_key", "from_env", "anonymous_key",
+           "TRAILER_VERSION", "DEFAULT_WINDOW"]
 
 TRAILER_VERSION = 1
 DEFAULT_WINDOW = 30.0          # seconds a frame's timestamp may differ from our clock
@@ -130,19 +130,21 @@ class HmacAuthenticator:
         if id_end < 2:
             raise refusal("unauthenticated", "the frame carries no authentication "
                           "trailer; the sender must seal its frames with a posa key "
-                          "(authenticator=posa.security.from_env(name))")
+                          "(authenticator=posa.security.from_env(name))", "unsealed")
         if frame[size - _MAC_SIZE - 1] != TRAILER_VERSION:
             raise refusal("unauthenticated", f"authentication trailer version "
                           f"{frame[size - _MAC_SIZE - 1]} is not {TRAILER_VERSION}; sender "
-                          "and receiver must run compatible posa versions")
+                          "and receiver must run compatible posa versions "
+                          "(or the sender runs without keys)", "unsealed")
         start = id_end - frame[id_end]
         if start < 1 or start == id_end:
-            raise refusal("unauthenticated", "the authentication trailer is malformed")
+            raise refusal("unauthenticated", "the authentication trailer is malformed",
+                          "unsealed")
         key = self._keys.get(frame[start:id_end])
         if key is None:
             raise refusal("unauthenticated", f"frame sealed with key "
                           f"{_shown(frame[start:id_end])}, which this process does not "
-                          "hold; add that key to its key file")
+                          "hold; add that key to its key file", "unknown-key")
         signed_end = size - _MAC_SIZE
         mac = frame[signed_end:]
         inner = key.inner()                 # Key.mac, inlined on this hot path
@@ -152,13 +154,14 @@ class HmacAuthenticator:
         if not _compare(outer.digest(), mac):
             raise refusal("unauthenticated", f"the MAC of a frame sealed with key "
                           f"{key.id!r} is wrong: the frame was altered or the sender "
-                          "holds another secret under that name")
+                          "holds another secret under that name", "bad-mac")
         sent = _unpack_time(frame, id_end + 1)[0]
         now = int(self._clock() * 1000)
         if not now - self._window_ms <= sent <= now + self._window_ms:
             raise refusal("stale", f"a frame sealed with key {key.id!r} is "
                           f"{(now - sent) / 1000:+.1f} s old, outside the +-{self.window:g} "
-                          "s window; synchronise the clocks (NTP) or widen the window")
+                          "s window; synchronise the clocks (NTP) or widen the window",
+                          "stale")
         self._local.opened = (mac, sent)
         return frame[:start], key.id
 
@@ -212,13 +215,28 @@ def authenticated_key(msg: Message) -> str | None:
     value = msg.headers.get(KEY_HEADER)
     return value if isinstance(value, str) else None
 
+def anonymous_key(keyring: Keyring) -> str:
+    """The key an anonymous client (a ``posa`` command) seals with: the keyring's
+    only key, else its only key outside ``posa/`` (those are posa's services'
+    keys, held by a client only to check their answers). Raises ``PosaError``."""
+    ids = keyring.ids()
+    if len(ids) == 1:
+        return ids[0]
+    own = [key_id for key_id in ids if key_id != "posa" and not key_id.startswith("posa/")]
+    if len(own) == 1:
+        return own[0]
+    raise PosaError(f"the keyring holds {len(ids)} keys ({', '.join(ids)}) and "
+                    f"{len(own) or 'none'} of them outside posa/; say which one seals this "
+                    "client's frames: --key-id ID (or POSA_KEY_ID)")
+
+
 def from_env(name: str | None = None, *,
              environ: Mapping[str, str] | None = None) -> HmacAuthenticator | None:
     """The authenticator the environment asks for, or None (authentication off).
 
     ``POSA_KEYS`` is a key file; ``POSA_KEY_<ID>`` variables add keys (see
     ``Keyring.from_environ``); ``POSA_KEY_ID`` names the sealing key, else the
-    most specific key for ``name`` seals (or the only key, without a name);
+    most specific key for ``name`` seals (without a name: ``anonymous_key``);
     ``POSA_AUTH_WINDOW`` sets the window in seconds."""
     environ = os.environ if environ is None else environ
     path = environ.get("POSA_KEYS")
@@ -232,7 +250,8 @@ def from_env(name: str | None = None, *,
     else:
         assert from_vars is not None
         keyring = from_vars
-    key_id = environ.get("POSA_KEY_ID") or (keyring.key_for(name) if name else None)
+    key_id = environ.get("POSA_KEY_ID") or (keyring.key_for(name) if name
+                                            else anonymous_key(keyring))
     window = environ.get("POSA_AUTH_WINDOW")
     try:
         seconds = float(window) if window else DEFAULT_WINDOW

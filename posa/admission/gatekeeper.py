@@ -6,7 +6,9 @@ dropped, counted under its reason in ``rejections``, and logged at most once per
 reason per interval with a count of the others (``posa.transport.refusals``: a
 flood must not become a flood of log lines, nor carry the sender's bytes).  The
 caller answers a rejected request with an ERROR when it can
-(``Rejection.answerable``).
+(``Rejection.answerable``), and a frame that failed to open (it carries
+``Rejection.frame``) with the unsealed, rate-limited refusal ``refusal`` gives
+(``posa.admission.unverified``), so that its sender is told instead of timing out.
 
 Rejection reasons (the keys of ``rejections``, fixed: metrics and docs name them):
 
@@ -41,9 +43,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from typing import Any, Protocol
 
-from posa.admission.quotas import InFlight
+from posa.admission.quotas import InFlight, Rate
+from posa.admission.unverified import ANSWER_RATE, RefusalAnswers
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
 from posa.transport.refusals import RefusalLog, clip
 from posa.wire.codec import Codec, Kind, Message
@@ -56,10 +60,13 @@ log = logging.getLogger("posa.admission.gatekeeper")
 KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
 
 
-def refusal(reason: str, text: str) -> Unauthorized:
-    """An ``Unauthorized`` tagged with the gatekeeper counter it belongs to."""
+def refusal(reason: str, text: str, detail: str | None = None) -> Unauthorized:
+    """An ``Unauthorized`` tagged with the gatekeeper counter it belongs to and,
+    for a frame that failed to open, ``detail``: why (``posa.admission.unverified``
+    answers the sender with a fixed text per detail)."""
     exc = Unauthorized(text)
     exc.reason = reason  # type: ignore[attr-defined]
+    exc.detail = detail  # type: ignore[attr-defined]
     return exc
 
 
@@ -96,6 +103,15 @@ class Rejection(Exception):
         self.reason = reason
         self.error = error
         self.msg = msg
+        # a frame that failed authentication, and why (a key of
+        # ``posa.admission.unverified.CAUSES``): ``Gatekeeper.refusal`` answers it
+        self.frame: bytes | None = None
+        self.cause: str | None = None
+
+    def unopened(self, frame: bytes, cause: str | None) -> Rejection:
+        """This rejection, for ``frame`` that could not be opened for ``cause``."""
+        self.frame, self.cause = frame, cause
+        return self
 
     @property
     def answerable(self) -> bool:
@@ -108,8 +124,11 @@ class Gatekeeper:
 
     def __init__(self, codec: Codec | None = None, *, authenticator: Authenticator | None = None,
                  authorizer: Authorizer | None = None, limiter: Limiter | None = None,
-                 in_flight: InFlight | None = None) -> None:
+                 in_flight: InFlight | None = None,
+                 refusal_rate: Rate | None = ANSWER_RATE) -> None:
         self.codec = codec if codec is not None else Codec()
+        self.answers = (RefusalAnswers(self.codec, refusal_rate)
+                        if refusal_rate is not None else None)
         self.authenticator = authenticator
         self.authorizer = authorizer
         self.limiter = limiter
@@ -123,8 +142,9 @@ class Gatekeeper:
         if self._plain:
             try:
                 msg = self.codec.decode(frame)
-            except ProtocolError as exc:
-                raise self._reject("malformed", exc, None) from None
+            except ProtocolError as exc:    # perhaps sealed: this side has no keys
+                raise self._reject("malformed", exc, None).unopened(frame, "sealed") \
+                    from None
             if KEY_HEADER in msg.headers:
                 del msg.headers[KEY_HEADER]
             return msg
@@ -133,7 +153,8 @@ class Gatekeeper:
             try:
                 frame, key_id = self.authenticator.open(frame)
             except Unauthorized as exc:
-                raise self._reject(_reason(exc, "unauthenticated"), exc, None) from None
+                raise self._reject(_reason(exc, "unauthenticated"), exc, None).unopened(
+                    frame, getattr(exc, "detail", None)) from None
         try:
             msg = self.codec.decode(frame)
         except ProtocolError as exc:
@@ -184,6 +205,15 @@ class Gatekeeper:
                         "down or ask its operator to raise the rate limit"), msg)
                     return messages[:admitted]
         return messages
+
+    def refusal(self, rejection: Rejection, names: Collection[str]) -> bytes | None:
+        """The unsealed refusal to send back for a frame that failed to open (sent
+        to one of ``names``): unsealed or sealed with a key this side cannot check,
+        or sealed while this side has no keys; if the refusal rate allows (see
+        ``posa.admission.unverified``)."""
+        if self.answers is None or rejection.frame is None or rejection.cause is None:
+            return None
+        return self.answers.answer(rejection.frame, rejection.cause, names)
 
     # -- requests in flight (called by the receiver after de-duplication) ------
     def enter(self, msg: Message) -> PosaError | None:

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from posa.admission.gatekeeper import Authenticator
 from posa.channel.control import ChannelControl
 from posa.channel.core import ChannelCore, Published
 from posa.channel.delivery import Delivery
@@ -108,7 +109,8 @@ class EventChannel(ChannelControl):
                  inbox: int = 32, park_limit: int = 8, send_timeout: float = 2.0,
                  limits: CodecLimits | None = None,
                  store: str | HistoryStore | None = None, history_bytes: int | None = None,
-                 history_age: float | None = None, drop_log_interval: float = 10.0) -> None:
+                 history_age: float | None = None, drop_log_interval: float = 10.0,
+                 authenticator: Authenticator | None = None) -> None:
         self.name = validate_name(name)
         for up in upstream:
             validate_name(up)
@@ -139,7 +141,8 @@ class EventChannel(ChannelControl):
             self._commit()
         self.registry, self._owns_registry = open_registry(registry, dispatcher)
         self.peer = self._open_peer(listen=listen, credential=credential, lease=lease,
-                                    limits=limits, inbox_size=inbox)
+                                    limits=limits, inbox_size=inbox,
+                                    authenticator=authenticator)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
         self._start(self._ingest, "ingest")

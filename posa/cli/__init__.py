@@ -12,7 +12,10 @@
     posa keygen KEY-ID [--file FILE]                   a new secret key
 
 Exit codes: 0 success, 1 a posa error, 2 bad usage, 3 name not found,
-4 timeout, 5 unauthorized.  ``--json`` prints machine-readable output.
+4 timeout, 5 unauthorized (refused, or an answer that cannot be verified: the
+message names the missing key).  ``--json`` prints machine-readable output.
+Every command that talks to posa takes ``--keys FILE``/``--key-id ID``
+(``POSA_KEYS``/``POSA_KEY_ID``; ``posa.cli.options``).
 
 One module per command group (``dispatcher``, ``names``, ``keys``, ``channel``,
 ``queue``, ``worker``), each with ``add_parser(subparsers)`` that sets ``run`` on its

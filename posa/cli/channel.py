@@ -8,16 +8,28 @@ channel stops accepting, waits (up to ``--grace``) while events it accepted
 are undelivered, delivers what is still buffered (up to 2 s), unregisters its
 name and the command exits with 0. With ``--store PATH`` its history (and
 what it acknowledged and did not number yet) survives any stop, a SIGKILL
-included; ``--ops-port`` serves /health and /metrics.
+included; ``--ops-port`` serves /health and /metrics. With ``--keys`` (or
+``POSA_KEYS``) it seals with the most specific key for NAME and checks every
+frame (its upstream subscriptions do not yet).
 """
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posa.channel.protocol import POLICIES
-from posa.cli.options import add_ops_arguments, add_tls_arguments
+from posa.cli.options import (
+    add_ops_arguments,
+    add_security_arguments,
+    add_tls_arguments,
+    authenticator_from_args,
+)
+
+if TYPE_CHECKING:
+    from posa.channel.store import HistoryStore
+    from posa.naming.registration import Registry
+    from posa.security import HmacAuthenticator
 
 __all__ = ["add_parser"]
 
@@ -55,6 +67,7 @@ def add_parser(subparsers: Any) -> None:
                         help='filter for upstream events, JSON, e.g. '
                              '\'{"field": "load", "op": ">", "value": 0.8}\'')
     parser.add_argument("--upstream-policy", default="drop-oldest", choices=POLICIES)
+    add_security_arguments(parser, acl=False)
     add_tls_arguments(parser)
     add_ops_arguments(parser)
     parser.set_defaults(run=_run)
@@ -62,9 +75,8 @@ def add_parser(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the channel until SIGTERM/SIGINT; the exit code (0)."""
-    from posa import ops
-    from posa.channel.service import EventChannel  # loaded when the command runs
-    from posa.channel.store import SqliteStore
+    from posa.channel.store import SqliteStore  # loaded when the command runs
+    from posa.naming.client import RegistryClient
     from posa.transport.descriptors import raise_descriptor_limit
     if args.history < 0 or (args.history_bytes is not None and args.history_bytes < 0) \
             or (args.history_age is not None and args.history_age <= 0):
@@ -76,13 +88,26 @@ def _run(args: argparse.Namespace) -> int:
             if args.store is not None else None
     except ValueError as exc:
         raise SystemExit(f"posa channel: {exc}") from None
-    channel = EventChannel(args.name, dispatcher=args.dispatcher, listen=args.listen,
+    authenticator = authenticator_from_args(args, args.name)
+    registry = RegistryClient(args.dispatcher, authenticator=authenticator)
+    try:
+        return _serve(args, registry, store, authenticator)
+    finally:
+        registry.close()
+
+
+def _serve(args: argparse.Namespace, registry: Registry, store: HistoryStore | None,
+           authenticator: HmacAuthenticator | None) -> int:
+    from posa import ops
+    from posa.channel.service import EventChannel
+    channel = EventChannel(args.name, registry=registry, listen=args.listen,
                            history=args.history, history_bytes=args.history_bytes,
                            history_age=args.history_age, store=store,
                            credential=args.credential, upstream=args.upstream,
                            upstream_topics=args.upstream_topic or [""],
                            upstream_filter=args.upstream_filter,
-                           upstream_policy=args.upstream_policy)
+                           upstream_policy=args.upstream_policy,
+                           authenticator=authenticator)
     monitor = ops.Monitor(channel)
     server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)
               if args.ops_port is not None else None)

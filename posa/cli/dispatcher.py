@@ -13,12 +13,13 @@ from typing import Any
 
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.keys import add_security_arguments, security_from_args
 from posa.cli.options import (
     add_connection_arguments,
     add_ops_arguments,
+    add_security_arguments,
     add_tls_arguments,
     connection_options,
+    security_from_args,
 )
 from posa.errors import PosaError
 from posa.transport.descriptors import raise_descriptor_limit

@@ -1,10 +1,8 @@
-"""``posa keygen`` and the security options every service command shares.
+"""``posa keygen``: a new key, printed or appended to a key file.
 
-``--keys FILE``, ``--key-id ID`` and ``--acl FILE`` override the environment
-(``POSA_KEYS``, ``POSA_KEY_ID``, ``POSA_ACL``) for one command; options not given
-fall back to it, so a service started by a supervisor with the variables set
-and one started by hand with the options behave alike.  ``keygen`` appends to a
-key file created with mode 600 and refuses to add a key id twice.
+``keygen`` appends to a key file created with mode 600 and refuses to add a key
+id twice.  The ``--keys``/``--key-id``/``--acl`` options every command shares
+live in ``posa.cli.options`` (re-exported here for older callers).
 """
 from __future__ import annotations
 
@@ -14,38 +12,11 @@ import sys
 from typing import Any
 
 from posa.admission.keys import MIN_SECRET_BYTES, check_key
+from posa.cli.options import add_security_arguments, security_from_args
 from posa.errors import PosaError
-from posa.security import Acl, HmacAuthenticator, Keyring, acl_from_env, from_env
+from posa.security import Keyring
 
 __all__ = ["add_parser", "add_security_arguments", "security_from_args"]
-
-
-def add_security_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--keys FILE``, ``--key-id ID`` and ``--acl FILE`` to a subcommand."""
-    group = parser.add_argument_group("security")
-    group.add_argument("--keys", metavar="FILE", default=None,
-                       help="key file (`key-id base64-secret` lines, mode 600): seal and "
-                       "check every frame (default: $POSA_KEYS, else authentication off)")
-    group.add_argument("--key-id", metavar="ID", default=None,
-                       help="the key that seals this process's frames (default: the most "
-                       "specific key for its name)")
-    group.add_argument("--acl", metavar="FILE", default=None,
-                       help="access rules: who may send to whom, which keys may register "
-                       "which names (default: $POSA_ACL)")
-
-
-def security_from_args(args: argparse.Namespace, name: str | None = None
-                       ) -> tuple[HmacAuthenticator | None, Acl | None]:
-    """The authenticator and ACL that ``--keys/--key-id/--acl`` (or the
-    environment, for options not given) ask for."""
-    environ = dict(os.environ)
-    if getattr(args, "keys", None):
-        environ["POSA_KEYS"] = args.keys
-    if getattr(args, "key_id", None):
-        environ["POSA_KEY_ID"] = args.key_id
-    if getattr(args, "acl", None):
-        environ["POSA_ACL"] = args.acl
-    return from_env(name, environ=environ), acl_from_env(environ)
 
 
 def add_parser(subparsers: Any) -> None:

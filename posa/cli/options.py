@@ -4,6 +4,15 @@ The dispatcher-client options (``--dispatcher``, ``--timeout``, ``--json``), the
 operations options of a long-running service (``--ops-port``, ``--ops-host``,
 ``--grace``), JSON in (message bodies) and out (``--json``).  Defaults live in
 ``posa.cli`` (``DEFAULT_DISPATCHER``), so every group shows the same ones.
+
+Keys: every command that talks to posa (clients and services alike) takes
+``--keys FILE`` and ``--key-id ID`` (``add_security_arguments``; services add
+``--acl FILE``), which override ``POSA_KEYS``, ``POSA_KEY_ID`` (and ``POSA_ACL``)
+for one command; options not given fall back to the environment, so a process
+started by a supervisor with the variables set and one started by hand with the
+options behave alike.  ``authenticator_from_args`` builds what they ask for: a
+service seals with the most specific key for its name, a client with
+``posa.admission.authenticator.anonymous_key``.
 """
 from __future__ import annotations
 
@@ -13,10 +22,12 @@ import os
 from typing import Any
 
 from posa.cli import DEFAULT_DISPATCHER
+from posa.security import Acl, HmacAuthenticator, acl_from_env, from_env
 from posa.transport.base import Options
 
 __all__ = ["add_client_parser", "add_ops_arguments", "add_tls_arguments",
-           "add_connection_arguments", "connection_options", "to_json", "json_body"]
+           "add_connection_arguments", "connection_options", "to_json", "json_body",
+           "add_security_arguments", "authenticator_from_args", "security_from_args"]
 
 
 def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -27,8 +38,50 @@ def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.Ar
                         help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_security_arguments(parser, acl=False)
     add_tls_arguments(parser)
     return parser
+
+
+def add_security_arguments(parser: argparse.ArgumentParser, *, acl: bool = True) -> None:
+    """Add ``--keys FILE`` and ``--key-id ID`` (and, for a service, ``--acl FILE``)."""
+    group = parser.add_argument_group("security")
+    group.add_argument("--keys", metavar="FILE", default=None,
+                       help="key file (`key-id base64-secret` lines, mode 600): seal and "
+                       "check every frame (default: $POSA_KEYS, else authentication off)")
+    group.add_argument("--key-id", metavar="ID", default=None,
+                       help="the key that seals this process's frames (default: the most "
+                       "specific key for its name; for a client, its one key outside posa/)")
+    if acl:
+        group.add_argument("--acl", metavar="FILE", default=None,
+                           help="access rules: who may send to whom, which keys may "
+                           "register which names (default: $POSA_ACL)")
+
+
+def _environ(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with ``--keys``, ``--key-id`` and ``--acl`` laid over it."""
+    environ = dict(os.environ)
+    for option, variable in (("keys", "POSA_KEYS"), ("key_id", "POSA_KEY_ID"),
+                             ("acl", "POSA_ACL")):
+        value = getattr(args, option, None)
+        if value:
+            environ[variable] = value
+    return environ
+
+
+def authenticator_from_args(args: argparse.Namespace, name: str | None = None
+                            ) -> HmacAuthenticator | None:
+    """The authenticator ``--keys``/``--key-id`` (or the environment) ask for, for a
+    process named ``name`` (None: an anonymous client); None without keys."""
+    return from_env(name, environ=_environ(args))
+
+
+def security_from_args(args: argparse.Namespace, name: str | None = None
+                       ) -> tuple[HmacAuthenticator | None, Acl | None]:
+    """The authenticator and the ACL that ``--keys/--key-id/--acl`` (or the
+    environment, for options not given) ask for."""
+    environ = _environ(args)
+    return from_env(name, environ=environ), acl_from_env(environ)
 
 
 def add_ops_arguments(parser: argparse.ArgumentParser) -> None:

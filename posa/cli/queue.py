@@ -26,7 +26,12 @@ from typing import Any
 
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.options import add_ops_arguments, to_json
+from posa.cli.options import (
+    add_ops_arguments,
+    add_security_arguments,
+    authenticator_from_args,
+    to_json,
+)
 from posa.delivery.sender import Sender
 from posa.naming.client import RegistryClient
 from posa.naming.registration import resolver
@@ -74,6 +79,7 @@ def _add_queue(subparsers: Any) -> None:
                    help='print each item finished as a JSON line: {"done": key, '
                    '"result": ...} or {"dead": key, "reason": ...}')
     add_ops_arguments(p)
+    add_security_arguments(p, acl=False)
     p.set_defaults(run=_run_queue)
 
 
@@ -82,11 +88,12 @@ def _run_queue(args: argparse.Namespace) -> int:
     from posa.work.queue import WorkQueue  # loaded when the command runs
     from posa.work.sources import DirectorySource
     from posa.work.sqlitestore import SqliteStore
+    auth = authenticator_from_args(args, args.name)   # a bad key file fails before the store opens
     store = SqliteStore(args.store, synchronous=args.sync.upper()) if args.store else None
     source = DirectorySource(args.directory, args.pattern) if args.directory else None
-    with RegistryClient(args.dispatcher) as registry:
+    with RegistryClient(args.dispatcher, authenticator=auth) as registry:
         queue = WorkQueue(args.name, registry=registry, listen=args.listen, store=store,
-                          credential=args.credential, source=source,
+                          credential=args.credential, source=source, authenticator=auth,
                           visibility=args.visibility, max_attempts=args.max_attempts,
                           capacity=args.capacity,
                           on_done=_printer("done", "result") if args.results else None,
@@ -128,13 +135,15 @@ def _add_progress(subparsers: Any) -> None:
     p.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     p.add_argument("--once", action="store_true", help="print one line and exit")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON lines")
+    add_security_arguments(p, acl=False)
     p.set_defaults(run=_run_progress)
 
 
 def _run_progress(args: argparse.Namespace) -> int:
     """The ``posa progress`` command; returns the exit code (0 when finished)."""
-    with RegistryClient(args.dispatcher, timeout=args.timeout) as registry:
-        sender = Sender("", resolve=resolver(registry))
+    auth = authenticator_from_args(args)
+    with RegistryClient(args.dispatcher, timeout=args.timeout, authenticator=auth) as registry:
+        sender = Sender("", resolve=resolver(registry), authenticator=auth)
         try:
             return _draw_until_finished(sender, args)
         finally:

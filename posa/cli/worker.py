@@ -18,7 +18,7 @@ from typing import Any
 
 from posa import ops
 from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.options import add_ops_arguments
+from posa.cli.options import add_ops_arguments, add_security_arguments, authenticator_from_args
 
 __all__ = ["add_parser"]
 
@@ -50,6 +50,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
                    help="the program to run per item, after --")
     add_ops_arguments(p)
+    add_security_arguments(p, acl=False)
     p.set_defaults(run=_run)
 
 
@@ -68,12 +69,14 @@ def _run(args: argparse.Namespace) -> int:
     base = args.name or f"{args.queue}/worker-{secrets.token_hex(4)}"
     names = [base] if args.concurrency == 1 else [f"{base}/{i}"
                                                   for i in range(1, args.concurrency + 1)]
-    with RegistryClient(args.dispatcher) as registry:
+    auth = authenticator_from_args(args, base)
+    with RegistryClient(args.dispatcher, authenticator=auth) as registry:
         workers: list[Worker] = []
         try:
             for name in names:
                 workers.append(Worker(name, args.queue, command, registry=registry,
-                                      listen=args.listen, credential=args.credential))
+                                      listen=args.listen, credential=args.credential,
+                                      authenticator=auth))
             for worker in workers:
                 worker.start()
             monitor = ops.Monitor(*workers)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.admission.unverified import REFUSED_HEADER, diagnose, refusal_of
 from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
@@ -185,6 +186,8 @@ class Forwarder(Requesting, Flow):
         ``flush``, of a full window and of ``posa.aio``'s wait for room."""
         acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
         while not done():
+            if target.refused is not None:
+                raise self._refusal(target)
             now = time.monotonic()
             if now >= deadline:
                 raise self._give_up(target, f"messages to {target.name!r} at "
@@ -282,14 +285,19 @@ class Forwarder(Requesting, Flow):
                 envelope, key_id = self._auth.open(frame)
                 msg = self._codec.decode(envelope)
                 self._auth.check(msg, key_id)
-        except (ProtocolError, Unauthorized):
-            return  # a corrupt or forged answer is dropped; the stream's resend covers it
+        except Unauthorized as exc:
+            self._unverified(frame, exc)
+            return
+        except ProtocolError:
+            return  # a corrupt answer is dropped; the stream's resend covers it
         kind = msg.kind
         if kind == _ACK:
             target = self._targets.get(msg.sender)
             if target is not None and msg.stream == target.stream:
                 target.out.ack(msg.id)
         elif kind == _REPLY or kind == _ERROR:     # noqa: SIM109 (no tuple to build)
+            if msg.headers and REFUSED_HEADER in msg.headers:
+                self._refused(msg.sender, refusal_of(msg))
             self._replies[(msg.sender, msg.correlation)] = msg
             target = self._targets.get(msg.sender)
             if kind == _REPLY and target is not None:
@@ -311,6 +319,28 @@ class Forwarder(Requesting, Flow):
                 target.moved = (address, epoch)     # followed by the next recovery
         elif kind == Kind.NOTIFY and self._on_notify is not None:
             self._on_notify(msg)
+
+    def _unverified(self, frame: bytes, exc: Unauthorized) -> None:
+        """An answer that failed verification: if it says why a target cannot be
+        reached (a refusal, a missing key), that target is refused; else it is
+        dropped like any forged frame (the stream's resend covers it)."""
+        found = diagnose(frame, exc, self._codec, self._targets,
+                         getattr(self._auth, "key_id", None))
+        if found is not None:
+            self._refused(*found)
+
+    def _refused(self, name: str, error: Unauthorized | None) -> None:
+        target = self._targets.get(name)
+        if target is not None and error is not None and target.refused is None:
+            target.refused = error
+
+    def _refusal(self, target: Target) -> Unauthorized:
+        """The refusal of ``target`` to raise; the target is dropped with its
+        backlog (like a Timeout, a refusal is final for its stream)."""
+        assert target.refused is not None
+        if self._targets.get(target.name) is target:
+            self._forget(target.name)
+        return target.refused
 
     # -- resolving, connecting, recovering ----------------------------------
     def _open_target(self, name: str, deadline: float) -> Target:

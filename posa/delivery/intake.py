@@ -117,6 +117,8 @@ class Intake:
                     assert rejection.msg is not None
                     rejection.msg.route = (endpoint, route)
                     self.answer(rejection.msg, _ERROR, error_body(rejection.error))
+                elif rejection.frame is not None:       # failed to open: say so
+                    self.refuse(endpoint, route, rejection)
                 continue
             for ready in receive(msg, endpoint, route):
                 deliver(ready)
@@ -249,6 +251,13 @@ class Intake:
                 out = self.receiver.replied(endpoint, route, settles)
                 if out:
                     self.send(out)
+
+    def refuse(self, endpoint: Endpoint, route: Any, rejection: Rejection) -> None:
+        """Tell the sender of a frame that failed authentication why (unsealed,
+        rate-limited: ``posa.admission.unverified``)."""
+        refusal = self.gatekeeper.refusal(rejection, self.receiver.recipients)
+        if refusal is not None:
+            self.send([(endpoint, route, refusal)])
 
     @staticmethod
     def send(out: list[Outgoing]) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import bounded
 from posa.delivery.waiting import Steps, drive
-from posa.errors import Timeout, TransportError, from_wire
+from posa.errors import Timeout, TransportError, Unauthorized, from_wire
 from posa.wire.codec import Kind, Message, error_fields
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Requesting:
         def _drop_target(self, name: str) -> Target | None: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
+        def _refusal(self, target: Target) -> Unauthorized: ...
 
     def request(self, name: str, body: Any, *, timeout: float,
                 headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
@@ -108,8 +109,8 @@ class Requesting:
         acked = False
         while True:
             reply = self._replies.pop(key, None)
-            if reply is not None:
-                return self._answered(key, reply)
+            if reply is not None or target.refused is not None:
+                return self._answered(key, reply, target)
             now = time.monotonic()
             if not acked and target.out.acked >= seq:
                 acked, heard = True, now
@@ -144,10 +145,14 @@ class Requesting:
                 self._absorb(frame)
             target = self._targets.get(name, target)
 
-    def _answered(self, key: tuple[str, int], reply: Message) -> Message:
-        """The reply to return, or the error it carries raised."""
+    def _answered(self, key: tuple[str, int], reply: Message | None,
+                  target: Target) -> Message:
+        """The reply to return, or the error it carries raised; an authentication
+        failure of ``target`` is raised at once (``Forwarder._refusal``)."""
         if self._progress:
             self._progress.pop(key, None)
+        if target.refused is not None or reply is None:
+            raise self._refusal(target)
         if reply.kind == _ERROR:
             code, kind, text = error_fields(reply.body)
             raise from_wire(code, kind, text)

@@ -26,7 +26,7 @@ import time
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.streams import Outbound
-from posa.errors import Closed, PosaError
+from posa.errors import Closed, PosaError, Unauthorized
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Connection
@@ -50,7 +50,8 @@ class Target:
     """The forwarder's state for one recipient name."""
 
     __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll", "stream",
-                 "batch", "batch_bytes", "written_at", "sender", "moved", "_codec", "_auth")
+                 "batch", "batch_bytes", "written_at", "sender", "moved", "refused", "_codec",
+                 "_auth")
 
     def __init__(self, name: str, address: str, epoch: int, conn: Connection, *,
                  pinned: bool, first_seq: int, sender: str, codec: Codec,
@@ -70,6 +71,8 @@ class Target:
         # a MOVED notice read and not yet acted on: (address, epoch); the next
         # recovery, which knows the caller's deadline, follows it
         self.moved: tuple[str, int] | None = None
+        # an authentication failure read (``posa.admission.unverified``): final
+        self.refused: Unauthorized | None = None
         self._codec = codec
         self._auth = authenticator
 

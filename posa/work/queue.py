@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+from posa.admission.gatekeeper import Authenticator
 from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
 from posa.peer import DEFERRED, Peer
@@ -63,18 +64,17 @@ TICK = 0.05             # seconds between lease-expiry checks
 class WorkQueue:
     """The queue manager: a peer named ``name`` that workers ask for items.
 
-    ``source`` (optional) is listed every ``refresh`` seconds and its new items
-    queued; ``submit`` adds items too. ``visibility``, ``max_in_flight``,
-    ``max_attempts``, ``capacity``, ``remember`` and ``max_dead`` are those of
-    ``WorkState``. ``on_done(key, result)`` is called once per completed item,
-    ``on_dead(key, reason)`` once per item given up, and
-    ``on_scale(recommendation)`` when the advised number of workers changes,
-    all on the reactor thread: keep them quick, never block in them.
+    ``source`` (optional) is listed every ``refresh`` seconds and its new items queued;
+    ``submit`` adds items too. ``visibility``, ``max_in_flight``, ``max_attempts``,
+    ``capacity``, ``remember`` and ``max_dead`` are those of ``WorkState``.
+    ``on_done(key, result)`` is called once per completed item, ``on_dead(key, reason)``
+    once per item given up, and ``on_scale(recommendation)`` when the advised number of
+    workers changes, all on the reactor thread: keep them quick, never block in them.
 
-    ``store``: where items are kept (a ``QueueStore``, or a path for a
-    ``SqliteStore``; None keeps them in memory only); the queue restores what
-    it holds. ``credential`` owns the name: give a restarted queue the same one
-    and it takes its name over at once.
+    ``store``: where items are kept (a ``QueueStore``, or a path for a ``SqliteStore``;
+    None keeps them in memory only); the queue restores what it holds. ``credential``
+    owns the name: give a restarted queue the same one and it takes its name over at
+    once. ``authenticator`` seals and checks its frames (``Peer``'s).
     """
 
     def __init__(self, name: str, *, source: Source | None = None,
@@ -83,7 +83,7 @@ class WorkQueue:
                  max_attempts: int = 3, capacity: int = 100_000,
                  remember: int = 1_000_000, max_dead: int = 10_000, refresh: float = 5.0,
                  store: QueueStore | str | os.PathLike[str] | None = None,
-                 credential: str | None = None,
+                 credential: str | None = None, authenticator: Authenticator | None = None,
                  on_done: Callable[[str, Any], None] | None = None,
                  on_dead: Callable[[str, str], None] | None = None,
                  advisor: ScalingAdvisor | None = None,
@@ -110,7 +110,8 @@ class WorkQueue:
         try:
             if self.store is not None:
                 self.state.restore(self.store.load(), time.monotonic())
-            self.peer = Peer(name, registry=registry, listen=listen, credential=credential)
+            self.peer = Peer(name, registry=registry, listen=listen, credential=credential,
+                             authenticator=authenticator)
         except BaseException:
             self._close_store()
             raise

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from posa.admission.gatekeeper import Authenticator
 from posa.errors import PosaError
 from posa.naming.registration import Registry
 from posa.peer import Peer
@@ -71,7 +72,8 @@ class Worker:
     def __init__(self, name: str, queue: str, work: Callable[[Item], Any], *,
                  registry: Registry | None = None, listen: str | None = None,
                  prefetch: int = 1, wait: float = 1.0, timeout: float = 5.0,
-                 credential: str | None = None) -> None:
+                 credential: str | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self.queue = queue
@@ -80,7 +82,8 @@ class Worker:
         self.wait = wait
         self.timeout = timeout
         self.stats = {"processed": 0, "failed": 0}
-        self.peer = Peer(name, registry=registry, listen=listen, credential=credential)
+        self.peer = Peer(name, registry=registry, listen=listen, credential=credential,
+                         authenticator=authenticator)
         self.name = self.peer.name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -23,12 +23,14 @@ thread (``posa.transport.zmq.monitoring``).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import zmq
 
 from posa.errors import Timeout, TransportError
 from posa.transport.base import Options
 from posa.transport.refusals import sample
+from posa.transport.zmq import zap
 from posa.transport.zmq.address import check_ipc_free, posa_address, zmq_endpoint
 from posa.transport.zmq.endpoint import Endpoint
 from posa.transport.zmq.monitoring import watch
@@ -64,10 +66,16 @@ class ZmqListener(Endpoint):
             sock = new_socket(zmq.ROUTER, options, ipv6)
         except ZMQError as exc:
             raise socket_error("listen on", address, exc) from None
+        rejections: Counter[str] = Counter()     # kept by the Endpoint made below
+        self.rejections = rejections
+        self._zap_domain: str | None = None
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             if curve is not None:
                 curve.apply(sock, listening=True)
+                if curve.clients is not None:
+                    self._zap_domain = zap.allow_clients(sock, curve.clients,
+                                                         self.rejections, address)
             else:   # refuse ZMTP 1.0 peers, which never time out (sockets.py)
                 sock.setsockopt(zmq.ZAP_DOMAIN, NULL_ZAP_DOMAIN)
             sock.setsockopt(zmq.SNDTIMEO, -1 if options.send_timeout is None
@@ -76,15 +84,27 @@ class ZmqListener(Endpoint):
             bound = sock.get_string(zmq.LAST_ENDPOINT)
         except ZMQError as exc:
             sock.close(linger=0)
+            if self._zap_domain is not None:
+                zap.forget(self._zap_domain)
             reason = BIND_REASONS.get(exc.errno or 0, exc.strerror)
             raise TransportError(f"cannot bind {address}: {reason}") from None
         super().__init__(posa_address(bound), sock, options)
+        self.rejections = rejections
+        if self._zap_domain is not None:
+            zap.located(self._zap_domain, self.address)
         self._recv = sock.recv
         try:
             watch(sock, self.address, self.rejections)
         except ZMQError as exc:      # out of descriptors already: serve uncounted
             _log.warning("%s: refusals made by libzmq will not be counted: %s",
                          self.address, exc.strerror)
+
+    def close(self) -> None:
+        """Close (and drop the CURVE allowlist, if any). Idempotent."""
+        super().close()
+        if self._zap_domain is not None:
+            zap.forget(self._zap_domain)
+            self._zap_domain = None
 
     def recv_nowait(self) -> tuple[bytes, bytes] | None:
         """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""

@@ -58,7 +58,7 @@ paths of the listener and the connection use them as module globals.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -139,20 +139,38 @@ def _ms(seconds: float | None) -> int:
 
 @dataclass(frozen=True)
 class Curve:
-    """CURVE keys (Z85 text, as ``zmq.curve_keypair()`` makes them): the server
-    key pair that listeners use; connections need only ``server_public``."""
+    """CURVE keys (Z85 text, as ``zmq.curve_keypair()`` makes them).
+
+    Listeners use the server key pair; connections need only ``server_public``.
+    ``clients``, beside the server's keys, is an allowlist of client public keys:
+    a listener with one accepts only those clients (ZAP,
+    ``posa.transport.zmq.zap``; refusals counted as ``curve-client``), and
+    ``None`` accepts any.  A connection presents ``client_public`` and
+    ``client_secret`` if given, else a fresh key pair of its own."""
 
     server_public: bytes
     server_secret: bytes | None = None
+    clients: Collection[bytes] | None = None
+    client_public: bytes | None = None
+    client_secret: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_public is None) != (self.client_secret is None):
+            raise TransportError("give both client_public and client_secret (a key pair "
+                                 "from zmq.curve_keypair()), or neither")
+        if self.clients is not None:
+            object.__setattr__(self, "clients", frozenset(bytes(k) for k in self.clients))
 
     def apply(self, sock: zmq.Socket[bytes], *, listening: bool) -> None:
-        """Set ``sock``'s CURVE options, as a listener's or a connection's."""
+        """Set ``sock``'s CURVE options, as a listener's or a connection's (a
+        listener with ``clients`` also calls ``zap.allow_clients``)."""
         if listening:
             sock.curve_server = True
             sock.curve_publickey = self.server_public
             sock.curve_secretkey = self.server_secret
         else:
-            public, secret = zmq.curve_keypair()
+            public, secret = ((self.client_public, self.client_secret)
+                              if self.client_public is not None else zmq.curve_keypair())
             sock.curve_serverkey = self.server_public
             sock.curve_publickey = public
             sock.curve_secretkey = secret
