@@ -96,3 +96,22 @@ def test_a_client_key_pair_must_be_whole() -> None:
     public, _ = keypair()
     with pytest.raises(TransportError, match="both client_public and client_secret"):
         Curve(public, client_public=public)
+
+
+def test_a_plain_listener_still_takes_any_client_beside_a_zap_handler(
+        server: tuple[bytes, bytes]) -> None:
+    """Plain (NULL) listeners name a ZAP domain of their own to refuse ZMTP 1.0
+    peers; once the process runs a ZAP handler for an allowlist, that handler is
+    asked about them too and must let them through."""
+    guarded = ZmqTransport(Curve(*server, clients=[keypair()[0]])).listen(
+        "zmq+tcp://127.0.0.1:0", OPTIONS)          # the process now runs a ZAP handler
+    plain = ZmqTransport().listen("zmq+tcp://127.0.0.1:0", OPTIONS)
+    client = ZmqTransport().connect(plain.address, OPTIONS)
+    try:
+        client.send(b"no keys at all")
+        assert plain.recv(timeout=10)[1] == b"no keys at all"
+        assert sum(plain.rejections.values()) == 0, dict(plain.rejections)
+    finally:
+        client.close()
+        plain.close()
+        guarded.close()
