@@ -12,6 +12,7 @@ arrived, after the session tickets that TLS 1.3 sends when the handshake is done
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 from posa.errors import TransportError
@@ -31,9 +32,9 @@ class TlsConnection(TcpConnection):
     """A connection to a ``tls://`` listener (see ``posa.transport.tcp.connection``)."""
 
     def __init__(self, sock: TlsSocket, address: str, options: Options,
-                 keep_session: tuple[TlsSettings, str, int, str]) -> None:
+                 keep_session: tuple[TlsSettings, str, int, str, ssl.SSLContext]) -> None:
         self._tls_sock = sock
-        self._keep: tuple[TlsSettings, str, int, str] | None = keep_session
+        self._keep: tuple[TlsSettings, str, int, str, ssl.SSLContext] | None = keep_session
         super().__init__(sock, address, options)
 
     @property
@@ -50,8 +51,8 @@ class TlsConnection(TcpConnection):
     def _fill(self) -> None:
         super()._fill()
         if self._ready and self._keep is not None:
-            settings, host, port, name = self._keep
-            settings.keep_session(host, port, name, self._tls_sock.session())
+            settings, host, port, name, context = self._keep
+            settings.keep_session(host, port, name, context, self._tls_sock.session())
             self._keep = None
 
     def __repr__(self) -> str:
@@ -70,10 +71,10 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
         sock.start(context, memoryview(bytearray(_READ_SIZE)), server_side=False,
                    deadline=time.monotonic() + settings.handshake_timeout,
                    server_hostname=name if context.check_hostname else None,
-                   session=settings.session(host, port, name))
+                   session=settings.session(host, port, name, context))
         sock.linger = options.linger
         sock.begin()
-        return TlsConnection(sock, address, options, (settings, host, port, name))
+        return TlsConnection(sock, address, options, (settings, host, port, name, context))
     except TlsFailure as exc:
         sock.close()
         raise TransportError(f"cannot connect to {address}: {exc.strerror}") from None
