@@ -11,14 +11,13 @@ arrived, after the session tickets that TLS 1.3 sends when the handshake is done
 """
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 
 from posa.errors import TransportError
 from posa.transport.base import Options
 from posa.transport.tcp.connection import TcpConnection
-from posa.transport.tcp.sockets import error_text
+from posa.transport.tcp.sockets import dial, error_text
 from posa.transport.tls.failures import TlsFailure
 from posa.transport.tls.settings import TlsSettings
 from posa.transport.tls.sockets import TlsSocket
@@ -63,7 +62,7 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
               options: Options) -> TlsConnection:
     """Connect to ``address`` and complete the handshake; see the module docstring."""
     context = settings.client_context()
-    raw = _dial(address, host, port, options.send_timeout)
+    raw = dial(address, host, port, options.send_timeout)
     name = settings.server_hostname or host
     sock = TlsSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
     try:
@@ -84,20 +83,3 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
     except BaseException:
         sock.close()
         raise
-
-
-def _dial(address: str, host: str, port: int, timeout: float | None) -> socket.socket:
-    try:
-        return socket.create_connection((host, port), timeout=timeout)
-    except ConnectionRefusedError:
-        raise TransportError(f"cannot connect to {address}: connection refused; "
-                             "is a posa peer listening there?") from None
-    except socket.gaierror as exc:
-        raise TransportError(f"cannot connect to {address}: host {host!r} does "
-                             f"not resolve ({error_text(exc)})") from None
-    except TimeoutError:
-        raise TransportError(f"cannot connect to {address}: no answer within "
-                             f"{timeout} s; check the address and that the host is "
-                             "reachable") from None
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {address}: {error_text(exc)}") from None
