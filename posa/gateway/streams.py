@@ -1,0 +1,176 @@
+"""A channel's events as Server-Sent Events: ``GET /v1/subscribe/{channel}``.
+
+``?topic=`` (repeatable, prefixes; default all) and ``?filter=`` (a content
+filter as JSON, docs/event-channel.md) select at the channel.  Each event is
+
+    id: SEQ
+    event: event
+    data: {"seq": SEQ, "topic": ..., "body": ..., "channel": ...}
+
+with ``id`` the channel's sequence number, so a client that reconnects with
+``Last-Event-ID: SEQ`` (browsers' ``EventSource`` does it by itself), or
+``?from=SEQ+1``, gets the channel's history from there on.  A hole comes as an
+``event: gap`` before the event that follows it, with the ``Gap`` fields
+(``reason``: dropped, history, restart; ``after``; ``count``).
+
+A slow consumer is bounded: the gateway keeps at most ``--sse-buffer`` events
+for a stream.  When a client falls that far behind, the gateway ends the stream
+with an ``event: gap`` of reason ``slow-consumer`` (``after`` = the last seq
+written) if the socket has room for it, else by closing the connection; the
+client resumes from its last id and the channel replays what it still holds.
+Comments (``: keep-alive``) every 15 s keep proxies from cutting a quiet stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from posa.aio import Subscriber
+from posa.channel.events import Event
+from posa.channel.subscriber import Subscriber as SyncSubscriber
+from posa.errors import Timeout, Unauthorized
+from posa.gateway.http import GATEWAY, principal, to_json
+from posa.gateway.problems import BadInput
+from posa.wire.names import validate_name
+
+__all__ = ["add_routes", "frame"]
+
+KEEP_ALIVE = 15.0
+
+
+def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {to_json(data)}\n\n".encode()
+
+
+def _frames(ev: Event) -> bytes:
+    out = b""
+    if ev.gap is not None:
+        out += frame("gap", {"reason": ev.gap.reason, "after": ev.gap.after,
+                             "count": ev.gap.count})
+    return out + frame("event", {"seq": ev.seq, "topic": ev.topic, "body": ev.body,
+                                 "channel": ev.channel}, ev.seq)
+
+
+def _selection(request: web.Request) -> dict[str, Any]:
+    query = request.query
+    start = query.get("from") or None
+    last = request.headers.get("Last-Event-ID")
+    try:
+        from_seq = int(last) + 1 if last else int(start) if start else None
+        flt = json.loads(query["filter"]) if "filter" in query else None
+    except ValueError:
+        raise BadInput("Last-Event-ID and ?from= must be seqs, ?filter= JSON") from None
+    return {"topics": query.getall("topic", [""]), "filter": flt, "from_seq": from_seq}
+
+
+class _Stream:
+    """Events read from the subscriber, waiting to be written (bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ready: deque[Event] = deque()
+        self.wake = asyncio.Event()
+        self.overflow = False
+        self.ended: BaseException | None = None
+        self.writing = False
+
+    async def pump(self, sub: Subscriber, transport: asyncio.BaseTransport | None) -> None:
+        try:
+            while not self.overflow:
+                try:
+                    events = await sub.receive_many(256, timeout=KEEP_ALIVE)
+                except Timeout:
+                    continue
+                if len(self.ready) + len(events) > self.limit:
+                    self.overflow = True
+                    if self.writing and isinstance(transport, asyncio.Transport):
+                        transport.abort()      # the writer is stuck on a full socket
+                else:
+                    self.ready.extend(events)
+                self.wake.set()
+        except Exception as exc:  # told to the client
+            self.ended = exc
+            self.wake.set()
+
+
+class _Adopted(Subscriber):
+    """An async subscriber around a ``Subscriber`` made off the loop (subscribing
+    waits for the channel's answer)."""
+
+    def __init__(self, sync: SyncSubscriber) -> None:
+        super(Subscriber, self).__init__()
+        self.sync = sync
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    channel = validate_name(request.match_info["channel"])
+    if not principal(request).may_reach(channel):
+        raise Unauthorized(f"this token may not reach {channel!r}")
+    gateway = request.app[GATEWAY]
+    selection = _selection(request)
+    sub = _Adopted(await gateway.blocking(functools.partial(
+        SyncSubscriber, channel, registry=gateway.registry, **selection)))
+    gateway.counters["sse_streams"] += 1
+    try:
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        await _run(request, response, sub, _Stream(gateway.limits.sse_buffer))
+        return response
+    finally:
+        await sub.close()
+
+
+async def _run(request: web.Request, response: web.StreamResponse, sub: Subscriber,
+               stream: _Stream) -> None:
+    gateway = request.app[GATEWAY]
+    pump = asyncio.ensure_future(stream.pump(sub, request.transport))
+    last = 0
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(stream.wake.wait(), KEEP_ALIVE)
+            except asyncio.TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            stream.wake.clear()
+            if stream.ready:
+                batch = list(stream.ready)
+                stream.ready.clear()
+                stream.writing = True
+                await response.write(b"".join(map(_frames, batch)))
+                stream.writing = False
+                last = batch[-1].seq
+                gateway.counters["sse_events"] += len(batch)
+            if stream.overflow:
+                gateway.counters["sse_slow_consumers"] += 1
+                await _end(request, response, frame(
+                    "gap", {"reason": "slow-consumer", "after": last, "count": None}))
+                return
+            if stream.ended is not None:
+                await _end(request, response, frame(
+                    "error", {"detail": str(stream.ended) or type(stream.ended).__name__}))
+                return
+    finally:
+        pump.cancel()
+
+
+async def _end(request: web.Request, response: web.StreamResponse, last: bytes) -> None:
+    """Write a last frame if the socket takes it at once, else cut the connection."""
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() == 0:
+        await response.write(last)
+        await response.write_eof()
+    elif transport is not None:
+        transport.abort()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/subscribe/{channel:.+}", subscribe)
