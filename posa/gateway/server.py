@@ -77,9 +77,13 @@ async def serve(config: Config, ready: Callable[[str], Any] = print) -> None:
         ready(f"posa gateway at http://{bound[0]}:{bound[1]} (peer {gateway.peer.name})")
         await stop.wait()
         server.close()
-        for transport in list(guard.connections):   # long polls and streams end
+        await gateway.hosting.close()               # long polls end, names go
+        for transport in list(guard.connections):   # event streams end
             transport.close()
-        await asyncio.wait_for(runner.cleanup(), config.grace)
+        try:
+            await asyncio.wait_for(runner.cleanup(), config.grace)
+        except asyncio.TimeoutError:
+            pass                                    # what is left is cut
     finally:
         server.close()
         await gateway.close()

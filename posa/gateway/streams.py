@@ -32,6 +32,7 @@ from aiohttp import web
 
 from posa.aio import Subscriber
 from posa.channel.events import Event
+from posa.channel.predicate import InvalidFilter, compile_filter
 from posa.channel.subscriber import Subscriber as SyncSubscriber
 from posa.errors import Timeout, Unauthorized
 from posa.gateway.http import GATEWAY, principal, to_json
@@ -64,6 +65,10 @@ def _selection(request: web.Request) -> dict[str, Any]:
     try:
         from_seq = int(last) + 1 if last else int(start) if start else None
         flt = json.loads(query["filter"]) if "filter" in query else None
+        if flt is not None:
+            compile_filter(flt)
+    except InvalidFilter as exc:
+        raise BadInput(f"?filter=: {exc}") from None
     except ValueError:
         raise BadInput("Last-Event-ID and ?from= must be seqs, ?filter= JSON") from None
     return {"topics": query.getall("topic", [""]), "filter": flt, "from_seq": from_seq}
@@ -84,7 +89,7 @@ class _Stream:
         try:
             while not self.overflow:
                 try:
-                    events = await sub.receive_many(256, timeout=KEEP_ALIVE)
+                    events = await sub.receive_many(256, timeout=1.0)
                 except Timeout:
                     continue
                 if len(self.ready) + len(events) > self.limit:
@@ -107,6 +112,11 @@ class _Adopted(Subscriber):
         super(Subscriber, self).__init__()
         self.sync = sync
 
+    async def close_now(self) -> None:
+        """Close from another thread: a receive waiting on the worker ends at once."""
+        await self._loop.run_in_executor(None, self.sync.close)
+        self._worker.shutdown(wait=False)
+
 
 async def subscribe(request: web.Request) -> web.StreamResponse:
     channel = validate_name(request.match_info["channel"])
@@ -125,7 +135,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         await _run(request, response, sub, _Stream(gateway.limits.sse_buffer))
         return response
     finally:
-        await sub.close()
+        await sub.close_now()
 
 
 async def _run(request: web.Request, response: web.StreamResponse, sub: Subscriber,
