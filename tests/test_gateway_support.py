@@ -143,7 +143,7 @@ def sse_events(sock: socket.socket, deadline: float) -> Iterator[dict[str, Any]]
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return
         except ConnectionResetError:
             return

@@ -179,13 +179,24 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _with_refusals(paths: dict[str, Any]) -> dict[str, Any]:
+    """Any route may meet the connection cap: 503 problem+json on every operation."""
+    refused = _problems(503)["503"]["content"]
+    for ops in paths.values():
+        for op in ops.values():
+            answer = op["responses"].setdefault("503", {
+                "description": "refused: too many connections, or busy", "content": {}})
+            answer.setdefault("content", {}).update(refused)
+    return paths
+
+
 def document(version: str) -> dict[str, Any]:
     """The OpenAPI document of this gateway."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "posa gateway", "version": version,
                  "description": "posa by name over HTTP/JSON (docs/gateway.md)"},
-        "paths": _paths(),
+        "paths": _with_refusals(_paths()),
         "components": {"schemas": _schemas(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],

@@ -14,10 +14,12 @@ with ``id`` the channel's sequence number, so a client that reconnects with
 (``reason``: dropped, history, restart; ``after``; ``count``).
 
 A slow consumer is bounded: the gateway keeps at most ``--sse-buffer`` events
-for a stream.  When a client falls that far behind, the gateway ends the stream
-with an ``event: gap`` of reason ``slow-consumer`` (``after`` = the last seq
-written) if the socket has room for it, else by closing the connection; the
-client resumes from its last id and the channel replays what it still holds.
+for a stream beyond what the socket holds.  When a client falls further behind,
+the gateway ends the stream: after the events already written comes an
+``event: gap`` of reason ``slow-consumer`` (``after`` = the last seq written),
+then the end of the response; a client that has not read it all 10 s later is
+cut.  It resumes from its last id and the channel replays what its history
+still holds (a ``history`` gap for the rest).
 Comments (``: keep-alive``) every 15 s keep proxies from cutting a quiet stream.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import functools
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +45,7 @@ from posa.wire.names import validate_name
 __all__ = ["add_routes", "frame"]
 
 KEEP_ALIVE = 15.0
+CUT_GRACE = 10.0        # seconds a cut slow consumer has to read what was sent
 
 
 def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -85,17 +89,18 @@ class _Stream:
         self.ended: BaseException | None = None
         self.writing = False
 
-    async def pump(self, sub: Subscriber, transport: asyncio.BaseTransport | None) -> None:
+    async def pump(self, sub: Subscriber, cut: Callable[[], None]) -> None:
         try:
             while not self.overflow:
+                room = max(1, min(256, self.limit - len(self.ready)))
                 try:
-                    events = await sub.receive_many(256, timeout=1.0)
+                    events = await sub.receive_many(room, timeout=1.0)
                 except Timeout:
                     continue
                 if len(self.ready) + len(events) > self.limit:
                     self.overflow = True
-                    if self.writing and isinstance(transport, asyncio.Transport):
-                        transport.abort()      # the writer is stuck on a full socket
+                    if self.writing:
+                        cut()           # the writer is stuck on a full socket
                 else:
                     self.ready.extend(events)
                 self.wake.set()
@@ -141,8 +146,22 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
 async def _run(request: web.Request, response: web.StreamResponse, sub: Subscriber,
                stream: _Stream) -> None:
     gateway = request.app[GATEWAY]
-    pump = asyncio.ensure_future(stream.pump(sub, request.transport))
     last = 0
+
+    def cut() -> None:
+        """End the stream behind what is buffered: the gap, the end of the body."""
+        transport = request.transport
+        if transport is None:
+            return
+        data = _slow(last)
+        if response.headers.get("Transfer-Encoding") == "chunked":
+            data = b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
+        transport.write(data)       # whole chunks only are buffered while it waits
+        transport.close()
+        gateway.loop.call_later(CUT_GRACE, transport.abort)
+        gateway.counters["sse_slow_consumers"] += 1
+
+    pump = asyncio.ensure_future(stream.pump(sub, cut))
     try:
         while True:
             try:
@@ -161,25 +180,20 @@ async def _run(request: web.Request, response: web.StreamResponse, sub: Subscrib
                 gateway.counters["sse_events"] += len(batch)
             if stream.overflow:
                 gateway.counters["sse_slow_consumers"] += 1
-                await _end(request, response, frame(
-                    "gap", {"reason": "slow-consumer", "after": last, "count": None}))
+                await response.write(_slow(last))
+                await response.write_eof()
                 return
             if stream.ended is not None:
-                await _end(request, response, frame(
+                await response.write(frame(
                     "error", {"detail": str(stream.ended) or type(stream.ended).__name__}))
+                await response.write_eof()
                 return
     finally:
         pump.cancel()
 
 
-async def _end(request: web.Request, response: web.StreamResponse, last: bytes) -> None:
-    """Write a last frame if the socket takes it at once, else cut the connection."""
-    transport = request.transport
-    if transport is not None and transport.get_write_buffer_size() == 0:
-        await response.write(last)
-        await response.write_eof()
-    elif transport is not None:
-        transport.abort()
+def _slow(last: int) -> bytes:
+    return frame("gap", {"reason": "slow-consumer", "after": last, "count": None})
 
 
 def add_routes(app: web.Application) -> None:
