@@ -106,7 +106,8 @@ def check_against_spec(spec: dict[str, Any], method: str, path: str, reply: Repl
         jsonschema.validate(reply.body, schema)
 
 
-def start_world(tmp: Path, *gateway_args: str, history: int = 10000) -> World:
+def start_world(tmp: Path, *gateway_args: str, history: int = 10000,
+                channel_name: str = "events/gw") -> World:
     tokens = tmp / "tokens"
     import hashlib
     digest = hashlib.sha256(HASHED.encode()).hexdigest()
@@ -116,10 +117,10 @@ def start_world(tmp: Path, *gateway_args: str, history: int = 10000) -> World:
     dispatcher, address = start_dispatcher()
     procs = [dispatcher]
     try:
-        channel = Proc.posa("channel", "events/gw", "--dispatcher", address,
+        channel = Proc.posa("channel", channel_name, "--dispatcher", address,
                             "--history", str(history))
         procs.append(channel)
-        channel.expect("channel events/gw")
+        channel.expect(f"channel {channel_name}")
         port = free_port()
         gateway = Proc.posa("gateway", "--listen", f"http://127.0.0.1:{port}",
                             "--dispatcher", address, "--tokens", str(tokens), *gateway_args)

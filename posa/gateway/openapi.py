@@ -59,8 +59,15 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]]
     return op
 
 
+NAME = _param("name", "path", "a posa name (slashes allowed)")
+
+
 def _paths() -> dict[str, Any]:
-    name = _param("name", "path", "a posa name (slashes allowed)")
+    return {**_sending(), **_receiving(), **_listing()}
+
+
+def _sending() -> dict[str, Any]:
+    name = NAME
     return {
         "/v1/send/{name}": {"post": _op(
             "send the body one way to a name or a group pattern",
@@ -93,6 +100,12 @@ def _paths() -> dict[str, Any]:
                     _param("filter", "query", "a content filter as JSON"),
                     _param("from", "query", "replay from this seq", {"type": "integer"}),
                     _param("Last-Event-ID", "header", "resume after this seq")])},
+    }
+
+
+def _receiving() -> dict[str, Any]:
+    name = NAME
+    return {
         "/v1/names/{name}": {
             "post": _op("serve a name for this HTTP program",
                         {"201": _json({"$ref": "#/components/schemas/Hosted"}, "served"),
@@ -120,6 +133,11 @@ def _paths() -> dict[str, Any]:
             params=[_param("id", "path", "the message's id"),
                     _param("error", "query", "answer with this error instead")],
             body=ANY)},
+    }
+
+
+def _listing() -> dict[str, Any]:
+    return {
         "/v1/names": {"get": _op(
             "names and where they live",
             {"200": _json({"type": "array",
