@@ -107,23 +107,25 @@ def check_against_spec(spec: dict[str, Any], method: str, path: str, reply: Repl
 
 
 def start_world(tmp: Path, *gateway_args: str, history: int = 10000,
-                channel_name: str = "events/gw") -> World:
+                channel_name: str = "events/gw", keys: Path | None = None) -> World:
     tokens = tmp / "tokens"
     import hashlib
     digest = hashlib.sha256(HASHED.encode()).hexdigest()
     tokens.write_text(f"# test tokens\n{TOKEN} tester **\n{LIMITED} limited app/**\n"
                       f"sha256:{digest} hashed app/** events/**\n")
     tokens.chmod(0o600)
-    dispatcher, address = start_dispatcher()
+    secured = ("--keys", str(keys)) if keys is not None else ()
+    dispatcher, address = start_dispatcher(*secured)
     procs = [dispatcher]
     try:
         channel = Proc.posa("channel", channel_name, "--dispatcher", address,
-                            "--history", str(history))
+                            "--history", str(history), *secured)
         procs.append(channel)
         channel.expect(f"channel {channel_name}")
         port = free_port()
         gateway = Proc.posa("gateway", "--listen", f"http://127.0.0.1:{port}",
-                            "--dispatcher", address, "--tokens", str(tokens), *gateway_args)
+                            "--dispatcher", address, "--tokens", str(tokens), *secured,
+                            *gateway_args)
         procs.append(gateway)
         gateway.expect("posa gateway at")
     except BaseException:

@@ -10,6 +10,7 @@ it hosts for HTTP programs (``posa.gateway.hosting``), and its counters.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -30,8 +31,11 @@ class Gateway:
 
     def __init__(self, registry: Registry, *, tokens: Tokens | None = None,
                  limits: EdgeLimits | None = None, listen: str = "tcp://127.0.0.1:0",
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 dispatcher: str | None = None) -> None:
         self.registry = registry
+        self.dispatcher = dispatcher
+        self._registries: dict[str, Registry] = {}
         self.tokens = tokens
         self.limits = limits or EdgeLimits()
         self.listen = listen
@@ -52,14 +56,32 @@ class Gateway:
         return self.tokens.check(authorization)
 
     def authenticator(self, name: str) -> HmacAuthenticator | None:
-        """The authenticator for a peer named ``name`` (None: keys are off)."""
-        return from_env(name, environ=self.environ)
+        """The authenticator for a peer named ``name``: it seals with the most
+        specific key for the name (``--key-id`` is the gateway's own; None: keys off)."""
+        environ = dict(os.environ if self.environ is None else self.environ)
+        environ.pop("POSA_KEY_ID", None)
+        return from_env(name, environ=environ)
+
+    def registry_for(self, name: str) -> Registry:
+        """The registry a peer named ``name`` registers through: with keys, a client
+        of the dispatcher sealing with that name's key (the dispatcher's register
+        rules see it), one per key; without, the gateway's."""
+        auth = self.authenticator(name)
+        if auth is None or self.dispatcher is None:
+            return self.registry
+        key = str(auth.key_id)
+        registry = self._registries.get(key)
+        if registry is None:
+            from posa.naming.client import RegistryClient
+            registry = RegistryClient(self.dispatcher, authenticator=auth)
+            self._registries[key] = registry
+        return registry
 
     def _peer_sync(self, identity: str) -> Peer:
         peer = self._peers.get(identity)
         if peer is None:
             name = f"{identity}/gw-{secrets.token_hex(4)}"
-            peer = Peer(name, registry=self.registry, listen=self.listen,
+            peer = Peer(name, registry=self.registry_for(name), listen=self.listen,
                         authenticator=self.authenticator(name))
             self._peers[identity] = peer
         return peer
@@ -73,7 +95,8 @@ class Gateway:
         client = self._clients.get(principal.identity)
         if client is None:
             name = f"{principal.identity}/gw-client"
-            client = Client(registry=self.registry, authenticator=self.authenticator(name))
+            client = Client(registry=self.registry_for(name),
+                            authenticator=self.authenticator(name))
             self._clients[principal.identity] = client
         return client
 
@@ -101,3 +124,6 @@ class Gateway:
         self._publishers.clear()
         self._clients.clear()
         self._peers.clear()
+        for registry in self._registries.values():
+            await self.blocking(registry.close)
+        self._registries.clear()

@@ -125,7 +125,7 @@ class Hosting:
             return old
         hosted = Hosted(self, name, owner, credential or secrets.token_urlsafe(24), lease)
         gateway = self.gateway
-        hosted.peer = Peer(name, registry=gateway.registry, listen=gateway.listen,
+        hosted.peer = Peer(name, registry=gateway.registry_for(name), listen=gateway.listen,
                            credential=hosted.credential, handler=hosted.arrive,
                            lease=min(lease, 10.0), authenticator=gateway.authenticator(name))
         self.names[name] = hosted

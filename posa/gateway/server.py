@@ -64,7 +64,8 @@ async def serve(config: Config, ready: Callable[[str], Any] = print) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     gateway = Gateway(registry, tokens=config.tokens, limits=config.limits,
-                      listen=config.posa_listen, environ=config.environ)
+                      listen=config.posa_listen, environ=config.environ,
+                      dispatcher=config.dispatcher)
     guard = ConnectionGuard(config.limits)
     runner = web.AppRunner(make_app(gateway, guard, config.view), access_log=None,
                            keepalive_timeout=config.limits.idle_timeout,
