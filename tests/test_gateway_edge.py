@@ -88,7 +88,7 @@ def test_a_head_that_never_ends_is_cut(world: World) -> None:
     with socket.create_connection((world.host, world.port), timeout=30) as sock:
         sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")    # and nothing more
         assert sock.recv(4096) == b""                              # closed by the gateway
-    assert metric(world, 'posa_gateway_refused_total{cause="header-timeout"}') == before + 1
+    assert metric(world, 'posa_gateway_refused_total{cause="header-timeout"}') >= before + 1
 
 
 def test_a_body_that_never_ends_is_408(world: World) -> None:
