@@ -135,13 +135,18 @@ def test_a_hole_in_the_history_is_a_gap_event(world: World) -> None:
     assert first["event"] == "event" and first["data"]["seq"] > 1
 
 
-def test_a_slow_consumer_is_cut_and_resumes_from_its_last_id(world: World) -> None:
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_slow_consumer_is_cut_and_resumes_from_its_last_id(world: World,
+                                                             version: str) -> None:
     """A client that stops reading: the gateway buffers 40 events, then ends the
-    stream (a gap event or a cut); the client resumes with Last-Event-ID."""
-    sock = open_stream(world, "/v1/subscribe/events/gw?topic=slow", rcvbuf=4096)
+    stream behind what it sent with a slow-consumer gap (a whole chunked body in
+    HTTP/1.1); the client resumes with Last-Event-ID."""
+    opened = metric(world, "posa_gateway_sse_streams_total")
     ended = metric(world, "posa_gateway_sse_slow_consumers_total")
+    sock = open_stream(world, "/v1/subscribe/events/gw?topic=slow", rcvbuf=4096,
+                       version=version)
     try:
-        wait_until(lambda: metric(world, "posa_gateway_sse_streams_total") >= 1,
+        wait_until(lambda: metric(world, "posa_gateway_sse_streams_total") > opened,
                    what="the stream open")
         with posa.Publisher("events/gw", dispatcher=world.dispatcher) as pub:
             n = 0

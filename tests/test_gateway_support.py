@@ -138,27 +138,34 @@ def start_world(tmp: Path, *gateway_args: str, history: int = 10000,
 
 
 def sse_events(sock: socket.socket, deadline: float) -> Iterator[dict[str, Any]]:
-    """Parse Server-Sent Events from a socket (after the head) until it closes or
-    the deadline passes; yields {"id", "event", "data"}."""
+    """Parse Server-Sent Events from a socket (after the head; a chunked body is
+    decoded, its framing checked) until it ends or the deadline passes; yields
+    {"id", "event", "data"}, and {"event": "end"} when the body ended properly."""
+    raw = b""
     buffer = b""
-    head_done = False
+    chunked: bool | None = None
     while time.monotonic() < deadline:
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except TimeoutError:
-            return
-        except ConnectionResetError:
+        except (TimeoutError, ConnectionResetError):
             return
         if not chunk:
+            if chunked is False:
+                yield {"event": "end"}
             return
-        buffer += chunk
-        if not head_done:
-            if b"\r\n\r\n" not in buffer:
+        raw += chunk
+        if chunked is None:
+            if b"\r\n\r\n" not in raw:
                 continue
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            head, _, raw = raw.partition(b"\r\n\r\n")
             assert head.split(b" ")[1] == b"200", head
-            head_done = True
+            chunked = b"transfer-encoding: chunked" in head.lower()
+        if chunked:
+            data, raw, ended = _dechunk(raw)
+            buffer += data
+        else:
+            buffer, raw, ended = buffer + raw, b"", False
         while b"\n\n" in buffer:
             block, _, buffer = buffer.partition(b"\n\n")
             event: dict[str, Any] = {}
@@ -169,16 +176,36 @@ def sse_events(sock: socket.socket, deadline: float) -> Iterator[dict[str, Any]]
                 event[key] = json.loads(value) if key == "data" else value
             if event:
                 yield event
+        if ended:
+            yield {"event": "end"}
+            return
+
+
+def _dechunk(raw: bytes) -> tuple[bytes, bytes, bool]:
+    """(the data of the whole chunks in ``raw``, the rest, whether the last came)."""
+    data = b""
+    while b"\r\n" in raw:
+        size_line, _, rest = raw.partition(b"\r\n")
+        size = int(size_line, 16)
+        if len(rest) < size + 2:
+            break
+        assert rest[size:size + 2] == b"\r\n", "a chunk does not end with CRLF"
+        data, raw = data + rest[:size], rest[size + 2:]
+        if size == 0:
+            return data, raw, True
+    return data, raw, False
 
 
 def open_stream(world: World, path: str, headers: dict[str, str] | None = None,
-                rcvbuf: int | None = None, token: str = TOKEN) -> socket.socket:
-    """A raw HTTP/1.0 GET (no chunked encoding) of an event stream."""
+                rcvbuf: int | None = None, token: str = TOKEN,
+                version: str = "1.0") -> socket.socket:
+    """A raw GET of an event stream (HTTP/1.1: a chunked body)."""
     sock = socket.socket()
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect((world.host, world.port))
-    lines = [f"GET {path} HTTP/1.0", f"Host: {world.host}", f"Authorization: Bearer {token}"]
+    lines = [f"GET {path} HTTP/{version}", f"Host: {world.host}",
+             f"Authorization: Bearer {token}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     return sock

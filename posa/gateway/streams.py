@@ -88,22 +88,29 @@ class _Stream:
         self.overflow = False
         self.ended: BaseException | None = None
         self.writing = False
+        self.taken = asyncio.Event()        # the writer took what was ready
 
     async def pump(self, sub: Subscriber, cut: Callable[[], None]) -> None:
+        """Read events while there is room. Full while the writer is stuck on the
+        socket: the client is too slow (``cut``). Full while it is not: wait for it."""
         try:
-            while not self.overflow:
-                room = max(1, min(256, self.limit - len(self.ready)))
+            while True:
+                if len(self.ready) >= self.limit:
+                    if self.writing:
+                        self.overflow = True
+                        cut()
+                        return
+                    self.taken.clear()
+                    await self.taken.wait()
+                    continue
                 try:
-                    events = await sub.receive_many(room, timeout=1.0)
+                    events = await sub.receive_many(min(256, self.limit - len(self.ready)),
+                                                    timeout=1.0)
                 except Timeout:
                     continue
-                if len(self.ready) + len(events) > self.limit:
-                    self.overflow = True
-                    if self.writing:
-                        cut()           # the writer is stuck on a full socket
-                else:
-                    self.ready.extend(events)
+                self.ready.extend(events)
                 self.wake.set()
+                await asyncio.sleep(0)      # let the writer take them
         except Exception as exc:  # told to the client
             self.ended = exc
             self.wake.set()
@@ -149,7 +156,8 @@ async def _run(request: web.Request, response: web.StreamResponse, sub: Subscrib
     last = 0
 
     def cut() -> None:
-        """End the stream behind what is buffered: the gap, the end of the body."""
+        """End the stream behind what the transport holds: the gap, the end of the
+        body (aiohttp writes nothing to a closing transport)."""
         transport = request.transport
         if transport is None:
             return
@@ -170,19 +178,17 @@ async def _run(request: web.Request, response: web.StreamResponse, sub: Subscrib
                 await response.write(b": keep-alive\n\n")
                 continue
             stream.wake.clear()
-            if stream.ready:
+            while stream.ready and not stream.overflow:
                 batch = list(stream.ready)
                 stream.ready.clear()
+                stream.taken.set()
+                last = batch[-1].seq    # handed to the transport whole before it waits
+                gateway.counters["sse_events"] += len(batch)
                 stream.writing = True
                 await response.write(b"".join(map(_frames, batch)))
                 stream.writing = False
-                last = batch[-1].seq
-                gateway.counters["sse_events"] += len(batch)
             if stream.overflow:
-                gateway.counters["sse_slow_consumers"] += 1
-                await response.write(_slow(last))
-                await response.write_eof()
-                return
+                return                  # cut: the transport is closing behind the gap
             if stream.ended is not None:
                 await response.write(frame(
                     "error", {"detail": str(stream.ended) or type(stream.ended).__name__}))
