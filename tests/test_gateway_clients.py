@@ -127,6 +127,11 @@ def _routes(app: web.Application) -> set[tuple[str, str]]:
     return found
 
 
+def test_the_openapi_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import validate
+    validate(document("0.1.0"))             # raises on any violation
+
+
 def test_the_openapi_document_lists_exactly_the_routes() -> None:
     gateway = types.SimpleNamespace(limits=EdgeLimits(), peer=None, registry=None)
     app = make_app(gateway, ConnectionGuard(EdgeLimits()))  # type: ignore[arg-type]
