@@ -163,6 +163,16 @@ def test_receive_by_name_long_poll_and_reply(world: World) -> None:
     assert world.call("POST", "/v1/request/app/http-a?timeout=1", 1).status in (404, 504)
 
 
+def test_a_request_that_expired_in_the_inbox_is_not_handed_out(world: World) -> None:
+    assert world.call("POST", "/v1/names/app/http-late").status == 201
+    late = world.call("POST", "/v1/request/app/http-late?timeout=0.5", "late")
+    assert late.status == 504                       # its deadline passed, untaken
+    assert world.call("POST", "/v1/send/app/http-late", "kept").status == 202
+    polled = world.call("GET", "/v1/inbox/app/http-late?wait=20").body["messages"]
+    assert [m["body"] for m in polled] == ["kept"]
+    assert world.call("DELETE", "/v1/names/app/http-late").status == 204
+
+
 def test_receive_by_name_over_a_websocket(world: World) -> None:
     assert world.call("POST", "/v1/names/app/http-ws").status == 201
 

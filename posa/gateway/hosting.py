@@ -70,6 +70,23 @@ class Hosted:
         self.queue.append(msg)
         self.wake.set()
 
+    async def _arrival(self, deadline: float) -> None:
+        """Wait until a message is queued, the deadline passes or the name goes."""
+        while not self.queue and self.peer is not None:
+            self.wake.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self.wake.wait(), left)
+            except asyncio.TimeoutError:
+                return
+
+    def _expired(self, msg: Message) -> bool:
+        """A request whose deadline passed while it waited (answered with Timeout)."""
+        return (msg.kind == Kind.REQUEST and self.peer is not None
+                and self.peer.sync.expired(msg))
+
     def touch(self) -> None:
         self.last_seen = time.monotonic()
 
@@ -79,17 +96,13 @@ class Hosted:
         self.takers += 1
         try:
             deadline = time.monotonic() + wait
-            while not self.queue and self.peer is not None:
-                self.wake.clear()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self.wake.wait(), left)
-                except asyncio.TimeoutError:
-                    break
-            taken = [self.queue.popleft() for _ in range(min(most, len(self.queue)))]
-            return [self.hosting.hand_out(self, msg) for msg in taken]
+            while True:
+                await self._arrival(deadline)
+                taken = [self.queue.popleft() for _ in range(min(most, len(self.queue)))]
+                handed = [self.hosting.hand_out(self, msg) for msg in taken
+                          if not self._expired(msg)]
+                if handed or not taken or self.peer is None:
+                    return handed       # (only expired requests taken: wait on)
         finally:
             self.takers -= 1
             self.touch()

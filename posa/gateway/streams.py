@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,8 @@ from posa.gateway.problems import BadInput
 from posa.wire.names import validate_name
 
 __all__ = ["add_routes", "frame"]
+
+log = logging.getLogger("posa.gateway")
 
 KEEP_ALIVE = 15.0
 CUT_GRACE = 10.0        # seconds a cut slow consumer has to read what was sent
@@ -147,7 +150,10 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         await _run(request, response, sub, _Stream(gateway.limits.sse_buffer))
         return response
     finally:
-        await sub.close_now()
+        try:
+            await sub.close_now()
+        except Exception:       # the stream is over either way
+            log.warning("gateway: closing a subscriber of %s failed", channel, exc_info=True)
 
 
 async def _run(request: web.Request, response: web.StreamResponse, sub: Subscriber,
