@@ -10,6 +10,7 @@ unregisters what it registered.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from posa.gateway.limits import ConnectionGuard, EdgeLimits
 from posa.gateway.tokens import Tokens
 
 __all__ = ["Config", "serve", "parse_listen"]
+
+log = logging.getLogger("posa.gateway")
 
 
 @dataclass
@@ -57,6 +60,9 @@ def parse_listen(url: str) -> tuple[str, int]:
 async def serve(config: Config, ready: Callable[[str], Any] = print) -> None:
     from posa.naming.client import RegistryClient
     host, port = parse_listen(config.listen)
+    if config.tokens is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("posa gateway: serving %s without --tokens: anyone who reaches it "
+                    "acts as the identity 'gateway'", config.listen)
     loop = asyncio.get_running_loop()
     registry = await loop.run_in_executor(None, lambda: RegistryClient(
         config.dispatcher, authenticator=_client_auth(config)))
