@@ -75,6 +75,8 @@ class Intake:
         self.stats = {"received": 0, "expired": 0, "refused": 0}
         self._ack_timer: Any = None
         self._keep_alive_timer: Any = None
+        # observe(seconds from a request's arrival to its answer): posa.ops.Monitor's
+        self.observe: Callable[[float], None] | None = None
 
     # -- reading -----------------------------------------------------------------
     def drain(self, endpoint: Endpoint) -> None:
@@ -231,6 +233,9 @@ class Intake:
         if msg.kind != _REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
         self.gatekeeper.leave(msg)
+        observe, deadline = self.observe, msg.deadline
+        if observe is not None and deadline is not None:   # arrival = deadline - ttl
+            observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
         answers = self.receiver.answers(msg, kind, body)
         if self.reactor.in_reactor_thread():
             self.send_back(answers)
