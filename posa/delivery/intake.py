@@ -37,6 +37,7 @@ from posa.delivery.endpoints import Listening
 from posa.delivery.inbox import Inbox
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout
+from posa.runtime import trace
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
 from posa.wire.codec import Kind, Message, error_body
@@ -166,6 +167,8 @@ class Intake:
         if handler is None:
             self.inbox.put(msg)
             return
+        if msg.headers and "traceparent" in msg.headers:    # continue the sender's trace
+            handler = trace.within(msg.headers, self.name, request, handler)
         if request:             # ``handle``, inline: this is the hot path
             self.run(handler, msg)
             return
@@ -214,6 +217,8 @@ class Intake:
         """Run the handler on ``msg`` (a request is answered with its result)."""
         handler = self.handler
         assert handler is not None
+        if msg.headers and "traceparent" in msg.headers:
+            handler = trace.within(msg.headers, self.name, msg.kind == _REQUEST, handler)
         if msg.kind == _REQUEST:
             self.run(handler, msg)
             return
