@@ -133,8 +133,8 @@ def test_a_service_wrapping_a_peer_is_one_subject_for_health_and_series() -> Non
 
             def in_flight(self) -> int:
                 return 3
-        monitor = Monitor(Service(), peer)       # the peer given again: still once
-        assert monitor.health()["names"] == ["svc/one"]
-        values = parse(monitor.metrics())
-    assert value(values, "posa_requests_in_flight", name="svc/one") == 3     # the service's
-    assert ("posa_request_seconds_count", (("name", "svc/one"),)) in values
+        for monitor in (Monitor(Service(), peer), Monitor(peer, Service())):  # either order
+            assert monitor.health()["names"] == ["svc/one"]
+            values = parse(monitor.metrics())
+            assert value(values, "posa_requests_in_flight", name="svc/one") == 3  # the service's
+            assert ("posa_request_seconds_count", (("name", "svc/one"),)) in values

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTH = "100"           # columns argparse formats help for, whatever the terminal
+WIDTH = "80"            # columns argparse formats help for, whatever the terminal
 
 
 def commands(parser: argparse.ArgumentParser, prefix: str = ""

@@ -70,12 +70,17 @@ class Monitor:
         subject (health and series once); a peer's answered requests are timed
         into ``posa_request_seconds{name}``."""
         for source in sources:
-            known = self._sources
-            if source in known:
+            if source in self._sources:
                 continue
             inner = getattr(source, "peer", None)
-            subject = (source,) if inner is None or inner in known else (source, inner)
-            self._subjects.append(subject + _request_latency(subject))
+            alone = [s for s in self._subjects if inner is not None and s[0] is inner]
+            if alone:           # its peer was given first: the service goes before it
+                self._subjects[self._subjects.index(alone[0])] = (source, *alone[0])
+            elif inner is not None and inner in self._sources:
+                self._subjects.append((source,))    # its peer is another's already
+            else:
+                subject = (source,) if inner is None else (source, inner)
+                self._subjects.append(subject + _request_latency(subject))
 
     def health(self) -> dict[str, Any]:
         """``{"ok", "status", "names", "uptime", "problems"}``: ok is False while
