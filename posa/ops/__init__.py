@@ -21,9 +21,10 @@
                    unregisters its name) and return 0 for the exit status.
 
 One module per concept: ``histogram``, ``monitor`` (what a monitored object
-may offer), ``request`` (HTTP request heads and answers, sans-IO), ``hygiene``
-(the server's limits, connection phases and eviction, sans-IO), ``server``,
-``shutdown`` (the protocol a closeable follows).  They
+may offer), ``process`` (the standard ``process_*`` metrics), ``request``
+(HTTP request heads and answers, sans-IO), ``hygiene`` (the server's limits,
+connection phases and eviction, sans-IO), ``server``, ``shutdown`` (the
+protocol a closeable follows).  They
 are internal; this package names what is public.  The command-line options
 (``--ops-port``, ``--grace``) live with the ``posa`` command (``posa.cli``).
 """
