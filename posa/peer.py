@@ -230,6 +230,11 @@ class Peer:
         """Requests handed to the application and not yet answered."""
         return self._intake.in_flight()
 
+    def observe_requests(self, observe: Callable[[float], None] | None) -> None:
+        """Call ``observe(seconds)`` with each answered request's time from its
+        arrival to its answer (``posa.ops.Monitor`` feeds a histogram); None stops."""
+        self._intake.observe = observe
+
     # -- migration -------------------------------------------------------------
     def migrate(self, listen: str, *, grace: float = 2.0) -> str:
         """Move this peer to ``listen`` (any transport) while it keeps its name.

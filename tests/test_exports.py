@@ -58,7 +58,7 @@ MODULES = {
                       "InFlight", "Keyring", "Limiter", "Quotas", "Rate", "RateLimiter",
                       "acl_from_env", "authenticated_key", "from_env"},
     "posa.ops": {"DEFAULT_BUCKETS", "Histogram", "Monitor", "OpsServer",
-                 "serve_until_signalled", "timed"},
+                 "serve_until_signalled", "timed", "trace_context", "trace_headers"},
 }
 
 

@@ -54,6 +54,8 @@ from posa.errors import (
     Unauthorized,
 )
 from posa.runtime.reactor import Reactor
+from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
+from posa.runtime.trace import outgoing as _outgoing
 from posa.transport.base import Connection, Options
 from posa.wire.codec import Codec, Kind, Message
 
@@ -115,8 +117,8 @@ class Forwarder(Requesting, Flow):
             target = self._open_target(name, deadline)
         out = target.out
         seq = out.next_seq
-        frame = self._pack(kind, target.stream, seq, self.name, name, 0,
-                           headers or _NO_HEADERS, body)
+        frame = self._pack(kind, target.stream, seq, self.name, name, 0,  # (+ a trace's)
+                           (_traced() and _outgoing(headers)) or headers or _NO_HEADERS, body)
         out.next_seq = seq + 1
         unacked = out.unacked
         unacked.append(frame)

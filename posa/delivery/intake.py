@@ -37,6 +37,7 @@ from posa.delivery.endpoints import Listening
 from posa.delivery.inbox import Inbox
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout
+from posa.runtime import trace
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
 from posa.wire.codec import Kind, Message, error_body
@@ -75,6 +76,8 @@ class Intake:
         self.stats = {"received": 0, "expired": 0, "refused": 0}
         self._ack_timer: Any = None
         self._keep_alive_timer: Any = None
+        # observe(seconds from a request's arrival to its answer): posa.ops.Monitor's
+        self.observe: Callable[[float], None] | None = None
 
     # -- reading -----------------------------------------------------------------
     def drain(self, endpoint: Endpoint) -> None:
@@ -164,6 +167,8 @@ class Intake:
         if handler is None:
             self.inbox.put(msg)
             return
+        if msg.headers and "traceparent" in msg.headers:    # continue the sender's trace
+            handler = trace.within(msg.headers, self.name, request, handler)
         if request:             # ``handle``, inline: this is the hot path
             self.run(handler, msg)
             return
@@ -212,6 +217,8 @@ class Intake:
         """Run the handler on ``msg`` (a request is answered with its result)."""
         handler = self.handler
         assert handler is not None
+        if msg.headers and "traceparent" in msg.headers:
+            handler = trace.within(msg.headers, self.name, msg.kind == _REQUEST, handler)
         if msg.kind == _REQUEST:
             self.run(handler, msg)
             return
@@ -231,6 +238,9 @@ class Intake:
         if msg.kind != _REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
         self.gatekeeper.leave(msg)
+        observe, deadline = self.observe, msg.deadline
+        if observe is not None and deadline is not None:   # arrival = deadline - ttl
+            observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
         answers = self.receiver.answers(msg, kind, body)
         if self.reactor.in_reactor_thread():
             self.send_back(answers)

@@ -17,6 +17,7 @@ dead): handlers of services that fail over should be idempotent.
 """
 from __future__ import annotations
 
+import contextvars
 import secrets
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -85,7 +86,7 @@ class Server:
                 return self.handler(msg.body)
             finally:
                 self._slow = time.monotonic() - started >= SLOW_HANDLER
-        self._pool.submit(self._run, msg)
+        self._pool.submit(contextvars.copy_context().run, self._run, msg)   # (a trace's)
         return DEFERRED
 
     def _run(self, msg: Message) -> None:

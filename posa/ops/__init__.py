@@ -10,15 +10,21 @@
                    slow or hostile clients cannot get past; its refusals are
                    counted in its ``rejections``.
 ``Histogram``      a latency histogram (``observe``, ``time()``, ``timed``).
+``trace_context(headers)``, ``trace_headers()``
+                   W3C trace context: run a block inside a trace taken from
+                   headers (a message's, an HTTP request's); the headers a
+                   message sent now would carry.  Messages carry the active
+                   trace by themselves (``posa.runtime.trace``).
 ``serve_until_signalled(closeables, grace=...)``
                    block until SIGTERM/SIGINT, then stop accepting, drain
                    in-flight work within ``grace`` seconds, close (a peer's close
                    unregisters its name) and return 0 for the exit status.
 
 One module per concept: ``histogram``, ``monitor`` (what a monitored object
-may offer), ``request`` (HTTP request heads and answers, sans-IO), ``hygiene``
-(the server's limits, connection phases and eviction, sans-IO), ``server``,
-``shutdown`` (the protocol a closeable follows).  They
+may offer), ``process`` (the standard ``process_*`` metrics), ``request``
+(HTTP request heads and answers, sans-IO), ``hygiene`` (the server's limits,
+connection phases and eviction, sans-IO), ``server``, ``shutdown`` (the
+protocol a closeable follows).  They
 are internal; this package names what is public.  The command-line options
 (``--ops-port``, ``--grace``) live with the ``posa`` command (``posa.cli``).
 """
@@ -28,6 +34,8 @@ from posa.ops.histogram import DEFAULT_BUCKETS, Histogram, timed
 from posa.ops.monitor import Monitor
 from posa.ops.server import OpsServer
 from posa.ops.shutdown import serve_until_signalled
+from posa.runtime.trace import context as trace_context
+from posa.runtime.trace import headers as trace_headers
 
 __all__ = ["Monitor", "OpsServer", "Histogram", "timed", "serve_until_signalled",
-           "DEFAULT_BUCKETS"]
+           "DEFAULT_BUCKETS", "trace_context", "trace_headers"]

@@ -18,7 +18,16 @@ What a monitored object may offer (see docs/operations.md):
     depths()               {queue: depth} -> posa_queue_depth{queue}
     registry, name, address(es)   health checks that the name is registered here
     names("**")            a registry: posa_registry_names
-    peer                   a service wrapping a peer: the peer is read too
+    peer                   a service wrapping a peer: the peer is read too, as
+                           part of the same subject (below)
+    observe_requests(f)    a peer: the monitor hands it a histogram's observe,
+                           posa_request_seconds{name} (arrival to answer)
+
+A service and the peer it wraps are one *subject*: one process identity seen
+through two objects that share a name. The monitor keeps them together, so
+health checks the name once (the service's view first) and a series both
+offer (``posa_requests_in_flight{name}``) comes from the service alone.
+The process itself is a subject too: ``process_*`` (``posa.ops.process``).
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from typing import Any
 
 from posa.errors import PosaError
 from posa.ops.histogram import Histogram
+from posa.ops.process import ProcessMetrics
 
 __all__ = ["Monitor", "in_flight_counter"]
 
@@ -41,31 +51,44 @@ _STAT_NAMES = {"received": "posa_messages_received_total",
 class Monitor:
     """Health and metrics of the objects given to it. Thread-safe to read."""
 
-    def __init__(self, *sources: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self._sources: list[Any] = []
+    def __init__(self, *sources: Any, clock: Callable[[], float] = time.monotonic,
+                 process: bool = True) -> None:
+        self._subjects: list[tuple[Any, ...]] = []
         self._clock = clock
         self.started = clock()
         self.draining = False
+        if process:
+            self._subjects.append((ProcessMetrics(),))
         self.add(*sources)
 
+    @property
+    def _sources(self) -> list[Any]:
+        return [member for subject in self._subjects for member in subject]
+
     def add(self, *sources: Any) -> None:
-        """Watch more objects (a service's ``peer`` is watched with it)."""
+        """Watch more objects. A service's ``peer`` is watched with it, as one
+        subject (health and series once); a peer's answered requests are timed
+        into ``posa_request_seconds{name}``."""
         for source in sources:
-            if source not in self._sources:
-                self._sources.append(source)
+            if source in self._sources:
+                continue
             inner = getattr(source, "peer", None)
-            if inner is not None and inner not in self._sources:
-                self._sources.append(inner)
+            alone = [s for s in self._subjects if inner is not None and s[0] is inner]
+            if alone:           # its peer was given first: the service goes before it
+                self._subjects[self._subjects.index(alone[0])] = (source, *alone[0])
+            elif inner is not None and inner in self._sources:
+                self._subjects.append((source,))    # its peer is another's already
+            else:
+                subject = (source,) if inner is None else (source, inner)
+                self._subjects.append(subject + _request_latency(subject))
 
     def health(self) -> dict[str, Any]:
         """``{"ok", "status", "names", "uptime", "problems"}``: ok is False while
         draining or when a watched peer's name is not registered at its address."""
         names: list[str] = []
         problems: list[str] = []
-        for source in self._sources:
-            name, registry = getattr(source, "name", None), getattr(source, "registry", None)
-            if not isinstance(name, str) or registry is None or not hasattr(source, "address"):
-                continue
+        for source in self._checked():
+            name, registry = source.name, source.registry
             try:
                 registration = registry.lookup(name)
             except PosaError as exc:
@@ -82,10 +105,20 @@ class Monitor:
                 "names": sorted(names), "uptime": round(self._clock() - self.started, 3),
                 "problems": problems}
 
+    def _checked(self) -> Iterator[Any]:
+        """Per subject, the first member whose name health can check (a name, a
+        registry and an address): a service and its peer are checked once."""
+        for subject in self._subjects:
+            for source in subject:
+                if isinstance(getattr(source, "name", None), str) and hasattr(
+                        source, "address") and getattr(source, "registry", None) is not None:
+                    yield source
+                    break
+
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """Every sample as ``(metric, labels, value)``, each series once: where two
-        objects offer the same series (a service and its peer share a name), the
-        first one given wins."""
+        """Every sample as ``(metric, labels, value)``, each series once: within a
+        subject the service's series wins over its peer's; across subjects (two
+        objects given that claim one name) the first one given wins."""
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         for metric, labels, value in self._all_samples():
             series = (metric, tuple(sorted(labels.items())))
@@ -96,8 +129,8 @@ class Monitor:
     def _all_samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         yield "posa_up", {}, 0.0 if self.draining else 1.0
         yield "posa_uptime_seconds", {}, self._clock() - self.started
-        for source in list(self._sources):
-            if isinstance(source, Histogram):
+        for source in self._sources:
+            if isinstance(source, (Histogram, ProcessMetrics)):
                 yield from source.samples()
             else:
                 yield from _source_samples(source)
@@ -112,6 +145,7 @@ class Monitor:
             grouped.setdefault(_family(metric), []).append(line)
         described = {h.name: ("histogram", h.help) for h in self._sources
                      if isinstance(h, Histogram)}
+        described.update(ProcessMetrics.HELP)
         lines = []
         for family, samples in grouped.items():
             kind, text = described.get(family) or _describe(family)
@@ -133,11 +167,12 @@ def _source_samples(source: Any) -> Iterator[tuple[str, dict[str, str], float]]:
     for holder in (source, getattr(source, "gatekeeper", None), *listeners):
         rejections = getattr(holder, "rejections", None)
         if isinstance(rejections, Mapping):
-            # a listener's refusals carry its address; a named service's own
-            # (a dispatcher's quota refusals) are not a listener's
+            # refusals of a listener (or of a nameless server: the ops server) are
+            # labelled with its address; a named service's own refusals (a
+            # dispatcher's quotas) are not a listener's
             address = getattr(holder, "address", None)
-            listening = holder in listeners or (holder is source and not who)
-            where = {"listener": address} if listening and isinstance(address, str) else {}
+            where = {"listener": address} if isinstance(address, str) and (
+                holder in listeners or not who) else {}
             for reason, count in list(rejections.items()):
                 yield "posa_rejections_total", {**who, **where, "reason": str(reason)}, count
     count = in_flight_counter(source)
@@ -197,6 +232,20 @@ def _escape(value: str) -> str:
 
 def _number(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _request_latency(subject: tuple[Any, ...]) -> tuple[Histogram, ...]:
+    """A histogram of the subject's peer's answered requests, fed by the peer
+    (``observe_requests``), labelled with its name; none if it has no peer."""
+    for member in reversed(subject):
+        observe = getattr(member, "observe_requests", None)
+        name = getattr(member, "name", None)
+        if callable(observe) and isinstance(name, str):
+            histogram = Histogram(labels={"name": name})
+            observe(histogram.observe)
+            return (histogram,)
+    return ()
+
 
 def in_flight_counter(source: Any) -> Callable[[], int] | None:
     """How to count ``source``'s requests in flight: its ``in_flight()``, or the

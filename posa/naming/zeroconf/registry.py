@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from zeroconf import (  # type: ignore[attr-defined]
+from zeroconf import (  # type: ignore[attr-defined]  # (3 names outside its __all__: bounded)
     DNSOutgoing,
     DNSQuestion,
     DNSText,
@@ -52,7 +52,6 @@ from zeroconf import (  # type: ignore[attr-defined]
 )
 from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser
-from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_TXT
 
 from posa.errors import Closed, PosaError, Rejected, Timeout, TransportError
 from posa.naming.hosts import reachable
@@ -73,6 +72,8 @@ __all__ = ["ZeroconfRegistry", "DiscoveryTable", "SERVICE_TYPE", "instance_label
 
 CALL_TIMEOUT = 10.0                 # s to wait for the event loop
 GOODBYE_REPEATS = (0.125, 0.25)     # s after the first goodbye, as python-zeroconf does
+
+_CLASS_IN, _FLAGS_QR_QUERY, _TYPE_TXT = 1, 0x0000, 16   # RFC 1035, not zeroconf's private
 
 _log = logging.getLogger(__name__)
 _SUFFIX = "." + SERVICE_TYPE
