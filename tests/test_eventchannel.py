@@ -446,10 +446,14 @@ def test_a_stalled_subscriber_bounds_the_channels_memory(dispatcher: str,
     seqs = [e[0] for e in told["events"]]
     assert seqs == sorted(seqs) and seqs[-1] == n              # the newest survived
     assert told["gaps"] >= 1                                    # and the loss was told:
-    assert told["missed"] == told["dropped"] == stalled_stats["dropped"], (
-        f"told {told['missed']} missed, {told['dropped']} dropped; the channel counted "
-        f"{stalled_stats['dropped']}; the subscriber reconnected {told['reconnects']} time(s)")
-    assert len(seqs) + told["missed"] == n
+    counts = (f"told {told['missed']} missed, {told['dropped']} dropped; the channel "
+              f"counted {stalled_stats['dropped']}; the subscriber reconnected "
+              f"{told['reconnects']} time(s)")
+    if told["reconnects"] == 0:
+        assert told["missed"] == told["dropped"] == stalled_stats["dropped"], counts
+    else:   # a resubscription replays what history still holds of the dropped
+        assert told["missed"] <= stalled_stats["dropped"], counts
+    assert len(seqs) + told["missed"] == n, counts     # every event delivered or told lost
 
 
 @pytest.mark.timeout(180)
