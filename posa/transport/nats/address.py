@@ -31,6 +31,11 @@ class NatsAddress:
         """The servers, which one client per process shares."""
         return ",".join(self.servers)
 
+    @property
+    def key(self) -> str:
+        """The same cluster however its servers are ordered."""
+        return ",".join(sorted(set(self.servers)))
+
     def with_subject(self, subject: str) -> NatsAddress:
         return NatsAddress(self.servers, subject)
 

@@ -1,13 +1,16 @@
 """One nats-py client per cluster per process, and the pump that publishes for
 every endpoint on it.
 
-Endpoints on the same servers share a ``Link`` (counted: the last to let go
-closes it, after what was queued has left). Sending threads never touch the
-client: ``put`` appends the frame to its ``Outbound`` (one per direction of a
-connection: its subject, its numbering, its queue) and that outbound to the
-link's queue, and wakes the pump only if it is not awake already, so a burst
-costs one ``call_soon_threadsafe``. The pump, on the loop, cuts frames to the
-server's ``max_payload``, numbers and publishes them.
+Endpoints on the same servers (in any order) share a ``Link``, which dials the
+servers in the order the first address used lists them, the first first, and
+fails over in that order too: list a nearby server first. A link is counted:
+the last endpoint to let go closes it, after what was queued has left.
+
+Sending threads never touch the client: ``put`` appends the frame to its
+``Outbound`` (one per direction of a connection: its subject, its numbering, its
+queue) and that outbound to the link's queue, and wakes the pump only if it is
+not awake already, so a burst costs one ``call_soon_threadsafe``. The pump, on
+the loop, cuts frames to the server's ``max_payload``, numbers and publishes them.
 
 When the client loses its server, every endpoint on the link hears ``link_lost``:
 frames in flight may be gone, so connections end (posa's streams resend on new
@@ -100,11 +103,13 @@ class Link:
             raise TransportError(f"the nats:// transport needs nats-py, which cannot be "
                                  f"imported ({exc}); {INSTALL}") from None
         nc = Client()
+        settings: dict[str, Any] = {
+            "dont_randomize": True, "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "reconnect_time_wait": RECONNECT_WAIT, "connect_timeout": 2,
+            "ping_interval": PING_INTERVAL, "max_outstanding_pings": 2}
         await nc.connect(servers=self.address.urls, name=f"posa-{os.getpid()}",
-                         allow_reconnect=True, max_reconnect_attempts=-1,
-                         reconnect_time_wait=RECONNECT_WAIT, connect_timeout=2,
-                         ping_interval=PING_INTERVAL, max_outstanding_pings=2,
-                         error_cb=self._error, disconnected_cb=self._disconnected)
+                         error_cb=self._error, disconnected_cb=self._disconnected,
+                         **settings)
         self.nc, self.room = nc, nc.max_payload - HEADER.size
         self._wake = asyncio.Event()
         self._pump_task = asyncio.get_running_loop().create_task(self._pump())
@@ -155,15 +160,15 @@ class Link:
             while queue:
                 item = queue.popleft()
                 try:
-                    if item.__class__ is tuple:
-                        subject, payload, reply = item   # type: ignore[misc]
+                    if isinstance(item, tuple):
+                        subject, payload, reply = item
                         await self.nc.publish(subject, payload, reply=reply)
                     else:
-                        await self._publish(item)        # type: ignore[arg-type]
+                        await self._publish(item)
                 except Exception as exc:
-                    if item.__class__ is not tuple:
-                        item.owner.out_failed(item, f"the NATS client could not "  # type: ignore[union-attr]
-                                              f"publish ({type(exc).__name__}: {exc})")
+                    if not isinstance(item, tuple):
+                        item.owner.out_failed(item, "the NATS client could not publish "
+                                              f"({type(exc).__name__}: {exc})")
 
     async def _publish(self, out: Outbound) -> None:
         frame = out.frames.popleft()
@@ -179,7 +184,7 @@ class Link:
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]],
                         owner: Endpoint) -> Subscription:
-        sub = await self.nc.subscribe(subject, cb=cb)
+        sub: Subscription = await self.nc.subscribe(subject, cb=cb)
         self.by_sid[sub._id] = owner
         await self.nc.flush(timeout=5)       # the server has the interest
         return sub
@@ -227,7 +232,7 @@ _links_lock = threading.Lock()
 
 def acquire(address: NatsAddress, owner: Endpoint, timeout: float) -> Link:
     """The process's link to ``address``'s servers, connected; ``owner`` hears its events."""
-    key = (os.getpid(), address.cluster)
+    key = (os.getpid(), address.key)
     with _links_lock:
         link = _links.get(key)
         if link is None or _failed(link):
@@ -249,7 +254,7 @@ def release(link: Link, owner: Endpoint, linger: float) -> None:
         link.users -= 1
         if link.users > 0:
             return
-        key = (os.getpid(), link.address.cluster)
+        key = (os.getpid(), link.address.key)
         if _links.get(key) is link:
             del _links[key]
     if link.opened.done() and not _failed(link):

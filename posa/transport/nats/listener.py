@@ -66,7 +66,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         super().__init__(str(address), options)
         self.rejections: Counter[str] = Counter()
         self.subject = address.subject or ""
-        self._routes: dict[Route, _Route] = {}
+        self._routes: dict[str, _Route] = {}
         self._limit = SLOW_FACTOR * options.high_water_mark
         self._sub: Subscription | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -208,7 +208,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         ``TransportError``, ``Timeout`` after ``send_timeout``, ``Closed``."""
         if self._closed:
             raise self._closed_error()
-        state = self._routes.get(route)
+        state = self._routes.get(route)  # type: ignore[call-overload]
         if state is None:
             raise TransportError(f"the nats listener {self.address} has no connection "
                                  f"{route!r}: it was closed or dropped; a route is valid "
