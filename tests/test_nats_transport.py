@@ -157,6 +157,22 @@ def test_a_slow_consumer_ends_the_connection_instead_of_losing_frames_silently(
         assert listener.recv(DEADLINE)[1] == b"after"
 
 
+def test_a_listener_refuses_connections_past_max_connections_and_drops_idle_ones(
+        cluster: NatsCluster) -> None:
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, Options(max_connections=1, idle_timeout=0.5))
+        first = ends.connect(listener.address, Options())
+        with pytest.raises(TransportError, match="max_connections"):
+            ends.connect(listener.address, Options())
+        assert listener.rejections["too-many-connections"] == 1
+        with pytest.raises(TransportError, match="no frame for 0.5 s"):
+            first.recv(DEADLINE)                    # silent: dropped at idle_timeout
+        assert listener.rejections["idle-timeout"] == 1
+        second = ends.connect(listener.address, Options())     # room again
+        second.send(b"hello")
+        assert listener.recv(DEADLINE)[1] == b"hello"
+
+
 def test_a_restarted_server_ends_connections_and_serves_new_ones(tmp_path: Path) -> None:
     with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
         listener = ends.listen(lone.urls, Options())
