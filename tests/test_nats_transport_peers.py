@@ -46,11 +46,15 @@ def test_a_peer_pair_sends_and_requests_over_a_three_node_cluster(
         assert received == list(range(3000))
 
 
-@pytest.mark.parametrize("first", ["tcp://127.0.0.1:0", "nats"])
+@pytest.mark.parametrize("first", ["tcp", "nats", "nodes"])
 def test_a_receiver_migrates_between_tcp_and_nats_while_a_sender_streams(
         first: str, cluster: NatsCluster, registry: posa.LocalRegistry) -> None:
+    """tcp->nats->tcp->nats, nats->tcp->nats->tcp, and from node to node of the
+    cluster (an address naming one server: its own client, on that server)."""
     tcp, nats = "tcp://127.0.0.1:0", cluster.urls
-    hops = [tcp, nats, tcp, nats] if first == "nats" else [nats, tcp, nats, tcp]
+    node = [server.url for server in cluster.servers]
+    hops = {"tcp": [tcp, nats, tcp, nats], "nats": [nats, tcp, nats, tcp],
+            "nodes": [node[0], node[1], tcp, node[2]]}[first]
     start = hops.pop(0)
     with posa.Peer("nx/tx", registry=registry, listen=tcp) as a, \
          posa.Peer("nx/rx", registry=registry, listen=start) as b:
