@@ -62,6 +62,8 @@ class Context:
             return f"zmq+ipc://{self.dir}/{tag}.sock"
         if transport == "inproc":
             return f"inproc://{peer.replace('/', '-')}-{tag}"
+        if transport == "nats":     # the cluster tests/test_nats_transport_chaos.py runs
+            return os.environ["POSA_CHAOS_NATS"]
         return f"{transport}://127.0.0.1:0"
 
     def timed(self, ev: str, call: Callable[[], Any], timeout: float,

@@ -1,0 +1,240 @@
+"""The dialling end of ``nats://SERVERS/SUBJECT``: ``NatsConnection``.
+
+A connection subscribes to an inbox subject of its own (its route at the
+listener), says HELLO to the listener's subject with that inbox as reply
+subject, and waits for WELCOME. NATS answers a message nobody subscribes to with
+a "no responders" status: before the WELCOME that means the listener is not
+(yet: interest spreads through a cluster in a moment) there, and the HELLO is
+repeated for ``HELLO_PATIENCE`` seconds before ``connect`` gives up; after it,
+that the listener is gone. Frames go out as DATA and MORE messages, numbered;
+frames come back the same way, put together by a ``Reassembly``. A gap, a RESET
+from the listener or the link losing its server ends the connection: the frames
+that arrived before it are still read, then ``recv`` and ``send`` raise
+``TransportError`` and posa's streams resend on a new connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from posa.errors import Closed, TransportError
+from posa.transport.base import Options
+from posa.transport.inproc.receiver import Receiver, as_frame
+from posa.transport.nats import link as links
+from posa.transport.nats.address import NatsAddress
+from posa.transport.nats.loop import call
+from posa.transport.nats.wire import (
+    CLOSE,
+    DATA,
+    HELLO,
+    MORE,
+    RESET,
+    WELCOME,
+    Gap,
+    Oversize,
+    Reassembly,
+    pack,
+    unpack,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["NatsConnection", "HELLO_PATIENCE"]
+
+HELLO_PATIENCE = 2.0     # s a HELLO is repeated while nobody listens on the subject
+_NO_RESPONDERS = "503"
+
+
+class NatsConnection(Receiver[bytes]):
+    """A connection to a ``nats://SERVERS/SUBJECT`` listener."""
+
+    def __init__(self, address: NatsAddress, options: Options) -> None:
+        super().__init__(str(address), options)
+        self._subject = address.subject or ""
+        self._gone: str | None = None       # why the connection ended
+        self._sub: Subscription | None = None
+        self._welcome: asyncio.Future[None] | None = None
+        self._inbound = Reassembly(options.max_frame_size)
+        timeout = options.send_timeout or 10.0
+        self._link = links.acquire(address, self, timeout)
+        self._inbox = self._link.nc.new_inbox()
+        self._out = links.Outbound(self._subject, self._inbox, options.high_water_mark,
+                                   self)
+        try:
+            call(self._start(timeout), timeout + 1.0, f"connecting to {self.address}")
+        except BaseException:
+            self._mark_closed()
+            self._link.loop.call_soon_threadsafe(self._unsubscribe)
+            links.release(self._link, self, 0.0)
+            raise
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("ended" if self._gone else "open")
+        return f"<NatsConnection {self._inbox} to {self.address} {state}>"
+
+    async def _start(self, timeout: float) -> None:
+        link = self._link
+        self._welcome = asyncio.get_running_loop().create_future()
+        self._sub = await link.subscribe(self._inbox, self._on_msg, self)
+        deadline = time.monotonic() + timeout
+        patience = time.monotonic() + min(HELLO_PATIENCE, timeout)
+        pause = 0.01
+        for _ in range(1000):
+            link.control(self._subject, pack(HELLO, 0), self._inbox)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._welcome), pause)
+                return
+            except asyncio.TimeoutError:
+                pause = min(pause * 2, 0.5)
+                if time.monotonic() >= deadline:
+                    break
+            except _NoListener:
+                if time.monotonic() >= patience:
+                    raise TransportError(f"no nats listener at {self.address}: nobody "
+                                         "subscribes to its subject (closed, or never "
+                                         "there); look the name up again") from None
+                self._welcome = asyncio.get_running_loop().create_future()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        raise TransportError(f"the nats listener at {self.address} did not answer within "
+                             f"{timeout} s")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        if headers and headers.get("Status") == _NO_RESPONDERS:
+            self._fail(_NoListener(), "the nats listener is gone: nobody subscribes "
+                       "to its subject any more")
+            return
+        try:
+            kind, seq, body = unpack(msg.data)
+        except ValueError as exc:
+            self._end(f"the listener sent what posa does not send: {exc}")
+            return
+        if kind in (DATA, MORE):
+            try:
+                frame = self._inbound.feed(kind, seq, body)
+            except (Gap, Oversize) as exc:
+                self._end(f"frames from the listener were lost: {exc}")
+                return
+            if frame is not None and self._gone is None:
+                self._ready.append(frame)
+                if not self._signalled:
+                    self._signal()
+                if self._readers:
+                    self._readers.wake_one()
+        elif kind == WELCOME:
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_result(None)
+        elif kind == RESET:
+            why = body.decode("utf-8", "replace")
+            self._fail(TransportError(why), why)
+
+    def _fail(self, exc: Exception, why: str) -> None:
+        welcome = self._welcome
+        if welcome is not None and not welcome.done():
+            welcome.set_exception(exc)
+        else:
+            self._end(why)
+
+    def _end(self, why: str) -> None:
+        """The connection is over: fail sends now, receives once drained."""
+        if self._gone is not None:
+            return
+        self._gone = why
+        self._out.blocked.wake_all()
+        if not self._signalled:
+            self._signal()
+        self._readers.wake_all()
+
+    def link_lost(self, why: str) -> None:
+        self._end(why)
+
+    def out_failed(self, out: links.Outbound, why: str) -> None:
+        self._end(why)
+
+    def slow_consumer(self, route: str) -> None:
+        self._end("the NATS client dropped a frame from the listener (a slow consumer)")
+
+    def _unsubscribe(self) -> None:
+        if self._sub is not None:
+            self._link.loop.create_task(self._link.unsubscribe(self._sub))
+            self._sub = None
+
+    # -- the owner's threads ----------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame; blocks while ``high_water_mark`` frames wait for the
+        NATS client. Raises ``TransportError`` (oversize, the connection ended),
+        ``Timeout`` after ``send_timeout``, ``Closed`` after close."""
+        self._check_send()
+        if frame.__class__ is not bytes:
+            frame = as_frame(frame)
+        limit = self._options.max_frame_size
+        if len(frame) > limit:
+            raise TransportError(f"a frame of {len(frame)} bytes exceeds max_frame_size "
+                                 f"{limit}; split it or raise Options.max_frame_size")
+        out, hwm = self._out, self._options.high_water_mark
+        if len(out.frames) >= hwm:
+            out.wait_for_room(hwm, self._options.send_timeout, self._check_send,
+                              f"the nats listener {self.address}")
+        self._link.put(out, frame)
+
+    def _check_send(self) -> None:
+        if self._closed:
+            raise Closed(f"this nats connection to {self.address} is closed; connect again")
+        if self._gone is not None:
+            raise TransportError(self._gone)
+
+    def recv_nowait(self) -> bytes | None:
+        """The next frame from the listener, or ``None``. Raises ``Closed`` after
+        close, ``TransportError`` once the connection ended and what came is read."""
+        if self._closed:
+            raise Closed(f"this nats connection to {self.address} is closed; connect again")
+        ready = self._ready
+        try:
+            return ready.popleft()
+        except IndexError:
+            pass
+        if self._unsignal():
+            try:
+                return ready.popleft()
+            except IndexError:
+                pass
+        if self._gone is not None:
+            try:
+                return ready.popleft()
+            except IndexError:
+                raise TransportError(self._gone) from None
+        return None
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Block for the next frame from the listener. Raises ``Timeout``,
+        ``Closed``, ``TransportError``."""
+        frame = self.recv_nowait()
+        if frame is not None:
+            return frame
+        return self._wait_for_frame(self.recv_nowait, timeout,
+                                    f"the nats connection to {self.address}")
+
+    def close(self) -> None:
+        """Say CLOSE to the listener after what was sent (the link flushes for up
+        to ``linger``), and close. Idempotent."""
+        if not self._mark_closed():
+            return
+        link = self._link
+        if self._gone is None:
+            link.control(self._subject, pack(CLOSE, 0), self._inbox)
+        link.loop.call_soon_threadsafe(self._unsubscribe)
+        self._ready.clear()
+        self._out.blocked.wake_all()
+        links.release(link, self, self._options.linger)
+        self._release()
+
+
+class _NoListener(Exception):
+    """Nobody subscribes to the listener's subject."""
