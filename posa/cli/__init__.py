@@ -46,8 +46,8 @@ EXIT_UNAUTHORIZED, EXIT_PARTIAL = 5, 6
 # the one table of exit codes: docs/cli.md shows it, tests/test_cli_exits.py walks it
 EXITS: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
-    (EXIT_ERROR, "a posa error: cannot connect, a protocol error, the far side refused "
-                 "the request or its handler failed"),
+    (EXIT_ERROR, "a posa error: a protocol error, a bad key or contexts file, the far "
+                 "side refused the request or its handler failed"),
     (EXIT_USAGE, "bad usage: an unknown option, a body that is not JSON, or a message "
                  "the recipient cannot take (`send` to an event channel)"),
     (EXIT_NOT_FOUND, "not found: no live name, service, group member or context matches "
