@@ -80,6 +80,9 @@ def test_flag_beats_environment_beats_context_beats_default(
     assert args.dispatcher == "tcp://flag:1" and args.keys == "/flag.keys"
     for verb in ("channel x", "queue x", "worker --queue x", "progress x", "sub x"):
         assert resolved(*verb.split()).dispatcher == "tcp://env:1", verb
+    del os.environ["POSA_KEY_ID"]       # the dispatcher itself takes nothing from a context
+    resolved("dispatcher")
+    assert "POSA_KEY_ID" not in os.environ
 
 
 def test_an_unknown_context_is_not_found(config: Path) -> None:

@@ -1,10 +1,10 @@
 """``posa names``, ``services``, ``watch``: what is registered, now and as it changes.
 
 Each asks the dispatcher's registry afresh (no cache: a shell command wants what
-is registered now).  ``names`` and ``services`` exit with 3, saying so, when
-nothing matched; ``watch`` prints the names matching a pattern, then every
-change to them as it happens (``+`` registered or renewed with a new epoch or
-addresses, ``-`` gone), until Ctrl-C or ``--count`` changes.
+is registered now).  ``names`` says on stderr when nothing matched, and exits
+with 3 for a name (0 for an empty group); ``watch`` prints the names matching a
+pattern, then every change to them as it happens (``+`` registered or renewed
+with a new epoch or addresses, ``-`` gone), until Ctrl-C or ``--count`` changes.
 """
 from __future__ import annotations
 
@@ -61,12 +61,11 @@ def _names(args: argparse.Namespace) -> int:
         for r in found:
             print(f"{r.name}\t{' '.join(r.addresses)}\tepoch {r.epoch}\t"
                   f"expires in {r.expires_in:.1f} s")
-    if found:
-        return 0
-    hint = "" if "*" in args.pattern else f" (its group: '{args.pattern}/**')"
-    print(f"posa: no live name matches {args.pattern!r} at {args.dispatcher}{hint}",
-          file=sys.stderr)
-    return EXIT_NOT_FOUND
+    if not found:       # said on stderr; an empty group is an answer, a name is not
+        hint = "" if "*" in args.pattern else f" (its group: '{args.pattern}/**')"
+        print(f"posa: no live name matches {args.pattern!r} at {args.dispatcher}{hint}",
+              file=sys.stderr)
+    return 0 if found or "*" in args.pattern else EXIT_NOT_FOUND
 
 
 def _services(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ For each setting the first of these that gives it wins: the command's flag, its
 environment variable (``POSA_DISPATCHER``, ``POSA_KEYS``, ``POSA_KEY_ID``,
 ``POSA_TLS_CA``, ``POSA_TLS_CERT``, ``POSA_TLS_KEY``), the context, the default
 (``posa.cli.DEFAULT_DISPATCHER``; no keys, no TLS).  ``apply`` resolves them on
-the parsed arguments before a command runs: the dispatcher into
+the parsed arguments before a command that reaches a dispatcher runs: the dispatcher into
 ``args.dispatcher``, the others into the environment the security and TLS code
 reads (only where the flag and the variable left them unset).
 """
@@ -91,13 +91,18 @@ def selected(name: str | None) -> tuple[str | None, dict[str, Any]]:
 
 def apply(args: argparse.Namespace) -> None:
     """Resolve the settings of the parsed ``args`` in place: flag, environment,
-    context, default (see the module's text)."""
+    context, default (see the module's text). Only for a command that reaches a
+    dispatcher (it has ``--dispatcher``): ``posa dispatcher`` itself, ``keygen``
+    and ``context`` take nothing from a context."""
+    if not hasattr(args, "dispatcher"):
+        return
     _, context = selected(getattr(args, "context", None))
-    if hasattr(args, "dispatcher") and args.dispatcher is None:
+    if args.dispatcher is None:
         args.dispatcher = (os.environ.get("POSA_DISPATCHER") or context.get("dispatcher")
                            or DEFAULT_DISPATCHER)
     for field, variable in FIELDS.items():
-        flag = getattr(args, field, None) if field != "dispatcher" else None
         value = context.get(field)
-        if field != "dispatcher" and value and not flag and not os.environ.get(variable):
+        if field == "dispatcher" or not value or getattr(args, field, None):
+            continue
+        if not os.environ.get(variable):
             os.environ[variable] = str(value)
