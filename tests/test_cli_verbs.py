@@ -218,3 +218,10 @@ def test_reply_answers_with_its_command_output(system: System, tmp_path: Path) -
     assert (done.returncode, json.loads(done.stdout)) == (0, {"got": [7], "from": ""})
     assert json.loads(replier.line())["request"] == [7]
     assert replier.popen.wait(30) == 0
+
+
+def test_a_client_on_the_wrong_transport_is_told_what_to_check(system: System) -> None:
+    wrong = system.dispatcher.replace("tcp://", "zmq+tcp://")
+    done = run_posa("names", "--dispatcher", wrong, "--timeout", "1")
+    assert done.returncode == 4
+    assert f"is a posa dispatcher listening at {wrong}, on that transport?" in done.stderr

@@ -102,13 +102,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             deadline = time.monotonic() + args.timeout
         return _run(args, deadline)
     except PosaError as exc:
-        print(f"posa: {exc}", file=sys.stderr)
+        print(f"posa: {exc}{_hint(args, exc)}", file=sys.stderr)
         return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:
         return 0
     finally:
         if deadline is not None:
             _exit_by(deadline)
+
+
+def _hint(args: argparse.Namespace, exc: PosaError) -> str:
+    """What to check when the dispatcher itself did not answer: a tcp:// client and
+    a zmq+tcp:// listener (or the other way round) connect, then never talk."""
+    address = getattr(args, "dispatcher", None)
+    if not isinstance(exc, Timeout) or not address or "'posa/dispatcher'" not in str(exc):
+        return ""
+    return (f"; is a posa dispatcher listening at {address}, on that transport? (a "
+            "tcp:// client and a zmq+tcp:// dispatcher, or the other way round, connect "
+            "and never talk)")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
