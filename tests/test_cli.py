@@ -87,3 +87,22 @@ def test_python_m_posa_runs_the_command() -> None:
                           text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "dispatcher" in done.stdout and "Exit codes" in done.stdout
+
+
+def test_exit_waits_for_lingering_sockets_only_until_the_commands_deadline() -> None:
+    """A one-shot command ends within --timeout: at exit the tcp reaper is given the
+    command's deadline, and a socket whose other side never ends is left to it."""
+    import socket
+    import time
+
+    from posa.transport.tcp.closing import Reaper
+    reaper = Reaper()
+    ours, theirs = socket.socketpair()
+    ours.shutdown(socket.SHUT_WR)
+    reaper.adopt(ours, time.monotonic() + 600)   # the other side never ends its stream
+    reaper.finish(time.monotonic())              # the command's deadline: now
+    thread = reaper._thread
+    assert ours.fileno() != -1 and thread is not None   # not waited for
+    theirs.close()                               # the other side ends: reaped
+    thread.join(30)
+    assert not thread.is_alive() and ours.fileno() == -1

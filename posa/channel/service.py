@@ -151,11 +151,13 @@ class EventChannel(ChannelControl):
         self._follow(upstream, selection)
 
     def _open_peer(self, **options: Any) -> Peer:
-        """The channel's peer; with a store, each reactor turn's publications are
-        journaled before their acknowledgements go out."""
+        """The channel's peer, registered as a channel (``posa send`` refuses to send
+        it a message); with a store, each reactor turn's publications are journaled
+        before their acknowledgements go out."""
         try:
-            return Peer(self.name, registry=self.registry, on_run=self.keeping.journal_run
-                        if self.keeping is not None else None, **options)
+            return Peer(self.name, registry=self.registry, meta={"kind": "channel"},
+                        on_run=self.keeping.journal_run if self.keeping is not None
+                        else None, **options)
         except BaseException:
             if self._owns_registry:
                 self.registry.close()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.channel.protocol import POLICIES
 from posa.cli.options import (
+    add_dispatcher_argument,
     add_ops_arguments,
     add_security_arguments,
     add_tls_arguments,
@@ -36,13 +37,11 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``channel`` sub-command to a ``posa`` command's subparsers."""
-    from posa.cli import DEFAULT_DISPATCHER  # the command's defaults live there
     parser = subparsers.add_parser(
         "channel", help="run an event channel",
         description="Run the event channel NAME until SIGTERM or SIGINT.")
     parser.add_argument("name", help="the channel's name, e.g. events/netmgmt")
-    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                        help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(parser)
     parser.add_argument("--listen", default="zmq+tcp://127.0.0.1:0",
                         help="where to receive (default zmq+tcp://127.0.0.1:0)")
     parser.add_argument("--history", type=int, default=10000,

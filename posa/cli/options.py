@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from posa.cli import DEFAULT_DISPATCHER
 from posa.security import Acl, HmacAuthenticator, acl_from_env, from_env
@@ -27,24 +28,43 @@ from posa.transport.base import Options
 
 __all__ = ["add_client_parser", "add_ops_arguments", "add_tls_arguments",
            "add_connection_arguments", "connection_options", "to_json", "json_body",
-           "add_security_arguments", "authenticator_from_args", "security_from_args"]
+           "add_security_arguments", "authenticator_from_args", "security_from_args",
+           "add_dispatcher_argument", "usage", "with_authenticator",
+           "registry_from_args", "left"]
 
 
-def add_client_parser(subparsers: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A subcommand that asks the dispatcher: ``--dispatcher``, ``--timeout``, ``--json``."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
-                                                            description=help_text)
-    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                        help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+def add_client_parser(subparsers: Any, name: str, help_text: str, example: str = "",
+                      *, budget: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that asks the dispatcher: ``--dispatcher``, ``--timeout``, ``--json``,
+    ``--help`` ending with ``example``. ``budget``: the whole command runs within
+    ``--timeout`` (a one-shot command; a tail's timeout is per operation)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_text, description=help_text,
+        epilog=f"example:\n  {example}" if example else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dispatcher_argument(parser)
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds (default 5)" + (": the whole command" if budget else ""))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(budget=budget)
     add_security_arguments(parser, acl=False)
     add_tls_arguments(parser)
     return parser
 
 
+def add_dispatcher_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dispatcher ADDRESS``: flag, else $POSA_DISPATCHER, else the context's,
+    else ``DEFAULT_DISPATCHER`` (``posa.cli.settings``)."""
+    parser.add_argument("--dispatcher", default=None, metavar="ADDRESS",
+                        help="the dispatcher (default: $POSA_DISPATCHER, else the "
+                        f"context's, else {DEFAULT_DISPATCHER})")
+
+
 def add_security_arguments(parser: argparse.ArgumentParser, *, acl: bool = True) -> None:
     """Add ``--keys FILE`` and ``--key-id ID`` (and, for a service, ``--acl FILE``)."""
+    parser.add_argument("--context", metavar="NAME", default=argparse.SUPPRESS,
+                        help="use these named settings (posa context ls; default: "
+                        "$POSA_CONTEXT, else the one in use)")
     group = parser.add_argument_group("security")
     group.add_argument("--keys", metavar="FILE", default=None,
                        help="key file (`key-id base64-secret` lines, mode 600): seal and "
@@ -159,9 +179,39 @@ def to_json(value: Any) -> str:
 
 
 def json_body(text: str) -> Any:
-    """A message body given as JSON on the command line; exits with usage help if not."""
+    """A message body given as JSON on the command line; exits with 2 (usage) if not."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"posa: the message body must be JSON ({exc}); for a string, "
-                         "quote it: '\"hello\"'") from None
+        usage(f"the message body must be JSON ({exc}); for a string, quote it: "
+              "'\"hello\"'")
+
+
+def usage(message: str) -> NoReturn:
+    """Say what is wrong with the command line and exit with 2 (bad usage)."""
+    print(f"posa: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def with_authenticator(command: Any) -> Any:
+    """``command`` with the authenticator its ``--keys`` ask for made first (one for
+    the registry client and the sender: ``args.authenticator``), so a bad key file
+    fails before any I/O."""
+    def run(args: argparse.Namespace) -> int:
+        args.authenticator = authenticator_from_args(args)
+        return int(command(args))
+    return run
+
+
+def registry_from_args(args: argparse.Namespace) -> Any:
+    """A ``RegistryClient`` of ``--dispatcher`` without a cache (a shell command wants
+    what is registered now), sealing with ``args.authenticator``."""
+    from posa.naming.client import RegistryClient  # only the commands that ask load it
+    return RegistryClient(args.dispatcher, timeout=args.timeout, cache=False,
+                          authenticator=getattr(args, "authenticator", None))
+
+
+def left(args: argparse.Namespace) -> float:
+    """Seconds left of the command's ``--timeout`` (its budget, if it has one)."""
+    from posa.delivery.budget import bounded
+    return bounded(float(args.timeout))

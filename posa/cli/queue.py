@@ -25,8 +25,8 @@ import threading
 from typing import Any
 
 from posa import ops
-from posa.cli import DEFAULT_DISPATCHER
 from posa.cli.options import (
+    add_dispatcher_argument,
     add_ops_arguments,
     add_security_arguments,
     authenticator_from_args,
@@ -60,8 +60,7 @@ def _add_queue(subparsers: Any) -> None:
     p.add_argument("--sync", choices=[s.lower() for s in SYNCHRONOUS], default="normal",
                    help="normal: a stored item survives the process being killed; full: "
                    "it survives a power cut too, one disk flush per batch (default normal)")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)
     p.add_argument("--listen", default="tcp://127.0.0.1:0",
                    help="where to receive (default tcp://127.0.0.1:0)")
     p.add_argument("--credential", default=None,
@@ -129,8 +128,7 @@ def _add_progress(subparsers: Any) -> None:
         description="Poll a work queue's metrics and draw a progress bar until every "
         "item it holds is finished (done or dead-lettered), or once with --once.")
     p.add_argument("queue", help="the work queue's name, e.g. work/thumbnails")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher to ask (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     p.add_argument("--once", action="store_true", help="print one line and exit")

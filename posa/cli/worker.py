@@ -17,8 +17,12 @@ import shlex
 from typing import Any
 
 from posa import ops
-from posa.cli import DEFAULT_DISPATCHER
-from posa.cli.options import add_ops_arguments, add_security_arguments, authenticator_from_args
+from posa.cli.options import (
+    add_dispatcher_argument,
+    add_ops_arguments,
+    add_security_arguments,
+    authenticator_from_args,
+)
 
 __all__ = ["add_parser"]
 
@@ -41,8 +45,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds one run of COMMAND may take; then its process group is "
                    "killed and the item fails (default: no limit)")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)
     p.add_argument("--listen", default="tcp://127.0.0.1:0",
                    help="where to receive (default tcp://127.0.0.1:0)")
     p.add_argument("--credential", default=None,

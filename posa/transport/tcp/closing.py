@@ -50,13 +50,17 @@ class Reaper:
                                                 name="posa-tcp-reaper")
                 self._thread.start()
 
-    def finish(self) -> None:
-        """Wait for the sockets handed over so far (until their deadlines)."""
+    def finish(self, deadline: float | None = None) -> None:
+        """Wait for the sockets handed over so far (until their deadlines), or
+        until ``deadline`` (``time.monotonic()``) if that comes first: a command
+        that must end by a time gives it (``posa.cli``)."""
         with self._lock:
             thread = self._thread
-            last = max(self._sockets.values(), default=0.0)
+            last = max(self._sockets.values(), default=0.0) + _REAP_POLL
+        if deadline is not None:
+            last = min(last, deadline)
         if thread is not None:
-            thread.join(max(0.0, last - time.monotonic()) + _REAP_POLL)
+            thread.join(max(0.0, last - time.monotonic()))
 
     def _run(self) -> None:
         sink = bytearray(_DISCARD_SIZE)

@@ -12,15 +12,17 @@ import atexit
 import contextlib
 import os
 import threading
+import time
 
 import zmq
 
-__all__ = ["context", "note_linger"]
+__all__ = ["context", "note_linger", "exit_by"]
 
 _ctx_lock = threading.Lock()
 _ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 _ctx_pid = 0
 _exit_linger = 0.0  # longest linger of an endpoint closed so far, in seconds
+_exit_deadline: float | None = None     # exit_by()
 
 
 def context() -> zmq.Context[zmq.Socket[bytes]]:
@@ -42,9 +44,18 @@ def note_linger(seconds: float) -> None:
     _exit_linger = max(_exit_linger, seconds)
 
 
+def exit_by(deadline: float) -> None:
+    """Exit waits for lingering frames until ``deadline`` (``time.monotonic()``) at
+    the latest: for a command that must end by a time (``posa.cli``)."""
+    global _exit_deadline
+    _exit_deadline = deadline
+
+
 def _flush_at_exit() -> None:
     ctx = _ctx
-    if ctx is None or _ctx_pid != os.getpid() or _exit_linger <= 0:
+    linger = _exit_linger if _exit_deadline is None else \
+        min(_exit_linger, _exit_deadline - time.monotonic())
+    if ctx is None or _ctx_pid != os.getpid() or linger <= 0:
         return
 
     def term() -> None:
@@ -53,7 +64,7 @@ def _flush_at_exit() -> None:
 
     flusher = threading.Thread(target=term, name="posa-zmq-flush", daemon=True)
     flusher.start()
-    flusher.join(_exit_linger)
+    flusher.join(linger)
 
 
 atexit.register(_flush_at_exit)

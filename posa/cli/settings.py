@@ -1,0 +1,108 @@
+"""Where a command's settings come from: flag > environment > context > default.
+
+A *context* is a named set of settings (the dispatcher's address, a key file, a
+key id, TLS files), kept in ``$XDG_CONFIG_HOME/posa/contexts.json`` (default
+``~/.config/posa/contexts.json``) with the name of the one in use, as ``nats
+context`` keeps its own.  ``posa context add/use/ls/rm`` edit the file (module
+``posa.cli.context``); ``--context NAME`` picks one for one command, else
+``POSA_CONTEXT``, else the one ``posa context use`` selected.
+
+For each setting the first of these that gives it wins: the command's flag, its
+environment variable (``POSA_DISPATCHER``, ``POSA_KEYS``, ``POSA_KEY_ID``,
+``POSA_TLS_CA``, ``POSA_TLS_CERT``, ``POSA_TLS_KEY``), the context, the default
+(``posa.cli.DEFAULT_DISPATCHER``; no keys, no TLS).  ``apply`` resolves them on
+the parsed arguments before a command that reaches a dispatcher runs: the dispatcher into
+``args.dispatcher``, the others into the environment the security and TLS code
+reads (only where the flag and the variable left them unset).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from posa.cli import DEFAULT_DISPATCHER
+from posa.errors import NameNotFound
+
+__all__ = ["FIELDS", "config_path", "load", "save", "selected", "apply", "ContextError"]
+
+# context field -> the environment variable it stands in for
+FIELDS = {"dispatcher": "POSA_DISPATCHER", "keys": "POSA_KEYS", "key_id": "POSA_KEY_ID",
+          "tls_ca": "POSA_TLS_CA", "tls_cert": "POSA_TLS_CERT", "tls_key": "POSA_TLS_KEY"}
+
+
+class ContextError(NameNotFound):
+    """A context that does not exist (exit 3), or a contexts file that cannot be read."""
+
+
+def config_path() -> Path:
+    """``$XDG_CONFIG_HOME/posa/contexts.json`` (``~/.config`` without the variable)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "posa" / "contexts.json"
+
+
+def load() -> dict[str, Any]:
+    """The contexts file as ``{"current": NAME | None, "contexts": {NAME: {...}}}``."""
+    path = config_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"current": None, "contexts": {}}
+    except (OSError, ValueError) as exc:
+        raise ContextError(f"cannot read the contexts file {path}: {exc}; fix or "
+                           "remove it (posa context add writes a new one)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("contexts"), dict):
+        raise ContextError(f"the contexts file {path} is not a posa contexts file "
+                           '({"current": ..., "contexts": {...}}); fix or remove it')
+    data.setdefault("current", None)
+    return data
+
+
+def save(data: dict[str, Any]) -> Path:
+    """Write the contexts file (mode 600: it names key files), atomically."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+    temporary.replace(path)
+    return path
+
+
+def selected(name: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The context to use and its settings: ``name`` (``--context``), else
+    ``$POSA_CONTEXT``, else the current one; ``ContextError`` for an unknown name."""
+    wanted = name or os.environ.get("POSA_CONTEXT") or None
+    data = load() if wanted or config_path().exists() else {"current": None, "contexts": {}}
+    wanted = wanted or data["current"]
+    if wanted is None:
+        return None, {}
+    contexts = data["contexts"]
+    if wanted not in contexts:
+        known = ", ".join(sorted(contexts)) or "none yet"
+        raise ContextError(f"no context {wanted!r} (known: {known}); add it with "
+                           f"posa context add {wanted} --dispatcher ADDRESS")
+    return wanted, dict(contexts[wanted])
+
+
+def apply(args: argparse.Namespace) -> None:
+    """Resolve the settings of the parsed ``args`` in place: flag, environment,
+    context, default (see the module's text). Only for a command that reaches a
+    dispatcher (it has ``--dispatcher``): ``posa dispatcher`` itself, ``keygen``
+    and ``context`` take nothing from a context."""
+    if not hasattr(args, "dispatcher"):
+        return
+    _, context = selected(getattr(args, "context", None))
+    if args.dispatcher is None:
+        args.dispatcher = (os.environ.get("POSA_DISPATCHER") or context.get("dispatcher")
+                           or DEFAULT_DISPATCHER)
+    for field, variable in FIELDS.items():
+        value = context.get(field)
+        if field == "dispatcher" or not value or getattr(args, field, None):
+            continue
+        if not os.environ.get(variable):
+            os.environ[variable] = str(value)
