@@ -451,8 +451,8 @@ def test_a_stalled_subscriber_bounds_the_channels_memory(dispatcher: str,
               f"{told['reconnects']} time(s)")
     if told["reconnects"] == 0:
         assert told["missed"] == told["dropped"] == stalled_stats["dropped"], counts
-    else:   # a resubscription replays what history still holds of the dropped
-        assert told["missed"] <= stalled_stats["dropped"], counts
+    # else a resubscription starts a new count at the channel and replays what the
+    # history still holds of the drop: only the sum below is exact
     assert len(seqs) + told["missed"] == n, counts     # every event delivered or told lost
 
 
