@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from posa.wire.codec import CodecLimits, Kind, Message
     from posa.wire.names import matches, validate_name, validate_pattern
     from posa.work.client import submit
+    from posa.work.gather import Gathered, gather
     from posa.work.masterslave import (
         Master,
         Mean,
@@ -101,6 +102,7 @@ _LAZY = {
     **dict.fromkeys(["ListSource", "DirectorySource"], "posa.work.sources"),
     "ScalingAdvisor": "posa.work.scaling",
     "submit": "posa.work.client",
+    **dict.fromkeys(["gather", "Gathered"], "posa.work.gather"),
     **dict.fromkeys(["Pipeline", "Stage"], "posa.work.pipeline"),
     **dict.fromkeys(["Acl", "HmacAuthenticator", "Keyring"], "posa.security"),
 }
@@ -117,7 +119,7 @@ __all__ = [
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
-    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit", "gather", "Gathered",
     "Acl", "HmacAuthenticator", "Keyring",
 ]
 

@@ -35,7 +35,7 @@ FACADE = {
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
-    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit", "gather", "Gathered",
     "Acl", "HmacAuthenticator", "Keyring",
 }
 

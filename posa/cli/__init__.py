@@ -5,6 +5,7 @@
     posa services --dispatcher ADDR                    services and their servers
     posa send NAME JSON --dispatcher ADDR              one-way message to a name
     posa request NAME JSON --dispatcher ADDR           request; prints the reply
+    posa gather NAME JSON --quorum N                   request to a group; the answers
     posa channel NAME --dispatcher ADDR                an event channel
     posa queue NAME --store PATH --dispatcher ADDR     a work queue (durable with --store)
     posa worker --queue NAME -- COMMAND ARGS...        a program run per item of a queue
@@ -40,8 +41,8 @@ DEFAULT_DISPATCHER = "tcp://127.0.0.1:7000"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 3, 4, 5
 
 # the command groups, in the order ``posa --help`` lists them
-_GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.channel", "posa.cli.queue",
-           "posa.cli.worker", "posa.cli.keys")
+_GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.gather", "posa.cli.channel",
+           "posa.cli.queue", "posa.cli.worker", "posa.cli.keys")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),
