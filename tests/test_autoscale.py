@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def test_the_advice_follows_the_backlog_not_only_the_rates() -> None:
     advisor = ScalingAdvisor(target=10.0)
-    for i in range(37):                           # a burst: 37 items at once
+    for _ in range(37):                           # a burst: 37 items at once
         advisor.observe_arrival(100.0)
     for _ in range(3):
         advisor.observe_processing(1.0)           # one second each
