@@ -114,3 +114,23 @@ def test_the_autoscaler_goes_up_under_a_backlog_and_down_when_idle(
         assert any(r.startswith("scale down") for r in reasons)
         assert scaler.stats["stopped"] >= 2 and scaler.stats["killed"] == 0
     assert sorted(done) == sorted(f"item-{i}" for i in range(12))
+
+
+def test_posa_autoscale_runs_workers_for_a_queue_and_stops_them_on_sigterm(
+        dispatcher: str, registry: posa.RegistryClient) -> None:
+    from tests.support import Proc
+    with posa.WorkQueue("work/cli-auto", registry=registry) as queue:
+        scaler = Proc.posa("autoscale", "--queue", "work/cli-auto", "--min", "1", "--max",
+                           "2", "--interval", "0.1", "--dispatcher", dispatcher, "--grace",
+                           "10", "--", "tr", "a-z", "A-Z")
+        try:
+            assert "1..2 worker(s) running tr a-z A-Z" in scaler.expect("autoscale work/cli-auto")
+            results: dict[str, object] = {}
+            queue.on_done = lambda key, result: results.__setitem__(key, result)
+            queue.put({"a": b"abc", "b": b"xyz"})
+            queue.join(timeout=60)
+            assert results == {"a": "ABC", "b": "XYZ"}
+            assert scaler.terminate(timeout=30) == 0
+            assert registry.names("work/cli-auto/*") == []     # its workers drained, left
+        finally:
+            scaler.close()

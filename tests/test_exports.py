@@ -36,6 +36,7 @@ FACADE = {
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
     "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit", "gather", "Gathered",
+    "ChannelSource",
     "Acl", "HmacAuthenticator", "Keyring",
 }
 
