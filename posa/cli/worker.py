@@ -169,6 +169,9 @@ def _run_autoscale(args: argparse.Namespace) -> int:
         announce = (f"autoscale {args.queue}: {args.min}..{args.max} worker(s) running "
                     f"{shlex.join(argv)}")
         scaler.start()
-        return ops.serve_until_signalled([scaler], grace=args.grace, monitor=monitor,
-                                         server=server,
-                                         ready=lambda: print(announce, flush=True))
+        try:
+            return ops.serve_until_signalled([scaler], grace=args.grace, monitor=monitor,
+                                             server=server,
+                                             ready=lambda: print(announce, flush=True))
+        finally:
+            scaler.close()                  # (idempotent: already closed on a signal)

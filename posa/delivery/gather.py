@@ -38,7 +38,9 @@ __all__ = ["Gathered", "Gatherer", "quorum_of"]
 class Gathered:
     """What a scatter/gather brought back: ``answers`` (member -> reply body),
     ``missing`` (every member without an answer, in the order asked) and
-    ``errors`` (member -> why, for the members that failed or refused)."""
+    ``errors`` (member -> why, for the members that failed, refused or were
+    still silent at the deadline: ``Timeout``; a member not waited for once
+    the quorum was reached has no entry)."""
 
     members: tuple[str, ...]
     answers: dict[str, Any]
@@ -117,6 +119,10 @@ class Gatherer:
             while not rnd.settled():
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    for member in names:        # the deadline passed: say so for each
+                        if member not in rnd.answers and member not in rnd.errors:
+                            rnd.errors[member] = Timeout(f"no answer from {member!r} "
+                                                         f"within {timeout:g} s")
                     break
                 rnd.cond.wait(left)
             rnd.over = True

@@ -77,7 +77,10 @@ class ScaleRule:
         if pending and oldest > self.max_age:
             want = max(want, current + 1)
         want = min(max(want, self.minimum), self.maximum)
-        self._quiet_since = None if pending else (self._quiet_since or now)
+        if pending:
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = now
         if want > current:
             return Decision(now, current, want,
                             f"scale up: {pending} waiting + {in_flight} in hand, the "

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.gather import Gathered, Gatherer, quorum_of
-from posa.errors import NameNotFound, PosaError
+from posa.errors import NameNotFound, PosaError, Timeout
 from posa.naming.pages import registrations
 from posa.naming.registration import Registry, resolver
 from posa.naming.resolve import open_registry
@@ -101,4 +101,8 @@ async def gather_async(peer: AsyncRequester, name: str, body: Any = None, *,
     finally:
         for task in pending:
             task.cancel()
+    if len(answers) < need:                 # the deadline passed: say so for each
+        for member in members:
+            if member not in answers and member not in errors:
+                errors[member] = Timeout(f"no answer from {member!r} within {timeout:g} s")
     return Gathered(members, answers, need, errors, time.monotonic() - started)

@@ -207,25 +207,32 @@ class Master:
                              vote=self.vote, max_attempts=self.attempts,
                              backups=self.backups, hedge=delay)
             timed_out = self._follow(state, slaves, deadline, timeout, partial)
-            total = len(state.tasks)
-            m = self.metrics
-            m["jobs"] += 1
-            m["reassigned"] += state.reassigned
-            m["backups"] += state.backup_runs
-            m["hedged"] += state.hedged
-            m["dissents"] += sum(len(v) for v in state.dissenters.values())
-            outcome = Outcome(None, total, dict(state.dissenters), state.reassigned,
-                              state.backup_runs, dict(state.answered),
-                              hedged=state.hedged, ignored=state.late)
-            if timed_out:
-                m["partial"] += 1
-                decided = {i: t.value for i, t in enumerate(state.tasks) if t.decided}
-                return replace(outcome, missing=[i for i in range(total) if i not in decided],
-                               partial=decided, elapsed=time.monotonic() - started)
-            results = state.results()
-            self._report(total, total)
+            with self._cond:                    # late answers may still come in
+                outcome = self._account(state, timed_out)
+                results = None if timed_out else state.results()
+            if results is None:
+                return replace(outcome, elapsed=time.monotonic() - started)
+            self._report(outcome.subtasks, outcome.subtasks)
             return replace(outcome, result=self.merge(results),
                            elapsed=time.monotonic() - started)
+
+    def _account(self, state: JobState, timed_out: bool) -> Outcome:
+        """Add a finished (or timed-out) job to ``metrics``; its outcome so far."""
+        m = self.metrics
+        m["jobs"] += 1
+        m["reassigned"] += state.reassigned
+        m["backups"] += state.backup_runs
+        m["hedged"] += state.hedged
+        m["dissents"] += sum(len(v) for v in state.dissenters.values())
+        outcome = Outcome(None, len(state.tasks), dict(state.dissenters), state.reassigned,
+                          state.backup_runs, dict(state.answered),
+                          hedged=state.hedged, ignored=state.late)
+        if not timed_out:
+            return outcome
+        m["partial"] += 1
+        decided = {i: t.value for i, t in enumerate(state.tasks) if t.decided}
+        return replace(outcome, partial=decided,
+                       missing=[i for i in range(len(state.tasks)) if i not in decided])
 
     def _follow(self, state: JobState, slaves: list[str], deadline: float | None,
                 timeout: float | None, partial: bool) -> bool:
