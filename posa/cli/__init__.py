@@ -9,6 +9,7 @@
     posa channel NAME --dispatcher ADDR                an event channel
     posa queue NAME --store PATH --dispatcher ADDR     a work queue (durable with --store)
     posa worker --queue NAME -- COMMAND ARGS...        a program run per item of a queue
+    posa autoscale --queue NAME --max N -- COMMAND     worker processes scaled to the backlog
     posa progress QUEUE --dispatcher ADDR              a work queue's progress
     posa keygen KEY-ID [--file FILE]                   a new secret key
 
@@ -18,9 +19,9 @@ message names the missing key).  ``--json`` prints machine-readable output.
 Every command that talks to posa takes ``--keys FILE``/``--key-id ID``
 (``POSA_KEYS``/``POSA_KEY_ID``; ``posa.cli.options``).
 
-One module per command group (``dispatcher``, ``names``, ``keys``, ``channel``,
-``queue``, ``worker``), each with ``add_parser(subparsers)`` that sets ``run`` on its
-subcommands; this package builds the parser from them, runs the chosen
+One module per command group (``dispatcher``, ``names``, ``gather``, ``keys``,
+``channel``, ``queue``, ``worker``), each with ``add_parser(subparsers)`` that sets
+``run`` on its subcommands; this package builds the parser from them, runs the chosen
 command, and maps posa's errors to the exit codes.  The groups are imported
 when the parser is built, so importing ``posa.cli`` (or one group) is cheap and
 a group may import the defaults from here.  No library module uses argparse.
