@@ -53,3 +53,34 @@ def test_events_become_items_once_across_a_replay(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys)) == 9                  # each event queued once
     assert sorted(result for _, result in done) == [n * 10 for n in range(1, 10)]
     assert all(key.startswith(f"events/jobs/{inc}/") for key in keys)
+
+
+def test_posa_queue_takes_its_items_from_a_channel_topic(dispatcher: str) -> None:
+    import json
+
+    from tests.support import Proc
+    with posa.RegistryClient(dispatcher) as registry, \
+            posa.EventChannel("events/cli", registry=registry,
+                              listen="tcp://127.0.0.1:0") as channel, \
+            posa.Publisher("events/cli", registry=registry) as publisher:
+        queue = Proc.posa("queue", "work/chq", "--channel", "events/cli", "--topic", "jobs/",
+                          "--results", "--dispatcher", dispatcher)
+        worker = None
+        try:
+            queue.expect("queue work/chq")
+            worker = posa.Worker("work/chq/w", "work/chq", lambda item: item.data + 1,
+                                 registry=registry).start()
+            for n in range(3):
+                publisher.publish("jobs/n", n)
+                publisher.publish("other", 100)
+            publisher.flush()
+            lines = [json.loads(queue.expect('{"done"', timeout=60).join(['{"done"', '']))
+                     for _ in range(3)]
+            assert queue.terminate() == 0
+        finally:
+            if worker is not None:
+                worker.close()
+            queue.close()
+        inc = channel.incarnation
+    assert sorted((line["done"], line["result"]) for line in lines) == [
+        (f"events/cli/{inc}/{2 * n + 1}", n + 1) for n in range(3)]   # other/ skipped
