@@ -23,7 +23,9 @@ import argparse
 import logging
 import secrets
 import shlex
+import signal
 import sys
+import threading
 from typing import Any
 
 from posa import ops
@@ -45,6 +47,18 @@ def _program(args: argparse.Namespace, command: str) -> list[str]:
         raise SystemExit(f"posa {command}: give the program to run after --, e.g. "
                          f"posa {command} --queue work/q -- sh -c 'wc -c'")
     return argv
+
+
+def _early_stop() -> threading.Event:
+    """An event that SIGTERM and SIGINT set from now on, so that a signal that comes
+    while the command is starting (before ``serve_until_signalled`` takes the
+    handlers over) stops it cleanly once it is up: names unregistered, children
+    stopped, instead of the process dying with its name still registered."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
 
 
 def _add_worker(subparsers: Any) -> None:
@@ -85,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     argv = _program(args, "worker")
     if args.concurrency < 1:
         raise SystemExit("posa worker: --concurrency must be at least 1")
+    stop = _early_stop()
     command = Command(argv, timeout=args.timeout)
     base = args.name or f"{args.queue}/worker-{secrets.token_hex(4)}"
     names = [base] if args.concurrency == 1 else [f"{base}/{i}"
@@ -105,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
             announce = (f"worker {base} for {args.queue} running {shlex.join(argv)}"
                         f" x{args.concurrency}")
             return ops.serve_until_signalled(workers, grace=args.grace, monitor=monitor,
-                                             server=server,
+                                             server=server, stop=stop,
                                              ready=lambda: print(announce, flush=True))
         finally:
             for worker in workers:
@@ -147,6 +162,7 @@ def _run_autoscale(args: argparse.Namespace) -> int:
     from posa.naming.client import RegistryClient  # loaded when the command runs
     from posa.work.autoscale import Autoscaler, ScaleRule
     argv = _program(args, "autoscale")
+    stop = _early_stop()
     try:
         rule = ScaleRule(minimum=args.min, maximum=args.max, per_worker=args.per_worker,
                          max_age=args.max_age, cooldown=args.cooldown)
@@ -171,7 +187,7 @@ def _run_autoscale(args: argparse.Namespace) -> int:
         scaler.start()
         try:
             return ops.serve_until_signalled([scaler], grace=args.grace, monitor=monitor,
-                                             server=server,
+                                             server=server, stop=stop,
                                              ready=lambda: print(announce, flush=True))
         finally:
             scaler.close()                  # (idempotent: already closed on a signal)
