@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from posa.security import Acl, HmacAuthenticator, Keyring
     from posa.wire.codec import CodecLimits, Kind, Message
     from posa.wire.names import matches, validate_name, validate_pattern
+    from posa.work.channelsource import ChannelSource
     from posa.work.client import submit
+    from posa.work.gather import Gathered, gather
     from posa.work.masterslave import (
         Master,
         Mean,
@@ -101,6 +103,8 @@ _LAZY = {
     **dict.fromkeys(["ListSource", "DirectorySource"], "posa.work.sources"),
     "ScalingAdvisor": "posa.work.scaling",
     "submit": "posa.work.client",
+    **dict.fromkeys(["gather", "Gathered"], "posa.work.gather"),
+    "ChannelSource": "posa.work.channelsource",
     **dict.fromkeys(["Pipeline", "Stage"], "posa.work.pipeline"),
     **dict.fromkeys(["Acl", "HmacAuthenticator", "Keyring"], "posa.security"),
 }
@@ -117,7 +121,8 @@ __all__ = [
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
-    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit", "gather", "Gathered",
+    "ChannelSource",
     "Acl", "HmacAuthenticator", "Keyring",
 ]
 

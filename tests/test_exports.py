@@ -35,13 +35,15 @@ FACADE = {
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",
     "Master", "Slave", "Outcome", "WorkQueue", "Worker", "Pipeline", "Stage",
     "split_chunks", "split_whole", "merge_concat", "merge_first", "majority", "first", "Mean",
-    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit",
+    "Item", "ListSource", "DirectorySource", "ScalingAdvisor", "submit", "gather", "Gathered",
+    "ChannelSource",
     "Acl", "HmacAuthenticator", "Keyring",
 }
 
 # the __all__ of every other public module, exactly
 MODULES = {
-    "posa.aio": {"Peer", "Server", "Client", "Publisher", "Subscriber"},
+    "posa.aio": {"Peer", "Server", "Client", "Publisher", "Subscriber", "Worker", "Master",
+                 "Slave", "submit", "gather"},
     "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PartialDelivery", "PosaError",
                     "ProtocolError", "Rejected", "RemoteError", "StaleEpoch", "Timeout",
                     "TransportError", "Unauthorized", "Unreachable"},

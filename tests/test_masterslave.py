@@ -36,12 +36,14 @@ tsp = load_example("tsp")
 # ---------------------------------------------------------------------------
 
 @settings(max_examples=150, deadline=None)
-@given(st.data(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([1, 2, 3, None]))
+@given(st.data(), st.integers(1, 6), st.integers(1, 4), st.sampled_from([1, 2, 3, None]),
+       st.sampled_from([None, First()]), st.sampled_from([0.0, 0.5, None]))
 def test_any_order_of_answers_deaths_and_failures_ends_right(
-        data: st.DataObject, n_tasks: int, n_slaves: int, replicas: int | None) -> None:
+        data: st.DataObject, n_tasks: int, n_slaves: int, replicas: int | None,
+        vote: First | None, hedge: float | None) -> None:
     slaves = [f"s{i}" for i in range(n_slaves)]
     state = JobState([10 * i for i in range(n_tasks)], slaves, replicas=replicas,
-                     max_attempts=3)
+                     max_attempts=3, vote=vote, hedge=hedge)
     running: list[tuple[str, int]] = []
     now = 0.0
 

@@ -7,10 +7,12 @@
     posa request NAME JSON                             request; prints the reply
     posa call SERVICE JSON                             a service call (any of its servers)
     posa reply NAME [-- COMMAND]                       answer requests from the shell
+    posa gather NAME JSON --quorum N                   request to a group; the answers
     posa ping NAME                                     round-trip times
     posa pub CHANNEL TOPIC JSON / posa sub CHANNEL     publish to / tail an event channel
     posa watch PATTERN / posa top                      registrations as they change / a live view
     posa channel NAME / queue NAME / worker ...        an event channel, a work queue, a worker
+    posa autoscale --queue NAME --max N -- COMMAND     worker processes scaled to the backlog
     posa context add|use|ls / posa completion bash     settings by name / shell completion
     posa gateway --listen http://127.0.0.1:8080        posa over HTTP/JSON
 
@@ -63,8 +65,8 @@ EXITS: tuple[tuple[int, str], ...] = (
 )
 
 # the command groups, in the order ``posa --help`` lists them
-_GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.talk", "posa.cli.reply",
-           "posa.cli.events", "posa.cli.top", "posa.cli.channel", "posa.cli.queue",
+_GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.talk", "posa.cli.gather",
+           "posa.cli.reply", "posa.cli.events", "posa.cli.top", "posa.cli.channel", "posa.cli.queue",
            "posa.cli.worker", "posa.cli.keys", "posa.cli.context", "posa.cli.completion",
            "posa.cli.gateway")
 # exit code of each error class, most specific first

@@ -7,7 +7,9 @@ at ADDRESS ...`` once it is ready (the signal handlers are in place by then).
 On a signal it drains (``posa.ops.serve_until_signalled``): new items are
 refused, the items in flight are finished and acknowledged within ``--grace``
 seconds, then it closes. ``--results`` prints each completed item as a JSON
-line. Items come from producers (``posa.submit``) or a directory (``--directory``).
+line. Items come from producers (``posa.submit``), a directory (``--directory``) or
+the events of an event channel's topics (``--channel``, ``--topic``; each event once,
+keyed by where it began: ``posa.work.channelsource``).
 
 Asks the queue for its metrics (the ``metrics`` request of
 ``posa.work.protocol.QUEUE``) through the dispatcher's registry, every
@@ -74,6 +76,13 @@ def _add_queue(subparsers: Any) -> None:
     p.add_argument("--directory", metavar="DIR", default=None,
                    help="queue the files of this directory (key: file name)")
     p.add_argument("--pattern", default="*", help="files of --directory to queue (glob)")
+    p.add_argument("--channel", metavar="CHANNEL", default=None,
+                   help="queue the events of this event channel (item data: the event's "
+                   "body; key: CHANNEL/INCARNATION/SEQ, so a replay is not queued twice)")
+    p.add_argument("--topic", action="append", default=None, metavar="PREFIX",
+                   help="topics of --channel to take (repeatable; default: every topic)")
+    p.add_argument("--from-seq", type=int, default=None, metavar="SEQ",
+                   help="replay --channel's history from this seq first")
     p.add_argument("--results", action="store_true",
                    help='print each item finished as a JSON line: {"done": key, '
                    '"result": ...} or {"dead": key, "reason": ...}')
@@ -87,14 +96,20 @@ def _run_queue(args: argparse.Namespace) -> int:
     from posa.work.queue import WorkQueue  # loaded when the command runs
     from posa.work.sources import DirectorySource
     from posa.work.sqlitestore import SqliteStore
+    if args.directory and args.channel:
+        raise SystemExit("posa queue: give --directory or --channel, not both")
     auth = authenticator_from_args(args, args.name)   # a bad key file fails before the store opens
     store = SqliteStore(args.store, synchronous=args.sync.upper()) if args.store else None
-    source = DirectorySource(args.directory, args.pattern) if args.directory else None
+    source: Any = DirectorySource(args.directory, args.pattern) if args.directory else None
     with RegistryClient(args.dispatcher, authenticator=auth) as registry:
+        if args.channel:
+            from posa.work.channelsource import ChannelSource
+            source = ChannelSource(args.channel, topics=args.topic or [""], registry=registry,
+                                   from_seq=args.from_seq)
         queue = WorkQueue(args.name, registry=registry, listen=args.listen, store=store,
                           credential=args.credential, source=source, authenticator=auth,
                           visibility=args.visibility, max_attempts=args.max_attempts,
-                          capacity=args.capacity,
+                          capacity=args.capacity, refresh=0.0 if args.channel else 5.0,
                           on_done=_printer("done", "result") if args.results else None,
                           on_dead=_printer("dead", "reason") if args.results else None)
         try:
@@ -111,6 +126,8 @@ def _run_queue(args: argparse.Namespace) -> int:
                                              ready=lambda: print(announce, flush=True))
         finally:
             queue.close()
+            if args.channel:
+                source.close()
             if store is not None:
                 store.close()
 

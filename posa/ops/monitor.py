@@ -16,6 +16,9 @@ What a monitored object may offer (see docs/operations.md):
     listeners              transport listeners (address, rejections): their
                            refusals, posa_rejections_total{listener, reason}
     depths()               {queue: depth} -> posa_queue_depth{queue}
+    gauges()               {metric: value} -> posa_<metric>{name} (a gauge, or a
+                           counter if the metric ends in _total): a work queue's
+                           pending, in flight, dead, redelivered, oldest age
     registry, name, address(es)   health checks that the name is registered here
     names("**")            a registry: posa_registry_names
     peer                   a service wrapping a peer: the peer is read too, as
@@ -182,6 +185,10 @@ def _source_samples(source: Any) -> Iterator[tuple[str, dict[str, str], float]]:
     if callable(depths):
         for queue, depth in depths().items():
             yield "posa_queue_depth", {**who, "queue": str(queue)}, depth
+    gauges = getattr(source, "gauges", None)
+    if callable(gauges):
+        for metric, value in gauges().items():
+            yield f"posa_{_metric_part(metric)}", who, float(value)
     if callable(getattr(source, "names", None)) and hasattr(source, "lookup"):
         try:
             yield "posa_registry_names", who, float(len(source.names("**")))
@@ -206,6 +213,11 @@ _HELP = {
     "posa_requests_in_flight": ("gauge", "requests admitted and not yet answered"),
     "posa_queue_depth": ("gauge", "items waiting in a queue"),
     "posa_registry_names": ("gauge", "live registrations in a registry"),
+    "posa_queue_pending": ("gauge", "work-queue items waiting for a worker"),
+    "posa_queue_in_flight": ("gauge", "work-queue items leased to workers"),
+    "posa_queue_dead": ("gauge", "work-queue items given up (dead letters)"),
+    "posa_queue_oldest_age_seconds": ("gauge", "seconds the next item to hand out waited"),
+    "posa_queue_workers": ("gauge", "workers seen by a work queue lately"),
 }
 
 
@@ -219,6 +231,8 @@ def _family(metric: str) -> str:
 def _describe(family: str) -> tuple[str, str]:
     if family in _HELP:
         return _HELP[family]
+    if not family.endswith("_total"):
+        return "gauge", family[5:].replace("_", " ")
     return "counter", f"count of {family[5:-6].replace('_', ' ')}"
 
 

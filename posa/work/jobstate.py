@@ -19,6 +19,12 @@ threads under one lock; tests drive it directly with any order of events.
   deterministic per subtask, so the result is the same either way.
 - When there are fewer usable slaves than replicas wanted, the vote is taken
   over the answers that can still come (never fewer than one).
+- **Hedging**: a vote that needs fewer answers than there are replicas (``first``)
+  still sends every replica a copy: at once (``hedge=0``), or ``hedge`` seconds
+  after the subtask's first copy started (the master derives it from observed
+  times). The first answer decides; the copies still running are ignored when
+  they answer, and counted (``hedged``: extra copies sent; ``late``: answers
+  that came after the decision). ``hedge=None``: one copy only.
 
 Invariants (tested with hypothesis): a subtask is decided at most once; every
 decided subtask's value comes from an answer; the job finishes (decided or
@@ -126,6 +132,7 @@ class _Subtask:
     excluded: set[str]              # slaves whose work on it raised
     starts: dict[str, float]        # holder -> when it took the subtask
     attempts: int = 0               # failures of the work itself
+    opened: float | None = None     # when its first copy went out
     decided: bool = False
     value: Any = None
 
@@ -136,7 +143,7 @@ class JobState:
     def __init__(self, subtasks: Iterable[Any], slaves: Iterable[str], *,
                  replicas: int | None = 1, vote: Vote | None = None,
                  max_attempts: int = 3, backups: bool = True,
-                 backup_factor: float = 2.0) -> None:
+                 backup_factor: float = 2.0, hedge: float | None = 0.0) -> None:
         self.live: set[str] = set(slaves)
         if not self.live:
             raise ValueError("a job needs at least one slave")
@@ -147,6 +154,9 @@ class JobState:
         self.max_attempts = max_attempts
         self.backups = backups
         self.backup_factor = backup_factor
+        if hedge is not None and hedge < 0:
+            raise ValueError("hedge is a delay in seconds (0: at once) or None (no hedging)")
+        self.hedge = hedge
         self.tasks = [_Subtask(data, self.replicas, set(), [], set(), {}) for data in subtasks]
         self._durations: list[float] = []
         self._open = 0                              # every subtask before it is decided
@@ -156,6 +166,8 @@ class JobState:
         self.answered: dict[str, int] = {}
         self.reassigned = 0
         self.backup_runs = 0
+        self.hedged = 0                             # extra copies sent by hedging
+        self.late = 0                               # answers after the decision, ignored
         if not self.tasks:
             self.undecided = 0
 
@@ -192,7 +204,11 @@ class JobState:
             task = tasks[index]
             if task.decided or not self._may_take(task, slave):
                 continue
-            if len(task.answers) + len(task.holders) < self._wanted(task):
+            have = len(task.answers) + len(task.holders)
+            if have < self._wanted(task):
+                return self._hand(index, task, slave, now)
+            if have < self._copies(task, now):
+                self.hedged += 1
                 return self._hand(index, task, slave, now)
             if (ripe is not None and task.holders
                     and min(task.starts.values()) + ripe <= now
@@ -207,11 +223,19 @@ class JobState:
     def backup_due(self) -> float | None:
         """The earliest time at which a running subtask becomes due for a backup
         copy (None: no backups, no timings yet, or nothing running)."""
+        due = [t.opened + self.hedge for t in self.tasks
+               if self.hedge and t.opened is not None and not t.decided
+               and self.vote.needed(t.need) < t.need]
         ripe = self._backup_threshold()
-        if ripe is None:
-            return None
-        starts = [min(t.starts.values()) for t in self.tasks if not t.decided and t.starts]
-        return min(starts) + ripe if starts else None
+        if ripe is not None:
+            due += [min(t.starts.values()) + ripe for t in self.tasks
+                    if not t.decided and t.starts]
+        return min(due) if due else None
+
+    @property
+    def durations(self) -> list[float]:
+        """The times the answers of this job took, in arrival order."""
+        return list(self._durations)
 
     def succeeded(self, slave: str, index: int, value: Any, now: float) -> None:
         """``slave`` answered subtask ``index`` with ``value`` at ``now``."""
@@ -221,7 +245,8 @@ class JobState:
         if started is not None:
             self._durations.append(now - started)
         if task.decided or self.finished:
-            return                                  # a late backup or replica
+            self.late += 1                          # a late backup or replica: ignored
+            return
         task.answers.append((slave, value))
         self.answered[slave] = self.answered.get(slave, 0) + 1
         if len(task.answers) >= self.vote.needed(task.need):
@@ -261,6 +286,8 @@ class JobState:
     def _hand(self, index: int, task: _Subtask, slave: str, now: float) -> tuple[int, Any]:
         task.holders.add(slave)
         task.starts[slave] = now
+        if task.opened is None:
+            task.opened = now
         return index, task.data
 
     def _backup_threshold(self) -> float | None:
@@ -270,6 +297,15 @@ class JobState:
 
     def _wanted(self, task: _Subtask) -> int:
         return self.vote.needed(task.need)
+
+    def _copies(self, task: _Subtask, now: float) -> int:
+        """How many copies of ``task`` should be out by ``now``: its replicas once
+        the hedging delay has passed, else the answers its vote needs."""
+        if self.hedge is None:
+            return self._wanted(task)
+        if self.hedge > 0 and (task.opened is None or task.opened + self.hedge > now):
+            return self._wanted(task)
+        return task.need
 
     def _decide(self, index: int, task: _Subtask) -> None:
         try:

@@ -13,6 +13,13 @@ the master waits for all), redundancy (``replicas=r`` or ``None`` for all: the
 same subtask to several slaves, the answer by a vote — ``majority``, ``first``,
 ``Mean`` — and the dissenting slaves reported in the ``Outcome``).
 
+Hedging: with a vote that needs fewer answers than replicas (``first``), every
+replica gets a copy — at once (``hedge=0``, the default), after ``hedge``
+seconds, or after the given percentile of the recent subtask times
+(``hedge="p95"``) — and the first answer decides; later answers are ignored
+and counted (``Outcome.hedged``, ``metrics["ignored"]``). Slaves are not
+interrupted: a copy that lost the race finishes and its answer is dropped.
+
 Strategy: the master keeps *lanes*, one thread per slave (``per_slave`` if a
 slave computes several subtasks at once), each sending through a forwarder of
 its own, one request at a time. Lanes outlive a job, so connections are reused;
@@ -25,22 +32,21 @@ timeout.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from posa.delivery.sender import Sender
-from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.errors import Closed, NameNotFound, PosaError, Timeout, TransportError
 from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
-from posa.peer import DEFERRED, Peer
-from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 from posa.work.jobstate import JobState, Mean, Vote, first, majority
+from posa.work.slave import Slave
 
 __all__ = ["Slave", "Master", "Outcome", "split_chunks", "split_whole", "merge_concat",
            "merge_first", "majority", "first", "Mean"]
@@ -79,83 +85,12 @@ def merge_first(results: Sequence[Any]) -> Any:
     return results[0]
 
 
-# -- slave -------------------------------------------------------------------------
-class Slave:
-    """A named peer that computes subtasks: ``work(subtask) -> answer``.
-
-    Requests are handled on the reactor thread, which only hands the subtask to
-    one of ``threads`` worker threads and replies when it is done (so the
-    reactor never blocks). More than ``threads + backlog`` subtasks at once are
-    refused with ``Rejected``. An exception in ``work`` reaches the master as
-    ``RemoteError`` (or as itself, for a posa error)."""
-
-    def __init__(self, name: str, work: Callable[[Any], Any], *,
-                 registry: Registry | None = None, listen: str | None = None,
-                 threads: int = 1, backlog: int = 64) -> None:
-        self.work = work
-        self.limit = threads + backlog
-        self.stats = {"done": 0, "failed": 0}
-        self._lock = threading.Lock()
-        self._active = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix=f"posa-slave-{name}")
-        self.peer = Peer(name, registry=registry, listen=listen)
-        self.name = self.peer.name
-        self.peer.serve(self._handle)
-
-    def __enter__(self) -> Slave:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _handle(self, msg: Message) -> Any:
-        if msg.kind != Kind.REQUEST:
-            log.info("slave %s: ignoring a one-way message from %s; send requests",
-                     self.name, msg.sender)
-            return None
-        with self._lock:
-            if self._active >= self.limit:
-                raise Rejected(f"slave {self.name!r} has {self._active} subtasks in hand "
-                               "(its limit); retry later or start more slaves")
-            self._active += 1
-        self._pool.submit(self._compute, msg)
-        return DEFERRED
-
-    def _compute(self, msg: Message) -> None:
-        ok = False
-        try:
-            answer = self.work(msg.body)
-            ok = True
-        except Exception as exc:
-            log.info("slave %s: work raised on a subtask from %s: %r", self.name,
-                     msg.sender, exc)
-            answer = exc
-        finally:
-            with self._lock:
-                self._active -= 1
-                self.stats["done" if ok else "failed"] += 1
-        self._answer(msg, answer, ok)
-
-    def _answer(self, msg: Message, value: Any, ok: bool) -> None:
-        try:
-            if ok:
-                self.peer.reply(msg, value)
-            else:
-                self.peer.reply_error(msg, value)
-        except PosaError as exc:     # e.g. an answer that is not msgpack data
-            self.peer.reply_error(msg, exc)
-
-    def close(self) -> None:
-        """Finish the subtasks in hand, reply to them, close the peer."""
-        self._pool.shutdown(wait=True)
-        self.peer.close()
-
-
 # -- master ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
-    """A job's result and how it came about."""
+    """A job's result and how it came about. With ``partial=True`` and a deadline
+    that passed, ``result`` is None, ``missing`` names the undecided subtasks and
+    ``partial`` holds the decided ones (subtask index -> value)."""
 
     result: Any
     subtasks: int
@@ -164,6 +99,35 @@ class Outcome:
     backups: int = 0             # backup copies run for subtasks running elsewhere
     answers: dict[str, int] = field(default_factory=dict)           # slave -> answers
     elapsed: float = 0.0
+    hedged: int = 0              # extra copies sent by hedging (vote=first)
+    ignored: int = 0             # answers that came after their subtask was decided
+    missing: list[int] = field(default_factory=list)                # undecided subtasks
+    partial: dict[int, Any] = field(default_factory=dict)           # decided, if missing
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def _hedge_delay(hedge: float | str | None) -> Callable[[Sequence[float]], float | None]:
+    """``hedge`` as a function of the recent subtask times: the delay before the
+    other replicas' copies go out (0: at once, None: never)."""
+    if hedge is None or isinstance(hedge, (int, float)):
+        if hedge is not None and hedge < 0:
+            raise ValueError("hedge must be a delay in seconds >= 0, 'pNN' or None")
+        fixed = None if hedge is None else float(hedge)
+        return lambda times: fixed
+    if not (hedge.startswith("p") and hedge[1:].isdigit() and 0 < int(hedge[1:]) < 100):
+        raise ValueError(f"hedge={hedge!r}: give a delay in seconds, a percentile of "
+                         "the recent subtask times such as 'p95', or None")
+    rank = int(hedge[1:]) / 100
+
+    def percentile(times: Sequence[float]) -> float | None:
+        if not times:
+            return 0.0                   # nothing observed yet: hedge at once
+        ordered = sorted(times)
+        return ordered[min(len(ordered) - 1, int(rank * len(ordered)))]
+    return percentile
 
 
 class Master:
@@ -172,11 +136,13 @@ class Master:
 
     ``split(job, n_slaves) -> subtasks`` and ``merge(answers) -> result`` are
     the strategies; ``replicas`` (1, r, or None for every slave) and ``vote``
-    choose partition or redundancy. ``timeout`` bounds one subtask on one slave:
-    past it, the slave counts as dead. A subtask whose work raises is tried on
-    another slave, ``attempts`` times in all. ``on_progress(done, total)`` is
-    called as subtasks are decided; ``metrics`` holds the same and totals.
-    One job runs at a time per master (``run`` from several threads queues up).
+    choose partition or redundancy; ``hedge`` (seconds, ``"p95"`` or None) when
+    the other replicas of a ``first`` vote get their copies. ``timeout`` bounds
+    one subtask on one slave: past it, the slave counts as dead. A subtask whose
+    work raises is tried on another slave, ``attempts`` times in all.
+    ``on_progress(done, total)`` is called as subtasks are decided; ``metrics``
+    holds the same and totals. One job runs at a time per master (``run`` from
+    several threads queues up).
     """
 
     def __init__(self, slaves: str | Sequence[str] = "work/*", *,
@@ -185,7 +151,7 @@ class Master:
                  merge: Callable[[Sequence[Any]], Any] = merge_concat,
                  replicas: int | None = 1, vote: Vote | None = None,
                  timeout: float = 30.0, attempts: int = 3, per_slave: int = 1,
-                 backups: bool = True,
+                 backups: bool = True, hedge: float | str | None = 0.0,
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         self.slaves = slaves
         self.registry, _ = open_registry(registry)
@@ -197,15 +163,18 @@ class Master:
         self.attempts = attempts
         self.per_slave = per_slave
         self.backups = backups
+        self.hedge = _hedge_delay(hedge)
         self.on_progress = on_progress
         self.metrics: dict[str, Any] = {"jobs": 0, "done": 0, "total": 0,
-                                        "reassigned": 0, "backups": 0, "dissents": 0}
+                                        "reassigned": 0, "backups": 0, "dissents": 0,
+                                        "hedged": 0, "ignored": 0, "partial": 0}
         self.sender = Sender("", resolve=resolver(self.registry))
         self._cond = threading.Condition()
         self._job: JobState | None = None
         self._lanes: dict[str, list[threading.Thread]] = {}
         self._dead: dict[str, tuple[int, float]] = {}   # slave -> (epoch, until)
         self._registrations: dict[str, Registration] = {}
+        self._times: deque[float] = deque(maxlen=200)   # recent subtask times
         self._run_lock = threading.Lock()
         self._closed = False
 
@@ -221,47 +190,78 @@ class Master:
         failed it (a subtask that failed on every attempt, no majority ...)."""
         return self.execute(job, timeout=timeout).result
 
-    def execute(self, job: Any, *, timeout: float | None = None) -> Outcome:
-        """Like ``run``, with the details: dissenters, reassignments, backups."""
+    def execute(self, job: Any, *, timeout: float | None = None,
+                partial: bool = False) -> Outcome:
+        """Like ``run``, with the details: dissenters, reassignments, backups.
+        With ``partial``, a ``timeout`` that passes returns the subtasks decided
+        so far (``Outcome.partial``, ``Outcome.missing``) instead of raising."""
         with self._run_lock:
             if self._closed:
                 raise Closed("this master is closed")
             started = time.monotonic()
             deadline = None if timeout is None else started + timeout
             slaves = self._discover()
+            with self._cond:
+                delay = self.hedge(list(self._times))
             state = JobState(self.split(job, len(slaves)), slaves, replicas=self.replicas,
                              vote=self.vote, max_attempts=self.attempts,
-                             backups=self.backups)
-            total = len(state.tasks)
-            with self._cond:
-                self._job = state
-                for slave in slaves:
-                    self._ensure_lanes(slave)
-                self._cond.notify_all()
-                reported = -1
-                try:
-                    while not state.finished:
-                        done = state.progress()[0]
-                        if done != reported:
-                            reported = done
-                            self._report(done, total)
-                        wait = None if deadline is None else deadline - time.monotonic()
-                        if wait is not None and wait <= 0:
-                            raise Timeout(f"the job did not finish within {timeout} s: "
-                                          f"{done} of {total} subtasks decided")
-                        self._cond.wait(wait)
-                finally:
-                    self._job = None
-                results = state.results()
-            self._report(total, total)
-            m = self.metrics
-            m["jobs"] += 1
-            m["reassigned"] += state.reassigned
-            m["backups"] += state.backup_runs
-            m["dissents"] += sum(len(v) for v in state.dissenters.values())
-            return Outcome(self.merge(results), total, dict(state.dissenters),
-                           state.reassigned, state.backup_runs, dict(state.answered),
-                           time.monotonic() - started)
+                             backups=self.backups, hedge=delay)
+            timed_out = self._follow(state, slaves, deadline, timeout, partial)
+            with self._cond:                    # late answers may still come in
+                outcome = self._account(state, timed_out)
+                results = None if timed_out else state.results()
+            if results is None:
+                return replace(outcome, elapsed=time.monotonic() - started)
+            self._report(outcome.subtasks, outcome.subtasks)
+            return replace(outcome, result=self.merge(results),
+                           elapsed=time.monotonic() - started)
+
+    def _account(self, state: JobState, timed_out: bool) -> Outcome:
+        """Add a finished (or timed-out) job to ``metrics``; its outcome so far."""
+        m = self.metrics
+        m["jobs"] += 1
+        m["reassigned"] += state.reassigned
+        m["backups"] += state.backup_runs
+        m["hedged"] += state.hedged
+        m["dissents"] += sum(len(v) for v in state.dissenters.values())
+        outcome = Outcome(None, len(state.tasks), dict(state.dissenters), state.reassigned,
+                          state.backup_runs, dict(state.answered),
+                          hedged=state.hedged, ignored=state.late)
+        if not timed_out:
+            return outcome
+        m["partial"] += 1
+        decided = {i: t.value for i, t in enumerate(state.tasks) if t.decided}
+        return replace(outcome, partial=decided,
+                       missing=[i for i in range(len(state.tasks)) if i not in decided])
+
+    def _follow(self, state: JobState, slaves: list[str], deadline: float | None,
+                timeout: float | None, partial: bool) -> bool:
+        """Hand ``state`` to the lanes and wait until it is finished (False) or the
+        deadline passed (True with ``partial``, else ``Timeout``)."""
+        total = len(state.tasks)
+        with self._cond:
+            self._job = state
+            for slave in slaves:
+                self._ensure_lanes(slave)
+            self._cond.notify_all()
+            reported = -1
+            try:
+                while not state.finished:
+                    done = state.progress()[0]
+                    if done != reported:
+                        reported = done
+                        self._report(done, total)
+                    wait = None if deadline is None else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        if partial:
+                            return True
+                        raise Timeout(f"the job did not finish within {timeout} s: "
+                                      f"{done} of {total} subtasks decided (pass "
+                                      "partial=True to execute for what was decided)")
+                    self._cond.wait(wait)
+            finally:
+                self._job = None
+        return False
 
     def close(self) -> None:
         """Let the lanes finish their current request and end. Idempotent."""
@@ -324,6 +324,7 @@ class Master:
             while (taken := self._take(slave)) is not None:
                 state, index, subtask = taken
                 failure: PosaError | None = None
+                sent = time.monotonic()
                 try:
                     answer = self.sender.request(slave, subtask, timeout=self.timeout,
                                                  failfast=True).body
@@ -339,7 +340,10 @@ class Master:
                     failure = exc
                 with self._cond:
                     if failure is None:
-                        state.succeeded(slave, index, answer, time.monotonic())
+                        now, late = time.monotonic(), state.late
+                        self._times.append(now - sent)
+                        state.succeeded(slave, index, answer, now)
+                        self.metrics["ignored"] += state.late - late
                     else:
                         state.failed(slave, index, failure, dead=False)
                     self._cond.notify_all()

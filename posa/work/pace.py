@@ -3,7 +3,8 @@ many workers to run, and the metrics map built from them (sans-IO: the time is
 an argument).
 
 ``Pace`` is fed by the queue manager (``posa.work.queue``): ``saw(worker,
-now)`` at every request of a worker, ``review(now, done)`` from its timer. The
+now)`` at every request of a worker, ``review(now, state)`` from its timer
+(the advice follows the rates, the items waiting and the oldest one's age). The
 map ``metrics`` returns is the one ``WorkQueue.metrics()`` and the ``metrics``
 request answer (docs/work.md, "Progress").
 """
@@ -13,8 +14,9 @@ from collections import deque
 from typing import Any
 
 from posa.work.scaling import Recommendation, ScalingAdvisor
+from posa.work.state import WorkState
 
-__all__ = ["Pace", "ACTIVE"]
+__all__ = ["Pace", "ACTIVE", "gauges"]
 
 ACTIVE = 10.0           # a worker seen within this many seconds counts as active
 REVIEW = 1.0            # seconds between reviews of the rate and the advice
@@ -34,17 +36,18 @@ class Pace:
         """``worker`` asked for work at ``now``."""
         self.seen[worker] = now
 
-    def review(self, now: float, done: int) -> tuple[bool, Recommendation | None]:
-        """Once per ``REVIEW`` seconds: sample the rate (``done`` so far), forget
+    def review(self, now: float, state: WorkState) -> tuple[bool, Recommendation | None]:
+        """Once per ``REVIEW`` seconds: sample the rate (items done so far), forget
         workers idle for ``ACTIVE`` seconds and renew the advice. Returns whether
         it reviewed, and the new advice if the advised number of workers changed."""
         if now - self._reviewed_at < REVIEW:
             return False, None
         self._reviewed_at = now
-        self._samples.append((now, done))
+        self._samples.append((now, state.counters["done"]))
         for worker in [w for w, t in self.seen.items() if now - t > ACTIVE]:
             del self.seen[worker]
-        recommendation = self.advisor.recommend(len(self.seen), now)
+        recommendation = self.advisor.recommend(len(self.seen), now, pending=state.n_pending,
+                                                oldest=state.oldest_age(now))
         changed = self.advice is None or self.advice.workers != recommendation.workers
         self.advice = recommendation
         return True, recommendation if changed else None
@@ -60,9 +63,10 @@ class Pace:
             return (done - samples[0][1]) / (now - samples[0][0])
         return 0.0
 
-    def metrics(self, name: str, counts: dict[str, int], now: float, *, waiting: int,
+    def metrics(self, name: str, state: WorkState, now: float, *, waiting: int,
                 listed: bool) -> dict[str, Any]:
-        """The metrics map of a queue whose state counts are ``counts``."""
+        """The metrics map of a queue whose state is ``state``."""
+        counts = state.counts()
         total, done = counts["total"], counts["done"]
         return {
             "name": name, "total": total, "done": done,
@@ -70,9 +74,23 @@ class Pace:
             "dead": counts["dead"], "failed": counts["failed"],
             "expired": counts["expired"], "redelivered": counts["redelivered"],
             "duplicates": counts["duplicate_adds"] + counts["duplicate_acks"],
+            "oldest_age": state.oldest_age(now),
             "workers": self.workers(now), "waiting": waiting,
             "rate": self.rate(now, done),
             "progress": (done + counts["dead"]) / total if total else 0.0,
             "listed": listed,
             "scaling": self.advice.as_dict() if self.advice is not None else None,
         }
+
+
+# the queue's numbers exported by posa.ops.Monitor (its ``gauges`` hook): metric ->
+# the key of the metrics map; a name ending in _total is a counter
+GAUGES = {"queue_pending": "pending", "queue_in_flight": "in_flight",
+          "queue_dead": "dead", "queue_redelivered_total": "redelivered",
+          "queue_oldest_age_seconds": "oldest_age", "queue_done_total": "done",
+          "queue_workers": "workers"}
+
+
+def gauges(metrics: dict[str, Any]) -> dict[str, float]:
+    """The queue's numbers for ``/metrics`` from its metrics map."""
+    return {metric: float(metrics[key]) for metric, key in GAUGES.items()}

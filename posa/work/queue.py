@@ -23,12 +23,11 @@ new items are refused with ``Rejected``, nothing more is handed out, workers'
 acknowledgements are still taken until ``in_flight()`` is 0.
 
 Strategy: the state is touched under one lock, briefly, by the request handler
-(on the reactor thread), by the reactor timer that expires leases and held
-requests, and by the source's feeder thread; the store is written under the
-same lock, replies and user callbacks run after it is released. Completion is
-idempotent (the first acknowledgement of a key wins), so a worker that dies
-after finishing but before acknowledging costs a second execution, never a
-second completion.
+(reactor thread), the reactor timer (leases, held requests) and the source's
+feeder thread; the store is written under the same lock, replies and callbacks
+run after it. Completion is idempotent (the first acknowledgement of a key
+wins): a worker that dies after finishing but before acknowledging costs a
+second execution, never a second completion. ``gauges()`` feeds ``/metrics``.
 """
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -45,7 +44,7 @@ from posa.naming.registration import Registry
 from posa.peer import DEFERRED, Peer
 from posa.wire.codec import Message
 from posa.work.held import Held, lease_rows
-from posa.work.pace import Pace
+from posa.work.pace import Pace, gauges
 from posa.work.progress import finished, render_progress
 from posa.work.protocol import MAX_ITEMS, MAX_WAIT, QUEUE, items_reply
 from posa.work.scaling import Recommendation, ScalingAdvisor
@@ -194,8 +193,7 @@ class WorkQueue:
 
     def in_flight(self) -> int:
         """Items leased to workers now (a drain waits for them to be acknowledged)."""
-        with self._lock:
-            return self.state.n_leased
+        return self.state.n_leased          # (one int read: no lock needed)
 
     def close(self) -> None:
         """Answer held requests, close the peer and the store (items leased stay
@@ -330,7 +328,7 @@ class WorkQueue:
                 if self.state.status(key) is None and self.state.room() <= 0:
                     break
                 accepted += 1
-                if self.state.add(key, data):
+                if self.state.add(key, data, now):
                     added.append(key)
                     self.advisor.observe_arrival(now)
             replies = self._serve_held_locked(now) if added else []
@@ -376,14 +374,14 @@ class WorkQueue:
             if self._closed:
                 return
             expired = self.state.expire(now)
-            dead = [(str(key), self._last_reason(key)) for key, outcome in expired
-                    if outcome == DEAD]
+            dead = [(str(key), getattr(self.state.dead_letter(key), "reason", "lease expired"))
+                    for key, outcome in expired if outcome == DEAD]
             replies = self._serve_held_locked(now) if self._held else []
             try:
                 self._commit_locked()
             except PosaError:
                 log.exception("queue %s: expired leases not stored", self.name)
-            reviewed, advice = self.pace.review(now, self.state.counters["done"])
+            reviewed, advice = self.pace.review(now, self.state)
             if expired or replies or reviewed:
                 self._changed.notify_all()
         self._after([], replies, dead)
@@ -392,9 +390,10 @@ class WorkQueue:
                      advice.reason)
             self._call(self.on_scale, advice)
 
-    def _last_reason(self, key: Hashable) -> str:
-        return getattr(self.state.dead_letter(key), "reason", "lease expired")
-
     def _metrics_locked(self, now: float) -> dict[str, Any]:
-        return self.pace.metrics(self.name, self.state.counts(), now,
-                                 waiting=len(self._held), listed=self._listed)
+        return self.pace.metrics(self.name, self.state, now, waiting=len(self._held),
+                                 listed=self._listed)
+
+    def gauges(self) -> dict[str, float]:
+        """pending, in flight, dead, redelivered, oldest age ... for ``/metrics``."""
+        return gauges(self.metrics())

@@ -8,7 +8,9 @@ runs them on a thread of its own, never on the reactor. It lists the source
 every ``refresh`` seconds, fetches only keys the queue does not know (held,
 completed and remembered, or dead), waits while the queue is full, and tells
 the queue once the first listing is through (``join`` waits for that). A
-listing or fetch that raises is logged and retried at the next refresh.
+listing or fetch that raises is logged and retried at the next refresh. A source
+that holds its items (``posa.work.channelsource``) may offer ``forget(key)``:
+called for a key the queue already knows.
 """
 from __future__ import annotations
 
@@ -113,8 +115,13 @@ class Feeder:
             log.exception("queue %s: listing the source failed; retrying in %s s",
                           name, self.refresh)
             return
+        forget = getattr(self.source, "forget", None)   # a source that holds items
         for key in keys:
-            if self._stop.is_set() or not self._wants(key):
+            if self._stop.is_set():
+                return
+            if not self._wants(key):
+                if forget is not None:
+                    forget(key)
                 continue                     # known: queued, done or dead
             try:
                 data = self.source.fetch(key)

@@ -66,10 +66,11 @@ class Lease(NamedTuple):
 
 
 class _Item:
-    __slots__ = ("data", "status", "token", "attempts", "deadline", "worker")
+    __slots__ = ("data", "status", "token", "attempts", "deadline", "worker", "since")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, since: float = 0.0) -> None:
         self.data = data
+        self.since = since          # when it was added (or restored)
         self.status = PENDING
         self.token = 0
         self.attempts = 0
@@ -136,7 +137,7 @@ class WorkState:
             raise ValueError("restore needs an empty state")
         top = 0
         for key, data, attempts, token, worker in snapshot.items:
-            item = self._items[key] = _Item(data)
+            item = self._items[key] = _Item(data, now)
             item.attempts, item.token = attempts, token
             top = max(top, token)
             if worker:
@@ -189,23 +190,34 @@ class WorkState:
             heapq.heappop(heap)
         return None
 
+    def oldest_age(self, now: float) -> float:
+        """Seconds the item at the head of the pending queue (the next to be handed
+        out) has waited since it was added or restored; 0.0 with nothing pending."""
+        pending, items = self._pending, self._items
+        while pending:
+            item = items.get(pending[0])
+            if item is not None and item.status == PENDING:
+                return max(0.0, now - item.since)
+            pending.popleft()                       # stale entry (lazy deletion)
+        return 0.0
+
     def counts(self) -> dict[str, int]:
         """pending, leased, done, dead, total (= added) and the event counters."""
         return {"pending": self.n_pending, "leased": self.n_leased,
                 "total": self.counters["added"], **self.counters}
 
     # -- events ------------------------------------------------------------------
-    def add(self, key: Hashable, data: Any = None) -> bool:
-        """Queue a new item. False (and nothing changes) if ``key`` is known:
-        held now, or finished and still remembered. Raises ``Rejected`` when the
-        queue is at capacity."""
+    def add(self, key: Hashable, data: Any = None, now: float = 0.0) -> bool:
+        """Queue a new item (added at ``now``). False (and nothing changes) if ``key``
+        is known: held now, or finished and still remembered. Raises ``Rejected``
+        when the queue is at capacity."""
         if key in self._items or key in self._finished:
             self.counters["duplicate_adds"] += 1
             return False
         if self.room() <= 0:
             raise Rejected(f"the work queue holds {self.capacity} items (its capacity); "
                            "retry when workers have caught up, or raise capacity")
-        self._items[key] = _Item(data)
+        self._items[key] = _Item(data, now)
         self._pending.append(key)
         self.n_pending += 1
         self.counters["added"] += 1

@@ -1,0 +1,159 @@
+"""The work patterns under asyncio: ``AsyncWorker``, ``AsyncSlave``, ``AsyncMaster``,
+``submit_async`` and ``gather_async``.
+
+The same approach as the event channel's (``posa.channel.aio``): each wraps the
+blocking object, whose threads do the waiting, and a call that would block the
+loop (closing, a whole job) runs on a worker thread of the wrapper's own. A
+``work`` given as a coroutine function runs on the event loop: the worker's or
+slave's thread hands each item to the loop and waits for its result, so the
+work may await anything the loop serves (a ``posa.aio.Peer``, a database
+driver). ``submit_async`` and ``gather_async`` send through a
+``posa.aio.Peer``: their requests are driven by the loop itself.
+
+Not yet for asyncio: ``Pipeline`` and ``WorkQueue`` itself (a queue manager
+runs on posa's reactor and is not called per item; create it as it is).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from posa.errors import Timeout
+from posa.work.gather import AsyncRequester, gather_async
+from posa.work.masterslave import Master, Outcome
+from posa.work.protocol import QUEUE
+from posa.work.slave import Slave
+from posa.work.worker import Worker
+
+__all__ = ["AsyncWorker", "AsyncSlave", "AsyncMaster", "submit_async", "gather_async"]
+
+
+def on_loop(work: Callable[[Any], Any], loop: asyncio.AbstractEventLoop
+            ) -> Callable[[Any], Any]:
+    """``work`` for a worker thread: a coroutine function runs on ``loop``."""
+    if not inspect.iscoroutinefunction(work):
+        return work
+
+    def run(value: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(work(value), loop).result()
+    return run
+
+
+class _Wrapper:
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="posa-aio-work")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self._loop.run_in_executor(
+            self._worker, functools.partial(fn, *args, **kwargs))
+
+    async def _shutdown(self, close: Callable[[], Any]) -> None:
+        try:
+            await self._run(close)
+        finally:
+            self._worker.shutdown(wait=False)
+
+
+class AsyncWorker(_Wrapper):
+    """``posa.Worker`` for asyncio; ``work`` may be a coroutine function."""
+
+    def __init__(self, name: str, queue: str, work: Callable[[Any], Any],
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self.sync = Worker(name, queue, on_loop(work, self._loop), **kwargs)
+
+    def start(self) -> AsyncWorker:
+        self.sync.start()
+        return self
+
+    def in_flight(self) -> int:
+        return self.sync.in_flight()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        await self._shutdown(functools.partial(self.sync.close, timeout))
+
+    async def __aenter__(self) -> AsyncWorker:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncSlave(_Wrapper):
+    """``posa.Slave`` for asyncio; ``work`` may be a coroutine function."""
+
+    def __init__(self, name: str, work: Callable[[Any], Any], **kwargs: Any) -> None:
+        super().__init__()
+        self.sync = Slave(name, on_loop(work, self._loop), **kwargs)
+        self.name = self.sync.name
+
+    async def close(self) -> None:
+        await self._shutdown(self.sync.close)
+
+    async def __aenter__(self) -> AsyncSlave:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncMaster(_Wrapper):
+    """``posa.Master`` for asyncio: ``await run(job)``; jobs queue up as with
+    the blocking master (one at a time)."""
+
+    def __init__(self, slaves: Any = "work/*", **kwargs: Any) -> None:
+        super().__init__()
+        self.sync = Master(slaves, **kwargs)
+
+    async def run(self, job: Any, *, timeout: float | None = None) -> Any:
+        return await self._run(self.sync.run, job, timeout=timeout)
+
+    async def execute(self, job: Any, *, timeout: float | None = None,
+                      partial: bool = False) -> Outcome:
+        outcome: Outcome = await self._run(self.sync.execute, job, timeout=timeout,
+                                           partial=partial)
+        return outcome
+
+    async def close(self) -> None:
+        await self._shutdown(self.sync.close)
+
+    async def __aenter__(self) -> AsyncMaster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def submit_async(peer: AsyncRequester, queue: str,
+                       items: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
+                       timeout: float = 30.0, batch: int = 500) -> int:
+    """``posa.submit`` from a ``posa.aio.Peer``: returns how many items were new;
+    waits (as a task) while the queue is full; ``Timeout`` past ``timeout``."""
+    pairs = [[key, data] for key, data in
+             (items.items() if isinstance(items, Mapping) else items)]
+    deadline = time.monotonic() + timeout
+    added = sent = 0
+    delay = 0.01
+    while sent < len(pairs):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"{queue!r} accepted {sent} of {len(pairs)} items within "
+                          f"{timeout} s; it is full: add workers or raise its capacity")
+        chunk = pairs[sent:sent + batch]
+        reply = await peer.request(queue, QUEUE.request("put", items=chunk),
+                                   timeout=remaining)
+        sent += reply["accepted"]
+        added += reply["added"]
+        if reply["accepted"] < len(chunk):
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+        else:
+            delay = 0.01
+    return added
