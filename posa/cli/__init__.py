@@ -66,9 +66,9 @@ EXITS: tuple[tuple[int, str], ...] = (
 
 # the command groups, in the order ``posa --help`` lists them
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.talk", "posa.cli.gather",
-           "posa.cli.reply", "posa.cli.events", "posa.cli.top", "posa.cli.channel", "posa.cli.queue",
-           "posa.cli.worker", "posa.cli.keys", "posa.cli.context", "posa.cli.completion",
-           "posa.cli.gateway")
+           "posa.cli.reply", "posa.cli.events", "posa.cli.top", "posa.cli.channel",
+           "posa.cli.queue", "posa.cli.worker", "posa.cli.keys", "posa.cli.context",
+           "posa.cli.completion", "posa.cli.gateway")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),

@@ -151,8 +151,7 @@ def _add_autoscale(subparsers: Any) -> None:
                    help="seconds between decisions (default 1)")
     p.add_argument("--timeout", type=float, default=None,
                    help="passed to each `posa worker`: seconds one run of COMMAND may take")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
                    help="the program each worker runs per item, after --")
     add_ops_arguments(p)
