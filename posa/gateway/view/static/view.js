@@ -70,12 +70,14 @@
 
   function renderNames() {
     const filter = document.getElementById("filter").value.trim();
-    const keys = [...names.keys()].sort().filter(n => !filter || n.includes(filter));
+    const internal = document.getElementById("internal").checked;
+    const keys = [...names.keys()].sort().filter(n => (internal || !n.startsWith("_posa/"))
+                                                   && (!filter || n.includes(filter)));
     rows("#names", keys, name => {
       const e = names.get(name), tr = el("tr");
       tr.dataset.name = name; tr.dataset.epoch = e.epoch; tr.dataset.transport = e.transport;
       if (isFresh("name:" + name)) tr.className = "fresh";
-      tr.appendChild(el("td", name, "mono"));
+      const who = el("td", name, "mono"); who.title = name; tr.appendChild(who);
       const t = el("td"); t.appendChild(el("span", e.transport, "tag " + e.transport)); tr.appendChild(t);
       const where = el("td", e.address, "mono");
       where.title = e.addresses.join("\n"); tr.appendChild(where);
@@ -149,11 +151,11 @@
   function render() {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => {
+    setTimeout(() => {        // at most 20 renders a second, also in a hidden tab
       pending = false;
       renderNames(); renderTables(); renderLog(); renderCounts();
       document.body.dataset.updated = String(Date.now());
-    });
+    }, 50);
   }
 
   function connect() {
@@ -170,6 +172,7 @@
   }
 
   document.getElementById("filter").addEventListener("input", render);
+  document.getElementById("internal").addEventListener("change", render);
   setInterval(render, 1000);      // lease left counts down; "x s ago" moves on
   connect();
 })();
