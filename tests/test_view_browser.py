@@ -211,8 +211,8 @@ def test_netagents_web_draws_the_network_and_follows_it(chromium: Chromium,
         url = ""
         while not url:
             line = demo.line(60)
-            if line.startswith("web view at "):
-                url = line.split()[-1]
+            if "web view at " in line:
+                url = line.split("web view at ")[1].split()[0].rstrip("/")
         asyncio.run(_watch_the_demo(chromium, url, tmp_path))
         demo.popen.send_signal(signal.SIGTERM)
         out, err = demo.popen.communicate(timeout=60)
@@ -233,17 +233,18 @@ async def _watch_the_demo(chromium: Chromium, url: str, tmp_path: Path) -> None:
             ".map(n => n.dataset.router).sort()", "the demo's routers")
         assert routers == [f"site-{s}/r{i}" for s in "ab" for i in range(1, 5)]
         assert await page.evaluate(
-            "document.querySelectorAll('#graph line.link.down').length") == 0
+            "document.querySelectorAll('#graph .link.down').length") == 0
         down = await page.wait_for(
-            "[...document.querySelectorAll('#graph line.link.down')].map(l => l.dataset.link)",
+            "[...document.querySelectorAll('#graph .link.down')].map(l => l.dataset.link)",
             "a link going down")
         assert len(down) >= 1
         await page.wait_for("document.querySelector('#graph [data-router].migrated')",
                             "the agent that migrated", timeout=60)
         await page.wait_for("document.querySelector('#alerts li[data-topic=\"route/changed\"]')",
                             "routes changing")
-        await page.wait_for("document.body.dataset.finished", "the end of the run", 60)
         await page.screenshot(tmp_path / "netagents.png")
+        await page.wait_for("document.body.dataset.finished === 'ok'", "the end of the run", 60)
+        await page.screenshot(tmp_path / "netagents-end.png")
         assert page.errors == [], page.errors
         await page.ws.close()
 
