@@ -108,6 +108,8 @@ class Feed:
             await response.write(_message(first))
             await self._stream(viewer, response)
             return response
+        except ConnectionResetError:       # the browser went away: nothing to answer
+            return response
         finally:
             with self.lock:
                 self._viewers.discard(viewer)

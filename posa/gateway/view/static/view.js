@@ -36,11 +36,13 @@
         for (const q of update.queues) queues.set(q.name, q);
         log = update.log.slice();
         break;
-      case "name":
-        if (update.entry) names.set(update.name, Object.assign(update.entry, {received: performance.now()}));
+      case "name": {
+        const old = names.get(update.name), now = update.entry;
+        if (now) names.set(update.name, Object.assign(now, {received: performance.now()}));
         else names.delete(update.name);
-        mark("name:" + update.name);
-        break;
+        if (!old || !now || old.epoch !== now.epoch || old.address !== now.address) mark("name:" + update.name);
+        break;    // a renewed lease is no news
+      }
       case "service":
         if (update.servers.length) services.set(update.service, update.servers);
         else services.delete(update.service);
@@ -85,7 +87,7 @@
       tr.appendChild(el("td", e.epoch, "num"));
       const left = leaseLeft(e);
       tr.appendChild(el("td", left.toFixed(1) + " s", "num lease" + (left < e.lease / 4 ? " low" : "")));
-      tr.appendChild(el("td", e.service || ""));
+      const service = el("td", e.service || ""); service.title = e.service || ""; tr.appendChild(service);
       return tr;
     });
   }
@@ -95,7 +97,8 @@
       const tr = el("tr"), servers = services.get(s);
       tr.dataset.service = s;
       if (isFresh("service:" + s)) tr.className = "fresh";
-      tr.append(el("td", s, "mono"), el("td", servers.length, "num"), el("td", servers.join(", "), "mono"));
+      const all = el("td", servers.join(", "), "mono"); all.title = servers.join("\n");
+      tr.append(el("td", s, "mono"), el("td", servers.length, "num"), all);
       return tr;
     });
     rows("#channels", [...channels.keys()].sort(), c => {
@@ -121,8 +124,10 @@
   function renderLog() {
     const list = document.getElementById("log"), frag = document.createDocumentFragment();
     const now = serverTime();
+    const internal = document.getElementById("internal").checked;
     for (let i = log.length - 1; i >= 0; i--) {
       const e = log[i], li = el("li");
+      if (!internal && e.name.startsWith("_posa/")) continue;
       li.dataset.kind = e.kind; li.dataset.name = e.name;
       if (isFresh("log:" + e.seq)) li.className = "fresh";
       li.append(el("span", ago(now - e.at), "when"), el("span", e.kind, "kind " + e.kind),
@@ -140,7 +145,9 @@
   function renderCounts() {
     const c = document.getElementById("counts");
     c.replaceChildren();
-    const parts = [[names.size, "names"], [services.size, "services"], [channels.size, "channels"],
+    const internal = document.getElementById("internal").checked;
+    const shown = [...names.keys()].filter(n => internal || !n.startsWith("_posa/")).length;
+    const parts = [[shown, "names"], [services.size, "services"], [channels.size, "channels"],
                    [queues.size, "queues"]];
     parts.forEach(([n, what], i) => {
       c.append(el("b", n), " " + what + (i < parts.length - 1 ? " · " : ""));
