@@ -43,7 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .allinone import run
     if not args.web:
         return run(seed=args.seed, pace=args.pace)
-    from .web import WebView
+    try:
+        from .web import WebView
+    except ImportError as exc:
+        print(f"--web needs aiohttp ({exc}): pip install 'posa-messaging[gateway]'",
+              file=sys.stderr)
+        return 2
     return run(seed=args.seed, pace=args.pace,
                view=lambda network, out: WebView(network, port=args.port, out=out))
 

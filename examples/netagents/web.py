@@ -71,8 +71,8 @@ class NetBoard:
             entry = {**old, "live": False}
         else:
             address = registration.addresses[0]
-            moved = old is not None and old["live"] and registration.epoch > old["epoch"] \
-                and address != old["address"]
+            moved = old is not None and registration.epoch > old["epoch"] \
+                and address != old["address"]     # in this process, or handed over
             entry = {"router": router, "address": address, "live": True,
                      "transport": address.partition("://")[0], "epoch": registration.epoch,
                      "migrated": moved or bool(old and old.get("migrated"))}
@@ -90,6 +90,9 @@ class NetBoard:
                 link.update(up=topic != "link/down",
                             weight=body.get("weight", link["weight"]))
                 updates.append({"type": "link", "key": key, **link})
+        elif topic == "agent/migrated" and router in self.agents:
+            self.agents[router]["migrated"] = True
+            updates.append({"type": "agent", **self.agents[router]})
         elif topic == "route/changed":
             table = self.routes.setdefault(router, {})
             for dest, _old, new in body.get("changes") or []:
