@@ -59,7 +59,7 @@ class ViewServer:
             return
         self._started.set()
         self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.run_until_complete(self._stop())
         self._loop.close()
 
     async def _start(self) -> None:
@@ -69,6 +69,15 @@ class ViewServer:
         for address in self._runner.addresses:
             self.port = int(address[1])
             break
+
+    async def _stop(self) -> None:
+        """Stop listening, then end what is left (open event streams) before the loop
+        closes."""
+        await self._runner.cleanup()
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     def close(self) -> None:
         if self._thread.is_alive() and not self._loop.is_closed():
