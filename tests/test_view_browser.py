@@ -209,10 +209,12 @@ def test_netagents_web_draws_the_network_and_follows_it(chromium: Chromium,
                  "--pace", "0.5"])
     try:
         url = ""
-        while not url:
+        for _ in range(100):        # the address comes within the first lines
             line = demo.line(60)
             if "web view at " in line:
                 url = line.split("web view at ")[1].split()[0].rstrip("/")
+                break
+        assert url, "the demo did not say where its page is"
         asyncio.run(_watch_the_demo(chromium, url, tmp_path))
         demo.popen.send_signal(signal.SIGTERM)
         out, err = demo.popen.communicate(timeout=60)
