@@ -41,7 +41,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 
 
 # the command groups, in the order ``posa --help`` lists them
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.channel", "posa.cli.queue",
-           "posa.cli.worker", "posa.cli.keys")
+           "posa.cli.worker", "posa.cli.keys", "posa.cli.view")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),

@@ -7,7 +7,7 @@ and a running log of migrations and failovers, in a browser, live.
 ``add_routes(app, registry=...)``   mount it on an aiohttp application at
                                     ``/view/`` (``posa gateway`` does)
 ``serve(registry=..., port=...)``   a server of its own, on its own thread
-                                    (``python -m posa.gateway.view``)
+                                    (``posa view``, ``python -m posa.gateway.view``)
 ``ViewState``                       what the page shows, as a sans-IO model
 ``Feed``                            a snapshot, then live updates, to browsers
                                     over Server-Sent Events (thread-safe)

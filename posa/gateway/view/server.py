@@ -38,9 +38,11 @@ class ViewServer:
         self._thread = threading.Thread(target=self._run, name="posa-web-view", daemon=True)
         self._thread.start()
         self._started.wait(30.0)
-        if self._error is not None:
+        if isinstance(self._error, OSError):
             raise PosaError(f"the web view cannot listen on {host}:{port}: "
                             f"{self._error}; choose another port") from self._error
+        if self._error is not None:
+            raise PosaError(f"the web view did not start: {self._error}") from self._error
         if not self._started.is_set():
             raise PosaError("the web view did not start within 30 s")
 
