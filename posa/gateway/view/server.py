@@ -57,6 +57,8 @@ class ViewServer:
             self._loop.run_until_complete(self._start())
         except BaseException as exc:        # reported to the constructor
             self._error = exc
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
             self._started.set()
             return
         self._started.set()
