@@ -119,12 +119,12 @@ def test_policy_invariants(ops: list[tuple[object, ...]]) -> None:
             shed, refused = h.make_room(source, now)
             for key, cause in shed:
                 framed, started = before[key]
-                assert started is None, "a connection inside a frame was evicted"
                 assert key != "good"
-                if cause == "evicted-unframed":
-                    assert not framed
+                if cause == "evicted-unframed":     # never completed a frame: the
+                    assert not framed               # first may be under way (slowloris)
                 else:
                     assert cause == "evicted-idle" and framed
+                    assert started is None, "a connection inside a frame was evicted"
             if shed and shed[-1][1] == "evicted-idle" and len(before) >= limits.max_connections:
                 assert not [k for k in unframed if k not in dict(shed)], \
                     "an idle connection was evicted while a stalled one remained"

@@ -258,6 +258,26 @@ def test_a_reconnect_resumes_the_tls_session(pki: Pki, opened: Callable[..., obj
     assert again.session_reused is True
 
 
+def test_a_session_is_offered_only_under_the_context_it_was_made_in(
+        pki: Pki, opened: Callable[..., object]) -> None:
+    """The context cache may build a new client context for the same settings (an
+    eviction, or two threads racing to build the first): a session kept from the
+    old one is not offered to it (OpenSSL refused it with "Session refers to a
+    different SSLContext" and the connect failed)."""
+    from posa.transport.tls import settings as tls_settings
+    served = serving(opened, pki.listening())
+    settings = pki.client()
+    first = transport.connect(served.listener.address, Options(tls=settings))
+    first.send(b"1")
+    assert first.recv(WAIT) == b"echo:1"
+    first.close()
+    tls_settings._client_context.cache_clear()      # the next connect: a new context
+    again = opened(transport.connect(served.listener.address, Options(tls=settings)))
+    again.send(b"2")
+    assert again.recv(WAIT) == b"echo:2"
+    assert again.session_reused is False
+
+
 # --------------------------------------------------------------------------- on the wire
 
 class Relay:

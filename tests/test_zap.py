@@ -96,3 +96,28 @@ def test_a_client_key_pair_must_be_whole() -> None:
     public, _ = keypair()
     with pytest.raises(TransportError, match="both client_public and client_secret"):
         Curve(public, client_public=public)
+
+
+@pytest.mark.parametrize("high_water_mark", [1, 1000])
+def test_a_plain_listener_still_takes_any_client_beside_a_zap_handler(
+        server: tuple[bytes, bytes], high_water_mark: int) -> None:
+    """Plain (NULL) listeners name a ZAP domain of their own to refuse ZMTP 1.0
+    peers; once the process runs a ZAP handler for an allowlist, that handler is
+    asked about them too and must let them through, whatever their queue size
+    (at RCVHWM 1 libzmq never delivered the first frame)."""
+    guarded = ZmqTransport(Curve(*server, clients=[keypair()[0]])).listen(
+        "zmq+tcp://127.0.0.1:0", OPTIONS)          # the process now runs a ZAP handler
+    plain = ZmqTransport().listen("zmq+tcp://127.0.0.1:0",
+                                  Options(send_timeout=0.5, high_water_mark=high_water_mark))
+    other = zmq.Context()                          # a client of another process, in effect
+    client = other.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(plain.address.removeprefix("zmq+"))
+    try:
+        client.send(b"no keys at all")
+        assert plain.recv(timeout=10)[1] == b"no keys at all"
+        assert sum(plain.rejections.values()) == 0, dict(plain.rejections)
+    finally:
+        other.destroy(linger=0)
+        plain.close()
+        guarded.close()

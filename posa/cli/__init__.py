@@ -10,6 +10,7 @@
     posa worker --queue NAME -- COMMAND ARGS...        a program run per item of a queue
     posa progress QUEUE --dispatcher ADDR              a work queue's progress
     posa keygen KEY-ID [--file FILE]                   a new secret key
+    posa gateway --listen http://127.0.0.1:8080        posa over HTTP/JSON
 
 Exit codes: 0 success, 1 a posa error, 2 bad usage, 3 name not found,
 4 timeout, 5 unauthorized (refused, or an answer that cannot be verified: the
@@ -18,7 +19,7 @@ Every command that talks to posa takes ``--keys FILE``/``--key-id ID``
 (``POSA_KEYS``/``POSA_KEY_ID``; ``posa.cli.options``).
 
 One module per command group (``dispatcher``, ``names``, ``keys``, ``channel``,
-``queue``, ``worker``), each with ``add_parser(subparsers)`` that sets ``run`` on its
+``queue``, ``worker``, ``gateway``), each with ``add_parser(subparsers)`` that sets ``run`` on its
 subcommands; this package builds the parser from them, runs the chosen
 command, and maps posa's errors to the exit codes.  The groups are imported
 when the parser is built, so importing ``posa.cli`` (or one group) is cheap and
@@ -41,7 +42,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_UNAUTHORIZED = 1, 2, 
 
 # the command groups, in the order ``posa --help`` lists them
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.channel", "posa.cli.queue",
-           "posa.cli.worker", "posa.cli.keys", "posa.cli.view")
+           "posa.cli.worker", "posa.cli.keys", "posa.cli.gateway", "posa.cli.view")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),

@@ -11,7 +11,7 @@ What a monitored object may offer (see docs/operations.md):
                            received/sent, else posa_<event>_total
     rejections             Counter -> posa_rejections_total{reason}, with
                            listener=<address> if the object has an address
-                           (a listener, the ops server)
+                           and no name (the ops server)
     gatekeeper             its rejections and in_flight are read too
     listeners              transport listeners (address, rejections): their
                            refusals, posa_rejections_total{listener, reason}
@@ -129,11 +129,15 @@ def _source_samples(source: Any) -> Iterator[tuple[str, dict[str, str], float]]:
         for key, value in list(stats.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield _STAT_NAMES.get(key, f"posa_{_metric_part(key)}_total"), who, value
-    for holder in (source, getattr(source, "gatekeeper", None), *_listeners(source)):
+    listeners = _listeners(source)
+    for holder in (source, getattr(source, "gatekeeper", None), *listeners):
         rejections = getattr(holder, "rejections", None)
         if isinstance(rejections, Mapping):
+            # a listener's refusals carry its address; a named service's own
+            # (a dispatcher's quota refusals) are not a listener's
             address = getattr(holder, "address", None)
-            where = {"listener": address} if isinstance(address, str) else {}
+            listening = holder in listeners or (holder is source and not who)
+            where = {"listener": address} if listening and isinstance(address, str) else {}
             for reason, count in list(rejections.items()):
                 yield "posa_rejections_total", {**who, **where, "reason": str(reason)}, count
     count = in_flight_counter(source)

@@ -24,7 +24,7 @@ from posa.transport.base import Options
 from posa.transport.tcp.address import format_address, parse_address
 from posa.transport.tcp.connection import TcpConnection
 from posa.transport.tcp.listener import TcpListener
-from posa.transport.tcp.sockets import error_text
+from posa.transport.tcp.sockets import dial, error_text
 
 __all__ = ["TcpTransport", "TcpListener", "TcpConnection", "parse_address",
            "format_address"]
@@ -68,21 +68,7 @@ class TcpTransport:
         """Connect to the listener at ``address``, waiting at most
         ``send_timeout``. Raises ``TransportError``."""
         host, port = parse_address(address)
-        try:
-            sock = socket.create_connection((host, port), timeout=options.send_timeout)
-        except ConnectionRefusedError:
-            raise TransportError(f"cannot connect to {address}: connection refused; "
-                                 "is a posa peer listening there?") from None
-        except socket.gaierror as exc:
-            raise TransportError(f"cannot connect to {address}: host {host!r} does "
-                                 f"not resolve ({error_text(exc)})") from None
-        except TimeoutError:
-            raise TransportError(f"cannot connect to {address}: no answer within "
-                                 f"{options.send_timeout} s; check the address and "
-                                 "that the host is reachable") from None
-        except OSError as exc:
-            raise TransportError(f"cannot connect to {address}: "
-                                 f"{error_text(exc)}") from None
+        sock = dial(address, host, port, options.send_timeout)
         try:
             return TcpConnection(sock, address, options)
         except OSError as exc:

@@ -11,13 +11,13 @@ arrived, after the session tickets that TLS 1.3 sends when the handshake is done
 """
 from __future__ import annotations
 
-import socket
+import ssl
 import time
 
 from posa.errors import TransportError
 from posa.transport.base import Options
 from posa.transport.tcp.connection import TcpConnection
-from posa.transport.tcp.sockets import error_text
+from posa.transport.tcp.sockets import dial, error_text
 from posa.transport.tls.failures import TlsFailure
 from posa.transport.tls.settings import TlsSettings
 from posa.transport.tls.sockets import TlsSocket
@@ -31,9 +31,9 @@ class TlsConnection(TcpConnection):
     """A connection to a ``tls://`` listener (see ``posa.transport.tcp.connection``)."""
 
     def __init__(self, sock: TlsSocket, address: str, options: Options,
-                 keep_session: tuple[TlsSettings, str, int, str]) -> None:
+                 keep_session: tuple[TlsSettings, str, int, str, ssl.SSLContext]) -> None:
         self._tls_sock = sock
-        self._keep: tuple[TlsSettings, str, int, str] | None = keep_session
+        self._keep: tuple[TlsSettings, str, int, str, ssl.SSLContext] | None = keep_session
         super().__init__(sock, address, options)
 
     @property
@@ -50,8 +50,8 @@ class TlsConnection(TcpConnection):
     def _fill(self) -> None:
         super()._fill()
         if self._ready and self._keep is not None:
-            settings, host, port, name = self._keep
-            settings.keep_session(host, port, name, self._tls_sock.session())
+            settings, host, port, name, context = self._keep
+            settings.keep_session(host, port, name, context, self._tls_sock.session())
             self._keep = None
 
     def __repr__(self) -> str:
@@ -62,7 +62,7 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
               options: Options) -> TlsConnection:
     """Connect to ``address`` and complete the handshake; see the module docstring."""
     context = settings.client_context()
-    raw = _dial(address, host, port, options.send_timeout)
+    raw = dial(address, host, port, options.send_timeout)
     name = settings.server_hostname or host
     sock = TlsSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
     try:
@@ -70,10 +70,10 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
         sock.start(context, memoryview(bytearray(_READ_SIZE)), server_side=False,
                    deadline=time.monotonic() + settings.handshake_timeout,
                    server_hostname=name if context.check_hostname else None,
-                   session=settings.session(host, port, name))
+                   session=settings.session(host, port, name, context))
         sock.linger = options.linger
         sock.begin()
-        return TlsConnection(sock, address, options, (settings, host, port, name))
+        return TlsConnection(sock, address, options, (settings, host, port, name, context))
     except TlsFailure as exc:
         sock.close()
         raise TransportError(f"cannot connect to {address}: {exc.strerror}") from None
@@ -83,20 +83,3 @@ def handshake(address: str, host: str, port: int, settings: TlsSettings,
     except BaseException:
         sock.close()
         raise
-
-
-def _dial(address: str, host: str, port: int, timeout: float | None) -> socket.socket:
-    try:
-        return socket.create_connection((host, port), timeout=timeout)
-    except ConnectionRefusedError:
-        raise TransportError(f"cannot connect to {address}: connection refused; "
-                             "is a posa peer listening there?") from None
-    except socket.gaierror as exc:
-        raise TransportError(f"cannot connect to {address}: host {host!r} does "
-                             f"not resolve ({error_text(exc)})") from None
-    except TimeoutError:
-        raise TransportError(f"cannot connect to {address}: no answer within "
-                             f"{timeout} s; check the address and that the host is "
-                             "reachable") from None
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {address}: {error_text(exc)}") from None

@@ -47,7 +47,7 @@ class TlsSettings:
     check_hostname: bool = True         # clients: the certificate must name the host
     server_hostname: str | None = None  # clients: check this name instead of the host
     handshake_timeout: float = 10.0     # s a listener gives a handshake to complete
-    _sessions: dict[tuple[str, int, str], ssl.SSLSession] = field(
+    _sessions: dict[tuple[str, int, str], tuple[ssl.SSLContext, ssl.SSLSession]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False,
                                   repr=False, compare=False, hash=False)
@@ -85,20 +85,25 @@ class TlsSettings:
         """The connecting side's context (built once). Raises ``TransportError``."""
         return _client_context(self)
 
-    def session(self, host: str, port: int, name: str) -> ssl.SSLSession | None:
-        """The session kept for this target, to offer when connecting again."""
-        return self._sessions.get((host, port, name))
+    def session(self, host: str, port: int, name: str,
+                context: ssl.SSLContext) -> ssl.SSLSession | None:
+        """The session kept for this target, to offer when connecting again with
+        ``context`` (a session made under another context cannot be offered: the
+        context cache may have built a new one meanwhile)."""
+        kept = self._sessions.get((host, port, name))
+        return kept[1] if kept is not None and kept[0] is context else None
 
-    def keep_session(self, host: str, port: int, name: str,
+    def keep_session(self, host: str, port: int, name: str, context: ssl.SSLContext,
                      session: ssl.SSLSession | None) -> None:
-        """Remember ``session`` for the target (the oldest is forgotten at 4096)."""
+        """Remember ``session``, made under ``context``, for the target (the oldest
+        is forgotten at 4096)."""
         if session is None:
             return
         with self._lock:
             sessions = self._sessions
             if len(sessions) >= _MAX_SESSIONS:
                 del sessions[next(iter(sessions))]
-            sessions[(host, port, name)] = session
+            sessions[(host, port, name)] = (context, session)
 
 
 def _hardened(purpose: ssl.Purpose) -> ssl.SSLContext:

@@ -71,6 +71,9 @@ class ZmqListener(Endpoint):
         self._zap_domain: str | None = None
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # with ZAP, libzmq queues the handshake's outcome in the connection's
+            # inbound pipe: at RCVHWM 1 the first frame never arrives (sockets.py)
+            sock.setsockopt(zmq.RCVHWM, max(2, options.high_water_mark))
             if curve is not None:
                 curve.apply(sock, listening=True)
                 if curve.clients is not None:

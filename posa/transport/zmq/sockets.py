@@ -42,7 +42,9 @@ Socket options, set deliberately
     heartbeat, and holds its connection for ever. A ZAP domain makes libzmq
     refuse ZMTP 1.0 (counted as ``"handshake-garbage"``); with no ZAP handler in
     the process, NULL-mechanism peers pass as before. A process that installs a
-    ZAP handler must answer ``200`` to requests of this domain.
+    ZAP handler must answer ``200`` to requests of this domain. Under a ZAP
+    handler (``zap.py``, or anyone's) libzmq never delivers a connection's
+    first frame at ``RCVHWM`` 1, so a listener's ``RCVHWM`` is at least 2.
 ``IMMEDIATE`` is not set (connection)
     a connection queues up to ``high_water_mark`` frames before its listener
     answers (then ``send`` blocks for at most ``send_timeout``), and keeps the
