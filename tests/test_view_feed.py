@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp import web
 import posa
 from posa.gateway.view import Feed, add_routes, serve
 from tests.support import wait_until
+from tests.test_gateway_support import start_world
 
 
 async def _lines(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
@@ -161,3 +163,17 @@ def test_channels_and_queues_named_are_asked_over_posa() -> None:
     finally:
         for closeable in (asker, queue, channel):
             closeable.close()
+
+
+def test_posa_gateway_serves_the_view_behind_its_tokens(tmp_path: Path) -> None:
+    world = start_world(tmp_path)
+    try:
+        world.spec = {}         # the view's routes are not the API's: not in its document
+        state = world.call("GET", "/view/state.json")
+        assert state.status == 200, state.body
+        assert {"events/gw", "posa/dispatcher"} <= {n["name"] for n in state.body["names"]}
+        page = world.call("GET", "/view/")
+        assert page.status == 200 and "static/view.js" in page.body
+        assert world.call("GET", "/view/state.json", token=None).status == 401
+    finally:
+        world.close()
