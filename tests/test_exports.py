@@ -21,7 +21,7 @@ from posa import transport
 from tests.support import ROOT
 
 PUBLIC = ["posa", "posa.aio", "posa.errors", "posa.transport", "posa.transport.testing",
-          "posa.security", "posa.ops"]
+          "posa.security", "posa.ops", "posa.gateway.view"]
 
 FACADE = {
     "PosaError", "ProtocolError", "TransportError", "Closed", "Timeout", "InvalidName",
@@ -61,6 +61,7 @@ MODULES = {
                       "acl_from_env", "authenticated_key", "from_env"},
     "posa.ops": {"DEFAULT_BUCKETS", "Histogram", "Monitor", "OpsServer",
                  "serve_until_signalled", "timed", "trace_context", "trace_headers"},
+    "posa.gateway.view": {"add_routes", "serve", "ViewServer", "Board", "Feed", "ViewState"},
 }
 
 

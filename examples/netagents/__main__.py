@@ -1,4 +1,4 @@
-"""``python -m examples.netagents [--multi] [--seed N] [--pace SECONDS]``."""
+"""``python -m examples.netagents [--multi] [--seed N] [--pace SECONDS] [--web [--port N]]``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the simulated network and its scenario (default 1)")
     parser.add_argument("--pace", type=float, default=1.0,
                         help="seconds between the scenario's steps (default 1)")
+    parser.add_argument("--web", action="store_true",
+                        help="also draw the network in a browser while it runs (needs "
+                        "aiohttp: pip install posa-messaging[gateway]); the scenario starts "
+                        "once the page is open, and the page stays up at the end until "
+                        "Ctrl-C")
+    parser.add_argument("--port", type=int, default=8081,
+                        help="the port of --web's page on 127.0.0.1 (default 8081; 0 picks "
+                        "one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)    # SIGTERM stops as cleanly as Ctrl-C
@@ -33,7 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .multi import run
     else:
         from .allinone import run
-    return run(seed=args.seed, pace=args.pace)
+    if not args.web:
+        return run(seed=args.seed, pace=args.pace)
+    try:
+        from .web import WebView
+    except ImportError as exc:
+        print(f"--web needs aiohttp ({exc}): pip install 'posa-messaging[gateway]'",
+              file=sys.stderr)
+        return 2
+    return run(seed=args.seed, pace=args.pace,
+               view=lambda network, out: WebView(network, port=args.port, out=out))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import posa
@@ -20,7 +21,7 @@ from posa.transport import Options
 from .admin import AdminClient, AdminService
 from .agent import MIGRATION_GRACE, Agent
 from .alerts import CHANNEL, AlertFeed, Alerts
-from .network import build, peer_name
+from .network import Network, build, peer_name
 from .scenario import Driver, View, report
 
 __all__ = ["run", "listen_address", "migrate_in_process", "wait_until_closed"]
@@ -64,16 +65,23 @@ def wait_until_closed(address: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
-def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
-    """Run the scenario; 0 if every check passed, 1 if one failed."""
+def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout,
+        view: Callable[[Network, TextIO], View] = lambda network, out: View(out)) -> int:
+    """Run the scenario; 0 if every check passed, 1 if one failed. ``view``
+    makes what shows it (``web.WebView`` draws it in a browser too)."""
     network = build(seed)
-    view = View(out)
+    shown = view(network, out)
     registry = posa.LocalRegistry()
-    view.say(f"netagents: {len(network.routers)} routers in 2 sites, {len(network.links)} "
-             f"links (seed {seed}); one process, embedded registry")
+    shown.say(f"netagents: {len(network.routers)} routers in 2 sites, {len(network.links)} "
+              f"links (seed {seed}); one process, embedded registry")
+    return _play(network, registry, shown, pace)
+
+
+def _play(network: Network, registry: Registry, view: View, pace: float) -> int:
     services: list[Any] = []
     agents: list[Agent] = []
     try:
+        view.attach(registry)
         services.append(EventChannel(CHANNEL, registry=registry))
         services.append(AlertFeed(registry, view.alert))
         alerts = Alerts(registry)
@@ -97,4 +105,5 @@ def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
             closer.close()
     result["mode"] = "all-in-one"
     report(view, result)
+    view.done(result)
     return 0 if result["ok"] else 1

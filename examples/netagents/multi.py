@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from posa import RegistryClient
@@ -134,11 +135,17 @@ def agent_groups(network: Network, mover: str) -> list[list[str]]:
     return [others[i::3] for i in range(3)] + [[mover]]
 
 
-def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
-    """Run the scenario over processes; 0 if every check passed, 1 if one failed."""
+def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout,
+        view: Callable[[Network, TextIO], View] = lambda network, out: View(out)) -> int:
+    """Run the scenario over processes; 0 if every check passed, 1 if one failed.
+    ``view`` makes what shows it (``web.WebView`` draws it in a browser too)."""
     network = build(seed)
     mover = next(s.router for s in scenario(network) if s.router is not None)
-    view = View(out)
+    shown = view(network, out)
+    return _play(network, mover, shown, seed, pace)
+
+
+def _play(network: Network, mover: str, view: View, seed: int, pace: float) -> int:
     view.say(f"netagents: {len(network.routers)} routers in 2 sites, {len(network.links)} "
              f"links (seed {seed}); a dispatcher, a channel and agents in processes")
     children = Children(view)
@@ -153,6 +160,7 @@ def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
                                    dispatcher]).expect("channel")
         registry = RegistryClient(dispatcher)
         closers.append(registry)
+        view.attach(registry)
         closers.append(AlertFeed(registry, view.alert))
         node = ["-m", "examples.netagents.node", "--dispatcher", dispatcher, "--seed",
                 str(seed), "--exit-with-stdin"]
@@ -198,4 +206,5 @@ def run(*, seed: int = 1, pace: float = 1.0, out: TextIO = sys.stdout) -> int:
         return code
     result.update(mode="multi-process", processes=children.pids)
     report(view, result)
+    view.done(result)
     return 0 if result["ok"] else 1

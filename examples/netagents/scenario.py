@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from posa import Registry
+
 from .admin import AdminClient
 from .network import Network, Step, scenario
 from .outcome import message_counts, migration_summary, table_mismatches
@@ -43,6 +45,12 @@ class View:
         self.alerts[topic] += 1
         if self.show_alerts:
             self.say(f"  alert {topic:<15} {describe(topic, body)}")
+
+    def attach(self, registry: Registry) -> None:
+        """Follow the agents' names in ``registry`` (the web view does: ``web.py``)."""
+
+    def done(self, result: dict[str, Any]) -> None:
+        """The run is over and reported (the web view keeps its page up: ``web.py``)."""
 
 
 def describe(topic: str, body: dict[str, Any]) -> str:

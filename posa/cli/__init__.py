@@ -15,6 +15,7 @@
     posa autoscale --queue NAME --max N -- COMMAND     worker processes scaled to the backlog
     posa context add|use|ls / posa completion bash     settings by name / shell completion
     posa gateway --listen http://127.0.0.1:8080        posa over HTTP/JSON
+    posa view --dispatcher ADDR                        a live web view of a system
 
 Exit codes: one table, ``EXITS`` (docs/cli.md prints it; a test walks it).
 Settings: flag > environment > context > default (``posa.cli.settings``).
@@ -68,7 +69,8 @@ EXITS: tuple[tuple[int, str], ...] = (
 _GROUPS = ("posa.cli.dispatcher", "posa.cli.names", "posa.cli.talk", "posa.cli.gather",
            "posa.cli.reply", "posa.cli.events", "posa.cli.top", "posa.cli.channel",
            "posa.cli.queue", "posa.cli.worker", "posa.cli.keys", "posa.cli.context",
-           "posa.cli.completion", "posa.cli.gateway")
+           "posa.cli.completion", "posa.cli.gateway",
+           "posa.cli.view")
 # exit code of each error class, most specific first
 _EXIT_CODES: tuple[tuple[type[PosaError], int], ...] = (
     (NameNotFound, EXIT_NOT_FOUND), (Timeout, EXIT_TIMEOUT),

@@ -12,7 +12,8 @@ names, services, health, metrics; its OpenAPI document.  Modules:
 - ``hosting``: names served for HTTP programs, their inboxes and leases;
 - ``http``: shared JSON and parameter helpers, the error middleware;
 - ``messaging``, ``streams``, ``receiving``, ``listing``: the routes;
-- ``openapi``: the document; ``app``: ``make_app``; ``server``: ``serve``.
+- ``openapi``: the document; ``app``: ``make_app``; ``server``: ``serve``;
+- ``view/``: the live web view of names, services, channels and queues (docs/web.md).
 
 aiohttp is an optional dependency: ``pip install 'posa[gateway]'``.
 """
