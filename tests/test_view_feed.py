@@ -175,5 +175,17 @@ def test_posa_gateway_serves_the_view_behind_its_tokens(tmp_path: Path) -> None:
         page = world.call("GET", "/view/")
         assert page.status == 200 and "static/view.js" in page.body
         assert world.call("GET", "/view/state.json", token=None).status == 401
+        # a browser sends no bearer header: /view/?token= keeps it in a cookie
+        from tests.test_gateway_support import TOKEN
+        assert world.call("GET", "/view/?token=wrong-token", token=None).status == 401
+        login = world.call("GET", f"/view/?token={TOKEN}", token=None)
+        assert login.status == 303 and login.headers["location"] == "/view/"
+        cookie = login.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "Path=/view/" in cookie, cookie
+        pair = cookie.split(";", 1)[0]
+        assert world.call("GET", "/view/state.json", token=None,
+                          headers={"Cookie": pair}).status == 200
+        assert world.call("GET", "/v1/names", token=None,           # the view's paths only
+                          headers={"Cookie": pair}).status == 401
     finally:
         world.close()

@@ -32,6 +32,8 @@ log = logging.getLogger("posa.gateway")
 GATEWAY = web.AppKey("gateway", Gateway)
 GUARD = web.AppKey("guard", ConnectionGuard)
 OPEN = frozenset({"/v1/health", "/metrics", "/v1/openapi.json"})
+VIEW = "/view/"                 # the web view: a browser cannot send a bearer header,
+VIEW_COOKIE = "posa_view"       # so /view/?token=T sets this cookie (its paths only)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,14 +105,35 @@ def _http_problem(exc: web.HTTPException) -> dict[str, Any]:
     return problem(exc.status, slug, exc.reason, detail)
 
 
+def _authorization(request: web.Request) -> str | None:
+    """The bearer token: the header, else on the view's paths its cookie, else
+    (to log in to the view) ``/view/?token=``."""
+    header = request.headers.get("Authorization")
+    if header is not None or not request.path.startswith(VIEW):
+        return header
+    token = request.query.get("token") if request.path == VIEW else None
+    token = token or request.cookies.get(VIEW_COOKIE)
+    return None if token is None else f"Bearer {token}"
+
+
+def _view_login(request: web.Request) -> web.Response:
+    """``/view/?token=T`` with a good token: keep it in an HttpOnly cookie for the
+    view's paths and drop it from the address bar (303 to ``/view/``)."""
+    response = web.Response(status=303, headers={"Location": VIEW})
+    response.set_cookie(VIEW_COOKIE, request.query["token"], path=VIEW, httponly=True,
+                        samesite="Strict", secure=request.secure)
+    return response
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway, guard = request.app[GATEWAY], request.app[GUARD]
     guard.started(request.transport)
     try:
         if request.path not in OPEN:
-            request["principal"] = gateway.principal(request.headers.get("Authorization"))
-        response = await handler(request)
+            request["principal"] = gateway.principal(_authorization(request))
+        response = _view_login(request) if request.path == VIEW and "token" in \
+            request.query else await handler(request)
         gateway.counters[f"status_{response.status}"] += 1
         return response
     except TokenRefused as exc:
