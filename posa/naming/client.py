@@ -12,7 +12,8 @@ only catches what closes no connection: a dispatcher that went silent (three
 pings unanswered) or answers as another instance; either way the cache is
 dropped and the watch made again.  So an idle client costs its dispatcher one
 ping per 10 s, not one per second.  Cache entries also expire with their
-lease, so staleness is bounded even if notices are lost.  Without a cache the watch connection is made by the first ``watch()``;
+lease, so staleness is bounded even if notices are lost.  Without a cache the
+watch connection is made by the first ``watch()``;
 ``watch()`` returns once the dispatcher has taken the subscription, so every
 change made after it returns is reported.  An address on a wildcard host is
 registered as the interfaces' addresses, which other hosts can use
