@@ -35,6 +35,7 @@ N_ONEWAY = 200_000
 N_RR = 10_000
 N_FANOUT = 100_000
 N_LOOKUP = 10_000
+SCALE_CALLERS = (1, 4, 16, 64)   # caller threads of the scale rows (bench/scale.py)
 
 
 def nats_server(python: str = sys.executable) -> str | None:
@@ -73,6 +74,16 @@ def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], 
     return run
 
 
+def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """Pyro5 with ``callers`` threads: the suite's own anchor (bench/scale.py)."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        from bench.scale import pyro_calls
+        return pyro_calls(ctx, n, callers)
+
+    return run
+
+
 def _rows() -> dict[str, Bench]:
     rows = [
         Bench("zmq_dealer2_tcp", "pyzmq DEALER→ROUTER tcp, ROUTER reads 2× recv()",
@@ -98,6 +109,9 @@ def _rows() -> dict[str, Bench]:
         Bench("zmq_pubsub", "pyzmq PUB→4×SUB tcp", _anchor("b_zmq_pubsub"), N_FANOUT, FANOUT),
         Bench("nats_pubsub", "NATS pub→4 subs", _anchor("b_nats_pubsub", ("nats",)),
               N_FANOUT, FANOUT),
+        *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
+                "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
+          for callers in SCALE_CALLERS),
     ]
     return {row.key: row for row in rows}
 

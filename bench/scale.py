@@ -3,7 +3,7 @@
 Every caller is a thread of one client process (posa: one ``Peer``, whose
 forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
 calling one echo server process over tcp, released together after each made
-its warm-up calls. calls/s = all timed calls / (last caller done - release);
+its share of the warm-up calls (500 in all, at least 10 each). calls/s = all timed calls / (last caller done - release);
 p50/p99 over every caller's calls. The Pyro5 rows are this module's own (the
 anchors' scripts have one caller only): Pyro5's default threaded server, the
 msgpack serializer, the same 100-byte message. NATS request-reply with many
@@ -21,14 +21,13 @@ from typing import Any
 
 import posa
 from bench import RR, Bench, Goal
-from bench.anchors import N_RR
+from bench.anchors import N_RR, SCALE_CALLERS
 from bench.common import emit, latency_summary, make_msg, now, ready, wait_release
 
 __all__ = ["BENCHES", "GOALS"]
 
 MODULE = "bench.scale"
-CALLERS = (1, 4, 16, 64)
-WARM = 50                   # untimed calls per caller before the release
+WARM = 500                  # untimed calls before the release, shared by the callers
 
 
 def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
@@ -44,7 +43,7 @@ def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
     def caller(k: int) -> None:
         try:
             call = make_call()
-            for i in range(WARM):
+            for i in range(max(10, WARM // callers)):
                 call(i)
         except BaseException as exc:  # reported below, the others go on
             errors.append(exc)
@@ -133,27 +132,25 @@ def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
-def _pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
-    def run(ctx: Any, n: int) -> dict[str, Any]:
-        if importlib.util.find_spec("Pyro5") is None:
-            from bench.runner import Skip
-            raise Skip(f"{sys.executable} cannot import Pyro5: pip install Pyro5 "
-                       "(bash bench/setup.sh does it)")
-        server = ctx.spawn(MODULE, "pyro_server", hold=True)
-        uri = server.wait_ready()
-        result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
-                                           callers=callers).result(180)
-        server.result(timeout=10)
-        return result
-    return run
+def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
+    if importlib.util.find_spec("Pyro5") is None:
+        from bench.runner import Skip
+        raise Skip(f"{sys.executable} cannot import Pyro5: pip install Pyro5 "
+                   "(bash bench/setup.sh does it)")
+    server = ctx.spawn(MODULE, "pyro_server", hold=True)
+    uri = server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
+                                       callers=callers).result(180)
+    server.result(timeout=10)
+    return result
 
 
-BENCHES = [row for callers in CALLERS for row in (
-    Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
-          "a proxy each (msgpack)", _pyro(callers), N_RR, RR),
+BENCHES = [
     Bench(f"scale_calls_{callers}", f"Peer.request over tcp, {callers} caller thread(s) "
-          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}"),
-)]
+          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}")
+    for callers in SCALE_CALLERS
+]
 
 GOALS = [
     Goal("i21-scale-64", "issue 21", "64 callers: Peer.request calls/s ≥ 3× Pyro5's",
