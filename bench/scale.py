@@ -4,10 +4,11 @@ Every caller is a thread of one client process (posa: one ``Peer``, whose
 forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
 calling one echo server process over tcp, released together after each made
 its share of the warm-up calls (500 in all, at least 10 each). calls/s = all
-timed calls / (last caller done - release); p50/p99 over every caller's calls. The Pyro5 rows are this module's own (the
-anchors' scripts have one caller only): Pyro5's default threaded server, the
-msgpack serializer, the same 100-byte message. NATS request-reply with many
-callers is not here yet.
+timed calls / (last caller done - release); p50/p99 over every caller's calls.
+The Pyro5 rows are this module's own (the anchors' scripts have one caller
+only), listed among the anchors (``bench.anchors``, skipped with
+``--no-anchors``): Pyro5's default threaded server, the msgpack serializer, the
+same 100-byte message. NATS request-reply with many callers is not here yet.
 """
 from __future__ import annotations
 
