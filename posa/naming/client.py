@@ -6,8 +6,8 @@ read, not a round trip.  The cache is kept true by the dispatcher's change
 notices: a watch connection, driven by the process's reactor (never blocking
 it), receives a NOTIFY for every change.  A dispatcher that stops or
 restarts closes that connection: the cache is dropped at once and the watch
-made again within moments (retried at 0.1, 0.2, 0.4 ... s, at most every
-``ping_interval``).  A ping every ``ping_interval`` seconds (10 by default)
+made again within moments (retried at 0.1, 0.2, 0.4 ... s, then every
+second; a ``watch()`` call tries at once).  A ping every ``ping_interval`` seconds (10 by default)
 only catches what closes no connection: a dispatcher that went silent (three
 pings unanswered) or answers as another instance; either way the cache is
 dropped and the watch made again.  So an idle client costs its dispatcher one
@@ -49,6 +49,7 @@ __all__ = ["RegistryClient"]
 
 PING_INTERVAL = 10.0    # s between liveness pings of the watch connection
 RETRY_FIRST = 0.1       # s before the first attempt to make a lost watch again
+RETRY_MAX = 1.0         # s between attempts at most, while the dispatcher is away
 
 
 class RegistryClient:
@@ -232,10 +233,13 @@ class RegistryClient:
     def _keep_watch(self) -> None:
         """Start keeping the watch connection (once): the cache and watchers need it."""
         with self._lock:
-            if self._ticker is not None or self._closed:
+            if self._closed:
                 return
-            self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
-        self._reactor.call_soon(self._tick)
+            if self._ticker is None:
+                self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
+            elif self._watch is not None:
+                return
+        self._reactor.call_soon(self._tick)     # no live watch: try now
 
     def _tick(self) -> None:
         """Keep the watch alive: (re)subscribe, ping, notice restarts and silence."""
@@ -310,12 +314,12 @@ class RegistryClient:
                 self._reactor.call_later(RETRY_FIRST, self._resubscribe)
 
     def _resubscribe(self) -> None:
-        """Make a lost watch again, backing off (0.1, 0.2, ... s, at most every
-        ``ping_interval``) until the dispatcher takes it."""
+        """Make a lost watch again, backing off (0.1, 0.2, ... s, then every second)
+        until the dispatcher takes it."""
         delay, self._retry = self._retry, None
         if self._closed or self._watch is not None or delay is None:
             return
         self._subscribe()
         if self._watch is None:
-            self._retry = min(delay * 2, self._ping_interval)
+            self._retry = min(delay * 2, RETRY_MAX, self._ping_interval)
             self._reactor.call_later(self._retry, self._resubscribe)
