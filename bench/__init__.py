@@ -72,6 +72,8 @@ AREAS: tuple[tuple[str, str, str], ...] = (
      "authentication on against off (goal >= 0.7x)"),
     ("aio", "7. asyncio",
      "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
+    ("scale", "8. Scale (concurrent callers)",
+     "request-reply with 1/4/16/64 caller threads, posa against Pyro5"),
 )
 
 # Column sets: (metric, header, format) with format one of rate, us, ms, ratio, int, bool.

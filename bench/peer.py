@@ -284,6 +284,7 @@ BENCHES = [
 ]
 
 PEERS = "peers"
+I21 = "issue 21"
 GOALS = [
     Goal("peer-send-zmq", PEERS, "Peer.send (zmq+tcp) ≥ 0.7× raw pyzmq DEALER→ROUTER (2× recv)",
          ("peer_send_zmq", "msgs_per_s"), ("zmq_dealer2_tcp", "msgs_per_s"), ">=", 0.7),
@@ -301,6 +302,18 @@ GOALS = [
          ("peer_aio_request", "calls_per_s"), ("nats_rr", "calls_per_s"), ">=", 2.0),
     Goal("peer-aio-tcp", PEERS, "posa.aio.Peer.request (tcp) calls/s ≥ 2× NATS request-reply",
          ("peer_aio_request_tcp", "calls_per_s"), ("nats_rr", "calls_per_s"), ">=", 2.0),
+    Goal("i21-send-cpu", I21, "Peer.send (zmq+tcp) CPU per message ≤ 1.1× raw pyzmq's",
+         ("peer_send_zmq", "cpu_us_per_op"), ("zmq_dealer2_tcp", "cpu_us_per_op"), "<=", 1.1),
+    Goal("i21-send-zmq", I21, "Peer.send (zmq+tcp) ≥ 0.9× raw pyzmq DEALER→ROUTER",
+         ("peer_send_zmq", "msgs_per_s"), ("zmq_dealer2_tcp", "msgs_per_s"), ">=", 0.9),
+    Goal("i21-send-nats", I21, "Peer.send (zmq+tcp) ≥ 3× NATS publish",
+         ("peer_send_zmq", "msgs_per_s"), ("nats_oneway", "msgs_per_s"), ">=", 3.0),
+    Goal("i21-req-cpu", I21, "Peer.request (tcp) CPU per call ≤ 0.7× a Pyro5 call's",
+         ("peer_request_tcp", "cpu_us_per_op"), ("pyro_direct", "cpu_us_per_op"), "<=", 0.7),
+    Goal("i21-req", I21, "Peer.request (tcp) calls/s ≥ 1.5× Pyro5 proxy calls",
+         ("peer_request_tcp", "calls_per_s"), ("pyro_direct", "calls_per_s"), ">=", 1.5),
+    Goal("i21-req-p50", I21, "Peer.request (tcp) p50 ≤ 0.7× Pyro5's p50",
+         ("peer_request_tcp", "p50_us"), ("pyro_direct", "p50_us"), "<=", 0.7),
     Goal("peer-migration", PEERS, "migration blackout under load < 50 ms",
          ("peer_migration", "max_gap_ms"), None, "<", 50.0, unit="ms"),
 ]

@@ -18,7 +18,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench.cpu import at_ready
+
 __all__ = ["Proc", "ProcGroup", "BenchError"]
+
+
+_READY_LINES = ("READY", "posa dispatcher")
 
 
 class BenchError(Exception):
@@ -47,6 +52,8 @@ class Proc:
     def _read(self) -> None:
         assert self.p.stdout is not None
         for line in self.p.stdout:
+            if line.startswith(_READY_LINES):
+                at_ready(self.p.pid)      # its start-up is not counted in CPU per op
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 

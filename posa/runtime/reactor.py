@@ -12,6 +12,10 @@ Strategy:
   Other threads hand work over with ``call_soon`` (a deque append, atomic under
   the GIL) and write the pipe only when the reactor may be asleep, so a burst of
   hand-offs costs one system call, not one per call.
+- A source with many descriptors (a tcp listener: ``attach``/``serve``/``detach``)
+  may put them in this poller itself (``PollerShare``); each of their events is
+  handed to its ``serve(fd, mask)``, then its callback drains it: one poll per
+  event, no poller nested in this one.
 - Descriptors may be edge-triggered (ZeroMQ's are): before every wait the loop
   asks each source ``pending()`` and runs its callback at once when true.
 - A callback that raises is logged and the loop goes on: one bad handler must
@@ -31,7 +35,7 @@ from typing import Any, Protocol
 
 from posa.errors import Closed, PosaError, Timeout
 from posa.runtime.local import process_local
-from posa.transport.poller import READ, Poller
+from posa.transport.poller import READ, Poller, PollerShare
 
 __all__ = ["Reactor", "Source", "Timer", "default"]
 
@@ -66,6 +70,8 @@ class Reactor:
         self.name = name
         self._poller = Poller()
         self._callbacks: dict[int, Callable[[], Any]] = {}   # by descriptor
+        # descriptors that sources put in this poller (PollerShare): fd -> serve(fd, mask)
+        self._served: dict[int, Callable[[int, int], None]] = {}
         # each source's descriptor as registered (it may not answer fileno() once
         # closed) and its callback
         self._sources: dict[Source, tuple[int, Callable[[], Any]]] = {}
@@ -135,6 +141,18 @@ class Reactor:
             self.call_soon(self._add_source, source, callback)
 
     def _add_source(self, source: Source, callback: Callable[[], Any]) -> None:
+        attach = getattr(source, "attach", None)
+        if attach is not None:
+            serve = source.serve  # type: ignore[attr-defined]
+
+            def served(fd: int, mask: int) -> None:
+                serve(fd, mask)
+                callback()
+
+            if attach(PollerShare(self._poller, self._served, served)):
+                self._sources[source] = (-1, callback)
+                callback()  # input may have arrived before the registration
+                return
         fd = source.fileno()
         self._poller.register(fd, READ)
         self._sources[source] = (fd, callback)
@@ -150,6 +168,9 @@ class Reactor:
         if entry is None:
             return
         fd, callback = entry
+        if fd < 0:      # its descriptors are in this poller: give them back
+            source.detach()  # type: ignore[attr-defined]
+            return
         # the descriptor may have been closed and its number given to a newer source
         if self._callbacks.get(fd) is callback:
             del self._callbacks[fd]
@@ -204,10 +225,14 @@ class Reactor:
             wait = timeout
         events = self._poller.poll(-1 if wait is None else max(0.0, wait))
         callbacks = self._callbacks
-        for fd, _ in events:
+        for fd, mask in events:
             ready = callbacks.get(fd)
             if ready is not None:
                 self._guard(ready)
+            else:
+                serve = self._served.get(fd)
+                if serve is not None:
+                    self._guard(serve, fd, mask)
 
     def _drain_wakeups(self) -> None:
         try:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-__all__ = ["Poller", "PollerType", "SelectorPoller", "READ", "WRITE", "readable",
-           "writable"]
+__all__ = ["Poller", "PollerType", "PollerShare", "SelectorPoller", "READ", "WRITE",
+           "readable", "writable"]
 
 READ: int = getattr(select, "EPOLLIN", selectors.EVENT_READ)
 WRITE: int = getattr(select, "EPOLLOUT", selectors.EVENT_WRITE)
@@ -81,6 +81,46 @@ class SelectorPoller:
 
     def close(self) -> None:
         self._selector.close()
+
+
+class PollerShare:
+    """A source's part of another poller (a reactor's): what the source registers
+    is polled with that poller's own descriptors, and each of its events is
+    handed to ``serve(fd, mask)`` through ``served`` (the owner's table of such
+    descriptors). It offers a poller's calls but no ``poll``: the owner polls.
+    So a listener with many sockets costs its reactor no nested poller and no
+    second poll per event (see ``posa.transport.tcp.sharing``)."""
+
+    __slots__ = ("_poller", "_served", "_serve")
+
+    def __init__(self, poller: PollerType, served: dict[int, Callable[[int, int], None]],
+                 serve: Callable[[int, int], None]) -> None:
+        self._poller = poller
+        self._served = served
+        self._serve = serve
+
+    def fileno(self) -> int:
+        return self._poller.fileno()
+
+    def register(self, fd: FileDescriptorLike, mask: int) -> None:
+        number = fd if isinstance(fd, int) else fd.fileno()
+        self._poller.register(number, mask)
+        self._served[number] = self._serve
+
+    def modify(self, fd: FileDescriptorLike, mask: int) -> None:
+        self._poller.modify(fd, mask)
+
+    def unregister(self, fd: FileDescriptorLike) -> None:
+        number = fd if isinstance(fd, int) else fd.fileno()
+        if self._served.get(number) is self._serve:
+            del self._served[number]
+        self._poller.unregister(number)
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        raise RuntimeError("a shared poller is polled by its owner")
+
+    def close(self) -> None:
+        """Nothing: the poller is its owner's."""
 
 
 def _events(mask: int) -> int:

@@ -34,6 +34,10 @@ falls due while nothing else happens.
 hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
 whose stream ended has been read to its end and is closed at once.
 
+*Served by a reactor.* A reactor that offers its own poller takes these
+descriptors into it (``attach``, ``posa.transport.tcp.sharing``): one poll per
+event instead of two, and ``recv_nowait`` then serves queued frames only.
+
 *Threads.* A listener is used by one thread at a time, except ``close()``,
 which may come from any thread and wakes a blocked ``recv`` with ``Closed``
 through the wake-up socket.
@@ -59,6 +63,7 @@ from posa.transport.tcp.accepting import Accepted, AcceptPath
 from posa.transport.tcp.address import format_address
 from posa.transport.tcp.closing import reaper
 from posa.transport.tcp.guard import Guard
+from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
 from posa.transport.tcp.waiting import flush_before_close, wait_for_room
 
@@ -81,7 +86,7 @@ _ACCEPT: Final = _Role.ACCEPT
 _WAKE: Final = _Role.WAKE
 
 
-class TcpListener(AcceptPath):
+class TcpListener(AcceptPath, SharedPolling):
     """A bound ``tcp://`` endpoint; see the module docstring for its design.
 
     Routes are ints, one per accepted connection, never reused by a listener."""
@@ -109,6 +114,7 @@ class TcpListener(AcceptPath):
         self._close_lock = threading.Lock()
         self._closed = False
         self._poller = Poller()
+        self._own = None        # the inner poller while a reactor's serves (sharing.py)
         self._wake_r, self._wake_w = socket.socketpair()
         # what each descriptor's events mean: _ACCEPT, _WAKE or a connection (Accepted)
         self._owners: dict[int, Accepted | _Role] = {sock.fileno(): _ACCEPT,
@@ -140,6 +146,8 @@ class TcpListener(AcceptPath):
             raise self._closed_error()
         ready = self._ready
         if not ready:
+            if self._own is not None:   # served by a reactor: it polls (sharing.py)
+                return None
             self._poll(0)
             if not ready:
                 return None
@@ -209,6 +217,7 @@ class TcpListener(AcceptPath):
         self._wake_up()
         self._guard.close()
         with self._io_lock:
+            self._release_share()
             deadline = time.monotonic() + self._linger
             flush_before_close(self._peers, deadline, self._linger, self._flush,
                                self.address)
@@ -244,29 +253,38 @@ class TcpListener(AcceptPath):
         with self._io_lock:
             if self._closed:
                 raise self._closed_error()
+            if self._own is not None:
+                raise TransportError(f"the listener {self.address} is served by a reactor; "
+                                     "remove it from the reactor to receive directly")
             try:
                 events = self._poller.poll(-1 if timeout is None else max(0.0, timeout))
             except OSError as exc:
                 raise TransportError(f"polling {self.address} failed: "
                                      f"{error_text(exc)}") from None
             now = self._now = time.monotonic()
-            owners = self._owners
+            event = self._event
             for fd, mask in events:
-                owner = owners.get(fd)
-                if owner is _ACCEPT:
-                    self._accept()
-                elif owner is _WAKE:
-                    self._drain_wake()
-                elif owner is not None:     # (None: dropped earlier in this round)
-                    peer = owner
-                    if writable(mask):
-                        self._flush(peer)
-                    if readable(mask) and peer.route in self._peers:
-                        self._read(peer)
-            if now >= self._guard.check_at:
-                self._sweep(now)
+                event(fd, mask)
+            self._after_events(now)
             if self._closed:
                 raise self._closed_error()
+
+    def _event(self, fd: int, mask: int) -> None:
+        """Serve one event of the poller: accept, wake-up, flush, read."""
+        owner = self._owners.get(fd)
+        if owner is _ACCEPT:
+            self._accept()
+        elif owner is _WAKE:
+            self._drain_wake()
+        elif owner is not None:     # (None: dropped earlier in this round)
+            if writable(mask):
+                self._flush(owner)
+            if readable(mask) and owner.route in self._peers:
+                self._read(owner)
+
+    def _after_events(self, now: float) -> None:
+        if now >= self._guard.check_at:
+            self._sweep(now)
 
     def _read(self, peer: Accepted) -> None:
         try:

@@ -40,6 +40,8 @@ __all__ = ["TlsListener"]
 class TlsListener(TcpListener):
     """A bound ``tls://`` endpoint; see the module docstring."""
 
+    shared_poll = False   # its poll also expires handshakes: it keeps its own poller
+
     def __init__(self, sock: TlsListeningSocket, options: Options, address: str) -> None:
         super().__init__(sock, options)
         self.address = address

@@ -1,0 +1,159 @@
+"""Scale: request-reply with 1, 4, 16 and 64 concurrent callers, posa against Pyro5.
+
+Every caller is a thread of one client process (posa: one ``Peer``, whose
+forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
+calling one echo server process over tcp, released together after each made
+its share of the warm-up calls (500 in all, at least 10 each). calls/s = all
+timed calls / (last caller done - release); p50/p99 over every caller's calls.
+The Pyro5 rows are this module's own (the anchors' scripts have one caller
+only), listed among the anchors (``bench.anchors``, skipped with
+``--no-anchors``): Pyro5's default threaded server, the msgpack serializer, the
+same 100-byte message. NATS request-reply with many callers is not here yet.
+"""
+from __future__ import annotations
+
+import importlib.util
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import posa
+from bench import RR, Bench, Goal
+from bench.anchors import N_RR, SCALE_CALLERS
+from bench.common import emit, latency_summary, make_msg, now, ready, wait_release
+
+__all__ = ["BENCHES", "GOALS"]
+
+MODULE = "bench.scale"
+WARM = 500                  # untimed calls before the release, shared by the callers
+
+
+def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
+                callers: int) -> dict[str, Any]:
+    """``callers`` threads, each with its own ``make_call()``, making ``n`` timed
+    calls in all after a common release."""
+    per = max(1, n // callers)
+    start = threading.Barrier(callers + 1)
+    samples: list[list[int]] = [[] for _ in range(callers)]
+    ends = [0.0] * callers
+    errors: list[BaseException] = []
+
+    def caller(k: int) -> None:
+        try:
+            call = make_call()
+            for i in range(max(10, WARM // callers)):
+                call(i)
+        except BaseException as exc:  # reported below, the others go on
+            errors.append(exc)
+            start.abort()
+            return
+        start.wait()
+        mine = samples[k]
+        clock = time.perf_counter_ns
+        for i in range(per):
+            t = clock()
+            call(i)
+            mine.append(clock() - t)
+        ends[k] = now()
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
+    for thread in threads:
+        thread.start()
+    try:
+        start.wait(timeout=120)
+    except threading.BrokenBarrierError:
+        raise RuntimeError(f"a caller failed: {errors[:1]}") from None
+    t0 = now()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise RuntimeError(f"a caller failed: {errors[:1]}")
+    merged = [s for caller_samples in samples for s in caller_samples]
+    return latency_summary(merged, max(ends) - t0, len(merged))
+
+
+# ------------------------------------------------------------- process roles
+def role_posa_callers(dispatcher: str, target: str, n: int, callers: int) -> None:
+    with posa.RegistryClient(dispatcher) as reg:
+        with posa.Peer(f"bench/callers-{secrets.token_hex(3)}", registry=reg,
+                       listen="tcp://127.0.0.1:0") as peer:
+            def make_call() -> Callable[[int], Any]:
+                request = peer.request
+                return lambda i: request(target, make_msg(i), timeout=30.0)
+            emit(_concurrent(make_call, n, callers))
+
+
+def role_pyro_server() -> None:
+    import Pyro5.api
+
+    Pyro5.config.SERIALIZER = "msgpack"
+
+    @Pyro5.api.expose
+    class Echo:
+        def echo(self, body: Any) -> Any:
+            return body
+
+    daemon = Pyro5.api.Daemon(host="127.0.0.1", port=0)
+    uri = daemon.register(Echo(), "bench.echo")
+    threading.Thread(target=lambda: (wait_release(), daemon.shutdown()), daemon=True).start()
+    ready(str(uri))
+    daemon.requestLoop()
+    emit({})
+
+
+def role_pyro_callers(uri: str, n: int, callers: int) -> None:
+    import Pyro5.api
+
+    Pyro5.config.SERIALIZER = "msgpack"
+
+    def make_call() -> Callable[[int], Any]:
+        proxy = Pyro5.api.Proxy(uri)
+        proxy._pyroBind()
+        echo = proxy.echo
+        return lambda i: echo(make_msg(i))
+
+    emit(_concurrent(make_call, n, callers))
+
+
+# ------------------------------------------------------------------ the rows
+def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        name = f"bench/scale-echo-{secrets.token_hex(3)}"
+        echo = ctx.spawn("bench.peer", "echo", hold=True, dispatcher=dispatcher, name=name,
+                         listen="tcp://127.0.0.1:0")
+        echo.wait_ready()
+        result: dict[str, Any] = ctx.spawn(MODULE, "posa_callers", dispatcher=dispatcher,
+                                           target=name, n=n, callers=callers).result(180)
+        echo.result(timeout=10)
+        return result
+    return run
+
+
+def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
+    if importlib.util.find_spec("Pyro5") is None:
+        from bench.runner import Skip
+        raise Skip(f"{sys.executable} cannot import Pyro5: pip install Pyro5 "
+                   "(bash bench/setup.sh does it)")
+    server = ctx.spawn(MODULE, "pyro_server", hold=True)
+    uri = server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
+                                       callers=callers).result(180)
+    server.result(timeout=10)
+    return result
+
+
+BENCHES = [
+    Bench(f"scale_calls_{callers}", f"Peer.request over tcp, {callers} caller thread(s) "
+          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}")
+    for callers in SCALE_CALLERS
+]
+
+GOALS = [
+    Goal("i21-scale-64", "issue 21", "64 callers: Peer.request calls/s ≥ 3× Pyro5's",
+         ("scale_calls_64", "calls_per_s"), ("scale_pyro_64", "calls_per_s"), ">=", 3.0),
+]
