@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import PosaError, ProtocolError, Timeout
+from posa.errors import PosaError, ProtocolError, Rejected, Timeout
 from posa.naming.hosts import reachable
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
@@ -34,13 +36,22 @@ from posa.naming.protocol import (
     page_from_wire,
     registration_from_wire,
 )
-from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
+from posa.naming.registration import DEFAULT_LEASE, Registration, check_addresses, resolver
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
 from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["RegistryClient"]
+
+
+def _check_meta(name: str, meta: Mapping[str, Any]) -> None:
+    """``Rejected`` (as a registry says it) for meta that is not msgpack data."""
+    try:
+        msgpack.packb(dict(meta))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Rejected(f"meta for {name!r} is not msgpack data ({exc}); use dicts, "
+                       "lists, str, bytes, numbers, bools and None") from None
 
 
 class RegistryClient:
@@ -89,8 +100,11 @@ class RegistryClient:
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None) -> Registration:
+        if meta:
+            _check_meta(name, meta)
         registration = registration_from_wire(self._call(   # addresses others can use:
-            "register", name=name, addresses=list(reachable(addresses)), credential=credential,
+            "register", name=name, addresses=list(reachable(check_addresses(name, addresses))),
+            credential=credential,
             epoch=epoch, lease=lease, meta=dict(meta) if meta else None))
         self._remember(registration)
         return registration
