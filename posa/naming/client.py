@@ -26,7 +26,7 @@ import msgpack
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import PosaError, ProtocolError, Rejected, Timeout
+from posa.errors import PosaError, ProtocolError, Rejected, Timeout, TransportError
 from posa.naming.hosts import reachable
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
@@ -54,21 +54,34 @@ def _check_meta(name: str, meta: Mapping[str, Any]) -> None:
                        "lists, str, bytes, numbers, bools and None") from None
 
 
-class RegistryClient:
-    """``Registry`` backed by a ``posa dispatcher`` at ``address``. Thread-safe."""
+def dispatcher_addresses(address: str | Sequence[str]) -> list[str]:
+    """The dispatchers of ``address``: one, several comma-separated, or a list."""
+    items = [address] if isinstance(address, str) else list(address)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found or not all(isinstance(a, str) and "://" in a for a in found):
+        raise Rejected(f"dispatcher address {address!r} is not a transport URI or a list "
+                       "of them; write e.g. tcp://10.0.0.1:7000,tcp://10.0.0.2:7000")
+    return found
 
-    def __init__(self, address: str, *, timeout: float = 5.0, cache: bool = True,
+
+class RegistryClient:
+    """``Registry`` backed by a ``posa dispatcher`` at ``address``; given several
+    (a list, or comma-separated), by the first that answers, the next when it
+    stops answering (dispatchers sharing a store: ``--store nats://…``).
+    Thread-safe."""
+
+    def __init__(self, address: str | Sequence[str], *, timeout: float = 5.0,
+                 cache: bool = True,
                  ping_interval: float = 1.0, reactor: Reactor | None = None,
                  options: Options | None = None, codec: Codec | None = None,
                  authenticator: Authenticator | None = None) -> None:
-        self.address = address
+        self.addresses = dispatcher_addresses(address)
+        self.address = self.addresses[0]       # the dispatcher asked now
         self.timeout = timeout
         self.codec = codec or Codec()
         self.options = options or Options(send_timeout=min(timeout, 5.0))
         self._authenticator = authenticator
-        self._resolve = resolver(None, pins={DISPATCHER: address})
-        self._sender = Sender("", resolve=self._resolve, codec=self.codec,
-                              options=self.options, authenticator=authenticator)
+        self._sender = self._sender_to(self.address)
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -94,8 +107,39 @@ class RegistryClient:
 
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
-        return self._sender.request(DISPATCHER, OPS.request(op, **fields),
-                                    timeout=self.timeout).body
+        """Ask the dispatcher; if it does not answer, the next one of ``addresses``
+        (each once). A request repeated so may have been done by the first: a
+        register without an epoch may then take two epochs."""
+        for attempt in range(len(self.addresses)):
+            sender, address = self._sender, self.address
+            try:
+                return sender.request(DISPATCHER, OPS.request(op, **fields),
+                                      timeout=self.timeout).body
+            except (Timeout, TransportError):
+                if self._closed or attempt + 1 == len(self.addresses):
+                    raise
+                self._fail_over(address)
+        raise AssertionError("unreachable")
+
+    def _sender_to(self, address: str) -> Sender:
+        return Sender("", resolve=resolver(None, pins={DISPATCHER: address}),
+                      codec=self.codec, options=self.options,
+                      authenticator=self._authenticator)
+
+    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        return resolver(None, pins={DISPATCHER: self.address})(name, fresh)
+
+    def _fail_over(self, address: str) -> None:
+        """``address`` did not answer: ask the next dispatcher from now on."""
+        with self._lock:
+            if self.address != address or self._closed or len(self.addresses) == 1:
+                return                      # another thread moved on already
+            at = self.addresses.index(address)
+            self.address = self.addresses[(at + 1) % len(self.addresses)]
+            old, self._sender = self._sender, self._sender_to(self.address)
+        old.close()
+        if self._ticker is not None:
+            self._reactor.call_soon(self._drop_watch)   # watch the new one
 
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
@@ -259,6 +303,7 @@ class RegistryClient:
                 self._silent = 0
             if self._silent >= 3:
                 self._drop_watch()
+                self._fail_over(self.address)
         if self._watch is None:
             self._subscribe()
         elif self._watch is not None:
@@ -272,6 +317,7 @@ class RegistryClient:
                              deadline=time.monotonic())
         except (PosaError, OSError):
             watch.close()
+            self._fail_over(self.address)
             return  # the dispatcher is not there (yet): the next tick tries again
         self._watch = watch
         self._ping_seq = seq

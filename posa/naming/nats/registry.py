@@ -233,11 +233,14 @@ class NatsRegistry:
 
     # -- the bucket (loop thread) ----------------------------------------------------
     async def _open(self, replicas: int | None, sweep_interval: float) -> None:
+        async def quiet(exc: Exception) -> None:    # nats-py prints tracebacks otherwise
+            _log.debug("NATS connection of the registry: %r", exc)
         try:
-            self._nc = await nats.connect(
+            self._nc = await asyncio.wait_for(nats.connect(
                 servers=self.servers, name="posa-registry", connect_timeout=2,
-                reconnect_time_wait=0.25, max_reconnect_attempts=-1, allow_reconnect=True)
-        except (OSError, nats.errors.Error) as exc:
+                reconnect_time_wait=0.25, max_reconnect_attempts=-1, allow_reconnect=True,
+                error_cb=quiet), self.timeout / 2)
+        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             raise Unreachable(f"no NATS server answered at {', '.join(self.servers)} "
                               f"({exc!r}); start nats-server with -js, or fix the address"
                               ) from None
