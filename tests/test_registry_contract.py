@@ -249,8 +249,7 @@ def test_one_of_many_credentials_wins_a_name(reg: Registry) -> None:
     assert reg.lookup("race/x").addresses == won[0].addresses
 
 
-def test_a_closed_registry_refuses_calls(request: pytest.FixtureRequest,
-                                         kind: str = "local") -> None:
+def test_a_closed_registry_refuses_calls(request: pytest.FixtureRequest) -> None:
     for kind in KINDS:
         made = make_registry(kind, request)
         registry = next(made)
@@ -259,4 +258,5 @@ def test_a_closed_registry_refuses_calls(request: pytest.FixtureRequest,
             registry.register("x/y", ADDR, credential="k")
         with pytest.raises(posa.Closed):
             registry.lookup("x/y")
+        registry.close()                    # idempotent
         made.close()

@@ -1,4 +1,5 @@
-"""How a registration lives in a key-value bucket: keys, records and the rules, sans-IO.
+"""How a registration lives in a key-value bucket: keys, records and the rules, sans-IO
+(and how NATS servers are written: ``server_list``).
 
 Keys. A name's segments become a key's tokens: ``netmgmt/site-a/agent.3`` is
 ``n.netmgmt.site-a.agent=2E3`` (the ``n.`` prefix keeps the bucket open to other
@@ -22,23 +23,36 @@ revision it read, and starts again if another writer came first.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import msgpack
 
-from posa.errors import ProtocolError
+from posa.errors import PosaError, ProtocolError
 from posa.naming.registration import Registration
 from posa.naming.table import STATE_VERSION, RegistryTable
 from posa.wire.names import Pattern
 
-__all__ = ["PREFIX", "key_of", "name_of", "filter_of", "pack", "unpack", "is_live",
+__all__ = ["server_list", "PREFIX", "key_of", "name_of", "filter_of", "pack", "unpack", "is_live",
            "registration", "apply"]
 
 PREFIX = "n."
 _T = TypeVar("_T")
 Record = dict[str, Any]
+
+
+def server_list(servers: str | Sequence[str]) -> list[str]:
+    """``nats://h:p,h:p`` (or a list of such) as one URL per server."""
+    items = [servers] if isinstance(servers, str) else list(servers)
+    urls = []
+    for item in items:
+        scheme, sep, rest = item.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            raise PosaError(f"{item!r} is not a NATS address; write nats://HOST:PORT"
+                            "[,HOST:PORT...]")
+        urls += [f"{scheme}://{where}" for where in rest.split(",") if where]
+    return urls
 
 
 def key_of(name: str) -> str:

@@ -65,19 +65,6 @@ _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
 Watcher = Callable[[str, Registration | None], None]
 
 
-def server_list(servers: str | Sequence[str]) -> list[str]:
-    """``nats://h:p,h:p`` (or a list of such) as one URL per server."""
-    items = [servers] if isinstance(servers, str) else list(servers)
-    urls = []
-    for item in items:
-        scheme, sep, rest = item.partition("://")
-        if not sep or scheme not in ("nats", "tls") or not rest:
-            raise PosaError(f"{item!r} is not a NATS address; write nats://HOST:PORT"
-                            "[,HOST:PORT...]")
-        urls += [f"{scheme}://{where}" for where in rest.split(",") if where]
-    return urls
-
-
 class NatsRegistry:
     """``Registry`` on the key-value bucket ``bucket`` of the NATS ``servers``
     (created on first use, R3 when three servers or more are known). Thread-safe."""
@@ -86,7 +73,7 @@ class NatsRegistry:
                  bucket: str = DEFAULT_BUCKET, replicas: int | None = None,
                  timeout: float = 10.0, cache: bool = True,
                  sweep_interval: float = 0.5) -> None:
-        self.servers = server_list(servers)
+        self.servers = records.server_list(servers)
         self.bucket, self.timeout, self._caching = bucket, timeout, cache
         self._lock = threading.Lock()
         self._mirror: dict[str, tuple[int, Record | None]] = {}
@@ -131,7 +118,7 @@ class NatsRegistry:
 
     def lookup(self, name: str) -> Registration:
         """See ``Registry.lookup``: from the mirror, else from the bucket."""
-        found = self._mirror.get(name) if self._caching else None
+        found = self._mirror.get(name) if self._caching and not self._closed else None
         now = time.time()
         if found is not None and records.is_live(found[1], now):
             assert found[1] is not None
@@ -244,6 +231,21 @@ class NatsRegistry:
             raise Unreachable(f"no NATS server answered at {', '.join(self.servers)} "
                               f"({exc!r}); start nats-server with -js, or fix the address"
                               ) from None
+        try:
+            await self._bucket(replicas)
+            self._watch = await self._kv.watch(records.PREFIX + ">")
+        except BaseException as exc:
+            await self._nc.close()
+            if isinstance(exc, (nats.errors.Error, asyncio.TimeoutError)):
+                raise Unreachable(f"the NATS servers at {', '.join(self.servers)} gave no "
+                                  f"bucket {self.bucket!r} ({exc!r}); is JetStream on "
+                                  "(nats-server -js) and a majority of them up?") from None
+            raise
+        self._tasks = [asyncio.ensure_future(self._follow()),
+                       asyncio.ensure_future(self._sweep(sweep_interval))]
+
+    async def _bucket(self, replicas: int | None) -> None:
+        """Open the bucket, or create it (R3 when three servers are known)."""
         js = self._nc.jetstream(timeout=2.0)
         try:
             self._kv = await js.key_value(self.bucket)
@@ -252,9 +254,6 @@ class NatsRegistry:
             self._kv = await js.create_key_value(KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=count,
                 description="posa name registry"))
-        self._watch = await self._kv.watch(records.PREFIX + ">")
-        self._tasks = [asyncio.ensure_future(self._follow()),
-                       asyncio.ensure_future(self._sweep(sweep_interval))]
 
     async def _shut(self) -> None:
         for task in self._tasks:
