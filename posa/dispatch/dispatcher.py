@@ -36,7 +36,7 @@ import msgpack
 from posa.admission.gatekeeper import Authenticator
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
-from posa.errors import NameNotFound, PosaError
+from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
 from posa.naming.protocol import (
     DISPATCHER,
@@ -133,6 +133,10 @@ class Dispatcher:
         """Run ``handler`` on a worker thread and reply (unless it deferred again)."""
         try:
             body = handler(msg, fields)
+        except Timeout as exc:      # the store's: another dispatcher would not do better
+            self.peer.reply_error(msg, Unreachable(f"the dispatcher's store did not answer: "
+                                                   f"{exc}"))
+            return
         except Exception as exc:    # the requester raises it
             self.peer.reply_error(msg, exc)
             return

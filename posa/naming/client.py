@@ -26,7 +26,14 @@ import msgpack
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import PosaError, ProtocolError, Rejected, Timeout, TransportError
+from posa.errors import (
+    PosaError,
+    ProtocolError,
+    Rejected,
+    Timeout,
+    TransportError,
+    Unreachable,
+)
 from posa.naming.hosts import reachable
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
@@ -67,15 +74,18 @@ def dispatcher_addresses(address: str | Sequence[str]) -> list[str]:
 class RegistryClient:
     """``Registry`` backed by a ``posa dispatcher`` at ``address``; given several
     (a list, or comma-separated), by the first that answers, the next when it
-    stops answering (dispatchers sharing a store: ``--store nats://…``).
+    does not answer within ``failover_after`` s (dispatchers sharing a store:
+    ``--store nats://…``).
     Thread-safe."""
 
     def __init__(self, address: str | Sequence[str], *, timeout: float = 5.0,
                  cache: bool = True,
                  ping_interval: float = 1.0, reactor: Reactor | None = None,
                  options: Options | None = None, codec: Codec | None = None,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None,
+                 failover_after: float = 3.0) -> None:
         self.addresses = dispatcher_addresses(address)
+        self.failover_after = failover_after
         self.address = self.addresses[0]       # the dispatcher asked now
         self.timeout = timeout
         self.codec = codec or Codec()
@@ -107,19 +117,26 @@ class RegistryClient:
 
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
-        """Ask the dispatcher; if it does not answer, the next one of ``addresses``
-        (each once). A request repeated so may have been done by the first: a
+        """Ask the dispatcher. With several, one that does not answer within
+        ``failover_after`` s is left for the next, round and round until
+        ``timeout``. A request repeated so may have been done by the first: a
         register without an epoch may then take two epochs."""
-        for attempt in range(len(self.addresses)):
+        deadline = time.monotonic() + self.timeout
+        single = len(self.addresses) == 1
+        for _ in range(1000):
             sender, address = self._sender, self.address
+            left = deadline - time.monotonic()
             try:
-                return sender.request(DISPATCHER, OPS.request(op, **fields),
-                                      timeout=self.timeout).body
+                return sender.request(DISPATCHER, OPS.request(op, **fields), timeout=(
+                    self.timeout if single else max(0.01, min(left, self.failover_after)))
+                ).body
+            except Unreachable:
+                raise                       # the dispatcher answered: what it asked is not
             except (Timeout, TransportError):
-                if self._closed or attempt + 1 == len(self.addresses):
+                if self._closed or single or time.monotonic() >= deadline:
                     raise
                 self._fail_over(address)
-        raise AssertionError("unreachable")
+        raise Timeout(f"no dispatcher of {', '.join(self.addresses)} answered")
 
     def _sender_to(self, address: str) -> Sender:
         return Sender("", resolve=resolver(None, pins={DISPATCHER: address}),

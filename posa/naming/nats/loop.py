@@ -58,9 +58,9 @@ def call(coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
         raise PosaError("a blocking NATS registry call was made on the posa-nats loop "
                         "thread (from a watcher?); make it from another thread")
     future = asyncio.run_coroutine_threadsafe(coro, loop())
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
+    done, _ = concurrent.futures.wait([future], timeout)
+    if not done:    # (its own TimeoutError, nats-py's included, is raised as it is)
         future.cancel()
         raise Timeout(f"NATS did not answer within {timeout} s; is a server of the "
-                      "cluster reachable?") from None
+                      "cluster reachable?")
+    return future.result()

@@ -30,12 +30,13 @@ from typing import Any, TypeVar
 import msgpack
 
 from posa.errors import PosaError, ProtocolError
+from posa.naming.pages import PAGE_BYTES, wire_size
 from posa.naming.registration import Registration
 from posa.naming.table import STATE_VERSION, RegistryTable
 from posa.wire.names import Pattern
 
 __all__ = ["server_list", "PREFIX", "key_of", "name_of", "filter_of", "pack", "unpack", "is_live",
-           "registration", "apply"]
+           "registration", "apply", "page"]
 
 PREFIX = "n."
 _T = TypeVar("_T")
@@ -131,3 +132,23 @@ def _record_of(table: RegistryTable, name: str) -> Record | None:
     return {"a": entry["addresses"], "e": entry["epoch"], "l": entry["lease"],
             "x": time.time() + entry["expires_in"], "m": dict(meta) or None,
             "o": entry["owner"]}
+
+
+def page(registrations: list[Registration], after: str | None, limit: int,
+         keep: Callable[[Mapping[str, Any]], bool] | None
+         ) -> tuple[list[Registration], str | None]:
+    """One page of sorted ``registrations``: those named above ``after`` that
+    ``keep`` keeps, at most ``limit`` and ``PAGE_BYTES``; and the next cursor."""
+    found: list[Registration] = []
+    size = 0
+    for registration in registrations:
+        if (after is not None and registration.name <= after) or (
+                keep is not None and not keep(registration.meta)):
+            continue
+        cost = wire_size(registration.name, registration.addresses,
+                         len(pack(dict(registration.meta))))
+        if found and (len(found) >= limit or size + cost > PAGE_BYTES):
+            return found, found[-1].name
+        found.append(registration)
+        size += cost
+    return found, None

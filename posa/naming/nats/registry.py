@@ -15,15 +15,12 @@ writer wins), so epochs never go back and no per-message TTL is needed (that
 needs nats-server 2.11 and ``allow_msg_ttl``). Hosts' clocks must agree to well
 within a lease (NTP does).
 
-Each registry keeps a mirror of the bucket, fed by a key-value watch (an
-ordered consumer): lookups and ``names`` read it (a miss asks the bucket, so a
-name registered elsewhere a moment ago is found), and its changes are what
-``watch`` callbacks hear, on a thread of the registry's own (so a callback may
-call the registry). The mirror is eventually consistent: milliseconds behind
-the bucket, longer while the server carrying the watch is lost (the consumer
-is recreated after two missed heartbeats, about 10 s); ``forget(name)`` makes
-the next lookup of ``name`` ask the bucket. nats-py runs on one asyncio loop
-per process (``posa.naming.nats.loop``).
+Each registry mirrors the bucket through a key-value watch (an ordered
+consumer): lookups and ``names`` read the mirror (a miss asks the bucket), and
+``watch`` callbacks hear its changes on a thread of the registry's own. The
+mirror is milliseconds behind, about 10 s while the server carrying the watch is
+lost; ``forget(name)`` sends the next lookup to the bucket. nats-py runs on one
+asyncio loop per process (``posa.naming.nats.loop``); docs/scale.md.
 """
 from __future__ import annotations
 
@@ -39,7 +36,7 @@ from posa.errors import Closed, NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.nats import loop as nats_loop
 from posa.naming.nats import records
 from posa.naming.nats.records import Record
-from posa.naming.pages import PAGE_BYTES, PAGE_ENTRIES, walk, wire_size
+from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.registration import DEFAULT_LEASE, Registration
 from posa.naming.table import RegistryTable
 from posa.wire.names import Pattern, validate_name
@@ -49,6 +46,7 @@ try:
     import nats.errors
     import nats.js.errors
     from nats.js.api import KeyValueConfig
+    from nats.js.kv import KeyValue
 except ImportError as exc:      # the optional extra is missing
     raise ImportError("NatsRegistry needs nats-py: pip install 'posa-messaging[nats]'"
                       ) from exc
@@ -67,11 +65,13 @@ Watcher = Callable[[str, Registration | None], None]
 
 class NatsRegistry:
     """``Registry`` on the key-value bucket ``bucket`` of the NATS ``servers``
-    (created on first use, R3 when three servers or more are known). Thread-safe."""
+    (created on first use, R3 when three servers or more are known). A write waits
+    up to ``timeout`` s for the bucket (its leader election after a server is lost
+    takes 4-10 s). Thread-safe."""
 
     def __init__(self, servers: str | Sequence[str] = "nats://127.0.0.1:4222", *,
                  bucket: str = DEFAULT_BUCKET, replicas: int | None = None,
-                 timeout: float = 10.0, cache: bool = True,
+                 timeout: float = 20.0, cache: bool = True,
                  sweep_interval: float = 0.5) -> None:
         self.servers = records.server_list(servers)
         self.bucket, self.timeout, self._caching = bucket, timeout, cache
@@ -125,7 +125,9 @@ class NatsRegistry:
             return records.registration(name, found[1], now)
         self._check_open()
         validate_name(name)
-        revision, record = self._call(self._read(records.key_of(name)))
+        key = records.key_of(name)
+        revision, record = self._call(self._retrying(lambda: self._read(key),
+                                                     f"read {name!r} from"))
         if revision:
             self._seen(name, revision, record)
         now = time.time()
@@ -150,20 +152,7 @@ class NatsRegistry:
              ) -> tuple[list[Registration], str | None]:
         """One page of ``names(pattern)`` above the cursor ``after`` (see
         ``posa.naming.pages``), at most ``limit`` and ``PAGE_BYTES``."""
-        found: list[Registration] = []
-        size = 0
-        for registration in self.names(pattern):
-            if after is not None and registration.name <= after:
-                continue
-            if keep is not None and not keep(registration.meta):
-                continue
-            cost = wire_size(registration.name, registration.addresses,
-                             len(records.pack(dict(registration.meta))))
-            if found and (len(found) >= limit or size + cost > PAGE_BYTES):
-                return found, found[-1].name
-            found.append(registration)
-            size += cost
-        return found, None
+        return records.page(self.names(pattern), after, limit, keep)
 
     def pages(self, pattern: str = "**", *, limit: int = PAGE_ENTRIES
               ) -> Iterator[list[Registration]]:
@@ -254,6 +243,11 @@ class NatsRegistry:
             self._kv = await js.create_key_value(KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=count,
                 description="posa name registry"))
+        # compare-and-set reads through the stream's leader: a direct get may be
+        # answered by a replica that lags (after a leader was lost, for seconds),
+        # and a write on its revision would be refused again and again
+        self._leader_kv = KeyValue(name=self.bucket, stream=f"KV_{self.bucket}",
+                                   pre=f"$KV.{self.bucket}.", js=js, direct=False)
 
     async def _shut(self) -> None:
         for task in self._tasks:
@@ -300,9 +294,9 @@ class NatsRegistry:
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass            # renewed, re-registered or reaped by another meanwhile
 
-    async def _read(self, key: str) -> tuple[int, Record | None]:
+    async def _read(self, key: str, leader: bool = False) -> tuple[int, Record | None]:
         try:
-            entry = await self._kv.get(key)
+            entry = await (self._leader_kv if leader else self._kv).get(key)
         except nats.js.errors.KeyNotFoundError as exc:
             gone = getattr(exc, "entry", None)
             return (gone.revision or 0) if gone is not None else 0, None
@@ -312,23 +306,31 @@ class NatsRegistry:
                    ) -> tuple[_T, int, Record | None]:
         """Apply ``op`` to ``name``'s record and write the result if it changed,
         again until no other writer comes first (or the deadline passes)."""
-        key, deadline, pause = records.key_of(name), time.monotonic() + self.timeout, 0.01
+        key = records.key_of(name)
+
+        async def attempt() -> tuple[_T, int, Record | None]:
+            revision, record = await self._read(key, leader=True)
+            result, new = records.apply(name, record, op)
+            now = time.time()
+            if new is None or (new == record) or (
+                    not records.is_live(new, now) and not records.is_live(record, now)):
+                return result, 0, None
+            return result, await self._kv.update(key, records.pack(new), last=revision), new
+        return await self._retrying(attempt, f"write {name!r} to")
+
+    async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, _T]], what: str) -> _T:
+        """``attempt()``, again after a lost race or a lost server, until ``timeout``."""
+        deadline, pause = time.monotonic() + self.timeout, 0.01
         while True:
             try:
-                revision, record = await self._read(key)
-                result, new = records.apply(name, record, op)
-                now = time.time()
-                if new is None or (new == record) or (
-                        not records.is_live(new, now) and not records.is_live(record, now)):
-                    return result, 0, None
-                return result, await self._kv.update(key, records.pack(new), last=revision), new
+                return await attempt()
             except nats.js.errors.KeyWrongLastSequenceError:
-                pause = 0.001
+                pause = 0.001                   # another writer came first
             except _TRANSIENT:
                 pause = min(pause * 2, 0.25)    # a server lost: its peers elect anew
             if time.monotonic() + pause > deadline:
-                raise Timeout(f"could not write {name!r} to the bucket {self.bucket!r} "
-                              f"within {self.timeout} s; is a majority of its servers up?")
+                raise Timeout(f"could not {what} the bucket {self.bucket!r} within "
+                              f"{self.timeout} s; is a majority of its servers up?")
             await asyncio.sleep(pause)
 
     # -- the mirror and the watchers -------------------------------------------------
@@ -381,7 +383,10 @@ class NatsRegistry:
                         callback, event[0])
 
     def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return nats_loop.call(coro, self.timeout + 1.0)
+        try:
+            return nats_loop.call(coro, self.timeout + 3.0)
+        except nats.errors.Error as exc:    # none retried: say it in posa's words
+            raise Unreachable(f"NATS failed the registry's call: {exc!r}") from None
 
     def _check_open(self) -> None:
         if self._closed:
