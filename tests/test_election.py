@@ -25,7 +25,7 @@ from tests.test_registry_contract import make_registry, nats_url  # noqa: F401 (
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(params=["local", "dispatcher", "nats"])
+@pytest.fixture(params=["local", "dispatcher", "nats", "dispatcher-on-nats"])
 def registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
     yield from make_registry(request.param, request)
 

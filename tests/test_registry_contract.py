@@ -1,8 +1,9 @@
 """The registry contract: one suite every registry passes.
 
 ``LocalRegistry`` (embedded), ``RegistryClient`` (a dispatcher's registry over
-the network) and ``NatsRegistry`` (a JetStream key-value bucket on a real
-nats-server) must answer alike: the same owners, epochs, leases, patterns,
+the network), ``NatsRegistry`` (a JetStream key-value bucket on a real
+nats-server) and ``RegistryClient`` of a dispatcher keeping its registry in such
+a bucket (``--store``) must answer alike: the same owners, epochs, leases, patterns,
 watches and errors (``posa.naming.registration``). Time is real (leases of a
 fraction of a second where expiry is the point), waits are on events or
 conditions with deadlines. The table's own unit tests, on a fake clock, are in
@@ -25,7 +26,7 @@ from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-KINDS = ["local", "dispatcher", "nats"]
+KINDS = ["local", "dispatcher", "nats", "dispatcher-on-nats"]
 ADDR = ["tcp://127.0.0.1:7001"]
 SHORT = 0.4         # a lease that runs out during the test
 _buckets = itertools.count()
@@ -46,11 +47,19 @@ def make_registry(kind: str, request: pytest.FixtureRequest) -> Iterator[Registr
         with Dispatcher("tcp://127.0.0.1:0") as dispatcher, \
                 posa.RegistryClient(dispatcher.address) as client:
             yield client
-    else:
+    elif kind == "nats":
         url = request.getfixturevalue("nats_url")
         from posa.naming.nats.registry import NatsRegistry
         with NatsRegistry(url, bucket=f"contract-{next(_buckets)}") as nats:
             yield nats
+    else:                   # a dispatcher keeping its registry in a NATS bucket
+        url = request.getfixturevalue("nats_url")
+        from posa.dispatch.dispatcher import Dispatcher
+        from posa.naming.nats.registry import NatsRegistry
+        with NatsRegistry(url, bucket=f"contract-{next(_buckets)}") as store, \
+                Dispatcher("tcp://127.0.0.1:0", registry=store) as dispatcher, \
+                posa.RegistryClient(dispatcher.address) as client:
+            yield client
 
 
 @pytest.fixture(params=KINDS)
