@@ -161,3 +161,15 @@ def test_a_server_that_is_not_there_is_unreachable() -> None:
     with pytest.raises(posa.PosaError, match="not a NATS address"):
         NatsRegistry("tcp://127.0.0.1:4222")
 
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--store", "tcp://127.0.0.1:4222"], "is not a NATS address"),
+    (["--store", "nats://127.0.0.1:4222", "--state", "s.db"], "exclude each other"),
+])
+def test_the_dispatcher_command_says_what_is_wrong_with_a_store(args: list[str],
+                                                                 says: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "posa", "dispatcher", "--listen",
+                           "tcp://127.0.0.1:0", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode != 0 and says in done.stderr

@@ -97,6 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     authenticator, acl = security_from_args(args, "posa/dispatcher")
     raise_descriptor_limit()
     store = None
+    if args.store is not None and args.state is not None:
+        raise PosaError("--store and --state exclude each other: the registry lives in "
+                        "the NATS bucket or in the state file; drop one")
     if args.store is not None:
         from posa.naming.nats.registry import NatsRegistry
         store = NatsRegistry(args.store, bucket=args.bucket)
