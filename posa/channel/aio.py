@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from posa.channel.events import Event
@@ -97,6 +98,10 @@ class AsyncSubscriber(_AsyncWrapper):
         except Timeout:
             return await self._run(  # type: ignore[no-any-return]
                 self.sync.receive_many, max_events, timeout)
+
+    def handling(self, event: Event) -> AbstractContextManager[None]:
+        """``with subscriber.handling(event):`` as ``Subscriber.handling``."""
+        return self.sync.handling(event)
 
     def __aiter__(self) -> AsyncSubscriber:
         return self
