@@ -62,8 +62,9 @@ def _reader() -> Callable[[], Any]:
     if type(runtime).__name__ == "ContextVarsRuntimeContext" and \
             isinstance(variable, ContextVar):
         read: Callable[[], Any] = variable.get
-        return read
-    return _otel_context.get_current
+    else:
+        read = _otel_context.get_current
+    return read
 
 
 active: Callable[[], Any] = _reader()
