@@ -205,3 +205,26 @@ def test_an_old_sqlite_store_opens_and_keeps_traces_from_then_on(tmp_path: Path)
             old, new = replay.receive(10), replay.receive(10)
     assert (old.seq, old.body, old.trace) == (1, "before", None)
     assert (new.seq, new.body, new.trace) == (2, "after", {"traceparent": PARENT})
+
+
+def test_asyncio_publish_many_keeps_the_callers_trace() -> None:
+    import asyncio
+
+    import posa.aio
+
+    async def main(registry: posa.LocalRegistry) -> list[Any]:
+        async with posa.aio.Subscriber("tr/aio", registry=registry) as sub, \
+                posa.aio.Publisher("tr/aio", registry=registry) as pub:
+            with trace_context({"traceparent": PARENT}):
+                await pub.publish_many([("a", 1), ("b", 2)])   # on the worker thread
+            await pub.publish("c", 3)
+            await pub.flush(10)
+            events = [await sub.receive(10) for _ in range(3)]
+            with sub.handling(events[0]):
+                inside = posa.ops.trace_headers()
+            return [[e.trace for e in events], inside]
+
+    with posa.LocalRegistry() as registry, posa.EventChannel("tr/aio", registry=registry):
+        traces, inside = asyncio.run(main(registry))
+    assert traces == [{"traceparent": PARENT}] * 2 + [None]
+    assert inside["traceparent"].split("-")[1] == PARENT.split("-")[1]

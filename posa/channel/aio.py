@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -35,8 +36,10 @@ class _AsyncWrapper:
             1, thread_name_prefix="posa-aio-channel")
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # in the caller's context: an event published in a trace keeps it
         return await self._loop.run_in_executor(
-            self._worker, functools.partial(fn, *args, **kwargs))
+            self._worker, functools.partial(contextvars.copy_context().run, fn, *args,
+                                            **kwargs))
 
     async def _shutdown(self, close: Callable[[], Any]) -> None:
         try:
