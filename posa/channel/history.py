@@ -20,10 +20,8 @@ __all__ = ["History", "run_bytes"]
 def run_bytes(run: Run) -> int:
     """About how many bytes a run's bodies, topics and traces take (its encoded
     form when it has one, else an estimate of 64 bytes per event)."""
-    size = (len(run.blob) if run.blob is not None else 64 * len(run)) + run.topics_size()
-    if run.traces is not None:
-        size += sum(sum(map(len, t.values())) + 24 for t in run.traces if t)
-    return size
+    return (len(run.blob) if run.blob is not None else 64 * len(run)) \
+        + run.topics_size() + run.traces_size()
 
 
 class History:

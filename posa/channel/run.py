@@ -107,6 +107,12 @@ class Run:
             return len(self.topic) + 2
         return sum(map(len, self.topics)) + 2 * len(self.topics)
 
+    def traces_size(self) -> int:
+        """About how many bytes the traces take on the wire (0: none)."""
+        if self.traces is None:
+            return 0
+        return sum(sum(map(len, t.values())) + 32 for t in self.traces if t) + len(self)
+
     def wire(self, blob: bytes) -> list[Any]:
         """The run as a delivery carries it: ``[seqs, topics, blob(, vias,
         origins(, traces))]``, with one topic str standing for all when they share
