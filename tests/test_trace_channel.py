@@ -228,3 +228,21 @@ def test_asyncio_publish_many_keeps_the_callers_trace() -> None:
         traces, inside = asyncio.run(main(registry))
     assert traces == [{"traceparent": PARENT}] * 2 + [None]
     assert inside["traceparent"].split("-")[1] == PARENT.split("-")[1]
+
+
+def test_each_event_keeps_the_trace_it_was_published_in() -> None:
+    other = "00-11111111111111111111111111111111-2222222222222222-01"
+    with posa.LocalRegistry() as registry, \
+            posa.EventChannel("tr/each", registry=registry) as _, \
+            posa.Publisher("tr/each", registry=registry, linger=1.0) as publisher, \
+            posa.Subscriber("tr/each", registry=registry) as subscriber:
+        for parent in (PARENT, other, PARENT):      # one batch, three traces
+            with trace_context({"traceparent": parent}):
+                publisher.publish("t", parent)
+        publisher.publish("t", None)
+        publisher.flush(10)
+        events = subscriber.receive_many(4, timeout=10)
+        while len(events) < 4:
+            events += subscriber.receive_many(4 - len(events), timeout=10)
+    assert [e.trace for e in events] == [{"traceparent": PARENT}, {"traceparent": other},
+                                         {"traceparent": PARENT}, None]

@@ -81,6 +81,7 @@ class Publisher:
         # and takes the condition only to wake the sending thread or to wait
         self._queue: deque[tuple[Any, ...]] = deque()   # (topic, body(, trace))
         self._tracing = False         # an event was queued with a trace (never reset)
+        self._trace: tuple[Any, Any] = (None, None)   # the last context, its headers
         self._cond = threading.Condition(threading.Lock())
         self._held = 0                # events taken from the queue, not acknowledged
         self._frames: deque[tuple[dict[str, Any], int]] = deque()  # (publish, events)
@@ -124,9 +125,14 @@ class Publisher:
         if len(queue) + self._held >= self.buffer or self._attention:
             with self._cond:
                 self._wait_for_room(timeout)
-        if _traced():
+        context = _traced()
+        if context:
+            known, headers = self._trace
+            if context is not known:      # a new span: its headers (made once per span)
+                headers = _trace_headers() or None
+                self._trace = (context, headers)
             self._tracing = True
-            queue.append((topic, body, _trace_headers() or None))
+            queue.append((topic, body, headers))
         else:
             queue.append((topic, body))
         # wake the sending thread only if it sleeps: idle, or letting a batch fill
