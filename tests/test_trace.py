@@ -164,6 +164,15 @@ with posa.LocalRegistry() as registry:
         with trace_context({"traceparent": sys.argv[1], "tracestate": "a=1"}):
             traced = first.request("tr/relay", None, timeout=10)
     relay.close()
+    with posa.EventChannel("tr/events", registry=registry), \\
+            posa.Publisher("tr/events", registry=registry) as pub, \\
+            posa.Subscriber("tr/events", registry=registry) as sub:
+        with trace_context({"traceparent": sys.argv[1], "tracestate": "a=1"}):
+            pub.publish("t", 1)
+        pub.flush(10)
+        event = sub.receive(10)
+        with sub.handling(event):
+            seen.append(trace_headers())
 print("RESULT", json.dumps([plain, traced, seen]), flush=True)
 """
 
@@ -177,6 +186,7 @@ def test_without_opentelemetry_the_context_is_passed_on_unchanged() -> None:
     assert plain == {} and "traceparent" not in seen[0]
     assert traced == {"traceparent": PARENT, "tracestate": "a=1"}
     assert seen[1]["traceparent"] == PARENT and seen[1]["tracestate"] == "a=1"
+    assert seen[2] == {"traceparent": PARENT, "tracestate": "a=1"}     # through a publish
 
 
 def test_the_send_path_checks_one_context_variable() -> None:
@@ -184,6 +194,7 @@ def test_the_send_path_checks_one_context_variable() -> None:
     from posa.runtime import trace
     assert forwarder._traced is trace.active
     assert not trace.active()                   # nothing active in a test's thread
-    probe: Any = sys.modules["opentelemetry.context"].get_current
-    assert trace.active is probe
+    otel: Any = sys.modules["opentelemetry.context"]
+    assert trace.active == otel._RUNTIME_CONTEXT._current_context.get   # ContextVar.get
+    assert trace.active() is otel.get_current()
     assert json.dumps(trace_headers()) == "{}"

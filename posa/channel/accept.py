@@ -5,6 +5,7 @@ path (duplicates, by origin and seq: ``posa.channel.dedup``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from posa.channel.dedup import OriginSeen
 from posa.channel.protocol import (
@@ -12,6 +13,7 @@ from posa.channel.protocol import (
     Publication,
     check_bodies,
     check_event_topics,
+    check_traces,
     check_via,
     unpack,
 )
@@ -43,9 +45,10 @@ def candidate(pub: Publication, name: str, next_seq: int, seen: OriginSeen) -> C
     """The checked publication as a run. Raises ``Rejected``, accepting none of it."""
     topics, topic, n = _topics_of(pub)
     vias, origins = pub.vias, pub.origins
+    traces = check_traces(pub.traces, n)
     if vias is None:
         return Candidate(Run(next_seq, topics, blob=pub.blob, bodies=pub.bodies,
-                             topic=topic), n, None, [], [])
+                             topic=topic, traces=traces), n, None, [], [])
     if len(vias) != n or (origins is not None and len(origins) != n):
         raise Rejected("a publication needs one via (and one origin) per topic")
     checked = [check_via(v) for v in vias]
@@ -63,12 +66,14 @@ def candidate(pub: Publication, name: str, next_seq: int, seen: OriginSeen) -> C
     plain = checked if any(checked) else None
     if len(keep) == n:
         return Candidate(Run(next_seq, topics, blob=pub.blob, bodies=pub.bodies,
-                             vias=plain, origins=origins if plain else None, topic=topic),
+                             vias=plain, origins=origins if plain else None, topic=topic,
+                             traces=traces),
                          n, None, looped, duplicate)
     bodies = pub.bodies if pub.bodies is not None else unpack(pub.blob, "publication")
     run = Run(next_seq, [topics[i] for i in keep], bodies=[bodies[i] for i in keep],
               topic=topic, vias=[checked[i] for i in keep] if plain else None,
-              origins=[origins[i] for i in keep] if plain and origins is not None else None)
+              origins=[origins[i] for i in keep] if plain and origins is not None else None,
+              traces=_kept(traces, keep))
     return Candidate(run, n, keep, looped, duplicate)
 
 
@@ -81,6 +86,13 @@ def note_origins(run: Run, count: int, seen: OriginSeen) -> None:
         via, origin = vias[i], origins[i]
         if via and _is_origin(origin):
             seen.note(via[0], origin[0], origin[1])
+
+
+def _kept(traces: list[Any] | None, keep: list[int]) -> list[Any] | None:
+    if traces is None:
+        return None
+    kept = [traces[i] for i in keep]
+    return kept if any(kept) else None
 
 
 def _is_origin(origin: object) -> bool:

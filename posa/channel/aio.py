@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from posa.channel.events import Event
@@ -34,8 +36,10 @@ class _AsyncWrapper:
             1, thread_name_prefix="posa-aio-channel")
 
     async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # in the caller's context: an event published in a trace keeps it
         return await self._loop.run_in_executor(
-            self._worker, functools.partial(fn, *args, **kwargs))
+            self._worker, functools.partial(contextvars.copy_context().run, fn, *args,
+                                            **kwargs))
 
     async def _shutdown(self, close: Callable[[], Any]) -> None:
         try:
@@ -97,6 +101,10 @@ class AsyncSubscriber(_AsyncWrapper):
         except Timeout:
             return await self._run(  # type: ignore[no-any-return]
                 self.sync.receive_many, max_events, timeout)
+
+    def handling(self, event: Event) -> AbstractContextManager[None]:
+        """``with subscriber.handling(event):`` as ``Subscriber.handling``."""
+        return self.sync.handling(event)
 
     def __aiter__(self) -> AsyncSubscriber:
         return self

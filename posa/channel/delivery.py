@@ -109,7 +109,7 @@ class Delivery:
                 holes.append([count, segment[1], segment[2]])
                 continue
             run, blob = segment
-            weight = len(blob) + run.topics_size()
+            weight = len(blob) + run.topics_size() + run.traces_size()
             if items and size + weight > self.channel._max_bytes:
                 frames.append(self._body(items, holes, dropped, head))
                 items, holes, count, size = [], [], 0, 0
@@ -127,7 +127,7 @@ class Delivery:
     def _encode(self, run: Run) -> list[Any]:
         """(run, blob) pieces small enough for a frame; ("gap", n, "dropped")
         where bodies cannot be encoded at all."""
-        budget = self.channel._max_bytes - run.topics_size()
+        budget = self.channel._max_bytes - run.topics_size() - run.traces_size()
         if run.blob is not None and len(run.blob) <= budget:
             return [(run, run.blob)]
         bodies = run.body_list()

@@ -55,7 +55,10 @@ class Event(NamedTuple):
     sequence number (increasing); ``channel`` the channel it came from; ``via``
     the channels it passed before that one (origin first); ``gap`` a ``Gap``
     when events were lost right before this one, else None; ``origin`` for a
-    chained event: ``(incarnation, seq)`` it had at ``via[0]``, where it began."""
+    chained event: ``(incarnation, seq)`` it had at ``via[0]``, where it began;
+    ``trace`` for an event published inside a trace: its W3C headers
+    (``{"traceparent": ..., "tracestate": ...}``), to continue it with
+    ``posa.ops.trace_context(event.trace)`` or ``Subscriber.handling(event)``."""
 
     seq: int
     topic: str
@@ -64,6 +67,7 @@ class Event(NamedTuple):
     via: tuple[str, ...] = ()
     gap: Gap | None = None
     origin: tuple[int, int] | None = None
+    trace: dict[str, str] | None = None
 
 
 _new_event = functools.partial(tuple.__new__, Event)
@@ -142,15 +146,20 @@ class SubscriberState:
                 raise ProtocolError("delivery: a run needs one seq per body")
             via_iter: Any = repeat(())
             origin_iter: Any = repeat(None)
+            trace_iter: Any = repeat(None)
             if len(item) >= 4:
-                if len(item[3]) != n or (len(item) == 5 and len(item[4]) != n):
-                    raise ProtocolError("delivery: a run needs one via (and origin) "
+                if any(extra is not None and len(extra) != n for extra in item[3:]):
+                    raise ProtocolError("delivery: a run needs one via (origin, trace) "
                                         "per body")
-                via_iter = [tuple(v) if v else () for v in item[3]]
-                if len(item) == 5:
+                if item[3] is not None:
+                    via_iter = [tuple(v) if v else () for v in item[3]]
+                if len(item) >= 5 and item[4] is not None:
                     origin_iter = [tuple(o) if _is_pair(o) else None for o in item[4]]
+                if len(item) == 6:
+                    trace_iter = [t if type(t) is dict else None for t in item[5]]
             events.extend(map(_new_event, zip(seqs, topics, bodies, repeat(channel),
-                                              via_iter, repeat(None), origin_iter)))
+                                              via_iter, repeat(None), origin_iter,
+                                              trace_iter)))
         return events
 
     def _with_gaps(self, events: list[Event], gaps: list[list[Any]]) -> list[Event]:

@@ -18,9 +18,10 @@ __all__ = ["History", "run_bytes"]
 
 
 def run_bytes(run: Run) -> int:
-    """About how many bytes a run's bodies and topics take (its encoded form
-    when it has one, else an estimate of 64 bytes per event)."""
-    return (len(run.blob) if run.blob is not None else 64 * len(run)) + run.topics_size()
+    """About how many bytes a run's bodies, topics and traces take (its encoded
+    form when it has one, else an estimate of 64 bytes per event)."""
+    return (len(run.blob) if run.blob is not None else 64 * len(run)) \
+        + run.topics_size() + run.traces_size()
 
 
 class History:

@@ -46,7 +46,8 @@ def _raw(body: dict[str, Any]) -> Publication:
                        blob=blob if type(blob) is bytes else b"\x90",
                        vias=body.get("vias"), origins=body.get("origins"),
                        pid=body.get("pid") if type(body.get("pid")) is int else None,
-                       pseq=body.get("pseq") if type(body.get("pseq")) is int else None)
+                       pseq=body.get("pseq") if type(body.get("pseq")) is int else None,
+                       traces=body.get("traces"))
 
 
 class Keeping:

@@ -5,7 +5,8 @@ Everything travels in ordinary posa messages to and from the channel's name
 ``CHANNEL``). To the channel, a body is a map with an ``op`` field:
 
     op           fields                                        answer
-    publish      topics: [str] | str, bodies: BIN, vias?       none (one-way SEND)
+    publish      topics: [str] | str, bodies: BIN, vias?,      none (one-way SEND)
+                 origins?, pid?, pseq?, traces?
     subscribe    topics?, filter?, policy?, buffer?, lease?,   {inc, head, first,
                  from_seq?, inc?, skip_via?                     replay_from, restarted}
     renew        -                                             {known, inc, head?, dropped?}
@@ -14,12 +15,14 @@ Everything travels in ordinary posa messages to and from the channel's name
 
 To a subscriber, a delivery (one-way SEND)::
 
-    {"ch": name, "inc": int, "runs": [[seqs, topics, BIN(, vias)], ...],
+    {"ch": name, "inc": int, "runs": [[seqs, topics, BIN(, vias, origins(, traces))], ...],
      "gaps": [[index, count | nil, reason], ...]?, "dropped": int, "head": int}
 
 BIN is one msgpack array of the bodies: a publisher encodes the bodies of a
 batch once (``encode_chunks``, ``publish_body``) and the channel passes those
-bytes on to every subscriber that takes the whole batch. In a run, ``seqs`` is
+bytes on to every subscriber that takes the whole batch. ``traces`` (one per
+event: nil, or the W3C ``traceparent``/``tracestate`` of the trace it was
+published in) is there only when an event of the batch has one. In a run, ``seqs`` is
 the first seq of consecutive ones or a list of seqs, ``topics`` a list or one
 str for all. The service parses requests with ``CHANNEL.parse`` and dispatches
 through ``CHANNEL.bind``; ``Subscriber`` builds its requests with
@@ -41,13 +44,14 @@ from typing import Any
 import msgpack
 
 from posa.errors import ProtocolError, Rejected
+from posa.runtime.trace import carried
 from posa.wire.schema import Field, Op, OpTable
 
 __all__ = ["CHANNEL", "POLICIES", "MAX_TOPIC_LEN", "MAX_PREFIXES", "MAX_BUFFER", "MAX_VIA",
            "SUB_LEASE", "MIN_LEASE", "MAX_LEASE", "FRAME_MARGIN",
            "Publication", "unpack", "check_bodies", "check_prefixes", "check_event_topics",
-           "check_via", "publish_body", "publication", "parse_publish", "delivery_body",
-           "parse_delivery", "encode_chunks"]
+           "check_via", "check_traces", "publish_body", "publication", "parse_publish",
+           "delivery_body", "parse_delivery", "encode_chunks"]
 
 POLICIES = ("block", "drop-oldest", "drop-newest", "fail", "disconnect")
 MAX_TOPIC_LEN = 255         # characters in a topic or a topic prefix
@@ -68,12 +72,15 @@ CHANNEL = OpTable("channel", [
         Field("origins", list, None),
         Field("pid", int, None),
         Field("pseq", int, None),
+        Field("traces", list, None),
     ), oneway=True, doc="publish events: `topics` (one per body, or one str for all), "
                         "`bodies` one msgpack array of the bodies, `vias` (chained "
                         "events) the channels each passed and `origins` where each "
                         "began (`[incarnation, seq]` at its first via); `pid`, `pseq`: "
                         "the publisher and its publication number, for dropping a "
-                        "publication sent twice; numbered in order"),
+                        "publication sent twice; `traces` (events published in a "
+                        "trace) one per body, nil or `{traceparent, tracestate?}`; "
+                        "numbered in order"),
     Op("subscribe", (
         Field("topics", list, ("",)),
         Field("filter", dict, None),
@@ -166,13 +173,28 @@ def check_via(via: Any) -> tuple[str, ...] | None:
     return tuple(via)
 
 
+def check_traces(traces: Any, n: int) -> list[Any] | None:
+    """A publication's traces (None when no event has one): one per event, nil or a
+    map whose well-formed W3C ``traceparent`` (and ``tracestate``, cut to 512
+    characters) are kept; anything else in an entry becomes nil. Raises
+    ``Rejected`` if ``traces`` is not a list of one entry per event."""
+    if traces is None:
+        return None
+    if type(traces) is not list or len(traces) != n:
+        raise Rejected("a publication's traces must be a list of one entry per event "
+                       "(nil or {traceparent, tracestate?})")
+    kept = [carried(t) if t is not None else None for t in traces]
+    return kept if any(kept) else None
+
+
 @dataclass
 class Publication:
     """Events offered to a channel, not yet numbered: their ``topics`` (or one
     topic str for all), their bodies as a msgpack array (``blob``) or a list
     (``bodies``), for chained events the channels each passed (``vias``) and
     where each began (``origins``), and the publisher's id and publication
-    number (``pid``, ``pseq``) when it gave them."""
+    number (``pid``, ``pseq``) when it gave them; ``traces``: per event, the trace
+    context it was published in (nil for none), or None when none has one."""
 
     topics: list[str] | str
     blob: bytes | None = None
@@ -181,6 +203,7 @@ class Publication:
     origins: list[Any] | None = None
     pid: int | None = None
     pseq: int | None = None
+    traces: list[Any] | None = None
     entry: int | None = None      # its journal entry in the channel's store
     whole: bool = True            # False for a tail: what a channel had not taken of one
 
@@ -191,17 +214,22 @@ class Publication:
         return Publication(topics, bodies=bodies[start:],
                            vias=self.vias[start:] if self.vias is not None else None,
                            origins=self.origins[start:] if self.origins is not None
-                           else None, entry=self.entry, whole=False)
+                           else None, entry=self.entry, whole=False,
+                           traces=self.traces[start:] if self.traces is not None else None)
 
 
 def publish_body(topics: list[str] | str, blob: bytes, pid: int | None = None,
-                 pseq: int | None = None) -> dict[str, Any]:
+                 pseq: int | None = None, traces: list[Any] | None = None
+                 ) -> dict[str, Any]:
     """The body of a ``publish`` (one-way): ``blob`` one msgpack array of the
     bodies, ``topics`` one per body or one str for all; ``pid``/``pseq`` name
-    the publisher and number the publication."""
+    the publisher and number the publication; ``traces`` (left out when None)
+    the trace context of each event."""
     body: dict[str, Any] = {"op": "publish", "bodies": blob, "topics": topics}
     if pid is not None:
         body["pid"], body["pseq"] = pid, pseq
+    if traces is not None:
+        body["traces"] = traces
     return body
 
 
@@ -209,7 +237,8 @@ def publication(fields: dict[str, Any]) -> Publication:
     """The ``Publication`` of a ``publish`` request's fields (as ``CHANNEL``
     parsed them); its events are checked by ``ChannelCore.publish``."""
     return Publication(fields["topics"], blob=fields["bodies"], vias=fields["vias"],
-                       origins=fields["origins"], pid=fields["pid"], pseq=fields["pseq"])
+                       origins=fields["origins"], pid=fields["pid"], pseq=fields["pseq"],
+                       traces=fields["traces"])
 
 
 def parse_publish(body: Any) -> Publication:
@@ -247,19 +276,21 @@ def parse_delivery(body: Any) -> tuple[int, list[list[Any]], list[list[Any]], in
             and type(dropped) is int and type(head) is int
             and all(map(_is_run, runs)) and all(map(_is_gap, gaps))):
         raise ProtocolError("malformed channel delivery: runs must be [seqs, topics, "
-                            "bodies(, vias)] and gaps [index, count, reason]")
+                            "bodies(, vias, origins(, traces))] and gaps [index, count, "
+                            "reason]")
     return inc, runs, gaps, dropped, head
 
 
 def _is_run(item: Any) -> bool:
-    if type(item) is not list or not 3 <= len(item) <= 5:
+    if type(item) is not list or not 3 <= len(item) <= 6:
         return False
     seqs, topics, blob = item[0], item[1], item[2]
     return (type(blob) is bytes
             and (type(topics) is str or (type(topics) is list
                                          and set(map(type, topics)) <= {str}))
             and (type(seqs) is int or (type(seqs) is list and set(map(type, seqs)) <= {int}))
-            and all(type(extra) is list for extra in item[3:]))
+            and all(type(extra) is list or (extra is None and i < 5)
+                    for i, extra in enumerate(item[3:], 3)))
 
 
 def _is_gap(g: Any) -> bool:

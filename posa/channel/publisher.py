@@ -12,6 +12,12 @@ Invariants: the buffer holds at most ``buffer`` events; an event whose body is
 not msgpack data is dropped, counted and reported once (``Rejected``) by the
 next ``publish`` or ``flush``; ``flush`` returns only when the channel
 acknowledged everything published before it.
+
+Trace context: an event published while a trace is active (``posa.runtime.trace``)
+takes its W3C headers with it, captured in ``publish`` (the sending thread runs
+outside the publisher's context); the publication then carries ``traces``, one
+per event. Outside a trace ``publish`` pays one context-variable read and the
+publication carries nothing more.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from posa.delivery.sender import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registration import Registry, resolver
 from posa.naming.resolve import open_registry
+from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
+from posa.runtime.trace import headers as _trace_headers
 from posa.wire.codec import Codec, CodecLimits
 from posa.wire.names import validate_name
 
@@ -71,7 +79,9 @@ class Publisher:
         self._max_bytes = self._sender.codec.limits.max_frame_size - FRAME_MARGIN
         # publish() appends to the deque without a lock (atomic under the GIL)
         # and takes the condition only to wake the sending thread or to wait
-        self._queue: deque[tuple[str, Any]] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()   # (topic, body(, trace))
+        self._tracing = False         # an event was queued with a trace (never reset)
+        self._trace: tuple[Any, Any] = (None, None)   # the last context, its headers
         self._cond = threading.Condition(threading.Lock())
         self._held = 0                # events taken from the queue, not acknowledged
         self._frames: deque[tuple[dict[str, Any], int]] = deque()  # (publish, events)
@@ -115,7 +125,16 @@ class Publisher:
         if len(queue) + self._held >= self.buffer or self._attention:
             with self._cond:
                 self._wait_for_room(timeout)
-        queue.append((topic, body))
+        context = _traced()
+        if context:
+            known, headers = self._trace
+            if context is not known:      # a new span: its headers (made once per span)
+                headers = _trace_headers() or None
+                self._trace = (context, headers)
+            self._tracing = True
+            queue.append((topic, body, headers))
+        else:
+            queue.append((topic, body))
         # wake the sending thread only if it sleeps: idle, or letting a batch fill
         if self._idle or (self._lingering and len(queue) >= self.batch):
             with self._cond:
@@ -259,8 +278,10 @@ class Publisher:
             self._held += take            # held before popped: publish never sees room
             popleft = queue.popleft
             events = [popleft() for _ in range(take)]
-            topics, bodies = zip(*events)
-            self._send(topics, bodies)
+            topics, bodies = list(zip(*events))[:2]    # (a trace is a third item)
+            traces = [e[2] if len(e) > 2 else None for e in events] \
+                if self._tracing else None
+            self._send(topics, bodies, traces if traces and any(traces) else None)
             self._settle()
 
     def _settle(self) -> None:
@@ -304,18 +325,24 @@ class Publisher:
             self._flushed = ticket
             self._cond.notify_all()
 
-    def _send(self, topics: Sequence[str], bodies: Sequence[Any]) -> None:
+    def _send(self, topics: Sequence[str], bodies: Sequence[Any],
+              traces: list[Any] | None = None) -> None:
         """Encode the bodies once and hand them to the reliable stream, as
-        numbered publications kept until acknowledged."""
+        numbered publications kept until acknowledged (with the events' trace
+        headers, when some have them)."""
         budget = self._max_bytes - sum(map(len, topics)) - 2 * len(topics)
+        if traces is not None:
+            budget -= sum(sum(map(len, t.values())) + 32 for t in traces if t)
         chunks, bad = encode_chunks(lambda s, e: bodies[s:e], len(topics), budget)
         if bad:
             self._report_bad(bad, topics, bodies)
         uniform = topics.count(topics[0]) == len(topics)
         for start, end, blob in chunks:
             self._pseq += 1
+            part = traces[start:end] if traces is not None else None
             frame = (publish_body(topics[0] if uniform else list(topics[start:end]),
-                                  blob, self._pid, self._pseq), end - start)
+                                  blob, self._pid, self._pseq,
+                                  part if part and any(part) else None), end - start)
             self._frames.append(frame)
             if not self._hand_over(frame[0]):
                 self._resend()

@@ -3,7 +3,8 @@
 A run holds consecutive seqs (or explicit ones), the events' topics (one
 ``topic`` when they all share it), their bodies encoded as one msgpack array
 (``blob``, the bytes the publisher made) and/or decoded (``bodies``), and for
-chained events the channels each passed (``vias``). A run moves through the
+chained events the channels each passed (``vias``), and for events published
+in a trace its context (``traces``). A run moves through the
 channel as it came: history and the buffers of subscribers that take all of it
 hold the same object, and its blob is sent to each of them without being
 decoded or encoded again. Only a filter decodes the bodies (once per run, for
@@ -27,14 +28,17 @@ class Run:
     their bodies encoded (``blob``, a msgpack array) and/or decoded
     (``bodies``), and for chained events the channels each passed (``vias``,
     entries None when none) and where each began (``origins``: ``[incarnation,
-    seq]`` at ``via[0]``, with ``vias``)."""
+    seq]`` at ``via[0]``, with ``vias``); ``traces``: per event, nil or the
+    ``{traceparent, tracestate?}`` it was published in (None: no event has one)."""
 
-    __slots__ = ("first", "seqs", "topics", "topic", "blob", "bodies", "vias", "origins")
+    __slots__ = ("first", "seqs", "topics", "topic", "blob", "bodies", "vias", "origins",
+                 "traces")
 
     def __init__(self, first: int, topics: list[str], *, blob: bytes | None = None,
                  bodies: list[Any] | None = None, seqs: list[int] | None = None,
                  vias: list[Any] | None = None, topic: str | None = None,
-                 origins: list[Any] | None = None) -> None:
+                 origins: list[Any] | None = None, traces: list[Any] | None = None
+                 ) -> None:
         self.first = first
         self.seqs = seqs
         self.topics = topics
@@ -43,6 +47,7 @@ class Run:
         self.bodies = bodies
         self.vias = vias
         self.origins = origins        # [incarnation, seq] at via[0], per chained event
+        self.traces = traces          # {traceparent, tracestate?} or None, per event
 
     def __len__(self) -> int:
         return len(self.topics)
@@ -82,17 +87,19 @@ class Run:
         return Run(seqs[0] if seqs else self.first + start, self.topics[start:end],
                    bodies=self.body_list()[start:end], seqs=seqs, topic=self.topic,
                    vias=self.vias[start:end] if self.vias is not None else None,
-                   origins=self.origins[start:end] if self.origins is not None else None)
+                   origins=self.origins[start:end] if self.origins is not None else None,
+                   traces=_part(self.traces[start:end]) if self.traces is not None else None)
 
     def pick(self, indexes: list[int]) -> Run:
         """The events at ``indexes`` (ascending), as a run with explicit seqs."""
         seq_list, topics, bodies = self.seq_list(), self.topics, self.decoded()
-        vias, origins = self.vias, self.origins
+        vias, origins, traces = self.vias, self.origins, self.traces
         return Run(seq_list[indexes[0]], [topics[i] for i in indexes],
                    bodies=[bodies[i] for i in indexes],
                    seqs=[seq_list[i] for i in indexes], topic=self.topic,
                    vias=[vias[i] for i in indexes] if vias is not None else None,
-                   origins=[origins[i] for i in indexes] if origins is not None else None)
+                   origins=[origins[i] for i in indexes] if origins is not None else None,
+                   traces=_part([traces[i] for i in indexes]) if traces is not None else None)
 
     def topics_size(self) -> int:
         """About how many bytes the topics take on the wire."""
@@ -100,12 +107,28 @@ class Run:
             return len(self.topic) + 2
         return sum(map(len, self.topics)) + 2 * len(self.topics)
 
+    def traces_size(self) -> int:
+        """About how many bytes the traces take on the wire (0: none)."""
+        if self.traces is None:
+            return 0
+        return sum(sum(map(len, t.values())) + 32 for t in self.traces if t) + len(self)
+
     def wire(self, blob: bytes) -> list[Any]:
         """The run as a delivery carries it: ``[seqs, topics, blob(, vias,
-        origins)]``, with one topic str standing for all when they share it."""
+        origins(, traces))]``, with one topic str standing for all when they share
+        it (vias and origins nil when only traces are there)."""
         item: list[Any] = [self.seqs if self.seqs is not None else self.first,
                 self.topic if self.topic is not None else self.topics, blob]
         if self.vias is not None:
             item.append(self.vias)
             item.append(self.origins if self.origins is not None else [None] * len(self))
+        if self.traces is not None:
+            if self.vias is None:
+                item += (None, None)
+            item.append(self.traces)
         return item
+
+
+def _part(traces: list[Any]) -> list[Any] | None:
+    """The traces of part of a run (None when none of it has one)."""
+    return traces if any(traces) else None

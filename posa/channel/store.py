@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from posa.channel.history import run_bytes
 from posa.channel.protocol import Publication
 from posa.channel.run import Run
 
@@ -110,7 +111,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY AUTOINCREMENT,
     seqs BLOB, topics BLOB NOT NULL, bodies BLOB NOT NULL, vias BLOB, origins BLOB,
-    pid INTEGER, pseq INTEGER, done INTEGER NOT NULL DEFAULT 0);
+    pid INTEGER, pseq INTEGER, done INTEGER NOT NULL DEFAULT 0, traces BLOB);
 CREATE TABLE IF NOT EXISTS numbered (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,
     entry INTEGER NOT NULL UNIQUE, stamp REAL NOT NULL, nbytes INTEGER NOT NULL);
 """
@@ -139,6 +140,9 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(journal)")}
+            if "traces" not in columns:      # a store from before events had traces
+                self._db.execute("ALTER TABLE journal ADD COLUMN traces BLOB")
         except sqlite3.Error as exc:
             raise ValueError(f"cannot open the channel store {path!r}: {exc}; give a "
                              "writable file path (it is created if missing)") from None
@@ -161,17 +165,20 @@ class SqliteStore:
             stored = Stored(inc, max(head or 0, floor - 1))
             for row in db.execute(
                     "SELECT n.first, n.last, j.seqs, j.topics, j.bodies, j.vias, j.origins, "
-                    "n.stamp, j.pid, j.pseq FROM numbered n JOIN journal j ON "
+                    "n.stamp, j.pid, j.pseq, j.traces FROM numbered n JOIN journal j ON "
                     "j.id = n.entry WHERE n.last >= ? ORDER BY n.first", (floor,)):
                 run = _run_of(row)
+                run.traces = _unpack(row[10])
                 if run.first < floor:
                     run = run.slice(floor - run.first, len(run))
                 stored.runs.append((run, row[7], row[8], row[9]))
             for row in db.execute(
-                    "SELECT id, topics, bodies, vias, origins, pid, pseq, done FROM journal "
+                    "SELECT id, topics, bodies, vias, origins, pid, pseq, done, traces "
+                    "FROM journal "
                     "WHERE id NOT IN (SELECT entry FROM numbered) ORDER BY id"):
                 pub = Publication(_unpack(row[1]), blob=row[2], vias=_unpack(row[3]),
-                                  origins=_unpack(row[4]), pid=row[5], pseq=row[6])
+                                  origins=_unpack(row[4]), pid=row[5], pseq=row[6],
+                                  traces=_unpack(row[8]))
                 stored.pending.append((row[0], pub.tail(row[7]) if row[7] else pub))
             return stored
 
@@ -181,10 +188,11 @@ class SqliteStore:
             db = self._db
             db.execute("BEGIN")
             ids = [db.execute(
-                "INSERT INTO journal (topics, bodies, vias, origins, pid, pseq) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO journal (topics, bodies, vias, origins, pid, pseq, traces) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (_pack(p.topics), p.blob if p.blob is not None else _pack(p.bodies),
-                 _pack(p.vias), _pack(p.origins), p.pid, p.pseq)).lastrowid or 0
+                 _pack(p.vias), _pack(p.origins), p.pid, p.pseq,
+                 _pack(p.traces))).lastrowid or 0
                 for p in pubs]
             db.execute("COMMIT")
             return ids
@@ -213,10 +221,11 @@ class SqliteStore:
             for run, stamp, pid, pseq in runs:
                 entry = db.execute(
                     "INSERT INTO journal (seqs, topics, bodies, vias, origins, pid, pseq, "
-                    "done) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    "done, traces) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
                     (_pack(run.seqs), _pack(run.topic if run.topic is not None
                                             else run.topics),
-                     _blob(run), _pack(run.vias), _pack(run.origins), pid, pseq)
+                     _blob(run), _pack(run.vias), _pack(run.origins), pid, pseq,
+                     _pack(run.traces))
                 ).lastrowid or 0
                 self._number(run, entry, stamp)
             db.execute("COMMIT")
@@ -255,7 +264,7 @@ def _blob(run: Run) -> bytes:
 
 
 def _size(run: Run) -> int:
-    return (len(run.blob) if run.blob is not None else 64 * len(run)) + run.topics_size()
+    return run_bytes(run)
 
 
 def _run_of(row: Any) -> Run:

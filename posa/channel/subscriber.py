@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from posa.channel.events import Event, Gap, SubscriberState
@@ -41,6 +42,7 @@ from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import Peer
 from posa.runtime.leases import keeper
+from posa.runtime.trace import handling
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
@@ -235,6 +237,13 @@ class Subscriber:
                 f"policy {self._selection['policy']!r} ({end}); subscribe again (with "
                 f"from_seq={self._state.last_seq + 1} to replay what followed)")
             self._stop_renewing()
+
+    def handling(self, event: Event) -> AbstractContextManager[None]:
+        """``with subscriber.handling(event):`` runs the block inside the trace
+        ``event`` was published in (``event.trace``), in a span ``handle
+        CHANNEL`` of kind CONSUMER, child of the publisher's, when OpenTelemetry
+        is installed; outside any trace when the event has none."""
+        return handling(event.trace, event.channel or self.channel)
 
     # -- staying subscribed (the lease keeper's thread) ---------------------------
     def _renew(self) -> None:

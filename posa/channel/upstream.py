@@ -34,8 +34,10 @@ def publication_of(events: list[Event], upstream: str, incarnation: int | None
             origins.append(list(e.origin) if e.origin is not None else None)
         else:
             origins.append([incarnation, e.seq] if incarnation is not None else None)
+    traces = [e.trace for e in events]
     return Publication([e.topic for e in events], bodies=[e.body for e in events],
-                       vias=[[*e.via, upstream] for e in events], origins=origins)
+                       vias=[[*e.via, upstream] for e in events], origins=origins,
+                       traces=traces if any(traces) else None)
 
 
 def follow(name: str, upstream: str, registry: Registry, selection: dict[str, Any],
