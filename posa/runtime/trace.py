@@ -13,9 +13,8 @@ trace.  Two sources of "a trace is active", chosen once at import:
   ``tracestate`` a handler's message came with (or ``context`` set), passed on
   unchanged.
 
-The cost on the send and publish paths when no trace is active is one
-context-variable read (``active()``: the variable behind OpenTelemetry's
-``get_current``, or posa's own);
+The cost on the send path when no trace is active is one context-variable
+read (``active()``: OpenTelemetry's ``get_current`` or ``ContextVar.get``);
 nothing is added to the message.  A ``traceparent`` the caller put in the
 headers by hand is left as it is.  Headers that come in are not trusted: a
 ``traceparent`` that is not the W3C form is ignored, ``tracestate`` is cut to
@@ -49,26 +48,9 @@ except ImportError:         # no tracing library: posa's own context
 OTEL = _otel_context is not None
 """True when OpenTelemetry's API is installed (and so spans are made)."""
 
-
-
-def _reader() -> Callable[[], Any]:
-    """OpenTelemetry's current context, read as cheaply as it can be: the context
-    variable of its default runtime context itself (``ContextVar.get``, what its
-    ``get_current`` returns, at a quarter of the cost), else ``get_current``."""
-    if _otel_context is None:
-        return _current.get
-    runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
-    variable = getattr(runtime, "_current_context", None)
-    if type(runtime).__name__ == "ContextVarsRuntimeContext" and \
-            isinstance(variable, ContextVar):
-        read: Callable[[], Any] = variable.get
-    else:
-        read = _otel_context.get_current
-    return read
-
-
-active: Callable[[], Any] = _reader()
-"""Truthy while a trace context is active: the send and publish paths' one check."""
+active: Callable[[], Any] = _otel_context.get_current if _otel_context is not None \
+    else _current.get
+"""Truthy while a trace context is active: the send path's one check."""
 
 
 def _checked(carrier: Mapping[str, Any] | None) -> dict[str, str] | None:
