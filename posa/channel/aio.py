@@ -10,11 +10,7 @@ never stalls the event loop. ``posa.aio`` offers them as ``Publisher`` and
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -22,30 +18,17 @@ from posa.channel.events import Event
 from posa.channel.publisher import Publisher
 from posa.channel.subscriber import Subscriber
 from posa.errors import Closed, Timeout
+from posa.runtime.offload import Offload
 
 __all__ = ["AsyncPublisher", "AsyncSubscriber"]
 
 
-class _AsyncWrapper:
+class _AsyncWrapper(Offload):
     """Runs the blocking object's calls on one worker thread of its own, only
     when they would block: the fast paths run inline."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="posa-aio-channel")
-
-    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        # in the caller's context: an event published in a trace keeps it
-        return await self._loop.run_in_executor(
-            self._worker, functools.partial(contextvars.copy_context().run, fn, *args,
-                                            **kwargs))
-
-    async def _shutdown(self, close: Callable[[], Any]) -> None:
-        try:
-            await self._run(close)
-        finally:
-            self._worker.shutdown(wait=False)
+        super().__init__("channel")
 
 
 class AsyncPublisher(_AsyncWrapper):

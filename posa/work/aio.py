@@ -16,7 +16,6 @@ runs on posa's reactor and is not called per item; create it as it is).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from posa.errors import Timeout
+from posa.runtime.offload import Offload
 from posa.work.gather import AsyncRequester, gather_async
 from posa.work.masterslave import Master, Outcome
 from posa.work.protocol import QUEUE
@@ -44,21 +44,9 @@ def on_loop(work: Callable[[Any], Any], loop: asyncio.AbstractEventLoop
     return run
 
 
-class _Wrapper:
+class _Wrapper(Offload):
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="posa-aio-work")
-
-    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await self._loop.run_in_executor(
-            self._worker, functools.partial(fn, *args, **kwargs))
-
-    async def _shutdown(self, close: Callable[[], Any]) -> None:
-        try:
-            await self._run(close)
-        finally:
-            self._worker.shutdown(wait=False)
+        super().__init__("work")
 
 
 class AsyncWorker(_Wrapper):
