@@ -107,6 +107,7 @@ class RegistryClient:
         self._ping_interval = ping_interval
         self._ticker: Any = None
         self._retry: float | None = None        # the next re-subscribe delay, if one waits
+        self._tick_soon = False                 # a tick is queued: none more is
         if cache:
             self._keep_watch()
 
@@ -303,12 +304,14 @@ class RegistryClient:
                 return
             if self._ticker is None:
                 self._ticker = self._reactor.call_every(self._ping_interval, self._tick)
-            elif self._watch is not None:
+            elif self._watch is not None or self._tick_soon:
                 return
+            self._tick_soon = True
         self._reactor.call_soon(self._tick)     # no live watch: try now
 
     def _tick(self) -> None:
         """Keep the watch alive: (re)subscribe, ping, notice restarts and silence."""
+        self._tick_soon = False
         if self._closed:
             return
         watch = self._watch
@@ -318,7 +321,7 @@ class RegistryClient:
                 reply.body, dict) else None
             if reply is None:
                 self._silent += 1
-            elif instance != self._instance:
+            elif self._instance is not None and instance != self._instance:
                 self._drop_watch()          # the dispatcher restarted: nothing cached holds
             else:
                 self._silent = 0
