@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from bench.anchors import N_RR
 from bench.common import (
     FIRST_MSG_TIMEOUT_S,
     HARD_LIFETIME_S,
+    IDLE_TIMEOUT_S,
     MAX_MEASURE_S,
     emit,
     now,
@@ -42,11 +44,13 @@ from bench.cpu import at_ready
 from bench.process import Proc
 
 MODULE = "bench.gateway"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPIC = "bench/fanout"          # bench.channel's publisher publishes on it
 N_EVENTS = 20_000
 JSON_HEADERS = {"Content-Type": "application/json"}
 STREAM: tuple[Column, ...] = (("msgs_per_s", "events/s", "rate"),
                               ("delivered", "delivered", "int"),
+                              ("gaps", "gap events", "int"),
                               ("complete", "all delivered, in order", "bool"))
 
 
@@ -86,14 +90,14 @@ def role_http_client(url: str, target: str, n: int) -> None:
 
 
 def _sse_events(response: http.client.HTTPResponse) -> Any:
-    """Yield the JSON ``data`` of every ``event: event`` of an SSE stream."""
+    """Yield ``(kind, data)`` for every event of an SSE stream (``event`` or ``gap``)."""
     kind = ""
     for raw in response:
         line = raw.rstrip(b"\r\n")
         if line.startswith(b"event:"):
             kind = line[6:].strip().decode()
-        elif line.startswith(b"data:") and kind == "event":
-            yield json.loads(line[5:])
+        elif line.startswith(b"data:") and kind:
+            yield kind, json.loads(line[5:])
         elif not line:
             kind = ""
 
@@ -101,30 +105,37 @@ def _sse_events(response: http.client.HTTPResponse) -> Any:
 def role_sse_reader(dispatcher: str, url: str, channel: str, n: int) -> None:
     conn = http_connection(url)
     conn.request("GET", f"/v1/subscribe/{channel}?topic={TOPIC}")
-    response = conn.getresponse()
+    response = conn.getresponse()        # the gateway has subscribed by now
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
     events = _sse_events(response)
     with posa.RegistryClient(dispatcher) as reg:
         with posa.Publisher(channel, registry=reg, timeout=10.0) as primer:
-            primer.publish(TOPIC, {"seq": -1})      # SSE events flow once this comes back
+            primer.publish(TOPIC, {"seq": -1})      # the stream is live once this is back
             primer.flush(10.0)
-            if next(events)["body"]["seq"] != -1:
-                raise RuntimeError("the stream's first event is not the primer")
+            kind, first = next(events)
+            if kind != "event" or first["body"]["seq"] != -1:
+                raise RuntimeError(f"the stream began with {kind} {first}, not the primer")
     ready()
-    count = out_of_order = 0
+    count = out_of_order = gaps = 0
     t_first = t_last = 0.0
     expected = 0
     deadline = now() + min(HARD_LIFETIME_S - 10, FIRST_MSG_TIMEOUT_S + MAX_MEASURE_S)
-    conn.sock.settimeout(FIRST_MSG_TIMEOUT_S)  # type: ignore[union-attr]
+    sock = conn.sock
+    assert sock is not None
+    sock.settimeout(FIRST_MSG_TIMEOUT_S)
     try:
-        for event in events:
-            seq = event["body"]["seq"]
-            if seq < 0:
+        for kind, data in events:
+            if kind == "gap":
+                gaps += 1
+                continue
+            seq = data["body"]["seq"]
+            if kind != "event" or seq < 0:
                 continue
             t_last = now()
             if not count:
                 t_first = t_last
+                sock.settimeout(IDLE_TIMEOUT_S)   # keep-alive comments come every 15 s
             count += 1
             out_of_order += seq != expected
             expected = seq + 1
@@ -133,7 +144,8 @@ def role_sse_reader(dispatcher: str, url: str, channel: str, n: int) -> None:
     except OSError:          # the socket's timeout: nothing more came
         pass
     conn.close()
-    emit({"count": count, "t_first": t_first, "t_last": t_last, "out_of_order": out_of_order})
+    emit({"count": count, "t_first": t_first, "t_last": t_last, "out_of_order": out_of_order,
+          "gaps": gaps})
     wait_release()
 
 
@@ -142,10 +154,10 @@ def start_gateway(ctx: Any, dispatcher: str) -> str:
     """A ``posa gateway`` process of this row (no tokens, loopback); its URL."""
     argv = [ctx.python, "-m", "posa", "gateway", "--listen", "http://127.0.0.1:0",
             "--dispatcher", dispatcher]
-    proc = Proc(argv, group=ctx.group, cwd=ctx.env["PYTHONPATH"].split(":")[0], env=ctx.env)
-    line = proc.wait_line("posa gateway at", timeout=60)
+    proc = Proc(argv, group=ctx.group, cwd=REPO_ROOT, env=ctx.env)
+    rest = proc.wait_line("posa gateway at", timeout=60)     # "URL (peer NAME)"
     at_ready(proc.p.pid)
-    return line.split()[3]
+    return rest.split()[0]
 
 
 def _request(ctx: Any, n: int) -> dict[str, Any]:
@@ -185,7 +197,7 @@ def _stream(through_gateway: bool) -> Callable[[Any, int], dict[str, Any]]:
         channel.result(timeout=10)
         span = got["t_last"] - sent["t_start"]
         return {"msgs_per_s": got["count"] / span if got["count"] and span > 0 else 0.0,
-                "delivered": got["count"],
+                "delivered": got["count"], "gaps": got.get("gaps", 0),
                 "complete": got["count"] == n and got["out_of_order"] == 0}
     return run
 
