@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         Unreachable,
     )
     from posa.naming.client import RegistryClient
+    from posa.naming.election import Election, Fence, Term
+    from posa.naming.nats.registry import NatsRegistry
     from posa.naming.registration import Registration, Registry
     from posa.naming.registry import LocalRegistry
     from posa.naming.zeroconf.registry import ZeroconfRegistry
@@ -86,6 +88,8 @@ _LAZY = {
     "LocalRegistry": "posa.naming.registry",
     "RegistryClient": "posa.naming.client",
     "ZeroconfRegistry": "posa.naming.zeroconf.registry",   # and zeroconf with it
+    "NatsRegistry": "posa.naming.nats.registry",           # needs the nats extra
+    **dict.fromkeys(["Election", "Term", "Fence"], "posa.naming.election"),
     **dict.fromkeys(["Peer", "DEFERRED"], "posa.peer"),
     "Reactor": "posa.runtime.reactor",
     "Dispatcher": "posa.dispatch.dispatcher",
@@ -116,6 +120,7 @@ __all__ = [
     "CodecLimits", "Kind", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",
+    "NatsRegistry", "Election", "Term", "Fence",
     "Peer", "DEFERRED", "Reactor", "Dispatcher",
     "Server", "Client", "ServiceChannel",
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",

@@ -30,6 +30,7 @@ FACADE = {
     "CodecLimits", "Kind", "Message",
     "matches", "validate_name", "validate_pattern",
     "LocalRegistry", "Registration", "Registry", "RegistryClient", "ZeroconfRegistry",
+    "NatsRegistry", "Election", "Term", "Fence",
     "Peer", "DEFERRED", "Reactor", "Dispatcher",
     "Server", "Client", "ServiceChannel",
     "EventChannel", "Publisher", "Subscriber", "Event", "Gap", "InvalidFilter",

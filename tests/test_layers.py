@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
     "posa.wire": 2,
     "posa.runtime": 3, "posa.admission": 3, "posa.security": 3,
     "posa.delivery": 4,
-    "posa.naming": 5,
+    "posa.naming": 5, "posa.naming.nats": 5,
     "posa.peer": 6,
     "posa.dispatch": 7, "posa.channel": 7, "posa.work": 7,
     "posa.ops": 8, "posa.aio": 8, "posa.cli": 8, "posa.__main__": 8, "posa.gateway": 8,

@@ -39,6 +39,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--state", metavar="PATH",
                    help="keep the registry in this file (written atomically) so a "
                    "restart loses no registration")
+    p.add_argument("--store", metavar="NATS_URL",
+                   help="keep the registry in a NATS JetStream key-value bucket, e.g. "
+                   "nats://h1:4222,h2:4222,h3:4222, shared by every dispatcher given the "
+                   "same store (needs pip install 'posa-messaging[nats]'; docs/scale.md)")
+    p.add_argument("--bucket", default="posa-names",
+                   help="the key-value bucket of --store (default %(default)s)")
     p.add_argument("--node", help="this dispatcher's id (default: random)")
     p.add_argument("--lease", type=float, default=10.0,
                    help="lease of the dispatcher's own name, seconds")
@@ -90,16 +96,33 @@ def _run(args: argparse.Namespace) -> int:
     from posa.dispatch.dispatcher import Dispatcher  # loaded by the one command that runs it
     authenticator, acl = security_from_args(args, "posa/dispatcher")
     raise_descriptor_limit()
-    dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
-                            peers=args.peer, state=args.state, lease=args.lease,
-                            authenticator=authenticator, acl=acl,
-                            options=connection_options(args),
-                            **_registry_options(args))
+    store = None
+    if args.store is not None and args.state is not None:
+        raise PosaError("--store and --state exclude each other: the registry lives in "
+                        "the NATS bucket or in the state file; drop one")
+    if args.store is not None:
+        from posa.naming.nats.registry import NatsRegistry
+        store = NatsRegistry(args.store, bucket=args.bucket)
+    try:
+        dispatcher = Dispatcher(args.listen or [DEFAULT_DISPATCHER], node=args.node,
+                                peers=args.peer, state=args.state, lease=args.lease,
+                                authenticator=authenticator, acl=acl, registry=store,
+                                options=connection_options(args),
+                                **_registry_options(args))
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     monitor = ops.Monitor(dispatcher, dispatcher.registry)
     server = (ops.OpsServer(monitor, host=args.ops_host, port=args.ops_port)
               if args.ops_port is not None else None)
     extra = f" ops on {server.url}" if server is not None else ""
     announce = (f"posa dispatcher {dispatcher.node} listening on "
                 f"{' '.join(dispatcher.addresses)}{extra}")
-    return ops.serve_until_signalled([dispatcher], grace=args.grace, monitor=monitor,
-                                     server=server, ready=lambda: print(announce, flush=True))
+    try:
+        return ops.serve_until_signalled([dispatcher], grace=args.grace, monitor=monitor,
+                                         server=server,
+                                         ready=lambda: print(announce, flush=True))
+    finally:
+        if store is not None:
+            store.close()

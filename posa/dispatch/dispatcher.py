@@ -36,7 +36,7 @@ import msgpack
 from posa.admission.gatekeeper import Authenticator
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
-from posa.errors import NameNotFound, PosaError
+from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
 from posa.naming.protocol import (
     DISPATCHER,
@@ -68,11 +68,17 @@ class Dispatcher:
                  state: str | None = None, lease: float = 10.0,
                  sweep_interval: float = 0.5, authenticator: Authenticator | None = None,
                  acl: Acl | None = None, quotas: Quotas | None = None,
-                 reserved_keys: Collection[str] = (), **peer_options: Any) -> None:
+                 reserved_keys: Collection[str] = (), registry: Any = None,
+                 **peer_options: Any) -> None:
         self.node = node or secrets.token_hex(4)
         self.instance = secrets.token_hex(8)   # changes on every start: caches use it
         self.state_path = state
-        self.registry = LocalRegistry()
+        if registry is not None and state is not None:
+            raise PosaError("a dispatcher keeps its registry in a state file or in a "
+                            "shared store, not both; drop --state or --store")
+        # a shared store (a NatsRegistry): several dispatchers serve one registry
+        self.shared = registry is not None
+        self.registry: Any = registry if registry is not None else LocalRegistry()
         self._pending: list[dict[str, Any]] = []
         self._journaled = 0
         if state is not None:
@@ -117,7 +123,25 @@ class Dispatcher:
             return None
         self.stats["requests"] += 1
         op, fields = OPS.parse(msg.body)    # Rejected, saying what to send, if malformed
+        if self.shared and op.name not in ("watch", "ping"):
+            # a shared store answers over the network: not on the reactor thread
+            self._workers.submit(self._answer, msg, self._handlers[op.name], fields)
+            return DEFERRED
         return self._handlers[op.name](msg, fields)
+
+    def _answer(self, msg: Message, handler: Any, fields: dict[str, Any]) -> None:
+        """Run ``handler`` on a worker thread and reply (unless it deferred again)."""
+        try:
+            body = handler(msg, fields)
+        except Timeout as exc:      # the store's: another dispatcher would not do better
+            self.peer.reply_error(msg, Unreachable(f"the dispatcher's store did not answer: "
+                                                   f"{exc}"))
+            return
+        except Exception as exc:    # the requester raises it
+            self.peer.reply_error(msg, exc)
+            return
+        if body is not DEFERRED:
+            self.peer.reply(msg, body)
 
     def _op_register(self, msg: Message, fields: dict[str, Any]) -> Any:
         registration = self.guard.register(msg, fields)  # rules and quotas first
@@ -191,13 +215,19 @@ class Dispatcher:
     # -- own names, change notices, expiry, persistence ----------------------------
     def _keep_own_name(self) -> None:
         """Hold ``posa/dispatcher`` in this table, at this dispatcher's addresses (a
-        reserved name: no client may take it); renewed at every sweep."""
+        reserved name: no client may take it); renewed at every sweep. In a shared
+        store one of its dispatchers holds it, another once that one's lease ran out."""
         credential = self.peer.credential
         try:
-            self.registry.renew(DISPATCHER, credential=credential)
-        except NameNotFound:
-            self.registry.register(DISPATCHER, self.peer.addresses, credential=credential,
-                                   lease=self.peer.lease)
+            try:
+                self.registry.renew(DISPATCHER, credential=credential)
+            except NameNotFound:
+                self.registry.register(DISPATCHER, self.peer.addresses,
+                                       credential=credential, lease=self.peer.lease)
+        except PosaError:
+            if not self.shared:
+                raise
+            # another dispatcher of the store holds it, or the store is out of reach
 
     def _changed(self, name: str, registration: Registration | None) -> None:
         self.guard.changed(name, registration)
@@ -218,6 +248,9 @@ class Dispatcher:
                 del self._watchers[key]     # that watcher's connection is gone
 
     def _sweep(self) -> None:
+        if self.shared:     # a round trip to the store: off the reactor thread
+            self._workers.submit(self._keep_own_name)
+            return
         self.registry.expire()
         self._keep_own_name()
         if self.state_path is not None:
@@ -339,6 +372,11 @@ class Dispatcher:
         self._sweeper.cancel()
         if self.state_path is not None:
             self.peer.reactor.call(self._snapshot)
+        if self.shared:     # hand the shared posa/dispatcher over to another at once
+            try:
+                self.registry.unregister(DISPATCHER, credential=self.peer.credential)
+            except PosaError:
+                pass
         self.peer.close()
         self._workers.shutdown(wait=False)
         self.federation.close()

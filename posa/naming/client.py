@@ -1,23 +1,21 @@
 """The registry of a dispatcher service, reached over the network.
 
 ``RegistryClient`` implements the ``Registry`` interface by asking a
-``posa dispatcher``; it keeps a local cache so a repeated lookup costs a dict
-read, not a round trip.  The cache is kept true by the dispatcher's change
-notices: a watch connection, driven by the process's reactor (never blocking
-it), receives a NOTIFY for every change.  A dispatcher that stops or
-restarts closes that connection: the cache is dropped at once and the watch
-made again within moments (retried at 0.1, 0.2, 0.4 ... s, then every
-second; a ``watch()`` call tries at once).  A ping every ``ping_interval`` seconds (10 by default)
-only catches what closes no connection: a dispatcher that went silent (three
-pings unanswered) or answers as another instance; either way the cache is
-dropped and the watch made again.  So an idle client costs its dispatcher one
-ping per 10 s, not one per second.  Cache entries also expire with their
-lease, so staleness is bounded even if notices are lost.  Without a cache the
-watch connection is made by the first ``watch()``;
-``watch()`` returns once the dispatcher has taken the subscription, so every
-change made after it returns is reported.  An address on a wildcard host is
-registered as the interfaces' addresses, which other hosts can use
-(``posa.naming.hosts``).
+``posa dispatcher`` (given several, the first that answers: see the class); it
+keeps a local cache so a repeated lookup costs a dict read, not a round trip.
+The cache is kept true by the dispatcher's change notices: a watch connection,
+driven by the process's reactor (never blocking it), receives a NOTIFY for
+every change.  A dispatcher that stops or restarts closes that connection: the
+cache is dropped at once and the watch made again within moments (retried at
+0.1, 0.2, 0.4 ... s, then every second; a ``watch()`` call tries at once).  A
+ping every ``ping_interval`` seconds (10 by default) only catches what closes
+no connection: a dispatcher silent for three pings, or answering as another
+instance; either way the cache is dropped and the watch made again.  Cache
+entries also expire with their lease, so staleness is bounded even if notices
+are lost.  Without a cache the watch connection is made by the first
+``watch()``, which returns once the dispatcher has taken the subscription, so
+every change made after it returns is reported.  An address on a wildcard host
+is registered as the interfaces' addresses (``posa.naming.hosts``).
 """
 from __future__ import annotations
 
@@ -26,10 +24,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import msgpack
+
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import PosaError, ProtocolError, Timeout
+from posa.errors import PosaError, ProtocolError, Rejected, Timeout, TransportError, Unreachable
 from posa.naming.hosts import reachable
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
@@ -39,7 +39,7 @@ from posa.naming.protocol import (
     page_from_wire,
     registration_from_wire,
 )
-from posa.naming.registration import DEFAULT_LEASE, Registration, resolver
+from posa.naming.registration import DEFAULT_LEASE, Registration, check_addresses, resolver
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
@@ -52,21 +52,46 @@ RETRY_FIRST = 0.1       # s before the first attempt to make a lost watch again
 RETRY_MAX = 1.0         # s between attempts at most, while the dispatcher is away
 
 
-class RegistryClient:
-    """``Registry`` backed by a ``posa dispatcher`` at ``address``. Thread-safe."""
+def _check_meta(name: str, meta: Mapping[str, Any]) -> None:
+    """``Rejected`` (as a registry says it) for meta that is not msgpack data."""
+    try:
+        msgpack.packb(dict(meta))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Rejected(f"meta for {name!r} is not msgpack data ({exc}); use dicts, "
+                       "lists, str, bytes, numbers, bools and None") from None
 
-    def __init__(self, address: str, *, timeout: float = 5.0, cache: bool = True,
+
+def dispatcher_addresses(address: str | Sequence[str]) -> list[str]:
+    """The dispatchers of ``address``: one, several comma-separated, or a list."""
+    items = [address] if isinstance(address, str) else list(address)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found or not all(isinstance(a, str) and "://" in a for a in found):
+        raise Rejected(f"dispatcher address {address!r} is not a transport URI or a list "
+                       "of them; write e.g. tcp://10.0.0.1:7000,tcp://10.0.0.2:7000")
+    return found
+
+
+class RegistryClient:
+    """``Registry`` backed by a ``posa dispatcher`` at ``address``; given several
+    (a list, or comma-separated), by the first that answers, the next when it
+    does not answer within ``failover_after`` s (dispatchers sharing a store:
+    ``--store nats://…``).
+    Thread-safe."""
+
+    def __init__(self, address: str | Sequence[str], *, timeout: float = 5.0,
+                 cache: bool = True,
                  ping_interval: float = PING_INTERVAL, reactor: Reactor | None = None,
                  options: Options | None = None, codec: Codec | None = None,
-                 authenticator: Authenticator | None = None) -> None:
-        self.address = address
+                 authenticator: Authenticator | None = None,
+                 failover_after: float = 3.0) -> None:
+        self.addresses = dispatcher_addresses(address)
+        self.failover_after = failover_after
+        self.address = self.addresses[0]       # the dispatcher asked now
         self.timeout = timeout
         self.codec = codec or Codec()
         self.options = options or Options(send_timeout=min(timeout, 5.0))
         self._authenticator = authenticator
-        self._resolve = resolver(None, pins={DISPATCHER: address})
-        self._sender = Sender("", resolve=self._resolve, codec=self.codec,
-                              options=self.options, authenticator=authenticator)
+        self._sender = self._sender_to(self.address)
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -93,14 +118,55 @@ class RegistryClient:
 
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
-        return self._sender.request(DISPATCHER, OPS.request(op, **fields),
-                                    timeout=self.timeout).body
+        """Ask the dispatcher. With several, one that does not answer within
+        ``failover_after`` s is left for the next, round and round until
+        ``timeout``. A request repeated so may have been done by the first: a
+        register without an epoch may then take two epochs."""
+        deadline = time.monotonic() + self.timeout
+        single = len(self.addresses) == 1
+        for _ in range(1000):
+            sender, address = self._sender, self.address
+            left = deadline - time.monotonic()
+            try:
+                return sender.request(DISPATCHER, OPS.request(op, **fields), timeout=(
+                    self.timeout if single else max(0.01, min(left, self.failover_after)))
+                ).body
+            except Unreachable:
+                raise                       # the dispatcher answered: what it asked is not
+            except (Timeout, TransportError):
+                if self._closed or single or time.monotonic() >= deadline:
+                    raise
+                self._fail_over(address)
+        raise Timeout(f"no dispatcher of {', '.join(self.addresses)} answered")
+
+    def _sender_to(self, address: str) -> Sender:
+        return Sender("", resolve=resolver(None, pins={DISPATCHER: address}),
+                      codec=self.codec, options=self.options,
+                      authenticator=self._authenticator)
+
+    def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
+        return resolver(None, pins={DISPATCHER: self.address})(name, fresh)
+
+    def _fail_over(self, address: str) -> None:
+        """``address`` did not answer: ask the next dispatcher from now on."""
+        with self._lock:
+            if self.address != address or self._closed or len(self.addresses) == 1:
+                return                      # another thread moved on already
+            at = self.addresses.index(address)
+            self.address = self.addresses[(at + 1) % len(self.addresses)]
+            old, self._sender = self._sender, self._sender_to(self.address)
+        old.close()
+        if self._ticker is not None:
+            self._reactor.call_soon(self._drop_watch)   # watch the new one
 
     def register(self, name: str, addresses: Sequence[str], *, credential: str,
                  epoch: int | None = None, lease: float = DEFAULT_LEASE,
                  meta: Mapping[str, Any] | None = None) -> Registration:
+        if meta:
+            _check_meta(name, meta)
         registration = registration_from_wire(self._call(   # addresses others can use:
-            "register", name=name, addresses=list(reachable(addresses)), credential=credential,
+            "register", name=name, addresses=list(reachable(check_addresses(name, addresses))),
+            credential=credential,
             epoch=epoch, lease=lease, meta=dict(meta) if meta else None))
         self._remember(registration)
         return registration
@@ -258,6 +324,7 @@ class RegistryClient:
                 self._silent = 0
             if self._silent >= 3:
                 self._drop_watch()
+                self._fail_over(self.address)
         if self._watch is None:
             self._subscribe()
         elif self._watch is not None:
@@ -271,6 +338,7 @@ class RegistryClient:
                              deadline=time.monotonic())
         except (PosaError, OSError):
             watch.close()
+            self._fail_over(self.address)
             return  # the dispatcher is not there (yet): the next tick tries again
         self._watch = watch
         self._ping_seq = seq
