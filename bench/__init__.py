@@ -74,6 +74,10 @@ AREAS: tuple[tuple[str, str, str], ...] = (
      "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
     ("scale", "8. Scale (concurrent callers)",
      "request-reply with 1/4/16/64 caller threads, posa against Pyro5"),
+    ("gateway", "9. HTTP gateway",
+     "request-reply over keep-alive HTTP against Pyro5's HTTP gateway; SSE delivery"),
+    ("natsrows", "10. NATS",
+     "posa over nats:// against nats-py; NatsRegistry lookups against the dispatcher's"),
 )
 
 # Column sets: (metric, header, format) with format one of rate, us, ms, ratio, int, bool.

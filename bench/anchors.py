@@ -17,6 +17,7 @@ with it, in every rep.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ N_ONEWAY = 200_000
 N_RR = 10_000
 N_FANOUT = 100_000
 N_LOOKUP = 10_000
+N_RQ = 2_000     # RQ jobs: ~1 ms each, so a rep stays within seconds
 SCALE_CALLERS = (1, 4, 16, 64)   # caller threads of the scale rows (bench/scale.py)
 
 
@@ -84,6 +86,20 @@ def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
+def _suite_anchor(module: str, function: str) -> Callable[[Any, int], dict[str, Any]]:
+    """An anchor measured by the suite's own code: ``module.function(ctx, n)``."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        result: dict[str, Any] = getattr(importlib.import_module(module), function)(ctx, n)
+        return result
+
+    return run
+
+
+ITEMS = (("items_per_s", "items/s", "rate"), ("workers", "worker processes", "int"),
+         ("complete", "complete", "bool"))
+
+
 def _rows() -> dict[str, Bench]:
     rows = [
         Bench("zmq_dealer2_tcp", "pyzmq DEALER→ROUTER tcp, ROUTER reads 2× recv()",
@@ -112,6 +128,12 @@ def _rows() -> dict[str, Bench]:
         *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
                 "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
           for callers in SCALE_CALLERS),
+        Bench("rq_simple", "RQ SimpleWorker (no fork) → redis-server (no persistence), "
+              "trivial jobs (bench/work_rq.py)", _suite_anchor("bench.work_rq", "rq_items"),
+              N_RQ, ITEMS),
+        Bench("pyro_http", "Pyro5's HTTP gateway (Pyro5.utils.httpgateway) → name server → "
+              "echo object, http.client (bench/pyro_http.py)",
+              _suite_anchor("bench.pyro_http", "pyro_http_calls"), N_RR, RR),
     ]
     return {row.key: row for row in rows}
 

@@ -192,4 +192,7 @@ GOALS: list[Goal] = [          # the scaling curve and the speed-up are reported
     Goal("work-durable", "issue 17", "durable WorkQueue (SQLite, NORMAL) items/s ≥ 0.5× "
          "in-memory", ("work_queue_1_durable", "items_per_s"), ("work_queue_1", "items_per_s"),
          ">=", 0.5),
+    Goal("work-durable-rq", "issue 17", "durable WorkQueue (SQLite, NORMAL) items/s ≥ 5× RQ "
+         "(SimpleWorker, redis-server)", ("work_queue_1_durable", "items_per_s"),
+         ("rq_simple", "items_per_s"), ">=", 5.0),
 ]
