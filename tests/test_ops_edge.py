@@ -323,7 +323,9 @@ def test_dispatcher_metrics_parse_and_count_every_refusal() -> None:
             found = {(dict(labels).get("listener", "gatekeeper"), dict(labels)["reason"]): v
                      for (metric, labels), v in values.items()
                      if metric == "posa_rejections_total"}
-            return found if len(found) >= 5 else {}
+            expected = [(tcp, "garbage"), (zmq_address, "garbage"), ("gatekeeper", "malformed"),
+                        (url, "bad-request"), (url, "header-too-large")]
+            return found if all(found.get(key) for key in expected) else {}
         found = wait_for(refusals, 30, "every refusal in /metrics")
         assert found[(tcp, "garbage")] == 5
         assert found[(zmq_address, "garbage")] == 1
