@@ -44,7 +44,7 @@ FACADE = {
 # the __all__ of every other public module, exactly
 MODULES = {
     "posa.aio": {"Peer", "Server", "Client", "Publisher", "Subscriber", "Worker", "Master",
-                 "Slave", "submit", "gather"},
+                 "Slave", "Pipeline", "submit", "gather"},
     "posa.errors": {"Closed", "InvalidName", "NameNotFound", "PartialDelivery", "PosaError",
                     "ProtocolError", "Rejected", "RemoteError", "StaleEpoch", "Timeout",
                     "TransportError", "Unauthorized", "Unreachable"},

@@ -1,5 +1,6 @@
 """The work patterns under asyncio: a worker and a slave whose work is a
-coroutine on the loop, a master awaited, items submitted from a task."""
+coroutine on the loop, a master awaited, a pipeline awaited, items submitted
+from a task."""
 from __future__ import annotations
 
 import asyncio
@@ -62,3 +63,32 @@ def test_an_async_master_and_coroutine_slaves(registry: posa.LocalRegistry) -> N
 
     result, outcome = asyncio.run(scenario())
     assert result == 42 and outcome.result == 10
+
+
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_an_async_pipeline_runs_while_the_loop_goes_on(
+        registry: posa.LocalRegistry) -> None:
+    async def main() -> tuple[list[int], int, posa.work.pipeline.RunResult]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:         # the loop is free while the run goes on
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+        async with posa.aio.Pipeline("pipe/aio", [{"name": "plus", "filter": _plus_one}],
+                                     registry=registry) as pipeline:
+            beat = asyncio.create_task(ticker())
+            outputs = await pipeline.run(range(10), timeout=30)
+            result = await pipeline.process({"a": 1}, timeout=30)
+            done.set()
+            await beat
+        return outputs, ticks, result
+    outputs, ticks, result = asyncio.run(main())
+    assert outputs == [x + 1 for x in range(10)]
+    assert result.outputs == {"a": 2}
+    assert ticks > 1

@@ -13,8 +13,8 @@ whose window is full waits as a task, not as the loop.
 - ``Server``, ``Client``: ``posa.Server``/``posa.Client`` awaitable, with
   coroutine handlers (``posa.aio.services``);
 - ``Publisher``, ``Subscriber``: the event channel's (``posa.channel.aio``);
-- ``Worker``, ``Master``, ``Slave``, ``submit``, ``gather``: the work patterns'
-  (``posa.work.aio``).
+- ``Worker``, ``Master``, ``Slave``, ``Pipeline``, ``submit``, ``gather``: the
+  work patterns' (``posa.work.aio``).
 """
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ from posa.aio.services import Client, Server
 from posa.channel.aio import AsyncPublisher as Publisher
 from posa.channel.aio import AsyncSubscriber as Subscriber
 from posa.work.aio import AsyncMaster as Master
+from posa.work.aio import AsyncPipeline as Pipeline
 from posa.work.aio import AsyncSlave as Slave
 from posa.work.aio import AsyncWorker as Worker
 from posa.work.aio import gather_async as gather
 from posa.work.aio import submit_async as submit
 
 __all__ = ["Peer", "Server", "Client", "Publisher", "Subscriber", "Worker", "Master",
-           "Slave", "submit", "gather"]
+           "Slave", "Pipeline", "submit", "gather"]

@@ -1,5 +1,5 @@
 """The work patterns under asyncio: ``AsyncWorker``, ``AsyncSlave``, ``AsyncMaster``,
-``submit_async`` and ``gather_async``.
+``AsyncPipeline``, ``submit_async`` and ``gather_async``.
 
 The same approach as the event channel's (``posa.channel.aio``): each wraps the
 blocking object, whose threads do the waiting, and a call that would block the
@@ -10,8 +10,9 @@ work may await anything the loop serves (a ``posa.aio.Peer``, a database
 driver). ``submit_async`` and ``gather_async`` send through a
 ``posa.aio.Peer``: their requests are driven by the loop itself.
 
-Not yet for asyncio: ``Pipeline`` and ``WorkQueue`` itself (a queue manager
-runs on posa's reactor and is not called per item; create it as it is).
+``AsyncPipeline`` awaits a whole run (its stages' instances are threads, as
+with ``Pipeline``). ``WorkQueue`` itself has no asyncio face: a queue manager
+runs on posa's reactor and is not called per item; create it as it is.
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ from posa.errors import Timeout
 from posa.runtime.offload import Offload
 from posa.work.gather import AsyncRequester, gather_async
 from posa.work.masterslave import Master, Outcome
+from posa.work.pipeline import Pipeline, RunResult
 from posa.work.protocol import QUEUE
 from posa.work.slave import Slave
 from posa.work.worker import Worker
 
-__all__ = ["AsyncWorker", "AsyncSlave", "AsyncMaster", "submit_async", "gather_async"]
+__all__ = ["AsyncWorker", "AsyncSlave", "AsyncMaster", "AsyncPipeline", "submit_async",
+           "gather_async"]
 
 
 def on_loop(work: Callable[[Any], Any], loop: asyncio.AbstractEventLoop
@@ -113,6 +116,38 @@ class AsyncMaster(_Wrapper):
         await self._shutdown(self.sync.close)
 
     async def __aenter__(self) -> AsyncMaster:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncPipeline(_Wrapper):
+    """``posa.Pipeline`` for asyncio: ``await run(items)`` or ``await process(pairs)``;
+    runs queue up (one at a time), the loop goes on meanwhile."""
+
+    def __init__(self, name: str, stages: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.sync = Pipeline(name, stages, **kwargs)
+        self.name = name
+
+    async def run(self, items: Iterable[Any], *, timeout: float = 60.0) -> list[Any]:
+        outputs: list[Any] = await self._run(self.sync.run, list(items), timeout=timeout)
+        return outputs
+
+    async def process(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
+                      timeout: float = 60.0) -> RunResult:
+        pairs = dict(items) if isinstance(items, Mapping) else list(items)
+        result: RunResult = await self._run(self.sync.process, pairs, timeout=timeout)
+        return result
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        return self.sync.metrics()
+
+    async def close(self) -> None:
+        await self._shutdown(self.sync.close)
+
+    async def __aenter__(self) -> AsyncPipeline:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
