@@ -220,8 +220,16 @@ class NatsRegistry:
             raise Unreachable(f"no NATS server answered at {', '.join(self.servers)} "
                               f"({exc!r}); start nats-server with -js, or fix the address"
                               ) from None
+        deadline = time.monotonic() + self.timeout
         try:
-            await self._bucket(replicas)
+            while True:     # a cluster just formed, creators racing: bounded retries
+                try:
+                    await self._bucket(replicas)
+                    break
+                except (nats.errors.Error, asyncio.TimeoutError):
+                    if time.monotonic() + 0.25 >= deadline:
+                        raise
+                    await asyncio.sleep(0.25)
             self._watch = await self._kv.watch(records.PREFIX + ">")
         except BaseException as exc:
             await self._nc.close()
@@ -378,13 +386,12 @@ class NatsRegistry:
                 try:
                     callback(*event)
                 except Exception:   # a watcher must not stop the others
-                    _log.exception(
-                        "registry watcher %r raised on %r; it stays subscribed",
-                        callback, event[0])
+                    _log.exception("registry watcher %r raised on %r; it stays "
+                                   "subscribed", callback, event[0])
 
     def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
-            return nats_loop.call(coro, self.timeout + 3.0)
+            return nats_loop.call(coro, 1.5 * self.timeout + 3.0)
         except nats.errors.Error as exc:    # none retried: say it in posa's words
             raise Unreachable(f"NATS failed the registry's call: {exc!r}") from None
 
