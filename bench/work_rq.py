@@ -14,13 +14,10 @@ redis-server, posa's ``store=`` row is (SQLite, WAL).
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 from typing import Any
 
 from bench.common import HARD_LIFETIME_S, emit, now, ready
-from bench.cpu import at_ready
-from bench.process import Proc
+from bench.process import free_port, start_listening
 
 MODULE = "bench.work_rq"
 QUEUE = "bench"
@@ -68,13 +65,6 @@ def role_producer(port: int, n: int) -> None:
 
 
 # ------------------------------------------------------------------ the row
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_redis(ctx: Any) -> int:
     """A redis-server of this row, persistence off; its port."""
     binary = shutil.which("redis-server")
@@ -82,22 +72,10 @@ def start_redis(ctx: Any) -> int:
         from bench.runner import Skip
         raise Skip("redis-server is not installed: apt-get install redis-server "
                    "(bash bench/setup.sh does it as root)")
-    port = _free_port()
-    proc = Proc([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no"], group=ctx.group)
-    deadline = now() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if now() > deadline or proc.p.poll() is not None:
-                raise proc.fail(f"redis-server did not listen on {port}") from None
-            try:
-                proc.p.wait(timeout=0.02)    # it exited (then the next check fails) or not
-            except subprocess.TimeoutExpired:
-                pass
-    at_ready(proc.p.pid)
+    port = free_port()
+    start_listening([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--daemonize", "no"], port, "redis-server",
+                    group=ctx.group)
     return port
 
 
