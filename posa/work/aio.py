@@ -19,16 +19,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from posa.errors import Timeout
 from posa.runtime.offload import Offload
+from posa.work.client import submit_steps
 from posa.work.gather import AsyncRequester, gather_async
 from posa.work.masterslave import Master, Outcome
 from posa.work.pipeline import Pipeline, RunResult
-from posa.work.protocol import QUEUE
 from posa.work.slave import Slave
 from posa.work.worker import Worker
 
@@ -159,24 +157,15 @@ async def submit_async(peer: AsyncRequester, queue: str,
                        timeout: float = 30.0, batch: int = 500) -> int:
     """``posa.submit`` from a ``posa.aio.Peer``: returns how many items were new;
     waits (as a task) while the queue is full; ``Timeout`` past ``timeout``."""
-    pairs = [[key, data] for key, data in
-             (items.items() if isinstance(items, Mapping) else items)]
-    deadline = time.monotonic() + timeout
-    added = sent = 0
-    delay = 0.01
-    while sent < len(pairs):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Timeout(f"{queue!r} accepted {sent} of {len(pairs)} items within "
-                          f"{timeout} s; it is full: add workers or raise its capacity")
-        chunk = pairs[sent:sent + batch]
-        reply = await peer.request(queue, QUEUE.request("put", items=chunk),
-                                   timeout=remaining)
-        sent += reply["accepted"]
-        added += reply["added"]
-        if reply["accepted"] < len(chunk):
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
-        else:
-            delay = 0.01
-    return added
+    steps = submit_steps(queue, items, timeout=timeout, batch=batch)
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                step = steps.send(None)
+            else:
+                step = steps.send(await peer.request(queue, step[0], timeout=step[1]))
+    except StopIteration as done:
+        added: int = done.value
+        return added

@@ -11,22 +11,25 @@ after a failure is harmless.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 from posa.errors import Timeout
 from posa.peer import Peer
 from posa.work.protocol import QUEUE
 
-__all__ = ["submit"]
+__all__ = ["submit", "submit_steps"]
 
 
-def submit(peer: Peer, queue: str, items: Mapping[str, Any] | Iterable[tuple[str, Any]],
-           *, timeout: float = 30.0, batch: int = 500) -> int:
-    """Put items (key -> data) into the queue named ``queue``, sending through
-    ``peer``; returns how many were new (known keys are ignored, so submitting
-    again is harmless). Waits while the queue is full; raises ``Timeout`` if
-    everything is not accepted within ``timeout`` seconds."""
+Put = tuple[dict[str, Any], float]          # a put request and the time left for it
+SubmitSteps = Generator[Put | float, Any, int]
+
+
+def submit_steps(queue: str, items: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
+                 timeout: float, batch: int) -> SubmitSteps:
+    """The submission as steps (sans-IO): yields ``(request, seconds left)``, to
+    be sent with its reply sent back, or seconds to back off for; returns how
+    many items were new. ``submit`` and ``posa.aio.submit`` drive it."""
     pairs = [[key, data] for key, data in
              (items.items() if isinstance(items, Mapping) else items)]
     deadline = time.monotonic() + timeout
@@ -38,12 +41,32 @@ def submit(peer: Peer, queue: str, items: Mapping[str, Any] | Iterable[tuple[str
             raise Timeout(f"{queue!r} accepted {sent} of {len(pairs)} items within "
                           f"{timeout} s; it is full: add workers or raise its capacity")
         chunk = pairs[sent:sent + batch]
-        reply = peer.request(queue, QUEUE.request("put", items=chunk), timeout=remaining)
+        reply = yield QUEUE.request("put", items=chunk), remaining
         sent += reply["accepted"]
         added += reply["added"]
         if reply["accepted"] < len(chunk):
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))  # back off
+            yield min(delay, max(0.0, deadline - time.monotonic()))     # back off
             delay = min(delay * 2, 0.5)
         else:
             delay = 0.01
     return added
+
+
+def submit(peer: Peer, queue: str, items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+           *, timeout: float = 30.0, batch: int = 500) -> int:
+    """Put items (key -> data) into the queue named ``queue``, sending through
+    ``peer``; returns how many were new (known keys are ignored, so submitting
+    again is harmless). Waits while the queue is full; raises ``Timeout`` if
+    everything is not accepted within ``timeout`` seconds."""
+    steps = submit_steps(queue, items, timeout=timeout, batch=batch)
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, float):
+                time.sleep(step)
+                step = steps.send(None)
+            else:
+                step = steps.send(peer.request(queue, step[0], timeout=step[1]))
+    except StopIteration as done:
+        added: int = done.value
+        return added
