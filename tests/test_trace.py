@@ -6,38 +6,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import posa
 from posa.ops import trace_context, trace_headers
-from tests.support import Proc, start_dispatcher
+from tests.support import Proc
+from tests.tracing import CHILD_SDK, PARENT, local_tracing
 
 pytestmark = pytest.mark.timeout(120)
-
-PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 # the other process: its own SDK and in-memory exporter; a peer, a service, a relay
 # (whose handler requests the peer: its own send continues the trace) and a sink
 SERVER = """
 import json, sys, threading
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-import posa
-from posa.ops import trace_headers
-
-exporter = InMemorySpanExporter()
-provider = TracerProvider()
-provider.add_span_processor(SimpleSpanProcessor(exporter))
-trace.set_tracer_provider(provider)
-registry = posa.RegistryClient(sys.argv[1])
+""" + CHILD_SDK + """registry = posa.RegistryClient(sys.argv[1])
 sunk = threading.Event()
 
 def echo(msg):
@@ -67,21 +51,11 @@ sys.stdin.readline()
 """
 
 
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
-
 
 def test_a_trace_continues_through_request_call_and_send_into_another_process(
         dispatcher: str) -> None:
     server = Proc.python(SERVER, dispatcher)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()             # this process's own, not the global one
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = local_tracing()
     try:
         server.expect("READY", timeout=60)
         with posa.RegistryClient(dispatcher) as registry, \

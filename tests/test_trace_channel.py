@@ -6,41 +6,25 @@ carries nothing at all."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import posa
 from posa.ops import trace_context
-from tests.support import Proc, start_dispatcher
+from tests.support import Proc
+from tests.tracing import CHILD_SDK, PARENT, local_tracing
 
 pytestmark = pytest.mark.timeout(120)
-
-PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 # the other process: its own SDK and in-memory exporter; a live subscriber and,
 # once the events are in, one replaying the history; each handles its events
 # inside subscriber.handling(event)
 SUBSCRIBER = """
 import json, sys
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-import posa
-from posa.ops import trace_headers
-
-exporter = InMemorySpanExporter()
-provider = TracerProvider()
-provider.add_span_processor(SimpleSpanProcessor(exporter))
-trace.set_tracer_provider(provider)
-registry = posa.RegistryClient(sys.argv[1])
+""" + CHILD_SDK + """registry = posa.RegistryClient(sys.argv[1])
 
 def handle(sub, n):
     seen = []
@@ -63,14 +47,6 @@ print("RESULT", json.dumps(got), flush=True)
 """
 
 
-@pytest.fixture
-def dispatcher() -> Iterator[str]:
-    proc, address = start_dispatcher()
-    try:
-        yield address
-    finally:
-        proc.close()
-
 
 def start_channel(dispatcher: str, name: str, *args: str) -> Proc:
     proc = Proc.posa("channel", name, "--dispatcher", dispatcher, "--listen",
@@ -87,9 +63,7 @@ def test_a_trace_continues_through_a_publish_into_a_subscriber_in_another_proces
         dispatcher: str, tmp_path: Path) -> None:
     channel = start_channel(dispatcher, "tr/events", "--store", str(tmp_path / "ch.db"))
     subscriber = Proc.python(SUBSCRIBER, dispatcher, "tr/events")
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()             # this process's own, not the global one
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = local_tracing()
     try:
         subscriber.expect("READY", timeout=60)
         with posa.RegistryClient(dispatcher) as registry, \
