@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
+_T = TypeVar("_T")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,15 +30,17 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0,
-               what: str = "condition") -> None:
-    """Poll a cheap condition with a deadline (for counters, not for events)."""
+def wait_until(condition: Callable[[], _T], timeout: float = 20.0,
+               what: str = "condition") -> _T:
+    """Poll a cheap condition with a deadline (for counters and another process's
+    state, not for events); returns its first true value."""
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+    return value
 
 
 def nested(depth: int) -> object:

@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import zmq
@@ -26,7 +25,7 @@ from posa.ops import Monitor, OpsServer
 from posa.ops.hygiene import IDLE, READING, WRITING, Limits, Slots
 from posa.ops.request import RequestReader
 from posa.transport.framing import GREETING
-from tests.support import Proc, free_port, start_dispatcher
+from tests.support import Proc, free_port, start_dispatcher, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,16 +38,6 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def wait_for(condition: Any, timeout: float = 30.0, what: str = "the condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not come true in {timeout} s"
-        time.sleep(0.01)            # polling another process's state, bounded
 
 
 def connect(port: int) -> socket.socket:
@@ -178,7 +167,7 @@ def test_health_answers_while_50_slow_clients_hold_connections(
         print(f"/health under 50 slow clients: {', '.join(f'{t * 1000:.1f}' for t in latencies)}"
               f" ms (goal: each under 100 ms)")
         # the slow clients are cut at the header deadline, and come back
-        wait_for(lambda: crowd.reconnects >= 25, 60, "the slow clients being cut")
+        wait_until(lambda: crowd.reconnects >= 25, 60, "the slow clients being cut")
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
     finally:
         crowd.close()
@@ -217,7 +206,7 @@ def test_an_endless_header_is_cut_at_the_byte_limit() -> None:
                 except OSError:
                     cut = True
             assert cut, "the server took 256 MiB of one header field"
-        wait_for(lambda: server.rejections["header-too-large"] == 2, 30, "two refusals")
+        wait_until(lambda: server.rejections["header-too-large"] == 2, 30, "two refusals")
         values = ops_samples(get(server.url + "/metrics")[1])
         assert values[("posa_rejections_total", (("listener", server.url),
                                                  ("reason", "header-too-large")))] == 2
@@ -326,7 +315,7 @@ def test_dispatcher_metrics_parse_and_count_every_refusal() -> None:
             expected = [(tcp, "garbage"), (zmq_address, "garbage"), ("gatekeeper", "malformed"),
                         (url, "bad-request"), (url, "header-too-large")]
             return found if all(found.get(key) for key in expected) else {}
-        found = wait_for(refusals, 30, "every refusal in /metrics")
+        found = wait_until(refusals, 30, "every refusal in /metrics")
         assert found[(tcp, "garbage")] == 5
         assert found[(zmq_address, "garbage")] == 1
         assert found[("gatekeeper", "malformed")] == 1

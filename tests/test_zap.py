@@ -6,8 +6,7 @@ listener's ``rejections["curve-client"]`` is waited on with a deadline.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ zmq = pytest.importorskip("zmq")
 from posa.errors import Timeout, TransportError  # noqa: E402
 from posa.transport.base import Options  # noqa: E402
 from posa.transport.zmq import Curve, ZmqTransport  # noqa: E402
+from tests.support import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 OPTIONS = Options(send_timeout=0.5)
@@ -25,17 +25,6 @@ OPTIONS = Options(send_timeout=0.5)
 def keypair() -> tuple[bytes, bytes]:
     public, secret = zmq.curve_keypair()
     return public, secret
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Poll ``condition`` (a counter the ZAP thread bumps: no event to wait on)
-    until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -65,7 +54,7 @@ def test_an_allowed_client_key_gets_through_and_an_unknown_one_is_refused_and_co
                 conn.send(b"from an unknown key")
             except Timeout:
                 pass        # queued until the handshake completes, which it never does
-        assert wait_for(lambda: listener.rejections["curve-client"] >= 2), \
+        assert wait_until(lambda: listener.rejections["curve-client"] >= 2), \
             listener.rejections
         good.send(b"still served")
         assert listener.recv(timeout=10)[1] == b"still served"  # nothing of the others
