@@ -74,6 +74,8 @@ AREAS: tuple[tuple[str, str, str], ...] = (
      "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
     ("scale", "8. Scale (concurrent callers)",
      "request-reply with 1/4/16/64 caller threads, posa against Pyro5"),
+    ("cores", "8b. More than one core",
+     "a service on one server process against two, called by two client processes"),
     ("gateway", "9. HTTP gateway",
      "request-reply over keep-alive HTTP against Pyro5's HTTP gateway; SSE delivery"),
     ("natsrows", "10. NATS",

@@ -23,7 +23,7 @@ from typing import Any
 import posa
 from bench import RR, Bench, Goal
 from bench.anchors import N_RR, SCALE_CALLERS
-from bench.common import emit, latency_summary, make_msg, now, ready, wait_release
+from bench.common import emit, latency_summary, make_msg, ready, wait_release
 
 __all__ = ["BENCHES", "GOALS"]
 
@@ -31,11 +31,15 @@ MODULE = "bench.scale"
 WARM = 500                  # untimed calls before the release, shared by the callers
 
 
-def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
-                callers: int) -> dict[str, Any]:
+def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
+                     released: Callable[[], float] | None = None) -> None:
     """``callers`` threads, each with its own ``make_call()``, making ``n`` timed
-    calls in all after a common release."""
+    calls in all after a common release; emits the summary.  ``released``, if
+    given, is called once every caller is warm and returns when the callers
+    may go (the release time on ``time.monotonic``: the window of several
+    processes is then taken on one clock)."""
     per = max(1, n // callers)
+    ready_at = threading.Barrier(callers + 1)
     start = threading.Barrier(callers + 1)
     samples: list[list[int]] = [[] for _ in range(callers)]
     ends = [0.0] * callers
@@ -48,8 +52,10 @@ def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
                 call(i)
         except BaseException as exc:  # reported below, the others go on
             errors.append(exc)
+            ready_at.abort()
             start.abort()
             return
+        ready_at.wait()
         start.wait()
         mine = samples[k]
         clock = time.perf_counter_ns
@@ -57,22 +63,25 @@ def _concurrent(make_call: Callable[[], Callable[[int], Any]], n: int,
             t = clock()
             call(i)
             mine.append(clock() - t)
-        ends[k] = now()
+        ends[k] = time.monotonic()
 
     threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(callers)]
     for thread in threads:
         thread.start()
     try:
+        ready_at.wait(timeout=120)
+        released_at = released() if released is not None else time.monotonic()
         start.wait(timeout=120)
     except threading.BrokenBarrierError:
         raise RuntimeError(f"a caller failed: {errors[:1]}") from None
-    t0 = now()
     for thread in threads:
         thread.join(timeout=120)
     if errors:
         raise RuntimeError(f"a caller failed: {errors[:1]}")
     merged = [s for caller_samples in samples for s in caller_samples]
-    return latency_summary(merged, max(ends) - t0, len(merged))
+    ended_at = max(ends)
+    result = latency_summary(merged, ended_at - released_at, len(merged))
+    emit(dict(result, released_at=released_at, ended_at=ended_at))
 
 
 # ------------------------------------------------------------- process roles
@@ -83,7 +92,7 @@ def role_posa_callers(dispatcher: str, target: str, n: int, callers: int) -> Non
             def make_call() -> Callable[[int], Any]:
                 request = peer.request
                 return lambda i: request(target, make_msg(i), timeout=30.0)
-            emit(_concurrent(make_call, n, callers))
+            concurrent_calls(make_call, n, callers)
 
 
 def role_pyro_server() -> None:
@@ -115,7 +124,7 @@ def role_pyro_callers(uri: str, n: int, callers: int) -> None:
         echo = proxy.echo
         return lambda i: echo(make_msg(i))
 
-    emit(_concurrent(make_call, n, callers))
+    concurrent_calls(make_call, n, callers)
 
 
 # ------------------------------------------------------------------ the rows
