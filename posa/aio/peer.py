@@ -47,10 +47,33 @@ Handler = Callable[[Message], Any]
 
 
 class Peer:
-    """``posa.Peer`` for asyncio. Create it inside a running event loop; it takes
-    the same arguments (``window`` must be at least 2)."""
+    """``posa.Peer`` for asyncio. Create it inside a running event loop with
+    ``await Peer.open(name, ...)``, which registers without blocking the loop
+    (``Peer(name, ...)`` does the same but blocks it while the name registers);
+    it takes ``posa.Peer``'s arguments (``window`` must be at least 2)."""
 
     def __init__(self, name: str, *, handler: Handler | None = None, **kwargs: Any) -> None:
+        self._prepare(name, handler, kwargs)
+        self._attach(peer_module.Peer(name, handler=self._from_reactor, **kwargs))
+
+    @classmethod
+    async def open(cls, name: str, *, handler: Handler | None = None,
+                   **kwargs: Any) -> Peer:
+        """``Peer(name, ...)`` without blocking the loop: binding the listener and
+        registering the name (a round trip to the dispatcher, however long it
+        takes) run on the peer's worker thread while the loop goes on."""
+        self = cls.__new__(cls)
+        self._prepare(name, handler, kwargs)
+        make = functools.partial(peer_module.Peer, name, handler=self._from_reactor, **kwargs)
+        try:
+            sync = await self._loop.run_in_executor(self._worker, make)
+        except BaseException:
+            self._worker.shutdown(wait=False)
+            raise
+        self._attach(sync)
+        return self
+
+    def _prepare(self, name: str, handler: Handler | None, kwargs: dict[str, Any]) -> None:
         self._loop = asyncio.get_running_loop()
         if kwargs.get("window", 2) < 2:
             raise ValueError("posa.aio.Peer needs window=2 or more: with a window of 1 "
@@ -62,9 +85,17 @@ class Peer:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._corked: set[Forwarder] = set()
         self._hub = Hub.of(self._loop)
-        self._sync = peer_module.Peer(name, handler=self._from_reactor, **kwargs)
-        self.name = self._sync.name
+        self.name = name
         self._closed = False
+        # handler tasks for messages that arrived while ``open`` registered
+        self._early: list[tuple[Awaitable[Any], Message]] | None = []
+
+    def _attach(self, sync: peer_module.Peer) -> None:
+        self._sync = sync
+        self.name = sync.name
+        early, self._early = self._early or [], None
+        for awaitable, msg in early:
+            self._start(awaitable, msg)
 
     @property
     def address(self) -> str:
@@ -94,6 +125,9 @@ class Peer:
         return peer_module.DEFERRED
 
     def _start(self, awaitable: Awaitable[Any], msg: Message) -> None:
+        if self._early is not None:     # ``open`` has not attached the peer yet
+            self._early.append((awaitable, msg))
+            return
         with until(msg.deadline):   # calls it makes inherit the request's time left
             task = asyncio.ensure_future(call_handler(self._sync, awaitable, msg))
         self._tasks.add(task)

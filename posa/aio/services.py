@@ -50,6 +50,37 @@ class Server:
                  listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
                  name: str | None = None, lease: float = 10.0, workers: int = 8,
                  **peer_options: Any) -> None:
+        name, peer_options = self._prepare(
+            service, handler, dispatcher=dispatcher, registry=registry, listen=listen,
+            weight=weight, name=name, lease=lease, workers=workers, **peer_options)
+        try:
+            self.peer = Peer(name, handler=self._serve, **peer_options)
+        except BaseException:
+            self._close_sync()
+            raise
+        self.name = self.peer.name
+
+    @classmethod
+    async def open(cls, service: str, handler: Callable[[Any], Any],
+                   **options: Any) -> Server:
+        """``Server(service, handler, **options)`` without blocking the loop while
+        the server's name registers (``posa.aio.Peer.open``)."""
+        self = cls.__new__(cls)
+        name, peer_options = self._prepare(service, handler, **options)
+        try:
+            self.peer = await Peer.open(name, handler=self._serve, **peer_options)
+        except BaseException:
+            self._close_sync()
+            raise
+        self.name = self.peer.name
+        return self
+
+    def _prepare(self, service: str, handler: Callable[[Any], Any], *,
+                 dispatcher: str | None = None, registry: Registry | None = None,
+                 listen: str | Sequence[str] = "tcp://127.0.0.1:0", weight: int = 1,
+                 name: str | None = None, lease: float = 10.0, workers: int = 8,
+                 **peer_options: Any) -> tuple[str, dict[str, Any]]:
+        """Everything but the peer; returns its name and options."""
         self.service = validate_name(service)
         self.handler = handler
         self._loop = asyncio.get_running_loop()
@@ -61,14 +92,9 @@ class Server:
         addresses = [listen] if isinstance(listen, str) else list(listen)
         meta = {"service": self.service, "weight": weight,
                 "transports": sorted({a.partition("://")[0] for a in addresses})}
-        try:
-            self.peer = Peer(name or f"{self.service}/srv-{secrets.token_hex(4)}",
-                             handler=self._serve, registry=self.registry,
-                             listen=addresses, lease=lease, meta=meta, **peer_options)
-        except BaseException:
-            self._close_sync()
-            raise
-        self.name = self.peer.name
+        return (name or f"{self.service}/srv-{secrets.token_hex(4)}",
+                dict(peer_options, registry=self.registry, listen=addresses, lease=lease,
+                     meta=meta))
 
     def _serve(self, msg: Message) -> Any:
         """Reactor thread: a coroutine's result goes to the loop (``Peer``)."""

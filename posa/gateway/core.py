@@ -45,9 +45,11 @@ class Gateway:
         self._peers: dict[str, Peer] = {}
         self._clients: dict[str, Client] = {}
         self._publishers: dict[str, Publisher] = {}
-        self._lock = asyncio.Lock()
+        self._making: dict[str, asyncio.Task[Peer]] = {}
         self.hosting = Hosting(self)
-        self.peer = self._peer_sync(ANONYMOUS.identity)   # /v1/health watches it
+        # /v1/health watches it; made before the loop serves anything, so made here
+        name, options = self._peer_options(ANONYMOUS.identity)
+        self.peer = self._peers[ANONYMOUS.identity] = Peer(name, **options)
 
     def principal(self, authorization: str | None) -> Principal:
         """Who asks (``TokenRefused`` for no or a wrong token); anyone without tokens."""
@@ -77,19 +79,31 @@ class Gateway:
             self._registries[key] = registry
         return registry
 
-    def _peer_sync(self, identity: str) -> Peer:
-        peer = self._peers.get(identity)
-        if peer is None:
-            name = f"{identity}/gw-{secrets.token_hex(4)}"
-            peer = Peer(name, registry=self.registry_for(name), listen=self.listen,
-                        authenticator=self.authenticator(name))
-            self._peers[identity] = peer
-        return peer
+    def _peer_options(self, identity: str) -> tuple[str, dict[str, Any]]:
+        name = f"{identity}/gw-{secrets.token_hex(4)}"
+        return name, {"registry": self.registry_for(name), "listen": self.listen,
+                      "authenticator": self.authenticator(name)}
 
     async def peer_for(self, principal: Principal) -> Peer:
-        """The peer that acts for ``principal``'s identity (made on first use)."""
-        async with self._lock:
-            return self._peer_sync(principal.identity)
+        """The peer that acts for ``principal``'s identity, made on first use
+        without blocking the loop (one making per identity; others wait for it)."""
+        identity = principal.identity
+        peer = self._peers.get(identity)
+        if peer is not None:
+            return peer
+        making = self._making.get(identity)
+        if making is None:
+            making = self._making[identity] = self.loop.create_task(self._make_peer(identity))
+        return await asyncio.shield(making)
+
+    async def _make_peer(self, identity: str) -> Peer:
+        try:
+            name, options = self._peer_options(identity)
+            peer = await Peer.open(name, **options)
+            self._peers[identity] = peer
+            return peer
+        finally:
+            self._making.pop(identity, None)
 
     async def client_for(self, principal: Principal) -> Client:
         client = self._clients.get(principal.identity)

@@ -53,6 +53,7 @@ class Hosted:
         self.last_seen = time.monotonic()
         self.dropped = 0
         self.peer: Peer | None = None
+        self.opening: asyncio.Future[None] | None = None   # while its name registers
 
     def arrive(self, msg: Message) -> Any:
         """The reactor thread: queue the message for the program, or refuse it."""
@@ -133,19 +134,38 @@ class Hosting:
             if credential != old.credential:
                 raise StaleEpoch(f"{name!r} is already served by this gateway; "
                                  "give its credential to take it over")
+            if old.opening is not None:
+                await asyncio.shield(old.opening)
             old.owner, old.lease = owner, lease
             old.touch()
             return old
         hosted = Hosted(self, name, owner, credential or secrets.token_urlsafe(24), lease)
-        gateway = self.gateway
-        hosted.peer = Peer(name, registry=gateway.registry_for(name), listen=gateway.listen,
-                           credential=hosted.credential, handler=hosted.arrive,
-                           lease=min(lease, 10.0), authenticator=gateway.authenticator(name))
-        self.names[name] = hosted
-        gateway.counters["hosted_registered"] += 1
+        self.names[name] = hosted       # held while it registers: a second register sees it
+        hosted.opening = asyncio.ensure_future(self._open(hosted))
+        await asyncio.shield(hosted.opening)
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self._sweep())
         return hosted
+
+    async def _open(self, hosted: Hosted) -> None:
+        """Register ``hosted``'s name through a peer of its own, off the loop."""
+        gateway, name = self.gateway, hosted.name
+        try:
+            peer = await Peer.open(
+                name, registry=gateway.registry_for(name), listen=gateway.listen,
+                credential=hosted.credential, handler=hosted.arrive,
+                lease=min(hosted.lease, 10.0), authenticator=gateway.authenticator(name))
+        except BaseException:
+            if self.names.get(name) is hosted:
+                del self.names[name]
+            raise
+        finally:
+            hosted.opening = None
+        if self.names.get(name) is not hosted:      # unregistered meanwhile
+            await peer.close()
+            raise NameNotFound(f"{name!r} was unregistered while it registered")
+        hosted.peer = peer
+        gateway.counters["hosted_registered"] += 1
 
     def find(self, name: str, owner: str) -> Hosted:
         hosted = self.names.get(name)
