@@ -14,6 +14,7 @@ answer names the key it lacks. The recipe of docs/security.md runs verbatim.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -178,6 +179,17 @@ def test_a_channel_runs_keyed_with_the_keys_option(dispatcher: str, keydir: Path
                          "--keys", str(keydir / "client.keys"), "--key-id", "ops")
         assert names.returncode == 0, names.stderr
         assert names.stdout.startswith("lab/events\t"), names.stdout
+        client = ["--dispatcher", dispatcher, "--keys", str(keydir / "client.keys"),
+                  "--key-id", "ops"]
+        published = posa_cli("pub", "lab/events", "link/down", '{"port": 3}', *client)
+        assert published.returncode == 0, published.stderr     # sealed with ops's key
+        got = posa_cli("sub", "lab/events", "--from-seq", "1", "--count", "1", "--json",
+                       *client)
+        assert got.returncode == 0, got.stderr                  # its peer: ops/sub/...
+        assert json.loads(got.stdout) == {"seq": 1, "topic": "link/down",
+                                          "body": {"port": 3}}
+        unsealed = posa_cli("pub", "lab/events", "link/up", "{}", "--dispatcher", dispatcher)
+        assert unsealed.returncode == 5 and "POSA_KEYS" in unsealed.stderr, unsealed.stderr
         assert channel.terminate() == 0
     finally:
         channel.close()

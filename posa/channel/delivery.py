@@ -57,7 +57,8 @@ class Delivery:
         channel, sub_id = self.channel, self.sub_id
         sender = Sender(channel.name, resolve=resolver(channel.registry),
                         codec=channel.peer.codec, options=channel.peer.options,
-                        window=channel.window, ack_timeout=2.0)
+                        window=channel.window, ack_timeout=2.0,
+                        authenticator=channel.peer.authenticator)
         core, lock, cond = channel.core, channel._lock, self.cond
         try:
             while True:

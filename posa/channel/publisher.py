@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from posa.admission.gatekeeper import Authenticator
 from posa.channel.protocol import FRAME_MARGIN, encode_chunks, publish_body
 from posa.delivery.sender import Sender
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
@@ -60,12 +61,15 @@ class Publisher:
     date). The buffer holds the events not yet acknowledged: a publisher never
     holds more than ``buffer`` events, whatever the channel does; what its
     stream to the channel gave up is sent again (the channel drops copies by
-    the publisher's numbering of its publications)."""
+    the publisher's numbering of its publications).  With keys on, give it
+    ``authenticator`` (``posa.security.from_env(...)``): it seals what it sends
+    to the channel, as a peer does (docs/security.md)."""
 
     def __init__(self, channel: str, *, registry: Registry | None = None,
                  dispatcher: str | None = None, batch: int = 1024, linger: float = 0.002,
                  buffer: int = 65536, window: int = 16, timeout: float = 10.0,
-                 limits: CodecLimits | None = None) -> None:
+                 limits: CodecLimits | None = None,
+                 authenticator: Authenticator | None = None) -> None:
         self.channel = validate_name(channel)
         if batch < 1 or buffer < batch or window < 1 or linger < 0:
             raise ValueError("need batch >= 1, buffer >= batch, window >= 1, linger >= 0")
@@ -75,7 +79,7 @@ class Publisher:
         self.buffer = buffer
         self.timeout = timeout
         self._sender = Sender("", resolve=resolver(self.registry), window=window,
-                              codec=Codec(limits))
+                              codec=Codec(limits), authenticator=authenticator)
         self._max_bytes = self._sender.codec.limits.max_frame_size - FRAME_MARGIN
         # publish() appends to the deque without a lock (atomic under the GIL)
         # and takes the condition only to wake the sending thread or to wait

@@ -165,6 +165,8 @@ class EventChannel(ChannelControl):
             raise
 
     def _follow(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
+        # an upstream subscriber seals with the channel's key (keys on: docs/security.md)
+        selection = dict(selection, authenticator=self.peer.authenticator)
         for up in upstream:
             self._start(functools.partial(
                 follow, self.name, up, self.registry, selection, self._accept_upstream,

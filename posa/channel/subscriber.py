@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from posa.admission.gatekeeper import Authenticator
 from posa.channel.events import Event, Gap, SubscriberState
 from posa.channel.predicate import compile_filter
 from posa.channel.protocol import (
@@ -71,7 +72,9 @@ class Subscriber:
     Lost events are never silent: the event that follows a hole carries a
     ``Gap`` in ``event.gap``, and the counters ``gaps`` (holes), ``missed``
     (events known lost), ``dropped`` (the channel's drop count for this
-    subscription), ``reconnects`` and ``last_gap`` say what happened."""
+    subscription), ``reconnects`` and ``last_gap`` say what happened.  With keys
+    on, give it ``authenticator``: its peer seals and checks every frame, so
+    only a channel holding the key can deliver to it (docs/security.md)."""
 
     def __init__(self, channel: str, *, topics: Sequence[str] | str = ("",),
                  filter: Any = None, policy: str = "drop-oldest", buffer: int = 1000,
@@ -79,7 +82,8 @@ class Subscriber:
                  dispatcher: str | None = None, listen: str | None = None,
                  name: str | None = None,
                  lease: float = SUB_LEASE, timeout: float = 5.0, inbox: int = 16,
-                 skip_via: Sequence[str] = ()) -> None:
+                 skip_via: Sequence[str] = (),
+                 authenticator: Authenticator | None = None) -> None:
         self.channel = validate_name(channel)
         if isinstance(topics, str):
             topics = [topics]
@@ -100,8 +104,10 @@ class Subscriber:
         self.reconnects = 0
         self.registry, self._owns_registry = open_registry(registry, dispatcher)
         try:
-            self.peer = Peer(name or _subscriber_name(self.channel), registry=self.registry,
-                             listen=listen, inbox_size=inbox)
+            under = getattr(authenticator, "key_id", None)   # a name its key speaks for
+            self.peer = Peer(name or _subscriber_name(self.channel, under),
+                             registry=self.registry,
+                             listen=listen, inbox_size=inbox, authenticator=authenticator)
         except BaseException:
             if self._owns_registry:
                 self.registry.close()
@@ -280,7 +286,9 @@ class Subscriber:
 
 
 
-def _subscriber_name(channel: str) -> str:
+def _subscriber_name(channel: str, under: str | None = None) -> str:
+    """A fresh name for a subscriber of ``channel`` (below ``under``: a key's id)."""
     token = secrets.token_hex(8)
-    name = f"_posa/sub/{channel}/{token}"
-    return name if len(name) <= 255 else f"_posa/sub/{token}"
+    prefix = f"{under}/sub" if under else "_posa/sub"
+    name = f"{prefix}/{channel}/{token}"
+    return name if len(name) <= 255 else f"{prefix}/{token}"

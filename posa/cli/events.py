@@ -62,7 +62,8 @@ def _pub(args: argparse.Namespace) -> int:
     body = json_body(args.body)
     with registry_from_args(args) as registry:
         _channel(registry, args.channel)
-        publisher = Publisher(args.channel, registry=registry, timeout=left(args))
+        publisher = Publisher(args.channel, registry=registry, timeout=left(args),
+                              authenticator=args.authenticator)
         try:
             publisher.publish(args.topic, body, timeout=left(args))
             publisher.flush(left(args))
@@ -78,7 +79,8 @@ def _sub(args: argparse.Namespace) -> int:
     with registry_from_args(args) as registry:
         _channel(registry, args.channel)
         with Subscriber(args.channel, topics=args.topics or [""], from_seq=args.from_seq,
-                        registry=registry, timeout=args.timeout) as subscriber:
+                        registry=registry, timeout=args.timeout,
+                        authenticator=args.authenticator) as subscriber:
             print(f"# subscribed to {args.channel}", file=sys.stderr, flush=True)
             seen = 0
             while args.count is None or seen < args.count:

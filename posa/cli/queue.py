@@ -105,7 +105,7 @@ def _run_queue(args: argparse.Namespace) -> int:
         if args.channel:
             from posa.work.channelsource import ChannelSource
             source = ChannelSource(args.channel, topics=args.topic or [""], registry=registry,
-                                   from_seq=args.from_seq)
+                                   from_seq=args.from_seq, authenticator=auth)
         queue = WorkQueue(args.name, registry=registry, listen=args.listen, store=store,
                           credential=args.credential, source=source, authenticator=auth,
                           visibility=args.visibility, max_attempts=args.max_attempts,

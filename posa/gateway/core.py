@@ -117,7 +117,8 @@ class Gateway:
     def publisher(self, channel: str) -> Publisher:
         publisher = self._publishers.get(channel)
         if publisher is None:
-            publisher = Publisher(channel, registry=self.registry)
+            publisher = Publisher(channel, registry=self.registry,
+                                  authenticator=self.authenticator(self.peer.name))
             self._publishers[channel] = publisher
         return publisher
 

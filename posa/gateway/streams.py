@@ -140,7 +140,8 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     selection = _selection(request)
     sub = _Adopted(await gateway.blocking(functools.partial(
-        SyncSubscriber, channel, registry=gateway.registry, **selection)))
+        SyncSubscriber, channel, registry=gateway.registry,
+        authenticator=gateway.authenticator(gateway.peer.name), **selection)))
     gateway.counters["sse_streams"] += 1
     try:
         response = web.StreamResponse(headers={
