@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +83,6 @@ class Delivery:
         os.set_blocking(self._wfd, False)
         self._woken = False
         self._closed = False
-        self.thread: threading.Thread | None = None
 
     def wake(self) -> None:
         """Have the thread look at the lanes again (cheap when it is awake)."""

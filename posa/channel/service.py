@@ -46,7 +46,6 @@ from posa.channel.core import ChannelCore, Published
 from posa.channel.delivery import Delivery
 from posa.channel.droplog import DropLog
 from posa.channel.keeping import Keeping, is_publish
-from posa.channel.lane import Lane
 from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
 from posa.channel.store import HistoryStore, Stored, open_store
@@ -125,13 +124,12 @@ class EventChannel(ChannelControl):
         stored = self.store.load()
         self.core = _core_of(self.name, stored, history, history_bytes, history_age)
         self.keeping = Keeping(self.store) if self.store.durable else None
-        self.max_batch, self.window, self.park_limit = max_batch, window, park_limit
-        self.send_timeout = send_timeout
+        self.max_batch, self.window, self.park_limit, self.send_timeout = (
+            max_batch, window, park_limit, send_timeout)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._parked: deque[Publication] = deque()
-        self._lanes: dict[str, Lane] = {}   # the live subscriptions' lanes
-        self._delivery = Delivery(self)
+        self._lanes, self._delivery = {}, Delivery(self)     # a lane per subscription
         self._closing = threading.Event()
         self._entry: int | None = None      # the journal entry of the message in hand
         self._closed, self._accepting, self.sweeps = False, True, 0
@@ -149,8 +147,7 @@ class EventChannel(ChannelControl):
                                     authenticator=authenticator)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
-        self._start(self._ingest, "ingest")
-        self._delivery.thread = self._start(self._delivery.run, "deliver")
+        self._start(self._ingest, "ingest"), self._start(self._delivery.run, "deliver")
         selection = {"topics": list(upstream_topics), "filter": upstream_filter,
                      "policy": upstream_policy, "buffer": upstream_buffer}
         self._follow(upstream, selection)
