@@ -195,8 +195,7 @@ class Delivery:
         return moved
 
     def _settle(self, fwd: Forwarder, lane: Lane) -> None:
-        target = fwd._targets.get(lane.sub_id)
-        lane.settle(0 if target is None else len(target.out.unacked))
+        lane.settle(fwd.in_flight(lane.sub_id))
 
     def _begin(self, lane: Lane, steps: Steps[Any]) -> bool:
         """Start the steps a lane waits on; True if they are done already."""
