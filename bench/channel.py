@@ -13,7 +13,11 @@ The ``channel_fanout_N`` rows (issue 21) run the same with 1, 8 and 32
 subscribers beside NATS with as many (``nats_pubsub_N``, ``bench.anchors``),
 fewer events per subscriber as N grows so that a row takes seconds, and report
 the channel process's thread count (``Threads`` of ``/proc/PID/status``,
-sampled when every subscriber has had everything, before any leaves).
+sampled when every subscriber has had everything, before any leaves) and its
+own CPU per event delivered (its user+system time from the publisher's start
+to the last subscriber's last event, over the events delivered), which the
+row's CPU µs/op (every process, subscribers' start-up and exit included)
+hides as subscribers grow.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from bench.common import (
     ready,
     wait_release,
 )
+from bench.cpu import TICK_US, process_ticks
 from posa.errors import Timeout
 
 MODULE = "bench.channel"
@@ -119,9 +124,11 @@ def _fanout(ctx: Any, n: int, store: bool = False,
                       listen=ctx.address("zmq+tcp"), n=n) for _ in range(subscribers)]
     for sub in subs:
         sub.wait_ready()
+    ticks = process_ticks(channel.p.pid)
     pub = ctx.spawn(MODULE, "publisher", hold=True, dispatcher=dispatcher, channel=name, n=n)
     received = [sub.wait_result(timeout=HARD_LIFETIME_S) for sub in subs]
     threads = threads_of(channel.p.pid)     # every subscriber still subscribed
+    ticks = process_ticks(channel.p.pid) - ticks
     sent = pub.result()
     for sub in subs:
         sub.result()
@@ -134,7 +141,8 @@ def _fanout(ctx: Any, n: int, store: bool = False,
             "slowest_sub_msgs_per_s": min(rates),
             "aggregate_msgs_per_s": total / (t_end - t_start) if t_end > t_start else 0.0,
             "complete": all(r["count"] == n and r["out_of_order"] == 0 for r in received),
-            "channel_threads": threads}
+            "channel_threads": threads,
+            "channel_cpu_us_per_event": ticks * TICK_US / total if total else 0.0}
 
 
 def _fanout_store(ctx: Any, n: int) -> dict[str, Any]:
@@ -147,7 +155,9 @@ def _fanout_of(subscribers: int) -> Any:
     return run
 
 
-FANOUT_THREADS: tuple[Column, ...] = (*FANOUT, ("channel_threads", "channel threads", "int"))
+FANOUT_THREADS: tuple[Column, ...] = (*FANOUT, ("channel_threads", "channel threads", "int"),
+                                      ("channel_cpu_us_per_event",
+                                       "channel CPU µs per event delivered", "us"))
 
 BENCHES = [
     Bench("channel_fanout", "Publisher → EventChannel → 4 Subscriber processes, block policy, "
