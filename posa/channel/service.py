@@ -147,10 +147,9 @@ class EventChannel(ChannelControl):
                                     authenticator=authenticator)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
-        self._start(self._ingest, "ingest"), self._start(self._delivery.run, "deliver")
         selection = {"topics": list(upstream_topics), "filter": upstream_filter,
                      "policy": upstream_policy, "buffer": upstream_buffer}
-        self._follow(upstream, selection)
+        self._start_threads(upstream, selection)
 
     def _open_peer(self, **options: Any) -> Peer:
         """The channel's peer, registered as a channel (``posa send`` refuses to send
@@ -167,7 +166,10 @@ class EventChannel(ChannelControl):
             self._delivery.close()
             raise
 
-    def _follow(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
+    def _start_threads(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
+        """Ingest, delivery, and a subscriber of each ``upstream`` channel."""
+        self._start(self._ingest, "ingest")
+        self._start(self._delivery.run, "deliver")
         # an upstream subscriber seals with the channel's key (keys on: docs/security.md)
         selection = dict(selection, authenticator=self.peer.authenticator)
         for up in upstream:
