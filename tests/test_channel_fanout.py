@@ -1,6 +1,7 @@
 """Fan-out without a thread per subscriber: 32 subscribers of one channel each get
 every event in order while one that reads nothing loses only what its policy
-drops, and the channel runs as many threads with 33 subscribers as with one."""
+drops, and the channel runs as many threads with 33 subscribers as with one; a
+subscriber process killed mid-stream holds up no other and its subscription ends."""
 from __future__ import annotations
 
 import threading
@@ -12,6 +13,7 @@ import posa
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
+from tests.support import Proc, wait_until
 
 NAME = "events/fanout"
 EVENTS = 2000
@@ -78,3 +80,42 @@ def test_32_subscribers_each_get_everything_in_order_past_a_stalled_one(
             finally:
                 for sub in subs:
                     sub.close()
+
+
+DOOMED = """
+import sys, posa
+with posa.RegistryClient(sys.argv[1]) as reg:
+    sub = posa.Subscriber(sys.argv[2], registry=reg, listen="tcp://127.0.0.1:0", lease=3.0)
+    print("READY", sub.name, flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_subscriber_killed_mid_stream_does_not_hold_up_the_others(dispatcher: str) -> None:
+    with posa.RegistryClient(dispatcher) as reg, \
+            EventChannel(NAME, registry=reg, listen="tcp://127.0.0.1:0") as channel:
+        doomed = Proc.python(DOOMED, dispatcher, NAME)
+        try:
+            doomed_name = doomed.expect("READY", timeout=30)
+            subs = [Subscriber(NAME, registry=reg, policy="block", buffer=100,
+                               listen="tcp://127.0.0.1:0") for _ in range(4)]
+            try:
+                with Publisher(NAME, registry=reg) as pub:
+                    pub.publish_many(("t", i) for i in range(500))
+                    pub.flush(30)
+                    doomed.popen.kill()             # no unsubscription: its lane finds out
+                    doomed.popen.wait(10)
+                    pub.publish_many(("t", i) for i in range(500, 1000))
+                    pub.flush(30)
+                for sub in subs:
+                    assert [sub.receive(timeout=30).body for _ in range(1000)] == \
+                        list(range(1000))
+                wait_until(lambda: doomed_name not in channel.core.subscriptions, 30,
+                           "the killed subscriber's subscription ended")
+                assert channel_threads() == 2
+            finally:
+                for sub in subs:
+                    sub.close()
+        finally:
+            doomed.close()
