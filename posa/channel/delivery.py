@@ -221,7 +221,7 @@ class Delivery:
         read something another may look for (an acknowledgement, a reply), all
         look once more. True if any ended."""
         ended = everyone = False
-        for _ in range(2):
+        for _ in range(2 if self._waits else 0):
             mark = fwd.progress_mark()
             for sub_id, wait in list(self._waits.items()):
                 ready = wait.conn is not None and _fileno(wait.conn) in fired
