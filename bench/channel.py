@@ -14,13 +14,15 @@ subscribers beside NATS with as many (``nats_pubsub_N``, ``bench.anchors``),
 fewer events per subscriber as N grows so that a row takes seconds, and report
 the channel process's thread count (``Threads`` of ``/proc/PID/status``,
 sampled when every subscriber has had everything, before any leaves) and its
-own CPU per event delivered (its user+system time from the publisher's start
-to the last subscriber's last event, over the events delivered), which the
+own CPU per event delivered (its threads' time on a CPU from the publisher's
+start to the last subscriber's last event, ``/proc/PID/task/*/schedstat`` in
+nanoseconds, over the events delivered), which the
 row's CPU µs/op (every process, subscribers' start-up and exit included)
 hides as subscribers grow.
 """
 from __future__ import annotations
 
+import os
 import secrets
 import statistics
 from typing import Any
@@ -38,7 +40,6 @@ from bench.common import (
     ready,
     wait_release,
 )
-from bench.cpu import TICK_US, process_ticks
 from posa.errors import Timeout
 
 MODULE = "bench.channel"
@@ -112,6 +113,22 @@ def threads_of(pid: int) -> int:
     return 0
 
 
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of the live threads of process ``pid`` (0 if gone)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass        # the thread ended meanwhile
+    return total
+
+
 def _fanout(ctx: Any, n: int, store: bool = False,
             subscribers: int = SUBSCRIBERS) -> dict[str, Any]:
     dispatcher = ctx.dispatcher()
@@ -124,11 +141,11 @@ def _fanout(ctx: Any, n: int, store: bool = False,
                       listen=ctx.address("zmq+tcp"), n=n) for _ in range(subscribers)]
     for sub in subs:
         sub.wait_ready()
-    ticks = process_ticks(channel.p.pid)
+    spent = cpu_ns(channel.p.pid)
     pub = ctx.spawn(MODULE, "publisher", hold=True, dispatcher=dispatcher, channel=name, n=n)
     received = [sub.wait_result(timeout=HARD_LIFETIME_S) for sub in subs]
     threads = threads_of(channel.p.pid)     # every subscriber still subscribed
-    ticks = process_ticks(channel.p.pid) - ticks
+    spent = cpu_ns(channel.p.pid) - spent
     sent = pub.result()
     for sub in subs:
         sub.result()
@@ -142,7 +159,7 @@ def _fanout(ctx: Any, n: int, store: bool = False,
             "aggregate_msgs_per_s": total / (t_end - t_start) if t_end > t_start else 0.0,
             "complete": all(r["count"] == n and r["out_of_order"] == 0 for r in received),
             "channel_threads": threads,
-            "channel_cpu_us_per_event": ticks * TICK_US / total if total else 0.0}
+            "channel_cpu_us_per_event": spent / 1000 / total if total else 0.0}
 
 
 def _fanout_store(ctx: Any, n: int) -> dict[str, Any]:

@@ -18,10 +18,9 @@ import os
 import resource
 import threading
 
-__all__ = ["RowMeter", "TICK_US", "at_ready", "process_ticks"]
+__all__ = ["RowMeter", "at_ready", "process_ticks"]
 
 _HZ = os.sysconf("SC_CLK_TCK")
-TICK_US = 1e6 / _HZ                  # microseconds in a tick of process_ticks
 _lock = threading.Lock()
 _ready: dict[int, int] = {}        # pid -> its CPU ticks when it was ready
 
