@@ -36,7 +36,8 @@ An area is a module ``bench/<area>.py`` named in ``AREAS`` below.  It defines
     ``Bench.columns`` names the metrics its table shows (``ONEWAY``, ``RR``,
     ``LOOKUP``, ``FANOUT``, ``GAP`` below, or a tuple of your own); the first
     is the row's headline metric.  ``Bench.versus`` names a row to show a
-    ratio against when no goal names the row.
+    ratio against when no goal names the row; ``Bench.beside`` names more
+    anchors to run before the row and show ratios against.
 ``GOALS: list[Goal]``
     the acceptance goals it checks: a ratio of two rows' metrics
     (``num`` / ``den``, each ``(row key, metric)``; ``den`` an anchor's key
@@ -112,6 +113,7 @@ class Bench:
     columns: tuple[Column, ...]
     versus: str | None = None       # a row or anchor to show a ratio against when no
                                     # goal names this row (same metric: the first column's)
+    beside: tuple[str, ...] = ()    # further anchors run (and compared) beside this row
     area: str = ""                  # filled in by the runner from the module's name
     note: str = ""                  # one line under the table, if the row needs it
 

@@ -86,6 +86,16 @@ def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
+def _scale_nats(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """NATS request-reply from ``callers`` tasks: the suite's own anchor (bench/scale.py)."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        from bench.scale import nats_calls
+        return nats_calls(ctx, n, callers)
+
+    return run
+
+
 def _suite_anchor(module: str, function: str) -> Callable[[Any, int], dict[str, Any]]:
     """An anchor measured by the suite's own code: ``module.function(ctx, n)``."""
 
@@ -127,6 +137,9 @@ def _rows() -> dict[str, Bench]:
               N_FANOUT, FANOUT),
         *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
                 "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
+          for callers in SCALE_CALLERS),
+        *(Bench(f"scale_nats_{callers}", f"NATS request-reply, {callers} task(s) sharing one "
+                "nats-py connection (bench/scale.py)", _scale_nats(callers), N_RR, RR)
           for callers in SCALE_CALLERS),
         Bench("rq_simple", "RQ SimpleWorker (no fork) → redis-server (no persistence), "
               "trivial jobs (bench/work_rq.py)", _suite_anchor("bench.work_rq", "rq_items"),

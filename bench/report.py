@@ -133,13 +133,15 @@ def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
                 against = (f" vs {_label(goal.den[0], all_rows)}" if goal.den else "")
                 compared.append(f"{_header(goal.num[1], columns)} {value}{against}")
                 verdicts.append(f"{goal.text}: {verdict}")
-            if not mine and row.versus:
-                # throughput if the row has one (higher is better), else its first metric
-                headline = next((name for name, _, kind in columns if kind == "rate"),
-                                columns[0][0])
-                values = ratios(outcome, (row.key, headline), (row.versus, headline))
+            # throughput if the row has one (higher is better), else its first metric
+            headline = next((name for name, _, kind in columns if kind == "rate"),
+                            columns[0][0])
+            against = ([] if mine or not row.versus else [row.versus]) + list(row.beside)
+            for key in against:
+                values = ratios(outcome, (row.key, headline), (key, headline))
                 compared.append(f"{_header(headline, columns)} {spread(values, 'ratio')}× vs "
-                                f"{_label(row.versus, all_rows)}" if values else "–")
+                                f"{_label(key, all_rows)}" if values else "–")
+            if not mine and against:
                 verdicts.append("none (for reference)")
             cells += ["<br>".join(compared) or "–", "<br>".join(verdicts) or "none"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -247,7 +247,7 @@ def schedule(suite: Suite, only: set[str], anchors: bool) -> tuple[list[Bench], 
     order: list[Bench] = []
     placed: set[str] = set()
     for row in rows:
-        compared = [row.versus] if row.versus else []
+        compared = ([row.versus] if row.versus else []) + list(row.beside)
         for goal in goals:
             keys = [goal.num[0]] + ([goal.den[0]] if goal.den else [])
             if row.key in keys:

@@ -1,4 +1,4 @@
-"""Scale: request-reply with 1, 4, 16 and 64 concurrent callers, posa against Pyro5.
+"""Scale: request-reply with 1, 4, 16 and 64 concurrent callers, posa against Pyro5 and NATS.
 
 Every caller is a thread of one client process (posa: one ``Peer``, whose
 forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
@@ -8,10 +8,18 @@ timed calls / (last caller done - release); p50/p99 over every caller's calls.
 The Pyro5 rows are this module's own (the anchors' scripts have one caller
 only), listed among the anchors (``bench.anchors``, skipped with
 ``--no-anchors``): Pyro5's default threaded server, the msgpack serializer, the
-same 100-byte message. NATS request-reply with many callers is not here yet.
+same 100-byte message.
+
+NATS request-reply (also anchors of this module's own): ``nc.request`` from 1,
+4, 16 or 64 asyncio tasks sharing one nats-py connection, as nats-py is meant
+to be used, warmed up and released the same way, against the anchors'
+nats-py responder through the run's nats-server.  Beside the NATS 64 row,
+``scale_aio_64`` runs 64 tasks sharing one ``posa.aio.Peer`` (``bench.aio``'s
+roles): asyncio against asyncio, for reference.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import secrets
 import sys
@@ -127,6 +135,46 @@ def role_pyro_callers(uri: str, n: int, callers: int) -> None:
     concurrent_calls(make_call, n, callers)
 
 
+async def _nats_tasks(url: str, subject: str, n: int, callers: int) -> dict[str, Any]:
+    import msgpack
+    import nats
+
+    nc = await nats.connect(url, allow_reconnect=False)
+    request, packb, unpackb = nc.request, msgpack.packb, msgpack.unpackb
+    per = max(1, n // callers)
+    go = asyncio.Event()
+    warm = asyncio.Barrier(callers + 1)
+    samples: list[list[int]] = [[] for _ in range(callers)]
+    ends = [0.0] * callers
+
+    async def caller(k: int) -> None:
+        for i in range(max(10, WARM // callers)):
+            unpackb((await request(subject, packb(make_msg(i)), timeout=30)).data)
+        await warm.wait()
+        await go.wait()
+        mine, clock = samples[k], time.perf_counter_ns
+        for i in range(per):
+            t = clock()
+            unpackb((await request(subject, packb(make_msg(i)), timeout=30)).data)
+            mine.append(clock() - t)
+        ends[k] = time.monotonic()
+
+    tasks = [asyncio.ensure_future(caller(k)) for k in range(callers)]
+    await asyncio.wait_for(warm.wait(), 120)
+    released_at = time.monotonic()
+    go.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    await nc.publish(subject, b"STOP")       # the anchors' responder stops on it
+    await nc.flush()
+    await nc.close()
+    merged = [s for caller_samples in samples for s in caller_samples]
+    return latency_summary(merged, max(ends) - released_at, len(merged))
+
+
+def role_nats_callers(url: str, subject: str, n: int, callers: int) -> None:
+    emit(asyncio.run(_nats_tasks(url, subject, n, callers)))
+
+
 # ------------------------------------------------------------------ the rows
 def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     def run(ctx: Any, n: int) -> dict[str, Any]:
@@ -156,13 +204,57 @@ def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     return result
 
 
+def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """The NATS row with ``callers`` tasks (an anchor: ``bench.anchors.ANCHORS``)."""
+    if importlib.util.find_spec("nats") is None:
+        from bench.runner import Skip
+        raise Skip(f"{sys.executable} cannot import nats: pip install nats-py "
+                   "(bash bench/setup.sh does it)")
+    runner = ctx.anchor_runner(("nats",))
+    try:
+        subject = f"bench.scale.{secrets.token_hex(4)}"
+        responder = runner.Proc("nats_bench.py", "responder", "--url", runner.NATS_URL,
+                                "--subject", subject)
+        responder.wait_ready()
+        result: dict[str, Any] = ctx.spawn(MODULE, "nats_callers", url=runner.NATS_URL,
+                                           subject=subject, n=n,
+                                           callers=callers).result(180)
+        responder.result(timeout=10)
+        return result
+    finally:
+        runner.stop_all()     # the anchors' own PID sweep of the processes it started
+
+
+def _aio(tasks: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        name = f"bench/scale-aio-{secrets.token_hex(3)}"
+        echo = ctx.spawn("bench.aio", "echo", hold=True, dispatcher=dispatcher, name=name,
+                         listen="tcp://127.0.0.1:0")
+        echo.wait_ready()
+        result: dict[str, Any] = ctx.spawn("bench.aio", "client", dispatcher=dispatcher,
+                                           target=name, listen="tcp://127.0.0.1:0", n=n,
+                                           tasks=tasks).result(180)
+        echo.result(timeout=10)
+        return result
+    return run
+
+
 BENCHES = [
     Bench(f"scale_calls_{callers}", f"Peer.request over tcp, {callers} caller thread(s) "
-          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}")
+          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}",
+          beside=(f"scale_nats_{callers}",))
     for callers in SCALE_CALLERS
+] + [
+    Bench("scale_aio_64", "posa.aio.Peer.request, 64 tasks sharing one peer, tcp", _aio(64),
+          N_RR, RR, versus="scale_nats_64",
+          note="asyncio against asyncio: NATS's rows are tasks sharing one nats-py connection"),
 ]
 
 GOALS = [
     Goal("i21-scale-64", "issue 21", "64 callers: Peer.request calls/s ≥ 3× Pyro5's",
          ("scale_calls_64", "calls_per_s"), ("scale_pyro_64", "calls_per_s"), ">=", 3.0),
+    Goal("i21-scale-64-nats", "issue 21",
+         "64 callers: Peer.request calls/s ≥ 2× NATS request-reply's (64 tasks)",
+         ("scale_calls_64", "calls_per_s"), ("scale_nats_64", "calls_per_s"), ">=", 2.0),
 ]
