@@ -76,22 +76,13 @@ def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], 
     return run
 
 
-def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
-    """Pyro5 with ``callers`` threads: the suite's own anchor (bench/scale.py)."""
+def _scale(function: str, callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """``bench.scale.<function>`` with ``callers`` callers: the suite's own anchors."""
 
     def run(ctx: Any, n: int) -> dict[str, Any]:
-        from bench.scale import pyro_calls
-        return pyro_calls(ctx, n, callers)
-
-    return run
-
-
-def _scale_nats(callers: int) -> Callable[[Any, int], dict[str, Any]]:
-    """NATS request-reply from ``callers`` tasks: the suite's own anchor (bench/scale.py)."""
-
-    def run(ctx: Any, n: int) -> dict[str, Any]:
-        from bench.scale import nats_calls
-        return nats_calls(ctx, n, callers)
+        result: dict[str, Any] = getattr(importlib.import_module("bench.scale"), function)(
+            ctx, n, callers)
+        return result
 
     return run
 
@@ -136,10 +127,14 @@ def _rows() -> dict[str, Bench]:
         Bench("nats_pubsub", "NATS pub→4 subs", _anchor("b_nats_pubsub", ("nats",)),
               N_FANOUT, FANOUT),
         *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
-                "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
+                "a proxy each (msgpack; bench/scale.py)", _scale("pyro_calls", callers), N_RR, RR)
           for callers in SCALE_CALLERS),
         *(Bench(f"scale_nats_{callers}", f"NATS request-reply, {callers} task(s) sharing one "
-                "nats-py connection (bench/scale.py)", _scale_nats(callers), N_RR, RR)
+                "nats-py connection (bench/scale.py)", _scale("nats_calls", callers), N_RR, RR)
+          for callers in SCALE_CALLERS),
+        *(Bench(f"scale_pyro_lookup_{callers}", f"Pyro5 name-server lookups, {callers} caller "
+                "thread(s), an NS proxy each (bench/scale.py)", _scale("pyro_lookups", callers),
+                N_LOOKUP, LOOKUP)
           for callers in SCALE_CALLERS),
         Bench("rq_simple", "RQ SimpleWorker (no fork) → redis-server (no persistence), "
               "trivial jobs (bench/work_rq.py)", _suite_anchor("bench.work_rq", "rq_items"),

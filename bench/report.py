@@ -136,7 +136,9 @@ def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
             # throughput if the row has one (higher is better), else its first metric
             headline = next((name for name, _, kind in columns if kind == "rate"),
                             columns[0][0])
-            against = ([] if mine or not row.versus else [row.versus]) + list(row.beside)
+            named = {goal.den[0] for goal in mine if goal.den}
+            against = ([] if mine or not row.versus else [row.versus]) + [
+                key for key in row.beside if key not in named]
             for key in against:
                 values = ratios(outcome, (row.key, headline), (key, headline))
                 compared.append(f"{_header(headline, columns)} {spread(values, 'ratio')}× vs "

@@ -29,23 +29,26 @@ from collections.abc import Callable
 from typing import Any
 
 import posa
-from bench import RR, Bench, Goal
-from bench.anchors import N_RR, SCALE_CALLERS
+from bench import LOOKUP, RR, Bench, Goal
+from bench.anchors import N_LOOKUP, N_RR, SCALE_CALLERS
 from bench.common import emit, latency_summary, make_msg, ready, wait_release
 
 __all__ = ["BENCHES", "GOALS"]
 
 MODULE = "bench.scale"
 WARM = 500                  # untimed calls before the release, shared by the callers
+NAME = "bench.echo"         # the name the lookup rows look up (Pyro5's)
+FAKE_ADDRESS = "tcp://127.0.0.1:9"   # what posa's lookups return; nobody connects
 
 
 def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
-                     released: Callable[[], float] | None = None) -> None:
+                     released: Callable[[], float] | None = None,
+                     rate: str = "calls_per_s") -> None:
     """``callers`` threads, each with its own ``make_call()``, making ``n`` timed
     calls in all after a common release; emits the summary.  ``released``, if
     given, is called once every caller is warm and returns when the callers
     may go (the release time on ``time.monotonic``: the window of several
-    processes is then taken on one clock)."""
+    processes is then taken on one clock).  ``rate`` names the rate metric."""
     per = max(1, n // callers)
     ready_at = threading.Barrier(callers + 1)
     start = threading.Barrier(callers + 1)
@@ -89,6 +92,7 @@ def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, call
     merged = [s for caller_samples in samples for s in caller_samples]
     ended_at = max(ends)
     result = latency_summary(merged, ended_at - released_at, len(merged))
+    result[rate] = result.pop("calls_per_s")
     emit(dict(result, released_at=released_at, ended_at=ended_at))
 
 
@@ -101,6 +105,48 @@ def role_posa_callers(dispatcher: str, target: str, n: int, callers: int) -> Non
                 request = peer.request
                 return lambda i: request(target, make_msg(i), timeout=30.0)
             concurrent_calls(make_call, n, callers)
+
+
+def role_posa_lookups(dispatcher: str, n: int, callers: int) -> None:
+    """Uncached lookups of one name, ``callers`` threads sharing one ``RegistryClient``
+    (its forwarder per thread, as a ``Peer``'s)."""
+    with posa.RegistryClient(dispatcher, cache=False) as reg:
+        name = f"bench/scale-lookup-{secrets.token_hex(3)}"
+        reg.register(name, [FAKE_ADDRESS], credential=secrets.token_hex(8), lease=60.0)
+
+        def make_call() -> Callable[[int], Any]:
+            lookup = reg.lookup
+            return lambda i: lookup(name)
+        concurrent_calls(make_call, n, callers, rate="lookups_per_s")
+
+
+def role_pyro_ns() -> None:
+    """Pyro5's name server (its default threaded server) holding ``NAME``."""
+    import Pyro5.api
+    import Pyro5.nameserver
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    uri, daemon, _ = Pyro5.nameserver.start_ns(host="127.0.0.1", port=0,
+                                               enableBroadcast=False)
+    daemon.nameserver.register(NAME, f"PYRO:{NAME}@127.0.0.1:9")
+    threading.Thread(target=lambda: (wait_release(), daemon.shutdown()), daemon=True).start()
+    ready(f"{uri.host}:{uri.port}")
+    daemon.requestLoop()
+    emit({})
+
+
+def role_pyro_lookups(ns: str, n: int, callers: int) -> None:
+    import Pyro5.api
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    host, port = ns.rsplit(":", 1)
+
+    def make_call() -> Callable[[int], Any]:
+        proxy = Pyro5.api.locate_ns(host=host, port=int(port))   # a proxy per thread
+        lookup = proxy.lookup
+        return lambda i: lookup(NAME)
+
+    concurrent_calls(make_call, n, callers, rate="lookups_per_s")
 
 
 def role_pyro_server() -> None:
@@ -190,12 +236,16 @@ def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
+def _need(module: str, package: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        from bench.runner import Skip
+        raise Skip(f"{sys.executable} cannot import {module}: pip install {package} "
+                   "(bash bench/setup.sh does it)")
+
+
 def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
-    if importlib.util.find_spec("Pyro5") is None:
-        from bench.runner import Skip
-        raise Skip(f"{sys.executable} cannot import Pyro5: pip install Pyro5 "
-                   "(bash bench/setup.sh does it)")
+    _need("Pyro5", "Pyro5")
     server = ctx.spawn(MODULE, "pyro_server", hold=True)
     uri = server.wait_ready()
     result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
@@ -206,10 +256,7 @@ def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
 
 def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """The NATS row with ``callers`` tasks (an anchor: ``bench.anchors.ANCHORS``)."""
-    if importlib.util.find_spec("nats") is None:
-        from bench.runner import Skip
-        raise Skip(f"{sys.executable} cannot import nats: pip install nats-py "
-                   "(bash bench/setup.sh does it)")
+    _need("nats", "nats-py")
     runner = ctx.anchor_runner(("nats",))
     try:
         subject = f"bench.scale.{secrets.token_hex(4)}"
@@ -223,6 +270,25 @@ def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
         return result
     finally:
         runner.stop_all()     # the anchors' own PID sweep of the processes it started
+
+
+def _lookups(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        result: dict[str, Any] = ctx.spawn(MODULE, "posa_lookups", dispatcher=ctx.dispatcher(),
+                                           n=n, callers=callers).result(180)
+        return result
+    return run
+
+
+def pyro_lookups(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """Pyro5 name-server lookups from ``callers`` threads (an anchor)."""
+    _need("Pyro5", "Pyro5")
+    ns = ctx.spawn(MODULE, "pyro_ns", hold=True)
+    address = ns.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_lookups", ns=address, n=n,
+                                       callers=callers).result(180)
+    ns.result(timeout=10)
+    return result
 
 
 def _aio(tasks: int) -> Callable[[Any, int], dict[str, Any]]:
@@ -246,6 +312,11 @@ BENCHES = [
           beside=(f"scale_nats_{callers}",))
     for callers in SCALE_CALLERS
 ] + [
+    Bench(f"scale_lookup_{callers}", f"RegistryClient(cache=False).lookup, {callers} caller "
+          "thread(s) sharing one client", _lookups(callers), N_LOOKUP, LOOKUP,
+          versus=f"scale_pyro_lookup_{callers}")
+    for callers in SCALE_CALLERS
+] + [
     Bench("scale_aio_64", "posa.aio.Peer.request, 64 tasks sharing one peer, tcp", _aio(64),
           N_RR, RR, versus="scale_nats_64",
           note="asyncio against asyncio: NATS's rows are tasks sharing one nats-py connection"),
@@ -257,4 +328,8 @@ GOALS = [
     Goal("i21-scale-64-nats", "issue 21",
          "64 callers: Peer.request calls/s ≥ 2× NATS request-reply's (64 tasks)",
          ("scale_calls_64", "calls_per_s"), ("scale_nats_64", "calls_per_s"), ">=", 2.0),
+    Goal("i21-scale-lookup-64", "issue 21",
+         "64 callers: uncached lookups/s ≥ 3× Pyro5 name-server lookups (a proxy a thread)",
+         ("scale_lookup_64", "lookups_per_s"), ("scale_pyro_lookup_64", "lookups_per_s"),
+         ">=", 3.0),
 ]
