@@ -86,12 +86,14 @@ class Context:
             return f"inproc://bench-{next(self._ids)}"
         return f"{scheme}://127.0.0.1:0"
 
-    def start_dispatcher(self, *, state: str | None = None, _group: ProcGroup | None = None,
-                         timeout: float = 60.0) -> str:
-        """Start a ``posa dispatcher`` process for this row; returns its address."""
+    def start_dispatcher(self, *, state: str | None = None, args: tuple[str, ...] = (),
+                         _group: ProcGroup | None = None, timeout: float = 60.0) -> str:
+        """Start a ``posa dispatcher`` process for this row (``args``: more of its
+        options); returns its address."""
         argv = [self.python, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"]
         if state is not None:
             argv += ["--state", state]
+        argv += args
         proc = Proc(argv, group=_group or self.group, cwd=REPO_ROOT, env=self.env)
         line = proc.wait_line("posa dispatcher", timeout=timeout)
         _, sep, addresses = line.partition(" listening on ")

@@ -44,8 +44,15 @@ FAKE_ADDRESS = "tcp://127.0.0.1:9"   # what posa's lookups return; nobody connec
 def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
                      released: Callable[[], float] | None = None,
                      rate: str = "calls_per_s") -> None:
+    """Emits ``measure_calls(...)``."""
+    emit(measure_calls(make_call, n, callers, released=released, rate=rate))
+
+
+def measure_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
+                  released: Callable[[], float] | None = None,
+                  rate: str = "calls_per_s") -> dict[str, Any]:
     """``callers`` threads, each with its own ``make_call()``, making ``n`` timed
-    calls in all after a common release; emits the summary.  ``released``, if
+    calls in all after a common release; returns the summary.  ``released``, if
     given, is called once every caller is warm and returns when the callers
     may go (the release time on ``time.monotonic``: the window of several
     processes is then taken on one clock).  ``rate`` names the rate metric."""
@@ -93,7 +100,7 @@ def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, call
     ended_at = max(ends)
     result = latency_summary(merged, ended_at - released_at, len(merged))
     result[rate] = result.pop("calls_per_s")
-    emit(dict(result, released_at=released_at, ended_at=ended_at))
+    return dict(result, released_at=released_at, ended_at=ended_at)
 
 
 # ------------------------------------------------------------- process roles
@@ -120,12 +127,14 @@ def role_posa_lookups(dispatcher: str, n: int, callers: int) -> None:
         concurrent_calls(make_call, n, callers, rate="lookups_per_s")
 
 
-def role_pyro_ns() -> None:
-    """Pyro5's name server (its default threaded server) holding ``NAME``."""
+def role_pyro_ns(servertype: str = "thread") -> None:
+    """Pyro5's name server holding ``NAME`` (its default threaded server, or
+    ``servertype="multiplex"``: one thread, any number of connections)."""
     import Pyro5.api
     import Pyro5.nameserver
 
     Pyro5.config.SERIALIZER = "msgpack"
+    Pyro5.config.SERVERTYPE = servertype
     uri, daemon, _ = Pyro5.nameserver.start_ns(host="127.0.0.1", port=0,
                                                enableBroadcast=False)
     daemon.nameserver.register(NAME, f"PYRO:{NAME}@127.0.0.1:9")
@@ -236,7 +245,7 @@ def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
-def _need(module: str, package: str) -> None:
+def need(module: str, package: str) -> None:
     if importlib.util.find_spec(module) is None:
         from bench.runner import Skip
         raise Skip(f"{sys.executable} cannot import {module}: pip install {package} "
@@ -245,7 +254,7 @@ def _need(module: str, package: str) -> None:
 
 def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
-    _need("Pyro5", "Pyro5")
+    need("Pyro5", "Pyro5")
     server = ctx.spawn(MODULE, "pyro_server", hold=True)
     uri = server.wait_ready()
     result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
@@ -256,7 +265,7 @@ def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
 
 def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """The NATS row with ``callers`` tasks (an anchor: ``bench.anchors.ANCHORS``)."""
-    _need("nats", "nats-py")
+    need("nats", "nats-py")
     runner = ctx.anchor_runner(("nats",))
     try:
         subject = f"bench.scale.{secrets.token_hex(4)}"
@@ -282,7 +291,7 @@ def _lookups(callers: int) -> Callable[[Any, int], dict[str, Any]]:
 
 def pyro_lookups(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """Pyro5 name-server lookups from ``callers`` threads (an anchor)."""
-    _need("Pyro5", "Pyro5")
+    need("Pyro5", "Pyro5")
     ns = ctx.spawn(MODULE, "pyro_ns", hold=True)
     address = ns.wait_ready()
     result: dict[str, Any] = ctx.spawn(MODULE, "pyro_lookups", ns=address, n=n,
