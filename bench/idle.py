@@ -113,12 +113,13 @@ def _connections(ctx: Any) -> int:
     return max(20, int(IDLE_CLIENTS * min(1.0, ctx.scale)))
 
 
-def _measure(ctx: Any, n: int, server_pid: int, lookups: Callable[[], dict[str, Any]],
-             holder: Any) -> dict[str, Any]:
+def _measure(ctx: Any, server_pid: int, lookups: Callable[[], dict[str, Any]],
+             start_holder: Callable[[int], Any]) -> dict[str, Any]:
     """Steps 2-5 of the module's docstring, against a server already started."""
     count = _connections(ctx)
     base = lookups()
     server_before = rss_kb(server_pid)
+    holder = start_holder(count)        # it opens its clients at once
     client_kb = int(holder.wait_ready(timeout=50))
     server_kb = rss_kb(server_pid) - server_before
     idle = lookups()
@@ -146,9 +147,8 @@ def _posa(ctx: Any, n: int) -> dict[str, Any]:
                                            n=n, callers=1).result(timeout=50)
         return result
 
-    holder = ctx.spawn(MODULE, "holder", hold=True, dispatcher=dispatcher, name=name,
-                       count=_connections(ctx), n=n)
-    return _measure(ctx, n, pid, lookups, holder)
+    return _measure(ctx, pid, lookups, lambda count: ctx.spawn(
+        MODULE, "holder", hold=True, dispatcher=dispatcher, name=name, count=count, n=n))
 
 
 def pyro_idle(ctx: Any, n: int) -> dict[str, Any]:
@@ -162,8 +162,8 @@ def pyro_idle(ctx: Any, n: int) -> dict[str, Any]:
                                            callers=1).result(timeout=50)
         return result
 
-    holder = ctx.spawn(MODULE, "pyro_holder", hold=True, ns=ns, count=_connections(ctx), n=n)
-    return _measure(ctx, n, server.p.pid, lookups, holder)
+    return _measure(ctx, server.p.pid, lookups, lambda count: ctx.spawn(
+        MODULE, "pyro_holder", hold=True, ns=ns, count=count, n=n))
 
 
 BENCHES = [
