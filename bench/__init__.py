@@ -74,7 +74,8 @@ AREAS: tuple[tuple[str, str, str], ...] = (
     ("aio", "7. asyncio",
      "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
     ("scale", "8. Scale (concurrent callers)",
-     "request-reply with 1/4/16/64 caller threads, posa against Pyro5"),
+     "request-reply and uncached lookups with 1/4/16/64 concurrent callers, posa against "
+     "Pyro5 and NATS request-reply"),
     ("cores", "8b. More than one core",
      "a service on one server process against two, called by two client processes"),
     ("idle", "8c. Idle connections",

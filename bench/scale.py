@@ -1,4 +1,4 @@
-"""Scale: request-reply with 1, 4, 16 and 64 concurrent callers, posa against Pyro5 and NATS.
+"""Scale: request-reply and lookups with 1, 4, 16 and 64 concurrent callers.
 
 Every caller is a thread of one client process (posa: one ``Peer``, whose
 forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
@@ -16,6 +16,13 @@ to be used, warmed up and released the same way, against the anchors'
 nats-py responder through the run's nats-server.  Beside the NATS 64 row,
 ``scale_aio_64`` runs 64 tasks sharing one ``posa.aio.Peer`` (``bench.aio``'s
 roles): asyncio against asyncio, for reference.
+
+Lookups: uncached ``RegistryClient(cache=False).lookup`` of one name from 1, 4,
+16 or 64 threads sharing one client (its forwarder, so its connection, per
+thread) against the run's dispatcher, and Pyro5's name server (its default
+threaded server) looked up from as many threads, an NS proxy each; the same
+warm-up and release.  ``bench.report.plot`` draws all these rows as rate
+against the number of callers.
 """
 from __future__ import annotations
 
