@@ -138,7 +138,7 @@ def _measure(ctx: Any, server_pid: int, lookups: Callable[[], dict[str, Any]],
 def _posa(ctx: Any, n: int) -> dict[str, Any]:
     dispatcher = ctx.start_dispatcher(args=("--max-connections", LIMIT,
                                             "--max-connections-per-source", LIMIT))
-    pid = ctx.group.procs[-1].p.pid
+    pid = ctx.group.procs[-1].p.pid      # the row's newest process: that dispatcher
     name = f"bench/idle-{secrets.token_hex(3)}"
     ctx.spawn(MODULE, "register", hold=True, dispatcher=dispatcher, name=name).wait_ready()
 
