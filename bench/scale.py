@@ -40,7 +40,7 @@ from bench import LOOKUP, RR, Bench, Goal
 from bench.anchors import N_LOOKUP, N_RR, SCALE_CALLERS
 from bench.common import emit, latency_summary, make_msg, ready, wait_release
 
-__all__ = ["BENCHES", "GOALS"]
+__all__ = ["BENCHES", "GOALS", "concurrent_calls", "measure_calls", "need"]
 
 MODULE = "bench.scale"
 WARM = 500                  # untimed calls before the release, shared by the callers
@@ -253,6 +253,7 @@ def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
 
 
 def need(module: str, package: str) -> None:
+    """``Skip`` the row unless this interpreter imports ``module`` (from ``package``)."""
     if importlib.util.find_spec(module) is None:
         from bench.runner import Skip
         raise Skip(f"{sys.executable} cannot import {module}: pip install {package} "
