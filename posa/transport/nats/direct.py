@@ -5,22 +5,28 @@ task, and hands a subscription's messages to a task of the subscription through 
 ``asyncio.Queue``: every message costs the loop one or two turns more than the
 socket does, and on a request-reply path those turns are most of the transport's
 CPU. The transport's pump and callbacks already run on the loop, so they go round
-them, through three parts of the client that nats-py 2.x keeps stable:
+them, through parts of the client that nats-py 2.x keeps stable:
 
 - ``Writer`` appends ``PUB`` commands to the client's pending list (the one its
   flusher writes, and its reconnection resends) and writes that list to the socket
   itself, in the same order the flusher would, with no wait; the pump waits for the
-  socket only when its buffer is over the high-water mark (``Writer.flush``).
+  socket only when its buffer is over the high-water mark (``Writer.flush``). A
+  sending thread may write a frame to the socket itself when nothing is ahead of
+  it (``Writer.send_now``): a lock that every writer of the socket takes keeps the
+  bytes whole and in order, and spares the request path a hand-off to the loop.
 - ``deliver`` gives a subscription (made without a callback) a queue whose
   ``put_nowait`` calls the endpoint's callback at once, as the read loop parses the
   message. The endpoints bound what they hold unread themselves, so nats-py's
   pending limits (and its slow-consumer errors) do not apply.
 
-Everything here runs on the loop thread only: nats-py's client is not thread-safe.
+Everything here but ``send_now`` runs on the loop thread only: nats-py's client is
+not thread-safe, and ``send_now`` touches only the socket (under the lock) and reads
+what the loop changes only under the lock or atomically.
 ``check`` refuses a client without these parts, naming the versions that have them.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,16 +56,58 @@ def check(nc: Any) -> None:
 
 
 class Writer:
-    """``PUB`` commands onto a client's pending list, and that list onto its socket."""
+    """``PUB`` commands onto a client's pending list and its socket, under ``lock``.
 
-    __slots__ = ("nc",)
+    Every byte posa or nats-py writes to the client's socket is written holding
+    ``lock``: the pump holds it while it publishes, ``install`` makes the client's
+    own ``write`` and ``writelines`` take it, and ``send_now`` holds it for a write
+    straight from the calling thread. ``send_now`` writes only when nothing is ahead
+    of it: the client connected over plain TCP, its pending list empty, the socket
+    transport's buffer empty (asyncio writes from that buffer only while it holds
+    bytes) and no rest of an earlier partial write. What the socket does not take
+    at once is kept as ``rest``, which every writer under the lock writes first, on
+    the loop (``flush`` and the installed methods).
+    """
+
+    __slots__ = ("nc", "lock", "rest")
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
+        self.lock = threading.Lock()
+        self.rest: tuple[Any, bytes] | None = None     # (socket transport, bytes)
+
+    def install(self) -> None:
+        """Make the client's writes to its socket take ``lock`` (on the loop, once:
+        nats-py keeps its transport object across reconnections)."""
+        transport = self.nc._transport
+        lock = self.lock
+
+        def write(data: bytes) -> None:
+            with lock:
+                self._write_rest()
+                transport._io_writer.write(data)
+
+        def writelines(data: list[bytes]) -> None:
+            with lock:
+                self._write_rest()
+                transport._io_writer.writelines(data)
+
+        transport.write, transport.writelines = write, writelines
+
+    def _write_rest(self) -> None:
+        """Write the rest of a partial write first, to the socket it began on (the
+        rest of a socket since closed is dropped: the frame is lost with it)."""
+        rest = self.rest
+        if rest is not None:
+            self.rest = None
+            writer = self.nc._transport._io_writer
+            if writer.transport is rest[0]:
+                writer.write(rest[1])
 
     def publish(self, subject: str, reply: str, head: bytes, body: bytes = b"") -> None:
-        """Queue one message of ``head + body``; ``TransportError`` when the client
-        is closed, or reconnecting with its buffer for that full."""
+        """Queue one message of ``head + body`` (the loop, holding ``lock``);
+        ``TransportError`` when the client is closed, or reconnecting with its
+        buffer for that full."""
         nc = self.nc
         size = len(head) + len(body)
         line = f"PUB {subject} {reply} {size}\r\n".encode()
@@ -85,17 +133,20 @@ class Writer:
         return size
 
     def flush(self) -> bool:
-        """Write what is queued (when connected: reconnecting, the client resends it
-        once it is back); ``True`` if the socket's buffer is over its high-water mark
-        and the caller should ``await drained()`` before writing more."""
+        """Write the rest and what is queued (the loop, holding ``lock``; when
+        connected: reconnecting, the client resends its pending list once it is
+        back); ``True`` if the socket's buffer is over its high-water mark and the
+        caller should ``await drained()`` before writing more."""
         nc = self.nc
-        if not nc.is_connected or not nc._pending:
+        if not nc.is_connected:
             return False
-        transport = nc._transport
-        transport.writelines(nc._pending)
-        nc._pending = []
-        nc._pending_data_size = 0
-        sock = transport._io_writer.transport
+        writer = nc._transport._io_writer
+        self._write_rest()
+        if nc._pending:
+            writer.writelines(nc._pending)
+            nc._pending = []
+            nc._pending_data_size = 0
+        sock = writer.transport
         return bool(sock.get_write_buffer_size() > sock.get_write_buffer_limits()[1])
 
     async def drained(self) -> None:
@@ -103,6 +154,28 @@ class Writer:
         transport = self.nc._transport
         if self.nc.is_connected and transport is not None:
             await transport.drain()
+
+    def send_now(self, subject: str, reply: str, head: bytes, body: bytes) -> bool:
+        """Write one message to the socket from this thread (holding ``lock``) if
+        nothing is ahead of it; ``False`` if something is (queue it for the pump).
+        Raises ``OSError`` (the message is lost) when the socket breaks."""
+        nc = self.nc
+        if not nc.is_connected or nc._pending or self.rest is not None:
+            return False
+        sock_transport = nc._transport._io_writer.transport
+        sock = getattr(sock_transport, "_sock", None)
+        if (sock is None or sock_transport.get_write_buffer_size()
+                or sock_transport.get_extra_info("sslcontext") is not None):
+            return False
+        data = b"".join((f"PUB {subject} {reply} {len(head) + len(body)}\r\n".encode(),
+                         head, body, _CRLF))
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.rest = (sock_transport, data[sent:])
+        return True
 
 
 class _Direct:

@@ -16,6 +16,11 @@ them and writes them to the socket in the same turn of the loop
 high-water mark does it wait, in a task, for the socket to drain. Subscriptions
 deliver the same way, in the turn that parses the message.
 
+When nothing is queued, ``put`` does not wake the pump at all: the sending thread
+writes the frame to the socket itself, holding the lock every writer of the socket
+takes (``Writer.send_now``). A request and its answer then cross no thread on
+their way out, only on their way in (the loop reads the socket).
+
 When the client loses its server, every endpoint on the link hears ``link_lost``:
 frames in flight may be gone, so connections end (posa's streams resend on new
 ones once the client has reconnected to another server of the cluster) and
@@ -36,7 +41,7 @@ from posa.transport.inproc.wakeup import Sleepers
 from posa.transport.nats.address import NatsAddress
 from posa.transport.nats.direct import Writer, check, deliver
 from posa.transport.nats.loop import event_loop
-from posa.transport.nats.wire import HEADER, chunks
+from posa.transport.nats.wire import DATA, HEADER, chunks
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -63,7 +68,7 @@ class Outbound:
 
     def __init__(self, subject: str, reply: str, hwm: int, owner: Endpoint) -> None:
         self.subject, self.reply, self.owner = subject, reply, owner
-        self.seq = 0                        # the pump's alone
+        self.seq = 0                        # under the link writer's lock
         self.frames: deque[bytes] = deque()
         self.blocked = Sleepers()           # senders held by the high-water mark
         self.low = hwm // 2
@@ -119,7 +124,9 @@ class Link:
             await nc.close()
             raise
         self.nc, self.room = nc, nc.max_payload - HEADER.size
-        self.writer = Writer(nc)
+        writer = Writer(nc)
+        writer.install()
+        self.writer = writer
         self._pump()
 
     def ready(self, timeout: float) -> None:
@@ -136,6 +143,12 @@ class Link:
     # -- sending (any thread) ------------------------------------------------------------
 
     def put(self, out: Outbound, frame: bytes) -> None:
+        writer = self.writer
+        if writer is not None and not self.queue and len(frame) <= self.room:
+            with writer.lock:
+                if self._waiting is None and not self.queue and self._send_now(out, frame,
+                                                                              writer):
+                    return
         out.frames.append(frame)
         self.queue.append(out)
         if not self._scheduled:
@@ -145,6 +158,21 @@ class Link:
         self.queue.append((subject, payload, reply))
         if not self._scheduled:
             self._kick()
+
+    def _send_now(self, out: Outbound, frame: bytes, writer: Writer) -> bool:
+        """Write ``frame`` from this thread if nothing is queued ahead of it (holding
+        the writer's lock, as the pump does); ``False`` to queue it."""
+        try:
+            if not writer.send_now(out.subject, out.reply, HEADER.pack(DATA, out.seq),
+                                   frame):
+                return False
+        except OSError as exc:       # lost with the socket: the connection ends
+            self.loop.call_soon_threadsafe(out.owner.out_failed, out, "the NATS client "
+                                           f"could not publish ({exc})")
+        out.seq += 1
+        if writer.rest is not None and not self._scheduled:
+            self._kick()             # the pump writes what the socket did not take
+        return True
 
     def _kick(self) -> None:
         self._scheduled = True
@@ -158,9 +186,16 @@ class Link:
         """Publish what is queued, until the socket's buffer is over its high-water
         mark; then a task waits for it to drain and pumps again."""
         self._scheduled = False
-        writer, queue = self.writer, self.queue
+        writer = self.writer
         if self._waiting is not None or writer is None:
             return
+        with writer.lock:
+            if self._publish_queued(writer):     # senders queue while it waits
+                self._waiting = self.loop.create_task(self._drain(writer))
+
+    def _publish_queued(self, writer: Writer) -> bool:
+        """``True`` if the socket's buffer filled before the queue emptied."""
+        queue = self.queue
         while queue:
             item = queue.popleft()
             try:
@@ -174,11 +209,8 @@ class Link:
                     item.owner.out_failed(item, "the NATS client could not publish "
                                           f"({type(exc).__name__}: {exc})")
             if writer.queued >= BATCH and writer.flush():
-                break
-        else:
-            if not writer.flush():
-                return
-        self._waiting = self.loop.create_task(self._drain(writer))
+                return True
+        return writer.flush()
 
     async def _drain(self, writer: Writer) -> None:
         try:
