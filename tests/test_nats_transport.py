@@ -27,7 +27,7 @@ from posa.transport.nats.wire import (
 )
 from posa.transport.testing.support import DEADLINE, Endpoints, seq
 from tests.natsserver import NatsCluster
-from tests.support import Proc, free_port
+from tests.support import Proc, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,35 @@ def test_a_slow_consumer_ends_the_connection_instead_of_losing_frames_silently(
         again = ends.connect(listener.address, options)     # the listener goes on
         again.send(b"after")
         assert listener.recv(DEADLINE)[1] == b"after"
+
+
+def test_a_connection_that_does_not_read_ends_instead_of_holding_frames_without_bound(
+        cluster: NatsCluster) -> None:
+    """The connection holds what arrives unread up to the listener's limit (16 x
+    high_water_mark frames); the next frame ends it, and what it holds is a prefix."""
+    options = Options(high_water_mark=4)
+    limit = SLOW_FACTOR * 4
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, options)
+        connection = ends.connect(listener.address, options)
+        connection.send(b"hello")
+        route, _ = listener.recv(DEADLINE)
+        for i in range(limit + 1):
+            listener.send(route, seq(i))
+
+        def ended() -> bool:
+            try:
+                connection.send(b"probe")
+            except TransportError:
+                return True
+            return False
+
+        wait_until(ended, DEADLINE, "the connection ending")
+        got = []
+        with pytest.raises(TransportError, match="slow consumer"):
+            while len(got) <= limit:
+                got.append(connection.recv(DEADLINE))
+        assert got == [seq(i) for i in range(limit)]
 
 
 def test_a_listener_refuses_connections_past_max_connections_and_drops_idle_ones(

@@ -202,5 +202,7 @@ def deliver(sub: Subscription, cb: Callable[[Msg], None]) -> None:
     parsed, on the loop; what was queued before is delivered first."""
     queue = sub._pending_queue
     while not queue.empty():
-        cb(queue.get_nowait())
+        msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        cb(msg)
     sub._pending_queue = _Direct(sub, cb)  # type: ignore[assignment]
