@@ -69,12 +69,13 @@ class Writer:
     the loop (``flush`` and the installed methods).
     """
 
-    __slots__ = ("nc", "lock", "rest")
+    __slots__ = ("nc", "lock", "rest", "_plain")
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
         self.lock = threading.Lock()
         self.rest: tuple[Any, bytes] | None = None     # (socket transport, bytes)
+        self._plain: Any = None      # the last socket transport found to be plain TCP
 
     def install(self) -> None:
         """Make the client's writes to its socket take ``lock`` (on the loop, once:
@@ -163,10 +164,14 @@ class Writer:
         if not nc.is_connected or nc._pending or self.rest is not None:
             return False
         sock_transport = nc._transport._io_writer.transport
-        sock = getattr(sock_transport, "_sock", None)
-        if (sock is None or sock_transport.get_write_buffer_size()
-                or sock_transport.get_extra_info("sslcontext") is not None):
+        if sock_transport is not self._plain:       # a new socket: plain TCP?
+            if (getattr(sock_transport, "_sock", None) is None
+                    or sock_transport.get_extra_info("sslcontext") is not None):
+                return False
+            self._plain = sock_transport
+        if sock_transport.get_write_buffer_size():
             return False
+        sock = sock_transport._sock
         data = b"".join((f"PUB {subject} {reply} {len(head) + len(body)}\r\n".encode(),
                          head, body, _CRLF))
         try:
