@@ -157,6 +157,8 @@ def test_check_names_what_a_client_lacks() -> None:
     check(Client())
     with pytest.raises(TransportError, match="_pending_data_size"):
         check(object())
+    with pytest.raises(TransportError, match="_pending_queue"):
+        deliver(object(), print)  # type: ignore[arg-type]
 
 
 def test_deliver_calls_back_as_messages_are_put_and_first_what_was_queued() -> None:

@@ -47,6 +47,10 @@ def check(nc: Any) -> None:
     missing = [name for name in _CLIENT if not hasattr(nc, name)]
     if not hasattr(getattr(nc, "_transport", None), "_io_writer"):
         missing.append("_transport._io_writer")
+    _refuse(missing)
+
+
+def _refuse(missing: list[str]) -> None:
     if missing:
         import nats
         raise TransportError(f"nats-py {getattr(nats, '__version__', '?')} lacks "
@@ -204,7 +208,10 @@ class _Direct:
 
 def deliver(sub: Subscription, cb: Callable[[Msg], None]) -> None:
     """Call ``cb`` with each message of ``sub`` (made without a callback) as it is
-    parsed, on the loop; what was queued before is delivered first."""
+    parsed, on the loop; what was queued before is delivered first. Raises
+    ``TransportError`` when nats-py's subscriptions have no such queue."""
+    _refuse([name for name in ("_pending_queue", "_pending_size")
+             if not hasattr(sub, name)])
     queue = sub._pending_queue
     while not queue.empty():
         msg = queue.get_nowait()

@@ -167,8 +167,9 @@ class Link:
                                    frame):
                 return False
         except OSError as exc:       # lost with the socket: the connection ends
-            self.loop.call_soon_threadsafe(out.owner.out_failed, out, "the NATS client "
-                                           f"could not publish ({exc})")
+            with contextlib.suppress(RuntimeError):    # the loop is gone (exit)
+                self.loop.call_soon_threadsafe(out.owner.out_failed, out, "the NATS "
+                                               f"client could not publish ({exc})")
         out.seq += 1
         if writer.rest is not None and not self._scheduled:
             self._kick()             # the pump writes what the socket did not take
@@ -235,7 +236,11 @@ class Link:
     async def subscribe(self, subject: str, cb: Callable[[Msg], None]) -> Subscription:
         """Subscribe ``cb`` (called on the loop as each message is parsed)."""
         sub: Subscription = await self.nc.subscribe(subject)
-        deliver(sub, cb)
+        try:
+            deliver(sub, cb)
+        except TransportError:
+            await self.unsubscribe(sub)
+            raise
         await self.nc.flush(timeout=5)       # the server has the interest
         return sub
 
