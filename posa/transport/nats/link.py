@@ -6,7 +6,7 @@ servers in the order the first address used lists them, the first first, and
 fails over in that order too: list a nearby server first. A link is counted:
 the last endpoint to let go closes it, after what was queued has left.
 
-Sending threads never touch the client: ``put`` appends the frame to its
+Sending threads never touch the client's state: ``put`` appends the frame to its
 ``Outbound`` (one per direction of a connection: its subject, its numbering, its
 queue) and that outbound to the link's queue, and wakes the pump only if it is
 not awake already, so a burst costs one ``call_soon_threadsafe``. The pump is a
