@@ -159,6 +159,10 @@ def test_check_names_what_a_client_lacks() -> None:
         check(object())
     with pytest.raises(TransportError, match="_pending_queue"):
         deliver(object(), print)  # type: ignore[arg-type]
+    nc = Client()
+    nc._transport = type("Fixed", (), {"__slots__": ("_io_writer",)})()  # type: ignore[assignment]
+    with pytest.raises(TransportError, match="can be replaced"):
+        Writer(nc).install()
 
 
 def test_deliver_calls_back_as_messages_are_put_and_first_what_was_queued() -> None:

@@ -97,7 +97,10 @@ class Writer:
                 self._write_rest()
                 transport._io_writer.writelines(data)
 
-        transport.write, transport.writelines = write, writelines
+        try:
+            transport.write, transport.writelines = write, writelines
+        except AttributeError:
+            _refuse(["a transport whose write and writelines can be replaced"])
 
     def _write_rest(self) -> None:
         """Write the rest of a partial write first, to the socket it began on (the
