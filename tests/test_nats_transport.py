@@ -4,6 +4,7 @@ inside NATS (a slow consumer, a server gone) surfaces as an ended connection."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +131,40 @@ def test_frames_over_the_servers_max_payload_are_cut_and_put_back(
             assert got == frame
             listener.send(route, frame[::-1])
             assert connection.recv(DEADLINE) == frame[::-1]
+
+
+def test_threads_sending_small_and_cut_frames_on_one_client_keep_each_connection_in_order(
+        cluster: NatsCluster) -> None:
+    """Small frames a sending thread writes to the socket itself and frames over
+    max_payload that the pump cuts, from four threads on connections that share one
+    NATS client (one socket): every frame arrives whole, in its connection's order."""
+    options = Options(max_frame_size=2 << 20)
+    big = b"b" * ((1 << 20) + 4096)                  # over max_payload: cut by the pump
+    frames = 300
+
+    def frame(thread: int, i: int) -> bytes:
+        head = b"%d:%d:" % (thread, i)
+        return head + (big if i % 25 == 24 else b"s" * (i % 200))
+
+    def sender(connection: transport.Connection, thread: int) -> None:
+        for i in range(frames):
+            connection.send(frame(thread, i))
+
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, options)
+        connections = [ends.connect(listener.address, options) for _ in range(4)]
+        threads = [threading.Thread(target=sender, args=(connection, k))
+                   for k, connection in enumerate(connections)]
+        for thread in threads:
+            thread.start()
+        got: dict[int, list[bytes]] = {k: [] for k in range(4)}
+        for _ in range(4 * frames):
+            _, data = listener.recv(DEADLINE)
+            got[int(data.split(b":", 1)[0])].append(data)
+        for thread in threads:
+            thread.join(DEADLINE)
+        for k in range(4):
+            assert got[k] == [frame(k, i) for i in range(frames)], f"thread {k}'s frames"
 
 
 def test_a_slow_consumer_ends_the_connection_instead_of_losing_frames_silently(
