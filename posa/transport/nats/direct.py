@@ -5,7 +5,7 @@ task, and hands a subscription's messages to a task of the subscription through 
 ``asyncio.Queue``: every message costs the loop one or two turns more than the
 socket does, and on a request-reply path those turns are most of the transport's
 CPU. The transport's pump and callbacks already run on the loop, so they go round
-them, through parts of the client that nats-py 2.x keeps stable:
+them, through parts of the client (as nats-py 2.16 has them):
 
 - ``Writer`` appends ``PUB`` commands to the client's pending list (the one its
   flusher writes, and its reconnection resends) and writes that list to the socket
@@ -22,7 +22,8 @@ them, through parts of the client that nats-py 2.x keeps stable:
 Everything here but ``send_now`` runs on the loop thread only: nats-py's client is
 not thread-safe, and ``send_now`` touches only the socket (under the lock) and reads
 what the loop changes only under the lock or atomically.
-``check`` refuses a client without these parts, naming the versions that have them.
+``check`` and ``deliver`` refuse a client without these parts with
+``TransportError``, naming what is missing.
 """
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def _refuse(missing: list[str]) -> None:
         import nats
         raise TransportError(f"nats-py {getattr(nats, '__version__', '?')} lacks "
                              f"{', '.join(missing)}, which posa's nats:// transport "
-                             "uses: install nats-py 2.7 to 2.x "
-                             "(pip install 'posa-messaging[nats]')")
+                             "uses: install a nats-py 2.x release that has them (posa "
+                             "is tested with 2.16)")
 
 
 class Writer:
