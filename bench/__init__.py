@@ -36,7 +36,8 @@ An area is a module ``bench/<area>.py`` named in ``AREAS`` below.  It defines
     ``Bench.columns`` names the metrics its table shows (``ONEWAY``, ``RR``,
     ``LOOKUP``, ``FANOUT``, ``GAP`` below, or a tuple of your own); the first
     is the row's headline metric.  ``Bench.versus`` names a row to show a
-    ratio against when no goal names the row.
+    ratio against when no goal names the row; ``Bench.beside`` names more
+    anchors to run before the row and show ratios against.
 ``GOALS: list[Goal]``
     the acceptance goals it checks: a ratio of two rows' metrics
     (``num`` / ``den``, each ``(row key, metric)``; ``den`` an anchor's key
@@ -73,9 +74,12 @@ AREAS: tuple[tuple[str, str, str], ...] = (
     ("aio", "7. asyncio",
      "1 task against 10 tasks sharing one posa.aio.Peer, with the event loop's lag"),
     ("scale", "8. Scale (concurrent callers)",
-     "request-reply with 1/4/16/64 caller threads, posa against Pyro5"),
+     "request-reply and uncached lookups with 1/4/16/64 concurrent callers, posa against "
+     "Pyro5 and NATS request-reply"),
     ("cores", "8b. More than one core",
      "a service on one server process against two, called by two client processes"),
+    ("idle", "8c. Idle connections",
+     "memory per idle connection and lookup p99 beside 2,000 idle clients, against Pyro5"),
     ("gateway", "9. HTTP gateway",
      "request-reply over keep-alive HTTP against Pyro5's HTTP gateway; SSE delivery"),
     ("natsrows", "10. NATS",
@@ -112,6 +116,7 @@ class Bench:
     columns: tuple[Column, ...]
     versus: str | None = None       # a row or anchor to show a ratio against when no
                                     # goal names this row (same metric: the first column's)
+    beside: tuple[str, ...] = ()    # further anchors run (and compared) beside this row
     area: str = ""                  # filled in by the runner from the module's name
     note: str = ""                  # one line under the table, if the row needs it
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import FANOUT, LOOKUP, ONEWAY, RR, Bench
+from bench import FANOUT, LOOKUP, ONEWAY, RR, Bench, Column
 
 __all__ = ["ANCHORS", "nats_server", "use_nats_server"]
 
@@ -79,12 +79,13 @@ def _anchor(function: str, needs: tuple[str, ...] = ()) -> Callable[[Any, int], 
     return run
 
 
-def _scale_pyro(callers: int) -> Callable[[Any, int], dict[str, Any]]:
-    """Pyro5 with ``callers`` threads: the suite's own anchor (bench/scale.py)."""
+def _scale(function: str, callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """``bench.scale.<function>`` with ``callers`` callers: the suite's own anchors."""
 
     def run(ctx: Any, n: int) -> dict[str, Any]:
-        from bench.scale import pyro_calls
-        return pyro_calls(ctx, n, callers)
+        result: dict[str, Any] = getattr(importlib.import_module("bench.scale"), function)(
+            ctx, n, callers)
+        return result
 
     return run
 
@@ -115,6 +116,17 @@ def _suite_anchor(module: str, function: str) -> Callable[[Any, int], dict[str, 
     return run
 
 
+IDLE: tuple[Column, ...] = (
+    ("server_kb_per_conn", "server KB/connection", "ratio"),
+    ("client_kb_per_conn", "client KB/connection", "ratio"),
+    ("base_p99_us", "lookup p99 µs, no idle clients", "us"),
+    ("idle_p99_us", "lookup p99 µs, beside the idle ones", "us"),
+    ("p99_ratio", "p99 with / without", "ratio"),
+    ("base_lookups_per_s", "lookups/s, a process with no other socket", "rate"),
+    ("held_lookups_per_s", "lookups/s, a process holding the idle ones", "rate"),
+    ("held_ratio", "lookups/s holding / not", "ratio"),
+    ("connections", "idle connections", "int"),
+)   # bench/idle.py's columns, here for its anchor
 ITEMS = (("items_per_s", "items/s", "rate"), ("workers", "worker processes", "int"),
          ("complete", "complete", "bool"))
 
@@ -147,8 +159,17 @@ def _rows() -> dict[str, Bench]:
         *(Bench(f"nats_pubsub_{subs}", f"NATS pub→{subs} sub(s)", _nats_fanout(subs), count,
                 FANOUT) for subs, count in FANOUT_SUBSCRIBERS),
         *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
-                "a proxy each (msgpack; bench/scale.py)", _scale_pyro(callers), N_RR, RR)
+                "a proxy each (msgpack; bench/scale.py)", _scale("pyro_calls", callers), N_RR, RR)
           for callers in SCALE_CALLERS),
+        *(Bench(f"scale_nats_{callers}", f"NATS request-reply, {callers} task(s) sharing one "
+                "nats-py connection (bench/scale.py)", _scale("nats_calls", callers), N_RR, RR)
+          for callers in SCALE_CALLERS),
+        *(Bench(f"scale_pyro_lookup_{callers}", f"Pyro5 name-server lookups, {callers} caller "
+                "thread(s), an NS proxy each (bench/scale.py)", _scale("pyro_lookups", callers),
+                N_LOOKUP, LOOKUP)
+          for callers in SCALE_CALLERS),
+        Bench("idle_pyro_2000", "Pyro5 name server (multiplex), 2,000 idle NS proxies "
+              "(bench/idle.py)", _suite_anchor("bench.idle", "pyro_idle"), N_LOOKUP, IDLE),
         Bench("rq_simple", "RQ SimpleWorker (no fork) → redis-server (no persistence), "
               "trivial jobs (bench/work_rq.py)", _suite_anchor("bench.work_rq", "rq_items"),
               N_RQ, ITEMS),

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bench import AREAS, FANOUT, LOOKUP, ONEWAY, RR, Bench, Column, Goal
-from bench.anchors import ANCHORS, nats_server
+from bench.anchors import ANCHORS, SCALE_CALLERS, nats_server
 from bench.runner import Outcome
 
 __all__ = ["MARKER", "machine_info", "render", "write_markdown", "plot"]
@@ -133,13 +133,17 @@ def _table(outcome: Outcome, rows: list[Bench], all_rows: dict[str, Bench],
                 against = (f" vs {_label(goal.den[0], all_rows)}" if goal.den else "")
                 compared.append(f"{_header(goal.num[1], columns)} {value}{against}")
                 verdicts.append(f"{goal.text}: {verdict}")
-            if not mine and row.versus:
-                # throughput if the row has one (higher is better), else its first metric
-                headline = next((name for name, _, kind in columns if kind == "rate"),
-                                columns[0][0])
-                values = ratios(outcome, (row.key, headline), (row.versus, headline))
+            # throughput if the row has one (higher is better), else its first metric
+            headline = next((name for name, _, kind in columns if kind == "rate"),
+                            columns[0][0])
+            named = {goal.den[0] for goal in mine if goal.den}
+            against = ([] if mine or not row.versus else [row.versus]) + [
+                key for key in row.beside if key not in named]
+            for key in against:
+                values = ratios(outcome, (row.key, headline), (key, headline))
                 compared.append(f"{_header(headline, columns)} {spread(values, 'ratio')}× vs "
-                                f"{_label(row.versus, all_rows)}" if values else "–")
+                                f"{_label(key, all_rows)}" if values else "–")
+            if not mine and against:
                 verdicts.append("none (for reference)")
             cells += ["<br>".join(compared) or "–", "<br>".join(verdicts) or "none"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -276,8 +280,65 @@ PANELS = (("msgs_per_s", "one-way msgs/s", ONEWAY),
           ("per_sub_msgs_per_s", "fan-out msgs/s per subscriber", FANOUT))
 
 
+# rate against concurrent callers (bench/scale.py):
+# (metric, title, [(label, row key prefix, colour)])
+SCALE_PANELS = (
+    ("calls_per_s", "request-reply calls/s against concurrent callers",
+     (("posa Peer.request (threads)", "scale_calls_", "#1f77b4"),
+      ("posa.aio Peer.request (tasks)", "scale_aio_", "#17becf"),
+      ("Pyro5 (threads)", "scale_pyro_", "#7f7f7f"),
+      ("NATS nc.request (tasks)", "scale_nats_", "#ff7f0e"))),
+    ("lookups_per_s", "uncached name lookups/s against concurrent callers",
+     (("posa RegistryClient (threads)", "scale_lookup_", "#1f77b4"),
+      ("Pyro5 name server (threads)", "scale_pyro_lookup_", "#7f7f7f"))),
+)
+
+
+Series = list[tuple[str, str, list[tuple[int, list[float]]]]]   # (label, colour, points)
+
+
+def _scale_series(outcome: Outcome) -> list[tuple[str, str, Series]]:
+    """For each scale panel with data: (title, metric, [(label, colour, [(N, values)])])."""
+    panels = []
+    for name, title, series in SCALE_PANELS:
+        lines: Series = []
+        for label, prefix, colour in series:
+            points = [(callers, [v for v in metric(outcome, f"{prefix}{callers}", name) if v])
+                      for callers in SCALE_CALLERS]
+            points = [(callers, values) for callers, values in points if values]
+            if points:
+                lines.append((label, colour, points))
+        if lines:
+            panels.append((title, name, lines))
+    return panels
+
+
+def _scale_keys() -> set[str]:
+    return {f"{prefix}{callers}" for _, _, series in SCALE_PANELS for _, prefix, _ in series
+            for callers in SCALE_CALLERS}
+
+
+def _draw_scale(ax: Any, title: str, lines: Series) -> None:
+    for label, colour, points in lines:
+        xs = [callers for callers, _ in points]
+        medians = [statistics.median(values) for _, values in points]
+        low = [m - min(v) for m, (_, v) in zip(medians, points)]
+        high = [max(v) - m for m, (_, v) in zip(medians, points)]
+        ax.errorbar(xs, medians, yerr=[low, high], marker="o", capsize=2, label=label,
+                    color=colour)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(SCALE_CALLERS), [str(c) for c in SCALE_CALLERS])
+    ax.set_xlabel("concurrent callers", fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot(outcome: Outcome, path: str) -> str | None:
-    """Draw throughput per system as horizontal bars (median, min–max whiskers).
+    """Draw throughput per system as horizontal bars (median, min–max whiskers), and
+    the scale rows' rate against the number of callers as lines.
 
     Returns None when written, else why not (matplotlib missing, nothing to draw)."""
     try:
@@ -288,22 +349,26 @@ def plot(outcome: Outcome, path: str) -> str | None:
         return (f"matplotlib is not installed in {sys.executable}: no plot "
                 "(bash bench/setup.sh makes an environment that has it)")
     panels = []
+    scale_keys = _scale_keys()
     for name, title, columns in PANELS:
         bars = []
         for row in outcome.order:
-            if row.columns[:len(columns)] != columns:
+            if row.columns[:len(columns)] != columns or row.key in scale_keys:
                 continue
             values = [v for v in metric(outcome, row.key, name) if v]
             if values:
                 bars.append((row.label, row.area != "anchors", values))
         if bars:
             panels.append((title, name, bars))
-    if not panels:
+    scale = _scale_series(outcome)
+    if not panels and not scale:
         return "nothing to plot"
-    heights = [0.6 + 0.32 * len(bars) for _, _, bars in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights) + 0.8),
+    heights = [0.6 + 0.32 * len(bars) for _, _, bars in panels] + [3.0] * len(scale)
+    fig, axes = plt.subplots(len(heights), 1, figsize=(12, sum(heights) + 0.8),
                              gridspec_kw={"height_ratios": heights}, squeeze=False,
                              layout="constrained")
+    for ax, (title, _, lines) in zip(axes[len(panels):, 0], scale):
+        _draw_scale(ax, title, lines)
     for ax, (title, name, bars) in zip(axes[:, 0], panels):
         labels = [label for label, _, _ in bars][::-1]
         medians = [statistics.median(v) for _, _, v in bars][::-1]

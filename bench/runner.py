@@ -86,12 +86,14 @@ class Context:
             return f"inproc://bench-{next(self._ids)}"
         return f"{scheme}://127.0.0.1:0"
 
-    def start_dispatcher(self, *, state: str | None = None, _group: ProcGroup | None = None,
-                         timeout: float = 60.0) -> str:
-        """Start a ``posa dispatcher`` process for this row; returns its address."""
+    def start_dispatcher(self, *, state: str | None = None, args: tuple[str, ...] = (),
+                         _group: ProcGroup | None = None, timeout: float = 60.0) -> str:
+        """Start a ``posa dispatcher`` process for this row (``args``: more of its
+        options); returns its address."""
         argv = [self.python, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"]
         if state is not None:
             argv += ["--state", state]
+        argv += args
         proc = Proc(argv, group=_group or self.group, cwd=REPO_ROOT, env=self.env)
         line = proc.wait_line("posa dispatcher", timeout=timeout)
         _, sep, addresses = line.partition(" listening on ")
@@ -247,7 +249,7 @@ def schedule(suite: Suite, only: set[str], anchors: bool) -> tuple[list[Bench], 
     order: list[Bench] = []
     placed: set[str] = set()
     for row in rows:
-        compared = [row.versus] if row.versus else []
+        compared = ([row.versus] if row.versus else []) + list(row.beside)
         for goal in goals:
             keys = [goal.num[0]] + ([goal.den[0]] if goal.den else [])
             if row.key in keys:

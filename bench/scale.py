@@ -1,4 +1,4 @@
-"""Scale: request-reply with 1, 4, 16 and 64 concurrent callers, posa against Pyro5.
+"""Scale: request-reply and lookups with 1, 4, 16 and 64 concurrent callers.
 
 Every caller is a thread of one client process (posa: one ``Peer``, whose
 forwarder is per thread; Pyro5: a proxy per thread, as Pyro5 requires), all
@@ -8,10 +8,25 @@ timed calls / (last caller done - release); p50/p99 over every caller's calls.
 The Pyro5 rows are this module's own (the anchors' scripts have one caller
 only), listed among the anchors (``bench.anchors``, skipped with
 ``--no-anchors``): Pyro5's default threaded server, the msgpack serializer, the
-same 100-byte message. NATS request-reply with many callers is not here yet.
+same 100-byte message.
+
+NATS request-reply (also anchors of this module's own): ``nc.request`` from 1,
+4, 16 or 64 asyncio tasks sharing one nats-py connection, as nats-py is meant
+to be used, warmed up and released the same way, against the anchors'
+nats-py responder through the run's nats-server.  Beside the NATS 64 row,
+``scale_aio_64`` runs 64 tasks sharing one ``posa.aio.Peer`` (``bench.aio``'s
+roles): asyncio against asyncio, for reference.
+
+Lookups: uncached ``RegistryClient(cache=False).lookup`` of one name from 1, 4,
+16 or 64 threads sharing one client (its forwarder, so its connection, per
+thread) against the run's dispatcher, and Pyro5's name server (its default
+threaded server) looked up from as many threads, an NS proxy each; the same
+warm-up and release.  ``bench.report.plot`` draws all these rows as rate
+against the number of callers.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import secrets
 import sys
@@ -21,23 +36,33 @@ from collections.abc import Callable
 from typing import Any
 
 import posa
-from bench import RR, Bench, Goal
-from bench.anchors import N_RR, SCALE_CALLERS
+from bench import LOOKUP, RR, Bench, Goal
+from bench.anchors import N_LOOKUP, N_RR, SCALE_CALLERS
 from bench.common import emit, latency_summary, make_msg, ready, wait_release
 
-__all__ = ["BENCHES", "GOALS"]
+__all__ = ["BENCHES", "GOALS", "concurrent_calls", "measure_calls", "need"]
 
 MODULE = "bench.scale"
 WARM = 500                  # untimed calls before the release, shared by the callers
+NAME = "bench.echo"         # the name the lookup rows look up (Pyro5's)
+FAKE_ADDRESS = "tcp://127.0.0.1:9"   # what posa's lookups return; nobody connects
 
 
 def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
-                     released: Callable[[], float] | None = None) -> None:
+                     released: Callable[[], float] | None = None,
+                     rate: str = "calls_per_s") -> None:
+    """Emits ``measure_calls(...)``."""
+    emit(measure_calls(make_call, n, callers, released=released, rate=rate))
+
+
+def measure_calls(make_call: Callable[[], Callable[[int], Any]], n: int, callers: int, *,
+                  released: Callable[[], float] | None = None,
+                  rate: str = "calls_per_s") -> dict[str, Any]:
     """``callers`` threads, each with its own ``make_call()``, making ``n`` timed
-    calls in all after a common release; emits the summary.  ``released``, if
+    calls in all after a common release; returns the summary.  ``released``, if
     given, is called once every caller is warm and returns when the callers
     may go (the release time on ``time.monotonic``: the window of several
-    processes is then taken on one clock)."""
+    processes is then taken on one clock).  ``rate`` names the rate metric."""
     per = max(1, n // callers)
     ready_at = threading.Barrier(callers + 1)
     start = threading.Barrier(callers + 1)
@@ -81,7 +106,8 @@ def concurrent_calls(make_call: Callable[[], Callable[[int], Any]], n: int, call
     merged = [s for caller_samples in samples for s in caller_samples]
     ended_at = max(ends)
     result = latency_summary(merged, ended_at - released_at, len(merged))
-    emit(dict(result, released_at=released_at, ended_at=ended_at))
+    result[rate] = result.pop("calls_per_s")
+    return dict(result, released_at=released_at, ended_at=ended_at)
 
 
 # ------------------------------------------------------------- process roles
@@ -93,6 +119,50 @@ def role_posa_callers(dispatcher: str, target: str, n: int, callers: int) -> Non
                 request = peer.request
                 return lambda i: request(target, make_msg(i), timeout=30.0)
             concurrent_calls(make_call, n, callers)
+
+
+def role_posa_lookups(dispatcher: str, n: int, callers: int) -> None:
+    """Uncached lookups of one name, ``callers`` threads sharing one ``RegistryClient``
+    (its forwarder per thread, as a ``Peer``'s)."""
+    with posa.RegistryClient(dispatcher, cache=False) as reg:
+        name = f"bench/scale-lookup-{secrets.token_hex(3)}"
+        reg.register(name, [FAKE_ADDRESS], credential=secrets.token_hex(8), lease=60.0)
+
+        def make_call() -> Callable[[int], Any]:
+            lookup = reg.lookup
+            return lambda i: lookup(name)
+        concurrent_calls(make_call, n, callers, rate="lookups_per_s")
+
+
+def role_pyro_ns(servertype: str = "thread") -> None:
+    """Pyro5's name server holding ``NAME`` (its default threaded server, or
+    ``servertype="multiplex"``: one thread, any number of connections)."""
+    import Pyro5.api
+    import Pyro5.nameserver
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    Pyro5.config.SERVERTYPE = servertype
+    uri, daemon, _ = Pyro5.nameserver.start_ns(host="127.0.0.1", port=0,
+                                               enableBroadcast=False)
+    daemon.nameserver.register(NAME, f"PYRO:{NAME}@127.0.0.1:9")
+    threading.Thread(target=lambda: (wait_release(), daemon.shutdown()), daemon=True).start()
+    ready(f"{uri.host}:{uri.port}")
+    daemon.requestLoop()
+    emit({})
+
+
+def role_pyro_lookups(ns: str, n: int, callers: int) -> None:
+    import Pyro5.api
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    host, port = ns.rsplit(":", 1)
+
+    def make_call() -> Callable[[int], Any]:
+        proxy = Pyro5.api.locate_ns(host=host, port=int(port))   # a proxy per thread
+        lookup = proxy.lookup
+        return lambda i: lookup(NAME)
+
+    concurrent_calls(make_call, n, callers, rate="lookups_per_s")
 
 
 def role_pyro_server() -> None:
@@ -127,6 +197,46 @@ def role_pyro_callers(uri: str, n: int, callers: int) -> None:
     concurrent_calls(make_call, n, callers)
 
 
+async def _nats_tasks(url: str, subject: str, n: int, callers: int) -> dict[str, Any]:
+    import msgpack
+    import nats
+
+    nc = await nats.connect(url, allow_reconnect=False)
+    request, packb, unpackb = nc.request, msgpack.packb, msgpack.unpackb
+    per = max(1, n // callers)
+    go = asyncio.Event()
+    warm = asyncio.Barrier(callers + 1)
+    samples: list[list[int]] = [[] for _ in range(callers)]
+    ends = [0.0] * callers
+
+    async def caller(k: int) -> None:
+        for i in range(max(10, WARM // callers)):
+            unpackb((await request(subject, packb(make_msg(i)), timeout=30)).data)
+        await warm.wait()
+        await go.wait()
+        mine, clock = samples[k], time.perf_counter_ns
+        for i in range(per):
+            t = clock()
+            unpackb((await request(subject, packb(make_msg(i)), timeout=30)).data)
+            mine.append(clock() - t)
+        ends[k] = time.monotonic()
+
+    tasks = [asyncio.ensure_future(caller(k)) for k in range(callers)]
+    await asyncio.wait_for(warm.wait(), 120)
+    released_at = time.monotonic()
+    go.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    await nc.publish(subject, b"STOP")       # the anchors' responder stops on it
+    await nc.flush()
+    await nc.close()
+    merged = [s for caller_samples in samples for s in caller_samples]
+    return latency_summary(merged, max(ends) - released_at, len(merged))
+
+
+def role_nats_callers(url: str, subject: str, n: int, callers: int) -> None:
+    emit(asyncio.run(_nats_tasks(url, subject, n, callers)))
+
+
 # ------------------------------------------------------------------ the rows
 def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     def run(ctx: Any, n: int) -> dict[str, Any]:
@@ -142,12 +252,17 @@ def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
     return run
 
 
+def need(module: str, package: str) -> None:
+    """``Skip`` the row unless this interpreter imports ``module`` (from ``package``)."""
+    if importlib.util.find_spec(module) is None:
+        from bench.runner import Skip
+        raise Skip(f"{sys.executable} cannot import {module}: pip install {package} "
+                   "(bash bench/setup.sh does it)")
+
+
 def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
-    if importlib.util.find_spec("Pyro5") is None:
-        from bench.runner import Skip
-        raise Skip(f"{sys.executable} cannot import Pyro5: pip install Pyro5 "
-                   "(bash bench/setup.sh does it)")
+    need("Pyro5", "Pyro5")
     server = ctx.spawn(MODULE, "pyro_server", hold=True)
     uri = server.wait_ready()
     result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
@@ -156,13 +271,82 @@ def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     return result
 
 
+def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """The NATS row with ``callers`` tasks (an anchor: ``bench.anchors.ANCHORS``)."""
+    need("nats", "nats-py")
+    runner = ctx.anchor_runner(("nats",))
+    try:
+        subject = f"bench.scale.{secrets.token_hex(4)}"
+        responder = runner.Proc("nats_bench.py", "responder", "--url", runner.NATS_URL,
+                                "--subject", subject)
+        responder.wait_ready()
+        result: dict[str, Any] = ctx.spawn(MODULE, "nats_callers", url=runner.NATS_URL,
+                                           subject=subject, n=n,
+                                           callers=callers).result(180)
+        responder.result(timeout=10)
+        return result
+    finally:
+        runner.stop_all()     # the anchors' own PID sweep of the processes it started
+
+
+def _lookups(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        result: dict[str, Any] = ctx.spawn(MODULE, "posa_lookups", dispatcher=ctx.dispatcher(),
+                                           n=n, callers=callers).result(180)
+        return result
+    return run
+
+
+def pyro_lookups(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """Pyro5 name-server lookups from ``callers`` threads (an anchor)."""
+    need("Pyro5", "Pyro5")
+    ns = ctx.spawn(MODULE, "pyro_ns", hold=True)
+    address = ns.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_lookups", ns=address, n=n,
+                                       callers=callers).result(180)
+    ns.result(timeout=10)
+    return result
+
+
+def _aio(tasks: int) -> Callable[[Any, int], dict[str, Any]]:
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        dispatcher = ctx.dispatcher()
+        name = f"bench/scale-aio-{secrets.token_hex(3)}"
+        echo = ctx.spawn("bench.aio", "echo", hold=True, dispatcher=dispatcher, name=name,
+                         listen="tcp://127.0.0.1:0")
+        echo.wait_ready()
+        result: dict[str, Any] = ctx.spawn("bench.aio", "client", dispatcher=dispatcher,
+                                           target=name, listen="tcp://127.0.0.1:0", n=n,
+                                           tasks=tasks).result(180)
+        echo.result(timeout=10)
+        return result
+    return run
+
+
 BENCHES = [
     Bench(f"scale_calls_{callers}", f"Peer.request over tcp, {callers} caller thread(s) "
-          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}")
+          "of one process", _posa(callers), N_RR, RR, versus=f"scale_pyro_{callers}",
+          beside=(f"scale_nats_{callers}",))
     for callers in SCALE_CALLERS
+] + [
+    Bench(f"scale_lookup_{callers}", f"RegistryClient(cache=False).lookup, {callers} caller "
+          "thread(s) sharing one client", _lookups(callers), N_LOOKUP, LOOKUP,
+          versus=f"scale_pyro_lookup_{callers}")
+    for callers in SCALE_CALLERS
+] + [
+    Bench("scale_aio_64", "posa.aio.Peer.request, 64 tasks sharing one peer, tcp", _aio(64),
+          N_RR, RR, versus="scale_nats_64",
+          note="asyncio against asyncio: NATS's rows are tasks sharing one nats-py connection"),
 ]
 
 GOALS = [
     Goal("i21-scale-64", "issue 21", "64 callers: Peer.request calls/s ≥ 3× Pyro5's",
          ("scale_calls_64", "calls_per_s"), ("scale_pyro_64", "calls_per_s"), ">=", 3.0),
+    Goal("i21-scale-64-nats", "issue 21",
+         "64 callers: Peer.request calls/s ≥ 2× NATS request-reply's (64 tasks)",
+         ("scale_calls_64", "calls_per_s"), ("scale_nats_64", "calls_per_s"), ">=", 2.0),
+    Goal("i21-scale-lookup-64", "issue 21",
+         "64 callers: uncached lookups/s ≥ 3× Pyro5 name-server lookups (a proxy a thread)",
+         ("scale_lookup_64", "lookups_per_s"), ("scale_pyro_lookup_64", "lookups_per_s"),
+         ">=", 3.0),
 ]

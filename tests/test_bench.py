@@ -84,3 +84,25 @@ def test_areas_not_written_yet_are_pending_slots() -> None:
         assert area not in present
     assert {a for a, _, _ in suite.pending} | present == {a for a, _, _ in AREAS}
     assert not set(suite.rows) & set(ANCHORS)
+
+
+def test_scale_rows_are_drawn_against_callers_not_as_bars() -> None:
+    from bench.report import _scale_keys, _scale_series
+    outcome = Outcome(order=[], goals=[], reps=2, scale=1.0, results={
+        "scale_calls_1": [{"calls_per_s": 10.0}, {"calls_per_s": 12.0}],
+        "scale_calls_64": [{"calls_per_s": 30.0}, None],
+        "scale_pyro_lookup_4": [{"lookups_per_s": 7.0}, {"lookups_per_s": 9.0}]})
+    calls, lookups = _scale_series(outcome)
+    assert calls[1] == "calls_per_s"
+    assert [(label, points) for label, _, points in calls[2]] == [
+        ("posa Peer.request (threads)", [(1, [10.0, 12.0]), (64, [30.0])])]
+    assert lookups[1] == "lookups_per_s"
+    assert [points for _, _, points in lookups[2]] == [[(4, [7.0, 9.0])]]
+    assert {"scale_calls_16", "scale_nats_64", "scale_aio_64"} <= _scale_keys()
+
+
+def test_anchors_beside_a_row_run_before_it() -> None:
+    row = Bench("a", "a", lambda ctx, n: {}, 10, ONEWAY, versus="simplequeue",
+                beside=("zmq_push_ipc",), area="transport")
+    order, _ = schedule(Suite(rows={"a": row}), set(), anchors=True)
+    assert [r.key for r in order] == ["simplequeue", "zmq_push_ipc", "a"]

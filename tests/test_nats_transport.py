@@ -4,6 +4,7 @@ inside NATS (a slow consumer, a server gone) surfaces as an ended connection."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from posa.transport.nats.wire import (
 )
 from posa.transport.testing.support import DEADLINE, Endpoints, seq
 from tests.natsserver import NatsCluster
-from tests.support import Proc, free_port
+from tests.support import Proc, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,40 @@ def test_frames_over_the_servers_max_payload_are_cut_and_put_back(
             assert connection.recv(DEADLINE) == frame[::-1]
 
 
+def test_threads_sending_small_and_cut_frames_on_one_client_keep_each_connection_in_order(
+        cluster: NatsCluster) -> None:
+    """Small frames a sending thread writes to the socket itself and frames over
+    max_payload that the pump cuts, from four threads on connections that share one
+    NATS client (one socket): every frame arrives whole, in its connection's order."""
+    options = Options(max_frame_size=2 << 20)
+    big = b"b" * ((1 << 20) + 4096)                  # over max_payload: cut by the pump
+    frames = 300
+
+    def frame(thread: int, i: int) -> bytes:
+        head = b"%d:%d:" % (thread, i)
+        return head + (big if i % 25 == 24 else b"s" * (i % 200))
+
+    def sender(connection: transport.Connection, thread: int) -> None:
+        for i in range(frames):
+            connection.send(frame(thread, i))
+
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, options)
+        connections = [ends.connect(listener.address, options) for _ in range(4)]
+        threads = [threading.Thread(target=sender, args=(connection, k))
+                   for k, connection in enumerate(connections)]
+        for thread in threads:
+            thread.start()
+        got: dict[int, list[bytes]] = {k: [] for k in range(4)}
+        for _ in range(4 * frames):
+            _, data = listener.recv(DEADLINE)
+            got[int(data.split(b":", 1)[0])].append(data)
+        for thread in threads:
+            thread.join(DEADLINE)
+        for k in range(4):
+            assert got[k] == [frame(k, i) for i in range(frames)], f"thread {k}'s frames"
+
+
 def test_a_slow_consumer_ends_the_connection_instead_of_losing_frames_silently(
         cluster: NatsCluster) -> None:
     """Frames beyond what the listener holds unread are not dropped quietly: the
@@ -155,6 +190,35 @@ def test_a_slow_consumer_ends_the_connection_instead_of_losing_frames_silently(
         again = ends.connect(listener.address, options)     # the listener goes on
         again.send(b"after")
         assert listener.recv(DEADLINE)[1] == b"after"
+
+
+def test_a_connection_that_does_not_read_ends_instead_of_holding_frames_without_bound(
+        cluster: NatsCluster) -> None:
+    """The connection holds what arrives unread up to the listener's limit (16 x
+    high_water_mark frames); the next frame ends it, and what it holds is a prefix."""
+    options = Options(high_water_mark=4)
+    limit = SLOW_FACTOR * 4
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, options)
+        connection = ends.connect(listener.address, options)
+        connection.send(b"hello")
+        route, _ = listener.recv(DEADLINE)
+        for i in range(limit + 1):
+            listener.send(route, seq(i))
+
+        def ended() -> bool:
+            try:
+                connection.send(b"probe")
+            except TransportError:
+                return True
+            return False
+
+        wait_until(ended, DEADLINE, "the connection ending")
+        got = []
+        with pytest.raises(TransportError, match="slow consumer"):
+            while len(got) <= limit:
+                got.append(connection.recv(DEADLINE))
+        assert got == [seq(i) for i in range(limit)]
 
 
 def test_a_listener_refuses_connections_past_max_connections_and_drops_idle_ones(

@@ -14,11 +14,14 @@ its messages carry it as reply subject, and that is the listener's route back.
 Strategy
 --------
 - One nats-py client per cluster per process (``link``), on one asyncio thread per
-  process (``loop``). Endpoints never await: a send appends the frame to its
-  connection's queue and wakes the pump at most once per burst; the pump numbers,
-  cuts (the server's ``max_payload``) and publishes. A subscription callback appends
-  what arrives to the endpoint's ready deque and signals an eventfd, which is the
-  endpoint's ``fileno()``: the reactor polls it like any other descriptor
+  process (``loop``). Endpoints never await. A send with nothing queued ahead of it
+  writes its frame to the client's socket from the sending thread, under a lock that
+  every writer of that socket takes (``direct``); otherwise it appends the frame to
+  its connection's queue and wakes the pump at most once per burst, and the pump
+  numbers, cuts (the server's ``max_payload``) and writes in one turn of the loop. A
+  subscription callback runs as the message is parsed: it appends what arrives to the
+  endpoint's ready deque and signals an eventfd, which is the endpoint's
+  ``fileno()``: the reactor polls it like any other descriptor
   (``posa.transport.inproc.receiver`` is the same machinery).
 - NATS core delivers at most once; posa's streams deliver exactly once on top. The
   transport keeps its own promise, in order, whole or not at all, per connection, by
@@ -28,6 +31,7 @@ Strategy
     posa.transport.nats.address     the address form; fresh subjects
     posa.transport.nats.wire        message header, cutting and reassembly (sans-IO)
     posa.transport.nats.loop        the process's asyncio thread
+    posa.transport.nats.direct      writing and delivering round nats-py's tasks
     posa.transport.nats.link        the shared client and the pump
     posa.transport.nats.listener    NatsListener
     posa.transport.nats.connection  NatsConnection

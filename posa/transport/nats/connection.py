@@ -8,7 +8,8 @@ a "no responders" status: before the WELCOME that means the listener is not
 repeated for ``HELLO_PATIENCE`` seconds before ``connect`` gives up; after it,
 that the listener is gone. Frames go out as DATA and MORE messages, numbered;
 frames come back the same way, put together by a ``Reassembly``. A gap, a RESET
-from the listener or the link losing its server ends the connection: the frames
+from the listener, more than ``SLOW_FACTOR`` x ``high_water_mark`` frames unread
+(a slow consumer) or the link losing its server ends the connection: the frames
 that arrived before it are still read, then ``recv`` and ``send`` raise
 ``TransportError`` and posa's streams resend on a new connection.
 """
@@ -23,6 +24,7 @@ from posa.transport.base import Options
 from posa.transport.inproc.receiver import Receiver, as_frame
 from posa.transport.nats import link as links
 from posa.transport.nats.address import NatsAddress
+from posa.transport.nats.listener import SLOW_FACTOR
 from posa.transport.nats.loop import call
 from posa.transport.nats.wire import (
     CLOSE,
@@ -58,6 +60,7 @@ class NatsConnection(Receiver[bytes]):
         self._sub: Subscription | None = None
         self._welcome: asyncio.Future[None] | None = None
         self._inbound = Reassembly(options.max_frame_size)
+        self._limit = SLOW_FACTOR * options.high_water_mark
         timeout = options.send_timeout or 10.0
         self._link = links.acquire(address, self, timeout)
         self._inbox = self._link.nc.new_inbox()
@@ -78,7 +81,7 @@ class NatsConnection(Receiver[bytes]):
     async def _start(self, timeout: float) -> None:
         link = self._link
         self._welcome = asyncio.get_running_loop().create_future()
-        self._sub = await link.subscribe(self._inbox, self._on_msg, self)
+        self._sub = await link.subscribe(self._inbox, self._on_msg)
         deadline = time.monotonic() + timeout
         patience = time.monotonic() + min(HELLO_PATIENCE, timeout)
         pause = 0.01
@@ -104,7 +107,7 @@ class NatsConnection(Receiver[bytes]):
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and headers.get("Status") == _NO_RESPONDERS:
             self._fail(_NoListener(), "the nats listener is gone: nobody subscribes "
@@ -122,6 +125,10 @@ class NatsConnection(Receiver[bytes]):
                 self._end(f"frames from the listener were lost: {exc}")
                 return
             if frame is not None and self._gone is None:
+                if len(self._ready) >= self._limit:
+                    self._end(f"{self._limit} frames from the listener were waiting unread "
+                              "(a slow consumer): this one is not delivered")
+                    return
                 self._ready.append(frame)
                 if not self._signalled:
                     self._signal()
@@ -156,9 +163,6 @@ class NatsConnection(Receiver[bytes]):
 
     def out_failed(self, out: links.Outbound, why: str) -> None:
         self._end(why)
-
-    def slow_consumer(self, route: str) -> None:
-        self._end("the NATS client dropped a frame from the listener (a slow consumer)")
 
     def _unsubscribe(self) -> None:
         if self._sub is not None:

@@ -6,11 +6,20 @@ servers in the order the first address used lists them, the first first, and
 fails over in that order too: list a nearby server first. A link is counted:
 the last endpoint to let go closes it, after what was queued has left.
 
-Sending threads never touch the client: ``put`` appends the frame to its
+Sending threads never touch the client's state: ``put`` appends the frame to its
 ``Outbound`` (one per direction of a connection: its subject, its numbering, its
 queue) and that outbound to the link's queue, and wakes the pump only if it is
-not awake already, so a burst costs one ``call_soon_threadsafe``. The pump, on
-the loop, cuts frames to the server's ``max_payload``, numbers and publishes them.
+not awake already, so a burst costs one ``call_soon_threadsafe``. The pump is a
+plain callback on the loop: it cuts frames to the server's ``max_payload``, numbers
+them and writes them to the socket in the same turn of the loop
+(``posa.transport.nats.direct``); only when the socket's buffer is over its
+high-water mark does it wait, in a task, for the socket to drain. Subscriptions
+deliver the same way, in the turn that parses the message.
+
+When nothing is queued, ``put`` does not wake the pump at all: the sending thread
+writes the frame to the socket itself, holding the lock every writer of the socket
+takes (``Writer.send_now``). A request and its answer then cross no thread on
+their way out, only on their way in (the loop reads the socket).
 
 When the client loses its server, every endpoint on the link hears ``link_lost``:
 frames in flight may be gone, so connections end (posa's streams resend on new
@@ -24,14 +33,15 @@ import contextlib
 import os
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from posa.errors import Timeout, TransportError
 from posa.transport.inproc.wakeup import Sleepers
 from posa.transport.nats.address import NatsAddress
+from posa.transport.nats.direct import Writer, check, deliver
 from posa.transport.nats.loop import event_loop
-from posa.transport.nats.wire import HEADER, chunks, pack
+from posa.transport.nats.wire import DATA, HEADER, chunks
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -42,14 +52,13 @@ __all__ = ["INSTALL", "Endpoint", "Outbound", "Link", "acquire", "release"]
 INSTALL = "pip install 'posa-messaging[nats]'"
 RECONNECT_WAIT = 0.1     # s between attempts at the same server
 PING_INTERVAL = 5        # s; two unanswered pings and a silent server is given up
+BATCH = 1 << 20          # bytes the pump queues before it writes them
 
 
 class Endpoint(Protocol):
     def link_lost(self, why: str) -> None: ...
 
     def out_failed(self, out: Outbound, why: str) -> None: ...
-
-    def slow_consumer(self, route: str) -> None: ...
 
 
 class Outbound:
@@ -59,7 +68,7 @@ class Outbound:
 
     def __init__(self, subject: str, reply: str, hwm: int, owner: Endpoint) -> None:
         self.subject, self.reply, self.owner = subject, reply, owner
-        self.seq = 0                        # the pump's alone
+        self.seq = 0                        # under the link writer's lock
         self.frames: deque[bytes] = deque()
         self.blocked = Sleepers()           # senders held by the high-water mark
         self.low = hwm // 2
@@ -85,15 +94,14 @@ class Link:
         self.address = address
         self.users = 0
         self.endpoints: dict[Endpoint, None] = {}
-        self.by_sid: dict[int, Endpoint] = {}
         self.queue: deque[Outbound | tuple[str, bytes, str]] = deque()
         self.loop = event_loop()
         self.room = 0                # payload bytes per message after the header
         self.nc: Any = None
-        self._scheduled = True       # until the pump runs
+        self.writer: Writer | None = None
+        self._scheduled = True       # until the link is open
         self._closing = False
-        self._wake: asyncio.Event | None = None
-        self._pump_task: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Task[None] | None = None     # for the socket to drain
         self.opened = asyncio.run_coroutine_threadsafe(self._open(), self.loop)
 
     async def _open(self) -> None:
@@ -110,12 +118,16 @@ class Link:
         await nc.connect(servers=self.address.urls, name=f"posa-{os.getpid()}",
                          error_cb=self._error, disconnected_cb=self._disconnected,
                          **settings)
+        try:
+            check(nc)
+        except TransportError:
+            await nc.close()
+            raise
         self.nc, self.room = nc, nc.max_payload - HEADER.size
-        self._wake = asyncio.Event()
-        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
-        self._scheduled = False
-        if self.queue:
-            self._kick()
+        writer = Writer(nc)
+        writer.install()
+        self.writer = writer
+        self._pump()
 
     def ready(self, timeout: float) -> None:
         try:
@@ -131,6 +143,12 @@ class Link:
     # -- sending (any thread) ------------------------------------------------------------
 
     def put(self, out: Outbound, frame: bytes) -> None:
+        writer = self.writer
+        if writer is not None and not self.queue and len(frame) <= self.room:
+            with writer.lock:
+                if self._waiting is None and not self.queue and self._send_now(out, frame,
+                                                                              writer):
+                    return
         out.frames.append(frame)
         self.queue.append(out)
         if not self._scheduled:
@@ -141,64 +159,97 @@ class Link:
         if not self._scheduled:
             self._kick()
 
+    def _send_now(self, out: Outbound, frame: bytes, writer: Writer) -> bool:
+        """Write ``frame`` from this thread if nothing is queued ahead of it (holding
+        the writer's lock, as the pump does); ``False`` to queue it."""
+        try:
+            if not writer.send_now(out.subject, out.reply, HEADER.pack(DATA, out.seq),
+                                   frame):
+                return False
+        except OSError as exc:       # lost with the socket: the connection ends
+            with contextlib.suppress(RuntimeError):    # the loop is gone (exit)
+                self.loop.call_soon_threadsafe(out.owner.out_failed, out, "the NATS "
+                                               f"client could not publish ({exc})")
+        out.seq += 1
+        if writer.rest is not None and not self._scheduled:
+            self._kick()             # the pump writes what the socket did not take
+        return True
+
     def _kick(self) -> None:
         self._scheduled = True
-        wake = self._wake
-        if wake is not None:
+        if self.writer is not None:
             with contextlib.suppress(RuntimeError):    # the loop is gone (exit)
-                self.loop.call_soon_threadsafe(wake.set)
+                self.loop.call_soon_threadsafe(self._pump)
 
     # -- the pump (the loop) -------------------------------------------------------------
 
-    async def _pump(self) -> None:
-        wake, queue = self._wake, self.queue
-        assert wake is not None
-        while True:
-            await wake.wait()
-            wake.clear()
-            self._scheduled = False
-            while queue:
-                item = queue.popleft()
-                try:
-                    if isinstance(item, tuple):
-                        subject, payload, reply = item
-                        await self.nc.publish(subject, payload, reply=reply)
-                    else:
-                        await self._publish(item)
-                except Exception as exc:
-                    if not isinstance(item, tuple):
-                        item.owner.out_failed(item, "the NATS client could not publish "
-                                              f"({type(exc).__name__}: {exc})")
+    def _pump(self) -> None:
+        """Publish what is queued, until the socket's buffer is over its high-water
+        mark; then a task waits for it to drain and pumps again."""
+        self._scheduled = False
+        writer = self.writer
+        if self._waiting is not None or writer is None:
+            return
+        with writer.lock:
+            if self._publish_queued(writer):     # senders queue while it waits
+                self._waiting = self.loop.create_task(self._drain(writer))
 
-    async def _publish(self, out: Outbound) -> None:
+    def _publish_queued(self, writer: Writer) -> bool:
+        """``True`` if the socket's buffer filled before the queue emptied."""
+        queue = self.queue
+        while queue:
+            item = queue.popleft()
+            try:
+                if isinstance(item, tuple):
+                    subject, payload, reply = item
+                    writer.publish(subject, reply, payload)
+                else:
+                    self._publish(item, writer)
+            except Exception as exc:
+                if not isinstance(item, tuple):
+                    item.owner.out_failed(item, "the NATS client could not publish "
+                                          f"({type(exc).__name__}: {exc})")
+            if writer.queued >= BATCH and writer.flush():
+                return True
+        return writer.flush()
+
+    async def _drain(self, writer: Writer) -> None:
+        try:
+            await writer.drained()
+        except Exception:        # the connection broke: the client reconnects and
+            pass                 # resends what it holds; the endpoints hear link_lost
+        self._waiting = None
+        self._pump()
+
+    def _publish(self, out: Outbound, writer: Writer) -> None:
         frame = out.frames.popleft()
         if out.blocked and len(out.frames) <= out.low:
             out.blocked.wake_all()
-        seq, publish = out.seq, self.nc.publish
+        seq = out.seq
         for kind, body in chunks(frame, self.room):
             out.seq = seq + 1
-            await publish(out.subject, pack(kind, seq, body), reply=out.reply)
+            writer.publish(out.subject, out.reply, HEADER.pack(kind, seq), body)
             seq += 1
 
     # -- subscriptions and events (the loop) ----------------------------------------------
 
-    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]],
-                        owner: Endpoint) -> Subscription:
-        sub: Subscription = await self.nc.subscribe(subject, cb=cb)
-        self.by_sid[sub._id] = owner
+    async def subscribe(self, subject: str, cb: Callable[[Msg], None]) -> Subscription:
+        """Subscribe ``cb`` (called on the loop as each message is parsed)."""
+        sub: Subscription = await self.nc.subscribe(subject)
+        try:
+            deliver(sub, cb)
+        except TransportError:
+            await self.unsubscribe(sub)
+            raise
         await self.nc.flush(timeout=5)       # the server has the interest
         return sub
 
     async def unsubscribe(self, sub: Subscription) -> None:
-        self.by_sid.pop(sub._id, None)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
     async def _error(self, exc: Exception) -> None:
-        sid = getattr(exc, "sid", None)
-        owner = self.by_sid.get(sid) if sid is not None else None
-        if owner is not None:
-            owner.slow_consumer(getattr(exc, "reply", "") or "")
+        """nats-py's errors: a lost server is heard through ``_disconnected``."""
 
     async def _disconnected(self) -> None:
         if self._closing:
@@ -212,15 +263,15 @@ class Link:
         self._closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flushed(), linger)
-        if self._pump_task is not None:
-            self._pump_task.cancel()
+        if self._waiting is not None:
+            self._waiting.cancel()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
     async def _flushed(self) -> None:
         for _ in range(100_000):
-            if not self.queue and not self._scheduled:
+            if not self.queue and not self._scheduled and self._waiting is None:
                 break
             await asyncio.sleep(0.001)
         await self.nc.flush(timeout=5)

@@ -83,14 +83,14 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         return f"<NatsListener {self.address} {state}>"
 
     async def _start(self) -> None:
-        self._sub = await self._link.subscribe(self.subject, self._on_msg, self)
+        self._sub = await self._link.subscribe(self.subject, self._on_msg)
         idle = self._options.idle_timeout
         if idle is not None:
             self._idle = self._link.loop.call_later(idle / 4, self._sweep)
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         route = msg.reply
         try:
             kind, seq, body = unpack(msg.data)
@@ -168,11 +168,6 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
     def out_failed(self, out: links.Outbound, why: str) -> None:
         if self._routes.get(out.subject) is not None:
             self._drop(out.subject, None, why)
-
-    def slow_consumer(self, route: str) -> None:
-        if route in self._routes:
-            self._drop(route, "slow-consumer", "the NATS client dropped one of its "
-                       "messages (a slow consumer)")
 
     # -- the owner's threads ----------------------------------------------------------------
 

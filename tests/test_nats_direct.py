@@ -1,0 +1,187 @@
+"""posa.transport.nats.direct against a stand-in for nats-py's client and asyncio's
+socket transport: what a sending thread writes itself, what it leaves for the loop,
+and that the bytes on the wire are whole PUB commands in the order they were made,
+however little the socket takes at once."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from posa.errors import TransportError
+from posa.transport.nats.direct import Writer, check, deliver
+
+
+class Socket:
+    """Takes at most ``room`` bytes a call (``None``: all of them)."""
+
+    def __init__(self, wire: bytearray, room: int | None = None) -> None:
+        self.wire, self.room = wire, room
+
+    def send(self, data: bytes) -> int:
+        taken = len(data) if self.room is None else min(self.room, len(data))
+        if taken == 0:
+            raise BlockingIOError
+        self.wire += data[:taken]
+        return taken
+
+
+class SocketTransport:
+    """asyncio's: a write waits in the buffer (sent once the socket takes it)."""
+
+    def __init__(self, sock: Socket, tls: bool = False) -> None:
+        self._sock, self.tls = sock, tls
+        self.buffer: list[bytes] = []
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.buffer))
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 16, 64
+
+    def get_extra_info(self, name: str) -> Any:
+        return object() if name == "sslcontext" and self.tls else None
+
+    def write(self, data: bytes) -> None:
+        self.buffer.append(bytes(data))
+
+    def written(self) -> bytes:
+        """What reaches the wire once the buffer is sent."""
+        return bytes(self._sock.wire) + b"".join(self.buffer)
+
+
+class StreamWriter:
+    def __init__(self, transport: SocketTransport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.transport.write(b"".join(data))
+
+
+class TcpTransport:
+    def __init__(self, writer: StreamWriter) -> None:
+        self._io_writer = writer
+
+    async def drain(self) -> None:
+        pass
+
+
+class Client:
+    def __init__(self, room: int | None = None, tls: bool = False) -> None:
+        self.is_connected, self.is_closed = True, False
+        self._pending: list[bytes] = []
+        self._pending_data_size = 0
+        self._max_pending_size = 1000
+        self.socket = SocketTransport(Socket(bytearray(), room), tls)
+        self._transport = TcpTransport(StreamWriter(self.socket))
+
+
+def pub(subject: str, body: bytes) -> bytes:
+    return f"PUB {subject}  {len(body)}\r\n".encode() + body + b"\r\n"
+
+
+def test_a_frame_goes_straight_to_an_idle_socket() -> None:
+    nc = Client()
+    writer = Writer(nc)
+    assert writer.send_now("s", "", b"head", b"body")
+    assert writer.rest is None and not nc.socket.buffer
+    assert nc.socket.written() == pub("s", b"headbody")
+
+
+@pytest.mark.parametrize("room", [0, 1, 7, 12])     # of its 13 bytes
+def test_what_the_socket_does_not_take_is_written_first_by_the_loop(room: int) -> None:
+    nc = Client(room)
+    writer = Writer(nc)
+    writer.install()
+    assert writer.send_now("a", "", b"1", b"")
+    assert writer.rest is not None
+    assert not writer.send_now("b", "", b"2", b""), "a rest is ahead of it"
+    nc._transport.write(b"PING\r\n")        # nats-py's own write takes its turn after it
+    writer.publish("c", "", b"3")
+    writer.flush()
+    assert nc.socket.written() == pub("a", b"1") + b"PING\r\n" + pub("c", b"3")
+    assert writer.rest is None
+
+
+def test_the_rest_of_a_socket_since_replaced_is_not_written_to_the_new_one() -> None:
+    nc = Client(room=3)
+    writer = Writer(nc)
+    writer.send_now("a", "", b"lost", b"")
+    fresh = SocketTransport(Socket(bytearray()))
+    nc._transport._io_writer = StreamWriter(fresh)      # a reconnection
+    writer.publish("b", "", b"kept")
+    writer.flush()
+    assert fresh.written() == pub("b", b"kept")
+
+
+@pytest.mark.parametrize("state", ["reconnecting", "pending", "buffered", "tls"])
+def test_a_frame_is_left_to_the_pump_when_something_is_ahead_of_it(state: str) -> None:
+    nc = Client(tls=state == "tls")
+    if state == "reconnecting":
+        nc.is_connected = False
+    elif state == "pending":
+        nc._pending.append(b"SUB x 1\r\n")
+    elif state == "buffered":
+        nc.socket.buffer.append(b"PUB y  0\r\n\r\n")
+    before = nc.socket.written()
+    assert not Writer(nc).send_now("s", "", b"h", b"b")
+    assert nc.socket.written() == before
+
+
+def test_while_reconnecting_commands_wait_in_the_clients_buffer_until_it_is_full() -> None:
+    nc = Client()
+    nc.is_connected = False
+    writer = Writer(nc)
+    writer.publish("s", "", b"x" * 900)
+    assert not writer.flush() and nc._pending and not nc.socket.written()
+    with pytest.raises(TransportError, match="full"):
+        writer.publish("s", "", b"x" * 200)
+    nc.is_closed = True
+    with pytest.raises(TransportError, match="closed"):
+        writer.publish("s", "", b"x")
+
+
+def test_flush_says_when_the_socket_buffer_is_over_its_high_water_mark() -> None:
+    nc = Client(room=0)
+    writer = Writer(nc)
+    writer.publish("s", "", b"x" * 10)
+    assert not writer.flush()                 # 23 bytes buffered: under 64
+    writer.publish("s", "", b"x" * 60)
+    assert writer.flush()
+
+
+def test_check_names_what_a_client_lacks() -> None:
+    check(Client())
+    with pytest.raises(TransportError, match="_pending_data_size"):
+        check(object())
+    with pytest.raises(TransportError, match="_pending_queue"):
+        deliver(object(), print)  # type: ignore[arg-type]
+    nc = Client()
+    nc._transport = type("Fixed", (), {"__slots__": ("_io_writer",)})()  # type: ignore[assignment]
+    with pytest.raises(TransportError, match="can be replaced"):
+        Writer(nc).install()
+
+
+def test_deliver_calls_back_as_messages_are_put_and_first_what_was_queued() -> None:
+    import asyncio
+
+    class Msg:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+    class Sub:
+        def __init__(self) -> None:
+            self._pending_queue: Any = asyncio.Queue()
+            self._pending_size = 0
+
+    sub, got = Sub(), []
+    sub._pending_queue.put_nowait(Msg(b"early"))
+    sub._pending_size = 5
+    deliver(sub, lambda msg: got.append(msg.data))  # type: ignore[arg-type]
+    sub._pending_size += 4
+    sub._pending_queue.put_nowait(Msg(b"late"))
+    assert got == [b"early", b"late"] and sub._pending_size == 0
+    assert sub._pending_queue.empty() and sub._pending_queue.qsize() == 0
