@@ -38,6 +38,9 @@ N_FANOUT = 100_000
 N_LOOKUP = 10_000
 N_RQ = 2_000     # RQ jobs: ~1 ms each, so a rep stays within seconds
 SCALE_CALLERS = (1, 4, 16, 64)   # caller threads of the scale rows (bench/scale.py)
+# (subscribers, events) of the fan-out rows of issue 21 (bench/channel.py): fewer
+# events as subscribers grow, so that a row takes seconds
+FANOUT_SUBSCRIBERS = ((1, 20_000), (8, 10_000), (32, 3_000))
 
 
 def nats_server(python: str = sys.executable) -> str | None:
@@ -83,6 +86,22 @@ def _scale(function: str, callers: int) -> Callable[[Any, int], dict[str, Any]]:
         result: dict[str, Any] = getattr(importlib.import_module("bench.scale"), function)(
             ctx, n, callers)
         return result
+
+    return run
+
+
+def _nats_fanout(subscribers: int) -> Callable[[Any, int], dict[str, Any]]:
+    """The anchors' NATS pub→subs row with ``subscribers`` subscribers (its ``NSUBS``)."""
+
+    def run(ctx: Any, n: int) -> dict[str, Any]:
+        runner = ctx.anchor_runner(("nats",))
+        saved, runner.NSUBS = runner.NSUBS, subscribers
+        try:
+            result: dict[str, Any] = runner.b_nats_pubsub(n)
+            return result
+        finally:
+            runner.NSUBS = saved
+            runner.stop_all()
 
     return run
 
@@ -137,6 +156,8 @@ def _rows() -> dict[str, Bench]:
         Bench("zmq_pubsub", "pyzmq PUB→4×SUB tcp", _anchor("b_zmq_pubsub"), N_FANOUT, FANOUT),
         Bench("nats_pubsub", "NATS pub→4 subs", _anchor("b_nats_pubsub", ("nats",)),
               N_FANOUT, FANOUT),
+        *(Bench(f"nats_pubsub_{subs}", f"NATS pub→{subs} sub(s)", _nats_fanout(subs), count,
+                FANOUT) for subs, count in FANOUT_SUBSCRIBERS),
         *(Bench(f"scale_pyro_{callers}", f"Pyro5 proxy calls, {callers} caller thread(s), "
                 "a proxy each (msgpack; bench/scale.py)", _scale("pyro_calls", callers), N_RR, RR)
           for callers in SCALE_CALLERS),

@@ -5,7 +5,9 @@ Internal; the public names are ``posa.EventChannel``, ``posa.Publisher``,
 (and the awaitable proxies under ``posa.aio``). One module per concept:
 
     service       EventChannel: ingest, control requests, block-policy park, chaining
-    delivery      a subscription's delivery thread: framing and sending
+    delivery      the channel's delivery thread: one for every subscription's lane
+    lane          Lane, a subscription's delivery state (sans-IO): what to send, credit
+    framing       Framer: what a subscription took, as delivery bodies
     publisher     Publisher, the publishing proxy (batched, fire and forget)
     subscriber    Subscriber, the subscribing proxy (leases, re-subscription)
     aio           AsyncPublisher, AsyncSubscriber

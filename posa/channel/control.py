@@ -9,18 +9,16 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from posa.channel.core import ChannelCore
 from posa.channel.delivery import Delivery
+from posa.channel.lane import Lane
 from posa.channel.protocol import Publication
 from posa.channel.store import HistoryStore
 from posa.errors import Rejected
 from posa.peer import Peer
 from posa.wire.codec import Message
-
-if TYPE_CHECKING:
-    from posa.channel.service import EventChannel
 
 __all__ = ["ChannelControl"]
 
@@ -38,11 +36,10 @@ class ChannelControl:
     counters: dict[str, int]
     _lock: threading.Lock
     _parked: deque[Publication]
-    _deliveries: dict[str, Delivery]
+    _lanes: dict[str, Lane]
+    _delivery: Delivery
+    window: int
     _accepting: bool
-
-    def _start(self, target: Any, role: str) -> threading.Thread:
-        raise NotImplementedError
 
     def _unpark(self) -> None:
         raise NotImplementedError
@@ -107,24 +104,24 @@ class ChannelControl:
                 policy=fields["policy"], limit=fields["buffer"],
                 from_seq=fields["from_seq"], incarnation=fields["inc"],
                 skip_via=fields["skip_via"])
-            delivery = self._deliveries.get(sender)
-            if delivery is None or delivery.stopped:
-                delivery = self._deliveries[sender] = Delivery(
-                    cast("EventChannel", self), sender, lease)
-                delivery.thread = self._start(delivery.run, "deliver")
-            delivery.lease = lease
-            delivery.expires = time.monotonic() + lease
-            delivery.cond.notify()
+            now = time.monotonic()
+            lane = self._lanes.get(sender)
+            if lane is None or lane.stopped:
+                lane = self._lanes[sender] = Lane(sender, window=self.window,
+                                                  lease=lease, now=now)
+            lane.lease = lease
+            lane.expires = now + lease
+        self._delivery.wake()
         return {"inc": answer.incarnation, "head": answer.head, "first": answer.first,
                 "replay_from": answer.replay_from, "restarted": answer.restarted}
 
     def _op_renew(self, msg: Message, fields: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            delivery = self._deliveries.get(msg.sender)
+            lane = self._lanes.get(msg.sender)
             sub = self.core.subscriptions.get(msg.sender)
-            if delivery is None or delivery.stopped or sub is None:
+            if lane is None or lane.stopped or sub is None:
                 return {"known": False, "inc": self.core.incarnation}
-            delivery.expires = time.monotonic() + delivery.lease
+            lane.expires = time.monotonic() + lane.lease
             return {"known": True, "inc": self.core.incarnation, "head": self.core.seq,
                     "dropped": sub.dropped}
 
@@ -139,18 +136,18 @@ class ChannelControl:
         return self.stats()
 
     def _end(self, sub_id: str) -> None:
-        """Stop a subscription and its delivery thread (lock held)."""
-        delivery = self._deliveries.pop(sub_id, None)
-        if delivery is not None:
-            delivery.stopped = True
-            delivery.cond.notify()
+        """Stop a subscription and its lane (lock held)."""
+        lane = self._lanes.pop(sub_id, None)
+        if lane is not None:
+            lane.stop()
+            self._delivery.wake()
         if self.core.unsubscribe(sub_id) is not None and self._parked:
             self._unpark()
 
     def _expire(self, now: float) -> None:
         with self._lock:
-            for sub_id, delivery in list(self._deliveries.items()):
-                if delivery.expires < now:
+            for sub_id, lane in list(self._lanes.items()):
+                if lane.expires < now:
                     log.info("channel %s: subscription of %r expired (no renewal)",
                              self.name, sub_id)
                     self.counters["expired"] += 1

@@ -1,182 +1,283 @@
-"""A subscription's delivery: one thread that takes what the core buffered for
-one subscriber, frames it and sends it.
+"""A channel's delivery: one thread that serves every subscriber's lane.
 
-Each subscription has a thread of its own so that a stalled subscriber costs
-only its own buffer (``limit`` events, then its policy) plus ``window``
-frames in flight: its thread may block on flow control while the others and
-the reactor go on. A pass takes whatever is buffered (up to ``max_batch``
-events; runs are not split for it) under the channel's lock, then frames and
-sends it without the lock. Runs that arrived encoded go out as they came (the
-publisher's bytes); only a run a subscriber takes in part, or one too large for
-a frame, is encoded here, split to fit (``encode_chunks``), and a body that
-cannot be encoded at all becomes a ``dropped`` gap, never a silent loss.
+Strategy. Each subscription has a ``Lane`` (``posa.channel.lane``, sans-IO):
+the deliveries framed from its last take and its credit. One thread per
+channel, with one ``Forwarder`` (a stream per subscriber), goes round the
+lanes: a lane that is hungry takes from the core under the channel's lock
+(``ChannelCore.take``: at most ``max_batch`` events), the take is framed
+without the lock (``posa.channel.framing``), and a lane with credit sends.
+Nothing here waits for one subscriber: a send is made only when the window
+has room (the forwarder's window is one larger than the lane's, so
+``send_locked`` never waits), and what a lane must wait for — first contact
+(resolve, connect), room (acknowledgements), recovery (a failed write, a
+move), a back-off — runs as the forwarder's protocol steps, each yielding the
+connection it waits on (``posa.delivery.waiting``). The thread waits on all
+of them and on a wake-up pipe at once (``poll``), and resumes the steps whose
+connection fired or whose time came; a stalled subscriber costs its own buffer
+(``limit`` events, then its policy) plus ``window`` frames in flight, and
+threads are one per channel whatever the number of subscribers.
+
 A slow or unreachable subscriber is retried while its name lives and it is
-subscribed; the thread ends when it unsubscribes, expires or is gone.
+subscribed (frames not acknowledged within ``send_timeout`` are given up, as a
+``Timeout`` of the forwarder says); a lane ends when it unsubscribes, expires,
+its policy ends it or its name is gone. The registry is asked (blocking) only
+after such trouble.
 """
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import select
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from posa.channel.protocol import delivery_body, encode_chunks
-from posa.channel.run import Run
+from posa.channel.framing import Framer
+from posa.channel.lane import Lane
+from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, PosaError, Timeout, TransportError
+from posa.delivery.waiting import Steps
+from posa.errors import NameNotFound, PosaError, Timeout
 from posa.naming.registration import resolver
+from posa.transport.base import Connection
+from posa.wire.codec import Kind
 
 if TYPE_CHECKING:
+    from posa.channel.core import Taken
     from posa.channel.service import EventChannel
 
 __all__ = ["Delivery"]
 
 log = logging.getLogger("posa.channel.delivery")
 
+BACKOFF = 0.2       # seconds before connecting again to an unreachable subscriber
+_SEND = Kind.SEND
+
+
+class _Wait:
+    """Protocol steps a lane waits on: the connection and until when."""
+
+    __slots__ = ("steps", "conn", "until")
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self.steps = steps
+        self.conn: Connection | None = None
+        self.until = 0.0
+
+
+def _pause(seconds: float) -> Steps[None]:
+    yield None, seconds
+
 
 class Delivery:
-    """A subscription's delivery thread and its lease (``expires``, renewed by
-    the subscriber). Its state is guarded by the channel's lock."""
+    """The delivery thread of one channel and the lanes it serves. ``wake`` is
+    called (any thread) when a lane may have work."""
 
-    __slots__ = ("channel", "sub_id", "cond", "thread", "stopped", "drain_until",
-                 "expires", "lease")
-
-    def __init__(self, channel: EventChannel, sub_id: str, lease: float) -> None:
+    def __init__(self, channel: EventChannel) -> None:
         self.channel = channel
-        self.sub_id = sub_id
-        self.cond = threading.Condition(channel._lock)
-        self.thread: threading.Thread | None = None
-        self.stopped = False
-        self.drain_until = 0.0
-        self.lease = lease
-        self.expires = time.monotonic() + lease
+        self.lanes: dict[str, Lane] = {}        # the lanes this thread serves
+        self._waits: dict[str, _Wait] = {}
+        self._troubled: list[tuple[Lane, BaseException]] = []
+        self._framer = Framer(channel)
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._woken = False
+        self._closed = False
 
+    def wake(self) -> None:
+        """Have the thread look at the lanes again (cheap when it is awake)."""
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wfd, b"\0")
+            except OSError:
+                pass        # full: it is awake; closed: it is gone
+
+    def close(self) -> None:
+        """Release the wake-up pipe (after the thread ended)."""
+        if not self._closed:
+            self._closed = self._woken = True
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+    # -- the thread -------------------------------------------------------------------
     def run(self) -> None:
-        """The thread: deliver until stopped (draining until ``drain_until``)."""
-        channel, sub_id = self.channel, self.sub_id
+        channel = self.channel
         sender = Sender(channel.name, resolve=resolver(channel.registry),
                         codec=channel.peer.codec, options=channel.peer.options,
-                        window=channel.window, ack_timeout=2.0,
+                        window=channel.window + 1, ack_timeout=2.0,
                         authenticator=channel.peer.authenticator)
-        core, lock, cond = channel.core, channel._lock, self.cond
+        fwd = sender.forwarder()
         try:
             while True:
-                with lock:
-                    while not self.stopped and not core.pending(sub_id):
-                        cond.wait()
-                    if self.stopped and not (core.pending(sub_id) and
-                                             time.monotonic() < self.drain_until):
-                        return
-                    taken = core.take(sub_id, channel.max_batch)
-                    if taken is None:
-                        return
-                    if taken.freed and channel._parked:
-                        channel._unpark()
-                    head = core.seq
-                if not taken.runs and not taken.gaps and taken.end is None:
-                    continue              # a replay pass that selected nothing
-                for body in self._frames(taken.runs, taken.gaps, taken.dropped, head):
-                    if not self._send(sender, body):
-                        return
-                if taken.end is not None:   # the policy ended it: say so, and stop
-                    self._send(sender, {**self._body([], [], taken.dropped, head),
-                                        "end": taken.end})
+                self._woken = False
+                try:
+                    os.read(self._rfd, 4096)
+                except OSError:
+                    pass
+                loads = self._collect(fwd)
+                if loads is None:
                     return
+                for lane, taken, head in loads:
+                    lane.load(self._framer.bodies(taken, head), last=taken.end is not None)
+                with fwd.lock:
+                    busy = self._serve(fwd) | bool(loads)
+                if self._troubled:
+                    self._handle_trouble()
+                elif not busy:
+                    self._wait(fwd)
+        except Exception:
+            log.exception("channel %s: the delivery thread failed", channel.name)
+            raise
         finally:
-            with lock:
-                if channel._deliveries.get(sub_id) is self:
-                    channel._end(sub_id)
             sender.close(linger=0)
 
-    def _frames(self, runs: list[Run], gaps: list[list[Any]], dropped: int,
-                head: int) -> list[dict[str, Any]]:
-        """The deliveries for taken runs: as few as the frame size allows, each
-        hole at its place. Runs that arrived encoded go out as they came."""
-        segments: list[Any] = []       # ("gap", count, reason) or (run, blob)
-        position, pending = 0, deque(gaps)
-        for run in runs:
-            while pending and pending[0][0] <= position:
-                segments.append(("gap", *pending.popleft()[1:]))
-            segments.extend(self._encode(run))
-            position += len(run)
-        segments.extend(("gap", *gap[1:]) for gap in pending)
-        frames: list[dict[str, Any]] = []
-        items: list[Any] = []
-        holes: list[list[Any]] = []
-        count = size = 0
-        for segment in segments:
-            if segment[0] == "gap":
-                holes.append([count, segment[1], segment[2]])
+    def _collect(self, fwd: Forwarder) -> list[tuple[Lane, Taken, int]] | None:
+        """Adopt new lanes, end finished ones and take for the hungry (under the
+        channel's lock); None when the channel closed and no lane is left."""
+        channel, core, now = self.channel, self.channel.core, time.monotonic()
+        loads: list[tuple[Lane, Taken, int]] = []
+        done: list[str] = []
+        with channel._lock:
+            for sub_id, lane in channel._lanes.items():
+                if self.lanes.get(sub_id) is not lane:    # new, or subscribed again
+                    self.lanes[sub_id] = lane
+                    self._waits.pop(sub_id, None)
+            for sub_id, lane in self.lanes.items():
+                if lane.hungry(now) and core.pending(sub_id):
+                    taken = core.take(sub_id, channel.max_batch)
+                    if taken is not None:
+                        if taken.freed and channel._parked:
+                            channel._unpark()
+                        loads.append((lane, taken, core.seq))
+                        continue
+                if lane.finished(now):
+                    done.append(sub_id)
+                    if channel._lanes.get(sub_id) is lane:
+                        channel._end(sub_id)
+            for sub_id in done:
+                del self.lanes[sub_id]
+                self._waits.pop(sub_id, None)
+            if not self.lanes and channel._closing.is_set():
+                return None
+        for sub_id in done:
+            fwd.forget(sub_id)
+        return loads
+
+    def _serve(self, fwd: Forwarder) -> bool:
+        """Send what lanes with credit hold, start the waits of those without
+        (``fwd.lock`` held); True if anything moved."""
+        moved = False
+        now = time.monotonic()
+        deadline = now + self.channel.send_timeout
+        for sub_id, lane in self.lanes.items():
+            if sub_id in self._waits or not lane.outbox:
                 continue
-            run, blob = segment
-            weight = len(blob) + run.topics_size() + run.traces_size()
-            if items and size + weight > self.channel._max_bytes:
-                frames.append(self._body(items, holes, dropped, head))
-                items, holes, count, size = [], [], 0, 0
-            items.append(run.wire(blob))
-            count += len(run)
-            size += weight
-        frames.append(self._body(items, holes, dropped, head))
-        return frames
-
-    def _body(self, items: list[Any], holes: list[list[Any]], dropped: int,
-              head: int) -> dict[str, Any]:
-        return delivery_body(self.channel.name, self.channel.core.incarnation, items,
-                             holes, dropped, head)
-
-    def _encode(self, run: Run) -> list[Any]:
-        """(run, blob) pieces small enough for a frame; ("gap", n, "dropped")
-        where bodies cannot be encoded at all."""
-        budget = self.channel._max_bytes - run.topics_size() - run.traces_size()
-        if run.blob is not None and len(run.blob) <= budget:
-            return [(run, run.blob)]
-        bodies = run.body_list()
-        chunks, bad = encode_chunks(lambda s, e: bodies[s:e], len(run), budget)
-        if bad:
-            self.channel.counters["undeliverable"] += len(bad)
-            log.warning("channel %s: %d event(s) cannot be encoded for delivery (nested "
-                        "too deeply or too large); the subscriber is told of a gap",
-                        self.channel.name, len(bad))
-        pieces: list[Any] = [(start, ("gap", 1, "dropped")) for start in bad]
-        for start, end, blob in chunks:
-            piece = run.slice(start, end)
-            piece.blob = blob
-            pieces.append((start, (piece, blob)))
-        pieces.sort(key=lambda p: p[0])
-        return [piece for _, piece in pieces]
-
-    def _send(self, sender: Sender, body: dict[str, Any]) -> bool:
-        """Send one delivery; False when the subscriber is gone or the delivery
-        stopped (and its drain time is over)."""
-        channel, sub_id = self.channel, self.sub_id
-        while True:
-            try:
-                sender.send(sub_id, body, timeout=channel.send_timeout)
-                return True
-            except NameNotFound:
-                return False
-            except Timeout:
-                queued = True    # the frame waits in the stream for acknowledgement
-            except TransportError:
-                queued = False   # the subscriber could not be reached at all
-            # slow or unreachable: go on while it lives and is subscribed
-            while True:
-                if self.stopped and time.monotonic() >= self.drain_until:
-                    return False
+            if not fwd.knows(sub_id):
+                moved |= self._begin(lane, fwd.open_steps(sub_id, deadline))
+                continue
+            while lane.ready():
+                failed: list[BaseException | None] = []
                 try:
-                    channel.registry.lookup(sub_id)
+                    fwd.send_locked(sub_id, lane.next(), _SEND, None, deadline, failed)
+                except PosaError as exc:
+                    self._troubled.append((lane, exc))
+                    break
+                moved = True
+                if failed:
+                    self._begin(lane, fwd.recovery_steps(sub_id, deadline, failed[0]))
+                    break
+            self._settle(fwd, lane)
+            if lane.outbox and not lane.ready() and sub_id not in self._waits:
+                moved |= self._begin(lane, fwd.room_steps(sub_id, deadline))
+        moved |= self._resume(fwd, set(), now)
+        fwd.write_open()
+        return moved
+
+    def _settle(self, fwd: Forwarder, lane: Lane) -> None:
+        lane.settle(fwd.in_flight(lane.sub_id))
+
+    def _begin(self, lane: Lane, steps: Steps[Any]) -> bool:
+        """Start the steps a lane waits on; True if they are done already."""
+        wait = self._waits[lane.sub_id] = _Wait(steps)
+        return self._step(lane, wait, None)
+
+    def _step(self, lane: Lane, wait: _Wait, ready: bool | None) -> bool:
+        """Resume ``wait``'s steps (``fwd.lock`` held); True if they ended."""
+        try:
+            conn, seconds = next(wait.steps) if ready is None else wait.steps.send(ready)
+        except StopIteration:
+            del self._waits[lane.sub_id]
+            return True
+        except PosaError as exc:
+            del self._waits[lane.sub_id]
+            self._troubled.append((lane, exc))
+            return True
+        wait.conn, wait.until = conn, time.monotonic() + seconds
+        return False
+
+    def _resume(self, fwd: Forwarder, fired: set[int], now: float) -> bool:
+        """Resume the waits whose connection fired or whose time came; when one
+        read something another may look for (an acknowledgement, a reply), all
+        look once more. True if any ended."""
+        ended = everyone = False
+        for _ in range(2 if self._waits else 0):
+            mark = fwd.progress_mark()
+            for sub_id, wait in list(self._waits.items()):
+                ready = wait.conn is not None and _fileno(wait.conn) in fired
+                if everyone or ready or wait.until <= now:
+                    ended |= self._step(self.lanes[sub_id], wait, ready)
+            if fwd.progress_mark() == mark:
+                break
+            everyone = True
+        for sub_id, lane in self.lanes.items():
+            if sub_id not in self._waits:
+                self._settle(fwd, lane)
+        return ended
+
+    def _wait(self, fwd: Forwarder) -> None:
+        """Wait for a wake-up, a lane's connection or its time (without locks)."""
+        poller = select.poll()
+        poller.register(self._rfd, select.POLLIN)
+        until = time.monotonic() + 1.0
+        for wait in self._waits.values():
+            until = min(until, wait.until)
+            if wait.conn is not None:
+                fd = _fileno(wait.conn)
+                if fd >= 0:
+                    poller.register(fd, select.POLLIN)
+        timeout = max(0.0, until - time.monotonic())
+        fired = {fd for fd, _ in poller.poll(int(timeout * 1000) + 1)}
+        fired.discard(self._rfd)
+        with fwd.lock:
+            self._resume(fwd, fired, time.monotonic())
+
+    def _handle_trouble(self) -> None:
+        """A lane's steps failed: if the subscriber's name is gone, the lane ends;
+        else it goes on (after a back-off when it could not be reached). The
+        registry may be remote: asked without any lock."""
+        troubled, self._troubled = self._troubled, []
+        for lane, exc in troubled:
+            gone = isinstance(exc, NameNotFound)
+            if not gone:
+                try:
+                    self.channel.registry.lookup(lane.sub_id)
                 except NameNotFound:
-                    return False
+                    gone = True
                 except PosaError:
                     pass
-                if not queued:
-                    channel._closing.wait(0.2)   # back off before connecting again
-                    break
-                try:
-                    sender.flush(channel.send_timeout)
-                    return True
-                except Timeout:
-                    continue
-                except TransportError:
-                    queued = False
+            if gone:
+                lane.stop()
+            elif not isinstance(exc, Timeout):
+                log.debug("channel %s: %s unreachable (%s); trying again", self.channel.name,
+                          lane.sub_id, exc)
+                self._waits[lane.sub_id] = wait = _Wait(_pause(BACKOFF))
+                self._step(lane, wait, None)
+
+
+def _fileno(conn: Connection) -> int:
+    try:
+        return conn.fileno()
+    except (OSError, ValueError, PosaError):
+        return -1
+

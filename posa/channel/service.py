@@ -16,13 +16,15 @@ Threads of a channel, and why:
   core, control requests (subscribe, renew, unsubscribe, stats) are answered.
   The inbox is small and bounded, so when ingest stops taking (see ``block``)
   the peer stops reading, publishers' windows fill and they wait;
-- one *delivery* thread per subscription (``posa.channel.delivery``);
+- one *delivery* thread serving every subscription, each a lane
+  (``posa.channel.delivery``, ``posa.channel.lane``): threads do not grow
+  with subscribers;
 - one thread per ``upstream`` channel, a ``Subscriber`` feeding this channel.
 
 ``block`` policy: ``publish`` accepts the prefix of a batch that fits; the rest
 is parked (at most ``park_limit`` batches, while ingest keeps answering
 requests); when the park is full ingest waits, so publishers wait, with their
-timeout. Whoever frees room (a delivery thread) moves parked batches in.
+timeout. Whoever frees room (the delivery thread) moves parked batches in.
 
 A malformed message never stops the channel: a request is answered with the
 table's ``Rejected``; a one-way message (or a publication the core refuses) is
@@ -122,12 +124,12 @@ class EventChannel(ChannelControl):
         stored = self.store.load()
         self.core = _core_of(self.name, stored, history, history_bytes, history_age)
         self.keeping = Keeping(self.store) if self.store.durable else None
-        self.max_batch, self.window, self.park_limit = max_batch, window, park_limit
-        self.send_timeout = send_timeout
+        self.max_batch, self.window, self.park_limit, self.send_timeout = (
+            max_batch, window, park_limit, send_timeout)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._parked: deque[Publication] = deque()
-        self._deliveries: dict[str, Delivery] = {}
+        self._lanes, self._delivery = {}, Delivery(self)     # a lane per subscription
         self._closing = threading.Event()
         self._entry: int | None = None      # the journal entry of the message in hand
         self._closed, self._accepting, self.sweeps = False, True, 0
@@ -145,10 +147,9 @@ class EventChannel(ChannelControl):
                                     authenticator=authenticator)
         self._max_bytes = self.peer.codec.limits.max_frame_size - FRAME_MARGIN
         self._threads: list[threading.Thread] = []
-        self._start(self._ingest, "ingest")
         selection = {"topics": list(upstream_topics), "filter": upstream_filter,
                      "policy": upstream_policy, "buffer": upstream_buffer}
-        self._follow(upstream, selection)
+        self._start_threads(upstream, selection)
 
     def _open_peer(self, **options: Any) -> Peer:
         """The channel's peer, registered as a channel (``posa send`` refuses to send
@@ -162,9 +163,13 @@ class EventChannel(ChannelControl):
             if self._owns_registry:
                 self.registry.close()
             self.store.close()
+            self._delivery.close()
             raise
 
-    def _follow(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
+    def _start_threads(self, upstream: Sequence[str], selection: dict[str, Any]) -> None:
+        """Ingest, delivery, and a subscriber of each ``upstream`` channel."""
+        self._start(self._ingest, "ingest")
+        self._start(self._delivery.run, "deliver")
         # an upstream subscriber seals with the channel's key (keys on: docs/security.md)
         selection = dict(selection, authenticator=self.peer.authenticator)
         for up in upstream:
@@ -300,8 +305,8 @@ class EventChannel(ChannelControl):
                 self._room.wait(0.5)
             # requests waited too: don't count the stall against subscribers' leases
             waited = time.monotonic() - stalled
-            for delivery in self._deliveries.values():
-                delivery.expires += waited
+            for lane in self._lanes.values():
+                lane.expires += waited
 
     def _offer(self, pub: Publication) -> bool:
         """Publish into the core (lock held), keep it in the store before anyone
@@ -318,11 +323,8 @@ class EventChannel(ChannelControl):
             self.keeping.record(pub, result)
         if result is None:
             return True
-        deliveries = self._deliveries
-        for sub in result.woken:
-            delivery = deliveries.get(sub.id)
-            if delivery is not None:
-                delivery.cond.notify()
+        if result.woken:
+            self._delivery.wake()
         for sub in result.ended:
             log.info("channel %s: subscription of %r ended (policy %s: its buffer of %d "
                      "events was full)", self.name, sub.id, sub.policy, sub.limit)
@@ -338,10 +340,8 @@ class EventChannel(ChannelControl):
         if self.keeping is None:
             return
         self.keeping.commit(self.core, time.time())
-        core = self.core
-        for sub_id, delivery in self._deliveries.items():
-            if core.pending(sub_id):
-                delivery.cond.notify()
+        if self._lanes:
+            self._delivery.wake()
 
     def _unpark(self) -> None:
         """Move parked publications into the core as far as room allows (lock held)."""
@@ -373,15 +373,13 @@ class EventChannel(ChannelControl):
         deadline = time.monotonic() + linger
         with self._lock:
             self._room.notify_all()
-            for delivery in self._deliveries.values():
-                delivery.stopped = True
-                delivery.drain_until = deadline
-                delivery.cond.notify()
-            threads = [d.thread for d in self._deliveries.values() if d.thread is not None]
+            for lane in self._lanes.values():
+                lane.stop(deadline)
+        self._delivery.wake()
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()) + self.send_timeout)
-        for thread in threads:
-            thread.join(0.1)
+        if not any(thread.is_alive() for thread in self._threads):
+            self._delivery.close()
         if self._owns_registry:
             self.registry.close()
         with self._lock:

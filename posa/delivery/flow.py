@@ -89,6 +89,11 @@ class Flow:
         target = self._targets.get(name)
         return target is not None and len(target.out.unacked) < self.window - 1
 
+    def in_flight(self, name: str) -> int:
+        """Messages to ``name`` sent and not acknowledged yet (0 once given up)."""
+        target = self._targets.get(name)
+        return 0 if target is None else len(target.out.unacked)
+
     def room_steps(self, name: str, deadline: float) -> Steps[None]:
         """Wait until one more message to ``name`` leaves the window short of full,
         so that ``send_locked`` does not wait for acknowledgements."""

@@ -1,0 +1,98 @@
+"""Deliveries framed from what a subscription took (``ChannelCore.take``).
+
+Runs that arrived encoded go out as they came (the publisher's bytes); only a
+run a subscriber takes in part, or one too large for a frame, is encoded here,
+split to fit (``encode_chunks``), and a body that cannot be encoded at all
+becomes a ``dropped`` gap, never a silent loss. A take becomes as few
+deliveries as the frame size allows, each hole at its place; when the policy
+ended the subscription, one more delivery says so (``end``).
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from posa.channel.protocol import delivery_body, encode_chunks
+from posa.channel.run import Run
+
+if TYPE_CHECKING:
+    from posa.channel.core import Taken
+    from posa.channel.service import EventChannel
+
+__all__ = ["Framer"]
+
+log = logging.getLogger("posa.channel.delivery")
+
+
+class Framer:
+    """Frames the takes of one channel's subscriptions into delivery bodies."""
+
+    def __init__(self, channel: EventChannel) -> None:
+        self.channel = channel
+
+    def bodies(self, taken: Taken, head: int) -> list[dict[str, Any]]:
+        """The deliveries of ``taken`` (``head``: the channel's seq when taken);
+        none for a replay pass that selected nothing."""
+        bodies: list[dict[str, Any]] = []
+        if taken.runs or taken.gaps:
+            bodies = self._frames(taken.runs, taken.gaps, taken.dropped, head)
+        if taken.end is not None:       # the policy ended it: say so, last
+            bodies.append({**self._body([], [], taken.dropped, head), "end": taken.end})
+        return bodies
+
+    def _frames(self, runs: list[Run], gaps: list[list[Any]], dropped: int,
+                head: int) -> list[dict[str, Any]]:
+        segments: list[Any] = []       # ("gap", count, reason) or (run, blob)
+        position, pending = 0, deque(gaps)
+        for run in runs:
+            while pending and pending[0][0] <= position:
+                segments.append(("gap", *pending.popleft()[1:]))
+            segments.extend(self._encode(run))
+            position += len(run)
+        segments.extend(("gap", *gap[1:]) for gap in pending)
+        frames: list[dict[str, Any]] = []
+        items: list[Any] = []
+        holes: list[list[Any]] = []
+        count = size = 0
+        max_bytes = self.channel._max_bytes
+        for segment in segments:
+            if segment[0] == "gap":
+                holes.append([count, segment[1], segment[2]])
+                continue
+            run, blob = segment
+            weight = len(blob) + run.topics_size() + run.traces_size()
+            if items and size + weight > max_bytes:
+                frames.append(self._body(items, holes, dropped, head))
+                items, holes, count, size = [], [], 0, 0
+            items.append(run.wire(blob))
+            count += len(run)
+            size += weight
+        frames.append(self._body(items, holes, dropped, head))
+        return frames
+
+    def _body(self, items: list[Any], holes: list[list[Any]], dropped: int,
+              head: int) -> dict[str, Any]:
+        return delivery_body(self.channel.name, self.channel.core.incarnation, items,
+                             holes, dropped, head)
+
+    def _encode(self, run: Run) -> list[Any]:
+        """(run, blob) pieces small enough for a frame; ("gap", n, "dropped")
+        where bodies cannot be encoded at all."""
+        budget = self.channel._max_bytes - run.topics_size() - run.traces_size()
+        if run.blob is not None and len(run.blob) <= budget:
+            return [(run, run.blob)]
+        bodies = run.body_list()
+        chunks, bad = encode_chunks(lambda s, e: bodies[s:e], len(run), budget)
+        if bad:
+            self.channel.counters["undeliverable"] += len(bad)
+            log.warning("channel %s: %d event(s) cannot be encoded for delivery (nested "
+                        "too deeply or too large); the subscriber is told of a gap",
+                        self.channel.name, len(bad))
+        pieces: list[Any] = [(start, ("gap", 1, "dropped")) for start in bad]
+        for start, end, blob in chunks:
+            piece = run.slice(start, end)
+            piece.blob = blob
+            pieces.append((start, (piece, blob)))
+        pieces.sort(key=lambda p: p[0])
+        return [piece for _, piece in pieces]
