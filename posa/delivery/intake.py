@@ -182,9 +182,11 @@ class Intake:
         with what it returns or raises (unless it returns ``DEFERRED``). A
         request past its deadline is answered with ``Timeout`` and not run."""
         deadline = msg.deadline
-        if deadline is not None and self.expired(msg):
-            return
-        token = None if deadline is None else budget.enter(deadline)
+        token = None
+        if deadline is not None:
+            if _monotonic() >= deadline and self.expired(msg):
+                return
+            token = budget.enter(deadline)
         try:
             result = handler(msg)
         except Exception as exc:
