@@ -217,8 +217,10 @@ class Reactor:
         if self._handoffs:
             self._run_handoffs()
         timers = self._timers
-        if timers and timers[0][0] <= time.monotonic():
+        now = time.monotonic()     # read again only if timers ran (else nothing did)
+        if timers and timers[0][0] <= now:
             self._run_timers()
+            now = time.monotonic()
         busy = False
         for pending, callback in self._asked:
             try:
@@ -229,8 +231,8 @@ class Reactor:
                 pass  # a source closed under us; its owner removes it
         if busy or self._handoffs or self._stopping:
             wait: float | None = 0.0
-        elif self._timers:
-            wait = max(0.0, self._timers[0][0] - time.monotonic())
+        elif timers:
+            wait = max(0.0, timers[0][0] - now)
             if timeout is not None:
                 wait = min(wait, timeout)
         else:
