@@ -87,7 +87,8 @@ class Requesting:
         with ``reply_steps``). ``send_within`` bounds the send itself (a caller
         that fails over gives a dead recipient only that long)."""
         now = time.monotonic()
-        hdrs = {"ttl": max(1, int((deadline - now) * 1000))}
+        ttl = int((deadline - now) * 1000)
+        hdrs = {"ttl": ttl if ttl > 1 else 1}
         if headers:
             hdrs.update(headers)
         if send_within is not None:
@@ -117,7 +118,9 @@ class Requesting:
             if self._progress:
                 heard = max(heard, self._progress.pop(key, heard))
             if stall is None and now < deadline:        # the common case, inline
-                wait = min(deadline - now, self.ack_timeout)
+                wait = deadline - now           # (no min(): it parses keywords)
+                if wait > self.ack_timeout:
+                    wait = self.ack_timeout
             else:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn

@@ -231,13 +231,15 @@ class Reactor:
                 pass  # a source closed under us; its owner removes it
         if busy or self._handoffs or self._stopping:
             wait: float | None = 0.0
-        elif timers:
-            wait = max(0.0, timers[0][0] - now)
-            if timeout is not None:
-                wait = min(wait, timeout)
+        elif timers:        # (no min()/max() on this path: each parses keywords)
+            wait = timers[0][0] - now
+            if wait < 0.0:
+                wait = 0.0
+            if timeout is not None and timeout < wait:
+                wait = timeout if timeout > 0.0 else 0.0
         else:
-            wait = timeout
-        events = self._poller.poll(-1 if wait is None else max(0.0, wait))
+            wait = timeout if timeout is None or timeout > 0.0 else 0.0
+        events = self._poller.poll(-1 if wait is None else wait)
         callbacks, served = self._callbacks, self._served
         for fd, mask in events:
             ready = callbacks.get(fd)
