@@ -91,8 +91,8 @@ class Requesting:
         hdrs = {"ttl": ttl if ttl > 1 else 1}
         if headers:
             hdrs.update(headers)
-        if send_within is not None:
-            deadline = min(deadline, now + send_within)
+        if send_within is not None and now + send_within < deadline:
+            deadline = now + send_within
         return self.send_locked(name, body, _REQUEST, hdrs, deadline)
 
     def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
@@ -171,14 +171,17 @@ class Requesting:
                                     "deadline")
             raise Timeout(f"no reply from {target.name!r} within the deadline "
                           f"(at {target.address}); is its handler slow or stuck?")
-        wait = min(deadline - now, self.ack_timeout)
+        wait = deadline - now       # (no min(): it parses keywords on every call)
+        if wait > self.ack_timeout:
+            wait = self.ack_timeout
         if stall is None:
             return wait
         if now - heard >= stall:
             raise TransportError(
                 f"{target.name!r} at {target.address} gave no sign of life for {stall} s "
                 f"({'handling' if acked else 'not acknowledging'} the request)")
-        return min(wait, heard + stall - now)
+        alive = heard + stall - now
+        return wait if wait < alive else alive
 
     def take_reply(self, name: str, seq: int) -> Message | None:
         """The reply ``name`` sent to request ``seq``, if it came (removed)."""
