@@ -117,10 +117,8 @@ class Requesting:
                 acked, heard = True, now
             if self._progress:
                 heard = max(heard, self._progress.pop(key, heard))
-            if stall is None and now < deadline:        # the common case, inline
-                wait = deadline - now           # (no min(): it parses keywords)
-                if wait > self.ack_timeout:
-                    wait = self.ack_timeout
+            if stall is None and now < deadline:    # the common case, inline; no min()
+                wait = deadline - now if deadline - now < self.ack_timeout else self.ack_timeout
             else:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn
