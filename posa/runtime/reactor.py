@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ __all__ = ["Reactor", "Source", "Timer", "default"]
 
 log = logging.getLogger("posa.runtime.reactor")
 _get_ident = threading.get_ident
+_reactors: weakref.WeakSet[Reactor] = weakref.WeakSet()   # for the fork hook below
 
 
 class Source(Protocol):
@@ -87,6 +89,7 @@ class Reactor:
         self._callbacks[self._wake_r] = self._drain_wakeups
         self._thread: threading.Thread | None = None
         self._ident: int | None = None   # the loop's thread while it runs (a cheap check)
+        _reactors.add(self)
         # (pending, callback) of every source, asked before each wait: rebuilt when
         # the sources change, not made on every turn of the loop
         self._asked: tuple[tuple[Callable[[], bool], Callable[[], Any]], ...] = ()
@@ -338,6 +341,16 @@ class Reactor:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _forget_threads() -> None:
+    """In a forked child no reactor's loop thread exists: a thread of the child that
+    is given the same number is not one."""
+    for reactor in list(_reactors):
+        reactor._ident = None
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _started() -> Reactor:
