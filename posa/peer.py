@@ -162,7 +162,8 @@ class Peer:
         if is_pattern(name):
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")
-        return self.sender.request(name, body, timeout=timeout, headers=headers).body
+        return self.sender.forwarder().request(name, body, timeout=timeout,
+                                               headers=headers).body
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""

@@ -57,6 +57,7 @@ __all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY"]
 
 ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
 ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
+_NO_HEADERS: dict[str, Any] = {}    # packed for ACKs (they carry none); never changed
 # the kinds the receiving path compares with, as module globals: looking a member
 # up on its enum class costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR, _BATCH, _ACK, _MOVED = (
@@ -275,7 +276,7 @@ class Receiver(Inbound):
             endpoint, route, me, _ = pending.pop(key)
             sender, stream = key
             out.append((endpoint, route, seal(pack(
-                _ACK, stream, acked(sender, stream), me, sender, 0, {}, None))))
+                _ACK, stream, acked(sender, stream), me, sender, 0, _NO_HEADERS, None))))
             self._answered(endpoint, route, sender, out)
         if not pending:
             self.deadline = None

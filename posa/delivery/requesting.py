@@ -87,11 +87,12 @@ class Requesting:
         with ``reply_steps``). ``send_within`` bounds the send itself (a caller
         that fails over gives a dead recipient only that long)."""
         now = time.monotonic()
-        hdrs = {"ttl": max(1, int((deadline - now) * 1000))}
+        ttl = int((deadline - now) * 1000)
+        hdrs = {"ttl": ttl if ttl > 1 else 1}
         if headers:
             hdrs.update(headers)
-        if send_within is not None:
-            deadline = min(deadline, now + send_within)
+        if send_within is not None and now + send_within < deadline:
+            deadline = now + send_within
         return self.send_locked(name, body, _REQUEST, hdrs, deadline)
 
     def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
@@ -116,8 +117,8 @@ class Requesting:
                 acked, heard = True, now
             if self._progress:
                 heard = max(heard, self._progress.pop(key, heard))
-            if stall is None and now < deadline:        # the common case, inline
-                wait = min(deadline - now, self.ack_timeout)
+            if stall is None and now < deadline:    # the common case, inline; no min()
+                wait = deadline - now if deadline - now < self.ack_timeout else self.ack_timeout
             else:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn
@@ -168,14 +169,17 @@ class Requesting:
                                     "deadline")
             raise Timeout(f"no reply from {target.name!r} within the deadline "
                           f"(at {target.address}); is its handler slow or stuck?")
-        wait = min(deadline - now, self.ack_timeout)
+        wait = deadline - now       # (no min(): it parses keywords on every call)
+        if wait > self.ack_timeout:
+            wait = self.ack_timeout
         if stall is None:
             return wait
         if now - heard >= stall:
             raise TransportError(
                 f"{target.name!r} at {target.address} gave no sign of life for {stall} s "
                 f"({'handling' if acked else 'not acknowledging'} the request)")
-        return min(wait, heard + stall - now)
+        alive = heard + stall - now
+        return wait if wait < alive else alive
 
     def take_reply(self, name: str, seq: int) -> Message | None:
         """The reply ``name`` sent to request ``seq``, if it came (removed)."""

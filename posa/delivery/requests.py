@@ -42,6 +42,7 @@ Key = tuple[str, int, int]          # (sender, stream, id) of a request
 Route = tuple[Any, Hashable]        # (endpoint, route) the requester waits on
 PROGRESS_EVERY = 0.25   # seconds between keep-alives of a request being handled
 _REPLY, _ERROR, _PROGRESS = Kind.REPLY, Kind.ERROR, Kind.PROGRESS
+_NO_HEADERS: dict[str, Any] = {}   # packed for answers (they carry none); never changed
 _REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 _REJECTED = code_of(Rejected(""))
 
@@ -156,7 +157,8 @@ class Requests:
                 record.quiet_since = now
                 endpoint, route = record.route
                 out.append((endpoint, route, self._seal(self._pack(
-                    _PROGRESS, 0, 0, record.recipient, sender, record.id, {}, None))))
+                    _PROGRESS, 0, 0, record.recipient, sender, record.id, _NO_HEADERS,
+                    None))))
         return out
 
     # -- answering -------------------------------------------------------------
@@ -195,7 +197,8 @@ class Requests:
                     ) -> tuple[Any, Hashable, bytes, Key | None]:
         me = msg.recipient if msg.recipient in self.recipients else self.name
         try:
-            frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, {}, body))
+            frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, _NO_HEADERS,
+                                          body))
         except ProtocolError as exc:        # the requester is told why, at once
             kind = _ERROR
             frame = self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
@@ -214,14 +217,15 @@ class Requests:
 
     def _cache(self, key: Key, frame: bytes) -> None:
         """Keep ``frame`` for a repeat of request ``key``, within both bounds."""
-        replies = self.replies
+        replies, size, most = self.replies, len(frame), self.max_reply_bytes
         with self._lock:
+            kept = self.reply_bytes
             old = replies.pop(key, None)
             if old is not None:
-                self.reply_bytes -= len(old)
-            if len(frame) <= self.max_reply_bytes:
+                kept -= len(old)
+            if size <= most:
                 replies[key] = frame
-                self.reply_bytes += len(frame)
-            while replies and (len(replies) > self.max_replies
-                               or self.reply_bytes > self.max_reply_bytes):
-                self.reply_bytes -= len(replies.popitem(last=False)[1])
+                kept += size
+            while replies and (len(replies) > self.max_replies or kept > most):
+                kept -= len(replies.popitem(last=False)[1])
+            self.reply_bytes = kept

@@ -75,7 +75,7 @@ def readable(conn: Connection | None, timeout: float) -> bool:
                 pollers.clear()
             poller = pollers[fd] = _poll()
             poller.register(fd, _POLLIN)
-        return bool(poller.poll(math.ceil(max(0.0, timeout) * 1000)))
+        return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
     except (OSError, ValueError, PosaError):
         return True  # closed under us: the next receive says how
 

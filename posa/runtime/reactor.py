@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -40,6 +41,8 @@ from posa.transport.poller import READ, Poller, PollerShare
 __all__ = ["Reactor", "Source", "Timer", "default"]
 
 log = logging.getLogger("posa.runtime.reactor")
+_get_ident = threading.get_ident
+_reactors: weakref.WeakSet[Reactor] = weakref.WeakSet()   # for the fork hook below
 
 
 class Source(Protocol):
@@ -85,6 +88,11 @@ class Reactor:
         self._poller.register(self._wake_r, READ)
         self._callbacks[self._wake_r] = self._drain_wakeups
         self._thread: threading.Thread | None = None
+        self._ident: int | None = None   # the loop's thread while it runs (a cheap check)
+        _reactors.add(self)
+        # (pending, callback) of every source, asked before each wait: rebuilt when
+        # the sources change, not made on every turn of the loop
+        self._asked: tuple[tuple[Callable[[], bool], Callable[[], Any]], ...] = ()
         self._running = False
         self._stopping = False
         self._closed = False
@@ -127,7 +135,7 @@ class Reactor:
         return outcome[0]
 
     def in_reactor_thread(self) -> bool:
-        return self._thread is threading.current_thread()
+        return self._ident == _get_ident()
 
     # -- sources and timers (reactor thread, or before start) ------------------
     def add_source(self, source: Source, callback: Callable[[], Any]) -> None:
@@ -151,13 +159,19 @@ class Reactor:
 
             if attach(PollerShare(self._poller, self._served, served)):
                 self._sources[source] = (-1, callback)
+                self._sources_changed()
                 callback()  # input may have arrived before the registration
                 return
         fd = source.fileno()
         self._poller.register(fd, READ)
         self._sources[source] = (fd, callback)
+        self._sources_changed()
         self._callbacks[fd] = callback
         callback()  # input may have arrived before the registration
+
+    def _sources_changed(self) -> None:
+        self._asked = tuple((source.pending, callback)
+                            for source, (_, callback) in self._sources.items())
 
     def remove_source(self, source: Source) -> None:
         """Stop watching ``source`` (before closing it)."""
@@ -167,6 +181,7 @@ class Reactor:
         entry = self._sources.pop(source, None)
         if entry is None:
             return
+        self._sources_changed()
         fd, callback = entry
         if fd < 0:      # its descriptors are in this poller: give them back
             source.detach()  # type: ignore[attr-defined]
@@ -205,34 +220,42 @@ class Reactor:
         if self._handoffs:
             self._run_handoffs()
         timers = self._timers
-        if timers and timers[0][0] <= time.monotonic():
+        now = time.monotonic()     # read again only if timers ran (else nothing did)
+        if timers and timers[0][0] <= now:
             self._run_timers()
+            now = time.monotonic()
         busy = False
-        for source, (_, callback) in list(self._sources.items()):
+        for pending, callback in self._asked:
             try:
-                if source.pending():
+                if pending():
                     busy = True
                     self._guard(callback)
             except PosaError:
                 pass  # a source closed under us; its owner removes it
         if busy or self._handoffs or self._stopping:
             wait: float | None = 0.0
-        elif self._timers:
-            wait = max(0.0, self._timers[0][0] - time.monotonic())
-            if timeout is not None:
-                wait = min(wait, timeout)
+        elif timers:        # (no min()/max() on this path: each parses keywords)
+            wait = timers[0][0] - now
+            if wait < 0.0:
+                wait = 0.0
+            if timeout is not None and timeout < wait:
+                wait = timeout if timeout > 0.0 else 0.0
         else:
-            wait = timeout
-        events = self._poller.poll(-1 if wait is None else max(0.0, wait))
-        callbacks = self._callbacks
+            wait = timeout if timeout is None or timeout > 0.0 else 0.0
+        events = self._poller.poll(-1 if wait is None else wait)
+        callbacks, served = self._callbacks, self._served
         for fd, mask in events:
             ready = callbacks.get(fd)
-            if ready is not None:
-                self._guard(ready)
-            else:
-                serve = self._served.get(fd)
-                if serve is not None:
-                    self._guard(serve, fd, mask)
+            try:            # ``_guard``, inline: one call less per event
+                if ready is not None:
+                    ready()
+                else:
+                    serve = served.get(fd)
+                    if serve is not None:
+                        serve(fd, mask)
+            except Exception:
+                log.exception("reactor %s: callback %r raised; going on", self.name,
+                              ready if ready is not None else served.get(fd))
 
     def _drain_wakeups(self) -> None:
         try:
@@ -269,6 +292,7 @@ class Reactor:
     def run(self, stop: threading.Event | None = None) -> None:
         """Run on the calling thread until ``stop()`` (or ``stop`` is set)."""
         self._thread = threading.current_thread()
+        self._ident = _get_ident()
         self._running = True
         self._stopping = False
         try:
@@ -277,6 +301,7 @@ class Reactor:
             self._run_handoffs()
         finally:
             self._running = False
+            self._ident = None      # a later thread may be given the same number
 
     def start(self) -> None:
         """Run the loop on a daemon thread of its own."""
@@ -286,6 +311,7 @@ class Reactor:
 
         def main() -> None:
             self._thread = threading.current_thread()
+            self._ident = _get_ident()
             self._running = True
             started.set()
             self.run()
@@ -315,6 +341,16 @@ class Reactor:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _forget_threads() -> None:
+    """In a forked child no reactor's loop thread exists: a thread of the child that
+    is given the same number is not one."""
+    for reactor in list(_reactors):
+        reactor._ident = None
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _started() -> Reactor:

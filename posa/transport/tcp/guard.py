@@ -56,8 +56,10 @@ class Guard:
 
     @property
     def check_at(self) -> float:
-        """When the listener should call ``due``."""
-        return min(self.hygiene.check_at, self.paused_until)
+        """When the listener should call ``due`` (read after every event: no min(),
+        which parses keywords on every call)."""
+        check_at, paused_until = self.hygiene.check_at, self.paused_until
+        return check_at if check_at < paused_until else paused_until
 
     def arm(self, now: float) -> None:
         """Make sure the listener is woken at ``check_at``."""

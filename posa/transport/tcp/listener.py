@@ -311,7 +311,9 @@ class TcpListener(AcceptPath, SharedPolling):
             self._ready.extend(zip(repeat(peer.route), decoder.frames_before_failure))
             self._drop(peer, decoder.failure, str(exc))
             return
-        if frames:
+        if len(frames) == 1:    # the common case: no repeat() (it parses keywords), no zip
+            self._ready.append((peer.route, frames[0]))
+        elif frames:
             self._ready.extend(zip(repeat(peer.route), frames))
         if self._hygiene.read(peer.tracked, self._now, bool(frames), decoder.buffered > 0):
             self._guard.arm(self._now)
