@@ -4,6 +4,7 @@ and that the bytes on the wire are whole PUB commands in the order they were mad
 however little the socket takes at once."""
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
@@ -38,6 +39,9 @@ class SocketTransport:
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return 16, 64
+
+    def is_closing(self) -> bool:
+        return False
 
     def get_extra_info(self, name: str) -> Any:
         return object() if name == "sslcontext" and self.tls else None
@@ -185,3 +189,105 @@ def test_deliver_calls_back_as_messages_are_put_and_first_what_was_queued() -> N
     sub._pending_queue.put_nowait(Msg(b"late"))
     assert got == [b"early", b"late"] and sub._pending_size == 0
     assert sub._pending_queue.empty() and sub._pending_queue.qsize() == 0
+
+
+# -- the pump's turn and a socket asyncio has given up on --------------------------------
+
+class Lost(SocketTransport):
+    """asyncio's transport once a write failed: it takes every write and keeps none
+    (``_conn_lost``), so its buffer never fills; ``closed`` is after
+    ``_call_connection_lost`` (no socket), which runs a turn of the loop later."""
+
+    def __init__(self, on_write: Any = None, closed: bool = False) -> None:
+        super().__init__(Socket(bytearray()))
+        self.on_write, self.writes = on_write, 0
+        if closed:
+            self._sock = None  # type: ignore[assignment]
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write()
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def link_lost(self, why: str) -> None:
+        self.failed.append(why)
+
+    def out_failed(self, out: Any, why: str) -> None:
+        self.failed.append(why)
+
+
+class Loop:
+    """Records what is handed to the loop instead of running it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        self.calls.append(callback)
+
+
+def bare_link(nc: Client, room: int) -> Any:
+    from posa.transport.nats.link import Link
+
+    link = Link.__new__(Link)
+    link.queue, link.loop, link.room, link.nc = deque(), Loop(), room, nc
+    link.writer = Writer(nc)
+    link._scheduled, link._closing, link._waiting = False, False, None
+    return link
+
+
+def test_a_pump_turn_publishes_what_was_queued_when_it_began_and_no_more() -> None:
+    """A socket lost under a write takes every later write and holds none, so no
+    buffer over its high-water mark ends the pump's turn: senders that keep the
+    queue full must not keep the loop from hearing the socket is gone (nats-py
+    learns it a turn later). Here each write lets a sender queue one more frame of
+    a mebibyte (the pump writes per mebibyte): the turn stops at the three frames
+    queued when it began, and the pump is woken for the rest."""
+    from posa.transport.nats.link import Outbound
+
+    nc = Client()
+    link = bare_link(nc, room=1 << 20)
+    frame = b"f" * (1 << 20)
+    out = Outbound("s", "r", 1000, Owner())
+    refills = 0
+
+    def sender_keeps_up() -> None:
+        nonlocal refills
+        if refills < 50:                # bounded: without the bound the turn never ends
+            refills += 1
+            link.put(out, frame)
+
+    nc.socket = Lost(sender_keeps_up)
+    nc._transport = TcpTransport(StreamWriter(nc.socket))
+    for _ in range(3):
+        out.frames.append(frame)
+        link.queue.append(out)
+    link._pump()
+    assert nc.socket.writes == 3, f"the turn went on for {nc.socket.writes} frames"
+    assert len(link.queue) == 3 and out.seq == 3
+    assert link._pump in link.loop.calls, "the frames queued during the turn wait unwoken"
+
+
+def test_a_socket_asyncio_closed_before_the_client_noticed_is_left_to_the_loop() -> None:
+    """The loop closes the socket of a failed transport (``_sock`` becomes None) a
+    turn before nats-py marks the client disconnected: a sending thread in between
+    leaves its frame to the pump (which ends the connection) instead of raising
+    AttributeError at the caller, or writing to a socket asyncio abandoned."""
+    for closed in (True, False):
+        nc = Client()
+        writer = Writer(nc)
+        assert writer.send_now("s", "", b"h", b"1")      # the socket is known plain
+        lost = Lost(closed=closed)
+        lost._sock = None if closed else nc.socket._sock  # type: ignore[assignment]
+        nc._transport._io_writer.transport = lost  # type: ignore[assignment]
+        writer._plain = lost
+        assert not writer.send_now("s", "", b"h", b"2")
+        assert writer.rest is None

@@ -69,9 +69,9 @@ class Writer:
     straight from the calling thread. ``send_now`` writes only when nothing is ahead
     of it: the client connected over plain TCP, its pending list empty, the socket
     transport's buffer empty (asyncio writes from that buffer only while it holds
-    bytes) and no rest of an earlier partial write. What the socket does not take
-    at once is kept as ``rest``, which every writer under the lock writes first, on
-    the loop (``flush`` and the installed methods).
+    bytes) and not given up (closing), and no rest of an earlier partial write.
+    What the socket does not take at once is kept as ``rest``, which every writer
+    under the lock writes first, on the loop (``flush`` and the installed methods).
     """
 
     __slots__ = ("nc", "lock", "rest", "_plain")
@@ -177,9 +177,13 @@ class Writer:
                     or sock_transport.get_extra_info("sslcontext") is not None):
                 return False
             self._plain = sock_transport
-        if sock_transport.get_write_buffer_size():
-            return False
+        # asyncio gives a failed socket up (closing, its buffer dropped) and closes
+        # it a turn later (``_sock`` None), turns before the client is told: the
+        # frame goes to the pump meanwhile, and the connections end once it is
         sock = sock_transport._sock
+        if sock is None or sock_transport.is_closing() \
+                or sock_transport.get_write_buffer_size():
+            return False
         data = b"".join((f"PUB {subject} {reply} {len(head) + len(body)}\r\n".encode(),
                          head, body, _CRLF))
         try:

@@ -195,9 +195,14 @@ class Link:
                 self._waiting = self.loop.create_task(self._drain(writer))
 
     def _publish_queued(self, writer: Writer) -> bool:
-        """``True`` if the socket's buffer filled before the queue emptied."""
+        """``True`` if the socket's buffer filled before the queue emptied. A turn
+        publishes what was queued when it began, no more: senders that keep the
+        queue full must not keep the loop from reading the socket and hearing it
+        break (a lost socket takes every write and holds none, so no buffer fills
+        to stop the turn); the senders that queue during the turn wake the pump
+        again."""
         queue = self.queue
-        while queue:
+        for _ in range(len(queue)):
             item = queue.popleft()
             try:
                 if isinstance(item, tuple):

@@ -1,0 +1,161 @@
+"""The nats:// transport's direct paths (posa.transport.nats.direct) under the faults
+the world brings, on real nats-server processes: threads writing to one shared
+socket while the server is SIGKILLed or SIGSTOPped, and a socket whose kernel
+buffer is so small that writes land in pieces. Each connection's frames arrive
+whole and in order or the connection ends; nothing is silently lost while the
+connection goes on."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posa import transport
+from posa.errors import PosaError, TransportError
+from posa.transport import Options
+from posa.transport.nats.direct import Writer
+from posa.transport.nats.loop import call
+from posa.transport.testing.support import DEADLINE, Endpoints
+from tests.natsserver import NatsCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = b"B" * ((1 << 20) + 100)          # over max_payload: the pump cuts it in two
+
+
+def tagged(k: int, i: int, body: bytes) -> bytes:
+    return b"%d:%d:" % (k, i) + body
+
+
+def untag(frame: bytes) -> tuple[int, int]:
+    k, i, _ = frame.split(b":", 2)
+    return int(k), int(i)
+
+
+def senders(connections: list[Any], frames: int, body: Callable[[int], bytes],
+            outcome: Counter[str]) -> list[threading.Thread]:
+    """A started thread per connection sending ``frames`` tagged frames; ``outcome``
+    counts how each ended: "sent", a posa error's name, or "raw ..." (a leak)."""
+    lock = threading.Lock()
+
+    def run(k: int, connection: Any) -> None:
+        ended = "sent"
+        try:
+            for i in range(frames):
+                connection.send(tagged(k, i, body(i)))
+        except PosaError as exc:
+            ended = type(exc).__name__
+        except Exception as exc:       # noqa: BLE001 (what leaks is what is counted)
+            ended = f"raw {type(exc).__name__}: {exc}"
+        with lock:
+            outcome[ended] += 1
+
+    threads = [threading.Thread(target=run, args=(k, c)) for k, c in enumerate(connections)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def assert_prefixes(got: list[bytes], connections: int, body: Callable[[int], bytes]) -> None:
+    """What each connection delivered is frames 0, 1, 2 ... of it, whole."""
+    expected = Counter[int]()
+    for frame in got:
+        k, i = untag(frame)
+        assert i == expected[k], f"connection {k}: frame {i} after {expected[k] - 1}"
+        assert frame == tagged(k, i, body(i)), f"connection {k}: frame {i} altered"
+        expected[k] += 1
+    assert set(expected) <= set(range(connections))
+
+
+def test_a_server_killed_while_threads_keep_the_pump_busy_ends_every_connection(
+        tmp_path: Path) -> None:
+    """Four threads send frames over max_payload (the pump cuts and writes them)
+    on connections sharing one client, and the server is SIGKILLed mid-stream.
+    A socket lost under the pump's write takes every later write and
+    holds none; were the pump to go on while the senders keep its queue full, the
+    loop would never hear the socket is gone and every send would succeed into the
+    void. Each of five rounds: every sender meets TransportError, the loop stays
+    responsive, and what arrived is a prefix of each connection's frames."""
+    options = Options(max_frame_size=4 << 20, high_water_mark=8, send_timeout=10.0)
+
+    def body(i: int) -> bytes:
+        return BIG if i % 4 else b"s" * i
+
+    with NatsCluster(tmp_path, size=1) as lone:
+        server = lone.servers[0]
+        for round_ in range(5):
+            outcome: Counter[str] = Counter()
+            with Endpoints() as ends:
+                listener = ends.listen(lone.urls, options)
+                connections = [ends.connect(listener.address, options) for _ in range(4)]
+                threads = senders(connections, 1000, body, outcome)
+                got = [listener.recv(DEADLINE)[1] for _ in range(8)]
+                server.kill()
+                for _ in range(1000):           # bounded: the loop answers a no-op
+                    call(asyncio.sleep(0), DEADLINE, "a no-op on the nats loop")
+                    if not any(thread.is_alive() for thread in threads):
+                        break
+                for thread in threads:
+                    thread.join(DEADLINE)
+                assert outcome == {"TransportError": 4}, f"round {round_}: {outcome}"
+                while (item := listener.recv_nowait()) is not None:
+                    got.append(item[1])
+                assert_prefixes(got, 4, body)
+            server.start()
+
+
+def test_a_tiny_socket_buffer_and_a_stopped_server_cut_writes_but_no_frame(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared client's socket gets a kernel send buffer of 4 KiB and the server
+    is SIGSTOPped while four threads send small frames (written from the sending
+    thread), 20 KiB ones and frames the pump cuts: writes land in pieces (the test
+    waits until a sending thread's write did) and the pump waits on the full
+    socket. After SIGCONT every frame of every connection arrives, whole, once,
+    in order."""
+    import signal
+
+    options = Options(max_frame_size=4 << 20)
+    frames = 300
+    cut = threading.Event()
+    send_now = Writer.send_now
+
+    def watched(self: Writer, *args: Any) -> bool:
+        wrote = send_now(self, *args)
+        if self.rest is not None:
+            cut.set()
+        return wrote
+
+    monkeypatch.setattr(Writer, "send_now", watched)
+
+    def body(i: int) -> bytes:
+        return BIG if i % 100 == 99 else (b"m" * 20_000 if i % 10 == 9 else b"s" * (i % 300))
+
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        server = lone.servers[0]
+        listener = ends.listen(lone.urls, options)
+        connections = [ends.connect(listener.address, options) for _ in range(4)]
+        link = connections[0]._link             # type: ignore[attr-defined]
+        tcp = link.nc._transport._io_writer.transport.get_extra_info("socket")
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        outcome: Counter[str] = Counter()
+        got: list[bytes] = []
+        server.signal(signal.SIGSTOP)
+        try:
+            threads = senders(connections, frames, body, outcome)
+            assert cut.wait(DEADLINE), "no write from a sending thread landed in pieces"
+        finally:
+            server.signal(signal.SIGCONT)
+        while len(got) < 4 * frames:
+            got.append(listener.recv(DEADLINE)[1])
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert outcome == {"sent": 4}, outcome
+        assert_prefixes(got, 4, body)
+        assert Counter(untag(f)[0] for f in got) == {k: frames for k in range(4)}
+        assert listener.recv_nowait() is None
