@@ -23,6 +23,7 @@ from posa.transport.nats.direct import Writer
 from posa.transport.nats.loop import call
 from posa.transport.testing.support import DEADLINE, Endpoints
 from tests.natsserver import NatsCluster
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,4 +159,59 @@ def test_a_tiny_socket_buffer_and_a_stopped_server_cut_writes_but_no_frame(
         assert outcome == {"sent": 4}, outcome
         assert_prefixes(got, 4, body)
         assert Counter(untag(f)[0] for f in got) == {k: frames for k in range(4)}
+        assert listener.recv_nowait() is None
+
+
+def test_connections_failing_over_to_another_node_mid_send_deliver_prefixes(
+        tmp_path: Path) -> None:
+    """A listener on one node of a 3-node cluster; four connections on a client of
+    their own (an address naming the two other nodes) send small and cut frames
+    from four threads, and the node that client is on is SIGKILLed mid-stream. The
+    client fails over to the third node, resending what nats-py held while the
+    threads' own writes race it: each connection ends (TransportError), what the
+    listener got of each is a prefix, and new connections on the same client, now
+    on the third node, deliver in order."""
+    options = Options(max_frame_size=4 << 20, high_water_mark=64, send_timeout=20.0)
+
+    def body(i: int) -> bytes:
+        return BIG if i % 50 == 49 else b"s" * (i % 500)
+
+    with NatsCluster(tmp_path, size=3) as cluster, Endpoints() as ends:
+        first, second, third = cluster.servers
+        listener = ends.listen(first.url, Options(max_frame_size=4 << 20))
+        subject = listener.address.rsplit("/", 1)[1]
+        elsewhere = f"nats://127.0.0.1:{second.port},127.0.0.1:{third.port}/{subject}"
+        connections = [ends.connect(elsewhere, options) for _ in range(4)]
+        got: list[bytes] = []
+        reading = threading.Event()
+        reading.set()
+
+        def read() -> None:
+            for _ in range(1_000_000):      # bounded; ends when told and drained
+                try:
+                    got.append(listener.recv(0.2)[1])
+                except PosaError:
+                    if not reading.is_set():
+                        return
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            outcome: Counter[str] = Counter()
+            threads = senders(connections, 3000, body, outcome)
+            wait_until(lambda: len(got) >= 300, DEADLINE, "300 frames at the listener")
+            second.kill()
+            for thread in threads:
+                thread.join(2 * DEADLINE)
+            assert outcome == {"TransportError": 4}, outcome
+        finally:
+            reading.clear()
+            reader.join(2 * DEADLINE)
+        assert_prefixes(got, 4, body)
+        again = [ends.connect(elsewhere, options) for _ in range(2)]
+        for k, connection in enumerate(again):
+            for i in range(100):
+                connection.send(tagged(k, i, body(i)))
+        after = [listener.recv(DEADLINE)[1] for _ in range(200)]
+        assert_prefixes(after, 2, body)
         assert listener.recv_nowait() is None
