@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from posa import transport
-from posa.errors import PosaError, TransportError
+from posa.errors import PosaError
 from posa.transport import Options
 from posa.transport.nats.direct import Writer
 from posa.transport.nats.loop import call
@@ -52,7 +51,7 @@ def senders(connections: list[Any], frames: int, body: Callable[[int], bytes],
                 connection.send(tagged(k, i, body(i)))
         except PosaError as exc:
             ended = type(exc).__name__
-        except Exception as exc:       # noqa: BLE001 (what leaks is what is counted)
+        except Exception as exc:       # what leaks is what is counted
             ended = f"raw {type(exc).__name__}: {exc}"
         with lock:
             outcome[ended] += 1
