@@ -214,3 +214,38 @@ def test_connections_failing_over_to_another_node_mid_send_deliver_prefixes(
         after = [listener.recv(DEADLINE)[1] for _ in range(200)]
         assert_prefixes(after, 2, body)
         assert listener.recv_nowait() is None
+
+
+def test_closing_connections_while_threads_send_on_them_ends_each_cleanly(
+        tmp_path: Path) -> None:
+    """Four threads send small and cut frames; each connection is closed from
+    another thread mid-send, in turn, while the others go on. Each sender ends
+    with Closed (nothing else leaks), what the listener got of each connection is
+    a prefix, and a new connection's frame, on the same client's socket, comes
+    after all of theirs."""
+    options = Options(max_frame_size=4 << 20, high_water_mark=32)
+
+    def body(i: int) -> bytes:
+        return BIG if i % 40 == 39 else b"s" * (i % 700)
+
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        listener = ends.listen(lone.urls, options)
+        connections = [ends.connect(listener.address, options) for _ in range(4)]
+        outcome: Counter[str] = Counter()
+        threads = senders(connections, 100_000, body, outcome)
+        got: list[bytes] = []
+        for connection in connections:
+            got += [listener.recv(DEADLINE)[1] for _ in range(50)]
+            connection.close()
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert outcome == {"Closed": 4}, outcome
+        again = ends.connect(listener.address, options)
+        again.send(b"after")            # on the same socket: after all of theirs
+        for _ in range(100_000):        # bounded: what the closed ones sent, then it
+            frame = listener.recv(DEADLINE)[1]
+            if frame == b"after":
+                break
+            got.append(frame)
+        assert_prefixes(got, 4, body)
+        assert listener.recv_nowait() is None
