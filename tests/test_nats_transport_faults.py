@@ -249,3 +249,52 @@ def test_closing_connections_while_threads_send_on_them_ends_each_cleanly(
             got.append(frame)
         assert_prefixes(got, 4, body)
         assert listener.recv_nowait() is None
+
+
+SENDING = """
+import sys, threading
+from posa import transport
+from posa.transport import Options
+options = Options(max_frame_size=4 << 20)
+big = b"B" * ((1 << 20) + 100)
+connections = [transport.connect(sys.argv[1], options) for _ in range(4)]
+
+def send(k, connection):
+    for i in range(1_000_000):
+        connection.send(b"%d:%d:" % (k, i) + (big if i % 40 == 39 else b"s" * (i % 700)))
+
+for k, connection in enumerate(connections):
+    threading.Thread(target=send, args=(k, connection), daemon=True).start()
+print("SENDING", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_process_killed_mid_send_leaves_prefixes_and_no_garbage(tmp_path: Path) -> None:
+    """Another process's four threads send small and cut frames, written to its
+    socket from those threads and by its pump, and it is SIGKILLed mid-send, its
+    last write likely cut mid-command: the server drops what was cut, the listener
+    got a prefix of each connection with nothing it could not parse, and goes on."""
+    from tests.support import Proc
+
+    def body(i: int) -> bytes:
+        return BIG if i % 40 == 39 else b"s" * (i % 700)
+
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        listener = ends.listen(lone.urls, Options(max_frame_size=4 << 20))
+        child = Proc.python(SENDING, listener.address)
+        try:
+            child.expect("SENDING")
+            got = [listener.recv(DEADLINE)[1] for _ in range(2000)]
+        finally:
+            child.kill()
+            child.close()
+        probe = ends.connect(listener.address, Options())
+        probe.send(b"after")            # the child's last frames may still be on the way
+        for _ in range(1_000_000):      # bounded
+            frame = listener.recv(DEADLINE)[1]
+            if frame == b"after":
+                break
+            got.append(frame)
+        assert_prefixes(got, 4, body)
+        assert not listener.rejections, listener.rejections
