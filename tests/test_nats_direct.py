@@ -291,3 +291,24 @@ def test_a_socket_asyncio_closed_before_the_client_noticed_is_left_to_the_loop()
         writer._plain = lost
         assert not writer.send_now("s", "", b"h", b"2")
         assert writer.rest is None
+
+
+def test_senders_do_not_wake_the_loop_while_the_pump_waits_for_the_socket() -> None:
+    """While the pump waits for a full socket to drain, a frame queued wakes no one
+    (the drain pumps again): a burst costs the loop one wake-up, not one a frame."""
+    nc = Client()
+    link = bare_link(nc, room=1 << 20)
+    woken: list[Any] = []
+
+    def run_now(callback: Any, *args: Any) -> None:     # a loop that runs it at once
+        woken.append(callback)
+        callback(*args)
+
+    link.loop.call_soon_threadsafe = run_now
+    link._waiting = object()                # the socket's buffer is over its mark
+    from posa.transport.nats.link import Outbound
+    out = Outbound("s", "r", 1000, Owner())
+    for i in range(100):
+        link.put(out, b"%d" % i)
+    assert len(woken) <= 1, f"{len(woken)} wake-ups for 100 frames"
+    assert len(out.frames) == 100 and not nc.socket.written()

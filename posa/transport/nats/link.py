@@ -185,11 +185,12 @@ class Link:
 
     def _pump(self) -> None:
         """Publish what is queued, until the socket's buffer is over its high-water
-        mark; then a task waits for it to drain and pumps again."""
-        self._scheduled = False
+        mark; then a task waits for it to drain and pumps again. While it waits the
+        pump stays scheduled, so senders queue without waking the loop."""
         writer = self.writer
         if self._waiting is not None or writer is None:
             return
+        self._scheduled = False
         with writer.lock:
             if self._publish_queued(writer):     # senders queue while it waits
                 self._waiting = self.loop.create_task(self._drain(writer))
