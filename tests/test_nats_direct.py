@@ -79,6 +79,7 @@ class Client:
         self._pending: list[bytes] = []
         self._pending_data_size = 0
         self._max_pending_size = 1000
+        self.max_payload = 1 << 20
         self.socket = SocketTransport(Socket(bytearray(), room), tls)
         self._transport = TcpTransport(StreamWriter(self.socket))
 
@@ -238,7 +239,8 @@ def bare_link(nc: Client, room: int) -> Any:
     from posa.transport.nats.link import Link
 
     link = Link.__new__(Link)
-    link.queue, link.loop, link.room, link.nc = deque(), Loop(), room, nc
+    nc.max_payload = room + 9               # the header's 9 bytes
+    link.queue, link.loop, link.nc = deque(), Loop(), nc
     link.writer = Writer(nc)
     link._scheduled, link._closing, link._waiting = False, False, None
     return link

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from posa.errors import PosaError
+from posa.errors import PosaError, TransportError
 from posa.transport import Options
 from posa.transport.nats.direct import Writer
 from posa.transport.nats.loop import call
@@ -298,3 +298,37 @@ def test_a_process_killed_mid_send_leaves_prefixes_and_no_garbage(tmp_path: Path
             got.append(frame)
         assert_prefixes(got, 4, body)
         assert not listener.rejections, listener.rejections
+
+
+def test_after_failover_to_a_node_with_a_smaller_max_payload_frames_are_cut_to_it(
+        tmp_path: Path) -> None:
+    """A client on a node taking messages of 1 MiB fails over (SIGKILL) to one
+    taking 64 KiB. nats-py's own publish refuses a message over the current
+    server's max_payload; the transport writes round it, so it must cut frames to
+    the server it is on now, not the one it first met: a frame of 512 KiB sent
+    whole would be a protocol violation the server answers by closing the
+    connection, again and again on every reconnection."""
+    options = Options(max_frame_size=4 << 20, send_timeout=10.0)
+    frame = bytes(range(256)) * 2048                   # 512 KiB
+
+    cluster = NatsCluster(tmp_path, size=3)
+    cluster.servers[1].max_payload = 65536
+    with cluster, Endpoints() as ends:
+        first, small, third = cluster.servers
+        listener = ends.listen(third.url, options)
+        subject = listener.address.rsplit("/", 1)[1]
+        both = f"nats://127.0.0.1:{first.port},127.0.0.1:{small.port}/{subject}"
+        before = ends.connect(both, options)
+        before.send(frame)
+        assert listener.recv(DEADLINE)[1] == frame
+        first.kill()
+        with pytest.raises(TransportError):
+            before.recv(DEADLINE)                      # the client lost its server
+        after = ends.connect(both, Options(max_frame_size=4 << 20, send_timeout=20.0))
+        assert after._link.nc.max_payload == 65536    # type: ignore[attr-defined]
+        for i in range(3):
+            after.send(frame[i:])
+            route, got = listener.recv(DEADLINE)
+            assert got == frame[i:]
+        listener.send(route, b"answer")
+        assert after.recv(DEADLINE) == b"answer"

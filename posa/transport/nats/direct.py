@@ -169,7 +169,8 @@ class Writer:
         nothing is ahead of it; ``False`` if something is (queue it for the pump).
         Raises ``OSError`` (the message is lost) when the socket breaks."""
         nc = self.nc
-        if not nc.is_connected or nc._pending or self.rest is not None:
+        if (not nc.is_connected or nc._pending or self.rest is not None
+                or len(head) + len(body) > nc.max_payload):   # a server since connected to
             return False
         sock_transport = nc._transport._io_writer.transport
         if sock_transport is not self._plain:       # a new socket: plain TCP?

@@ -96,7 +96,6 @@ class Link:
         self.endpoints: dict[Endpoint, None] = {}
         self.queue: deque[Outbound | tuple[str, bytes, str]] = deque()
         self.loop = event_loop()
-        self.room = 0                # payload bytes per message after the header
         self.nc: Any = None
         self.writer: Writer | None = None
         self._scheduled = True       # until the link is open
@@ -123,11 +122,19 @@ class Link:
         except TransportError:
             await nc.close()
             raise
-        self.nc, self.room = nc, nc.max_payload - HEADER.size
+        self.nc = nc
         writer = Writer(nc)
         writer.install()
         self.writer = writer
         self._pump()
+
+    @property
+    def room(self) -> int:
+        """Payload bytes per message after the header, on the server the client is
+        on now (it learns each server's ``max_payload`` as it connects: the nodes
+        of a cluster need not agree)."""
+        nc = self.nc
+        return 0 if nc is None else int(nc.max_payload) - HEADER.size
 
     def ready(self, timeout: float) -> None:
         try:
