@@ -33,6 +33,7 @@ class SocketTransport:
     def __init__(self, sock: Socket, tls: bool = False) -> None:
         self._sock, self.tls = sock, tls
         self.buffer: list[bytes] = []
+        self.ended = ""
 
     def get_write_buffer_size(self) -> int:
         return sum(map(len, self.buffer))
@@ -49,6 +50,10 @@ class SocketTransport:
     def write(self, data: bytes) -> None:
         self.buffer.append(bytes(data))
 
+    def abort(self) -> None:
+        self.buffer.clear()
+        self.ended = "aborted"
+
     def written(self) -> bytes:
         """What reaches the wire once the buffer is sent."""
         return bytes(self._sock.wire) + b"".join(self.buffer)
@@ -64,6 +69,9 @@ class StreamWriter:
     def writelines(self, data: list[bytes]) -> None:
         self.transport.write(b"".join(data))
 
+    def close(self) -> None:
+        self.transport.ended = "closed once its buffer is sent"
+
 
 class TcpTransport:
     def __init__(self, writer: StreamWriter) -> None:
@@ -75,7 +83,7 @@ class TcpTransport:
 
 class Client:
     def __init__(self, room: int | None = None, tls: bool = False) -> None:
-        self.is_connected, self.is_closed = True, False
+        self.is_connected, self.is_closed, self.is_reconnecting = True, False, False
         self._pending: list[bytes] = []
         self._pending_data_size = 0
         self._max_pending_size = 1000
@@ -314,3 +322,18 @@ def test_senders_do_not_wake_the_loop_while_the_pump_waits_for_the_socket() -> N
         link.put(out, b"%d" % i)
     assert len(woken) <= 1, f"{len(woken)} wake-ups for 100 frames"
     assert len(out.frames) == 100 and not nc.socket.written()
+
+
+@pytest.mark.parametrize(("reconnecting", "ended"), [
+    (True, "aborted"), (False, "closed once its buffer is sent")])
+def test_a_socket_left_to_reconnect_is_aborted_not_drained(reconnecting: bool,
+                                                          ended: str) -> None:
+    """nats-py closes the socket it leaves and waits for it before it dials another
+    server: a graceful close waits for the buffer to drain, which a stopped server
+    never lets happen. Leaving to reconnect aborts it; closing the client does not."""
+    nc = Client(room=0)
+    Writer(nc).install()
+    nc._transport.write(b"PUB s  1\r\nx\r\n")           # waits in the buffer
+    nc.is_connected, nc.is_reconnecting = not reconnecting, reconnecting
+    nc._transport.close()
+    assert nc.socket.ended == ended

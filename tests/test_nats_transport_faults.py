@@ -332,3 +332,46 @@ def test_after_failover_to_a_node_with_a_smaller_max_payload_frames_are_cut_to_i
             assert got == frame[i:]
         listener.send(route, b"answer")
         assert after.recv(DEADLINE) == b"answer"
+
+
+def test_a_stopped_node_with_writes_waiting_for_it_is_left_for_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node a client is on is SIGSTOPped (a paused VM, a hung host: no RST,
+    no FIN) while four threads send, so writes wait for it in the socket's buffer.
+    The client finds it silent (its pings go unanswered: 1 s apart here) and must
+    leave it for another node of the cluster: closing gracefully would wait for
+    that buffer to drain, i.e. for as long as the node is stopped, and the
+    connections would neither end nor fail over (their sends time out instead).
+    Each connection ends with TransportError, and a new one on the same client
+    reaches the listener through another node while the first is still stopped."""
+    import signal
+
+    from posa.transport.nats import link
+
+    monkeypatch.setattr(link, "PING_INTERVAL", 1)
+    options = Options(high_water_mark=64, send_timeout=30.0)
+
+    with NatsCluster(tmp_path, size=3) as cluster, Endpoints() as ends:
+        stopped, other, third = cluster.servers
+        listener = ends.listen(third.url, options)
+        subject = listener.address.rsplit("/", 1)[1]
+        both = f"nats://127.0.0.1:{stopped.port},127.0.0.1:{other.port}/{subject}"
+        connections = [ends.connect(both, options) for _ in range(4)]
+        stopped.signal(signal.SIGSTOP)
+        try:
+            outcome: Counter[str] = Counter()
+            threads = senders(connections, 5000, lambda i: b"w" * 10_000, outcome)
+            for thread in threads:
+                thread.join(3 * DEADLINE)
+            assert outcome == {"TransportError": 4}, outcome
+            again = ends.connect(both, Options(send_timeout=20.0))
+            again.send(b"through another node")
+            got = []                 # what nats-py held for them is resent there first
+            for _ in range(100_000):
+                frame = listener.recv(DEADLINE)[1]
+                if frame == b"through another node":
+                    break
+                got.append(frame)
+            assert_prefixes(got, 4, lambda i: b"w" * 10_000)
+        finally:
+            stopped.signal(signal.SIGCONT)

@@ -84,8 +84,12 @@ class Writer:
 
     def install(self) -> None:
         """Make the client's writes to its socket take ``lock`` (on the loop, once:
-        nats-py keeps its transport object across reconnections)."""
-        transport = self.nc._transport
+        nats-py keeps its transport object across reconnections), and its closing
+        of a socket it is leaving to reconnect an abort: a graceful close waits
+        for the socket's buffer to drain, which a stopped server never lets it
+        do, and nats-py waits for that close before it dials another server."""
+        nc = self.nc
+        transport = nc._transport
         lock = self.lock
 
         def write(data: bytes) -> None:
@@ -98,10 +102,18 @@ class Writer:
                 self._write_rest()
                 transport._io_writer.writelines(data)
 
+        def close() -> None:
+            writer = transport._io_writer
+            if nc.is_reconnecting:      # what the socket holds is lost with it
+                writer.transport.abort()
+            else:
+                writer.close()
+
         try:
             transport.write, transport.writelines = write, writelines
+            transport.close = close
         except AttributeError:
-            _refuse(["a transport whose write and writelines can be replaced"])
+            _refuse(["a transport whose write, writelines and close can be replaced"])
 
     def _write_rest(self) -> None:
         """Write the rest of a partial write first, to the socket it began on (the
