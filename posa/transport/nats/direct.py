@@ -14,6 +14,8 @@ them, through parts of the client (as nats-py 2.16 has them):
   sending thread may write a frame to the socket itself when nothing is ahead of
   it (``Writer.send_now``): a lock that every writer of the socket takes keeps the
   bytes whole and in order, and spares the request path a hand-off to the loop.
+  The client's closing of a socket it leaves to reconnect becomes an abort (a
+  stopped server never drains what a graceful close waits for).
 - ``deliver`` gives a subscription (made without a callback) a queue whose
   ``put_nowait`` calls the endpoint's callback at once, as the read loop parses the
   message. The endpoints bound what they hold unread themselves, so nats-py's
