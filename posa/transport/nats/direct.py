@@ -29,6 +29,7 @@ what the loop changes only under the lock or atomically.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,15 @@ if TYPE_CHECKING:
 __all__ = ["Writer", "deliver", "check"]
 
 _CRLF = b"\r\n"
+_pid = [os.getpid()]        # this process's, kept current in a forked child
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 _CLIENT = ("_pending", "_pending_data_size", "_max_pending_size", "_transport")
 
 
@@ -76,13 +86,21 @@ class Writer:
     under the lock writes first, on the loop (``flush`` and the installed methods).
     """
 
-    __slots__ = ("nc", "lock", "rest", "_plain")
+    __slots__ = ("nc", "lock", "rest", "_plain", "_pid")
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
+        self._pid = _pid[0]
         self.lock = threading.Lock()
         self.rest: tuple[Any, bytes] | None = None     # (socket transport, bytes)
         self._plain: Any = None      # the last socket transport found to be plain TCP
+
+    @property
+    def mine(self) -> bool:
+        """False in a process forked from the one that made it: the socket is the
+        parent's (a write from the child would land amid the parent's, numbered as
+        the parent numbers its own), and the lock may have been held at the fork."""
+        return self._pid == _pid[0]
 
     def install(self) -> None:
         """Make the client's writes to its socket take ``lock`` (on the loop, once:

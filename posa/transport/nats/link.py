@@ -151,7 +151,7 @@ class Link:
 
     def put(self, out: Outbound, frame: bytes) -> None:
         writer = self.writer
-        if writer is not None and not self.queue and len(frame) <= self.room:
+        if writer is not None and writer.mine and not self.queue and len(frame) <= self.room:
             with writer.lock:
                 if self._waiting is None and not self.queue and self._send_now(out, frame,
                                                                               writer):
