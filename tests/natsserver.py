@@ -10,6 +10,8 @@ its JetStream files under the test's directory, and is killed at the end.
         cluster.urls                                    # "nats://127.0.0.1:P1,..."
         cluster.servers[0].kill(); cluster.servers[0].start()
 
+    NatsCluster(tmp_path, size=2).servers[1].max_payload = 65536   # set before __enter__
+
 Readiness is the server's own ``/healthz`` (JetStream included), polled with a
 deadline: never a sleep.
 """
@@ -54,6 +56,7 @@ class NatsServer:
         self.port, self.monitor_port = free_port(), free_port()
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.max_payload: int | None = None     # the server's default (1 MiB) unless set
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +71,10 @@ class NatsServer:
                               if p != self.cluster_port)
             args += ["--cluster_name", "posa-test", "--cluster",
                      f"nats://127.0.0.1:{self.cluster_port}", "--routes", routes]
+        if self.max_payload is not None:        # no flag for it: a config file
+            config = self.directory / "server.conf"
+            config.write_text(f"max_payload: {self.max_payload}\n")
+            args += ["-c", str(config)]
         return args
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ and that the bytes on the wire are whole PUB commands in the order they were mad
 however little the socket takes at once."""
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ class SocketTransport:
     def __init__(self, sock: Socket, tls: bool = False) -> None:
         self._sock, self.tls = sock, tls
         self.buffer: list[bytes] = []
+        self.ended = ""
 
     def get_write_buffer_size(self) -> int:
         return sum(map(len, self.buffer))
@@ -39,11 +41,18 @@ class SocketTransport:
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return 16, 64
 
+    def is_closing(self) -> bool:
+        return False
+
     def get_extra_info(self, name: str) -> Any:
         return object() if name == "sslcontext" and self.tls else None
 
     def write(self, data: bytes) -> None:
         self.buffer.append(bytes(data))
+
+    def abort(self) -> None:
+        self.buffer.clear()
+        self.ended = "aborted"
 
     def written(self) -> bytes:
         """What reaches the wire once the buffer is sent."""
@@ -60,6 +69,9 @@ class StreamWriter:
     def writelines(self, data: list[bytes]) -> None:
         self.transport.write(b"".join(data))
 
+    def close(self) -> None:
+        self.transport.ended = "closed once its buffer is sent"
+
 
 class TcpTransport:
     def __init__(self, writer: StreamWriter) -> None:
@@ -71,10 +83,11 @@ class TcpTransport:
 
 class Client:
     def __init__(self, room: int | None = None, tls: bool = False) -> None:
-        self.is_connected, self.is_closed = True, False
+        self.is_connected, self.is_closed, self.is_reconnecting = True, False, False
         self._pending: list[bytes] = []
         self._pending_data_size = 0
         self._max_pending_size = 1000
+        self.max_payload = 1 << 20
         self.socket = SocketTransport(Socket(bytearray(), room), tls)
         self._transport = TcpTransport(StreamWriter(self.socket))
 
@@ -185,3 +198,142 @@ def test_deliver_calls_back_as_messages_are_put_and_first_what_was_queued() -> N
     sub._pending_queue.put_nowait(Msg(b"late"))
     assert got == [b"early", b"late"] and sub._pending_size == 0
     assert sub._pending_queue.empty() and sub._pending_queue.qsize() == 0
+
+
+# -- the pump's turn and a socket asyncio has given up on --------------------------------
+
+class Lost(SocketTransport):
+    """asyncio's transport once a write failed: it takes every write and keeps none
+    (``_conn_lost``), so its buffer never fills; ``closed`` is after
+    ``_call_connection_lost`` (no socket), which runs a turn of the loop later."""
+
+    def __init__(self, on_write: Any = None, closed: bool = False) -> None:
+        super().__init__(Socket(bytearray()))
+        self.on_write, self.writes = on_write, 0
+        if closed:
+            self._sock = None  # type: ignore[assignment]
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write()
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def link_lost(self, why: str) -> None:
+        self.failed.append(why)
+
+    def out_failed(self, out: Any, why: str) -> None:
+        self.failed.append(why)
+
+
+class Loop:
+    """Records what is handed to the loop instead of running it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        self.calls.append(callback)
+
+
+def bare_link(nc: Client, room: int) -> Any:
+    from posa.transport.nats.link import Link
+
+    link = Link.__new__(Link)
+    nc.max_payload = room + 9               # the header's 9 bytes
+    link.queue, link.loop, link.nc = deque(), Loop(), nc
+    link.writer = Writer(nc)
+    link._scheduled, link._closing, link._waiting = False, False, None
+    return link
+
+
+def test_a_pump_turn_publishes_what_was_queued_when_it_began_and_no_more() -> None:
+    """A socket lost under a write takes every later write and holds none, so no
+    buffer over its high-water mark ends the pump's turn: senders that keep the
+    queue full must not keep the loop from hearing the socket is gone (nats-py
+    learns it a turn later). Here each write lets a sender queue one more frame of
+    a mebibyte (the pump writes per mebibyte): the turn stops at the three frames
+    queued when it began, and the pump is woken for the rest."""
+    from posa.transport.nats.link import Outbound
+
+    nc = Client()
+    link = bare_link(nc, room=1 << 20)
+    frame = b"f" * (1 << 20)
+    out = Outbound("s", "r", 1000, Owner())
+    refills = 0
+
+    def sender_keeps_up() -> None:
+        nonlocal refills
+        if refills < 50:                # bounded: without the bound the turn never ends
+            refills += 1
+            link.put(out, frame)
+
+    nc.socket = Lost(sender_keeps_up)
+    nc._transport = TcpTransport(StreamWriter(nc.socket))
+    for _ in range(3):
+        out.frames.append(frame)
+        link.queue.append(out)
+    link._pump()
+    assert nc.socket.writes == 3, f"the turn went on for {nc.socket.writes} frames"
+    assert len(link.queue) == 3 and out.seq == 3
+    assert link._pump in link.loop.calls, "the frames queued during the turn wait unwoken"
+
+
+def test_a_socket_asyncio_closed_before_the_client_noticed_is_left_to_the_loop() -> None:
+    """The loop closes the socket of a failed transport (``_sock`` becomes None) a
+    turn before nats-py marks the client disconnected: a sending thread in between
+    leaves its frame to the pump (which ends the connection) instead of raising
+    AttributeError at the caller, or writing to a socket asyncio abandoned."""
+    for closed in (True, False):
+        nc = Client()
+        writer = Writer(nc)
+        assert writer.send_now("s", "", b"h", b"1")      # the socket is known plain
+        lost = Lost(closed=closed)
+        lost._sock = None if closed else nc.socket._sock  # type: ignore[assignment]
+        nc._transport._io_writer.transport = lost  # type: ignore[assignment]
+        writer._plain = lost
+        assert not writer.send_now("s", "", b"h", b"2")
+        assert writer.rest is None
+
+
+def test_senders_do_not_wake_the_loop_while_the_pump_waits_for_the_socket() -> None:
+    """While the pump waits for a full socket to drain, a frame queued wakes no one
+    (the drain pumps again): a burst costs the loop one wake-up, not one a frame."""
+    nc = Client()
+    link = bare_link(nc, room=1 << 20)
+    woken: list[Any] = []
+
+    def run_now(callback: Any, *args: Any) -> None:     # a loop that runs it at once
+        woken.append(callback)
+        callback(*args)
+
+    link.loop.call_soon_threadsafe = run_now
+    link._waiting = object()                # the socket's buffer is over its mark
+    from posa.transport.nats.link import Outbound
+    out = Outbound("s", "r", 1000, Owner())
+    for i in range(100):
+        link.put(out, b"%d" % i)
+    assert len(woken) <= 1, f"{len(woken)} wake-ups for 100 frames"
+    assert len(out.frames) == 100 and not nc.socket.written()
+
+
+@pytest.mark.parametrize(("reconnecting", "ended"), [
+    (True, "aborted"), (False, "closed once its buffer is sent")])
+def test_a_socket_left_to_reconnect_is_aborted_not_drained(reconnecting: bool,
+                                                          ended: str) -> None:
+    """nats-py closes the socket it leaves and waits for it before it dials another
+    server: a graceful close waits for the buffer to drain, which a stopped server
+    never lets happen. Leaving to reconnect aborts it; closing the client does not."""
+    nc = Client(room=0)
+    Writer(nc).install()
+    nc._transport.write(b"PUB s  1\r\nx\r\n")           # waits in the buffer
+    nc.is_connected, nc.is_reconnecting = not reconnecting, reconnecting
+    nc._transport.close()
+    assert nc.socket.ended == ended

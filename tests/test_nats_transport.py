@@ -257,6 +257,42 @@ def test_a_restarted_server_ends_connections_and_serves_new_ones(tmp_path: Path)
         assert again.recv(DEADLINE) == b"answer"
 
 
+def test_a_forked_child_sending_on_an_inherited_connection_leaves_the_parents_alone(
+        cluster: NatsCluster) -> None:
+    """A child forked with a connection open shares the parent's socket to the
+    server. Were it to write its frame there itself, the listener would take it as
+    the parent's next frame (the child numbers as the parent does), then drop the
+    parent's connection at the parent's own frame of that number. The child's send
+    goes nowhere (no loop runs in it for that client); the parent's frames arrive
+    as sent."""
+    import os
+
+    with Endpoints() as ends:
+        listener = ends.listen(cluster.urls, Options())
+        connection = ends.connect(listener.address, Options())
+        for i in range(10):
+            connection.send(seq(i))
+        assert [listener.recv(DEADLINE)[1] for _ in range(10)] == [seq(i) for i in range(10)]
+        pid = os.fork()
+        if pid == 0:                                # the child: send, and leave at once
+            try:
+                connection.send(b"from the child")
+            finally:
+                os._exit(0)
+        try:
+            wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, DEADLINE,
+                       "the child's exit")
+        except AssertionError:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise
+        for i in range(10, 20):
+            connection.send(seq(i))
+        got = [listener.recv(DEADLINE)[1] for _ in range(10)]
+        assert got == [seq(i) for i in range(10, 20)]
+        assert not listener.rejections, listener.rejections
+
+
 # -- the wire, without a server ----------------------------------------------------------
 
 def test_reassembly_refuses_gaps_repeats_and_oversize_frames() -> None:

@@ -14,6 +14,8 @@ them, through parts of the client (as nats-py 2.16 has them):
   sending thread may write a frame to the socket itself when nothing is ahead of
   it (``Writer.send_now``): a lock that every writer of the socket takes keeps the
   bytes whole and in order, and spares the request path a hand-off to the loop.
+  The client's closing of a socket it leaves to reconnect becomes an abort (a
+  stopped server never drains what a graceful close waits for).
 - ``deliver`` gives a subscription (made without a callback) a queue whose
   ``put_nowait`` calls the endpoint's callback at once, as the read loop parses the
   message. The endpoints bound what they hold unread themselves, so nats-py's
@@ -27,6 +29,7 @@ what the loop changes only under the lock or atomically.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,15 @@ if TYPE_CHECKING:
 __all__ = ["Writer", "deliver", "check"]
 
 _CRLF = b"\r\n"
+_pid = [os.getpid()]        # this process's, kept current in a forked child
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 _CLIENT = ("_pending", "_pending_data_size", "_max_pending_size", "_transport")
 
 
@@ -69,23 +81,35 @@ class Writer:
     straight from the calling thread. ``send_now`` writes only when nothing is ahead
     of it: the client connected over plain TCP, its pending list empty, the socket
     transport's buffer empty (asyncio writes from that buffer only while it holds
-    bytes) and no rest of an earlier partial write. What the socket does not take
-    at once is kept as ``rest``, which every writer under the lock writes first, on
-    the loop (``flush`` and the installed methods).
+    bytes) and not given up (closing), and no rest of an earlier partial write.
+    What the socket does not take at once is kept as ``rest``, which every writer
+    under the lock writes first, on the loop (``flush`` and the installed methods).
     """
 
-    __slots__ = ("nc", "lock", "rest", "_plain")
+    __slots__ = ("nc", "lock", "rest", "_plain", "_pid")
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
+        self._pid = _pid[0]
         self.lock = threading.Lock()
         self.rest: tuple[Any, bytes] | None = None     # (socket transport, bytes)
         self._plain: Any = None      # the last socket transport found to be plain TCP
 
+    @property
+    def mine(self) -> bool:
+        """False in a process forked from the one that made it: the socket is the
+        parent's (a write from the child would land amid the parent's, numbered as
+        the parent numbers its own), and the lock may have been held at the fork."""
+        return self._pid == _pid[0]
+
     def install(self) -> None:
         """Make the client's writes to its socket take ``lock`` (on the loop, once:
-        nats-py keeps its transport object across reconnections)."""
-        transport = self.nc._transport
+        nats-py keeps its transport object across reconnections), and its closing
+        of a socket it is leaving to reconnect an abort: a graceful close waits
+        for the socket's buffer to drain, which a stopped server never lets it
+        do, and nats-py waits for that close before it dials another server."""
+        nc = self.nc
+        transport = nc._transport
         lock = self.lock
 
         def write(data: bytes) -> None:
@@ -98,10 +122,18 @@ class Writer:
                 self._write_rest()
                 transport._io_writer.writelines(data)
 
+        def close() -> None:
+            writer = transport._io_writer
+            if nc.is_reconnecting:      # what the socket holds is lost with it
+                writer.transport.abort()
+            else:
+                writer.close()
+
         try:
             transport.write, transport.writelines = write, writelines
+            transport.close = close
         except AttributeError:
-            _refuse(["a transport whose write and writelines can be replaced"])
+            _refuse(["a transport whose write, writelines and close can be replaced"])
 
     def _write_rest(self) -> None:
         """Write the rest of a partial write first, to the socket it began on (the
@@ -169,7 +201,8 @@ class Writer:
         nothing is ahead of it; ``False`` if something is (queue it for the pump).
         Raises ``OSError`` (the message is lost) when the socket breaks."""
         nc = self.nc
-        if not nc.is_connected or nc._pending or self.rest is not None:
+        if (not nc.is_connected or nc._pending or self.rest is not None
+                or len(head) + len(body) > nc.max_payload):   # a server since connected to
             return False
         sock_transport = nc._transport._io_writer.transport
         if sock_transport is not self._plain:       # a new socket: plain TCP?
@@ -177,9 +210,13 @@ class Writer:
                     or sock_transport.get_extra_info("sslcontext") is not None):
                 return False
             self._plain = sock_transport
-        if sock_transport.get_write_buffer_size():
-            return False
+        # asyncio gives a failed socket up (closing, its buffer dropped) and closes
+        # it a turn later (``_sock`` None), turns before the client is told: the
+        # frame goes to the pump meanwhile, and the connections end once it is
         sock = sock_transport._sock
+        if sock is None or sock_transport.is_closing() \
+                or sock_transport.get_write_buffer_size():
+            return False
         data = b"".join((f"PUB {subject} {reply} {len(head) + len(body)}\r\n".encode(),
                          head, body, _CRLF))
         try:

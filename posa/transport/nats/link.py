@@ -96,7 +96,6 @@ class Link:
         self.endpoints: dict[Endpoint, None] = {}
         self.queue: deque[Outbound | tuple[str, bytes, str]] = deque()
         self.loop = event_loop()
-        self.room = 0                # payload bytes per message after the header
         self.nc: Any = None
         self.writer: Writer | None = None
         self._scheduled = True       # until the link is open
@@ -123,11 +122,19 @@ class Link:
         except TransportError:
             await nc.close()
             raise
-        self.nc, self.room = nc, nc.max_payload - HEADER.size
+        self.nc = nc
         writer = Writer(nc)
         writer.install()
         self.writer = writer
         self._pump()
+
+    @property
+    def room(self) -> int:
+        """Payload bytes per message after the header, on the server the client is
+        on now (it learns each server's ``max_payload`` as it connects: the nodes
+        of a cluster need not agree)."""
+        nc = self.nc
+        return 0 if nc is None else int(nc.max_payload) - HEADER.size
 
     def ready(self, timeout: float) -> None:
         try:
@@ -144,7 +151,7 @@ class Link:
 
     def put(self, out: Outbound, frame: bytes) -> None:
         writer = self.writer
-        if writer is not None and not self.queue and len(frame) <= self.room:
+        if writer is not None and writer.mine and not self.queue and len(frame) <= self.room:
             with writer.lock:
                 if self._waiting is None and not self.queue and self._send_now(out, frame,
                                                                               writer):
@@ -185,19 +192,25 @@ class Link:
 
     def _pump(self) -> None:
         """Publish what is queued, until the socket's buffer is over its high-water
-        mark; then a task waits for it to drain and pumps again."""
-        self._scheduled = False
+        mark; then a task waits for it to drain and pumps again. While it waits the
+        pump stays scheduled, so senders queue without waking the loop."""
         writer = self.writer
         if self._waiting is not None or writer is None:
             return
+        self._scheduled = False
         with writer.lock:
             if self._publish_queued(writer):     # senders queue while it waits
                 self._waiting = self.loop.create_task(self._drain(writer))
 
     def _publish_queued(self, writer: Writer) -> bool:
-        """``True`` if the socket's buffer filled before the queue emptied."""
+        """``True`` if the socket's buffer filled before the queue emptied. A turn
+        publishes what was queued when it began, no more: senders that keep the
+        queue full must not keep the loop from reading the socket and hearing it
+        break (a lost socket takes every write and holds none, so no buffer fills
+        to stop the turn); the senders that queue during the turn wake the pump
+        again."""
         queue = self.queue
-        while queue:
+        for _ in range(len(queue)):
             item = queue.popleft()
             try:
                 if isinstance(item, tuple):
