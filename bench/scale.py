@@ -260,15 +260,21 @@ def need(module: str, package: str) -> None:
                    "(bash bench/setup.sh does it)")
 
 
-def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
-    """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
+def _pyro(ctx: Any, server_role: str, client_role: str, address: str, n: int,
+          callers: int) -> dict[str, Any]:
+    """Start a Pyro5 server role, then a client role given its ``address`` keyword."""
     need("Pyro5", "Pyro5")
-    server = ctx.spawn(MODULE, "pyro_server", hold=True)
-    uri = server.wait_ready()
-    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_callers", uri=uri, n=n,
-                                       callers=callers).result(180)
+    server = ctx.spawn(MODULE, server_role, hold=True)
+    where = server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, client_role, n=n, callers=callers,
+                                       **{address: where}).result(180)
     server.result(timeout=10)
     return result
+
+
+def pyro_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
+    """The Pyro5 row with ``callers`` threads (an anchor: ``bench.anchors.ANCHORS``)."""
+    return _pyro(ctx, "pyro_server", "pyro_callers", "uri", n, callers)
 
 
 def nats_calls(ctx: Any, n: int, callers: int) -> dict[str, Any]:
@@ -299,13 +305,7 @@ def _lookups(callers: int) -> Callable[[Any, int], dict[str, Any]]:
 
 def pyro_lookups(ctx: Any, n: int, callers: int) -> dict[str, Any]:
     """Pyro5 name-server lookups from ``callers`` threads (an anchor)."""
-    need("Pyro5", "Pyro5")
-    ns = ctx.spawn(MODULE, "pyro_ns", hold=True)
-    address = ns.wait_ready()
-    result: dict[str, Any] = ctx.spawn(MODULE, "pyro_lookups", ns=address, n=n,
-                                       callers=callers).result(180)
-    ns.result(timeout=10)
-    return result
+    return _pyro(ctx, "pyro_ns", "pyro_lookups", "ns", n, callers)
 
 
 def _aio(tasks: int) -> Callable[[Any, int], dict[str, Any]]:
