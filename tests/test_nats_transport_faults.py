@@ -375,3 +375,34 @@ def test_a_stopped_node_with_writes_waiting_for_it_is_left_for_another(
             assert_prefixes(got, 4, lambda i: b"w" * 10_000)
         finally:
             stopped.signal(signal.SIGCONT)
+
+
+def test_a_link_closed_while_its_server_is_stopped_lets_its_socket_go(
+        tmp_path: Path) -> None:
+    """The last connection of a link closes while its server is SIGSTOPped with
+    writes waiting in the socket: a graceful close would wait for the server to
+    take them, for as long as it is stopped. The link gives it ``CLOSE_GRACE``
+    seconds past its linger, then drops the socket, while the server is still
+    stopped."""
+    import signal
+
+    options = Options(linger=0.2, send_timeout=5.0)
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        server = lone.servers[0]
+        listener = ends.listen(lone.urls, options)
+        connection = ends.connect(listener.address, options)
+        connection.send(b"first")
+        assert listener.recv(DEADLINE)[1] == b"first"
+        link = connection._link                 # type: ignore[attr-defined]
+        tcp = link.nc._transport._io_writer.transport.get_extra_info("socket")
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server.signal(signal.SIGSTOP)
+        try:
+            for _ in range(40):
+                connection.send(b"w" * 20_000)  # more than the socket can hold
+            listener.close()                    # the link's last users let go
+            connection.close()
+            wait_until(lambda: tcp.fileno() == -1, DEADLINE,
+                       "the link's socket was let go while its server was stopped")
+        finally:
+            server.signal(signal.SIGCONT)

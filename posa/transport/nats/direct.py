@@ -95,6 +95,13 @@ class Writer:
         self.rest: tuple[Any, bytes] | None = None     # (socket transport, bytes)
         self._plain: Any = None      # the last socket transport found to be plain TCP
 
+    def abort(self) -> None:
+        """Drop the socket at once with what it still holds (a server that stopped
+        reading never takes it, and a graceful close waits for that)."""
+        io_writer = getattr(self.nc._transport, "_io_writer", None)
+        if io_writer is not None:
+            io_writer.transport.abort()
+
     @property
     def mine(self) -> bool:
         """False in a process forked from the one that made it: the socket is the

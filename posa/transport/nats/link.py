@@ -53,6 +53,7 @@ INSTALL = "pip install 'posa-messaging[nats]'"
 RECONNECT_WAIT = 0.1     # s between attempts at the same server
 PING_INTERVAL = 5        # s; two unanswered pings and a silent server is given up
 BATCH = 1 << 20          # bytes the pump queues before it writes them
+CLOSE_GRACE = 2.0        # s a closing link waits for its server to take what it holds
 
 
 class Endpoint(Protocol):
@@ -273,14 +274,22 @@ class Link:
             endpoint.link_lost(why)
 
     async def close(self, linger: float) -> None:
+        """Publish what is queued (within ``linger``), then close the client; what
+        its socket still holds after ``max(linger, CLOSE_GRACE)`` s (a stopped
+        server takes none of it) is dropped with the socket."""
         self._closing = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flushed(), linger)
         if self._waiting is not None:
             self._waiting.cancel()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            try:        # a stopped server never drains what a graceful close waits on
+                await asyncio.wait_for(self.nc.close(), max(linger, CLOSE_GRACE))
+            except asyncio.TimeoutError:
+                if self.writer is not None:
+                    self.writer.abort()
+            except Exception:
+                pass
 
     async def _flushed(self) -> None:
         for _ in range(100_000):
