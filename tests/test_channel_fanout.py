@@ -77,7 +77,7 @@ def test_32_subscribers_each_get_everything_in_order_past_a_stalled_one(
                     reader.join(10)
                 assert all(g == list(range(EVENTS)) for g in got)   # each all, in order
                 assert channel_threads() == with_one
-                assert 1 <= lookup_threads() <= THREADS
+                assert lookup_threads() <= THREADS
                 # the stalled one now reads: in order, what its policy kept, and the
                 # drops are counted and said, never silent
                 late = [stalled.receive(timeout=30)]

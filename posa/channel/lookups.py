@@ -6,9 +6,9 @@ the registry it resolves subscribers' names with may be a remote dispatcher, and
 a lookup may take seconds (a slow dispatcher, one that does not answer until the
 client's timeout). Were the thread to ask itself, every subscriber would wait
 for the one whose name is asked about. So ``Lookups`` hands each lookup to at
-most ``THREADS`` helper threads (started when first needed, one per channel set
-whatever the number of subscribers) and keeps the answers, a registration or
-the ``PosaError`` the lookup raised, by name:
+most ``THREADS`` helper threads (started when needed and ended after ``IDLE``
+seconds without work, whatever the number of subscribers) and keeps the
+answers, a registration or the ``PosaError`` the lookup raised, by name:
 
 - ``resolve`` is the forwarder's ``Resolve`` that never waits: the answer if
   one is in, else the name is asked about and ``Unanswered`` raised, which the
@@ -37,6 +37,7 @@ __all__ = ["Lookups", "THREADS"]
 log = logging.getLogger("posa.channel.lookups")
 
 THREADS = 2     # helper threads of a channel at most: one hung lookup leaves one free
+IDLE = 10.0     # seconds a helper with nothing to look up waits for work, then ends
 
 Answer = Registration | PosaError
 Start = Callable[[Callable[[], None], str], threading.Thread]
@@ -118,14 +119,16 @@ class Lookups:
             self._cond.notify_all()
 
     def _work(self) -> None:
-        """A helper: look up what is asked, one name at a time, until closed."""
+        """A helper: look up what is asked, one name at a time, until closed or
+        idle for ``IDLE`` seconds."""
         while True:
             with self._cond:
                 self._idle += 1
                 while not self._queue and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(IDLE):
+                        break
                 self._idle -= 1
-                if self._closed:
+                if self._closed or not self._queue:
                     self._threads -= 1
                     return
                 name, fresh = self._queue.popleft()
