@@ -221,9 +221,9 @@ class Delivery:
         return False
 
     def _resume(self, fwd: Forwarder, fired: set[int], now: float) -> bool:
-        """Resume the waits whose connection fired or whose time came; when one
-        read something another may look for (an acknowledgement, a reply), all
-        look once more. True if any ended."""
+        """Resume the waits whose connection fired, whose time came or whose
+        registry lookup was answered; when one read something another may look for
+        (an acknowledgement, a reply), all look once more. True if any ended."""
         ended = everyone = False
         answered = self._lookups.answered()
         for _ in range(2 if self._waits else 0):
@@ -235,6 +235,8 @@ class Delivery:
             if fwd.progress_mark() == mark:
                 break
             everyone = True
+        for name in answered:           # none of the waits took it: it grows old
+            self._lookups.discard(name)
         for sub_id, lane in self.lanes.items():
             if sub_id not in self._waits:
                 self._settle(fwd, lane)

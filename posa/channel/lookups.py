@@ -19,7 +19,8 @@ answers, a registration or the ``PosaError`` the lookup raised, by name:
   names, so the thread resumes the steps waiting for it at once.
 
 One lookup per name is in flight at a time; a name asked about again while one
-runs shares its answer. An answer is used once.
+runs shares its answer. An answer is used once, by the steps that wait for it
+when it comes in; the delivery thread discards one nobody took then.
 """
 from __future__ import annotations
 
@@ -106,10 +107,10 @@ class Lookups:
         return answer.addresses, answer.epoch
 
     def discard(self, name: str) -> None:
-        """Forget an answer about ``name`` that nobody will use."""
+        """Forget an answer about ``name`` that nobody used (a later resolve must
+        not take an old answer for a fresh one)."""
         with self._cond:
             self._answers.pop(name, None)
-            self._answered.discard(name)
 
     def close(self) -> None:
         """Let the helpers end (one in a lookup ends when it returns)."""
