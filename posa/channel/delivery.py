@@ -266,7 +266,7 @@ class Delivery:
         reached)."""
         troubled, self._troubled = self._troubled, []
         for lane, exc in troubled:
-            if self.lanes.get(lane.sub_id) is lane and lane.sub_id not in self._waits:
+            if self.lanes.get(lane.sub_id) is lane:     # in place of any wait it began
                 self._begin(lane, self._verdict(lane, exc))
 
     def _verdict(self, lane: Lane, exc: BaseException) -> Steps[None]:
