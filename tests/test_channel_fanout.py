@@ -1,6 +1,7 @@
 """Fan-out without a thread per subscriber: 32 subscribers of one channel each get
 every event in order while one that reads nothing loses only what its policy
-drops, and the channel runs as many threads with 33 subscribers as with one; a
+drops, and the channel runs as many threads with 33 subscribers as with one (its
+registry lookup helpers at most two, whatever the number); a
 subscriber process killed mid-stream holds up no other and its subscription ends."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 import posa
+from posa.channel.lookups import THREADS
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
@@ -27,7 +29,14 @@ def registry() -> Iterator[posa.LocalRegistry]:
 
 
 def channel_threads() -> int:
-    return sum(t.name.startswith(f"posa-channel-{NAME}-") for t in threading.enumerate())
+    """The channel's threads but its registry lookup helpers (``lookup_threads``)."""
+    return sum(t.name.startswith(f"posa-channel-{NAME}-") and not t.name.endswith("-lookup")
+               for t in threading.enumerate())
+
+
+def lookup_threads() -> int:
+    """The channel's lookup helpers: at most ``THREADS``, whatever the subscribers."""
+    return sum(t.name == f"posa-channel-{NAME}-lookup" for t in threading.enumerate())
 
 
 def read_all(sub: Subscriber, got: list[int], done: threading.Event) -> None:
@@ -68,6 +77,7 @@ def test_32_subscribers_each_get_everything_in_order_past_a_stalled_one(
                     reader.join(10)
                 assert all(g == list(range(EVENTS)) for g in got)   # each all, in order
                 assert channel_threads() == with_one
+                assert lookup_threads() <= THREADS
                 # the stalled one now reads: in order, what its policy kept, and the
                 # drops are counted and said, never silent
                 late = [stalled.receive(timeout=30)]
@@ -113,7 +123,7 @@ def test_a_subscriber_killed_mid_stream_does_not_hold_up_the_others(dispatcher: 
                         list(range(1000))
                 wait_until(lambda: doomed_name not in channel.core.subscriptions, 30,
                            "the killed subscriber's subscription ended")
-                assert channel_threads() == 2
+                assert channel_threads() == 2 and lookup_threads() <= THREADS
             finally:
                 for sub in subs:
                     sub.close()

@@ -20,8 +20,11 @@ threads are one per channel whatever the number of subscribers.
 A slow or unreachable subscriber is retried while its name lives and it is
 subscribed (frames not acknowledged within ``send_timeout`` are given up, as a
 ``Timeout`` of the forwarder says); a lane ends when it unsubscribes, expires,
-its policy ends it or its name is gone. The registry is asked (blocking) only
-after such trouble.
+its policy ends it or its name is gone. The registry is asked only after such
+trouble (and at first contact), and never by this thread: a helper asks it
+(``posa.channel.lookups``, two threads at most) while the lane waits for the
+answer in its steps, so a slow or unreachable dispatcher holds up only the
+lanes whose names it is asked about.
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from posa.channel.framing import Framer
 from posa.channel.lane import Lane
+from posa.channel.lookups import Lookups
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
 from posa.delivery.waiting import Steps
 from posa.errors import NameNotFound, PosaError, Timeout
-from posa.naming.registration import resolver
 from posa.transport.base import Connection
 from posa.wire.codec import Kind
 
@@ -50,6 +53,7 @@ __all__ = ["Delivery"]
 log = logging.getLogger("posa.channel.delivery")
 
 BACKOFF = 0.2       # seconds before connecting again to an unreachable subscriber
+PATIENCE = 30.0     # seconds a lane waits for the registry's verdict (then: not gone)
 _SEND = Kind.SEND
 
 
@@ -64,10 +68,6 @@ class _Wait:
         self.until = 0.0
 
 
-def _pause(seconds: float) -> Steps[None]:
-    yield None, seconds
-
-
 class Delivery:
     """The delivery thread of one channel and the lanes it serves. ``wake`` is
     called (any thread) when a lane may have work."""
@@ -78,6 +78,7 @@ class Delivery:
         self._waits: dict[str, _Wait] = {}
         self._troubled: list[tuple[Lane, BaseException]] = []
         self._framer = Framer(channel)
+        self._lookups: Lookups      # made by the thread (the channel has its registry then)
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
@@ -103,7 +104,8 @@ class Delivery:
     # -- the thread -------------------------------------------------------------------
     def run(self) -> None:
         channel = self.channel
-        sender = Sender(channel.name, resolve=resolver(channel.registry),
+        self._lookups = Lookups(channel.registry, wake=self.wake, start=channel._start)
+        sender = Sender(channel.name, resolve=self._lookups.resolve,
                         codec=channel.peer.codec, options=channel.peer.options,
                         window=channel.window + 1, ack_timeout=2.0,
                         authenticator=channel.peer.authenticator)
@@ -130,6 +132,7 @@ class Delivery:
             log.exception("channel %s: the delivery thread failed", channel.name)
             raise
         finally:
+            self._lookups.close()
             sender.close(linger=0)
 
     def _collect(self, fwd: Forwarder) -> list[tuple[Lane, Taken, int]] | None:
@@ -162,6 +165,7 @@ class Delivery:
                 return None
         for sub_id in done:
             fwd.forget(sub_id)
+            self._lookups.discard(sub_id)
         return loads
 
     def _serve(self, fwd: Forwarder) -> bool:
@@ -217,19 +221,22 @@ class Delivery:
         return False
 
     def _resume(self, fwd: Forwarder, fired: set[int], now: float) -> bool:
-        """Resume the waits whose connection fired or whose time came; when one
-        read something another may look for (an acknowledgement, a reply), all
-        look once more. True if any ended."""
+        """Resume the waits whose connection fired, whose time came or whose
+        registry lookup was answered; when one read something another may look for
+        (an acknowledgement, a reply), all look once more. True if any ended."""
         ended = everyone = False
+        answered = self._lookups.answered()
         for _ in range(2 if self._waits else 0):
             mark = fwd.progress_mark()
             for sub_id, wait in list(self._waits.items()):
                 ready = wait.conn is not None and _fileno(wait.conn) in fired
-                if everyone or ready or wait.until <= now:
+                if everyone or ready or wait.until <= now or sub_id in answered:
                     ended |= self._step(self.lanes[sub_id], wait, ready)
             if fwd.progress_mark() == mark:
                 break
             everyone = True
+        for name in answered:           # none of the waits took it: it grows old
+            self._lookups.discard(name)
         for sub_id, lane in self.lanes.items():
             if sub_id not in self._waits:
                 self._settle(fwd, lane)
@@ -253,26 +260,33 @@ class Delivery:
             self._resume(fwd, fired, time.monotonic())
 
     def _handle_trouble(self) -> None:
-        """A lane's steps failed: if the subscriber's name is gone, the lane ends;
-        else it goes on (after a back-off when it could not be reached). The
-        registry may be remote: asked without any lock."""
+        """A lane's steps failed: it waits (in its steps, as for anything else) for
+        the registry's verdict on its name, asked by a helper; if the name is gone
+        the lane ends, else it goes on (after a back-off when it could not be
+        reached)."""
         troubled, self._troubled = self._troubled, []
         for lane, exc in troubled:
-            gone = isinstance(exc, NameNotFound)
-            if not gone:
-                try:
-                    self.channel.registry.lookup(lane.sub_id)
-                except NameNotFound:
-                    gone = True
-                except PosaError:
-                    pass
-            if gone:
-                lane.stop()
-            elif not isinstance(exc, Timeout):
-                log.debug("channel %s: %s unreachable (%s); trying again", self.channel.name,
-                          lane.sub_id, exc)
-                self._waits[lane.sub_id] = wait = _Wait(_pause(BACKOFF))
-                self._step(lane, wait, None)
+            if self.lanes.get(lane.sub_id) is lane:     # in place of any wait it began
+                self._begin(lane, self._verdict(lane, exc))
+
+    def _verdict(self, lane: Lane, exc: BaseException) -> Steps[None]:
+        """Whether ``lane``'s name is gone (``exc`` said why its steps failed), as
+        steps: the lookup is a helper's; the thread resumes them when it answered."""
+        gone = isinstance(exc, NameNotFound)
+        if not gone:
+            self._lookups.ask(lane.sub_id, True)
+            until = time.monotonic() + PATIENCE
+            answer = self._lookups.answer(lane.sub_id)
+            while answer is None and time.monotonic() < until:
+                yield None, until - time.monotonic()
+                answer = self._lookups.answer(lane.sub_id)
+            gone = isinstance(answer, NameNotFound)
+        if gone:
+            lane.stop()
+        elif not isinstance(exc, Timeout):
+            log.debug("channel %s: %s unreachable (%s); trying again", self.channel.name,
+                      lane.sub_id, exc)
+            yield None, BACKOFF
 
 
 def _fileno(conn: Connection) -> int:

@@ -19,6 +19,9 @@ Threads of a channel, and why:
 - one *delivery* thread serving every subscription, each a lane
   (``posa.channel.delivery``, ``posa.channel.lane``): threads do not grow
   with subscribers;
+- at most two *lookup* helpers (``posa.channel.lookups``), started when first
+  needed: they ask the registry about subscribers' names, so that the delivery
+  thread never waits for a remote dispatcher;
 - one thread per ``upstream`` channel, a ``Subscriber`` feeding this channel.
 
 ``block`` policy: ``publish`` accepts the prefix of a batch that fits; the rest

@@ -35,10 +35,16 @@ from posa.delivery.waiting import Steps
 from posa.errors import NameNotFound, PosaError, Timeout, TransportError
 from posa.transport.base import Connection, Options
 
-__all__ = ["Links", "Resolve", "Retry"]
+__all__ = ["Links", "Resolve", "Retry", "Unanswered"]
 
 Resolve = Callable[[str, bool], tuple[tuple[str, ...], int]]
 """(name, fresh) -> (addresses, epoch); ``fresh`` asks past any cache."""
+
+
+class Unanswered(TransportError):
+    """A ``Resolve`` that must not wait (a delivery thread's) has asked the registry
+    elsewhere and has no answer yet: the steps back off and resolve again (a
+    driver may resume them as soon as the answer is in). It counts as no try."""
 
 _FAILED = (TransportError, Timeout, NameNotFound)
 
@@ -117,6 +123,10 @@ class Links:
                 if first:                   # it may come back
                     raise
                 last: BaseException = exc
+            except Unanswered as exc:       # being asked: the answer comes as it would
+                last = exc
+                yield None, retry.pause(last)
+                continue
             except TransportError as exc:   # the peer, or the registry, unreachable
                 last = exc
             yield None, retry.pause(last)
@@ -161,7 +171,7 @@ class Links:
         last = cause
         while True:
             try:
-                if isinstance(last, TransportError):
+                if isinstance(last, TransportError) and not isinstance(last, Unanswered):
                     self.drop(target.address)
                 addresses, epoch = self._where(target, hint)
                 address = target.address if target.address in addresses else addresses[0]
