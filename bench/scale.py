@@ -238,18 +238,25 @@ def role_nats_callers(url: str, subject: str, n: int, callers: int) -> None:
 
 
 # ------------------------------------------------------------------ the rows
-def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+def _echoed(echo_module: str, client: tuple[str, str], **kwargs: Any
+            ) -> Callable[[Any, int], dict[str, Any]]:
+    """A row: an echo peer of ``echo_module`` on tcp, then ``client`` (module, role)
+    calling it with ``kwargs``."""
     def run(ctx: Any, n: int) -> dict[str, Any]:
         dispatcher = ctx.dispatcher()
         name = f"bench/scale-echo-{secrets.token_hex(3)}"
-        echo = ctx.spawn("bench.peer", "echo", hold=True, dispatcher=dispatcher, name=name,
+        echo = ctx.spawn(echo_module, "echo", hold=True, dispatcher=dispatcher, name=name,
                          listen="tcp://127.0.0.1:0")
         echo.wait_ready()
-        result: dict[str, Any] = ctx.spawn(MODULE, "posa_callers", dispatcher=dispatcher,
-                                           target=name, n=n, callers=callers).result(180)
+        result: dict[str, Any] = ctx.spawn(*client, dispatcher=dispatcher, target=name,
+                                           n=n, **kwargs).result(180)
         echo.result(timeout=10)
         return result
     return run
+
+
+def _posa(callers: int) -> Callable[[Any, int], dict[str, Any]]:
+    return _echoed("bench.peer", (MODULE, "posa_callers"), callers=callers)
 
 
 def need(module: str, package: str) -> None:
@@ -309,18 +316,8 @@ def pyro_lookups(ctx: Any, n: int, callers: int) -> dict[str, Any]:
 
 
 def _aio(tasks: int) -> Callable[[Any, int], dict[str, Any]]:
-    def run(ctx: Any, n: int) -> dict[str, Any]:
-        dispatcher = ctx.dispatcher()
-        name = f"bench/scale-aio-{secrets.token_hex(3)}"
-        echo = ctx.spawn("bench.aio", "echo", hold=True, dispatcher=dispatcher, name=name,
-                         listen="tcp://127.0.0.1:0")
-        echo.wait_ready()
-        result: dict[str, Any] = ctx.spawn("bench.aio", "client", dispatcher=dispatcher,
-                                           target=name, listen="tcp://127.0.0.1:0", n=n,
-                                           tasks=tasks).result(180)
-        echo.result(timeout=10)
-        return result
-    return run
+    return _echoed("bench.aio", ("bench.aio", "client"), listen="tcp://127.0.0.1:0",
+                   tasks=tasks)
 
 
 BENCHES = [

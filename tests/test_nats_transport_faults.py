@@ -39,22 +39,30 @@ def untag(frame: bytes) -> tuple[int, int]:
 
 
 def senders(connections: list[Any], frames: int, body: Callable[[int], bytes],
-            outcome: Counter[str]) -> list[threading.Thread]:
+            outcome: Counter[str], progress: threading.Condition | None = None,
+            sent: list[int] | None = None) -> list[threading.Thread]:
     """A started thread per connection sending ``frames`` tagged frames; ``outcome``
-    counts how each ended: "sent", a posa error's name, or "raw ..." (a leak)."""
-    lock = threading.Lock()
+    counts how each ended: "sent", a posa error's name, or "raw ..." (a leak).
+    Given ``sent``, ``sent[0]`` counts the frames sent in all; ``progress`` is
+    notified of every change to either."""
+    lock = progress or threading.Condition()
 
     def run(k: int, connection: Any) -> None:
         ended = "sent"
         try:
             for i in range(frames):
                 connection.send(tagged(k, i, body(i)))
+                if sent is not None:
+                    with lock:
+                        sent[0] += 1
+                        lock.notify_all()
         except PosaError as exc:
             ended = type(exc).__name__
         except Exception as exc:       # what leaks is what is counted
             ended = f"raw {type(exc).__name__}: {exc}"
         with lock:
             outcome[ended] += 1
+            lock.notify_all()
 
     threads = [threading.Thread(target=run, args=(k, c)) for k, c in enumerate(connections)]
     for thread in threads:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from posa.errors import PosaError
 from posa.transport import Options
 from posa.transport.testing.support import DEADLINE, Endpoints
 from tests.natsserver import NatsCluster
-from tests.test_nats_transport_faults import assert_prefixes, tagged, untag
+from tests.test_nats_transport_faults import assert_prefixes, senders, untag
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,22 +53,6 @@ def test_a_seeded_mix_of_threads_sizes_buffers_and_pauses_delivers_every_frame(
     sent = [0]
     outcome: Counter[str] = Counter()
 
-    def send(k: int, connection: object) -> None:
-        ended = "sent"
-        try:
-            for i in range(frames):
-                connection.send(tagged(k, i, body(i)))  # type: ignore[attr-defined]
-                with progress:
-                    sent[0] += 1
-                    progress.notify_all()
-        except PosaError as exc:
-            ended = type(exc).__name__
-        except Exception as exc:            # what leaks is what is counted
-            ended = f"raw {type(exc).__name__}: {exc}"
-        with progress:
-            outcome[ended] += 1
-            progress.notify_all()
-
     with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
         server = lone.servers[0]
         listener = ends.listen(lone.urls, Options(max_frame_size=4 << 20))
@@ -83,10 +66,7 @@ def test_a_seeded_mix_of_threads_sizes_buffers_and_pauses_delivers_every_frame(
         reader = threading.Thread(target=lambda: got.extend(
             listener.recv(3 * DEADLINE)[1] for _ in range(threads_n * frames)))
         reader.start()
-        threads = [threading.Thread(target=send, args=(k, c))
-                   for k, c in enumerate(connections)]
-        for thread in threads:
-            thread.start()
+        threads = senders(connections, frames, body, outcome, progress, sent)
         try:
             for at in pauses:
                 with progress:
