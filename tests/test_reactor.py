@@ -248,3 +248,31 @@ def test_a_forked_child_gets_its_own_reactor_and_lease_keeper() -> None:
     finally:
         os.waitpid(pid, 0)
     assert reactor_module.default() is parent_reactor
+
+
+def test_in_a_forked_child_no_thread_is_taken_for_the_parents_loop_thread() -> None:
+    """The parent's loop thread does not exist in a forked child, though the
+    child's threads may be given its number (the thread library hands the child
+    the dead threads' stacks first): none of them is its reactor's thread, so
+    ``call`` from them hands off instead of running inline."""
+    parent = reactor_module.default()
+    assert parent.call(parent.in_reactor_thread, timeout=5)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: report, and leave at once
+        try:
+            claims = []
+            for _ in range(8):                # threads made one after another
+                thread = threading.Thread(
+                    target=lambda: claims.append(parent.in_reactor_thread()))
+                thread.start()
+                thread.join(5)
+            os.write(write_fd, b"ok" if claims == [False] * 8 else repr(claims).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b"ok"
+    finally:
+        os.waitpid(pid, 0)
