@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -229,24 +229,34 @@ def test_process_local_makes_one_object_and_a_new_one_when_it_is_gone() -> None:
     assert get() is made[1] and len(made) == 2
 
 
-def test_a_forked_child_gets_its_own_reactor_and_lease_keeper() -> None:
-    parent_reactor, parent_keeper = reactor_module.default(), leases.keeper()
+def in_forked_child(check: Callable[[], bool | str]) -> bool | str:
+    """What ``check`` returns in a child forked now (True, False, or why not)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:                              # the child: report, and leave at once
         try:
-            child = reactor_module.default()
-            fresh = child is not parent_reactor and leases.keeper() is not parent_keeper
-            ran = child.call(lambda: True, timeout=5)   # its loop thread runs here
-            os.write(write_fd, b"ok" if fresh and ran else b"no")
+            os.write(write_fd, repr(check()).encode())
         finally:
             os._exit(0)
     os.close(write_fd)
     try:
         with os.fdopen(read_fd, "rb") as pipe:
-            assert pipe.read() == b"ok"
+            reported = pipe.read().decode()
     finally:
         os.waitpid(pid, 0)
+    return True if reported == "True" else reported
+
+
+def test_a_forked_child_gets_its_own_reactor_and_lease_keeper() -> None:
+    parent_reactor, parent_keeper = reactor_module.default(), leases.keeper()
+
+    def check() -> bool:
+        child = reactor_module.default()
+        fresh = child is not parent_reactor and leases.keeper() is not parent_keeper
+        ran: bool = child.call(lambda: True, timeout=5)   # its loop thread runs here
+        return fresh and ran
+
+    assert in_forked_child(check) is True
     assert reactor_module.default() is parent_reactor
 
 
@@ -257,22 +267,13 @@ def test_in_a_forked_child_no_thread_is_taken_for_the_parents_loop_thread() -> N
     ``call`` from them hands off instead of running inline."""
     parent = reactor_module.default()
     assert parent.call(parent.in_reactor_thread, timeout=5)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                              # the child: report, and leave at once
-        try:
-            claims = []
-            for _ in range(8):                # threads made one after another
-                thread = threading.Thread(
-                    target=lambda: claims.append(parent.in_reactor_thread()))
-                thread.start()
-                thread.join(5)
-            os.write(write_fd, b"ok" if claims == [False] * 8 else repr(claims).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd, "rb") as pipe:
-            assert pipe.read() == b"ok"
-    finally:
-        os.waitpid(pid, 0)
+
+    def check() -> bool | str:
+        claims: list[bool] = []
+        for _ in range(8):                    # threads made one after another
+            thread = threading.Thread(target=lambda: claims.append(parent.in_reactor_thread()))
+            thread.start()
+            thread.join(5)
+        return claims == [False] * 8 or repr(claims)
+
+    assert in_forked_child(check) is True
