@@ -26,6 +26,7 @@ still registered, and one that restarts before the deadline is reached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -47,6 +48,14 @@ class Unanswered(TransportError):
     driver may resume them as soon as the answer is in). It counts as no try."""
 
 _FAILED = (TransportError, Timeout, NameNotFound)
+
+
+@functools.lru_cache(maxsize=64)
+def _bounded(options: Options, bound: float) -> Options:
+    """``options`` (without TLS settings) with writes bounded by ``bound`` s, one
+    for equal options in a process (they are frozen): every idle forwarder held a
+    copy of its own."""
+    return dataclasses.replace(options, send_timeout=bound)
 
 
 class Retry:
@@ -74,7 +83,10 @@ class Links:
         self._resolve = resolve
         bound = options.send_timeout
         bound = write_bound if bound is None else min(bound, write_bound)
-        self._options = dataclasses.replace(options, send_timeout=bound)
+        if options.tls is None:
+            self._options = _bounded(options, bound)
+        else:   # TLS settings keep sessions: never taken for another's that is equal
+            self._options = dataclasses.replace(options, send_timeout=bound)
         self.pins: dict[str, str] = {}
         self._conns: dict[str, Connection] = {}
         self._stale: dict[str, None] = {}   # names given up on: resolved afresh next
