@@ -8,8 +8,8 @@ one directly.  Closing flushes the closing thread's messages for up to
 
 A thread finds its forwarder in a dict keyed by its ident, which holds every
 forwarder the sender made and not replaced (a thread-local and a list of them
-cost a client that sends from one thread some 1.3 KB; see docs/benchmarks.md,
-idle clients). A thread that ends leaves its forwarder to the next thread with
+cost a client that sends from one thread about 1.2 KB; docs/benchmarks.md, "An
+idle client's memory"). A thread that ends leaves its forwarder to the next thread with
 its ident, which uses it alone as the first did; ``close`` closes them all.
 """
 from __future__ import annotations

@@ -23,9 +23,9 @@ Methods named ``*_locked`` run with the lock held.
 the queue is made by the first send the socket does not take at once and
 dropped again when the flush empties it (an empty one is shared), the
 condition by the first thread that waits (the flusher, a sender waiting for
-room, a lingering close), the poll object by the flusher's first wait. 2,000
-idle clients hold 2,000 connections, and each of those objects cost about a
-kilobyte.
+room, a lingering close), the poll object by the flusher's first wait. Made
+at once, they were 3 of the 4.5 KB of Python memory an idle connection held
+(the queue is two deques), and a process may hold thousands of idle clients.
 """
 from __future__ import annotations
 
