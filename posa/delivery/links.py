@@ -26,6 +26,7 @@ still registered, and one that restarts before the deadline is reached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -47,6 +48,14 @@ class Unanswered(TransportError):
     driver may resume them as soon as the answer is in). It counts as no try."""
 
 _FAILED = (TransportError, Timeout, NameNotFound)
+
+
+@functools.lru_cache(maxsize=64)
+def _bounded(options: Options, bound: float) -> Options:
+    """``options`` (without TLS settings) with writes bounded by ``bound`` s, one
+    for equal options in a process (they are frozen): every idle forwarder held a
+    copy of its own."""
+    return dataclasses.replace(options, send_timeout=bound)
 
 
 class Retry:
@@ -74,10 +83,14 @@ class Links:
         self._resolve = resolve
         bound = options.send_timeout
         bound = write_bound if bound is None else min(bound, write_bound)
-        self._options = dataclasses.replace(options, send_timeout=bound)
+        if options.tls is None:
+            self._options = _bounded(options, bound)
+        else:   # TLS settings keep sessions: never taken for another's that is equal
+            self._options = dataclasses.replace(options, send_timeout=bound)
         self.pins: dict[str, str] = {}
         self._conns: dict[str, Connection] = {}
-        self._stale: set[str] = set()   # names given up on: resolved afresh next time
+        self._stale: dict[str, None] = {}   # names given up on: resolved afresh next
+        # time (a dict: an empty set is 216 bytes, an empty dict 64)
 
     def resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
         """The addresses of ``name`` and the epoch of its registration (0 if pinned)."""
@@ -111,8 +124,7 @@ class Links:
         steps that yield each back-off as ``(None, seconds)``. An unknown name
         raises ``NameNotFound`` at once."""
         retry = Retry(deadline, repr(name))
-        fresh = name in self._stale
-        self._stale.discard(name)
+        fresh = self._stale.pop(name, 0) is None
         first = True
         while True:
             try:
@@ -137,7 +149,7 @@ class Links:
         (``why`` it did): none of those messages is sent again (a copy already
         written may still arrive, once, where it was written), and the next
         send to the name resolves it afresh and starts a new stream."""
-        self._stale.add(target.name)
+        self._stale[target.name] = None
         return Timeout(f"{why}; gave up {len(target.out)} unacknowledged message(s) "
                        f"to {target.name!r}: not known to be delivered, and posa will "
                        "not send them again")

@@ -5,6 +5,12 @@ order), so sends never contend for a lock and no message crosses a thread.  A
 ``Peer`` sends through one; a publisher or a client that receives nothing uses
 one directly.  Closing flushes the closing thread's messages for up to
 ``linger`` seconds, then closes every thread's forwarder.
+
+A thread finds its forwarder in a dict keyed by its ident, which holds every
+forwarder the sender made and not replaced (a thread-local and a list of them
+cost a client that sends from one thread about 1.2 KB; docs/benchmarks.md, "An
+idle client's memory"). A thread that ends leaves its forwarder to the next thread with
+its ident, which uses it alone as the first did; ``close`` closes them all.
 """
 from __future__ import annotations
 
@@ -12,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -26,6 +31,7 @@ from posa.wire.codec import Codec, Kind, Message
 __all__ = ["Sender"]
 
 log = logging.getLogger("posa.delivery.sender")
+_ident = threading.get_ident
 
 
 class Sender:
@@ -45,24 +51,29 @@ class Sender:
         self.name = name
         self.codec = codec or Codec()
         self.options = self.codec.limits.options(options)
-        self._make: Callable[[], Forwarder] = partial(
-            Forwarder, name, resolve=resolve, codec=self.codec, options=self.options,
-            window=window, ack_timeout=ack_timeout, on_notify=on_notify,
-            authenticator=authenticator, reactor=reactor)
-        self._local = threading.local()
-        self._all: list[Forwarder] = []
+        self._resolve, self._window, self._ack_timeout = resolve, window, ack_timeout
+        self._on_notify, self._auth, self._reactor = on_notify, authenticator, reactor
+        self._forwarders: dict[int, Forwarder] = {}     # by thread ident
         self._lock = threading.Lock()
         self.closed = False
 
     def forwarder(self) -> Forwarder:
         """This thread's forwarder."""
-        fwd: Forwarder | None = getattr(self._local, "fwd", None)
+        fwd = self._forwarders.get(_ident())
         if fwd is None or fwd.closed:
-            if self.closed:
-                raise Closed(f"the sender {self.name!r} is closed")
-            fwd = self._local.fwd = self._make()
-            with self._lock:
-                self._all.append(fwd)
+            return self._new_forwarder()
+        return fwd
+
+    def _new_forwarder(self) -> Forwarder:
+        """A forwarder for this thread, in place of its closed one if it had one."""
+        if self.closed:
+            raise Closed(f"the sender {self.name!r} is closed")
+        fwd = Forwarder(self.name, resolve=self._resolve, codec=self.codec,
+                        options=self.options, window=self._window,
+                        ack_timeout=self._ack_timeout, on_notify=self._on_notify,
+                        authenticator=self._auth, reactor=self._reactor)
+        with self._lock:
+            self._forwarders[_ident()] = fwd
         return fwd
 
     def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
@@ -89,7 +100,7 @@ class Sender:
     def unacknowledged(self) -> int:
         """Messages sent by every thread and not yet acknowledged (approximate)."""
         with self._lock:
-            forwarders = list(self._all)
+            forwarders = list(self._forwarders.values())
         return sum(fwd.unacknowledged() for fwd in forwarders)
 
     def close(self, linger: float = 0.0) -> None:
@@ -97,7 +108,7 @@ class Sender:
         forwarder. Call it when the other sending threads are done."""
         if self.closed:
             return
-        mine = getattr(self._local, "fwd", None)
+        mine = self._forwarders.get(_ident())
         if mine is not None and linger > 0:
             try:
                 mine.flush(time.monotonic() + linger)
@@ -105,6 +116,7 @@ class Sender:
                 log.warning("%s: closing with undelivered messages: %s", self.name, exc)
         self.closed = True
         with self._lock:
-            forwarders, self._all = self._all, []
+            forwarders = list(self._forwarders.values())
+            self._forwarders.clear()
         for fwd in forwarders:
             fwd.close()

@@ -19,7 +19,6 @@ delivered once, in order.
 """
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 
 from posa.wire.codec import Message
@@ -35,14 +34,17 @@ class Outbound:
     path instead of two method calls.  Sequence numbers are consecutive, so a
     frame's number is implied by its place: ``unacked[i]`` is number
     ``acked + 1 + i`` (invariant: ``next_seq == acked + 1 + len(unacked)``), and
-    the send path stores no (seq, frame) pair."""
+    the send path stores no (seq, frame) pair. ``unacked`` is a list: an
+    acknowledgement releases its frames with one slice deletion, and an
+    emptied list holds no storage (an idle stream costs a few bytes, an empty
+    deque a 600-byte block)."""
 
     __slots__ = ("next_seq", "acked", "unacked")
 
     def __init__(self, first_seq: int = 1) -> None:
         self.next_seq = first_seq
         self.acked = first_seq - 1
-        self.unacked: deque[bytes] = deque()
+        self.unacked: list[bytes] = []
 
     def ack(self, upto: int) -> int:
         """Release every frame with seq <= ``upto``; returns how many. An
@@ -53,9 +55,7 @@ class Outbound:
         if released <= 0:
             return 0
         self.acked = upto
-        popleft = self.unacked.popleft
-        for _ in range(released):
-            popleft()
+        del self.unacked[:released]
         return released
 
     def first_unacked(self) -> int:

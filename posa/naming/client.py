@@ -30,6 +30,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout, TransportError, Unreachable
+from posa.naming import shared
 from posa.naming.hosts import reachable
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
@@ -39,7 +40,7 @@ from posa.naming.protocol import (
     page_from_wire,
     registration_from_wire,
 )
-from posa.naming.registration import DEFAULT_LEASE, Registration, check_addresses, resolver
+from posa.naming.registration import DEFAULT_LEASE, Registration, check_addresses
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
@@ -88,8 +89,8 @@ class RegistryClient:
         self.failover_after = failover_after
         self.address = self.addresses[0]       # the dispatcher asked now
         self.timeout = timeout
-        self.codec = codec or Codec()
-        self.options = options or Options(send_timeout=min(timeout, 5.0))
+        self.codec = codec or shared.client_codec()     # (made once per process,
+        self.options = options or shared.client_options(timeout)    # not per client)
         self._authenticator = authenticator
         self._sender = self._sender_to(self.address)
         self._cache: dict[str, tuple[Registration, float]] = {}
@@ -100,7 +101,7 @@ class RegistryClient:
         self._reactor = reactor or reactor_module.default()
         self._watch: Forwarder | None = None
         self._instance: str | None = None
-        self._subscribed = threading.Event()    # the dispatcher answered the watch
+        self._taken = False     # the dispatcher answered the watch (shared.wait_taken)
         self._ping_seq = 0
         self._silent = 0
         self._caching = cache
@@ -141,12 +142,12 @@ class RegistryClient:
         raise Timeout(f"no dispatcher of {', '.join(self.addresses)} answered")
 
     def _sender_to(self, address: str) -> Sender:
-        return Sender("", resolve=resolver(None, pins={DISPATCHER: address}),
+        return Sender("", resolve=shared.pinned_dispatcher(address),
                       codec=self.codec, options=self.options,
                       authenticator=self._authenticator)
 
     def _resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
-        return resolver(None, pins={DISPATCHER: self.address})(name, fresh)
+        return shared.pinned_dispatcher(self.address)(name, fresh)
 
     def _fail_over(self, address: str) -> None:
         """``address`` did not answer: ask the next dispatcher from now on."""
@@ -243,7 +244,8 @@ class RegistryClient:
             with self._lock:
                 self._watchers.pop(key, None)
         self._keep_watch()
-        if not self._reactor.in_reactor_thread() and not self._subscribed.wait(self.timeout):
+        if not self._reactor.in_reactor_thread() and not shared.wait_taken(
+                lambda: self._taken, self.timeout):
             unsubscribe()
             raise Timeout(f"the dispatcher at {self.address} did not take a watch within "
                           f"{self.timeout} s; is it running?")
@@ -369,12 +371,13 @@ class RegistryClient:
             reply = watch.peek_reply(DISPATCHER, self._ping_seq)
             if reply is not None and isinstance(reply.body, dict):
                 self._instance = reply.body.get("instance")
-                self._subscribed.set()
+                self._taken = True
+                shared.notify_taken()
 
     def _drop_watch(self) -> None:
         watch, self._watch = self._watch, None
         self._instance = None
-        self._subscribed.clear()
+        self._taken = False
         with self._lock:
             self._cache.clear()
         if watch is not None:

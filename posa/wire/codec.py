@@ -61,6 +61,7 @@ class Kind(enum.IntEnum):
 
 _KINDS = frozenset(int(k) for k in Kind)
 _BATCHABLE = (Kind.SEND, Kind.REQUEST)
+_SMALL_BUFFER: dict[str, Any] = {"buf_size": 1024} if msgpack.version >= (1, 1) else {}
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,9 @@ Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
 class Codec:
     """Encodes ``Message`` to bytes and decodes untrusted bytes to ``Message``.
 
-    Thread-safe: each thread gets its own reusable msgpack ``Packer``
-    (``msgpack.packb`` allocates 256 KiB per call); ``packer()`` hands one to a
-    caller that stays on one thread.
-    """
+    Thread-safe: each thread gets its own reusable msgpack ``Packer`` (``packb``
+    allocates 256 KiB per call); ``packer()`` hands one to a caller that stays on
+    one thread, its buffer 1 KiB (msgpack 1.1+) until a larger message grows it."""
 
     def __init__(self, limits: CodecLimits | None = None) -> None:
         self.limits = limits = limits or CodecLimits()
@@ -192,7 +192,7 @@ class Codec:
         """A pack function with a ``Packer`` of its own, for one thread: ``pack``
         without the per-call lookup of the thread's packer (the forwarder's send
         path holds one). The one place that lays out the envelope."""
-        packer = msgpack.Packer(use_bin_type=True)
+        packer = msgpack.Packer(use_bin_type=True, **_SMALL_BUFFER)
         packb = packer.pack
         limit = self.limits.max_frame_size
 

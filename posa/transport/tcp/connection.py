@@ -10,7 +10,10 @@ the sending half, ``posa.transport.tcp.writer``, says how and why.
 thread's, reused by every connection that thread reads (the decoder copies what
 it keeps), so an idle connection holds no read buffer: 2,000 idle connections
 cost 64 KiB per reading thread, not 125 MiB. It is fed to a ``FrameDecoder``;
-the frames it completes wait in ``_ready``.
+a read that completes one frame returns it, and only the frames after the first
+of a read wait, in ``_ready`` (newest first: ``pop()`` takes the oldest), so an
+idle connection holds no queue of its own; nor a poll object, made by the first
+blocking wait (and the writer's queue and condition: ``writer``, *Memory*).
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
@@ -27,7 +30,6 @@ import select
 import socket
 import threading
 import time
-from collections import deque
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options
@@ -40,6 +42,7 @@ __all__ = ["TcpConnection"]
 
 _CONNECTION_READ_SIZE = 64 * 1024  # one reused buffer per reading thread
 _buffers = threading.local()
+_NO_FRAMES: list[bytes] = []       # what a read of nothing completes; never changed
 
 
 def _read_buffer() -> memoryview:
@@ -57,15 +60,14 @@ class TcpConnection(QueuedWriter):
     def __init__(self, sock: socket.socket, address: str, options: Options) -> None:
         super().__init__(sock, address, options)
         self._decoder = FrameDecoder(self._max_frame)
-        self._ready: deque[bytes] = deque()
+        self._ready: list[bytes] = []         # frames read and not returned, newest first
         self._released = False                # the socket went to the reaper
         self._wake: tuple[socket.socket, socket.socket] | None = None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._readable = select.poll()
-        self._readable.register(sock, select.POLLIN)
+        self._readable: select.poll | None = None     # made by the first blocking wait
         with self._lock:
-            self._out.push_raw(GREETING)
+            self._queue_locked().push_raw(GREETING)
             self._flush_locked()
             if self._out:
                 self._kick_locked()
@@ -89,11 +91,14 @@ class TcpConnection(QueuedWriter):
         broke the protocol."""
         if self._closed:
             raise self._closed_error()
-        if not self._ready:
-            self._fill()
-            if not self._ready:
-                return None
-        return self._ready.popleft()
+        ready = self._ready
+        if not ready:
+            frames = self._fill()
+            if len(frames) < 2:
+                return frames[0] if frames else None
+            frames.reverse()
+            self._ready = ready = frames
+        return ready.pop()
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame. Raises ``Timeout``, ``Closed``, ``TransportError``."""
@@ -120,7 +125,7 @@ class TcpConnection(QueuedWriter):
         read everything and ended its side too (or ``linger`` ran out): closing
         it at once would make the kernel answer a late greeting or reply with a
         reset, which destroys frames the listener has not read yet."""
-        with self._cond:
+        with self._lock:
             if self._closing:
                 return
             self._closing = True
@@ -128,8 +133,7 @@ class TcpConnection(QueuedWriter):
             if self._out and self._failure is None:
                 self._linger_locked()
             self._closed = True
-            self._out.clear()
-            self._cond.notify_all()
+            self._discard_locked()
             try:
                 self._sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -150,15 +154,15 @@ class TcpConnection(QueuedWriter):
 
     # -- receiving -------------------------------------------------------------
 
-    def _fill(self) -> None:
-        """Read once without waiting and queue the frames that completes."""
+    def _fill(self) -> list[bytes]:
+        """Read once without waiting; the frames that completes, oldest first."""
         if self._failure is not None:
             raise self._failure_error()
         view = _read_buffer()
         try:
             size = self._sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
-            return
+            return _NO_FRAMES
         except OSError as exc:
             with self._lock:
                 raise self._broken_locked(exc) from None
@@ -174,26 +178,29 @@ class TcpConnection(QueuedWriter):
         try:
             frames = self._decoder.feed(view[:size])
         except ProtocolError as exc:
-            self._ready.extend(self._decoder.frames_before_failure)
+            frames = list(self._decoder.frames_before_failure)
             self._failure = (TransportError, f"{self.address} broke the posa tcp "
                                              f"protocol: {exc}")
-            if not self._ready:
+            if not frames:
                 raise self._failure_error() from None
-            return
-        self._ready.extend(frames)
+            return frames
         self._last_write = 0.0            # after an answer, the next send is no burst
+        return frames
 
     def _wait_readable(self, timeout: float | None) -> None:
         """Wait for input without the lock; ``Closed`` if closed meanwhile."""
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            if self._wake is None:        # made on the first wait: close() writes it
+            readable = self._readable
+            if readable is None:          # made on the first wait, as the wake-up
+                readable = self._readable = select.poll()   # socket close() writes
                 self._wake = socket.socketpair()
-                self._readable.register(self._wake[0], select.POLLIN)
+                readable.register(self._sock, select.POLLIN)
+                readable.register(self._wake[0], select.POLLIN)
             self._waiting += 1
         try:
-            self._readable.poll(poll_ms(timeout))
+            readable.poll(poll_ms(timeout))
         finally:
             with self._lock:
                 self._waiting -= 1

@@ -18,6 +18,14 @@ of a few MiB; a frame over 64 KiB counts as two). The flusher ends after
 lock (the socket, the queue, whether it is closing, closed or failed); its
 subclass ``TcpConnection`` adds the receiving half and gives the socket up.
 Methods named ``*_locked`` run with the lock held.
+
+*Memory.* An idle connection holds no queue, no condition and no poll object:
+the queue is made by the first send the socket does not take at once and
+dropped again when the flush empties it (an empty one is shared), the
+condition by the first thread that waits (the flusher, a sender waiting for
+room, a lingering close), the poll object by the flusher's first wait. Made
+at once, they were 3 of the 4.5 KB of Python memory an idle connection held
+(the queue is two deques), and a process may hold thousands of idle clients.
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ _BURST_GAP = 50e-6                 # s: a send this soon after a write joins the
 _SYNC_FLUSH = 256                  # queued entries at which the sender writes them itself
 _TAIL_DELAY = 100e-6               # s: the flusher's pause before it takes a burst's tail
 _FLUSHER_IDLE = 1.0                # s: an idle flusher thread ends after this long
+_NO_QUEUE = SendQueue()            # an idle connection's queue: shared, never pushed to
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
          errno.ESHUTDOWN, errno.ETIMEDOUT)
 
@@ -58,8 +67,8 @@ class QueuedWriter:
         self._send_timeout = options.send_timeout
         self._linger = options.linger
         self._lock = threading.Lock()         # guards everything below and writes
-        self._cond = threading.Condition(self._lock)
-        self._out = SendQueue()
+        self._cond: threading.Condition | None = None   # made by the first waiter
+        self._out = _NO_QUEUE                 # made by the first frame that must wait
         self._last_write = 0.0                # time.monotonic() of the last write
         self._flusher: threading.Thread | None = None
         self._flusher_idle = False            # the flusher waits for work
@@ -69,8 +78,7 @@ class QueuedWriter:
         self._waiting = 0                     # threads waiting on the socket
         self._close_deadline = 0.0            # close() + linger
         self._failure: tuple[type[TransportError], str] | None = None  # unusable since
-        self._writable = select.poll()
-        self._writable.register(sock, select.POLLOUT)
+        self._writable: select.poll | None = None     # made by the flusher's first wait
 
     def send(self, frame: bytes) -> None:
         """Send one frame. It is written at once or queued for the flusher;
@@ -87,20 +95,21 @@ class QueuedWriter:
             out = self._out
             if out and len(out) >= self._high_water_mark:
                 self._wait_for_room_locked()
+                out = self._out           # the flush may have dropped the emptied queue
             if out:                       # the flusher is at work: join the queue
                 if out.push(frame) >= _SYNC_FLUSH:
                     self._flush_locked()
                 return
             now = time.monotonic()
             if now - self._last_write < _BURST_GAP:
-                out.push(frame)           # a burst: the flusher or a later send writes it
-                self._kick_locked()
+                self._queue_locked().push(frame)  # a burst: the flusher or a later send
+                self._kick_locked()               # writes it
                 return
             self._last_write = now
             if size > DIRECT_LIMIT:
-                out.push(frame)
+                self._queue_locked().push(frame)
                 self._flush_locked()
-                if out:
+                if self._out:
                     self._kick_locked()
                 return
             data = frame_header(size) + frame
@@ -111,11 +120,34 @@ class QueuedWriter:
             except OSError as exc:
                 raise self._broken_locked(exc) from None
             if sent < len(data):
-                out.push_raw(memoryview(data)[sent:] if sent else data)
+                self._queue_locked().push_raw(memoryview(data)[sent:] if sent else data)
                 self._kick_locked()
 
+    def _queue_locked(self) -> SendQueue:
+        """The queue to push to, made if the connection has none (see Memory)."""
+        if self._out is _NO_QUEUE:
+            self._out = SendQueue()
+        return self._out
+
+    def _condition_locked(self) -> threading.Condition:
+        """The condition to wait on, made by the first waiter (see Memory)."""
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        return self._cond
+
+    def _notify_locked(self) -> None:
+        """Wake every thread waiting on the condition (none if it was never made)."""
+        if self._cond is not None:
+            self._cond.notify_all()
+
+    def _discard_locked(self) -> None:
+        """Forget every queued frame and wake every waiting thread."""
+        self._out = _NO_QUEUE
+        self._notify_locked()
+
     def _flush_locked(self) -> None:
-        """Write what the kernel takes of the queue without waiting."""
+        """Write what the kernel takes of the queue without waiting; an emptied
+        queue is dropped (see Memory)."""
         out = self._out
         before = len(out)
         while out:
@@ -130,8 +162,10 @@ class QueuedWriter:
             if sent < len(data):
                 break
         self._last_write = time.monotonic()
+        if not out:
+            self._out = _NO_QUEUE
         if self._space_waiters and len(out) < before:
-            self._cond.notify_all()
+            self._notify_locked()
 
     def _kick_locked(self) -> None:
         """Make sure a flusher thread will write the queue."""
@@ -141,11 +175,11 @@ class QueuedWriter:
             self._flusher.start()
         elif self._flusher_idle:
             self._flusher_idle = False
-            self._cond.notify_all()
+            self._notify_locked()
 
     def _run_flusher(self) -> None:
         """The flusher thread: write what a burst of sends leaves queued."""
-        with self._cond:
+        with self._lock:
             try:
                 while True:
                     # a burst began: its sender writes most of it (every _SYNC_FLUSH
@@ -154,11 +188,11 @@ class QueuedWriter:
                     while self._out and not self._closed and self._failure is None:
                         self._flush_locked()
                         if self._out:
-                            self._unlocked(self._writable.poll)
+                            self._unlocked(self._writable_locked().poll)
                     if self._closed or self._failure is not None:
                         break
                     self._flusher_idle = True
-                    woken = self._cond.wait(_FLUSHER_IDLE)
+                    woken = self._condition_locked().wait(_FLUSHER_IDLE)
                     self._flusher_idle = False
                     if self._closed or self._failure is not None or not (woken or self._out):
                         break
@@ -166,8 +200,15 @@ class QueuedWriter:
                 pass  # recorded in _failure: the next send raises it
             finally:
                 self._flusher = None
-                self._cond.notify_all()
+                self._notify_locked()
                 self._release_if_unused_locked()
+
+    def _writable_locked(self) -> select.poll:
+        """The poll object that waits for room in the socket's buffer."""
+        if self._writable is None:
+            self._writable = select.poll()
+            self._writable.register(self._sock, select.POLLOUT)
+        return self._writable
 
     def _unlocked(self, wait: Callable[..., object], *args: float) -> None:
         """Call ``wait`` without the lock, counted as a thread using the socket."""
@@ -196,7 +237,7 @@ class QueuedWriter:
                                   "frames wait for a listener that has not read for "
                                   f"{self._send_timeout} s (Options.send_timeout); "
                                   "the frame was not sent")
-                self._cond.wait(remaining)
+                self._condition_locked().wait(remaining)
         finally:
             self._space_waiters -= 1
         if self._closing or self._failure is not None:
@@ -219,7 +260,7 @@ class QueuedWriter:
                                 "after %s s (Options.linger): the listener is not "
                                 "reading", self.address, len(self._out), self._linger)
                     return
-                self._cond.wait(remaining)
+                self._condition_locked().wait(remaining)
         finally:
             self._space_waiters -= 1
 
@@ -237,8 +278,7 @@ class QueuedWriter:
         if self._out:
             log.warning("%d frames queued for %s are lost: %s", len(self._out),
                         self.address, self._failure[1])
-        self._out.clear()
-        self._cond.notify_all()
+        self._discard_locked()
         return self._failure_error()
 
     def _release_locked(self) -> None:

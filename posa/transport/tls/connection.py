@@ -47,12 +47,13 @@ class TlsConnection(TcpConnection):
         """What the listener's certificate names (its common name, else first SAN)."""
         return self._tls_sock.identity
 
-    def _fill(self) -> None:
-        super()._fill()
-        if self._ready and self._keep is not None:
+    def _fill(self) -> list[bytes]:
+        frames = super()._fill()
+        if frames and self._keep is not None:
             settings, host, port, name, context = self._keep
             settings.keep_session(host, port, name, context, self._tls_sock.session())
             self._keep = None
+        return frames
 
     def __repr__(self) -> str:
         return f"<TlsConnection to {self.address}{' closed' if self._closed else ''}>"
