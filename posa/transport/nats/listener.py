@@ -17,17 +17,16 @@ descriptor, which is what the reactor polls.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from posa.errors import Closed, TransportError
 from posa.transport.base import Options, Route
 from posa.transport.inproc.receiver import Receiver, as_frame
 from posa.transport.nats import link as links
 from posa.transport.nats.address import NatsAddress
-from posa.transport.nats.loop import call
+from posa.transport.nats.loop import Timer
+from posa.transport.nats.protocol import Msg
 from posa.transport.nats.wire import (
     CLOSE,
     DATA,
@@ -41,10 +40,6 @@ from posa.transport.nats.wire import (
     pack,
     unpack,
 )
-
-if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
 
 __all__ = ["NatsListener", "SLOW_FACTOR"]
 
@@ -68,12 +63,12 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         self.subject = address.subject or ""
         self._routes: dict[str, _Route] = {}
         self._limit = SLOW_FACTOR * options.high_water_mark
-        self._sub: Subscription | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._sub: int | None = None
+        self._idle: Timer | None = None
         timeout = options.send_timeout or 10.0
         self._link = links.acquire(address, self, timeout)
         try:
-            call(self._start(), timeout, f"subscribing to {self.subject}")
+            self._start(timeout)
         except BaseException:
             links.release(self._link, self, 0.0)
             raise
@@ -82,8 +77,8 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         state = "closed" if self._closed else f"{len(self._routes)} connections"
         return f"<NatsListener {self.address} {state}>"
 
-    async def _start(self) -> None:
-        self._sub = await self._link.subscribe(self.subject, self._on_msg)
+    def _start(self, timeout: float) -> None:
+        self._sub = self._link.subscribe(self.subject, self._on_msg, timeout)
         idle = self._options.idle_timeout
         if idle is not None:
             self._idle = self._link.loop.call_later(idle / 4, self._sweep)
@@ -234,7 +229,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         if not self._mark_closed():
             return
         link = self._link
-        link.loop.call_soon_threadsafe(self._shut)
+        link.loop.call_soon(self._shut)
         links.release(link, self, self._options.linger)
         self._release()
 
@@ -244,5 +239,5 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         for route in list(self._routes):
             self._drop(route, None, "it was closed")
         if self._sub is not None:
-            self._link.loop.create_task(self._link.unsubscribe(self._sub))
+            self._link.unsubscribe(self._sub)
         self._ready.clear()
