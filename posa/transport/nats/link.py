@@ -154,7 +154,8 @@ class Link:
             return
         self._scheduled = False
         with client.lock:
-            self._waiting = self._publish_queued(client)
+            if self._publish_queued(client):
+                self._waiting = self._scheduled = True
 
     def _publish_queued(self, client: Client) -> bool:
         """``True`` if the backlog filled before the queue emptied. A turn publishes
