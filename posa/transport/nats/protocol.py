@@ -146,7 +146,7 @@ class Parser:
         head = _number(args[-2], "a header size") if headers else 0
         if head > size:
             raise ProtocolError(f"an HMSG's headers ({head} bytes) exceed its size {size}")
-        reply = args[2 + headers] if len(args) == 4 + headers else b""
+        reply = args[2] if len(args) == 4 + headers else b""
         stop = start + size
         if len(buf) < stop + 2:
             return -(stop + 2)
