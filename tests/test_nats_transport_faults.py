@@ -174,9 +174,10 @@ def test_connections_failing_over_to_another_node_mid_send_deliver_prefixes(
     """A listener on one node of a 3-node cluster; four connections on a client of
     their own (an address naming the two other nodes) send small and cut frames
     from four threads, and the node that client is on is SIGKILLed mid-stream. The
-    client fails over to the third node while the threads' own writes race it: each connection ends (TransportError), what the
-    listener got of each is a prefix, and new connections on the same client, now
-    on the third node, deliver in order."""
+    client fails over to the third node while the threads' own writes race it:
+    each connection ends (TransportError), what the listener got of each is a
+    prefix, and new connections on the same client, now on the third node,
+    deliver in order."""
     options = Options(max_frame_size=4 << 20, high_water_mark=64, send_timeout=20.0)
 
     def body(i: int) -> bytes:

@@ -100,8 +100,7 @@ class Client:
     def start(self) -> None:
         self.loop.call_soon(self._dial)
 
-    # -- writing (any thread) -----------------------------------------------------------
-
+    # -- writing (any thread) ------------------------------------------------------------
     def send_locked(self, data: bytes) -> bool:
         """Write ``data`` to the socket now if nothing is queued ahead of it (the
         caller holds ``lock``); ``False`` (nothing written) when something is,
@@ -167,8 +166,7 @@ class Client:
         if sock is not None and sock is self.sock and self._writing:
             self.loop.modify(sock.fileno(), READ | WRITE)
 
-    # -- subscriptions (any thread) -----------------------------------------------------------
-
+    # -- subscriptions (any thread) -----------------------------------------------------
     def subscribe(self, subject: str, callback: Callable[[Msg], None]) -> int:
         """Subscribe ``callback`` (called on the loop) to ``subject``; its sid."""
         sid = next(self._sids)
@@ -201,8 +199,7 @@ class Client:
             raise TransportError(f"the NATS server {self.server} did not answer a PING "
                                  f"within {timeout} s")
 
-    # -- dialling (the loop) -----------------------------------------------------------------
-
+    # -- dialling (the loop) -------------------------------------------------------------
     def _dial(self) -> None:
         if self.closed or self.sock is not None:
             return
@@ -284,8 +281,7 @@ class Client:
             self.flush_locked()
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
 
-    # -- the socket's events (the loop) -------------------------------------------------------
-
+    # -- the socket's events (the loop) -------------------------------------------------
     def _event(self, sock: socket.socket, mask: int) -> None:
         if sock is not self.sock:
             return
@@ -338,9 +334,8 @@ class Client:
                 self._established(value)
             else:
                 self._learn(value)
-        elif kind == protocol.ERR:
-            if "permissions violation" not in value.lower():
-                self._lose(sock, f"the server said -ERR {value!r}")
+        elif kind == protocol.ERR and "permissions violation" not in value.lower():
+            self._lose(sock, f"the server said -ERR {value!r}")
 
     def _writable(self, sock: socket.socket) -> None:
         with self.lock:
@@ -374,8 +369,7 @@ class Client:
         else:
             self._failed(why)
 
-    # -- closing --------------------------------------------------------------------------
-
+    # -- closing -------------------------------------------------------------------------
     def close(self, grace: float) -> None:
         """Stop: once what is queued is written (within ``grace`` s) the socket
         is closed, and dropped with what the kernel still holds after that."""

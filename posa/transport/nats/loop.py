@@ -156,10 +156,11 @@ class Loop:
             timer = heapq.heappop(timers)[2]
             if not timer.cancelled:
                 self._guard(timer.callback)
+        wait = -1.0                 # until a descriptor is ready
         if handoffs:
             wait = 0.0
-        else:
-            wait = max(0.0, timers[0][0] - now) if timers else -1.0
+        elif timers:
+            wait = max(0.0, timers[0][0] - now)
         handlers = self._handlers
         for fd, mask in self.poller.poll(wait):
             handler = handlers.get(fd)
