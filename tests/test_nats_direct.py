@@ -54,6 +54,9 @@ class Loop:
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.calls.append((fn, args))
 
+    def in_thread(self) -> bool:
+        return True
+
     def call_later(self, delay: float, fn: Any) -> Timer:
         return Timer(delay, fn)
 

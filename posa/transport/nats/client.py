@@ -1,27 +1,20 @@
 """posa's own NATS client: one socket to one server of a cluster at a time.
 
-The socket is non-blocking and in the poller of the process's nats I/O loop
-(``posa.transport.nats.loop``): a readable socket is read and parsed
-(``posa.transport.nats.protocol``) and each message handed to its
-subscription's callback in the same turn; a writable one is written from the
-client's send queue (``_out``). Any thread may write: holding ``lock``, which
-every writer takes, a command goes straight to the socket when nothing waits in
-the queue (``send_locked``), and what the socket does not take waits in the
-queue for the loop to write when the socket is writable.
+The socket is non-blocking, in the poller of the process's nats I/O loop
+(``loop``) or lent to a reactor's (``polling``): a readable socket is read, parsed
+(``protocol``) and each message handed to its subscription's callback in the same
+turn, holding ``io``. Any thread may write, holding ``lock``: a command goes
+straight to the socket when nothing waits in the send queue (``send_locked``);
+what the socket does not take waits there for the loop, until it is writable.
 
-The client answers the server's PINGs and sends its own on a lease: every
-``ping_interval`` seconds a PING, and two unanswered when the next is due mean
-the server is gone (a stopped server sends no RST and no FIN).
-
-Failover: the servers of the address first, in order, then the ``connect_urls``
-that each server's INFO adds; on a lost server the client dials the next one
-(the first again after the last, pausing ``RECONNECT_WAIT`` after a round
-without success), sends CONNECT, one SUB for each live subscription and the
-PINGs of callers waiting on ``flush``. What was queued for the lost socket is
-lost with it; the owner (``Handler``) hears ``lost``, then ``connected``.
-
-A forked child shares its parent's socket: the client writes only in the
-process that made it.
+The client answers the server's PINGs and sends its own on a lease: a PING every
+``ping_interval`` s; two unanswered when the next is due: the server is gone (a
+stopped server sends no RST and no FIN). On a lost server the client dials the
+next (``dialing``), sends CONNECT, one SUB for each live subscription and the
+PINGs of callers waiting on ``flush``; what was queued for the lost socket is
+lost with it, and the owner (``Handler``) hears ``lost``, then ``connected``.
+A forked child shares its parent's socket: the client writes only in the process
+that made it.
 """
 from __future__ import annotations
 
@@ -34,32 +27,26 @@ from typing import Any, Protocol
 
 from posa.errors import ProtocolError, TransportError
 from posa.transport.nats import protocol
+from posa.transport.nats.dialing import Servers, dial
 from posa.transport.nats.loop import Loop, Timer, pid
+from posa.transport.nats.polling import Watch
 from posa.transport.nats.protocol import INFO, MSG, PING, PING_CMD, PONG, Msg, Parser
-from posa.transport.poller import READ, WRITE, readable, writable
+from posa.transport.poller import READ, WRITE, PollerType, readable, writable
 
-__all__ = ["Client", "Handler", "CONNECT_TIMEOUT", "RECONNECT_WAIT", "BACKLOG"]
+__all__ = ["Client", "Handler", "CONNECT_TIMEOUT", "BACKLOG"]
 
 CONNECT_TIMEOUT = 2.0    # s from dialling a server to its INFO
-RECONNECT_WAIT = 0.1     # s between rounds of the servers that all failed
 READ_SIZE = 1 << 18
-BACKLOG = 1 << 20        # queued bytes over which ``backlog_full`` says wait
+BACKLOG = 1 << 20        # queued bytes over which ``flush_locked`` says wait
 MAX_PINGS_OUT = 2
 
 
 class Handler(Protocol):
-    """The client's owner; called on the loop's thread."""
-
+    """The client's owner: ``connected`` and ``drained`` run on the loop's thread,
+    ``lost`` on the thread that found the server gone."""
     def connected(self) -> None: ...
-
     def lost(self, why: str) -> None: ...
-
     def drained(self) -> None: ...
-
-
-def _split(server: str) -> tuple[str, int]:
-    host, _, port = server.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class Client:
@@ -69,7 +56,8 @@ class Client:
                  ping_interval: float) -> None:
         self.loop, self.handler, self.name = loop, handler, name
         self.ping_interval = ping_interval
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()     # every writer's
+        self.io = threading.RLock()      # every reader's, and every change of socket
         self.pid = pid()
         self.sock: socket.socket | None = None
         self.server = ""                 # the server dialled last
@@ -77,13 +65,11 @@ class Client:
         self.closed = False
         self.max_payload = 0
         self.ready = threading.Event()   # set at the first CONNECT
-        self._servers = list(servers)
-        self._learned: list[str] = []
-        self._at = -1
-        self._failures = 0               # dials in a row that failed
+        self.servers = Servers(servers)
         self._out = bytearray()          # what the socket has not taken (under lock)
         self._writing = False            # WRITE is in the socket's poller mask
         self._parser = Parser()
+        self._watch = Watch(loop, self._on_event)
         self._subs: dict[int, tuple[str, Callable[[Msg], None]]] = {}
         self._sids = itertools.count(1)
         self._pongs: deque[Callable[[], None] | None] = deque()   # one per PING out
@@ -94,8 +80,7 @@ class Client:
 
     @property
     def candidates(self) -> list[str]:
-        """The servers to dial, in order: the address's, then those learned."""
-        return self._servers + [url for url in self._learned if url not in self._servers]
+        return self.servers.candidates
 
     def start(self) -> None:
         self.loop.call_soon(self._dial)
@@ -163,8 +148,31 @@ class Client:
             self.loop.call_soon(self._watch_writes, self.sock)
 
     def _watch_writes(self, sock: socket.socket | None) -> None:
-        if sock is not None and sock is self.sock and self._writing:
-            self.loop.modify(sock.fileno(), READ | WRITE)
+        with self.io:
+            if sock is not None and sock is self.sock and self._writing:
+                self._watch.set_mask(sock, READ | WRITE)
+
+    # -- lending the socket to a reactor (posa.transport.nats.polling) -------------------
+    def lend(self, share: PollerType, lender: object) -> bool:
+        """Have the socket polled in ``share`` (a reactor's) until ``reclaim``;
+        False if it is lent already (or in a forked child)."""
+        with self.io:
+            return not self.closed and self.pid == pid() and self._watch.lend(share, lender)
+
+    def reclaim(self, lender: object) -> None:
+        with self.io:
+            self._watch.reclaim(lender)
+
+    def serve(self, fd: int, mask: int) -> None:
+        with self.io:
+            self._watch.serve(fd, mask)
+
+    def _defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop (now, if this is its thread)."""
+        if self.loop.in_thread():
+            fn()
+        else:
+            self.loop.call_soon(fn)
 
     # -- subscriptions (any thread) -----------------------------------------------------
     def subscribe(self, subject: str, callback: Callable[[Msg], None]) -> int:
@@ -203,50 +211,36 @@ class Client:
     def _dial(self) -> None:
         if self.closed or self.sock is not None:
             return
-        servers = self.candidates
-        self._at = (self._at + 1) % len(servers)
-        self.server = servers[self._at]
+        self.server = self.servers.next()
         try:
-            host, port = _split(self.server)
-            family, kind, proto, _, where = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, kind, proto)
+            sock = dial(self.server)
         except (OSError, ValueError) as exc:
             self._failed(f"{self.server}: {exc}")
             return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        error = sock.connect_ex(where)
-        if error not in (0, 115, 36, 10035):     # EINPROGRESS (Linux, BSD), WSAEWOULDBLOCK
-            sock.close()
-            self._failed(f"{self.server}: connect error {error}")
-            return
-        self.sock = sock
-        self._parser = Parser()
-        self.loop.watch(sock.fileno(), READ, lambda mask: self._event(sock, mask))
+        with self.io:
+            self.sock = sock
+            self._parser = Parser()
+            self._watch.add(sock, READ)
         self._handshake = self.loop.call_later(
             CONNECT_TIMEOUT, lambda: self._lose(sock, "no INFO within "
                                                 f"{CONNECT_TIMEOUT} s"))
 
     def _failed(self, why: str) -> None:
         """A dial failed: the next server, after a pause once a round has failed."""
-        self._failures += 1
-        if self._failures % max(1, len(self.candidates)) == 0:
-            self.loop.call_later(RECONNECT_WAIT, self._dial)
-        else:
-            self.loop.call_soon(self._dial)
+        self.loop.call_later(self.servers.failed(), self._dial)
 
     def _established(self, info: dict[str, Any]) -> None:
         """The server's first INFO: CONNECT, the subscriptions, waiting PINGs."""
         if self._handshake is not None:
             self._handshake.cancel()
-        self._learn(info)
+        self.servers.learn(info)
         try:
             self.max_payload = int(info.get("max_payload", 1 << 20))
         except (TypeError, ValueError):
             self.max_payload = 1 << 20
         with self.lock:
-            self.connected, self._failures = True, 0
+            self.connected = True
+            self.servers.succeeded()
             self._out.clear()
             self.queue_locked(protocol.connect(self.name), *(
                 protocol.sub(subject, sid) for sid, (subject, _) in self._subs.items()))
@@ -258,20 +252,13 @@ class Client:
         self._pings_out = 0
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
         self.ready.set()
-        self.handler.connected()
-
-    def _learn(self, info: dict[str, Any]) -> None:
-        urls = info.get("connect_urls")
-        if isinstance(urls, list):
-            for url in urls:
-                if isinstance(url, str) and url not in self._learned:
-                    self._learned.append(url)
+        self._defer(self.handler.connected)
 
     def _ping(self) -> None:
         sock = self.sock
         if not self.connected or sock is None:
             return
-        if self._pings_out >= MAX_PINGS_OUT:
+        if self._pings_out >= MAX_PINGS_OUT and not self._unread(sock):
             self._lose(sock, f"{self._pings_out} PINGs went unanswered")
             return
         self._pings_out += 1
@@ -282,6 +269,19 @@ class Client:
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
 
     # -- the socket's events (the loop) -------------------------------------------------
+    def _unread(self, sock: socket.socket) -> bool:
+        """Bytes wait in a lent socket: the server spoke; the reactor is busy."""
+        if not self._watch.lent:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+
+    def _on_event(self, sock: socket.socket, mask: int) -> None:
+        with self.io:
+            self._event(sock, mask)
+
     def _event(self, sock: socket.socket, mask: int) -> None:
         if sock is not self.sock:
             return
@@ -333,7 +333,7 @@ class Client:
             if not self.connected:
                 self._established(value)
             else:
-                self._learn(value)
+                self.servers.learn(value)
         elif kind == protocol.ERR and "permissions violation" not in value.lower():
             self._lose(sock, f"the server said -ERR {value!r}")
 
@@ -343,14 +343,17 @@ class Client:
             self.flush_locked()
             idle = not self._out
         if idle:
-            self.loop.modify(sock.fileno(), READ)
-            self.handler.drained()
+            self._watch.set_mask(sock, READ)
+            self._defer(self.handler.drained)
 
     def _lose(self, sock: socket.socket, why: str) -> None:
         """Leave ``sock`` (if it is still the one): the owner hears ``lost``, and the
         next server is dialled."""
-        if sock is not self.sock:
-            return
+        with self.io:
+            if sock is self.sock:
+                self._leave(sock, why)
+
+    def _leave(self, sock: socket.socket, why: str) -> None:
         with self.lock:
             was = self.connected
             self.connected, self.sock, self._writing = False, None, False
@@ -360,7 +363,7 @@ class Client:
         for timer in (self._lease, self._handshake):
             if timer is not None:
                 timer.cancel()
-        self.loop.unwatch(sock.fileno())
+        self._watch.remove(sock)
         sock.close()
         if was:
             self.handler.lost(f"the NATS server {self.server} went away ({why}); "
@@ -383,14 +386,14 @@ class Client:
         self._shut()
 
     def _shut(self) -> None:
-        sock = self.sock
-        with self.lock:
+        with self.io, self.lock:
+            sock = self.sock
             self.connected, self.sock = False, None
             self._out.clear()
-        for timer in (self._lease, self._handshake):
-            if timer is not None:
-                timer.cancel()
-        if sock is not None:
-            self.loop.unwatch(sock.fileno())
-            sock.close()
+            for timer in (self._lease, self._handshake):
+                if timer is not None:
+                    timer.cancel()
+            if sock is not None:
+                self._watch.remove(sock)
+                sock.close()
 

@@ -11,9 +11,12 @@ past ``idle_timeout``, a slow consumer (more than ``SLOW_FACTOR`` x
 ``high_water_mark`` frames unread) or the link losing its server drops the
 connection: it hears RESET, and posa's streams resend on a new one.
 
-The subscription callback runs on the nats loop; it appends ``(route, frame)`` to
-the ready deque of ``posa.transport.inproc.receiver.Receiver`` and signals its
-descriptor, which is what the reactor polls.
+The subscription callback runs on the thread that reads the client's socket; it
+appends ``(route, frame)`` to the ready deque of
+``posa.transport.inproc.receiver.Receiver`` and signals its descriptor, which is
+what the reactor polls. A reactor that offers its poller (``attach``) is lent the
+client's socket instead (``posa.transport.nats.polling``): it reads the socket
+itself and drains the listener in the same turn.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from posa.transport.nats.wire import (
     pack,
     unpack,
 )
+from posa.transport.poller import PollerType
 
 __all__ = ["NatsListener", "SLOW_FACTOR"]
 
@@ -164,6 +168,18 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         if self._routes.get(out.subject) is not None:
             self._drop(out.subject, None, why)
 
+    # -- a reactor's poller (posa.transport.nats.polling) ---------------------------------
+    def attach(self, share: PollerType) -> bool:
+        """Lend the client's socket to the reactor that polls ``share``; False
+        (it keeps polling ``fileno()``) if another endpoint lent it already."""
+        return not self._closed and self._link.client.lend(share, self)
+
+    def serve(self, fd: int, mask: int) -> None:
+        self._link.client.serve(fd, mask)
+
+    def detach(self) -> None:
+        self._link.client.reclaim(self)
+
     # -- the owner's threads ----------------------------------------------------------------
 
     def _closed_error(self) -> Closed:
@@ -229,6 +245,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         if not self._mark_closed():
             return
         link = self._link
+        link.client.reclaim(self)
         link.loop.call_soon(self._shut)
         links.release(link, self, self._options.linger)
         self._release()
