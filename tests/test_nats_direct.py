@@ -227,9 +227,6 @@ class Owner:
     def link_lost(self, why: str) -> None:
         pass
 
-    def out_failed(self, out: Any, why: str) -> None:
-        pass
-
 
 def bare_link(client: Client) -> Any:
     from posa.transport.nats.link import Link
@@ -287,3 +284,20 @@ def test_senders_do_not_wake_the_loop_while_the_pump_waits_for_the_socket() -> N
         link.put(out, b"%d" % i)
     assert not client.loop.calls                # type: ignore[attr-defined]
     assert len(out.frames) == 100 and not sock.wire
+
+
+def test_failover_goes_through_the_address_then_what_info_announced() -> None:
+    """The servers of the address in order, then those an INFO's connect_urls add
+    (each once), round again after the last; after a round of failed dials, a pause."""
+    from posa.transport.nats.dialing import RECONNECT_WAIT, Servers
+
+    servers = Servers(["127.0.0.1:1", "127.0.0.1:2"])
+    assert [servers.next() for _ in range(3)] == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1"]
+    servers.learn({"connect_urls": ["127.0.0.1:3", "127.0.0.1:1", 7]})
+    servers.learn({"connect_urls": "not a list"})
+    assert servers.candidates == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    assert [servers.next() for _ in range(3)] == ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]
+    assert [servers.failed() for _ in range(3)] == [0.0, 0.0, RECONNECT_WAIT]
+    servers.failed()
+    servers.succeeded()
+    assert [servers.failed() for _ in range(3)] == [0.0, 0.0, RECONNECT_WAIT]

@@ -22,7 +22,9 @@ Strategy
   is read, parsed and handed to its subscription's callback in one turn of the
   loop: the callback appends what arrives to the endpoint's ready deque and signals
   an eventfd, which is the endpoint's ``fileno()``: the reactor polls it like any
-  other descriptor (``posa.transport.inproc.receiver`` is the same machinery).
+  other descriptor (``posa.transport.inproc.receiver`` is the same machinery). A
+  listener attached to a reactor lends it the socket (``polling``): the reactor
+  reads, parses and drains in one turn of its own, with no hand-off.
 - NATS core delivers at most once; posa's streams deliver exactly once on top. The
   transport keeps its own promise, in order, whole or not at all, per connection, by
   numbering messages: a gap (a slow consumer, a server gone) ends the connection,
@@ -32,7 +34,9 @@ Strategy
     posa.transport.nats.wire        message header, cutting and reassembly (sans-IO)
     posa.transport.nats.protocol    the NATS client protocol (sans-IO)
     posa.transport.nats.loop        the process's I/O thread: a poller, timers, hand-offs
-    posa.transport.nats.client      one socket to a server of the cluster; failover
+    posa.transport.nats.dialing     the failover order; dialling without blocking
+    posa.transport.nats.client      one socket to a server of the cluster
+    posa.transport.nats.polling     the socket in the loop's poller or lent to a reactor's
     posa.transport.nats.link        the shared client and the pump
     posa.transport.nats.listener    NatsListener
     posa.transport.nats.connection  NatsConnection

@@ -50,7 +50,7 @@ class Handler(Protocol):
 
 
 class Client:
-    """A connection to one NATS cluster, owned by the process's nats loop."""
+    """A connection to one NATS cluster, run by the process's nats loop."""
 
     def __init__(self, servers: Sequence[str], name: str, loop: Loop, handler: Handler,
                  ping_interval: float) -> None:
@@ -176,7 +176,7 @@ class Client:
 
     # -- subscriptions (any thread) -----------------------------------------------------
     def subscribe(self, subject: str, callback: Callable[[Msg], None]) -> int:
-        """Subscribe ``callback`` (called on the loop) to ``subject``; its sid."""
+        """Subscribe ``callback`` (called by the socket's reader) to ``subject``; its sid."""
         sid = next(self._sids)
         with self.lock:
             self._subs[sid] = (subject, callback)

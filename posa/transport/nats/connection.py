@@ -102,7 +102,7 @@ class NatsConnection(Receiver[bytes]):
         raise TransportError(f"the nats listener at {self.address} did not answer within "
                              f"{timeout} s")
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
         if msg.status == _NO_RESPONDERS:
@@ -157,9 +157,6 @@ class NatsConnection(Receiver[bytes]):
         self._readers.wake_all()
 
     def link_lost(self, why: str) -> None:
-        self._end(why)
-
-    def out_failed(self, out: links.Outbound, why: str) -> None:
         self._end(why)
 
     def _unsubscribe(self) -> None:

@@ -52,8 +52,6 @@ CLOSE_GRACE = 2.0        # s a closing link waits for its server to take what it
 class Endpoint(Protocol):
     def link_lost(self, why: str) -> None: ...
 
-    def out_failed(self, out: Outbound, why: str) -> None: ...
-
 
 class Outbound:
     """One direction of one connection, as its sender sees it."""
@@ -208,7 +206,8 @@ class Link:
     # -- subscriptions (any thread) ------------------------------------------------------
 
     def subscribe(self, subject: str, cb: Callable[[Msg], None], timeout: float) -> int:
-        """Subscribe ``cb`` (called on the loop as each message is parsed) and wait
+        """Subscribe ``cb`` (called as each message is parsed, on the thread that
+        reads the socket: the loop's, or a reactor's it is lent to) and wait
         until the server has the interest; the subscription's id."""
         sid = self.client.subscribe(subject, cb)
         try:

@@ -87,7 +87,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         if idle is not None:
             self._idle = self._link.loop.call_later(idle / 4, self._sweep)
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
         route = msg.reply
@@ -163,10 +163,6 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
     def link_lost(self, why: str) -> None:
         for route in list(self._routes):
             self._drop(route, None, why)
-
-    def out_failed(self, out: links.Outbound, why: str) -> None:
-        if self._routes.get(out.subject) is not None:
-            self._drop(out.subject, None, why)
 
     # -- a reactor's poller (posa.transport.nats.polling) ---------------------------------
     def attach(self, share: PollerType) -> bool:
