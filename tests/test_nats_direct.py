@@ -301,3 +301,27 @@ def test_failover_goes_through_the_address_then_what_info_announced() -> None:
     servers.failed()
     servers.succeeded()
     assert [servers.failed() for _ in range(3)] == [0.0, 0.0, RECONNECT_WAIT]
+
+
+def test_a_busy_reactor_holding_the_socket_is_not_taken_for_a_silent_server() -> None:
+    """While the socket is lent to a reactor that is busy, the PONGs wait unread in
+    it: bytes waiting mean the server spoke, so the lease does not give it up;
+    with nothing waiting it does."""
+    class Waiting(Socket):
+        unread = b"PONG\r\n"
+
+        def recv(self, size: int, flags: int = 0) -> bytes:
+            if not self.unread:
+                raise BlockingIOError
+            return self.unread[:size]
+
+    sock = Waiting()
+    handler = Handler()
+    client = bare(sock, handler)
+    client._watch.share = object()              # type: ignore[assignment]  # lent
+    for _ in range(5):
+        client._ping()
+    assert client.connected and not handler.heard
+    sock.unread = b""
+    client._ping()
+    assert not client.connected and "PINGs went unanswered" in handler.heard[0]
