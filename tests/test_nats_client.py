@@ -149,3 +149,34 @@ def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) 
             assert watched.got == [seq(i) for i in range(50)] + [b"after the restart"]
     finally:
         reactor.close()
+
+
+def test_a_server_requiring_authentication_is_refused_saying_so(tmp_path: Path) -> None:
+    """A nats:// address carries no credentials and the client speaks no TLS: a
+    server whose INFO requires either is refused, and the error says which."""
+    import socket
+    import subprocess
+
+    from posa import transport
+    from tests.natsserver import binary
+    from tests.support import free_port
+
+    port = free_port()
+    server = subprocess.Popen([binary(), "-a", "127.0.0.1", "-p", str(port),
+                               "--auth", "secret"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def accepting() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(accepting, DEADLINE, "nats-server up")
+        with pytest.raises(TransportError, match="requires authentication"):
+            transport.listen(f"nats://127.0.0.1:{port}", Options(send_timeout=1.0))
+    finally:
+        server.terminate()
+        server.wait(10)

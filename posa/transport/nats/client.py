@@ -64,6 +64,7 @@ class Client:
         self.connected = False           # CONNECT sent on ``sock``
         self.closed = False
         self.max_payload = 0
+        self.refused = ""                # why the last server refused the client
         self.ready = threading.Event()   # set at the first CONNECT
         self.servers = Servers(servers)
         self._out = bytearray()          # what the socket has not taken (under lock)
@@ -258,7 +259,7 @@ class Client:
         sock = self.sock
         if not self.connected or sock is None:
             return
-        if self._pings_out >= MAX_PINGS_OUT and not self._unread(sock):
+        if self._pings_out >= MAX_PINGS_OUT and not self._watch.unread(sock):
             self._lose(sock, f"{self._pings_out} PINGs went unanswered")
             return
         self._pings_out += 1
@@ -269,15 +270,6 @@ class Client:
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
 
     # -- the socket's events (the loop) -------------------------------------------------
-    def _unread(self, sock: socket.socket) -> bool:
-        """Bytes wait in a lent socket: the server spoke; the reactor is busy."""
-        if not self._watch.lent:
-            return False
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK))
-        except OSError:
-            return False
-
     def _on_event(self, sock: socket.socket, mask: int) -> None:
         with self.io:
             self._event(sock, mask)
@@ -329,11 +321,16 @@ class Client:
                 waiter = self._pongs.popleft()
                 if waiter is not None:
                     waiter()
+        elif kind == INFO and self.connected:
+            self.servers.learn(value)
         elif kind == INFO:
-            if not self.connected:
-                self._established(value)
+            needs = "TLS" if value.get("tls_required") else (
+                "authentication" if value.get("auth_required") else "")
+            if needs:       # neither is in a nats:// address
+                self.refused = f"{self.server} requires {needs}, which nats:// does not do"
+                self._lose(sock, self.refused)
             else:
-                self.servers.learn(value)
+                self._established(value)
         elif kind == protocol.ERR and "permissions violation" not in value.lower():
             self._lose(sock, f"the server said -ERR {value!r}")
 

@@ -112,8 +112,11 @@ class Link:
     def ready(self, timeout: float) -> None:
         if not self.client.ready.wait(timeout):
             self.failed = True
+            refused = self.client.refused
             raise TransportError(f"no NATS server of {self.address.cluster} answered "
-                                 f"within {timeout} s; start one, or check the address")
+                                 f"within {timeout} s; " + (
+                                     f"{refused}" if refused else
+                                     "start one, or check the address"))
 
     # -- sending (any thread) ------------------------------------------------------------
 

@@ -80,6 +80,15 @@ class Watch:
         if sock is not None:
             self._register(sock, self.mask)
 
+    def unread(self, sock: socket.socket) -> bool:
+        """Bytes wait in the lent socket: its server spoke; the reactor is busy."""
+        if self.share is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
+
     def serve(self, fd: int, mask: int) -> None:
         """An event of the lent socket, from the reactor's poller."""
         sock = self.sock
