@@ -9,7 +9,8 @@ import pytest
 
 THREAD_GRACE = 5.0   # seconds the threads a test started have to finish after it
 # process-wide service threads that posa starts once and keeps for the process's life
-PROCESS_THREADS = {"posa-reactor", "posa-leases", "posa-zap", "posa-nats"}
+PROCESS_THREADS = {"posa-reactor", "posa-leases", "posa-zap", "posa-nats",
+                   "posa-nats-registry"}
 
 
 @pytest.fixture(autouse=True)

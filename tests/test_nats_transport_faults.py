@@ -1,4 +1,4 @@
-"""The nats:// transport's direct paths (posa.transport.nats.direct) under the faults
+"""The nats:// transport's direct paths (posa.transport.nats.client) under the faults
 the world brings, on real nats-server processes: threads writing to one shared
 socket while the server is SIGKILLed or SIGSTOPped, and a socket whose kernel
 buffer is so small that writes land in pieces. Each connection's frames arrive
@@ -6,7 +6,6 @@ whole and in order or the connection ends; nothing is silently lost while the
 connection goes on."""
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections import Counter
@@ -18,8 +17,8 @@ import pytest
 
 from posa.errors import PosaError, TransportError
 from posa.transport import Options
-from posa.transport.nats.direct import Writer
-from posa.transport.nats.loop import call
+from posa.transport.nats.client import Client
+from posa.transport.nats.loop import event_loop
 from posa.transport.testing.support import DEADLINE, Endpoints
 from tests.natsserver import NatsCluster
 from tests.support import wait_until
@@ -106,7 +105,7 @@ def test_a_server_killed_while_threads_keep_the_pump_busy_ends_every_connection(
                 got = [listener.recv(DEADLINE)[1] for _ in range(8)]
                 server.kill()
                 for _ in range(1000):           # bounded: the loop answers a no-op
-                    call(asyncio.sleep(0), DEADLINE, "a no-op on the nats loop")
+                    event_loop().call(lambda: None, DEADLINE, "a no-op on the nats loop")
                     if not any(thread.is_alive() for thread in threads):
                         break
                 for thread in threads:
@@ -131,15 +130,16 @@ def test_a_tiny_socket_buffer_and_a_stopped_server_cut_writes_but_no_frame(
     options = Options(max_frame_size=4 << 20)
     frames = 300
     cut = threading.Event()
-    send_now = Writer.send_now
+    send_locked = Client.send_locked
 
-    def watched(self: Writer, *args: Any) -> bool:
-        wrote = send_now(self, *args)
-        if self.rest is not None:
+    def watched(self: Client, data: bytes) -> bool:
+        queued = self.backlog
+        wrote = send_locked(self, data)
+        if wrote and not queued and self.backlog:      # the socket took part of it
             cut.set()
         return wrote
 
-    monkeypatch.setattr(Writer, "send_now", watched)
+    monkeypatch.setattr(Client, "send_locked", watched)
 
     def body(i: int) -> bytes:
         return BIG if i % 100 == 99 else (b"m" * 20_000 if i % 10 == 9 else b"s" * (i % 300))
@@ -149,7 +149,7 @@ def test_a_tiny_socket_buffer_and_a_stopped_server_cut_writes_but_no_frame(
         listener = ends.listen(lone.urls, options)
         connections = [ends.connect(listener.address, options) for _ in range(4)]
         link = connections[0]._link             # type: ignore[attr-defined]
-        tcp = link.nc._transport._io_writer.transport.get_extra_info("socket")
+        tcp = link.client.sock
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         outcome: Counter[str] = Counter()
         got: list[bytes] = []
@@ -174,10 +174,10 @@ def test_connections_failing_over_to_another_node_mid_send_deliver_prefixes(
     """A listener on one node of a 3-node cluster; four connections on a client of
     their own (an address naming the two other nodes) send small and cut frames
     from four threads, and the node that client is on is SIGKILLed mid-stream. The
-    client fails over to the third node, resending what nats-py held while the
-    threads' own writes race it: each connection ends (TransportError), what the
-    listener got of each is a prefix, and new connections on the same client, now
-    on the third node, deliver in order."""
+    client fails over to the third node while the threads' own writes race it:
+    each connection ends (TransportError), what the listener got of each is a
+    prefix, and new connections on the same client, now on the third node,
+    deliver in order."""
     options = Options(max_frame_size=4 << 20, high_water_mark=64, send_timeout=20.0)
 
     def body(i: int) -> bytes:
@@ -311,8 +311,7 @@ def test_a_process_killed_mid_send_leaves_prefixes_and_no_garbage(tmp_path: Path
 def test_after_failover_to_a_node_with_a_smaller_max_payload_frames_are_cut_to_it(
         tmp_path: Path) -> None:
     """A client on a node taking messages of 1 MiB fails over (SIGKILL) to one
-    taking 64 KiB. nats-py's own publish refuses a message over the current
-    server's max_payload; the transport writes round it, so it must cut frames to
+    taking 64 KiB. The transport must cut frames to
     the server it is on now, not the one it first met: a frame of 512 KiB sent
     whole would be a protocol violation the server answers by closing the
     connection, again and again on every reconnection."""
@@ -333,7 +332,7 @@ def test_after_failover_to_a_node_with_a_smaller_max_payload_frames_are_cut_to_i
         with pytest.raises(TransportError):
             before.recv(DEADLINE)                      # the client lost its server
         after = ends.connect(both, Options(max_frame_size=4 << 20, send_timeout=20.0))
-        assert after._link.nc.max_payload == 65536    # type: ignore[attr-defined]
+        assert after._link.client.max_payload == 65536    # type: ignore[attr-defined]
         for i in range(3):
             after.send(frame[i:])
             route, got = listener.recv(DEADLINE)
@@ -374,7 +373,7 @@ def test_a_stopped_node_with_writes_waiting_for_it_is_left_for_another(
             assert outcome == {"TransportError": 4}, outcome
             again = ends.connect(both, Options(send_timeout=20.0))
             again.send(b"through another node")
-            got = []                 # what nats-py held for them is resent there first
+            got = []                 # what was queued for them may follow them there
             for _ in range(100_000):
                 frame = listener.recv(DEADLINE)[1]
                 if frame == b"through another node":
@@ -402,7 +401,7 @@ def test_a_link_closed_while_its_server_is_stopped_lets_its_socket_go(
         connection.send(b"first")
         assert listener.recv(DEADLINE)[1] == b"first"
         link = connection._link                 # type: ignore[attr-defined]
-        tcp = link.nc._transport._io_writer.transport.get_extra_info("socket")
+        tcp = link.client.sock
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         server.signal(signal.SIGSTOP)
         try:

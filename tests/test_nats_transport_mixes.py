@@ -60,7 +60,7 @@ def test_a_seeded_mix_of_threads_sizes_buffers_and_pauses_delivers_every_frame(
                        for _ in range(threads_n)]
         if sndbuf is not None:
             link = connections[0]._link     # type: ignore[attr-defined]
-            tcp = link.nc._transport._io_writer.transport.get_extra_info("socket")
+            tcp = link.client.sock
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         got: list[bytes] = []
         reader = threading.Thread(target=lambda: got.extend(

@@ -1,9 +1,10 @@
 """The NATS registries' way onto the process's one asyncio thread.
 
-nats-py is asyncio; posa's callers are threads. The registries share the loop
-the ``nats://`` transport runs its clients on (``posa.transport.nats.loop``: one
-daemon thread, ``posa-nats``, per process, started again in a forked child):
-every connection, watch and sweep of a ``NatsRegistry`` lives there.
+nats-py is asyncio; posa's callers are threads. The registries run nats-py on
+one asyncio loop per process (a daemon thread, ``posa-nats-registry``, started
+on first use and again in a forked child, which inherits no threads): every
+connection, watch and sweep of a ``NatsRegistry`` lives there. (The ``nats://``
+transport has a client of its own and no asyncio: ``posa.transport.nats.loop``.)
 ``call(coro, timeout)`` runs a coroutine on it from any other thread and waits
 for its result; from the loop thread itself it refuses (it would wait on itself).
 
@@ -14,15 +15,35 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from posa.errors import PosaError, Timeout
-from posa.transport.nats.loop import event_loop
 
-__all__ = ["loop", "call", "in_loop"]
+__all__ = ["loop", "call", "in_loop", "event_loop"]
 
 _T = TypeVar("_T")
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_pid = -1
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """This process's registry loop, running in its own daemon thread."""
+    global _loop, _pid
+    running = _loop
+    if running is not None and _pid == os.getpid():
+        return running
+    with _lock:
+        if _loop is None or _pid != os.getpid():
+            _loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=_loop.run_forever, name="posa-nats-registry",
+                                      daemon=True)
+            thread.start()
+            _pid = os.getpid()
+        return _loop
 
 
 def loop() -> asyncio.AbstractEventLoop:

@@ -2,9 +2,8 @@
 
 A plugin in all but where it lives: it is registered through the entry-point group
 ``posa.transports`` (pyproject.toml), so ``posa.transport`` imports it only when a
-``nats://`` address is first used, and nats-py (``pip install 'posa-messaging[nats]'``)
-only when the first endpoint opens; without it, ``listen`` and ``connect`` raise
-``TransportError`` saying what to install.
+``nats://`` address is first used. It speaks the NATS client protocol itself and
+needs no other package (nats-py is for ``posa.NatsRegistry``).
 
 A listener gets a subject of its own (``posa.`` and 128 random bits, or the subject
 its address names) and its address lists every server given, so a peer connected to
@@ -13,16 +12,19 @@ its messages carry it as reply subject, and that is the listener's route back.
 
 Strategy
 --------
-- One nats-py client per cluster per process (``link``), on one asyncio thread per
-  process (``loop``). Endpoints never await. A send with nothing queued ahead of it
-  writes its frame to the client's socket from the sending thread, under a lock that
-  every writer of that socket takes (``direct``); otherwise it appends the frame to
-  its connection's queue and wakes the pump at most once per burst, and the pump
-  numbers, cuts (the server's ``max_payload``) and writes in one turn of the loop. A
-  subscription callback runs as the message is parsed: it appends what arrives to the
-  endpoint's ready deque and signals an eventfd, which is the endpoint's
-  ``fileno()``: the reactor polls it like any other descriptor
-  (``posa.transport.inproc.receiver`` is the same machinery).
+- One client of posa's own per cluster per process (``link``, ``client``), its
+  socket in the poller of one I/O thread per process (``loop``); the NATS protocol
+  is a sans-IO codec (``protocol``). Endpoints never wait on that thread. A send
+  with nothing queued ahead of it writes its frame to the socket from the sending
+  thread, under a lock that every writer of that socket takes; otherwise it appends
+  the frame to its connection's queue and wakes the pump at most once per burst,
+  and the pump numbers, cuts (the server's ``max_payload``) and writes. A message
+  is read, parsed and handed to its subscription's callback in one turn of the
+  loop: the callback appends what arrives to the endpoint's ready deque and signals
+  an eventfd, which is the endpoint's ``fileno()``: the reactor polls it like any
+  other descriptor (``posa.transport.inproc.receiver`` is the same machinery). A
+  listener attached to a reactor lends it the socket (``polling``): the reactor
+  reads, parses and drains in one turn of its own, with no hand-off.
 - NATS core delivers at most once; posa's streams deliver exactly once on top. The
   transport keeps its own promise, in order, whole or not at all, per connection, by
   numbering messages: a gap (a slow consumer, a server gone) ends the connection,
@@ -30,8 +32,11 @@ Strategy
 
     posa.transport.nats.address     the address form; fresh subjects
     posa.transport.nats.wire        message header, cutting and reassembly (sans-IO)
-    posa.transport.nats.loop        the process's asyncio thread
-    posa.transport.nats.direct      writing and delivering round nats-py's tasks
+    posa.transport.nats.protocol    the NATS client protocol (sans-IO)
+    posa.transport.nats.loop        the process's I/O thread: a poller, timers, hand-offs
+    posa.transport.nats.dialing     the failover order; dialling without blocking
+    posa.transport.nats.client      one socket to a server of the cluster
+    posa.transport.nats.polling     the socket in the loop's poller or lent to a reactor's
     posa.transport.nats.link        the shared client and the pump
     posa.transport.nats.listener    NatsListener
     posa.transport.nats.connection  NatsConnection

@@ -15,9 +15,8 @@ that arrived before it are still read, then ``recv`` and ``send`` raise
 """
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
-from typing import TYPE_CHECKING
 
 from posa.errors import Closed, TransportError
 from posa.transport.base import Options
@@ -25,7 +24,7 @@ from posa.transport.inproc.receiver import Receiver, as_frame
 from posa.transport.nats import link as links
 from posa.transport.nats.address import NatsAddress
 from posa.transport.nats.listener import SLOW_FACTOR
-from posa.transport.nats.loop import call
+from posa.transport.nats.protocol import Msg
 from posa.transport.nats.wire import (
     CLOSE,
     DATA,
@@ -40,10 +39,6 @@ from posa.transport.nats.wire import (
     unpack,
 )
 
-if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
-
 __all__ = ["NatsConnection", "HELLO_PATIENCE"]
 
 HELLO_PATIENCE = 2.0     # s a HELLO is repeated while nobody listens on the subject
@@ -57,59 +52,60 @@ class NatsConnection(Receiver[bytes]):
         super().__init__(str(address), options)
         self._subject = address.subject or ""
         self._gone: str | None = None       # why the connection ended
-        self._sub: Subscription | None = None
-        self._welcome: asyncio.Future[None] | None = None
+        self._sub: int | None = None
+        self._answered = threading.Event()      # the HELLO's answer came
+        self._answer: Exception | None = None   # None: WELCOME
+        self._starting = True
         self._inbound = Reassembly(options.max_frame_size)
         self._limit = SLOW_FACTOR * options.high_water_mark
         timeout = options.send_timeout or 10.0
         self._link = links.acquire(address, self, timeout)
-        self._inbox = self._link.nc.new_inbox()
+        self._inbox = links.new_inbox()
         self._out = links.Outbound(self._subject, self._inbox, options.high_water_mark,
                                    self)
         try:
-            call(self._start(timeout), timeout + 1.0, f"connecting to {self.address}")
+            self._start(timeout)
         except BaseException:
             self._mark_closed()
-            self._link.loop.call_soon_threadsafe(self._unsubscribe)
+            self._unsubscribe()
             links.release(self._link, self, 0.0)
             raise
+        self._starting = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("ended" if self._gone else "open")
         return f"<NatsConnection {self._inbox} to {self.address} {state}>"
 
-    async def _start(self, timeout: float) -> None:
+    def _start(self, timeout: float) -> None:
         link = self._link
-        self._welcome = asyncio.get_running_loop().create_future()
-        self._sub = await link.subscribe(self._inbox, self._on_msg)
+        self._sub = link.subscribe(self._inbox, self._on_msg, timeout)
         deadline = time.monotonic() + timeout
         patience = time.monotonic() + min(HELLO_PATIENCE, timeout)
         pause = 0.01
         for _ in range(1000):
             link.control(self._subject, pack(HELLO, 0), self._inbox)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._welcome), pause)
-                return
-            except asyncio.TimeoutError:
-                pause = min(pause * 2, 0.5)
-                if time.monotonic() >= deadline:
-                    break
-            except _NoListener:
+            if self._answered.wait(pause):
+                if self._answer is None:
+                    return
+                if not isinstance(self._answer, _NoListener):
+                    raise self._answer          # RESET: refused
                 if time.monotonic() >= patience:
                     raise TransportError(f"no nats listener at {self.address}: nobody "
                                          "subscribes to its subject (closed, or never "
                                          "there); look the name up again") from None
-                self._welcome = asyncio.get_running_loop().create_future()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                self._answer = None
+                self._answered.clear()
+                time.sleep(pause)       # back off: nobody listens yet
+            if time.monotonic() >= deadline:
+                break
+            pause = min(pause * 2, 0.5)
         raise TransportError(f"the nats listener at {self.address} did not answer within "
                              f"{timeout} s")
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        if headers and headers.get("Status") == _NO_RESPONDERS:
+        if msg.status == _NO_RESPONDERS:
             self._fail(_NoListener(), "the nats listener is gone: nobody subscribes "
                        "to its subject any more")
             return
@@ -135,16 +131,18 @@ class NatsConnection(Receiver[bytes]):
                 if self._readers:
                     self._readers.wake_one()
         elif kind == WELCOME:
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_result(None)
+            if self._starting and not self._answered.is_set():
+                self._answer = None
+                self._answered.set()
         elif kind == RESET:
             why = body.decode("utf-8", "replace")
             self._fail(TransportError(why), why)
 
     def _fail(self, exc: Exception, why: str) -> None:
-        welcome = self._welcome
-        if welcome is not None and not welcome.done():
-            welcome.set_exception(exc)
+        if self._starting:
+            if not self._answered.is_set():
+                self._answer = exc
+                self._answered.set()
         else:
             self._end(why)
 
@@ -161,13 +159,10 @@ class NatsConnection(Receiver[bytes]):
     def link_lost(self, why: str) -> None:
         self._end(why)
 
-    def out_failed(self, out: links.Outbound, why: str) -> None:
-        self._end(why)
-
     def _unsubscribe(self) -> None:
-        if self._sub is not None:
-            self._link.loop.create_task(self._link.unsubscribe(self._sub))
-            self._sub = None
+        sid, self._sub = self._sub, None
+        if sid is not None:
+            self._link.unsubscribe(sid)
 
     # -- the owner's threads ----------------------------------------------------------------
 
@@ -233,7 +228,7 @@ class NatsConnection(Receiver[bytes]):
         link = self._link
         if self._gone is None:
             link.control(self._subject, pack(CLOSE, 0), self._inbox)
-        link.loop.call_soon_threadsafe(self._unsubscribe)
+        self._unsubscribe()
         self._ready.clear()
         self._out.blocked.wake_all()
         links.release(link, self, self._options.linger)

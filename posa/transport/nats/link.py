@@ -1,56 +1,49 @@
-"""One nats-py client per cluster per process, and the pump that publishes for
-every endpoint on it.
+"""One NATS client of posa's own per cluster per process, and the pump that
+publishes for every endpoint on it.
 
-Endpoints on the same servers (in any order) share a ``Link``, which dials the
-servers in the order the first address used lists them, the first first, and
-fails over in that order too: list a nearby server first. A link is counted:
-the last endpoint to let go closes it, after what was queued has left.
+Endpoints on the same servers (in any order) share a ``Link``, whose ``Client``
+(``posa.transport.nats.client``) dials the servers in the order the first address
+used lists them, the first first, and fails over in that order too: list a nearby
+server first. A link is counted: the last endpoint to let go closes it, after
+what was queued has left.
 
-Sending threads never touch the client's state: ``put`` appends the frame to its
-``Outbound`` (one per direction of a connection: its subject, its numbering, its
-queue) and that outbound to the link's queue, and wakes the pump only if it is
-not awake already, so a burst costs one ``call_soon_threadsafe``. The pump is a
-plain callback on the loop: it cuts frames to the server's ``max_payload``, numbers
-them and writes them to the socket in the same turn of the loop
-(``posa.transport.nats.direct``); only when the socket's buffer is over its
-high-water mark does it wait, in a task, for the socket to drain. Subscriptions
-deliver the same way, in the turn that parses the message.
-
-When nothing is queued, ``put`` does not wake the pump at all: the sending thread
-writes the frame to the socket itself, holding the lock every writer of the socket
-takes (``Writer.send_now``). A request and its answer then cross no thread on
-their way out, only on their way in (the loop reads the socket).
+A send with nothing queued ahead of it writes its frame to the client's socket
+from the sending thread, holding the lock every writer of the socket takes
+(``Client.send_locked``): a request and its answer cross no thread on their way
+out. Otherwise ``put`` appends the frame to its ``Outbound`` (one per direction
+of a connection: its subject, its numbering, its queue) and that outbound to the
+link's queue, and wakes the pump only if it is not awake already, so a burst
+costs one hand-off to the nats loop. The pump cuts frames to the server's
+``max_payload``, numbers them and queues them on the client, which writes what
+the socket takes at once; while more than ``client.BACKLOG`` bytes wait for the
+socket the pump waits for it to drain (``drained``). Subscriptions deliver in the
+turn of the loop that reads the message.
 
 When the client loses its server, every endpoint on the link hears ``link_lost``:
 frames in flight may be gone, so connections end (posa's streams resend on new
-ones once the client has reconnected to another server of the cluster) and
+ones once the client has connected to another server of the cluster) and
 listeners drop their connections.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 from posa.errors import Timeout, TransportError
 from posa.transport.inproc.wakeup import Sleepers
+from posa.transport.nats import protocol
 from posa.transport.nats.address import NatsAddress
-from posa.transport.nats.direct import Writer, check, deliver
+from posa.transport.nats.client import Client
 from posa.transport.nats.loop import event_loop
+from posa.transport.nats.protocol import CRLF, Msg
 from posa.transport.nats.wire import DATA, HEADER, chunks
 
-if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
+__all__ = ["Endpoint", "Outbound", "Link", "acquire", "release", "new_inbox"]
 
-__all__ = ["INSTALL", "Endpoint", "Outbound", "Link", "acquire", "release"]
-
-INSTALL = "pip install 'posa-messaging[nats]'"
-RECONNECT_WAIT = 0.1     # s between attempts at the same server
 PING_INTERVAL = 5        # s; two unanswered pings and a silent server is given up
 BATCH = 1 << 20          # bytes the pump queues before it writes them
 CLOSE_GRACE = 2.0        # s a closing link waits for its server to take what it holds
@@ -58,8 +51,6 @@ CLOSE_GRACE = 2.0        # s a closing link waits for its server to take what it
 
 class Endpoint(Protocol):
     def link_lost(self, why: str) -> None: ...
-
-    def out_failed(self, out: Outbound, why: str) -> None: ...
 
 
 class Outbound:
@@ -88,74 +79,55 @@ class Outbound:
                           "Options.high_water_mark or Options.send_timeout")
 
 
+def new_inbox() -> str:
+    """A subject of a connection's own."""
+    return "_INBOX." + secrets.token_hex(11)
+
+
 class Link:
-    """A nats-py client shared by the endpoints of a process on one cluster."""
+    """A NATS client shared by the endpoints of a process on one cluster."""
 
     def __init__(self, address: NatsAddress) -> None:
         self.address = address
         self.users = 0
+        self.failed = False
         self.endpoints: dict[Endpoint, None] = {}
         self.queue: deque[Outbound | tuple[str, bytes, str]] = deque()
         self.loop = event_loop()
-        self.nc: Any = None
-        self.writer: Writer | None = None
-        self._scheduled = True       # until the link is open
+        self._scheduled = True       # until the client is connected
+        self._waiting = False        # for the client's backlog to drain
         self._closing = False
-        self._waiting: asyncio.Task[None] | None = None     # for the socket to drain
-        self.opened = asyncio.run_coroutine_threadsafe(self._open(), self.loop)
-
-    async def _open(self) -> None:
-        try:
-            from nats.aio.client import Client
-        except ImportError as exc:
-            raise TransportError(f"the nats:// transport needs nats-py, which cannot be "
-                                 f"imported ({exc}); {INSTALL}") from None
-        nc = Client()
-        settings: dict[str, Any] = {
-            "dont_randomize": True, "allow_reconnect": True, "max_reconnect_attempts": -1,
-            "reconnect_time_wait": RECONNECT_WAIT, "connect_timeout": 2,
-            "ping_interval": PING_INTERVAL, "max_outstanding_pings": 2}
-        await nc.connect(servers=self.address.urls, name=f"posa-{os.getpid()}",
-                         error_cb=self._error, disconnected_cb=self._disconnected,
-                         **settings)
-        try:
-            check(nc)
-        except TransportError:
-            await nc.close()
-            raise
-        self.nc = nc
-        writer = Writer(nc)
-        writer.install()
-        self.writer = writer
-        self._pump()
+        self.client = Client(address.servers, f"posa-{os.getpid()}", self.loop, self,
+                             PING_INTERVAL)
+        self.client.start()
 
     @property
     def room(self) -> int:
         """Payload bytes per message after the header, on the server the client is
         on now (it learns each server's ``max_payload`` as it connects: the nodes
         of a cluster need not agree)."""
-        nc = self.nc
-        return 0 if nc is None else int(nc.max_payload) - HEADER.size
+        payload = self.client.max_payload
+        return payload - HEADER.size if payload else 0
 
     def ready(self, timeout: float) -> None:
-        try:
-            self.opened.result(timeout)
-        except TransportError:
-            raise
-        except Exception as exc:
-            self.opened.cancel()
+        if not self.client.ready.wait(timeout):
+            self.failed = True
+            refused = self.client.refused
             raise TransportError(f"no NATS server of {self.address.cluster} answered "
-                                 f"within {timeout} s ({type(exc).__name__}: {exc}); start "
-                                 "one, or check the address") from None
+                                 f"within {timeout} s; " + (
+                                     f"{refused}" if refused else
+                                     "start one, or check the address"))
 
     # -- sending (any thread) ------------------------------------------------------------
 
     def put(self, out: Outbound, frame: bytes) -> None:
-        writer = self.writer
-        if writer is not None and writer.mine and not self.queue and len(frame) <= self.room:
-            with writer.lock:
-                if self._waiting is None and not self.queue and self._send_now(out, frame,
-                                                                              writer):
+        client = self.client
+        if client.connected and not self.queue and len(frame) <= self.room:
+            with client.lock:
+                if not self.queue and not self._waiting and client.send_locked(b"".join((
+                        protocol.pub(out.subject, out.reply, HEADER.size + len(frame)),
+                        HEADER.pack(DATA, out.seq), frame, CRLF))):
+                    out.seq += 1
                     return
         out.frames.append(frame)
         self.queue.append(out)
@@ -167,136 +139,97 @@ class Link:
         if not self._scheduled:
             self._kick()
 
-    def _send_now(self, out: Outbound, frame: bytes, writer: Writer) -> bool:
-        """Write ``frame`` from this thread if nothing is queued ahead of it (holding
-        the writer's lock, as the pump does); ``False`` to queue it."""
-        try:
-            if not writer.send_now(out.subject, out.reply, HEADER.pack(DATA, out.seq),
-                                   frame):
-                return False
-        except OSError as exc:       # lost with the socket: the connection ends
-            with contextlib.suppress(RuntimeError):    # the loop is gone (exit)
-                self.loop.call_soon_threadsafe(out.owner.out_failed, out, "the NATS "
-                                               f"client could not publish ({exc})")
-        out.seq += 1
-        if writer.rest is not None and not self._scheduled:
-            self._kick()             # the pump writes what the socket did not take
-        return True
-
     def _kick(self) -> None:
         self._scheduled = True
-        if self.writer is not None:
-            with contextlib.suppress(RuntimeError):    # the loop is gone (exit)
-                self.loop.call_soon_threadsafe(self._pump)
+        self.loop.call_soon(self._pump)
 
     # -- the pump (the loop) -------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Publish what is queued, until the socket's buffer is over its high-water
-        mark; then a task waits for it to drain and pumps again. While it waits the
-        pump stays scheduled, so senders queue without waking the loop."""
-        writer = self.writer
-        if self._waiting is not None or writer is None:
+        """Publish what is queued, until the client's backlog is over its mark; the
+        client's ``drained`` pumps again. While it waits, or no server is
+        connected, the pump stays scheduled, so senders queue without waking the
+        loop."""
+        client = self.client
+        if self._waiting or not client.connected:
             return
         self._scheduled = False
-        with writer.lock:
-            if self._publish_queued(writer):     # senders queue while it waits
-                self._waiting = self.loop.create_task(self._drain(writer))
+        with client.lock:
+            if self._publish_queued(client):
+                self._waiting = self._scheduled = True
 
-    def _publish_queued(self, writer: Writer) -> bool:
-        """``True`` if the socket's buffer filled before the queue emptied. A turn
-        publishes what was queued when it began, no more: senders that keep the
-        queue full must not keep the loop from reading the socket and hearing it
-        break (a lost socket takes every write and holds none, so no buffer fills
-        to stop the turn); the senders that queue during the turn wake the pump
-        again."""
+    def _publish_queued(self, client: Client) -> bool:
+        """``True`` if the backlog filled before the queue emptied. A turn publishes
+        what was queued when it began, no more: senders that keep the queue full
+        must not keep the loop from reading the socket and hearing it break; the
+        senders that queue during the turn wake the pump again."""
         queue = self.queue
         for _ in range(len(queue)):
             item = queue.popleft()
-            try:
-                if isinstance(item, tuple):
-                    subject, payload, reply = item
-                    writer.publish(subject, reply, payload)
-                else:
-                    self._publish(item, writer)
-            except Exception as exc:
-                if not isinstance(item, tuple):
-                    item.owner.out_failed(item, "the NATS client could not publish "
-                                          f"({type(exc).__name__}: {exc})")
-            if writer.queued >= BATCH and writer.flush():
+            if isinstance(item, tuple):
+                subject, payload, reply = item
+                client.queue_locked(protocol.pub(subject, reply, len(payload)), payload,
+                                    CRLF)
+            else:
+                self._publish(item, client)
+            if client.backlog >= BATCH and client.flush_locked():
                 return True
-        return writer.flush()
+        return client.flush_locked()
 
-    async def _drain(self, writer: Writer) -> None:
-        try:
-            await writer.drained()
-        except Exception:        # the connection broke: the client reconnects and
-            pass                 # resends what it holds; the endpoints hear link_lost
-        self._waiting = None
-        self._pump()
-
-    def _publish(self, out: Outbound, writer: Writer) -> None:
+    def _publish(self, out: Outbound, client: Client) -> None:
         frame = out.frames.popleft()
         if out.blocked and len(out.frames) <= out.low:
             out.blocked.wake_all()
         seq = out.seq
-        for kind, body in chunks(frame, self.room):
+        room = self.room
+        for kind, body in chunks(frame, room):
             out.seq = seq + 1
-            writer.publish(out.subject, out.reply, HEADER.pack(kind, seq), body)
+            client.queue_locked(protocol.pub(out.subject, out.reply, HEADER.size + len(body)),
+                                HEADER.pack(kind, seq), body, CRLF)
             seq += 1
 
-    # -- subscriptions and events (the loop) ----------------------------------------------
+    # -- the client's events (the loop) ---------------------------------------------------
 
-    async def subscribe(self, subject: str, cb: Callable[[Msg], None]) -> Subscription:
-        """Subscribe ``cb`` (called on the loop as each message is parsed)."""
-        sub: Subscription = await self.nc.subscribe(subject)
-        try:
-            deliver(sub, cb)
-        except TransportError:
-            await self.unsubscribe(sub)
-            raise
-        await self.nc.flush(timeout=5)       # the server has the interest
-        return sub
+    def connected(self) -> None:
+        self._waiting = False
+        self._pump()
 
-    async def unsubscribe(self, sub: Subscription) -> None:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    def drained(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._pump()
 
-    async def _error(self, exc: Exception) -> None:
-        """nats-py's errors: a lost server is heard through ``_disconnected``."""
-
-    async def _disconnected(self) -> None:
+    def lost(self, why: str) -> None:
+        self._scheduled, self._waiting = True, False     # until connected again
         if self._closing:
             return
-        why = (f"the NATS server this process used in {self.address.cluster} went away; "
-               "frames in flight may be lost (posa's streams resend them)")
         for endpoint in list(self.endpoints):
             endpoint.link_lost(why)
 
-    async def close(self, linger: float) -> None:
-        """Publish what is queued (within ``linger``), then close the client; what
-        its socket still holds after ``max(linger, CLOSE_GRACE)`` s (a stopped
-        server takes none of it) is dropped with the socket."""
-        self._closing = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._flushed(), linger)
-        if self._waiting is not None:
-            self._waiting.cancel()
-        if self.nc is not None:
-            try:        # a stopped server never drains what a graceful close waits on
-                await asyncio.wait_for(self.nc.close(), max(linger, CLOSE_GRACE))
-            except asyncio.TimeoutError:
-                if self.writer is not None:
-                    self.writer.abort()
-            except Exception:
-                pass
+    # -- subscriptions (any thread) ------------------------------------------------------
 
-    async def _flushed(self) -> None:
-        for _ in range(100_000):
-            if not self.queue and not self._scheduled and self._waiting is None:
-                break
-            await asyncio.sleep(0.001)
-        await self.nc.flush(timeout=5)
+    def subscribe(self, subject: str, cb: Callable[[Msg], None], timeout: float) -> int:
+        """Subscribe ``cb`` (called as each message is parsed, on the thread that
+        reads the socket: the loop's, or a reactor's it is lent to) and wait
+        until the server has the interest; the subscription's id."""
+        sid = self.client.subscribe(subject, cb)
+        try:
+            self.client.flush(timeout)
+        except BaseException:
+            self.client.unsubscribe(sid)
+            raise
+        return sid
+
+    def unsubscribe(self, sid: int) -> None:
+        self.client.unsubscribe(sid)
+
+    def close(self, linger: float) -> None:
+        """Publish what is queued, then close the client; what its socket still
+        holds after ``max(linger, CLOSE_GRACE)`` s (a stopped server takes none of
+        it) is dropped with the socket."""
+        self._closing = True
+        self._pump()
+        self.client.close(max(linger, CLOSE_GRACE))
 
 
 _links: dict[tuple[int, str], Link] = {}
@@ -308,7 +241,7 @@ def acquire(address: NatsAddress, owner: Endpoint, timeout: float) -> Link:
     key = (os.getpid(), address.key)
     with _links_lock:
         link = _links.get(key)
-        if link is None or _failed(link):
+        if link is None or link.failed:
             link = _links[key] = Link(address)
         link.users += 1
         link.endpoints[owner] = None
@@ -330,12 +263,4 @@ def release(link: Link, owner: Endpoint, linger: float) -> None:
         key = (os.getpid(), link.address.key)
         if _links.get(key) is link:
             del _links[key]
-    if link.opened.done() and not _failed(link):
-        asyncio.run_coroutine_threadsafe(link.close(linger), link.loop)
-    else:
-        link.opened.cancel()
-
-
-def _failed(link: Link) -> bool:
-    opened = link.opened
-    return opened.done() and (opened.cancelled() or opened.exception() is not None)
+    link.loop.call_soon(link.close, 0.0 if link.failed else linger)

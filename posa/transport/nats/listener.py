@@ -11,23 +11,25 @@ past ``idle_timeout``, a slow consumer (more than ``SLOW_FACTOR`` x
 ``high_water_mark`` frames unread) or the link losing its server drops the
 connection: it hears RESET, and posa's streams resend on a new one.
 
-The subscription callback runs on the nats loop; it appends ``(route, frame)`` to
-the ready deque of ``posa.transport.inproc.receiver.Receiver`` and signals its
-descriptor, which is what the reactor polls.
+The subscription callback runs on the thread that reads the client's socket; it
+appends ``(route, frame)`` to the ready deque of
+``posa.transport.inproc.receiver.Receiver`` and signals its descriptor, which is
+what the reactor polls. A reactor that offers its poller (``attach``) is lent the
+client's socket instead (``posa.transport.nats.polling``): it reads the socket
+itself and drains the listener in the same turn.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from posa.errors import Closed, TransportError
 from posa.transport.base import Options, Route
 from posa.transport.inproc.receiver import Receiver, as_frame
 from posa.transport.nats import link as links
 from posa.transport.nats.address import NatsAddress
-from posa.transport.nats.loop import call
+from posa.transport.nats.loop import Timer
+from posa.transport.nats.protocol import Msg
 from posa.transport.nats.wire import (
     CLOSE,
     DATA,
@@ -41,10 +43,7 @@ from posa.transport.nats.wire import (
     pack,
     unpack,
 )
-
-if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
+from posa.transport.poller import PollerType
 
 __all__ = ["NatsListener", "SLOW_FACTOR"]
 
@@ -68,12 +67,12 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         self.subject = address.subject or ""
         self._routes: dict[str, _Route] = {}
         self._limit = SLOW_FACTOR * options.high_water_mark
-        self._sub: Subscription | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._sub: int | None = None
+        self._idle: Timer | None = None
         timeout = options.send_timeout or 10.0
         self._link = links.acquire(address, self, timeout)
         try:
-            call(self._start(), timeout, f"subscribing to {self.subject}")
+            self._start(timeout)
         except BaseException:
             links.release(self._link, self, 0.0)
             raise
@@ -82,13 +81,13 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         state = "closed" if self._closed else f"{len(self._routes)} connections"
         return f"<NatsListener {self.address} {state}>"
 
-    async def _start(self) -> None:
-        self._sub = await self._link.subscribe(self.subject, self._on_msg)
+    def _start(self, timeout: float) -> None:
+        self._sub = self._link.subscribe(self.subject, self._on_msg, timeout)
         idle = self._options.idle_timeout
         if idle is not None:
             self._idle = self._link.loop.call_later(idle / 4, self._sweep)
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
         route = msg.reply
@@ -165,9 +164,17 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         for route in list(self._routes):
             self._drop(route, None, why)
 
-    def out_failed(self, out: links.Outbound, why: str) -> None:
-        if self._routes.get(out.subject) is not None:
-            self._drop(out.subject, None, why)
+    # -- a reactor's poller (posa.transport.nats.polling) ---------------------------------
+    def attach(self, share: PollerType) -> bool:
+        """Lend the client's socket to the reactor that polls ``share``; False
+        (it keeps polling ``fileno()``) if another endpoint lent it already."""
+        return not self._closed and self._link.client.lend(share, self)
+
+    def serve(self, fd: int, mask: int) -> None:
+        self._link.client.serve(fd, mask)
+
+    def detach(self) -> None:
+        self._link.client.reclaim(self)
 
     # -- the owner's threads ----------------------------------------------------------------
 
@@ -234,7 +241,8 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         if not self._mark_closed():
             return
         link = self._link
-        link.loop.call_soon_threadsafe(self._shut)
+        link.client.reclaim(self)
+        link.loop.call_soon(self._shut)
         links.release(link, self, self._options.linger)
         self._release()
 
@@ -244,5 +252,5 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         for route in list(self._routes):
             self._drop(route, None, "it was closed")
         if self._sub is not None:
-            self._link.loop.create_task(self._link.unsubscribe(self._sub))
+            self._link.unsubscribe(self._sub)
         self._ready.clear()
