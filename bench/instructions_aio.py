@@ -32,15 +32,15 @@ def role_client(dispatcher: str, calls: int, tasks: int) -> None:
         async with posa.aio.Peer("bench/instructions-aio", registry=reg,
                                  listen="tcp://127.0.0.1:0") as peer:
             request = peer.request
+
+            async def caller(left: list[int]) -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    await request(NAME, BODY, timeout=30.0)
+
             for n in (WARMUP, calls):
                 left = [n]
-
-                async def caller() -> None:
-                    while left[0] > 0:
-                        left[0] -= 1
-                        await request(NAME, BODY, timeout=30.0)
-
-                await asyncio.gather(*(caller() for _ in range(tasks)))
+                await asyncio.gather(*(caller(left) for _ in range(tasks)))
 
     with posa.RegistryClient(dispatcher) as reg:
         asyncio.run(run())

@@ -132,6 +132,8 @@ class Requesting:
                             target, deadline if stall is None
                             else min(deadline, heard + stall), None)
                     continue
+                if key in self._replies:
+                    continue    # read while it waited (a driver of many requests reads)
                 frame = conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
