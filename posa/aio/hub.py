@@ -50,6 +50,7 @@ __all__ = ["Hub", "Awaited", "drive"]
 
 _T = TypeVar("_T")
 Key = tuple[str, int]       # an answer's: (the name that answers, the request's seq)
+_EARLY = 0.0005             # a queued wait this close to its expiry expires with the others
 Mark = tuple[int, int, int]  # ``Forwarder.progress_mark``: (acked, answers, connections)
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
@@ -115,6 +116,10 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop = weakref.proxy(loop)
         self._fds: dict[int, _Fd] = {}
         self.waiting: dict[Forwarder, _Group] = {}   # forwarders whose tasks wait now
+        # waits by expiry, the order they began in (``_expiry``): no timer each
+        self._due: dict[asyncio.Future[bool], float] = {}
+        self._last = 0.0            # the last expiry queued
+        self._timer: asyncio.TimerHandle | None = None     # for the first of them
         self.stats = {"waits": 0, "fired": 0, "woken": 0, "expired": 0}
 
     @classmethod
@@ -156,12 +161,57 @@ class Hub:
         entry.waiters[ready] = key
         group.count += 1
         self.stats["waits"] += 1
-        expiry = loop.call_later(timeout if timeout > 0.0 else 0.0, self._expire, ready)
+        expiry = self._expiry(ready, timeout)
         try:
             return await ready
         finally:
-            expiry.cancel()
+            if expiry is None:
+                due = self._due
+                if due.pop(ready, None) is not None and not due:
+                    self._no_due()
+            else:
+                expiry.cancel()
             self._forget(fd, entry, ready, key)
+
+    def _expiry(self, ready: asyncio.Future[bool], timeout: float
+                ) -> asyncio.TimerHandle | None:
+        """Make ``ready`` expire (False) in ``timeout`` s: in the queue of waits
+        expiring in the order they began (None) if it expires no sooner than the
+        last of them, as nearly every wait does (they all wait ``ack_timeout``);
+        else by a timer of its own (returned)."""
+        loop = self._loop
+        when = loop.time() + timeout
+        if when < self._last:
+            return loop.call_at(when, self._expire, ready)
+        self._last = when
+        self._due[ready] = when
+        if self._timer is None:
+            self._timer = loop.call_at(when, self._expire_due)
+        return None
+
+    def _expire_due(self) -> None:
+        """The queue's first wait may be due: expire those that are, and wait for
+        the next."""
+        self._timer = None
+        due = self._due
+        now = self._loop.time() + _EARLY
+        while due:
+            ready = next(iter(due))
+            when = due[ready]
+            if when > now:
+                self._timer = self._loop.call_at(when, self._expire_due)
+                return
+            del due[ready]
+            self._expire(ready)
+        self._last = 0.0
+
+    def _no_due(self) -> None:
+        """The queue of expiries is empty: no timer for it, and any wait may
+        begin it again."""
+        self._last = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _watch(self, fd: int, conn: Connection, group: _Group) -> _Fd | None:
         """The entry of ``fd`` (``conn``'s), read for ``group``; None if the loop
@@ -200,26 +250,24 @@ class Hub:
             del self.waiting[group.fwd]
             group.fwd.on_answer = None
 
-    def stepped(self, fwd: Forwarder, before: Mark) -> None:
-        """After a step of ``fwd`` while other tasks of it wait (``before``: its
-        progress mark before the step): read the connections that still hold
-        frames, and wake the tasks waiting for progress if the mark moved (all of
-        them if a connection was replaced)."""
-        group = self.waiting.get(fwd)
-        if group is None:
-            return
+    def stepped(self, group: _Group, generation: int, before: Mark | None) -> None:
+        """After a step of ``group``'s forwarder while others of its tasks wait:
+        read the connections that still hold frames; wake the tasks waiting for
+        progress if the mark (``before``, if they wait) moved, and every task if
+        a recovery ran (the forwarder's ``generation``: a connection may have
+        been replaced)."""
         for entry in list(group.entries.values()):
             if entry.waiters and _pending(entry.conn):
                 self._absorb(entry)
-        self._progressed(group, before)
+        if before is not None and group.loose:
+            self._progressed(group, before)
+        if group.fwd.generation != generation:
+            group.wake(list(group.keyed.values()))
 
-    def _progressed(self, group: _Group, before: Mark) -> None:
-        after = group.fwd.progress_mark()
-        if after != before:
-            if group.loose:
-                group.wake(list(group.loose))
-            if after[2] != before[2]:       # a connection replaced
-                group.wake(list(group.keyed.values()))
+    @staticmethod
+    def _progressed(group: _Group, before: Mark) -> None:
+        if group.fwd.progress_mark() != before:
+            group.wake(list(group.loose))
 
     def _fire(self, fd: int) -> None:
         """The descriptor is readable: take in what it holds, which wakes the tasks
@@ -310,14 +358,16 @@ async def drive(steps: Steps[_T], fwd: Forwarder, awaited: Awaited | None = None
     try:
         while True:
             with lock:
-                if fwd not in waiting:      # alone: nobody to tell
+                group = waiting.get(fwd)
+                if group is None:           # alone: nobody to tell
                     conn, wait = next(steps) if ready is None else steps.send(ready)
                 else:
-                    before = fwd.progress_mark()
+                    generation = fwd.generation
+                    before = fwd.progress_mark() if group.loose else None
                     try:
                         conn, wait = next(steps) if ready is None else steps.send(ready)
                     finally:
-                        hub.stepped(fwd, before)
+                        hub.stepped(group, generation, before)
             ready = await hub.readable(conn, wait, fwd,
                                        None if awaited is None else awaited.key)
     except StopIteration as done:

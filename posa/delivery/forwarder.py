@@ -98,6 +98,7 @@ class Forwarder(Requesting, Flow):
         # told the key of every answer read (a driver of many waiting requests wakes
         # the one it answers: ``posa.aio.hub``); None: nobody to tell
         self.on_answer: Callable[[tuple[str, int]], None] | None = None
+        self.generation = 0     # moves when a recovery may have replaced a connection
         self._seq_floor = 1         # where new streams start numbering (_drop_target)
         self._pid = os.getpid()
         self.closed = False
@@ -383,6 +384,8 @@ class Forwarder(Requesting, Flow):
             yield from self._links.relink_steps(target, deadline, cause, self._batch_bytes)
         except Timeout as exc:
             raise self._give_up(target, str(exc)) from None
+        finally:
+            self.generation += 1    # its connection may be another one now
 
     def _give_up(self, target: Target, why: str) -> Timeout:
         """Drop ``target`` and its backlog; the Timeout says how many (``Links.given_up``)."""
