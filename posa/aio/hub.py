@@ -148,10 +148,12 @@ class Hub:
         if group is None:
             group = self.waiting[fwd] = _Group(fwd, self.stats)
             fwd.on_answer = group.answered
-        entry = self._watch(fd, conn, group)
-        if entry is None:
-            self._release(group)
-            return True
+        entry = self._fds.get(fd)
+        if entry is None or entry.conn is not conn or entry.group is not group:
+            entry = self._watch(fd, conn, group)
+            if entry is None:
+                self._release(group)
+                return True
         loop = self._loop
         ready: asyncio.Future[bool] = loop.create_future()
         if key is None:
@@ -256,7 +258,7 @@ class Hub:
         progress if the mark (``before``, if they wait) moved, and every task if
         a recovery ran (the forwarder's ``generation``: a connection may have
         been replaced)."""
-        for entry in list(group.entries.values()):
+        for entry in group.entries.values():    # (a read changes none of them)
             if entry.waiters and _pending(entry.conn):
                 self._absorb(entry)
         if before is not None and group.loose:

@@ -190,7 +190,8 @@ class Peer:
                               "use send() for groups")
         fwd = self._sync.sender.forwarder()
         deadline = time.monotonic() + bounded(timeout)
-        await self._first_contact(fwd, name)
+        if not fwd.knows(name):
+            await self._first_contact(fwd, name)
         awaited = Awaited()
         reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
                                           self._cork),
@@ -263,7 +264,8 @@ def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
     ``cork`` says other tasks are at work (it writes them together), and waits
     for the reply (``Forwarder.reply_steps``), by its key (``awaited``: the hub
     wakes the task when its reply is read, and for nothing else)."""
-    yield from fwd.room_steps(name, deadline)
+    if not fwd.has_room(name):
+        yield from fwd.room_steps(name, deadline)
     if cork(fwd):
         seq = fwd.queue_request(name, body, deadline, headers)
     else:

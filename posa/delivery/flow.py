@@ -127,7 +127,8 @@ class Flow:
         than writing it; returns its id. The caller writes the open batches
         (``write_open``) before it waits for input. Framed as ``send_locked``
         frames a SEND that joins a batch."""
-        hdrs = {"ttl": max(1, int((deadline - time.monotonic()) * 1000))}
+        ttl = int((deadline - time.monotonic()) * 1000)
+        hdrs = {"ttl": ttl if ttl > 1 else 1}       # (no max(): it parses keywords)
         if headers:
             hdrs.update(headers)
         target = self._targets.get(name)
