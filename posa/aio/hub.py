@@ -148,6 +148,7 @@ class Hub:
         if group is None:
             group = self.waiting[fwd] = _Group(fwd, self.stats)
             fwd.on_answer = group.answered
+        group.count += 1
         entry = self._fds.get(fd)
         if entry is None or entry.conn is not conn or entry.group is not group:
             entry = self._watch(fd, conn, group)
@@ -161,7 +162,6 @@ class Hub:
         else:
             group.keyed[key] = ready
         entry.waiters[ready] = key
-        group.count += 1
         self.stats["waits"] += 1
         expiry = self._expiry(ready, timeout)
         try:
@@ -246,7 +246,7 @@ class Hub:
         self._release(group)
 
     def _release(self, group: _Group) -> None:
-        """One task of ``group`` waits no more (or never did)."""
+        """One task of ``group`` waits no more."""
         group.count -= 1
         if group.count <= 0 and self.waiting.get(group.fwd) is group:
             del self.waiting[group.fwd]
