@@ -123,8 +123,8 @@ class Requesting:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn
             try:
-                # nothing queued: wait for the descriptor, which fires for the next
-                # frame (posa/transport/base.py); no receive that would find nothing
+                # nothing queued: wait for the descriptor, which fires for the next frame
+                # (posa/transport/base.py), or for a driver that read the answer
                 if not conn.pending() and not (yield conn, wait):
                     if not acked and target.out.unacked and target.out.first_unacked() <= seq:
                         # not delivered yet: resend, within the stall if there is one
@@ -132,9 +132,7 @@ class Requesting:
                             target, deadline if stall is None
                             else min(deadline, heard + stall), None)
                     continue
-                if key in self._replies:
-                    continue    # read while it waited (a driver of many requests reads)
-                frame = conn.recv_nowait()
+                frame = None if key in self._replies else conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
                     self._links.drop(target.address)
