@@ -65,6 +65,10 @@ class Awaited:
         self.key: Key | None = None
 
 
+Held = tuple["asyncio.Future[bool]", int, "_Fd", "Key | None", "asyncio.TimerHandle | None"]
+"""A wait begun (``Hub.hold``): its future, descriptor, entry, key and timer."""
+
+
 class _Fd:
     """One descriptor the hub reads: its connection, the forwarder it belongs to
     (``group``) and the tasks waiting on it (each future with its key)."""
@@ -130,20 +134,19 @@ class Hub:
             hub = _hubs[loop] = cls(loop)
         return hub
 
-    async def readable(self, conn: Connection | None, timeout: float, fwd: Forwarder,
-                       key: Key | None = None) -> bool:
-        """Wait up to ``timeout`` s for input on ``conn``: with a ``key``, until the
-        answer with that key is read; without, until ``fwd`` makes progress. True
-        unless the time ran out. No ``conn``: a pause of ``timeout`` s."""
-        if conn is None:
-            await asyncio.sleep(max(0.0, timeout))
-            return False
+    def hold(self, conn: Connection, timeout: float, fwd: Forwarder,
+             key: Key | None = None) -> Held | None:
+        """Begin a wait of up to ``timeout`` s for input on ``conn``: with a
+        ``key``, until the answer with that key is read; without, until ``fwd``
+        makes progress. The caller awaits its future (True unless the time ran
+        out), then passes it to ``release``. None: nothing to wait for (the
+        answer is in, or the connection closed: the next step finds out)."""
         if key is not None and fwd.peek_reply(*key) is not None:
-            return True         # read while its step ended: nothing to wait for
+            return None         # read while its step ended
         try:
             fd = conn.fileno()
         except (OSError, ValueError, PosaError):
-            return True         # closed under us: the next receive says how
+            return None         # closed under us: the next receive says how
         group = self.waiting.get(fwd)
         if group is None:
             group = self.waiting[fwd] = _Group(fwd, self.stats)
@@ -154,26 +157,26 @@ class Hub:
             entry = self._watch(fd, conn, group)
             if entry is None:
                 self._release(group)
-                return True
-        loop = self._loop
-        ready: asyncio.Future[bool] = loop.create_future()
+                return None
+        ready: asyncio.Future[bool] = self._loop.create_future()
         if key is None:
             group.loose[ready] = None
         else:
             group.keyed[key] = ready
         entry.waiters[ready] = key
         self.stats["waits"] += 1
-        expiry = self._expiry(ready, timeout)
-        try:
-            return await ready
-        finally:
-            if expiry is None:
-                due = self._due
-                if due.pop(ready, None) is not None and not due:
-                    self._no_due()
-            else:
-                expiry.cancel()
-            self._forget(fd, entry, ready, key)
+        return ready, fd, entry, key, self._expiry(ready, timeout)
+
+    def release(self, held: Held) -> None:
+        """A wait ``hold`` began ended (woken, expired or cancelled)."""
+        ready, fd, entry, key, expiry = held
+        if expiry is None:
+            due = self._due
+            if due.pop(ready, None) is not None and not due:
+                self._no_due()
+        else:
+            expiry.cancel()
+        self._forget(fd, entry, ready, key)
 
     def _expiry(self, ready: asyncio.Future[bool], timeout: float
                 ) -> asyncio.TimerHandle | None:
@@ -370,8 +373,18 @@ async def drive(steps: Steps[_T], fwd: Forwarder, awaited: Awaited | None = None
                         conn, wait = next(steps) if ready is None else steps.send(ready)
                     finally:
                         hub.stepped(group, generation, before)
-            ready = await hub.readable(conn, wait, fwd,
-                                       None if awaited is None else awaited.key)
+            if conn is None:        # a pause (a back-off)
+                await asyncio.sleep(wait if wait > 0.0 else 0.0)
+                ready = False
+                continue
+            held = hub.hold(conn, wait, fwd, None if awaited is None else awaited.key)
+            if held is None:
+                ready = True
+                continue
+            try:
+                ready = await held[0]
+            finally:
+                hub.release(held)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     except BaseException:
