@@ -3,6 +3,7 @@ ends (answer or error) whatever happens to the others or to the server."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import posa
 import posa.aio
 from posa.aio.hub import Hub
+from posa.delivery.target import Target
 from tests.support import Proc
 
 TASKS = 64
@@ -119,3 +121,47 @@ def test_tasks_cancelled_mid_request_and_a_server_killed_leave_none_waiting(
         asyncio.run(main())
     finally:
         victim.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_silent_server_gets_the_backlog_again_once_per_silence_not_once_per_task(
+        dispatcher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 tasks wait on a server that is stopped (SIGSTOP): each time their waits
+    run out, one of them resends the unacknowledged requests, not each of them."""
+    resends: list[int] = []
+    resend = Target.resend
+
+    def counted(self: Target, batch_bytes: int) -> None:
+        resends.append(len(self.out))
+        resend(self, batch_bytes)
+    monkeypatch.setattr(Target, "resend", counted)
+    victim = Proc.python(SERVER, dispatcher)
+
+    async def main() -> None:
+        hub = Hub.of(asyncio.get_running_loop())
+        with posa.RegistryClient(dispatcher) as reg:
+            async with posa.aio.Peer("aio/patient", registry=reg,
+                                     listen="tcp://127.0.0.1:0") as peer:
+                assert await peer.request("aio/victim", "first", timeout=20) == "first"
+                peer.sync.sender.forwarder().ack_timeout = 0.2
+                victim.popen.send_signal(signal.SIGSTOP)
+                expired = hub.stats["expired"]
+                tasks = [asyncio.ensure_future(peer.request("aio/victim", k, timeout=60))
+                         for k in range(16)]
+                await _expirations(hub, expired + 16 * 4)   # each waited 4 times or so
+                victim.popen.send_signal(signal.SIGCONT)
+                assert await asyncio.gather(*tasks) == list(range(16))
+                ran_out = hub.stats["expired"] - expired
+                assert resends and len(resends) * 4 <= ran_out, (resends, ran_out)
+    try:
+        victim.expect("READY")
+        asyncio.run(main())
+    finally:
+        victim.close()
+
+
+async def _expirations(hub: Hub, count: int) -> None:
+    """Until the hub has counted ``count`` waits that ran out (a condition polled
+    on the loop, which goes on meanwhile)."""
+    while hub.stats["expired"] < count:
+        await asyncio.sleep(0.01)
