@@ -90,6 +90,7 @@ class Intake:
         deliver what it returns, then send what it has to send back. The hot path:
         names are bound to locals once per run."""
         listener = endpoint.listener
+        many = hasattr(listener, "send_many")   # answers held per run only if they can
         admit = self.gatekeeper.admit
         receive = self.receiver.receive
         deliver = self.deliver if self.on_run is None else self._deliver_noted
@@ -119,7 +120,7 @@ class Intake:
             except Rejection as rejection:
                 self._rejected(rejection, endpoint, route)
                 continue
-            self._held = []     # the run's answers go out together (``send_back``)
+            self._held = [] if many else None     # the run's answers together (send_back)
             try:
                 for ready in receive(msg, endpoint, route):
                     deliver(ready)
@@ -269,7 +270,7 @@ class Intake:
         that stream's pending ACK (``Receiver.replied``). While a run of
         requests that came in one frame is being delivered, the answers given
         meanwhile are held and go out together after it (``_send_answers``), or
-        once the first has waited ``HOLD`` s."""
+        once the first has waited ``HOLD`` s (over a listener with ``send_many``)."""
         held = self._held
         if held is None:
             self._send_answers(answers)
