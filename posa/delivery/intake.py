@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Gatekeeper, Rejection
@@ -90,7 +90,7 @@ class Intake:
         deliver what it returns, then send what it has to send back. The hot path:
         names are bound to locals once per run."""
         listener = endpoint.listener
-        many = hasattr(listener, "send_many")   # answers held per run only if they can
+        many = hasattr(listener, "send_many")   # answers of a run held only if it helps
         admit = self.gatekeeper.admit
         receive = self.receiver.receive
         deliver = self.deliver if self.on_run is None else self._deliver_noted
@@ -120,14 +120,12 @@ class Intake:
             except Rejection as rejection:
                 self._rejected(rejection, endpoint, route)
                 continue
-            self._held = [] if many else None     # the run's answers together (send_back)
-            try:
-                for ready in receive(msg, endpoint, route):
+            run = receive(msg, endpoint, route)
+            if many and len(run) > 1:
+                self._deliver_held(run, deliver)
+            else:
+                for ready in run:
                     deliver(ready)
-            finally:
-                held, self._held = self._held, None
-                if held:
-                    self._send_answers(held)
         if self._run:
             self._end_run()
         receiver = self.receiver
@@ -146,6 +144,19 @@ class Intake:
             self.answer(rejection.msg, _ERROR, error_body(rejection.error))
         elif rejection.frame is not None:       # failed to open: say so
             self.refuse(endpoint, route, rejection)
+
+    def _deliver_held(self, run: Sequence[Message],
+                      deliver: Callable[[Message], None]) -> None:
+        """Deliver a run of several messages that came in one frame; the answers
+        given meanwhile go out together after it (``send_back``)."""
+        self._held = []
+        try:
+            for ready in run:
+                deliver(ready)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._send_answers(held)
 
     def _deliver_noted(self, msg: Message) -> None:
         received = self.stats["received"]
@@ -273,7 +284,7 @@ class Intake:
         once the first has waited ``HOLD`` s (over a listener with ``send_many``)."""
         held = self._held
         if held is None:
-            self._send_answers(answers)
+            self._send_each(answers)
             return
         now = _monotonic()
         if not held:
@@ -283,32 +294,47 @@ class Intake:
             self._held = []
             self._send_answers(held)
 
+    def _send_each(self, answers: list[Answer]) -> None:
+        """Send ``answers`` one by one."""
+        for endpoint, route, frame, settles in answers:
+            try:
+                endpoint.listener.send(route, frame)
+            except PosaError as exc:
+                log.info("peer %s: reply not sent (%s); the requester will retry",
+                         self.name, exc)
+                continue
+            if settles is not None:
+                self._replied(endpoint, route, settles)
+
+    def _replied(self, endpoint: Endpoint, route: Any, settles: Any) -> None:
+        out = self.receiver.replied(endpoint, route, settles)
+        if out:
+            self.send(out)
+
     def _send_answers(self, answers: list[Answer]) -> None:
-        """Send ``answers``; those for one connection in a row go in one call of a
-        listener that offers ``send_many`` (one write, not one each)."""
+        """Send ``answers``; those for one connection in a row go in one call of
+        its listener's ``send_many`` (one write, not one each)."""
         i, count = 0, len(answers)
         while i < count:
-            endpoint, route, frame, settles = answers[i]
+            endpoint, route = answers[i][0], answers[i][1]
             j = i + 1
             while j < count and answers[j][1] == route and answers[j][0] is endpoint:
                 j += 1
-            send_many = getattr(endpoint.listener, "send_many", None) if j > i + 1 else None
+            send_many = getattr(endpoint.listener, "send_many", None)
+            if j == i + 1 or send_many is None:
+                self._send_each(answers[i:j])
+                i = j
+                continue
             try:
-                if send_many is None:
-                    j = i + 1
-                    endpoint.listener.send(route, frame)
-                else:
-                    send_many(route, [answer[2] for answer in answers[i:j]])
+                send_many(route, [answer[2] for answer in answers[i:j]])
             except PosaError as exc:
-                log.info("peer %s: %d answer(s) not sent (%s); the requester will retry",
+                log.info("peer %s: %d answers not sent (%s); the requester will retry",
                          self.name, j - i, exc)
                 i = j
                 continue
             for endpoint, route, _, settles in answers[i:j]:
                 if settles is not None:
-                    out = self.receiver.replied(endpoint, route, settles)
-                    if out:
-                        self.send(out)
+                    self._replied(endpoint, route, settles)
             i = j
 
     def refuse(self, endpoint: Endpoint, route: Any, rejection: Rejection) -> None:
