@@ -283,7 +283,7 @@ class Intake:
         meanwhile are held and go out together after it (``_send_answers``), or
         once the first has waited ``HOLD`` s (over a listener with ``send_many``)."""
         held = self._held
-        if held is None:
+        if held is None:        # (not in a run: at once, as one by one)
             self._send_each(answers)
             return
         now = _monotonic()
@@ -304,12 +304,9 @@ class Intake:
                          self.name, exc)
                 continue
             if settles is not None:
-                self._replied(endpoint, route, settles)
-
-    def _replied(self, endpoint: Endpoint, route: Any, settles: Any) -> None:
-        out = self.receiver.replied(endpoint, route, settles)
-        if out:
-            self.send(out)
+                out = self.receiver.replied(endpoint, route, settles)
+                if out:
+                    self.send(out)
 
     def _send_answers(self, answers: list[Answer]) -> None:
         """Send ``answers``; those for one connection in a row go in one call of
@@ -334,7 +331,9 @@ class Intake:
                 continue
             for endpoint, route, _, settles in answers[i:j]:
                 if settles is not None:
-                    self._replied(endpoint, route, settles)
+                    out = self.receiver.replied(endpoint, route, settles)
+                    if out:
+                        self.send(out)
             i = j
 
     def refuse(self, endpoint: Endpoint, route: Any, rejection: Rejection) -> None:
