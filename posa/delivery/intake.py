@@ -50,7 +50,7 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
-HOLD = 0.001            # answers of a run are held no longer than this (``send_back``)
+HOLD = 0.001            # an answer this long after the run's first held one sends them
 _TURN = range(BATCH)    # made once: range(4096) costs ~1k instructions to make (its length)
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
@@ -281,7 +281,9 @@ class Intake:
         that stream's pending ACK (``Receiver.replied``). While a run of
         requests that came in one frame is being delivered, the answers given
         meanwhile are held and go out together after it (``_send_answers``), or
-        once the first has waited ``HOLD`` s (over a listener with ``send_many``)."""
+        with an answer given ``HOLD`` s or more after the first held one (over a
+        listener with ``send_many``; a handler on the reactor thread, which must be
+        short, delays the answers held before it by as long as it runs)."""
         held = self._held
         if held is None:        # (not in a run: at once, as one by one)
             self._send_each(answers)
