@@ -48,10 +48,13 @@ def role_client(dispatcher: str, calls: int) -> None:
             peer.request(NAME, BODY, timeout=30.0)
 
 
-def _count(side: str, calls: int, env: dict[str, str]) -> int:
-    """Instructions the ``side`` process executed in a run of ``calls`` calls."""
+def _count(module: str, side: str, calls: int, env: dict[str, str],
+           client_args: list[str]) -> int:
+    """Instructions the ``side`` process executed in a run of ``calls`` calls, the
+    roles being ``module``'s (``--role server ADDRESS`` and ``--role client ADDRESS
+    CALLS *client_args``)."""
     grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    me = [sys.executable, "-m", "bench.instructions", "--role"]
+    me = [sys.executable, "-m", module, "--role"]
     dispatcher = subprocess.Popen(
         [sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
@@ -73,8 +76,11 @@ def _count(side: str, calls: int, env: dict[str, str]) -> int:
         if server.stdout.readline().strip() != "READY":
             raise SystemExit(f"the echo peer did not start: {server.communicate()[1]}")
         client = subprocess.run(
-            (grind if side == "client" else []) + me + ["client", address, str(calls)],
-            capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+            (grind if side == "client" else []) + me
+            + ["client", address, str(calls), *client_args],
+            capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        if client.returncode:
+            raise SystemExit(f"the client failed: {client.stderr[-2000:]}")
         _, server_err = server.communicate("stop\n", timeout=120)
     finally:
         dispatcher.terminate()
@@ -85,14 +91,46 @@ def _count(side: str, calls: int, env: dict[str, str]) -> int:
     return int(found.group(1))
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.instructions",
-                                     description=__doc__.split("\n\n")[0])
+def per_call(module: str, sides: tuple[str, ...], few: int, many: int,
+             client_args: list[str] | None = None) -> dict[str, float]:
+    """Instructions per call of each side in ``sides``: the difference of two runs
+    (``few`` and ``many`` timed calls) of ``module``'s roles, divided by the
+    difference of the call counts; the modules compiled beforehand."""
+    found: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
+        env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
+                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+        for side in sides:
+            args = client_args or []
+            found[side] = (_count(module, side, many, env, args)
+                           - _count(module, side, few, env, args)) / (many - few)
+    return found
+
+
+def parser(module: str, doc: str, calls: str) -> argparse.ArgumentParser:
+    """The command line of ``module`` (``--side``, ``--calls``, the hidden ``--role``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=doc.split("\n\n")[0])
     parser.add_argument("--side", choices=("server", "client", "both"), default="both")
-    parser.add_argument("--calls", default="1000,7000",
-                        help="the two numbers of timed calls (default 1000,7000)")
+    parser.add_argument("--calls", default=calls,
+                        help=f"the two numbers of timed calls (default {calls})")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def report(module: str, args: argparse.Namespace, what: str,
+           client_args: list[str] | None = None) -> None:
+    """Count and print the instructions per call of the sides ``args`` asks for."""
+    few, many = (int(n) for n in args.calls.split(","))
+    sides = ("server", "client") if args.side == "both" else (args.side,)
+    for side, count in per_call(module, sides, few, many, client_args).items():
+        print(f"{side}: {count:,.0f} instructions per {what}")
+
+
+def main(argv: list[str]) -> None:
+    args = parser("bench.instructions", __doc__, "1000,7000").parse_args(argv)
     if args.role:
         role, dispatcher, *rest = args.role
         if role == "server":
@@ -100,15 +138,7 @@ def main(argv: list[str]) -> None:
         else:
             role_client(dispatcher, int(rest[0]))
         return
-    few, many = (int(n) for n in args.calls.split(","))
-    with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
-        env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
-                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
-        for side in ("server", "client") if args.side == "both" else (args.side,):
-            per_call = (_count(side, many, env) - _count(side, few, env)) / (many - few)
-            print(f"{side}: {per_call:,.0f} instructions per request")
+    report("bench.instructions", args, "request")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from posa import peer as peer_module
-from posa.aio.hub import Hub, drive
+from posa.aio.hub import Awaited, Hub, drive
 from posa.delivery.budget import bounded, until
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
 from posa.naming.pages import registrations
-from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 
@@ -169,13 +168,12 @@ class Peer:
                 with fwd.lock:      # the common case: no wait, no other task to wake
                     fwd.send_locked(recipient, body, Kind.SEND, headers, deadline, failed)
                 if failed:          # the link must be recovered: back off on the loop
-                    await drive(fwd.recovery_steps(recipient, deadline, failed[0]),
-                                fwd.lock, fwd, fwd.progress_mark, hub=self._hub)
+                    await drive(fwd.recovery_steps(recipient, deadline, failed[0]), fwd,
+                                hub=self._hub)
             else:
                 await self._first_contact(fwd, recipient)
-                await drive(fwd.send_steps(recipient, body, Kind.SEND, headers,
-                                            deadline),
-                            fwd.lock, fwd, fwd.progress_mark, hub=self._hub)
+                await drive(fwd.send_steps(recipient, body, Kind.SEND, headers, deadline),
+                            fwd, hub=self._hub)
             self._sync.stats["sent"] += 1
         return len(recipients)
 
@@ -192,11 +190,12 @@ class Peer:
                               "use send() for groups")
         fwd = self._sync.sender.forwarder()
         deadline = time.monotonic() + bounded(timeout)
-        await self._first_contact(fwd, name)
-        awaited = _Awaited(fwd, name)
+        if not fwd.knows(name):
+            await self._first_contact(fwd, name)
+        awaited = Awaited()
         reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
                                           self._cork),
-                            fwd.lock, fwd, fwd.progress_mark, awaited, self._hub)
+                            fwd, awaited, self._hub)
         return reply.body
 
     def _cork(self, fwd: Forwarder) -> bool:
@@ -220,8 +219,7 @@ class Peer:
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything sent from the event loop is acknowledged."""
         fwd = self._sync.sender.forwarder()
-        await drive(fwd.flush_steps(time.monotonic() + timeout), fwd.lock, fwd,
-                    fwd.progress_mark)
+        await drive(fwd.flush_steps(time.monotonic() + timeout), fwd)
 
     async def _first_contact(self, fwd: Forwarder, name: str) -> None:
         """Look a name up on the worker thread the first time (the registry may be
@@ -259,48 +257,21 @@ class Peer:
 
 
 def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
-                  headers: dict[str, Any] | None, awaited: _Awaited,
+                  headers: dict[str, Any] | None, awaited: Awaited,
                   cork: Callable[[Forwarder], bool]) -> Steps[Message]:
     """A request that first waits for room in the window (so that its send does
     not block), then is sent, or joins the requests of this turn of the loop if
     ``cork`` says other tasks are at work (it writes them together), and waits
-    for the reply (``Forwarder.reply_steps``)."""
-    yield from fwd.room_steps(name, deadline)
+    for the reply (``Forwarder.reply_steps``), by its key (``awaited``: the hub
+    wakes the task when its reply is read, and for nothing else)."""
+    if not fwd.has_room(name):
+        yield from fwd.room_steps(name, deadline)
     if cork(fwd):
-        awaited.seq = fwd.queue_request(name, body, deadline, headers)
+        seq = fwd.queue_request(name, body, deadline, headers)
     else:
-        awaited.seq = fwd.send_request(name, body, deadline, headers)
-    awaited.conn = fwd.connection(name)
-    return (yield from fwd.reply_steps(name, awaited.seq, deadline))
-
-
-class _Awaited:
-    """What a waiting request is woken for (``posa.aio.hub.Wanted``): its reply
-    read by another task, or its recipient reached on another connection (a
-    move); before it is sent, any progress (room in the window)."""
-
-    __slots__ = ("fwd", "name", "seq", "conn")
-
-    def __init__(self, fwd: Forwarder, name: str) -> None:
-        self.fwd, self.name = fwd, name
-        self.seq: int | None = None
-        self.conn: Connection | None = None
-
-    def __call__(self, moved: bool) -> bool:
-        if self.seq is None:
-            return moved
-        if self.fwd.peek_reply(self.name, self.seq) is not None:
-            return True
-        if not moved:
-            return False
-        try:
-            conn = self.fwd.connection(self.name)
-        except KeyError:
-            return True         # given up: its step finds out how
-        if conn is self.conn:
-            return False
-        self.conn = conn
-        return True
+        seq = fwd.send_request(name, body, deadline, headers)
+    awaited.key = (name, seq)
+    return (yield from fwd.reply_steps(name, seq, deadline))
 
 
 async def call_handler(peer: peer_module.Peer, awaitable: Awaitable[Any],

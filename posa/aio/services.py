@@ -165,8 +165,7 @@ class Client:
             # the worker thread; the steps then find the server chosen
             await self._run(client._pick, service, ())
         fwd = client.sender.forwarder()
-        return await drive(client.call_steps(service, body, timeout=timeout),
-                           fwd.lock, fwd, fwd.progress_mark)
+        return await drive(client.call_steps(service, body, timeout=timeout), fwd)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from posa.delivery.target import BATCH_MAX
 from posa.delivery.waiting import Steps
 from posa.errors import Timeout, TransportError
+from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ class Flow:
         than writing it; returns its id. The caller writes the open batches
         (``write_open``) before it waits for input. Framed as ``send_locked``
         frames a SEND that joins a batch."""
-        hdrs = {"ttl": max(1, int((deadline - time.monotonic()) * 1000))}
+        ttl = int((deadline - time.monotonic()) * 1000)
+        hdrs = {"ttl": ttl if ttl > 1 else 1}       # (no max(): it parses keywords)
         if headers:
             hdrs.update(headers)
         target = self._targets.get(name)
@@ -156,6 +158,18 @@ class Flow:
                     target.write_batch()
                 except (TransportError, Timeout):
                     pass
+
+    def absorb_from(self, conn: Connection) -> None:
+        """Take in what ``conn`` holds, without waiting (acknowledgements, answers,
+        notices), as a waiting step would; the caller holds ``lock`` and the
+        descriptor fired or ``conn`` is ``pending``. Raises ``TransportError``
+        if the connection failed (a waiting step recovers it)."""
+        frame = conn.recv_nowait()
+        while frame is not None:
+            self._absorb(frame)
+            if not conn.pending():
+                return
+            frame = conn.recv_nowait()
 
     def progress_mark(self) -> tuple[int, int, int]:
         """A value that changes when this forwarder read something a waiting step

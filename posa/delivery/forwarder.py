@@ -95,6 +95,10 @@ class Forwarder(Requesting, Flow):
         self._links = Links(resolve, options, ack_timeout)
         self._replies: dict[tuple[str, int], Message] = {}
         self._progress: dict[tuple[str, int], float] = {}   # request -> last PROGRESS
+        # told the key of every answer read (a driver of many waiting requests wakes
+        # the one it answers: ``posa.aio.hub``); None: nobody to tell
+        self.on_answer: Callable[[tuple[str, int]], None] | None = None
+        self.generation = 0     # moves when a recovery may have replaced a connection
         self._seq_floor = 1         # where new streams start numbering (_drop_target)
         self._pid = os.getpid()
         self.closed = False
@@ -300,12 +304,15 @@ class Forwarder(Requesting, Flow):
         elif kind == _REPLY or kind == _ERROR:     # noqa: SIM109 (no tuple to build)
             if msg.headers and REFUSED_HEADER in msg.headers:
                 self._refused(msg.sender, refusal_of(msg))
-            self._replies[(msg.sender, msg.correlation)] = msg
+            key = (msg.sender, msg.correlation)
+            self._replies[key] = msg
             target = self._targets.get(msg.sender)
             if kind == _REPLY and target is not None:
                 target.out.ack(msg.correlation)  # handled in order: all before it arrived
             if len(self._replies) > 4096:  # replies nobody waits for any more
                 self._replies.pop(next(iter(self._replies)))
+            if self.on_answer is not None:
+                self.on_answer(key)
         elif kind == _PROGRESS:
             progress = self._progress
             progress[(msg.sender, msg.correlation)] = _monotonic()
@@ -377,6 +384,8 @@ class Forwarder(Requesting, Flow):
             yield from self._links.relink_steps(target, deadline, cause, self._batch_bytes)
         except Timeout as exc:
             raise self._give_up(target, str(exc)) from None
+        finally:
+            self.generation += 1    # its connection may be another one now
 
     def _give_up(self, target: Target, why: str) -> Timeout:
         """Drop ``target`` and its backlog; the Timeout says how many (``Links.given_up``)."""

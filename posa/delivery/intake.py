@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Gatekeeper, Rejection
@@ -50,10 +50,12 @@ DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
+HOLD = 0.001            # an answer this long after the run's first held one sends them
 _TURN = range(BATCH)    # made once: range(4096) costs ~1k instructions to make (its length)
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
+Answer = tuple[Endpoint, Any, bytes, Any]   # (endpoint, route, frame, the request it settles)
 
 
 class Intake:
@@ -75,6 +77,8 @@ class Intake:
         self._run: list[Message] = []
         self.draining = False
         self.stats = {"received": 0, "expired": 0, "refused": 0}
+        self._held: list[Answer] | None = None    # answers of the run being delivered
+        self._held_at = 0.0
         self._ack_timer: Any = None
         self._keep_alive_timer: Any = None
         # observe(seconds from a request's arrival to its answer): posa.ops.Monitor's
@@ -86,6 +90,7 @@ class Intake:
         deliver what it returns, then send what it has to send back. The hot path:
         names are bound to locals once per run."""
         listener = endpoint.listener
+        many = hasattr(listener, "send_many")   # answers of a run held only if it helps
         admit = self.gatekeeper.admit
         receive = self.receiver.receive
         deliver = self.deliver if self.on_run is None else self._deliver_noted
@@ -113,24 +118,45 @@ class Intake:
             try:
                 msg = admit(frame, route)
             except Rejection as rejection:
-                refused = rejection.msg
-                if refused is not None and rejection.reason == "rate-limited" and (
-                        refused.kind == _SEND or refused.kind == _REQUEST):
-                    self.receiver.refused(refused.sender, refused.stream, refused.id)
-                if rejection.answerable:
-                    assert rejection.msg is not None
-                    rejection.msg.route = (endpoint, route)
-                    self.answer(rejection.msg, _ERROR, error_body(rejection.error))
-                elif rejection.frame is not None:       # failed to open: say so
-                    self.refuse(endpoint, route, rejection)
+                self._rejected(rejection, endpoint, route)
                 continue
-            for ready in receive(msg, endpoint, route):
-                deliver(ready)
+            run = receive(msg, endpoint, route)
+            if many and len(run) > 1:
+                self._deliver_held(run, deliver)
+            else:
+                for ready in run:
+                    deliver(ready)
         if self._run:
             self._end_run()
         receiver = self.receiver
         if receiver.pending or receiver.outbox or receiver.requests.open:
             self.send_pending()
+
+    def _rejected(self, rejection: Rejection, endpoint: Endpoint, route: Any) -> None:
+        """A frame the gatekeeper did not admit: answered, refused or dropped."""
+        refused = rejection.msg
+        if refused is not None and rejection.reason == "rate-limited" and (
+                refused.kind == _SEND or refused.kind == _REQUEST):
+            self.receiver.refused(refused.sender, refused.stream, refused.id)
+        if rejection.answerable:
+            assert rejection.msg is not None
+            rejection.msg.route = (endpoint, route)
+            self.answer(rejection.msg, _ERROR, error_body(rejection.error))
+        elif rejection.frame is not None:       # failed to open: say so
+            self.refuse(endpoint, route, rejection)
+
+    def _deliver_held(self, run: Sequence[Message],
+                      deliver: Callable[[Message], None]) -> None:
+        """Deliver a run of several messages that came in one frame; the answers
+        given meanwhile go out together after it (``send_back``)."""
+        self._held = []
+        try:
+            for ready in run:
+                deliver(ready)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._send_answers(held)
 
     def _deliver_noted(self, msg: Message) -> None:
         received = self.stats["received"]
@@ -250,9 +276,28 @@ class Intake:
         else:
             self.reactor.call_soon(self.send_back, answers)
 
-    def send_back(self, answers: list[tuple[Endpoint, Any, bytes, Any]]) -> None:
+    def send_back(self, answers: list[Answer]) -> None:
         """Send answers; a REPLY to the newest request of a stream may stand for
-        that stream's pending ACK (``Receiver.replied``)."""
+        that stream's pending ACK (``Receiver.replied``). While a run of
+        requests that came in one frame is being delivered, the answers given
+        meanwhile are held and go out together after it (``_send_answers``), or
+        with an answer given ``HOLD`` s or more after the first held one (over a
+        listener with ``send_many``; a handler on the reactor thread, which must be
+        short, delays the answers held before it by as long as it runs)."""
+        held = self._held
+        if held is None:        # (not in a run: at once, as one by one)
+            self._send_each(answers)
+            return
+        now = _monotonic()
+        if not held:
+            self._held_at = now
+        held.extend(answers)
+        if now - self._held_at >= HOLD:
+            self._held = []
+            self._send_answers(held)
+
+    def _send_each(self, answers: list[Answer]) -> None:
+        """Send ``answers`` one by one."""
         for endpoint, route, frame, settles in answers:
             try:
                 endpoint.listener.send(route, frame)
@@ -264,6 +309,34 @@ class Intake:
                 out = self.receiver.replied(endpoint, route, settles)
                 if out:
                     self.send(out)
+
+    def _send_answers(self, answers: list[Answer]) -> None:
+        """Send ``answers``; those for one connection in a row go in one call of
+        its listener's ``send_many`` (one write, not one each)."""
+        i, count = 0, len(answers)
+        while i < count:
+            endpoint, route = answers[i][0], answers[i][1]
+            j = i + 1
+            while j < count and answers[j][1] == route and answers[j][0] is endpoint:
+                j += 1
+            send_many = getattr(endpoint.listener, "send_many", None)
+            if j == i + 1 or send_many is None:
+                self._send_each(answers[i:j])
+                i = j
+                continue
+            try:
+                send_many(route, [answer[2] for answer in answers[i:j]])
+            except PosaError as exc:
+                log.info("peer %s: %d answers not sent (%s); the requester will retry",
+                         self.name, j - i, exc)
+                i = j
+                continue
+            for endpoint, route, _, settles in answers[i:j]:
+                if settles is not None:
+                    out = self.receiver.replied(endpoint, route, settles)
+                    if out:
+                        self.send(out)
+            i = j
 
     def refuse(self, endpoint: Endpoint, route: Any, rejection: Rejection) -> None:
         """Tell the sender of a frame that failed authentication why (unsealed,

@@ -38,6 +38,7 @@ class Requesting:
     if TYPE_CHECKING:       # what the forwarder provides
         lock: threading.Lock
         ack_timeout: float
+        generation: int
         _replies: dict[tuple[str, int], Message]
         _progress: dict[tuple[str, int], float]
         _targets: dict[str, Target]
@@ -122,17 +123,17 @@ class Requesting:
             else:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
             conn = target.conn
+            quiet = target.out.acked + self.generation      # (both only grow)
             try:
-                # nothing queued: wait for the descriptor, which fires for the next
-                # frame (posa/transport/base.py); no receive that would find nothing
+                # nothing queued: wait for the descriptor, which fires for the next frame
+                # (posa/transport/base.py), or for a driver that read the answer
                 if not conn.pending() and not (yield conn, wait):
-                    if not acked and target.out.unacked and target.out.first_unacked() <= seq:
-                        # not delivered yet: resend, within the stall if there is one
+                    if not acked and self._unheard(target, seq, quiet):
                         yield from self._recover_steps(
                             target, deadline if stall is None
                             else min(deadline, heard + stall), None)
                     continue
-                frame = conn.recv_nowait()
+                frame = None if key in self._replies else conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
                     self._links.drop(target.address)
@@ -145,6 +146,16 @@ class Requesting:
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
+
+    def _unheard(self, target: Target, seq: int, quiet: int) -> bool:
+        """After a wait for the reply to ``seq`` ran out: True if it is to be
+        resent (within the stall, if any), being unacknowledged while nothing
+        moved (``quiet``, taken before the wait): no acknowledgement of its
+        stream came (else the recipient is behind, not gone) and no recovery of
+        this forwarder ran (another task waiting on it resent the backlog)."""
+        out = target.out
+        return bool(out.unacked) and out.first_unacked() <= seq and \
+            out.acked + self.generation == quiet
 
     def _answered(self, key: tuple[str, int], reply: Message | None,
                   target: Target) -> Message:

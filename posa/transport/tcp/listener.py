@@ -61,6 +61,7 @@ from posa.transport.poller import READ, WRITE, Poller, readable, writable
 from posa.transport.refusals import clip
 from posa.transport.tcp.accepting import Accepted, AcceptPath
 from posa.transport.tcp.address import format_address
+from posa.transport.tcp.bursts import BurstSending
 from posa.transport.tcp.closing import reaper
 from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
@@ -86,7 +87,7 @@ _ACCEPT: Final = _Role.ACCEPT
 _WAKE: Final = _Role.WAKE
 
 
-class TcpListener(AcceptPath, SharedPolling):
+class TcpListener(AcceptPath, SharedPolling, BurstSending):
     """A bound ``tcp://`` endpoint; see the module docstring for its design.
 
     Routes are ints, one per accepted connection, never reused by a listener."""
