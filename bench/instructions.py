@@ -16,13 +16,16 @@ first, so no process measures compiling them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 
+GRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 WARMUP = 500
 NAME = "bench/instructions-echo"
 BODY = {"seq": 0, "body": b"x" * 83}
@@ -48,41 +51,86 @@ def role_client(dispatcher: str, calls: int) -> None:
             peer.request(NAME, BODY, timeout=30.0)
 
 
+def start_dispatcher(env: dict[str, str], prefix: Sequence[str] = ()
+                     ) -> tuple[subprocess.Popen[str], str, Callable[[], str]]:
+    """A ``posa dispatcher`` process (run under ``prefix``, e.g. ``GRIND``), its
+    address, and a function that returns what else it wrote once it ended (read
+    on a thread meanwhile, so that it never waits on a full pipe)."""
+    dispatcher = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    assert dispatcher.stdout is not None
+    line, head = "", []
+    while " listening on " not in line:
+        line = dispatcher.stdout.readline()
+        head.append(line)
+        if not line:
+            dispatcher.wait()
+            raise SystemExit(f"the dispatcher did not start: {''.join(head)}")
+    address = line.split(" listening on ")[1].split()[0]
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.append(dispatcher.stdout.read()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+
+    def output() -> str:
+        reader.join(timeout=60)
+        return "".join(rest)
+    return dispatcher, address, output
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """End ``process`` with SIGTERM (a dispatcher stops cleanly on it) and reap it."""
+    process.terminate()
+    process.wait(timeout=300)
+
+
+def collected(output: str, side: str) -> int:
+    """The instruction total callgrind reported in ``output``."""
+    found = _COLLECTED.search(output)
+    if found is None:
+        raise SystemExit(f"no count from callgrind for the {side}: is valgrind installed?")
+    return int(found.group(1))
+
+
 def _count(side: str, calls: int, env: dict[str, str]) -> int:
     """Instructions the ``side`` process executed in a run of ``calls`` calls."""
-    grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     me = [sys.executable, "-m", "bench.instructions", "--role"]
-    dispatcher = subprocess.Popen(
-        [sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    dispatcher, address, _ = start_dispatcher(env)
     try:
-        assert dispatcher.stdout is not None
-        line = ""
-        while " listening on " not in line:
-            line = dispatcher.stdout.readline()
-            if not line:
-                raise SystemExit("the dispatcher did not start")
-        address = line.split(" listening on ")[1].split()[0]
-        # whatever else it writes is read, so that it never waits on a full pipe
-        threading.Thread(target=dispatcher.stdout.read, daemon=True).start()
         server = subprocess.Popen(
-            (grind if side == "server" else []) + me + ["server", address],
+            (GRIND if side == "server" else []) + me + ["server", address],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env, cwd=REPO_ROOT)
         assert server.stdout is not None
         if server.stdout.readline().strip() != "READY":
             raise SystemExit(f"the echo peer did not start: {server.communicate()[1]}")
         client = subprocess.run(
-            (grind if side == "client" else []) + me + ["client", address, str(calls)],
+            (GRIND if side == "client" else []) + me + ["client", address, str(calls)],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
         _, server_err = server.communicate("stop\n", timeout=120)
     finally:
-        dispatcher.terminate()
-        dispatcher.wait()
-    found = _COLLECTED.search(server_err if side == "server" else client.stderr)
-    if found is None:
-        raise SystemExit(f"no count from callgrind for the {side}: is valgrind installed?")
-    return int(found.group(1))
+        stop(dispatcher)
+    return collected(server_err if side == "server" else client.stderr, side)
+
+
+@contextlib.contextmanager
+def compiled_env() -> Iterator[dict[str, str]]:
+    """An environment whose processes load posa and bench compiled in a temporary
+    directory (compiled once here: no measured process compiles them)."""
+    with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
+        env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
+                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+        yield env
+
+
+def per_call(count: Callable[[int], int], calls: str) -> float:
+    """Instructions per call: the difference of ``count`` at the two numbers of
+    ``calls`` ("few,many"), divided by the difference of the numbers."""
+    few, many = (int(n) for n in calls.split(","))
+    return (count(many) - count(few)) / (many - few)
 
 
 def main(argv: list[str]) -> None:
@@ -100,16 +148,10 @@ def main(argv: list[str]) -> None:
         else:
             role_client(dispatcher, int(rest[0]))
         return
-    few, many = (int(n) for n in args.calls.split(","))
-    with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
-        env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
-                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+    with compiled_env() as env:
         for side in ("server", "client") if args.side == "both" else (args.side,):
-            per_call = (_count(side, many, env) - _count(side, few, env)) / (many - few)
-            print(f"{side}: {per_call:,.0f} instructions per request")
-
+            per = per_call(lambda calls, side=side: _count(side, calls, env), args.calls)
+            print(f"{side}: {per:,.0f} instructions per request")
 
 if __name__ == "__main__":
     main(sys.argv[1:])
