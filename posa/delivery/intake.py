@@ -71,6 +71,8 @@ class Intake:
         self.inbox = inbox
         self.listening = Listening(name, reactor, options, self.drain)
         self.handler = handler
+        # stream-less requests, answered at once on the lean lane (``quickly``)
+        self.quick: Callable[[Message], Any] | None = None
         self.on_run = on_run        # sees each run's deliveries before their ACKs go out
         self._run: list[Message] = []
         self.draining = False
@@ -92,6 +94,7 @@ class Intake:
         queued = self.inbox.qsize
         limit = self.inbox.size
         more = listener.pending
+        quick = self.quick
         for i in _TURN:
             if self.handler is None and queued() >= limit:
                 self.listening.pause(endpoint)
@@ -124,6 +127,9 @@ class Intake:
                 elif rejection.frame is not None:       # failed to open: say so
                     self.refuse(endpoint, route, rejection)
                 continue
+            if quick is not None and not msg.stream and msg.kind == _REQUEST \
+                    and self.quickly(quick, msg, endpoint, route):
+                continue
             for ready in receive(msg, endpoint, route):
                 deliver(ready)
         if self._run:
@@ -131,6 +137,46 @@ class Intake:
         receiver = self.receiver
         if receiver.pending or receiver.outbox or receiver.requests.open:
             self.send_pending()
+
+    def quickly(self, quick: Callable[[Message], Any], msg: Message, endpoint: Endpoint,
+                route: Any) -> bool:
+        """Answer the stream-less request ``msg`` with ``quick`` at once, on the lean
+        lane: no stream to order or acknowledge, no reply kept for a repeat (a
+        stream-less request is asked again, not resent), no trace or budget to
+        enter (``quick`` answers from what the peer holds, or defers). Admission
+        (the gatekeeper's count in flight), the refusal while draining, the
+        request's deadline and its errors are as on the general path, which takes
+        a request with an idempotency key or a trace context, or for a name not
+        served here (False)."""
+        headers = msg.headers
+        if (self.draining or msg.recipient not in self.receiver.recipients
+                or "key" in headers or "traceparent" in headers):
+            return False
+        msg.route = (endpoint, route)
+        refused = self.gatekeeper.enter(msg)
+        if refused is not None:
+            self.answer(msg, _ERROR, error_body(refused))
+            return True
+        self.stats["received"] += 1
+        self.receiver.open_request(msg, _monotonic())       # its deadline
+        try:
+            body = quick(msg)
+        except Exception as exc:
+            kind, body = _ERROR, error_body(exc)
+        else:
+            if body is DEFERRED:
+                return True
+            kind = _REPLY
+        self.gatekeeper.leave(msg)
+        observe, deadline = self.observe, msg.deadline
+        if observe is not None and deadline is not None:   # arrival = deadline - ttl
+            observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
+        try:
+            endpoint.listener.send(route, self.receiver.requests.frame(msg, kind, body)[1])
+        except PosaError as exc:
+            log.info("peer %s: reply not sent (%s); the requester will ask again",
+                     self.name, exc)
+        return True
 
     def _deliver_noted(self, msg: Message) -> None:
         received = self.stats["received"]

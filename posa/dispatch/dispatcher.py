@@ -58,6 +58,7 @@ __all__ = ["Dispatcher", "MAX_HOPS"]
 log = logging.getLogger("posa.dispatch.dispatcher")
 
 JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
+_LOOKUP = OPS.ops["lookup"]
 
 
 class Dispatcher:
@@ -104,7 +105,7 @@ class Dispatcher:
         self.name = self.peer.name
         self._keep_own_name()
         self.registry.watch(self._changed)
-        self.peer.serve(self._handle)
+        self.peer.serve(self._handle, quick=self._quick)
         self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
 
     @property
@@ -128,6 +129,15 @@ class Dispatcher:
             self._workers.submit(self._answer, msg, self._handlers[op.name], fields)
             return DEFERRED
         return self._handlers[op.name](msg, fields)
+
+    def _quick(self, msg: Message) -> Any:
+        """A stream-less request (``RegistryClient``'s lookups): a lookup held here
+        is answered at once, anything else as ``_handle`` would."""
+        body = msg.body
+        if body.__class__ is dict and body.get("op") == "lookup" and not self.shared:
+            self.stats["requests"] += 1
+            return self._op_lookup(msg, _LOOKUP.parse("dispatcher", body))
+        return self._handle(msg)
 
     def _answer(self, msg: Message, handler: Any, fields: dict[str, Any]) -> None:
         """Run ``handler`` on a worker thread and reply (unless it deferred again)."""

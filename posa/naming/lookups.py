@@ -18,6 +18,7 @@ Not thread-safe: ``RegistryClient`` keeps one line per thread.
 """
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -57,7 +58,8 @@ class LookupLine:
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
-        self._id = 0
+        # ids start anywhere: anonymous lines' stream-less requests seldom share one
+        self._id = random.randrange(1 << 31)
         self.closed = False
 
     def lookup(self, name: str, timeout: float) -> Registration:
