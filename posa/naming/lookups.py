@@ -95,13 +95,17 @@ class LookupLine:
     def _wait(self, conn: Connection, ask: int, deadline: float) -> Message:
         """The answer to request ``ask`` (REPLY or ERROR); ``Timeout`` at ``deadline``."""
         while True:
-            frame = conn.recv_nowait()
-            if frame is None:
+            # nothing queued: wait for the descriptor, which fires for the next frame
+            # (posa/transport/base.py); no receive that would find nothing
+            if not conn.pending():
                 wait = deadline - _monotonic()
                 if wait <= 0.0:
                     raise Timeout(f"the dispatcher at {self.address} did not answer a "
                                   "lookup in time; is it running, or overloaded?")
-                readable(conn, wait)
+                if not readable(conn, wait):
+                    continue
+            frame = conn.recv_nowait()
+            if frame is None:
                 continue
             msg = self._open(frame)
             if msg is not None and msg.correlation == ask and (
