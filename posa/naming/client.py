@@ -114,9 +114,8 @@ class RegistryClient:
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
         """Ask the dispatcher (see ``_failing_over``)."""
-        request = OPS.request(op, **fields)
-        return self._failing_over(lambda sender, address, timeout: sender.request(
-            DISPATCHER, request, timeout=timeout).body)
+        return self._failing_over(lambda sender, _, timeout: sender.request(
+            DISPATCHER, OPS.request(op, **fields), timeout=timeout).body)
 
     def _failing_over(self, ask: Callable[[Sender, str, float], _T]) -> _T:
         """``ask(sender, address, timeout)`` of the dispatcher. With several, one
@@ -182,9 +181,11 @@ class RegistryClient:
         cached = self._cache.get(name)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        # a stream-less request on this thread's line (posa.naming.lookups)
-        registration = self._failing_over(
-            lambda _, address, timeout: self._lines.line(address).lookup(name, timeout))
+        if len(self.addresses) == 1:    # this thread's line (posa.naming.lookups), at once
+            registration = self._lines.line(self.address).lookup(name, self.timeout)
+        else:
+            registration = self._failing_over(
+                lambda _, address, timeout: self._lines.line(address).lookup(name, timeout))
         if self._caching:
             self._remember(registration)
         return registration
