@@ -116,16 +116,7 @@ class Intake:
             try:
                 msg = admit(frame, route)
             except Rejection as rejection:
-                refused = rejection.msg
-                if refused is not None and rejection.reason == "rate-limited" and (
-                        refused.kind == _SEND or refused.kind == _REQUEST):
-                    self.receiver.refused(refused.sender, refused.stream, refused.id)
-                if rejection.answerable:
-                    assert rejection.msg is not None
-                    rejection.msg.route = (endpoint, route)
-                    self.answer(rejection.msg, _ERROR, error_body(rejection.error))
-                elif rejection.frame is not None:       # failed to open: say so
-                    self.refuse(endpoint, route, rejection)
+                self._rejected(rejection, endpoint, route)
                 continue
             if quick is not None and not msg.stream and msg.kind == _REQUEST \
                     and self.quickly(quick, msg, endpoint, route):
@@ -137,6 +128,20 @@ class Intake:
         receiver = self.receiver
         if receiver.pending or receiver.outbox or receiver.requests.open:
             self.send_pending()
+
+    def _rejected(self, rejection: Rejection, endpoint: Endpoint, route: Any) -> None:
+        """A frame the gatekeeper refused: its stream told of a rate limit, a
+        request answered with the error, a frame that failed to open refused."""
+        refused = rejection.msg
+        if refused is not None and rejection.reason == "rate-limited" and (
+                refused.kind == _SEND or refused.kind == _REQUEST):
+            self.receiver.refused(refused.sender, refused.stream, refused.id)
+        if rejection.answerable:
+            assert rejection.msg is not None
+            rejection.msg.route = (endpoint, route)
+            self.answer(rejection.msg, _ERROR, error_body(rejection.error))
+        elif rejection.frame is not None:       # failed to open: say so
+            self.refuse(endpoint, route, rejection)
 
     def quickly(self, quick: Callable[[Message], Any], msg: Message, endpoint: Endpoint,
                 route: Any) -> bool:
