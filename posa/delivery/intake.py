@@ -163,7 +163,9 @@ class Intake:
             self.answer(msg, _ERROR, error_body(refused))
             return True
         self.stats["received"] += 1
-        self.receiver.open_request(msg, _monotonic())       # its deadline
+        ttl = headers.get("ttl")        # its deadline (what open_request sets, inline)
+        if type(ttl) is int and ttl > 0:
+            msg.deadline = _monotonic() + ttl / 1000.0
         try:
             body = quick(msg)
         except Exception as exc:
