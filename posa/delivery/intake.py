@@ -148,18 +148,18 @@ class Intake:
         """Answer the stream-less request ``msg`` with ``quick`` at once, on the lean
         lane: no stream to order or acknowledge, no reply kept for a repeat (a
         stream-less request is asked again, not resent), no trace or budget to
-        enter (``quick`` answers from what the peer holds, or defers). Admission
-        (the gatekeeper's count in flight), the refusal while draining, the
-        request's deadline and its errors are as on the general path, which takes
-        a request with an idempotency key or a trace context, or for a name not
-        served here (False)."""
+        enter (``quick`` answers from what the peer holds, or defers). Admission,
+        the refusal while draining, the deadline and the errors are as on the
+        general path, which takes a request with an idempotency key or a trace
+        context, or for a name not served here (False)."""
         headers = msg.headers
         if (self.draining or msg.recipient not in self.receiver.recipients
                 or "key" in headers or "traceparent" in headers):
             return False
         msg.route = (endpoint, route)
-        refused = self.gatekeeper.enter(msg)
-        if refused is not None:
+        gatekeeper = self.gatekeeper
+        counted = gatekeeper.in_flight is not None     # (no call to count nothing)
+        if counted and (refused := gatekeeper.enter(msg)) is not None:
             self.answer(msg, _ERROR, error_body(refused))
             return True
         self.stats["received"] += 1
@@ -174,10 +174,11 @@ class Intake:
             if body is DEFERRED:
                 return True
             kind = _REPLY
-        self.gatekeeper.leave(msg)
+        if counted:
+            gatekeeper.leave(msg)
         observe, deadline = self.observe, msg.deadline
         if observe is not None and deadline is not None:   # arrival = deadline - ttl
-            observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
+            observe(_monotonic() - deadline + headers["ttl"] / 1000.0)
         try:
             endpoint.listener.send(route, self.receiver.requests.frame(msg, kind, body)[1])
         except PosaError as exc:

@@ -131,12 +131,15 @@ class Dispatcher:
         return self._handlers[op.name](msg, fields)
 
     def _quick(self, msg: Message) -> Any:
-        """A stream-less request (``RegistryClient``'s lookups): a lookup held here
-        is answered at once, anything else as ``_handle`` would."""
+        """A stream-less request (a lookup, at once; anything else as ``_handle``)."""
         body = msg.body
         if body.__class__ is dict and body.get("op") == "lookup" and not self.shared:
             self.stats["requests"] += 1
-            return self._op_lookup(msg, _LOOKUP.parse("dispatcher", body))
+            fields = _LOOKUP.parse("dispatcher", body)
+            try:                            # _op_lookup, inline
+                return registration_to_wire(self.registry.lookup(fields["name"]))
+            except NameNotFound:
+                return self._federate(msg, "lookup", fields, fields["name"])
         return self._handle(msg)
 
     def _answer(self, msg: Message, handler: Any, fields: dict[str, Any]) -> None:
