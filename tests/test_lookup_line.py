@@ -241,3 +241,17 @@ def test_sealed_lookups_and_refusals() -> None:
                                  authenticator=HmacAuthenticator(stranger)) as reg, \
                 pytest.raises(Unauthorized):
             reg.lookup(NAME)        # a key the dispatcher does not hold
+
+
+def test_a_dispatcher_without_the_lane_answers_the_line(dispatcher: posa.Dispatcher) -> None:
+    """As a dispatcher from before the lane does: a stream-less request taken by the
+    general path (delivered as it comes, answered, nothing kept)."""
+    dispatcher.peer.serve(dispatcher._handle)      # no quick lane
+    line = line_to(dispatcher.address)
+    try:
+        assert line.lookup(NAME, 5.0).name == NAME
+        with pytest.raises(NameNotFound):
+            line.lookup("lab/absent", 5.0)
+    finally:
+        line.close()
+    assert not dispatcher.peer._receiver.requests.replies
