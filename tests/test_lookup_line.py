@@ -255,3 +255,24 @@ def test_a_dispatcher_without_the_lane_answers_the_line(dispatcher: posa.Dispatc
     finally:
         line.close()
     assert not dispatcher.peer._receiver.requests.replies
+
+
+def test_a_lookup_inside_a_trace_carries_it() -> None:
+    from posa.runtime import trace
+    seen: list[dict[str, Any]] = []
+
+    def script(request: Any) -> list[bytes]:
+        seen.append(request.headers)
+        return [fake.reply(request, Kind.REPLY, registration())]
+    fake = FakeDispatcher(script)
+    line = line_to(fake.address)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        line.lookup(NAME, 5.0)
+        with trace.context({"traceparent": parent}):
+            line.lookup(NAME, 5.0)
+    finally:
+        line.close()
+        fake.close()
+    assert "traceparent" not in seen[0] and seen[0]["ttl"] > 0
+    assert seen[1]["traceparent"].split("-")[1] == parent.split("-")[1]

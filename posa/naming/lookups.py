@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
 from posa.admission.unverified import REFUSED_HEADER, diagnose, refusal_of
@@ -36,6 +37,8 @@ from posa.errors import (
 )
 from posa.naming.protocol import DISPATCHER, registration_from_wire
 from posa.naming.registration import Registration
+from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
+from posa.runtime.trace import outgoing as _outgoing
 from posa.transport import connect
 from posa.transport.base import Connection, Options
 from posa.wire.codec import Codec, Kind, Message, error_fields
@@ -70,7 +73,10 @@ class LookupLine:
         deadline = now + timeout
         self._id = ask = self._id + 1
         ttl = int(timeout * 1000)
-        frame = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, {"ttl": ttl if ttl > 1 else 1},
+        headers: dict[str, Any] = {"ttl": ttl if ttl > 1 else 1}
+        if _traced():           # inside a trace: the dispatcher continues it
+            headers = _outgoing(headers) or headers
+        frame = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
                            {"op": "lookup", "name": name})
         if self._auth is not None:
             frame = self._auth.seal(frame)
