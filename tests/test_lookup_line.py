@@ -276,3 +276,17 @@ def test_a_lookup_inside_a_trace_carries_it() -> None:
         fake.close()
     assert "traceparent" not in seen[0] and seen[0]["ttl"] > 0
     assert seen[1]["traceparent"].split("-")[1] == parent.split("-")[1]
+
+
+def test_a_forked_child_looks_up_on_a_line_of_its_own(dispatcher: posa.Dispatcher) -> None:
+    from tests.test_reactor import in_forked_child
+    with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+        assert reg.lookup(NAME).name == NAME
+        parent_line = reg._lines._local.line
+
+        def check() -> bool:
+            found = reg.lookup(NAME).name == NAME
+            return found and reg._lines._local.line is not parent_line
+
+        assert in_forked_child(check) is True
+        assert reg.lookup(NAME).name == NAME and reg._lines._local.line is parent_line

@@ -14,10 +14,12 @@ checked; an answer that fails verification is dropped unless it says why this
 side cannot be answered (a refusal, a key the dispatcher does not hold), which
 is raised as ``Unauthorized`` (``posa.admission.unverified.diagnose``).
 
-Not thread-safe: ``RegistryClient`` keeps one line per thread.
+Not thread-safe: ``RegistryClient`` keeps one line per thread (``Lines``); in a
+forked child the lines are made anew (the parent's connections stay the parent's).
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -44,6 +46,16 @@ from posa.transport.base import Connection, Options
 from posa.wire.codec import Codec, Kind, Message, error_fields
 
 __all__ = ["LookupLine", "Lines"]
+
+_forks = [0]        # forks this process came from: a child's lines are made anew
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 _REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _NAMES = (DISPATCHER,)
@@ -89,7 +101,7 @@ class LookupLine:
                 msg = self._wait(conn, ask, deadline)
             except TransportError:
                 self._drop()
-                if _monotonic() >= deadline:
+                if self.closed or _monotonic() >= deadline:
                     raise
                 readable(None, _backoff(deadline))
                 continue
@@ -173,10 +185,14 @@ class Lines:
         self._local = threading.local()
         self._all: list[LookupLine] = []
         self._lock = threading.Lock()
+        self._fork = _forks[0]
         self.closed = False
 
     def line(self, address: str) -> LookupLine:
         """This thread's line to ``address``; ``Closed`` once closed."""
+        if self._fork != _forks[0]:     # a forked child: the parent's lines are its own
+            self._fork, self._lock, self._all = _forks[0], threading.Lock(), []
+            self._local = threading.local()
         line: LookupLine | None = getattr(self._local, "line", None)
         if line is None or line.address != address or line.closed:
             if line is not None:
