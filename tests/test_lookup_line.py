@@ -290,3 +290,28 @@ def test_a_forked_child_looks_up_on_a_line_of_its_own(dispatcher: posa.Dispatche
 
         assert in_forked_child(check) is True
         assert reg.lookup(NAME).name == NAME and reg._lines._local.line is parent_line
+
+
+def test_a_sealed_lookup_asked_again_on_a_new_connection_is_no_replay() -> None:
+    ring = keys()
+    with posa.Dispatcher("tcp://127.0.0.1:0",
+                         authenticator=HmacAuthenticator(ring, key_id="posa")) as d:
+        d.registry.register(NAME, [ADDRESS], credential="c" * 16, lease=60.0)
+        line = line_to(d.address, authenticator=HmacAuthenticator(ring, key_id="lab"))
+        sent: list[bytes] = []
+        try:
+            assert line.lookup(NAME, 5.0).name == NAME
+            assert line._conn is not None
+            conn = line._conn
+            real_send = conn.send
+
+            def send_then_break(frame: bytes) -> None:
+                sent.append(frame)
+                real_send(frame)
+                if len(sent) == 1:
+                    conn.close()            # the answer is lost with the connection
+            conn.send = send_then_break     # type: ignore[method-assign]
+            assert line.lookup(NAME, 5.0).name == NAME
+        finally:
+            line.close()
+        assert d.peer.gatekeeper.rejections["replay"] == 0

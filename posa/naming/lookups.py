@@ -88,16 +88,17 @@ class LookupLine:
         headers: dict[str, Any] = {"ttl": ttl if ttl > 1 else 1}
         if _traced():           # inside a trace: the dispatcher continues it
             headers = _outgoing(headers) or headers
-        frame = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
-                           {"op": "lookup", "name": name})
-        if self._auth is not None:
-            frame = self._auth.seal(frame)
+        envelope = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
+                              {"op": "lookup", "name": name})
+        auth = self._auth
         while True:
             try:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = connect(self.address, self._options)
-                conn.send(frame)
+                # sealed anew for each attempt: a stream-less frame sent twice would be
+                # refused as a replay (posa.admission.authenticator)
+                conn.send(envelope if auth is None else auth.seal(envelope))
                 msg = self._wait(conn, ask, deadline)
             except TransportError:
                 self._drop()
