@@ -43,7 +43,7 @@ from posa.runtime.trace import active as _traced  # truthy inside a trace: one c
 from posa.runtime.trace import outgoing as _outgoing
 from posa.transport import connect
 from posa.transport.base import Connection, Options
-from posa.wire.codec import Codec, Kind, Message, error_fields
+from posa.wire.codec import Codec, Kind, Message, Pack, error_fields
 
 __all__ = ["LookupLine", "Lines"]
 
@@ -57,6 +57,18 @@ def _forked() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
+_packers = threading.local()
+
+
+def _thread_packer() -> Pack:
+    """The calling thread's packer for lookups, shared by every client's line in it
+    (a packer holds a buffer of 256 KiB: one per thread, not one per client; a
+    lookup's frame is far below any frame limit)."""
+    pack: Pack | None = getattr(_packers, "pack", None)
+    if pack is None:
+        pack = _packers.pack = Codec().packer()
+    return pack
+
 _REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _NAMES = (DISPATCHER,)
 _monotonic = time.monotonic
@@ -69,7 +81,7 @@ class LookupLine:
                  authenticator: Authenticator | None = None) -> None:
         self.address = address
         self._codec = codec
-        self._pack = codec.packer()
+        self._pack = _thread_packer()
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
