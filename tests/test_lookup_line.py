@@ -315,3 +315,15 @@ def test_a_sealed_lookup_asked_again_on_a_new_connection_is_no_replay() -> None:
         finally:
             line.close()
         assert d.peer.gatekeeper.rejections["replay"] == 0
+
+
+def test_a_dispatcher_that_is_not_there_gives_a_timeout_naming_it() -> None:
+    listener = transport.listen("tcp://127.0.0.1:0")
+    address = listener.address
+    listener.close()                            # nothing listens there now
+    line = line_to(address)
+    try:
+        with pytest.raises(Timeout, match="could not be reached"):
+            line.lookup(NAME, 0.3)
+    finally:
+        line.close()

@@ -69,6 +69,7 @@ def _thread_packer() -> Pack:
         pack = _packers.pack = Codec().packer()
     return pack
 
+
 _REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _NAMES = (DISPATCHER,)
 _monotonic = time.monotonic
@@ -91,8 +92,8 @@ class LookupLine:
 
     def lookup(self, name: str, timeout: float) -> Registration:
         """The dispatcher's registration of ``name``; raises what it answers
-        (``NameNotFound``, ``Rejected`` ...), ``Timeout`` after ``timeout`` s,
-        ``TransportError`` if it cannot be reached by then."""
+        (``NameNotFound``, ``Rejected`` ...); ``Timeout`` if it did not answer, or
+        could not be reached, within ``timeout`` s."""
         now = _monotonic()
         deadline = now + timeout
         self._id = ask = self._id + 1
@@ -112,10 +113,14 @@ class LookupLine:
                 # refused as a replay (posa.admission.authenticator)
                 conn.send(envelope if auth is None else auth.seal(envelope))
                 msg = self._wait(conn, ask, deadline)
-            except TransportError:
+            except TransportError as exc:
                 self._drop()
-                if self.closed or _monotonic() >= deadline:
+                if self.closed:
                     raise
+                if _monotonic() >= deadline:    # as a request in a stream gives up
+                    raise Timeout(f"cannot look {name!r} up: the dispatcher at "
+                                  f"{self.address} could not be reached in time ({exc})"
+                                  ) from None
                 readable(None, _backoff(deadline))
                 continue
             if msg.kind == _REPLY:
