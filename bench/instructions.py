@@ -16,13 +16,16 @@ first, so no process measures compiling them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 
+GRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 WARMUP = 500
 NAME = "bench/instructions-echo"
 BODY = {"seq": 0, "body": b"x" * 83}
@@ -48,65 +51,92 @@ def role_client(dispatcher: str, calls: int) -> None:
             peer.request(NAME, BODY, timeout=30.0)
 
 
+def start_dispatcher(env: dict[str, str], prefix: Sequence[str] = ()
+                     ) -> tuple[subprocess.Popen[str], str, Callable[[], str]]:
+    """A ``posa dispatcher`` process (run under ``prefix``, e.g. ``GRIND``), its
+    address, and a function that returns what else it wrote once it ended (read
+    on a thread meanwhile, so that it never waits on a full pipe)."""
+    dispatcher = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    assert dispatcher.stdout is not None
+    line, head = "", []
+    while " listening on " not in line:
+        line = dispatcher.stdout.readline()
+        head.append(line)
+        if not line:
+            dispatcher.wait()
+            raise SystemExit(f"the dispatcher did not start: {''.join(head)}")
+    address = line.split(" listening on ")[1].split()[0]
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.append(dispatcher.stdout.read()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+
+    def output() -> str:
+        reader.join(timeout=60)
+        return "".join(rest)
+    return dispatcher, address, output
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """End ``process`` with SIGTERM (a dispatcher stops cleanly on it) and reap it."""
+    process.terminate()
+    process.wait(timeout=300)
+
+
+def collected(output: str, side: str) -> int:
+    """The instruction total callgrind reported in ``output``."""
+    found = _COLLECTED.search(output)
+    if found is None:
+        raise SystemExit(f"no count from callgrind for the {side}: is valgrind installed?")
+    return int(found.group(1))
+
+
 def _count(module: str, side: str, calls: int, env: dict[str, str],
            client_args: list[str]) -> int:
     """Instructions the ``side`` process executed in a run of ``calls`` calls, the
     roles being ``module``'s (``--role server ADDRESS`` and ``--role client ADDRESS
     CALLS *client_args``)."""
-    grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     me = [sys.executable, "-m", module, "--role"]
-    dispatcher = subprocess.Popen(
-        [sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    dispatcher, address, _ = start_dispatcher(env)
     try:
-        assert dispatcher.stdout is not None
-        line = ""
-        while " listening on " not in line:
-            line = dispatcher.stdout.readline()
-            if not line:
-                raise SystemExit("the dispatcher did not start")
-        address = line.split(" listening on ")[1].split()[0]
-        # whatever else it writes is read, so that it never waits on a full pipe
-        threading.Thread(target=dispatcher.stdout.read, daemon=True).start()
         server = subprocess.Popen(
-            (grind if side == "server" else []) + me + ["server", address],
+            (GRIND if side == "server" else []) + me + ["server", address],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env, cwd=REPO_ROOT)
         assert server.stdout is not None
         if server.stdout.readline().strip() != "READY":
             raise SystemExit(f"the echo peer did not start: {server.communicate()[1]}")
         client = subprocess.run(
-            (grind if side == "client" else []) + me
+            (GRIND if side == "client" else []) + me
             + ["client", address, str(calls), *client_args],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT)
         if client.returncode:
             raise SystemExit(f"the client failed: {client.stderr[-2000:]}")
         _, server_err = server.communicate("stop\n", timeout=120)
     finally:
-        dispatcher.terminate()
-        dispatcher.wait()
-    found = _COLLECTED.search(server_err if side == "server" else client.stderr)
-    if found is None:
-        raise SystemExit(f"no count from callgrind for the {side}: is valgrind installed?")
-    return int(found.group(1))
+        stop(dispatcher)
+    return collected(server_err if side == "server" else client.stderr, side)
 
 
-def per_call(module: str, sides: tuple[str, ...], few: int, many: int,
-             client_args: list[str] | None = None) -> dict[str, float]:
-    """Instructions per call of each side in ``sides``: the difference of two runs
-    (``few`` and ``many`` timed calls) of ``module``'s roles, divided by the
-    difference of the call counts; the modules compiled beforehand."""
-    found: dict[str, float] = {}
+@contextlib.contextmanager
+def compiled_env() -> Iterator[dict[str, str]]:
+    """An environment whose processes load posa and bench compiled in a temporary
+    directory (compiled once here: no measured process compiles them)."""
     with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
         env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
                        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
-        for side in sides:
-            args = client_args or []
-            found[side] = (_count(module, side, many, env, args)
-                           - _count(module, side, few, env, args)) / (many - few)
-    return found
+        yield env
+
+
+def per_call(count: Callable[[int], int], calls: str) -> float:
+    """Instructions per call: the difference of ``count`` at the two numbers of
+    ``calls`` ("few,many"), divided by the difference of the numbers."""
+    few, many = (int(n) for n in calls.split(","))
+    return (count(many) - count(few)) / (many - few)
 
 
 def parser(module: str, doc: str, calls: str) -> argparse.ArgumentParser:
@@ -123,10 +153,12 @@ def parser(module: str, doc: str, calls: str) -> argparse.ArgumentParser:
 def report(module: str, args: argparse.Namespace, what: str,
            client_args: list[str] | None = None) -> None:
     """Count and print the instructions per call of the sides ``args`` asks for."""
-    few, many = (int(n) for n in args.calls.split(","))
     sides = ("server", "client") if args.side == "both" else (args.side,)
-    for side, count in per_call(module, sides, few, many, client_args).items():
-        print(f"{side}: {count:,.0f} instructions per {what}")
+    with compiled_env() as env:
+        for side in sides:
+            per = per_call(lambda calls, side=side: _count(  # type: ignore[misc]
+                module, side, calls, env, client_args or []), args.calls)
+            print(f"{side}: {per:,.0f} instructions per {what}", flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -183,13 +183,18 @@ class Peer:
             if deadline is not None:        # a request that expired in the inbox:
                 timeout = max(0.0, deadline - _monotonic())     # answered, skipped
 
-    def serve(self, handler: Callable[[Message], Any]) -> None:
+    def serve(self, handler: Callable[[Message], Any], *,
+              quick: Callable[[Message], Any] | None = None) -> None:
         """Hand every message to ``handler`` on the reactor thread from now on.
 
         For a REQUEST, the handler's return value is the reply, an exception it
         raises becomes an ERROR reply, and ``DEFERRED`` means it will call
-        ``reply`` itself later."""
+        ``reply`` itself later. ``quick``, if given, takes the stream-less
+        requests (stream 0) the same way, answered at once without a stream's
+        bookkeeping (``posa.delivery.quick``): for a handler that answers from what
+        the peer holds, making no calls of its own."""
         self._intake.handler = handler
+        self._intake.quick = quick
         self.reactor.call(self._intake.deliver_queued)
 
     def reply(self, msg: Message, body: Any = None) -> None:

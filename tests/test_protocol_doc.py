@@ -93,6 +93,7 @@ class RawClient:
         self.frames = Frames()
         self.streams: dict[str, list[int]] = {}     # name -> [stream id, next id]
         self.inbox: list[list[Any]] = []
+        self.asked = 1000                           # ids of stream-less requests
 
     def close(self) -> None:
         self.sock.close()
@@ -106,10 +107,16 @@ class RawClient:
         stream, seq = self._next(to)
         self.sock.sendall(frame(SEND, stream, seq, self.name, to, body=body))
 
-    def request(self, to: str, body: Any, timeout: float = 10.0) -> Any:
+    def request(self, to: str, body: Any, timeout: float = 10.0, *,
+                stream_less: bool = False) -> Any:
         """The body of the answer to a REQUEST: the REPLY or ERROR whose ``sender``
-        is ``to`` and ``correlation`` the request's ``id``; ``Refused`` for an ERROR."""
-        stream, seq = self._next(to)
+        is ``to`` and ``correlation`` the request's ``id``; ``Refused`` for an ERROR.
+        ``stream_less``: stream 0, an id not used before (a read such as lookup)."""
+        if stream_less:
+            self.asked += 1
+            stream, seq = 0, self.asked
+        else:
+            stream, seq = self._next(to)
         self.sock.sendall(frame(REQUEST, stream, seq, self.name, to,
                                 headers={"ttl": int(timeout * 1000)}, body=body))
         deadline = time.monotonic() + timeout
@@ -317,6 +324,27 @@ def test_a_raw_client_registers_renews_and_looks_up_at_a_dispatcher(dispatcher: 
         with pytest.raises(Refused) as unknown:
             lookup(client, f"{name}-none")
         assert unknown.value.code == 2
+    finally:
+        client.close()
+
+
+def test_a_raw_client_looks_up_stream_less(dispatcher: str) -> None:
+    """A lookup outside every stream: one REPLY or ERROR back, with the request's id."""
+    client = RawClient(dispatcher)
+    try:
+        name, addresses = f"raw/less-{secrets.token_hex(3)}", ["tcp://127.0.0.1:9"]
+        register(client, name, addresses, "raw-secret")
+        for _ in range(3):
+            found = client.request(DISPATCHER, {"op": "lookup", "name": name},
+                                   stream_less=True)
+            assert (found["name"], found["addresses"]) == (name, addresses)
+        with pytest.raises(Refused) as unknown:
+            client.request(DISPATCHER, {"op": "lookup", "name": f"{name}-none"},
+                           stream_less=True)
+        assert unknown.value.code == 2
+        with pytest.raises(Refused) as malformed:
+            client.request(DISPATCHER, {"op": "lookup"}, stream_less=True)
+        assert malformed.value.code == 5 and "name" in malformed.value.text
     finally:
         client.close()
 

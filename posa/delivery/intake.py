@@ -35,6 +35,7 @@ from posa.admission.gatekeeper import Gatekeeper, Rejection
 from posa.delivery import budget
 from posa.delivery.endpoints import Listening
 from posa.delivery.inbox import Inbox
+from posa.delivery.quick import DEFERRED, quickly
 from posa.delivery.receiver import Endpoint, Outgoing, Receiver
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout
 from posa.runtime import trace
@@ -46,8 +47,6 @@ __all__ = ["Intake", "DEFERRED"]
 
 log = logging.getLogger("posa.peer")
 
-DEFERRED = object()
-"""Return this from a handler to reply later with ``Peer.reply``."""
 
 BATCH = 4096            # frames drained from one listener before others get a turn
 HOLD = 0.001            # an answer this long after the run's first held one sends them
@@ -73,6 +72,8 @@ class Intake:
         self.inbox = inbox
         self.listening = Listening(name, reactor, options, self.drain)
         self.handler = handler
+        # stream-less requests, answered at once on the lean lane (posa.delivery.quick)
+        self.quick: Callable[[Message], Any] | None = None
         self.on_run = on_run        # sees each run's deliveries before their ACKs go out
         self._run: list[Message] = []
         self.draining = False
@@ -97,6 +98,7 @@ class Intake:
         queued = self.inbox.qsize
         limit = self.inbox.size
         more = listener.pending
+        quick = self.quick
         for i in _TURN:
             if self.handler is None and queued() >= limit:
                 self.listening.pause(endpoint)
@@ -120,6 +122,9 @@ class Intake:
             except Rejection as rejection:
                 self._rejected(rejection, endpoint, route)
                 continue
+            if quick is not None and not msg.stream and msg.kind == _REQUEST \
+                    and quickly(self, quick, msg, endpoint, route):
+                continue
             run = receive(msg, endpoint, route)
             if many and len(run) > 1:
                 self._deliver_held(run, deliver)
@@ -133,7 +138,8 @@ class Intake:
             self.send_pending()
 
     def _rejected(self, rejection: Rejection, endpoint: Endpoint, route: Any) -> None:
-        """A frame the gatekeeper did not admit: answered, refused or dropped."""
+        """A frame the gatekeeper refused: its stream told of a rate limit, a
+        request answered with the error, a frame that failed to open refused."""
         refused = rejection.msg
         if refused is not None and rejection.reason == "rate-limited" and (
                 refused.kind == _SEND or refused.kind == _REQUEST):

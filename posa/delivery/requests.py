@@ -193,16 +193,20 @@ class Requests:
                 self._kept_bytes -= other.size
                 other.answer, other.size = None, 0
 
-    def _answer_one(self, msg: Message, kind: int, body: Any
-                    ) -> tuple[Any, Hashable, bytes, Key | None]:
+    def frame(self, msg: Message, kind: int, body: Any) -> tuple[int, bytes]:
+        """The answer's kind and frame (sealed): an answer that cannot be encoded
+        becomes an ERROR saying why. Nothing is kept (``answer`` keeps it)."""
         me = msg.recipient if msg.recipient in self.recipients else self.name
         try:
-            frame = self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id, _NO_HEADERS,
-                                          body))
+            return kind, self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id,
+                                               _NO_HEADERS, body))
         except ProtocolError as exc:        # the requester is told why, at once
-            kind = _ERROR
-            frame = self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
+            return _ERROR, self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
                 _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
+
+    def _answer_one(self, msg: Message, kind: int, body: Any
+                    ) -> tuple[Any, Hashable, bytes, Key | None]:
+        kind, frame = self.frame(msg, kind, body)
         endpoint, route = msg.route
         settles = None
         if msg.stream:

@@ -58,6 +58,7 @@ __all__ = ["Dispatcher", "MAX_HOPS"]
 log = logging.getLogger("posa.dispatch.dispatcher")
 
 JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
+_LOOKUP = OPS.ops["lookup"]
 
 
 class Dispatcher:
@@ -104,7 +105,7 @@ class Dispatcher:
         self.name = self.peer.name
         self._keep_own_name()
         self.registry.watch(self._changed)
-        self.peer.serve(self._handle)
+        self.peer.serve(self._handle, quick=self._quick)
         self._sweeper = self.peer.reactor.call_every(sweep_interval, self._sweep)
 
     @property
@@ -128,6 +129,18 @@ class Dispatcher:
             self._workers.submit(self._answer, msg, self._handlers[op.name], fields)
             return DEFERRED
         return self._handlers[op.name](msg, fields)
+
+    def _quick(self, msg: Message) -> Any:
+        """A stream-less request (a lookup, at once; anything else as ``_handle``)."""
+        body = msg.body
+        if body.__class__ is dict and body.get("op") == "lookup" and not self.shared:
+            self.stats["requests"] += 1
+            fields = _LOOKUP.parse("dispatcher", body)
+            try:                            # _op_lookup, inline
+                return registration_to_wire(self.registry.lookup(fields["name"]))
+            except NameNotFound:
+                return self._federate(msg, "lookup", fields, fields["name"])
+        return self._handle(msg)
 
     def _answer(self, msg: Message, handler: Any, fields: dict[str, Any]) -> None:
         """Run ``handler`` on a worker thread and reply (unless it deferred again)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -31,7 +31,8 @@ from posa.delivery.forwarder import Forwarder
 from posa.delivery.sender import Sender
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout, TransportError, Unreachable
 from posa.naming import shared
-from posa.naming.hosts import reachable
+from posa.naming.hosts import dispatcher_addresses, reachable
+from posa.naming.lookups import Lines
 from posa.naming.pages import PAGE_ENTRIES, walk
 from posa.naming.protocol import (
     DISPATCHER,
@@ -51,6 +52,7 @@ __all__ = ["RegistryClient"]
 PING_INTERVAL = 10.0    # s between liveness pings of the watch connection
 RETRY_FIRST = 0.1       # s before the first attempt to make a lost watch again
 RETRY_MAX = 1.0         # s between attempts at most, while the dispatcher is away
+_T = TypeVar("_T")
 
 
 def _check_meta(name: str, meta: Mapping[str, Any]) -> None:
@@ -62,16 +64,6 @@ def _check_meta(name: str, meta: Mapping[str, Any]) -> None:
                        "lists, str, bytes, numbers, bools and None") from None
 
 
-def dispatcher_addresses(address: str | Sequence[str]) -> list[str]:
-    """The dispatchers of ``address``: one, several comma-separated, or a list."""
-    items = [address] if isinstance(address, str) else list(address)
-    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
-    if not found or not all(isinstance(a, str) and "://" in a for a in found):
-        raise Rejected(f"dispatcher address {address!r} is not a transport URI or a list "
-                       "of them; write e.g. tcp://10.0.0.1:7000,tcp://10.0.0.2:7000")
-    return found
-
-
 class RegistryClient:
     """``Registry`` backed by a ``posa dispatcher`` at ``address``; given several
     (a list, or comma-separated), by the first that answers, the next when it
@@ -79,20 +71,20 @@ class RegistryClient:
     ``--store nats://…``).
     Thread-safe."""
 
-    def __init__(self, address: str | Sequence[str], *, timeout: float = 5.0,
-                 cache: bool = True,
+    def __init__(self, address: str | Sequence[str], *, timeout: float = 5.0, cache: bool = True,
                  ping_interval: float = PING_INTERVAL, reactor: Reactor | None = None,
                  options: Options | None = None, codec: Codec | None = None,
                  authenticator: Authenticator | None = None,
                  failover_after: float = 3.0) -> None:
         self.addresses = dispatcher_addresses(address)
-        self.failover_after = failover_after
         self.address = self.addresses[0]       # the dispatcher asked now
-        self.timeout = timeout
+        self.timeout, self.failover_after = timeout, failover_after
         self.codec = codec or shared.client_codec()     # (made once per process,
         self.options = options or shared.client_options(timeout)    # not per client)
         self._authenticator = authenticator
         self._sender = self._sender_to(self.address)
+        self._lines = Lines(codec=self.codec, options=self.options,
+                            authenticator=authenticator)    # uncached lookups' own
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
@@ -102,8 +94,7 @@ class RegistryClient:
         self._watch: Forwarder | None = None
         self._instance: str | None = None
         self._taken = False     # the dispatcher answered the watch (shared.wait_taken)
-        self._ping_seq = 0
-        self._silent = 0
+        self._ping_seq = self._silent = 0
         self._caching = cache
         self._ping_interval = ping_interval
         self._ticker: Any = None
@@ -120,19 +111,23 @@ class RegistryClient:
 
     # -- the Registry interface ------------------------------------------------
     def _call(self, op: str, **fields: Any) -> Any:
-        """Ask the dispatcher. With several, one that does not answer within
-        ``failover_after`` s is left for the next, round and round until
-        ``timeout``. A request repeated so may have been done by the first: a
-        register without an epoch may then take two epochs."""
+        """Ask the dispatcher (see ``_failing_over``)."""
+        return self._failing_over(lambda sender, _, timeout: sender.request(
+            DISPATCHER, OPS.request(op, **fields), timeout=timeout).body)
+
+    def _failing_over(self, ask: Callable[[Sender, str, float], _T]) -> _T:
+        """``ask(sender, address, timeout)`` of the dispatcher. With several, one
+        that does not answer within ``failover_after`` s is left for the next,
+        round and round until ``timeout``. A request repeated so may have been
+        done by the first: a register without an epoch may then take two epochs."""
         deadline = time.monotonic() + self.timeout
         single = len(self.addresses) == 1
         for _ in range(1000):
             sender, address = self._sender, self.address
             left = deadline - time.monotonic()
             try:
-                return sender.request(DISPATCHER, OPS.request(op, **fields), timeout=(
-                    self.timeout if single else max(0.01, min(left, self.failover_after)))
-                ).body
+                return ask(sender, address, self.timeout if single
+                           else max(0.01, min(left, self.failover_after)))
             except Unreachable:
                 raise                       # the dispatcher answered: what it asked is not
             except (Timeout, TransportError):
@@ -184,8 +179,13 @@ class RegistryClient:
         cached = self._cache.get(name)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        registration = registration_from_wire(self._call("lookup", name=name))
-        self._remember(registration)
+        if len(self.addresses) == 1:    # this thread's line (posa.naming.lookups), at once
+            registration = self._lines.line(self.address).lookup(name, self.timeout)
+        else:
+            registration = self._failing_over(
+                lambda _, address, timeout: self._lines.line(address).lookup(name, timeout))
+        if self._caching:
+            self._remember(registration)
         return registration
 
     def names(self, pattern: str = "**") -> list[Registration]:
@@ -264,6 +264,7 @@ class RegistryClient:
             self._ticker.cancel()
             self._reactor.call(self._drop_watch)
         self._sender.close()
+        self._lines.close()
         self._cache.clear()
 
     # -- the cache ---------------------------------------------------------------

@@ -9,6 +9,7 @@ every non-loopback one (IPv6 link-local ones left out: they need a scope), the
 loopback address only when there is no other.  Every other address is kept as it
 is: a listener on ``127.0.0.1`` is reachable from this host only, and saying
 otherwise would be a lie.  Interfaces come in the order the system lists them.
+``dispatcher_addresses`` reads the dispatchers a client is given.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from collections.abc import Sequence
 
 import ifaddr
 
+from posa.errors import Rejected
 from posa.naming.registration import MAX_ADDRESSES
 
-__all__ = ["reachable", "interface_addresses"]
+__all__ = ["reachable", "interface_addresses", "dispatcher_addresses"]
 
 _WILDCARDS = {"0.0.0.0": 4, "::": 6, "*": 4}
 
@@ -86,3 +88,13 @@ def _version(ip: str) -> int | None:
         return ipaddress.ip_address(ip).version
     except ValueError:
         return None
+
+
+def dispatcher_addresses(address: str | Sequence[str]) -> list[str]:
+    """The dispatchers of ``address``: one, several comma-separated, or a list."""
+    items = [address] if isinstance(address, str) else list(address)
+    found = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not found or not all(isinstance(a, str) and "://" in a for a in found):
+        raise Rejected(f"dispatcher address {address!r} is not a transport URI or a list "
+                       "of them; write e.g. tcp://10.0.0.1:7000,tcp://10.0.0.2:7000")
+    return found

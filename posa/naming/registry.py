@@ -73,7 +73,8 @@ class LocalRegistry:
     def lookup(self, name: str) -> Registration:
         """See ``Registry.lookup``."""
         with self._lock:    # the hot path: with nothing to reap, a plain read
-            self._check_open()
+            if self._closed:
+                self._check_open()
             if not self._table.reaping_due():
                 return self._table.lookup(name)
         return self._apply(lambda: (self._table.lookup(name), []))

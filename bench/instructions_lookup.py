@@ -1,0 +1,160 @@
+"""Instructions per uncached name lookup, counted by callgrind, on each side.
+
+    python -m bench.instructions_lookup [--side client,dispatcher,pyro-client,pyro-ns]
+                                        [--calls 1000,7000]
+
+``client`` and ``dispatcher``: ``RegistryClient(dispatcher, cache=False).lookup``
+of one registered name against a ``posa dispatcher`` process, as in the suite's
+``disp_lookup`` row. ``pyro-client`` and ``pyro-ns``: Pyro5's name-server lookup
+with one proxy reused, the row's anchor (needs Pyro5: run it with the benchmark
+environment's interpreter). The side measured runs under callgrind, once making
+the first number of timed lookups and once the second (500 warm-up lookups
+before each); the difference of its two totals over the difference of the counts
+is what one lookup costs that process (``bench.instructions`` says why this
+repeats where time does not).
+"""
+from __future__ import annotations
+
+import argparse
+import secrets
+import subprocess
+import sys
+from typing import Any
+
+from bench.instructions import (
+    GRIND,
+    REPO_ROOT,
+    WARMUP,
+    collected,
+    compiled_env,
+    per_call,
+    start_dispatcher,
+    stop,
+)
+
+FAKE_ADDRESS = "tcp://127.0.0.1:9"      # what the lookups return; nobody connects
+PYRO_NAME = "bench.echo"
+SIDES = ("client", "dispatcher", "pyro-client", "pyro-ns")
+
+
+def role_lookups(dispatcher: str, calls: int) -> None:
+    """Register one name, then look it up ``WARMUP + calls`` times, uncached."""
+    import posa
+    with posa.RegistryClient(dispatcher, cache=False) as reg:
+        name = f"bench/instructions-lookup-{secrets.token_hex(3)}"
+        reg.register(name, [FAKE_ADDRESS], credential=secrets.token_hex(8), lease=3600.0)
+        lookup = reg.lookup
+        for _ in range(WARMUP + calls):
+            lookup(name)
+
+
+def role_pyro_ns() -> None:
+    """Pyro5's name server (its default threaded server, msgpack) holding one name;
+    serves until a line arrives on stdin."""
+    import threading
+
+    import Pyro5.api
+    import Pyro5.nameserver
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    uri, daemon, _ = Pyro5.nameserver.start_ns(host="127.0.0.1", port=0,
+                                               enableBroadcast=False)
+    daemon.nameserver.register(PYRO_NAME, f"PYRO:{PYRO_NAME}@127.0.0.1:9")
+    threading.Thread(target=lambda: (sys.stdin.readline(), daemon.shutdown()),
+                     daemon=True).start()
+    print(f"READY {uri.host}:{uri.port}", flush=True)
+    daemon.requestLoop()
+    daemon.close()
+
+
+def role_pyro_lookups(ns: str, calls: int) -> None:
+    """``WARMUP + calls`` lookups through one name-server proxy."""
+    import Pyro5.api
+
+    Pyro5.config.SERIALIZER = "msgpack"
+    host, port = ns.rsplit(":", 1)
+    with Pyro5.api.locate_ns(host=host, port=int(port)) as proxy:
+        lookup = proxy.lookup
+        for _ in range(WARMUP + calls):
+            lookup(PYRO_NAME)
+
+
+def _count_posa(side: str, calls: int, env: dict[str, str]) -> int:
+    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
+    dispatcher, address, output = start_dispatcher(env, GRIND if side == "dispatcher" else ())
+    try:
+        client = subprocess.run(
+            (GRIND if side == "client" else []) + me + ["lookups", address, str(calls)],
+            capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+    finally:
+        stop(dispatcher)
+    if side == "client":
+        return collected(client.stderr, side)
+    return collected(output(), side) if side == "dispatcher" else 0
+
+
+def _count_pyro(side: str, calls: int, env: dict[str, str]) -> int:
+    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
+    ns = subprocess.Popen((GRIND if side == "pyro-ns" else []) + me + ["pyro_ns"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+    try:
+        assert ns.stdout is not None
+        line = ns.stdout.readline().split()
+        if not line or line[0] != "READY":
+            raise SystemExit(f"Pyro5's name server did not start: {ns.communicate()[1]}")
+        client = subprocess.run(
+            (GRIND if side == "pyro-client" else []) + me + ["pyro_lookups", line[1],
+                                                              str(calls)],
+            capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+        _, ns_err = ns.communicate("stop\n", timeout=300)
+    finally:
+        if ns.poll() is None:
+            ns.kill()
+            ns.wait()
+    if side not in SIDES:
+        return 0
+    return collected(client.stderr if side == "pyro-client" else ns_err, side)
+
+
+def _role(role: str, rest: list[Any]) -> None:
+    if role == "lookups":
+        role_lookups(rest[0], int(rest[1]))
+    elif role == "pyro_ns":
+        role_pyro_ns()
+    else:
+        role_pyro_lookups(rest[0], int(rest[1]))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions_lookup",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", default="client,dispatcher",
+                        help=f"comma-separated, of {', '.join(SIDES)} "
+                             "(default client,dispatcher)")
+    parser.add_argument("--calls", default="1000,7000",
+                        help="the two numbers of timed lookups (default 1000,7000)")
+    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role:
+        _role(args.role[0], args.role[1:])
+        return
+    sides = [s.strip() for s in args.side.split(",") if s.strip()]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown side(s) {', '.join(sorted(unknown))}; choose of "
+                     f"{', '.join(SIDES)}")
+    with compiled_env() as env:
+        for side in sides:
+            count = _count_pyro if side.startswith("pyro") else _count_posa
+            # once unmeasured first: every module the processes import (the standard
+            # library's too) is then compiled under the prefix, so that no measured
+            # run compiles any (a measured first run did, by hundreds of millions)
+            count("warm-up", 50, env)
+            per = per_call(lambda calls, count=count, side=side: count(side, calls, env),
+                           args.calls)
+            print(f"{side}: {per:,.0f} instructions per lookup", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,233 @@
+"""Uncached lookups on a line of their own: a stream-less REQUEST and its answer.
+
+A lookup is a read: asking twice does no harm, so it needs none of a reliable
+stream's machinery (sequence numbers, acknowledgements, a backlog to resend, the
+receiver's reply cache). ``LookupLine`` sends it as a REQUEST with stream 0 (the
+envelope of docs/protocol.md, unchanged: any dispatcher answers it) on a
+connection of one thread's own, and waits on that connection for the REPLY or
+ERROR whose correlation is the request's id. A lost connection is made again
+and the request sent again, until the deadline. Answers to earlier requests
+that were given up (their deadline passed) are skipped.
+
+With an authenticator every request is sealed and every answer opened and
+checked; an answer that fails verification is dropped unless it says why this
+side cannot be answered (a refusal, a key the dispatcher does not hold), which
+is raised as ``Unauthorized`` (``posa.admission.unverified.diagnose``).
+
+Not thread-safe: ``RegistryClient`` keeps one line per thread (``Lines``); in a
+forked child the lines are made anew (the parent's connections stay the parent's).
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+
+from posa.admission.gatekeeper import Authenticator
+from posa.admission.unverified import REFUSED_HEADER, diagnose, refusal_of
+from posa.delivery.waiting import readable
+from posa.errors import (
+    Closed,
+    PosaError,
+    ProtocolError,
+    Timeout,
+    TransportError,
+    Unauthorized,
+    from_wire,
+)
+from posa.naming.protocol import DISPATCHER, registration_from_wire
+from posa.naming.registration import Registration
+from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
+from posa.runtime.trace import outgoing as _outgoing
+from posa.transport import connect
+from posa.transport.base import Connection, Options
+from posa.wire.codec import Codec, Kind, Message, Pack, error_fields
+
+__all__ = ["LookupLine", "Lines"]
+
+_forks = [0]        # forks this process came from: a child's lines are made anew
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+_packers = threading.local()
+
+
+def _thread_packer() -> Pack:
+    """The calling thread's packer for lookups, shared by every client's line in it
+    (a packer holds a buffer of 256 KiB: one per thread, not one per client; a
+    lookup's frame is far below any frame limit)."""
+    pack: Pack | None = getattr(_packers, "pack", None)
+    if pack is None:
+        pack = _packers.pack = Codec().packer()
+    return pack
+
+
+_REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_NAMES = (DISPATCHER,)
+_monotonic = time.monotonic
+
+
+class LookupLine:
+    """Lookups to the dispatcher at ``address`` over one connection (one thread's)."""
+
+    def __init__(self, address: str, *, codec: Codec, options: Options,
+                 authenticator: Authenticator | None = None) -> None:
+        self.address = address
+        self._codec = codec
+        self._pack = _thread_packer()
+        self._options = options
+        self._auth = authenticator
+        self._conn: Connection | None = None
+        # ids start anywhere: anonymous lines' stream-less requests seldom share one
+        self._id = random.randrange(1 << 31)
+        self.closed = False
+
+    def lookup(self, name: str, timeout: float) -> Registration:
+        """The dispatcher's registration of ``name``; raises what it answers
+        (``NameNotFound``, ``Rejected`` ...); ``Timeout`` if it did not answer, or
+        could not be reached, within ``timeout`` s."""
+        now = _monotonic()
+        deadline = now + timeout
+        self._id = ask = self._id + 1
+        ttl = int(timeout * 1000)
+        headers: dict[str, Any] = {"ttl": ttl if ttl > 1 else 1}
+        if _traced():           # inside a trace: the dispatcher continues it
+            headers = _outgoing(headers) or headers
+        envelope = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
+                              {"op": "lookup", "name": name})
+        auth = self._auth
+        while True:
+            try:
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = connect(self.address, self._options)
+                # sealed anew for each attempt: a stream-less frame sent twice would be
+                # refused as a replay (posa.admission.authenticator)
+                conn.send(envelope if auth is None else auth.seal(envelope))
+                msg = self._wait(conn, ask, deadline)
+            except TransportError as exc:
+                self._drop()
+                if self.closed:
+                    raise
+                if _monotonic() >= deadline:    # as a request in a stream gives up
+                    raise Timeout(f"cannot look {name!r} up: the dispatcher at "
+                                  f"{self.address} could not be reached in time ({exc})"
+                                  ) from None
+                readable(None, _backoff(deadline))
+                continue
+            if msg.kind == _REPLY:
+                return registration_from_wire(msg.body)
+            code, kind, text = error_fields(msg.body)
+            raise from_wire(code, kind, text)
+
+    def _wait(self, conn: Connection, ask: int, deadline: float) -> Message:
+        """The answer to request ``ask`` (REPLY or ERROR); ``Timeout`` at ``deadline``."""
+        while True:
+            # nothing queued: wait for the descriptor, which fires for the next frame
+            # (posa/transport/base.py); no receive that would find nothing
+            if not conn.pending():
+                wait = deadline - _monotonic()
+                if wait <= 0.0:
+                    raise Timeout(f"the dispatcher at {self.address} did not answer a "
+                                  "lookup in time; is it running, or overloaded?")
+                if not readable(conn, wait):
+                    continue
+            frame = conn.recv_nowait()
+            if frame is None:
+                continue
+            msg = self._open(frame)
+            if msg is not None and msg.correlation == ask and (
+                    msg.kind == _REPLY or msg.kind == _ERROR):
+                return msg
+
+    def _open(self, frame: bytes) -> Message | None:
+        """The message in an answer, or None to drop it (corrupt, forged, or an
+        answer to another request); raises the ``Unauthorized`` a refusal says."""
+        auth = self._auth
+        try:
+            if auth is None:
+                msg = self._codec.decode(frame)
+                if msg.headers and REFUSED_HEADER in msg.headers:
+                    refused = refusal_of(msg)
+                    if refused is not None:
+                        raise refused
+                return msg
+            envelope, key_id = auth.open(frame)
+            msg = self._codec.decode(envelope)
+            auth.check(msg, key_id)
+            return msg
+        except Unauthorized as exc:
+            if auth is None:
+                raise
+            found = diagnose(frame, exc, self._codec, _NAMES, getattr(auth, "key_id", None))
+            if found is not None:
+                raise found[1] from None
+            return None
+        except ProtocolError:
+            return None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except PosaError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self._drop()
+
+
+def _backoff(deadline: float) -> float:
+    """How long to wait before connecting again: a little, never past ``deadline``."""
+    left = deadline - _monotonic()
+    return 0.05 if left > 0.05 else (left if left > 0.0 else 0.0)
+
+
+class Lines:
+    """Each thread's ``LookupLine``, made on its first lookup (a client that never
+    looks up holds none); ``close`` closes every thread's."""
+
+    def __init__(self, *, codec: Codec, options: Options,
+                 authenticator: Authenticator | None = None) -> None:
+        self._make = (codec, options, authenticator)
+        self._local = threading.local()
+        self._all: list[LookupLine] = []
+        self._lock = threading.Lock()
+        self._fork = _forks[0]
+        self.closed = False
+
+    def line(self, address: str) -> LookupLine:
+        """This thread's line to ``address``; ``Closed`` once closed."""
+        if self._fork != _forks[0]:     # a forked child: the parent's lines are its own
+            self._fork, self._lock, self._all = _forks[0], threading.Lock(), []
+            self._local = threading.local()
+        line: LookupLine | None = getattr(self._local, "line", None)
+        if line is None or line.address != address or line.closed:
+            if line is not None:
+                line.close()
+            codec, options, authenticator = self._make
+            line = LookupLine(address, codec=codec, options=options,
+                              authenticator=authenticator)
+            with self._lock:
+                if self.closed:
+                    raise Closed("this registry client is closed")
+                self._all.append(line)
+            self._local.line = line
+        return line
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            lines, self._all = self._all, []
+        for line in lines:
+            line.close()
