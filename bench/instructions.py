@@ -48,41 +48,64 @@ def role_client(dispatcher: str, calls: int) -> None:
             peer.request(NAME, BODY, timeout=30.0)
 
 
-def _count(side: str, calls: int, env: dict[str, str]) -> int:
-    """Instructions the ``side`` process executed in a run of ``calls`` calls."""
-    grind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    me = [sys.executable, "-m", "bench.instructions", "--role"]
+GRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+
+
+def start_dispatcher(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """A dispatcher process on tcp, and its address (what it writes later is read,
+    so that it never waits on a full pipe)."""
     dispatcher = subprocess.Popen(
         [sys.executable, "-m", "posa", "dispatcher", "--listen", "tcp://127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    assert dispatcher.stdout is not None
+    line = ""
+    while " listening on " not in line:
+        line = dispatcher.stdout.readline()
+        if not line:
+            dispatcher.wait()
+            raise SystemExit("the dispatcher did not start")
+    threading.Thread(target=dispatcher.stdout.read, daemon=True).start()
+    return dispatcher, line.split(" listening on ")[1].split()[0]
+
+
+def collected(stderr: str, who: str) -> int:
+    """The instruction total callgrind wrote on ``stderr`` for ``who``."""
+    found = _COLLECTED.search(stderr)
+    if found is None:
+        raise SystemExit(f"no count from callgrind for the {who}: is valgrind installed?")
+    return int(found.group(1))
+
+
+def compiled_env(pycache: str) -> dict[str, str]:
+    """The environment for measured processes: posa and bench compiled once into
+    ``pycache`` first, so that no measured process compiles them."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
+                   env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+    return env
+
+
+def _count(side: str, calls: int, env: dict[str, str]) -> int:
+    """Instructions the ``side`` process executed in a run of ``calls`` calls."""
+    me = [sys.executable, "-m", "bench.instructions", "--role"]
+    dispatcher, address = start_dispatcher(env)
     try:
-        assert dispatcher.stdout is not None
-        line = ""
-        while " listening on " not in line:
-            line = dispatcher.stdout.readline()
-            if not line:
-                raise SystemExit("the dispatcher did not start")
-        address = line.split(" listening on ")[1].split()[0]
-        # whatever else it writes is read, so that it never waits on a full pipe
-        threading.Thread(target=dispatcher.stdout.read, daemon=True).start()
         server = subprocess.Popen(
-            (grind if side == "server" else []) + me + ["server", address],
+            (GRIND if side == "server" else []) + me + ["server", address],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env, cwd=REPO_ROOT)
         assert server.stdout is not None
         if server.stdout.readline().strip() != "READY":
             raise SystemExit(f"the echo peer did not start: {server.communicate()[1]}")
         client = subprocess.run(
-            (grind if side == "client" else []) + me + ["client", address, str(calls)],
+            (GRIND if side == "client" else []) + me + ["client", address, str(calls)],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
         _, server_err = server.communicate("stop\n", timeout=120)
     finally:
         dispatcher.terminate()
         dispatcher.wait()
-    found = _COLLECTED.search(server_err if side == "server" else client.stderr)
-    if found is None:
-        raise SystemExit(f"no count from callgrind for the {side}: is valgrind installed?")
-    return int(found.group(1))
+    return collected(server_err if side == "server" else client.stderr, side)
 
 
 def main(argv: list[str]) -> None:
@@ -102,10 +125,7 @@ def main(argv: list[str]) -> None:
         return
     few, many = (int(n) for n in args.calls.split(","))
     with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
-        env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
-                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+        env = compiled_env(pycache)
         for side in ("server", "client") if args.side == "both" else (args.side,):
             per_call = (_count(side, many, env) - _count(side, few, env)) / (many - few)
             print(f"{side}: {per_call:,.0f} instructions per request")
