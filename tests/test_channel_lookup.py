@@ -129,3 +129,20 @@ def test_first_contact_with_a_subscriber_begins_before_any_event(dispatcher: str
                 pub.flush(30)
             assert sub.receive(timeout=30).body == "first"
             assert sorted(asked.asked) == [sub.name]    # asked once: the stream stays
+
+
+@pytest.mark.timeout(60)
+def test_a_publisher_resolves_its_channel_before_its_first_event(dispatcher: str) -> None:
+    """A new publisher resolves (and connects to) its channel at once, in its
+    sending thread, so its first event does not wait for the registry."""
+    with posa.RegistryClient(dispatcher) as reg, \
+            EventChannel(NAME, registry=reg, listen="tcp://127.0.0.1:0"), \
+            Subscriber(NAME, registry=reg, listen="tcp://127.0.0.1:0") as sub:
+        asked = AskedLookups(reg)
+        with Publisher(NAME, registry=asked) as pub:  # type: ignore[arg-type]
+            with asked.changed:
+                assert asked.changed.wait_for(lambda: NAME in asked.asked, 30)
+            pub.publish("t", "first")
+            pub.flush(30)
+        assert sub.receive(timeout=30).body == "first"
+        assert sorted(asked.asked) == [NAME]

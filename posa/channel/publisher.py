@@ -13,11 +13,10 @@ not msgpack data is dropped, counted and reported once (``Rejected``) by the
 next ``publish`` or ``flush``; ``flush`` returns only when the channel
 acknowledged everything published before it.
 
-Trace context: an event published while a trace is active (``posa.runtime.trace``)
-takes its W3C headers with it, captured in ``publish`` (the sending thread runs
-outside the publisher's context); the publication then carries ``traces``, one
-per event. Outside a trace ``publish`` pays one context-variable read and the
-publication carries nothing more.
+Trace context: an event published in a trace (``posa.runtime.trace``) takes its W3C
+headers, captured in ``publish`` (the sending thread runs outside the caller's
+context): the publication carries ``traces``, one per event. Outside a trace
+``publish`` pays one context-variable read and the publication nothing more.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.channel.protocol import FRAME_MARGIN, encode_chunks, publish_body
 from posa.delivery.sender import Sender
+from posa.delivery.waiting import run_held
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registration import Registry, resolver
 from posa.naming.resolve import open_registry
@@ -250,6 +250,7 @@ class Publisher:
         cond, queue = self._cond, self._queue
         self._fwd = self._sender.forwarder()
         try:
+            self._meet()
             while True:
                 with cond:
                     self._idle = True
@@ -273,6 +274,15 @@ class Publisher:
                     self._await_acks()
         except Closed:
             return
+
+    def _meet(self) -> None:
+        """First contact with the channel before the first event (a second at most:
+        what fails here, the first send tries again)."""
+        try:
+            with self._fwd.lock:
+                run_held(self._fwd.open_steps(self.channel, time.monotonic() + 1.0))
+        except PosaError:
+            pass
 
     def _send_backlog(self, backlog: int) -> None:
         queue = self._queue
