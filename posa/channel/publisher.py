@@ -48,10 +48,10 @@ class Publisher:
     """Publishes events to a channel by its name (fire and forget, batched).
 
     A new publisher resolves and connects to its channel at once (``MEET`` s at
-    most; a channel not there yet is tried again at the first send). ``publish`` puts an event in a local buffer (at most ``buffer``
-    events) that one background thread sends in batches of up to ``batch``
-    events, as soon as a batch is full or ``linger`` seconds after its first
-    event.  Delivery to the channel is reliable and ordered; ``flush`` waits
+    most; a channel not there yet is tried again at the first send). ``publish``
+    buffers an event (at most ``buffer``) that one background thread sends in
+    batches of up to ``batch`` events, when a batch is full or ``linger`` s after the
+    first.  Delivery to the channel is reliable and ordered; ``flush`` waits
     until the channel has acknowledged everything published so far.  When the
     channel does not keep up (or a ``block`` subscriber stalls it) the buffer
     fills and ``publish`` waits, up to its ``timeout``, then raises ``Timeout``.
