@@ -4,9 +4,11 @@
                                          [--events 2000,8000] [--subscribers 8]
 
 As in the suite's ``channel_fanout_N`` rows: a dispatcher, an ``EventChannel``
-(zmq+tcp), ``Subscriber`` processes (``policy="block"``, buffer 10,000) and a
+(zmq+tcp), ``Subscriber`` processes (``policy="block"``) and a
 ``Publisher`` of the anchor message (``{"seq": i, "body": 83 B}``) on one
-topic, each a process of its own. The side measured runs under ``valgrind
+topic, each a process of its own; a subscriber's buffer at the channel holds
+every event of the run, so that, as in the rows, the block policy never holds
+the publisher back (its waits would make the counts vary from run to run). The side measured runs under ``valgrind
 --tool=callgrind``, once for the first number of events and once for the
 second (``WARMUP`` events before each), and the difference of its two totals
 over the difference of the event counts is what one event costs it: for a
@@ -48,7 +50,7 @@ def role_subscriber(dispatcher: str, events: int) -> None:
     import posa
     with posa.RegistryClient(dispatcher) as reg, posa.Subscriber(
             NAME, topics=[TOPIC], registry=reg, listen="zmq+tcp://127.0.0.1:0",
-            policy="block", buffer=10_000) as sub:
+            policy="block", buffer=max(events, 10_000)) as sub:
         print("READY", flush=True)
         receive = sub.receive
         expected = 0
