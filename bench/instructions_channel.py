@@ -4,21 +4,22 @@
                                          [--events 2000,8000] [--subscribers 8]
 
 As in the suite's ``channel_fanout_N`` rows: a dispatcher, an ``EventChannel``
-(zmq+tcp), ``Subscriber`` processes (``policy="block"``) and a
-``Publisher`` of the anchor message (``{"seq": i, "body": 83 B}``) on one
-topic, each a process of its own; a subscriber's buffer at the channel holds
-every event of the run, so that, as in the rows, the block policy never holds
-the publisher back (its waits would make the counts vary from run to run). The side measured runs under ``valgrind
---tool=callgrind``, once for the first number of events and once for the
-second (``WARMUP`` events before each), and the difference of its two totals
+(zmq+tcp), ``Subscriber`` processes (``policy="block"``) and a ``Publisher`` of
+the anchor message (``{"seq": i, "body": 83 B}``) on one topic, each a process of
+its own; a subscriber's buffer at the channel holds every event of the run, so
+that, as in the rows, the block policy never holds the publisher back (its waits
+would make the counts vary from run to run). The side measured runs under
+``valgrind --tool=callgrind``, once for the first number of events and once for
+the second (``WARMUP`` events before each), and the difference of its two totals
 over the difference of the event counts is what one event costs it: for a
-subscriber, receiving one event (one subscriber runs, the measured one); for
-the channel, one event delivered to each of ``--subscribers`` subscribers,
-reported per event delivered (per event published over the subscriber count);
-for the publisher, publishing one (with as many subscribers). Start-up,
-warm-up and exit cancel out (``bench.instructions``, which this shares its
-helpers with). The measured process is the slowest, so deliveries come in
-large batches: the counts are those of a loaded channel, as in the rows.
+subscriber, receiving one event (one subscriber runs, the measured one); for the
+channel, one event delivered to each of ``--subscribers`` subscribers, reported
+per event delivered (per event published over the subscriber count); for the
+publisher, publishing one (with as many subscribers). Start-up, warm-up and exit
+cancel out (``bench.instructions``, which this shares its helpers with). The
+measured process is the slowest, so deliveries come in large batches, as in the
+rows. The channel's count varies from run to run (its threads' waits and wake-ups
+differ), a subscriber's and the publisher's within a few percent.
 """
 from __future__ import annotations
 
