@@ -129,3 +129,33 @@ def test_a_subscriber_killed_mid_stream_does_not_hold_up_the_others(dispatcher: 
                     sub.close()
         finally:
             doomed.close()
+
+
+@pytest.mark.timeout(60)
+def test_iterating_a_subscriber_gives_every_event_in_order_then_ends_on_close(
+        registry: posa.LocalRegistry) -> None:
+    """Iteration takes decoded events straight from the subscriber's queue and
+    goes to ``receive`` only when it is empty: nothing is skipped or repeated
+    across deliveries, and closing the subscriber ends the loop."""
+    with EventChannel(NAME, registry=registry, listen="tcp://127.0.0.1:0",
+                      max_batch=7) as channel:
+        sub = Subscriber(NAME, registry=registry, policy="block", buffer=50,
+                         listen="tcp://127.0.0.1:0")
+        got: list[int] = []
+        done = threading.Event()
+
+        def read() -> None:
+            for event in sub:
+                got.append(event.body)
+                if len(got) == EVENTS:
+                    done.set()
+        reader = threading.Thread(target=read)
+        reader.start()
+        with Publisher(NAME, registry=registry) as pub:
+            pub.publish_many(("t", i) for i in range(EVENTS))
+            pub.flush(30)
+        assert done.wait(30)
+        sub.close()
+        reader.join(30)
+        assert not reader.is_alive() and got == list(range(EVENTS))
+        assert channel.seq == EVENTS

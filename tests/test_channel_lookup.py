@@ -92,3 +92,57 @@ def test_a_hanging_lookup_of_a_killed_subscriber_holds_up_no_other(dispatcher: s
                         sub.close()
             finally:
                 doomed.close()
+
+
+class AskedLookups:
+    """A registry that notes every name it is asked to look up."""
+
+    def __init__(self, registry: posa.RegistryClient) -> None:
+        self.registry = registry
+        self.asked: set[str] = set()
+        self.changed = threading.Condition()
+
+    def lookup(self, name: str) -> posa.Registration:
+        with self.changed:
+            self.asked.add(name)
+            self.changed.notify_all()
+        return self.registry.lookup(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.registry, attr)
+
+
+@pytest.mark.timeout(60)
+def test_first_contact_with_a_subscriber_begins_before_any_event(dispatcher: str) -> None:
+    """The channel resolves (and connects to) a new subscriber as soon as it
+    subscribes, so its first event does not wait for the registry."""
+    with posa.RegistryClient(dispatcher) as reg:
+        asked = AskedLookups(reg)
+        with EventChannel(NAME, registry=asked,    # type: ignore[arg-type]
+                          listen="tcp://127.0.0.1:0") as channel, \
+                Subscriber(NAME, registry=reg, listen="tcp://127.0.0.1:0") as sub:
+            with asked.changed:
+                assert asked.changed.wait_for(lambda: sub.name in asked.asked, 30)
+            assert channel.seq == 0                 # nothing was published
+            with Publisher(NAME, registry=reg) as pub:
+                pub.publish("t", "first")
+                pub.flush(30)
+            assert sub.receive(timeout=30).body == "first"
+            assert sorted(asked.asked) == [sub.name]    # asked once: the stream stays
+
+
+@pytest.mark.timeout(60)
+def test_a_publisher_resolves_its_channel_before_its_first_event(dispatcher: str) -> None:
+    """A new publisher resolves (and connects to) its channel at once, in its
+    sending thread, so its first event does not wait for the registry."""
+    with posa.RegistryClient(dispatcher) as reg, \
+            EventChannel(NAME, registry=reg, listen="tcp://127.0.0.1:0"), \
+            Subscriber(NAME, registry=reg, listen="tcp://127.0.0.1:0") as sub:
+        asked = AskedLookups(reg)
+        with Publisher(NAME, registry=asked) as pub:  # type: ignore[arg-type]
+            with asked.changed:
+                assert asked.changed.wait_for(lambda: NAME in asked.asked, 30)
+            pub.publish("t", "first")
+            pub.flush(30)
+        assert sub.receive(timeout=30).body == "first"
+        assert sorted(asked.asked) == [NAME]

@@ -6,19 +6,23 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from posa.channel.core import ChannelCore
 from posa.channel.events import SubscriberState
 from posa.channel.protocol import (
     CHANNEL,
     FRAME_MARGIN,
+    Publication,
     delivery_body,
     encode_chunks,
     parse_delivery,
     parse_publish,
     publish_body,
+    tail_blob,
 )
-from posa.errors import Rejected
+from posa.errors import ProtocolError, Rejected
 from tests.support import ROOT
 
 KNOWN = "publish, renew, stats, subscribe, unsubscribe"
@@ -124,3 +128,30 @@ def test_the_protocol_doc_shows_the_table() -> None:
     text = (ROOT / "docs" / "protocol.md").read_text()
     section = text[text.index("## The event channel's requests"):]
     assert CHANNEL.describe() in section, "regenerate it: print(CHANNEL.describe())"
+
+
+_SCALARS = st.none() | st.integers(-(2 ** 63), 2 ** 64 - 1) | st.text(max_size=5) \
+    | st.binary(max_size=5)
+_BODIES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                       max_leaves=8)
+
+
+@given(st.lists(_BODIES, max_size=40), st.data())
+def test_a_publications_tail_keeps_its_bodies_encoded_and_exact(bodies: list[Any],
+                                                                 data: st.DataObject) -> None:
+    """A publication cut where a channel took part of it keeps the rest as an
+    encoded blob (never decoded) holding exactly the bodies after the cut."""
+    start = data.draw(st.integers(0, len(bodies)))
+    pub = Publication([f"t{i}" for i in range(len(bodies))], blob=msgpack.packb(bodies))
+    rest = pub.tail(start)
+    assert rest.bodies is None and rest.blob is not None and not rest.whole
+    assert msgpack.unpackb(rest.blob) == bodies[start:]
+    assert rest.topics == [f"t{i}" for i in range(start, len(bodies))]
+
+
+def test_a_tail_of_a_long_array_and_of_what_is_not_msgpack() -> None:
+    assert tail_blob(msgpack.packb(list(range(70_000))), 3) == msgpack.packb(
+        list(range(3, 70_000)))
+    with pytest.raises(ProtocolError):
+        tail_blob(b"\x93\x01", 2)

@@ -92,6 +92,17 @@ def test_nesting_beyond_the_limit_is_refused() -> None:
         codec.decode(b"\x99\x01\x01\x00\x00\xa0\xa0\x00\x80" + b"\x91" * 5000 + b"\x00")
 
 
+def test_nesting_in_large_frames_is_refused_and_bytes_are_no_nesting() -> None:
+    """Large frames are walked rather than counted: a deep one is refused, and a
+    shallow one whose bin holds many container-like bytes passes."""
+    small = Codec(CodecLimits(max_depth=8))
+    padding = b"\x91" * 20_000              # array headers, inside a bin: not nesting
+    body = {"runs": [[1, "t", padding]], "deep": nested(5)}
+    assert small.decode(small.encode(Message(1, "a", "b", body))).body == body
+    with pytest.raises(ProtocolError, match="deeper than max_depth 8"):
+        small.decode(Codec().encode(Message(1, "a", "b", [padding, nested(20)])))
+
+
 def test_lengths_beyond_the_limits_are_refused_before_allocation() -> None:
     small = Codec(CodecLimits(max_frame_size=1 << 20, max_str_len=10, max_bin_len=10,
                          max_array_len=10, max_map_len=10))

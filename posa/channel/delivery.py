@@ -20,7 +20,9 @@ threads are one per channel whatever the number of subscribers.
 A slow or unreachable subscriber is retried while its name lives and it is
 subscribed (frames not acknowledged within ``send_timeout`` are given up, as a
 ``Timeout`` of the forwarder says); a lane ends when it unsubscribes, expires,
-its policy ends it or its name is gone. The registry is asked only after such
+its policy ends it or its name is gone. First contact (resolve, connect) begins as
+soon as a subscription's lane appears, not with its first event, so that the
+first event does not wait for it. The registry is asked only after
 trouble (and at first contact), and never by this thread: a helper asks it
 (``posa.channel.lookups``, two threads at most) while the lane waits for the
 answer in its steps, so a slow or unreachable dispatcher holds up only the
@@ -77,6 +79,7 @@ class Delivery:
         self.lanes: dict[str, Lane] = {}        # the lanes this thread serves
         self._waits: dict[str, _Wait] = {}
         self._troubled: list[tuple[Lane, BaseException]] = []
+        self._met: set[str] = set()             # lanes whose first contact began
         self._framer = Framer(channel)
         self._lookups: Lookups      # made by the thread (the channel has its registry then)
         self._rfd, self._wfd = os.pipe()
@@ -161,6 +164,7 @@ class Delivery:
             for sub_id in done:
                 del self.lanes[sub_id]
                 self._waits.pop(sub_id, None)
+                self._met.discard(sub_id)
             if not self.lanes and channel._closing.is_set():
                 return None
         for sub_id in done:
@@ -175,9 +179,16 @@ class Delivery:
         now = time.monotonic()
         deadline = now + self.channel.send_timeout
         for sub_id, lane in self.lanes.items():
-            if sub_id in self._waits or not lane.outbox:
+            if sub_id in self._waits:
+                continue
+            if not lane.outbox:
+                if sub_id not in self._met and not lane.stopped:
+                    self._met.add(sub_id)       # first contact: before its first event
+                    if not fwd.knows(sub_id):
+                        moved |= self._begin(lane, fwd.open_steps(sub_id, deadline))
                 continue
             if not fwd.knows(sub_id):
+                self._met.add(sub_id)
                 moved |= self._begin(lane, fwd.open_steps(sub_id, deadline))
                 continue
             while lane.ready():

@@ -14,7 +14,6 @@ a duplicate.
 """
 from __future__ import annotations
 
-import functools
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -70,7 +69,7 @@ class Event(NamedTuple):
     trace: dict[str, str] | None = None
 
 
-_new_event = functools.partial(tuple.__new__, Event)
+_tuple_new = tuple.__new__      # map(_tuple_new, repeat(Event), fields): no __new__ frame
 
 
 def _is_pair(origin: Any) -> bool:
@@ -157,9 +156,9 @@ class SubscriberState:
                     origin_iter = [tuple(o) if _is_pair(o) else None for o in item[4]]
                 if len(item) == 6:
                     trace_iter = [t if type(t) is dict else None for t in item[5]]
-            events.extend(map(_new_event, zip(seqs, topics, bodies, repeat(channel),
-                                              via_iter, repeat(None), origin_iter,
-                                              trace_iter)))
+            events.extend(map(_tuple_new, repeat(Event), zip(
+                seqs, topics, bodies, repeat(channel), via_iter, repeat(None), origin_iter,
+                trace_iter)))
         return events
 
     def _with_gaps(self, events: list[Event], gaps: list[list[Any]]) -> list[Event]:

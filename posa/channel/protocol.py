@@ -208,10 +208,15 @@ class Publication:
     whole: bool = True            # False for a tail: what a channel had not taken of one
 
     def tail(self, start: int) -> Publication:
-        """The events from ``start`` on (no longer a whole publication: no pid)."""
-        bodies = self.bodies if self.bodies is not None else unpack(self.blob, "publication")
+        """The events from ``start`` on (no longer a whole publication: no pid);
+        bodies that came encoded stay so (the blob is cut, not decoded)."""
+        blob = bodies = None
+        if self.bodies is not None:
+            bodies = self.bodies[start:]
+        else:
+            blob = tail_blob(self.blob, start)
         topics = self.topics if isinstance(self.topics, str) else self.topics[start:]
-        return Publication(topics, bodies=bodies[start:],
+        return Publication(topics, blob=blob, bodies=bodies,
                            vias=self.vias[start:] if self.vias is not None else None,
                            origins=self.origins[start:] if self.origins is not None
                            else None, entry=self.entry, whole=False,
@@ -296,6 +301,23 @@ def _is_run(item: Any) -> bool:
 def _is_gap(g: Any) -> bool:
     return type(g) is list and len(g) == 3 and type(g[0]) is int and g[0] >= 0 \
         and (g[1] is None or type(g[1]) is int) and g[2] in ("dropped", "history")
+
+
+def tail_blob(blob: Any, start: int) -> bytes:
+    """The msgpack array ``blob`` without its first ``start`` items, cut where
+    they end (skipped, not decoded). Raises ``ProtocolError``."""
+    if type(blob) is not bytes:
+        raise ProtocolError(f"publication: expected msgpack bytes, got {type(blob).__name__}")
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(blob), 1))
+    unpacker.feed(blob)
+    try:
+        count: int = unpacker.read_array_header()
+        skip = unpacker.skip
+        for _ in range(min(start, count)):
+            skip()
+    except Exception as exc:  # msgpack's OutOfData, FormatError, StackError ...
+        raise ProtocolError(f"publication: not valid msgpack ({exc!r:.80})") from None
+    return _packer().pack_array_header(max(count - start, 0)) + blob[unpacker.tell():]
 
 
 # -- encoding bodies -------------------------------------------------------------------

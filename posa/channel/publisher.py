@@ -1,23 +1,20 @@
 """The publisher's proxy: publishes events to a channel by its name.
 
 ``publish`` only appends to a local bounded buffer (a deque, without a lock:
-atomic under the GIL); one background thread takes the buffer in batches,
-encodes the bodies of a batch once (``posa.channel.protocol.encode_chunks``,
-split to fit a frame) and hands each chunk to a reliable stream (``Sender``) as
-one ``publish``. Nothing waits for the network in ``publish``: the publisher
-waits only when its buffer is full (the channel does not keep up, or a
-``block`` subscriber holds it back), and then for at most its timeout.
+atomic under the GIL); one background thread, which made first contact with the
+channel while the publisher was constructed, takes the buffer in batches, encodes
+a batch's bodies once (``encode_chunks``, split to fit a frame) and hands each
+chunk to a reliable stream (``Sender``) as one ``publish``. ``publish`` waits
+only when the buffer is full (the channel does not keep up, or a ``block``
+subscriber holds it back), and then for at most its timeout.
 
-Invariants: the buffer holds at most ``buffer`` events; an event whose body is
-not msgpack data is dropped, counted and reported once (``Rejected``) by the
-next ``publish`` or ``flush``; ``flush`` returns only when the channel
-acknowledged everything published before it.
+Invariants: the buffer holds at most ``buffer`` events; a body that is not
+msgpack data is dropped, counted and reported once (``Rejected``); ``flush``
+returns only when the channel acknowledged everything published before it.
 
-Trace context: an event published while a trace is active (``posa.runtime.trace``)
-takes its W3C headers with it, captured in ``publish`` (the sending thread runs
-outside the publisher's context); the publication then carries ``traces``, one
-per event. Outside a trace ``publish`` pays one context-variable read and the
-publication carries nothing more.
+Trace context: an event published in a trace (``posa.runtime.trace``) takes its W3C
+headers, captured in ``publish``: the publication carries ``traces``, one per
+event. Outside a trace ``publish`` pays one context-variable read, no more.
 """
 from __future__ import annotations
 
@@ -32,6 +29,7 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.channel.protocol import FRAME_MARGIN, encode_chunks, publish_body
 from posa.delivery.sender import Sender
+from posa.delivery.waiting import run_held
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.registration import Registry, resolver
 from posa.naming.resolve import open_registry
@@ -43,27 +41,26 @@ from posa.wire.names import validate_name
 __all__ = ["Publisher"]
 
 log = logging.getLogger("posa.channel.publisher")
+MEET = 0.5      # seconds a new publisher waits for first contact with its channel
 
 
 class Publisher:
     """Publishes events to a channel by its name (fire and forget, batched).
 
-    ``publish`` puts an event in a local buffer (at most ``buffer`` events) that
-    one background thread sends in batches of up to ``batch`` events, as soon as
-    a batch is full or ``linger`` seconds after its first event.  Delivery to the
-    channel is reliable and ordered; ``flush`` waits until the channel has
-    acknowledged everything published so far.  When the channel does not keep
-    up (or a ``block`` subscriber stalls it) the buffer fills and ``publish``
-    waits, up to its ``timeout``, then raises ``Timeout``.  An event whose body
-    is not msgpack data is dropped, counted in ``rejected``, and reported by
-    the next ``publish`` or ``flush`` with ``Rejected``.  ``sent`` counts the
-    events the channel acknowledged (as last read: ``flush`` brings it up to
-    date). The buffer holds the events not yet acknowledged: a publisher never
-    holds more than ``buffer`` events, whatever the channel does; what its
-    stream to the channel gave up is sent again (the channel drops copies by
-    the publisher's numbering of its publications).  With keys on, give it
-    ``authenticator`` (``posa.security.from_env(...)``): it seals what it sends
-    to the channel, as a peer does (docs/security.md)."""
+    A new publisher resolves and connects to its channel at once (``MEET`` s at
+    most; a channel not there yet is tried again at the first send). ``publish``
+    buffers an event (at most ``buffer``) that one background thread sends in
+    batches of up to ``batch`` events, when a batch is full or ``linger`` s after the
+    first.  Delivery to the channel is reliable and ordered; ``flush`` waits
+    until the channel has acknowledged everything published so far.  When the
+    channel does not keep up (or a ``block`` subscriber stalls it) the buffer
+    fills and ``publish`` waits, up to its ``timeout``, then raises ``Timeout``.
+    A body that is not msgpack data is dropped, counted in ``rejected``, and
+    reported by the next ``publish`` or ``flush`` with ``Rejected``.  ``sent``
+    counts the events the channel acknowledged (``flush`` brings it up to date).
+    The buffer holds the events not yet acknowledged; what the stream gave up is
+    sent again (the channel drops copies by their numbers).  With keys on, give
+    it ``authenticator``: it seals what it sends, as a peer does."""
 
     def __init__(self, channel: str, *, registry: Registry | None = None,
                  dispatcher: str | None = None, batch: int = 1024, linger: float = 0.002,
@@ -106,7 +103,9 @@ class Publisher:
         self.undelivered = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"posa-publisher-{channel}")
+        self._met = threading.Event()     # first contact made (or failed): see _meet
         self._thread.start()
+        self._met.wait(MEET)
 
     def __enter__(self) -> Publisher:
         return self
@@ -250,6 +249,7 @@ class Publisher:
         cond, queue = self._cond, self._queue
         self._fwd = self._sender.forwarder()
         try:
+            self._meet()
             while True:
                 with cond:
                     self._idle = True
@@ -273,6 +273,16 @@ class Publisher:
                     self._await_acks()
         except Closed:
             return
+
+    def _meet(self) -> None:
+        """First contact with the channel, which the constructor waits for (``MEET``
+        seconds at most: what fails here, the first send tries again)."""
+        try:
+            with self._fwd.lock:
+                run_held(self._fwd.open_steps(self.channel, time.monotonic() + MEET))
+        except PosaError:
+            pass
+        self._met.set()
 
     def _send_backlog(self, backlog: int) -> None:
         queue = self._queue

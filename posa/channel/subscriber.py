@@ -198,12 +198,17 @@ class Subscriber:
         return events
 
     def __iter__(self) -> Iterator[Event]:
-        """Every event, until the subscriber is closed."""
+        """Every event, until the subscriber is closed (taken straight from the
+        decoded ones while there are some: no ``receive`` call per event)."""
+        popleft = self._ready.popleft
         while True:
             try:
-                yield self.receive()
-            except Closed:
-                return
+                yield popleft()
+            except IndexError:
+                try:
+                    yield self.receive()
+                except Closed:
+                    return
 
     def _fill(self, timeout: float | None, keep: bool = False) -> Any:
         """Wait for a delivery and queue its events; return the first (or, with
