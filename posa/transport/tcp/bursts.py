@@ -57,17 +57,8 @@ class BurstSending:
                 raise too_large(size, limit, f"from {self.address}")
             total += size
         with self._io_lock:
-            if self._closed:
-                raise self._closed_error()
-            peer = self._peers.get(route)
-            if peer is None:
-                raise self._gone_error(route)
-            peer.tracked.active = self._now
+            peer = self._room(route)
             out = peer.out
-            if len(out) >= self._high_water_mark and not wait_for_room(
-                    peer, self._peers, self._high_water_mark, self._send_timeout,
-                    self._flush, self.address):
-                raise self._gone_error(route)
             if out or total > DIRECT_LIMIT:
                 for frame in frames:
                     out.push(frame)
@@ -84,7 +75,27 @@ class BurstSending:
         for frame in frames:
             parts.append(frame_header(len(frame)))
             parts.append(frame)
-        data = b"".join(parts)
+        self._write_out(peer, route, b"".join(parts))
+
+    def _room(self, route: Route) -> Accepted:
+        """Connection ``route``, once it has room for a frame (the caller holds
+        ``_io_lock``). Raises ``Closed``, or ``TransportError`` for a connection
+        gone or still full after ``send_timeout``."""
+        if self._closed:
+            raise self._closed_error()
+        peer = self._peers.get(route)
+        if peer is None:
+            raise self._gone_error(route)
+        peer.tracked.active = self._now
+        if len(peer.out) >= self._high_water_mark and not wait_for_room(
+                peer, self._peers, self._high_water_mark, self._send_timeout,
+                self._flush, self.address):
+            raise self._gone_error(route)
+        return peer
+
+    def _write_out(self, peer: Accepted, route: Route, data: bytes) -> None:
+        """Write ``data`` (nothing is queued on ``peer``); what the kernel does
+        not take waits in the queue, watched for writability."""
         try:
             sent = peer.sock.send(data, NOSIGNAL)
         except (BlockingIOError, InterruptedError):

@@ -66,7 +66,7 @@ from posa.transport.tcp.closing import reaper
 from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
-from posa.transport.tcp.waiting import flush_before_close, wait_for_room
+from posa.transport.tcp.waiting import flush_before_close
 
 __all__ = ["TcpListener"]
 
@@ -178,34 +178,15 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         if size > self._max_frame:
             raise too_large(size, self._max_frame, f"from {self.address}")
         with self._io_lock:
-            if self._closed:
-                raise self._closed_error()
-            peer = self._peers.get(route)
-            if peer is None:
-                raise self._gone_error(route)
-            peer.tracked.active = self._now
+            peer = self._room(route)
             out = peer.out
-            if len(out) >= self._high_water_mark and not wait_for_room(
-                    peer, self._peers, self._high_water_mark, self._send_timeout,
-                    self._flush, self.address):
-                raise self._gone_error(route)
             if out or size > DIRECT_LIMIT:
                 out.push(frame)
                 self._flush(peer)
                 if peer.route not in self._peers:
                     raise self._gone_error(route)
                 return
-            data = frame_header(size) + frame
-            try:
-                sent = peer.sock.send(data, NOSIGNAL)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._drop(peer, None, f"the connection failed: {error_text(exc)}")
-                raise self._gone_error(route) from None
-            if sent < len(data):
-                out.push_raw(memoryview(data)[sent:] if sent else data)
-                self._watch_writes(peer, True)
+            self._write_out(peer, route, frame_header(size) + frame)
 
     def close(self) -> None:
         """Stop listening, flush queued replies and end every connection, within
