@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,40 @@ def test_the_routes_serve_the_page_and_the_state() -> None:
                 assert (await state.json())["names"][0]["address"] == "tcp://h:1"
     with serve(registry=registry, port=0, interval=0.1) as server:
         asyncio.run(body(server.url))
+
+
+def test_the_first_state_is_read_before_the_view_serves() -> None:
+    """A program that reads state.json the moment the view is up gets the
+    registry's names, not an empty state while the first read is on its way:
+    while that read is held, the view does not start serving."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class Held(posa.LocalRegistry):
+        def names(self, pattern: str = "**") -> list[posa.Registration]:
+            entered.set()
+            gate.wait(30)
+            return super().names(pattern)
+
+    registry = Held()
+    registry.register("a/one", ["tcp://h:1"], credential="c")
+    served: list[Any] = []
+    up = threading.Event()
+
+    def run() -> None:
+        with serve(registry=registry, port=0, interval=60) as server:
+            served.append(server)
+            up.set()
+            gate.wait(30)
+            with urllib.request.urlopen(server.url + "/view/state.json", timeout=10) as r:
+                served.append([n["name"] for n in json.load(r)["names"]])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert entered.wait(30)
+    assert not up.wait(1.0), "the view served before its first read of the registry"
+    gate.set()
+    thread.join(30)
+    assert served[1:] == [["a/one"]]
 
 
 def test_bad_arguments_say_what_to_pass() -> None:

@@ -181,6 +181,7 @@ async def _watching(board: Board, registry: Registry, sampler: _Sampler,
                     interval: float) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     unsubscribe = await loop.run_in_executor(None, registry.watch, board.changed)
+    await _sample(sampler)      # before the app serves: state.json is never empty at start
     task = asyncio.create_task(_sample_forever(sampler, interval))
     try:
         yield
@@ -193,14 +194,17 @@ async def _watching(board: Board, registry: Registry, sampler: _Sampler,
             pass
 
 
+async def _sample(sampler: _Sampler) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, sampler.sample)
+    except Exception:       # a source that fails must not stop the view
+        log.exception("web view: sampling failed")
+
+
 async def _sample_forever(sampler: _Sampler, interval: float) -> None:
-    loop = asyncio.get_running_loop()
     while True:
-        try:
-            await loop.run_in_executor(None, sampler.sample)
-        except Exception:       # a source that fails must not stop the view
-            log.exception("web view: sampling failed")
         await asyncio.sleep(interval)
+        await _sample(sampler)
 
 
 def _dumps(value: Any) -> str:
