@@ -17,6 +17,7 @@ from posa.transport import Options
 from posa.transport.testing.support import DEADLINE, Endpoints, seq
 from tests.natsserver import NatsCluster
 from tests.support import wait_until
+from tests.test_nats_transport import round_trip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,12 +46,7 @@ def test_the_ping_lease_gives_a_stopped_server_up_and_reconnects_once_it_answers
             server.signal(signal.SIGCONT)
         client = connection._link.client            # type: ignore[attr-defined]
         wait_until(lambda: client.connected, DEADLINE, "the client back on its server")
-        again = ends.connect(listener.address, Options(send_timeout=20.0))
-        again.send(b"after")
-        route, frame = listener.recv(DEADLINE)
-        assert frame == b"after"
-        listener.send(route, b"answer")
-        assert again.recv(DEADLINE) == b"answer"
+        round_trip(ends, listener)
 
 
 def test_the_client_fails_over_to_a_server_it_learned_from_info(tmp_path: Path) -> None:

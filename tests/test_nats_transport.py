@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -256,12 +257,7 @@ def test_a_restarted_server_ends_connections_and_serves_new_ones(tmp_path: Path)
         with pytest.raises(TransportError):
             connection.send(b"lost?")
         lone.servers[0].start()
-        again = ends.connect(listener.address, Options(send_timeout=20.0))
-        again.send(b"after")
-        route, frame = listener.recv(DEADLINE)
-        assert frame == b"after"
-        listener.send(route, b"answer")
-        assert again.recv(DEADLINE) == b"answer"
+        round_trip(ends, listener)
 
 
 def test_a_forked_child_sending_on_an_inherited_connection_leaves_the_parents_alone(
@@ -322,3 +318,13 @@ def test_reassembly_refuses_gaps_repeats_and_oversize_frames() -> None:
     assert unpack(pack(RESET, 0, b"why")) == (RESET, 0, b"why")
     with pytest.raises(ValueError, match="shorter"):
         unpack(b"D")
+
+
+def round_trip(ends: Endpoints, listener: Any) -> None:
+    """A new connection to ``listener`` gets a frame there and its answer back."""
+    again = ends.connect(listener.address, Options(send_timeout=20.0))
+    again.send(b"after")
+    route, frame = listener.recv(DEADLINE)
+    assert frame == b"after"
+    listener.send(route, b"answer")
+    assert again.recv(DEADLINE) == b"answer"
