@@ -114,7 +114,9 @@ def _count(module: str, side: str, calls: int, env: dict[str, str],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT)
         if client.returncode:
             raise SystemExit(f"the client failed: {client.stderr[-2000:]}")
-        _, server_err = server.communicate("stop\n", timeout=120)
+        # (the line says how many calls the client made: a server that must see
+        # them all before it stops, as a one-way receiver, reads it)
+        _, server_err = server.communicate(f"stop {calls}\n", timeout=300)
     finally:
         stop(dispatcher)
     return collected(server_err if side == "server" else client.stderr, side)

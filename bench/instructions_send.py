@@ -1,0 +1,80 @@
+"""Instructions per message of one-way ``Peer.send``, counted by callgrind.
+
+    python -m bench.instructions_send [--side server|client|both] [--calls 5000,20000]
+                                      [--listen zmq+tcp://127.0.0.1:0]
+
+As in the suite's ``peer_send_zmq`` / ``peer_send_tcp`` rows: a dispatcher, a
+receiving peer (a handler that counts) and a sending peer, each a process of its
+own. The sender sends ``WARMUP`` messages and then the number measured, one at a
+time with ``Peer.send``, and flushes (waits for every acknowledgement); the side
+measured runs under ``valgrind --tool=callgrind`` once for each of the two numbers,
+and the difference of its totals over the difference of the numbers is what one
+message costs that process (``bench.instructions``, whose helpers this shares).
+The measured process is the slower one, so the other side's batches and
+acknowledgements come as they do when that side is the bottleneck: the counts
+repeat within a few percent.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from bench.instructions import parser, report
+
+WARMUP = 1000
+NAME = "bench/instructions-sink"
+BODY = {"seq": 0, "body": b"x" * 83}
+LISTEN = "BENCH_SEND_LISTEN"        # the receiver's (and sender's) transport, via env
+
+
+def role_server(dispatcher: str) -> None:
+    """The receiving peer: counts what arrives; on ``stop CALLS`` on stdin, waits
+    until it has counted every message sent (the warm-up's and the calls'), exits."""
+    import posa
+    counted = threading.Condition()
+    seen = [0]
+
+    def count(msg: object) -> None:
+        with counted:
+            seen[0] += 1
+            counted.notify()
+    with posa.RegistryClient(dispatcher) as reg, posa.Peer(
+            NAME, registry=reg, listen=os.environ[LISTEN], handler=count):
+        print("READY", flush=True)
+        due = WARMUP + int(sys.stdin.readline().split()[1])
+        with counted:
+            if not counted.wait_for(lambda: seen[0] >= due, timeout=300):
+                raise SystemExit(f"the receiver counted {seen[0]} of {due} messages")
+
+
+def role_client(dispatcher: str, calls: int) -> None:
+    """The sending peer: sends, flushes, exits."""
+    import posa
+    with posa.RegistryClient(dispatcher) as reg, posa.Peer(
+            "bench/instructions-source", registry=reg,
+            listen=os.environ[LISTEN]) as peer:
+        send = peer.send
+        for _ in range(WARMUP + calls):
+            send(NAME, BODY, timeout=60.0)
+        peer.flush(120.0)
+
+
+def main(argv: list[str]) -> None:
+    args = parser("bench.instructions_send", __doc__ or "", "5000,20000")
+    args.add_argument("--listen", default=os.environ.get(LISTEN, "zmq+tcp://127.0.0.1:0"),
+                      help="the peers' transport (default zmq+tcp://127.0.0.1:0)")
+    opts = args.parse_args(argv)
+    if opts.role:
+        role, dispatcher, *rest = opts.role
+        if role == "server":
+            role_server(dispatcher)
+        else:
+            role_client(dispatcher, int(rest[0]))
+        return
+    os.environ[LISTEN] = opts.listen        # (the processes' environment is this one's)
+    report("bench.instructions_send", opts, f"message ({opts.listen}; server: the receiver)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
