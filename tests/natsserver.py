@@ -29,7 +29,7 @@ from types import TracebackType
 
 import pytest
 
-from tests.support import free_port, wait_until
+from tests.support import free_port, sigstop, wait_until
 
 __all__ = ["binary", "NatsServer", "NatsCluster"]
 
@@ -103,8 +103,13 @@ class NatsServer:
             return False
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's process group; a SIGSTOP returns once the
+        server is stopped (``tests.support.sigstop``)."""
         assert self.process is not None
-        os.killpg(self.process.pid, sig)
+        if sig == signal.SIGSTOP:
+            sigstop(self.process.pid, group=True)
+        else:
+            os.killpg(self.process.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL, and reap."""

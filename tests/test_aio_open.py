@@ -17,7 +17,7 @@ import posa
 import posa.aio
 from posa.gateway.core import Gateway
 from posa.gateway.tokens import Principal
-from tests.support import Proc, start_dispatcher
+from tests.support import Proc, sigstop, start_dispatcher
 
 pytestmark = pytest.mark.timeout(120)
 TURNS = 50
@@ -53,7 +53,7 @@ def test_aio_peer_open_registers_without_blocking_the_loop(
 
     async def main() -> None:
         with posa.RegistryClient(address, timeout=60.0, cache=False) as registry:
-            os.kill(proc.popen.pid, signal.SIGSTOP)
+            sigstop(proc.popen.pid)
             making = asyncio.ensure_future(posa.aio.Peer.open(
                 "aio/opened", registry=registry, listen="tcp://127.0.0.1:0",
                 handler=lambda msg: {"echo": msg.body}))
@@ -82,14 +82,14 @@ def test_the_gateway_makes_its_peers_without_blocking_the_loop(
         with posa.RegistryClient(address, timeout=60.0, cache=False) as registry:
             gateway = Gateway(registry)     # its own peer, before the loop serves
             try:
-                os.kill(proc.popen.pid, signal.SIGSTOP)
+                sigstop(proc.popen.pid)
                 registering = asyncio.ensure_future(
                     gateway.hosting.register("app/hosted", "tester", None, 30.0))
                 hosted = await made_while_stopped(proc, registering)
                 assert hosted.peer is not None
                 assert registry.lookup("app/hosted").addresses == (hosted.peer.address,)
 
-                os.kill(proc.popen.pid, signal.SIGSTOP)
+                sigstop(proc.popen.pid)
                 who = Principal("someone")
                 first = asyncio.ensure_future(gateway.peer_for(who))
                 second = asyncio.ensure_future(gateway.peer_for(who))
@@ -107,7 +107,7 @@ def test_aio_server_open_registers_without_blocking_the_loop(
 
     async def main() -> None:
         with posa.RegistryClient(address, timeout=60.0, cache=False) as registry:
-            os.kill(proc.popen.pid, signal.SIGSTOP)
+            sigstop(proc.popen.pid)
 
             async def double(body: Any) -> Any:
                 return body * 2

@@ -13,7 +13,7 @@ from posa import ops
 from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
-from tests.support import Proc, wait_until
+from tests.support import Proc, sigstop, wait_until
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_block_bounds_the_publisher_while_the_channel_is_stopped(dispatcher: str
                 pub.publish("t", i)
                 published += 1
             pub.flush(30)
-            channel.popen.send_signal(signal.SIGSTOP)
+            sigstop(channel.popen.pid)
             timeouts = 0
             while timeouts < 4:                           # then the buffer fills
                 try:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from posa.cli import EXITS
-from tests.support import ROOT, Proc, start_dispatcher
+from tests.support import ROOT, Proc, sigstop, start_dispatcher
 from tests.test_cli_verbs import run_posa
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,7 +55,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Sc
         stopped = procs[-1]
 
         def partial() -> subprocess.CompletedProcess[str]:
-            stopped.popen.send_signal(signal.SIGSTOP)   # registered, never acknowledges
+            sigstop(stopped.popen.pid)   # registered, never acknowledges
             try:
                 return run_posa("send", "part/*", "1", "--timeout", "2",
                                 "--dispatcher", address)

@@ -19,7 +19,7 @@ import pytest
 import posa
 from posa.naming.registration import Registry
 from tests.natsserver import NatsCluster
-from tests.support import Proc, wait_until
+from tests.support import Proc, sigstop, wait_until
 from tests.test_registry_contract import make_registry, nats_url  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -156,7 +156,7 @@ def test_sigstop_the_leader_past_its_lease_a_new_leader_fences_it(tmp_path: Path
             for _ in range(4):              # hammer: pause the leader, again and again
                 tokens.append(token)
                 fence.check(token)
-                leader.popen.send_signal(signal.SIGSTOP)
+                sigstop(leader.popen.pid)
                 others = [p for p in procs if p is not leader]
                 successor, new_token = _leader(others)
                 assert new_token > token

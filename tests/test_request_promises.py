@@ -13,7 +13,7 @@ import pytest
 
 import posa
 from posa.errors import Rejected, Timeout
-from tests.support import Proc
+from tests.support import Proc, sigstop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +59,7 @@ def test_a_server_that_stops_mid_request_is_left_for_another(dispatcher: str) ->
                 ThreadPoolExecutor(1) as pool:
             call = pool.submit(client.call, "slow", 1, timeout=20.0)
             first = _started(servers)          # the server the client chose
-            first.popen.send_signal(19)        # SIGSTOP: connected, silent
+            sigstop(first.popen.pid)       # connected, silent
             try:
                 reply = call.result(30)
             finally:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT
+from tests.support import ROOT, stopped, wait_until
 
 __all__ = ["RoleProcess", "reap_all"]
 
@@ -111,9 +111,19 @@ class RoleProcess:
         return True
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process group; a SIGSTOP returns once the role is
+        stopped (or gone): see ``tests.support.sigstop``."""
         if sig == signal.SIGKILL:
             self.killed = True
         _killpg(self.popen, sig)
+        if sig == signal.SIGSTOP:
+            wait_until(self._stopped_or_gone, 10.0, f"{self.label} stopped by SIGSTOP")
+
+    def _stopped_or_gone(self) -> bool:
+        try:
+            return not self.running() or stopped(self.popen.pid)
+        except AssertionError:
+            return True     # it exited meanwhile
 
     def running(self) -> bool:
         return self.popen.poll() is None
