@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import posa
 import posa.aio
 from posa.aio.hub import Hub
 from posa.delivery.target import Target
-from tests.support import Proc
+from tests.support import Proc, sigstop
 
 TASKS = 64
 
@@ -61,6 +62,29 @@ def test_sixty_four_tasks_each_get_their_own_answer_one_wake_up_each() -> None:
                     _woken_alone(hub)
             finally:
                 server.close()
+    asyncio.run(main())
+
+
+def test_sixty_four_tasks_calling_a_service_each_woken_by_its_own_answer() -> None:
+    """``posa.aio.Client.call`` tells the hub which reply each wait is for, as
+    ``posa.aio.Peer.request`` does: one wake-up per wait at most."""
+    async def main() -> None:
+        hub = Hub.of(asyncio.get_running_loop())
+        with posa.LocalRegistry() as reg, posa.Server(
+                "aio/svc", lambda body: body, registry=reg, listen="tcp://127.0.0.1:0"):
+            async with posa.aio.Client(registry=reg, timeout=60) as client:
+                async def caller(k: int) -> list[Any]:
+                    return [await client.call("aio/svc", (k, i)) for i in range(20)]
+                await client.call("aio/svc", "first")     # the server chosen
+                before = dict(hub.stats)
+                got = await asyncio.gather(*(caller(k) for k in range(TASKS)))
+                assert got == [[[k, i] for i in range(20)] for k in range(TASKS)]
+                # a wait ends by its own answer, or runs out (a resend): never
+                # woken by another task's answer to find nothing (1,865 waits so)
+                waits = hub.stats["waits"] - before["waits"]
+                ran_out = hub.stats["expired"] - before["expired"]
+                assert waits - ran_out <= TASKS * 20, (waits, ran_out)
+                _woken_alone(hub)
     asyncio.run(main())
 
 
@@ -144,7 +168,7 @@ def test_a_silent_server_gets_the_backlog_again_once_per_silence_not_once_per_ta
                                      listen="tcp://127.0.0.1:0") as peer:
                 assert await peer.request("aio/victim", "first", timeout=20) == "first"
                 peer.sync.sender.forwarder().ack_timeout = 0.2
-                victim.popen.send_signal(signal.SIGSTOP)
+                sigstop(victim.popen.pid)
                 expired = hub.stats["expired"]
                 tasks = [asyncio.ensure_future(peer.request("aio/victim", k, timeout=60))
                          for k in range(16)]
@@ -160,8 +184,10 @@ def test_a_silent_server_gets_the_backlog_again_once_per_silence_not_once_per_ta
         victim.close()
 
 
-async def _expirations(hub: Hub, count: int) -> None:
+async def _expirations(hub: Hub, count: int, timeout: float = 60.0) -> None:
     """Until the hub has counted ``count`` waits that ran out (a condition polled
-    on the loop, which goes on meanwhile)."""
+    on the loop, which goes on meanwhile), ``timeout`` s at most."""
+    deadline = time.monotonic() + timeout
     while hub.stats["expired"] < count:
+        assert time.monotonic() < deadline, f"{count} expired waits not reached: {hub.stats}"
         await asyncio.sleep(0.01)

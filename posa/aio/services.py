@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from posa.aio.hub import drive
+from posa.aio.hub import Awaited, Key, drive
 from posa.aio.peer import Peer
 from posa.delivery.budget import until
 from posa.dispatch import services
@@ -165,7 +165,12 @@ class Client:
             # the worker thread; the steps then find the server chosen
             await self._run(client._pick, service, ())
         fwd = client.sender.forwarder()
-        return await drive(client.call_steps(service, body, timeout=timeout), fwd)
+        awaited = Awaited()     # the hub wakes the task for its reply only
+
+        def awaiting(key: Key | None) -> None:
+            awaited.key = key
+        return await drive(client.call_steps(service, body, timeout=timeout,
+                                             awaiting=awaiting), fwd, awaited)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
