@@ -70,7 +70,7 @@ class Client:
         self._out = bytearray()          # what the socket has not taken (under lock)
         self._writing = False            # WRITE is in the socket's poller mask
         self._parser = Parser()
-        self.watch = Watch(loop, self._on_event)
+        self.watch = Watch(loop, self._event, self.io)
         self._subs: dict[int, tuple[str, Callable[[Msg], None]]] = {}
         self._sids = itertools.count(1)
         self._pongs: deque[Callable[[], None] | None] = deque()   # one per PING out
@@ -270,11 +270,8 @@ class Client:
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
 
     # -- the socket's events (the loop) -------------------------------------------------
-    def _on_event(self, sock: socket.socket, mask: int) -> None:
-        with self.io:
-            self._event(sock, mask)
-
     def _event(self, sock: socket.socket, mask: int) -> None:
+        """An event of the socket (the caller holds ``io``)."""
         if sock is not self.sock:
             return
         if readable(mask):

@@ -109,31 +109,40 @@ class NatsConnection(Receiver[bytes]):
     # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
+        frame = None if msg.status else self._inbound.whole(msg.data)
+        if frame is None:
+            frame = self._unusual(msg)
+            if frame is None:
+                return
+        if self._gone is not None:
+            return
+        if len(self._ready) >= self._limit:
+            self._end(f"{self._limit} frames from the listener were waiting unread "
+                      "(a slow consumer): this one is not delivered")
+            return
+        self._ready.append(frame)
+        if not self._signalled and (self.others or self.reading != _get_ident()):
+            self._signal()      # not for a thread that reads for itself alone
+        if self._readers:
+            self._readers.wake_one()
+
+    def _unusual(self, msg: Msg) -> bytes | None:
+        """What ``whole`` does not take: a status, a chunk, a control message,
+        garbage, a gap; the frame it completes, if any."""
         if msg.status == _NO_RESPONDERS:
             self._fail(_NoListener(), "the nats listener is gone: nobody subscribes "
                        "to its subject any more")
-            return
+            return None
         try:
             kind, seq, body = unpack(msg.data)
         except ValueError as exc:
             self._end(f"the listener sent what posa does not send: {exc}")
-            return
+            return None
         if kind in (DATA, MORE):
             try:
-                frame = self._inbound.feed(kind, seq, body)
+                return self._inbound.feed(kind, seq, body)
             except (Gap, Oversize) as exc:
                 self._end(f"frames from the listener were lost: {exc}")
-                return
-            if frame is not None and self._gone is None:
-                if len(self._ready) >= self._limit:
-                    self._end(f"{self._limit} frames from the listener were waiting unread "
-                              "(a slow consumer): this one is not delivered")
-                    return
-                self._ready.append(frame)
-                if not self._signalled and (self.others or self.reading != _get_ident()):
-                    self._signal()      # not for a thread that reads for itself alone
-                if self._readers:
-                    self._readers.wake_one()
         elif kind == WELCOME:
             if self._starting and not self._answered.is_set():
                 self._answer = None
@@ -141,6 +150,7 @@ class NatsConnection(Receiver[bytes]):
         elif kind == RESET:
             why = body.decode("utf-8", "replace")
             self._fail(TransportError(why), why)
+        return None
 
     def _fail(self, exc: Exception, why: str) -> None:
         if self._starting:
@@ -228,7 +238,8 @@ class NatsConnection(Receiver[bytes]):
         """A frame is ready, or the connection is over (the descriptor drained)."""
         if self._ready or self._gone is not None or self._closed:
             return True
-        return self._unsignal() and (bool(self._ready) or self._gone is not None)
+        return self._signalled and self._unsignal() and (
+            bool(self._ready) or self._gone is not None)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame from the listener. Raises ``Timeout``,

@@ -43,11 +43,12 @@ class Lender(Protocol):
 class Watch:
     """The poller that watches a client's socket now, and with what mask."""
 
-    __slots__ = ("loop", "handler", "share", "lender", "sock", "mask", "reader",
+    __slots__ = ("loop", "handler", "io", "share", "lender", "sock", "mask", "reader",
                  "_nudge", "_nudge_w", "_nudged")
 
-    def __init__(self, loop: Loop, handler: Callable[[socket.socket, int], None]) -> None:
-        self.loop, self.handler = loop, handler
+    def __init__(self, loop: Loop, handler: Callable[[socket.socket, int], None],
+                 io: threading.RLock) -> None:
+        self.loop, self.handler, self.io = loop, handler, io    # handler: under ``io``
         self.share: PollerType | None = None    # a reactor's, while lent
         self.lender: Lender | None = None
         self.sock: socket.socket | None = None
@@ -71,11 +72,14 @@ class Watch:
 
     def _modify(self, sock: socket.socket) -> None:
         mask = self.mask & ~READ if self.reader else self.mask
-        if self.share is not None:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                self.share.modify(sock.fileno(), mask)
-        else:
+        share = self.share
+        if share is None:
             self.loop.modify(sock.fileno(), mask)
+            return
+        try:                # (not contextlib.suppress: twice a request)
+            share.modify(sock.fileno(), mask)
+        except (OSError, ValueError, KeyError):
+            pass            # a closed reactor
 
     def remove(self, sock: socket.socket) -> None:
         if sock is self.sock:
@@ -147,7 +151,8 @@ class Watch:
             return False
 
     def serve(self, fd: int, mask: int) -> None:
-        """An event of the lent socket, from the reactor's poller (or its nudge)."""
+        """An event of the lent socket, from the reactor's poller (or its nudge);
+        the caller holds ``io``."""
         sock = self.sock
         if self.share is None:
             return
@@ -175,8 +180,9 @@ class Watch:
             self.loop.watch(sock.fileno(), mask, lambda got: self._polled(sock, got))
 
     def _polled(self, sock: socket.socket, mask: int) -> None:
-        if self.share is None:          # not an event from before it was lent
-            self._deliver(sock, mask)
+        with self.io:
+            if self.share is None:      # not an event from before it was lent
+                self._deliver(sock, mask)
 
     def _unregister(self, sock: socket.socket) -> None:
         if self.share is not None:

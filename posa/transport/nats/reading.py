@@ -81,16 +81,17 @@ def _read_until(client: Client, sock: socket.socket, waiter: Waiter, wake: int,
     try:
         poller = _poller(sock.fileno(), wake)
         deadline = time.monotonic() + timeout
-        while not waiter.arrived():
+        arrived = waiter.arrived
+        while not arrived():
             left = deadline - time.monotonic()
             if left <= 0.0 or sock is not client.sock:
-                break
+                return arrived()
             if poller.poll(math.ceil(left * 1000)):
                 with client.io:
                     if sock is client.sock:
                         client.read(sock)
                     client.watch.nudge()
-        return waiter.arrived()
+        return True
     finally:
         with client.io:
             waiter.reading = 0
