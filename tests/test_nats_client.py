@@ -205,6 +205,36 @@ def test_a_thread_waiting_for_its_connection_reads_the_socket_itself(tmp_path: P
         reactor.close()
 
 
+def test_a_callback_that_raises_on_a_waiting_thread_is_logged_not_raised_there(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A thread reading the socket for itself also runs other subscriptions'
+    callbacks; one that raises is logged, as on the loop's thread, and the
+    waiting thread goes on to get its own frame."""
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        listener = ends.listen(lone.urls, Options())
+        connection = ends.connect(listener.address, Options())
+        link = connection._link                     # type: ignore[attr-defined]
+        client = link.client
+
+        def broken(msg: Any) -> None:
+            raise RuntimeError("a broken callback")
+
+        link.subscribe("posa.test.broken", broken, DEADLINE)
+        connection.send(b"ask")
+        route, _ = listener.recv(DEADLINE)
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(
+            connection.wait_readable(DEADLINE)))    # type: ignore[attr-defined]
+        waiter.start()
+        wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
+                   "the waiting thread reading the socket")
+        link.control("posa.test.broken", b"boom")
+        wait_until(lambda: "a broken callback" in caplog.text, DEADLINE, "the error logged")
+        listener.send(route, b"answer")
+        waiter.join(DEADLINE)
+        assert woke == [True] and connection.recv_nowait() == b"answer"
+
+
 def test_a_thread_reading_for_its_connection_hears_the_link_lost_elsewhere(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread waits for a frame, reading the socket itself; the server is

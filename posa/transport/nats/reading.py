@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from posa.transport.nats.loop import pid
+from posa.transport.nats.loop import log, pid
 
 if TYPE_CHECKING:
     from posa.transport.nats.client import Client
@@ -89,13 +89,21 @@ def _read_until(client: Client, sock: socket.socket, waiter: Waiter, wake: int,
             if poller.poll(math.ceil(left * 1000)):
                 with client.io:
                     if sock is client.sock:
-                        client.read(sock)
+                        _read(client, sock)
                     client.watch.nudge()
         return True
     finally:
         with client.io:
             waiter.reading = 0
             client.watch.give(sock)
+
+
+def _read(client: Client, sock: socket.socket) -> None:
+    try:
+        client.read(sock)
+    except Exception:       # a callback's bug: the waiting thread is not its victim
+        log.exception("the nats:// client: a callback raised on a waiting thread; "
+                      "going on")
 
 
 def poll_one(fd: int, timeout: float) -> bool:
