@@ -41,7 +41,7 @@ _KEEP = 64           # poll objects kept per thread, one per descriptor or pair
 
 
 class Waiter(Protocol):
-    """A connection as ``read_until`` sees it; ``reading`` and ``others`` change
+    """A connection as ``wait`` sees it; ``reading`` and ``others`` change
     under the client's I/O lock, under which the connection's callback runs."""
     reading: int        # the thread that reads the socket for it, while one does
     others: int         # threads waiting on its descriptor meanwhile
@@ -68,8 +68,8 @@ def wait(client: Client, waiter: Waiter, timeout: float) -> bool:
                 waiter.others += 1
         if sock is not None:
             return _read_until(client, sock, waiter, wake, timeout)
-        try:
-            return poll_one(wake, timeout) or waiter.arrived()
+        try:        # a frame delivered before ``others`` counted this thread is ready
+            return waiter.arrived() or poll_one(wake, timeout) or waiter.arrived()
         finally:
             with client.io:
                 waiter.others -= 1
