@@ -85,6 +85,7 @@ class Watched:
     def __init__(self, listener: Any) -> None:
         self.listener = listener
         self.got: list[bytes] = []
+        self.routes: list[Any] = []
         self.readers: set[str] = set()
         self.lock = threading.Lock()
         client = listener._link.client
@@ -102,6 +103,7 @@ class Watched:
             if item is None:
                 return
             with self.lock:
+                self.routes.append(item[0])
                 self.got.append(item[1])
 
     def count(self) -> int:
@@ -125,7 +127,7 @@ def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) 
             watched = Watched(listener)
             client = listener._link.client           # type: ignore[attr-defined]
             reactor.add_source(listener, watched.drain)
-            wait_until(lambda: client._watch.lent, DEADLINE, "the socket lent")
+            wait_until(lambda: client.watch.lent, DEADLINE, "the socket lent")
             connection = ends.connect(listener.address, Options())
             for i in range(50):
                 connection.send(seq(i))
@@ -136,15 +138,132 @@ def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) 
             again = ends.connect(listener.address, Options(send_timeout=20.0))
             again.send(b"after the restart")
             wait_until(lambda: watched.count() == 51, DEADLINE, "a frame after the restart")
-            assert watched.readers == {"lender"} and client._watch.lent
+            assert watched.readers == {"lender"} and client.watch.lent
             reactor.remove_source(listener)
-            assert not client._watch.lent
+            assert not client.watch.lent
             again.send(b"given back")
             assert listener.recv(DEADLINE)[1] == b"given back"
             assert watched.readers == {"lender", "posa-nats"}, watched.readers
             assert watched.got == [seq(i) for i in range(50)] + [b"after the restart"]
     finally:
         reactor.close()
+
+
+def reader_of(connection: Any) -> list[str]:
+    """The threads on which ``connection``'s subscription callback ran (appended)."""
+    client = connection._link.client
+    subject, callback = client._subs[connection._sub]
+    readers: list[str] = []
+
+    def reading(msg: Any) -> None:
+        readers.append(threading.current_thread().name)
+        callback(msg)
+
+    client._subs[connection._sub] = (subject, reading)
+    return readers
+
+
+def test_a_thread_waiting_for_its_connection_reads_the_socket_itself(tmp_path: Path) -> None:
+    """The socket is lent to a reactor; a thread waiting for a frame on a
+    connection of the same client reads the socket itself: the answer is read on
+    that thread, not handed over by the reactor's. Meanwhile it also reads what
+    comes for the listener, and the reactor, which does not read the socket
+    while the waiting thread does, still gets every frame of it (the waiting
+    thread wakes it); once the thread has its answer the reactor reads again."""
+    from posa.runtime.reactor import Reactor
+
+    reactor = Reactor("lender")
+    reactor.start()
+    try:
+        with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+            listener = ends.listen(lone.urls, Options())
+            watched = Watched(listener)
+            client = listener._link.client           # type: ignore[attr-defined]
+            reactor.add_source(listener, watched.drain)
+            wait_until(lambda: client.watch.lent, DEADLINE, "the socket lent")
+            asking, other = (ends.connect(listener.address, Options()) for _ in range(2))
+            asking.send(b"ask")
+            wait_until(lambda: watched.count() == 1, DEADLINE, "the question drained")
+            readers, woke = reader_of(asking), []
+            waiter = threading.Thread(target=lambda: woke.append(
+                asking.wait_readable(DEADLINE)), name="waiter")   # type: ignore[attr-defined]
+            waiter.start()
+            wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
+                       "the waiting thread reading the socket")
+            for i in range(20):
+                other.send(seq(i))
+            wait_until(lambda: watched.count() == 21, DEADLINE, "20 frames drained")
+            assert "waiter" in watched.readers, watched.readers
+            listener.send(watched.routes[0], b"answer")
+            waiter.join(DEADLINE)
+            assert woke == [True] and readers == ["waiter"], (woke, readers)
+            assert asking.recv_nowait() == b"answer" and not client.watch.reader
+            other.send(b"after")
+            wait_until(lambda: watched.count() == 22, DEADLINE, "a frame after")
+            assert watched.got[1:] == [seq(i) for i in range(20)] + [b"after"]
+    finally:
+        reactor.close()
+
+
+def test_a_callback_that_raises_on_a_waiting_thread_is_logged_not_raised_there(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A thread reading the socket for itself also runs other subscriptions'
+    callbacks; one that raises is logged, as on the loop's thread, and the
+    waiting thread goes on to get its own frame."""
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        listener = ends.listen(lone.urls, Options())
+        connection = ends.connect(listener.address, Options())
+        link = connection._link                     # type: ignore[attr-defined]
+        client = link.client
+
+        def broken(msg: Any) -> None:
+            raise RuntimeError("a broken callback")
+
+        link.subscribe("posa.test.broken", broken, DEADLINE)
+        connection.send(b"ask")
+        route, _ = listener.recv(DEADLINE)
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(
+            connection.wait_readable(DEADLINE)))    # type: ignore[attr-defined]
+        waiter.start()
+        wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
+                   "the waiting thread reading the socket")
+        link.control("posa.test.broken", b"boom")
+        wait_until(lambda: "a broken callback" in caplog.text, DEADLINE, "the error logged")
+        listener.send(route, b"answer")
+        waiter.join(DEADLINE)
+        assert woke == [True] and connection.recv_nowait() == b"answer"
+
+
+def test_a_thread_reading_for_its_connection_hears_the_link_lost_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread waits for a frame, reading the socket itself; the server is
+    SIGSTOPped, so nothing arrives and the ping lease, on the loop's thread,
+    gives the server up: the waiting thread wakes (long before its own timeout)
+    and the connection says why it ended."""
+    from posa.transport.nats import link
+
+    monkeypatch.setattr(link, "PING_INTERVAL", 0.5)
+    with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
+        server = lone.servers[0]
+        listener = ends.listen(lone.urls, Options())
+        connection = ends.connect(listener.address, Options())
+        client = connection._link.client            # type: ignore[attr-defined]
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(
+            connection.wait_readable(600.0)))       # type: ignore[attr-defined]
+        waiter.start()
+        wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
+                   "the waiting thread reading the socket")
+        server.signal(signal.SIGSTOP)
+        try:
+            waiter.join(DEADLINE)
+            assert woke == [True], "the waiting thread did not wake"
+            with pytest.raises(TransportError, match="PINGs went unanswered"):
+                connection.recv_nowait()
+        finally:
+            server.signal(signal.SIGCONT)
+            waiter.join(DEADLINE)
 
 
 def test_a_server_requiring_authentication_is_refused_saying_so(tmp_path: Path) -> None:

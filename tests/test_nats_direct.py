@@ -318,7 +318,7 @@ def test_a_busy_reactor_holding_the_socket_is_not_taken_for_a_silent_server() ->
     sock = Waiting()
     handler = Handler()
     client = bare(sock, handler)
-    client._watch.share = object()              # type: ignore[assignment]  # lent
+    client.watch.share = object()              # type: ignore[assignment]  # lent
     for _ in range(5):
         client._ping()
     assert client.connected and not handler.heard

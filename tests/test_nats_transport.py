@@ -320,6 +320,25 @@ def test_reassembly_refuses_gaps_repeats_and_oversize_frames() -> None:
         unpack(b"D")
 
 
+def test_the_fast_path_takes_only_a_whole_frame_due_next() -> None:
+    """``Reassembly.whole`` takes a DATA message due next with no chunk before it
+    and within the limit; anything else it leaves to ``feed``, untouched, so a
+    gap, a repeat, a chunk or an oversize frame is refused as before."""
+    inbound = Reassembly(limit=10)
+    assert inbound.whole(pack(DATA, 0, b"first")) == b"first"
+    assert inbound.whole(pack(DATA, 1, b"")) == b""
+    assert inbound.whole(pack(DATA, 3, b"skipped 2")) is None
+    assert inbound.whole(pack(DATA, 1, b"again")) is None
+    assert inbound.whole(pack(DATA, 2, b"x" * 11)) is None
+    assert inbound.whole(b"D") is None and inbound.whole(b"") is None
+    assert inbound.whole(pack(MORE, 2, b"part")) is None
+    assert inbound.feed(MORE, 2, b"part") is None
+    assert inbound.whole(pack(DATA, 3, b"rest")) is None      # a chunk waits
+    assert inbound.feed(DATA, 3, b"rest") == b"partrest"
+    with pytest.raises(Gap, match="dropped 1"):
+        inbound.feed(DATA, 5, b"x")
+
+
 def round_trip(ends: Endpoints, listener: Any) -> None:
     """A new connection to ``listener`` gets a frame there and its answer back."""
     again = ends.connect(listener.address, Options(send_timeout=20.0))

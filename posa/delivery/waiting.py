@@ -62,6 +62,11 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         time.sleep(max(0.0, timeout))
         return False
     try:
+        waits = _waits.get(conn.__class__, _UNKNOWN)
+        if waits is _UNKNOWN:
+            waits = _waits[conn.__class__] = getattr(conn.__class__, "wait_readable", None)
+        if waits is not None:       # it waits itself (nats://: reading its socket)
+            return bool(waits(conn, timeout))
         fd = conn.fileno()
         if _poll is None:
             return bool(select.select([fd], [], [], timeout)[0])
@@ -81,6 +86,8 @@ def readable(conn: Connection | None, timeout: float) -> bool:
 
 
 _poll = getattr(select, "poll", None)
+_waits: dict[type, Any] = {}    # a connection class's own ``wait_readable``, if any
+_UNKNOWN = object()
 _local = threading.local()
 _KEEP = 64          # poll objects kept per thread (one per descriptor number)
 _POLLIN = getattr(select, "POLLIN", 1)

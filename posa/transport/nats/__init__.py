@@ -24,7 +24,9 @@ Strategy
   an eventfd, which is the endpoint's ``fileno()``: the reactor polls it like any
   other descriptor (``posa.transport.inproc.receiver`` is the same machinery). A
   listener attached to a reactor lends it the socket (``polling``): the reactor
-  reads, parses and drains in one turn of its own, with no hand-off.
+  reads, parses and drains in one turn of its own, with no hand-off. A thread
+  waiting for a frame on a connection (``wait_readable``) reads the socket itself
+  meanwhile (``reading``): an answer is read by the thread that waits for it.
 - NATS core delivers at most once; posa's streams deliver exactly once on top. The
   transport keeps its own promise, in order, whole or not at all, per connection, by
   numbering messages: a gap (a slow consumer, a server gone) ends the connection,
@@ -37,6 +39,7 @@ Strategy
     posa.transport.nats.dialing     the failover order; dialling without blocking
     posa.transport.nats.client      one socket to a server of the cluster
     posa.transport.nats.polling     the socket in the loop's poller or lent to a reactor's
+    posa.transport.nats.reading     a waiting thread reads the socket itself
     posa.transport.nats.link        the shared client and the pump
     posa.transport.nats.listener    NatsListener
     posa.transport.nats.connection  NatsConnection

@@ -29,7 +29,7 @@ from posa.errors import ProtocolError, TransportError
 from posa.transport.nats import protocol
 from posa.transport.nats.dialing import Servers, dial
 from posa.transport.nats.loop import Loop, Timer, pid
-from posa.transport.nats.polling import Watch
+from posa.transport.nats.polling import Lender, Watch
 from posa.transport.nats.protocol import INFO, MSG, PING, PING_CMD, PONG, Msg, Parser
 from posa.transport.poller import READ, WRITE, PollerType, readable, writable
 
@@ -70,7 +70,7 @@ class Client:
         self._out = bytearray()          # what the socket has not taken (under lock)
         self._writing = False            # WRITE is in the socket's poller mask
         self._parser = Parser()
-        self._watch = Watch(loop, self._on_event)
+        self.watch = Watch(loop, self._event, self.io)
         self._subs: dict[int, tuple[str, Callable[[Msg], None]]] = {}
         self._sids = itertools.count(1)
         self._pongs: deque[Callable[[], None] | None] = deque()   # one per PING out
@@ -151,22 +151,22 @@ class Client:
     def _watch_writes(self, sock: socket.socket | None) -> None:
         with self.io:
             if sock is not None and sock is self.sock and self._writing:
-                self._watch.set_mask(sock, READ | WRITE)
+                self.watch.set_mask(sock, READ | WRITE)
 
     # -- lending the socket to a reactor (posa.transport.nats.polling) -------------------
-    def lend(self, share: PollerType, lender: object) -> bool:
+    def lend(self, share: PollerType, lender: Lender) -> bool:
         """Have the socket polled in ``share`` (a reactor's) until ``reclaim``;
         False if it is lent already (or in a forked child)."""
         with self.io:
-            return not self.closed and self.pid == pid() and self._watch.lend(share, lender)
+            return not self.closed and self.pid == pid() and self.watch.lend(share, lender)
 
     def reclaim(self, lender: object) -> None:
         with self.io:
-            self._watch.reclaim(lender)
+            self.watch.reclaim(lender)
 
     def serve(self, fd: int, mask: int) -> None:
         with self.io:
-            self._watch.serve(fd, mask)
+            self.watch.serve(fd, mask)
 
     def _defer(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop (now, if this is its thread)."""
@@ -221,7 +221,7 @@ class Client:
         with self.io:
             self.sock = sock
             self._parser = Parser()
-            self._watch.add(sock, READ)
+            self.watch.add(sock, READ)
         self._handshake = self.loop.call_later(
             CONNECT_TIMEOUT, lambda: self._lose(sock, "no INFO within "
                                                 f"{CONNECT_TIMEOUT} s"))
@@ -259,7 +259,7 @@ class Client:
         sock = self.sock
         if not self.connected or sock is None:
             return
-        if self._pings_out >= MAX_PINGS_OUT and not self._watch.unread(sock):
+        if self._pings_out >= MAX_PINGS_OUT and not self.watch.unread(sock):
             self._lose(sock, f"{self._pings_out} PINGs went unanswered")
             return
         self._pings_out += 1
@@ -270,19 +270,16 @@ class Client:
         self._lease = self.loop.call_later(self.ping_interval, self._ping)
 
     # -- the socket's events (the loop) -------------------------------------------------
-    def _on_event(self, sock: socket.socket, mask: int) -> None:
-        with self.io:
-            self._event(sock, mask)
-
     def _event(self, sock: socket.socket, mask: int) -> None:
+        """An event of the socket (the caller holds ``io``)."""
         if sock is not self.sock:
             return
         if readable(mask):
-            self._read(sock)
+            self.read(sock)
         if writable(mask) and sock is self.sock:
             self._writable(sock)
 
-    def _read(self, sock: socket.socket) -> None:
+    def read(self, sock: socket.socket) -> None:
         for _ in range(64):              # then the loop's other sockets get a turn
             try:
                 data = sock.recv(READ_SIZE)
@@ -340,7 +337,7 @@ class Client:
             self.flush_locked()
             idle = not self._out
         if idle:
-            self._watch.set_mask(sock, READ)
+            self.watch.set_mask(sock, READ)
             self._defer(self.handler.drained)
 
     def _lose(self, sock: socket.socket, why: str) -> None:
@@ -360,7 +357,7 @@ class Client:
         for timer in (self._lease, self._handshake):
             if timer is not None:
                 timer.cancel()
-        self._watch.remove(sock)
+        self.watch.remove(sock)
         sock.close()
         if was:
             self.handler.lost(f"the NATS server {self.server} went away ({why}); "
@@ -391,6 +388,6 @@ class Client:
                 if timer is not None:
                     timer.cancel()
             if sock is not None:
-                self._watch.remove(sock)
+                self.watch.remove(sock)
                 sock.close()
 

@@ -22,6 +22,7 @@ from posa.errors import Closed, TransportError
 from posa.transport.base import Options
 from posa.transport.inproc.receiver import Receiver, as_frame
 from posa.transport.nats import link as links
+from posa.transport.nats import reading
 from posa.transport.nats.address import NatsAddress
 from posa.transport.nats.listener import SLOW_FACTOR
 from posa.transport.nats.protocol import Msg
@@ -41,6 +42,7 @@ from posa.transport.nats.wire import (
 
 __all__ = ["NatsConnection", "HELLO_PATIENCE"]
 
+_get_ident = threading.get_ident
 HELLO_PATIENCE = 2.0     # s a HELLO is repeated while nobody listens on the subject
 _NO_RESPONDERS = "503"
 
@@ -56,6 +58,8 @@ class NatsConnection(Receiver[bytes]):
         self._answered = threading.Event()      # the HELLO's answer came
         self._answer: Exception | None = None   # None: WELCOME
         self._starting = True
+        self.reading = 0                        # see posa.transport.nats.reading
+        self.others = 0
         self._inbound = Reassembly(options.max_frame_size)
         self._limit = SLOW_FACTOR * options.high_water_mark
         timeout = options.send_timeout or 10.0
@@ -105,31 +109,40 @@ class NatsConnection(Receiver[bytes]):
     # -- the thread that reads the client's socket ------------------------------------------
 
     def _on_msg(self, msg: Msg) -> None:
+        frame = None if msg.status else self._inbound.whole(msg.data)
+        if frame is None:
+            frame = self._unusual(msg)
+            if frame is None:
+                return
+        if self._gone is not None:
+            return
+        if len(self._ready) >= self._limit:
+            self._end(f"{self._limit} frames from the listener were waiting unread "
+                      "(a slow consumer): this one is not delivered")
+            return
+        self._ready.append(frame)
+        if not self._signalled and (self.others or self.reading != _get_ident()):
+            self._signal()      # not for a thread that reads for itself alone
+        if self._readers:
+            self._readers.wake_one()
+
+    def _unusual(self, msg: Msg) -> bytes | None:
+        """What ``whole`` does not take: a status, a chunk, a control message,
+        garbage, a gap; the frame it completes, if any."""
         if msg.status == _NO_RESPONDERS:
             self._fail(_NoListener(), "the nats listener is gone: nobody subscribes "
                        "to its subject any more")
-            return
+            return None
         try:
             kind, seq, body = unpack(msg.data)
         except ValueError as exc:
             self._end(f"the listener sent what posa does not send: {exc}")
-            return
+            return None
         if kind in (DATA, MORE):
             try:
-                frame = self._inbound.feed(kind, seq, body)
+                return self._inbound.feed(kind, seq, body)
             except (Gap, Oversize) as exc:
                 self._end(f"frames from the listener were lost: {exc}")
-                return
-            if frame is not None and self._gone is None:
-                if len(self._ready) >= self._limit:
-                    self._end(f"{self._limit} frames from the listener were waiting unread "
-                              "(a slow consumer): this one is not delivered")
-                    return
-                self._ready.append(frame)
-                if not self._signalled:
-                    self._signal()
-                if self._readers:
-                    self._readers.wake_one()
         elif kind == WELCOME:
             if self._starting and not self._answered.is_set():
                 self._answer = None
@@ -137,6 +150,7 @@ class NatsConnection(Receiver[bytes]):
         elif kind == RESET:
             why = body.decode("utf-8", "replace")
             self._fail(TransportError(why), why)
+        return None
 
     def _fail(self, exc: Exception, why: str) -> None:
         if self._starting:
@@ -210,6 +224,22 @@ class NatsConnection(Receiver[bytes]):
             except IndexError:
                 raise TransportError(self._gone) from None
         return None
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until ``recv_nowait`` may return a frame (or
+        raise): what a blocking driver calls instead of polling ``fileno()``.
+        The thread reads the client's socket itself unless another thread does
+        (``posa.transport.nats.reading``)."""
+        if self._ready or self._gone is not None or self._closed:
+            return True
+        return reading.wait(self._link.client, self, timeout)
+
+    def arrived(self) -> bool:
+        """A frame is ready, or the connection is over (the descriptor drained)."""
+        if self._ready or self._gone is not None or self._closed:
+            return True
+        return self._signalled and self._unsignal() and (
+            bool(self._ready) or self._gone is not None)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame from the listener. Raises ``Timeout``,

@@ -47,6 +47,7 @@ __all__ = ["Endpoint", "Outbound", "Link", "acquire", "release", "new_inbox"]
 PING_INTERVAL = 5        # s; two unanswered pings and a silent server is given up
 BATCH = 1 << 20          # bytes the pump queues before it writes them
 CLOSE_GRACE = 2.0        # s a closing link waits for its server to take what it holds
+_HEADER, _pack = HEADER.size, HEADER.pack
 
 
 class Endpoint(Protocol):
@@ -56,10 +57,11 @@ class Endpoint(Protocol):
 class Outbound:
     """One direction of one connection, as its sender sees it."""
 
-    __slots__ = ("subject", "reply", "seq", "frames", "blocked", "low", "owner")
+    __slots__ = ("subject", "reply", "head", "seq", "frames", "blocked", "low", "owner")
 
     def __init__(self, subject: str, reply: str, hwm: int, owner: Endpoint) -> None:
         self.subject, self.reply, self.owner = subject, reply, owner
+        self.head = protocol.pub_head(subject, reply)   # its PUB line, but the size
         self.seq = 0                        # under the link writer's lock
         self.frames: deque[bytes] = deque()
         self.blocked = Sleepers()           # senders held by the high-water mark
@@ -122,11 +124,11 @@ class Link:
 
     def put(self, out: Outbound, frame: bytes) -> None:
         client = self.client
-        if client.connected and not self.queue and len(frame) <= self.room:
+        size = _HEADER + len(frame)
+        if client.connected and not self.queue and size <= client.max_payload:   # (``room``)
             with client.lock:
-                if not self.queue and not self._waiting and client.send_locked(b"".join((
-                        protocol.pub(out.subject, out.reply, HEADER.size + len(frame)),
-                        HEADER.pack(DATA, out.seq), frame, CRLF))):
+                if not self.queue and not self._waiting and client.send_locked(
+                        b"%s%d\r\n%s%s\r\n" % (out.head, size, _pack(DATA, out.seq), frame)):
                     out.seq += 1
                     return
         out.frames.append(frame)
@@ -184,8 +186,8 @@ class Link:
         room = self.room
         for kind, body in chunks(frame, room):
             out.seq = seq + 1
-            client.queue_locked(protocol.pub(out.subject, out.reply, HEADER.size + len(body)),
-                                HEADER.pack(kind, seq), body, CRLF)
+            client.queue_locked(b"%s%d\r\n%s" % (out.head, HEADER.size + len(body),
+                                                  HEADER.pack(kind, seq)), body, CRLF)
             seq += 1
 
     # -- the client's events (the loop) ---------------------------------------------------

@@ -48,6 +48,7 @@ from posa.transport.poller import PollerType
 __all__ = ["NatsListener", "SLOW_FACTOR"]
 
 SLOW_FACTOR = 16
+_monotonic = time.monotonic
 _WELCOME = pack(WELCOME, 0)
 
 
@@ -91,35 +92,43 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
 
     def _on_msg(self, msg: Msg) -> None:
         route = msg.reply
+        state = self._routes.get(route)
+        if state is None:
+            self._unusual(msg, route, None)
+            return
+        frame = state.inbound.whole(msg.data)
+        if frame is None:
+            frame = self._unusual(msg, route, state)
+            if frame is None:
+                return
+        state.seen = _monotonic()
+        if len(self._ready) >= self._limit:
+            self._drop(route, "slow-consumer", f"{self._limit} frames were waiting "
+                       "unread (a slow consumer): this frame is not delivered")
+            return
+        self._ready.append((route, frame))
+        if not self._signalled:
+            self._signal()
+        if self._readers:
+            self._readers.wake_one()
+
+    def _unusual(self, msg: Msg, route: str, state: _Route | None) -> bytes | None:
+        """What ``whole`` does not take: a chunk, a control message, garbage, a
+        gap; the frame it completes, if any."""
         try:
             kind, seq, body = unpack(msg.data)
         except ValueError as exc:
             self.rejections["garbage"] += 1
             if route:
                 self._drop(route, None, f"it sent what posa does not send: {exc}")
-            return
-        state = self._routes.get(route)
+            return None
         if kind in (DATA, MORE) and state is not None:
             try:
-                frame = state.inbound.feed(kind, seq, body)
+                return state.inbound.feed(kind, seq, body)
             except Oversize as exc:
                 self._drop(route, "oversize", f"it sent {exc}")
-                return
             except Gap as exc:
                 self._drop(route, "gap", str(exc))
-                return
-            if frame is None:
-                return
-            state.seen = time.monotonic()
-            if len(self._ready) >= self._limit:
-                self._drop(route, "slow-consumer", f"{self._limit} frames were waiting "
-                           "unread (a slow consumer): this frame is not delivered")
-                return
-            self._ready.append((route, frame))
-            if not self._signalled:
-                self._signal()
-            if self._readers:
-                self._readers.wake_one()
         elif kind == HELLO and route and not self._closed:
             self._hello(route)
         elif kind == CLOSE:
@@ -127,6 +136,7 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
         elif route and kind in (DATA, MORE):
             self._link.control(route, pack(RESET, 0, b"the listener has no such "
                                            b"connection (dropped, or restarted)"))
+        return None
 
     def _hello(self, route: str) -> None:
         if route not in self._routes:

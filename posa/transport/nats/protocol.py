@@ -24,7 +24,7 @@ from typing import Any
 from posa.errors import ProtocolError
 
 __all__ = ["INFO", "MSG", "PING", "PONG", "OK", "ERR", "Msg", "Parser", "MAX_CONTROL",
-           "connect", "sub", "unsub", "pub", "PING_CMD", "PONG_CMD", "CRLF"]
+           "connect", "sub", "unsub", "pub", "pub_head", "PING_CMD", "PONG_CMD", "CRLF"]
 
 INFO, MSG, PING, PONG, OK, ERR = range(6)
 MAX_CONTROL = 4096          # bytes of a control line, CRLF included
@@ -91,15 +91,19 @@ class Parser:
             buf = data
         events: list[Event] = []
         pos = self._need = 0
+        size = len(buf)
         try:
-            for _ in range(len(buf) + 1):       # each turn consumes at least 3 bytes
+            while pos < size:                   # each turn consumes at least 3 bytes
                 end = buf.find(CRLF, pos, pos + MAX_CONTROL)
                 if end < 0:
-                    if len(buf) - pos >= MAX_CONTROL:
+                    if size - pos >= MAX_CONTROL:
                         raise ProtocolError(f"a control line of over {MAX_CONTROL} bytes "
                                             f"from the NATS server: {buf[pos:pos + 40]!r}")
                     break
-                consumed = self._command(buf, pos, end, events)
+                if buf.startswith(b"MSG ", pos):       # the common case, first
+                    consumed = self._message(buf, end + 2, False, buf[pos + 4:end], events)
+                else:
+                    consumed = self._command(buf, pos, end, events)
                 if consumed < 0:
                     self._need = -consumed - pos
                     break
@@ -108,9 +112,9 @@ class Parser:
             self._failed = str(exc)
             self._have = self._need = 0
             raise
-        if pos < len(buf):
+        if pos < size:
             self._parts.append(buf[pos:] if pos else buf)
-            self._have = len(buf) - pos
+            self._have = size - pos
         else:
             self._have = self._need = 0
         return events
@@ -139,24 +143,32 @@ class Parser:
     def _message(self, buf: bytes, start: int, headers: bool, rest: bytes,
                  events: list[Event]) -> int:
         args = rest.split()
-        if len(args) not in ((4, 5) if headers else (3, 4)):
+        count = len(args) - headers
+        if count != 3 and count != 4:       # (no tuple to build per message)
             raise ProtocolError(f"the NATS server sent a {'H' if headers else ''}MSG "
                                 f"with arguments {rest[:80]!r}")
-        size = _number(args[-1], "a message size")
-        head = _number(args[-2], "a header size") if headers else 0
-        if head > size:
-            raise ProtocolError(f"an HMSG's headers ({head} bytes) exceed its size {size}")
-        reply = args[2] if len(args) == 4 + headers else b""
-        stop = start + size
+        token = args[-1]
+        if not token.isdigit() or len(token) > 18:      # (``_number``, inline)
+            _number(token, "a message size")
+        stop = start + int(token)
         if len(buf) < stop + 2:
             return -(stop + 2)
         if buf[stop:stop + 2] != CRLF:
-            raise ProtocolError(f"a message of {size} bytes from the NATS server is not "
-                                "followed by CRLF")
-        status = _status(buf[start:start + head]) if headers else ""
+            raise ProtocolError(f"a message of {stop - start} bytes from the NATS server "
+                                "is not followed by CRLF")
+        if headers:
+            head = _number(args[-2], "a header size")
+            if head > stop - start:
+                raise ProtocolError(f"an HMSG's headers ({head} bytes) exceed its size "
+                                    f"{stop - start}")
+            status = _status(buf[start:start + head])
+        else:
+            head, status = 0, ""
+        sid = args[1]
         events.append((MSG, Msg(args[0].decode("utf-8", "replace"),
-                                _number(args[1], "a subscription id"),
-                                reply.decode("utf-8", "replace"),
+                                int(sid) if sid.isdigit() and len(sid) < 19 else
+                                _number(sid, "a subscription id"),
+                                args[2].decode("utf-8", "replace") if count == 4 else "",
                                 buf[start + head:stop], status)))
         return stop + 2
 
@@ -190,3 +202,8 @@ def unsub(sid: int) -> bytes:
 def pub(subject: str, reply: str, size: int) -> bytes:
     """The PUB line of a message of ``size`` bytes (the payload and CRLF follow)."""
     return b"PUB %s %s %d\r\n" % (subject.encode(), reply.encode(), size)
+
+
+def pub_head(subject: str, reply: str) -> bytes:
+    """The PUB line up to the size: made once per subject, not once per message."""
+    return b"PUB %s %s " % (subject.encode(), reply.encode())

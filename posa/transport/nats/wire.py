@@ -27,6 +27,8 @@ __all__ = ["HEADER", "DATA", "MORE", "HELLO", "WELCOME", "RESET", "CLOSE", "KIND
 HEADER = struct.Struct(">BQ")
 DATA, MORE, HELLO, WELCOME, RESET, CLOSE = b"DMHWRC"
 KINDS = frozenset((DATA, MORE, HELLO, WELCOME, RESET, CLOSE))
+_DATA = bytes((DATA,))
+_seq = struct.Struct(">Q").unpack_from
 
 
 def pack(kind: int, seq: int, body: bytes = b"") -> bytes:
@@ -74,6 +76,16 @@ class Reassembly:
         self.limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+
+    def whole(self, payload: bytes) -> bytes | None:
+        """The frame ``payload`` carries if it is the DATA message due next, with
+        no chunk before it and within the limit (the common case, checked
+        first); else ``None``: ``unpack`` and ``feed`` say what it is."""
+        if payload[:1] != _DATA or self._parts or len(payload) - HEADER.size > self.limit \
+                or len(payload) < HEADER.size or _seq(payload, 1)[0] != self.expected:
+            return None
+        self.expected += 1
+        return payload[HEADER.size:]
 
     def feed(self, kind: int, seq: int, body: bytes) -> bytes | None:
         """The frame ``body`` completes, or ``None`` while chunks are missing.
