@@ -167,7 +167,7 @@ class Client:
         fwd = client.sender.forwarder()
         awaited = Awaited()     # the hub wakes the task for its reply only
 
-        def awaiting(key: Key | None) -> None:
+        def awaiting(key: Key) -> None:
             awaited.key = key
         return await drive(client.call_steps(service, body, timeout=timeout,
                                              awaiting=awaiting), fwd, awaited)

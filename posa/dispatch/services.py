@@ -152,12 +152,12 @@ class Client:
         return drive(fwd.lock, self.call_steps(service, body, timeout=timeout))
 
     def call_steps(self, service: str, body: Any = None, *, timeout: float | None = None,
-                   awaiting: Callable[[tuple[str, int] | None], None] | None = None
+                   awaiting: Callable[[tuple[str, int]], None] = lambda key: None
                    ) -> Generator[tuple[Connection | None, float], bool, Any]:
         """``call`` as protocol steps (``posa.delivery.waiting``): ``call`` drives
         them with ``poll``, ``posa.aio.Client`` with the event loop. ``awaiting``
-        is told the key ``(server, id)`` of the reply each wait is for (None: a
-        wait for anything), so that a driver wakes the steps for that reply only.
+        is told the key ``(server, id)`` of the reply the waits that follow are
+        for, so that a driver wakes the steps for that reply only.
 
         A request goes to one server and is waited for until the call's deadline
         while that server shows it is alive: it acknowledged the request and
@@ -190,15 +190,12 @@ class Client:
                 if seq is None:
                     seq = sent[server] = fwd.send_request(
                         server, body, deadline, send_within=self.attempt_timeout)
-                if awaiting is not None:
-                    awaiting((server, seq))
+                awaiting((server, seq))
                 reply: Message = yield from fwd.reply_steps(
                     server, seq, deadline, failfast=True, stall=self.attempt_timeout)
                 return reply.body
             except (TransportError, NameNotFound, Rejected, Timeout) as exc:
                 last = exc      # (a Timeout here: the send gave up within the attempt)
-            if awaiting is not None:
-                awaiting(None)
             if not fwd.knows(server):   # the request was given up with the connection
                 sent.pop(server, None)
             failed.append(server)
