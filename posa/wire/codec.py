@@ -153,6 +153,26 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
+def _shallow(headers: dict[str, Any], body: Any) -> bool:
+    """True if no value of ``headers`` and no item of ``body`` is a container: the
+    envelope then nests at most three deep (itself, the headers or the body, an
+    item), which settles the depth bound of most envelopes without the byte
+    count (a translate of the whole frame: ~3.5k instructions at 150 bytes)."""
+    for value in headers.values():
+        if type(value) is dict or type(value) is list:
+            return False
+    if type(body) is dict:
+        items: Any = body.values()
+    elif type(body) is list:
+        items = body
+    else:
+        return True
+    for item in items:
+        if type(item) is dict or type(item) is list:
+            return False
+    return True
+
+
 def _within(obj: Any, budget: int) -> bool:
     """True if ``obj`` nests at most ``budget`` containers deep; flat containers
     (the common case) are settled without the full walk."""
@@ -319,7 +339,8 @@ class Codec:
                 and type(headers) is dict):
             raise ProtocolError(_what_is_wrong(fields, name_len))
         depth = limits.max_depth
-        if size > depth and kind != _BATCH and (size > _WALK_ABOVE or size - len(
+        if size > depth and kind != _BATCH and not (depth >= 3 and _shallow(headers, body)) \
+                and (size > _WALK_ABOVE or size - len(
                 bytes(data).translate(None, _CONTAINER_BYTES)) > depth) \
                 and _depth(fields) > depth:
             raise _too_deep(depth)
