@@ -75,14 +75,14 @@ class Requests:
     """Open requests, cached answers and idempotency keys of one peer."""
 
     def __init__(self, name: str, recipients: frozenset[str], *, pack: Pack,
-                 seal: Callable[[bytes], bytes], max_replies: int = 1024,
+                 seal: Callable[[bytes], bytes] | None, max_replies: int = 1024,
                  max_reply_bytes: int = 64 * 1024 * 1024, max_open: int = 65536,
                  max_keys: int = 65536, max_key_bytes: int = 16 * 1024 * 1024,
                  progress_every: float = PROGRESS_EVERY) -> None:
         self.name = name
         self.recipients = recipients
         self._pack = pack
-        self._seal = seal
+        self._seal = seal             # None: answers go unsealed
         self.max_replies = max_replies
         self.max_reply_bytes = max_reply_bytes
         self.max_open = max_open
@@ -156,9 +156,10 @@ class Requests:
             if record.quiet_since <= due:
                 record.quiet_since = now
                 endpoint, route = record.route
-                out.append((endpoint, route, self._seal(self._pack(
-                    _PROGRESS, 0, 0, record.recipient, sender, record.id, _NO_HEADERS,
-                    None))))
+                frame = self._pack(_PROGRESS, 0, 0, record.recipient, sender, record.id,
+                                   _NO_HEADERS, None)
+                out.append((endpoint, route, frame if self._seal is None
+                             else self._seal(frame)))
         return out
 
     # -- answering -------------------------------------------------------------
@@ -197,12 +198,14 @@ class Requests:
         """The answer's kind and frame (sealed): an answer that cannot be encoded
         becomes an ERROR saying why. Nothing is kept (``answer`` keeps it)."""
         me = msg.recipient if msg.recipient in self.recipients else self.name
+        seal = self._seal
         try:
-            return kind, self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id,
-                                               _NO_HEADERS, body))
+            frame = self._pack(kind, 0, 0, me, msg.sender, msg.id, _NO_HEADERS, body)
+            return kind, frame if seal is None else seal(frame)
         except ProtocolError as exc:        # the requester is told why, at once
-            return _ERROR, self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
-                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
+            frame = self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
+                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"])
+            return _ERROR, frame if seal is None else seal(frame)
 
     def _answer_one(self, msg: Message, kind: int, body: Any
                     ) -> tuple[Any, Hashable, bytes, Key | None]:
