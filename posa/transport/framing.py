@@ -51,6 +51,7 @@ HEADER_SIZE = 4
 MAX_LENGTH = 0xFFFF_FFFF          # the largest length a u32 prefix can carry
 
 _HEADER = struct.Struct(">I")
+_unpack_length = _HEADER.unpack_from     # (the length at the head of a buffer)
 _GREETING_FIELDS = struct.Struct(">4sHH")
 _JOIN_LIMIT = 64 * 1024      # frames up to this size are copied behind their header
 _WRITE_SIZE = 256 * 1024     # SendQueue.head() joins small frames up to this size
@@ -130,6 +131,10 @@ class FrameDecoder:
 
         ``data`` is copied: a caller may reuse its buffer once this returns.
         Raises ``ProtocolError`` if the stream is not a valid posa tcp stream."""
+        if not self._parts and self._greeted and self.failure is None and len(data) >= 4:
+            (size,) = _unpack_length(data)      # the common read: exactly one frame
+            if size + 4 == len(data) and size <= self.max_frame_size:
+                return [bytes(data[4:])]
         if self.failure is not None:
             raise ProtocolError(self._error)
         if not data:

@@ -331,12 +331,12 @@ class Codec:
                                 "(see docs/protocol.md)")
         version, kind, stream, id, sender, recipient, correlation, headers, body = fields
         name_len = limits.max_name_len
-        if not (version == VERSION and type(kind) is int and kind in _KINDS
-                and type(stream) is int and type(id) is int and type(correlation) is int
-                and stream >= 0 and id >= 0 and correlation >= 0
-                and type(sender) is str and type(recipient) is str
-                and len(sender) <= name_len and len(recipient) <= name_len
-                and type(headers) is dict):
+        # the types in one comparison, the three numbers' signs in one: fewer steps
+        if not ((type(kind), type(stream), type(id), type(correlation), type(sender),
+                 type(recipient), type(headers)) == _FIELD_TYPES
+                and version == VERSION and kind in _KINDS
+                and stream | id | correlation >= 0
+                and len(sender) <= name_len and len(recipient) <= name_len):
             raise ProtocolError(_what_is_wrong(fields, name_len))
         depth = limits.max_depth
         if size > depth and kind != _BATCH and not (depth >= 3 and _shallow(headers, body)) \
@@ -372,6 +372,7 @@ def error_fields(body: Any) -> tuple[int, str, str]:
 
 
 _new_message = object.__new__
+_FIELD_TYPES = (int, int, int, int, str, str, dict)   # kind .. headers, as decode checks
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
 
