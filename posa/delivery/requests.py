@@ -45,6 +45,7 @@ _REPLY, _ERROR, _PROGRESS = Kind.REPLY, Kind.ERROR, Kind.PROGRESS
 _NO_HEADERS: dict[str, Any] = {}   # packed for answers (they carry none); never changed
 _REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 _REJECTED = code_of(Rejected(""))
+_new = object.__new__
 
 
 class Open:
@@ -107,8 +108,10 @@ class Requests:
             msg.deadline = now + ttl / 1000.0
         if msg.stream:
             opened = self.open
-            opened[(msg.sender, msg.stream, msg.id)] = Open(msg.route, now, msg.recipient,
-                                                            msg.id)
+            record = _new(Open)      # (``Open(...)`` without its __init__ frame)
+            record.route, record.quiet_since = msg.route, now
+            record.recipient, record.id = msg.recipient, msg.id
+            opened[(msg.sender, msg.stream, msg.id)] = record
             if len(opened) > self.max_open:     # handlers that never answer: forget the oldest
                 del opened[next(iter(opened))]
 

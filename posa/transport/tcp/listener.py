@@ -272,6 +272,9 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         elif owner is _WAKE:
             self._drain_wake()
         elif owner is not None:     # (None: dropped earlier in this round)
+            if mask == READ:        # input alone, the common event: no calls to tell
+                self._read(owner)
+                return
             if writable(mask):
                 self._flush(owner)
             if readable(mask) and owner.route in self._peers:
