@@ -276,8 +276,9 @@ class Intake:
         observe, deadline = self.observe, msg.deadline
         if observe is not None and deadline is not None:   # arrival = deadline - ttl
             observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
-        answers = self.receiver.requests.answer(msg, kind, body)
-        if self.reactor.in_reactor_thread():
+        here = self.reactor.in_reactor_thread()
+        answers = self.receiver.requests.answer(msg, kind, body, here)
+        if here:
             if self._held is None:      # (send_back's first case, without the call)
                 self._send_each(answers)
             else:

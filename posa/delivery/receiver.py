@@ -118,6 +118,7 @@ class Receiver(Inbound):
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.requests = Requests(name, self.recipients, pack=self._pack, seal=seal,
+                                 pack_here=self._pack_here,
                                  max_replies=max_replies, max_reply_bytes=max_reply_bytes,
                                  max_open=max_open, progress_every=progress_every)
         self.max_routes = max_routes
