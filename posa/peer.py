@@ -155,9 +155,9 @@ class Peer:
 
         Raises ``Timeout``, ``NameNotFound``, or the error the handler raised
         (``RemoteError`` for exceptions that are not posa's)."""
-        if is_pattern(name):
+        if (type(name) is not str or "*" in name) and is_pattern(name):  # (no call
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
-                              "use send() for groups")
+                              "use send() for groups")                   # for a name)
         return self.sender.forwarder().request(name, body, timeout=timeout,
                                                headers=headers).body
 

@@ -241,6 +241,8 @@ class Requests:
             if size <= most:
                 replies[key] = frame
                 kept += size
-            while replies and (len(replies) > self.max_replies or kept > most):
+            if len(replies) > self.max_replies:     # a full cache: one in, one out
+                kept -= len(replies.popitem(last=False)[1])
+            while kept > most and replies:
                 kept -= len(replies.popitem(last=False)[1])
             self.reply_bytes = kept

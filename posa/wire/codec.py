@@ -132,6 +132,7 @@ class Message:
 # exceed the limit; above ``_WALK_ABOVE`` bytes the walk alone, cheaper than the count.
 _CONTAINER_BYTES = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
 _WALK_ABOVE = 8192
+_CONTAINERS = frozenset((dict, list))   # what msgpack decodes a map and an array to
 
 
 def _depth(obj: Any) -> int:
@@ -159,16 +160,17 @@ def _shallow(headers: dict[str, Any], body: Any) -> bool:
     item), which settles the depth bound of most envelopes without the byte
     count (a translate of the whole frame: ~3.5k instructions at 150 bytes)."""
     for value in headers.values():
-        if type(value) is dict or type(value) is list:
+        if type(value) in _CONTAINERS:
             return False
-    if type(body) is dict:
+    kind = type(body)
+    if kind is dict:
         items: Any = body.values()
-    elif type(body) is list:
+    elif kind is list:
         items = body
     else:
         return True
     for item in items:  # noqa: SIM110 (all() of a generator: a frame per item)
-        if type(item) is dict or type(item) is list:
+        if type(item) in _CONTAINERS:
             return False
     return True
 
