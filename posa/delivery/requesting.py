@@ -124,13 +124,11 @@ class Requesting:
         may have moved) every ``ack_timeout`` s.  With ``stall``, a recipient that
         has not acknowledged the request, nor said it is still handling it
         (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
-        ``TransportError``, like a connection lost with ``failfast``.  ``since``:
-        when the request was sent, if the caller knows (the clock is then first
-        read after the first wait, and only if no reply came)."""
+        ``TransportError``, like a connection lost with ``failfast``.  ``since``: when
+        it was sent, if known (the clock is first read after the first wait)."""
         key = (name, seq)
         target = self._targets[name]
-        heard = _monotonic() if since is None else since
-        now: float | None = heard
+        now: float | None = (heard := _monotonic() if since is None else since)
         acked = False
         while True:
             reply = self._replies.pop(key, None)
@@ -161,16 +159,20 @@ class Requesting:
                 frame = None if key in self._replies else conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
-                    self._links.drop(target.address)
-                    self._drop_target(name)
-                    raise TransportError(f"lost the connection to {name!r} at "
-                                         f"{target.address} while waiting for a reply: "
-                                         f"{exc}") from None
+                    raise self._lost(name, target, exc) from None
                 yield from self._recover_steps(target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
+
+    def _lost(self, name: str, target: Target, exc: TransportError) -> TransportError:
+        """With ``failfast``: ``target``'s connection broke while a reply was awaited;
+        it is dropped (the caller fails over) and this is the error to raise."""
+        self._links.drop(target.address)
+        self._drop_target(name)
+        return TransportError(f"lost the connection to {name!r} at {target.address} "
+                              f"while waiting for a reply: {exc}")
 
     def _unheard(self, target: Target, seq: int, quiet: int) -> bool:
         """After a wait for the reply to ``seq`` ran out: True if it is to be
