@@ -49,10 +49,6 @@ _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERRO
 _monotonic = time.monotonic
 
 
-def _unsealed(frame: bytes) -> bytes:
-    return frame
-
-
 def _default_listen(name: str, registry: Registry) -> str:
     """In-process beside an embedded registry; else the registry's ``default_listen``
     (a LAN registry's: every interface), or loopback tcp, the fastest remote transport."""
@@ -79,13 +75,13 @@ class Peer:
         self.codec = Codec(limits)
         self.authenticator = authenticator
         self.gatekeeper = gatekeeper or Gatekeeper(self.codec, authenticator=authenticator)
-        self._seal = authenticator.seal if authenticator is not None else _unsealed
+        seal = authenticator.seal if authenticator is not None else None
         self.options = self.codec.limits.options(options)
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
         self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
         self._inbox = Inbox(inbox_size)
-        self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=self._seal,
+        self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=seal,
                                   unbatch=self.gatekeeper.unbatch,
                                   rejections=self.gatekeeper.rejections)
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
@@ -159,9 +155,9 @@ class Peer:
 
         Raises ``Timeout``, ``NameNotFound``, or the error the handler raised
         (``RemoteError`` for exceptions that are not posa's)."""
-        if is_pattern(name):
+        if (type(name) is not str or "*" in name) and is_pattern(name):  # (no call
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
-                              "use send() for groups")
+                              "use send() for groups")                   # for a name)
         return self.sender.forwarder().request(name, body, timeout=timeout,
                                                headers=headers).body
 

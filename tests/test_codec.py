@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgpack
 import pytest
@@ -90,6 +91,27 @@ def test_nesting_beyond_the_limit_is_refused() -> None:
         small.decode(Codec().encode(Message(1, "a", "b", nested(20))))
     with pytest.raises(ProtocolError, match="too deeply"):  # msgpack's own stack bound
         codec.decode(b"\x99\x01\x01\x00\x00\xa0\xa0\x00\x80" + b"\x91" * 5000 + b"\x00")
+
+
+@pytest.mark.parametrize(("limit", "headers", "body", "passes"), [
+    (3, {"ttl": 5}, {"seq": 1, "body": b"x" * 100}, True),    # flat: settled at once
+    (3, {}, [1, "two", b"\x91" * 80], True),
+    (2, {}, {"seq": 1, "pad": "p" * 100}, True),              # depth 2: itself, the body
+    (2, {"ttl": 5}, {"seq": 1, "pad": [1] * 100}, False),     # a list in the body: 3
+    (3, {"trace": {"id": [1]}, "pad": "p" * 100}, None, False),   # in the headers: 4
+    (3, {}, {"pad": "p" * 100, "deep": {"a": {"b": 1}}}, False),  # in the body: 4
+    (4, {}, [b"p" * 100, [[1]]], True),
+])
+def test_depth_of_flat_and_nested_envelopes(limit: int, headers: dict[str, Any],
+                                            body: Any, passes: bool) -> None:
+    """The shortcut for flat envelopes and the byte count agree with the walk."""
+    small = Codec(CodecLimits(max_depth=limit))
+    frame = Codec().encode(Message(1, "a", "b", body, headers=headers))
+    if passes:
+        assert small.decode(frame).body == body
+    else:
+        with pytest.raises(ProtocolError, match=f"deeper than max_depth {limit}"):
+            small.decode(frame)
 
 
 def test_nesting_in_large_frames_is_refused_and_bytes_are_no_nesting() -> None:

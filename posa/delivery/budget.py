@@ -10,12 +10,15 @@ waits for, and the nested call's ``ttl`` tells its server as much.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from typing import TypeVar
 
-__all__ = ["until", "enter", "leave", "remaining", "bounded"]
+__all__ = ["until", "enter", "leave", "call", "remaining", "bounded"]
 
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 _deadline: ContextVar[float | None] = ContextVar("posa_deadline", default=None)
 
 
@@ -43,6 +46,17 @@ def enter(deadline: float) -> Token[float | None]:
 
 def leave(token: Token[float | None]) -> None:
     _deadline.reset(token)
+
+
+def call(deadline: float, fn: Callable[[_A], _R], arg: _A) -> _R:
+    """``fn(arg)`` with ``deadline`` as its budget: ``enter`` and ``leave`` in one
+    call (a handler's, on the hot path of a request)."""
+    outer = _deadline.get()
+    token = _deadline.set(deadline if outer is None or deadline < outer else outer)
+    try:
+        return fn(arg)
+    finally:
+        _deadline.reset(token)
 
 
 def remaining() -> float | None:

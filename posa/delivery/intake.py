@@ -185,7 +185,8 @@ class Intake:
         if msg.headers and "key" in msg.headers and self.receiver.duplicate(msg):
             return
         if request:
-            refused = self.gatekeeper.enter(msg)
+            gatekeeper = self.gatekeeper     # (no call unless it counts requests)
+            refused = None if gatekeeper.in_flight is None else gatekeeper.enter(msg)
             if refused is None and self.draining:
                 self.stats["refused"] += 1
                 refused = Rejected(f"{self.name!r} is shutting down and takes no new "
@@ -194,7 +195,7 @@ class Intake:
             if refused is not None:
                 self.answer(msg, _ERROR, error_body(refused))
                 return
-            self.receiver.open_request(msg, _monotonic())
+            self.receiver.requests.opened(msg, _monotonic())
         self.stats["received"] += 1
         handler = self.handler
         if handler is None:
@@ -215,19 +216,16 @@ class Intake:
         with what it returns or raises (unless it returns ``DEFERRED``). A
         request past its deadline is answered with ``Timeout`` and not run."""
         deadline = msg.deadline
-        token = None
-        if deadline is not None:
-            if _monotonic() >= deadline and self.expired(msg):
-                return
-            token = budget.enter(deadline)
         try:
-            result = handler(msg)
+            if deadline is None:
+                result = handler(msg)
+            elif _monotonic() >= deadline and self.expired(msg):
+                return
+            else:
+                result = budget.call(deadline, handler, msg)
         except Exception as exc:
             self.answer(msg, _ERROR, error_body(exc))
             return
-        finally:
-            if token is not None:
-                budget.leave(token)
         if result is not DEFERRED:
             self.answer(msg, _REPLY, result)
 
@@ -272,13 +270,19 @@ class Intake:
         reactor thread, where the requester waits now."""
         if msg.kind != _REQUEST:
             raise ProtocolError(f"{msg!r} is not a request; only requests get replies")
-        self.gatekeeper.leave(msg)
+        gatekeeper = self.gatekeeper
+        if gatekeeper.in_flight is not None:
+            gatekeeper.leave(msg)
         observe, deadline = self.observe, msg.deadline
         if observe is not None and deadline is not None:   # arrival = deadline - ttl
             observe(_monotonic() - deadline + msg.headers["ttl"] / 1000.0)
-        answers = self.receiver.answers(msg, kind, body)
-        if self.reactor.in_reactor_thread():
-            self.send_back(answers)
+        here = self.reactor.in_reactor_thread()
+        answers = self.receiver.requests.answer(msg, kind, body, here)
+        if here:
+            if self._held is None:      # (send_back's first case, without the call)
+                self._send_each(answers)
+            else:
+                self.send_back(answers)
         else:
             self.reactor.call_soon(self.send_back, answers)
 

@@ -99,7 +99,7 @@ class Receiver(Inbound):
     acknowledgements, replies, moves."""
 
     def __init__(self, name: str, recipients: Iterable[str], *, codec: Codec,
-                 seal: Callable[[bytes], bytes] = _unsealed,
+                 seal: Callable[[bytes], bytes] | None = None,
                  unbatch: Callable[[Message, Hashable], list[Message]] = _no_batches,
                  rejections: Any = None, ack_batch: int = ACK_BATCH,
                  ack_delay: float = ACK_DELAY, max_replies: int = 1024,
@@ -112,12 +112,13 @@ class Receiver(Inbound):
         self.recipients = frozenset([name, *recipients])
         self._pack = codec.pack             # thread-safe: ``answer`` runs on any thread
         self._pack_here = codec.packer()    # the receiving thread's own, for ACK and MOVED
-        self._seal = seal
+        self._seal = seal or _unsealed
         self._unbatch = unbatch
         self.rejections = rejections if rejections is not None else {}
         self.ack_batch = ack_batch
         self.ack_delay = ack_delay
         self.requests = Requests(name, self.recipients, pack=self._pack, seal=seal,
+                                 pack_here=self._pack_here,
                                  max_replies=max_replies, max_reply_bytes=max_reply_bytes,
                                  max_open=max_open, progress_every=progress_every)
         self.max_routes = max_routes
@@ -318,10 +319,11 @@ class Receiver(Inbound):
         key = (sender, stream)
         entry = self.pending.get(key)
         out: list[Outgoing] = []
-        if (entry is not None and entry[0] is endpoint and entry[1] == route
-                and self.acked(sender, stream) == seq):
-            del self.pending[key]
-            self._answered(endpoint, route, sender, out)
+        if entry is not None and entry[0] is endpoint and entry[1] == route:
+            state = self._streams.get(key)      # ``acked``, inline
+            if state is not None and state.expected - 1 == seq:
+                del self.pending[key]
+                self._answered(endpoint, route, sender, out)
         return out
 
     # -- moving ----------------------------------------------------------------

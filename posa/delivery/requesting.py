@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Requesting"]
 
 _REQUEST, _ERROR = Kind.REQUEST, Kind.ERROR
+_monotonic = time.monotonic
 
 
 class Requesting:
@@ -59,9 +60,25 @@ class Requesting:
         """Send a REQUEST and wait for its REPLY; raises the ERROR it gets back.
 
         With ``failfast`` a broken connection raises ``TransportError`` at once
-        instead of being retried until the deadline (the caller fails over)."""
-        return drive(self.lock, self.request_steps(name, body, timeout=timeout,
-                                                    headers=headers, failfast=failfast))
+        instead of being retried until the deadline (the caller fails over).
+
+        ``request_steps`` driven, with the send taken out of the steps when the
+        name is known: one generator less, and the clock read once before the
+        first wait (the send's time serves the ``ttl`` and that wait)."""
+        lock = self.lock
+        now = deadline = 0.0
+        with lock:
+            if name in self._targets:
+                now = _monotonic()
+                deadline = now + bounded(timeout)
+                seq = self.send_request(name, body, deadline, headers, now=now)
+            else:
+                seq = 0
+        if not seq:
+            return drive(lock, self.request_steps(name, body, timeout=timeout,
+                                                  headers=headers, failfast=failfast))
+        return drive(lock, self.reply_steps(name, seq, deadline, failfast=failfast,
+                                            since=now))
 
     def request_steps(self, name: str, body: Any, *, timeout: float,
                       headers: dict[str, Any] | None = None, failfast: bool = False
@@ -83,11 +100,13 @@ class Requesting:
 
     def send_request(self, name: str, body: Any, deadline: float,
                      headers: dict[str, Any] | None = None, *,
-                     send_within: float | None = None) -> int:
+                     send_within: float | None = None, now: float | None = None) -> int:
         """Send a REQUEST due by ``deadline`` (its ``ttl``); returns its id (wait
         with ``reply_steps``). ``send_within`` bounds the send itself (a caller
-        that fails over gives a dead recipient only that long)."""
-        now = time.monotonic()
+        that fails over gives a dead recipient only that long); ``now``, if the
+        caller read the clock just before."""
+        if now is None:
+            now = _monotonic()
         ttl = int((deadline - now) * 1000)
         hdrs = {"ttl": ttl if ttl > 1 else 1}
         if headers:
@@ -97,23 +116,26 @@ class Requesting:
         return self.send_locked(name, body, _REQUEST, hdrs, deadline)
 
     def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
-                    stall: float | None = None) -> Steps[Message]:
+                    stall: float | None = None, since: float | None = None
+                    ) -> Steps[Message]:
         """Wait for the reply to request ``seq`` sent to ``name``, as steps.
 
         Until the request is acknowledged it is resent (by way of the name, which
         may have moved) every ``ack_timeout`` s.  With ``stall``, a recipient that
         has not acknowledged the request, nor said it is still handling it
         (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
-        ``TransportError``, like a connection lost with ``failfast``."""
+        ``TransportError``, like a connection lost with ``failfast``.  ``since``: when
+        it was sent, if known (the clock is first read after the first wait)."""
         key = (name, seq)
         target = self._targets[name]
-        heard = time.monotonic()
+        now: float | None = (heard := _monotonic() if since is None else since)
         acked = False
         while True:
             reply = self._replies.pop(key, None)
             if reply is not None or target.refused is not None:
                 return self._answered(key, reply, target)
-            now = time.monotonic()
+            if now is None:
+                now = _monotonic()
             if not acked and target.out.acked >= seq:
                 acked, heard = True, now
             if self._progress:
@@ -122,6 +144,7 @@ class Requesting:
                 wait = deadline - now if deadline - now < self.ack_timeout else self.ack_timeout
             else:
                 wait = self._patience(target, now, deadline, heard, stall, acked)
+            now = None      # read again after the wait, if it is needed
             conn = target.conn
             quiet = target.out.acked + self.generation      # (both only grow)
             try:
@@ -136,16 +159,20 @@ class Requesting:
                 frame = None if key in self._replies else conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
-                    self._links.drop(target.address)
-                    self._drop_target(name)
-                    raise TransportError(f"lost the connection to {name!r} at "
-                                         f"{target.address} while waiting for a reply: "
-                                         f"{exc}") from None
+                    raise self._lost(name, target, exc) from None
                 yield from self._recover_steps(target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
+
+    def _lost(self, name: str, target: Target, exc: TransportError) -> TransportError:
+        """With ``failfast``: ``target``'s connection broke while a reply was awaited;
+        it is dropped (the caller fails over) and this is the error to raise."""
+        self._links.drop(target.address)
+        self._drop_target(name)
+        return TransportError(f"lost the connection to {name!r} at {target.address} "
+                              f"while waiting for a reply: {exc}")
 
     def _unheard(self, target: Target, seq: int, quiet: int) -> bool:
         """After a wait for the reply to ``seq`` ran out: True if it is to be

@@ -45,6 +45,7 @@ _REPLY, _ERROR, _PROGRESS = Kind.REPLY, Kind.ERROR, Kind.PROGRESS
 _NO_HEADERS: dict[str, Any] = {}   # packed for answers (they carry none); never changed
 _REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 _REJECTED = code_of(Rejected(""))
+_new = object.__new__
 
 
 class Open:
@@ -75,14 +76,16 @@ class Requests:
     """Open requests, cached answers and idempotency keys of one peer."""
 
     def __init__(self, name: str, recipients: frozenset[str], *, pack: Pack,
-                 seal: Callable[[bytes], bytes], max_replies: int = 1024,
+                 seal: Callable[[bytes], bytes] | None, pack_here: Pack | None = None,
+                 max_replies: int = 1024,
                  max_reply_bytes: int = 64 * 1024 * 1024, max_open: int = 65536,
                  max_keys: int = 65536, max_key_bytes: int = 16 * 1024 * 1024,
                  progress_every: float = PROGRESS_EVERY) -> None:
         self.name = name
         self.recipients = recipients
-        self._pack = pack
-        self._seal = seal
+        self._pack = pack             # thread-safe: an answer may come from any thread
+        self._pack_here = pack_here or pack     # the receiving thread's own (``here``)
+        self._seal = seal             # None: answers go unsealed
         self.max_replies = max_replies
         self.max_reply_bytes = max_reply_bytes
         self.max_open = max_open
@@ -107,8 +110,10 @@ class Requests:
             msg.deadline = now + ttl / 1000.0
         if msg.stream:
             opened = self.open
-            opened[(msg.sender, msg.stream, msg.id)] = Open(msg.route, now, msg.recipient,
-                                                            msg.id)
+            record = _new(Open)      # (``Open(...)`` without its __init__ frame)
+            record.route, record.quiet_since = msg.route, now
+            record.recipient, record.id = msg.recipient, msg.id
+            opened[(msg.sender, msg.stream, msg.id)] = record
             if len(opened) > self.max_open:     # handlers that never answer: forget the oldest
                 del opened[next(iter(opened))]
 
@@ -156,19 +161,21 @@ class Requests:
             if record.quiet_since <= due:
                 record.quiet_since = now
                 endpoint, route = record.route
-                out.append((endpoint, route, self._seal(self._pack(
-                    _PROGRESS, 0, 0, record.recipient, sender, record.id, _NO_HEADERS,
-                    None))))
+                frame = self._pack(_PROGRESS, 0, 0, record.recipient, sender, record.id,
+                                   _NO_HEADERS, None)
+                out.append((endpoint, route, frame if self._seal is None
+                             else self._seal(frame)))
         return out
 
     # -- answering -------------------------------------------------------------
-    def answer(self, msg: Message, kind: int, body: Any
+    def answer(self, msg: Message, kind: int, body: Any, here: bool = False
                ) -> list[tuple[Any, Hashable, bytes, Key | None]]:
         """The frames answering request ``msg`` (REPLY or ERROR with ``body``):
         each with its route and, for a REPLY in a stream, the request it settles.
         The first goes to ``msg``'s requester where it waits now; the others to
-        later copies of it sent with the same idempotency key."""
-        out = [self._answer_one(msg, kind, body)]
+        later copies of it sent with the same idempotency key. ``here``: the
+        caller is on the receiving thread (its own packer then serves)."""
+        out = [self._answer_one(msg, kind, body, here)]
         if msg.headers and "key" in msg.headers:
             seen = self.keys.get((msg.sender, msg.headers["key"]))
             if seen is not None and seen.first == (msg.sender, msg.stream, msg.id):
@@ -193,20 +200,24 @@ class Requests:
                 self._kept_bytes -= other.size
                 other.answer, other.size = None, 0
 
-    def frame(self, msg: Message, kind: int, body: Any) -> tuple[int, bytes]:
+    def frame(self, msg: Message, kind: int, body: Any, here: bool = False
+              ) -> tuple[int, bytes]:
         """The answer's kind and frame (sealed): an answer that cannot be encoded
         becomes an ERROR saying why. Nothing is kept (``answer`` keeps it)."""
         me = msg.recipient if msg.recipient in self.recipients else self.name
+        seal = self._seal
         try:
-            return kind, self._seal(self._pack(kind, 0, 0, me, msg.sender, msg.id,
-                                               _NO_HEADERS, body))
+            frame = (self._pack_here if here else self._pack)(
+                kind, 0, 0, me, msg.sender, msg.id, _NO_HEADERS, body)
+            return kind, frame if seal is None else seal(frame)
         except ProtocolError as exc:        # the requester is told why, at once
-            return _ERROR, self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
-                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
+            frame = self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
+                _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"])
+            return _ERROR, frame if seal is None else seal(frame)
 
-    def _answer_one(self, msg: Message, kind: int, body: Any
+    def _answer_one(self, msg: Message, kind: int, body: Any, here: bool = False
                     ) -> tuple[Any, Hashable, bytes, Key | None]:
-        kind, frame = self.frame(msg, kind, body)
+        kind, frame = self.frame(msg, kind, body, here)
         endpoint, route = msg.route
         settles = None
         if msg.stream:
@@ -230,6 +241,8 @@ class Requests:
             if size <= most:
                 replies[key] = frame
                 kept += size
-            while replies and (len(replies) > self.max_replies or kept > most):
+            if len(replies) > self.max_replies:     # a full cache: one in, one out
+                kept -= len(replies.popitem(last=False)[1])
+            while kept > most and replies:
                 kept -= len(replies.popitem(last=False)[1])
             self.reply_bytes = kept

@@ -51,6 +51,7 @@ HEADER_SIZE = 4
 MAX_LENGTH = 0xFFFF_FFFF          # the largest length a u32 prefix can carry
 
 _HEADER = struct.Struct(">I")
+_unpack_length = _HEADER.unpack_from     # (the length at the head of a buffer)
 _GREETING_FIELDS = struct.Struct(">4sHH")
 _JOIN_LIMIT = 64 * 1024      # frames up to this size are copied behind their header
 _WRITE_SIZE = 256 * 1024     # SendQueue.head() joins small frames up to this size
@@ -99,8 +100,8 @@ class FrameDecoder:
     raises (``"truncated"``) if it cut a greeting or frame short.
     """
 
-    __slots__ = ("max_frame_size", "failure", "frames_before_failure", "_greeted",
-                 "_error", "_parts", "_have", "_need")
+    __slots__ = ("max_frame_size", "failure", "frames_before_failure", "greeted",
+                 "_error", "_parts", "buffered", "_need")
 
     def __init__(self, max_frame_size: int, *, greeting: bool = True) -> None:
         if not 0 < max_frame_size <= MAX_LENGTH:
@@ -109,45 +110,42 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self.failure: str | None = None
         self.frames_before_failure: list[bytes] = []
-        self._greeted = not greeting
+        # True once the peer's greeting was received and accepted (attributes, not
+        # properties, like ``buffered``: the listener reads both on every read)
+        self.greeted = not greeting
         self._error = ""
         self._parts: list[bytes] = []   # the incomplete tail, in arrival order
-        self._have = 0                  # bytes in _parts
+        self.buffered = 0               # bytes in _parts: of an incomplete greeting or
+        #                                 frame (0 between frames)
         self._need = 0                  # bytes _parts must reach before parsing
-
-    @property
-    def greeted(self) -> bool:
-        """True once the peer's greeting was received and accepted."""
-        return self._greeted
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held of an incomplete greeting or frame (0 between frames)."""
-        return self._have
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add ``data`` to the stream; return every frame it completes.
 
         ``data`` is copied: a caller may reuse its buffer once this returns.
         Raises ``ProtocolError`` if the stream is not a valid posa tcp stream."""
+        if not self._parts and self.greeted and self.failure is None and len(data) >= 4:
+            (size,) = _unpack_length(data)      # the common read: exactly one frame
+            if size + 4 == len(data) and size <= self.max_frame_size:
+                return [bytes(data[4:])]
         if self.failure is not None:
             raise ProtocolError(self._error)
         if not data:
             return []
         if self._parts:
             self._parts.append(bytes(data))
-            self._have += len(data)
-            if self._have < self._need:
+            self.buffered += len(data)
+            if self.buffered < self._need:
                 return []
             buf = b"".join(self._parts)
             self._parts = []
-            self._have = 0
+            self.buffered = 0
         else:
             buf = bytes(data)
         pos = 0
-        if not self._greeted:
+        if not self.greeted:
             pos = self._check_greeting(buf)
-            if not self._greeted:
+            if not self.greeted:
                 return []
         frames: list[bytes] = []
         append = frames.append
@@ -175,17 +173,17 @@ class FrameDecoder:
     def finish(self) -> None:
         """The stream ended. Raises ``ProtocolError`` if it ended mid-greeting or
         mid-frame; ``failure`` is then ``"truncated"``."""
-        if self.failure is not None or not self._have:
+        if self.failure is not None or not self.buffered:
             return
-        what = "frame" if self._greeted else "greeting"
+        what = "frame" if self.greeted else "greeting"
         self._fail("truncated", f"the connection closed in the middle of a {what} "
-                                f"({self._have} of {self._need} bytes received); "
+                                f"({self.buffered} of {self._need} bytes received); "
                                 "the peer stopped or crashed while sending")
 
     def _keep(self, buf: bytes, pos: int, need: int) -> None:
         tail = buf[pos:] if pos else buf
         self._parts = [tail]
-        self._have = len(tail)
+        self.buffered = len(tail)
         self._need = need
 
     def _check_greeting(self, buf: bytes) -> int:
@@ -207,7 +205,7 @@ class FrameDecoder:
             self._fail("garbage", f"the peer's greeting sets unknown flags "
                                   f"{flags:#06x}; this side supports none: run the "
                                   "same posa version on both sides")
-        self._greeted = True
+        self.greeted = True
         return 8
 
     def _fail(self, failure: str, message: str,
@@ -216,7 +214,7 @@ class FrameDecoder:
         self.frames_before_failure = frames or []
         self._error = message
         self._parts = []
-        self._have = 0
+        self.buffered = 0
         raise ProtocolError(message)
 
 

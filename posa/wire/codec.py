@@ -36,6 +36,14 @@ import msgpack
 
 from posa.errors import ProtocolError, code_of
 from posa.transport.base import Options
+from posa.wire.nesting import (
+    CONTAINER_BYTES,
+    WALK_ABOVE,
+    depth_of,
+    shallow,
+    too_deep,
+    within,
+)
 
 __all__ = ["Kind", "CodecLimits", "Message", "Codec", "Pack", "VERSION", "error_body",
            "error_fields"]
@@ -127,47 +135,6 @@ class Message:
                 f"corr={self.correlation} body={self.body!r:.60})")
 
 
-# Bytes that can start a msgpack map or array: a frame's depth is at most their count
-# (the size less what deleting them leaves), so the walk runs only if the count could
-# exceed the limit; above ``_WALK_ABOVE`` bytes the walk alone, cheaper than the count.
-_CONTAINER_BYTES = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
-_WALK_ABOVE = 8192
-
-
-def _depth(obj: Any) -> int:
-    """Nesting depth of containers in ``obj`` (iterative: no recursion)."""
-    deepest = 0
-    stack = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children: Any
-        if type(item) is dict:
-            children = item.values()
-        elif type(item) is list:
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children
-                     if type(child) is dict or type(child) is list)
-    return deepest
-
-
-def _within(obj: Any, budget: int) -> bool:
-    """True if ``obj`` nests at most ``budget`` containers deep; flat containers
-    (the common case) are settled without the full walk."""
-    if type(obj) is dict:
-        children: Any = obj.values()
-    elif type(obj) is list:
-        children = obj
-    else:
-        return True
-    for child in children:
-        if type(child) is dict or type(child) is list:
-            return _depth(obj) <= budget
-    return budget >= 1
-
-
 Pack = Callable[[int, int, int, str, str, int, dict[str, Any], Any], bytes]
 """(kind, stream, id, sender, recipient, correlation, headers, body) -> frame"""
 
@@ -248,8 +215,8 @@ class Codec:
         if type(body) is not list or not body or not stream:
             raise ProtocolError(_NOT_A_BATCH)
         depth = self.limits.max_depth - 1       # the envelope array itself is one level
-        if not _within(batch.headers, depth):
-            raise _too_deep(self.limits.max_depth)
+        if not within(batch.headers, depth):
+            raise too_deep(self.limits.max_depth)
         messages: list[Message] = []
         append = messages.append
         new = _new_message
@@ -267,16 +234,16 @@ class Codec:
                     and inner_to == recipient and type(headers) is dict):
                 raise ProtocolError(_NOT_OF_THE_BATCH)
             next_id = id + 1
-            if headers and not _within(headers, depth):
-                raise _too_deep(self.limits.max_depth)
-            if type(inner_body) is dict:            # _within, inlined for flat bodies
+            if headers and not within(headers, depth):
+                raise too_deep(self.limits.max_depth)
+            if type(inner_body) is dict:            # within, inlined for flat bodies
                 for child in inner_body.values():
                     if type(child) is dict or type(child) is list:
-                        if _depth(inner_body) > depth:
-                            raise _too_deep(self.limits.max_depth)
+                        if depth_of(inner_body) > depth:
+                            raise too_deep(self.limits.max_depth)
                         break
-            elif type(inner_body) is list and not _within(inner_body, depth):
-                raise _too_deep(self.limits.max_depth)
+            elif type(inner_body) is list and not within(inner_body, depth):
+                raise too_deep(self.limits.max_depth)
             msg = new(Message)      # as in decode: no __init__ on the hot path
             msg.kind = kind
             msg.stream = stream
@@ -311,18 +278,19 @@ class Codec:
                                 "(see docs/protocol.md)")
         version, kind, stream, id, sender, recipient, correlation, headers, body = fields
         name_len = limits.max_name_len
-        if not (version == VERSION and type(kind) is int and kind in _KINDS
-                and type(stream) is int and type(id) is int and type(correlation) is int
-                and stream >= 0 and id >= 0 and correlation >= 0
-                and type(sender) is str and type(recipient) is str
-                and len(sender) <= name_len and len(recipient) <= name_len
-                and type(headers) is dict):
+        # the types in one comparison, the three numbers' signs in one: fewer steps
+        if not ((type(kind), type(stream), type(id), type(correlation), type(sender),
+                 type(recipient), type(headers)) == _FIELD_TYPES
+                and version == VERSION and kind in _KINDS
+                and stream | id | correlation >= 0
+                and len(sender) <= name_len and len(recipient) <= name_len):
             raise ProtocolError(_what_is_wrong(fields, name_len))
         depth = limits.max_depth
-        if size > depth and kind != _BATCH and (size > _WALK_ABOVE or size - len(
-                bytes(data).translate(None, _CONTAINER_BYTES)) > depth) \
-                and _depth(fields) > depth:
-            raise _too_deep(depth)
+        if size > depth and kind != _BATCH and not (depth >= 3 and shallow(headers, body)) \
+                and (size > WALK_ABOVE or size - len(
+                bytes(data).translate(None, CONTAINER_BYTES)) > depth) \
+                and depth_of(fields) > depth:
+            raise too_deep(depth)
         msg = _new_message(Message)
         msg.kind = kind
         msg.stream = stream
@@ -351,6 +319,7 @@ def error_fields(body: Any) -> tuple[int, str, str]:
 
 
 _new_message = object.__new__
+_FIELD_TYPES = (int, int, int, int, str, str, dict)   # kind .. headers, as decode checks
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
 
@@ -362,11 +331,6 @@ _NOT_AN_ENVELOPE = ("every item of a BATCH must be an envelope: a msgpack array 
 _NOT_OF_THE_BATCH = ("every envelope in a BATCH must be a SEND or REQUEST of the batch's "
                      "stream, sender and recipient, with consecutive sequence numbers and "
                      "a headers map (see docs/protocol.md)")
-
-
-def _too_deep(max_depth: int) -> ProtocolError:
-    """The error for a message that nests deeper than ``max_depth``."""
-    return ProtocolError(f"message nests deeper than max_depth {max_depth}")
 
 
 def _unreadable(exc: Exception) -> ProtocolError:

@@ -48,6 +48,7 @@ import enum
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -67,6 +68,8 @@ from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
 from posa.transport.tcp.waiting import flush_before_close
+
+_length = struct.Struct(">I").pack   # a frame's length prefix (checked against _max_frame)
 
 __all__ = ["TcpListener"]
 
@@ -178,15 +181,25 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         if size > self._max_frame:
             raise too_large(size, self._max_frame, f"from {self.address}")
         with self._io_lock:
-            peer = self._room(route)
-            out = peer.out
-            if out or size > DIRECT_LIMIT:
-                out.push(frame)
-                self._flush(peer)
-                if peer.route not in self._peers:
-                    raise self._gone_error(route)
+            peer = self._peers.get(route)
+            if peer is None or self._closed or peer.out or size > DIRECT_LIMIT:
+                self._send_queued(route, frame)
                 return
-            self._write_out(peer, route, frame_header(size) + frame)
+            peer.tracked.active = self._now     # (``_room``'s, for a connection with room)
+            self._write_out(peer, route, _length(size) + frame)
+
+    def _send_queued(self, route: Route, frame: bytes) -> None:
+        """``send`` of a frame that cannot go straight out: behind queued frames,
+        large, or on a connection gone or closed (raises). The I/O lock is held."""
+        peer = self._room(route)
+        out = peer.out
+        if out or len(frame) > DIRECT_LIMIT:
+            out.push(frame)
+            self._flush(peer)
+            if peer.route not in self._peers:
+                raise self._gone_error(route)
+            return
+        self._write_out(peer, route, frame_header(len(frame)) + frame)
 
     def close(self) -> None:
         """Stop listening, flush queued replies and end every connection, within
@@ -259,6 +272,9 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         elif owner is _WAKE:
             self._drain_wake()
         elif owner is not None:     # (None: dropped earlier in this round)
+            if mask == READ:        # input alone, the common event: no calls to tell
+                self._read(owner)
+                return
             if writable(mask):
                 self._flush(owner)
             if readable(mask) and owner.route in self._peers:
