@@ -146,6 +146,7 @@ def loaded_by(module: str, prelude: str = "") -> list[str]:
     return loaded
 
 
+@pytest.mark.timeout(400)     # an interpreter per module: minutes on a loaded machine
 def test_each_module_alone_loads_nothing_above_its_layer() -> None:
     with ThreadPoolExecutor(4) as pool:
         results = dict(zip(MODULES, pool.map(loaded_by, MODULES)))
