@@ -168,7 +168,10 @@ def test_a_killed_stage_instance_changes_nothing_and_duplicates_nothing(
         with posa.RegistryClient(dispatcher) as registry, \
                 Pipeline(example.NAME, example.STAGES, registry=registry,
                          listen="tcp://127.0.0.1:0", local=False,
-                         visibility=1.0) as pipeline:
+                         # the killed instance's items come back after this; a
+                         # live instance slower than it (a loaded machine) would
+                         # be taken for dead too, and its items run twice
+                         visibility=5.0) as pipeline:
             for proc in procs:
                 proc.expect("ready")
 
