@@ -99,7 +99,7 @@ class Intake:
         limit = self.inbox.size
         more = listener.pending
         quick = self.quick
-        holding = False     # answers held (``send_back``) from a second frame or a run on
+        holding = False     # answers held (``send_back``) once a second frame or a run came
         for i in _TURN:
             if self.handler is None and queued() >= limit:
                 self.listening.pause(endpoint)
@@ -125,7 +125,7 @@ class Intake:
                     and quickly(self, quick, msg, endpoint, route):
                 continue
             run = receive(msg, endpoint, route)
-            if many and not holding and (i or len(run) > 1):
+            if many and not holding and (i or len(run) > 1 or more()):
                 holding, self._held = True, []
             for ready in run:
                 deliver(ready)
@@ -152,9 +152,9 @@ class Intake:
             self.refuse(endpoint, route, rejection)
 
     def _release_held(self) -> None:
-        """Send the answers held since a drain read its second frame (or a frame
-        of several messages): requests that came together (in one frame, or in
-        one read: threads sharing a connection) are answered in one write."""
+        """Send the answers held since a drain found a second frame (or a frame of
+        several messages): requests that came together (in one frame, or in one
+        read: threads sharing a connection) are answered in one write."""
         held, self._held = self._held, None
         if held:
             self._send_answers(held)
@@ -280,7 +280,7 @@ class Intake:
     def send_back(self, answers: list[Answer]) -> None:
         """Send answers; a REPLY to the newest request of a stream may stand for
         that stream's pending ACK (``Receiver.replied``). While requests that came
-        together (in one frame, or a drain's second frame on) are delivered, the
+        together (in one frame, or in one drain of several frames) are delivered, the
         answers given meanwhile are held and go out together after (``_send_answers``), or
         with an answer given ``HOLD`` s or more after the first held one (over a
         listener with ``send_many``; a handler on the reactor thread, which must be
