@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -69,6 +70,10 @@ class Relay:
         self._followers: dict[int, dict[threading.Lock, Key | None]] = {}
         self._keyed: dict[Key, tuple[threading.Lock, int]] = {}
         self._moved: set[threading.Lock] = set()    # followers woken to wait elsewhere
+        # followers whose turn came, woken one per release of the lock: each wakes
+        # the next when it releases it, so they do not all contend for the lock
+        # (and the interpreter) at once
+        self._wake: deque[threading.Lock] = deque()
         self.stats = {"led": 0, "followed": 0, "woken": 0, "handed": 0}
 
     def answered(self, key: Key) -> None:
@@ -80,7 +85,7 @@ class Relay:
             if followers is not None:
                 followers.pop(waiter, None)
             self.stats["woken"] += 1
-            waiter.release()
+            self._wake.append(waiter)
 
     def drive(self, steps: Steps[_T], awaited: Awaited) -> _T:
         """Run ``steps`` in this thread holding ``lock``, waiting as leader or follower."""
@@ -115,7 +120,7 @@ class Relay:
                             led = fd        # handed the lead
                         conn, wait = steps.send(ready)
                         continue
-                lock.release()
+                self._release()
                 try:
                     ready = readable(conn, wait)
                 finally:
@@ -128,10 +133,19 @@ class Relay:
             try:
                 self._hand_on(led, conn)
             finally:
-                lock.release()
+                self._release()
+
+    def _release(self) -> None:
+        """Release the lock, then wake the next follower whose turn came."""
+        if self._wake:
+            waiter = self._wake.popleft()
+            self.lock.release()
+            waiter.release()
+        else:
+            self.lock.release()
 
     def _pause(self, wait: float) -> None:
-        self.lock.release()
+        self._release()
         try:
             time.sleep(max(0.0, wait))
         finally:
@@ -146,7 +160,7 @@ class Relay:
         if key is not None:
             self._keyed[key] = (me, fd)
         self.stats["followed"] += 1
-        self.lock.release()
+        self._release()
         try:
             woken = me.acquire(True, wait if wait > 0.0 else 0.0)
         finally:
@@ -175,7 +189,7 @@ class Relay:
                     if key is not None:
                         self._keyed.pop(key, None)
                     self._moved.add(waiter)
-                    waiter.release()
+                    self._wake.append(waiter)
                 followers.clear()
         return -1
 
@@ -199,7 +213,7 @@ class Relay:
             self._keyed.pop(key, None)
         self._leaders[led] = waiter
         self.stats["handed"] += 1
-        waiter.release()
+        self._wake.appendleft(waiter)     # the next to poll goes first
 
 
 def relayed(fwd: Forwarder) -> Relay:
