@@ -61,10 +61,12 @@ class Relay:
     """Leader/Followers over the connections of one forwarder (its ``lock``);
     ``answered`` is the forwarder's ``on_answer``."""
 
-    def __init__(self, lock: threading.Lock,
-                 absorb: Callable[[Connection], None]) -> None:
+    def __init__(self, lock: threading.Lock, absorb: Callable[[Connection], None],
+                 write_open: Callable[[], None]) -> None:
         self.lock = lock
         self._absorb = absorb           # reads what a connection holds (lock held)
+        self._write_open = write_open   # writes the requests queued (lock held)
+        self.corked = False             # requests queued, for the last woken to write
         self._leaders: dict[int, threading.Lock] = {}     # descriptor -> its leader
         # followers by descriptor (each its lock and key), and by key
         self._followers: dict[int, dict[threading.Lock, Key | None]] = {}
@@ -74,7 +76,7 @@ class Relay:
         # the next when it releases it, so they do not all contend for the lock
         # (and the interpreter) at once
         self._wake: deque[threading.Lock] = deque()
-        self.stats = {"led": 0, "followed": 0, "woken": 0, "handed": 0}
+        self.stats = {"led": 0, "followed": 0, "woken": 0, "handed": 0, "corked": 0}
 
     def answered(self, key: Key) -> None:
         """The forwarder read the answer ``key`` (lock held): wake its follower."""
@@ -141,8 +143,21 @@ class Relay:
             waiter = self._wake.popleft()
             self.lock.release()
             waiter.release()
-        else:
-            self.lock.release()
+            return
+        if self.corked:     # the last woken: the requests queued meanwhile go out
+            self.corked = False
+            self.stats["corked"] += 1
+            try:
+                self._write_open()
+            finally:
+                self.lock.release()
+            return
+        self.lock.release()
+
+    def waking(self) -> bool:
+        """True while followers are still to be woken (each will send, then the
+        last writes what they queued)."""
+        return bool(self._wake)
 
     def _pause(self, wait: float) -> None:
         self._release()
@@ -170,8 +185,10 @@ class Relay:
             if key is not None:
                 self._keyed.pop(key, None)
             return False
-        if not woken:               # woken after the wait ran out: lock it again
-            me.acquire(False)
+        if not woken:               # woken as the wait ran out: lock it again, and
+            me.acquire(False)       # take the turn it may still have to be woken for
+            if me in self._wake:
+                self._wake.remove(me)
         if self._moved and me in self._moved:   # to wait on another connection:
             self._moved.discard(me)     # a wait that ran out (nothing to read here)
             return False
@@ -218,7 +235,7 @@ class Relay:
 
 def relayed(fwd: Forwarder) -> Relay:
     """A relay for the threads sharing ``fwd`` (it tells the relay its answers)."""
-    relay = Relay(fwd.lock, fwd.absorb_from)
+    relay = Relay(fwd.lock, fwd.absorb_from, fwd.write_open)
     fwd.on_answer = relay.answered
     return relay
 
@@ -227,15 +244,23 @@ def request(fwd: Forwarder, relay: Relay, name: str, body: Any, timeout: float,
             headers: dict[str, Any] | None) -> Message:
     """``Forwarder.request`` on a forwarder shared by threads, driven by ``relay``."""
     awaited = Awaited()
-    return relay.drive(_request_steps(fwd, name, body, timeout, headers, awaited), awaited)
+    return relay.drive(_request_steps(fwd, relay, name, body, timeout, headers, awaited),
+                       awaited)
 
 
-def _request_steps(fwd: Forwarder, name: str, body: Any, timeout: float,
+def _request_steps(fwd: Forwarder, relay: Relay, name: str, body: Any, timeout: float,
                    headers: dict[str, Any] | None, awaited: Awaited) -> Steps[Message]:
-    """``Forwarder.request_steps`` that says the key of its answer once sent."""
+    """``Forwarder.request_steps`` that says the key of its answer once sent, and
+    that joins the requests of the threads woken in turn (``Relay.corked``): the
+    last of them writes them all, in one frame."""
     deadline = time.monotonic() + bounded(timeout)
     if not fwd.knows(name):
         yield from fwd.open_steps(name, deadline)
-    seq = fwd.send_request(name, body, deadline, headers)
+    if (relay.corked or relay.waking()) and fwd.has_room(name):
+        # threads woken before this one send too: their requests go together
+        seq = fwd.queue_request(name, body, deadline, headers)
+        relay.corked = True
+    else:
+        seq = fwd.send_request(name, body, deadline, headers)
     awaited.key = (name, seq)
     return (yield from fwd.reply_steps(name, seq, deadline))
