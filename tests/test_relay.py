@@ -177,3 +177,45 @@ def test_requests_read_in_one_read_are_answered_in_one_write(
                    for seq in seqs]
         assert answers == list(range(6))
     assert calls == [5]
+
+
+def test_a_stream_given_up_by_one_thread_is_not_sent_again_by_another(
+        registry: posa.LocalRegistry) -> None:
+    """Two threads share the forwarder while the server acknowledges nothing (its
+    reactor is held): the one whose deadline passes gives the stream up with its
+    backlog, and the other is told so at once (``Timeout``) instead of sending
+    that backlog again, the given-up request with it, on a new connection. What
+    was written before may still arrive, once, where it was written."""
+    started, gate = threading.Event(), threading.Event()
+    delivered: list[Any] = []
+
+    def handler(msg: posa.Message) -> Any:
+        delivered.append(msg.body)
+        if msg.body == "hold":
+            started.set()
+            gate.wait(WAIT)
+        return msg.body
+    with posa.Peer("relay/stuck", registry=registry, listen=TCP, handler=handler), \
+            posa.Peer("relay/pair", registry=registry, listen=TCP) as peer:
+        holder = threading.Thread(
+            target=lambda: peer.request("relay/stuck", "hold", timeout=WAIT))
+        holder.start()          # alone: on its own forwarder, and holds the server
+        assert started.wait(WAIT)
+        outcome: dict[str, BaseException | Any] = {}
+
+        def ask(body: str, timeout: float) -> None:
+            try:
+                outcome[body] = peer.request("relay/stuck", body, timeout=timeout)
+            except BaseException as exc:    # looked at below
+                outcome[body] = exc
+        patient = threading.Thread(target=ask, args=("patient", 5.0))
+        patient.start()
+        ask("hasty", 0.5)
+        assert isinstance(outcome["hasty"], Timeout)
+        patient.join(WAIT)
+        gate.set()
+        holder.join(WAIT)
+        assert isinstance(outcome["patient"], Timeout)
+        assert "was given up" in str(outcome["patient"])    # not its own deadline
+        assert peer.request("relay/stuck", "after", timeout=WAIT) == "after"
+        assert sorted(delivered) == sorted({"hold", "after", *delivered})  # each once

@@ -129,6 +129,7 @@ class Requesting:
                 # (posa/transport/base.py), or for a driver that read the answer
                 if not conn.pending() and not (yield conn, wait):
                     if not acked and self._unheard(target, seq, quiet):
+                        self._check_kept(name, target, seq)
                         yield from self._recover_steps(
                             target, deadline if stall is None
                             else min(deadline, heard + stall), None)
@@ -141,11 +142,25 @@ class Requesting:
                     raise TransportError(f"lost the connection to {name!r} at "
                                          f"{target.address} while waiting for a reply: "
                                          f"{exc}") from None
+                self._check_kept(name, target, seq)
                 yield from self._recover_steps(target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
+
+    def _check_kept(self, name: str, target: Target, seq: int) -> None:
+        """Before recovering ``target``: if another caller sharing this forwarder
+        gave it up (its request went unacknowledged past its deadline), this
+        request went with its backlog and is never sent again: ``Timeout``."""
+        if self._targets.get(name) is not target:
+            delivered = target.out.acked >= seq
+            raise Timeout(f"the stream to {name!r} at {target.address} that this request "
+                          "shared with other callers was given up (one of them went "
+                          "unacknowledged past its deadline): "
+                          + ("it was delivered, but its answer can no longer come back"
+                             if delivered else "it is not known to be delivered, and "
+                             "posa will not send it again"))
 
     def _unheard(self, target: Target, seq: int, quiet: int) -> bool:
         """After a wait for the reply to ``seq`` ran out: True if it is to be
