@@ -2,7 +2,9 @@
 
 A ``Peer`` registers its name with a registry, listens on one or more addresses
 (any transport), receives through the process's reactor, and sends through one
-``Forwarder`` per sending thread (``posa.delivery.sender``).  It can move to
+``Forwarder`` per sending thread (``posa.delivery.sender``); threads requesting at
+the same time share one, and wait for their answers in turn
+(``posa.delivery.relay``).  It can move to
 another address or transport while others keep sending to its name
 (``migrate``): nothing is lost, nothing is delivered twice, every sender's
 order is kept.  ``Peer`` is glue; each part it joins has its own module: the receiving side

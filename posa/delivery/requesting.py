@@ -129,9 +129,8 @@ class Requesting:
                 # (posa/transport/base.py), or for a driver that read the answer
                 if not conn.pending() and not (yield conn, wait):
                     if not acked and self._unheard(target, seq, quiet):
-                        self._check_kept(name, target, seq)
-                        yield from self._recover_steps(
-                            target, deadline if stall is None
+                        yield from self._kept_recovery(
+                            name, seq, target, deadline if stall is None
                             else min(deadline, heard + stall), None)
                     continue
                 frame = None if key in self._replies else conn.recv_nowait()
@@ -142,18 +141,20 @@ class Requesting:
                     raise TransportError(f"lost the connection to {name!r} at "
                                          f"{target.address} while waiting for a reply: "
                                          f"{exc}") from None
-                self._check_kept(name, target, seq)
-                yield from self._recover_steps(target, deadline, exc)
+                yield from self._kept_recovery(name, seq, target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
 
-    def _check_kept(self, name: str, target: Target, seq: int) -> None:
-        """Before recovering ``target``: if another caller sharing this forwarder
-        gave it up (its request went unacknowledged past its deadline), this
-        request went with its backlog and is never sent again: ``Timeout``."""
-        if self._targets.get(name) is not target:
+    def _kept_recovery(self, name: str, seq: int, target: Target, deadline: float,
+                       cause: BaseException | None) -> Steps[None]:
+        """Recover ``target`` for request ``seq``, unless another caller sharing this
+        forwarder gave it up (its request went unacknowledged past its deadline):
+        this request went with its backlog and is never sent again: ``Timeout``."""
+        if self._targets.get(name) is target:
+            yield from self._recover_steps(target, deadline, cause)
+        else:
             delivered = target.out.acked >= seq
             raise Timeout(f"the stream to {name!r} at {target.address} that this request "
                           "shared with other callers was given up (one of them went "
