@@ -21,7 +21,6 @@ that still finds one gone re-resolves the name and resends.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,7 +49,6 @@ __all__ = ["Peer", "DEFERRED"]
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
-_get_ident = threading.get_ident
 
 
 def _unsealed(frame: bytes) -> bytes:
@@ -96,7 +94,7 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
-        self._requesting: set[int] = set()      # threads waiting in ``request`` now
+        self._requesting: list[None] = []   # one entry per thread in ``request`` now
         self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
                               gatekeeper=self.gatekeeper, receiver=self._receiver,
                               inbox=self._inbox, handler=handler, on_run=on_run)
@@ -168,9 +166,9 @@ class Peer:
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")
         fwd = self.sender.forwarder()
-        callers, me = self._requesting, _get_ident()
+        callers = self._requesting
         alone = not callers
-        callers.add(me)
+        callers.append(None)
         try:
             # another thread waits for an answer too: share its forwarder, unless
             # what this thread sent to ``name`` is still unacknowledged (it goes first)
@@ -179,7 +177,7 @@ class Peer:
             return self.sender.shared_request(name, body, timeout=timeout,
                                               headers=headers).body
         finally:
-            callers.discard(me)
+            callers.pop()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""
