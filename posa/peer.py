@@ -94,7 +94,6 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._closed = False
-        self._requesting: list[None] = []   # one entry per thread in ``request`` now
         self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
                               gatekeeper=self.gatekeeper, receiver=self._receiver,
                               inbox=self._inbox, handler=handler, on_run=on_run)
@@ -165,19 +164,13 @@ class Peer:
         if is_pattern(name):
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")
-        fwd = self.sender.forwarder()
-        callers = self._requesting
-        alone = not callers
-        callers.append(None)
-        try:
-            # another thread waits for an answer too: share its forwarder, unless
-            # what this thread sent to ``name`` is still unacknowledged (it goes first)
-            if alone or fwd.in_flight(name):
-                return fwd.request(name, body, timeout=timeout, headers=headers).body
-            return self.sender.shared_request(name, body, timeout=timeout,
-                                              headers=headers).body
-        finally:
-            callers.pop()
+        sender = self.sender
+        fwd = sender.forwarder()
+        # a peer used from several threads: their requests share a forwarder, unless
+        # what this thread sent to ``name`` is still unacknowledged (it goes first)
+        if sender.threaded and not fwd.in_flight(name):
+            return sender.shared_request(name, body, timeout=timeout, headers=headers).body
+        return fwd.request(name, body, timeout=timeout, headers=headers).body
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""

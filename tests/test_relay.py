@@ -1,6 +1,6 @@
-"""Threads of one ``Peer`` requesting at the same time share a forwarder and wait for
-their answers in turn (``posa.delivery.relay``); the server answers the requests it
-reads together in one write (``posa.delivery.intake``)."""
+"""The threads of a ``Peer`` used from several threads share a forwarder for their
+requests and wait for their answers in turn (``posa.delivery.relay``); the server
+answers the requests it reads together in one write (``posa.delivery.intake``)."""
 from __future__ import annotations
 
 import threading

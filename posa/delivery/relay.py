@@ -1,6 +1,6 @@
 """Leader/Followers: threads that share one forwarder wait for their answers in turn.
 
-A ``Peer`` whose threads make requests at the same time sends them through one
+A ``Peer`` used from more than one thread sends their requests through one
 forwarder shared by those threads (``Peer.request``), so they travel on one
 connection per recipient: the recipient reads many of them in one read and
 answers them in one write (``posa.delivery.intake``), and the answers come back

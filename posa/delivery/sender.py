@@ -56,9 +56,10 @@ class Sender:
         self._resolve, self._window, self._ack_timeout = resolve, window, ack_timeout
         self._on_notify, self._auth, self._reactor = on_notify, authenticator, reactor
         self._forwarders: dict[int, Forwarder] = {}     # by thread ident
-        # the forwarder that threads making requests at the same time share
+        # the forwarder that the threads' requests share (``Peer.request``)
         # (``shared_request``), and its relay; made on first use
         self._shared: tuple[Forwarder, Relay] | None = None
+        self.threaded = False   # more than one thread sent: ``Peer.request`` shares
         self._lock = threading.Lock()
         self.closed = False
 
@@ -74,6 +75,7 @@ class Sender:
         fwd = self._make()
         with self._lock:
             self._forwarders[_ident()] = fwd
+            self.threaded = len(self._forwarders) > 1
         return fwd
 
     def _make(self) -> Forwarder:
@@ -86,8 +88,8 @@ class Sender:
 
     def shared_request(self, name: str, body: Any, *, timeout: float = 5.0,
                        headers: dict[str, Any] | None = None) -> Message:
-        """``request`` through the forwarder that threads requesting at the same
-        time share (one stream and connection per recipient for all of them:
+        """``request`` through the forwarder that the threads of a peer used from
+        several threads share (one stream and connection per recipient for all:
         their requests travel, and are answered, together); the threads wait for
         their answers in turn (``posa.delivery.relay``). The caller's own
         messages to ``name`` must be acknowledged first (they would go after)."""
