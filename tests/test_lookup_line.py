@@ -61,6 +61,32 @@ def test_a_lookup_takes_the_line_and_the_lane(dispatcher: posa.Dispatcher) -> No
     assert not receiver.requests.replies and not receiver.pending
 
 
+def test_a_lookup_is_answered_with_the_registration_in_force(dispatcher: posa.Dispatcher
+                                                            ) -> None:
+    """The lane answers with bytes packed once per registration: a new one (other
+    addresses, meta, the next epoch) is answered at once, a gone one never."""
+    registry = dispatcher.registry
+    with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+        first = reg.lookup(NAME)
+        assert registration_to_wire(first) == {
+            **registration_to_wire(registry.lookup(NAME)), "expires_in": first.expires_in}
+        registry.register(NAME, ["tcp://127.0.0.1:10"], credential="c" * 16, lease=60.0,
+                          meta={"service": "lab/s"})
+        found = reg.lookup(NAME)
+        assert (found.addresses, found.epoch, found.meta) == (
+            ("tcp://127.0.0.1:10",), first.epoch + 1, {"service": "lab/s"})
+        registry.unregister(NAME, credential="c" * 16)
+        with pytest.raises(NameNotFound):
+            reg.lookup(NAME)
+        registry.register(NAME, [ADDRESS], credential="c" * 16, lease=60.0)
+        assert reg.lookup(NAME).epoch == first.epoch + 2
+    codec = Codec()     # with the federation's fields too (parsed in full)
+    with transport.connect(dispatcher.address) as conn:
+        conn.send(raw_request(codec, 8, {"op": "lookup", "name": NAME, "via": [],
+                                         "hops": 0}))
+        assert answer_to(conn, 8, codec).body["addresses"] == [ADDRESS]
+
+
 def test_a_lookup_over_a_stream_is_still_answered(dispatcher: posa.Dispatcher) -> None:
     """What earlier clients send: the lookup as a REQUEST of a reliable stream."""
     sender = Sender("", resolve=resolver(None, pins={DISPATCHER: dispatcher.address}))

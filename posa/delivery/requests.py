@@ -204,6 +204,14 @@ class Requests:
             return _ERROR, self._seal(self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
                 _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"]))
 
+    def packed_reply(self, msg: Message, body: bytes) -> bytes:
+        """The REPLY frame (sealed) to ``msg`` whose body is ``body``, already
+        packed (msgpack): put in place of a nil body, as ``Codec.pack_batch``
+        does. Nothing is kept."""
+        me = msg.recipient if msg.recipient in self.recipients else self.name
+        return self._seal(self._pack(_REPLY, 0, 0, me, msg.sender, msg.id, _NO_HEADERS,
+                                     None)[:-1] + body)
+
     def _answer_one(self, msg: Message, kind: int, body: Any
                     ) -> tuple[Any, Hashable, bytes, Key | None]:
         kind, frame = self.frame(msg, kind, body)
