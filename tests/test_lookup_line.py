@@ -7,10 +7,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 
 import posa
 from posa import transport
+from posa.delivery.requests import Requests
 from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, Rejected, Timeout, Unauthorized
 from posa.naming.lookups import LookupLine
@@ -85,6 +87,21 @@ def test_a_lookup_is_answered_with_the_registration_in_force(dispatcher: posa.Di
         conn.send(raw_request(codec, 8, {"op": "lookup", "name": NAME, "via": [],
                                          "hops": 0}))
         assert answer_to(conn, 8, codec).body["addresses"] == [ADDRESS]
+
+
+@pytest.mark.parametrize("id", [0, 1, 127, 128, 255, 65536, 1 << 31, 1 << 32, (1 << 64) - 1])
+@pytest.mark.parametrize("sender, recipient", [("", DISPATCHER), ("lab/a" * 50, "posa/x"),
+                                               ("é", "posa/dispatcher/n")])
+def test_a_packed_reply_is_the_frame_the_codec_packs(id: int, sender: str,
+                                                     recipient: str) -> None:
+    codec = Codec()
+    requests = Requests("posa/dispatcher/n", frozenset({"posa/dispatcher/n", DISPATCHER}),
+                        pack=codec.packer(), seal=bytes)
+    body = registration_to_wire(Registration(NAME, (ADDRESS,), 3, 5.0, 4.5, {"a": [1]}))
+    for _ in range(2):      # the envelope's head made, then kept
+        msg = codec.decode(codec.pack(Kind.REQUEST, 0, id, sender, recipient, 0, {}, None))
+        assert requests.packed_reply(msg, msgpack.packb(body)) == requests.frame(
+            msg, Kind.REPLY, body)[1]
 
 
 def test_a_lookup_over_a_stream_is_still_answered(dispatcher: posa.Dispatcher) -> None:

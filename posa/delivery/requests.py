@@ -33,6 +33,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import msgpack
+
 from posa.errors import ProtocolError, Rejected, RemoteError, code_of
 from posa.wire.codec import Kind, Message, Pack
 
@@ -45,6 +47,7 @@ _REPLY, _ERROR, _PROGRESS = Kind.REPLY, Kind.ERROR, Kind.PROGRESS
 _NO_HEADERS: dict[str, Any] = {}   # packed for answers (they carry none); never changed
 _REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 _REJECTED = code_of(Rejected(""))
+_HEADS = 256        # envelope heads packed_reply keeps, one per (recipient, requester)
 
 
 class Open:
@@ -83,6 +86,8 @@ class Requests:
         self.recipients = recipients
         self._pack = pack
         self._seal = seal
+        self._heads: dict[tuple[str, str], bytes] = {}     # packed_reply's
+        self._pack_int = msgpack.Packer().pack
         self.max_replies = max_replies
         self.max_reply_bytes = max_reply_bytes
         self.max_open = max_open
@@ -206,11 +211,18 @@ class Requests:
 
     def packed_reply(self, msg: Message, body: bytes) -> bytes:
         """The REPLY frame (sealed) to ``msg`` whose body is ``body``, already
-        packed (msgpack): put in place of a nil body, as ``Codec.pack_batch``
-        does. Nothing is kept."""
+        packed (msgpack), as ``frame`` would make it. Nothing is kept. Reactor
+        thread only (its packer of correlations is not shared)."""
         me = msg.recipient if msg.recipient in self.recipients else self.name
-        return self._seal(self._pack(_REPLY, 0, 0, me, msg.sender, msg.id, _NO_HEADERS,
-                                     None)[:-1] + body)
+        key = (me, msg.sender)
+        head = self._heads.get(key)
+        if head is None:    # the envelope up to its correlation, as the codec packs it
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            # (less the correlation 0, the empty headers and the nil body: one byte each)
+            head = self._heads[key] = self._pack(_REPLY, 0, 0, me, msg.sender, 0,
+                                                 _NO_HEADERS, None)[:-3]
+        return self._seal(b"".join((head, self._pack_int(msg.id), b"\x80", body)))
 
     def _answer_one(self, msg: Message, kind: int, body: Any
                     ) -> tuple[Any, Hashable, bytes, Key | None]:
