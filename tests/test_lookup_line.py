@@ -7,10 +7,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 
 import posa
 from posa import transport
+from posa.delivery.requests import Requests
 from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, Rejected, Timeout, Unauthorized
 from posa.naming.lookups import LookupLine
@@ -59,6 +61,47 @@ def test_a_lookup_takes_the_line_and_the_lane(dispatcher: posa.Dispatcher) -> No
     # no stream was opened for them: nothing waits to be acknowledged or kept
     receiver = dispatcher.peer._receiver
     assert not receiver.requests.replies and not receiver.pending
+
+
+def test_a_lookup_is_answered_with_the_registration_in_force(dispatcher: posa.Dispatcher
+                                                            ) -> None:
+    """The lane answers with bytes packed once per registration: a new one (other
+    addresses, meta, the next epoch) is answered at once, a gone one never."""
+    registry = dispatcher.registry
+    with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+        first = reg.lookup(NAME)
+        assert registration_to_wire(first) == {
+            **registration_to_wire(registry.lookup(NAME)), "expires_in": first.expires_in}
+        registry.register(NAME, ["tcp://127.0.0.1:10"], credential="c" * 16, lease=60.0,
+                          meta={"service": "lab/s"})
+        found = reg.lookup(NAME)
+        assert (found.addresses, found.epoch, found.meta) == (
+            ("tcp://127.0.0.1:10",), first.epoch + 1, {"service": "lab/s"})
+        registry.unregister(NAME, credential="c" * 16)
+        with pytest.raises(NameNotFound):
+            reg.lookup(NAME)
+        registry.register(NAME, [ADDRESS], credential="c" * 16, lease=60.0)
+        assert reg.lookup(NAME).epoch == first.epoch + 2
+    codec = Codec()     # with the federation's fields too (parsed in full)
+    with transport.connect(dispatcher.address) as conn:
+        conn.send(raw_request(codec, 8, {"op": "lookup", "name": NAME, "via": [],
+                                         "hops": 0}))
+        assert answer_to(conn, 8, codec).body["addresses"] == [ADDRESS]
+
+
+@pytest.mark.parametrize("id", [0, 1, 127, 128, 255, 65536, 1 << 31, 1 << 32, (1 << 64) - 1])
+@pytest.mark.parametrize("sender, recipient", [("", DISPATCHER), ("lab/a" * 50, "posa/x"),
+                                               ("é", "posa/dispatcher/n")])
+def test_a_packed_reply_is_the_frame_the_codec_packs(id: int, sender: str,
+                                                     recipient: str) -> None:
+    codec = Codec()
+    requests = Requests("posa/dispatcher/n", frozenset({"posa/dispatcher/n", DISPATCHER}),
+                        pack=codec.packer(), seal=bytes)
+    body = registration_to_wire(Registration(NAME, (ADDRESS,), 3, 5.0, 4.5, {"a": [1]}))
+    for _ in range(2):      # the envelope's head made, then kept
+        msg = codec.decode(codec.pack(Kind.REQUEST, 0, id, sender, recipient, 0, {}, None))
+        assert requests.packed_reply(msg, msgpack.packb(body)) == requests.frame(
+            msg, Kind.REPLY, body)[1]
 
 
 def test_a_lookup_over_a_stream_is_still_answered(dispatcher: posa.Dispatcher) -> None:

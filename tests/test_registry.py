@@ -22,6 +22,7 @@ from posa.errors import (
     StaleEpoch,
     Unauthorized,
 )
+from posa.naming.protocol import registration_to_wire
 from posa.naming.registration import MAX_ADDRESSES, Registration, Registry
 from posa.naming.registry import LocalRegistry
 from posa.naming.table import RegistryTable
@@ -233,6 +234,47 @@ def test_renew_restarts_the_lease(reg: LocalRegistry, clock: FakeClock) -> None:
     assert reg.lookup("n/a").epoch == 1
     clock.advance(3)
     assert reg.names() == []
+
+
+def packed(registry: Any, name: str) -> bytes:
+    """What ``lookup_packed`` must answer: ``lookup`` as the protocol packs it."""
+    return msgpack.packb(registration_to_wire(registry.lookup(name)))
+
+
+def test_a_packed_lookup_never_outlives_its_registration(reg: LocalRegistry,
+                                                         clock: FakeClock) -> None:
+    """The dispatcher's answer to a lookup, packed once per registration: the
+    same bytes as the registration packed, whatever happened to it since."""
+    reg.register("n/a", ADDR, credential="k", lease=4, meta={"service": "s", "w": [1]})
+    first = reg.lookup_packed("n/a")
+    assert first == packed(reg, "n/a")
+    clock.advance(1.5)                                  # the seconds left move on
+    assert reg.lookup_packed("n/a") == packed(reg, "n/a") != first
+    reg.renew("n/a", credential="k")
+    assert msgpack.unpackb(reg.lookup_packed("n/a"))["expires_in"] == 4.0
+    for change in ({"addresses": ["tcp://127.0.0.1:7002"]}, {"meta": {"service": "t"}},
+                   {"lease": 9.0}, {}):                 # {}: the next epoch
+        reg.register("n/a", **{"addresses": ADDR, "meta": None, "lease": 4.0, **change},
+                     credential="k", epoch=None)
+        assert reg.lookup_packed("n/a") == packed(reg, "n/a")
+    reg.register("n/a", ADDR, credential="k", epoch=9)
+    assert msgpack.unpackb(reg.lookup_packed("n/a"))["epoch"] == 9
+    reg.unregister("n/a", credential="k")
+    with pytest.raises(NameNotFound):
+        reg.lookup_packed("n/a")
+    reg.register("n/a", ["tcp://127.0.0.1:7003"], credential="other", lease=2)
+    assert reg.lookup_packed("n/a") == packed(reg, "n/a")
+    clock.advance(2)                                    # its lease ran out
+    with pytest.raises(NameNotFound):
+        reg.lookup_packed("n/a")
+    saved = reg.export_state()
+    reg.register("n/a", ADDR, credential="k", lease=3)
+    reg.lookup_packed("n/a")
+    reg.load(RegistryTable.import_state(saved, now=clock))   # a state without it
+    with pytest.raises(NameNotFound):
+        reg.lookup_packed("n/a")
+    with pytest.raises(InvalidName):
+        reg.lookup_packed("bad name!")
 
 
 def test_expire_reaps_and_tells_when_to_call_again(reg: LocalRegistry,
@@ -544,8 +586,11 @@ class TableMachine(RuleBasedStateMachine):
                 self.last_epoch[name] = epoch
 
     @rule(name=st.sampled_from(NAMES), cred=st.sampled_from(CREDS),
-          epoch=st.none() | st.integers(1, 6), lease=st.sampled_from([1.0, 2.5, 4.0]))
-    def register(self, name: str, cred: str, epoch: int | None, lease: float) -> None:
+          epoch=st.none() | st.integers(1, 6), lease=st.sampled_from([1.0, 2.5, 4.0]),
+          addresses=st.sampled_from([ADDR, ["tcp://127.0.0.1:7002"]]),
+          meta=st.sampled_from([None, {"service": "s"}]))
+    def register(self, name: str, cred: str, epoch: int | None, lease: float,
+                 addresses: list[str], meta: dict[str, Any] | None) -> None:
         self._reap()
         current = self.live.get(name)
         if current is not None and current[0] != cred:
@@ -558,7 +603,8 @@ class TableMachine(RuleBasedStateMachine):
             return
         base = current[1] if current else self.last_epoch.get(name, 0)
         expected = epoch if epoch is not None else base + 1
-        made, _ = self.table.register(name, ADDR, credential=cred, epoch=epoch, lease=lease)
+        made, _ = self.table.register(name, addresses, credential=cred, epoch=epoch,
+                                      lease=lease, meta=meta)
         assert made.epoch == expected
         self.live[name] = (cred, expected, self.clock.t + lease)
 
@@ -610,6 +656,12 @@ class TableMachine(RuleBasedStateMachine):
         for pattern in ("a/*", "a/**", "*"):
             assert [r.name for r in self.table.names(pattern)] == sorted(
                 n for n in self.live if _model_match(pattern, n))
+        for name in NAMES:      # a packed lookup is the registration packed, or none
+            if name in self.live:
+                assert self.table.lookup_packed(name) == packed(self.table, name)
+            else:
+                with pytest.raises(NameNotFound):
+                    self.table.lookup_packed(name)
         copy = RegistryTable.import_state(
             msgpack.unpackb(msgpack.packb(self.table.export_state())), now=self.clock)
         assert copy.names() == self.table.names()

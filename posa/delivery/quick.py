@@ -21,12 +21,21 @@ if TYPE_CHECKING:
     from posa.delivery.intake import Intake
     from posa.delivery.receiver import Endpoint
 
-__all__ = ["DEFERRED", "quickly"]
+__all__ = ["DEFERRED", "Packed", "quickly"]
 
 log = logging.getLogger("posa.peer")
 
 DEFERRED = object()
 """Return this from a handler to reply later with ``Peer.reply``."""
+
+
+
+class Packed(bytes):
+    """Return this from a ``quick`` handler to reply with a body already packed
+    (msgpack bytes of what it would have returned): sent as it is."""
+
+    __slots__ = ()
+
 
 _REPLY, _ERROR = Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
@@ -68,8 +77,11 @@ def quickly(intake: Intake, quick: Callable[[Message], Any], msg: Message,
     observe, deadline = intake.observe, msg.deadline
     if observe is not None and deadline is not None:   # arrival = deadline - ttl
         observe(_monotonic() - deadline + headers["ttl"] / 1000.0)
+    requests = intake.receiver.requests
     try:
-        endpoint.listener.send(route, intake.receiver.requests.frame(msg, kind, body)[1])
+        endpoint.listener.send(route, requests.packed_reply(msg, body)
+                               if body.__class__ is Packed
+                               else requests.frame(msg, kind, body)[1])
     except PosaError as exc:
         log.info("peer %s: reply not sent (%s); the requester will ask again",
                  intake.name, exc)

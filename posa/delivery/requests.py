@@ -33,6 +33,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import msgpack
+
 from posa.errors import ProtocolError, Rejected, RemoteError, code_of
 from posa.wire.codec import Kind, Message, Pack
 
@@ -46,6 +48,7 @@ _NO_HEADERS: dict[str, Any] = {}   # packed for answers (they carry none); never
 _REMOTE = code_of(RemoteError("", ""))   # the code of an ERROR raised as RemoteError
 _REJECTED = code_of(Rejected(""))
 _new = object.__new__
+_HEADS = 256        # envelope heads packed_reply keeps, one per (recipient, requester)
 
 
 class Open:
@@ -86,6 +89,8 @@ class Requests:
         self._pack = pack             # thread-safe: an answer may come from any thread
         self._pack_here = pack_here or pack     # the receiving thread's own (``here``)
         self._seal = seal             # None: answers go unsealed
+        self._heads: dict[tuple[str, str], bytes] = {}     # packed_reply's
+        self._pack_int = msgpack.Packer().pack
         self.max_replies = max_replies
         self.max_reply_bytes = max_reply_bytes
         self.max_open = max_open
@@ -214,6 +219,23 @@ class Requests:
             frame = self._pack(_ERROR, 0, 0, me, msg.sender, msg.id, {}, [
                 _REMOTE, "ProtocolError", f"the answer could not be sent: {exc}"])
             return _ERROR, frame if seal is None else seal(frame)
+
+    def packed_reply(self, msg: Message, body: bytes) -> bytes:
+        """The REPLY frame (sealed) to ``msg`` whose body is ``body``, already
+        packed (msgpack), as ``frame`` would make it. Nothing is kept. Reactor
+        thread only (its packer of correlations is not shared)."""
+        me = msg.recipient if msg.recipient in self.recipients else self.name
+        key = (me, msg.sender)
+        head = self._heads.get(key)
+        if head is None:    # the envelope up to its correlation, as the codec packs it
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            # (less the correlation 0, the empty headers and the nil body: one byte each)
+            head = self._heads[key] = self._pack(_REPLY, 0, 0, me, msg.sender, 0,
+                                                 _NO_HEADERS, None)[:-3]
+        frame = b"".join((head, self._pack_int(msg.id), b"\x80", body))
+        seal = self._seal
+        return frame if seal is None else seal(frame)
 
     def _answer_one(self, msg: Message, kind: int, body: Any, here: bool = False
                     ) -> tuple[Any, Hashable, bytes, Key | None]:

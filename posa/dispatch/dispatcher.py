@@ -34,17 +34,12 @@ from typing import Any
 import msgpack
 
 from posa.admission.gatekeeper import Authenticator
+from posa.delivery.quick import Packed
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
 from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
-from posa.naming.protocol import (
-    DISPATCHER,
-    OPS,
-    notice_to_wire,
-    page_to_wire,
-    registration_to_wire,
-)
+from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, page_to_wire, registration_to_wire
 from posa.naming.quotas import is_reserved
 from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
@@ -131,15 +126,18 @@ class Dispatcher:
         return self._handlers[op.name](msg, fields)
 
     def _quick(self, msg: Message) -> Any:
-        """A stream-less request (a lookup, at once; anything else as ``_handle``)."""
+        """A stream-less request (a lookup, at once, its answer packed as the
+        table keeps it; anything else as ``_handle``)."""
         body = msg.body
         if body.__class__ is dict and body.get("op") == "lookup" and not self.shared:
             self.stats["requests"] += 1
-            fields = _LOOKUP.parse("dispatcher", body)
+            name = body.get("name")
+            if name.__class__ is not str or len(body) != 2:     # more than op and name
+                name = _LOOKUP.parse("dispatcher", body)["name"]    # or Rejected
             try:                            # _op_lookup, inline
-                return registration_to_wire(self.registry.lookup(fields["name"]))
+                return Packed(self.registry.lookup_packed(name))
             except NameNotFound:
-                return self._federate(msg, "lookup", fields, fields["name"])
+                return self._federate(msg, "lookup", _LOOKUP.parse("dispatcher", body), name)
         return self._handle(msg)
 
     def _answer(self, msg: Message, handler: Any, fields: dict[str, Any]) -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -73,6 +75,8 @@ def _thread_packer() -> Pack:
 _REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _NAMES = (DISPATCHER,)
 _monotonic = time.monotonic
+_poll = getattr(select, "poll", None)
+_POLLIN = getattr(select, "POLLIN", 1)
 
 
 class LookupLine:
@@ -86,6 +90,9 @@ class LookupLine:
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
+        # the poll of a poll object watching the connection, made with it (none
+        # where the platform has no poll: posa.delivery.waiting.readable then)
+        self._poll: Callable[[int], list[Any]] | None = None
         # ids start anywhere: anonymous lines' stream-less requests seldom share one
         self._id = random.randrange(1 << 31)
         self.closed = False
@@ -109,6 +116,7 @@ class LookupLine:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = connect(self.address, self._options)
+                    self._poll = _watch(conn)
                 # sealed anew for each attempt: a stream-less frame sent twice would be
                 # refused as a replay (posa.admission.authenticator)
                 conn.send(envelope if auth is None else auth.seal(envelope))
@@ -138,8 +146,13 @@ class LookupLine:
                 if wait <= 0.0:
                     raise Timeout(f"the dispatcher at {self.address} did not answer a "
                                   "lookup in time; is it running, or overloaded?")
-                if not readable(conn, wait):
-                    continue
+                poll = self._poll
+                try:
+                    if not (readable(conn, wait) if poll is None
+                            else poll(int(wait * 1000.0) + 1)):
+                        continue
+                except OSError:     # closed under us: the receive says how
+                    pass
             frame = conn.recv_nowait()
             if frame is None:
                 continue
@@ -175,7 +188,7 @@ class LookupLine:
             return None
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._poll = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -185,6 +198,16 @@ class LookupLine:
     def close(self) -> None:
         self.closed = True
         self._drop()
+
+
+def _watch(conn: Connection) -> Callable[[int], list[Any]] | None:
+    """The poll (milliseconds) of a poll object watching ``conn`` for input: a
+    wait is one call, with nothing looked up (None without poll)."""
+    if _poll is None:
+        return None
+    poller = _poll()
+    poller.register(conn.fileno(), _POLLIN)
+    return poller.poll  # type: ignore[no-any-return]
 
 
 def _backoff(deadline: float) -> float:

@@ -79,6 +79,16 @@ class LocalRegistry:
                 return self._table.lookup(name)
         return self._apply(lambda: (self._table.lookup(name), []))
 
+    def lookup_packed(self, name: str) -> bytes:
+        """``lookup(name)`` as the dispatcher answers it, packed
+        (``RegistryTable.lookup_packed``)."""
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            if not self._table.reaping_due():
+                return self._table.lookup_packed(name)
+        return self._apply(lambda: (self._table.lookup_packed(name), []))
+
     def names(self, pattern: str = "**") -> list[Registration]:
         """See ``Registry.names``."""
         return self._apply(lambda: (self._table.names(pattern), []))

@@ -28,6 +28,7 @@ import msgpack
 from posa.errors import NameNotFound, ProtocolError, Rejected, StaleEpoch, Unauthorized
 from posa.naming.index import NameTree, SortedNames
 from posa.naming.pages import MAX_SCAN, PAGE_BYTES, PAGE_ENTRIES, wire_size
+from posa.naming.protocol import RegistrationParts, packed_registration, registration_parts
 from posa.naming.registration import (
     DEFAULT_LEASE,
     MAX_META_BYTES,
@@ -48,7 +49,7 @@ _EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
 class _Entry:
     __slots__ = ("addresses", "epoch", "lease", "expires_at", "meta", "owner", "token",
-                 "size")
+                 "size", "parts")
 
     def __init__(self, addresses: tuple[str, ...], epoch: int, lease: float,
                  expires_at: float, meta: Mapping[str, Any], owner: bytes,
@@ -61,6 +62,10 @@ class _Entry:
         self.owner = owner
         self.token = token
         self.size = size            # bytes its registration takes on the wire, at most
+        # its registration packed but the seconds left, made at its first packed
+        # lookup; an entry never changes but for its expiry (register makes a new
+        # one), so these go with it: no lookup answers a registration replaced
+        self.parts: RegistrationParts | None = None
 
 
 def _not_found(name: str) -> NameNotFound:
@@ -102,6 +107,20 @@ class RegistryTable:
             validate_name(name)
             raise _not_found(name)
         return self._snapshot(name, entry, now)
+
+    def lookup_packed(self, name: str) -> bytes:
+        """``lookup(name)`` as the dispatcher answers it: ``registration_to_wire``
+        packed (``posa.naming.protocol.packed_registration``); ``NameNotFound``."""
+        entry = self._entries.get(name) if isinstance(name, str) else None
+        now = self.now()
+        if entry is None or entry.expires_at <= now:
+            validate_name(name)
+            raise _not_found(name)
+        parts = entry.parts
+        if parts is None:
+            parts = entry.parts = registration_parts(name, entry.addresses, entry.epoch,
+                                                     entry.lease, entry.meta)
+        return packed_registration(parts, entry.expires_at - now)
 
     def names(self, pattern: str = "**") -> list[Registration]:
         """Live registrations matching ``pattern``, sorted by name (``InvalidName``
