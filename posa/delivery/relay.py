@@ -48,8 +48,8 @@ _allocate = threading.Lock
 
 
 class Awaited:
-    """What a thread's steps wait for: the answer with ``key`` once the request is
-    sent (None: any input on the descriptor)."""
+    """What a thread's (or an ``aio`` task's) steps wait for: the answer with
+    ``key`` once the request is sent (None: any input, any progress)."""
 
     __slots__ = ("key",)
 
