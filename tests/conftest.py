@@ -6,6 +6,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# hypothesis's clock-based checks (an example's deadline, the speed of input
+# generation) fail on a loaded machine though nothing is wrong: they time, they
+# do not test. Every property below still runs all its examples.
+settings.register_profile("posa", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("posa")
 
 THREAD_GRACE = 5.0   # seconds the threads a test started have to finish after it
 # process-wide service threads that posa starts once and keeps for the process's life

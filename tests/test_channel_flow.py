@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -102,6 +104,36 @@ def test_policy_disconnect_frees_the_buffer_and_the_subscriber_catches_up_from_h
         assert channel.stats()["disconnected"] == 1
         # the replay may come before the answer to the subscription that asked for it
         wait_until(lambda: sub.reconnects >= 1, what="the new subscription counted")
+
+
+def test_what_a_stalled_subscribers_stream_gave_up_goes_out_again_and_is_told_once(
+        registry: posa.LocalRegistry) -> None:
+    """A subscriber that reads nothing (its inbox full, its peer stops reading)
+    acknowledges nothing: past ``send_timeout`` the stream to it gives up the
+    deliveries in flight, more than the sockets hold. They go out again, so each
+    event is delivered or told lost (once, though a copy written before may
+    arrive too), and the holes add up to the channel's drop count."""
+    n, big = 0, "x" * 100_000            # deliveries of about 1 MB, 8 in flight
+    with EventChannel("events/stall", registry=registry, window=8, max_batch=10,
+                      send_timeout=0.5) as channel, \
+            Subscriber("events/stall", registry=registry, buffer=30, inbox=2,
+                       listen="tcp://127.0.0.1:0") as sub, \
+            Publisher("events/stall", registry=registry, batch=10) as pub:
+        deadline = time.monotonic() + 60
+        while channel.counters["resent"] == 0:   # a lane gives up only with more to send
+            assert time.monotonic() < deadline, "the stream never gave deliveries up"
+            for _ in range(10):
+                n += 1
+                pub.publish("t", {"i": n, "b": big})
+            pub.flush(30)
+        got: list[Any] = []
+        while not got or got[-1].seq < n:
+            got += sub.receive_many(n, timeout=30)
+        dropped = channel.stats()["subscriptions"][sub.name]["dropped"]
+    seqs = [e.seq for e in got]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == n
+    assert sub.missed == sub.dropped == dropped > 0
+    assert len(got) + sub.missed == n, (len(got), sub.missed, dropped)
 
 
 def test_a_diamond_of_channels_delivers_each_event_once(registry: posa.LocalRegistry) -> None:

@@ -68,14 +68,22 @@ def registry() -> Iterator[posa.LocalRegistry]:
 def test_one_slow_slave_no_longer_holds_a_first_vote_job(
         registry: posa.LocalRegistry) -> None:
     release, entered = threading.Event(), threading.Event()
+    copies = threading.Barrier(3)    # the first job: each replica has its copy
+
+    def fast(job: int) -> int:
+        if job == 21:                # answer once all three copies went out (a lane
+            copies.wait(30)          # thread may start late; the first answer ends
+        return job * 2               # the job and a copy not yet taken is not sent)
 
     def slow(job: int) -> int:
+        if job == 21:
+            copies.wait(30)
         entered.set()
         release.wait(60)
         return job * 2
 
-    slaves = [Slave("calc/hedge/fast-1", lambda q: q * 2, registry=registry),
-              Slave("calc/hedge/fast-2", lambda q: q * 2, registry=registry),
+    slaves = [Slave("calc/hedge/fast-1", fast, registry=registry),
+              Slave("calc/hedge/fast-2", fast, registry=registry),
               Slave("calc/hedge/slow", slow, registry=registry)]
     outcomes: list[Any] = []
     try:

@@ -18,8 +18,9 @@ connection fired or whose time came; a stalled subscriber costs its own buffer
 threads are one per channel whatever the number of subscribers.
 
 A slow or unreachable subscriber is retried while its name lives and it is
-subscribed (frames not acknowledged within ``send_timeout`` are given up, as a
-``Timeout`` of the forwarder says); a lane ends when it unsubscribes, expires,
+subscribed (frames not acknowledged within ``send_timeout`` are given up by the
+stream, as a ``Timeout`` of the forwarder says, and the lane sends them again
+on the next: ``Lane.given_up``); a lane ends when it unsubscribes, expires,
 its policy ends it or its name is gone. First contact (resolve, connect) begins as
 soon as a subscription's lane appears, not with its first event, so that the
 first event does not wait for it. The registry is asked only after
@@ -210,7 +211,11 @@ class Delivery:
         return moved
 
     def _settle(self, fwd: Forwarder, lane: Lane) -> None:
-        lane.settle(fwd.in_flight(lane.sub_id))
+        if lane.in_flight and not fwd.knows(lane.sub_id):
+            # the stream gave them up (not known to be delivered): out again on the next
+            self.channel.counters["resent"] += lane.given_up()
+        else:
+            lane.settle(fwd.in_flight(lane.sub_id))
 
     def _begin(self, lane: Lane, steps: Steps[Any]) -> bool:
         """Start the steps a lane waits on; True if they are done already."""

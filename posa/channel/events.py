@@ -113,7 +113,6 @@ class SubscriberState:
         """The new events of one delivery (``parse_delivery``'s parts), in
         order, each hole announced by the event after it. Raises
         ``ProtocolError`` for bodies that do not decode."""
-        self.dropped, self.head = dropped, head
         events = self._events(runs)
         if inc != self.incarnation:
             if self.incarnation is not None:
@@ -123,8 +122,12 @@ class SubscriberState:
         if not gaps and self._pending is None and events \
                 and events[0].seq > self.last_seq:
             self.last_seq = events[-1].seq       # the common case: nothing to mark
+            self.dropped, self.head = dropped, head
             return events
-        return self._with_gaps(events, gaps)
+        new = self._with_gaps(events, gaps)
+        if new or not events:       # not a late copy: its counts are the latest
+            self.dropped, self.head = dropped, head
+        return new
 
     def _events(self, runs: list[list[Any]]) -> list[Event]:
         """The events of a delivery's runs, bodies decoded."""
@@ -163,26 +166,30 @@ class SubscriberState:
 
     def _with_gaps(self, events: list[Event], gaps: list[list[Any]]) -> list[Event]:
         """The new ones of ``events``, each hole of ``gaps`` (and a pending one)
-        attached to the event after it; duplicates dropped."""
+        attached to the event after it; duplicates dropped, and the holes before
+        them: a copy of a delivery (sent again after its stream gave it up) says
+        again what the first said."""
         holes: dict[int, Gap] = {}
         for index, count, reason in gaps:
             found = Gap(reason, 0, count)
             holes[index] = holes[index].merged(found) if index in holes else found
         out: list[Event] = []
+        copy = False
         for i, event in enumerate(events):
+            copy = event.seq <= self.last_seq
+            if copy:
+                self.duplicates += 1
+                continue
             hole = holes.get(i)
             if hole is not None:
                 self._note(Gap(hole.reason, self.last_seq, hole.count))
-            if event.seq <= self.last_seq:
-                self.duplicates += 1
-                continue
             self.last_seq = event.seq
             if self._pending is not None:
                 event = event._replace(gap=self._pending)
                 self._pending = None
             out.append(event)
         tail = holes.get(len(events))
-        if tail is not None:
+        if tail is not None and not copy:
             self._note(Gap(tail.reason, self.last_seq, tail.count))
         return out
 

@@ -14,14 +14,21 @@ whether it has work and credit:
   unacknowledged (the thread's forwarder has a window one larger, so a send
   never waits for an acknowledgement there, and one slow subscriber never
   holds up the thread). The thread tells the lane how many are
-  unacknowledged after it read acknowledgements or a stream gave frames up
-  (``settle``).
+  unacknowledged after it read acknowledgements (``settle``). The deliveries in
+  flight stay with the lane until acknowledged: when the stream gives them up
+  (a subscriber that does not acknowledge within ``send_timeout``, alive but
+  not reading), they go back to the front of the outbox (``given_up``) and out
+  again on the next stream, so that nothing taken from the buffer, and no
+  hole it announces, is lost unsaid. A copy of them may arrive too (written
+  before the stream gave up): the subscriber drops the repeated events, and
+  the holes before them (``posa.channel.events``).
 - **end**: a delivery that says the policy ended the subscription goes last
   (``ending``); a lane stopped by an unsubscription, an expiry or the
   channel's close sends what it holds until ``drain_until`` and no longer.
 
-Invariants: bodies leave in the order they were loaded, each once; a lane
-never has more than ``window`` deliveries unacknowledged; ``finished`` is final.
+Invariants: bodies leave in the order they were loaded, each once per stream
+(again only when a stream gave it up); a lane never has more than ``window``
+deliveries unacknowledged; ``finished`` is final.
 """
 from __future__ import annotations
 
@@ -35,8 +42,8 @@ class Lane:
     """One subscription's lane. Its owner (the channel's delivery thread, and the
     control requests under the channel's lock for the lease fields) feeds it."""
 
-    __slots__ = ("sub_id", "window", "outbox", "in_flight", "sent", "lease", "expires",
-                 "stopped", "drain_until", "ending")
+    __slots__ = ("sub_id", "window", "outbox", "in_flight", "flying", "sent", "lease",
+                 "expires", "stopped", "drain_until", "ending")
 
     def __init__(self, sub_id: str, *, window: int, lease: float, now: float) -> None:
         if window < 1:
@@ -45,6 +52,7 @@ class Lane:
         self.window = window
         self.outbox: deque[dict[str, Any]] = deque()
         self.in_flight = 0          # deliveries sent and not acknowledged (settle)
+        self.flying: deque[dict[str, Any]] = deque()   # the last ``in_flight`` sent
         self.sent = 0               # deliveries sent, over the lane's life
         self.lease = lease
         self.expires = now + lease
@@ -79,14 +87,28 @@ class Lane:
         """The next delivery to send (it leaves the lane: it is in flight)."""
         if not self.ready():
             raise ValueError(f"the lane of {self.sub_id!r} has nothing to send now")
+        body = self.outbox.popleft()
+        self.flying.append(body)
         self.in_flight += 1
         self.sent += 1
-        return self.outbox.popleft()
+        return body
 
     def settle(self, unacknowledged: int) -> None:
-        """What the stream holds unacknowledged now (acknowledgements read, or
-        frames given up): the lane's credit follows it."""
+        """What the stream holds unacknowledged now (acknowledgements read): the
+        lane's credit follows it, and the oldest in flight beyond it were
+        acknowledged."""
         self.in_flight = max(0, unacknowledged)
+        flying = self.flying
+        while len(flying) > self.in_flight:
+            flying.popleft()
+
+    def given_up(self) -> int:
+        """The stream gave up what is in flight (not known to be delivered): it
+        goes out again first, in its order. Returns how many deliveries."""
+        flying, self.flying = self.flying, deque()
+        self.outbox.extendleft(reversed(flying))
+        self.in_flight = 0
+        return len(flying)
 
     # -- ending ------------------------------------------------------------------
     def stop(self, drain_until: float = 0.0) -> None:

@@ -136,7 +136,7 @@ class EventChannel(ChannelControl):
         self._closing = threading.Event()
         self._entry: int | None = None      # the journal entry of the message in hand
         self._closed, self._accepting, self.sweeps = False, True, 0
-        self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0}
+        self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0, "resent": 0}
         self.drop_log = DropLog(self.name, log, drop_log_interval)
         self._handlers = CHANNEL.bind(self)
         with self._lock:
