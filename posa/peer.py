@@ -2,9 +2,7 @@
 
 A ``Peer`` registers its name with a registry, listens on one or more addresses
 (any transport), receives through the process's reactor, and sends through one
-``Forwarder`` per sending thread (``posa.delivery.sender``); threads requesting at
-the same time share one, and wait for their answers in turn
-(``posa.delivery.relay``).  It can move to
+``Forwarder`` per sending thread (``posa.delivery.sender``).  It can move to
 another address or transport while others keep sending to its name
 (``migrate``): nothing is lost, nothing is delivered twice, every sender's
 order is kept.  ``Peer`` is glue; each part it joins has its own module: the receiving side
@@ -160,13 +158,8 @@ class Peer:
         if (type(name) is not str or "*" in name) and is_pattern(name):  # (no call
             raise InvalidName(f"request goes to one peer, not to the group {name!r}; "
                               "use send() for groups")                   # for a name)
-        sender = self.sender
-        fwd = sender.forwarder()
-        # a peer used from several threads: their requests share a forwarder, unless
-        # what this thread sent to ``name`` is still unacknowledged (it goes first)
-        if sender.threaded and not fwd.in_flight(name):
-            return sender.shared_request(name, body, timeout=timeout, headers=headers).body
-        return fwd.request(name, body, timeout=timeout, headers=headers).body
+        return self.sender.forwarder().request(name, body, timeout=timeout,
+                                               headers=headers).body
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""

@@ -42,17 +42,27 @@ import weakref
 from typing import TypeVar
 
 from posa.delivery.forwarder import Forwarder
-from posa.delivery.relay import Awaited, Key  # (a task's wait, as a thread's)
 from posa.delivery.waiting import Steps
 from posa.errors import PosaError
 from posa.transport.base import Connection
 
-__all__ = ["Hub", "Awaited", "Key", "drive"]
+__all__ = ["Hub", "Awaited", "drive"]
 
 _T = TypeVar("_T")
+Key = tuple[str, int]       # an answer's: (the name that answers, the request's seq)
 _EARLY = 0.0005             # a queued wait this close to its expiry expires with the others
 Mark = tuple[int, int, int]  # ``Forwarder.progress_mark``: (acked, answers, connections)
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+class Awaited:
+    """What a task's steps wait for: ``key`` None, any progress of its forwarder;
+    else the answer with that key (a request sets it once sent)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self) -> None:
+        self.key: Key | None = None
 
 
 Held = tuple["asyncio.Future[bool]", int, "_Fd", "Key | None", "asyncio.TimerHandle | None"]

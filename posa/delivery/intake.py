@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Gatekeeper, Rejection
@@ -99,7 +99,6 @@ class Intake:
         limit = self.inbox.size
         more = listener.pending
         quick = self.quick
-        holding = False     # answers held (``send_back``) once a second frame or a run came
         for i in _TURN:
             if self.handler is None and queued() >= limit:
                 self.listening.pause(endpoint)
@@ -112,7 +111,9 @@ class Intake:
                     break
                 item = listener.recv_nowait()
             except PosaError:
-                break   # closed under us during a migration: what was read goes on
+                if self._run:
+                    self._end_run()
+                return  # closed under us during a migration
             if item is None:
                 break
             route, frame = item
@@ -125,14 +126,13 @@ class Intake:
                     and quickly(self, quick, msg, endpoint, route):
                 continue
             run = receive(msg, endpoint, route)
-            if many and not holding and (i or len(run) > 1 or more()):
-                holding, self._held = True, []
-            for ready in run:
-                deliver(ready)
+            if many and len(run) > 1:
+                self._deliver_held(run, deliver)
+            else:
+                for ready in run:
+                    deliver(ready)
         if self._run:
             self._end_run()
-        if holding:
-            self._release_held()
         receiver = self.receiver
         if receiver.pending or receiver.outbox or receiver.requests.open:
             self.send_pending()
@@ -151,13 +151,18 @@ class Intake:
         elif rejection.frame is not None:       # failed to open: say so
             self.refuse(endpoint, route, rejection)
 
-    def _release_held(self) -> None:
-        """Send the answers held since a drain found a second frame (or a frame of
-        several messages): requests that came together (in one frame, or in one
-        read: threads sharing a connection) are answered in one write."""
-        held, self._held = self._held, None
-        if held:
-            self._send_answers(held)
+    def _deliver_held(self, run: Sequence[Message],
+                      deliver: Callable[[Message], None]) -> None:
+        """Deliver a run of several messages that came in one frame; the answers
+        given meanwhile go out together after it (``send_back``)."""
+        self._held = []
+        try:
+            for ready in run:
+                deliver(ready)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._send_answers(held)
 
     def _deliver_noted(self, msg: Message) -> None:
         received = self.stats["received"]
@@ -283,9 +288,9 @@ class Intake:
 
     def send_back(self, answers: list[Answer]) -> None:
         """Send answers; a REPLY to the newest request of a stream may stand for
-        that stream's pending ACK (``Receiver.replied``). While requests that came
-        together (in one frame, or in one drain of several frames) are delivered, the
-        answers given meanwhile are held and go out together after (``_send_answers``), or
+        that stream's pending ACK (``Receiver.replied``). While a run of
+        requests that came in one frame is being delivered, the answers given
+        meanwhile are held and go out together after it (``_send_answers``), or
         with an answer given ``HOLD`` s or more after the first held one (over a
         listener with ``send_many``; a handler on the reactor thread, which must be
         short, delays the answers held before it by as long as it runs)."""

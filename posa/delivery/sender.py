@@ -23,8 +23,6 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.links import Resolve
-from posa.delivery.relay import Relay, relayed
-from posa.delivery.relay import request as relayed_request
 from posa.errors import Closed, PosaError
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Options
@@ -56,10 +54,6 @@ class Sender:
         self._resolve, self._window, self._ack_timeout = resolve, window, ack_timeout
         self._on_notify, self._auth, self._reactor = on_notify, authenticator, reactor
         self._forwarders: dict[int, Forwarder] = {}     # by thread ident
-        # the forwarder that the threads' requests share (``Peer.request``)
-        # (``shared_request``), and its relay; made on first use
-        self._shared: tuple[Forwarder, Relay] | None = None
-        self.threaded = False   # more than one thread sent: ``Peer.request`` shares
         self._lock = threading.Lock()
         self.closed = False
 
@@ -72,39 +66,15 @@ class Sender:
 
     def _new_forwarder(self) -> Forwarder:
         """A forwarder for this thread, in place of its closed one if it had one."""
-        fwd = self._make()
-        with self._lock:
-            self._forwarders[_ident()] = fwd
-            self.threaded = len(self._forwarders) > 1
-        return fwd
-
-    def _make(self) -> Forwarder:
         if self.closed:
             raise Closed(f"the sender {self.name!r} is closed")
-        return Forwarder(self.name, resolve=self._resolve, codec=self.codec,
-                         options=self.options, window=self._window,
-                         ack_timeout=self._ack_timeout, on_notify=self._on_notify,
-                         authenticator=self._auth, reactor=self._reactor)
-
-    def shared_request(self, name: str, body: Any, *, timeout: float = 5.0,
-                       headers: dict[str, Any] | None = None) -> Message:
-        """``request`` through the forwarder that the threads of a peer used from
-        several threads share (one stream and connection per recipient for all:
-        their requests travel, and are answered, together); the threads wait for
-        their answers in turn (``posa.delivery.relay``). The caller's own
-        messages to ``name`` must be acknowledged first (they would go after)."""
-        shared = self._shared
-        if shared is None or shared[0].closed:
-            shared = self._new_shared()
-        return relayed_request(shared[0], shared[1], name, body, timeout, headers)
-
-    def _new_shared(self) -> tuple[Forwarder, Relay]:
+        fwd = Forwarder(self.name, resolve=self._resolve, codec=self.codec,
+                        options=self.options, window=self._window,
+                        ack_timeout=self._ack_timeout, on_notify=self._on_notify,
+                        authenticator=self._auth, reactor=self._reactor)
         with self._lock:
-            shared = self._shared
-            if shared is None or shared[0].closed:
-                fwd = self._make()
-                shared = self._shared = (fwd, relayed(fwd))
-            return shared
+            self._forwarders[_ident()] = fwd
+        return fwd
 
     def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
              timeout: float = 5.0, kind: int = Kind.SEND) -> int:
@@ -130,12 +100,8 @@ class Sender:
     def unacknowledged(self) -> int:
         """Messages sent by every thread and not yet acknowledged (approximate)."""
         with self._lock:
-            forwarders = self._all()
+            forwarders = list(self._forwarders.values())
         return sum(fwd.unacknowledged() for fwd in forwarders)
-
-    def _all(self) -> list[Forwarder]:
-        shared = [self._shared[0]] if self._shared is not None else []
-        return list(self._forwarders.values()) + shared
 
     def close(self, linger: float = 0.0) -> None:
         """Flush this thread's messages for up to ``linger`` s, then close every
@@ -150,7 +116,7 @@ class Sender:
                 log.warning("%s: closing with undelivered messages: %s", self.name, exc)
         self.closed = True
         with self._lock:
-            forwarders = self._all()
+            forwarders = list(self._forwarders.values())
             self._forwarders.clear()
         for fwd in forwarders:
             fwd.close()
