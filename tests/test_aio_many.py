@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from typing import Any
 
@@ -191,3 +192,43 @@ async def _expirations(hub: Hub, count: int, timeout: float = 60.0) -> None:
     while hub.stats["expired"] < count:
         assert time.monotonic() < deadline, f"{count} expired waits not reached: {hub.stats}"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_given_up_by_one_task_is_not_sent_again_by_another() -> None:
+    """Two tasks share the peer's stream while the server acknowledges nothing (its
+    reactor is held by a handler): the one whose deadline passes gives the stream
+    up with its backlog (its ``Timeout`` is final), and the other is told so at
+    once (``Timeout``) instead of sending that backlog again, the given-up request
+    with it, on a new connection. What was written before may still arrive, once."""
+    started, gate = threading.Event(), threading.Event()
+    delivered: list[Any] = []
+
+    def handler(msg: posa.Message) -> Any:
+        delivered.append(msg.body)
+        if msg.body == "hold":
+            started.set()
+            gate.wait(60)
+        return msg.body
+
+    async def main() -> None:
+        with posa.LocalRegistry() as reg, posa.Peer(
+                "aio/stuck", registry=reg, listen="tcp://127.0.0.1:0", handler=handler), \
+                posa.Peer("aio/holder", registry=reg, listen="tcp://127.0.0.1:0") as other:
+            async with posa.aio.Peer("aio/pair", registry=reg,
+                                     listen="tcp://127.0.0.1:0") as peer:
+                loop = asyncio.get_running_loop()
+                holder = loop.run_in_executor(None, lambda: other.request(
+                    "aio/stuck", "hold", timeout=60))
+                assert await loop.run_in_executor(None, started.wait, 60)
+                patient = asyncio.ensure_future(peer.request("aio/stuck", "patient",
+                                                             timeout=5.0))
+                with pytest.raises(posa.Timeout):
+                    await peer.request("aio/stuck", "hasty", timeout=0.5)
+                with pytest.raises(posa.Timeout, match="was given up"):
+                    await patient           # at once: not its own deadline
+                gate.set()
+                await holder
+                assert await peer.request("aio/stuck", "after", timeout=30) == "after"
+                assert all(delivered.count(body) <= 1 for body in delivered), delivered
+    asyncio.run(main())

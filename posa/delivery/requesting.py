@@ -152,15 +152,15 @@ class Requesting:
                 # (posa/transport/base.py), or for a driver that read the answer
                 if not conn.pending() and not (yield conn, wait):
                     if not acked and self._unheard(target, seq, quiet):
-                        yield from self._recover_steps(
-                            target, deadline if stall is None
+                        yield from self._kept_recovery(
+                            name, seq, target, deadline if stall is None
                             else min(deadline, heard + stall), None)
                     continue
                 frame = None if key in self._replies else conn.recv_nowait()
             except TransportError as exc:
                 if failfast:
                     raise self._lost(name, target, exc) from None
-                yield from self._recover_steps(target, deadline, exc)
+                yield from self._kept_recovery(name, seq, target, deadline, exc)
                 continue
             if frame is not None:
                 self._absorb(frame)
@@ -173,6 +173,23 @@ class Requesting:
         self._drop_target(name)
         return TransportError(f"lost the connection to {name!r} at {target.address} "
                               f"while waiting for a reply: {exc}")
+
+    def _kept_recovery(self, name: str, seq: int, target: Target, deadline: float,
+                       cause: BaseException | None) -> Steps[None]:
+        """Recover ``target`` for request ``seq``, unless another caller sharing this
+        forwarder (an ``aio`` task) gave it up (its request went unacknowledged past
+        its deadline): this request went with its backlog and is never sent again
+        (a ``Timeout`` is final): ``Timeout``."""
+        if self._targets.get(name) is target:
+            yield from self._recover_steps(target, deadline, cause)
+        else:
+            delivered = target.out.acked >= seq
+            raise Timeout(f"the stream to {name!r} at {target.address} that this request "
+                          "shared with other callers was given up (one of them went "
+                          "unacknowledged past its deadline): "
+                          + ("it was delivered, but its answer can no longer come back"
+                             if delivered else "it is not known to be delivered, and "
+                             "posa will not send it again"))
 
     def _unheard(self, target: Target, seq: int, quiet: int) -> bool:
         """After a wait for the reply to ``seq`` ran out: True if it is to be
