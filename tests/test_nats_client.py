@@ -5,8 +5,10 @@ learned from an INFO's connect_urls, which the address never named; it lends
 its socket to a reactor that watches one of its listeners, and takes it back."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +113,11 @@ class Watched:
             return len(self.got)
 
 
-def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) -> None:
-    """A listener attached to a reactor lends it the client's socket: the frames
-    are read, parsed and drained on the reactor's thread. The server restarts
-    meanwhile: the socket dialled then is the reactor's too. Removed from the
-    reactor, the listener gives the socket back to the client's own thread, and
-    frames go on arriving, in order."""
+@contextlib.contextmanager
+def lent_to_a_reactor(tmp_path: Path) -> Iterator[tuple[Any, ...]]:
+    """A one-node cluster and a listener attached to a reactor ("lender"), drained by
+    a ``Watched``; yields (cluster, endpoints, listener, watched, client, reactor)
+    once the client's socket is lent to the reactor."""
     from posa.runtime.reactor import Reactor
 
     reactor = Reactor("lender")
@@ -125,28 +126,38 @@ def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) 
         with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
             listener = ends.listen(lone.urls, Options())
             watched = Watched(listener)
-            client = listener._link.client           # type: ignore[attr-defined]
+            client = listener._link.client
             reactor.add_source(listener, watched.drain)
             wait_until(lambda: client.watch.lent, DEADLINE, "the socket lent")
-            connection = ends.connect(listener.address, Options())
-            for i in range(50):
-                connection.send(seq(i))
-            wait_until(lambda: watched.count() == 50, DEADLINE, "50 frames drained")
-            assert watched.readers == {"lender"}, watched.readers
-            lone.servers[0].kill()
-            lone.servers[0].start()
-            again = ends.connect(listener.address, Options(send_timeout=20.0))
-            again.send(b"after the restart")
-            wait_until(lambda: watched.count() == 51, DEADLINE, "a frame after the restart")
-            assert watched.readers == {"lender"} and client.watch.lent
-            reactor.remove_source(listener)
-            assert not client.watch.lent
-            again.send(b"given back")
-            assert listener.recv(DEADLINE)[1] == b"given back"
-            assert watched.readers == {"lender", "posa-nats"}, watched.readers
-            assert watched.got == [seq(i) for i in range(50)] + [b"after the restart"]
+            yield lone, ends, listener, watched, client, reactor
     finally:
         reactor.close()
+
+
+def test_a_reactor_is_lent_the_clients_socket_and_gives_it_back(tmp_path: Path) -> None:
+    """A listener attached to a reactor lends it the client's socket: the frames
+    are read, parsed and drained on the reactor's thread. The server restarts
+    meanwhile: the socket dialled then is the reactor's too. Removed from the
+    reactor, the listener gives the socket back to the client's own thread, and
+    frames go on arriving, in order."""
+    with lent_to_a_reactor(tmp_path) as (lone, ends, listener, watched, client, reactor):
+        connection = ends.connect(listener.address, Options())
+        for i in range(50):
+            connection.send(seq(i))
+        wait_until(lambda: watched.count() == 50, DEADLINE, "50 frames drained")
+        assert watched.readers == {"lender"}, watched.readers
+        lone.servers[0].kill()
+        lone.servers[0].start()
+        again = ends.connect(listener.address, Options(send_timeout=20.0))
+        again.send(b"after the restart")
+        wait_until(lambda: watched.count() == 51, DEADLINE, "a frame after the restart")
+        assert watched.readers == {"lender"} and client.watch.lent
+        reactor.remove_source(listener)
+        assert not client.watch.lent
+        again.send(b"given back")
+        assert listener.recv(DEADLINE)[1] == b"given back"
+        assert watched.readers == {"lender", "posa-nats"}, watched.readers
+        assert watched.got == [seq(i) for i in range(50)] + [b"after the restart"]
 
 
 def reader_of(connection: Any) -> list[str]:
@@ -170,39 +181,27 @@ def test_a_thread_waiting_for_its_connection_reads_the_socket_itself(tmp_path: P
     comes for the listener, and the reactor, which does not read the socket
     while the waiting thread does, still gets every frame of it (the waiting
     thread wakes it); once the thread has its answer the reactor reads again."""
-    from posa.runtime.reactor import Reactor
-
-    reactor = Reactor("lender")
-    reactor.start()
-    try:
-        with NatsCluster(tmp_path, size=1) as lone, Endpoints() as ends:
-            listener = ends.listen(lone.urls, Options())
-            watched = Watched(listener)
-            client = listener._link.client           # type: ignore[attr-defined]
-            reactor.add_source(listener, watched.drain)
-            wait_until(lambda: client.watch.lent, DEADLINE, "the socket lent")
-            asking, other = (ends.connect(listener.address, Options()) for _ in range(2))
-            asking.send(b"ask")
-            wait_until(lambda: watched.count() == 1, DEADLINE, "the question drained")
-            readers, woke = reader_of(asking), []
-            waiter = threading.Thread(target=lambda: woke.append(
-                asking.wait_readable(DEADLINE)), name="waiter")   # type: ignore[attr-defined]
-            waiter.start()
-            wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
-                       "the waiting thread reading the socket")
-            for i in range(20):
-                other.send(seq(i))
-            wait_until(lambda: watched.count() == 21, DEADLINE, "20 frames drained")
-            assert "waiter" in watched.readers, watched.readers
-            listener.send(watched.routes[0], b"answer")
-            waiter.join(DEADLINE)
-            assert woke == [True] and readers == ["waiter"], (woke, readers)
-            assert asking.recv_nowait() == b"answer" and not client.watch.reader
-            other.send(b"after")
-            wait_until(lambda: watched.count() == 22, DEADLINE, "a frame after")
-            assert watched.got[1:] == [seq(i) for i in range(20)] + [b"after"]
-    finally:
-        reactor.close()
+    with lent_to_a_reactor(tmp_path) as (lone, ends, listener, watched, client, reactor):
+        asking, other = (ends.connect(listener.address, Options()) for _ in range(2))
+        asking.send(b"ask")
+        wait_until(lambda: watched.count() == 1, DEADLINE, "the question drained")
+        readers, woke = reader_of(asking), []
+        waiter = threading.Thread(target=lambda: woke.append(
+            asking.wait_readable(DEADLINE)), name="waiter")   # type: ignore[attr-defined]
+        waiter.start()
+        wait_until(lambda: client.watch.reader == waiter.ident, DEADLINE,
+                   "the waiting thread reading the socket")
+        for i in range(20):
+            other.send(seq(i))
+        wait_until(lambda: watched.count() == 21, DEADLINE, "20 frames drained")
+        assert "waiter" in watched.readers, watched.readers
+        listener.send(watched.routes[0], b"answer")
+        waiter.join(DEADLINE)
+        assert woke == [True] and readers == ["waiter"], (woke, readers)
+        assert asking.recv_nowait() == b"answer" and not client.watch.reader
+        other.send(b"after")
+        wait_until(lambda: watched.count() == 22, DEADLINE, "a frame after")
+        assert watched.got[1:] == [seq(i) for i in range(20)] + [b"after"]
 
 
 def test_a_callback_that_raises_on_a_waiting_thread_is_logged_not_raised_there(
