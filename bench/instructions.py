@@ -152,6 +152,13 @@ def parser(module: str, doc: str, calls: str) -> argparse.ArgumentParser:
     return parser
 
 
+def play(role: list[str], roles: dict[str, Callable[..., None]]) -> None:
+    """Run the hidden ``--role NAME DISPATCHER [NUMBER...]`` a measured process was
+    started with: ``roles[NAME](DISPATCHER, *NUMBERS)``."""
+    name, dispatcher, *numbers = role
+    roles[name](dispatcher, *(int(n) for n in numbers))
+
+
 def report(module: str, args: argparse.Namespace, what: str,
            client_args: list[str] | None = None) -> None:
     """Count and print the instructions per call of the sides ``args`` asks for."""
@@ -166,12 +173,7 @@ def report(module: str, args: argparse.Namespace, what: str,
 def main(argv: list[str]) -> None:
     args = parser("bench.instructions", __doc__, "1000,7000").parse_args(argv)
     if args.role:
-        role, dispatcher, *rest = args.role
-        if role == "server":
-            role_server(dispatcher)
-        else:
-            role_client(dispatcher, int(rest[0]))
-        return
+        return play(args.role, {"server": role_server, "client": role_client})
     report("bench.instructions", args, "request")
 
 

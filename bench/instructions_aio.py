@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bench.instructions import BODY, NAME, WARMUP, parser, report, role_server
+from bench.instructions import BODY, NAME, WARMUP, parser, play, report, role_server
 
 MODULE = "bench.instructions_aio"
 
@@ -52,12 +52,7 @@ def main(argv: list[str]) -> None:
                      help="tasks sharing the client's peer (default 64)")
     args = cli.parse_args(argv)
     if args.role:
-        role, dispatcher, *rest = args.role
-        if role == "server":
-            role_server(dispatcher)
-        else:
-            role_client(dispatcher, int(rest[0]), int(rest[1]))
-        return
+        return play(args.role, {"server": role_server, "client": role_client})
     report(MODULE, args, "request", [str(args.tasks)])
 
 

@@ -33,6 +33,7 @@ from bench.instructions import (
     collected,
     compiled_env,
     per_call,
+    play,
     start_dispatcher,
     stop,
 )
@@ -133,14 +134,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role:
-        role, dispatcher, *rest = args.role
-        if role == "channel":
-            role_channel(dispatcher)
-        elif role == "subscriber":
-            role_subscriber(dispatcher, int(rest[0]))
-        else:
-            role_publisher(dispatcher, int(rest[0]))
-        return
+        return play(args.role, {"channel": role_channel, "subscriber": role_subscriber,
+                                "publisher": role_publisher})
     with compiled_env() as env:
         for side in SIDES if args.side == "all" else (args.side,):
             k = 1 if side == "subscriber" else args.subscribers

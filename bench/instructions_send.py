@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 
-from bench.instructions import parser, report
+from bench.instructions import parser, play, report
 
 WARMUP = 1000
 NAME = "bench/instructions-sink"
@@ -73,12 +73,7 @@ def main(argv: list[str]) -> None:
                       help="the peers' transport (default zmq+tcp://127.0.0.1:0)")
     opts = args.parse_args(argv)
     if opts.role:
-        role, dispatcher, *rest = opts.role
-        if role == "server":
-            role_server(dispatcher)
-        else:
-            role_client(dispatcher, int(rest[0]))
-        return
+        return play(opts.role, {"server": role_server, "client": role_client})
     os.environ[LISTEN] = opts.listen        # (the processes' environment is this one's)
     report("bench.instructions_send", opts, f"message ({opts.listen}; server: the receiver)")
 
