@@ -19,6 +19,7 @@ that still finds one gone re-resolves the name and resends.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = ["Peer", "DEFERRED"]
 # kinds as module globals: an enum member lookup costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
+_ident = threading.get_ident
 
 
 def _default_listen(name: str, registry: Registry) -> str:
@@ -87,6 +89,7 @@ class Peer:
         self.sender = Sender(self.name, resolve=resolver(self.registry), codec=self.codec,
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
+        self._by_thread = self.sender.by_thread
         self._closed = False
         self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
                               gatekeeper=self.gatekeeper, receiver=self._receiver,
@@ -132,8 +135,10 @@ class Peer:
 
         Returns the number of recipients. Raises ``NameNotFound``, ``Timeout`` if not
         delivered in ``timeout``, ``PartialDelivery`` if some of a group were not."""
-        deadline = time.monotonic() + timeout
-        fwd = self.sender.forwarder()
+        deadline = _monotonic() + timeout
+        fwd = self._by_thread.get(_ident())     # (``Sender.forwarder``, inline)
+        if fwd is None or fwd.closed:
+            fwd = self.sender.forwarder()
         if "*" in name:     # a group pattern: every member is tried (posa.delivery.group)
             members = [r.name for r in registrations(self.registry, name)  # page by page
                        if r.name != self.name]

@@ -210,3 +210,35 @@ def test_a_request_after_a_burst_is_handled_after_every_message_before_it(
             a.send("net/b", i)
         assert a.request("net/b", "count", timeout=5) == 101
     assert seen == [*range(100), "count"]
+
+
+def test_every_message_of_a_batch_comes_the_way_the_batch_came() -> None:
+    batch = codec.decode(batch_of([(Kind.SEND, {}, 1), (Kind.SEND, {}, 2)]))
+    batch.route = ("endpoint", b"route")
+    assert [msg.route for msg in codec.unbatch(batch)] == [("endpoint", b"route")] * 2
+
+
+@pytest.mark.parametrize("transport", ["tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"])
+def test_a_handler_gets_every_message_of_a_burst_in_order_though_one_raises(
+        transport: str, registry: posa.LocalRegistry) -> None:
+    """The messages of a batch go to the handler straight (those without headers)
+    or through the full delivery (with headers): all of them, in order, counted,
+    and one the handler raises on stops none after it."""
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def handler(msg: posa.Message) -> None:
+        seen.append((msg.body, msg.headers.get("x")))
+        if len(seen) == 2000:
+            done.set()
+        if msg.body == 7:
+            raise RuntimeError("the handler fails on 7")
+
+    with posa.Peer("net/a", registry=registry, listen=transport) as a, \
+         posa.Peer("net/b", registry=registry, listen=transport, handler=handler) as b:
+        for i in range(2000):
+            a.send("net/b", i, headers={"x": i} if i % 100 == 50 else None)
+        a.flush(5)
+        assert done.wait(5)
+        assert b.stats["received"] == 2000
+    assert seen == [(i, i if i % 100 == 50 else None) for i in range(2000)]

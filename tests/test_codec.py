@@ -160,3 +160,23 @@ def test_no_pickle_anywhere() -> None:
         used = re.search(r"^\s*(import|from)\s+(c?pickle|marshal|shelve)\b|pickle\.loads?\(",
                          path.read_text(), re.M)
         assert used is None, f"{path} uses pickle"
+
+
+@given(st.sampled_from(list(Kind)), st.integers(0, (1 << 64) - 1),
+       st.integers(0, (1 << 64) - 1), st.text(max_size=40), st.text(max_size=40),
+       st.integers(0, (1 << 64) - 1), st.dictionaries(st.text(max_size=8), leaves, max_size=3),
+       bodies)
+def test_parts_frame_an_envelope_byte_for_byte_as_pack(
+        kind: int, stream: int, id: int, sender: str, recipient: str, correlation: int,
+        headers: dict[str, Any], body: Any) -> None:
+    """A sender packs only the id and the body of a SEND around the parts it
+    packed once: the frame is the very bytes ``pack`` makes."""
+    pack, value = codec.packers()
+    head, middle = codec.parts(kind, stream, sender, recipient, correlation, headers)
+    assert head + value(id) + middle + value(body) == pack(
+        kind, stream, id, sender, recipient, correlation, headers, body)
+
+
+def test_parts_refuse_fields_msgpack_cannot_carry() -> None:
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        codec.parts(1, 1 << 64, "a", "b", 0, {})

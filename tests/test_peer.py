@@ -278,3 +278,15 @@ def test_a_move_to_a_wildcard_host_is_announced_with_the_registered_address() ->
         assert published.startswith("tcp://127.0.0.1:")
         wait_until(lambda: old[0].moved_to is not None, 10, "the move was announced")
         assert old[0].moved_to == (published, b.epoch)
+
+
+def test_a_body_over_the_frame_limit_leaves_no_hole_in_the_stream(
+        registry: posa.LocalRegistry) -> None:
+    limits = posa.CodecLimits(max_frame_size=4096)
+    with posa.Peer("net/a", registry=registry, limits=limits) as a, \
+            posa.Peer("net/b", registry=registry, limits=limits) as b:
+        a.send("net/b", 1)
+        with pytest.raises(posa.ProtocolError, match="exceeds max_frame_size"):
+            a.send("net/b", b"x" * 5000)
+        a.send("net/b", 2)
+        assert [b.receive(timeout=5).body for _ in range(2)] == [1, 2]

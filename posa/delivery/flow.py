@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.target import BATCH_MAX
 from posa.delivery.waiting import Steps
-from posa.errors import Timeout, TransportError
+from posa.errors import Timeout, TransportError, Unauthorized
 from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
 
@@ -62,8 +62,7 @@ class Flow:
                            cause: BaseException | None) -> Steps[None]: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
-        def _acked_steps(self, target: Target, deadline: float,
-                         done: Callable[[], bool]) -> Steps[None]: ...
+        def _refusal(self, target: Target) -> Unauthorized: ...
 
     def send_steps(self, name: str, body: Any, kind: int,
                    headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
@@ -180,3 +179,35 @@ class Flow:
             acked += target.out.acked
             conns ^= id(target.conn)
         return acked, len(self._replies), conns
+
+    def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool]
+                     ) -> Steps[None]:
+        """Read ``target``'s acknowledgements until ``done()``, as steps: the backlog
+        is resent when none came for ``ack_timeout`` s (or a MOVED hint came), and
+        given up at ``deadline`` (a Timeout is final). The one waiting loop of
+        ``flush``, of a full window and of ``posa.aio``'s wait for room."""
+        acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
+        while not done():
+            if target.refused is not None:
+                raise self._refusal(target)
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._give_up(target, f"messages to {target.name!r} at "
+                                    f"{target.address} were not acknowledged in time; "
+                                    "the peer may be overloaded or gone")
+            if target.out.acked != acked:       # progress: the stall clock restarts
+                acked, stall_until = target.out.acked, now + self.ack_timeout
+            if now >= stall_until or target.moved is not None:
+                yield from self._recover_steps(target, deadline, None)
+                stall_until = time.monotonic() + self.ack_timeout
+                continue
+            conn = target.conn
+            try:
+                frame = conn.recv_nowait()
+            except TransportError as exc:
+                yield from self._recover_steps(target, deadline, exc)
+                continue
+            if frame is not None:
+                self._absorb(frame)
+            elif not conn.pending():
+                yield conn, max(0.0, min(deadline, stall_until) - now)

@@ -86,7 +86,9 @@ class Forwarder(Requesting, Flow):
         self._batch_bytes = min(BATCH_BYTES, options.max_frame_size // 2)
         self._auth = authenticator
         self._codec = codec
-        self._pack = codec.packer()     # this thread's own: no per-call thread lookup
+        # this thread's own: no per-call thread lookup
+        self._pack, self._packv = codec.packers()
+        self._max_frame = codec.limits.max_frame_size
         self.window = window
         self.ack_timeout = ack_timeout
         self._on_notify = on_notify
@@ -116,13 +118,21 @@ class Forwarder(Requesting, Flow):
         """``send`` for a caller that holds ``lock`` (the hot path of ``Peer.send``).
         Given ``failed``, a recovery it needs (a failed write, a MOVED notice) is
         not run here but its cause appended, for the caller's ``recovery_steps``."""
-        target = self._targets.get(name)
-        if target is None:
-            target = self._open_target(name, deadline)
+        target = self._targets.get(name) or self._open_target(name, deadline)
         out = target.out
         seq = out.next_seq
-        frame = self._pack(kind, target.stream, seq, self.name, name, 0,  # (+ a trace's)
-                           (_traced() and _outgoing(headers)) or headers or _NO_HEADERS, body)
+        if kind == _SEND and not headers and not _traced():
+            packv = self._packv     # only the id and the body: the rest is the target's
+            try:
+                frame = target.head + packv(seq) + target.middle + packv(body)
+                if len(frame) > self._max_frame:
+                    raise ValueError(frame)
+            except (TypeError, ValueError, OverflowError):  # the full pack raises ProtocolError
+                frame = self._pack(kind, target.stream, seq, self.name, name, 0, {}, body)
+        else:
+            frame = self._pack(kind, target.stream, seq, self.name, name, 0,  # (+ a trace's)
+                               (_traced() and _outgoing(headers)) or headers or _NO_HEADERS,
+                               body)
         out.next_seq = seq + 1
         unacked = out.unacked
         unacked.append(frame)
@@ -150,16 +160,23 @@ class Forwarder(Requesting, Flow):
             self._recover(target, deadline, exc)
         polls = target.since_poll = target.since_poll + 1
         if polls >= ACK_EVERY or len(unacked) >= self.window:
-            target.since_poll = 0
-            self._poll(target)
-            if target.moved is not None:
-                if failed is not None:
-                    failed.append(None)
-                    return seq
-                self._recover(target, deadline, None)
-            while len(unacked) >= self.window:
-                self._await_progress(target, deadline)
+            self._catch_up(target, deadline, failed)
         return seq
+
+    def _catch_up(self, target: Target, deadline: float,
+                  failed: list[BaseException | None] | None) -> None:
+        """Every ``ACK_EVERY`` sends, or with the window full: read what came back,
+        follow a MOVED notice (or leave it to the caller, given ``failed``), and
+        wait while the window is full."""
+        target.since_poll = 0
+        self._poll(target)
+        if target.moved is not None:
+            if failed is not None:
+                failed.append(None)
+                return
+            self._recover(target, deadline, None)
+        while len(target.out.unacked) >= self.window:
+            self._await_progress(target, deadline)
 
     def pin(self, name: str, address: str) -> None:
         """Send to ``name`` at ``address`` without asking the registry."""
@@ -183,38 +200,6 @@ class Forwarder(Requesting, Flow):
             pass    # the stall clock below resends
         for target in [t for t in self._targets.values() if names is None or t.name in names]:
             yield from self._acked_steps(target, deadline, target.out.settled)
-
-    def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool]
-                     ) -> Steps[None]:
-        """Read ``target``'s acknowledgements until ``done()``, as steps: the backlog
-        is resent when none came for ``ack_timeout`` s (or a MOVED hint came), and
-        given up at ``deadline`` (a Timeout is final). The one waiting loop of
-        ``flush``, of a full window and of ``posa.aio``'s wait for room."""
-        acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
-        while not done():
-            if target.refused is not None:
-                raise self._refusal(target)
-            now = time.monotonic()
-            if now >= deadline:
-                raise self._give_up(target, f"messages to {target.name!r} at "
-                                    f"{target.address} were not acknowledged in time; "
-                                    "the peer may be overloaded or gone")
-            if target.out.acked != acked:       # progress: the stall clock restarts
-                acked, stall_until = target.out.acked, now + self.ack_timeout
-            if now >= stall_until or target.moved is not None:
-                yield from self._recover_steps(target, deadline, None)
-                stall_until = time.monotonic() + self.ack_timeout
-                continue
-            conn = target.conn
-            try:
-                frame = conn.recv_nowait()
-            except TransportError as exc:
-                yield from self._recover_steps(target, deadline, exc)
-                continue
-            if frame is not None:
-                self._absorb(frame)
-            elif not conn.pending():
-                yield conn, max(0.0, min(deadline, stall_until) - now)
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""

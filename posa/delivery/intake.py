@@ -92,21 +92,17 @@ class Intake:
         names are bound to locals once per run."""
         listener = endpoint.listener
         many = hasattr(listener, "send_many")   # answers of a run held only if it helps
-        admit = self.gatekeeper.admit
-        receive = self.receiver.receive
+        admit, receive = self.gatekeeper.admit, self.receiver.receive
         deliver = self.deliver if self.on_run is None else self._deliver_noted
-        queued = self.inbox.qsize
-        limit = self.inbox.size
-        more = listener.pending
-        quick = self.quick
+        queued, limit = self.inbox.qsize, self.inbox.size
+        more, quick = listener.pending, self.quick
         for i in _TURN:
             if self.handler is None and queued() >= limit:
                 self.listening.pause(endpoint)
                 break
             try:
-                # after a frame, stop once nothing is queued: the descriptor fires
-                # for the next one (posa/transport/base.py), and a receive that finds
-                # nothing costs a poll
+                # after a frame, stop once nothing is queued: the descriptor fires for
+                # the next one (posa/transport/base.py); a receive finding none costs more
                 if i and not more():
                     break
                 item = listener.recv_nowait()
@@ -126,8 +122,8 @@ class Intake:
                     and quickly(self, quick, msg, endpoint, route):
                 continue
             run = receive(msg, endpoint, route)
-            if many and len(run) > 1:
-                self._deliver_held(run, deliver)
+            if len(run) > 1:
+                self._deliver_run(run, deliver, many)
             else:
                 for ready in run:
                     deliver(ready)
@@ -151,14 +147,23 @@ class Intake:
         elif rejection.frame is not None:       # failed to open: say so
             self.refuse(endpoint, route, rejection)
 
-    def _deliver_held(self, run: Sequence[Message],
-                      deliver: Callable[[Message], None]) -> None:
-        """Deliver a run of several messages that came in one frame; the answers
-        given meanwhile go out together after it (``send_back``)."""
-        self._held = []
+    def _deliver_run(self, run: Sequence[Message], deliver: Callable[[Message], None],
+                     hold: bool) -> None:
+        """Deliver a run of several messages that came in one frame: a SEND without
+        headers goes to the handler straight (``deliver`` would only count it); with
+        ``hold``, the answers given meanwhile go out together after it (``send_back``)."""
+        handler, stats = self.handler, self.stats
+        self._held = [] if hold else None
         try:
-            for ready in run:
-                deliver(ready)
+            for msg in run:
+                if msg.kind != _SEND or msg.headers or handler is None or self.on_run:
+                    deliver(msg)
+                    continue
+                stats["received"] += 1
+                try:
+                    handler(msg)
+                except Exception:
+                    log.exception("peer %s: handler raised on %r", self.name, msg)
         finally:
             held, self._held = self._held, None
             if held:

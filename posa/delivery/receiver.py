@@ -150,8 +150,9 @@ class Receiver(Inbound):
             if not run:         # refused from its first message on: a rate limit
                 self.refused(msg.sender, msg.stream, msg.body[0][3])
                 return ()
-            for inner in run:
-                inner.route = where
+            if run[-1].route is not where:     # (``Codec.unbatch`` gives the batch's)
+                for inner in run:
+                    inner.route = where
         elif kind == _SEND or kind == _REQUEST:     # noqa: SIM109 (no tuple to build)
             if not msg.stream:
                 return (msg,)

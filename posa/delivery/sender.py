@@ -53,13 +53,15 @@ class Sender:
         self.options = self.codec.limits.options(options)
         self._resolve, self._window, self._ack_timeout = resolve, window, ack_timeout
         self._on_notify, self._auth, self._reactor = on_notify, authenticator, reactor
-        self._forwarders: dict[int, Forwarder] = {}     # by thread ident
+        # every forwarder made and not replaced, by thread ident: read it (a hot
+        # path's ``forwarder()``, inline), never change it
+        self.by_thread: dict[int, Forwarder] = {}
         self._lock = threading.Lock()
         self.closed = False
 
     def forwarder(self) -> Forwarder:
         """This thread's forwarder."""
-        fwd = self._forwarders.get(_ident())
+        fwd = self.by_thread.get(_ident())
         if fwd is None or fwd.closed:
             return self._new_forwarder()
         return fwd
@@ -73,7 +75,7 @@ class Sender:
                         ack_timeout=self._ack_timeout, on_notify=self._on_notify,
                         authenticator=self._auth, reactor=self._reactor)
         with self._lock:
-            self._forwarders[_ident()] = fwd
+            self.by_thread[_ident()] = fwd
         return fwd
 
     def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
@@ -100,7 +102,7 @@ class Sender:
     def unacknowledged(self) -> int:
         """Messages sent by every thread and not yet acknowledged (approximate)."""
         with self._lock:
-            forwarders = list(self._forwarders.values())
+            forwarders = list(self.by_thread.values())
         return sum(fwd.unacknowledged() for fwd in forwarders)
 
     def close(self, linger: float = 0.0) -> None:
@@ -108,7 +110,7 @@ class Sender:
         forwarder. Call it when the other sending threads are done."""
         if self.closed:
             return
-        mine = self._forwarders.get(_ident())
+        mine = self.by_thread.get(_ident())
         if mine is not None and linger > 0:
             try:
                 mine.flush(time.monotonic() + linger)
@@ -116,7 +118,7 @@ class Sender:
                 log.warning("%s: closing with undelivered messages: %s", self.name, exc)
         self.closed = True
         with self._lock:
-            forwarders = list(self._forwarders.values())
-            self._forwarders.clear()
+            forwarders = list(self.by_thread.values())
+            self.by_thread.clear()
         for fwd in forwarders:
             fwd.close()

@@ -30,7 +30,7 @@ from posa.errors import Closed, PosaError, Unauthorized
 from posa.runtime import reactor as reactor_module
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Connection
-from posa.wire.codec import Codec
+from posa.wire.codec import Codec, Kind
 
 __all__ = ["Target", "OpenBatches", "new_stream_id", "BATCH_MAX", "BATCH_BYTES", "LINGER"]
 
@@ -39,6 +39,7 @@ BATCH_BYTES = 32 * 1024 # bytes of envelopes in one BATCH frame at most (about)
 LINGER = 0.001          # an open batch goes out at the latest this long after it opened
 _monotonic = time.monotonic
 _ids = itertools.count(1)
+_SEND = Kind.SEND
 
 
 def new_stream_id() -> int:
@@ -51,7 +52,7 @@ class Target:
 
     __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll", "stream",
                  "batch", "batch_bytes", "written_at", "sender", "moved", "refused", "_codec",
-                 "_auth")
+                 "_auth", "head", "middle")
 
     def __init__(self, name: str, address: str, epoch: int, conn: Connection, *,
                  pinned: bool, first_seq: int, sender: str, codec: Codec,
@@ -75,6 +76,9 @@ class Target:
         self.refused: Unauthorized | None = None
         self._codec = codec
         self._auth = authenticator
+        # a SEND without headers to this name is ``head + pack(id) + middle +
+        # pack(body)`` (``Codec.parts``): the send path packs only what changes
+        self.head, self.middle = codec.parts(_SEND, self.stream, sender, name, 0, {})
 
     def write(self, frames: list[bytes]) -> None:
         """Put ``frames`` (envelopes of this stream, in order) on the wire as one

@@ -159,6 +159,13 @@ class Codec:
         """A pack function with a ``Packer`` of its own, for one thread: ``pack``
         without the per-call lookup of the thread's packer (the forwarder's send
         path holds one). The one place that lays out the envelope."""
+        return self.packers()[0]
+
+    def packers(self) -> tuple[Pack, Callable[[Any], bytes]]:
+        """``packer()`` and the msgpack ``pack`` of one value that it uses, for one
+        thread: with ``parts``, a sender frames an envelope from its id and body
+        alone. That ``pack`` raises msgpack's errors; ``Pack`` turns them into
+        ``ProtocolError`` (a caller falls back to it to raise)."""
         packer = msgpack.Packer(use_bin_type=True, **_SMALL_BUFFER)
         packb = packer.pack
         limit = self.limits.max_frame_size
@@ -179,7 +186,21 @@ class Codec:
                     "split it or raise CodecLimits.max_frame_size")
             return data
 
-        return pack
+        return pack, packb
+
+    @staticmethod
+    def parts(kind: int, stream: int, sender: str, recipient: str, correlation: int,
+              headers: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The envelope's bytes around its id: ``head + pack(id) + middle +
+        pack(body)`` is what ``pack`` makes of these fields, byte for byte (an
+        array is its header and its items' bytes, in order). Raises ``ProtocolError``
+        if the fields cannot be encoded."""
+        try:
+            packb = msgpack.Packer(use_bin_type=True, **_SMALL_BUFFER).pack
+            return (b"\x99" + packb(VERSION) + packb(kind) + packb(stream),
+                    packb(sender) + packb(recipient) + packb(correlation) + packb(headers))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"cannot encode the envelope's fields ({exc})") from None
 
     def encode(self, msg: Message) -> bytes:
         """The wire bytes of ``msg``. Raises ``ProtocolError`` if it cannot be encoded."""
@@ -207,10 +228,10 @@ class Codec:
         return b"".join([head[:-1], array, *envelopes])
 
     def unbatch(self, batch: Message) -> list[Message]:
-        """The messages inside the ``BATCH`` message ``batch``, each validated as if
-        it had come alone (``max_depth`` applies to each), numbered consecutively.
-        Raises ``ProtocolError`` if any is invalid or not of the batch's stream,
-        sender and recipient: a batch is taken whole or not at all."""
+        """The messages inside the ``BATCH`` message ``batch`` (with its ``route``), each
+        validated as if it had come alone (``max_depth`` applies to each), numbered
+        consecutively. Raises ``ProtocolError`` if any is invalid or not of the
+        batch's stream, sender and recipient: a batch is taken whole or not at all."""
         body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
         if type(body) is not list or not body or not stream:
             raise ProtocolError(_NOT_A_BATCH)
@@ -218,9 +239,7 @@ class Codec:
         if not within(batch.headers, depth):
             raise too_deep(self.limits.max_depth)
         messages: list[Message] = []
-        append = messages.append
-        new = _new_message
-        next_id = 0
+        append, new, route, next_id = messages.append, _new_message, batch.route, 0
         for fields in body:
             if type(fields) is not list or len(fields) != 9:
                 raise ProtocolError(_NOT_AN_ENVELOPE)
@@ -253,7 +272,8 @@ class Codec:
             msg.correlation = correlation
             msg.headers = headers
             msg.body = inner_body
-            msg.route = msg.deadline = None
+            msg.route = route
+            msg.deadline = None
             append(msg)
         return messages
 
