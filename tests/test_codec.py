@@ -180,3 +180,9 @@ def test_parts_frame_an_envelope_byte_for_byte_as_pack(
 def test_parts_refuse_fields_msgpack_cannot_carry() -> None:
     with pytest.raises(ProtocolError, match="cannot encode"):
         codec.parts(1, 1 << 64, "a", "b", 0, {})
+
+
+@pytest.mark.parametrize("n", [0x100, 0x101, 0xFFFF, 0x10000, 0x10001, 0xFFFFFFFF])
+def test_the_id_encodings_are_msgpacks_own(n: int) -> None:
+    from posa.wire.codec import U16, U32
+    assert (U16(0xCD, n) if n <= 0xFFFF else U32(0xCE, n)) == msgpack.packb(n)

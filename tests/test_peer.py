@@ -290,3 +290,15 @@ def test_a_body_over_the_frame_limit_leaves_no_hole_in_the_stream(
             a.send("net/b", b"x" * 5000)
         a.send("net/b", 2)
         assert [b.receive(timeout=5).body for _ in range(2)] == [1, 2]
+
+
+@pytest.mark.parametrize("first", [1, 0x7F, 0xFE, 0xFFFE, 0xFFFFFFFE])
+def test_ids_of_every_width_arrive_as_sent(registry: posa.LocalRegistry, first: int) -> None:
+    """A SEND's id is framed without the full pack: around each width msgpack
+    gives an int (1, 2, 3, 5 and 9 bytes) the ids arrive whole, in order."""
+    with posa.Peer("net/a", registry=registry) as a, posa.Peer("net/b", registry=registry) as b:
+        a.sender.forwarder()._seq_floor = first     # where the stream to b starts
+        for i in range(4):
+            a.send("net/b", {"seq": i})
+        got = [b.receive(timeout=5) for _ in range(4)]
+    assert [(m.id, m.body) for m in got] == [(first + i, {"seq": i}) for i in range(4)]

@@ -57,13 +57,17 @@ from posa.runtime.reactor import Reactor
 from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
 from posa.runtime.trace import outgoing as _outgoing
 from posa.transport.base import Connection, Options
+from posa.wire.codec import U16 as _U16
+from posa.wire.codec import U32 as _U32
 from posa.wire.codec import Codec, Kind, Message
 
 __all__ = ["Forwarder"]
 
 ACK_EVERY = 128         # look for acknowledgements every this many sends per target
+_EVERY = ACK_EVERY - 1  # (a power of two: every time a sequence number is a multiple)
 QUIET = 0.0005          # a SEND to a target written to longer ago than this goes out alone
 _monotonic = time.monotonic
+_join = b"".join
 _NO_HEADERS: dict[str, Any] = {}    # packed for messages without headers; never changed
 # the kinds the hot paths compare with, as module globals: looking a member up on
 # its enum class costs ~0.1 us before Python 3.12
@@ -124,7 +128,9 @@ class Forwarder(Requesting, Flow):
         if kind == _SEND and not headers and not _traced():
             packv = self._packv     # only the id and the body: the rest is the target's
             try:
-                frame = target.head + packv(seq) + target.middle + packv(body)
+                frame = _join((target.head, _U16(0xCD, seq) if 0xFF < seq <= 0xFFFF else
+                               _U32(0xCE, seq) if 0xFFFF < seq <= 0xFFFFFFFF else packv(seq),
+                               target.middle, packv(body)))
                 if len(frame) > self._max_frame:
                     raise ValueError(frame)
             except (TypeError, ValueError, OverflowError):  # the full pack raises ProtocolError
@@ -158,17 +164,15 @@ class Forwarder(Requesting, Flow):
                 failed.append(exc)
                 return seq
             self._recover(target, deadline, exc)
-        polls = target.since_poll = target.since_poll + 1
-        if polls >= ACK_EVERY or len(unacked) >= self.window:
+        if not seq & _EVERY or len(unacked) >= self.window:
             self._catch_up(target, deadline, failed)
         return seq
 
     def _catch_up(self, target: Target, deadline: float,
                   failed: list[BaseException | None] | None) -> None:
-        """Every ``ACK_EVERY`` sends, or with the window full: read what came back,
-        follow a MOVED notice (or leave it to the caller, given ``failed``), and
-        wait while the window is full."""
-        target.since_poll = 0
+        """Every ``ACK_EVERY`` sends to ``target``, or with the window full: read
+        what came back, follow a MOVED notice (or leave it to the caller, given
+        ``failed``), and wait while the window is full."""
         self._poll(target)
         if target.moved is not None:
             if failed is not None:

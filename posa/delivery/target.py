@@ -50,7 +50,7 @@ def new_stream_id() -> int:
 class Target:
     """The forwarder's state for one recipient name."""
 
-    __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "since_poll", "stream",
+    __slots__ = ("name", "address", "epoch", "conn", "out", "pinned", "stream",
                  "batch", "batch_bytes", "written_at", "sender", "moved", "refused", "_codec",
                  "_auth", "head", "middle")
 
@@ -63,7 +63,6 @@ class Target:
         self.conn = conn
         self.out = Outbound(first_seq)
         self.pinned = pinned      # address given by the caller: never re-resolved
-        self.since_poll = 0
         self.stream = new_stream_id()
         self.batch: list[bytes] = []      # envelopes sent but not written yet, in order
         self.batch_bytes = 0
