@@ -149,14 +149,14 @@ class Intake:
 
     def _deliver_run(self, run: Sequence[Message], deliver: Callable[[Message], None],
                      hold: bool) -> None:
-        """Deliver a run of several messages that came in one frame: a SEND without
-        headers goes to the handler straight (``deliver`` would only count it); with
-        ``hold``, the answers given meanwhile go out together after it (``send_back``)."""
+        """Deliver a run that came in one frame: a SEND without headers goes to the
+        handler straight; with ``hold``, answers go out together after it (``send_back``)."""
         handler, stats = self.handler, self.stats
+        plain = handler is not None and self.on_run is None
         self._held = [] if hold else None
         try:
             for msg in run:
-                if msg.kind != _SEND or msg.headers or handler is None or self.on_run:
+                if not plain or msg.kind != _SEND or msg.headers:
                     deliver(msg)
                     continue
                 stats["received"] += 1
