@@ -14,8 +14,8 @@ The measured process is the slower one, so the other side's batches and
 acknowledgements come as they do when that side is the bottleneck. A count
 repeats within a few percent at the same ``--calls``, but the receiver's depends
 on them: the further behind it falls, the larger the batches it reads (about
-74k instructions per message at 2000,6000, 29.5k at 10000,30000 here), so
-compare counts made with the same numbers only.
+26k instructions per message at 10000,30000 here, several times more at
+2000,6000), so compare counts made with the same numbers only.
 """
 from __future__ import annotations
 
