@@ -123,8 +123,7 @@ class Forwarder(Requesting, Flow):
         Given ``failed``, a recovery it needs (a failed write, a MOVED notice) is
         not run here but its cause appended, for the caller's ``recovery_steps``."""
         target = self._targets.get(name) or self._open_target(name, deadline)
-        out = target.out
-        seq = out.next_seq
+        seq = (out := target.out).next_seq
         if kind == _SEND and not headers and not _traced():
             packv = self._packv     # only the id and the body: the rest is the target's
             try:
