@@ -151,8 +151,8 @@ class Intake:
                      hold: bool) -> None:
         """Deliver a run that came in one frame: a SEND without headers goes to the
         handler straight; with ``hold``, answers go out together after it (``send_back``)."""
-        handler, stats = self.handler, self.stats
-        plain = handler is not None and self.on_run is None
+        handler, stats = self.handler or deliver, self.stats
+        plain = self.handler is not None and self.on_run is None
         self._held = [] if hold else None
         try:
             for msg in run:
