@@ -10,6 +10,8 @@ for a reply: it yields ``(connection, seconds)`` and is sent whether the
 connection became readable (``posa.delivery.waiting``), reads acknowledgements
 without blocking, and resends an overdue backlog; once one more message fits
 without filling the window, ``send_locked`` sends it and returns at once.
+``_acked_steps`` is that wait for acknowledgements, the one loop that a full
+window, ``flush`` and the drivers' wait for room all run.
 
 ``queue_request`` puts a REQUEST in the recipient's open batch instead of
 writing it, and ``write_open`` writes the open batches: a driver running the
