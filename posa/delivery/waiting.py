@@ -1,6 +1,7 @@
 """Blocking waits for protocol steps written once (``Forwarder.request_steps``,
 ``flush_steps``): a step yields ``(connection, seconds)`` when it must wait for
-input and is sent whether the connection became readable.  A step with
+input and is sent whether the connection became readable (the connection's own
+``wait_readable`` where it has one: ``posa.transport.base.waiter``).  A step with
 nothing to wait for yields ``(None, seconds)``.  ``drive`` runs the
 steps in the calling thread with ``poll`` (``select`` where there is no poll:
 ``select.select`` refuses descriptors from 1024 up, which a process holding
@@ -22,7 +23,7 @@ from collections.abc import Generator
 from typing import Any, TypeVar
 
 from posa.errors import PosaError
-from posa.transport.base import Connection
+from posa.transport.base import Connection, Wait, default_wait_readable, waiter
 
 __all__ = ["drive", "run_held", "readable", "Steps"]
 
@@ -62,12 +63,13 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         time.sleep(max(0.0, timeout))
         return False
     try:
-        waits = _waits.get(conn.__class__, _UNKNOWN)
-        if waits is _UNKNOWN:
-            waits = _waits[conn.__class__] = getattr(conn.__class__, "wait_readable", None)
-        if waits is not None:       # it waits itself (nats://: reading its socket)
+        waits = _waits.get(conn.__class__)
+        if waits is None:
+            waits = _waits[conn.__class__] = waiter(conn.__class__)
+        if waits is not default_wait_readable:  # it waits itself (nats://: reading its socket)
             return bool(waits(conn, timeout))
-        fd = conn.fileno()
+        fd = conn.fileno()      # the default, with this thread's poll objects (the steps
+        #                         looked at ``pending()`` before they yielded)
         if _poll is None:
             return bool(select.select([fd], [], [], timeout)[0])
         try:
@@ -86,8 +88,7 @@ def readable(conn: Connection | None, timeout: float) -> bool:
 
 
 _poll = getattr(select, "poll", None)
-_waits: dict[type, Any] = {}    # a connection class's own ``wait_readable``, if any
-_UNKNOWN = object()
+_waits: dict[type, Wait] = {}   # how each connection class is waited on (``waiter``)
 _local = threading.local()
 _KEEP = 64          # poll objects kept per thread (one per descriptor number)
 _POLLIN = getattr(select, "POLLIN", 1)

@@ -38,20 +38,31 @@ A listener that authenticates its peers may also offer
 (``tls://`` with client certificates: the certificate's common name). It is
 optional; callers look it up with ``getattr``.
 
+A connection may also offer ``wait_readable(timeout) -> bool``: wait up to
+``timeout`` s until ``recv_nowait()`` may return a frame (or raise), True if it
+may. It is optional, for a transport whose frames do not make ``fileno()``
+readable by themselves (``nats://``: a waiting thread reads the shared client's
+socket). Without it a blocking caller waits on ``fileno()`` once ``pending()`` is
+false (``default_wait_readable``); ``waiter`` gives a class's way, looked up once
+per class.
+
 Errors are posa's: ``TransportError`` (``Closed`` once an endpoint is closed),
 ``Timeout``. Nothing from ``zmq``, ``socket`` or ``OSError`` escapes.
 """
 from __future__ import annotations
 
+import math
+import select
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from posa.transport.tls.settings import TlsSettings
 
-__all__ = ["Options", "Transport", "Listener", "Connection", "Route"]
+__all__ = ["Options", "Transport", "Listener", "Connection", "Route", "Wait",
+           "default_wait_readable", "waiter"]
 
 Route = Hashable  # identifies one inbound connection of a listener
 
@@ -143,6 +154,35 @@ class Connection(Protocol):
 
     def close(self) -> None:
         """Flush what was sent (at most ``linger`` seconds) and close. Idempotent."""
+
+    # optional: ``def wait_readable(self, timeout: float) -> bool`` (see the module
+    # docstring); a Protocol member would make every connection declare it
+
+
+Wait = Callable[[Any, float], bool]     # (connection, timeout s) -> it may have a frame
+
+
+def default_wait_readable(conn: Connection, timeout: float) -> bool:
+    """A connection without ``wait_readable``: True at once while ``pending()``,
+    else whether ``fileno()`` became readable within ``timeout`` s."""
+    if conn.pending():
+        return True
+    fd = conn.fileno()
+    if _poll is None:
+        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+    poller = _poll()        # poll, not select: select refuses descriptors from 1024 up
+    poller.register(fd, getattr(select, "POLLIN", 1))
+    return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
+
+
+def waiter(kind: type) -> Wait:
+    """How a blocking caller waits on a connection of class ``kind``: its own
+    ``wait_readable`` if it has one, else ``default_wait_readable``."""
+    own: Wait | None = getattr(kind, "wait_readable", None)
+    return default_wait_readable if own is None else own
+
+
+_poll = getattr(select, "poll", None)
 
 
 class Transport(Protocol):

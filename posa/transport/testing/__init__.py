@@ -33,7 +33,8 @@ or one test per check, under pytest::
 
 The checks are grouped by theme: ``frames`` (round trip, order, sizes, oversize
 frames), ``endpoints`` (many connections, closing, addresses) and ``polling``
-(timeouts, the reactor's ways of waiting); ``support`` holds what they share.
+(timeouts, the reactor's ways of waiting, a blocking caller's ``wait_readable``);
+``support`` holds what they share.
 Import them from here: this package's ``__all__`` is the public surface.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ from posa.transport.testing.frames import (
 from posa.transport.testing.polling import (
     check_polling,
     check_recv_timeout,
+    check_wait_readable,
     check_waiting_without_draining,
 )
 from posa.transport.testing.support import DEADLINE, AddressFactory, Check
@@ -64,7 +66,7 @@ __all__ = [
     "check_round_trip", "check_order", "check_frame_sizes", "check_oversize_refused_by_send",
     "check_oversize_dropped_by_listener", "check_many_connections", "check_close_wakes_recv",
     "check_use_after_close", "check_resolved_address", "check_recv_timeout", "check_polling",
-    "check_waiting_without_draining",
+    "check_waiting_without_draining", "check_wait_readable",
 ]
 
 # every check, in the order check_all runs them
@@ -72,7 +74,7 @@ CHECKS: list[Check] = [
     check_round_trip, check_order, check_frame_sizes, check_oversize_refused_by_send,
     check_oversize_dropped_by_listener, check_many_connections, check_close_wakes_recv,
     check_use_after_close, check_resolved_address, check_recv_timeout, check_polling,
-    check_waiting_without_draining,
+    check_waiting_without_draining, check_wait_readable,
 ]
 
 

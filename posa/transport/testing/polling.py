@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from posa.errors import Timeout
-from posa.transport.base import Options
+from posa.transport.base import Options, waiter
 from posa.transport.testing.support import (
     DEADLINE,
     AddressFactory,
@@ -19,7 +21,8 @@ from posa.transport.testing.support import (
     workers,
 )
 
-__all__ = ["check_recv_timeout", "check_polling", "check_waiting_without_draining"]
+__all__ = ["check_recv_timeout", "check_polling", "check_waiting_without_draining",
+           "check_wait_readable"]
 
 
 @check
@@ -92,3 +95,58 @@ def check_waiting_without_draining(address_factory: AddressFactory, options: Opt
             listener.send(route, b"answer-%d" % n)
             frame = wait_then_take(connection, f"the connection waiting for answer {n}")
             assert frame == b"answer-%d" % n, f"the connection received {show(frame)}"
+
+
+@check
+def check_wait_readable(address_factory: AddressFactory, options: Options) -> None:
+    """How a blocking caller waits on a connection (its own ``wait_readable``, or
+    the default on ``fileno()``: ``posa.transport.base.waiter``): with nothing
+    sent it says False once ``timeout`` passed; it says True for a frame sent
+    before the wait and for one sent while another thread waits, and
+    ``recv_nowait()`` then returns that frame."""
+    with workers() as started, Endpoints() as ends:
+        listener = ends.listen(address_factory(), options)
+        connection = ends.connect(listener.address, options)
+        wait = waiter(type(connection))
+        assert wait(connection, 0.05) is False, "the wait said True with nothing sent"
+        connection.send(b"hello")
+        route, frame = poll(listener, "the listener waiting for the first frame")
+        for n in range(3):
+            listener.send(route, b"before-%d" % n)
+            assert _waited(wait, connection), f"the wait missed frame {n}, sent before it"
+            frame = _taken(connection, f"frame {n}, sent before the wait")
+            assert frame == b"before-%d" % n, f"the connection received {show(frame)}"
+        woke = threading.Event()
+        started.append(Worker("waiter", lambda: woke.set() if _waited(wait, connection)
+                              else None))
+        listener.send(route, b"while")
+        started[-1].join()
+        assert woke.is_set(), "a thread waiting while the frame was sent did not wake"
+        frame = _taken(connection, "a frame sent while another thread waited")
+        assert frame == b"while", f"the connection received {show(frame)}"
+
+
+def _waited(wait: Callable[[Any, float], bool], connection: Any) -> bool:
+    """Wait (bounded) until the wait says True; a False before ``DEADLINE`` is a
+    wait that timed out early, which its caller may retry."""
+    deadline = time.monotonic() + DEADLINE
+    for _ in range(10_000):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if wait(connection, remaining):
+            return True
+    return False
+
+
+def _taken(connection: Any, what: str) -> bytes:
+    """The frame ``recv_nowait()`` returns after the wait said True (a wait may
+    wake before the whole frame is in: wait again, bounded)."""
+    deadline = time.monotonic() + DEADLINE
+    for _ in range(10_000):
+        frame = connection.recv_nowait()
+        if frame is not None:
+            return bytes(frame)
+        assert time.monotonic() < deadline, f"{what}: recv_nowait() gave nothing"
+        waiter(type(connection))(connection, deadline - time.monotonic())
+    raise AssertionError(f"{what}: 10000 wake-ups without a frame")
