@@ -115,3 +115,14 @@ def test_anchors_beside_a_row_run_before_it() -> None:
                 beside=("zmq_push_ipc",), area="transport")
     order, _ = schedule(Suite(rows={"a": row}), set(), anchors=True)
     assert [r.key for r in order] == ["simplequeue", "zmq_push_ipc", "a"]
+
+
+@pytest.mark.timeout(150)
+def test_side_by_side_runs_two_trees_at_once() -> None:
+    # (the same tree twice: that it runs and reports, not what it measures)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.side_by_side", str(ROOT), str(ROOT), "--rounds", "1",
+         "--calls", "200"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "round 1 " in run.stdout and "both: B/A median" in run.stdout, run.stdout

@@ -65,6 +65,12 @@ GOOD = [VERSION, 1, 0, 0, "a", "b", 0, {}, None]
     (b"\xc1", "not valid msgpack"),
     (msgpack.packb({"a": 1}), "array of 9"),
     (envelope(*GOOD[:8]), "array of 9"),
+    # nine items that are no array: each unpacks into nine fields, which must refuse it
+    (msgpack.packb({str(i): i for i in range(9)}), "array of 9"),
+    (msgpack.packb("abcdefghi"), "array of 9"),
+    (msgpack.packb(bytes([1, 1, 0, 0, 0, 0, 0, 0, 0])), "array of 9"),
+    (msgpack.packb(9), "array of 9"),
+    (msgpack.packb(None), "array of 9"),
     (envelope(2, *GOOD[1:]), "unsupported envelope version 2"),
     (envelope(VERSION, 99, *GOOD[2:]), "unknown message kind 99"),
     (envelope(VERSION, True, *GOOD[2:]), "unknown message kind"),

@@ -298,10 +298,10 @@ class Codec:
                 fields = _unpackb(data, **self._unpack_limits)
         except Exception as exc:  # ExtraData, StackError, FormatError, TypeError ...
             raise _unreadable(exc) from None
-        if type(fields) is not list or len(fields) != 9:
-            raise ProtocolError("envelope must be a msgpack array of 9 items "
-                                "(see docs/protocol.md)")
-        version, kind, stream, id, sender, recipient, correlation, headers, body = fields
+        try:    # (a map, string or bytes of 9 items unpacks too: the types refuse it)
+            version, kind, stream, id, sender, recipient, correlation, headers, body = fields
+        except (TypeError, ValueError):
+            raise ProtocolError(_NOT_NINE) from None
         name_len = limits.max_name_len
         # the types in one comparison, the three numbers' signs in one: fewer steps
         if not ((type(kind), type(stream), type(id), type(correlation), type(sender),
@@ -309,7 +309,8 @@ class Codec:
                 and version == VERSION and kind in _KINDS
                 and stream | id | correlation >= 0
                 and len(sender) <= name_len and len(recipient) <= name_len):
-            raise ProtocolError(_what_is_wrong(fields, name_len))
+            raise ProtocolError(_what_is_wrong(fields, name_len) if type(fields) is list
+                                else _NOT_NINE)
         depth = limits.max_depth
         if size > depth and kind != _BATCH and not (depth >= 3 and shallow(headers, body)) \
                 and (size > WALK_ABOVE or size - len(
@@ -349,6 +350,7 @@ _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
 
 
+_NOT_NINE = "envelope must be a msgpack array of 9 items (see docs/protocol.md)"
 _NOT_A_BATCH = ("a BATCH must carry a non-empty array of envelopes of one stream "
                 "(stream != 0); see docs/protocol.md")
 _NOT_AN_ENVELOPE = ("every item of a BATCH must be an envelope: a msgpack array of 9 "
