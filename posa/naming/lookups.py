@@ -90,8 +90,10 @@ class LookupLine:
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
-        # the poll of a poll object watching the connection, made with it (none
-        # where the platform has no poll: posa.delivery.waiting.readable then)
+        # how to wait for an answer, chosen with the connection (``_watch``): a read
+        # that waits itself, else the poll of a poll object watching it (else, where
+        # the platform has no poll, posa.delivery.waiting.readable)
+        self._recv_within: Callable[[float], bytes | None] | None = None
         self._poll: Callable[[int], list[Any]] | None = None
         # ids start anywhere: anonymous lines' stream-less requests seldom share one
         self._id = random.randrange(1 << 31)
@@ -116,7 +118,7 @@ class LookupLine:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = connect(self.address, self._options)
-                    self._poll = _watch(conn)
+                    self._recv_within, self._poll = _watch(conn)
                 # sealed anew for each attempt: a stream-less frame sent twice would be
                 # refused as a replay (posa.admission.authenticator)
                 conn.send(envelope if auth is None else auth.seal(envelope))
@@ -146,14 +148,19 @@ class LookupLine:
                 if wait <= 0.0:
                     raise Timeout(f"the dispatcher at {self.address} did not answer a "
                                   "lookup in time; is it running, or overloaded?")
-                poll = self._poll
-                try:
-                    if not (readable(conn, wait) if poll is None
-                            else poll(int(wait * 1000.0) + 1)):
-                        continue
-                except OSError:     # closed under us: the receive says how
-                    pass
-            frame = conn.recv_nowait()
+                recv_within, poll = self._recv_within, self._poll
+                if recv_within is not None:     # one read that waits, at most wait s
+                    frame = recv_within(wait)
+                else:
+                    try:
+                        if not (readable(conn, wait) if poll is None
+                                else poll(int(wait * 1000.0) + 1)):
+                            continue
+                    except OSError:     # closed under us: the receive says how
+                        pass
+                    frame = conn.recv_nowait()
+            else:
+                frame = conn.recv_nowait()
             if frame is None:
                 continue
             msg = self._open(frame)
@@ -188,7 +195,7 @@ class LookupLine:
             return None
 
     def _drop(self) -> None:
-        conn, self._conn, self._poll = self._conn, None, None
+        conn, self._conn, self._recv_within, self._poll = self._conn, None, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -200,14 +207,20 @@ class LookupLine:
         self._drop()
 
 
-def _watch(conn: Connection) -> Callable[[int], list[Any]] | None:
-    """The poll (milliseconds) of a poll object watching ``conn`` for input: a
-    wait is one call, with nothing looked up (None without poll)."""
+def _watch(conn: Connection) -> tuple[Callable[[float], bytes | None] | None,
+                                      Callable[[int], list[Any]] | None]:
+    """How to wait for ``conn``'s answers: its ``recv_within`` where its reads can
+    wait themselves (a tcp connection: one system call per answer, no poll),
+    else the poll (milliseconds) of a poll object watching it, a wait in one
+    call with nothing looked up (neither without poll)."""
+    block_reads = getattr(conn, "block_reads", None)
+    if block_reads is not None and block_reads():
+        return conn.recv_within, None   # type: ignore[attr-defined]
     if _poll is None:
-        return None
+        return None, None
     poller = _poll()
     poller.register(conn.fileno(), _POLLIN)
-    return poller.poll  # type: ignore[no-any-return]
+    return None, poller.poll
 
 
 def _backoff(deadline: float) -> float:
