@@ -140,25 +140,27 @@ class LookupLine:
 
     def _wait(self, conn: Connection, ask: int, deadline: float) -> Message:
         """The answer to request ``ask`` (REPLY or ERROR); ``Timeout`` at ``deadline``."""
+        recv_within = self._recv_within
         while True:
-            # nothing queued: wait for the descriptor, which fires for the next frame
-            # (posa/transport/base.py); no receive that would find nothing
-            if not conn.pending():
+            if recv_within is not None:     # one read that waits (queued frames first)
+                wait = deadline - _monotonic()
+                if wait <= 0.0 and not conn.pending():
+                    raise self._late()
+                frame = recv_within(wait if wait > 0.0 else 1e-6)
+            elif not conn.pending():
+                # nothing queued: wait for the descriptor, which fires for the next
+                # frame (posa/transport/base.py); no receive that would find nothing
                 wait = deadline - _monotonic()
                 if wait <= 0.0:
-                    raise Timeout(f"the dispatcher at {self.address} did not answer a "
-                                  "lookup in time; is it running, or overloaded?")
-                recv_within, poll = self._recv_within, self._poll
-                if recv_within is not None:     # one read that waits, at most wait s
-                    frame = recv_within(wait)
-                else:
-                    try:
-                        if not (readable(conn, wait) if poll is None
-                                else poll(int(wait * 1000.0) + 1)):
-                            continue
-                    except OSError:     # closed under us: the receive says how
-                        pass
-                    frame = conn.recv_nowait()
+                    raise self._late()
+                poll = self._poll
+                try:
+                    if not (readable(conn, wait) if poll is None
+                            else poll(int(wait * 1000.0) + 1)):
+                        continue
+                except OSError:     # closed under us: the receive says how
+                    pass
+                frame = conn.recv_nowait()
             else:
                 frame = conn.recv_nowait()
             if frame is None:
@@ -167,6 +169,10 @@ class LookupLine:
             if msg is not None and msg.correlation == ask and (
                     msg.kind == _REPLY or msg.kind == _ERROR):
                 return msg
+
+    def _late(self) -> Timeout:
+        return Timeout(f"the dispatcher at {self.address} did not answer a lookup in "
+                       "time; is it running, or overloaded?")
 
     def _open(self, frame: bytes) -> Message | None:
         """The message in an answer, or None to drop it (corrupt, forged, or an

@@ -144,7 +144,8 @@ class TcpConnection(QueuedWriter):
         finally:
             with self._lock:
                 self._waiting -= 1
-                self._release_if_unused_locked()
+                if self._closed and not self._waiting:  # (_release_if_unused_locked)
+                    self._release_locked()
         if len(frames) < 2:
             return frames[0] if frames else None
         frames.reverse()
