@@ -73,6 +73,7 @@ class TcpConnection(QueuedWriter):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._readable: select.poll | None = None     # made by the first blocking wait
         self._blocking = False                # reads may block (block_reads)
+        self._reading = False                 # a thread reads in recv_within
         self._read_timeout = 0.0              # the socket's receive timeout, once blocking
         with self._lock:
             self._queue_locked().push_raw(GREETING)
@@ -135,17 +136,19 @@ class TcpConnection(QueuedWriter):
         # or grow after it shrank: a steady caller's reads set nothing
         if timeout < self._read_timeout or timeout > 4.0 * self._read_timeout:
             self._set_read_timeout(timeout if timeout < 0.05 else timeout / 2.0)
-        with self._lock:
+        # the socket stays ours while the read waits: ``_reading`` is set before
+        # ``_closed`` is read here, and ``close`` sets ``_closed`` before it reads
+        # ``_reading``, so one of them sees the other (no lock on the hot path)
+        self._reading = True
+        try:
             if self._closed:
                 raise self._closed_error()
-            self._waiting += 1
-        try:
             frames = self._read(0)
         finally:
-            with self._lock:
-                self._waiting -= 1
-                if self._closed and not self._waiting:  # (_release_if_unused_locked)
-                    self._release_locked()
+            self._reading = False
+            if self._closed:
+                with self._lock:
+                    self._release_if_unused_locked()
         if len(frames) < 2:
             return frames[0] if frames else None
         frames.reverse()
@@ -202,7 +205,7 @@ class TcpConnection(QueuedWriter):
                 pass  # the listener reset the connection already: nothing to end
             if self._wake is not None:
                 self._wake[1].send(b"\0")
-            if not self._waiting:
+            if not self._waiting and not self._reading:
                 self._release_locked()
 
     def __enter__(self) -> TcpConnection:
@@ -278,6 +281,11 @@ class TcpConnection(QueuedWriter):
                 self._release_if_unused_locked()
         if self._closed:
             raise self._closed_error()
+
+    def _release_if_unused_locked(self) -> None:
+        """Once closed, give up the socket when no thread waits on it any more."""
+        if self._closed and not self._waiting and not self._reading:
+            self._release_locked()
 
     def _release_locked(self) -> None:
         """Give the socket, once, to the reaper, which closes it when the listener
