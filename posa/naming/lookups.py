@@ -5,7 +5,10 @@ stream's machinery (sequence numbers, acknowledgements, a backlog to resend, the
 receiver's reply cache). ``LookupLine`` sends it as a REQUEST with stream 0 (the
 envelope of docs/protocol.md, unchanged: any dispatcher answers it) on a
 connection of one thread's own, and waits on that connection for the REPLY or
-ERROR whose correlation is the request's id. A lost connection is made again
+ERROR whose correlation is the request's id. Over tcp the wait is the read
+itself (``TcpConnection.block_reads``: a receive timeout keeps the deadline), so
+a lookup costs its caller two system calls, a send and a receive; elsewhere it
+polls the connection first. A lost connection is made again
 and the request sent again, until the deadline. Answers to earlier requests
 that were given up (their deadline passed) are skipped.
 
