@@ -12,13 +12,20 @@ the first number of timed lookups and once the second (500 warm-up lookups
 before each); the difference of its two totals over the difference of the counts
 is what one lookup costs that process (``bench.instructions`` says why this
 repeats where time does not).
+
+``--syscalls`` counts system calls instead, the same way, with ``strace -f -c``
+(the client run under it, the dispatcher attached to; posa's sides only): what
+callgrind does not see. ``--syscalls`` prints each call's count per lookup too.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from bench.instructions import (
@@ -79,6 +86,57 @@ def role_pyro_lookups(ns: str, calls: int) -> None:
             lookup(PYRO_NAME)
 
 
+def _strace_counts(path: str) -> dict[str, int]:
+    """The calls of each system call in the summary ``strace -c`` wrote to ``path``
+    (the ``total`` line too)."""
+    counts: dict[str, int] = {}
+    with open(path, encoding="utf-8") as summary:
+        for line in summary:
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][:1].isdigit():
+                counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def _count_syscalls(side: str, calls: int, env: dict[str, str],
+                    per: dict[int, dict[str, int]]) -> int:
+    """System calls the ``side`` process made in a run of ``calls`` lookups (each
+    call's count kept in ``per[calls]``)."""
+    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
+    dispatcher, address, _ = start_dispatcher(env)
+    with tempfile.TemporaryDirectory(prefix="posa-syscalls-") as tmp:
+        out = os.path.join(tmp, "summary")
+        tracer = None
+        try:
+            if side == "dispatcher":    # attached to every thread, once it says so
+                tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p",
+                                           str(dispatcher.pid)],
+                                          stderr=subprocess.PIPE, text=True)
+                assert tracer.stderr is not None
+                tracer.stderr.readline()
+            subprocess.run((["strace", "-f", "-c", "-o", out] if side == "client" else [])
+                           + me + ["lookups", address, str(calls)],
+                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+        finally:
+            if tracer is not None:
+                tracer.send_signal(signal.SIGINT)   # detaches and writes the summary
+                tracer.wait(timeout=60)
+            stop(dispatcher)
+        counts = per[calls] = _strace_counts(out)
+    return counts.get("total", 0)
+
+
+def _syscalls(side: str, calls: str, env: dict[str, str]) -> None:
+    per: dict[int, dict[str, int]] = {}
+    total = per_call(lambda n: _count_syscalls(side, n, env, per), calls)
+    few, many = sorted(per)
+    each = {name: (per[many].get(name, 0) - per[few].get(name, 0)) / (many - few)
+            for name in per[many] if name != "total"}
+    shown = ", ".join(f"{name} {n:.2f}" for name, n in sorted(each.items(), key=lambda i: -i[1])
+                      if n >= 0.01)
+    print(f"{side}: {total:.2f} system calls per lookup ({shown})", flush=True)
+
+
 def _count_posa(side: str, calls: int, env: dict[str, str]) -> int:
     me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
     dispatcher, address, output = start_dispatcher(env, GRIND if side == "dispatcher" else ())
@@ -134,6 +192,9 @@ def main(argv: list[str]) -> None:
                              "(default client,dispatcher)")
     parser.add_argument("--calls", default="1000,7000",
                         help="the two numbers of timed lookups (default 1000,7000)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="count system calls (strace) instead of instructions; "
+                             "posa's sides only")
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role:
@@ -144,8 +205,13 @@ def main(argv: list[str]) -> None:
     if unknown:
         parser.error(f"unknown side(s) {', '.join(sorted(unknown))}; choose of "
                      f"{', '.join(SIDES)}")
+    if args.syscalls and any(side.startswith("pyro") for side in sides):
+        parser.error("--syscalls counts posa's sides only (client, dispatcher)")
     with compiled_env() as env:
         for side in sides:
+            if args.syscalls:
+                _syscalls(side, args.calls, env)
+                continue
             count = _count_pyro if side.startswith("pyro") else _count_posa
             # once unmeasured first: every module the processes import (the standard
             # library's too) is then compiled under the prefix, so that no measured

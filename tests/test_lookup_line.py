@@ -3,6 +3,8 @@ and the dispatcher's lean lane for them (posa.delivery.quick)."""
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ from posa.naming.registration import Registration, resolver
 from posa.security import HmacAuthenticator, Keyring
 from posa.transport.base import Options
 from posa.wire.codec import Codec, Kind, error_body
+from tests.support import sigstop, start_dispatcher
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -370,3 +373,25 @@ def test_a_dispatcher_that_is_not_there_gives_a_timeout_naming_it() -> None:
             line.lookup(NAME, 0.3)
     finally:
         line.close()
+
+
+def test_a_lookup_of_a_stopped_dispatcher_times_out_and_goes_on_after() -> None:
+    """A dispatcher process stopped by SIGSTOP: the lookup's read, waiting in the
+    kernel (posa.transport.tcp's ``recv_within``), gives up at the deadline and
+    says Timeout; once the dispatcher resumes, the same line is answered again."""
+    proc, address = start_dispatcher()
+    try:
+        with posa.RegistryClient(address, cache=False) as reg:
+            reg.register(NAME, [ADDRESS], credential="c" * 16, lease=60.0)
+            line = reg._lines.line(address)
+            assert line.lookup(NAME, 10.0).name == NAME
+            if sys.platform.startswith("linux"):    # the read waits itself
+                assert line._recv_within is not None
+            sigstop(proc.popen.pid)
+            with pytest.raises(Timeout, match="did not answer a lookup in time"):
+                line.lookup(NAME, 0.3)
+            os.kill(proc.popen.pid, signal.SIGCONT)
+            assert line.lookup(NAME, 10.0).name == NAME
+    finally:
+        os.kill(proc.popen.pid, signal.SIGCONT)
+        proc.close()

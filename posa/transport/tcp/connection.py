@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 
@@ -43,6 +45,10 @@ __all__ = ["TcpConnection"]
 _CONNECTION_READ_SIZE = 64 * 1024  # one reused buffer per reading thread
 _buffers = threading.local()
 _NO_FRAMES: list[bytes] = []       # what a read of nothing completes; never changed
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# reads that block with a receive timeout: where the flags and the timeval are known
+_BLOCKING_READS = sys.platform.startswith("linux") and _DONTWAIT != 0
+_timeval = struct.Struct("@ll").pack
 
 
 def _read_buffer() -> memoryview:
@@ -66,6 +72,9 @@ class TcpConnection(QueuedWriter):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._readable: select.poll | None = None     # made by the first blocking wait
+        self._blocking = False                # reads may block (block_reads)
+        self._reading = False                 # a thread reads in recv_within
+        self._read_timeout = 0.0              # the socket's receive timeout, once blocking
         with self._lock:
             self._queue_locked().push_raw(GREETING)
             self._flush_locked()
@@ -99,6 +108,62 @@ class TcpConnection(QueuedWriter):
             frames.reverse()
             self._ready = ready = frames
         return ready.pop()
+
+    def block_reads(self) -> bool:
+        """Let ``recv_within`` wait in the read itself: one system call where a
+        poll and a read took two. The socket becomes blocking (every other read
+        and every write still asks not to wait: ``MSG_DONTWAIT``). False where
+        that cannot be (TLS, not Linux): wait on ``fileno()`` then."""
+        if not _BLOCKING_READS or type(self._sock) is not socket.socket:
+            return False
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if not self._blocking:
+                self._sock.setblocking(True)
+                self._blocking = True
+        return True
+
+    def recv_within(self, timeout: float) -> bytes | None:
+        """The next frame, waiting at most ``timeout`` s (> 0) in one blocking read
+        (after ``block_reads``); None if none came, or if the read completed none
+        (a part of one; the listener's greeting): ask again with what is left of
+        the deadline. Raises as ``recv_nowait``."""
+        ready = self._ready
+        if ready:
+            return ready.pop()
+        # the receive timeout is set only when it must shrink to keep the deadline,
+        # or grow after it shrank: a steady caller's reads set nothing
+        if timeout < self._read_timeout or timeout > 4.0 * self._read_timeout:
+            self._set_read_timeout(timeout if timeout < 0.05 else timeout / 2.0)
+        # the socket stays ours while the read waits: ``_reading`` is set before
+        # ``_closed`` is read here, and ``close`` sets ``_closed`` before it reads
+        # ``_reading``, so one of them sees the other (no lock on the hot path)
+        self._reading = True
+        try:
+            if self._closed:
+                raise self._closed_error()
+            frames = self._read(0)
+        finally:
+            self._reading = False
+            if self._closed:
+                with self._lock:
+                    self._release_if_unused_locked()
+        if len(frames) < 2:
+            return frames[0] if frames else None
+        frames.reverse()
+        self._ready = frames
+        return frames.pop()
+
+    def _set_read_timeout(self, timeout: float) -> None:
+        seconds, micros = divmod(max(int(timeout * 1e6), 1), 1_000_000)  # (0: for ever)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                  _timeval(seconds, micros))
+        except OSError as exc:
+            with self._lock:
+                raise self._broken_locked(exc) from None
+        self._read_timeout = timeout
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame. Raises ``Timeout``, ``Closed``, ``TransportError``."""
@@ -140,7 +205,7 @@ class TcpConnection(QueuedWriter):
                 pass  # the listener reset the connection already: nothing to end
             if self._wake is not None:
                 self._wake[1].send(b"\0")
-            if not self._waiting:
+            if not self._waiting and not self._reading:
                 self._release_locked()
 
     def __enter__(self) -> TcpConnection:
@@ -156,6 +221,12 @@ class TcpConnection(QueuedWriter):
 
     def _fill(self) -> list[bytes]:
         """Read once without waiting; the frames that completes, oldest first."""
+        return self._read(_DONTWAIT)
+
+    def _read(self, flags: int) -> list[bytes]:
+        """Read once, without waiting unless ``flags`` is 0 on a socket whose reads
+        block (then within its receive timeout); the frames that completes,
+        oldest first."""
         if self._failure is not None:
             raise self._failure_error()
         try:
@@ -163,7 +234,7 @@ class TcpConnection(QueuedWriter):
         except AttributeError:
             view = _read_buffer()
         try:
-            size = self._sock.recv_into(view)
+            size = self._sock.recv_into(view, 0, flags)
         except (BlockingIOError, InterruptedError):
             return _NO_FRAMES
         except OSError as exc:
@@ -211,6 +282,11 @@ class TcpConnection(QueuedWriter):
         if self._closed:
             raise self._closed_error()
 
+    def _release_if_unused_locked(self) -> None:
+        """Once closed, give up the socket when no thread waits on it any more."""
+        if self._closed and not self._waiting and not self._reading:
+            self._release_locked()
+
     def _release_locked(self) -> None:
         """Give the socket, once, to the reaper, which closes it when the listener
         has ended the connection too, or at the close deadline."""
@@ -221,6 +297,11 @@ class TcpConnection(QueuedWriter):
             for end in self._wake:
                 end.close()
         if self._failure is None:
+            if self._blocking:            # the reaper's reads must not wait
+                try:
+                    self._sock.setblocking(False)
+                except OSError:
+                    pass
             reaper.adopt(self._sock, self._close_deadline)
         else:
             self._sock.close()

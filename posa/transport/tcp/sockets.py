@@ -12,7 +12,9 @@ from posa.errors import TransportError
 __all__ = ["DIRECT_LIMIT", "NOSIGNAL", "dial", "error_text", "poll_ms", "too_large"]
 
 DIRECT_LIMIT = 64 * 1024           # frames up to this size are written with their header
-NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+# the flags of every send: no SIGPIPE, and no wait even on a socket whose reads
+# block (``TcpConnection.block_reads``)
+NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0) | getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def error_text(exc: OSError) -> str:
