@@ -122,6 +122,29 @@ def test_the_gatekeeper_removes_a_key_header_claimed_inside_a_batch() -> None:
     assert [m.headers for m in inner] == [{}]
 
 
+class _Everyone:
+    def check(self, msg: Message) -> None:
+        """Every sender may send to every recipient."""
+
+
+@pytest.mark.parametrize("authorizer", [None, _Everyone()], ids=["plain", "authorizer"])
+def test_a_key_header_is_removed_from_each_message_of_a_batch_that_claims_one(
+        authorizer: Any) -> None:
+    keeper = Gatekeeper(Codec(), authorizer=authorizer)
+    claims = [{}, {KEY_HEADER: "root", "trace": "t1"}, {"trace": "t2"}, {KEY_HEADER: "x"}, {}]
+    inner = keeper.unbatch(keeper.admit(batch_of([(Kind.SEND, h, i)
+                                                  for i, h in enumerate(claims)])))
+    assert [(m.body, m.headers) for m in inner] == [
+        (0, {}), (1, {"trace": "t1"}), (2, {"trace": "t2"}), (3, {}), (4, {})]
+
+
+def test_unbatch_drops_only_the_header_it_is_given() -> None:
+    frame = batch_of([(Kind.SEND, {"a": 1, "b": 2}, 0), (Kind.REQUEST, {"b": 3}, 1)])
+    assert [m.headers for m in codec.unbatch(codec.decode(frame), "a")] == [{"b": 2}, {"b": 3}]
+    assert [m.headers for m in codec.unbatch(codec.decode(frame))] == [
+        {"a": 1, "b": 2}, {"b": 3}]
+
+
 def test_a_sealed_batch_is_checked_once_and_every_message_carries_the_key() -> None:
     keys = Keyring({"net": os.urandom(32)})
     sealing = HmacAuthenticator(keys, key_id="net")
