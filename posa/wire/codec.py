@@ -233,11 +233,10 @@ class Codec:
         return b"".join([head[:-1], array, *envelopes])
 
     def unbatch(self, batch: Message, drop: str | None = None) -> list[Message]:
-        """The messages inside the ``BATCH`` message ``batch`` (with its ``route``), each
-        validated as if it had come alone (``max_depth`` applies to each), numbered
-        consecutively, without the header ``drop`` (if given). Raises ``ProtocolError``
-        if any is invalid or not of the batch's stream, sender and recipient: a batch is
-        taken whole or not at all."""
+        """The messages inside the ``BATCH`` message ``batch`` (with its ``route``), each validated
+        as if it had come alone (``max_depth`` applies to each), numbered consecutively, without
+        the header ``drop`` (if given). Raises ``ProtocolError`` if any is invalid or not of
+        the batch's stream, sender and recipient: a batch is taken whole or not at all."""
         body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
         if type(body) is not list or not body or not stream:
             raise ProtocolError(_NOT_A_BATCH)
@@ -262,8 +261,7 @@ class Codec:
             if headers:         # (rare: checked once where a message has none)
                 if not within(headers, depth):
                     raise too_deep(self.limits.max_depth)
-                if drop in headers:
-                    del headers[drop]
+                headers.pop(drop, None)
             if type(inner_body) is dict:            # within, inlined for flat bodies
                 for child in inner_body.values():
                     if type(child) is dict or type(child) is list:
@@ -281,8 +279,7 @@ class Codec:
             msg.correlation = correlation
             msg.headers = headers
             msg.body = inner_body
-            msg.route = route
-            msg.deadline = None
+            msg.route, msg.deadline = route, None
             append(msg)
         return messages
 
