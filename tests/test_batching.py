@@ -85,6 +85,32 @@ def test_a_bad_envelope_anywhere_refuses_the_whole_batch(frame: bytes, reason: s
         codec.unbatch(codec.decode(frame))
 
 
+def envelope(seq: int, headers: dict[str, Any] | None = None) -> list[object]:
+    fields = but(3, seq)
+    fields[7] = headers if headers is not None else {}
+    return fields
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (lambda e: e[:8], "array of 9 items"),
+    (lambda e: [*e[:4], "mallory", *e[5:]], "sender and recipient"),
+    (lambda e: [*e[:5], "c", *e[6:]], "sender and recipient"),
+    (lambda e: [*e[:3], e[3] + 1, *e[4:]], "consecutive sequence numbers"),
+    (lambda e: [*e[:1], True, *e[2:]], "SEND or REQUEST"),
+    (lambda e: [*e[:8], nested(80)], "deeper than max_depth"),
+])
+def test_an_envelope_bad_in_the_middle_of_a_batch_refuses_it_whole(
+        bad: Any, reason: str) -> None:
+    """Envelopes before it carry headers (one the gatekeeper removes): none is admitted."""
+    keeper = Gatekeeper(Codec())
+    inner = [envelope(1, {KEY_HEADER: "root"}), envelope(2, {"trace": "t"}), envelope(3),
+             bad(envelope(4)), envelope(5)]
+    with pytest.raises(Rejection) as refused:
+        keeper.unbatch(keeper.admit(raw_batch(*inner)))
+    assert refused.value.reason == "malformed"
+    assert reason in str(refused.value.error)
+
+
 def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:
     small = Codec(CodecLimits(max_depth=8))
     flat = batch_of([(Kind.SEND, {}, {"seq": i, "tags": [1, 2]}) for i in range(200)])
