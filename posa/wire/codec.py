@@ -264,7 +264,7 @@ class Codec:
                 headers.pop(drop, None)
             if type(inner_body) is dict:            # within, inlined for flat bodies
                 for child in inner_body.values():
-                    if type(child) is dict or type(child) is list:
+                    if type(child) in _CONTAINERS:
                         if depth_of(inner_body) > depth:
                             raise too_deep(self.limits.max_depth)
                         break
@@ -345,6 +345,7 @@ def error_fields(body: Any) -> tuple[int, str, str]:
 
 
 _new_message = object.__new__
+_CONTAINERS = frozenset((dict, list))     # what msgpack decodes a map and an array to
 _FIELD_TYPES = (int, int, int, int, str, str, dict)   # kind .. headers, as decode checks
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
