@@ -85,6 +85,32 @@ def test_a_bad_envelope_anywhere_refuses_the_whole_batch(frame: bytes, reason: s
         codec.unbatch(codec.decode(frame))
 
 
+def envelope(seq: int, headers: dict[str, Any] | None = None) -> list[object]:
+    fields = but(3, seq)
+    fields[7] = headers if headers is not None else {}
+    return fields
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (lambda e: e[:8], "array of 9 items"),
+    (lambda e: [*e[:4], "mallory", *e[5:]], "sender and recipient"),
+    (lambda e: [*e[:5], "c", *e[6:]], "sender and recipient"),
+    (lambda e: [*e[:3], e[3] + 1, *e[4:]], "consecutive sequence numbers"),
+    (lambda e: [*e[:1], True, *e[2:]], "SEND or REQUEST"),
+    (lambda e: [*e[:8], nested(80)], "deeper than max_depth"),
+])
+def test_an_envelope_bad_in_the_middle_of_a_batch_refuses_it_whole(
+        bad: Any, reason: str) -> None:
+    """Envelopes before it carry headers (one the gatekeeper removes): none is admitted."""
+    keeper = Gatekeeper(Codec())
+    inner = [envelope(1, {KEY_HEADER: "root"}), envelope(2, {"trace": "t"}), envelope(3),
+             bad(envelope(4)), envelope(5)]
+    with pytest.raises(Rejection) as refused:
+        keeper.unbatch(keeper.admit(raw_batch(*inner)))
+    assert refused.value.reason == "malformed"
+    assert reason in str(refused.value.error)
+
+
 def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:
     small = Codec(CodecLimits(max_depth=8))
     flat = batch_of([(Kind.SEND, {}, {"seq": i, "tags": [1, 2]}) for i in range(200)])
@@ -120,6 +146,29 @@ def test_the_gatekeeper_removes_a_key_header_claimed_inside_a_batch() -> None:
     frame = batch_of([(Kind.SEND, {KEY_HEADER: "root"}, 1)])
     inner = keeper.unbatch(keeper.admit(frame))
     assert [m.headers for m in inner] == [{}]
+
+
+class _Everyone:
+    def check(self, msg: Message) -> None:
+        """Every sender may send to every recipient."""
+
+
+@pytest.mark.parametrize("authorizer", [None, _Everyone()], ids=["plain", "authorizer"])
+def test_a_key_header_is_removed_from_each_message_of_a_batch_that_claims_one(
+        authorizer: Any) -> None:
+    keeper = Gatekeeper(Codec(), authorizer=authorizer)
+    claims = [{}, {KEY_HEADER: "root", "trace": "t1"}, {"trace": "t2"}, {KEY_HEADER: "x"}, {}]
+    inner = keeper.unbatch(keeper.admit(batch_of([(Kind.SEND, h, i)
+                                                  for i, h in enumerate(claims)])))
+    assert [(m.body, m.headers) for m in inner] == [
+        (0, {}), (1, {"trace": "t1"}), (2, {"trace": "t2"}), (3, {}), (4, {})]
+
+
+def test_unbatch_drops_only_the_header_it_is_given() -> None:
+    frame = batch_of([(Kind.SEND, {"a": 1, "b": 2}, 0), (Kind.REQUEST, {"b": 3}, 1)])
+    assert [m.headers for m in codec.unbatch(codec.decode(frame), "a")] == [{"b": 2}, {"b": 3}]
+    assert [m.headers for m in codec.unbatch(codec.decode(frame))] == [
+        {"a": 1, "b": 2}, {"b": 3}]
 
 
 def test_a_sealed_batch_is_checked_once_and_every_message_carries_the_key() -> None:

@@ -182,21 +182,16 @@ class Gatekeeper:
     def unbatch(self, batch: Message, source: Any = None) -> list[Message]:
         """The messages inside ``batch`` (a ``BATCH`` that ``admit`` let pass) that
         may pass too, in order; raises ``Rejection`` if the batch is malformed."""
-        try:
-            messages = self.codec.unbatch(batch)
+        key_id = None if self._plain else batch.headers.get(KEY_HEADER)
+        try:        # without a key, one sent by anyone is removed as the codec builds
+            messages = self.codec.unbatch(batch, KEY_HEADER if key_id is None else None)
         except ProtocolError as exc:
             raise self._reject("malformed", exc, None) from None
         if self._plain:
-            for msg in messages:
-                if KEY_HEADER in msg.headers:
-                    del msg.headers[KEY_HEADER]
             return messages
-        key_id = batch.headers.get(KEY_HEADER)
-        for msg in messages:
-            if key_id is not None:
+        if key_id is not None:
+            for msg in messages:
                 msg.headers[KEY_HEADER] = key_id
-            elif KEY_HEADER in msg.headers:
-                del msg.headers[KEY_HEADER]
         if self.limiter is not None:
             for admitted, msg in enumerate(messages):
                 if not self.limiter.admit(source, msg):

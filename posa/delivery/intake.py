@@ -149,22 +149,22 @@ class Intake:
 
     def _deliver_run(self, run: Sequence[Message], deliver: Callable[[Message], None],
                      hold: bool) -> None:
-        """Deliver a run that came in one frame: a SEND without headers goes to the
-        handler straight; with ``hold``, answers go out together after it (``send_back``)."""
-        handler, stats = self.handler or deliver, self.stats
-        plain = self.handler is not None and self.on_run is None
-        self._held = [] if hold else None
+        """Deliver a run that came in one frame: a SEND without headers goes to the handler
+        straight (counted after the run); with ``hold``, answers go out together after it."""
+        handler, straight, self._held = self.handler or deliver, 0, [] if hold else None
+        send = _SEND if self.handler is not None and self.on_run is None else -1  # -1: none
         try:
             for msg in run:
-                if not plain or msg.kind != _SEND or msg.headers:
+                if msg.kind != send or msg.headers:
                     deliver(msg)
                     continue
-                stats["received"] += 1
+                straight += 1
                 try:
                     handler(msg)
                 except Exception:
                     log.exception("peer %s: handler raised on %r", self.name, msg)
         finally:
+            self.stats["received"] += straight
             held, self._held = self._held, None
             if held:
                 self._send_answers(held)

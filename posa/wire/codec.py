@@ -232,11 +232,11 @@ class Codec:
                  if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
         return b"".join([head[:-1], array, *envelopes])
 
-    def unbatch(self, batch: Message) -> list[Message]:
-        """The messages inside the ``BATCH`` message ``batch`` (with its ``route``), each
-        validated as if it had come alone (``max_depth`` applies to each), numbered
-        consecutively. Raises ``ProtocolError`` if any is invalid or not of the
-        batch's stream, sender and recipient: a batch is taken whole or not at all."""
+    def unbatch(self, batch: Message, drop: str | None = None) -> list[Message]:
+        """The messages inside the ``BATCH`` message ``batch`` (with its ``route``), each validated
+        as if it had come alone (``max_depth`` applies to each), numbered consecutively, without
+        the header ``drop`` (if given). Raises ``ProtocolError`` if any is invalid or not of
+        the batch's stream, sender and recipient: a batch is taken whole or not at all."""
         body, stream, sender, recipient = batch.body, batch.stream, batch.sender, batch.recipient
         if type(body) is not list or not body or not stream:
             raise ProtocolError(_NOT_A_BATCH)
@@ -258,11 +258,13 @@ class Codec:
                     and inner_to == recipient and type(headers) is dict):
                 raise ProtocolError(_NOT_OF_THE_BATCH)
             next_id = id + 1
-            if headers and not within(headers, depth):
-                raise too_deep(self.limits.max_depth)
+            if headers:         # (rare: checked once where a message has none)
+                if not within(headers, depth):
+                    raise too_deep(self.limits.max_depth)
+                headers.pop(drop, None)
             if type(inner_body) is dict:            # within, inlined for flat bodies
                 for child in inner_body.values():
-                    if type(child) is dict or type(child) is list:
+                    if type(child) in _CONTAINERS:
                         if depth_of(inner_body) > depth:
                             raise too_deep(self.limits.max_depth)
                         break
@@ -277,8 +279,7 @@ class Codec:
             msg.correlation = correlation
             msg.headers = headers
             msg.body = inner_body
-            msg.route = route
-            msg.deadline = None
+            msg.route, msg.deadline = route, None
             append(msg)
         return messages
 
@@ -345,6 +346,7 @@ def error_fields(body: Any) -> tuple[int, str, str]:
 
 
 _new_message = object.__new__
+_CONTAINERS = frozenset((dict, list))     # what msgpack decodes a map and an array to
 _FIELD_TYPES = (int, int, int, int, str, str, dict)   # kind .. headers, as decode checks
 _BATCH = Kind.BATCH
 _unpackb = msgpack.unpackb
