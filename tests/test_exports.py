@@ -56,7 +56,7 @@ MODULES = {
         "check_frame_sizes", "check_many_connections", "check_order",
         "check_oversize_dropped_by_listener", "check_oversize_refused_by_send",
         "check_polling", "check_recv_timeout", "check_resolved_address", "check_round_trip",
-        "check_use_after_close", "check_waiting_without_draining"},
+        "check_use_after_close", "check_wait_readable", "check_waiting_without_draining"},
     "posa.security": {"Acl", "Authenticator", "Authorizer", "Gatekeeper", "HmacAuthenticator",
                       "InFlight", "Keyring", "Limiter", "Quotas", "Rate", "RateLimiter",
                       "acl_from_env", "authenticated_key", "from_env"},
