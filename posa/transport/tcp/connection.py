@@ -49,6 +49,10 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # reads that block with a receive timeout: where the flags and the timeval are known
 _BLOCKING_READS = sys.platform.startswith("linux") and _DONTWAIT != 0
 _timeval = struct.Struct("@ll").pack
+# a blocking read waits at most this long at once: a ``close`` from another thread
+# cannot wake it (only shutting the reading side would, and that ends the linger),
+# so the read looks at ``_closed`` again this often while its peer says nothing
+_CLOSE_SEEN = 0.5
 
 
 def _read_buffer() -> memoryview:
@@ -128,14 +132,18 @@ class TcpConnection(QueuedWriter):
         """The next frame, waiting at most ``timeout`` s (> 0) in one blocking read
         (after ``block_reads``); None if none came, or if the read completed none
         (a part of one; the listener's greeting): ask again with what is left of
-        the deadline. Raises as ``recv_nowait``."""
+        the deadline. Raises as ``recv_nowait``, and ``Closed`` once closed from
+        another thread (seen within ``_CLOSE_SEEN`` s)."""
         ready = self._ready
         if ready:
             return ready.pop()
         # the receive timeout is set only when it must shrink to keep the deadline,
-        # or grow after it shrank: a steady caller's reads set nothing
-        if timeout < self._read_timeout or timeout > 4.0 * self._read_timeout:
-            self._set_read_timeout(timeout if timeout < 0.05 else timeout / 2.0)
+        # or grow after it shrank (up to ``_CLOSE_SEEN``): a steady caller's reads
+        # set nothing
+        if timeout < self._read_timeout or (timeout > 4.0 * self._read_timeout
+                                            and self._read_timeout < _CLOSE_SEEN):
+            self._set_read_timeout(timeout if timeout < 0.05 else
+                                   min(timeout / 2.0, _CLOSE_SEEN))
         # the socket stays ours while the read waits: ``_reading`` is set before
         # ``_closed`` is read here, and ``close`` sets ``_closed`` before it reads
         # ``_reading``, so one of them sees the other (no lock on the hot path)
@@ -149,6 +157,8 @@ class TcpConnection(QueuedWriter):
             if self._closed:
                 with self._lock:
                     self._release_if_unused_locked()
+        if not frames and self._closed:     # closed while the read waited
+            raise self._closed_error()
         if len(frames) < 2:
             return frames[0] if frames else None
         frames.reverse()
