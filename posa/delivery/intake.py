@@ -149,13 +149,13 @@ class Intake:
 
     def _deliver_run(self, run: Sequence[Message], deliver: Callable[[Message], None],
                      hold: bool) -> None:
-        """Deliver a run that came in one frame: a SEND without headers goes to the handler
-        straight (counted after the run); with ``hold``, answers go out together after it."""
+        """Deliver a run that came in one frame: a SEND without headers straight to the
+        handler while it is in force (counted after); with ``hold``, answers held."""
         handler, straight, self._held = self.handler or deliver, 0, [] if hold else None
         send = _SEND if self.handler is not None and self.on_run is None else -1  # -1: none
         try:
             for msg in run:
-                if msg.kind != send or msg.headers:
+                if msg.kind != send or msg.headers or self.handler is not handler:
                     deliver(msg)
                     continue
                 straight += 1
