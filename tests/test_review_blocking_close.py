@@ -67,3 +67,4 @@ def test_a_close_ends_a_read_whose_peer_never_ends_its_side(
     reader.join(WAIT)
     assert not reader.is_alive(), "the read waited on after close"
     assert len(outcome) == 1 and isinstance(outcome[0], Closed), outcome
+    assert connection._released        # given to the reaper once the read was over
