@@ -66,6 +66,41 @@ def test_sixty_four_tasks_each_get_their_own_answer_one_wake_up_each() -> None:
     asyncio.run(main())
 
 
+def test_sixty_four_tasks_get_their_own_errors_and_answers_together() -> None:
+    """Requests made while other tasks wait (they join one batch and each waits for
+    its answer by key alone) get what a lone request gets: the reply, or the
+    error its handler raised, as ``RemoteError``; none waits on after."""
+    def handle(msg: posa.Message) -> Any:
+        if msg.body[1] % 2:
+            raise KeyError(f"odd {msg.body}")
+        return msg.body
+
+    async def main() -> None:
+        hub = Hub.of(asyncio.get_running_loop())
+        with posa.LocalRegistry() as reg:
+            server = posa.Peer("aio/mixed", registry=reg, listen="tcp://127.0.0.1:0",
+                               handler=handle)
+            try:
+                async with posa.aio.Peer("aio/many-errors", registry=reg,
+                                         listen="tcp://127.0.0.1:0") as peer:
+                    async def caller(k: int) -> list[Any]:
+                        got: list[Any] = []
+                        for i in range(10):
+                            try:
+                                got.append(await peer.request("aio/mixed", (k, i),
+                                                              timeout=60))
+                            except posa.RemoteError as exc:
+                                got.append(exc.remote_type)
+                        return got
+                    got = await asyncio.gather(*(caller(k) for k in range(TASKS)))
+                    assert got == [[[k, i] if i % 2 == 0 else "KeyError"
+                                    for i in range(10)] for k in range(TASKS)]
+                    _woken_alone(hub)
+            finally:
+                server.close()
+    asyncio.run(main())
+
+
 def test_sixty_four_tasks_calling_a_service_each_woken_by_its_own_answer() -> None:
     """``posa.aio.Client.call`` tells the hub which reply each wait is for, as
     ``posa.aio.Peer.request`` does: one wake-up per wait at most."""

@@ -192,11 +192,42 @@ class Peer:
         deadline = time.monotonic() + bounded(timeout)
         if not fwd.knows(name):
             await self._first_contact(fwd, name)
+        hub = self._hub
+        if fwd in hub.waiting and fwd.has_room(name):
+            return (await self._joined(fwd, hub, name, body, deadline, headers)).body
         awaited = Awaited()
         reply = await drive(request_steps(fwd, name, body, deadline, headers, awaited,
                                           self._cork),
                             fwd, awaited, self._hub)
         return reply.body
+
+    async def _joined(self, fwd: Forwarder, hub: Hub, name: str, body: Any,
+                      deadline: float, headers: dict[str, Any] | None) -> Message:
+        """``request_steps`` where other tasks of ``fwd`` wait (the request joins
+        this turn's batch: ``_cork``) and the window has room, without driving
+        steps: the request is queued and its task waits for its answer by key
+        once (``Forwarder.first_wait``); an answer not in after that wait goes
+        on as the steps would (``Forwarder.waited_steps``)."""
+        with fwd.lock:
+            self._cork(fwd)
+            seq = fwd.queue_request(name, body, deadline, headers)
+            waited = fwd.first_wait(name, seq, deadline)
+        key = (name, seq)
+        if waited is None:
+            return await drive(fwd.reply_steps(name, seq, deadline), fwd, _keyed(key), hub)
+        held = hub.hold(waited[1], waited[2], fwd, key)
+        ready = True
+        if held is not None:
+            try:
+                ready = await held[0]
+            finally:
+                hub.release(held)
+        with fwd.lock:
+            reply = fwd.answer(name, seq)
+        if reply is not None:
+            return reply
+        return await drive(fwd.waited_steps(name, seq, deadline, waited, ready), fwd,
+                           _keyed(key), hub)
 
     def _cork(self, fwd: Forwarder) -> bool:
         """If other tasks wait on ``fwd`` (requests travel together): write its open
@@ -272,6 +303,12 @@ def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
         seq = fwd.send_request(name, body, deadline, headers)
     awaited.key = (name, seq)
     return (yield from fwd.reply_steps(name, seq, deadline))
+
+
+def _keyed(key: tuple[str, int]) -> Awaited:
+    awaited = Awaited()
+    awaited.key = key
+    return awaited
 
 
 async def call_handler(peer: peer_module.Peer, awaitable: Awaitable[Any],

@@ -26,6 +26,10 @@ from posa.wire.codec import Kind, Message, error_fields
 if TYPE_CHECKING:
     from posa.delivery.links import Links
     from posa.delivery.target import Target
+    from posa.transport.base import Connection
+
+    Waited = tuple[Target, Connection, float, int]
+    """``first_wait``'s: the target, connection, seconds and mark of quiet."""
 
 __all__ = ["Requesting"]
 
@@ -116,8 +120,8 @@ class Requesting:
         return self.send_locked(name, body, _REQUEST, hdrs, deadline)
 
     def reply_steps(self, name: str, seq: int, deadline: float, *, failfast: bool = False,
-                    stall: float | None = None, since: float | None = None
-                    ) -> Steps[Message]:
+                    stall: float | None = None, since: float | None = None,
+                    target: Target | None = None) -> Steps[Message]:
         """Wait for the reply to request ``seq`` sent to ``name``, as steps.
 
         Until the request is acknowledged it is resent (by way of the name, which
@@ -125,9 +129,9 @@ class Requesting:
         has not acknowledged the request, nor said it is still handling it
         (PROGRESS, sent while a handler runs), for ``stall`` s is taken for gone:
         ``TransportError``, like a connection lost with ``failfast``.  ``since``: when
-        it was sent, if known (the clock is first read after the first wait)."""
+        it was sent, if known; ``target``, its target, if a driver waited first."""
         key = (name, seq)
-        target = self._targets[name]
+        target = self._targets[name] if target is None else self._targets.get(name, target)
         now: float | None = (heard := _monotonic() if since is None else since)
         acked = False
         while True:
@@ -165,6 +169,56 @@ class Requesting:
             if frame is not None:
                 self._absorb(frame)
             target = self._targets.get(name, target)
+
+    def first_wait(self, name: str, seq: int, deadline: float) -> Waited | None:
+        """The first wait of ``reply_steps(name, seq, deadline)``, for a driver that
+        waits it without the steps (``posa.aio``): the request's target, the
+        connection to wait on, for how long, and the mark of its quiet (as
+        ``_unheard`` takes it). None if it is not a plain wait (the answer is
+        in, frames are read and not taken in, the deadline passed): drive the
+        steps. After the wait, ``answer`` takes the answer if it came, else
+        ``waited_steps`` goes on as the steps would have."""
+        target = self._targets.get(name)
+        if target is None or target.refused is not None or (name, seq) in self._replies:
+            return None
+        now = _monotonic()
+        conn = target.conn
+        try:
+            if now >= deadline or conn.pending():
+                return None
+        except TransportError:
+            return None
+        wait = deadline - now if deadline - now < self.ack_timeout else self.ack_timeout
+        return target, conn, wait, target.out.acked + self.generation
+
+    def answer(self, name: str, seq: int) -> Message | None:
+        """The answer to request ``seq`` to ``name`` if it came (removed), as
+        ``reply_steps`` returns it (an ERROR raised); None if not (nor a refusal)."""
+        key = (name, seq)
+        reply = self._replies.pop(key, None)
+        if reply is None:
+            return None
+        target = self._targets.get(name)
+        if target is not None and target.refused is not None:
+            self._replies[key] = reply      # the steps raise the refusal
+            return None
+        if self._progress:
+            self._progress.pop(key, None)
+        if reply.kind == _ERROR:
+            code, kind, text = error_fields(reply.body)
+            raise from_wire(code, kind, text)
+        return reply
+
+    def waited_steps(self, name: str, seq: int, deadline: float, waited: Waited,
+                     ready: bool) -> Steps[Message]:
+        """``reply_steps`` after the wait of ``first_wait`` (``waited``) ended with
+        no answer taken: ``ready``, whether its connection became readable. A
+        wait that ran out with the request unacknowledged and nothing moved
+        resends it now, as the steps would have."""
+        target, _, _, quiet = waited
+        if not ready and target.out.acked < seq and self._unheard(target, seq, quiet):
+            yield from self._kept_recovery(name, seq, target, deadline, None)
+        return (yield from self.reply_steps(name, seq, deadline, target=target))
 
     def _lost(self, name: str, target: Target, exc: TransportError) -> TransportError:
         """With ``failfast``: ``target``'s connection broke while a reply was awaited;
