@@ -3,6 +3,7 @@ a gone server is left for another, expired work is not started, nested calls inh
 the caller's remaining time, a keyed retry is not run twice, SIGTERM drains."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import posa
+import posa.aio
 from posa.errors import Rejected, Timeout
 from tests.support import Proc, sigstop
 
@@ -232,3 +234,34 @@ def _refused(client: posa.Peer) -> None:
     while time.monotonic() < deadline:
         assert client.request("drain/server", -1, timeout=10) == "served"
     raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan")])
+def test_a_request_without_a_finite_timeout_is_refused_before_it_is_sent(timeout: float) -> None:
+    """A request is answered by its deadline or told Timeout, so one without a
+    deadline is refused at once with a clear ValueError; nothing is sent, and the
+    next request is answered (from a thread and from asyncio tasks, alone and while
+    other tasks' requests wait, which join one batch)."""
+    runs: list[Any] = []
+    with posa.LocalRegistry() as reg, posa.Peer(
+            "finite/echo", registry=reg, listen="tcp://127.0.0.1:0",
+            handler=lambda m: runs.append(m.body) or m.body) as server, posa.Peer(
+            "finite/caller", registry=reg, listen="tcp://127.0.0.1:0") as caller:
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            caller.request("finite/echo", "never", timeout=timeout)
+        assert caller.request("finite/echo", "next", timeout=30) == "next"
+
+        async def tasks() -> None:
+            async with posa.aio.Peer("finite/tasks", registry=reg,
+                                     listen="tcp://127.0.0.1:0") as peer:
+                with pytest.raises(ValueError, match="finite number of seconds"):
+                    await peer.request("finite/echo", "never", timeout=timeout)
+                good = [asyncio.ensure_future(peer.request("finite/echo", k, timeout=30))
+                        for k in range(8)]
+                await asyncio.sleep(0)      # (a turn: they are sent and wait for answers)
+                with pytest.raises(ValueError, match="finite number of seconds"):
+                    await peer.request("finite/echo", "never", timeout=timeout)
+                assert await asyncio.gather(*good) == list(range(8))
+                assert await peer.request("finite/echo", "last", timeout=30) == "last"
+        asyncio.run(tasks())
+        assert server.name and "never" not in runs and runs[:1] == ["next"]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TypeVar
 
-__all__ = ["until", "enter", "leave", "call", "remaining", "bounded"]
+__all__ = ["until", "enter", "leave", "call", "remaining", "bounded", "not_finite"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -71,3 +71,11 @@ def bounded(timeout: float) -> float:
     if deadline is None:
         return timeout
     return max(0.0, min(timeout, deadline - time.monotonic()))
+
+
+def not_finite(seconds: float) -> ValueError:
+    """The error of a request whose timeout is no finite number of seconds (its
+    ``ttl`` would be none): raised before anything is sent."""
+    return ValueError(f"a request's timeout must be a finite number of seconds, not "
+                      f"{seconds!r}: pass the longest wait you accept (a request is "
+                      "answered by its deadline or told Timeout)")

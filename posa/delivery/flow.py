@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from posa.delivery.budget import not_finite
 from posa.delivery.target import BATCH_MAX
 from posa.delivery.waiting import Steps
 from posa.errors import Timeout, TransportError, Unauthorized
@@ -128,7 +129,10 @@ class Flow:
         than writing it; returns its id. The caller writes the open batches
         (``write_open``) before it waits for input. Framed as ``send_locked``
         frames a SEND that joins a batch."""
-        ttl = int((deadline - time.monotonic()) * 1000)
+        try:
+            ttl = int((left := deadline - time.monotonic()) * 1000)
+        except (OverflowError, ValueError):     # inf, nan
+            raise not_finite(left) from None
         hdrs = {"ttl": ttl if ttl > 1 else 1}       # (no max(): it parses keywords)
         if headers:
             hdrs.update(headers)

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from posa.delivery.budget import bounded
+from posa.delivery.budget import bounded, not_finite
 from posa.delivery.waiting import Steps, drive
 from posa.errors import Timeout, TransportError, Unauthorized, from_wire
 from posa.wire.codec import Kind, Message, error_fields
@@ -111,7 +111,10 @@ class Requesting:
         caller read the clock just before."""
         if now is None:
             now = _monotonic()
-        ttl = int((deadline - now) * 1000)
+        try:
+            ttl = int((deadline - now) * 1000)
+        except (OverflowError, ValueError):     # inf, nan
+            raise not_finite(deadline - now) from None
         hdrs = {"ttl": ttl if ttl > 1 else 1}
         if headers:
             hdrs.update(headers)
