@@ -42,7 +42,8 @@ from typing import NoReturn
 from posa.errors import ProtocolError
 
 __all__ = ["MAGIC", "VERSION", "GREETING", "HEADER_SIZE", "MAX_LENGTH",
-           "FrameDecoder", "SendQueue", "frame_header", "encode_frame", "encode_frames"]
+           "FrameDecoder", "SendQueue", "frame_header", "pack_length", "encode_frame",
+           "encode_frames"]
 
 MAGIC = b"POSA"
 VERSION = 1
@@ -52,6 +53,8 @@ MAX_LENGTH = 0xFFFF_FFFF          # the largest length a u32 prefix can carry
 
 _HEADER = struct.Struct(">I")
 _unpack_length = _HEADER.unpack_from     # (the length at the head of a buffer)
+# ``frame_header`` unchecked: for a caller that bounded the length already
+pack_length = _HEADER.pack
 _GREETING_FIELDS = struct.Struct(">4sHH")
 _JOIN_LIMIT = 64 * 1024      # frames up to this size are copied behind their header
 _WRITE_SIZE = 256 * 1024     # SendQueue.head() joins small frames up to this size

@@ -48,7 +48,6 @@ import enum
 import itertools
 import logging
 import socket
-import struct
 import threading
 import time
 from collections import Counter, deque
@@ -57,7 +56,7 @@ from typing import Final
 
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options, Route
-from posa.transport.framing import GREETING, MAX_LENGTH, frame_header
+from posa.transport.framing import GREETING, MAX_LENGTH, frame_header, pack_length
 from posa.transport.poller import READ, WRITE, Poller, readable, writable
 from posa.transport.refusals import clip
 from posa.transport.tcp.accepting import Accepted, AcceptPath
@@ -68,8 +67,6 @@ from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
 from posa.transport.tcp.waiting import flush_before_close
-
-_length = struct.Struct(">I").pack   # a frame's length prefix (checked against _max_frame)
 
 __all__ = ["TcpListener"]
 
@@ -186,7 +183,7 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
                 self._send_queued(route, frame)
                 return
             peer.tracked.active = self._now     # (``_room``'s, for a connection with room)
-            self._write_out(peer, route, _length(size) + frame)
+            self._write_out(peer, route, pack_length(size) + frame)
 
     def _send_queued(self, route: Route, frame: bytes) -> None:
         """``send`` of a frame that cannot go straight out: behind queued frames,

@@ -33,14 +33,13 @@ import errno
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 
 from posa.errors import Closed, Timeout, TransportError
 from posa.transport.base import Options
-from posa.transport.framing import MAX_LENGTH, SendQueue
+from posa.transport.framing import MAX_LENGTH, SendQueue, pack_length
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
 
 __all__ = ["QueuedWriter"]
@@ -51,7 +50,6 @@ _BURST_GAP = 50e-6                 # s: a send this soon after a write joins the
 _SYNC_FLUSH = 256                  # queued entries at which the sender writes them itself
 _TAIL_DELAY = 100e-6               # s: the flusher's pause before it takes a burst's tail
 _FLUSHER_IDLE = 1.0                # s: an idle flusher thread ends after this long
-_length = struct.Struct(">I").pack   # a frame's length prefix (``frame_header``, unchecked)
 _NO_QUEUE = SendQueue()            # an idle connection's queue: shared, never pushed to
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
          errno.ESHUTDOWN, errno.ETIMEDOUT)
@@ -114,7 +112,7 @@ class QueuedWriter:
                 if self._out:
                     self._kick_locked()
                 return
-            data = _length(size) + frame     # (size <= _max_frame <= MAX_LENGTH)
+            data = pack_length(size) + frame  # (size <= _max_frame <= MAX_LENGTH)
             try:
                 sent = self._sock.send(data, NOSIGNAL)
             except (BlockingIOError, InterruptedError):
