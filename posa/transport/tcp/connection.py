@@ -14,6 +14,9 @@ a read that completes one frame returns it, and only the frames after the first
 of a read wait, in ``_ready`` (newest first: ``pop()`` takes the oldest), so an
 idle connection holds no queue of its own; nor a poll object, made by the first
 blocking wait (and the writer's queue and condition: ``writer``, *Memory*).
+After ``block_reads`` (Linux, plain tcp) ``recv_within`` waits in the read itself,
+with a receive timeout of at most ``_CLOSE_SEEN`` s; every other read, and every
+write, still passes ``MSG_DONTWAIT``.
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
