@@ -179,6 +179,22 @@ def test_feed_copies_a_reused_buffer() -> None:
     assert decoder.feed(b"\x00\x02hi") == [b"hi"]
 
 
+def test_one_whole_frame_per_read_is_checked_as_any_other() -> None:
+    """The read of exactly one whole frame (``feed``'s short way) keeps the
+    limit, copies a reused buffer, and a failed stream stays failed."""
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(GREETING) == []
+    buffer = bytearray(encode_frame(b"x" * LIMIT))
+    assert decoder.feed(memoryview(buffer)) == [b"x" * LIMIT]
+    buffer[:] = b"\xff" * len(buffer)
+    assert decoder.feed(encode_frame(b"")) == [b""]
+    with pytest.raises(ProtocolError, match="over the limit"):
+        decoder.feed(encode_frame(b"x" * (LIMIT + 1)))
+    assert decoder.failure == "oversize"
+    with pytest.raises(ProtocolError):
+        decoder.feed(encode_frame(b"ok"))
+
+
 def test_limit_must_fit_the_prefix() -> None:
     with pytest.raises(ValueError):
         FrameDecoder(MAX_LENGTH + 1)
