@@ -226,10 +226,6 @@ class Receiver(Inbound):
         return self.requests.progress(now)
 
     @property
-    def open_requests(self) -> dict[Key, Any]:
-        return self.requests.open
-
-    @property
     def replies(self) -> OrderedDict[Key, bytes]:
         return self.requests.replies
 
@@ -304,12 +300,6 @@ class Receiver(Inbound):
         a stream, the request it settles (pass it to ``replied`` once sent).
         The frame is cached for a repeat of the request."""
         return self.requests.answer(msg, kind, body)[0]
-
-    def answers(self, msg: Message, kind: int, body: Any
-                ) -> list[tuple[Endpoint, Hashable, bytes, Key | None]]:
-        """``answer``, and the same answer to the repeats of ``msg`` sent with its
-        idempotency key while it was being handled."""
-        return self.requests.answer(msg, kind, body)
 
     def replied(self, endpoint: Endpoint, route: Hashable, settles: Key) -> list[Outgoing]:
         """The REPLY to request ``settles`` went out on ``route``: where it

@@ -162,8 +162,10 @@ class Codec:
 
     def packer(self) -> Pack:
         """A pack function with a ``Packer`` of its own, for one thread: ``pack``
-        without the per-call lookup of the thread's packer (the forwarder's send
-        path holds one). The one place that lays out the envelope."""
+        without the per-call lookup of the thread's packer (the receiver's holds
+        one; the forwarder's send path holds ``packers()``). The one place that
+        lays out the envelope, with ``parts``, which frames the same bytes around
+        a SEND's id (``test_codec.py::test_parts_frame_an_envelope_byte_for_byte_as_pack``)."""
         return self.packers()[0]
 
     def packers(self) -> tuple[Pack, Callable[[Any], bytes]]:
