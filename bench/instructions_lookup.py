@@ -42,6 +42,7 @@ from bench.instructions import (
 FAKE_ADDRESS = "tcp://127.0.0.1:9"      # what the lookups return; nobody connects
 PYRO_NAME = "bench.echo"
 SIDES = ("client", "dispatcher", "pyro-client", "pyro-ns")
+_ME = [sys.executable, "-m", "bench.instructions_lookup", "--role"]   # a measured process
 
 
 def role_lookups(dispatcher: str, calls: int) -> None:
@@ -102,7 +103,6 @@ def _count_syscalls(side: str, calls: int, env: dict[str, str],
                     per: dict[int, dict[str, int]]) -> int:
     """System calls the ``side`` process made in a run of ``calls`` lookups (each
     call's count kept in ``per[calls]``)."""
-    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
     dispatcher, address, _ = start_dispatcher(env)
     with tempfile.TemporaryDirectory(prefix="posa-syscalls-") as tmp:
         out = os.path.join(tmp, "summary")
@@ -115,7 +115,7 @@ def _count_syscalls(side: str, calls: int, env: dict[str, str],
                 assert tracer.stderr is not None
                 tracer.stderr.readline()
             subprocess.run((["strace", "-f", "-c", "-o", out] if side == "client" else [])
-                           + me + ["lookups", address, str(calls)],
+                           + _ME + ["lookups", address, str(calls)],
                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
         finally:
             if tracer is not None:
@@ -138,11 +138,10 @@ def _syscalls(side: str, calls: str, env: dict[str, str]) -> None:
 
 
 def _count_posa(side: str, calls: int, env: dict[str, str]) -> int:
-    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
     dispatcher, address, output = start_dispatcher(env, GRIND if side == "dispatcher" else ())
     try:
         client = subprocess.run(
-            (GRIND if side == "client" else []) + me + ["lookups", address, str(calls)],
+            (GRIND if side == "client" else []) + _ME + ["lookups", address, str(calls)],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
     finally:
         stop(dispatcher)
@@ -152,8 +151,7 @@ def _count_posa(side: str, calls: int, env: dict[str, str]) -> int:
 
 
 def _count_pyro(side: str, calls: int, env: dict[str, str]) -> int:
-    me = [sys.executable, "-m", "bench.instructions_lookup", "--role"]
-    ns = subprocess.Popen((GRIND if side == "pyro-ns" else []) + me + ["pyro_ns"],
+    ns = subprocess.Popen((GRIND if side == "pyro-ns" else []) + _ME + ["pyro_ns"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
     try:
@@ -162,7 +160,7 @@ def _count_pyro(side: str, calls: int, env: dict[str, str]) -> int:
         if not line or line[0] != "READY":
             raise SystemExit(f"Pyro5's name server did not start: {ns.communicate()[1]}")
         client = subprocess.run(
-            (GRIND if side == "pyro-client" else []) + me + ["pyro_lookups", line[1],
+            (GRIND if side == "pyro-client" else []) + _ME + ["pyro_lookups", line[1],
                                                               str(calls)],
             capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
         _, ns_err = ns.communicate("stop\n", timeout=300)

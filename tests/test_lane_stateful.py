@@ -1,7 +1,8 @@
 """A subscriber's lane (``posa.channel.lane``, sans-IO) driven by hypothesis with the
 core that feeds it and the reliable stream it sends on: random publications, takes,
 sends, arrivals, broken connections that lose what is in transit, resends of the
-unacknowledged backlog (duplicates when the first copies got through too) and
+unacknowledged backlog (duplicates when the first copies got through too),
+streams that give their backlog up (the lane sends it again on the next) and
 acknowledgements. A connection keeps order, as tcp and zmq do, and after a break the
 forwarder sends nothing new before the backlog (its recovery); frames out of order
 across connections are the stream tests' part (``test_streams_stateful.py``).
@@ -46,6 +47,7 @@ class LaneMachine(RuleBasedStateMachine):
         self.next_body = 0
         self.sent: dict[int, Any] = {}                  # what the stream keeps to resend
         self.broken = False                             # until the backlog is resent
+        self.floor = 0                                  # last event seq before a give-up
 
     @rule(count=st.integers(1, 6))
     def publish(self, count: int) -> None:
@@ -84,8 +86,9 @@ class LaneMachine(RuleBasedStateMachine):
 
     def deliver(self, seq: int, body: Any) -> None:
         msg = Message(Kind.SEND, "events/lane", SUB, body, id=seq, stream=7)
-        for ready in self.inbound.accept(msg):
-            self.received.extend(ready.body["seqs"])
+        for ready in self.inbound.accept(msg):  # (what the subscriber had before a
+            # give-up may come again on the next stream: it drops those events)
+            self.received.extend(seq for seq in ready.body["seqs"] if seq > self.floor)
 
     @precondition(lambda self: self.network)
     @rule(data=st.data())
@@ -109,6 +112,20 @@ class LaneMachine(RuleBasedStateMachine):
         first = self.out.first_unacked()
         self.network.extend((seq, self.sent[seq]) for seq in range(first, self.out.next_seq))
         self.broken = False
+
+    @precondition(lambda self: self.lane.in_flight > 0)
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        """The stream gives up what is unacknowledged (its ``send_timeout``): some
+        of what is in transit still arrives, and the next stream starts afresh;
+        the lane sends what was in flight again first (``Lane.given_up``)."""
+        through = data.draw(st.integers(0, len(self.network)))
+        for seq, body in self.network[:through]:
+            self.deliver(seq, body)
+        self.network.clear()
+        self.floor = self.received[-1] if self.received else 0
+        self.out, self.inbound, self.sent, self.broken = Outbound(), Inbound(), {}, False
+        self.lane.given_up()
 
     @invariant()
     def in_order_each_once(self) -> None:
