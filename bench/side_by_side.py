@@ -6,8 +6,9 @@ Each round starts, for each tree at the same moment, an echo peer and a client
 peer (``Peer.request`` over tcp, as the suite's ``peer_request_tcp`` row) with
 ``PYTHONPATH`` set to that tree, against one dispatcher of this tree; after 500
 warm-up calls each client makes ``--calls`` timed calls, and each process tells
-the user and system CPU it spent over them (``os.times``). Both trees' runs share
-whatever else loads the machine, so the ratio of each round (B over A) holds
+the user and system CPU it spent over them (``getrusage``, counted in µs,
+not in the 10 ms ticks of ``os.times``). Both trees' runs share whatever else
+loads the machine, so the ratio of each round (B over A) holds
 where before/after pairs run one after the other drown in the load of others;
 the medians of the rounds' ratios are printed last. What changes the kernel's
 share (syscalls, loopback tcp) or the caches shows here and not in the
@@ -27,18 +28,18 @@ from bench.instructions import start_dispatcher, stop
 ECHO = "bench/side-by-side"
 WARMUP = 500
 SERVER = """
-import os, sys, posa
+import resource, sys, posa
 with posa.RegistryClient(sys.argv[1]) as reg, posa.Peer(
         sys.argv[2], registry=reg, listen="tcp://127.0.0.1:0", handler=lambda m: m.body):
     print("READY", flush=True)
     sys.stdin.readline()
-    t = os.times()
+    t = resource.getrusage(resource.RUSAGE_SELF)
     sys.stdin.readline()
-    u = os.times()
-    print(u.user - t.user, u.system - t.system, flush=True)
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    print(u.ru_utime - t.ru_utime, u.ru_stime - t.ru_stime, flush=True)
 """
 CLIENT = f"""
-import os, sys, posa
+import resource, sys, posa
 with posa.RegistryClient(sys.argv[1]) as reg, posa.Peer(
         sys.argv[2] + "-client", registry=reg, listen="tcp://127.0.0.1:0") as peer:
     body = {{"seq": 0, "body": b"x" * 83}}
@@ -46,11 +47,11 @@ with posa.RegistryClient(sys.argv[1]) as reg, posa.Peer(
         peer.request(sys.argv[2], body, timeout=30.0)
     print("READY", flush=True)
     sys.stdin.readline()
-    t = os.times()
+    t = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(int(sys.argv[3])):
         peer.request(sys.argv[2], body, timeout=30.0)
-    u = os.times()
-    print(u.user - t.user, u.system - t.system, flush=True)
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    print(u.ru_utime - t.ru_utime, u.ru_stime - t.ru_stime, flush=True)
 """
 # what one run gives, in µs per request: server (user, system), client (user, system)
 Run = tuple[float, float, float, float]
@@ -138,7 +139,7 @@ def main(argv: list[str]) -> None:
             print(f"round {i + 1}  " + _line("A", a) + "  |  " + _line("B", b), flush=True)
             for j, (x, y) in enumerate(((a[0] + a[1], b[0] + b[1]), (a[2] + a[3], b[2] + b[3]),
                                         (sum(a), sum(b)))):
-                ratios[j].append(y / x)
+                ratios[j].append(y / x if x else float("nan"))
     finally:
         stop(dispatcher)
     for name, values in zip(("server", "client", "both"), ratios):
