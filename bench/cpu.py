@@ -8,9 +8,12 @@ line), ``at_ready(pid)`` notes its CPU so far, and that part is not counted.
 Long-lived processes (the shared dispatcher, nats-server) count only what
 they spent during the row.  A process that prints no READY line (a
 request-reply client of posa or of an anchor) counts its interpreter's
-start-up and exit, the same for posa and for the anchors (tens of ms against
-the ~2 s of CPU of a 10k-call row).  The runner itself (reading pipes) is
-not counted.
+start-up, its 500 warm-up calls and its exit, the same for posa and for the
+anchors: about 0.23 s for posa's ``Peer.request`` client and 0.16 s for
+Pyro5's, against the 2-3 s of CPU of a 10k-call row (so posa's rows carry
+about 7 µs per call more start-up than Pyro5's).  Roles import only what they
+use (a thread role does not load asyncio).  The runner itself (reading
+pipes) is not counted.
 """
 from __future__ import annotations
 

@@ -21,14 +21,12 @@ envelope codec encodes and decodes it (the receiver gets it decoded).
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import posa
-import posa.aio
 from bench import GAP, ONEWAY, RR, Bench, Goal
 from bench.anchors import N_ONEWAY, N_RR
 from bench.common import (
@@ -147,6 +145,12 @@ def role_client(dispatcher: str, target: str, listen: str, n: int) -> None:
 
 
 def role_aio_client(dispatcher: str, target: str, listen: str, n: int) -> None:
+    # imported here, not above: the start-up of the other roles, which a client
+    # row's CPU per operation counts, does not load asyncio
+    import asyncio
+
+    import posa.aio
+
     async def main() -> dict[str, Any]:
         with posa.RegistryClient(dispatcher) as reg:
             async with posa.aio.Peer(_name("aio-client"), registry=reg, listen=listen) as peer:

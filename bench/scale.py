@@ -26,7 +26,6 @@ against the number of callers.
 """
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import secrets
 import sys
@@ -198,6 +197,8 @@ def role_pyro_callers(uri: str, n: int, callers: int) -> None:
 
 
 async def _nats_tasks(url: str, subject: str, n: int, callers: int) -> dict[str, Any]:
+    import asyncio
+
     import msgpack
     import nats
 
@@ -234,6 +235,8 @@ async def _nats_tasks(url: str, subject: str, n: int, callers: int) -> dict[str,
 
 
 def role_nats_callers(url: str, subject: str, n: int, callers: int) -> None:
+    import asyncio  # here, not above: posa's thread roles do not load it
+
     emit(asyncio.run(_nats_tasks(url, subject, n, callers)))
 
 
