@@ -18,7 +18,9 @@ side cannot be answered (a refusal, a key the dispatcher does not hold), which
 is raised as ``Unauthorized`` (``posa.admission.unverified.diagnose``).
 
 Not thread-safe: ``RegistryClient`` keeps one line per thread (``Lines``); in a
-forked child the lines are made anew (the parent's connections stay the parent's).
+forked child the lines are made anew (the parent's connections stay the parent's:
+closing them there closes the child's copies of their descriptors only, as a
+connection inherited across fork closes, ``posa.transport.tcp.closing``).
 """
 from __future__ import annotations
 

@@ -9,6 +9,13 @@ closes it; a program that sends, closes and exits keeps the reaper alive until
 then. A closing listener hands its connections to the reaper the same way; a
 listener that sees a connection's stream end has read all of it, and closes
 that socket at once.
+
+A forked child inherits its parent's sockets: the descriptors are the child's
+copies, the connections the parent's. Ending one there (``shutdown``), writing
+to it, reading it (the reaper's discarding reads) or unwatching it in a shared
+poller would end, corrupt or take the parent's stream; so a connection or
+listener closed in a process other than the one that made it only closes that
+process's descriptors (``close_copies``).
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import time
 
 from posa.transport.tcp.sockets import poll_ms
 
-__all__ = ["Reaper", "reaper"]
+__all__ = ["Reaper", "close_copies", "reaper"]
 
 _DISCARD_SIZE = 64 * 1024          # the reaper's buffer for input it discards
 _REAP_POLL = 0.05                  # s: how often the reaper takes new sockets in
@@ -90,6 +97,13 @@ class Reaper:
                     with self._lock:
                         del self._sockets[sock]
                     sock.close()
+
+
+def close_copies(*sockets: socket.socket) -> None:
+    """Close this process's descriptors of ``sockets``, inherited across fork, and
+    nothing else: without ``shutdown`` the connections stay the parent's."""
+    for sock in sockets:
+        sock.close()
 
 
 reaper = Reaper()

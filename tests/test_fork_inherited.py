@@ -1,0 +1,114 @@
+"""A forked child that closes what it inherited leaves the parent's connections be:
+it never shuts down (nor reads from) a socket the parent still uses."""
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import posa
+from posa import transport
+from posa.runtime.reactor import Reactor
+from tests.test_reactor import in_forked_child
+
+pytestmark = pytest.mark.timeout(60)
+
+NAME = "lab/fork-inherited"
+ADDRESS = "tcp://127.0.0.1:9"
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[posa.Dispatcher]:
+    with posa.Dispatcher("tcp://127.0.0.1:0") as d:
+        d.registry.register(NAME, [ADDRESS], credential="c" * 16, lease=60.0)
+        yield d
+
+
+def test_a_child_closing_its_client_leaves_the_parents_lookup_lines(
+        dispatcher: posa.Dispatcher) -> None:
+    with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+        assert reg.lookup(NAME).name == NAME
+        line = reg._lines._local.line
+        conn = line._conn
+
+        def check() -> bool:
+            reg.close()             # before any lookup of its own
+            return True
+
+        assert in_forked_child(check) is True
+        assert reg.lookup(NAME).name == NAME
+        assert reg._lines._local.line is line and line._conn is conn    # no reconnect
+
+
+def closed_in_a_child(endpoint: Any) -> bool | str:
+    def check() -> bool:
+        endpoint.close()
+        return True
+    return in_forked_child(check)
+
+
+def test_a_child_closing_an_inherited_connection_leaves_the_parents_stream() -> None:
+    listener = transport.listen("tcp://127.0.0.1:0")
+    conn = transport.connect(listener.address)
+    try:
+        conn.send(b"one")
+        route, frame = listener.recv(10.0)
+        assert frame == b"one"
+        assert closed_in_a_child(conn) is True      # no shutdown of the parent's socket
+        conn.send(b"two")
+        assert listener.recv(10.0) == (route, b"two")
+        listener.send(route, b"three")
+        assert conn.recv(10.0) == b"three"
+    finally:
+        conn.close()
+        listener.close()
+
+
+def test_a_child_closing_an_inherited_listener_leaves_the_parents_connections() -> None:
+    """Served from its reactor's poller, as a peer's listener is: the child neither
+    ends the accepted connections nor takes them out of the (shared) poller."""
+    reactor = Reactor("test-fork-inherited")
+    reactor.start()
+    listener = transport.listen("tcp://127.0.0.1:0")
+    got: queue.Queue[tuple[Any, bytes]] = queue.Queue()
+
+    def drain() -> None:
+        while (item := listener.recv_nowait()) is not None:
+            got.put(item)
+
+    reactor.add_source(listener, drain)
+    conn = transport.connect(listener.address)
+    try:
+        conn.send(b"one")
+        route, frame = got.get(timeout=10.0)
+        assert frame == b"one"
+        assert closed_in_a_child(listener) is True
+        conn.send(b"two")
+        assert got.get(timeout=10.0) == (route, b"two")     # still watched, still read
+        listener.send(route, b"three")
+        assert conn.recv(10.0) == b"three"                  # and not ended
+    finally:
+        conn.close()
+        reactor.call(listener.close)
+        reactor.close()
+
+
+def test_a_child_closing_a_caching_client_leaves_the_parents_watch(
+        dispatcher: posa.Dispatcher) -> None:
+    with posa.RegistryClient(dispatcher.address) as reg:
+        assert reg.lookup(NAME).name == NAME
+        watch = reg._reactor.call(lambda: reg._watch, timeout=10.0)
+        assert watch is not None
+
+        def check() -> bool | str:
+            try:
+                reg.close()
+            except posa.PosaError as exc:
+                return repr(exc)
+            return True
+
+        assert in_forked_child(check) is True
+        assert reg.lookup(NAME).name == NAME
+        assert reg._reactor.call(lambda: reg._watch, timeout=10.0) is watch
