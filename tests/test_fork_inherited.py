@@ -11,6 +11,7 @@ import pytest
 import posa
 from posa import transport
 from posa.runtime.reactor import Reactor
+from posa.transport.tcp.closing import reaper
 from tests.test_reactor import in_forked_child
 
 pytestmark = pytest.mark.timeout(60)
@@ -112,3 +113,29 @@ def test_a_child_closing_a_caching_client_leaves_the_parents_watch(
         assert in_forked_child(check) is True
         assert reg.lookup(NAME).name == NAME
         assert reg._reactor.call(lambda: reg._watch, timeout=10.0) is watch
+
+
+def test_a_child_reaps_its_own_closed_connections_not_the_parents() -> None:
+    """The parent's reaper holds a closed connection (its listener has not ended
+    its side) when the child is forked: the child neither reads that socket nor
+    takes the parent's (absent) thread for its own, so the connections it closes
+    are reaped by a thread of its own."""
+    listener = transport.listen("tcp://127.0.0.1:0")
+    conn = transport.connect(listener.address)
+    try:
+        conn.send(b"one")
+        assert listener.recv(10.0)[1] == b"one"
+        conn.close()                    # the reaper waits for the listener's end
+        assert reaper._sockets
+
+        def check() -> bool | str:
+            if reaper._sockets or reaper._thread is not None:
+                return "the parent's reaping inherited"
+            own = transport.connect(listener.address)
+            own.close()
+            thread = reaper._thread
+            return thread is not None and thread.is_alive()
+
+        assert in_forked_child(check) is True
+    finally:
+        listener.close()

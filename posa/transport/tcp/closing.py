@@ -20,6 +20,7 @@ process's descriptors (``close_copies``).
 from __future__ import annotations
 
 import atexit
+import os
 import select
 import socket
 import threading
@@ -69,6 +70,15 @@ class Reaper:
         if thread is not None:
             thread.join(max(0.0, last - time.monotonic()))
 
+    def forget_parents(self) -> None:
+        """(in a forked child) The sockets handed over so far are the parent's, and
+        so is the thread reaping them: close this process's copies of their
+        descriptors and start afresh (a thread of its own, made when the child
+        hands a socket over)."""
+        self._lock = threading.Lock()
+        parents, self._sockets, self._thread = list(self._sockets), {}, None
+        close_copies(*parents)
+
     def _run(self) -> None:
         sink = bytearray(_DISCARD_SIZE)
         while True:
@@ -108,3 +118,5 @@ def close_copies(*sockets: socket.socket) -> None:
 
 reaper = Reaper()
 atexit.register(reaper.finish)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reaper.forget_parents)
