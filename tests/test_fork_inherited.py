@@ -3,6 +3,7 @@ it never shuts down (nor reads from) a socket the parent still uses."""
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,6 +64,37 @@ def test_a_child_closing_an_inherited_connection_leaves_the_parents_stream() -> 
         listener.send(route, b"three")
         assert conn.recv(10.0) == b"three"
     finally:
+        conn.close()
+        listener.close()
+
+
+def test_a_child_closes_an_inherited_connection_whose_lock_a_parents_thread_holds(
+        ) -> None:
+    """The thread holding the lock (a sending or flushing thread of the parent) is
+    not in the child: its close must not wait for that lock."""
+    listener = transport.listen("tcp://127.0.0.1:0")
+    conn = transport.connect(listener.address)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with conn._lock:        # type: ignore[attr-defined]
+            held.set()
+            release.wait(10.0)
+
+    def check() -> bool:
+        closing = threading.Thread(target=conn.close, daemon=True)
+        closing.start()
+        closing.join(5.0)
+        return not closing.is_alive()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10.0)
+        assert in_forked_child(check) is True
+    finally:
+        release.set()
+        holder.join(10.0)
         conn.close()
         listener.close()
 

@@ -207,14 +207,15 @@ class TcpConnection(QueuedWriter):
         read everything and ended its side too (or ``linger`` ran out): closing
         it at once would make the kernel answer a late greeting or reply with a
         reset, which destroys frames the listener has not read yet."""
+        if self._pid != os.getpid():  # inherited: the parent's connection (and lock,
+            if not self._closing:     # which a thread absent here may hold)
+                self._closing = self._closed = self._released = True
+                close_copies(self._sock, *(self._wake or ()))
+            return
         with self._lock:
             if self._closing:
                 return
             self._closing = True
-            if self._pid != os.getpid():      # inherited: the parent's connection
-                self._closed = self._released = True
-                close_copies(self._sock, *(self._wake or ()))
-                return
             self._close_deadline = time.monotonic() + self._linger
             if self._out and self._failure is None:
                 self._linger_locked()

@@ -206,15 +206,17 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         """Stop listening, flush queued replies and end every connection, within
         ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
         thread, which raises ``Closed``. Frames not yet received are dropped."""
+        if self._pid != os.getpid():    # inherited: the parent's connections (and
+            if not self._closed:        # locks, which a thread absent here may hold)
+                self._closed = True
+                close_copies(self._sock, self._wake_r, self._wake_w,
+                             *(peer.sock for peer in self._peers.values()))
+                (self._poller if self._own is None else self._own).close()
+            return
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        if self._pid != os.getpid():            # inherited: the parent's connections
-            close_copies(self._sock, self._wake_r, self._wake_w,
-                         *(peer.sock for peer in self._peers.values()))
-            (self._poller if self._own is None else self._own).close()
-            return
         self._wake_up()
         self._guard.close()
         with self._io_lock:
