@@ -2,6 +2,7 @@
 it never shuts down (nor reads from) a socket the parent still uses."""
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,44 @@ def test_a_child_closing_its_client_leaves_the_parents_lookup_lines(
         assert reg._lines._local.line is line and line._conn is conn    # no reconnect
 
 
+def test_a_child_closes_its_client_while_a_parents_thread_held_the_lines_lock(
+        dispatcher: posa.Dispatcher) -> None:
+    with posa.RegistryClient(dispatcher.address, cache=False) as reg:
+        assert reg.lookup(NAME).name == NAME
+        with held_by_a_thread(reg._lines._lock):
+            assert in_forked_child(lambda: closes_within(reg)) is True
+        assert reg.lookup(NAME).name == NAME
+
+
+@contextlib.contextmanager
+def held_by_a_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread of this process for the block (and so at a
+    fork in it: that thread is not in the child)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10.0)
+        yield
+    finally:
+        release.set()
+        holder.join(10.0)
+
+
+def closes_within(endpoint: Any) -> bool:
+    """True if ``endpoint.close()`` returns within 5 s."""
+    closing = threading.Thread(target=endpoint.close, daemon=True)
+    closing.start()
+    closing.join(5.0)
+    return not closing.is_alive()
+
+
 def closed_in_a_child(endpoint: Any) -> bool | str:
     def check() -> bool:
         endpoint.close()
@@ -74,27 +113,10 @@ def test_a_child_closes_an_inherited_connection_whose_lock_a_parents_thread_hold
     not in the child: its close must not wait for that lock."""
     listener = transport.listen("tcp://127.0.0.1:0")
     conn = transport.connect(listener.address)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with conn._lock:        # type: ignore[attr-defined]
-            held.set()
-            release.wait(10.0)
-
-    def check() -> bool:
-        closing = threading.Thread(target=conn.close, daemon=True)
-        closing.start()
-        closing.join(5.0)
-        return not closing.is_alive()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
     try:
-        assert held.wait(10.0)
-        assert in_forked_child(check) is True
+        with held_by_a_thread(conn._lock):      # type: ignore[attr-defined]
+            assert in_forked_child(lambda: closes_within(conn)) is True
     finally:
-        release.set()
-        holder.join(10.0)
         conn.close()
         listener.close()
 

@@ -273,6 +273,8 @@ class Lines:
         return line
 
     def close(self) -> None:
+        if self._fork != _forks[0]:     # a forked child: a thread absent here may hold
+            self._fork, self._lock = _forks[0], threading.Lock()    # the parent's lock
         with self._lock:
             self.closed = True
             lines, self._all = self._all, []
