@@ -45,11 +45,11 @@ def test_a_child_closing_its_client_leaves_the_parents_lookup_lines(
         assert reg._lines._local.line is line and line._conn is conn    # no reconnect
 
 
-def test_a_child_closes_its_client_while_a_parents_thread_held_the_lines_lock(
+def test_a_child_closes_its_client_while_parents_threads_held_its_locks(
         dispatcher: posa.Dispatcher) -> None:
     with posa.RegistryClient(dispatcher.address, cache=False) as reg:
         assert reg.lookup(NAME).name == NAME
-        with held_by_a_thread(reg._lines._lock):
+        with held_by_a_thread(reg._lines._lock), held_by_a_thread(reg._lock):
             assert in_forked_child(lambda: closes_within(reg)) is True
         assert reg.lookup(NAME).name == NAME
 

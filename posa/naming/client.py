@@ -89,8 +89,7 @@ class RegistryClient:
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
-        self._next_watcher = 0
-        self._closed, self._pid = False, os.getpid()
+        self._next_watcher, self._closed, self._pid = 0, False, os.getpid()
         self._reactor = reactor or reactor_module.default()
         self._watch: Forwarder | None = None
         self._instance: str | None = None
@@ -256,12 +255,13 @@ class RegistryClient:
         self._cache.pop(name, None)
 
     def close(self) -> None:
-        with self._lock:
+        here = self._pid == os.getpid()     # (in a forked child the watch, its reactor
+        with self._lock if here else threading.Lock():  # and the lock are the parent's)
             if self._closed:
                 return
             self._closed = True
-        if self._ticker is not None and self._pid == os.getpid():   # (in a forked child
-            self._ticker.cancel()       # the watch and its reactor are the parent's)
+        if self._ticker is not None and here:
+            self._ticker.cancel()
             self._reactor.call(self._drop_watch)
         self._sender.close()
         self._lines.close()
