@@ -387,3 +387,23 @@ def test_every_event_is_delivered_in_order_or_reported_lost(ops: list[Any]) -> N
         assert state.missed == c.subscriptions[sub_id].dropped
         if SUBSCRIBERS[sub_id]["policy"] == "block":
             assert got == expected
+
+
+def test_an_ended_subscriptions_counts_stay_in_the_channels_totals() -> None:
+    """``stats()["subscriptions"]`` holds the live subscriptions only; what the
+    ended ones dropped and delivered stays in the channel's totals, which never
+    go down (nor do ``drops``, per policy)."""
+    c = core(slow={"limit": 2}, gone={"limit": 2, "policy": "drop-newest"},
+             cut={"limit": 2, "policy": "disconnect"})
+    c.publish(pub("a", [1, 2, 3, 4, 5]))       # cut overflows and ends at once
+    assert len(flat(c.take("slow", 10))) == 2
+    before = c.stats()
+    assert set(before["subscriptions"]) == {"slow", "gone"}
+    assert (before["dropped"], before["delivered"]) == (3 + 3 + 5, 2)
+    c.unsubscribe("gone")
+    c.subscribe("slow")                         # the same subscriber again: a new one
+    after = c.stats()
+    assert after["subscriptions"]["slow"]["dropped"] == 0
+    assert (after["dropped"], after["delivered"]) == (11, 2)
+    assert after["closed_subscriptions"] == {"count": 3, "dropped": 11, "delivered": 2}
+    assert sum(c.drops.values()) == after["dropped"]

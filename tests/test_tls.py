@@ -463,3 +463,21 @@ def test_posa_dispatcher_on_tls_serves_clients(pki: Pki) -> None:
             anonymous.close()
     finally:
         dispatcher.close()
+
+
+def test_a_child_closing_an_inherited_tls_connection_or_listener_leaves_the_parents(
+        pki: Pki, opened: Callable[..., object]) -> None:
+    """Closed in a forked child, neither ends the parent's session (no close_notify,
+    no shutdown of the shared socket): the parent's frames go on both ways."""
+    from tests.test_fork_inherited import closed_in_a_child
+    listener = opened(transport.listen("tls://127.0.0.1:0", Options(tls=pki.listening())))
+    connection = opened(transport.connect(listener.address, Options(tls=pki.client())))
+    connection.send(b"one")
+    route, frame = listener.recv(WAIT)
+    assert frame == b"one"
+    assert closed_in_a_child(connection) is True
+    assert closed_in_a_child(listener) is True
+    connection.send(b"two")
+    assert listener.recv(WAIT) == (route, b"two")
+    listener.send(route, b"three")
+    assert connection.recv(WAIT) == b"three"

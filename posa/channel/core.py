@@ -133,6 +133,9 @@ class ChannelCore:
         self.duplicates = 0
         self.ended: dict[str, int] = {"disconnected": 0, "failed": 0}
         self.drops: dict[str, int] = {policy: 0 for policy in POLICIES if policy != "block"}
+        # the counts of the subscriptions that ended (unsubscribed, expired, ended by
+        # their policy, replaced), so that the channel's totals never go down
+        self.closed = {"count": 0, "dropped": 0, "delivered": 0}
 
     @property
     def history(self) -> deque[Run]:
@@ -199,6 +202,10 @@ class ChannelCore:
         sub = self.subscriptions.pop(sub_id, None)
         if sub is not None:
             self._stop_live(sub)
+            closed = self.closed
+            closed["count"] += 1
+            closed["dropped"] += sub.dropped
+            closed["delivered"] += sub.delivered
         return sub
 
     def first_seq(self) -> int:
@@ -372,11 +379,15 @@ class ChannelCore:
             or sub.lost_front > 0 or (sub.end is not None and not sub.buffer)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and every subscription's state, as msgpack-able data."""
+        """Counters and every subscription's state, as msgpack-able data; ``dropped``
+        and ``delivered`` total every subscription's, the ended ones' too."""
+        subs, closed = self.subscriptions, self.closed
         return {"name": self.name, "incarnation": self.incarnation, "seq": self.seq,
                 "first": self.first_seq(), "history": self.history_size,
                 "history_bytes": self.kept.bytes, "published": self.published,
                 "looped": self.looped, "duplicates": self.duplicates,
                 "disconnected": self.ended["disconnected"], "failed": self.ended["failed"],
-                "subscriptions": {sid: sub.stats()
-                                  for sid, sub in self.subscriptions.items()}}
+                "dropped": closed["dropped"] + sum(s.dropped for s in subs.values()),
+                "delivered": closed["delivered"] + sum(s.delivered for s in subs.values()),
+                "closed_subscriptions": dict(closed),
+                "subscriptions": {sid: sub.stats() for sid, sub in subs.items()}}

@@ -19,6 +19,7 @@ is registered as the interfaces' addresses (``posa.naming.hosts``).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -88,15 +89,13 @@ class RegistryClient:
         self._cache: dict[str, tuple[Registration, float]] = {}
         self._lock = threading.Lock()
         self._watchers: dict[int, Callable[[str, Registration | None], None]] = {}
-        self._next_watcher = 0
-        self._closed = False
+        self._next_watcher, self._closed, self._pid = 0, False, os.getpid()
         self._reactor = reactor or reactor_module.default()
         self._watch: Forwarder | None = None
         self._instance: str | None = None
         self._taken = False     # the dispatcher answered the watch (shared.wait_taken)
         self._ping_seq = self._silent = 0
-        self._caching = cache
-        self._ping_interval = ping_interval
+        self._caching, self._ping_interval = cache, ping_interval
         self._ticker: Any = None
         self._retry: float | None = None        # the next re-subscribe delay, if one waits
         self._tick_soon = False                 # a tick is queued: none more is
@@ -256,11 +255,12 @@ class RegistryClient:
         self._cache.pop(name, None)
 
     def close(self) -> None:
-        with self._lock:
+        here = self._pid == os.getpid()     # (in a forked child the watch, its reactor
+        with self._lock if here else threading.Lock():  # and the lock are the parent's)
             if self._closed:
                 return
             self._closed = True
-        if self._ticker is not None:
+        if self._ticker is not None and here:
             self._ticker.cancel()
             self._reactor.call(self._drop_watch)
         self._sender.close()

@@ -18,7 +18,9 @@ side cannot be answered (a refusal, a key the dispatcher does not hold), which
 is raised as ``Unauthorized`` (``posa.admission.unverified.diagnose``).
 
 Not thread-safe: ``RegistryClient`` keeps one line per thread (``Lines``); in a
-forked child the lines are made anew (the parent's connections stay the parent's).
+forked child the lines are made anew (the parent's connections stay the parent's:
+closing them there closes the child's copies of their descriptors only, as a
+connection inherited across fork closes, ``posa.transport.tcp.closing``).
 """
 from __future__ import annotations
 
@@ -271,6 +273,8 @@ class Lines:
         return line
 
     def close(self) -> None:
+        if self._fork != _forks[0]:     # a forked child: a thread absent here may hold
+            self._fork, self._lock = _forks[0], threading.Lock()    # the parent's lock
         with self._lock:
             self.closed = True
             lines, self._all = self._all, []

@@ -9,10 +9,18 @@ closes it; a program that sends, closes and exits keeps the reaper alive until
 then. A closing listener hands its connections to the reaper the same way; a
 listener that sees a connection's stream end has read all of it, and closes
 that socket at once.
+
+A forked child inherits its parent's sockets: the descriptors are the child's
+copies, the connections the parent's. Ending one there (``shutdown``), writing
+to it, reading it (the reaper's discarding reads) or unwatching it in a shared
+poller would end, corrupt or take the parent's stream; so a connection or
+listener closed in a process other than the one that made it only closes that
+process's descriptors (``close_copies``).
 """
 from __future__ import annotations
 
 import atexit
+import os
 import select
 import socket
 import threading
@@ -20,7 +28,7 @@ import time
 
 from posa.transport.tcp.sockets import poll_ms
 
-__all__ = ["Reaper", "reaper"]
+__all__ = ["Reaper", "close_copies", "reaper"]
 
 _DISCARD_SIZE = 64 * 1024          # the reaper's buffer for input it discards
 _REAP_POLL = 0.05                  # s: how often the reaper takes new sockets in
@@ -62,6 +70,15 @@ class Reaper:
         if thread is not None:
             thread.join(max(0.0, last - time.monotonic()))
 
+    def forget_parents(self) -> None:
+        """(in a forked child) The sockets handed over so far are the parent's, and
+        so is the thread reaping them: close this process's copies of their
+        descriptors and start afresh (a thread of its own, made when the child
+        hands a socket over)."""
+        self._lock = threading.Lock()
+        parents, self._sockets, self._thread = list(self._sockets), {}, None
+        close_copies(*parents)
+
     def _run(self) -> None:
         sink = bytearray(_DISCARD_SIZE)
         while True:
@@ -92,5 +109,14 @@ class Reaper:
                     sock.close()
 
 
+def close_copies(*sockets: socket.socket) -> None:
+    """Close this process's descriptors of ``sockets``, inherited across fork, and
+    nothing else: without ``shutdown`` the connections stay the parent's."""
+    for sock in sockets:
+        sock.close()
+
+
 reaper = Reaper()
 atexit.register(reaper.finish)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reaper.forget_parents)

@@ -20,7 +20,9 @@ write, still passes ``MSG_DONTWAIT``.
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
-once the listener has ended its side too.
+once the listener has ended its side too. In a forked child a connection it
+inherited is the parent's: its ``close()`` closes the child's descriptors only
+(``closing.close_copies``).
 
 *Threads.* A connection may be used by several threads (writes are serialised
 by one lock). ``close()`` may come from any thread and wakes a blocked ``recv``
@@ -29,6 +31,7 @@ blocking wait. The socket is released only once no thread waits on it.
 """
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
@@ -39,7 +42,7 @@ import time
 from posa.errors import Closed, ProtocolError, Timeout, TransportError
 from posa.transport.base import Options
 from posa.transport.framing import GREETING, FrameDecoder
-from posa.transport.tcp.closing import reaper
+from posa.transport.tcp.closing import close_copies, reaper
 from posa.transport.tcp.sockets import poll_ms
 from posa.transport.tcp.writer import QueuedWriter
 
@@ -75,6 +78,7 @@ class TcpConnection(QueuedWriter):
         self._decoder = FrameDecoder(self._max_frame)
         self._ready: list[bytes] = []         # frames read and not returned, newest first
         self._released = False                # the socket went to the reaper
+        self._pid = os.getpid()               # a forked child's copy is not its to end
         self._wake: tuple[socket.socket, socket.socket] | None = None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,6 +207,11 @@ class TcpConnection(QueuedWriter):
         read everything and ended its side too (or ``linger`` ran out): closing
         it at once would make the kernel answer a late greeting or reply with a
         reset, which destroys frames the listener has not read yet."""
+        if self._pid != os.getpid():  # inherited: the parent's connection (and lock,
+            if not self._closing:     # which a thread absent here may hold)
+                self._closing = self._closed = self._released = True
+                close_copies(self._sock, *(self._wake or ()))
+            return
         with self._lock:
             if self._closing:
                 return

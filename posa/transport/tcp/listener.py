@@ -32,7 +32,9 @@ falls due while nothing else happens.
 
 *Closing.* ``close()`` flushes, ends the sending side of every connection and
 hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
-whose stream ended has been read to its end and is closed at once.
+whose stream ended has been read to its end and is closed at once. In a forked
+child, closing a listener it inherited closes the child's descriptors only
+(``closing.close_copies``).
 
 *Served by a reactor.* A reactor that offers its own poller takes these
 descriptors into it (``attach``, ``posa.transport.tcp.sharing``): one poll per
@@ -47,6 +49,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -62,7 +65,7 @@ from posa.transport.refusals import clip
 from posa.transport.tcp.accepting import Accepted, AcceptPath
 from posa.transport.tcp.address import format_address
 from posa.transport.tcp.bursts import BurstSending
-from posa.transport.tcp.closing import reaper
+from posa.transport.tcp.closing import close_copies, reaper
 from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
@@ -114,6 +117,7 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         self._io_lock = threading.Lock()      # held by the thread doing I/O
         self._close_lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()                # a forked child's copy is not its to end
         self._poller = Poller()
         self._own = None        # the inner poller while a reactor's serves (sharing.py)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -202,6 +206,13 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         """Stop listening, flush queued replies and end every connection, within
         ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
         thread, which raises ``Closed``. Frames not yet received are dropped."""
+        if self._pid != os.getpid():    # inherited: the parent's connections (and
+            if not self._closed:        # locks, which a thread absent here may hold)
+                self._closed = True
+                close_copies(self._sock, self._wake_r, self._wake_w,
+                             *(peer.sock for peer in self._peers.values()))
+                (self._poller if self._own is None else self._own).close()
+            return
         with self._close_lock:
             if self._closed:
                 return
