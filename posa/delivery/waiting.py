@@ -17,22 +17,20 @@ without reading again. A read returns at the latest when the wait ends, or
 within ``_CLOSE_SEEN`` s of a ``close`` from another thread
 (``posa.transport.tcp.connection``). Any other wait is ``drive``'s.
 
-Each thread keeps its poll objects, one per descriptor number it waits on (a
-poll object names descriptors by number, so one made for a number serves any
-socket that number is given to later): a wait is one ``poll`` call, with no
-object made and registered per request (0.8 us less per wait here).
+The wait on a descriptor is ``posa.transport.base.wait_fd``: one ``poll`` call
+with this thread's poll object for that descriptor number, none made and
+registered per request (0.8 us less per wait here), in slices for a wait of
+weeks.
 """
 from __future__ import annotations
 
-import math
-import select
 import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 from posa.errors import PosaError
-from posa.transport.base import Connection, Wait, default_wait_readable, waiter
+from posa.transport.base import Connection, Wait, default_wait_readable, wait_fd, waiter
 
 __all__ = ["drive", "drive_reads", "run_held", "readable", "Steps"]
 
@@ -129,35 +127,18 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         time.sleep(max(0.0, timeout))
         return False
     try:
-        waits = _waits.get(conn.__class__)
-        if waits is None:
-            waits = _waits[conn.__class__] = waiter(conn.__class__)
-        if waits is not default_wait_readable:  # it waits itself (nats://: reading its socket)
-            return bool(waits(conn, timeout))
-        fd = conn.fileno()      # the default, with this thread's poll objects (the steps
-        #                         looked at ``pending()`` before they yielded)
-        if _poll is None:
-            return bool(select.select([fd], [], [], timeout)[0])
         try:
-            pollers: dict[int, Any] = _local.pollers
-        except AttributeError:
-            pollers = _local.pollers = {}
-        poller = pollers.get(fd)
-        if poller is None:
-            if len(pollers) >= _KEEP:
-                pollers.clear()
-            poller = pollers[fd] = _poll()
-            poller.register(fd, _POLLIN)
-        return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
+            waits = _waits[conn.__class__]
+        except KeyError:
+            waits = _waits[conn.__class__] = waiter(conn.__class__)
+        if waits is default_wait_readable:  # the steps looked at ``pending()`` before
+            return wait_fd(conn.fileno(), timeout)
+        return bool(waits(conn, timeout))   # it waits itself (nats://: reading its socket)
     except (OSError, ValueError, PosaError):
         return True  # closed under us: the next receive says how
 
 
-_poll = getattr(select, "poll", None)
 _monotonic = time.monotonic
 _UNKNOWN: Any = object()
 _blocks: dict[type, Callable[[Any], bool] | None] = {}  # each class's ``block_reads``
 _waits: dict[type, Wait] = {}   # how each connection class is waited on (``waiter``)
-_local = threading.local()
-_KEEP = 64          # poll objects kept per thread (one per descriptor number)
-_POLLIN = getattr(select, "POLLIN", 1)
