@@ -8,24 +8,31 @@ steps in the calling thread with ``poll`` (``select`` where there is no poll:
 many sockets reaches); ``posa.aio`` drives the same steps with the event
 loop.  The lock a step runs under is released while it waits.
 
-Each thread keeps its poll objects, one per descriptor number it waits on (a
-poll object names descriptors by number, so one made for a number serves any
-socket that number is given to later): a wait is one ``poll`` call, with no
-object made and registered per request (0.8 us less per wait here).
+``drive_reads`` is ``drive`` for the one thread that waits on a forwarder's
+connections (``Forwarder.request``): a wait on a connection whose reads can wait
+themselves (``block_reads``: plain tcp on Linux) is that read, one system call
+where a poll and a read took two, and the frame it brings is taken in
+(``absorb``, under the lock) before the steps go on, so they find the answer
+without reading again. A read returns at the latest when the wait ends, or
+within ``_CLOSE_SEEN`` s of a ``close`` from another thread
+(``posa.transport.tcp.connection``). Any other wait is ``drive``'s.
+
+The wait on a descriptor is ``posa.transport.base.wait_fd``: one ``poll`` call
+with this thread's poll object for that descriptor number, none made and
+registered per request (0.8 us less per wait here), in slices for a wait of
+weeks.
 """
 from __future__ import annotations
 
-import math
-import select
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 from posa.errors import PosaError
-from posa.transport.base import Connection, Wait, default_wait_readable, waiter
+from posa.transport.base import Connection, Wait, default_wait_readable, wait_fd, waiter
 
-__all__ = ["drive", "run_held", "readable", "Steps"]
+__all__ = ["drive", "drive_reads", "run_held", "readable", "Steps"]
 
 _T = TypeVar("_T")
 Steps = Generator[tuple[Connection | None, float], bool, _T]
@@ -43,6 +50,63 @@ def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
                 conn, wait = steps.send(ready)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def drive_reads(lock: threading.Lock, steps: Steps[_T],
+                absorb: Callable[[bytes], None]) -> _T:
+    """``drive``, where a wait on a connection that can block its reads is a read
+    that waits, whose frame ``absorb`` takes in (holding ``lock``) before the
+    steps are told the connection was readable. Only for steps whose every
+    frame goes to ``absorb`` (a forwarder's), in the one thread reading them."""
+    try:
+        with lock:
+            conn, wait = next(steps)
+        while True:
+            blocks = _blocks.get(conn.__class__, _UNKNOWN)
+            if blocks is _UNKNOWN:
+                blocks = _blocks[conn.__class__] = getattr(
+                    conn.__class__, "block_reads", None)
+            try:
+                if blocks is None or not blocks(conn):
+                    blocks = None
+            except (OSError, ValueError, PosaError):
+                blocks = None       # closed under us: the steps' receive says how
+            if blocks is None:
+                ready = readable(conn, wait)
+                with lock:
+                    conn, wait = steps.send(ready)
+                continue
+            end = _monotonic() + wait
+            try:
+                got: bytes | bool | None = conn.recv_within(  # type: ignore[union-attr]
+                    wait if wait > 0.0 else 1e-6)
+            except (OSError, ValueError, PosaError):
+                got = True          # closed, broken: the steps' receive says how
+            if got is None:         # nothing, or a part of a frame: read on until ``end``
+                got = _read_until(conn, end)
+            with lock:
+                if got is True or got is False:
+                    conn, wait = steps.send(got)
+                else:
+                    absorb(got)
+                    conn, wait = steps.send(True)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _read_until(conn: Any, end: float) -> bytes | bool:
+    """A frame read by ``end`` (``monotonic``); False if none came in time; True if
+    the read failed (closed, broken: the steps' receive says how)."""
+    while True:
+        wait = end - _monotonic()
+        if wait <= 0.0:
+            return False
+        try:
+            frame: bytes | None = conn.recv_within(wait)
+        except (OSError, ValueError, PosaError):
+            return True
+        if frame is not None:
+            return frame
 
 
 def run_held(steps: Steps[_T]) -> _T:
@@ -63,32 +127,18 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         time.sleep(max(0.0, timeout))
         return False
     try:
-        waits = _waits.get(conn.__class__)
-        if waits is None:
-            waits = _waits[conn.__class__] = waiter(conn.__class__)
-        if waits is not default_wait_readable:  # it waits itself (nats://: reading its socket)
-            return bool(waits(conn, timeout))
-        fd = conn.fileno()      # the default, with this thread's poll objects (the steps
-        #                         looked at ``pending()`` before they yielded)
-        if _poll is None:
-            return bool(select.select([fd], [], [], timeout)[0])
         try:
-            pollers: dict[int, Any] = _local.pollers
-        except AttributeError:
-            pollers = _local.pollers = {}
-        poller = pollers.get(fd)
-        if poller is None:
-            if len(pollers) >= _KEEP:
-                pollers.clear()
-            poller = pollers[fd] = _poll()
-            poller.register(fd, _POLLIN)
-        return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
+            waits = _waits[conn.__class__]
+        except KeyError:
+            waits = _waits[conn.__class__] = waiter(conn.__class__)
+        if waits is default_wait_readable:  # the steps looked at ``pending()`` before
+            return wait_fd(conn.fileno(), timeout)
+        return bool(waits(conn, timeout))   # it waits itself (nats://: reading its socket)
     except (OSError, ValueError, PosaError):
         return True  # closed under us: the next receive says how
 
 
-_poll = getattr(select, "poll", None)
+_monotonic = time.monotonic
+_UNKNOWN: Any = object()
+_blocks: dict[type, Callable[[Any], bool] | None] = {}  # each class's ``block_reads``
 _waits: dict[type, Wait] = {}   # how each connection class is waited on (``waiter``)
-_local = threading.local()
-_KEEP = 64          # poll objects kept per thread (one per descriptor number)
-_POLLIN = getattr(select, "POLLIN", 1)

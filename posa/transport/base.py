@@ -44,7 +44,8 @@ may. It is optional, for a transport whose frames do not make ``fileno()``
 readable by themselves (``nats://``: a waiting thread reads the shared client's
 socket). Without it a blocking caller waits on ``fileno()`` once ``pending()`` is
 false (``default_wait_readable``); ``waiter`` gives a class's way, looked up once
-per class.
+per class. ``wait_fd`` is that wait on one descriptor, written once for every
+blocking caller (``posa.delivery.waiting``, ``nats://``'s waiting threads).
 
 Errors are posa's: ``TransportError`` (``Closed`` once an endpoint is closed),
 ``Timeout``. Nothing from ``zmq``, ``socket`` or ``OSError`` escapes.
@@ -53,6 +54,8 @@ from __future__ import annotations
 
 import math
 import select
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -62,7 +65,7 @@ if TYPE_CHECKING:
     from posa.transport.tls.settings import TlsSettings
 
 __all__ = ["Options", "Transport", "Listener", "Connection", "Route", "Wait",
-           "default_wait_readable", "waiter"]
+           "default_wait_readable", "waiter", "wait_fd", "POLL_SLICE"]
 
 Route = Hashable  # identifies one inbound connection of a listener
 
@@ -167,12 +170,7 @@ def default_wait_readable(conn: Connection, timeout: float) -> bool:
     else whether ``fileno()`` became readable within ``timeout`` s."""
     if conn.pending():
         return True
-    fd = conn.fileno()
-    if _poll is None:
-        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
-    poller = _poll()        # poll, not select: select refuses descriptors from 1024 up
-    poller.register(fd, getattr(select, "POLLIN", 1))
-    return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
+    return wait_fd(conn.fileno(), timeout)
 
 
 def waiter(kind: type) -> Wait:
@@ -182,7 +180,64 @@ def waiter(kind: type) -> Wait:
     return default_wait_readable if own is None else own
 
 
+def wait_fd(fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s (``inf``: for ever) until descriptor ``fd`` is
+    readable; True if it is (or is closed: the next receive says how).
+
+    ``poll``, not ``select``, which refuses descriptors from 1024 up. Each thread
+    keeps its poll objects, one per descriptor number (one made for a number
+    serves any socket given that number later): a wait is one ``poll`` call, with
+    no object made and registered per wait. A poll waits ``POLL_SLICE`` s at most at
+    once (its milliseconds are a C int: about 24 days), a longer wait polls again
+    until its end."""
+    try:
+        poller = _local.pollers[fd]
+    except (AttributeError, KeyError):
+        if _poll is None:
+            return _select_fd(fd, timeout)
+        poller = _poller(fd)
+    if timeout < POLL_SLICE:
+        return bool(poller.poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
+    if timeout != timeout:      # nan: no wait
+        return bool(poller.poll(0))
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if poller.poll(math.ceil(min(left, POLL_SLICE) * 1000) if left > 0.0 else 0):
+            return True
+        if left <= POLL_SLICE:
+            return False
+
+
+def _poller(fd: int) -> Any:
+    """This thread's poll object for descriptor ``fd``, made now."""
+    try:
+        pollers: dict[int, Any] = _local.pollers
+    except AttributeError:
+        pollers = _local.pollers = {}
+    if len(pollers) >= _KEEP:
+        pollers.clear()
+    poller = pollers[fd] = _poll()  # type: ignore[misc]
+    poller.register(fd, _POLLIN)
+    return poller
+
+
+def _select_fd(fd: int, timeout: float) -> bool:
+    """``wait_fd`` where there is no ``poll``: ``select``, in slices as well."""
+    end = time.monotonic() + timeout if timeout > 0.0 else 0.0
+    while True:
+        left = end - time.monotonic() if end else 0.0
+        if select.select([fd], [], [], min(left, POLL_SLICE) if left > 0.0 else 0.0)[0]:
+            return True
+        if left <= POLL_SLICE:
+            return False
+
+
 _poll = getattr(select, "poll", None)
+_POLLIN = getattr(select, "POLLIN", 1)
+_local = threading.local()
+_KEEP = 64              # poll objects kept per thread (one per descriptor number)
+POLL_SLICE = 86_400.0    # the longest single poll, s: far under poll's int milliseconds
 
 
 class Transport(Protocol):

@@ -26,18 +26,20 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from posa.transport.base import POLL_SLICE, wait_fd
 from posa.transport.nats.loop import log, pid
 
 if TYPE_CHECKING:
     from posa.transport.nats.client import Client
 
-__all__ = ["wait", "poll_one", "Waiter", "POSSIBLE"]
+__all__ = ["wait", "Waiter", "POSSIBLE"]
 
 POSSIBLE = hasattr(select, "poll") and hasattr(select, "epoll")   # epoll_ctl from any thread
 _IN = getattr(select, "POLLIN", 1)
 _local = threading.local()
 _get_ident = threading.get_ident
-_KEEP = 64           # poll objects kept per thread, one per descriptor or pair
+_KEEP = 64           # poll objects kept per thread, one per pair (one descriptor:
+#                      posa.transport.base.wait_fd's)
 
 
 class Waiter(Protocol):
@@ -69,11 +71,11 @@ def wait(client: Client, waiter: Waiter, timeout: float) -> bool:
         if sock is not None:
             return _read_until(client, sock, waiter, wake, timeout)
         try:        # a frame delivered before ``others`` counted this thread is ready
-            return waiter.arrived() or poll_one(wake, timeout) or waiter.arrived()
+            return waiter.arrived() or wait_fd(wake, timeout) or waiter.arrived()
         finally:
             with client.io:
                 waiter.others -= 1
-    return poll_one(wake, timeout)
+    return wait_fd(wake, timeout)
 
 
 def _read_until(client: Client, sock: socket.socket, waiter: Waiter, wake: int,
@@ -86,7 +88,7 @@ def _read_until(client: Client, sock: socket.socket, waiter: Waiter, wake: int,
             left = deadline - time.monotonic()
             if left <= 0.0 or sock is not client.sock:
                 return arrived()
-            if poller.poll(math.ceil(left * 1000)):
+            if poller.poll(math.ceil((left if left < POLL_SLICE else POLL_SLICE) * 1000)):
                 with client.io:
                     if sock is client.sock:
                         _read(client, sock)
@@ -104,13 +106,6 @@ def _read(client: Client, sock: socket.socket) -> None:
     except Exception:       # a callback's bug: the waiting thread is not its victim
         log.exception("the nats:// client: a callback raised on a waiting thread; "
                       "going on")
-
-
-def poll_one(fd: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for ``fd`` to be readable."""
-    if not hasattr(select, "poll"):
-        return bool(select.select([fd], [], [], max(timeout, 0.0))[0])
-    return bool(_poller(fd, -1).poll(math.ceil(timeout * 1000) if timeout > 0.0 else 0))
 
 
 def _poller(fd: int, wake: int) -> select.poll:

@@ -16,7 +16,8 @@ idle connection holds no queue of its own; nor a poll object, made by the first
 blocking wait (and the writer's queue and condition: ``writer``, *Memory*).
 After ``block_reads`` (Linux, plain tcp) ``recv_within`` waits in the read itself,
 with a receive timeout of at most ``_CLOSE_SEEN`` s; every other read, and every
-write, still passes ``MSG_DONTWAIT``.
+write, still passes ``MSG_DONTWAIT``. An uncached lookup's line waits so, and a
+lone caller's request (``posa.delivery.waiting.drive_reads``).
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
@@ -124,7 +125,10 @@ class TcpConnection(QueuedWriter):
         """Let ``recv_within`` wait in the read itself: one system call where a
         poll and a read took two. The socket becomes blocking (every other read
         and every write still asks not to wait: ``MSG_DONTWAIT``). False where
-        that cannot be (TLS, not Linux): wait on ``fileno()`` then."""
+        that cannot be (TLS, not Linux): wait on ``fileno()`` then. Cheap once
+        it said True (a caller may ask before every wait)."""
+        if self._blocking:
+            return True
         if not _BLOCKING_READS or type(self._sock) is not socket.socket:
             return False
         with self._lock:
