@@ -57,6 +57,7 @@ from posa.runtime.reactor import Reactor
 from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
 from posa.runtime.trace import outgoing as _outgoing
 from posa.transport.base import Connection, Options
+from posa.transport.tcp.connection import TcpConnection
 from posa.wire.codec import U16 as _U16
 from posa.wire.codec import U32 as _U32
 from posa.wire.codec import Codec, Kind, Message
@@ -243,6 +244,9 @@ class Forwarder(Requesting, Flow):
         return sum(len(t.out) for t in self._targets.values())
 
     def close(self) -> None:
+        if self._pid != os.getpid():    # inherited: the lock may be held by a thread
+            self._close()               # of the parent, which is not in this process
+            return
         with self.lock:
             self._close()
 
@@ -250,8 +254,11 @@ class Forwarder(Requesting, Flow):
         if self.closed:
             return
         self.closed = True
-        if self._pid != os.getpid():
-            return  # connections belong to the parent process
+        if self._pid != os.getpid():    # the connections are the parent's: no flush;
+            for target in self._targets.values():   # tcp's close closes the child's
+                if isinstance(target.conn, TcpConnection):  # copies only, the other
+                    target.conn.close()     # transports' may speak to the other side
+            return
         try:
             self._batches.write_all()
         except PosaError:
