@@ -107,6 +107,12 @@ class Sender:
             forwarders = list(self.by_thread.values())
         return sum(fwd.unacknowledged() for fwd in forwarders)
 
+    @property
+    def inherited(self) -> bool:
+        """True in a forked child of the process that made this sender: its
+        forwarders' streams and connections are the parent's."""
+        return self._pid != os.getpid()
+
     def close(self, linger: float = 0.0) -> None:
         """Flush this thread's messages for up to ``linger`` s, then close every
         forwarder. Call it when the other sending threads are done.
@@ -116,7 +122,7 @@ class Sender:
         may have held it at the fork): its forwarders close the child's copies."""
         if self.closed:
             return
-        if self._pid != os.getpid():
+        if self.inherited:
             self.closed = True
             forwarders = list(self.by_thread.values())
             self.by_thread.clear()
