@@ -40,7 +40,6 @@ from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
 from posa.runtime.reactor import Reactor
 from posa.transport.base import Listener, Options
-from posa.transport.tcp.listener import TcpListener
 from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_body
 from posa.wire.names import is_pattern, validate_name
 
@@ -317,6 +316,7 @@ class Peer:
         reactor (its thread is the parent's, absent here), no lock a thread of the
         parent may have held at the fork. The listeners of transports that close an
         inherited copy so (tcp, tls) are closed; the others are left as they are."""
+        from posa.transport.tcp.listener import TcpListener  # (here: tcp loads lazily)
         self._listening.accepting = False
         self.sender.close()                 # (its inherited path: copies only)
         for endpoint in [*self._listening.current, *self._listening._retiring]:

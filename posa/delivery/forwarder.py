@@ -57,7 +57,6 @@ from posa.runtime.reactor import Reactor
 from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
 from posa.runtime.trace import outgoing as _outgoing
 from posa.transport.base import Connection, Options
-from posa.transport.tcp.connection import TcpConnection
 from posa.wire.codec import U16 as _U16
 from posa.wire.codec import U32 as _U32
 from posa.wire.codec import Codec, Kind, Message
@@ -255,6 +254,7 @@ class Forwarder(Requesting, Flow):
             return
         self.closed = True
         if self._pid != os.getpid():    # the connections are the parent's: no flush;
+            from posa.transport.tcp.connection import TcpConnection  # (loaded lazily)
             for target in self._targets.values():   # tcp's close closes the child's
                 if isinstance(target.conn, TcpConnection):  # copies only, the other
                     target.conn.close()     # transports' may speak to the other side
