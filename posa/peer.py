@@ -18,6 +18,7 @@ that still finds one gone re-resolves the name and resends.
 """
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -90,7 +91,7 @@ class Peer:
                              options=self.options, window=window,
                              authenticator=authenticator, reactor=self.reactor)
         self._by_thread = self.sender.by_thread
-        self._closed = False
+        self._closed, self._pid = False, os.getpid()
         self._intake = Intake(self.name, reactor=self.reactor, options=self.options,
                               gatekeeper=self.gatekeeper, receiver=self._receiver,
                               inbox=self._inbox, handler=handler, on_run=on_run)
@@ -280,10 +281,17 @@ class Peer:
 
     def close(self) -> None:
         """Unregister the name, deliver what is unacknowledged (up to ``linger``
-        seconds), close every endpoint. Idempotent."""
+        seconds), close every endpoint. Idempotent.
+
+        In a forked child, a peer made by the parent is the parent's: its name,
+        lease, listeners, connections and reactor thread. Closing it there only
+        closes the child's copies of its descriptors (``_close_inherited``)."""
         if self._closed:
             return
         self._closed = True
+        if self._pid != os.getpid():
+            self._close_inherited()
+            return
         self._listening.accepting = False   # a paused endpoint is not read again
         self._stop_renewing()
         try:
@@ -300,3 +308,18 @@ class Peer:
             pass
         self._listening.close_all()
         self._inbox.close()
+
+    def _close_inherited(self) -> None:
+        """(in a forked child) Close this process's copies of the peer's descriptors
+        and nothing else: no unregistering (the name is the parent's, which still
+        serves it), no flush or linger (the parent's streams), no call to the
+        reactor (its thread is the parent's, absent here), no lock a thread of the
+        parent may have held at the fork. The listeners of transports that close an
+        inherited copy so (tcp, tls) are closed; the others are left as they are."""
+        from posa.transport.tcp.listener import TcpListener  # (here: tcp loads lazily)
+        self._listening.accepting = False
+        self.sender.close()                 # (its inherited path: copies only)
+        for endpoint in [*self._listening.current, *self._listening._retiring]:
+            if isinstance(endpoint.listener, TcpListener):
+                endpoint.listener.close()   # its descriptors only, see its close()
+        self._inbox.close()                 # readers here get Closed

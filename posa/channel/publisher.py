@@ -89,8 +89,7 @@ class Publisher:
         self._pid = secrets.randbits(62) + 1     # this publisher, to the channel
         self._pseq = 0                # publications numbered so far
         self._waiters = 0             # publish() calls waiting for room
-        self._flushes = 0             # flush requests made
-        self._flushed = 0             # flush requests completed
+        self._flushes = self._flushed = 0   # flush requests made, completed
         self._flush_error: PosaError | None = None
         self._error: PosaError | None = None     # reported once by publish/flush
         self._problem: PosaError | None = None   # why sending is stuck, for Timeout texts
@@ -98,9 +97,7 @@ class Publisher:
         self._attention = False       # an error to report, or closing: publish() must look
         self._idle = False            # the sending thread waits for a first event
         self._lingering = False       # the sending thread waits for a batch to fill
-        self.sent = 0
-        self.rejected = 0
-        self.undelivered = 0
+        self.sent = self.rejected = self.undelivered = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"posa-publisher-{channel}")
         self._met = threading.Event()     # first contact made (or failed): see _meet
@@ -215,17 +212,20 @@ class Publisher:
         if self._closing:
             return
         failure: Timeout | None = None
-        try:
-            self.flush(timeout)
-        except Timeout as exc:
-            failure = exc
-        except PosaError:
-            pass  # reported already, or reported to nobody: the publisher is closing
-        with self._cond:
-            self._closing = self._attention = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        self._settle_final()
+        if self._sender.inherited:      # in a forked child: no flush, no wait (the
+            self._closing = self._attention = True  # stream, thread, lock: the parent's)
+        else:
+            try:
+                self.flush(timeout)
+            except Timeout as exc:
+                failure = exc
+            except PosaError:
+                pass  # reported already, or reported to nobody: the publisher is closing
+            with self._cond:
+                self._closing = self._attention = True
+                self._cond.notify_all()
+            self._thread.join(timeout)
+            self._settle_final()
         self.undelivered = unsent = self.pending
         self._sender.close(linger=0)
         if self._owns_registry:

@@ -275,14 +275,17 @@ class Subscriber:
                  self.channel, seq)
 
     def close(self) -> None:
-        """Unsubscribe (best effort) and close. Idempotent."""
+        """Unsubscribe (best effort) and close. Idempotent. In a forked child, a
+        subscriber the parent made is the parent's subscription: closing it there
+        does not unsubscribe, and its peer closes the child's copies only."""
         if self._closed:
             return
         self._closed = True
         self._stop_renewing()
         try:
-            self.peer.request(self.channel, CHANNEL.request("unsubscribe"),
-                              timeout=self._timeout)
+            if not self.peer.sender.inherited:
+                self.peer.request(self.channel, CHANNEL.request("unsubscribe"),
+                                  timeout=self._timeout)
         except PosaError:
             pass  # the channel forgets it when its lease runs out
         self.peer.close()

@@ -243,6 +243,9 @@ class Forwarder(Requesting, Flow):
         return sum(len(t.out) for t in self._targets.values())
 
     def close(self) -> None:
+        if self._pid != os.getpid():    # inherited: the lock may be held by a thread
+            self._close()               # of the parent, which is not in this process
+            return
         with self.lock:
             self._close()
 
@@ -250,8 +253,12 @@ class Forwarder(Requesting, Flow):
         if self.closed:
             return
         self.closed = True
-        if self._pid != os.getpid():
-            return  # connections belong to the parent process
+        if self._pid != os.getpid():    # the connections are the parent's: no flush;
+            from posa.transport.tcp.connection import TcpConnection  # (loaded lazily)
+            for target in self._targets.values():   # tcp's close closes the child's
+                if isinstance(target.conn, TcpConnection):  # copies only, the other
+                    target.conn.close()     # transports' may speak to the other side
+            return
         try:
             self._batches.write_all()
         except PosaError:

@@ -15,6 +15,7 @@ its ident, which uses it alone as the first did; ``close`` closes them all.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ class Sender:
         self.by_thread: dict[int, Forwarder] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self._pid = os.getpid()         # a forked child's copy is not its to flush
 
     def forwarder(self) -> Forwarder:
         """This thread's forwarder."""
@@ -105,10 +107,27 @@ class Sender:
             forwarders = list(self.by_thread.values())
         return sum(fwd.unacknowledged() for fwd in forwarders)
 
+    @property
+    def inherited(self) -> bool:
+        """True in a forked child of the process that made this sender: its
+        forwarders' streams and connections are the parent's."""
+        return self._pid != os.getpid()
+
     def close(self, linger: float = 0.0) -> None:
         """Flush this thread's messages for up to ``linger`` s, then close every
-        forwarder. Call it when the other sending threads are done."""
+        forwarder. Call it when the other sending threads are done.
+
+        In a forked child a sender made by the parent neither flushes (the streams
+        are the parent's) nor takes the lock (a thread of the parent, absent here,
+        may have held it at the fork): its forwarders close the child's copies."""
         if self.closed:
+            return
+        if self.inherited:
+            self.closed = True
+            forwarders = list(self.by_thread.values())
+            self.by_thread.clear()
+            for fwd in forwarders:
+                fwd.close()
             return
         mine = self.by_thread.get(_ident())
         if mine is not None and linger > 0:

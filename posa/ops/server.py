@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -108,6 +109,7 @@ class OpsServer:
         self._ready: list[_Conn] = []      # pipelined requests left for the next turn
         self._throttle = _Throttle(self.url)
         self._closing = False
+        self._pid = os.getpid()     # a forked child's copy is not its to serve or end
         self._accept_paused_until: float | None = None
         self._accept_backoff = 0.05
         self._selector = selectors.DefaultSelector()
@@ -130,7 +132,18 @@ class OpsServer:
         return self.url
 
     def close(self) -> None:
-        """Stop serving, close every connection and release the port. Idempotent."""
+        """Stop serving, close every connection and release the port. Idempotent.
+
+        In a forked child, a server the parent made (its thread, connections and
+        port the parent's) only has the child's copies of its sockets closed: the
+        port is released once the parent closes it too, whether the child lives."""
+        if self._pid != os.getpid():
+            if not self._closing:
+                self._closing = True
+                for sock in (self._listener, self._wake_r, self._wake_w, *self._conns):
+                    sock.close()        # no shutdown: the parent's connections go on
+                self._selector.close()  # the child's descriptor of the shared set
+            return
         self._closing = True
         if self._thread.is_alive():
             try:
