@@ -10,13 +10,15 @@ loopback address only when there is no other.  Every other address is kept as it
 is: a listener on ``127.0.0.1`` is reachable from this host only, and saying
 otherwise would be a lie.  Interfaces come in the order the system lists them.
 ``dispatcher_addresses`` reads the dispatchers a client is given.
+
+``ifaddr`` (which loads ``ctypes``, ``platform`` and ``tempfile``: about 30 ms of
+a process's start-up) is imported by the first wildcard address, not by every
+process that imports a registry client.
 """
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-
-import ifaddr
 
 from posa.errors import Rejected
 from posa.naming.registration import MAX_ADDRESSES
@@ -29,6 +31,8 @@ _WILDCARDS = {"0.0.0.0": 4, "::": 6, "*": 4}
 def interface_addresses(version: int) -> list[str]:
     """This host's addresses of IP ``version`` (4 or 6): the non-loopback ones
     (without IPv6 link-local ones), else the loopback ones."""
+    import ifaddr
+
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
