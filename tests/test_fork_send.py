@@ -18,6 +18,7 @@ import pytest
 import posa
 from posa.errors import Closed
 from posa.wire.codec import Kind, Message
+from tests.test_fork_inherited import held_by_a_thread
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,10 +89,10 @@ class Sink:
         return [n for tag, n in self.bodies if tag == who]
 
 
-def exchange(peer: posa.Peer, who: str) -> None:
-    """Send ``ROUNDS`` numbered messages to the sink, a request every 10, each
+def exchange(peer: posa.Peer, who: str, rounds: int = ROUNDS) -> None:
+    """Send ``rounds`` numbered messages to the sink, a request every 10, each
     answered with its own body; then wait until the sink acknowledged them all."""
-    for n in range(ROUNDS):
+    for n in range(rounds):
         peer.send(SINK, [who, n], timeout=DEADLINE)
         if n % 10 == 0:
             answer = peer.request(SINK, [f"{who}-request", n], timeout=DEADLINE)
@@ -120,7 +121,11 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
     peer.send(SINK, ["parent", -1], timeout=DEADLINE)
     assert peer.request(SINK, ["parent-request", -1], timeout=DEADLINE) == \
         ["parent-request", -1]
-    with Child(lambda: (exchange(peer, "child"), peer.close())) as child:
+    def in_the_child() -> None:
+        exchange(peer, "child")
+        peer.close()
+
+    with Child(in_the_child) as child:
         exchange(peer, "parent")
         assert child.result() is True
     assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
@@ -131,6 +136,21 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
     peer.send(SINK, ["parent", ROUNDS], timeout=DEADLINE)     # the parent goes on
     assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
     assert sink.of("parent")[-1] == ROUNDS
+
+
+def test_a_child_sends_though_a_parents_thread_held_the_senders_lock_at_the_fork(
+        sink_and_sender: tuple[posa.Peer, posa.Peer, Sink]) -> None:
+    """A thread of the parent making a forwarder at the fork (the sender's lock),
+    absent in the child, does not stop the child making its own."""
+    receiver, peer, sink = sink_and_sender
+    peer.send(SINK, ["parent", 0], timeout=DEADLINE)
+    sink.expected = 11
+    with held_by_a_thread(peer.sender._lock), \
+            Child(lambda: exchange(peer, "child", 10)) as child:
+        assert child.result(5.0) is True
+    assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
+    assert sink.of("child") == list(range(10))
+    assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
 
 
 def test_a_child_calls_through_an_inherited_client(dispatcher: str) -> None:
@@ -145,7 +165,11 @@ def test_a_child_calls_through_an_inherited_client(dispatcher: str) -> None:
     with posa.Server(SERVICE, lambda body: body, dispatcher=dispatcher) as server, \
             posa.Client(dispatcher=dispatcher, timeout=DEADLINE) as client:
         assert client.call(SERVICE, "before") == "before"
-        with Child(lambda: (call_all(client, "child"), client.close())) as child:
+        def in_the_child() -> None:
+            call_all(client, "child")
+            client.close()
+
+        with Child(in_the_child) as child:
             call_all(client, "parent")
             assert child.result() is True
         assert not server.peer.transport_rejections()
