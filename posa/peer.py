@@ -335,9 +335,9 @@ class Peer:
 
 def _refuse(name: str, what: str) -> Callable[..., Any]:
     def refused(*args: Any, **kwargs: Any) -> Any:
-        raise Closed(f"peer {name!r} was made in the parent process, whose are its "
+        raise Closed(f"peer {name!r} was made in the parent process, which owns its "
                      f"listeners, inbox and reactor: a forked child may send and request "
-                     f"through it, not {what}(); make a new Peer in the child to receive")
+                     f"through it but not call {what}(); make a new Peer in the child")
     return refused
 
 

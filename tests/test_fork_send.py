@@ -121,6 +121,8 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
     peer.send(SINK, ["parent", -1], timeout=DEADLINE)
     assert peer.request(SINK, ["parent-request", -1], timeout=DEADLINE) == \
         ["parent-request", -1]
+    conn = peer.sender.forwarder()._targets[SINK].conn
+
     def in_the_child() -> None:
         exchange(peer, "child")
         peer.close()
@@ -136,6 +138,7 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
     peer.send(SINK, ["parent", ROUNDS], timeout=DEADLINE)     # the parent goes on
     assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
     assert sink.of("parent")[-1] == ROUNDS
+    assert peer.sender.forwarder()._targets[SINK].conn is conn   # never broken
 
 
 def test_a_child_sends_though_a_parents_thread_held_the_senders_lock_at_the_fork(
