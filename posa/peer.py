@@ -22,6 +22,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,10 @@ __all__ = ["Peer", "DEFERRED"]
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
 _ident = threading.get_ident
+_peers: weakref.WeakSet[Peer] = weakref.WeakSet()     # for the fork hook below
+# what only the process that made a peer may do: its listeners, inbox and reactor
+# thread are that process's (a forked child sends and requests on its own streams)
+_PARENTS_ONLY = ("receive", "serve", "reply", "reply_error", "migrate")
 
 
 def _default_listen(name: str, registry: Registry) -> str:
@@ -108,6 +113,7 @@ class Peer:
             self._listening.close_all()
             raise
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
+        _peers.add(self)
 
     # -- identity ------------------------------------------------------------
     @property
@@ -284,8 +290,9 @@ class Peer:
         seconds), close every endpoint. Idempotent.
 
         In a forked child, a peer made by the parent is the parent's: its name,
-        lease, listeners, connections and reactor thread. Closing it there only
-        closes the child's copies of its descriptors (``_close_inherited``)."""
+        lease, listeners, connections and reactor thread. Closing it there
+        delivers what the child sent through it and closes the child's copies of
+        the parent's descriptors (``_close_inherited``)."""
         if self._closed:
             return
         self._closed = True
@@ -310,16 +317,37 @@ class Peer:
         self._inbox.close()
 
     def _close_inherited(self) -> None:
-        """(in a forked child) Close this process's copies of the peer's descriptors
-        and nothing else: no unregistering (the name is the parent's, which still
-        serves it), no flush or linger (the parent's streams), no call to the
+        """(in a forked child) Deliver what this process sent through the peer (up
+        to ``linger`` s, on its own streams), close its copies of the parent's
+        descriptors, and nothing else: no unregistering (the name is the parent's,
+        which still serves it), no flush of the parent's streams, no call to the
         reactor (its thread is the parent's, absent here), no lock a thread of the
         parent may have held at the fork. The listeners of transports that close an
         inherited copy so (tcp, tls) are closed; the others are left as they are."""
         from posa.transport.tcp.listener import TcpListener  # (here: tcp loads lazily)
         self._listening.accepting = False
-        self.sender.close()                 # (its inherited path: copies only)
+        self.sender.close(linger=self.linger)   # (the parent's forwarders: copies only)
         for endpoint in [*self._listening.current, *self._listening._retiring]:
             if isinstance(endpoint.listener, TcpListener):
                 endpoint.listener.close()   # its descriptors only, see its close()
         self._inbox.close()                 # readers here get Closed
+
+
+def _refuse(name: str, what: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise Closed(f"peer {name!r} was made in the parent process, which owns its "
+                     f"listeners, inbox and reactor: a forked child may send and request "
+                     f"through it but not call {what}(); make a new Peer in the child")
+    return refused
+
+
+def _forbid_receiving() -> None:
+    """In a forked child, what only the parent may do with its peers raises
+    ``Closed`` (an instance attribute over each method: the parent pays nothing)."""
+    for peer in list(_peers):
+        for what in _PARENTS_ONLY:
+            setattr(peer, what, _refuse(peer.name, what))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forbid_receiving)

@@ -11,6 +11,13 @@ forwarder the sender made and not replaced (a thread-local and a list of them
 cost a client that sends from one thread about 1.2 KB; docs/benchmarks.md, "An
 idle client's memory"). A thread that ends leaves its forwarder to the next thread with
 its ident, which uses it alone as the first did; ``close`` closes them all.
+
+In a forked child the forwarders a sender holds are the parent's (their streams
+and connections; the forking thread has the same ident there): a fork hook
+(``_forget_forwarders``) moves them aside in the child, where ``close`` closes
+only their copies of descriptors, so that the child's first send from any thread
+makes a forwarder, stream and connection of its own. The send path checks
+nothing per send for this.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +41,7 @@ __all__ = ["Sender"]
 
 log = logging.getLogger("posa.delivery.sender")
 _ident = threading.get_ident
+_senders: weakref.WeakSet[Sender] = weakref.WeakSet()  # for the fork hook below
 
 
 class Sender:
@@ -59,7 +68,9 @@ class Sender:
         self.by_thread: dict[int, Forwarder] = {}
         self._lock = threading.Lock()
         self.closed = False
-        self._pid = os.getpid()         # a forked child's copy is not its to flush
+        self._pid = os.getpid()         # made in this process, or inherited
+        self._parents: list[Forwarder] = []     # (in a forked child) the parent's
+        _senders.add(self)
 
     def forwarder(self) -> Forwarder:
         """This thread's forwarder."""
@@ -109,25 +120,27 @@ class Sender:
 
     @property
     def inherited(self) -> bool:
-        """True in a forked child of the process that made this sender: its
-        forwarders' streams and connections are the parent's."""
+        """True in a forked child of the process that made this sender (whose
+        forwarders made before the fork are the parent's)."""
         return self._pid != os.getpid()
+
+    def _forked(self) -> None:
+        """(in a forked child, from the fork hook) The forwarders are the parent's:
+        set aside for ``close``; the next send of each thread makes its own. A
+        thread of the parent, absent here, may have held the lock at the fork."""
+        self._lock = threading.Lock()
+        self._parents.extend(self.by_thread.values())
+        self.by_thread.clear()          # (in place: a Peer reads this very dict)
+        self._reactor = None            # the parent's thread: the child's own instead
 
     def close(self, linger: float = 0.0) -> None:
         """Flush this thread's messages for up to ``linger`` s, then close every
         forwarder. Call it when the other sending threads are done.
 
-        In a forked child a sender made by the parent neither flushes (the streams
-        are the parent's) nor takes the lock (a thread of the parent, absent here,
-        may have held it at the fork): its forwarders close the child's copies."""
+        In a forked child the parent's forwarders are neither flushed nor locked
+        (their streams are the parent's): they close the child's copies of their
+        descriptors only; the child's own forwarders close as in any process."""
         if self.closed:
-            return
-        if self.inherited:
-            self.closed = True
-            forwarders = list(self.by_thread.values())
-            self.by_thread.clear()
-            for fwd in forwarders:
-                fwd.close()
             return
         mine = self.by_thread.get(_ident())
         if mine is not None and linger > 0:
@@ -137,7 +150,18 @@ class Sender:
                 log.warning("%s: closing with undelivered messages: %s", self.name, exc)
         self.closed = True
         with self._lock:
-            forwarders = list(self.by_thread.values())
+            forwarders = [*self.by_thread.values(), *self._parents]
             self.by_thread.clear()
+            self._parents.clear()
         for fwd in forwarders:
-            fwd.close()
+            fwd.close()     # (a parent's: its inherited close, copies only)
+
+
+def _forget_forwarders() -> None:
+    """In a forked child no sender's forwarder is the child's (``Sender._forked``)."""
+    for sender in list(_senders):
+        sender._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_forwarders)
