@@ -88,6 +88,37 @@ def test_a_child_closing_an_inherited_publisher_leaves_the_parents_stream(
         assert [sub.receive(10.0).body for _ in range(2)] == [1, 2]
 
 
+def test_a_child_publishing_through_an_inherited_publisher_is_told_to_make_its_own(
+        dispatcher: str) -> None:
+    """The parent's sending thread is not in the child: an event published there
+    would wait for ever, so publish, publish_many and flush say to make a new
+    Publisher (and the child's own new one reaches the channel); the parent
+    publishes on, and no event of the child's reaches the parent's subscriber
+    under the parent's publisher id."""
+    with posa.RegistryClient(dispatcher) as reg, \
+            EventChannel(CHANNEL, registry=reg, listen="tcp://127.0.0.1:0"), \
+            Subscriber(CHANNEL, registry=reg, listen="tcp://127.0.0.1:0") as sub, \
+            Publisher(CHANNEL, registry=reg) as pub:
+        pub.publish("t", 1)
+        pub.flush(10.0)
+
+        def in_child() -> None:
+            for act in (lambda: pub.publish("t", "child"),
+                        lambda: pub.publish_many([("t", "child")]), lambda: pub.flush(1.0)):
+                with pytest.raises(posa.Closed, match="make a new Publisher in the child"):
+                    act()
+            with Publisher(CHANNEL, registry=posa.RegistryClient(dispatcher)) as own:
+                own.publish("t", "child's own")
+                own.flush(10.0)
+
+        assert in_a_child_within(in_child, 30.0) is True
+        pub.publish("t", 2)
+        pub.flush(10.0)
+        got = [sub.receive(10.0).body for _ in range(3)]
+        assert sorted(got, key=str) == sorted([1, "child's own", 2], key=str)
+        assert got.index(1) < got.index(2)
+
+
 def test_a_child_closing_an_inherited_subscriber_leaves_the_parents_subscription(
         dispatcher: str) -> None:
     with posa.RegistryClient(dispatcher) as reg, \

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.channel.inherited import watch
 from posa.channel.protocol import FRAME_MARGIN, encode_chunks, publish_body
 from posa.delivery.sender import Sender
 from posa.delivery.waiting import run_held
@@ -101,6 +102,7 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"posa-publisher-{channel}")
         self._met = threading.Event()     # first contact made (or failed): see _meet
+        watch(self)                       # refused in a forked child (inherited.py)
         self._thread.start()
         self._met.wait(MEET)
 
@@ -190,8 +192,7 @@ class Publisher:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self._cond:
-            self._flushes += 1
-            ticket = self._flushes
+            self._flushes = ticket = self._flushes + 1
             self._cond.notify()
             while self._flushed < ticket:
                 remaining = deadline - time.monotonic()
@@ -253,8 +254,8 @@ class Publisher:
             while True:
                 with cond:
                     self._idle = True
-                    while not queue and self._flushed == self._flushes and \
-                            not self._closing and not self._frames:
+                    while not (queue or self._flushed != self._flushes or self._closing
+                               or self._frames):
                         cond.wait()
                     self._idle = False
                     if self._closing:
@@ -305,10 +306,9 @@ class Publisher:
         if acked <= 0:
             return
         with self._cond:
-            for _ in range(acked):
-                count = frames.popleft()[1]
-                self.sent += count
-                self._held -= count
+            count = sum(frames.popleft()[1] for _ in range(acked))
+            self.sent += count
+            self._held -= count
             self._cond.notify_all()       # room for publishers waiting on a full buffer
 
     def _await_acks(self) -> None:
