@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 from posa.cli.options import _environ, add_security_arguments, add_tls_arguments
+from posa.cli.values import seconds_or_zero
 
 __all__ = ["add_parser"]
 
@@ -31,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
                         "without it every HTTP client is served (loopback use only)")
     p.add_argument("--posa-listen", default="tcp://127.0.0.1:0", metavar="ADDRESS",
                    help="where the gateway's peers receive (default tcp://127.0.0.1:0)")
-    p.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--grace", type=seconds_or_zero, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, wait this long for open requests (default 5)")
     edge = p.add_argument_group("edge limits (docs/gateway.md)")
     from posa.gateway.limits import EdgeLimits

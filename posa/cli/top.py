@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from posa.cli.options import add_client_parser, registry_from_args, to_json, with_authenticator
+from posa.cli.values import seconds
 from posa.errors import PosaError
 
 __all__ = ["add_parser", "parse_metrics"]
@@ -36,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ops", metavar="URL", default=None,
                    help="the dispatcher's operations server (its --ops-port), for rates "
                    "and refusals from /metrics")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                    help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(run=with_authenticator(_top))

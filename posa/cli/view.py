@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from posa.cli.options import add_security_arguments, authenticator_from_args
+from posa.cli.values import port, seconds
 
 __all__ = ["add_parser"]
 
@@ -30,13 +31,13 @@ def add_parser(subparsers: Any) -> None:
                         f"{DEFAULT_DISPATCHER})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8080,
+    parser.add_argument("--port", type=port, default=8080,
                         help="the port (default 8080; 0 picks one)")
     parser.add_argument("--channel", action="append", default=[], metavar="NAME",
                         help="an event channel whose rates and drops to show (repeatable)")
     parser.add_argument("--queue", action="append", default=[], metavar="NAME",
                         help="a work queue whose depth and age to show (repeatable)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=seconds, default=1.0, metavar="SECONDS",
                         help="seconds between readings of leases and numbers (default 1)")
     add_security_arguments(parser, acl=False)
     parser.set_defaults(run=_run)

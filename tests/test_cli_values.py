@@ -1,0 +1,80 @@
+"""Option values out of range are refused as the ``posa`` command line is parsed.
+
+A negative, zero, not-a-number, infinite or huge value of a numeric option
+exits with 2 and a line naming the option and what it takes, before anything
+starts: never a traceback from a layer below (``ValueError`` from ``Options``,
+``OverflowError`` from ``bind`` or from a thread's wait), nor a service that
+runs with a setting that means nothing (``--grace -5``, a registration rate of
+``nan`` taken for "no limit", a lease of 1e308 that killed the lease thread).
+"""
+from __future__ import annotations
+
+import pytest
+
+from posa.cli import main
+from tests.test_cli_verbs import run_posa
+
+pytestmark = pytest.mark.timeout(60)
+
+BAD = [
+    (["dispatcher", "--lease", "1e308"], "--lease"),
+    (["dispatcher", "--lease", "nan"], "--lease"),
+    (["dispatcher", "--grace", "-5"], "--grace"),
+    (["dispatcher", "--max-connections", "0"], "--max-connections"),
+    (["dispatcher", "--max-connections-per-source", "-1"], "--max-connections-per-source"),
+    (["dispatcher", "--first-frame-timeout", "-1"], "--first-frame-timeout"),
+    (["dispatcher", "--idle-timeout", "nan"], "--idle-timeout"),
+    (["dispatcher", "--ops-port", "-1"], "--ops-port"),
+    (["dispatcher", "--ops-port", "70000"], "--ops-port"),
+    (["dispatcher", "--registration-rate", "-1"], "--registration-rate"),
+    (["dispatcher", "--registration-rate", "nan"], "--registration-rate"),
+    (["dispatcher", "--max-names", "0"], "--max-names"),
+    (["channel", "ev/x", "--history-age", "nan"], "--history-age"),
+    (["channel", "ev/x", "--history", "-1"], "--history"),
+    (["channel", "ev/x", "--grace", "nan"], "--grace"),
+    (["request", "lab/x", "1", "--timeout", "-1"], "--timeout"),
+    (["request", "lab/x", "1", "--timeout", "nan"], "--timeout"),
+    (["request", "lab/x", "1", "--timeout", "inf"], "--timeout"),
+    (["request", "lab/x", "1", "--timeout", "1e308"], "--timeout"),
+    (["names", "--timeout", "0"], "--timeout"),
+    (["ping", "--count", "0"], "--count"),
+    (["ping", "--count", "-1"], "--count"),
+    (["sub", "ev/x", "--count", "-1"], "--count"),
+    (["top", "--interval", "-1", "--once"], "--interval"),
+    (["queue", "work/q", "--visibility", "-1"], "--visibility"),
+    (["queue", "work/q", "--max-attempts", "0"], "--max-attempts"),
+    (["queue", "work/q", "--capacity", "-1"], "--capacity"),
+    (["worker", "--queue", "work/q", "--timeout", "-1", "--", "true"], "--timeout"),
+    (["worker", "--queue", "work/q", "--concurrency", "x", "--", "true"], "--concurrency"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_a_value_out_of_range_is_refused_naming_the_option(
+        argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: takes " in err and f"got {argv[argv.index(flag) + 1]!r}" in err
+
+
+@pytest.mark.parametrize(("argv", "value"), [
+    (["dispatcher", "--grace", "0"], 0.0),
+    (["dispatcher", "--first-frame-timeout", "0"], 0.0),
+    (["dispatcher", "--ops-port", "0"], 0),
+    (["dispatcher", "--registration-rate", "0"], 0.0),
+    (["ping", "--interval", "0"], 0.0),
+    (["request", "lab/x", "--timeout", "0.5"], 0.5),
+])
+def test_the_documented_edge_values_are_taken(argv: list[str], value: float) -> None:
+    from posa.cli import build_parser
+    args = build_parser().parse_args(argv)
+    flag = next(a for a in argv if a.startswith("--"))
+    assert getattr(args, flag[2:].replace("-", "_")) == value
+
+
+def test_a_real_dispatcher_given_a_huge_lease_exits_2_without_a_traceback() -> None:
+    done = run_posa("dispatcher", "--listen", "tcp://127.0.0.1:0", "--lease", "1e308")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "argument --lease" in done.stderr
