@@ -1,9 +1,11 @@
 """A ``Peer`` refuses settings that mean nothing, and takes timeouts at their edges.
 
-Before: ``inbox_size=0`` was taken and the peer
+Before: ``window=0`` (or negative) was taken and the first send to a recipient
+waited forever, whatever its timeout; ``inbox_size=0`` was taken and the peer
 stopped reading at once, so nothing sent to it ever arrived; ``receive`` with a
 timeout of 1e308 raised ``OverflowError`` and with ``nan`` a bare "Invalid value
-NaN"; an inbox of one message, once full, was never read again.
+NaN"; an inbox of one message, once full, was never read again;
+``send(None, ...)`` raised ``TypeError`` about iterating ``NoneType``.
 Peers here talk over real tcp sockets.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 import posa
+from posa.errors import InvalidName
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,10 +30,22 @@ def pair() -> Iterator[tuple[posa.Peer, posa.Peer]]:
         yield a, b
 
 
+@pytest.mark.parametrize("window", [0, -5, 1.5, True])
+def test_a_window_under_one_is_refused_saying_what_it_takes(window: object) -> None:
+    with pytest.raises(ValueError, match=r"window must be a whole number >= 1"):
+        posa.Peer("settings/w", listen=TCP, window=window)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("size", [0, -1, 2.5])
 def test_an_inbox_of_no_messages_is_refused_saying_what_it_takes(size: object) -> None:
     with pytest.raises(ValueError, match=r"inbox_size must be a whole number of messages"):
         posa.Peer("settings/i", listen=TCP, inbox_size=size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("linger", [-1.0, math.nan, math.inf])
+def test_a_linger_that_is_no_wait_is_refused(linger: float) -> None:
+    with pytest.raises(ValueError, match=r"linger must be a number of seconds >= 0"):
+        posa.Peer("settings/l", listen=TCP, linger=linger)
 
 
 @pytest.mark.parametrize(("window", "inbox_size"), [(1, 10), (4, 1), (1, 1)])
@@ -80,3 +95,13 @@ def test_receive_with_a_nan_timeout_says_what_it_takes(
     _, b = pair
     with pytest.raises(ValueError, match=r"receive's timeout must be a number of seconds"):
         b.receive(timeout=math.nan)
+
+
+@pytest.mark.parametrize("name", [None, b"settings/b", 7])
+def test_a_send_to_what_is_not_a_name_raises_invalid_name(
+        pair: tuple[posa.Peer, posa.Peer], name: object) -> None:
+    a, b = pair
+    with pytest.raises(InvalidName, match=r"a name must be a str"):
+        a.send(name, 1)  # type: ignore[arg-type]
+    a.send("settings/b", "after")
+    assert b.receive(timeout=10.0).body == "after"
