@@ -37,6 +37,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.quick import Packed
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
+from posa.dispatch.weights import pick as weighted
 from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, page_to_wire, registration_to_wire
@@ -199,9 +200,7 @@ class Dispatcher:
                     + (" besides the ones that failed" if exclude else "")
                     + "; start one with posa.Server, or check its dispatcher") from None
         turn = next(self._rotation.setdefault(service, itertools.count()))
-        # weighted round robin: a server of weight w gets w turns in a cycle
-        slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
-        return registration_to_wire(slots[turn % len(slots)])
+        return registration_to_wire(weighted(servers, turn))    # w turns for weight w
 
     def _op_services(self, msg: Message, fields: dict[str, Any]) -> Any:
         servers, cursor = self.registry.page("**", fields["after"], keep=_serves)
