@@ -15,7 +15,7 @@ from typing import Any
 
 from posa.naming.registration import Registration
 
-__all__ = ["MAX_WEIGHT", "weight", "pick"]
+__all__ = ["MAX_WEIGHT", "weight", "pick", "check_weight"]
 
 MAX_WEIGHT = 1000
 """The most turns one server gets in a cycle."""
@@ -41,3 +41,13 @@ def pick(servers: Sequence[Registration], turn: int) -> Registration:
             return server
         left -= turns
     raise AssertionError("unreachable: left < sum(weights)")
+
+
+def check_weight(claimed: Any) -> int:
+    """``claimed`` if it is a weight a server may register with (a whole number
+    1-``MAX_WEIGHT``), else ``ValueError`` saying what to pass."""
+    if type(claimed) is not int or not 1 <= claimed <= MAX_WEIGHT:
+        raise ValueError(f"a server's weight must be a whole number from 1 to {MAX_WEIGHT} "
+                         f"(its turns in each cycle of the dispatcher's round robin), "
+                         f"not {claimed!r}")
+    return claimed
