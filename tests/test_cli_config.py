@@ -92,6 +92,26 @@ def test_an_unknown_context_is_not_found(config: Path) -> None:
     assert done.returncode == 3 and "posa context add nope" in done.stderr
 
 
+@pytest.mark.parametrize("text", ['{"contexts": {"a": 5}, "current": "a"}',
+                                  '{"contexts": {"a": {"dispatcher": 5}}, "current": "a"}',
+                                  '{"contexts": {"a": {}}, "current": ["a"]}'])
+def test_a_contexts_file_of_the_wrong_shape_is_said_and_can_be_mended(
+        config: Path, text: str) -> None:
+    """A context that is not a set of string settings (an edited file): the command
+    says which and how to mend it (exit 3), never a traceback; ls and rm still work."""
+    env = {"XDG_CONFIG_HOME": str(config)}
+    (config / "posa").mkdir()
+    (config / "posa" / "contexts.json").write_text(text)
+    done = run_posa("names", env=env)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "contexts.json" in done.stderr
+    if '"current": "a"' in text:
+        assert "posa context rm a" in done.stderr
+        listed = run_posa("context", "ls", env=env)
+        assert listed.returncode == 0 and "a" in listed.stdout, listed.stderr
+        assert run_posa("context", "rm", "a", env=env).returncode == 0
+
+
 def test_contexts_added_used_and_listed(config: Path, dispatcher: str) -> None:
     env = {"XDG_CONFIG_HOME": str(config)}
     dead = f"tcp://127.0.0.1:{free_port()}"
