@@ -9,6 +9,9 @@ runs with a setting that means nothing (``--grace -5``, a registration rate of
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
 from posa.cli import main
@@ -46,6 +49,12 @@ BAD = [
     (["queue", "work/q", "--capacity", "-1"], "--capacity"),
     (["worker", "--queue", "work/q", "--timeout", "-1", "--", "true"], "--timeout"),
     (["worker", "--queue", "work/q", "--concurrency", "x", "--", "true"], "--concurrency"),
+    (["gateway", "--max-body", "-1"], "--max-body"),
+    (["gateway", "--max-body", "0"], "--max-body"),
+    (["gateway", "--max-wait", "nan"], "--max-wait"),
+    (["gateway", "--header-timeout", "-1"], "--header-timeout"),
+    (["gateway", "--sse-buffer", "0"], "--sse-buffer"),
+    (["gateway", "--max-connections", "0"], "--max-connections"),
 ]
 
 
@@ -78,3 +87,12 @@ def test_a_real_dispatcher_given_a_huge_lease_exits_2_without_a_traceback() -> N
     done = run_posa("dispatcher", "--listen", "tcp://127.0.0.1:0", "--lease", "1e308")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "argument --lease" in done.stderr
+
+
+@pytest.mark.parametrize("limit", [{"max_body": -1}, {"max_body": 0}, {"sse_buffer": 1.5},
+                                   {"max_wait": math.nan}, {"header_timeout": -1.0},
+                                   {"body_timeout": math.inf}, {"max_connections": True}])
+def test_gateway_edge_limits_that_mean_nothing_are_refused(limit: dict[str, Any]) -> None:
+    from posa.gateway.limits import EdgeLimits
+    with pytest.raises(ValueError, match=rf"EdgeLimits.{next(iter(limit))} must be"):
+        EdgeLimits(**limit)

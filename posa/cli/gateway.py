@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from posa.cli.options import _environ, add_security_arguments, add_tls_arguments
-from posa.cli.values import seconds_or_zero
+from posa.cli.values import count, seconds, seconds_or_zero
 
 __all__ = ["add_parser"]
 
@@ -38,14 +38,14 @@ def add_parser(subparsers: Any) -> None:
     from posa.gateway.limits import EdgeLimits
     defaults = EdgeLimits()
     for flag, kind, text in (
-            ("max-body", int, "bytes of a request body; larger: 413"),
-            ("header-timeout", float, "seconds for a request head"),
-            ("body-timeout", float, "seconds for a request body; then 408"),
-            ("idle-timeout", float, "seconds between requests on a connection"),
-            ("max-connections", int, "HTTP connections in all"),
-            ("max-connections-per-source", int, "HTTP connections from one address"),
-            ("sse-buffer", int, "events an event stream may fall behind before it ends"),
-            ("max-wait", float, "the longest ?timeout= or ?wait= in seconds")):
+            ("max-body", count, "bytes of a request body; larger: 413"),
+            ("header-timeout", seconds, "seconds for a request head"),
+            ("body-timeout", seconds, "seconds for a request body; then 408"),
+            ("idle-timeout", seconds, "seconds between requests on a connection"),
+            ("max-connections", count, "HTTP connections in all"),
+            ("max-connections-per-source", count, "HTTP connections from one address"),
+            ("sse-buffer", count, "events an event stream may fall behind before it ends"),
+            ("max-wait", seconds, "the longest ?timeout= or ?wait= in seconds")):
         default = getattr(defaults, flag.replace("-", "_"))
         edge.add_argument(f"--{flag}", type=kind, default=default,
                           help=f"{text} (default {default})")
