@@ -105,3 +105,32 @@ def test_a_send_to_what_is_not_a_name_raises_invalid_name(
         a.send(name, 1)  # type: ignore[arg-type]
     a.send("settings/b", "after")
     assert b.receive(timeout=10.0).body == "after"
+
+
+NAN_SEND = """
+import math, posa
+TCP = "tcp://127.0.0.1:0"
+with posa.Peer("settings/nan-a", listen=TCP, window=1) as a, \\
+        posa.Peer("settings/nan-b", listen=TCP, inbox_size=1):
+    a.send("settings/nan-b", 0, timeout=10.0)      # in the inbox: reading pauses
+    print("ready", flush=True)
+    try:
+        for i in (1, 2):                           # the second finds the window full
+            a.send("settings/nan-b", i, timeout=math.nan)
+    except (ValueError, posa.PosaError) as exc:
+        print("told", type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a send's nan timeout makes a nan deadline that the "
+                   "forwarder's wait for window room never passes: the send blocks forever "
+                   "(posa/delivery/forwarder.py, waiting.py); it should raise ValueError "
+                   "as request() does, or Timeout")
+def test_a_send_with_a_nan_timeout_into_a_full_window_is_told() -> None:
+    from tests.support import Proc
+    sender = Proc.python(NAN_SEND)
+    try:
+        sender.expect("ready")
+        sender.expect("told", timeout=10.0)
+    finally:
+        sender.close()
