@@ -10,6 +10,7 @@ runs with a setting that means nothing (``--grace -5``, a registration rate of
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,3 +97,14 @@ def test_gateway_edge_limits_that_mean_nothing_are_refused(limit: dict[str, Any]
     from posa.gateway.limits import EdgeLimits
     with pytest.raises(ValueError, match=rf"EdgeLimits.{next(iter(limit))} must be"):
         EdgeLimits(**limit)
+
+
+def test_a_dispatcher_that_cannot_keep_its_state_file_does_not_start(tmp_path: Path) -> None:
+    """It used to start, log an error, and accept registrations a restart would lose."""
+    state = tmp_path / "missing" / "dir" / "state.bin"
+    done = run_posa("dispatcher", "--listen", "tcp://127.0.0.1:0", "--state", str(state),
+                    timeout=30.0)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "listening" not in done.stdout
+    assert f"cannot keep the dispatcher state in {state}" in done.stderr
+    assert "give --state a file in a directory this process may write" in done.stderr

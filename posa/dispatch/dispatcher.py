@@ -291,7 +291,7 @@ class Dispatcher:
             return
         self._journaled += len(records)
 
-    def _snapshot(self) -> None:
+    def _snapshot(self, *, first: bool = False) -> None:
         assert self.state_path is not None
         path = self.state_path
         data = msgpack.packb({"saved_at": time.time(), "table": self.registry.export_state()})
@@ -305,6 +305,9 @@ class Dispatcher:
             with open(f"{path}.journal", "wb"):
                 pass                # the snapshot holds everything the journal did
         except OSError as exc:
+            if first:   # at start: refuse to run without keeping the registry
+                raise PosaError(f"cannot keep the dispatcher state in {path}: {exc}; give "
+                                "--state a file in a directory this process may write") from None
             log.error("cannot write the state file %s: %s", path, exc)
             return
         self._journaled = 0
@@ -342,7 +345,7 @@ class Dispatcher:
         # posa service its own (its renewal refused, it registers again)
         state["entries"] = [e for e in state["entries"] if not is_reserved(e["name"])]
         self.registry.load(RegistryTable.import_state(state))
-        self._snapshot()
+        self._snapshot(first=True)
 
     # -- federation (worker threads) -------------------------------------------------
     def connect_peer(self, address: str) -> None:
