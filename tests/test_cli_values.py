@@ -108,3 +108,13 @@ def test_a_dispatcher_that_cannot_keep_its_state_file_does_not_start(tmp_path: P
     assert "listening" not in done.stdout
     assert f"cannot keep the dispatcher state in {state}" in done.stderr
     assert "give --state a file in a directory this process may write" in done.stderr
+
+
+@pytest.mark.parametrize("peer", ["foo://x", "127.0.0.1:7000"])
+def test_a_dispatcher_given_a_peer_no_transport_serves_does_not_start(peer: str) -> None:
+    """It used to start and fail every lookup it forwarded, saying why only then."""
+    done = run_posa("dispatcher", "--listen", "tcp://127.0.0.1:0", "--peer", peer,
+                    timeout=30.0)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "listening" not in done.stdout and "Traceback" not in done.stderr
+    assert f"federated dispatcher {peer!r}" in done.stderr
