@@ -118,3 +118,17 @@ def test_a_dispatcher_given_a_peer_no_transport_serves_does_not_start(peer: str)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "listening" not in done.stdout and "Traceback" not in done.stderr
     assert f"federated dispatcher {peer!r}" in done.stderr
+
+
+@pytest.mark.parametrize("ops", ["127.0.0.1:9100", "notaurl", "http://[bad"])
+def test_top_given_an_ops_address_that_is_not_a_url_says_how_to_write_it(ops: str) -> None:
+    """``--ops notaurl`` and ``http://[bad`` raised ValueError from urllib as a traceback."""
+    from tests.support import start_dispatcher
+    dispatcher, address = start_dispatcher()
+    try:
+        done = run_posa("top", "--once", "--dispatcher", address, "--ops", ops)
+    finally:
+        dispatcher.close()
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"--ops {ops!r} is not a URL" in done.stderr and "http://HOST:PORT" in done.stderr

@@ -61,6 +61,9 @@ def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def _metrics(url: str | None, timeout: float) -> dict[str, list[tuple[dict[str, str], float]]]:
     if url is None:
         return {}
+    if not url.startswith(("http://", "https://")):
+        raise PosaError(f"--ops {url!r} is not a URL; give it as http://HOST:PORT, e.g. "
+                        "http://127.0.0.1:9100")
     target = url.rstrip("/") + ("" if url.rstrip("/").endswith("/metrics") else "/metrics")
     try:
         with urllib.request.urlopen(target, timeout=timeout) as answer:
@@ -68,6 +71,9 @@ def _metrics(url: str | None, timeout: float) -> dict[str, list[tuple[dict[str, 
     except OSError as exc:
         raise PosaError(f"cannot read {target}: {exc}; give --ops the dispatcher's "
                         "operations server (posa dispatcher --ops-port PORT)") from None
+    except ValueError as exc:       # not a URL urllib knows: no scheme, a stray space
+        raise PosaError(f"--ops {url!r} is not a URL ({exc}); give it as "
+                        "http://HOST:PORT, e.g. http://127.0.0.1:9100") from None
 
 
 def _sum(samples: Iterable[tuple[dict[str, str], float]]) -> float:
