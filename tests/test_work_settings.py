@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -51,4 +52,16 @@ def test_the_peer_of_a_refused_worker_is_never_made() -> None:
     with pytest.raises(ValueError):
         Worker("settings/never", "settings/q", lambda item: None, wait=math.nan)
     with posa.Peer("settings/never"):       # the name is free: nothing registered it
+        pass
+
+
+def test_a_store_that_is_not_a_database_is_said_with_what_to_do(tmp_path: Path) -> None:
+    """It raised sqlite3.DatabaseError, a traceback from ``posa queue --store``."""
+    store = tmp_path / "not-a-db"
+    store.write_bytes(b"garbage, not SQLite" * 100)
+    with pytest.raises(posa.PosaError, match=r"cannot use .* as a queue store: file is "
+                       r"not a database; give the queue a file of its own"):
+        WorkQueue("settings/q", listen=TCP, store=store)
+    assert store.read_bytes() == b"garbage, not SQLite" * 100   # left as it was
+    with posa.Peer("settings/q", listen=TCP):   # nothing registered the queue's name
         pass
