@@ -132,3 +132,15 @@ def test_top_given_an_ops_address_that_is_not_a_url_says_how_to_write_it(ops: st
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"--ops {ops!r} is not a URL" in done.stderr and "http://HOST:PORT" in done.stderr
+
+
+def test_a_dispatcher_given_an_acl_file_that_is_not_text_does_not_start(tmp_path: Path
+                                                                       ) -> None:
+    """A binary --acl file raised UnicodeDecodeError as a traceback."""
+    acl = tmp_path / "acl"
+    acl.write_bytes(b"\xff\xfe send ** **\n")
+    done = run_posa("dispatcher", "--listen", "tcp://127.0.0.1:0", "--acl", str(acl),
+                    timeout=30.0)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "listening" not in done.stdout
+    assert f"the ACL file {acl} is not UTF-8 text" in done.stderr
