@@ -144,3 +144,21 @@ def test_a_dispatcher_given_an_acl_file_that_is_not_text_does_not_start(tmp_path
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "listening" not in done.stdout
     assert f"the ACL file {acl} is not UTF-8 text" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "binary", "symlink"])
+def test_a_gateway_given_a_tokens_file_it_cannot_take_says_why(tmp_path: Path,
+                                                               kind: str) -> None:
+    """A missing file, a symbolic link or binary content raised FileNotFoundError,
+    OSError (ELOOP) or UnicodeDecodeError as a traceback."""
+    pytest.importorskip("aiohttp")
+    real = tmp_path / "tokens"
+    real.write_bytes(b"\xff\xfe token me\n" if kind == "binary" else b"token me\n")
+    real.chmod(0o600)
+    given = {"missing": tmp_path / "nope", "binary": real, "symlink": tmp_path / "link"}[kind]
+    if kind == "symlink":
+        given.symlink_to(real)
+    done = run_posa("gateway", "--listen", "http://127.0.0.1:0", "--dispatcher",
+                    "tcp://127.0.0.1:9", "--tokens", str(given), timeout=30.0)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "tokens file" in done.stderr
