@@ -162,3 +162,24 @@ def test_a_gateway_given_a_tokens_file_it_cannot_take_says_why(tmp_path: Path,
                     "tcp://127.0.0.1:9", "--tokens", str(given), timeout=30.0)
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "tokens file" in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--tls-ca", "--tls-cert", "--tls-key"])
+def test_a_tls_file_that_is_missing_is_said_at_once(
+        tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was found only at each connection: a one-shot command timed out (exit 4)."""
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(SystemExit) as exited:
+        main(["names", "--dispatcher", "tls://127.0.0.1:9", flag, str(missing)])
+    assert exited.value.code == 2
+    assert f"argument {flag}: no file {str(missing)!r}" in capsys.readouterr().err
+
+
+def test_a_ca_file_without_a_certificate_is_said_at_once(tmp_path: Path) -> None:
+    """A real command: exit 2 at once, not 4 after its whole --timeout."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    done = run_posa("names", "--dispatcher", "tls://127.0.0.1:9", "--tls-ca", str(ca),
+                    "--timeout", "30")
+    assert done.returncode == 2, done.stderr
+    assert f"argument --tls-ca: {str(ca)!r} holds no CA certificate" in done.stderr

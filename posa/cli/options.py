@@ -143,8 +143,25 @@ class _SetEnvironment(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
+        if self.metavar == "PEM":       # said now, not as a timeout of every connection
+            problem = _pem_problem(str(values), ca=self.dest == "tls_ca")
+            if problem:
+                parser.error(f"argument {option_string}: {problem}")
         setattr(namespace, self.dest, values)
         os.environ["POSA_" + self.dest.upper()] = str(values)
+
+
+def _pem_problem(path: str, *, ca: bool) -> str | None:
+    """What is wrong with a PEM file given on the command line, or None."""
+    if not os.path.isfile(path):
+        return f"no file {path!r}; give a PEM file"
+    if ca:
+        import ssl
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return f"{path!r} holds no CA certificate ({exc}); give a PEM file of them"
+    return None
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
