@@ -183,3 +183,12 @@ def test_a_ca_file_without_a_certificate_is_said_at_once(tmp_path: Path) -> None
                     "--timeout", "30")
     assert done.returncode == 2, done.stderr
     assert f"argument --tls-ca: {str(ca)!r} holds no CA certificate" in done.stderr
+
+
+def test_a_body_nested_too_deep_to_read_is_bad_usage(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """json.loads raised RecursionError as a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(["send", "lab/x", "[" * 20000 + "]" * 20000, "--dispatcher", "tcp://127.0.0.1:9"])
+    assert exited.value.code == 2
+    assert "the message body nests too deep to read" in capsys.readouterr().err

@@ -203,6 +203,9 @@ def json_body(text: str) -> Any:
     except json.JSONDecodeError as exc:
         usage(f"the message body must be JSON ({exc}); for a string, quote it: "
               "'\"hello\"'")
+    except RecursionError:
+        usage("the message body nests too deep to read; posa carries bodies nested at "
+              "most 64 deep (CodecLimits.max_depth)")
 
 
 def usage(message: str) -> NoReturn:
