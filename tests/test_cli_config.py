@@ -174,3 +174,24 @@ def test_services_take_the_dispatcher_from_the_environment(dispatcher: str,
         assert (done.returncode, done.stdout) == (0, "x\n"), done.stderr
     finally:
         reply.close()
+
+
+def test_the_gateway_takes_its_dispatcher_from_the_environment_and_the_context(
+        config: Path, dispatcher: str) -> None:
+    """``posa gateway`` had its own --dispatcher defaulting to tcp://127.0.0.1:7000:
+    POSA_DISPATCHER and the context were ignored (the context's keys were not)."""
+    pytest.importorskip("aiohttp")
+    from tests.support import Proc
+    env = {"XDG_CONFIG_HOME": str(config)}
+    for settings_env in ({"POSA_DISPATCHER": dispatcher}, env):
+        if settings_env is env:     # no variable now: the context, once added, gives it
+            assert run_posa("context", "add", "gw", "--dispatcher", dispatcher, env=env
+                            ).returncode == 0
+        gateway = Proc.posa("gateway", "--listen", "http://127.0.0.1:0", env=settings_env)
+        try:
+            line = gateway.expect("posa gateway at", timeout=30.0)
+            peer = line.rsplit("(peer ", 1)[1].rstrip(")")
+            listed = run_posa("names", peer, "--dispatcher", dispatcher)
+            assert listed.returncode == 0 and peer in listed.stdout, listed.stderr
+        finally:
+            gateway.close()

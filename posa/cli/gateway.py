@@ -12,7 +12,12 @@ import argparse
 import asyncio
 from typing import Any
 
-from posa.cli.options import _environ, add_security_arguments, add_tls_arguments
+from posa.cli.options import (
+    _environ,
+    add_dispatcher_argument,
+    add_security_arguments,
+    add_tls_arguments,
+)
 from posa.cli.values import count, seconds, seconds_or_zero
 
 __all__ = ["add_parser"]
@@ -20,13 +25,11 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``gateway`` sub-command."""
-    from posa.cli import DEFAULT_DISPATCHER
     p = subparsers.add_parser("gateway", help="serve posa over HTTP/JSON",
                               description="An HTTP/JSON gateway to posa (docs/gateway.md).")
     p.add_argument("--listen", default="http://127.0.0.1:8080", metavar="URL",
                    help="where to serve HTTP (default http://127.0.0.1:8080; port 0 picks one)")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)      # flag, $POSA_DISPATCHER, context, default
     p.add_argument("--tokens", metavar="FILE", default=None,
                    help="bearer tokens (`TOKEN IDENTITY [NAMES...]` lines, mode 600); "
                         "without it every HTTP client is served (loopback use only)")
