@@ -78,7 +78,8 @@ def test_flag_beats_environment_beats_context_beats_default(
     assert os.environ["POSA_KEYS"] == "/env.keys"
     args = resolved("names", "--dispatcher", "tcp://flag:1", "--keys", "/flag.keys")
     assert args.dispatcher == "tcp://flag:1" and args.keys == "/flag.keys"
-    for verb in ("channel x", "queue x", "worker --queue x", "progress x", "sub x"):
+    for verb in ("channel x", "queue x", "worker --queue x", "progress x", "sub x",
+                 "gateway", "view"):
         assert resolved(*verb.split()).dispatcher == "tcp://env:1", verb
     del os.environ["POSA_KEY_ID"]       # the dispatcher itself takes nothing from a context
     resolved("dispatcher")
