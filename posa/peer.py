@@ -64,6 +64,17 @@ def _default_listen(name: str, registry: Registry) -> str:
         registry, "default_listen", "tcp://127.0.0.1:0")
 
 
+def _check_settings(window: int, linger: float) -> None:
+    """``ValueError`` saying what to pass for a ``window`` or ``linger`` that means
+    nothing (a window under 1 never lets a message out, and the send waits forever)."""
+    if type(window) is not int or window < 1:
+        raise ValueError(f"window must be a whole number >= 1 of messages in flight to "
+                         f"one recipient, not {window!r}")
+    if not isinstance(linger, (int, float)) or not 0 <= linger <= threading.TIMEOUT_MAX:
+        raise ValueError(f"linger must be a number of seconds >= 0 that close() waits "
+                         f"for acknowledgements, not {linger!r}")
+
+
 class Peer:
     """A named endpoint that both forwards and receives (Forwarder-Receiver)."""
 
@@ -88,6 +99,7 @@ class Peer:
         self.reactor = reactor or reactor_module.default()
         self.credential = credential or secrets.token_hex(16)
         self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
+        _check_settings(window, linger)
         self._inbox = Inbox(inbox_size)
         self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=seal,
                                   unbatch=self.gatekeeper.unbatch,
@@ -146,12 +158,13 @@ class Peer:
         fwd = self._by_thread.get(_ident())     # (``Sender.forwarder``, inline)
         if fwd is None or fwd.closed:
             fwd = self.sender.forwarder()
-        if "*" in name:     # a group pattern: every member is tried (posa.delivery.group)
-            members = [r.name for r in registrations(self.registry, name)  # page by page
-                       if r.name != self.name]
-            self.stats["sent"] += send_to_group(fwd, name, members, body, headers, deadline,
-                                                not self.reactor.in_reactor_thread())
-            return len(members)
+        try:
+            if "*" in name:     # a group pattern: every member is tried
+                return self._send_to_group(fwd, name, body, headers, deadline)
+        except TypeError:
+            if type(name) is not str:
+                validate_name(name)     # InvalidName saying what a name is
+            raise
         lock = fwd.lock
         lock.acquire()          # (cheaper than ``with`` on this path)
         try:
@@ -160,6 +173,15 @@ class Peer:
             lock.release()
         self.stats["sent"] += 1
         return 1
+
+    def _send_to_group(self, fwd: Any, pattern: str, body: Any,
+                       headers: dict[str, Any] | None, deadline: float) -> int:
+        """``send`` to every member of ``pattern`` but this peer (posa.delivery.group)."""
+        members = [r.name for r in registrations(self.registry, pattern)  # page by page
+                   if r.name != self.name]
+        self.stats["sent"] += send_to_group(fwd, pattern, members, body, headers, deadline,
+                                            not self.reactor.in_reactor_thread())
+        return len(members)
 
     def request(self, name: str, body: Any = None, *, timeout: float = 5.0,
                 headers: dict[str, Any] | None = None) -> Any:

@@ -78,7 +78,8 @@ def test_flag_beats_environment_beats_context_beats_default(
     assert os.environ["POSA_KEYS"] == "/env.keys"
     args = resolved("names", "--dispatcher", "tcp://flag:1", "--keys", "/flag.keys")
     assert args.dispatcher == "tcp://flag:1" and args.keys == "/flag.keys"
-    for verb in ("channel x", "queue x", "worker --queue x", "progress x", "sub x"):
+    for verb in ("channel x", "queue x", "worker --queue x", "progress x", "sub x",
+                 "gateway", "view"):
         assert resolved(*verb.split()).dispatcher == "tcp://env:1", verb
     del os.environ["POSA_KEY_ID"]       # the dispatcher itself takes nothing from a context
     resolved("dispatcher")
@@ -90,6 +91,26 @@ def test_an_unknown_context_is_not_found(config: Path) -> None:
         resolved("names", "--context", "nope")
     done = run_posa("names", "--context", "nope", env={"XDG_CONFIG_HOME": str(config)})
     assert done.returncode == 3 and "posa context add nope" in done.stderr
+
+
+@pytest.mark.parametrize("text", ['{"contexts": {"a": 5}, "current": "a"}',
+                                  '{"contexts": {"a": {"dispatcher": 5}}, "current": "a"}',
+                                  '{"contexts": {"a": {}}, "current": ["a"]}'])
+def test_a_contexts_file_of_the_wrong_shape_is_said_and_can_be_mended(
+        config: Path, text: str) -> None:
+    """A context that is not a set of string settings (an edited file): the command
+    says which and how to mend it (exit 3), never a traceback; ls and rm still work."""
+    env = {"XDG_CONFIG_HOME": str(config)}
+    (config / "posa").mkdir()
+    (config / "posa" / "contexts.json").write_text(text)
+    done = run_posa("names", env=env)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "contexts.json" in done.stderr
+    if '"current": "a"' in text:
+        assert "posa context rm a" in done.stderr
+        listed = run_posa("context", "ls", env=env)
+        assert listed.returncode == 0 and "a" in listed.stdout, listed.stderr
+        assert run_posa("context", "rm", "a", env=env).returncode == 0
 
 
 def test_contexts_added_used_and_listed(config: Path, dispatcher: str) -> None:
@@ -154,3 +175,24 @@ def test_services_take_the_dispatcher_from_the_environment(dispatcher: str,
         assert (done.returncode, done.stdout) == (0, "x\n"), done.stderr
     finally:
         reply.close()
+
+
+def test_the_gateway_takes_its_dispatcher_from_the_environment_and_the_context(
+        config: Path, dispatcher: str) -> None:
+    """``posa gateway`` had its own --dispatcher defaulting to tcp://127.0.0.1:7000:
+    POSA_DISPATCHER and the context were ignored (the context's keys were not)."""
+    pytest.importorskip("aiohttp")
+    from tests.support import Proc
+    env = {"XDG_CONFIG_HOME": str(config)}
+    for settings_env in ({"POSA_DISPATCHER": dispatcher}, env):
+        if settings_env is env:     # no variable now: the context, once added, gives it
+            assert run_posa("context", "add", "gw", "--dispatcher", dispatcher, env=env
+                            ).returncode == 0
+        gateway = Proc.posa("gateway", "--listen", "http://127.0.0.1:0", env=settings_env)
+        try:
+            line = gateway.expect("posa gateway at", timeout=30.0)
+            peer = line.rsplit("(peer ", 1)[1].rstrip(")")
+            listed = run_posa("names", peer, "--dispatcher", dispatcher)
+            assert listed.returncode == 0 and peer in listed.stdout, listed.stderr
+        finally:
+            gateway.close()

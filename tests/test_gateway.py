@@ -197,6 +197,29 @@ def test_receive_by_name_over_a_websocket(world: World) -> None:
     assert refused["type"] == "urn:posa:problem:rejected" and "no" in refused["detail"]
 
 
+def test_an_answer_nested_too_deep_on_a_websocket_is_said_and_the_socket_goes_on(
+        world: World) -> None:
+    """json.loads raised RecursionError out of the receiving loop: the socket closed."""
+    assert world.call("POST", "/v1/names/app/http-deep").status == 201
+
+    async def scenario() -> tuple[Any, Any]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as session, \
+                session.ws_connect(f"{world.url}/v1/ws/app/http-deep") as ws:
+            asking = asyncio.ensure_future(session.post(
+                f"{world.url}/v1/request/app/http-deep?timeout=20", json=1))
+            message = json.loads((await ws.receive(timeout=20)).data)
+            await ws.send_str("[" * 20000 + "]" * 20000)
+            said = json.loads((await ws.receive(timeout=20)).data)
+            await ws.send_str(json.dumps({"reply": message["id"], "body": "fine"}))
+            return said, await (await asking).json()
+
+    said, answer = asyncio.run(scenario())
+    assert world.call("DELETE", "/v1/names/app/http-deep").status == 204
+    assert said == {"error": "the answer nests too deep to read"}
+    assert answer == "fine"
+
+
 def test_a_vanished_http_program_loses_its_name_after_its_lease(world: World) -> None:
     assert world.call("POST", "/v1/names/app/http-gone", {"lease": 1}).status == 201
     assert world.call("POST", "/v1/send/app/http-gone", 1).status == 202

@@ -70,6 +70,20 @@ def test_an_oversized_body_is_413_and_the_gateway_goes_on(world: World) -> None:
     assert world.call("GET", "/v1/services").status == 200
 
 
+@pytest.mark.parametrize("path", ["/v1/send/app/x", "/v1/request/app/x?timeout=1"])
+def test_a_body_nested_too_deep_to_read_is_400_and_the_gateway_goes_on(world: World,
+                                                                       path: str) -> None:
+    """json.loads raised RecursionError: a 500 and a logged traceback per request."""
+    reply = world.call("POST", path, raw=b"[" * 20000 + b"]" * 20000)
+    assert reply.status == 400 and "nests too deep" in reply.body["detail"]
+    assert world.call("GET", "/v1/services").status == 200
+
+
+def test_a_filter_nested_too_deep_to_read_is_400(world: World) -> None:
+    reply = world.call("GET", "/v1/subscribe/events/gw?filter=" + "%5B" * 1200 + "%5D" * 1200)
+    assert reply.status == 400 and "?filter= JSON" in reply.body["detail"]
+
+
 @pytest.mark.parametrize("garbage", [
     b"GARBAGE\r\n\r\n", b"\x00\xff\x16\x03\x01" * 40, b"GET / HTTP/9.9\r\n\r\n",
     b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"X-Long: " + b"a" * 20000 + b"\r\n\r\n"])

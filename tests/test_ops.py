@@ -199,6 +199,13 @@ def test_ops_server_port_in_use_says_what_to_do() -> None:
             OpsServer(Monitor(), port=server.port)
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid", "192.0.2.1"])
+def test_ops_server_on_a_host_not_here_says_to_fix_the_host(host: str) -> None:
+    """It used to say 'choose another --ops-port' for any failure, the host's too."""
+    with pytest.raises(posa.PosaError, match="give --ops-host an address of this machine"):
+        OpsServer(Monitor(), host=host, port=0)
+
+
 # ------------------------------------------------------------------ shutdown
 class Closeable:
     def __init__(self, name: str, log: list[str], busy: int = 0) -> None:

@@ -101,6 +101,9 @@ class Acl:
         except OSError as exc:
             raise PosaError(f"cannot read the ACL file {os.fspath(path)}: "
                             f"{exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PosaError(f"the ACL file {os.fspath(path)} is not UTF-8 text; write one "
+                            "rule a line (docs/security.md)") from None
         return cls.parse(text, source=os.fspath(path))
 
     def allows(self, sender: str, recipient: str) -> bool:

@@ -26,6 +26,7 @@ from posa.aio.hub import Awaited, Key, drive
 from posa.aio.peer import Peer
 from posa.delivery.budget import until
 from posa.dispatch import services
+from posa.dispatch.weights import check_weight
 from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED
@@ -82,6 +83,7 @@ class Server:
                  **peer_options: Any) -> tuple[str, dict[str, Any]]:
         """Everything but the peer; returns its name and options."""
         self.service = validate_name(service)
+        check_weight(weight)
         self.handler = handler
         self._loop = asyncio.get_running_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(

@@ -52,8 +52,9 @@ EXITS: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
     (EXIT_ERROR, "a posa error: a protocol error, a bad key or contexts file, the far "
                  "side refused the request or its handler failed"),
-    (EXIT_USAGE, "bad usage: an unknown option, a body that is not JSON, or a message "
-                 "the recipient cannot take (`send` to an event channel)"),
+    (EXIT_USAGE, "bad usage: an unknown option, an option's value out of range (the "
+                 "message names the option and what it takes), a body that is not JSON, "
+                 "or a message the recipient cannot take (`send` to an event channel)"),
     (EXIT_NOT_FOUND, "not found: no live name, service, group member or context matches "
                      "(the message says what matched nothing)"),
     (EXIT_TIMEOUT, "timeout: the far side did not answer in time; a one-shot command "

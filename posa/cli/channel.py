@@ -26,6 +26,7 @@ from posa.cli.options import (
     add_tls_arguments,
     authenticator_from_args,
 )
+from posa.cli.values import natural, seconds
 
 if TYPE_CHECKING:
     from posa.channel.store import HistoryStore
@@ -44,11 +45,11 @@ def add_parser(subparsers: Any) -> None:
     add_dispatcher_argument(parser)
     parser.add_argument("--listen", default="zmq+tcp://127.0.0.1:0",
                         help="where to receive (default zmq+tcp://127.0.0.1:0)")
-    parser.add_argument("--history", type=int, default=10000,
+    parser.add_argument("--history", type=natural, default=10000,
                         help="events kept for replay (default 10000)")
-    parser.add_argument("--history-bytes", type=int, default=None, metavar="BYTES",
+    parser.add_argument("--history-bytes", type=natural, default=None, metavar="BYTES",
                         help="keep at most this many bytes of history (default: no bound)")
-    parser.add_argument("--history-age", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--history-age", type=seconds, default=None, metavar="SECONDS",
                         help="forget history older than this (default: never)")
     parser.add_argument("--store", default=None, metavar="PATH",
                         help="keep the history in this SQLite file, so that it and the "

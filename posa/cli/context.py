@@ -110,6 +110,9 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     for name, entry in sorted(data["contexts"].items()):
         mark = "*" if name == data["current"] else " "
+        if not isinstance(entry, dict):
+            print(f"{mark} {name}\t(not a set of settings: posa context rm {name})")
+            continue
         print(f"{mark} {name}\t{entry.get('dispatcher', '')}"
               + (f"\tkeys {entry['keys']}" if entry.get("keys") else ""))
     return 0

@@ -21,6 +21,7 @@ from posa.cli.options import (
     connection_options,
     security_from_args,
 )
+from posa.cli.values import count, per_second, seconds
 from posa.errors import PosaError
 from posa.transport.descriptors import raise_descriptor_limit
 
@@ -46,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--bucket", default="posa-names",
                    help="the key-value bucket of --store (default %(default)s)")
     p.add_argument("--node", help="this dispatcher's id (default: random)")
-    p.add_argument("--lease", type=float, default=10.0,
+    p.add_argument("--lease", type=seconds, default=10.0,
                    help="lease of the dispatcher's own name, seconds")
     _add_registry_arguments(p)
     add_security_arguments(p)
@@ -61,17 +62,17 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
     from posa.security import Quotas
     defaults = Quotas()
     g = p.add_argument_group("registry quotas and reserved names (docs/security.md)")
-    g.add_argument("--max-names-per-owner", type=int, default=defaults.registry_names_per_owner,
+    g.add_argument("--max-names-per-owner", type=count, default=defaults.registry_names_per_owner,
                    metavar="N", help="names one key (or one connection without a key) may "
                    "hold (default %(default)s)")
-    g.add_argument("--max-meta-bytes", type=int, default=defaults.registry_meta_bytes,
+    g.add_argument("--max-meta-bytes", type=count, default=defaults.registry_meta_bytes,
                    metavar="BYTES", help="packed meta one name may carry (default "
                    "%(default)s, at most 65536)")
     rate = defaults.registry_rate
-    g.add_argument("--registration-rate", type=float, default=rate.per_second if rate else 0,
+    g.add_argument("--registration-rate", type=per_second, default=rate.per_second if rate else 0,
                    metavar="PER_SECOND", help="registrations per second per connection, "
                    "bursts of twice as many (default %(default)g; 0: no limit)")
-    g.add_argument("--max-names", type=int, default=defaults.registry_names, metavar="N",
+    g.add_argument("--max-names", type=count, default=defaults.registry_names, metavar="N",
                    help="names the registry holds in all (default %(default)s)")
     g.add_argument("--reserved-key", action="append", default=[], metavar="KEY_ID",
                    help="a key that may register names under posa/ (a posa service of "

@@ -23,6 +23,7 @@ from posa.cli.options import (
     usage,
     with_authenticator,
 )
+from posa.cli.values import count, natural
 from posa.wire.names import validate_name
 
 __all__ = ["add_parser"]
@@ -44,9 +45,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("channel")
     p.add_argument("topics", nargs="*", metavar="TOPIC",
                    help="topic prefixes to receive (default: every topic)")
-    p.add_argument("--from-seq", type=int, default=None, metavar="N",
+    p.add_argument("--from-seq", type=natural, default=None, metavar="N",
                    help="replay the channel's history from seq N first")
-    p.add_argument("--count", type=int, default=None, metavar="N",
+    p.add_argument("--count", type=count, default=None, metavar="N",
                    help="exit after N events (default: until Ctrl-C)")
     p.set_defaults(run=with_authenticator(_sub))
 

@@ -12,39 +12,43 @@ import argparse
 import asyncio
 from typing import Any
 
-from posa.cli.options import _environ, add_security_arguments, add_tls_arguments
+from posa.cli.options import (
+    _environ,
+    add_dispatcher_argument,
+    add_security_arguments,
+    add_tls_arguments,
+)
+from posa.cli.values import count, seconds, seconds_or_zero
 
 __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``gateway`` sub-command."""
-    from posa.cli import DEFAULT_DISPATCHER
     p = subparsers.add_parser("gateway", help="serve posa over HTTP/JSON",
                               description="An HTTP/JSON gateway to posa (docs/gateway.md).")
     p.add_argument("--listen", default="http://127.0.0.1:8080", metavar="URL",
                    help="where to serve HTTP (default http://127.0.0.1:8080; port 0 picks one)")
-    p.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                   help=f"the dispatcher's address (default {DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(p)      # flag, $POSA_DISPATCHER, context, default
     p.add_argument("--tokens", metavar="FILE", default=None,
                    help="bearer tokens (`TOKEN IDENTITY [NAMES...]` lines, mode 600); "
                         "without it every HTTP client is served (loopback use only)")
     p.add_argument("--posa-listen", default="tcp://127.0.0.1:0", metavar="ADDRESS",
                    help="where the gateway's peers receive (default tcp://127.0.0.1:0)")
-    p.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--grace", type=seconds_or_zero, default=5.0, metavar="SECONDS",
                    help="on SIGTERM, wait this long for open requests (default 5)")
     edge = p.add_argument_group("edge limits (docs/gateway.md)")
     from posa.gateway.limits import EdgeLimits
     defaults = EdgeLimits()
     for flag, kind, text in (
-            ("max-body", int, "bytes of a request body; larger: 413"),
-            ("header-timeout", float, "seconds for a request head"),
-            ("body-timeout", float, "seconds for a request body; then 408"),
-            ("idle-timeout", float, "seconds between requests on a connection"),
-            ("max-connections", int, "HTTP connections in all"),
-            ("max-connections-per-source", int, "HTTP connections from one address"),
-            ("sse-buffer", int, "events an event stream may fall behind before it ends"),
-            ("max-wait", float, "the longest ?timeout= or ?wait= in seconds")):
+            ("max-body", count, "bytes of a request body; larger: 413"),
+            ("header-timeout", seconds, "seconds for a request head"),
+            ("body-timeout", seconds, "seconds for a request body; then 408"),
+            ("idle-timeout", seconds, "seconds between requests on a connection"),
+            ("max-connections", count, "HTTP connections in all"),
+            ("max-connections-per-source", count, "HTTP connections from one address"),
+            ("sse-buffer", count, "events an event stream may fall behind before it ends"),
+            ("max-wait", seconds, "the longest ?timeout= or ?wait= in seconds")):
         default = getattr(defaults, flag.replace("-", "_"))
         edge.add_argument(f"--{flag}", type=kind, default=default,
                           help=f"{text} (default {default})")

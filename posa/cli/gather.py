@@ -16,6 +16,7 @@ from typing import Any
 
 from posa.cli import EXIT_TIMEOUT
 from posa.cli.options import add_client_parser, authenticator_from_args, json_body, to_json
+from posa.cli.values import count
 
 __all__ = ["add_parser"]
 
@@ -26,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
                           "of a group or service and print the answers gathered")
     p.add_argument("name", help="a group pattern such as 'calc/*', a service, or a name")
     p.add_argument("body", help="the body as JSON")
-    p.add_argument("--quorum", type=int, default=None, metavar="N",
+    p.add_argument("--quorum", type=count, default=None, metavar="N",
                    help="stop once N members answered (default: every member)")
     p.set_defaults(run=_gather)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.cli import EXIT_NOT_FOUND
 from posa.cli.options import add_client_parser, registry_from_args, to_json, with_authenticator
+from posa.cli.values import count
 from posa.wire.names import matches, validate_pattern
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
                           "print the names matching a pattern, then every change to them",
                           "posa watch 'netmgmt/**' --json", budget=False)
     p.add_argument("pattern", nargs="?", default="**", help="a name or group pattern")
-    p.add_argument("--count", type=int, default=None, metavar="N",
+    p.add_argument("--count", type=count, default=None, metavar="N",
                    help="exit after N changes (default: until Ctrl-C)")
     p.add_argument("--changes", action="store_true",
                    help="print only changes, not the names registered at the start")

@@ -23,6 +23,7 @@ import sys
 from typing import Any, NoReturn
 
 from posa.cli import DEFAULT_DISPATCHER
+from posa.cli.values import count, port, seconds, seconds_or_zero
 from posa.security import Acl, HmacAuthenticator, acl_from_env, from_env
 from posa.transport.base import Options
 
@@ -43,7 +44,7 @@ def add_client_parser(subparsers: Any, name: str, help_text: str, example: str =
         epilog=f"example:\n  {example}" if example else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dispatcher_argument(parser)
-    parser.add_argument("--timeout", type=float, default=5.0,
+    parser.add_argument("--timeout", type=seconds, default=5.0,
                         help="seconds (default 5)" + (": the whole command" if budget else ""))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(budget=budget)
@@ -107,12 +108,12 @@ def security_from_args(args: argparse.Namespace, name: str | None = None
 def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--ops-port``, ``--ops-host`` and ``--grace`` to a subcommand."""
     group = parser.add_argument_group("operations")
-    group.add_argument("--ops-port", type=int, default=None, metavar="PORT",
+    group.add_argument("--ops-port", type=port, default=None, metavar="PORT",
                        help="serve /health and /metrics over HTTP on this port "
                        "(0 picks one; default: off)")
     group.add_argument("--ops-host", default="127.0.0.1", metavar="HOST",
                        help="address for --ops-port (default 127.0.0.1)")
-    group.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+    group.add_argument("--grace", type=seconds_or_zero, default=10.0, metavar="SECONDS",
                        help="on SIGTERM, wait this long for in-flight work (default 10)")
 
 
@@ -142,8 +143,25 @@ class _SetEnvironment(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
+        if self.metavar == "PEM":       # said now, not as a timeout of every connection
+            problem = _pem_problem(str(values), ca=self.dest == "tls_ca")
+            if problem:
+                parser.error(f"argument {option_string}: {problem}")
         setattr(namespace, self.dest, values)
         os.environ["POSA_" + self.dest.upper()] = str(values)
+
+
+def _pem_problem(path: str, *, ca: bool) -> str | None:
+    """What is wrong with a PEM file given on the command line, or None."""
+    if not os.path.isfile(path):
+        return f"no file {path!r}; give a PEM file"
+    if ca:
+        import ssl
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            return f"{path!r} holds no CA certificate ({exc}); give a PEM file of them"
+    return None
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,15 +169,15 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     (``Options``; docs/security.md)."""
     defaults = Options()
     group = parser.add_argument_group("connections (docs/security.md, connection hygiene)")
-    group.add_argument("--max-connections", type=int, default=defaults.max_connections,
+    group.add_argument("--max-connections", type=count, default=defaults.max_connections,
                        metavar="N", help="per listener (default %(default)s)")
-    group.add_argument("--max-connections-per-source", type=int, metavar="N",
+    group.add_argument("--max-connections-per-source", type=count, metavar="N",
                        default=defaults.max_connections_per_source,
                        help="per listener and source address (default %(default)s)")
     for flag, value in (("first-frame-timeout", defaults.first_frame_timeout),
                         ("frame-timeout", defaults.frame_timeout),
                         ("idle-timeout", defaults.idle_timeout)):
-        group.add_argument(f"--{flag}", type=float, default=value, metavar="SECONDS",
+        group.add_argument(f"--{flag}", type=seconds_or_zero, default=value, metavar="SECONDS",
                            help=f"shed a connection past it, 0: never (default {value})")
 
 
@@ -185,6 +203,9 @@ def json_body(text: str) -> Any:
     except json.JSONDecodeError as exc:
         usage(f"the message body must be JSON ({exc}); for a string, quote it: "
               "'\"hello\"'")
+    except RecursionError:
+        usage("the message body nests too deep to read; posa carries bodies nested at "
+              "most 64 deep (CodecLimits.max_depth)")
 
 
 def usage(message: str) -> NoReturn:

@@ -34,6 +34,7 @@ from posa.cli.options import (
     authenticator_from_args,
     to_json,
 )
+from posa.cli.values import count, natural, seconds
 from posa.delivery.sender import Sender
 from posa.naming.client import RegistryClient
 from posa.naming.registration import resolver
@@ -67,11 +68,11 @@ def _add_queue(subparsers: Any) -> None:
                    help="where to receive (default tcp://127.0.0.1:0)")
     p.add_argument("--credential", default=None,
                    help="token owning the name; reuse it to restart in place at once")
-    p.add_argument("--visibility", type=float, default=30.0,
+    p.add_argument("--visibility", type=seconds, default=30.0,
                    help="seconds a worker holds an item before it is handed out again")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--max-attempts", type=count, default=3,
                    help="deliveries of an item before it is dead-lettered (default 3)")
-    p.add_argument("--capacity", type=int, default=100_000,
+    p.add_argument("--capacity", type=count, default=100_000,
                    help="items pending or in flight at most (default 100000)")
     p.add_argument("--directory", metavar="DIR", default=None,
                    help="queue the files of this directory (key: file name)")
@@ -81,7 +82,7 @@ def _add_queue(subparsers: Any) -> None:
                    "body; key: CHANNEL/INCARNATION/SEQ, so a replay is not queued twice)")
     p.add_argument("--topic", action="append", default=None, metavar="PREFIX",
                    help="topics of --channel to take (repeatable; default: every topic)")
-    p.add_argument("--from-seq", type=int, default=None, metavar="SEQ",
+    p.add_argument("--from-seq", type=natural, default=None, metavar="SEQ",
                    help="replay --channel's history from this seq first")
     p.add_argument("--results", action="store_true",
                    help='print each item finished as a JSON line: {"done": key, '
@@ -146,8 +147,8 @@ def _add_progress(subparsers: Any) -> None:
         "item it holds is finished (done or dead-lettered), or once with --once.")
     p.add_argument("queue", help="the work queue's name, e.g. work/thumbnails")
     add_dispatcher_argument(p)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds per request")
+    p.add_argument("--interval", type=seconds, default=0.5, help="seconds between updates")
     p.add_argument("--once", action="store_true", help="print one line and exit")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON lines")
     add_security_arguments(p, acl=False)

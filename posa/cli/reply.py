@@ -27,6 +27,7 @@ from posa.cli.options import (
     usage,
     with_authenticator,
 )
+from posa.cli.values import count
 from posa.wire.codec import Kind, Message
 
 __all__ = ["add_parser"]
@@ -48,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("name", help="the name to answer as, e.g. lab/echo")
     p.set_defaults(command=[])      # what follows --: posa.cli._parse
     p.add_argument("--body", default=None, metavar="JSON", help="answer with this body")
-    p.add_argument("--count", type=int, default=None, metavar="N",
+    p.add_argument("--count", type=count, default=None, metavar="N",
                    help="exit after answering N requests (default: until Ctrl-C)")
     p.add_argument("--listen", default="tcp://127.0.0.1:0",
                    help="where to receive (default tcp://127.0.0.1:0)")

@@ -53,9 +53,10 @@ def load() -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ContextError(f"cannot read the contexts file {path}: {exc}; fix or "
                            "remove it (posa context add writes a new one)") from None
-    if not isinstance(data, dict) or not isinstance(data.get("contexts"), dict):
+    if (not isinstance(data, dict) or not isinstance(data.get("contexts"), dict)
+            or not isinstance(data.get("current"), (str, type(None)))):
         raise ContextError(f"the contexts file {path} is not a posa contexts file "
-                           '({"current": ..., "contexts": {...}}); fix or remove it')
+                           '({"current": NAME, "contexts": {...}}); fix or remove it')
     data.setdefault("current", None)
     return data
 
@@ -86,7 +87,13 @@ def selected(name: str | None) -> tuple[str | None, dict[str, Any]]:
         known = ", ".join(sorted(contexts)) or "none yet"
         raise ContextError(f"no context {wanted!r} (known: {known}); add it with "
                            f"posa context add {wanted} --dispatcher ADDRESS")
-    return wanted, dict(contexts[wanted])
+    context = contexts[wanted]
+    if not isinstance(context, dict) or not all(
+            isinstance(value, str) for value in context.values()):
+        raise ContextError(f"context {wanted!r} in {config_path()} is not a set of "
+                           f"settings ({{\"dispatcher\": ADDRESS, ...}}, each a string); "
+                           f"fix it, or posa context rm {wanted} and add it again")
+    return wanted, dict(context)
 
 
 def apply(args: argparse.Namespace) -> None:

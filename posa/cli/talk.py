@@ -27,6 +27,7 @@ from posa.cli.options import (
     usage,
     with_authenticator,
 )
+from posa.cli.values import count, seconds_or_zero
 from posa.delivery.group import send_to_group
 from posa.delivery.sender import Sender
 from posa.errors import NameNotFound, PosaError, Unauthorized
@@ -63,8 +64,8 @@ def add_parser(subparsers: Any) -> None:
                           "request, body null, header ping: true)",
                           "posa ping lab/echo --count 3", budget=False)
     p.add_argument("name", nargs="?", default=DISPATCHER)
-    p.add_argument("--count", type=int, default=3, metavar="N", help="requests (default 3)")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S",
+    p.add_argument("--count", type=count, default=3, metavar="N", help="requests (default 3)")
+    p.add_argument("--interval", type=seconds_or_zero, default=0.5, metavar="S",
                    help="seconds between requests (default 0.5)")
     p.set_defaults(run=with_authenticator(_ping))
 

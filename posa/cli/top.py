@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from posa.cli.options import add_client_parser, registry_from_args, to_json, with_authenticator
+from posa.cli.values import seconds
 from posa.errors import PosaError
 
 __all__ = ["add_parser", "parse_metrics"]
@@ -36,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--ops", metavar="URL", default=None,
                    help="the dispatcher's operations server (its --ops-port), for rates "
                    "and refusals from /metrics")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                    help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(run=with_authenticator(_top))
@@ -60,6 +61,9 @@ def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def _metrics(url: str | None, timeout: float) -> dict[str, list[tuple[dict[str, str], float]]]:
     if url is None:
         return {}
+    if not url.startswith(("http://", "https://")):
+        raise PosaError(f"--ops {url!r} is not a URL; give it as http://HOST:PORT, e.g. "
+                        "http://127.0.0.1:9100")
     target = url.rstrip("/") + ("" if url.rstrip("/").endswith("/metrics") else "/metrics")
     try:
         with urllib.request.urlopen(target, timeout=timeout) as answer:
@@ -67,6 +71,9 @@ def _metrics(url: str | None, timeout: float) -> dict[str, list[tuple[dict[str, 
     except OSError as exc:
         raise PosaError(f"cannot read {target}: {exc}; give --ops the dispatcher's "
                         "operations server (posa dispatcher --ops-port PORT)") from None
+    except ValueError as exc:       # not a URL urllib knows: no scheme, a stray space
+        raise PosaError(f"--ops {url!r} is not a URL ({exc}); give it as "
+                        "http://HOST:PORT, e.g. http://127.0.0.1:9100") from None
 
 
 def _sum(samples: Iterable[tuple[dict[str, str], float]]) -> float:

@@ -13,30 +13,32 @@ import argparse
 import os
 from typing import Any
 
-from posa.cli.options import add_security_arguments, authenticator_from_args
+from posa.cli.options import (
+    add_dispatcher_argument,
+    add_security_arguments,
+    authenticator_from_args,
+)
+from posa.cli.values import port, seconds
 
 __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``view`` sub-command to a ``posa`` command's subparsers."""
-    from posa.cli import DEFAULT_DISPATCHER  # the command's defaults live there
     parser = subparsers.add_parser(
         "view", help="serve the live web view of a system",
         description="Serve the live web view of a posa system in a browser: names, "
         "services, channels, queues, migrations and failovers (docs/web.md).")
-    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="ADDRESS",
-                        help=f"the dispatcher whose names to show (default "
-                        f"{DEFAULT_DISPATCHER})")
+    add_dispatcher_argument(parser)     # flag, $POSA_DISPATCHER, context, default
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8080,
+    parser.add_argument("--port", type=port, default=8080,
                         help="the port (default 8080; 0 picks one)")
     parser.add_argument("--channel", action="append", default=[], metavar="NAME",
                         help="an event channel whose rates and drops to show (repeatable)")
     parser.add_argument("--queue", action="append", default=[], metavar="NAME",
                         help="a work queue whose depth and age to show (repeatable)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=seconds, default=1.0, metavar="SECONDS",
                         help="seconds between readings of leases and numbers (default 1)")
     add_security_arguments(parser, acl=False)
     parser.set_defaults(run=_run)

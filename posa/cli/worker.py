@@ -35,6 +35,7 @@ from posa.cli.options import (
     add_security_arguments,
     authenticator_from_args,
 )
+from posa.cli.values import count, natural, seconds, seconds_or_zero
 
 __all__ = ["add_parser"]
 
@@ -77,9 +78,9 @@ def _add_worker(subparsers: Any) -> None:
     p.add_argument("--name", default=None,
                    help="this worker's name (default QUEUE/worker-RANDOM); with "
                    "--concurrency N > 1 the workers are NAME/1 ... NAME/N")
-    p.add_argument("--concurrency", type=int, default=1,
+    p.add_argument("--concurrency", type=count, default=1,
                    help="items processed at once, each by a process of its own (default 1)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=seconds, default=None,
                    help="seconds one run of COMMAND may take; then its process group is "
                    "killed and the item fails (default: no limit)")
     add_dispatcher_argument(p)
@@ -138,18 +139,18 @@ def _add_autoscale(subparsers: Any) -> None:
         "--max. Example: posa autoscale --queue work/thumbs --min 1 --max 8 -- "
         "sh -c 'convert - -resize 64x64 png:-'")
     p.add_argument("--queue", required=True, help="the work queue's name")
-    p.add_argument("--min", type=int, default=1, help="workers at least (default 1)")
-    p.add_argument("--max", type=int, default=4, help="workers at most (default 4)")
-    p.add_argument("--per-worker", type=int, default=1, metavar="N",
+    p.add_argument("--min", type=natural, default=1, help="workers at least (default 1)")
+    p.add_argument("--max", type=count, default=4, help="workers at most (default 4)")
+    p.add_argument("--per-worker", type=count, default=1, metavar="N",
                    help="items waiting or in hand per worker before one more starts "
                    "(default 1)")
-    p.add_argument("--max-age", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--max-age", type=seconds, default=5.0, metavar="SECONDS",
                    help="one worker more while the oldest waiting item is older (default 5)")
-    p.add_argument("--cooldown", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--cooldown", type=seconds_or_zero, default=10.0, metavar="SECONDS",
                    help="scale down only after this long with nothing waiting (default 10)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="SECONDS",
                    help="seconds between decisions (default 1)")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=seconds, default=None,
                    help="passed to each `posa worker`: seconds one run of COMMAND may take")
     add_dispatcher_argument(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",

@@ -26,6 +26,10 @@ class Inbox:
     __slots__ = ("size", "put", "qsize", "_queue")
 
     def __init__(self, size: int) -> None:
+        if type(size) is not int or size < 1:
+            raise ValueError(f"inbox_size must be a whole number of messages >= 1, not "
+                             f"{size!r}: the peer stops reading once its inbox holds that "
+                             "many, and reads again when receive() took it below half")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.size = size
         self.put = self._queue.put
@@ -41,6 +45,11 @@ class Inbox:
                 msg = self._queue.get(timeout=timeout)
         except queue.Empty:
             raise Timeout(f"no message for {owner!r} within {timeout} s") from None
+        except (ValueError, OverflowError):     # nan; longer than a thread can wait
+            if timeout != timeout:
+                raise ValueError("receive's timeout must be a number of seconds or None "
+                                 "(wait until a message comes), not nan") from None
+            msg = self._queue.get()
         if msg is _CLOSED:
             self._queue.put(_CLOSED)
             raise Closed(f"peer {owner!r} is closed")
@@ -48,7 +57,7 @@ class Inbox:
 
     def low(self) -> bool:
         """True once readers have taken the inbox below half its size."""
-        return self._queue.qsize() < self.size // 2
+        return self._queue.qsize() * 2 < self.size      # (size 1: when empty)
 
     def take_all(self) -> Iterator[Message]:
         """Every message queued now, oldest first (not past ``close``)."""

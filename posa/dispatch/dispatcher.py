@@ -37,6 +37,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.quick import Packed
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
+from posa.dispatch.weights import pick as weighted
 from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, page_to_wire, registration_to_wire
@@ -199,9 +200,7 @@ class Dispatcher:
                     + (" besides the ones that failed" if exclude else "")
                     + "; start one with posa.Server, or check its dispatcher") from None
         turn = next(self._rotation.setdefault(service, itertools.count()))
-        # weighted round robin: a server of weight w gets w turns in a cycle
-        slots = [r for r in servers for _ in range(max(1, int(r.meta.get("weight", 1))))]
-        return registration_to_wire(slots[turn % len(slots)])
+        return registration_to_wire(weighted(servers, turn))    # w turns for weight w
 
     def _op_services(self, msg: Message, fields: dict[str, Any]) -> Any:
         servers, cursor = self.registry.page("**", fields["after"], keep=_serves)
@@ -292,7 +291,7 @@ class Dispatcher:
             return
         self._journaled += len(records)
 
-    def _snapshot(self) -> None:
+    def _snapshot(self, *, first: bool = False) -> None:
         assert self.state_path is not None
         path = self.state_path
         data = msgpack.packb({"saved_at": time.time(), "table": self.registry.export_state()})
@@ -306,6 +305,9 @@ class Dispatcher:
             with open(f"{path}.journal", "wb"):
                 pass                # the snapshot holds everything the journal did
         except OSError as exc:
+            if first:   # at start: refuse to run without keeping the registry
+                raise PosaError(f"cannot keep the dispatcher state in {path}: {exc}; give "
+                                "--state a file in a directory this process may write") from None
             log.error("cannot write the state file %s: %s", path, exc)
             return
         self._journaled = 0
@@ -343,7 +345,7 @@ class Dispatcher:
         # posa service its own (its renewal refused, it registers again)
         state["entries"] = [e for e in state["entries"] if not is_reserved(e["name"])]
         self.registry.load(RegistryTable.import_state(state))
-        self._snapshot()
+        self._snapshot(first=True)
 
     # -- federation (worker threads) -------------------------------------------------
     def connect_peer(self, address: str) -> None:

@@ -17,9 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from posa import transport
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, PosaError, ProtocolError, Timeout, Unreachable
+from posa.errors import (
+    NameNotFound,
+    PosaError,
+    ProtocolError,
+    Timeout,
+    TransportError,
+    Unreachable,
+)
 from posa.naming.pages import merge
 from posa.naming.protocol import DISPATCHER, page_to_wire
 from posa.naming.registration import resolver
@@ -45,7 +53,12 @@ class Federation:
         self._reply, self._fail, self._stats = reply, fail, stats
 
     def connect(self, address: str) -> None:
-        """Federate with the dispatcher at ``address``."""
+        """Federate with the dispatcher at ``address``; ``TransportError`` at once if
+        it is not an address a transport serves (not at every lookup it would miss)."""
+        try:
+            transport.get(transport.split(address)[0])
+        except TransportError as exc:
+            raise TransportError(f"federated dispatcher {address!r}: {exc}") from None
         self.peers.append((address, Sender(
             f"{DISPATCHER}/{self.node}", resolve=resolver(None, pins={DISPATCHER: address}),
             authenticator=self._authenticator)))

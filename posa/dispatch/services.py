@@ -22,12 +22,14 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from threading import TIMEOUT_MAX
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
 from posa.delivery.waiting import drive
+from posa.dispatch.weights import check_weight
 from posa.errors import NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.pages import registrations
 from posa.naming.registration import Registration, Registry, resolver
@@ -62,6 +64,7 @@ class Server:
                  name: str | None = None, lease: float = 10.0, workers: int | None = None,
                  **peer_options: Any) -> None:
         self.service = validate_name(service)
+        check_weight(weight)
         self.handler = handler
         self.registry, self._owns_registry = open_registry(registry, dispatcher,
                                                            required=True)
@@ -129,6 +132,10 @@ class Client:
     def __init__(self, *, dispatcher: str | None = None, registry: Registry | None = None,
                  timeout: float = 5.0, attempt_timeout: float = 1.0,
                  authenticator: Authenticator | None = None) -> None:
+        for label, seconds in (("timeout", timeout), ("attempt_timeout", attempt_timeout)):
+            if not isinstance(seconds, (int, float)) or not 0 < seconds < TIMEOUT_MAX:
+                raise ValueError(f"Client's {label} must be a number of seconds > 0, not "
+                                 f"{seconds!r}")
         self.registry, self._owns_registry = open_registry(registry, dispatcher,
                                                            required=True)
         self.timeout = timeout

@@ -74,6 +74,9 @@ async def read_json(request: web.Request) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"the body must be JSON ({exc}); for a string, quote it: "
                        "'\"hello\"'") from None
+    except RecursionError:
+        raise BadInput("the body nests too deep to read; posa carries bodies nested at "
+                       "most 64 deep") from None
 
 
 def seconds(request: web.Request, key: str, default: float) -> float:

@@ -42,6 +42,22 @@ class EdgeLimits:
     sse_buffer: int = 1000                  # events a slow event stream may fall behind
     max_wait: float = 60.0                  # the longest long poll or request timeout
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            counted = name in _COUNTS
+            if counted and (type(value) is not int or value < 1):
+                raise ValueError(f"EdgeLimits.{name} must be a whole number >= 1, "
+                                 f"not {value!r}")
+            if not counted and (type(value) not in (int, float)
+                                or not 0 < value <= _LONGEST):
+                raise ValueError(f"EdgeLimits.{name} must be a number of seconds > 0 "
+                                 f"(at most {_LONGEST:.0e}), not {value!r}")
+
+
+_COUNTS = frozenset({"max_body", "max_connections", "max_connections_per_source",
+                     "sse_buffer"})
+_LONGEST = 1e9
+
 
 class BodyTimeout(BadInput):
     """The request body did not arrive in time (HTTP 408)."""

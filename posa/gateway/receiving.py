@@ -113,6 +113,8 @@ async def _serve_socket(request: web.Request, ws: web.WebSocketResponse,
                                answer.get("error"))
             except (ValueError, PosaError) as exc:
                 await ws.send_str(json.dumps({"error": str(exc)}))
+            except RecursionError:      # an answer nested too deep to read
+                await ws.send_str(json.dumps({"error": "the answer nests too deep to read"}))
     finally:
         pusher.cancel()
 

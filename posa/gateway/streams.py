@@ -76,7 +76,7 @@ def _selection(request: web.Request) -> dict[str, Any]:
             compile_filter(flt)
     except InvalidFilter as exc:
         raise BadInput(f"?filter=: {exc}") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadInput("Last-Event-ID and ?from= must be seqs, ?filter= JSON") from None
     return {"topics": query.getall("topic", [""]), "filter": flt, "from_seq": from_seq}
 

@@ -97,13 +97,22 @@ class Tokens:
     @classmethod
     def from_file(cls, path: str | Path) -> Tokens:
         """Read a tokens file; refuses one that group or others may read or write."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:      # missing, a symbolic link (refused), unreadable
+            raise PosaError(f"cannot open the tokens file {path}: {exc.strerror} (a "
+                            "symbolic link is refused); give --tokens the file itself, "
+                            "`TOKEN IDENTITY [NAMES...]` lines, mode 600") from None
         with os.fdopen(fd, encoding="utf-8") as file:
             mode = os.fstat(file.fileno()).st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise PosaError(f"tokens file {path} may be read or written by others: "
                                 f"chmod 600 {path}")
-            return cls.parse(file.read(), str(path))
+            try:
+                return cls.parse(file.read(), str(path))
+            except UnicodeDecodeError:
+                raise PosaError(f"the tokens file {path} is not UTF-8 text; write "
+                                "`TOKEN IDENTITY [NAMES...]` lines") from None
 
     def check(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization`` header; ``TokenRefused`` if none."""

@@ -384,6 +384,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        remedy = ("choose another --ops-port" if exc.errno == errno.EADDRINUSE else
+                  "give --ops-host an address of this machine, e.g. 127.0.0.1")
         raise PosaError(f"cannot serve health and metrics on {host}:{port}: "
-                        f"{exc.strerror}; choose another --ops-port") from None
+                        f"{exc.strerror}; {remedy}") from None
     return sock

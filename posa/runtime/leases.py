@@ -22,6 +22,9 @@ __all__ = ["LeaseKeeper", "keeper"]
 
 log = logging.getLogger("posa.runtime.leases")
 
+_LONGEST = min(threading.TIMEOUT_MAX, 86400.0)
+"""The longest the keeper's thread waits at once."""
+
 
 class _Lease:
     __slots__ = ("renew", "restore", "interval", "cancelled")
@@ -64,7 +67,9 @@ class LeaseKeeper:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     wait = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(wait)
+                    # a lease longer than a thread can wait (lease=1e300) is woken
+                    # early and waits again, never OverflowError killing the thread
+                    self._cond.wait(None if wait is None else min(wait, _LONGEST))
                 _, _, lease = heapq.heappop(self._heap)
             if lease.cancelled:
                 continue

@@ -110,13 +110,14 @@ class SqliteStore:
             raise PosaError(f"cannot open the queue store {self.path!r}: {exc}") from None
         try:
             self._setup()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:     # locked, not a database, ...
             self._db.close()
             if "locked" in str(exc):
                 raise PosaError(f"the queue store {self.path!r} is in use by another "
                                 "queue (one queue per store file); stop it or give this "
                                 "queue a store of its own") from None
-            raise PosaError(f"cannot use {self.path!r} as a queue store: {exc}") from None
+            raise PosaError(f"cannot use {self.path!r} as a queue store: {exc}; give the "
+                            "queue a file of its own (it is created if missing)") from None
 
     def _setup(self) -> None:
         db = self._db

@@ -54,6 +54,19 @@ class Item:
     attempt: int
 
 
+def _check_settings(prefetch: int, wait: float, timeout: float) -> None:
+    """``ValueError`` saying what to pass for a setting that means nothing (a nan
+    ``wait`` or ``timeout`` ended ``run`` at its first request; a ``timeout`` of 0
+    retried an unreachable queue without a pause)."""
+    if type(prefetch) is not int or prefetch < 1:
+        raise ValueError(f"prefetch must be a whole number >= 1, not {prefetch!r}")
+    for label, seconds, zero in (("wait", wait, True), ("timeout", timeout, False)):
+        if not (isinstance(seconds, (int, float)) and 0 <= seconds <= threading.TIMEOUT_MAX
+                and (zero or seconds > 0)):
+            raise ValueError(f"{label} must be a number of seconds {'>=' if zero else '>'} "
+                             f"0, not {seconds!r}")
+
+
 class Worker:
     """A competing consumer: a peer named ``name`` that takes items from the
     queue named ``queue`` and runs ``work(item)`` on each (an ``Item``).
@@ -74,8 +87,7 @@ class Worker:
                  prefetch: int = 1, wait: float = 1.0, timeout: float = 5.0,
                  credential: str | None = None,
                  authenticator: Authenticator | None = None) -> None:
-        if prefetch < 1:
-            raise ValueError("prefetch must be at least 1")
+        _check_settings(prefetch, wait, timeout)
         self.queue = queue
         self.work = work
         self.prefetch = prefetch
