@@ -27,8 +27,8 @@ from typing import Any
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
-from posa.delivery.waiting import drive
-from posa.errors import NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.delivery.waiting import drive_reads
+from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.pages import registrations
 from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
@@ -147,15 +147,21 @@ class Client:
     def call(self, service: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Call ``service`` and return its reply body, failing over between servers
         until ``timeout``. Raises ``Timeout``, ``NameNotFound`` (no server at all) or
-        the error the handler raised."""
+        the error the handler raised.
+
+        The steps are driven by ``drive_reads``: the forwarder is this thread's
+        and every frame its steps wait for goes to its ``_absorb``, so over tcp
+        the wait for an answer is the read itself (two system calls per call,
+        not three); a back-off between servers is a sleep, as with ``drive``."""
         fwd = self.sender.forwarder()
-        return drive(fwd.lock, self.call_steps(service, body, timeout=timeout))
+        return drive_reads(fwd.lock, self.call_steps(service, body, timeout=timeout),
+                           fwd._absorb)
 
     def call_steps(self, service: str, body: Any = None, *, timeout: float | None = None,
                    awaiting: Callable[[tuple[str, int]], None] = lambda key: None
                    ) -> Generator[tuple[Connection | None, float], bool, Any]:
         """``call`` as protocol steps (``posa.delivery.waiting``): ``call`` drives
-        them with ``poll``, ``posa.aio.Client`` with the event loop. ``awaiting``
+        them with ``drive_reads``, ``posa.aio.Client`` with the event loop. ``awaiting``
         is told the key ``(server, id)`` of the reply the waits that follow are
         for, so that a driver wakes the steps for that reply only.
 
@@ -195,6 +201,10 @@ class Client:
                     server, seq, deadline, failfast=True, stall=self.attempt_timeout)
                 return reply.body
             except (TransportError, NameNotFound, Rejected, Timeout) as exc:
+                if fwd.closed:      # (by another thread): no server is left to ask
+                    if isinstance(exc, Closed):
+                        raise
+                    raise Closed(f"the client was closed while calling {service!r}") from exc
                 last = exc      # (a Timeout here: the send gave up within the attempt)
             if not fwd.knows(server):   # the request was given up with the connection
                 sent.pop(server, None)
