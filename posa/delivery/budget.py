@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TypeVar
 
-__all__ = ["until", "enter", "leave", "call", "remaining", "bounded", "not_finite"]
+__all__ = ["until", "enter", "leave", "call", "remaining", "bounded", "not_finite",
+           "no_send_deadline"]
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -79,3 +80,14 @@ def not_finite(seconds: float) -> ValueError:
     return ValueError(f"a request's timeout must be a finite number of seconds, not "
                       f"{seconds!r}: pass the longest wait you accept (a request is "
                       "answered by its deadline or told Timeout)")
+
+
+def no_send_deadline(deadline: float) -> ValueError:
+    """The error of a send whose timeout is no finite number of seconds (its
+    deadline, ``deadline``, is as infinite or nan: a wait for room in the window
+    would never end): raised at first contact with a name, before anything is
+    sent, and before a wait for room."""
+    return ValueError(f"a send's timeout must be a finite number of seconds, not "
+                      f"{deadline!r}: pass the longest wait you accept for the "
+                      "recipient to take the message (it is delivered or the sender "
+                      "told Timeout)")

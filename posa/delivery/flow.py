@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from posa.delivery.budget import not_finite
+from posa.delivery.budget import no_send_deadline, not_finite
 from posa.delivery.target import BATCH_MAX
 from posa.delivery.waiting import Steps
 from posa.errors import Timeout, TransportError, Unauthorized
@@ -70,7 +70,10 @@ class Flow:
     def send_steps(self, name: str, body: Any, kind: int,
                    headers: dict[str, Any] | None, deadline: float) -> Steps[int]:
         """``send_locked`` as steps that wait for room in the window instead of
-        blocking; returns the message's sequence number. Needs ``window`` ≥ 2."""
+        blocking; returns the message's sequence number. Needs ``window`` ≥ 2.
+        A deadline that is no time (nan, infinite) is refused before any wait."""
+        if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+            raise no_send_deadline(deadline)
         yield from self.room_steps(name, deadline)
         failed: list[BaseException | None] = []
         seq = self.send_locked(name, body, kind, headers, deadline, failed)

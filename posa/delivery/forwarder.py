@@ -40,6 +40,7 @@ from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
 from posa.admission.unverified import REFUSED_HEADER, diagnose, refusal_of
+from posa.delivery.budget import no_send_deadline
 from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
@@ -171,7 +172,8 @@ class Forwarder(Requesting, Flow):
                   failed: list[BaseException | None] | None) -> None:
         """Every ``ACK_EVERY`` sends to ``target``, or with the window full: read
         what came back, follow a MOVED notice (or leave it to the caller, given
-        ``failed``), and wait while the window is full."""
+        ``failed``), and wait while the window is full (not for a deadline that
+        is no time: ``ValueError``, the message left in the window to go on)."""
         self._poll(target)
         if target.moved is not None:
             if failed is not None:
@@ -179,6 +181,8 @@ class Forwarder(Requesting, Flow):
                 return
             self._recover(target, deadline, None)
         while len(target.out.unacked) >= self.window:
+            if deadline - deadline:     # a wait with no end (this send is taken)
+                raise no_send_deadline(deadline)
             self._await_progress(target, deadline)
 
     def pin(self, name: str, address: str) -> None:
@@ -348,6 +352,10 @@ class Forwarder(Requesting, Flow):
 
     # -- resolving, connecting, recovering ----------------------------------
     def _open_target(self, name: str, deadline: float) -> Target:
+        """``open_steps``, blocking (a send's or request's first contact): a
+        deadline that is no time (nan, infinite) is refused, nothing sent."""
+        if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+            raise no_send_deadline(deadline)
         return run_held(self.open_steps(name, deadline))
 
     def open_steps(self, name: str, deadline: float) -> Steps[Target]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import bounded, not_finite
 from posa.delivery.waiting import Steps, drive_reads
-from posa.errors import Timeout, TransportError, Unauthorized, from_wire
+from posa.errors import Closed, Timeout, TransportError, Unauthorized, from_wire
 from posa.wire.codec import Kind, Message, error_fields
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Requesting:
     if TYPE_CHECKING:       # what the forwarder provides
         lock: threading.Lock
         ack_timeout: float
+        closed: bool
         generation: int
         _replies: dict[tuple[str, int], Message]
         _progress: dict[tuple[str, int], float]
@@ -230,7 +231,10 @@ class Requesting:
 
     def _lost(self, name: str, target: Target, exc: TransportError) -> TransportError:
         """With ``failfast``: ``target``'s connection broke while a reply was awaited;
-        it is dropped (the caller fails over) and this is the error to raise."""
+        it is dropped (the caller fails over) and this is the error to raise
+        (``Closed`` if it broke because this forwarder was closed)."""
+        if self.closed:
+            return _closed(name)
         self._links.drop(target.address)
         self._drop_target(name)
         return TransportError(f"lost the connection to {name!r} at {target.address} "
@@ -241,7 +245,10 @@ class Requesting:
         """Recover ``target`` for request ``seq``, unless another caller sharing this
         forwarder (an ``aio`` task) gave it up (its request went unacknowledged past
         its deadline): this request went with its backlog and is never sent again
-        (a ``Timeout`` is final): ``Timeout``."""
+        (a ``Timeout`` is final): ``Timeout``. ``Closed`` if this forwarder was
+        closed (from another thread: closing forgets every target)."""
+        if self.closed:
+            raise _closed(name)
         if self._targets.get(name) is target:
             yield from self._recover_steps(target, deadline, cause)
         else:
@@ -306,3 +313,8 @@ class Requesting:
         """The reply ``name`` sent to request ``seq``, if it came (kept)."""
         return self._replies.get((name, seq))
 
+
+def _closed(name: str) -> Closed:
+    """The error of a request whose forwarder was closed while it waited."""
+    return Closed(f"the peer or client that sent this request to {name!r} was closed "
+                  "while it waited for the answer")

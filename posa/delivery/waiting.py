@@ -9,9 +9,10 @@ many sockets reaches); ``posa.aio`` drives the same steps with the event
 loop.  The lock a step runs under is released while it waits.
 
 ``drive_reads`` is ``drive`` for the one thread that waits on a forwarder's
-connections (``Forwarder.request``): a wait on a connection whose reads can wait
-themselves (``block_reads``: plain tcp on Linux) is that read, one system call
-where a poll and a read took two, and the frame it brings is taken in
+connections (``Forwarder.request``, ``posa.Client.call``): a wait on a
+connection whose reads can wait themselves (``block_reads``: plain tcp on
+Linux) is that read, one system call where a poll and a read took two, and
+the frame it brings is taken in
 (``absorb``, under the lock) before the steps go on, so they find the answer
 without reading again. A read returns at the latest when the wait ends, or
 within ``_CLOSE_SEEN`` s of a ``close`` from another thread

@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from threading import TIMEOUT_MAX
-from typing import Any
+from typing import Any, NoReturn
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
-from posa.delivery.waiting import drive
+from posa.delivery.waiting import drive_reads
 from posa.dispatch.weights import check_weight
-from posa.errors import NameNotFound, PosaError, Rejected, Timeout, TransportError
+from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.pages import registrations
 from posa.naming.registration import Registration, Registry, resolver
 from posa.naming.resolve import open_registry
@@ -154,25 +154,30 @@ class Client:
     def call(self, service: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Call ``service`` and return its reply body, failing over between servers
         until ``timeout``. Raises ``Timeout``, ``NameNotFound`` (no server at all) or
-        the error the handler raised."""
+        the error the handler raised.
+
+        The steps are driven by ``drive_reads``: the forwarder is this thread's
+        and every frame its steps wait for goes to its ``_absorb``, so over tcp
+        the wait for an answer is the read itself (two system calls per call,
+        not three); a back-off between servers is a sleep, as with ``drive``."""
         fwd = self.sender.forwarder()
-        return drive(fwd.lock, self.call_steps(service, body, timeout=timeout))
+        return drive_reads(fwd.lock, self.call_steps(service, body, timeout=timeout),
+                           fwd._absorb)
 
     def call_steps(self, service: str, body: Any = None, *, timeout: float | None = None,
                    awaiting: Callable[[tuple[str, int]], None] = lambda key: None
                    ) -> Generator[tuple[Connection | None, float], bool, Any]:
-        """``call`` as protocol steps (``posa.delivery.waiting``): ``call`` drives
-        them with ``poll``, ``posa.aio.Client`` with the event loop. ``awaiting``
-        is told the key ``(server, id)`` of the reply the waits that follow are
-        for, so that a driver wakes the steps for that reply only.
+        """``call`` as protocol steps (``posa.delivery.waiting``), driven by ``call``
+        and ``posa.aio.Client``. ``awaiting`` is told the key ``(server, id)`` of
+        the reply the waits that follow are for (a driver wakes the steps for it).
 
         A request goes to one server and is waited for until the call's deadline
         while that server shows it is alive: it acknowledged the request and
         sends keep-alives while its handler runs, however long that takes.  A
-        server that is gone (its connection lost, or silent for
-        ``attempt_timeout`` s), or refuses (draining, over a limit), is left for
-        another; a server already asked is never sent the request again under
-        another id, so it runs the request at most once."""
+        server gone (its connection lost, or silent for ``attempt_timeout`` s)
+        or refusing (draining, over a limit) is left for another; a server
+        asked is never sent the request again under another id: it runs it at
+        most once. A close of the client from another thread ends it: ``Closed``."""
         fwd = self.sender.forwarder()
         timeout = bounded(self.timeout if timeout is None else timeout)
         deadline = time.monotonic() + timeout
@@ -202,6 +207,8 @@ class Client:
                     server, seq, deadline, failfast=True, stall=self.attempt_timeout)
                 return reply.body
             except (TransportError, NameNotFound, Rejected, Timeout) as exc:
+                if fwd.closed:      # (by another thread): no server is left to ask
+                    _closed_during(service, exc)
                 last = exc      # (a Timeout here: the send gave up within the attempt)
             if not fwd.knows(server):   # the request was given up with the connection
                 sent.pop(server, None)
@@ -243,6 +250,14 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _closed_during(service: str, exc: PosaError) -> NoReturn:
+    """Raise the ``Closed`` of a call whose client was closed meanwhile: ``exc``
+    if it is one (a request cut by the close), else one caused by it."""
+    if isinstance(exc, Closed):
+        raise exc
+    raise Closed(f"the client was closed while calling {service!r}") from exc
 
 
 class ServiceChannel:
