@@ -13,7 +13,10 @@ environment variable (``POSA_DISPATCHER``, ``POSA_KEYS``, ``POSA_KEY_ID``,
 (``posa.cli.DEFAULT_DISPATCHER``; no keys, no TLS).  ``apply`` resolves them on
 the parsed arguments before a command that reaches a dispatcher runs: the dispatcher into
 ``args.dispatcher``, the others into the environment the security and TLS code
-reads (only where the flag and the variable left them unset).
+reads (only where the flag and the variable left them unset). With a tls://
+dispatcher, TLS files so set that are missing or not PEM are said then
+(``TlsFilesError``, naming the variable and the file), before the command connects
+anywhere: not a timeout of each connect.
 """
 from __future__ import annotations
 
@@ -113,3 +116,6 @@ def apply(args: argparse.Namespace) -> None:
             continue
         if not os.environ.get(variable):
             os.environ[variable] = str(value)
+    if "tls://" in str(args.dispatcher):    # the first connect is over tls://
+        from posa.transport.tls.settings import TlsSettings
+        TlsSettings.from_env()          # loads the files: raises TlsFilesError

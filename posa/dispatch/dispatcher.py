@@ -18,33 +18,29 @@ the dispatcher's own names, ``posa/dispatcher/<node>`` and ``posa/dispatcher``,
 are registered in its table directly, so a client that looks the dispatcher up
 by name reaches it. ``names`` answers a page at a time (``posa.naming.pages``).
 Federation (asking other dispatchers what is not held here) is
-``posa.dispatch.federation``.
+``posa.dispatch.federation``; the state file (``--state``: a snapshot and a
+journal) is ``posa.dispatch.statefile``.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import secrets
-import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-import msgpack
 
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.quick import Packed
 from posa.dispatch.federation import MAX_HOPS, Federation
 from posa.dispatch.guard import RegistrationGuard
+from posa.dispatch.statefile import StateFile
 from posa.dispatch.weights import pick as weighted
 from posa.errors import NameNotFound, PosaError, Timeout, Unreachable
 from posa.naming.pages import PAGE_ENTRIES
 from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, page_to_wire, registration_to_wire
-from posa.naming.quotas import is_reserved
 from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
-from posa.naming.table import RegistryTable
 from posa.peer import DEFERRED, Peer
 from posa.security import Acl, Quotas
 from posa.wire.codec import Kind, Message
@@ -53,7 +49,6 @@ __all__ = ["Dispatcher", "MAX_HOPS"]
 
 log = logging.getLogger("posa.dispatch.dispatcher")
 
-JOURNAL_COMPACT_AFTER = 10_000   # journal records folded into a new snapshot
 _LOOKUP = OPS.ops["lookup"]
 
 
@@ -76,10 +71,10 @@ class Dispatcher:
         # a shared store (a NatsRegistry): several dispatchers serve one registry
         self.shared = registry is not None
         self.registry: Any = registry if registry is not None else LocalRegistry()
-        self._pending: list[dict[str, Any]] = []
-        self._journaled = 0
-        if state is not None:
-            self._load_state(state)
+        self._state = None if state is None else StateFile(state, self.registry.export_state)
+        if self._state is not None:
+            self.registry.load(self._state.load())
+            self._state.snapshot(first=True)
         self._watchers: dict[Any, Any] = {}    # route key -> (endpoint, route)
         self._rotation: dict[str, itertools.count[int]] = {}
         self.acl = acl
@@ -263,89 +258,20 @@ class Dispatcher:
             return
         self.registry.expire()
         self._keep_own_name()
-        if self.state_path is not None:
-            self._commit()
-            if self._journaled > JOURNAL_COMPACT_AFTER:
-                self._snapshot()
+        if self._state is not None:
+            self._state.commit()
+            if self._state.due:
+                self._state.snapshot()
 
-    # State file: a snapshot (replaced atomically) plus a journal of the changes
-    # since, appended and fsynced before a register/unregister is answered, so an
-    # acknowledged registration survives a crash; the journal is folded into a
-    # new snapshot when it grows.
+    # the state file (posa.dispatch.statefile): each change recorded, and committed
+    # to the journal before a register/unregister is answered
     def _record(self, name: str) -> None:
-        if self.state_path is not None:
-            self._pending.append({"name": name, "entry": self.registry.entry_state(name)})
+        if self._state is not None:
+            self._state.record(name, self.registry.entry_state(name))
 
     def _commit(self) -> None:
-        if not self._pending:
-            return
-        records, self._pending = self._pending, []
-        data = b"".join(msgpack.packb(record) for record in records)
-        try:
-            with open(f"{self.state_path}.journal", "ab") as journal:
-                journal.write(data)
-                journal.flush()
-                os.fsync(journal.fileno())
-        except OSError as exc:
-            log.error("cannot append to the journal of %s: %s", self.state_path, exc)
-            return
-        self._journaled += len(records)
-
-    def _snapshot(self, *, first: bool = False) -> None:
-        assert self.state_path is not None
-        path = self.state_path
-        data = msgpack.packb({"saved_at": time.time(), "table": self.registry.export_state()})
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)   # atomic: a reader sees the old or the new state
-            with open(f"{path}.journal", "wb"):
-                pass                # the snapshot holds everything the journal did
-        except OSError as exc:
-            if first:   # at start: refuse to run without keeping the registry
-                raise PosaError(f"cannot keep the dispatcher state in {path}: {exc}; give "
-                                "--state a file in a directory this process may write") from None
-            log.error("cannot write the state file %s: %s", path, exc)
-            return
-        self._journaled = 0
-
-    def _load_state(self, path: str) -> None:
-        state: dict[str, Any] = {"version": 1, "entries": [], "epochs": {}}
-        try:
-            try:
-                with open(path, "rb") as f:
-                    state = msgpack.unpackb(f.read(), raw=False)["table"]
-            except FileNotFoundError:
-                pass
-            entries = {entry["name"]: entry for entry in state["entries"]}
-            try:
-                with open(f"{path}.journal", "rb") as f:
-                    unpacker = msgpack.Unpacker(f, raw=False)
-                    for record in unpacker:
-                        if record["entry"] is None:
-                            gone = entries.pop(record["name"], None)
-                            if gone is not None:
-                                state["epochs"][record["name"]] = gone["epoch"]
-                        else:
-                            entries[record["name"]] = record["entry"]
-            except FileNotFoundError:
-                pass
-            state["entries"] = list(entries.values())
-        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise PosaError(f"cannot read the dispatcher state {path}: {exc}; move it "
-                            "and its .journal away to start empty") from None
-        # owners could not renew while the dispatcher was down: every restored
-        # registration gets one whole lease from now to be renewed, or it expires
-        for entry in state["entries"]:
-            entry["expires_in"] = entry["lease"]
-        # posa/ names are posa's own: this dispatcher registers its own anew, and a
-        # posa service its own (its renewal refused, it registers again)
-        state["entries"] = [e for e in state["entries"] if not is_reserved(e["name"])]
-        self.registry.load(RegistryTable.import_state(state))
-        self._snapshot(first=True)
+        if self._state is not None:
+            self._state.commit()
 
     # -- federation (worker threads) -------------------------------------------------
     def connect_peer(self, address: str) -> None:
@@ -383,8 +309,8 @@ class Dispatcher:
     def close(self) -> None:
         """Stop serving; save the state one last time if a state file is kept."""
         self._sweeper.cancel()
-        if self.state_path is not None:
-            self.peer.reactor.call(self._snapshot)
+        if self._state is not None:
+            self.peer.reactor.call(self._state.snapshot)
         if self.shared:     # hand the shared posa/dispatcher over to another at once
             try:
                 self.registry.unregister(DISPATCHER, credential=self.peer.credential)

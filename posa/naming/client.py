@@ -127,8 +127,8 @@ class RegistryClient:
             try:
                 return ask(sender, address, self.timeout if single
                            else max(0.01, min(left, self.failover_after)))
-            except Unreachable:
-                raise                       # the dispatcher answered: what it asked is not
+            except (Unreachable, ValueError):   # the dispatcher answered that what it
+                raise                           # asked is not; or a setting to fix
             except (Timeout, TransportError):
                 if self._closed or single or time.monotonic() >= deadline:
                     raise

@@ -9,7 +9,9 @@ ERROR whose correlation is the request's id. Over tcp the wait is the read
 itself (``TcpConnection.block_reads``: a receive timeout keeps the deadline), so
 a lookup costs its caller two system calls, a send and a receive; elsewhere it
 polls the connection first. A lost connection is made again
-and the request sent again, until the deadline. Answers to earlier requests
+and the request sent again, until the deadline; a connect that fails for a
+setting (a ``TransportError`` that is also a ``ValueError``: tls files that do not
+load) is raised at once. Answers to earlier requests
 that were given up (their deadline passed) are skipped.
 
 With an authenticator every request is sealed and every answer opened and
@@ -130,8 +132,8 @@ class LookupLine:
                 msg = self._wait(conn, ask, deadline)
             except TransportError as exc:
                 self._drop()
-                if self.closed:
-                    raise
+                if self.closed or isinstance(exc, ValueError):  # a setting to fix (tls
+                    raise                                       # files): not retried
                 if _monotonic() >= deadline:    # as a request in a stream gives up
                     raise Timeout(f"cannot look {name!r} up: the dispatcher at "
                                   f"{self.address} could not be reached in time ({exc})"

@@ -53,6 +53,11 @@ class ChannelSource:
         self._held: OrderedDict[str, Any] = OrderedDict()
         self.received = 0
 
+    @property
+    def paced(self) -> bool:
+        """``items()`` waits itself (up to ``wait`` s): the queue's refresh may be 0."""
+        return self.wait > 0
+
     def items(self) -> Iterable[str]:
         """The keys of the events received and not yet fetched (waits up to
         ``wait`` seconds for the first when there are none)."""

@@ -48,7 +48,7 @@ from posa.work.pace import Pace, gauges
 from posa.work.progress import finished, render_progress
 from posa.work.protocol import MAX_ITEMS, MAX_WAIT, QUEUE, items_reply
 from posa.work.scaling import Recommendation, ScalingAdvisor
-from posa.work.sources import Feeder, Source
+from posa.work.sources import Feeder, Source, check_refresh
 from posa.work.sqlitestore import SqliteStore
 from posa.work.state import DEAD, DONE, PENDING, WorkState
 from posa.work.store import Committer, QueueStore
@@ -87,6 +87,7 @@ class WorkQueue:
                  on_dead: Callable[[str, str], None] | None = None,
                  advisor: ScalingAdvisor | None = None,
                  on_scale: Callable[[Recommendation], None] | None = None) -> None:
+        check_refresh(refresh, source)     # before anything starts
         self.state = WorkState(visibility=visibility, max_in_flight=max_in_flight,
                                max_attempts=max_attempts, capacity=capacity,
                                remember=remember, max_dead=max_dead,

@@ -11,10 +11,16 @@ the queue once the first listing is through (``join`` waits for that). A
 listing or fetch that raises is logged and retried at the next refresh. A source
 that holds its items (``posa.work.channelsource``) may offer ``forget(key)``:
 called for a key the queue already knows.
+
+``refresh`` is a finite number of seconds, positive (``check_refresh``, before the
+queue starts anything): 0 would list a source without a pause, one core busy
+for ever. It may be 0 only for a source whose ``items()`` waits itself and says
+so with a true ``paced`` (a ``ChannelSource`` with a ``wait``).
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,7 +29,7 @@ from typing import Any, Protocol
 
 from posa.errors import Closed
 
-__all__ = ["Source", "ListSource", "DirectorySource", "Feeder"]
+__all__ = ["Source", "ListSource", "DirectorySource", "Feeder", "check_refresh"]
 
 log = logging.getLogger("posa.work.sources")
 
@@ -69,6 +75,22 @@ class DirectorySource:
     def fetch(self, key: str) -> Any:
         path = self.directory / key
         return {"path": str(path), "size": path.stat().st_size}
+
+def check_refresh(refresh: float, source: Source | None) -> None:
+    """Refuse a ``refresh`` that is not a finite number of seconds, or that is
+    0 (or less) for a source that does not wait in ``items()`` itself (the module)."""
+    if source is None:
+        return
+    if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) \
+            or not math.isfinite(refresh) or refresh < 0:
+        raise ValueError(f"WorkQueue refresh={refresh!r}: refresh is the seconds between "
+                         "two listings of the source; give a finite number, e.g. 5.0")
+    if refresh == 0 and not getattr(source, "paced", False):
+        raise ValueError(f"WorkQueue refresh=0 would list {type(source).__name__} without "
+                         "a pause, busy for ever: refresh is the seconds between two "
+                         "listings of the source; give a positive number, e.g. 5.0 (0 "
+                         "only for a source that waits in items(), a ChannelSource)")
+
 
 class Feeder:
     """The thread that lists ``source`` into the queue named ``name`` every

@@ -16,7 +16,10 @@ again, so a reconnect skips the certificate exchange; the listener's context kee
 the ticket keys that make that possible for as long as the process runs.
 
 ``TlsSettings.from_env()`` reads ``POSA_TLS_CA``, ``POSA_TLS_CERT`` and
-``POSA_TLS_KEY`` (and ``POSA_TLS_CLIENT_CERT=required``).
+``POSA_TLS_KEY`` (and ``POSA_TLS_CLIENT_CERT=required``), and loads the files they
+name there and then: one that is missing or not PEM is said naming the variable.
+Files that do not load raise ``TlsFilesError``, a ``TransportError`` that is also a
+``ValueError``: a setting to fix, which a loop that connects again does not retry.
 """
 from __future__ import annotations
 
@@ -29,11 +32,16 @@ from dataclasses import dataclass, field
 
 from posa.errors import TransportError
 
-__all__ = ["TlsSettings", "identity_of"]
+__all__ = ["TlsSettings", "TlsFilesError", "identity_of"]
 
 _ENV_CA, _ENV_CERT, _ENV_KEY = "POSA_TLS_CA", "POSA_TLS_CERT", "POSA_TLS_KEY"
 _ENV_CLIENT_CERT = "POSA_TLS_CLIENT_CERT"
 _MAX_SESSIONS = 4096                    # targets whose session a client remembers
+
+
+class TlsFilesError(TransportError, ValueError):
+    """The files of ``tls://`` cannot be loaded: a setting to fix, not a fault of
+    the network (a ``ValueError`` too, so loops that connect again do not retry it)."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,16 @@ class TlsSettings:
         ``POSA_TLS_CLIENT_CERT=required`` (unset ones stay at their defaults)."""
         env = os.environ if environ is None else environ
         try:
-            return cls(cert=env.get(_ENV_CERT) or None, key=env.get(_ENV_KEY) or None,
-                       ca=env.get(_ENV_CA) or None,
-                       require_client_cert=env.get(_ENV_CLIENT_CERT, "") == "required")
+            settings = cls(cert=env.get(_ENV_CERT) or None, key=env.get(_ENV_KEY) or None,
+                           ca=env.get(_ENV_CA) or None,
+                           require_client_cert=env.get(_ENV_CLIENT_CERT, "") == "required")
         except ValueError as exc:
             raise TransportError(f"{exc} (from the environment: POSA_TLS_CA, "
                                  "POSA_TLS_CERT, POSA_TLS_KEY, POSA_TLS_CLIENT_CERT; "
                                  "or --tls-ca, --tls-cert, --tls-key, --tls-client-cert)"
                                  ) from None
+        _check_env_files(settings)
+        return settings
 
     def server_context(self) -> ssl.SSLContext:
         """The listeners' context (built once). Raises ``TransportError`` if the
@@ -145,9 +155,28 @@ def _load(context: ssl.SSLContext, settings: TlsSettings) -> None:
             context.load_cert_chain(settings.cert, settings.key)
     except (OSError, ssl.SSLError) as exc:
         files = settings.ca if what == "the CA file" else f"{settings.cert}, {settings.key}"
-        raise TransportError(f"cannot load {what} for tls:// ({files}): "
+        raise TlsFilesError(f"cannot load {what} for tls:// ({files}): "
                              f"{getattr(exc, 'strerror', None) or exc}; give PEM files "
                              "(TlsSettings, or --tls-ca/--tls-cert/--tls-key)") from None
+
+
+def _check_env_files(settings: TlsSettings) -> None:
+    """Load the files the environment names into a bare context, so that one that
+    is missing or not PEM is said now, naming its variable, not at each connect."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    variable, path = _ENV_CA, settings.ca
+    try:
+        if settings.ca is not None:
+            context.load_verify_locations(cafile=settings.ca)
+        variable, path = _ENV_CERT, settings.cert
+        if settings.cert is not None:
+            context.load_cert_chain(settings.cert, settings.key)
+    except (OSError, ssl.SSLError) as exc:
+        if variable == _ENV_CERT and settings.key is not None:
+            variable, path = f"{_ENV_CERT} or {_ENV_KEY}", f"{settings.cert}, {settings.key}"
+        raise TlsFilesError(f"cannot load the file {variable} names for tls:// ({path}): "
+                            f"{getattr(exc, 'strerror', None) or exc}; set {variable} "
+                            "to a readable PEM file (or unset it)") from None
 
 
 def identity_of(certificate: Mapping[str, object] | None) -> str | None:
