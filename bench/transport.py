@@ -9,10 +9,17 @@ A receiver takes what ``recv_nowait()`` has and blocks in ``recv()`` only
 when nothing is queued, as a reactor would. The ``tls://`` rows run beside
 the ``tcp://`` ones with a self-signed P-256 certificate made by ``openssl``
 for the run (TLS 1.3, AES-GCM), which both processes read from ``POSA_TLS_*``.
+
+``tr_socket_rr`` is the floor of request-reply in Python over loopback tcp,
+beside which the request rows of posa and Pyro5 can be read: a blocking socket
+each side, one ``sendall`` and one ``recv`` a call, msgpack both ways, no
+framing (a message fits one read here: a partial one would fail to decode and
+end the row), no envelope.
 """
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
@@ -171,6 +178,45 @@ def role_inproc_rr(n: int) -> None:
     listener.close()
 
 
+def role_socket_server() -> None:
+    """The floor's server: one connection, echoed until ``STOP``."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ready(str(server.getsockname()[1]))
+        conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    packb, unpackb, recv, sendall = msgpack.packb, msgpack.unpackb, conn.recv, conn.sendall
+    served = 0
+    while (frame := recv(65536)) and frame != STOP:
+        sendall(packb(unpackb(frame)))
+        served += 1
+    conn.close()
+    emit({"served": served})
+
+
+def role_socket_client(port: str, n: int) -> None:
+    """The floor's client: ``timed_calls`` of sendall + recv on a blocking socket."""
+    conn = socket.create_connection(("127.0.0.1", int(port)))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    packb, unpackb, recv, sendall = msgpack.packb, msgpack.unpackb, conn.recv, conn.sendall
+
+    def call(i: int) -> Any:
+        sendall(packb(make_msg(i)))
+        return unpackb(recv(65536))
+
+    summary = timed_calls(call, n)
+    sendall(STOP)
+    conn.close()
+    emit(summary)
+
+
+def _socket_rr(ctx: Any, n: int) -> dict[str, Any]:
+    server = ctx.spawn(MODULE, "socket_server")
+    port = server.wait_ready()
+    result: dict[str, Any] = ctx.spawn(MODULE, "socket_client", port=port, n=n).result()
+    server.result(timeout=10)
+    return result
+
+
 # ------------------------------------------------------------------ the rows
 def _tls_certificate(ctx: Any) -> None:
     """Make a certificate for 127.0.0.1 once per run; its processes use it (env)."""
@@ -232,6 +278,10 @@ BENCHES = [
           versus="tr_tcp_rr"),
     Bench("tr_inproc_rr", "posa inproc request-reply (echo), 2 threads", _rr("inproc"),
           N_RR, RR),
+    Bench("tr_socket_rr", "Python blocking-socket echo over tcp, msgpack, no framing "
+          "(the floor)", _socket_rr, N_RR, RR, versus="pyro_direct",
+          note="the least a request-reply in Python does over loopback tcp: read the "
+               "request rows of posa and Pyro5 beside it"),
 ]
 
 FOUNDATION = "foundation (transports)"
