@@ -28,4 +28,5 @@ def test_a_child_closes_an_inherited_server_whose_pool_lock_a_parents_thread_hel
         with held_by_a_thread(pool._shutdown_lock), Forked(server.close) as child:
             assert child.outcome(CLOSE_DEADLINE) == "ok"
         assert client.call(SERVICE, "two") == "two"     # the parent's workers serve on
-        assert server._pool is pool and not pool._shutdown
+        assert server._pool is not None and server._pool is pool
+        assert not server._pool._shutdown         # (the parent's to shut down)
