@@ -121,6 +121,32 @@ def test_a_child_is_told_that_inherited_nats_endpoints_are_the_parents(
         listener.close()
 
 
+def test_a_childs_close_of_inherited_nats_endpoints_wakes_no_poller_of_the_parents(
+        cluster: NatsCluster) -> None:
+    """The endpoints' wake-up descriptors (eventfds) are shared with the parent:
+    the child's close writes none of them."""
+    listener = transport.listen(cluster.urls, Options())
+    conn = transport.connect(listener.address, Options())
+    conn.send(b"before")
+    route, _ = listener.recv(DEADLINE)
+    assert listener.recv_nowait() is None and conn.recv_nowait() is None
+    assert quiet(listener) and quiet(conn)
+
+    def in_the_child() -> None:
+        conn.close()
+        listener.close()
+
+    try:
+        with Forked(in_the_child) as child:
+            assert child.outcome() == "ok"
+        assert quiet(listener) and quiet(conn), "the parent's poller was woken"
+        listener.send(route, b"after")
+        assert conn.recv(DEADLINE) == b"after"
+    finally:
+        conn.close()
+        listener.close()
+
+
 def test_the_childs_copy_of_the_clients_socket_is_closed(cluster: NatsCluster) -> None:
     """The child holds no copy of the parent's socket to the server: a child that
     did would keep the parent's connection open after the parent closed it."""
