@@ -122,6 +122,32 @@ def test_a_child_is_told_that_inherited_inproc_endpoints_are_the_parents() -> No
         listener.close()
 
 
+def test_a_childs_close_of_inherited_inproc_endpoints_wakes_no_parents_poller() -> None:
+    """The endpoints' wake-up eventfds are shared with the parent, whose flag says
+    nothing is signalled: a write from the child would leave them readable (a
+    poller of the parent's woken on every turn) until the parent's next frame."""
+    transport = InprocTransport()
+    listener = transport.listen("inproc://fork-c", Options())
+    conn = transport.connect(listener.address, Options())
+    conn.send(b"before")
+    listener.send(listener.recv(DEADLINE)[0], b"back")
+    assert conn.recv(DEADLINE) == b"back"
+    assert listener.recv_nowait() is None and conn.recv_nowait() is None
+    assert quiet(listener) and quiet(conn)
+
+    def in_the_child() -> None:
+        conn.close()
+        listener.close()
+
+    try:
+        with Forked(in_the_child) as child:
+            assert child.outcome() == "ok"
+        assert quiet(listener) and quiet(conn), "the parent's poller was woken"
+    finally:
+        conn.close()
+        listener.close()
+
+
 @pytest.fixture
 def registry() -> Any:
     with posa.LocalRegistry() as reg:
