@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -216,3 +217,29 @@ def test_a_child_listens_with_a_client_allowlist_though_the_zap_lock_was_held() 
 
     with held_by_a_thread(zap._lock), Forked(in_the_child) as child:
         assert child.outcome() == "ok"
+
+
+def test_closing_the_childs_copies_leaves_the_parents_other_sockets_blocking(
+        listen: str) -> None:
+    """Under a default socket timeout, a socket object made from a descriptor is
+    made non-blocking, which the parent's copy shares: the child's search for the
+    copies of zmq sockets makes none, and closes no other socket."""
+    transport = ZmqTransport()
+    listener = transport.listen(listen, Options())
+    mine, theirs = socket.socketpair()
+    socket.setdefaulttimeout(5.0)
+    try:
+        def in_the_child() -> None:
+            mine.sendall(b"the child's copy is open")
+
+        with Forked(in_the_child) as child:
+            assert child.outcome() == "ok"
+    finally:
+        socket.setdefaulttimeout(None)
+        listener.close()
+    try:
+        assert os.get_blocking(mine.fileno()) and os.get_blocking(theirs.fileno())
+        assert theirs.recv(64) == b"the child's copy is open"
+    finally:
+        mine.close()
+        theirs.close()

@@ -85,21 +85,30 @@ def _close_copies(local: list[_Where], remote: list[_Where]) -> None:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     except OSError:     # no /proc: the copies stay open until the child exits
         return
-    for fd in fds:
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue    # not a socket (or closed meanwhile)
-        try:
-            ours = any(_matches(w, sock.getsockname()) for w in local)
-            if not ours and remote:
-                ours = any(_matches(w, sock.getpeername()) for w in remote)
-        except OSError:
-            ours = False    # not connected, or not an address family of ours
-        finally:
-            sock.detach()
-        if ours:
-            os.close(fd)
+    timeout = socket.getdefaulttimeout()    # with one, socket(fileno=) would make the
+    socket.setdefaulttimeout(None)          # descriptor non-blocking, and so the
+    try:                                    # parent's, which shares its flags
+        for fd in fds:
+            _close_if_ours(fd, local, remote)
+    finally:
+        socket.setdefaulttimeout(timeout)
+
+
+def _close_if_ours(fd: int, local: list[_Where], remote: list[_Where]) -> None:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return          # not a socket (or closed meanwhile)
+    try:
+        ours = any(_matches(w, sock.getsockname()) for w in local)
+        if not ours and remote:
+            ours = any(_matches(w, sock.getpeername()) for w in remote)
+    except OSError:
+        ours = False    # not connected, or not an address family of ours
+    finally:
+        sock.detach()
+    if ours:
+        os.close(fd)
 
 
 def _forget_parents() -> None:
