@@ -182,5 +182,6 @@ def test_a_nats_child_that_just_exits_neither_hangs_nor_disturbs_the_parent(
     done = subprocess.run(
         [sys.executable, "-c", EXITING, cluster.urls, cluster.urls, what],
         env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.stdout.split("\n")[:2] == ["child 0", "after"], done.stderr
+    assert done.stdout.split("\n")[:3] == ["child 0", "after", "a new connection"], \
+        done.stderr
     assert done.returncode == 0, done.stderr

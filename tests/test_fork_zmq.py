@@ -180,7 +180,9 @@ EXITING = textwrap.dedent("""
     print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     peer.send("lab/sink", "after", timeout=20)
     print(peer.request("lab/sink", "after", timeout=20))
-    peer.close(); sink.close(); registry.close()
+    late = posa.Peer("lab/late", registry=registry, listen="tcp://127.0.0.1:0")
+    print(late.request("lab/sink", "a new connection", timeout=20))
+    late.close(); peer.close(); sink.close(); registry.close()
 """)
 
 
@@ -189,12 +191,14 @@ def test_a_child_that_just_exits_neither_hangs_nor_disturbs_the_parent(
         listen: str, what: str) -> None:
     """A fresh interpreter forks; its child exits through the interpreter's exit
     with the parent's peers (and their zmq sockets and context) open, having sent
-    or not: it exits at once with status 0, and the parent's peers go on."""
+    or not: it exits at once with status 0, and the parent's peers go on, new
+    connections to them too (the ipc path is still the parent's)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", EXITING, listen, listen.replace("0.ipc", "1.ipc"), what],
         env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.stdout.split("\n")[:2] == ["child 0", "after"], done.stderr
+    assert done.stdout.split("\n")[:3] == ["child 0", "after", "a new connection"], \
+        done.stderr
     assert done.returncode == 0, done.stderr
 
 
