@@ -7,6 +7,7 @@ free once the parent closes it, the child still running); a child that just
 exits, through the interpreter's own exit, neither hangs nor disturbs the parent."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import select
 import socket
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,36 @@ def test_closing_the_childs_copies_leaves_the_parents_other_sockets_blocking(
     finally:
         mine.close()
         theirs.close()
+
+
+def _request_from_a_worker(peer: posa.Peer, answers: Connection) -> None:
+    answers.send(peer.request(SINK, "from the worker", timeout=DEADLINE))
+
+
+def test_a_multiprocessing_worker_requests_through_an_inherited_zmq_peer(
+        tmp_path: Path, listen: str) -> None:
+    """What multiprocessing's fork start method does to a Peer made before it: the
+    worker's request is answered, the worker exits with status 0 (multiprocessing's
+    own exit: its finalizers, then ``os._exit``), and the parent goes on."""
+    with posa.LocalRegistry() as registry, \
+            posa.Peer(SINK, registry=registry, listen=listen) as receiver, \
+            posa.Peer("lab/fork-mp", registry=registry,
+                      listen=listen.replace("0.ipc", "1.ipc")) as peer:
+        receiver.serve(lambda msg: msg.body)
+        assert peer.request(SINK, "before", timeout=DEADLINE) == "before"
+        mine, theirs = multiprocessing.get_context("fork").Pipe()
+        worker = multiprocessing.get_context("fork").Process(
+            target=_request_from_a_worker, args=(peer, theirs))
+        worker.start()
+        try:
+            assert mine.poll(DEADLINE), "the worker did not answer"
+            assert mine.recv() == "from the worker"
+            worker.join(DEADLINE)
+            assert worker.exitcode == 0
+        finally:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+            mine.close()
+            theirs.close()
+        assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
