@@ -18,6 +18,7 @@ dead): handlers of services that fail over should be idempotent.
 from __future__ import annotations
 
 import contextvars
+import os
 import secrets
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -71,6 +72,7 @@ class Server:
         self._pool = ThreadPoolExecutor(workers or WORKERS,
                                         thread_name_prefix=f"posa-{service}") \
             if workers != 0 else None
+        self._pid = os.getpid()     # a forked child's copy of the pool is not its own
         # on the workers from the start if asked for, else once a call took SLOW_HANDLER s
         self._slow = workers is not None
         addresses = [listen] if isinstance(listen, str) else list(listen)
@@ -112,9 +114,11 @@ class Server:
         return self.peer.in_flight()
 
     def close(self) -> None:
-        """Unregister and stop serving."""
+        """Unregister and stop serving. In a forked child the worker threads (and
+        the pool's lock, which a thread of the parent submitting a call may have
+        held at the fork) are the parent's: the pool is left to the parent."""
         self.peer.close()
-        if self._pool is not None:
+        if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=True)
         if self._owns_registry:
             self.registry.close()

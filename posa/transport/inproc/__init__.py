@@ -44,8 +44,9 @@ from __future__ import annotations
 
 from posa.errors import TransportError
 from posa.transport.base import Options
+from posa.transport.inproc import listener as _table
 from posa.transport.inproc.connection import InprocConnection
-from posa.transport.inproc.listener import PREFIX, InprocListener, listeners, listeners_lock
+from posa.transport.inproc.listener import PREFIX, InprocListener, listeners, parents
 
 __all__ = ["InprocTransport", "InprocListener", "InprocConnection"]
 
@@ -65,19 +66,22 @@ class InprocTransport:
     def listen(self, address: str, options: Options) -> InprocListener:
         """Enter a listener under NAME. Raises ``TransportError`` if NAME is taken."""
         name = _name_of(address)
-        with listeners_lock:
+        with _table.listeners_lock:     # (made anew in a forked child)
             if name in listeners:
                 raise TransportError(f"the inproc name {name!r} is already taken by a "
                                      "listener in this process; close that listener "
                                      "first or pick another name")
             listener = InprocListener(name, options)
             listeners[name] = listener
+            _table.parents_names.discard(name)      # the child's own now
         return listener
 
     def connect(self, address: str, options: Options) -> InprocConnection:
         """Connect to the listener entered under NAME. Raises ``TransportError``."""
         name = _name_of(address)
         listener = listeners.get(name)
+        if listener is None and name in _table.parents_names:
+            raise TransportError(parents(address))
         if listener is None:
             raise TransportError(f"no inproc listener named {name!r} in this process; "
                                  "an inproc:// address reaches only listeners of the "

@@ -89,7 +89,8 @@ class InprocConnection(Receiver[bytes]):
         Raises ``Closed`` after close, and once the listener is gone and every
         frame it sent has been read."""
         if self._closed:
-            raise Closed(f"this inproc connection to {self.address} is closed; connect again")
+            raise Closed(self._send_error or f"this inproc connection to {self.address} "
+                         "is closed; connect again")
         ready = self._ready
         try:
             frame = ready.popleft()
@@ -132,6 +133,12 @@ class InprocConnection(Receiver[bytes]):
         self._ready.clear()
         self._blocked.wake_all()
         self._release()
+
+    def _forked(self) -> None:
+        """(in a forked child) The parent's connection: closed here (see Receiver)."""
+        super()._forked()
+        self._up.clear()
+        self._blocked = Sleepers()
 
     def _drop(self, why: str) -> None:
         """The listener side is gone: fail sends now, receives once drained."""

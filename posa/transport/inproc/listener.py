@@ -5,10 +5,18 @@ where ``connect`` finds it. Its ``_ready`` deque holds connections, one entry
 per frame waiting in that connection's ``_up``; popping an entry and then that
 connection's oldest frame yields each connection's frames in order and the
 connections in arrival order.
+
+A forked child inherits copies of the table and its endpoints, not the threads
+that read them: the fork hook (``_forget_parents``) empties the child's table
+and closes its copies, so that in the child a send through an inherited
+connection, a receive on an inherited listener and a ``connect`` to one of the
+parent's names raise at once, saying so, instead of queueing frames nobody will
+read; the child may listen on those names itself.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import Counter
 
@@ -23,6 +31,15 @@ PREFIX = "inproc://"
 
 listeners: dict[str, InprocListener] = {}
 listeners_lock = threading.Lock()
+parents_names: set[str] = set()    # (in a forked child) the parent's, at the fork
+
+
+def parents(address: str) -> str:
+    """Why a forked child cannot reach the parent's inproc listener ``address``."""
+    return (f"the inproc listener {address} is the parent process's: inproc names live "
+            "in one process, and a forked child reaches only the inproc listeners it "
+            "makes itself; make the Peer (or listener) in the child, or use tcp:// "
+            "or zmq+ipc:// between processes")
 
 
 class InprocListener(Receiver["InprocConnection"]):
@@ -37,12 +54,15 @@ class InprocListener(Receiver["InprocConnection"]):
         self._lock = threading.Lock()   # guards _routes, rejections and accepting
         self._max_frame_size = options.max_frame_size
         self._hwm = options.high_water_mark
+        self._parents = False           # (in a forked child) the parent's copy
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._routes)} connections"
         return f"<InprocListener {self.address} {state}>"
 
     def _closed_error(self) -> Closed:
+        if self._parents:
+            return Closed(parents(self.address))
         return Closed(f"the inproc listener {self.address} is closed; listen again")
 
     def recv_nowait(self) -> tuple[Route, bytes] | None:
@@ -158,3 +178,28 @@ class InprocListener(Receiver["InprocConnection"]):
                 del self._routes[conn._route]
                 self.rejections[cause] += 1
         conn._drop(why)
+
+    def _forked(self) -> None:
+        """(in a forked child) This listener and its connections are the parent's."""
+        super()._forked()
+        self._parents = True
+        self._lock = threading.Lock()
+        for conn in self._routes.values():
+            conn._forked()
+            conn._send_error = conn._gone = parents(self.address)
+
+
+def _forget_parents() -> None:
+    """In a forked child no inproc listener is the child's: the table starts empty
+    (its lock new: a thread of the parent may have held it at the fork)."""
+    global listeners_lock
+    listeners_lock = threading.Lock()
+    parents_names.update(listeners)
+    inherited = list(listeners.values())
+    listeners.clear()
+    for listener in inherited:
+        listener._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents)

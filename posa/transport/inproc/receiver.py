@@ -110,6 +110,19 @@ class Receiver(Generic[_Item]):
             self._closed = True
             return True
 
+    def _forked(self) -> None:
+        """(in a forked child, from the fork hook) This endpoint is the parent's:
+        closed here, its descriptor copies closed without a write (the eventfd is
+        the parent's too: a write would wake the parent's poller for nothing),
+        its locks new (a thread of the parent, absent here, may have held one)."""
+        self._fd_lock = threading.Lock()
+        self._closed = self._signalled = True
+        for fd in {self._rfd, self._wfd} - {-1}:
+            os.close(fd)
+        self._rfd = self._wfd = -1
+        self._ready.clear()
+        self._readers = Sleepers()
+
     def _release(self) -> None:
         """Wake every reader and poller, then close the descriptor."""
         with self._fd_lock:

@@ -14,7 +14,7 @@ next (``dialing``), sends CONNECT, one SUB for each live subscription and the
 PINGs of callers waiting on ``flush``; what was queued for the lost socket is
 lost with it, and the owner (``Handler``) hears ``lost``, then ``connected``.
 A forked child shares its parent's socket: the client writes only in the process
-that made it.
+that made it, and the child closes its copy at the fork (``link``).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import time
 from posa.errors import Closed, TransportError
 from posa.transport.base import Options
 from posa.transport.inproc.receiver import Receiver, as_frame
+from posa.transport.inproc.wakeup import Sleepers
 from posa.transport.nats import link as links
 from posa.transport.nats import reading
 from posa.transport.nats.address import NatsAddress
@@ -49,6 +50,8 @@ _NO_RESPONDERS = "503"
 
 class NatsConnection(Receiver[bytes]):
     """A connection to a ``nats://SERVERS/SUBJECT`` listener."""
+
+    _parents = False            # (in a forked child) the parent's connection
 
     def __init__(self, address: NatsAddress, options: Options) -> None:
         super().__init__(str(address), options)
@@ -197,9 +200,21 @@ class NatsConnection(Receiver[bytes]):
                               f"the nats listener {self.address}")
         self._link.put(out, frame)
 
+    def _closed_error(self) -> Closed:
+        if self._parents:
+            return Closed(links.parents(self.address))
+        return Closed(f"this nats connection to {self.address} is closed; connect again")
+
+    def forked(self) -> None:
+        """(in a forked child, from the link's fork hook) The parent's connection:
+        closed here, without a word to the listener (see ``Receiver._forked``)."""
+        self._forked()
+        self._parents = True
+        self._out.blocked = Sleepers()
+
     def _check_send(self) -> None:
         if self._closed:
-            raise Closed(f"this nats connection to {self.address} is closed; connect again")
+            raise self._closed_error()
         if self._gone is not None:
             raise TransportError(self._gone)
 
@@ -207,7 +222,7 @@ class NatsConnection(Receiver[bytes]):
         """The next frame from the listener, or ``None``. Raises ``Closed`` after
         close, ``TransportError`` once the connection ended and what came is read."""
         if self._closed:
-            raise Closed(f"this nats connection to {self.address} is closed; connect again")
+            raise self._closed_error()
         ready = self._ready
         try:
             return ready.popleft()

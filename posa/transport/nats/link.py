@@ -23,6 +23,13 @@ When the client loses its server, every endpoint on the link hears ``link_lost``
 frames in flight may be gone, so connections end (posa's streams resend on new
 ones once the client has connected to another server of the cluster) and
 listeners drop their connections.
+
+A forked child inherits the links, not the loop thread that runs them: the fork
+hook (``_forget_parents``) closes in the child every endpoint on them (their use
+raises ``Closed`` saying they are the parent's; their close returns at once,
+taking no lock a thread of the parent may have held and writing no descriptor
+the parent shares) and its copy of each client's socket, and starts the child's
+table of links afresh: the child's endpoints get a client of their own.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from posa.transport.nats.loop import event_loop
 from posa.transport.nats.protocol import CRLF, Msg
 from posa.transport.nats.wire import DATA, HEADER, chunks
 
-__all__ = ["Endpoint", "Outbound", "Link", "acquire", "release", "new_inbox"]
+__all__ = ["Endpoint", "Outbound", "Link", "acquire", "release", "new_inbox", "parents"]
 
 PING_INTERVAL = 5        # s; two unanswered pings and a silent server is given up
 BATCH = 1 << 20          # bytes the pump queues before it writes them
@@ -52,6 +59,15 @@ _HEADER, _pack = HEADER.size, HEADER.pack
 
 class Endpoint(Protocol):
     def link_lost(self, why: str) -> None: ...
+    def forked(self) -> None: ...
+
+
+def parents(address: str) -> str:
+    """Why a forked child cannot use the parent's endpoint at ``address``."""
+    return (f"{address} was opened in the parent process, whose NATS client (its "
+            "socket and the thread reading it) is the parent process's: open a new "
+            "endpoint in the child (an inherited Peer, Sender or Client does so on "
+            "its next send)")
 
 
 class Outbound:
@@ -266,3 +282,30 @@ def release(link: Link, owner: Endpoint, linger: float) -> None:
         if _links.get(key) is link:
             del _links[key]
     link.loop.call_soon(link.close, 0.0 if link.failed else linger)
+
+
+def _forget_parents() -> None:
+    """In a forked child every link is the parent's (see the module docstring)."""
+    global _links_lock
+    _links_lock = threading.Lock()
+    inherited = list(_links.values())
+    _links.clear()
+    for link in inherited:
+        for endpoint in list(link.endpoints):
+            endpoint.forked()
+        _close_copy(link.client)
+
+
+def _close_copy(client: Client) -> None:
+    """(in a forked child) The parent's client: closed here, its socket's copy
+    closed (without a word to the server: the connection is the parent's), its
+    locks new (a thread of the parent, absent here, may have held one)."""
+    client.lock, client.io = threading.Lock(), threading.RLock()
+    client.closed, client.connected = True, False
+    sock, client.sock = client.sock, None
+    if sock is not None:
+        sock.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parents)

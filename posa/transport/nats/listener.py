@@ -62,6 +62,8 @@ class _Route:
 class NatsListener(Receiver[tuple[Route, bytes]]):
     """A ``nats://SERVERS/SUBJECT`` listener; routes are reply subjects (``str``)."""
 
+    _parents = False            # (in a forked child) the parent's listener
+
     def __init__(self, address: NatsAddress, options: Options) -> None:
         super().__init__(str(address), options)
         self.rejections: Counter[str] = Counter()
@@ -189,7 +191,15 @@ class NatsListener(Receiver[tuple[Route, bytes]]):
     # -- the owner's threads ----------------------------------------------------------------
 
     def _closed_error(self) -> Closed:
+        if self._parents:
+            return Closed(links.parents(self.address))
         return Closed(f"the nats listener {self.address} is closed; listen again")
+
+    def forked(self) -> None:
+        """(in a forked child, from the link's fork hook) The parent's listener:
+        closed here, without a word to its connections (see ``Receiver._forked``)."""
+        self._forked()
+        self._parents = True
 
     def recv_nowait(self) -> tuple[Route, bytes] | None:
         """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""

@@ -31,7 +31,9 @@ _pid = [os.getpid()]         # this process's, kept current in a forked child
 
 
 def _forked() -> None:
+    global _lock
     _pid[0] = os.getpid()
+    _lock = threading.Lock()    # a thread of the parent may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -13,6 +13,7 @@ nothing (pyzmq's dearest call) is avoided where it can be.
     posa.transport.zmq.endpoint    what both ends share: cheap receives, waits, close
     posa.transport.zmq.listener    ZmqListener: a ROUTER; routes are identity frames
     posa.transport.zmq.connection  ZmqConnection: a DEALER
+    posa.transport.zmq.inherited   a forked child's copies of the parent's endpoints
 
 CURVE (optional): ``ZmqTransport(curve=Curve(server_public, server_secret))``,
 registered with ``transport.register``, encrypts every zmq+ endpoint of the

@@ -67,4 +67,14 @@ def _flush_at_exit() -> None:
     flusher.join(linger)
 
 
+def _forked() -> None:
+    """In a forked child the parent's context is never used nor terminated (pyzmq
+    ignores it there too); the lock is new: a thread of the parent making the
+    context at the fork would have left it held."""
+    global _ctx_lock
+    _ctx_lock = threading.Lock()
+
+
 atexit.register(_flush_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)

@@ -17,6 +17,8 @@ Strategy
   (ZeroMQ sockets must never be used by two threads at once) and raises
   ``Closed``. ``close()`` with no thread blocked closes the socket at once.
   Apart from that one case, an endpoint belongs to one thread at a time.
+* In a forked child every endpoint the parent opened is closed at the fork
+  (``posa.transport.zmq.inherited``): libzmq's I/O thread is not in the child.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from posa.errors import Closed, Timeout, TransportError
 from posa.transport.base import Options
 from posa.transport.refusals import RefusalLog
 from posa.transport.zmq.context import note_linger
+from posa.transport.zmq.inherited import opened, parents
 from posa.transport.zmq.sockets import (
     EVENTS,
     NOBLOCK,
@@ -56,6 +59,7 @@ class Endpoint:
     """What listener and connection share: closing, waking, waiting, polling."""
 
     address: str
+    listening = False                      # a listener's (bound) socket
 
     def __init__(self, address: str, sock: zmq.Socket[bytes], options: Options) -> None:
         self.address = address
@@ -77,9 +81,26 @@ class Endpoint:
         self._wake: tuple[int, int] | None = None   # pipe, made on first blocking wait
         self._poll_in: PollItems = []      # zmq_poll items: socket + pipe
         self._poll_out: PollItems = []
+        self._parents = False              # (in a forked child) the parent's
+        opened(self)
 
     def _closed_error(self) -> Closed:
+        if self._parents:
+            return Closed(parents(self.address))
         return Closed(f"{self.address} is closed; open a new endpoint to go on")
+
+    def _forked(self) -> None:
+        """(in a forked child, from the fork hook) The parent's endpoint: closed
+        here without a call to libzmq (the socket is left to the parent) and
+        without a write to the wake-up pipe (the parent's too), whose copies are
+        closed; the lock is new (a thread of the parent may have held it)."""
+        self._lock = threading.Lock()
+        self._closed = self._sock_closed = self._parents = True
+        if self._wake is not None:
+            os.close(self._wake[0])
+            os.close(self._wake[1])
+            self._wake = None
+        self._poll_in = self._poll_out = []
 
     def fileno(self) -> int:
         """The socket's descriptor; edge-triggered: drain ``recv_nowait`` first."""

@@ -55,6 +55,8 @@ _log = logging.getLogger("posa.transport.zmq")
 class ZmqListener(Endpoint):
     """A bound ROUTER socket. Routes are identity frames (``bytes``)."""
 
+    listening = True
+
     def __init__(self, address: str, options: Options, curve: Curve | None = None) -> None:
         if curve is not None and curve.server_secret is None:
             raise TransportError(f"cannot listen on {address} with CURVE without the "
@@ -108,6 +110,10 @@ class ZmqListener(Endpoint):
         if self._zap_domain is not None:
             zap.forget(self._zap_domain)
             self._zap_domain = None
+
+    def _forked(self) -> None:
+        super()._forked()
+        self._zap_domain = None     # the ZAP handler is the parent's
 
     def recv_nowait(self) -> tuple[bytes, bytes] | None:
         """The next ``(route, frame)``, or ``None``. Raises ``Closed`` after close."""

@@ -125,3 +125,14 @@ def forget(domain: str) -> None:
         _provider.lists.pop(domain, None)
         if _handler is not None and _handler_pid == os.getpid():
             _handler.credentials_providers.pop(domain, None)
+
+
+def _forked() -> None:
+    """(in a forked child) The handler is the parent's (``_running`` starts one
+    again); the lock is new, as a thread of the parent may have held it."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
