@@ -13,9 +13,10 @@ connections (``Forwarder.request``, ``posa.Client.call``): a wait on a
 connection whose reads can wait themselves (``block_reads``: plain tcp on
 Linux) is that read, one system call where a poll and a read took two, and
 the frame it brings is taken in (``absorb``, under the lock) before the steps
-go on, so they find the answer without reading again. A read returns at the latest when the wait ends, or
-within ``_CLOSE_SEEN`` s of a ``close`` from another thread
-(``posa.transport.tcp.connection``). Any other wait is ``drive``'s.
+go on, so they find the answer without reading again. A read returns at the
+latest when the wait ends, or within ``_CLOSE_SEEN`` s of a ``close`` from
+another thread (``posa.transport.tcp.connection``). Any other wait is
+``drive``'s.
 
 The wait on a descriptor is ``posa.transport.base.wait_fd``: one ``poll`` call
 with this thread's poll object for that descriptor number, none made and
