@@ -1,7 +1,6 @@
 """A request waiting for its answer when its peer is closed from another thread
 fails with ``Closed`` saying so, not with a ``Timeout`` about a stream given up
-(closing forgets every target of the forwarder): over tcp whether the wait is
-the read itself (``drive_reads``) or a poll.
+(closing forgets every target of the forwarder).
 
 Every wait has a deadline; nothing sleeps to synchronise.
 """
@@ -14,7 +13,6 @@ import pytest
 
 import posa
 from posa.errors import Closed
-from posa.transport.tcp import TcpConnection
 from tests.support import Proc, sigstop, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,12 +39,7 @@ def echo(dispatcher: str) -> Iterator[Proc]:
         proc.close()
 
 
-@pytest.mark.parametrize("reads_block", [True, False], ids=["read", "poll"])
-def test_a_request_cut_by_close_raises_closed(
-        dispatcher: str, echo: Proc, reads_block: bool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    if not reads_block:
-        monkeypatch.setattr(TcpConnection, "block_reads", lambda self: False)
+def test_a_request_cut_by_close_raises_closed(dispatcher: str, echo: Proc) -> None:
     with posa.RegistryClient(dispatcher) as reg:
         peer = posa.Peer("closed-caller", registry=reg)
         outcome: list[BaseException] = []

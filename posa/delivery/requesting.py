@@ -2,9 +2,8 @@
 
 ``Forwarder`` inherits it; it lives apart because waiting is a protocol of its
 own, written once as steps (``request_steps``, ``reply_steps``) that a driver
-runs: ``posa.delivery.waiting.drive`` with ``select`` (``drive_reads`` for
-``request``: over tcp, a read that waits), ``posa.aio`` with the event loop,
-``posa.Client.call_steps`` inside its failover.
+runs: ``posa.delivery.waiting.drive`` with ``poll``, ``posa.aio`` with the
+event loop, ``posa.Client.call_steps`` inside its failover.
 
 Waiting for an answer: until the request is acknowledged it is resent (by way of
 its name, which may have moved) every ``ack_timeout`` s; once acknowledged it
@@ -20,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import bounded, not_finite
-from posa.delivery.waiting import Steps, drive_reads
+from posa.delivery.waiting import Steps, drive
 from posa.errors import Closed, Timeout, TransportError, Unauthorized, from_wire
 from posa.wire.codec import Kind, Message, error_fields
 
@@ -70,10 +69,7 @@ class Requesting:
 
         ``request_steps`` driven, with the send taken out of the steps when the
         name is known: one generator less, and the clock read once before the
-        first wait (the send's time serves the ``ttl`` and that wait). The
-        driver is ``drive_reads``: this thread alone reads this forwarder's
-        connections, so over tcp it waits for the answer in the read itself
-        (two system calls per request, not three)."""
+        first wait (the send's time serves the ``ttl`` and that wait)."""
         lock = self.lock
         now = deadline = 0.0
         with lock:
@@ -84,11 +80,10 @@ class Requesting:
             else:
                 seq = 0
         if not seq:
-            return drive_reads(lock, self.request_steps(
-                name, body, timeout=timeout, headers=headers, failfast=failfast),
-                self._absorb)
-        return drive_reads(lock, self.reply_steps(name, seq, deadline, failfast=failfast,
-                                                  since=now), self._absorb)
+            return drive(lock, self.request_steps(name, body, timeout=timeout,
+                                                  headers=headers, failfast=failfast))
+        return drive(lock, self.reply_steps(name, seq, deadline, failfast=failfast,
+                                            since=now))
 
     def request_steps(self, name: str, body: Any, *, timeout: float,
                       headers: dict[str, Any] | None = None, failfast: bool = False

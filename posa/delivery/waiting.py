@@ -8,15 +8,11 @@ steps in the calling thread with ``poll`` (``select`` where there is no poll:
 many sockets reaches); ``posa.aio`` drives the same steps with the event
 loop.  The lock a step runs under is released while it waits.
 
-``drive_reads`` is ``drive`` for the one thread that waits on a forwarder's
-connections (``Forwarder.request``, ``posa.Client.call``): a wait on a
-connection whose reads can wait themselves (``block_reads``: plain tcp on
-Linux) is that read, one system call where a poll and a read took two, and
-the frame it brings is taken in (``absorb``, under the lock) before the steps
-go on, so they find the answer without reading again. A read returns at the
-latest when the wait ends, or within ``_CLOSE_SEEN`` s of a ``close`` from
-another thread (``posa.transport.tcp.connection``). Any other wait is
-``drive``'s.
+A wait never blocks in a read whose time limit is the socket's own
+(``SO_RCVTIMEO``): a signal interrupts such a read, the interpreter makes it
+again with its whole time limit, and with signals more often than that limit
+(a sampling profiler's, a watchdog's timer) it never ends. ``poll`` is made
+again with what is left of its time (PEP 475), so the deadline holds.
 
 The wait on a descriptor is ``posa.transport.base.wait_fd``: one ``poll`` call
 with this thread's poll object for that descriptor number, none made and
@@ -27,13 +23,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
+from collections.abc import Generator
+from typing import TypeVar
 
 from posa.errors import PosaError
 from posa.transport.base import Connection, Wait, default_wait_readable, wait_fd, waiter
 
-__all__ = ["drive", "drive_reads", "run_held", "readable", "Steps"]
+__all__ = ["drive", "run_held", "readable", "Steps"]
 
 _T = TypeVar("_T")
 Steps = Generator[tuple[Connection | None, float], bool, _T]
@@ -51,63 +47,6 @@ def drive(lock: threading.Lock, steps: Steps[_T]) -> _T:
                 conn, wait = steps.send(ready)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
-
-
-def drive_reads(lock: threading.Lock, steps: Steps[_T],
-                absorb: Callable[[bytes], None]) -> _T:
-    """``drive``, where a wait on a connection that can block its reads is a read
-    that waits, whose frame ``absorb`` takes in (holding ``lock``) before the
-    steps are told the connection was readable. Only for steps whose every
-    frame goes to ``absorb`` (a forwarder's), in the one thread reading them."""
-    try:
-        with lock:
-            conn, wait = next(steps)
-        while True:
-            blocks = _blocks.get(conn.__class__, _UNKNOWN)
-            if blocks is _UNKNOWN:
-                blocks = _blocks[conn.__class__] = getattr(
-                    conn.__class__, "block_reads", None)
-            try:
-                if blocks is None or not blocks(conn):
-                    blocks = None
-            except (OSError, ValueError, PosaError):
-                blocks = None       # closed under us: the steps' receive says how
-            if blocks is None:
-                ready = readable(conn, wait)
-                with lock:
-                    conn, wait = steps.send(ready)
-                continue
-            end = _monotonic() + wait
-            try:
-                got: bytes | bool | None = conn.recv_within(  # type: ignore[union-attr]
-                    wait if wait > 0.0 else 1e-6)
-            except (OSError, ValueError, PosaError):
-                got = True          # closed, broken: the steps' receive says how
-            if got is None:         # nothing, or a part of a frame: read on until ``end``
-                got = _read_until(conn, end)
-            with lock:
-                if got is True or got is False:
-                    conn, wait = steps.send(got)
-                else:
-                    absorb(got)
-                    conn, wait = steps.send(True)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-def _read_until(conn: Any, end: float) -> bytes | bool:
-    """A frame read by ``end`` (``monotonic``); False if none came in time; True if
-    the read failed (closed, broken: the steps' receive says how)."""
-    while True:
-        wait = end - _monotonic()
-        if wait <= 0.0:
-            return False
-        try:
-            frame: bytes | None = conn.recv_within(wait)
-        except (OSError, ValueError, PosaError):
-            return True
-        if frame is not None:
-            return frame
 
 
 def run_held(steps: Steps[_T]) -> _T:
@@ -139,7 +78,4 @@ def readable(conn: Connection | None, timeout: float) -> bool:
         return True  # closed under us: the next receive says how
 
 
-_monotonic = time.monotonic
-_UNKNOWN: Any = object()
-_blocks: dict[type, Callable[[Any], bool] | None] = {}  # each class's ``block_reads``
 _waits: dict[type, Wait] = {}   # how each connection class is waited on (``waiter``)

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 from posa.admission.gatekeeper import Authenticator
 from posa.delivery.budget import bounded, until
 from posa.delivery.sender import Sender
-from posa.delivery.waiting import drive_reads
+from posa.delivery.waiting import drive
 from posa.dispatch.weights import check_weight
 from posa.errors import Closed, NameNotFound, PosaError, Rejected, Timeout, TransportError
 from posa.naming.pages import registrations
@@ -158,15 +158,9 @@ class Client:
     def call(self, service: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Call ``service`` and return its reply body, failing over between servers
         until ``timeout``. Raises ``Timeout``, ``NameNotFound`` (no server at all) or
-        the error the handler raised.
-
-        The steps are driven by ``drive_reads``: the forwarder is this thread's
-        and every frame its steps wait for goes to its ``_absorb``, so over tcp
-        the wait for an answer is the read itself (two system calls per call,
-        not three); a back-off between servers is a sleep, as with ``drive``."""
-        fwd = self.sender.forwarder()
-        return drive_reads(fwd.lock, self.call_steps(service, body, timeout=timeout),
-                           fwd._absorb)
+        the error the handler raised."""
+        return drive(self.sender.forwarder().lock,
+                     self.call_steps(service, body, timeout=timeout))
 
     def call_steps(self, service: str, body: Any = None, *, timeout: float | None = None,
                    awaiting: Callable[[tuple[str, int]], None] = lambda key: None

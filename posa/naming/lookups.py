@@ -5,10 +5,10 @@ stream's machinery (sequence numbers, acknowledgements, a backlog to resend, the
 receiver's reply cache). ``LookupLine`` sends it as a REQUEST with stream 0 (the
 envelope of docs/protocol.md, unchanged: any dispatcher answers it) on a
 connection of one thread's own, and waits on that connection for the REPLY or
-ERROR whose correlation is the request's id. Over tcp the wait is the read
-itself (``TcpConnection.block_reads``: a receive timeout keeps the deadline), so
-a lookup costs its caller two system calls, a send and a receive; elsewhere it
-polls the connection first. A lost connection is made again
+ERROR whose correlation is the request's id: a poll of the connection, then a
+read (a read that waited with the socket's own time limit would start that
+time again after each signal, and never end while signals kept coming:
+``posa.delivery.waiting``). A lost connection is made again
 and the request sent again, until the deadline; a connect that fails for a
 setting (a ``TransportError`` that is also a ``ValueError``: tls files that do not
 load) is raised at once. Answers to earlier requests
@@ -97,10 +97,9 @@ class LookupLine:
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
-        # how to wait for an answer, chosen with the connection (``_watch``): a read
-        # that waits itself, else the poll of a poll object watching it (else, where
-        # the platform has no poll, posa.delivery.waiting.readable)
-        self._recv_within: Callable[[float], bytes | None] | None = None
+        # how to wait for an answer, chosen with the connection (``_watch``): the poll
+        # of a poll object watching it (where the platform has no poll,
+        # posa.delivery.waiting.readable)
         self._poll: Callable[[int], list[Any]] | None = None
         # ids start anywhere: anonymous lines' stream-less requests seldom share one
         self._id = random.randrange(1 << 31)
@@ -125,7 +124,7 @@ class LookupLine:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = connect(self.address, self._options)
-                    self._recv_within, self._poll = _watch(conn)
+                    self._poll = _watch(conn)
                 # sealed anew for each attempt: a stream-less frame sent twice would be
                 # refused as a replay (posa.admission.authenticator)
                 conn.send(envelope if auth is None else auth.seal(envelope))
@@ -147,14 +146,8 @@ class LookupLine:
 
     def _wait(self, conn: Connection, ask: int, deadline: float) -> Message:
         """The answer to request ``ask`` (REPLY or ERROR); ``Timeout`` at ``deadline``."""
-        recv_within = self._recv_within
         while True:
-            if recv_within is not None:     # one read that waits (queued frames first)
-                wait = deadline - _monotonic()
-                if wait <= 0.0 and not conn.pending():
-                    raise self._late()
-                frame = recv_within(wait if wait > 0.0 else 1e-6)
-            elif not conn.pending():
+            if not conn.pending():
                 # nothing queued: wait for the descriptor, which fires for the next
                 # frame (posa/transport/base.py); no receive that would find nothing
                 wait = deadline - _monotonic()
@@ -208,7 +201,7 @@ class LookupLine:
             return None
 
     def _drop(self) -> None:
-        conn, self._conn, self._recv_within, self._poll = self._conn, None, None, None
+        conn, self._conn, self._poll = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -220,20 +213,16 @@ class LookupLine:
         self._drop()
 
 
-def _watch(conn: Connection) -> tuple[Callable[[float], bytes | None] | None,
-                                      Callable[[int], list[Any]] | None]:
-    """How to wait for ``conn``'s answers: its ``recv_within`` where its reads can
-    wait themselves (a tcp connection: one system call per answer, no poll),
-    else the poll (milliseconds) of a poll object watching it, a wait in one
-    call with nothing looked up (neither without poll)."""
-    block_reads = getattr(conn, "block_reads", None)
-    if block_reads is not None and block_reads():
-        return conn.recv_within, None   # type: ignore[attr-defined]
+def _watch(conn: Connection) -> Callable[[int], list[Any]] | None:
+    """How to wait for ``conn``'s answers: the poll (milliseconds) of a poll
+    object watching it, a wait in one call with nothing looked up (None
+    without poll)."""
     if _poll is None:
-        return None, None
+        return None
     poller = _poll()
     poller.register(conn.fileno(), _POLLIN)
-    return None, poller.poll
+    wait: Callable[[int], list[Any]] = poller.poll
+    return wait
 
 
 def _backoff(deadline: float) -> float:

@@ -14,10 +14,10 @@ a read that completes one frame returns it, and only the frames after the first
 of a read wait, in ``_ready`` (newest first: ``pop()`` takes the oldest), so an
 idle connection holds no queue of its own; nor a poll object, made by the first
 blocking wait (and the writer's queue and condition: ``writer``, *Memory*).
-After ``block_reads`` (Linux, plain tcp) ``recv_within`` waits in the read itself,
-with a receive timeout of at most ``_CLOSE_SEEN`` s; every other read, and every
-write, still passes ``MSG_DONTWAIT``. An uncached lookup's line waits so, and a
-lone caller's request (``posa.delivery.waiting.drive_reads``).
+A wait is a ``poll`` of the descriptor, never a read with a receive timeout of
+the socket's own: a signal restarts such a read with its whole timeout, so
+signals more often than it would keep it waiting past any deadline
+(``posa.delivery.waiting``).
 
 *Closing.* ``close()`` writes the queue within ``linger``, ends the sending side
 and hands the socket to the reaper (``posa.transport.tcp.closing``), which closes it
@@ -35,8 +35,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
-import sys
 import threading
 import time
 
@@ -53,13 +51,6 @@ _CONNECTION_READ_SIZE = 64 * 1024  # one reused buffer per reading thread
 _buffers = threading.local()
 _NO_FRAMES: list[bytes] = []       # what a read of nothing completes; never changed
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-# reads that block with a receive timeout: where the flags and the timeval are known
-_BLOCKING_READS = sys.platform.startswith("linux") and _DONTWAIT != 0
-_timeval = struct.Struct("@ll").pack
-# a blocking read waits at most this long at once: a ``close`` from another thread
-# cannot wake it (only shutting the reading side would, and that ends the linger),
-# so the read looks at ``_closed`` again this often while its peer says nothing
-_CLOSE_SEEN = 0.5
 
 
 def _read_buffer() -> memoryview:
@@ -84,9 +75,6 @@ class TcpConnection(QueuedWriter):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._readable: select.poll | None = None     # made by the first blocking wait
-        self._blocking = False                # reads may block (block_reads)
-        self._reading = False                 # a thread reads in recv_within
-        self._read_timeout = 0.0              # the socket's receive timeout, once blocking
         with self._lock:
             self._queue_locked().push_raw(GREETING)
             self._flush_locked()
@@ -120,71 +108,6 @@ class TcpConnection(QueuedWriter):
             frames.reverse()
             self._ready = ready = frames
         return ready.pop()
-
-    def block_reads(self) -> bool:
-        """Let ``recv_within`` wait in the read itself: one system call where a
-        poll and a read took two. The socket becomes blocking (every other read
-        and every write still asks not to wait: ``MSG_DONTWAIT``). False where
-        that cannot be (TLS, not Linux): wait on ``fileno()`` then. Cheap once
-        it said True (a caller may ask before every wait)."""
-        if self._blocking:
-            return True
-        if not _BLOCKING_READS or type(self._sock) is not socket.socket:
-            return False
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            if not self._blocking:
-                self._sock.setblocking(True)
-                self._blocking = True
-        return True
-
-    def recv_within(self, timeout: float) -> bytes | None:
-        """The next frame, waiting at most ``timeout`` s (> 0) in one blocking read
-        (after ``block_reads``); None if none came, or if the read completed none
-        (a part of one; the listener's greeting): ask again with what is left of
-        the deadline. Raises as ``recv_nowait``, and ``Closed`` once closed from
-        another thread (seen within ``_CLOSE_SEEN`` s)."""
-        ready = self._ready
-        if ready:
-            return ready.pop()
-        # the receive timeout is set only when it must shrink to keep the deadline,
-        # or grow after it shrank (up to ``_CLOSE_SEEN``): a steady caller's reads
-        # set nothing
-        if timeout < self._read_timeout or (timeout > 4.0 * self._read_timeout
-                                            and self._read_timeout < _CLOSE_SEEN):
-            self._set_read_timeout(timeout if timeout < 0.05 else
-                                   min(timeout / 2.0, _CLOSE_SEEN))
-        # the socket stays ours while the read waits: ``_reading`` is set before
-        # ``_closed`` is read here, and ``close`` sets ``_closed`` before it reads
-        # ``_reading``, so one of them sees the other (no lock on the hot path)
-        self._reading = True
-        try:
-            if self._closed:
-                raise self._closed_error()
-            frames = self._read(0)
-        finally:
-            self._reading = False
-            if self._closed:
-                with self._lock:
-                    self._release_if_unused_locked()
-        if not frames and self._closed:     # closed while the read waited
-            raise self._closed_error()
-        if len(frames) < 2:
-            return frames[0] if frames else None
-        frames.reverse()
-        self._ready = frames
-        return frames.pop()
-
-    def _set_read_timeout(self, timeout: float) -> None:
-        seconds, micros = divmod(max(int(timeout * 1e6), 1), 1_000_000)  # (0: for ever)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                  _timeval(seconds, micros))
-        except OSError as exc:
-            with self._lock:
-                raise self._broken_locked(exc) from None
-        self._read_timeout = timeout
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Block for the next frame. Raises ``Timeout``, ``Closed``, ``TransportError``."""
@@ -231,7 +154,7 @@ class TcpConnection(QueuedWriter):
                 pass  # the listener reset the connection already: nothing to end
             if self._wake is not None:
                 self._wake[1].send(b"\0")
-            if not self._waiting and not self._reading:
+            if not self._waiting:
                 self._release_locked()
 
     def __enter__(self) -> TcpConnection:
@@ -247,12 +170,6 @@ class TcpConnection(QueuedWriter):
 
     def _fill(self) -> list[bytes]:
         """Read once without waiting; the frames that completes, oldest first."""
-        return self._read(_DONTWAIT)
-
-    def _read(self, flags: int) -> list[bytes]:
-        """Read once, without waiting unless ``flags`` is 0 on a socket whose reads
-        block (then within its receive timeout); the frames that completes,
-        oldest first."""
         if self._failure is not None:
             raise self._failure_error()
         try:
@@ -260,7 +177,7 @@ class TcpConnection(QueuedWriter):
         except AttributeError:
             view = _read_buffer()
         try:
-            size = self._sock.recv_into(view, 0, flags)
+            size = self._sock.recv_into(view, 0, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return _NO_FRAMES
         except OSError as exc:
@@ -310,7 +227,7 @@ class TcpConnection(QueuedWriter):
 
     def _release_if_unused_locked(self) -> None:
         """Once closed, give up the socket when no thread waits on it any more."""
-        if self._closed and not self._waiting and not self._reading:
+        if self._closed and not self._waiting:
             self._release_locked()
 
     def _release_locked(self) -> None:
@@ -323,11 +240,6 @@ class TcpConnection(QueuedWriter):
             for end in self._wake:
                 end.close()
         if self._failure is None:
-            if self._blocking:            # the reaper's reads must not wait
-                try:
-                    self._sock.setblocking(False)
-                except OSError:
-                    pass
             reaper.adopt(self._sock, self._close_deadline)
         else:
             self._sock.close()

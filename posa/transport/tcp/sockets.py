@@ -12,8 +12,8 @@ from posa.errors import TransportError
 __all__ = ["DIRECT_LIMIT", "NOSIGNAL", "dial", "error_text", "poll_ms", "too_large"]
 
 DIRECT_LIMIT = 64 * 1024           # frames up to this size are written with their header
-# the flags of every send: no SIGPIPE, and no wait even on a socket whose reads
-# block (``TcpConnection.block_reads``)
+# the flags of every send: no SIGPIPE, and no wait (the sockets are non-blocking,
+# but a forked child shares a descriptor's flags and may change them)
 NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0) | getattr(socket, "MSG_DONTWAIT", 0)
 
 
