@@ -344,8 +344,9 @@ class Peer:
         descriptors, and nothing else: no unregistering (the name is the parent's,
         which still serves it), no flush of the parent's streams, no call to the
         reactor (its thread is the parent's, absent here), no lock a thread of the
-        parent may have held at the fork. The listeners of transports that close an
-        inherited copy so (tcp, tls) are closed; the others are left as they are."""
+        parent may have held at the fork. tcp and tls listeners are closed here (the
+        child's descriptors only); those of zmq, nats and inproc were closed in the
+        child at the fork itself, by their transport."""
         from posa.transport.tcp.listener import TcpListener  # (here: tcp loads lazily)
         self._listening.accepting = False
         self.sender.close(linger=self.linger)   # (the parent's forwarders: copies only)

@@ -259,9 +259,9 @@ class Forwarder(Requesting, Flow):
         self.closed = True
         if self._pid != os.getpid():    # the connections are the parent's: no flush;
             from posa.transport.tcp.connection import TcpConnection  # (loaded lazily)
-            for target in self._targets.values():   # tcp's close closes the child's
-                if isinstance(target.conn, TcpConnection):  # copies only, the other
-                    target.conn.close()     # transports' may speak to the other side
+            for target in self._targets.values():   # tcp's (tls's) close closes the
+                if isinstance(target.conn, TcpConnection):  # child's copies only; zmq,
+                    target.conn.close()     # nats, inproc ones were closed at the fork
             return
         try:
             self._batches.write_all()

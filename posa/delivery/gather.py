@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from posa.admission.gatekeeper import Authenticator
 from posa.delivery.links import Resolve
 from posa.delivery.sender import Sender
 from posa.errors import Closed, PosaError, Timeout
+from posa.runtime.pools import Pool
 
 __all__ = ["Gathered", "Gatherer", "quorum_of"]
 
@@ -102,7 +102,7 @@ class Gatherer:
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self.sender = Sender("", resolve=resolve, authenticator=authenticator)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="posa-gather")
+        self._pool = Pool(threads, thread_name_prefix="posa-gather")
 
     def gather(self, members: Iterable[str], body: Any = None, *,
                quorum: int | None = None, timeout: float = 5.0,
@@ -151,7 +151,8 @@ class Gatherer:
             rnd.cond.notify_all()
 
     def close(self) -> None:
-        """Stop asking; requests still open end with the sender. Idempotent."""
+        """Stop asking; requests still open end with the sender. Idempotent. In a
+        forked child the pool (its threads, its lock) is left to the parent."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
 

@@ -27,7 +27,6 @@ import itertools
 import logging
 import secrets
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
@@ -42,6 +41,7 @@ from posa.naming.protocol import DISPATCHER, OPS, notice_to_wire, page_to_wire, 
 from posa.naming.registration import Registration
 from posa.naming.registry import LocalRegistry
 from posa.peer import DEFERRED, Peer
+from posa.runtime.pools import Pool
 from posa.security import Acl, Quotas
 from posa.wire.codec import Kind, Message
 
@@ -88,7 +88,7 @@ class Dispatcher:
                                      stats=self.stats)
         for address in peers:
             self.connect_peer(address)
-        self._workers = ThreadPoolExecutor(4, thread_name_prefix="posa-dispatcher")
+        self._workers = Pool(4, thread_name_prefix="posa-dispatcher")
         self._handlers = OPS.bind(self)
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,),
@@ -307,8 +307,20 @@ class Dispatcher:
         return self.peer.in_flight()
 
     def close(self) -> None:
-        """Stop serving; save the state one last time if a state file is kept."""
+        """Stop serving; save the state one last time if a state file is kept.
+
+        In a forked child the dispatcher is the parent's (its names, its state
+        file, its reactor and worker threads): closing it there closes the child's
+        copies of its descriptors only, with no snapshot and no handing over."""
         self._sweeper.cancel()
+        if not self._workers.inherited:
+            self._hand_over()
+        self.peer.close()
+        self._workers.shutdown(wait=False)      # (in a forked child: left alone)
+        self.federation.close()
+
+    def _hand_over(self) -> None:
+        """The last snapshot; a shared ``posa/dispatcher`` unregistered at once."""
         if self._state is not None:
             self.peer.reactor.call(self._state.snapshot)
         if self.shared:     # hand the shared posa/dispatcher over to another at once
@@ -316,9 +328,6 @@ class Dispatcher:
                 self.registry.unregister(DISPATCHER, credential=self.peer.credential)
             except PosaError:
                 pass
-        self.peer.close()
-        self._workers.shutdown(wait=False)
-        self.federation.close()
 
 
 def _serves(meta: Any) -> bool:

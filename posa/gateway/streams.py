@@ -128,8 +128,9 @@ class _Adopted(Subscriber):
         self.sync = sync
 
     async def close_now(self) -> None:
-        """Close from another thread: a receive waiting on the worker ends at once."""
-        await self._loop.run_in_executor(None, self.sync.close)
+        """Close from another thread: a receive waiting on the worker ends at once.
+        (In a forked child, on the child's loop; the worker is left to the parent.)"""
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.close)
         self._worker.shutdown(wait=False)
 
 

@@ -6,7 +6,6 @@ slaves by name or group pattern.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 from posa.errors import PosaError, Rejected
 from posa.naming.registration import Registry
 from posa.peer import DEFERRED, Peer
+from posa.runtime.pools import Pool
 from posa.wire.codec import Kind, Message
 
 __all__ = ["Slave"]
@@ -40,8 +40,7 @@ class Slave:
         self.stats = {"done": 0, "failed": 0}
         self._lock = threading.Lock()
         self._active = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix=f"posa-slave-{name}")
+        self._pool = Pool(threads, thread_name_prefix=f"posa-slave-{name}")
         self.peer = Peer(name, registry=registry, listen=listen)
         self.name = self.peer.name
         self.peer.serve(self._handle)
@@ -90,6 +89,8 @@ class Slave:
             self.peer.reply_error(msg, exc)
 
     def close(self) -> None:
-        """Finish the subtasks in hand, reply to them, close the peer."""
+        """Finish the subtasks in hand, reply to them, close the peer. In a forked
+        child the workers (and the pool's lock, which the parent's reactor thread
+        handing a subtask may have held at the fork) are the parent's: left alone."""
         self._pool.shutdown(wait=True)
         self.peer.close()
