@@ -46,14 +46,7 @@ from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import Steps, drive, run_held
-from posa.errors import (
-    Closed,
-    PosaError,
-    ProtocolError,
-    Timeout,
-    TransportError,
-    Unauthorized,
-)
+from posa.errors import Closed, PosaError, ProtocolError, Timeout, TransportError, Unauthorized
 from posa.runtime.reactor import Reactor
 from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
 from posa.runtime.trace import outgoing as _outgoing
@@ -200,7 +193,10 @@ class Forwarder(Requesting, Flow):
 
     def flush_steps(self, deadline: float, names: Collection[str] | None = None
                     ) -> Steps[None]:
-        """``flush`` as steps, driven like ``request_steps``."""
+        """``flush`` as steps, driven like ``request_steps``; a deadline that is no
+        time (nan, infinite: never passed) is refused before any wait."""
+        if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+            raise no_send_deadline(deadline)
         try:
             self._batches.write_all()
         except (TransportError, Timeout):
@@ -366,9 +362,10 @@ class Forwarder(Requesting, Flow):
             return target
         if self.closed:
             raise Closed(f"the forwarder of {self.name!r} is closed")
-        if self._pid != os.getpid():
-            raise Closed("this peer was created in the parent process; create peers "
-                         "after fork, in the process that uses them")
+        if self._pid != os.getpid():    # (a forwarder held across a fork by hand)
+            raise Closed(f"this forwarder of {self.name!r} was made before a fork, in the "
+                         "parent process: in the child, send through the Peer, Sender or "
+                         "Client, which gives the child a forwarder of its own")
         address, epoch, conn = yield from self._links.open_steps(name, deadline)
         target = self._targets[name] = Target(
             name, address, epoch, conn, pinned=name in self._links.pins, sender=self.name,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from posa.delivery.budget import no_send_deadline
 from posa.delivery.forwarder import Forwarder
 from posa.errors import Closed, NameNotFound, PartialDelivery, PosaError, Timeout
 
@@ -44,7 +45,10 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: An
     """Send ``body`` to every name of ``members`` (the group ``pattern``) through
     ``fwd`` by ``deadline``; return how many got it (acknowledged it, with
     ``confirm``). Raises ``PartialDelivery`` (after every member was tried) when
-    some did not."""
+    some did not. A ``deadline`` that is no time (nan, infinite) is refused
+    with ``ValueError`` before anything is sent (its waits would never end)."""
+    if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+        raise no_send_deadline(deadline)
     members = list(members)         # (a generator over the registry's pages, read once)
     unsent = list(members)          # nothing of the message in their stream yet
     unconfirmed: list[str] = []     # in their stream, not yet acknowledged
