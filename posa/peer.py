@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper
-from posa.delivery.budget import LONGEST, seconds, wrong_timeout
+from posa.delivery.budget import LONGEST, wrong_timeout
 from posa.delivery.group import send_to_group
 from posa.delivery.inbox import Inbox
 from posa.delivery.intake import DEFERRED, Intake
@@ -205,7 +205,7 @@ class Peer:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""
-        self.sender.flush(seconds(timeout, "a flush's timeout"))
+        self.sender.flush(timeout)     # (its timeout checked there: budget.seconds)
 
     # -- receiving -------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Message:
