@@ -186,13 +186,14 @@ class Forwarder(Requesting, Flow):
         """True while this forwarder has a stream to ``name`` (not given up)."""
         return name in self._targets
 
-    def flush(self, deadline: float, names: Collection[str] | None = None) -> None:
-        """Wait until every message sent so far (to ``names`` only, if given) is
-        acknowledged (or raise ``Timeout``)."""
-        drive(self.lock, self.flush_steps(deadline, names))
+    def flush(self, deadline: float, names: Collection[str] | None = None,
+              pause: float | None = None) -> None:
+        """Wait until all sent (to ``names`` only, if given) is acknowledged, or raise
+        ``Timeout``; at ``pause``, return, giving nothing up (a group send's slice)."""
+        drive(self.lock, self.flush_steps(deadline, names, pause))
 
-    def flush_steps(self, deadline: float, names: Collection[str] | None = None
-                    ) -> Steps[None]:
+    def flush_steps(self, deadline: float, names: Collection[str] | None = None,
+                    pause: float | None = None) -> Steps[None]:
         """``flush`` as steps, driven like ``request_steps``; a deadline that is no
         time (nan, infinite: never passed) is refused before any wait."""
         if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
@@ -202,7 +203,7 @@ class Forwarder(Requesting, Flow):
         except (TransportError, Timeout):
             pass    # the stall clock below resends
         for target in [t for t in self._targets.values() if names is None or t.name in names]:
-            yield from self._acked_steps(target, deadline, target.out.settled)
+            yield from self._acked_steps(target, deadline, target.out.settled, pause)
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""
@@ -376,14 +377,17 @@ class Forwarder(Requesting, Flow):
         """``_recover_steps``, blocking (the caller holds ``lock``)."""
         run_held(self._recover_steps(target, deadline, cause))
 
-    def _recover_steps(self, target: Target, deadline: float,
-                       cause: BaseException | None) -> Steps[None]:
-        """Re-resolve ``target``, resend its backlog until ``deadline``, or give up."""
+    def _recover_steps(self, target: Target, deadline: float, cause: BaseException | None,
+                       pause: float | None = None) -> Steps[None]:
+        """Re-resolve ``target``, resend its backlog until ``deadline`` (or ``pause``:
+        then stop, giving nothing up), or give up."""
         self._poll(target)      # acknowledgements already received shrink the backlog
+        until = deadline if pause is None or pause >= deadline else pause
         try:
-            yield from self._links.relink_steps(target, deadline, cause, self._batch_bytes)
+            yield from self._links.relink_steps(target, until, cause, self._batch_bytes)
         except Timeout as exc:
-            raise self._give_up(target, str(exc)) from None
+            if until >= deadline:
+                raise self._give_up(target, str(exc)) from None
         finally:
             self.generation += 1    # its connection may be another one now
 
