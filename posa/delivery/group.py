@@ -14,9 +14,10 @@ No member waits on another.  Members are served in rounds of growing time slices
 (``SLICE`` doubling up to ``MAX_SLICE``): in each round a member not reached yet
 gets one attempt to hand it the message, and a member that holds it unacknowledged
 gets one slice of recovery (reconnect, re-resolve, resend) and of waiting for its
-acknowledgement (``Forwarder.flush`` with ``pause``: the end of a slice gives nothing
-up, the message stays in the member's stream).  A dead member costs the live ones one
-slice, never the deadline; one that comes back before the deadline is reached.  A member that has not acknowledged the message by the deadline failed,
+acknowledgement (``Forwarder.flush`` with ``pause``: the end of a slice gives
+nothing up, the message stays in the member's stream).  A dead member costs the
+live ones one slice, never the deadline; one that comes back before the deadline
+is reached.  A member that has not acknowledged the message by the deadline failed,
 with the last error its attempts met; like any ``Timeout`` of a send, its message
 is given up: posa does not send it again.
 
