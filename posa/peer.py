@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper
+from posa.delivery.budget import LONGEST, wrong_timeout
 from posa.delivery.group import send_to_group
 from posa.delivery.inbox import Inbox
 from posa.delivery.intake import DEFERRED, Intake
@@ -153,7 +154,14 @@ class Peer:
         """Send ``body`` to ``name`` (or to every peer matching a group pattern).
 
         Returns the number of recipients. Raises ``NameNotFound``, ``Timeout`` if not
-        delivered in ``timeout``, ``PartialDelivery`` if some of a group were not."""
+        delivered in ``timeout``, ``PartialDelivery`` if some of a group were not;
+        ``ValueError`` for a timeout that is no number of seconds from 0 to
+        ``posa.delivery.budget.LONGEST`` (``budget.seconds``, made inline here)."""
+        try:
+            if not 0.0 <= timeout <= LONGEST:   # nan, negative, infinite, too large
+                raise wrong_timeout(timeout, "a send's timeout")
+        except TypeError:                       # not a number
+            raise wrong_timeout(timeout, "a send's timeout") from None
         deadline = _monotonic() + timeout
         fwd = self._by_thread.get(_ident())     # (``Sender.forwarder``, inline)
         if fwd is None or fwd.closed:
@@ -197,7 +205,7 @@ class Peer:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged by its recipients."""
-        self.sender.flush(timeout)
+        self.sender.flush(timeout)     # (its timeout checked there: budget.seconds)
 
     # -- receiving -------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> Message:

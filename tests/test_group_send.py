@@ -2,6 +2,9 @@
 run out) costs the live members nothing, and the sender learns which failed."""
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 
 import posa
@@ -89,3 +92,35 @@ def test_a_handler_relays_to_a_group_in_its_own_process() -> None:
     finally:
         for peer in members + [relay]:
             peer.close()
+
+
+def test_a_member_paused_for_less_than_the_deadline_is_reached_once(dispatcher: str) -> None:
+    """A member that holds the message unacknowledged past a slice (stopped for a
+    moment: SIGSTOP, a pause of its machine) keeps it in its stream for the next
+    round: it is reached once it goes on, before the deadline. (Its first slice's
+    flush gave the message up, for good: PartialDelivery after 0.05 s of 10.)"""
+    names = ["grp/pause/m0", "grp/pause/m1"]
+    members = {name: Proc.python(MEMBER, dispatcher, name) for name in names}
+    try:
+        for proc in members.values():
+            proc.expect("READY")
+        with posa.RegistryClient(dispatcher) as reg, \
+             posa.Peer("grp/pauser", registry=reg, listen="tcp://127.0.0.1:0") as sender:
+            assert sender.send("grp/pause/*", "warm", timeout=10.0) == 2
+            for proc in members.values():
+                assert proc.expect("GOT") == "warm"
+            paused = members[names[0]].popen
+            paused.send_signal(signal.SIGSTOP)
+            resume = threading.Timer(0.5, paused.send_signal, (signal.SIGCONT,))
+            resume.start()          # (the fault: a pause, shorter than the deadline)
+            try:
+                assert sender.send("grp/pause/*", "during", timeout=10.0) == 2
+            finally:
+                resume.join()
+                paused.send_signal(signal.SIGCONT)
+            assert sender.send("grp/pause/*", "after", timeout=10.0) == 2
+            for proc in members.values():
+                assert [proc.expect("GOT"), proc.expect("GOT")] == ["during", "after"]
+    finally:
+        for proc in members.values():
+            proc.close()

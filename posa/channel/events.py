@@ -80,10 +80,12 @@ def _is_pair(origin: Any) -> bool:
 class SubscriberState:
     """The subscriber's side: turns deliveries into events, notices holes.
 
-    ``incarnation`` is the channel run it follows. Counters: ``gaps`` (holes
-    noticed), ``missed`` (events known lost), ``dropped`` (the channel's drop
-    count for this subscription, as last reported), ``head`` (the channel's
-    last seq, as last reported), ``duplicates``; ``last_gap`` is the latest."""
+    ``incarnation`` is the channel run it follows. Counters, running totals
+    since the first subscription: ``gaps`` (holes noticed), ``missed`` (events
+    known lost), ``dropped`` (the channel's drops for this subscriber, summed
+    over its subscriptions: the channel counts each subscription from 0, and a
+    restart or a re-subscription makes a new one), ``duplicates``; ``head`` is
+    the channel's last seq, as last reported; ``last_gap`` is the latest."""
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
@@ -91,7 +93,8 @@ class SubscriberState:
         self.last_seq = 0
         self.gaps = 0
         self.missed = 0
-        self.dropped = 0
+        self._dropped_before = 0    # the drops of the channel's earlier subscriptions
+        self._reported = 0          # the current subscription's, as last reported
         self.head = 0
         self.duplicates = 0
         self.last_gap: Gap | None = None
@@ -117,17 +120,34 @@ class SubscriberState:
         if inc != self.incarnation:
             if self.incarnation is not None:
                 self._note(Gap("restart", self.last_seq, None))
+                self._reported, self._dropped_before = 0, self.dropped   # a new count
             self.incarnation = inc
             self.last_seq = 0
         if not gaps and self._pending is None and events \
                 and events[0].seq > self.last_seq:
             self.last_seq = events[-1].seq       # the common case: nothing to mark
-            self.dropped, self.head = dropped, head
+            if dropped < self._reported:        # (``_count``, inline)
+                self._dropped_before += self._reported
+            self._reported, self.head = dropped, head
             return events
         new = self._with_gaps(events, gaps)
         if new or not events:       # not a late copy: its counts are the latest
-            self.dropped, self.head = dropped, head
+            self._count(dropped)
+            self.head = head
         return new
+
+    @property
+    def dropped(self) -> int:
+        """The channel's drops for this subscriber, over all its subscriptions."""
+        return self._dropped_before + self._reported
+
+    def _count(self, dropped: int) -> None:
+        """Take the channel's count of ``dropped`` for the current subscription;
+        one lower than the last means the channel counts a new subscription
+        (this subscriber's again, in the same run): the last is kept in the total."""
+        if dropped < self._reported:
+            self._dropped_before += self._reported
+        self._reported = dropped
 
     def _events(self, runs: list[list[Any]]) -> list[Event]:
         """The events of a delivery's runs, bodies decoded."""

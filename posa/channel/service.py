@@ -53,6 +53,7 @@ from posa.channel.predicate import compile_filter
 from posa.channel.protocol import CHANNEL, FRAME_MARGIN, Publication, publication
 from posa.channel.store import HistoryStore, Stored, open_store
 from posa.channel.upstream import follow
+from posa.delivery.budget import seconds
 from posa.errors import Closed, PosaError, Rejected, Timeout
 from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
@@ -63,6 +64,7 @@ from posa.wire.names import validate_name
 __all__ = ["EventChannel"]
 
 log = logging.getLogger("posa.channel.service")
+_GIVEN_UP = "frames a subscriber has not acknowledged by then are sent again on a new stream"
 
 COMMIT_EVERY = 64       # publications the ingest thread numbers in one transaction at most
 
@@ -123,6 +125,7 @@ class EventChannel(ChannelControl):
             compile_filter(upstream_filter)
         if max_batch < 1 or window < 1 or inbox < 2 or park_limit < 1:
             raise ValueError("max_batch, window, park_limit must be >= 1 and inbox >= 2")
+        send_timeout = seconds(send_timeout, "send_timeout", _GIVEN_UP, zero=False)
         self.store = open_store(store)
         stored = self.store.load()
         self.core = _core_of(self.name, stored, history, history_bytes, history_age)

@@ -71,10 +71,11 @@ class Subscriber:
 
     Lost events are never silent: the event that follows a hole carries a
     ``Gap`` in ``event.gap``, and the counters ``gaps`` (holes), ``missed``
-    (events known lost), ``dropped`` (the channel's drop count for this
-    subscription), ``reconnects`` and ``last_gap`` say what happened.  With keys
-    on, give it ``authenticator``: its peer seals and checks every frame, so
-    only a channel holding the key can deliver to it (docs/security.md)."""
+    (events known lost), ``dropped`` (the channel's drops for this subscriber,
+    a running total over its re-subscriptions), ``reconnects`` and ``last_gap``
+    say what happened.  With keys on, give it ``authenticator``: its peer seals
+    and checks every frame, so only a channel holding the key can deliver to it
+    (docs/security.md)."""
 
     def __init__(self, channel: str, *, topics: Sequence[str] | str = ("",),
                  filter: Any = None, policy: str = "drop-oldest", buffer: int = 1000,

@@ -62,7 +62,8 @@ class Flow:
         def _open_target(self, name: str, deadline: float) -> Target: ...
         def open_steps(self, name: str, deadline: float) -> Steps[Target]: ...
         def _recover_steps(self, target: Target, deadline: float,
-                           cause: BaseException | None) -> Steps[None]: ...
+                           cause: BaseException | None,
+                           pause: float | None = None) -> Steps[None]: ...
         def _absorb(self, frame: bytes) -> None: ...
         def _give_up(self, target: Target, why: str) -> Timeout: ...
         def _refusal(self, target: Target) -> Unauthorized: ...
@@ -189,13 +190,16 @@ class Flow:
             conns ^= id(target.conn)
         return acked, len(self._replies), conns
 
-    def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool]
-                     ) -> Steps[None]:
+    def _acked_steps(self, target: Target, deadline: float, done: Callable[[], bool],
+                     pause: float | None = None) -> Steps[None]:
         """Read ``target``'s acknowledgements until ``done()``, as steps: the backlog
         is resent when none came for ``ack_timeout`` s (or a MOVED hint came), and
-        given up at ``deadline`` (a Timeout is final). The one waiting loop of
-        ``flush``, of a full window and of ``posa.aio``'s wait for room."""
+        given up at ``deadline`` (a Timeout is final). With ``pause``, the wait (and
+        a recovery in it) ends then, giving nothing up: a group send's slice of its
+        deadline (``posa.delivery.group``). The one waiting loop of ``flush``, of a
+        full window and of ``posa.aio``'s wait for room."""
         acked, stall_until = target.out.acked, time.monotonic() + self.ack_timeout
+        end = deadline if pause is None or pause > deadline else pause
         while not done():
             if target.refused is not None:
                 raise self._refusal(target)
@@ -204,19 +208,21 @@ class Flow:
                 raise self._give_up(target, f"messages to {target.name!r} at "
                                     f"{target.address} were not acknowledged in time; "
                                     "the peer may be overloaded or gone")
+            if now >= end:
+                return          # the slice is over: the backlog stays in the stream
             if target.out.acked != acked:       # progress: the stall clock restarts
                 acked, stall_until = target.out.acked, now + self.ack_timeout
             if now >= stall_until or target.moved is not None:
-                yield from self._recover_steps(target, deadline, None)
+                yield from self._recover_steps(target, deadline, None, pause)
                 stall_until = time.monotonic() + self.ack_timeout
                 continue
             conn = target.conn
             try:
                 frame = conn.recv_nowait()
             except TransportError as exc:
-                yield from self._recover_steps(target, deadline, exc)
+                yield from self._recover_steps(target, deadline, exc, pause)
                 continue
             if frame is not None:
                 self._absorb(frame)
             elif not conn.pending():
-                yield conn, max(0.0, min(deadline, stall_until) - now)
+                yield conn, max(0.0, min(end, stall_until) - now)

@@ -46,14 +46,7 @@ from posa.delivery.links import Links, Resolve
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import Steps, drive, run_held
-from posa.errors import (
-    Closed,
-    PosaError,
-    ProtocolError,
-    Timeout,
-    TransportError,
-    Unauthorized,
-)
+from posa.errors import Closed, PosaError, ProtocolError, Timeout, TransportError, Unauthorized
 from posa.runtime.reactor import Reactor
 from posa.runtime.trace import active as _traced  # truthy inside a trace: one check
 from posa.runtime.trace import outgoing as _outgoing
@@ -193,20 +186,24 @@ class Forwarder(Requesting, Flow):
         """True while this forwarder has a stream to ``name`` (not given up)."""
         return name in self._targets
 
-    def flush(self, deadline: float, names: Collection[str] | None = None) -> None:
-        """Wait until every message sent so far (to ``names`` only, if given) is
-        acknowledged (or raise ``Timeout``)."""
-        drive(self.lock, self.flush_steps(deadline, names))
+    def flush(self, deadline: float, names: Collection[str] | None = None,
+              pause: float | None = None) -> None:
+        """Wait until all sent (to ``names`` only, if given) is acknowledged, or raise
+        ``Timeout``; at ``pause``, return, giving nothing up (a group send's slice)."""
+        drive(self.lock, self.flush_steps(deadline, names, pause))
 
-    def flush_steps(self, deadline: float, names: Collection[str] | None = None
-                    ) -> Steps[None]:
-        """``flush`` as steps, driven like ``request_steps``."""
+    def flush_steps(self, deadline: float, names: Collection[str] | None = None,
+                    pause: float | None = None) -> Steps[None]:
+        """``flush`` as steps, driven like ``request_steps``; a deadline that is no
+        time (nan, infinite: never passed) is refused before any wait."""
+        if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+            raise no_send_deadline(deadline)
         try:
             self._batches.write_all()
         except (TransportError, Timeout):
             pass    # the stall clock below resends
         for target in [t for t in self._targets.values() if names is None or t.name in names]:
-            yield from self._acked_steps(target, deadline, target.out.settled)
+            yield from self._acked_steps(target, deadline, target.out.settled, pause)
 
     def forget(self, name: str) -> None:
         """Drop the target ``name``: unacknowledged messages to it are given up."""
@@ -366,9 +363,10 @@ class Forwarder(Requesting, Flow):
             return target
         if self.closed:
             raise Closed(f"the forwarder of {self.name!r} is closed")
-        if self._pid != os.getpid():
-            raise Closed("this peer was created in the parent process; create peers "
-                         "after fork, in the process that uses them")
+        if self._pid != os.getpid():    # (a forwarder held across a fork by hand)
+            raise Closed(f"this forwarder of {self.name!r} was made before a fork, in the "
+                         "parent process: in the child, send through the Peer, Sender or "
+                         "Client, which gives the child a forwarder of its own")
         address, epoch, conn = yield from self._links.open_steps(name, deadline)
         target = self._targets[name] = Target(
             name, address, epoch, conn, pinned=name in self._links.pins, sender=self.name,
@@ -379,14 +377,17 @@ class Forwarder(Requesting, Flow):
         """``_recover_steps``, blocking (the caller holds ``lock``)."""
         run_held(self._recover_steps(target, deadline, cause))
 
-    def _recover_steps(self, target: Target, deadline: float,
-                       cause: BaseException | None) -> Steps[None]:
-        """Re-resolve ``target``, resend its backlog until ``deadline``, or give up."""
+    def _recover_steps(self, target: Target, deadline: float, cause: BaseException | None,
+                       pause: float | None = None) -> Steps[None]:
+        """Re-resolve ``target``, resend its backlog until ``deadline`` (or ``pause``:
+        then stop, giving nothing up), or give up."""
         self._poll(target)      # acknowledgements already received shrink the backlog
+        until = deadline if pause is None or pause >= deadline else pause
         try:
-            yield from self._links.relink_steps(target, deadline, cause, self._batch_bytes)
+            yield from self._links.relink_steps(target, until, cause, self._batch_bytes)
         except Timeout as exc:
-            raise self._give_up(target, str(exc)) from None
+            if until >= deadline:
+                raise self._give_up(target, str(exc)) from None
         finally:
             self.generation += 1    # its connection may be another one now
 

@@ -13,9 +13,11 @@ the last send still takes a write or two).
 No member waits on another.  Members are served in rounds of growing time slices
 (``SLICE`` doubling up to ``MAX_SLICE``): in each round a member not reached yet
 gets one attempt to hand it the message, and a member that holds it unacknowledged
-gets one slice of recovery (reconnect, re-resolve, resend).  A dead member costs the
-live ones one slice, never the deadline; one that comes back before the deadline is
-reached.  A member that has not acknowledged the message by the deadline failed,
+gets one slice of recovery (reconnect, re-resolve, resend) and of waiting for its
+acknowledgement (``Forwarder.flush`` with ``pause``: the end of a slice gives
+nothing up, the message stays in the member's stream).  A dead member costs the
+live ones one slice, never the deadline; one that comes back before the deadline
+is reached.  A member that has not acknowledged the message by the deadline failed,
 with the last error its attempts met; like any ``Timeout`` of a send, its message
 is given up: posa does not send it again.
 
@@ -29,6 +31,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from posa.delivery.budget import no_send_deadline
 from posa.delivery.forwarder import Forwarder
 from posa.errors import Closed, NameNotFound, PartialDelivery, PosaError, Timeout
 
@@ -44,7 +47,10 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: An
     """Send ``body`` to every name of ``members`` (the group ``pattern``) through
     ``fwd`` by ``deadline``; return how many got it (acknowledged it, with
     ``confirm``). Raises ``PartialDelivery`` (after every member was tried) when
-    some did not."""
+    some did not. A ``deadline`` that is no time (nan, infinite) is refused
+    with ``ValueError`` before anything is sent (its waits would never end)."""
+    if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+        raise no_send_deadline(deadline)
     members = list(members)         # (a generator over the registry's pages, read once)
     unsent = list(members)          # nothing of the message in their stream yet
     unconfirmed: list[str] = []     # in their stream, not yet acknowledged
@@ -62,7 +68,8 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: An
         if not confirm:
             unconfirmed.clear()         # in their streams: reached, as far as we can tell
         for member in list(unconfirmed):
-            if _confirm(fwd, member, min(deadline, time.monotonic() + step), final, errors):
+            if _confirm(fwd, member, min(deadline, time.monotonic() + step), deadline, final,
+                        errors):
                 unconfirmed.remove(member)      # acknowledged, or given up (in errors)
         if final:
             break
@@ -96,18 +103,23 @@ def _hand_over(fwd: Forwarder, member: str, body: Any, headers: dict[str, Any] |
     return True
 
 
-def _confirm(fwd: Forwarder, member: str, until: float, final: bool,
+def _confirm(fwd: Forwarder, member: str, until: float, deadline: float, final: bool,
              errors: dict[str, PosaError]) -> bool:
     """Wait until ``until`` for ``member`` to acknowledge everything sent to it
-    (resending as the forwarder does); True once settled: it did, or the forwarder
-    gave its messages up (a send Timeout is final), which leaves its error."""
+    (resending as the forwarder does, and giving nothing up before ``deadline``);
+    True once settled: it did, or the forwarder gave its messages up (a send
+    Timeout is final), which leaves its error."""
     if not fwd.knows(member):
         errors.setdefault(member, Timeout(f"gave up the message to {member!r}"))
         return True
     try:
         if final:
             fwd.poll(member)    # at the deadline: read the acknowledgements already in
-        fwd.flush(until, names=(member,))
+            fwd.flush(until, names=(member,))
+        else:                   # a slice: unacknowledged, it stays in the stream
+            fwd.flush(deadline, names=(member,), pause=until)
+            if fwd.in_flight(member):
+                return False
     except PosaError as exc:
         errors[member] = exc
         return False

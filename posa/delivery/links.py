@@ -19,7 +19,10 @@ notice is a hint, not a fact: it may have waited in a socket while the sender
 was idle and the peer moved on several times since, so the registry's answer
 wins when it is as new or newer, and the notice is used only when the registry
 has not caught up (or cannot be asked).  Retries back off and end at the
-message's deadline with ``Timeout`` naming the target.  First contact
+message's deadline with ``Timeout`` naming the target and, if its connection
+failed since the last acknowledgement, that failure (a certificate that does
+not verify, a refused connection: the retries go on, for a listener put right
+in time, but the caller learns why they failed).  First contact
 (``open``) retries the same way: a peer that crashed while its lease runs is
 still registered, and one that restarts before the deadline is reached.
 """
@@ -91,6 +94,9 @@ class Links:
         self._conns: dict[str, Connection] = {}
         self._stale: dict[str, None] = {}   # names given up on: resolved afresh next
         # time (a dict: an empty set is 216 bytes, an empty dict 64)
+        # name -> (its target, the target's acknowledged count then, the last failure
+        # of its link): what given_up names, if that stream acknowledged nothing since
+        self._failed: dict[str, tuple[Target, int, BaseException]] = {}
 
     def resolve(self, name: str, fresh: bool) -> tuple[tuple[str, ...], int]:
         """The addresses of ``name`` and the epoch of its registration (0 if pinned)."""
@@ -150,6 +156,10 @@ class Links:
         written may still arrive, once, where it was written), and the next
         send to the name resolves it afresh and starts a new stream."""
         self._stale[target.name] = None
+        failed = self._failed.pop(target.name, None)
+        if failed is not None and failed[0] is target and failed[1] == target.out.acked \
+                and str(failed[2]) not in why:
+            why = f"{why}; the last error: {failed[2]}"     # nothing acknowledged since
         return Timeout(f"{why}; gave up {len(target.out)} unacknowledged message(s) "
                        f"to {target.name!r}: not known to be delivered, and posa will "
                        "not send them again")
@@ -184,6 +194,7 @@ class Links:
         while True:
             try:
                 if isinstance(last, TransportError) and not isinstance(last, Unanswered):
+                    self._failed[target.name] = (target, target.out.acked, last)
                     self.drop(target.address)
                 addresses, epoch = self._where(target, hint)
                 address = target.address if target.address in addresses else addresses[0]

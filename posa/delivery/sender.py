@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator
+from posa.delivery.budget import seconds
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.links import Resolve
 from posa.errors import Closed, PosaError
@@ -94,8 +95,8 @@ class Sender:
     def send(self, name: str, body: Any, *, headers: dict[str, Any] | None = None,
              timeout: float = 5.0, kind: int = Kind.SEND) -> int:
         """Send reliably to one name; returns the message's sequence number."""
-        return self.forwarder().send(name, body, kind=kind, headers=headers,
-                                     deadline=time.monotonic() + timeout)
+        return self.forwarder().send(name, body, kind=kind, headers=headers, deadline=(
+            time.monotonic() + seconds(timeout, "a send's timeout")))
 
     def request(self, name: str, body: Any, *, timeout: float = 5.0,
                 headers: dict[str, Any] | None = None, failfast: bool = False) -> Message:
@@ -110,7 +111,7 @@ class Sender:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything this thread sent is acknowledged."""
-        self.forwarder().flush(time.monotonic() + timeout)
+        self.forwarder().flush(time.monotonic() + seconds(timeout, "a flush's timeout"))
 
     def unacknowledged(self) -> int:
         """Messages sent by every thread and not yet acknowledged (approximate)."""
