@@ -10,12 +10,15 @@ which drops duplicates per stream, handled it twice. A member that was
 only slow met the same fate: with its window full (a process stopped by
 SIGSTOP for longer than the first slice), the wait for room gave up the
 member's whole backlog at the end of the slice, though all of it had been
-written. The slice only bounds how long the group waits for the member; the
+written; with a window of 1, where the send waited for its acknowledgement
+(up to the slice, then gave it up), a stopped member got a copy every round. The
+slice only bounds how long the group waits for the member; the
 message stays in its stream until the group's deadline, and the recovery
 resends it there, where the member drops the copy it already has.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -131,6 +134,7 @@ def test_a_member_stopped_longer_than_a_slice_gets_the_message_once(
             sender.send("once/stopped/m", "before", timeout=10.0)
             sender.flush(timeout=10.0)      # connected, nothing unacknowledged
             proc.popen.send_signal(signal.SIGSTOP)
+            os.waitpid(proc.popen.pid, os.WUNTRACED)    # it is stopped: reads nothing
             sender.send("once/stopped/m", "unacked", timeout=10.0)  # in its socket: the
             # window of 2 is full with the group's message, until the member reads
             attempts = [0]      # of the group send to hand the message over
@@ -154,3 +158,33 @@ def test_a_member_stopped_longer_than_a_slice_gets_the_message_once(
     finally:
         proc.popen.send_signal(signal.SIGCONT)
         proc.close()
+
+
+def test_with_a_window_of_one_a_stopped_member_costs_the_others_a_slice(
+        dispatcher: str) -> None:
+    names = ["once/one/m0", "once/one/m1"]
+    procs = [Proc.python(MEMBER, dispatcher, name) for name in names]
+    try:
+        for proc in procs:
+            proc.expect("READY")
+        with posa.RegistryClient(dispatcher) as reg, \
+             posa.Peer("once/sender3", registry=reg, listen="tcp://127.0.0.1:0",
+                       window=1) as sender:
+            for name, proc in zip(names, procs):
+                sender.send(name, "before", timeout=10.0)  # connected, acknowledged
+                assert proc.expect("GOT") == "before"
+            procs[0].popen.send_signal(signal.SIGSTOP)
+            os.waitpid(procs[0].popen.pid, os.WUNTRACED)
+            with pytest.raises(posa.PartialDelivery) as caught:
+                sender.send("once/one/*", "group", timeout=2.0)
+            assert caught.value.delivered == names[1:]      # not held up by m0 until
+            assert set(caught.value.failed) == {names[0]}   # the deadline
+            assert procs[1].expect("GOT") == "group"
+            procs[0].popen.send_signal(signal.SIGCONT)
+            assert procs[0].expect("GOT") == "group"        # the copy written, once
+            sender.send(names[0], "after", timeout=10.0)
+            assert procs[0].expect("GOT") == "after"
+    finally:
+        for proc in procs:
+            proc.popen.send_signal(signal.SIGCONT)
+            proc.close()

@@ -90,8 +90,9 @@ class Flow:
         if the message is in the stream (written, or kept for the recovery that
         goes on after ``pause``); False if it was not sent (no room by ``pause``).
         Raises what a first contact raises (``NameNotFound``; ``Timeout`` at
-        ``pause``: nothing sent). With ``window`` 1 the send waits for its
-        acknowledgement, up to ``deadline``, as every send does."""
+        ``pause``: nothing sent). The acknowledgement is not waited for, not
+        even with a ``window`` of 1 (the message is sent once it is empty): the
+        group waits for it a slice at a time."""
         return drive(self.lock, self._slice_steps(name, body, headers, deadline, pause))
 
     def _slice_steps(self, name: str, body: Any, headers: dict[str, Any] | None,
@@ -99,13 +100,19 @@ class Flow:
         if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
             raise no_send_deadline(deadline)
         target = yield from self.open_steps(name, deadline if pause > deadline else pause)
-        room = max(self.window - 1, 1)      # (send_locked waits for none but a window of 1)
+        room = max(self.window - 1, 1)      # room for this message, and no wait after it
         yield from self._acked_steps(target, deadline, lambda: len(target.out.unacked) < room,
                                      pause)
         if self._targets.get(name) is not target or len(target.out.unacked) >= room:
             return False        # the slice ended waiting for room: nothing sent
         failed: list[BaseException | None] = []
-        self.send_locked(name, body, _SEND, headers, deadline, failed)
+        # a window of 1 is full with this message: send_locked would wait for its
+        # acknowledgement up to the deadline, and the group waits a slice at a time
+        window, self.window = self.window, max(self.window, 2)
+        try:
+            self.send_locked(name, body, _SEND, headers, deadline, failed)
+        finally:
+            self.window = window
         if failed:              # a failed write, a MOVED notice: the message stays in
             yield from self._recover_steps(target, deadline, failed[0], pause)  # the stream
         return True
