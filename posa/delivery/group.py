@@ -19,11 +19,11 @@ nothing up, the message stays in the member's stream).  The attempt is bounded b
 its slice the same way (``Flow.send_in_slice``): a write that fails, after its
 bytes may have left, keeps the message in the stream, and the recovery goes on
 in the next rounds; sent again on a new stream, a copy that had arrived would
-be handled twice.  A dead member costs the
-live ones one slice, never the deadline; one that comes back before the deadline
-is reached.  A member that has not acknowledged the message by the deadline failed,
-with the last error its attempts met; like any ``Timeout`` of a send, its message
-is given up: posa does not send it again.
+be handled twice.  A dead member costs the live ones one slice, never the
+deadline; one that comes back before the deadline is reached.  A member that has
+not acknowledged the message by the deadline failed, with the last error its
+attempts met; like any ``Timeout`` of a send, its message is given up: posa does
+not send it again.
 
 On a reactor thread (a handler's group send) acknowledgements cannot be awaited:
 members in this process are served by that very thread.  There (``confirm=False``)
