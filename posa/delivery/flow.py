@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import no_send_deadline, not_finite
 from posa.delivery.target import BATCH_MAX
-from posa.delivery.waiting import Steps
+from posa.delivery.waiting import Steps, drive
 from posa.errors import Timeout, TransportError, Unauthorized
 from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Flow"]
 
-_REQUEST = Kind.REQUEST
+_REQUEST, _SEND = Kind.REQUEST, Kind.SEND
 
 
 class Flow:
@@ -81,6 +81,41 @@ class Flow:
         if failed:
             yield from self.recovery_steps(name, deadline, failed[0])
         return seq
+
+    def send_in_slice(self, name: str, body: Any, headers: dict[str, Any] | None,
+                      deadline: float, pause: float) -> bool:
+        """Put one SEND to ``name`` into its stream, waiting for first contact, room
+        in the window and a recovery only until ``pause``, and giving nothing up
+        before ``deadline``: a group send's slice (``posa.delivery.group``). True
+        if the message is in the stream (written, or kept for the recovery that
+        goes on after ``pause``); False if it was not sent (no room by ``pause``).
+        Raises what a first contact raises (``NameNotFound``; ``Timeout`` at
+        ``pause``: nothing sent). The acknowledgement is not waited for, not
+        even with a ``window`` of 1 (the message is sent once it is empty): the
+        group waits for it a slice at a time."""
+        return drive(self.lock, self._slice_steps(name, body, headers, deadline, pause))
+
+    def _slice_steps(self, name: str, body: Any, headers: dict[str, Any] | None,
+                     deadline: float, pause: float) -> Steps[bool]:
+        if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+            raise no_send_deadline(deadline)
+        target = yield from self.open_steps(name, deadline if pause > deadline else pause)
+        room = max(self.window - 1, 1)      # room for this message, and no wait after it
+        yield from self._acked_steps(target, deadline, lambda: len(target.out.unacked) < room,
+                                     pause)
+        if self._targets.get(name) is not target or len(target.out.unacked) >= room:
+            return False        # the slice ended waiting for room: nothing sent
+        failed: list[BaseException | None] = []
+        # a window of 1 is full with this message: send_locked would wait for its
+        # acknowledgement up to the deadline, and the group waits a slice at a time
+        window, self.window = self.window, max(self.window, 2)
+        try:
+            self.send_locked(name, body, _SEND, headers, deadline, failed)
+        finally:
+            self.window = window
+        if failed:              # a failed write, a MOVED notice: the message stays in
+            yield from self._recover_steps(target, deadline, failed[0], pause)  # the stream
+        return True
 
     def recovery_steps(self, name: str, deadline: float,
                        cause: BaseException | None) -> Steps[None]:

@@ -15,11 +15,15 @@ No member waits on another.  Members are served in rounds of growing time slices
 gets one attempt to hand it the message, and a member that holds it unacknowledged
 gets one slice of recovery (reconnect, re-resolve, resend) and of waiting for its
 acknowledgement (``Forwarder.flush`` with ``pause``: the end of a slice gives
-nothing up, the message stays in the member's stream).  A dead member costs the
-live ones one slice, never the deadline; one that comes back before the deadline
-is reached.  A member that has not acknowledged the message by the deadline failed,
-with the last error its attempts met; like any ``Timeout`` of a send, its message
-is given up: posa does not send it again.
+nothing up, the message stays in the member's stream).  The attempt is bounded by
+its slice the same way (``Flow.send_in_slice``): a write that fails, after its
+bytes may have left, keeps the message in the stream, and the recovery goes on
+in the next rounds; sent again on a new stream, a copy that had arrived would
+be handled twice.  A dead member costs the live ones one slice, never the
+deadline; one that comes back before the deadline is reached.  A member that has
+not acknowledged the message by the deadline failed, with the last error its
+attempts met; like any ``Timeout`` of a send, its message is given up: posa does
+not send it again.
 
 On a reactor thread (a handler's group send) acknowledgements cannot be awaited:
 members in this process are served by that very thread.  There (``confirm=False``)
@@ -61,7 +65,7 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: An
         final = started >= deadline
         for member in list(unsent):
             if _hand_over(fwd, member, body, headers, min(deadline, time.monotonic() + step),
-                          errors):
+                          deadline, errors):
                 unconfirmed.append(member)
             if member in unconfirmed or isinstance(errors.get(member), NameNotFound):
                 unsent.remove(member)   # a member that left the group is not retried
@@ -86,11 +90,17 @@ def send_to_group(fwd: Forwarder, pattern: str, members: Iterable[str], body: An
 
 
 def _hand_over(fwd: Forwarder, member: str, body: Any, headers: dict[str, Any] | None,
-               until: float, errors: dict[str, PosaError]) -> bool:
-    """One attempt to put the message into ``member``'s stream; True if it is there
-    (written, or kept for recovery after a failed write)."""
+               until: float, deadline: float, errors: dict[str, PosaError]) -> bool:
+    """One attempt, until ``until``, to put the message into ``member``'s stream;
+    True if it is there (written, or kept for recovery after a failed write).
+    Nothing is given up before ``deadline``: a message whose write failed after
+    its bytes left may have arrived, and sent again on a new stream it would be
+    handled twice."""
     try:
-        fwd.send(member, body, headers=headers, deadline=until)
+        if not fwd.send_in_slice(member, body, headers, deadline, until):
+            errors[member] = Timeout(f"no room to send to {member!r}: {fwd.window} "
+                                     "messages to it were not acknowledged in time")
+            return False        # the slice ended waiting for room: nothing sent
     except Closed:
         if fwd.closed:
             raise               # this peer is closed: nothing can be sent

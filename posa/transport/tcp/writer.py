@@ -19,6 +19,11 @@ lock (the socket, the queue, whether it is closing, closed or failed); its
 subclass ``TcpConnection`` adds the receiving half and gives the socket up.
 Methods named ``*_locked`` run with the lock held.
 
+*Losses.* Frames queued on a connection that fails are lost (a forwarder's
+stream still holds them and resends them on its next connection); the line
+that says so is logged once per address per ``LOSS_INTERVAL`` (``LossLog``):
+a sender retries a connection that keeps failing dozens of times a second.
+
 *Memory.* An idle connection holds no queue, no condition and no poll object:
 the queue is made by the first send the socket does not take at once and
 dropped again when the flush empties it (an empty one is shared), the
@@ -42,7 +47,7 @@ from posa.transport.base import Options
 from posa.transport.framing import MAX_LENGTH, SendQueue, pack_length
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
 
-__all__ = ["QueuedWriter"]
+__all__ = ["QueuedWriter", "LossLog", "LOSS_INTERVAL"]
 
 log = logging.getLogger("posa.transport.tcp")
 
@@ -53,6 +58,50 @@ _FLUSHER_IDLE = 1.0                # s: an idle flusher thread ends after this l
 _NO_QUEUE = SendQueue()            # an idle connection's queue: shared, never pushed to
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
          errno.ESHUTDOWN, errno.ETIMEDOUT)
+LOSS_INTERVAL = 10.0               # s: one "frames ... are lost" line per address this often
+_LOSS_ADDRESSES = 1024             # addresses remembered (then the quiet ones are forgotten)
+
+
+class LossLog:
+    """The "frames queued ... are lost" warning, once per address per ``interval``.
+
+    A connection that keeps failing (a listener whose certificate does not verify,
+    one that resets every connection) is made again by its sender on every retry,
+    dozens of times a second, and each attempt loses what it had queued: the first
+    loss of an address is logged at once, the next ones within ``interval`` are
+    counted, and the next line for that address says how many there were."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOSS_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.interval, self._clock = logger, interval, clock
+        self._lock = threading.Lock()
+        self._quiet: dict[str, list[float]] = {}    # address -> [until, losses, frames]
+
+    def lost(self, address: str, frames: int, why: str) -> bool:
+        """Report ``frames`` lost on the connection to ``address`` because ``why``;
+        True if a line was logged."""
+        now = self._clock()
+        with self._lock:
+            state = self._quiet.get(address)
+            if state is not None and now < state[0]:
+                state[1] += 1
+                state[2] += frames
+                return False
+            if state is None and len(self._quiet) >= _LOSS_ADDRESSES:
+                self._quiet = {a: s for a, s in self._quiet.items() if now < s[0]}
+            self._quiet[address] = [now + self.interval, 0.0, 0.0]
+        message, args = "%d frames queued for %s are lost: %s", [frames, address, why]
+        if state is not None and state[1]:
+            message += " (and %d more times, %d frames, since the last such line)"
+            args += [int(state[1]), int(state[2])]
+        else:
+            message += " (repeats within %g s are only counted)"
+            args.append(self.interval)
+        self.logger.warning(message, *args)
+        return True
+
+
+losses = LossLog(log)
 
 
 class QueuedWriter:
@@ -276,8 +325,7 @@ class QueuedWriter:
             self._failure = (TransportError, f"the connection to {self.address} "
                                              f"failed: {error_text(exc)}")
         if self._out:
-            log.warning("%d frames queued for %s are lost: %s", len(self._out),
-                        self.address, self._failure[1])
+            losses.lost(self.address, len(self._out), self._failure[1])
         self._discard_locked()
         return self._failure_error()
 
