@@ -20,7 +20,6 @@ thread of the peer's own.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import logging
@@ -35,6 +34,7 @@ from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
 from posa.naming.pages import registrations
+from posa.runtime.pools import Pool
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 
@@ -77,8 +77,7 @@ class Peer:
         if kwargs.get("window", 2) < 2:
             raise ValueError("posa.aio.Peer needs window=2 or more: with a window of 1 "
                              "every send waits for its acknowledgement")
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"posa-aio-{name}")
+        self._worker = Pool(1, thread_name_prefix=f"posa-aio-{name}")
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._handler = handler
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -269,10 +268,17 @@ class Peer:
         return await self._run(self._sync.migrate, listen, **kwargs)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Deliver what the event loop sent (up to ``linger``), then close. Idempotent."""
+        """Deliver what the event loop sent (up to ``linger``), then close. Idempotent.
+
+        In a forked child the worker thread (and its pool's lock, which a thread of
+        the parent may have held at the fork) and the event loop are the parent's:
+        the close runs on a worker of the child's own, in the running loop, and
+        closes what ``posa.Peer.close`` closes in a child (the child's copies)."""
         if self._closed:
             return
         self._closed = True
+        if self._worker.inherited:
+            self._loop, self._worker = asyncio.get_running_loop(), self._worker.here()
         try:
             await self.flush(self._sync.linger)
         except PosaError:
