@@ -29,7 +29,7 @@ from typing import Any
 
 from posa import peer as peer_module
 from posa.aio.hub import Awaited, Hub, drive
-from posa.delivery.budget import bounded, until
+from posa.delivery.budget import LONGEST, bounded, seconds, until, wrong_timeout
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
@@ -154,7 +154,14 @@ class Peer:
                    headers: dict[str, Any] | None = None) -> int:
         """Send ``body`` to ``name`` (or to every member of a group); returns the
         number of recipients. Waits, without blocking the loop, while ``window``
-        messages to a recipient are unacknowledged."""
+        messages to a recipient are unacknowledged. ``ValueError`` for a timeout
+        that is no number of seconds from 0 to ``posa.delivery.budget.LONGEST``
+        (``budget.seconds``, made inline here as in ``posa.Peer.send``)."""
+        try:
+            if not 0.0 <= timeout <= LONGEST:   # nan, negative, infinite, too large
+                raise wrong_timeout(timeout, "a send's timeout")
+        except TypeError:                       # not a number
+            raise wrong_timeout(timeout, "a send's timeout") from None
         deadline = time.monotonic() + timeout
         if is_pattern(name):
             recipients = [r for r in await self._run(self._members, name) if r != self.name]
@@ -247,9 +254,11 @@ class Peer:
             fwd.write_open()
 
     async def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything sent from the event loop is acknowledged."""
+        """Wait until everything sent from the event loop is acknowledged.
+        ``ValueError`` for a timeout that is no number of seconds (``budget.seconds``)."""
+        deadline = time.monotonic() + seconds(timeout, "a flush's timeout")
         fwd = self._sync.sender.forwarder()
-        await drive(fwd.flush_steps(time.monotonic() + timeout), fwd)
+        await drive(fwd.flush_steps(deadline), fwd)
 
     async def _first_contact(self, fwd: Forwarder, name: str) -> None:
         """Look a name up on the worker thread the first time (the registry may be
