@@ -20,7 +20,6 @@ thread of the peer's own.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import logging
@@ -30,11 +29,12 @@ from typing import Any
 
 from posa import peer as peer_module
 from posa.aio.hub import Awaited, Hub, drive
-from posa.delivery.budget import bounded, until
+from posa.delivery.budget import LONGEST, bounded, seconds, until, wrong_timeout
 from posa.delivery.forwarder import Forwarder
 from posa.delivery.waiting import Steps
 from posa.errors import Closed, InvalidName, PosaError, Timeout
 from posa.naming.pages import registrations
+from posa.runtime.pools import Pool
 from posa.wire.codec import Kind, Message
 from posa.wire.names import is_pattern
 
@@ -77,8 +77,7 @@ class Peer:
         if kwargs.get("window", 2) < 2:
             raise ValueError("posa.aio.Peer needs window=2 or more: with a window of 1 "
                              "every send waits for its acknowledgement")
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"posa-aio-{name}")
+        self._worker = Pool(1, thread_name_prefix=f"posa-aio-{name}")
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._handler = handler
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -155,7 +154,14 @@ class Peer:
                    headers: dict[str, Any] | None = None) -> int:
         """Send ``body`` to ``name`` (or to every member of a group); returns the
         number of recipients. Waits, without blocking the loop, while ``window``
-        messages to a recipient are unacknowledged."""
+        messages to a recipient are unacknowledged. ``ValueError`` for a timeout
+        that is no number of seconds from 0 to ``posa.delivery.budget.LONGEST``
+        (``budget.seconds``, made inline here as in ``posa.Peer.send``)."""
+        try:
+            if not 0.0 <= timeout <= LONGEST:   # nan, negative, infinite, too large
+                raise wrong_timeout(timeout, "a send's timeout")
+        except TypeError:                       # not a number
+            raise wrong_timeout(timeout, "a send's timeout") from None
         deadline = time.monotonic() + timeout
         if is_pattern(name):
             recipients = [r for r in await self._run(self._members, name) if r != self.name]
@@ -248,9 +254,11 @@ class Peer:
             fwd.write_open()
 
     async def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything sent from the event loop is acknowledged."""
+        """Wait until everything sent from the event loop is acknowledged.
+        ``ValueError`` for a timeout that is no number of seconds (``budget.seconds``)."""
+        deadline = time.monotonic() + seconds(timeout, "a flush's timeout")
         fwd = self._sync.sender.forwarder()
-        await drive(fwd.flush_steps(time.monotonic() + timeout), fwd)
+        await drive(fwd.flush_steps(deadline), fwd)
 
     async def _first_contact(self, fwd: Forwarder, name: str) -> None:
         """Look a name up on the worker thread the first time (the registry may be
@@ -269,10 +277,17 @@ class Peer:
         return await self._run(self._sync.migrate, listen, **kwargs)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Deliver what the event loop sent (up to ``linger``), then close. Idempotent."""
+        """Deliver what the event loop sent (up to ``linger``), then close. Idempotent.
+
+        In a forked child the worker thread (and its pool's lock, which a thread of
+        the parent may have held at the fork) and the event loop are the parent's:
+        the close runs on a worker of the child's own, in the running loop, and
+        closes what ``posa.Peer.close`` closes in a child (the child's copies)."""
         if self._closed:
             return
         self._closed = True
+        if self._worker.inherited:
+            self._loop, self._worker = asyncio.get_running_loop(), self._worker.here()
         try:
             await self.flush(self._sync.linger)
         except PosaError:

@@ -15,7 +15,6 @@ any number of tasks may call at once.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import secrets
@@ -30,6 +29,7 @@ from posa.dispatch.weights import check_weight
 from posa.naming.registration import Registry
 from posa.naming.resolve import open_registry
 from posa.peer import DEFERRED
+from posa.runtime.pools import Pool
 from posa.wire.codec import Message
 from posa.wire.names import validate_name
 
@@ -86,8 +86,7 @@ class Server:
         check_weight(weight)
         self.handler = handler
         self._loop = asyncio.get_running_loop()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            workers, thread_name_prefix=f"posa-aio-{service}") \
+        self._pool = Pool(workers, thread_name_prefix=f"posa-aio-{service}") \
             if workers > 0 and not inspect.iscoroutinefunction(handler) else None
         self.registry, self._owns_registry = open_registry(registry, dispatcher,
                                                            required=True)
@@ -126,9 +125,11 @@ class Server:
         return self.peer.sync.in_flight()
 
     async def close(self) -> None:
-        """Unregister and stop serving."""
+        """Unregister and stop serving. In a forked child: the child's copies only
+        (``posa.aio.Peer.close``); the workers, their lock and the loop are the
+        parent's (the rest runs on the running loop's default executor)."""
         await self.peer.close()
-        await self._loop.run_in_executor(None, self._close_sync)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_sync)
 
     def _close_sync(self) -> None:
         if self._pool is not None:
@@ -152,8 +153,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         self.sync = services.Client(dispatcher=dispatcher, registry=registry, timeout=timeout,
                                     attempt_timeout=attempt_timeout, **options)
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="posa-aio-client")
+        self._worker = Pool(1, thread_name_prefix="posa-aio-client")
 
     async def call(self, service: str, body: Any = None, *,
                    timeout: float | None = None) -> Any:
@@ -178,6 +178,11 @@ class Client:
         return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
 
     async def close(self) -> None:
+        """Close the ``posa.Client``. In a forked child its worker thread (and the
+        pool's lock, which a parent's thread may have held at the fork) and the
+        loop are the parent's: the close runs on a worker of the child's own."""
+        if self._worker.inherited:
+            self._loop, self._worker = asyncio.get_running_loop(), self._worker.here()
         await self._run(self.sync.close)
         self._worker.shutdown(wait=False)
 

@@ -123,11 +123,17 @@ class Gateway:
         return publisher
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a call that may wait on the network off the loop."""
-        return await self.loop.run_in_executor(None, fn, *args)
+        """Run a call that may wait on the network off the loop (the running one:
+        in a forked child, the child's, whose executor is its own)."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def close(self) -> None:
-        """Unregister hosted names, flush publishers, close peers and clients."""
+        """Unregister hosted names, flush publishers, close peers and clients.
+
+        In a forked child (in a loop of the child's) the gateway is the parent's:
+        each part closes the child's copies only (``posa.aio.Peer.close``,
+        ``posa.aio.Client.close``, the publishers' ``close``), no name is
+        unregistered, and nothing runs on the parent's loop or worker threads."""
         await self.hosting.close()
         closing: list[Publisher | Client | Peer] = [
             *self._publishers.values(), *self._clients.values(), *self._peers.values()]

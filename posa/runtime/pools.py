@@ -23,11 +23,19 @@ class Pool(ThreadPoolExecutor):
     def __init__(self, max_workers: int, *, thread_name_prefix: str) -> None:
         super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
         self._made_in = os.getpid()
+        self._prefix = thread_name_prefix
 
     @property
     def inherited(self) -> bool:
         """True in a forked child of the process that made the pool."""
         return self._made_in != os.getpid()
+
+    def here(self) -> Pool:
+        """This pool; in a forked child, a new one like it, the child's own (for a
+        close that still runs on a worker thread there)."""
+        if not self.inherited:
+            return self
+        return Pool(self._max_workers, thread_name_prefix=self._prefix)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As ``ThreadPoolExecutor.shutdown``; in a forked child, nothing: the

@@ -33,6 +33,7 @@ timeout.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -177,6 +178,7 @@ class Master:
         self._times: deque[float] = deque(maxlen=200)   # recent subtask times
         self._run_lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()     # a forked child's copy: its lanes and lock the parent's
 
     def __enter__(self) -> Master:
         return self
@@ -264,7 +266,16 @@ class Master:
         return False
 
     def close(self) -> None:
-        """Let the lanes finish their current request and end. Idempotent."""
+        """Let the lanes finish their current request and end. Idempotent.
+
+        In a forked child the lanes are the parent's threads (not in the child) and
+        a lane of the parent may have held the master's lock at the fork: closing
+        there takes no lock, waits for no lane, and closes the child's copies of
+        the sender's connections (``Sender.close``)."""
+        if self._pid != os.getpid():
+            self._closed = True
+            self.sender.close()
+            return
         with self._cond:
             self._closed = True
             self._cond.notify_all()
