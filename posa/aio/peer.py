@@ -132,10 +132,16 @@ class Peer:
         task.add_done_callback(self._tasks.discard)
 
     async def receive(self, timeout: float | None = None) -> Message:
-        """The next message (None: wait forever). Raises ``Timeout``."""
+        """The next message; waits up to ``timeout`` as ``posa.Peer.receive`` does
+        (None, or longer than a thread can wait: until a message comes; 0 or less:
+        no wait, a message already here is taken). Raises ``Timeout`` if none came;
+        ``ValueError`` for ``nan`` or what is no number, saying what is taken."""
+        wait = _receive_wait(timeout)
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
+            if wait is not None and wait <= 0:
+                return self._queue.get_nowait()
+            return await asyncio.wait_for(self._queue.get(), wait)
+        except (asyncio.TimeoutError, asyncio.QueueEmpty):
             raise Timeout(f"no message for {self.name!r} within {timeout} s") from None
 
     def serve(self, handler: Handler) -> None:
@@ -318,6 +324,22 @@ def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
         seq = fwd.send_request(name, body, deadline, headers)
     awaited.key = (name, seq)
     return (yield from fwd.reply_steps(name, seq, deadline))
+
+
+def _receive_wait(timeout: float | None) -> float | None:
+    """``receive``'s wait for ``timeout``, taken as ``posa.Peer.receive`` takes it
+    (``posa.delivery.inbox``): None for one longer than any wait."""
+    if timeout is None:
+        return None
+    try:
+        if timeout <= LONGEST:      # nan compares False
+            return timeout
+        if timeout > LONGEST:
+            return None
+    except TypeError:               # not a number
+        pass
+    raise ValueError("receive's timeout must be a number of seconds or None (wait until "
+                     f"a message comes), not {timeout!r}")
 
 
 def _keyed(key: tuple[str, int]) -> Awaited:

@@ -64,7 +64,8 @@ def _bounded(options: Options, bound: float) -> Options:
 class Retry:
     """Backing off between tries until a deadline: ``pause`` says how long to
     wait before the next try, or raises ``Timeout`` naming ``what`` and the
-    last failure."""
+    last failure. The deadline is the message's, or the end of a group send's
+    slice (which gives nothing up): the text says neither."""
 
     def __init__(self, deadline: float, what: str) -> None:
         self.deadline, self.what, self.delay = deadline, what, 0.005
@@ -73,8 +74,8 @@ class Retry:
         """The seconds to back off before the next try (a step yields them)."""
         delay = self.delay
         if time.monotonic() + delay >= self.deadline:
-            raise Timeout(f"cannot deliver to {self.what}: {last}; gave up at the "
-                          "message's deadline") from None
+            raise Timeout(f"cannot deliver to {self.what}: {last}; no try got through "
+                          "in the time it had") from None
         self.delay = min(delay * 2, 0.2)
         return delay
 

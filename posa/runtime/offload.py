@@ -24,7 +24,6 @@ class Offload:
     """One worker thread for a proxy's blocking calls (create it in a running loop)."""
 
     def __init__(self, role: str) -> None:
-        self._role = role
         self._loop = asyncio.get_running_loop()
         self._worker = Pool(1, thread_name_prefix=f"posa-aio-{role}")
 
@@ -39,8 +38,7 @@ class Offload:
         child the worker (its thread, its lock) and the loop are the parent's: the
         close runs on a worker of the child's own, in the running loop."""
         if self._worker.inherited:
-            self._loop = asyncio.get_running_loop()
-            self._worker = Pool(1, thread_name_prefix=f"posa-aio-{self._role}")
+            self._loop, self._worker = asyncio.get_running_loop(), self._worker.here()
         try:
             await self._run(close)
         finally:

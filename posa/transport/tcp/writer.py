@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from posa.errors import Closed, Timeout, TransportError
 from posa.transport.base import Options
@@ -59,7 +61,6 @@ _NO_QUEUE = SendQueue()            # an idle connection's queue: shared, never p
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN,
          errno.ESHUTDOWN, errno.ETIMEDOUT)
 LOSS_INTERVAL = 10.0               # s: one "frames ... are lost" line per address this often
-_LOSS_ADDRESSES = 1024             # addresses remembered (then the quiet ones are forgotten)
 
 
 class LossLog:
@@ -69,36 +70,69 @@ class LossLog:
     one that resets every connection) is made again by its sender on every retry,
     dozens of times a second, and each attempt loses what it had queued: the first
     loss of an address is logged at once, the next ones within ``interval`` are
-    counted, and the next line for that address says how many there were."""
+    counted, and the next line for that address says how many there were. A
+    count still held back when its interval ends is logged at the next loss of
+    any address (or by ``flush``), a line that starts the address's next
+    interval; an address quiet for a whole interval is forgotten."""
 
     def __init__(self, logger: logging.Logger, interval: float = LOSS_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.logger, self.interval, self._clock = logger, interval, clock
         self._lock = threading.Lock()
-        self._quiet: dict[str, list[float]] = {}    # address -> [until, losses, frames]
+        # address -> [until, losses, frames, the last loss's frames, its why]
+        self._quiet: dict[str, list[Any]] = {}
+        self._due = math.inf    # no address's interval ends before (a lower bound)
 
     def lost(self, address: str, frames: int, why: str) -> bool:
         """Report ``frames`` lost on the connection to ``address`` because ``why``;
         True if a line was logged."""
         now = self._clock()
         with self._lock:
-            state = self._quiet.get(address)
-            if state is not None and now < state[0]:
-                state[1] += 1
-                state[2] += frames
-                return False
-            if state is None and len(self._quiet) >= _LOSS_ADDRESSES:
-                self._quiet = {a: s for a, s in self._quiet.items() if now < s[0]}
-            self._quiet[address] = [now + self.interval, 0.0, 0.0]
+            ended = self._ended_locked(now) if now >= self._due else {}
+            before = ended.pop(address, None)   # its count held back, if any
+            state = None if before is not None else self._quiet.get(address)
+            if state is not None:       # within its interval: counted
+                state[1:] = [state[1] + 1, state[2] + frames, frames, why]
+            else:
+                self._quiet[address] = [now + self.interval, 0, 0, frames, why]
+                self._due = min(self._due, now + self.interval)
+        self._report(ended)
+        if state is not None:
+            return False
         message, args = "%d frames queued for %s are lost: %s", [frames, address, why]
-        if state is not None and state[1]:
+        if before is not None:
             message += " (and %d more times, %d frames, since the last such line)"
-            args += [int(state[1]), int(state[2])]
+            args += [before[1], before[2]]
         else:
             message += " (repeats within %g s are only counted)"
             args.append(self.interval)
         self.logger.warning(message, *args)
         return True
+
+    def flush(self) -> None:
+        """Log every count held back now, its interval ended or not, and forget
+        every address."""
+        with self._lock:
+            quiet, self._quiet, self._due = self._quiet, {}, math.inf
+        self._report({a: s for a, s in quiet.items() if s[1]})
+
+    def _ended_locked(self, now: float) -> dict[str, list[Any]]:
+        """The addresses whose interval ended with losses held back, each in a new
+        interval (its count's line is one); the others, quiet, are forgotten."""
+        ended = {a: s for a, s in self._quiet.items() if s[0] <= now}
+        for address, state in ended.items():
+            if state[1]:
+                self._quiet[address] = [now + self.interval, 0, 0, 0, ""]
+            else:
+                del self._quiet[address]
+        self._due = min((s[0] for s in self._quiet.values()), default=math.inf)
+        return {a: s for a, s in ended.items() if s[1]}
+
+    def _report(self, ended: dict[str, list[Any]]) -> None:
+        for address, (_, times, total, frames, why) in ended.items():
+            self.logger.warning("%d frames queued for %s are lost: %s (the last of %d "
+                                "times, %d frames, only counted since the last such "
+                                "line)", frames, address, why, times, total)
 
 
 losses = LossLog(log)
