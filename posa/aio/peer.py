@@ -135,14 +135,20 @@ class Peer:
         """The next message; waits up to ``timeout`` as ``posa.Peer.receive`` does
         (None, or longer than a thread can wait: until a message comes; 0 or less:
         no wait, a message already here is taken). Raises ``Timeout`` if none came;
+        ``Closed`` once the peer is closed and what came before is taken;
         ``ValueError`` for ``nan`` or what is no number, saying what is taken."""
         wait = _receive_wait(timeout)
         try:
             if wait is not None and wait <= 0:
-                return self._queue.get_nowait()
-            return await asyncio.wait_for(self._queue.get(), wait)
+                msg = self._queue.get_nowait()
+            else:
+                msg = await asyncio.wait_for(self._queue.get(), wait)
         except (asyncio.TimeoutError, asyncio.QueueEmpty):
             raise Timeout(f"no message for {self.name!r} within {timeout} s") from None
+        if msg is _CLOSED:
+            self._queue.put_nowait(msg)     # for every later reader too
+            raise Closed(f"peer {self.name!r} is closed")
+        return msg
 
     def serve(self, handler: Handler) -> None:
         """Hand every message to ``handler``: a function (on the reactor thread) or
@@ -300,6 +306,7 @@ class Peer:
             pass  # close() goes on; what was not acknowledged is logged by the peer
         await self._run(self._sync.close)
         self._worker.shutdown(wait=False)
+        self._queue.put_nowait(_CLOSED)     # wakes every receive(), now and later
 
     async def __aenter__(self) -> Peer:
         return self
@@ -324,6 +331,9 @@ def request_steps(fwd: Forwarder, name: str, body: Any, deadline: float,
         seq = fwd.send_request(name, body, deadline, headers)
     awaited.key = (name, seq)
     return (yield from fwd.reply_steps(name, seq, deadline))
+
+
+_CLOSED: Any = object()     # what receive() finds once the peer is closed
 
 
 def _receive_wait(timeout: float | None) -> float | None:
