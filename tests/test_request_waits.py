@@ -1,7 +1,7 @@
 """A lone caller's ``Peer.request`` over tcp keeps its deadline while the server is
-stopped (SIGSTOP), and an answer larger than a read arrives whole. (A wait that
-keeps its deadline while signals come: tests/test_wait_under_signals.py; a close
-from another thread: tests/test_request_closed.py.)
+stopped (SIGSTOP), an answer larger than a read arrives whole, and a close from
+another thread ends the wait with ``Closed``. (A wait that keeps its deadline
+while signals come: tests/test_wait_under_signals.py.)
 
 Every wait has a deadline and every loop a bound; nothing sleeps to synchronise.
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 import posa
-from posa.errors import Timeout
-from tests.support import Proc, sigstop
+from posa.errors import Closed, Timeout
+from tests.support import Proc, sigstop, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,3 +71,37 @@ def test_a_reply_larger_than_a_read_arrives_whole(dispatcher: str, echo: Proc) -
                                                           registry=reg) as peer:
         for _ in range(3):
             assert peer.request("waits-echo", body, timeout=WAIT) == body
+
+
+def test_a_request_cut_by_close_raises_closed(dispatcher: str, echo: Proc) -> None:
+    """A request waiting for its answer when its peer is closed from another thread
+    fails with ``Closed`` saying so, not with a ``Timeout`` about a stream given up
+    (closing forgets every target of the forwarder)."""
+    with posa.RegistryClient(dispatcher) as reg:
+        peer = posa.Peer("waits-caller", registry=reg)
+        outcome: list[BaseException] = []
+        waiting = threading.Event()
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                assert peer.request("waits-echo", 1, timeout=WAIT) == 1
+                sigstop(echo.popen.pid)
+                waiting.set()
+                peer.request("waits-echo", 2, timeout=600.0)
+            except BaseException as exc:  # (the test looks at it)
+                outcome.append(exc)
+            done.set()
+        threading.Thread(target=call, daemon=True).start()
+        try:
+            assert waiting.wait(WAIT), "the first request was not answered"
+            forwarders = peer.sender.by_thread
+            wait_until(lambda: done.is_set() or any(   # (the stopped echo acknowledges
+                t.out.unacked for f in list(forwarders.values())    # nothing)
+                for t in list(f._targets.values())), WAIT, "the second request sent")
+            peer.close()
+            assert done.wait(WAIT), "a close from another thread did not end the request"
+        finally:
+            peer.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], Closed), outcome
+    assert "was closed" in str(outcome[0]), outcome
