@@ -178,12 +178,8 @@ class Peer:
             if type(name) is not str:
                 validate_name(name)     # InvalidName saying what a name is
             raise
-        lock = fwd.lock
-        lock.acquire()          # (cheaper than ``with`` on this path)
-        try:
-            fwd.send_locked(name, body, _SEND, headers, deadline)
-        finally:
-            lock.release()
+        with fwd.lock:      # not ``acquire(); try:``: KeyboardInterrupt between them
+            fwd.send_locked(name, body, _SEND, headers, deadline)   # kept the lock
         self.stats["sent"] += 1
         return 1
 

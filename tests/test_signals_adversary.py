@@ -158,3 +158,101 @@ def test_the_dispatcher_keeps_answering_in_a_storm_of_signals_and_stops_on_sigte
     finally:
         proc.close()
 
+
+
+INTERRUPTED = """
+import random, signal, sys, threading, time
+import posa
+SEED, ROUNDS = int(sys.argv[1]), int(sys.argv[2])
+armed = False
+def interrupt(signo, frame):        # Ctrl-C, at whatever bytecode the main thread is at
+    global armed
+    if armed:
+        armed = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+reg = posa.LocalRegistry()
+log = []
+receiver = posa.Peer("receiver", registry=reg, listen="tcp://127.0.0.1:0")
+sender = posa.Peer("sender", registry=reg, listen="tcp://127.0.0.1:0", window=8)
+server = posa.Server("echo", lambda body: body, registry=reg)
+client = posa.Client(registry=reg, timeout=5.0)
+def serve():
+    while True:
+        try:
+            msg = receiver.receive()
+        except posa.Closed:
+            return
+        log.append(msg.body)
+        if msg.kind == posa.Kind.REQUEST:
+            receiver.reply(msg, msg.body)
+threading.Thread(target=serve, daemon=True).start()
+OPS = {"send": lambda i: sender.send("receiver", i, timeout=5.0),
+       "request": lambda i: sender.request("receiver", i, timeout=5.0) == i or sys.exit(4),
+       "flush": lambda i: (sender.send("receiver", i, timeout=5.0), sender.flush(5.0)),
+       "call": lambda i: client.call("echo", i, timeout=5.0) == i or sys.exit(5)}
+def locks_free():
+    return not any(fwd.lock.locked() for fwd in list(sender.sender.by_thread.values()))
+rng = random.Random(SEED)
+done, i = [], 0
+for round in range(ROUNDS):
+    for op in OPS:
+        for _ in range(40):
+            i += 1
+            try:
+                armed = True
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 4e-4))
+                OPS[op](i)
+                armed = False
+            except KeyboardInterrupt:
+                if not locks_free():
+                    print("seed", SEED, "lock held after", op, i, flush=True)
+                    sys.exit(3)
+                continue
+            finally:
+                armed = False
+            if op != "call":
+                done.append(i)
+try:
+    sender.flush(10.0)
+except posa.Timeout:
+    pass            # (the check of what arrived says what was lost)
+end = time.monotonic() + 20.0
+while done and done[-1] not in log and time.monotonic() < end:
+    time.sleep(0.01)
+seen = list(log)
+disorder = [(a, b) for a, b in zip(seen, seen[1:]) if b <= a]     # twice, or out of order
+missing = sorted(set(done) - set(seen))
+print("seed", SEED, "disorder", disorder[:5], flush=True)
+print("seed", SEED, "missing", missing[:5], flush=True)
+client.close(); server.close(); sender.close(); receiver.close()
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_keyboard_interrupt_at_any_moment_leaves_no_lock_held_nor_a_message_twice(
+        seed: int) -> None:
+    """KeyboardInterrupt at seeded random moments of sends, requests, flushes and
+    service calls: no lock is left held (the next call would hang), and the
+    receiver gets each message at most once, in order."""
+    disorder = _run_args(INTERRUPTED, [str(seed), "10"], 120.0).splitlines()[0]
+    assert disorder == f"seed {seed} disorder []", disorder
+
+
+@pytest.mark.xfail(reason="a send interrupted between taking its message into the window "
+                          "and writing it leaves a gap the stream waits out (not promised: "
+                          "docs/guarantees.md)", strict=False)
+def test_keyboard_interrupt_loses_no_message_whose_send_returned() -> None:
+    missing = _run_args(INTERRUPTED, ["1", "10"], 120.0).splitlines()[1]
+    assert missing == "seed 1 missing []", missing
+
+
+def _run_args(script: str, args: list[str], limit: float) -> str:
+    try:
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                              text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"not ended {limit:g} s after it began (seed and args {args}): "
+                    f"{exc.stdout!r}")
+    assert done.returncode == 0, f"args {args}: " + done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout.strip()
