@@ -90,6 +90,13 @@ peer.send("silent", 1, timeout=1.0)
 storm(peer.close, 1.0)
 """
 
+CALL = """
+reg = posa.LocalRegistry()
+reg.register("silent/one", [SILENT], credential="silent", meta={"service": "silent"})
+with posa.Client(registry=reg) as client:
+    storm(lambda: client.call("silent", 1, timeout=1.0), 1.0)
+"""
+
 LOOKUP_CACHED = """
 with posa.RegistryClient(SILENT, timeout=1.0) as reg:
     storm(lambda: reg.lookup("anything"), 1.0)
@@ -109,7 +116,7 @@ storm(lambda: asyncio.run(main()), 1.0)
 """
 
 CASES = {"receive": RECEIVE, "flush": FLUSH, "full window": FULL_WINDOW, "close": CLOSE,
-         "cached lookup": LOOKUP_CACHED, "aio request": AIO_REQUEST}
+         "call": CALL, "cached lookup": LOOKUP_CACHED, "aio request": AIO_REQUEST}
 
 
 def _run(script: str, limit: float) -> str:
@@ -178,6 +185,9 @@ receiver = posa.Peer("receiver", registry=reg, listen="tcp://127.0.0.1:0")
 sender = posa.Peer("sender", registry=reg, listen="tcp://127.0.0.1:0", window=8)
 server = posa.Server("echo", lambda body: body, registry=reg)
 client = posa.Client(registry=reg, timeout=5.0)
+dispatcher = posa.Dispatcher("tcp://127.0.0.1:0")
+names = posa.RegistryClient(dispatcher.address, timeout=5.0, cache=False)
+names.register("somewhere", ["tcp://127.0.0.1:1"], credential="c")
 def serve():
     while True:
         try:
@@ -193,7 +203,8 @@ threading.Thread(target=serve, daemon=True).start()
 OPS = {"send": lambda i: sender.send("receiver", i, timeout=5.0),
        "request": lambda i: sender.request("receiver", i, timeout=5.0) == i or sys.exit(4),
        "flush": lambda i: (sender.send("receiver", i, timeout=5.0), sender.flush(5.0)),
-       "call": lambda i: client.call("echo", i, timeout=5.0) == i or sys.exit(5)}
+       "call": lambda i: client.call("echo", i, timeout=5.0) == i or sys.exit(5),
+       "lookup": lambda i: names.lookup("somewhere").name == "somewhere" or sys.exit(6)}
 def locks_free():
     return not any(fwd.lock.locked() for fwd in list(sender.sender.by_thread.values()))
 rng = random.Random(SEED)
@@ -214,7 +225,7 @@ for _ in range(ROUNDS):
                 continue
             finally:
                 armed = False
-            if op != "call":
+            if op in ("send", "request", "flush"):
                 done.append(i)
 with arrived:    # no flush: what follows an interrupted send must not wait behind a gap
     arrived.wait_for(lambda: not set(done) - set(log), timeout=10.0)
@@ -223,6 +234,7 @@ disorder = [(a, b) for a, b in zip(seen, seen[1:]) if b <= a]     # twice, or ou
 missing = sorted(set(done) - set(seen))
 print("seed", SEED, "disorder", disorder[:5], flush=True)
 print("seed", SEED, "missing", missing[:5], flush=True)
+names.close(); dispatcher.close()
 client.close(); server.close(); sender.close(); receiver.close()
 """
 
@@ -230,8 +242,8 @@ client.close(); server.close(); sender.close(); receiver.close()
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_keyboard_interrupt_at_any_moment_leaves_no_lock_held_nor_a_message_twice(
         seed: int) -> None:
-    """KeyboardInterrupt at seeded random moments of sends, requests, flushes and
-    service calls: no lock is left held (the next call would hang), and the
+    """KeyboardInterrupt at seeded random moments of sends, requests, flushes,
+    service calls and lookups: each next call ends (no lock is left held), and the
     receiver gets each message at most once, in order."""
     disorder = _run_args(INTERRUPTED, [str(seed), "10"], 120.0).splitlines()[0]
     assert disorder == f"seed {seed} disorder []", disorder
