@@ -90,6 +90,13 @@ peer.send("silent", 1, timeout=1.0)
 storm(peer.close, 1.0)
 """
 
+SUBSCRIBER = """
+reg = posa.LocalRegistry()
+with posa.EventChannel("quiet/ch", registry=reg, listen="tcp://127.0.0.1:0"), \
+        posa.Subscriber("quiet/ch", registry=reg, listen="tcp://127.0.0.1:0") as sub:
+    storm(lambda: sub.receive(timeout=1.0), 1.0)
+"""
+
 CALL = """
 reg = posa.LocalRegistry()
 reg.register("silent/one", [SILENT], credential="silent", meta={"service": "silent"})
@@ -116,7 +123,7 @@ storm(lambda: asyncio.run(main()), 1.0)
 """
 
 CASES = {"receive": RECEIVE, "flush": FLUSH, "full window": FULL_WINDOW, "close": CLOSE,
-         "call": CALL, "cached lookup": LOOKUP_CACHED, "aio request": AIO_REQUEST}
+         "call": CALL, "subscriber": SUBSCRIBER, "cached lookup": LOOKUP_CACHED, "aio request": AIO_REQUEST}
 
 
 def _run(script: str, limit: float) -> str:
