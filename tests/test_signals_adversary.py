@@ -123,7 +123,8 @@ storm(lambda: asyncio.run(main()), 1.0)
 """
 
 CASES = {"receive": RECEIVE, "flush": FLUSH, "full window": FULL_WINDOW, "close": CLOSE,
-         "call": CALL, "subscriber": SUBSCRIBER, "cached lookup": LOOKUP_CACHED, "aio request": AIO_REQUEST}
+         "call": CALL, "subscriber": SUBSCRIBER, "cached lookup": LOOKUP_CACHED,
+         "aio request": AIO_REQUEST}
 
 
 def _run(script: str, limit: float) -> str:
@@ -274,3 +275,31 @@ def _run_args(script: str, args: list[str], limit: float) -> str:
                     f"{exc.stdout!r}")
     assert done.returncode == 0, f"args {args}: " + done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout.strip()
+
+
+def test_the_event_channel_keeps_delivering_in_a_storm_of_signals_and_stops_on_sigterm(
+        ) -> None:
+    import posa
+    dispatcher = f"tcp://127.0.0.1:{free_port()}"
+    names = Proc.python(RUN_WITH_A_STORM_HANDLER, "dispatcher", "--listen", dispatcher)
+    channel = None
+    try:
+        names.expect("posa dispatcher")
+        channel = Proc.python(RUN_WITH_A_STORM_HANDLER, "channel", "storm/events",
+                              "--dispatcher", dispatcher, "--listen", "tcp://127.0.0.1:0")
+        channel.expect("channel storm/events at", timeout=30)
+        pid = channel.popen.pid
+        with posa.Subscriber("storm/events", dispatcher=dispatcher) as sub, \
+                posa.Publisher("storm/events", dispatcher=dispatcher) as pub:
+            for i in range(100):
+                os.kill(pid, signal.SIGALRM)
+                os.kill(pid, signal.SIGALRM)
+                pub.publish("t", i)
+            pub.flush(30)
+            got = [sub.receive(timeout=30).body for _ in range(100)]
+        assert got == list(range(100))
+        assert channel.terminate(timeout=30.0) == 0, channel.stderr_now()
+    finally:
+        if channel is not None:
+            channel.close()
+        names.close()
