@@ -327,9 +327,16 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        if self._pid != os.getpid():
-            self._close_inherited()
-            return
+        try:
+            if self._pid != os.getpid():
+                self._close_inherited()
+            else:
+                self._close()
+        except BaseException:
+            self._closed = False    # interrupted (KeyboardInterrupt): close() again ends it
+            raise
+
+    def _close(self) -> None:
         self._listening.accepting = False   # a paused endpoint is not read again
         self._stop_renewing()
         try:

@@ -303,3 +303,52 @@ def test_the_event_channel_keeps_delivering_in_a_storm_of_signals_and_stops_on_s
         if channel is not None:
             channel.close()
         names.close()
+
+
+CLOSED_TWICE = """
+import random, signal, sys
+import posa
+armed = False
+def interrupt(signo, frame):
+    global armed
+    if armed:
+        armed = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupt)
+rng = random.Random(int(sys.argv[1]))
+reg = posa.LocalRegistry()
+receiver = posa.Peer("receiver", registry=reg, listen="tcp://127.0.0.1:0")
+for i in range(40):
+    peer = posa.Peer(f"p{i}", registry=reg, listen="tcp://127.0.0.1:0", linger=0.5)
+    peer.send("receiver", i, timeout=5.0)
+    try:
+        armed = True
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 2e-3))
+        peer.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        armed = False
+    peer.close()                    # again: it ends what the interrupted one began
+    try:
+        peer.receive(timeout=0)
+        print("seed", sys.argv[1], "a message after close", i)
+    except posa.Closed:
+        pass
+    except posa.Timeout:
+        print("seed", sys.argv[1], "the inbox is still open after close", i)
+    try:
+        reg.lookup(f"p{i}")
+        print("seed", sys.argv[1], "still registered after close", i)
+    except posa.NameNotFound:
+        pass
+receiver.close()
+print("seed", sys.argv[1], "done")
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_close_interrupted_by_keyboard_interrupt_is_ended_by_the_next_close(
+        seed: int) -> None:
+    outcome = _run_args(CLOSED_TWICE, [str(seed)], 120.0)
+    assert outcome == f"seed {seed} done", outcome
