@@ -5,16 +5,17 @@ listeners once the inbox holds ``size`` messages (senders' windows fill and they
 wait) and reads them again when a reader has taken it below half (``low``).
 Closing leaves a marker that wakes every reader, now and later, with ``Closed``.
 
-A wait with a time limit is not the queue's own (``SimpleQueue.get(timeout=)``
+A wait with a time limit is not the queue's alone (``SimpleQueue.get(timeout=)``
 starts its whole time again after each signal it is interrupted by: with
 signals more often than that, a sampling profiler's or a watchdog's timer, it
-never ends): the reader waits with no limit of its own and a timer of the
-peer's reactor (``later``) puts a wake-up of that reader's in the queue at the
-deadline.
+never ends): a timer of the peer's reactor (``later``) also puts a wake-up of
+that reader's in the queue at the deadline (the queue's own limit ends the wait
+when no signal came, should the reactor be late).
 """
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from posa.wire.codec import Message
 __all__ = ["Inbox"]
 
 _CLOSED = object()      # wakes receive() on close
+_monotonic = time.monotonic
 _LONGEST = 1e9          # a wait longer than this has no end (about 30 years)
 
 
@@ -99,9 +101,11 @@ class Inbox:
         timer = self._later(timeout, lambda: put(wake))  # type: ignore[misc]
         if timer is None:
             return self._queue.get(timeout=timeout)
+        deadline = _monotonic() + timeout
         try:
-            while True:
-                item = self._queue.get()    # no time limit of its own
+            while True:     # its own limit ends it with no signal; the wake-up with them
+                left = deadline - _monotonic()
+                item = self._queue.get(timeout=left if left > 0.0 else 0.0)
                 if item is wake:
                     raise queue.Empty
                 if type(item) is not _Wake:
