@@ -97,6 +97,13 @@ with posa.EventChannel("quiet/ch", registry=reg, listen="tcp://127.0.0.1:0"), \
     storm(lambda: sub.receive(timeout=1.0), 1.0)
 """
 
+WORK_QUEUE = """
+reg = posa.LocalRegistry()
+with posa.WorkQueue("storm/q", registry=reg, listen="tcp://127.0.0.1:0") as queue:
+    queue.put({"k": 1})             # no worker: never finished
+    storm(lambda: queue.join(timeout=1.0), 1.0)
+"""
+
 CALL = """
 reg = posa.LocalRegistry()
 reg.register("silent/one", [SILENT], credential="silent", meta={"service": "silent"})
@@ -122,9 +129,26 @@ import posa.aio
 storm(lambda: asyncio.run(main()), 1.0)
 """
 
+AIO_FLUSH = """
+reg = posa.LocalRegistry()
+reg.register("silent", [SILENT], credential="silent")
+async def main():
+    peer = posa.aio.Peer("caller", registry=reg, listen="tcp://127.0.0.1:0", linger=0.0,
+                         window=2)
+    try:
+        for i in range(2):
+            await peer.send("silent", i, timeout=1.0)
+        await peer.flush(timeout=1.0)
+    finally:
+        peer.sync.close()
+import posa.aio
+storm(lambda: asyncio.run(main()), 1.0)
+"""
+
 CASES = {"receive": RECEIVE, "flush": FLUSH, "full window": FULL_WINDOW, "close": CLOSE,
-         "call": CALL, "subscriber": SUBSCRIBER, "cached lookup": LOOKUP_CACHED,
-         "aio request": AIO_REQUEST}
+         "call": CALL, "subscriber": SUBSCRIBER,
+         "work queue": WORK_QUEUE, "cached lookup": LOOKUP_CACHED,
+         "aio request": AIO_REQUEST, "aio flush": AIO_FLUSH}
 
 
 def _run(script: str, limit: float) -> str:
