@@ -40,7 +40,7 @@ from posa.naming.registry import LocalRegistry
 from posa.naming.resolve import embedded_registry
 from posa.runtime import reactor as reactor_module
 from posa.runtime.leases import keeper
-from posa.runtime.reactor import Reactor
+from posa.runtime.reactor import Reactor, Timer
 from posa.transport.base import Listener, Options
 from posa.wire.codec import Codec, CodecLimits, Kind, Message, error_body
 from posa.wire.names import is_pattern, validate_name
@@ -101,7 +101,7 @@ class Peer:
         self.credential = credential or secrets.token_hex(16)
         self.lease, self.meta, self.window, self.linger = lease, meta, window, linger
         _check_settings(window, linger)
-        self._inbox = Inbox(inbox_size)
+        self._inbox = Inbox(inbox_size, self._later)
         self._receiver = Receiver(self.name, aliases, codec=self.codec, seal=seal,
                                   unbatch=self.gatekeeper.unbatch,
                                   rejections=self.gatekeeper.rejections)
@@ -127,6 +127,11 @@ class Peer:
             raise
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
         _peers.add(self)
+
+    def _later(self, delay: float, fn: Callable[[], Any]) -> Timer | None:
+        """``reactor.call_later`` for the inbox's waits; None in the reactor's thread."""
+        reactor = self.reactor
+        return None if reactor.in_reactor_thread() else reactor.call_later(delay, fn)
 
     # -- identity ------------------------------------------------------------
     @property
@@ -173,12 +178,8 @@ class Peer:
             if type(name) is not str:
                 validate_name(name)     # InvalidName saying what a name is
             raise
-        lock = fwd.lock
-        lock.acquire()          # (cheaper than ``with`` on this path)
-        try:
-            fwd.send_locked(name, body, _SEND, headers, deadline)
-        finally:
-            lock.release()
+        with fwd.lock:      # not ``acquire(); try:``: KeyboardInterrupt between them
+            fwd.send_locked(name, body, _SEND, headers, deadline)   # kept the lock
         self.stats["sent"] += 1
         return 1
 
@@ -326,9 +327,16 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        if self._pid != os.getpid():
-            self._close_inherited()
-            return
+        try:
+            if self._pid != os.getpid():
+                self._close_inherited()
+            else:
+                self._close()
+        except BaseException:
+            self._closed = False    # interrupted (KeyboardInterrupt): close() again ends it
+            raise
+
+    def _close(self) -> None:
         self._listening.accepting = False   # a paused endpoint is not read again
         self._stop_renewing()
         try:

@@ -117,6 +117,15 @@ class Flow:
             yield from self._recover_steps(target, deadline, failed[0], pause)  # the stream
         return True
 
+    def unstall(self, target: Target) -> None:
+        """A send was interrupted (a signal handler's exception) between taking its
+        frame into the window and writing it: write the window again (the receiver
+        drops the copies), else what follows waits behind the gap for a recovery."""
+        try:
+            target.resend(self._batch_bytes)
+        except (TransportError, Timeout):
+            pass        # the next send or wait recovers the stream
+
     def recovery_steps(self, name: str, deadline: float,
                        cause: BaseException | None) -> Steps[None]:
         """Re-resolve ``name``, reconnect and resend its backlog after ``cause``

@@ -63,8 +63,7 @@ QUIET = 0.0005          # a SEND to a target written to longer ago than this goe
 _monotonic = time.monotonic
 _join = b"".join
 _NO_HEADERS: dict[str, Any] = {}    # packed for messages without headers; never changed
-# the kinds the hot paths compare with, as module globals: looking a member up on
-# its enum class costs ~0.1 us before Python 3.12
+# the kinds the hot paths compare with: an enum member costs ~0.1 us before Python 3.12
 _SEND, _REQUEST, _REPLY, _ERROR, _ACK, _PROGRESS = (
     Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR, Kind.ACK, Kind.PROGRESS)
 
@@ -113,9 +112,8 @@ class Forwarder(Requesting, Flow):
     def send_locked(self, name: str, body: Any, kind: int,
                     headers: dict[str, Any] | None, deadline: float,
                     failed: list[BaseException | None] | None = None) -> int:
-        """``send`` for a caller that holds ``lock`` (the hot path of ``Peer.send``).
-        Given ``failed``, a recovery it needs (a failed write, a MOVED notice) is
-        not run here but its cause appended, for the caller's ``recovery_steps``."""
+        """``send`` holding ``lock`` (``Peer.send``'s path). Given ``failed``, a recovery
+        (a failed write, a MOVED notice) is left to the caller: its cause appended."""
         target = self._targets.get(name) or self._open_target(name, deadline)
         seq = (out := target.out).next_seq
         if kind == _SEND and not headers and not _traced():
@@ -129,14 +127,12 @@ class Forwarder(Requesting, Flow):
             except (TypeError, ValueError, OverflowError):  # the full pack raises ProtocolError
                 frame = self._pack(kind, target.stream, seq, self.name, name, 0, {}, body)
         else:
-            frame = self._pack(kind, target.stream, seq, self.name, name, 0,  # (+ a trace's)
-                               (_traced() and _outgoing(headers)) or headers or _NO_HEADERS,
-                               body)
+            frame = self._pack(kind, target.stream, seq, self.name, name, 0, (  # + a trace's
+                _traced() and _outgoing(headers)) or headers or _NO_HEADERS, body)
         out.next_seq = seq + 1
-        unacked = out.unacked
-        unacked.append(frame)
-        batch = target.batch
+        unacked, batch = out.unacked, target.batch
         try:
+            unacked.append(frame)
             if kind != _SEND:
                 if batch:
                     target.write_batch()
@@ -157,6 +153,9 @@ class Forwarder(Requesting, Flow):
                 failed.append(exc)
                 return seq
             self._recover(target, deadline, exc)
+        except BaseException:   # (KeyboardInterrupt) taken, not known written: unstall
+            self.unstall(target)
+            raise
         if not seq & _EVERY or len(unacked) >= self.window:
             self._catch_up(target, deadline, failed)
         return seq
@@ -235,10 +234,8 @@ class Forwarder(Requesting, Flow):
 
     def _poll_target(self, target: Target) -> None:
         conn = target.conn
-        frame = conn.recv_nowait()
-        while frame is not None:
+        while (frame := conn.recv_nowait()) is not None:
             self._absorb(frame)     # (a MOVED notice is recorded: conn stays)
-            frame = conn.recv_nowait()
 
     def unacknowledged(self) -> int:
         return sum(len(t.out) for t in self._targets.values())

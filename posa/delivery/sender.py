@@ -141,10 +141,8 @@ class Sender:
         In a forked child the parent's forwarders are neither flushed nor locked
         (their streams are the parent's): they close the child's copies of their
         descriptors only; the child's own forwarders close as in any process."""
-        if self.closed:
-            return
         mine = self.by_thread.get(_ident())
-        if mine is not None and linger > 0:
+        if mine is not None and linger > 0 and not self.closed:
             try:
                 mine.flush(time.monotonic() + linger)
             except PosaError as exc:
@@ -152,10 +150,11 @@ class Sender:
         self.closed = True
         with self._lock:
             forwarders = [*self.by_thread.values(), *self._parents]
-            self.by_thread.clear()
-            self._parents.clear()
         for fwd in forwarders:
             fwd.close()     # (a parent's: its inherited close, copies only)
+        with self._lock:    # forgotten once closed: a close interrupted (KeyboardInterrupt)
+            self.by_thread.clear()  # and made again closes the rest
+            self._parents.clear()
 
 
 def _forget_forwarders() -> None:
