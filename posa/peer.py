@@ -212,15 +212,15 @@ class Peer:
     def receive(self, timeout: float | None = None) -> Message:
         """The next message for this peer; blocks up to ``timeout`` (None: forever,
         0: don't block). Raises ``Timeout`` if none came, ``Closed`` after close."""
-        deadline = None if timeout is None else _monotonic() + timeout
+        started, wait = _monotonic(), timeout   # (the inbox checks what it is)
         while True:
-            msg = self._inbox.get(timeout, self.name)
+            msg = self._inbox.get(wait, self.name)
             if self._listening.paused and self._inbox.low():
                 self.reactor.call_soon(self._listening.resume)
             if msg.kind != _REQUEST or not self._intake.expired(msg):
                 return msg
-            if deadline is not None:        # a request that expired in the inbox:
-                timeout = max(0.0, deadline - _monotonic())     # answered, skipped
+            if timeout is not None:         # a request that expired in the inbox:
+                wait = max(0.0, timeout - (_monotonic() - started))  # answered, skipped
 
     def serve(self, handler: Callable[[Message], Any], *,
               quick: Callable[[Message], Any] | None = None) -> None:

@@ -84,13 +84,15 @@ def test_a_timeout_that_is_no_number_is_refused_saying_what_is_taken(
     with_peers(main)
 
 
-def test_nan_is_refused_in_the_same_words_as_by_a_peer() -> None:
-    """The thread-blocking ``posa.Peer.receive`` and the awaitable one agree."""
+@pytest.mark.parametrize("timeout", [math.nan, "5", b"5"], ids=["nan", "str", "bytes"])
+def test_no_number_is_refused_in_the_same_words_as_by_a_peer(timeout: object) -> None:
+    """The thread-blocking ``posa.Peer.receive`` and the awaitable one agree (the
+    blocking one raised a bare ``TypeError`` for what is no number)."""
     async def main(a: posa.Peer, b: posa.aio.Peer) -> None:
         with pytest.raises(ValueError) as awaited:
-            await b.receive(math.nan)
+            await b.receive(timeout)  # type: ignore[arg-type]
         with pytest.raises(ValueError) as blocking:
-            a.receive(math.nan)
+            a.receive(timeout)  # type: ignore[arg-type]
         assert str(awaited.value) == str(blocking.value)
 
     with_peers(main)

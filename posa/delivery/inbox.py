@@ -76,10 +76,11 @@ class Inbox:
                     msg = self._queue.get(timeout=timeout)
             except queue.Empty:
                 raise Timeout(f"no message for {owner!r} within {timeout} s") from None
-            except (ValueError, OverflowError):     # nan; longer than a thread can wait
-                if timeout != timeout:
+            except (ValueError, OverflowError, TypeError):  # nan, no number; too long
+                if timeout != timeout or not isinstance(timeout, (int, float)):
                     raise ValueError("receive's timeout must be a number of seconds or "
-                                     "None (wait until a message comes), not nan") from None
+                                     f"None (wait until a message comes), not {timeout!r}"
+                                     ) from None
                 msg = self._queue.get()
             if msg is _CLOSED:
                 self._queue.put(_CLOSED)
