@@ -156,6 +156,28 @@ class Proc:
                 stream.close()
 
 
+SILENT_RECIPIENT = """
+import asyncio, random, signal, socket, sys, threading, time
+import posa
+silent = socket.create_server(("127.0.0.1", 0))     # accepts, reads nothing, answers nothing
+held = []
+def accept():
+    while True:
+        try:
+            held.append(silent.accept()[0])
+        except OSError:
+            return
+threading.Thread(target=accept, daemon=True).start()
+SILENT = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+alarms = []
+signal.signal(signal.SIGALRM, lambda signo, frame: alarms.append(signo))
+"""
+"""The start of a script (run with ``python -c``) in which a signal handler that
+returns counts SIGALRMs in ``alarms``, and ``SILENT`` is the address of a tcp
+server that accepts and never reads nor answers: what a call that must keep its
+deadline while signals come is made to wait for."""
+
+
 def start_dispatcher(*args: str, port: int | None = None) -> tuple[Proc, str]:
     """A real ``posa dispatcher`` on loopback; returns it and its address."""
     address = f"tcp://127.0.0.1:{port or free_port()}"

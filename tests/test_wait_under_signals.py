@@ -22,24 +22,11 @@ import textwrap
 
 import pytest
 
+from tests.support import SILENT_RECIPIENT
+
 pytestmark = pytest.mark.timeout(180)
 
-SILENT = """
-import signal, socket, sys, threading, time
-import posa
-silent = socket.create_server(("127.0.0.1", 0))     # accepts, reads nothing, answers nothing
-held = []
-def accept():
-    while True:
-        try:
-            held.append(silent.accept()[0])
-        except OSError:
-            return
-threading.Thread(target=accept, daemon=True).start()
-ADDRESS = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
-alarms = []
-signal.signal(signal.SIGALRM, lambda signo, frame: alarms.append(signo))
-
+PRELUDE = SILENT_RECIPIENT + """
 def outcome_of(call, timeout):
     start = time.monotonic()
     try:
@@ -76,26 +63,26 @@ def report(outcome, late):
 
 REQUEST = """
 reg = posa.LocalRegistry()
-reg.register("silent", [ADDRESS], credential="silent")
+reg.register("silent", [SILENT], credential="silent")
 with posa.Peer("caller", registry=reg, listen="tcp://127.0.0.1:0") as peer:
     report(*WAIT(lambda: peer.request("silent", 1, timeout=1.0), 1.0))
 """
 
 CALL = """
 reg = posa.LocalRegistry()
-reg.register("silent/one", [ADDRESS], credential="silent", meta={"service": "silent"})
+reg.register("silent/one", [SILENT], credential="silent", meta={"service": "silent"})
 with posa.Client(registry=reg) as client:
     report(*WAIT(lambda: client.call("silent", 1, timeout=1.0), 1.0))
 """
 
 LOOKUP = """
-with posa.RegistryClient(ADDRESS, timeout=1.0, cache=False) as reg:
+with posa.RegistryClient(SILENT, timeout=1.0, cache=False) as reg:
     report(*WAIT(lambda: reg.lookup("anything"), 1.0))
 """
 
 
 def _run(case: str, wait: str) -> str:
-    script = SILENT + textwrap.dedent(case).replace("WAIT", wait)
+    script = PRELUDE + textwrap.dedent(case).replace("WAIT", wait)
     try:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=60, check=False)
