@@ -7,6 +7,7 @@ fork; the child's close must return, and the parent's object works on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,30 @@ def test_a_child_closes_an_inherited_slave(registry: posa.LocalRegistry) -> None
         with held_by_a_thread(pool._shutdown_lock), Forked(slave.close) as child:
             assert child.outcome(CLOSE_DEADLINE) == "ok"
         assert master.run([3]) == [6]               # the parent's workers serve on
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["idle", "lock-held"])
+def test_work_submitted_in_a_forked_child_runs_on_threads_of_the_childs_own(
+        held: bool) -> None:
+    """The parent's workers are not in the child (an idle one, counted as idle,
+    would be handed the work there, which then never runs) and a thread of the
+    parent may hold the pool's lock at the fork: the child's work runs on a pool
+    of its own, which the child's shutdown waits for; the parent's pool goes on."""
+    pool = Pool(1, thread_name_prefix="posa-test")
+
+    def work_in_child() -> None:
+        futures = [pool.submit(pow, n, 2) for n in range(3)]
+        assert [future.result(CLOSE_DEADLINE) for future in futures] == [0, 1, 4]
+        assert list(pool.map(str, [1, 2])) == ["1", "2"]
+        pool.shutdown()
+        assert pool.here()._shutdown
+
+    try:
+        assert pool.submit(lambda: 1).result(10.0) == 1
+        with (held_by_a_thread(pool._shutdown_lock) if held else contextlib.nullcontext()), \
+                Forked(work_in_child) as child:
+            assert child.outcome(CLOSE_DEADLINE) == "ok"
+        assert pool.submit(lambda: 2).result(10.0) == 2
+        assert not pool._shutdown
+    finally:
+        pool.shutdown()
