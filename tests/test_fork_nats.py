@@ -11,6 +11,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -157,18 +158,48 @@ def test_the_childs_copy_of_the_clients_socket_is_closed(cluster: NatsCluster) -
 
     def in_the_child() -> None:
         listener.close()
-        try:
-            os.fstat(fd)
-        except OSError:
-            return          # closed: what is at that number now is not the socket
-        if os.readlink(f"/proc/self/fd/{fd}") == os.readlink(f"/proc/{os.getppid()}/fd/{fd}"):
-            raise AssertionError("the child holds a copy of the parent's socket")
+        holds_no_copy(fd)
 
     try:
         with Forked(in_the_child) as child:
             assert child.outcome() == "ok"
         assert listener._link.client.sock is sock   # type: ignore[attr-defined]
     finally:
+        listener.close()
+
+
+def holds_no_copy(fd: int) -> None:
+    """(in a forked child) AssertionError if descriptor ``fd`` is still the
+    parent's socket there."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return          # closed: what is at that number now is not the socket
+    if os.readlink(f"/proc/self/fd/{fd}") == os.readlink(f"/proc/{os.getppid()}/fd/{fd}"):
+        raise AssertionError("the child holds a copy of the parent's socket")
+
+
+def test_the_childs_copy_of_a_socket_the_parent_is_closing_is_closed(
+        cluster: NatsCluster) -> None:
+    """The last endpoint on a link is closed: the link has left the table of
+    links, and its client's socket waits for the loop (a thread of the parent,
+    busy at the fork) to close it. The child's copy is closed all the same: it
+    would keep the parent's connection to the server open until the child exits."""
+    listener = transport.listen(cluster.urls, Options())
+    link = listener._link                       # type: ignore[attr-defined]
+    sock = link.client.sock
+    assert sock is not None
+    fd = sock.fileno()
+    busy, resume = threading.Event(), threading.Event()
+    link.loop.call_soon(lambda: (busy.set(), resume.wait(DEADLINE)))
+    try:
+        assert busy.wait(DEADLINE), "the loop did not take the hand-off"
+        listener.close()                        # the link's last user
+        assert link.client.sock is sock and link not in links._links.values()
+        with Forked(lambda: holds_no_copy(fd)) as child:
+            assert child.outcome() == "ok"
+    finally:
+        resume.set()
         listener.close()
 
 

@@ -28,14 +28,17 @@ A forked child inherits the links, not the loop thread that runs them: the fork
 hook (``_forget_parents``) closes in the child every endpoint on them (their use
 raises ``Closed`` saying they are the parent's; their close returns at once,
 taking no lock a thread of the parent may have held and writing no descriptor
-the parent shares) and its copy of each client's socket, and starts the child's
-table of links afresh: the child's endpoints get a client of their own.
+the parent shares) and its copy of each client's socket, that of a link the
+parent was closing too (it has left the table, its socket not yet closed), and
+starts the child's table of links afresh: the child's endpoints get a client of
+their own.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -117,6 +120,7 @@ class Link:
         self._closing = False
         self.client = Client(address.servers, f"posa-{os.getpid()}", self.loop, self,
                              PING_INTERVAL)
+        _made.add(self)
         self.client.start()
 
     @property
@@ -252,6 +256,7 @@ class Link:
 
 _links: dict[tuple[int, str], Link] = {}
 _links_lock = threading.Lock()
+_made: weakref.WeakSet[Link] = weakref.WeakSet()     # for the fork hook: closing ones too
 
 
 def acquire(address: NatsAddress, owner: Endpoint, timeout: float) -> Link:
@@ -288,8 +293,9 @@ def _forget_parents() -> None:
     """In a forked child every link is the parent's (see the module docstring)."""
     global _links_lock
     _links_lock = threading.Lock()
-    inherited = list(_links.values())
+    inherited = list(_made)         # a link being closed has left ``_links`` already
     _links.clear()
+    _made.clear()
     for link in inherited:
         for endpoint in list(link.endpoints):
             endpoint.forked()
