@@ -148,6 +148,39 @@ def test_a_childs_close_of_inherited_inproc_endpoints_wakes_no_parents_poller() 
         listener.close()
 
 
+def test_a_connection_whose_listener_the_parent_closed_is_closed_in_the_child() -> None:
+    """The listener is gone from the parent's table, its connection still open in
+    the parent (dropped, its frames read): in the child that connection is the
+    parent's too. Its use says so, its close returns at once though a thread of
+    the parent held the listener's lock at the fork, and writes no descriptor of
+    the parent's (whose poller would wake for nothing)."""
+    transport = InprocTransport()
+    listener = transport.listen("inproc://fork-d", Options())
+    conn = transport.connect(listener.address, Options())
+    conn.fileno()
+    conn.send(b"before")
+    listener.send(listener.recv(DEADLINE)[0], b"back")
+    listener.close()
+    assert conn.recv(DEADLINE) == b"back"
+    with pytest.raises(Closed, match="was closed"):
+        conn.recv_nowait()
+    assert quiet(conn)
+
+    def in_the_child() -> None:
+        for use in (lambda: conn.send(b"child"), conn.recv_nowait):
+            with pytest.raises(Closed, match=PARENTS):
+                use()
+        conn.close()
+
+    try:
+        with held_by_a_thread(listener._lock), held_by_a_thread(conn._fd_lock), \
+                Forked(in_the_child) as child:
+            assert child.outcome() == "ok"
+        assert quiet(conn), "the parent's poller was woken"
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def registry() -> Any:
     with posa.LocalRegistry() as reg:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import weakref
 from collections import Counter
 
 from posa.errors import Closed, TransportError
@@ -32,6 +33,7 @@ PREFIX = "inproc://"
 listeners: dict[str, InprocListener] = {}
 listeners_lock = threading.Lock()
 parents_names: set[str] = set()    # (in a forked child) the parent's, at the fork
+_connections: weakref.WeakSet[InprocConnection] = weakref.WeakSet()   # for the fork hook
 
 
 def parents(address: str) -> str:
@@ -164,6 +166,7 @@ class InprocListener(Receiver["InprocConnection"]):
                                      "Options.max_connections")
             conn = InprocConnection(self, next(self._ids), options)
             self._routes[conn._route] = conn
+            _connections.add(conn)
             return conn
 
     def _forget(self, conn: InprocConnection) -> None:
@@ -180,18 +183,18 @@ class InprocListener(Receiver["InprocConnection"]):
         conn._drop(why)
 
     def _forked(self) -> None:
-        """(in a forked child) This listener and its connections are the parent's."""
+        """(in a forked child) This listener is the parent's (its connections too:
+        see ``_forget_parents``)."""
         super()._forked()
         self._parents = True
         self._lock = threading.Lock()
-        for conn in self._routes.values():
-            conn._forked()
-            conn._send_error = conn._gone = parents(self.address)
 
 
 def _forget_parents() -> None:
     """In a forked child no inproc listener is the child's: the table starts empty
-    (its lock new: a thread of the parent may have held it at the fork)."""
+    (its lock new: a thread of the parent may have held it at the fork), and every
+    connection is the parent's, that of a listener the parent closed too (it is
+    in no table, its descriptor and its frames still the parent's)."""
     global listeners_lock
     listeners_lock = threading.Lock()
     parents_names.update(listeners)
@@ -199,6 +202,11 @@ def _forget_parents() -> None:
     listeners.clear()
     for listener in inherited:
         listener._forked()
+    connections = list(_connections)
+    _connections.clear()
+    for conn in connections:
+        conn._forked()
+        conn._send_error = conn._gone = parents(conn.address)
 
 
 if hasattr(os, "register_at_fork"):
