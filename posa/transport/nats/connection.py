@@ -66,10 +66,10 @@ class NatsConnection(Receiver[bytes]):
         self._inbound = Reassembly(options.max_frame_size)
         self._limit = SLOW_FACTOR * options.high_water_mark
         timeout = options.send_timeout or 10.0
-        self._link = links.acquire(address, self, timeout)
-        self._inbox = links.new_inbox()
+        self._inbox = links.new_inbox()     # (before the link: its fork hook needs _out)
         self._out = links.Outbound(self._subject, self._inbox, options.high_water_mark,
                                    self)
+        self._link = links.acquire(address, self, timeout)
         try:
             self._start(timeout)
         except BaseException:

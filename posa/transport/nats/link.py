@@ -297,9 +297,9 @@ def _forget_parents() -> None:
     _links.clear()
     _made.clear()
     for link in inherited:
+        _close_copy(link.client)
         for endpoint in list(link.endpoints):
             endpoint.forked()
-        _close_copy(link.client)
 
 
 def _close_copy(client: Client) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from posa.transport.base import Options
 from posa.transport.zmq.connection import ZmqConnection
+from posa.transport.zmq.inherited import building
 from posa.transport.zmq.listener import ZmqListener
 from posa.transport.zmq.sockets import Curve
 
@@ -45,9 +46,11 @@ class ZmqTransport:
 
     def listen(self, address: str, options: Options) -> ZmqListener:
         """Bind a ROUTER at ``address`` (port 0 or ``*`` picks a free port)."""
-        return ZmqListener(address, options, self.curve)
+        with building():
+            return ZmqListener(address, options, self.curve)
 
     def connect(self, address: str, options: Options) -> ZmqConnection:
         """Connect a DEALER to ``address``; the connection completes in the
         background, and ``send`` waits for it (at most ``send_timeout``)."""
-        return ZmqConnection(address, options, self.curve)
+        with building():
+            return ZmqConnection(address, options, self.curve)

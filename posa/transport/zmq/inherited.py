@@ -21,21 +21,31 @@ posa's part. The fork hook (``_forget_parents``), in the child:
   port could not be bound again, and the other side would not see the end.
   libzmq's other descriptors (mailboxes, its poller) stay open in the child,
   unused.
+
+An endpoint being made at the fork by another thread (its socket bound, say, not
+yet an endpoint the hook knows) would be missed: a fork waits (``_before_fork``,
+at most ``BUILD_WAIT`` s) for the endpoints being made (``building``) to be made.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+import threading
 import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from posa.transport.zmq.endpoint import Endpoint
 
-__all__ = ["opened", "parents"]
+__all__ = ["building", "opened", "parents"]
 
+BUILD_WAIT = 5.0        # s a fork waits at most for the endpoints being made
 _endpoints: weakref.WeakSet[Endpoint] = weakref.WeakSet()     # for the fork hook
+_gate = threading.Condition(threading.Lock())   # guards _building; held over a fork
+_building = [0]         # endpoints being made now
 _WILDCARDS = ("0.0.0.0", "::")
 _Where = tuple[str, int] | str          # (host, port), or an ipc path
 
@@ -43,6 +53,30 @@ _Where = tuple[str, int] | str          # (host, port), or an ipc path
 def opened(endpoint: Endpoint) -> None:
     """``endpoint`` was opened in this process (a forked child closes its copy)."""
     _endpoints.add(endpoint)
+
+
+@contextlib.contextmanager
+def building() -> Iterator[None]:
+    """Around the making of an endpoint, which a fork waits for (see the module
+    docstring)."""
+    with _gate:
+        _building[0] += 1
+    try:
+        yield
+    finally:
+        with _gate:
+            _building[0] -= 1
+            if not _building[0]:
+                _gate.notify_all()
+
+
+def _before_fork() -> None:
+    _gate.acquire()
+    _gate.wait_for(lambda: not _building[0], BUILD_WAIT)
+
+
+def _after_in_parent() -> None:
+    _gate.release()
 
 
 def parents(address: str) -> str:
@@ -114,6 +148,8 @@ def _close_if_ours(fd: int, local: list[_Where], remote: list[_Where]) -> None:
 def _forget_parents() -> None:
     """In a forked child every zmq endpoint is the parent's: close the child's
     copies (see the module docstring)."""
+    global _gate
+    _gate, _building[0] = threading.Condition(threading.Lock()), 0
     inherited = [endpoint for endpoint in list(_endpoints) if not endpoint._sock_closed]
     _endpoints.clear()
     local: list[_Where] = []
@@ -128,4 +164,5 @@ def _forget_parents() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parents)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_in_parent,
+                        after_in_child=_forget_parents)

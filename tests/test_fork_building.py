@@ -1,0 +1,164 @@
+"""A fork while another thread is building an endpoint: the endpoint is not yet
+known where the fork hooks look (a zmq listener bound but not yet an endpoint, a
+nats connection on its link but not yet set up). The child must neither hang nor
+keep a copy of the parent's sockets, and its own endpoints work; the parent's
+thread finishes building, and the endpoint works in the parent."""
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posa import transport
+from posa.transport import Options
+from posa.transport.nats import link as links
+from posa.transport.zmq import ZmqTransport
+from posa.transport.zmq import listener as zmq_listener
+from tests.natsserver import NatsCluster
+from tests.support import wait_until
+from tests.test_fork_inproc import Forked
+from tests.test_fork_nats import holds_no_copy
+from tests.test_fork_zmq import rebind
+
+pytestmark = pytest.mark.timeout(90)
+
+DEADLINE = 20.0         # s: far more than either process needs
+
+
+_at_fork: list[threading.Event] = []     # set at the next fork, before posa's hooks
+
+
+def _release_at_fork() -> None:
+    while _at_fork:
+        _at_fork.pop().set()
+
+
+os.register_at_fork(before=_release_at_fork)    # (registered last, so run first)
+
+
+class Paused:
+    """``build`` run by a thread of its own, paused where ``wrap`` puts the pause
+    (in that thread only) until ``finish``; ``built`` is what it returned (or
+    raised)."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.reached, self._go_on = threading.Event(), threading.Event()
+        self.built: list[Any] = []
+        self._thread = threading.Thread(target=self._run, args=(build,))
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is self._thread:     # (not the child's own)
+                self.reached.set()
+                self._go_on.wait(DEADLINE)
+            return fn(*args, **kwargs)
+        return paused
+
+    def _run(self, build: Callable[[], Any]) -> None:
+        try:
+            self.built.append(build())
+        except BaseException as exc:        # handed to the test
+            self.built.append(exc)
+
+    def start(self) -> None:
+        self._thread.start()
+        assert self.reached.wait(DEADLINE), "the building thread did not get there"
+
+    def go_on_at_fork(self) -> None:
+        """Let the building thread go on once the next fork has begun (its first
+        hook), but before the fork itself."""
+        _at_fork.append(self._go_on)
+
+    def finish(self) -> Any:
+        self._go_on.set()
+        self._thread.join(DEADLINE)
+        assert self.built, "the building thread did not finish"
+        return self.built[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with NatsCluster(tmp_path_factory.mktemp("nats-fork-building"), size=1) as running:
+        yield running
+
+
+def exchange_on_own(urls: str) -> None:
+    """(in the child) Endpoints of the child's own work."""
+    own = transport.listen(urls, Options())
+    mine = transport.connect(own.address, Options())
+    mine.send(b"child's own")
+    assert own.recv(DEADLINE)[1] == b"child's own"
+    mine.close()
+    own.close()
+
+
+def test_a_fork_while_a_thread_connects_over_nats(
+        cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection is on the link (it hears the link's events) but not set up
+    yet: the child's fork hook closes it and every other endpoint, and the child's
+    copy of the client's socket."""
+    listener = transport.listen(cluster.urls, Options())
+    sock = listener._link.client.sock           # type: ignore[attr-defined]
+    assert sock is not None
+    fd = sock.fileno()
+    building = Paused(lambda: transport.connect(listener.address, Options()))
+    monkeypatch.setattr(links.Link, "ready", building.wrap(links.Link.ready))
+    try:
+        building.start()
+
+        def in_the_child() -> None:
+            holds_no_copy(fd)
+            exchange_on_own(cluster.urls)
+
+        with Forked(in_the_child) as child:
+            assert child.outcome() == "ok"
+        conn = building.finish()
+        conn.send(b"after")
+        assert listener.recv(DEADLINE)[1] == b"after"
+        conn.close()
+    finally:
+        building.finish()
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", ["zmq+tcp", "zmq+ipc"])
+def test_a_fork_while_a_thread_binds_a_zmq_listener(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket is bound, the endpoint not made yet, as the fork begins: the
+    child holds no copy of the listening socket (once the parent closes the
+    listener, the child still running, the parent binds the address again), and
+    opens endpoints of its own."""
+    zmq = ZmqTransport()
+    listen = "zmq+tcp://127.0.0.1:0" if kind == "zmq+tcp" else f"zmq+ipc://{tmp_path}/b.ipc"
+    building = Paused(lambda: zmq.listen(listen, Options()))
+    monkeypatch.setattr(zmq_listener, "posa_address",
+                        building.wrap(zmq_listener.posa_address))
+    go_read, go_write = os.pipe()
+
+    def in_the_child() -> None:
+        own = zmq.listen(listen.replace("b.ipc", "c.ipc"), Options())
+        mine = zmq.connect(own.address, Options())
+        mine.send(b"child's own")
+        assert own.recv(DEADLINE)[1] == b"child's own"
+        select.select([go_read], [], [], DEADLINE)
+
+    try:
+        building.start()
+        building.go_on_at_fork()
+        with Forked(in_the_child) as child:
+            listener = building.finish()
+            listener.close()
+            again = wait_until(lambda: rebind(zmq, listener.address), DEADLINE,
+                               "the address free again")
+            again.close()
+            os.write(go_write, b"go")
+            assert child.outcome() == "ok"
+    finally:
+        building.finish()
+        os.close(go_read)
+        os.close(go_write)
