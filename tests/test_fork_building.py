@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import posa
 from posa import transport
 from posa.transport import Options
 from posa.transport.nats import link as links
@@ -162,3 +163,34 @@ def test_a_fork_while_a_thread_binds_a_zmq_listener(
         building.finish()
         os.close(go_read)
         os.close(go_write)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "inproc", "zmq+tcp", "nats"])
+def test_a_fork_while_a_thread_makes_a_peer(
+        kind: str, cluster: NatsCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer listens, and is being registered, at the fork: the child makes a
+    peer of its own and requests through it, and exits; the parent's thread
+    makes its peer, which serves."""
+    listen = {"tcp": "tcp://127.0.0.1:0", "inproc": "inproc://fork-building-{}",
+              "zmq+tcp": "zmq+tcp://127.0.0.1:0", "nats": cluster.urls}[kind]
+    with posa.LocalRegistry() as registry:
+        building = Paused(lambda: posa.Peer("lab/building", registry=registry,
+                                            listen=listen.format("parent")))
+        monkeypatch.setattr(registry, "register", building.wrap(registry.register))
+
+        def in_the_child() -> None:
+            with posa.Peer("lab/building-child", registry=registry,
+                           listen=listen.format("child")) as own:
+                own.serve(lambda msg: msg.body)
+                assert own.request("lab/building-child", "mine", timeout=DEADLINE) == "mine"
+
+        try:
+            building.start()
+            with Forked(in_the_child) as child:
+                assert child.outcome() == "ok"
+            with building.finish() as peer, \
+                    posa.Peer("lab/building-asker", registry=registry) as asker:
+                peer.serve(lambda msg: msg.body)
+                assert asker.request("lab/building", "yours", timeout=DEADLINE) == "yours"
+        finally:
+            building.finish()
