@@ -1,6 +1,7 @@
 """Helpers for tests that run real processes: start, wait for a line, always kill."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -184,3 +185,30 @@ def start_dispatcher(*args: str, port: int | None = None) -> tuple[Proc, str]:
     proc = Proc.posa("dispatcher", "--listen", address, *args)
     proc.expect("posa dispatcher")
     return proc, address
+
+
+@contextlib.contextmanager
+def wrong_ca(tmp_path: Path, prefix: str) -> Iterator[tuple[Any, Any]]:
+    """Two peers on a ``LocalRegistry``: ``PREFIX/server`` on a tls:// listener
+    whose certificate one CA signed (it answers requests with their body), and
+    ``PREFIX/client``, which trusts another CA only (``linger`` 0): every
+    handshake of the client with the server fails. Certificates by ``trustme``
+    (the test is skipped without it)."""
+    import pytest
+    trustme = pytest.importorskip("trustme")
+    import posa
+    from posa.transport import Options
+    from posa.transport.tls import TlsSettings
+    ca, other = trustme.CA(), trustme.CA()
+    server_pem, ca_pem, other_pem = (str(tmp_path / n) for n in ("s.pem", "ca.pem", "o.pem"))
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        server_pem)
+    ca.cert_pem.write_to_path(ca_pem)
+    other.cert_pem.write_to_path(other_pem)
+    with posa.LocalRegistry() as reg, posa.Peer(
+            f"{prefix}/server", registry=reg, listen="tls://127.0.0.1:0",
+            options=Options(tls=TlsSettings(cert=server_pem, ca=ca_pem)),
+            handler=lambda m: m.body) as server, posa.Peer(
+            f"{prefix}/client", registry=reg, listen="tcp://127.0.0.1:0", linger=0,
+            options=Options(tls=TlsSettings(ca=other_pem))) as client:
+        yield server, client

@@ -20,8 +20,7 @@ import posa
 import posa.aio
 from posa.gateway.core import Gateway
 from posa.gateway.tokens import ANONYMOUS
-from tests.test_fork_inherited import held_by_a_thread
-from tests.test_fork_inproc import Forked
+from tests.forking import Forked, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(60)
 

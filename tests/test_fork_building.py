@@ -19,12 +19,11 @@ from posa import transport
 from posa.transport import Options
 from posa.transport.nats import link as links
 from posa.transport.zmq import ZmqTransport
+from posa.transport.zmq import address as zmq_address
 from posa.transport.zmq import listener as zmq_listener
+from tests.forking import Forked, holds_no_copy
 from tests.natsserver import NatsCluster
-from tests.support import wait_until
-from tests.test_fork_inproc import Forked
-from tests.test_fork_nats import holds_no_copy
-from tests.test_fork_zmq import rebind
+from tests.test_fork_zmq import bound_again
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -138,7 +137,7 @@ def test_a_fork_while_a_thread_binds_a_zmq_listener(
     listen = "zmq+tcp://127.0.0.1:0" if kind == "zmq+tcp" else f"zmq+ipc://{tmp_path}/b.ipc"
     building = Paused(lambda: zmq.listen(listen, Options()))
     monkeypatch.setattr(zmq_listener, "posa_address",
-                        building.wrap(zmq_listener.posa_address))
+                        building.wrap(zmq_address.posa_address))
     go_read, go_write = os.pipe()
 
     def in_the_child() -> None:
@@ -154,9 +153,7 @@ def test_a_fork_while_a_thread_binds_a_zmq_listener(
         with Forked(in_the_child) as child:
             listener = building.finish()
             listener.close()
-            again = wait_until(lambda: rebind(zmq, listener.address), DEADLINE,
-                               "the address free again")
-            again.close()
+            bound_again(zmq, listener.address)
             os.write(go_write, b"go")
             assert child.outcome() == "ok"
     finally:

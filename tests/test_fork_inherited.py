@@ -2,7 +2,6 @@
 it never shuts down (nor reads from) a socket the parent still uses."""
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import posa
 from posa import transport
 from posa.runtime.reactor import Reactor
 from posa.transport.tcp.closing import reaper
+from tests.forking import held_by_a_thread
 from tests.test_reactor import in_forked_child
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,27 +52,6 @@ def test_a_child_closes_its_client_while_parents_threads_held_its_locks(
         with held_by_a_thread(reg._lines._lock), held_by_a_thread(reg._lock):
             assert in_forked_child(lambda: closes_within(reg)) is True
         assert reg.lookup(NAME).name == NAME
-
-
-@contextlib.contextmanager
-def held_by_a_thread(lock: Any) -> Iterator[None]:
-    """``lock`` held by another thread of this process for the block (and so at a
-    fork in it: that thread is not in the child)."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait(10.0)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10.0)
-        yield
-    finally:
-        release.set()
-        holder.join(10.0)
 
 
 def closes_within(endpoint: Any) -> bool:

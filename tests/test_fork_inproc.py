@@ -2,15 +2,10 @@
 there that no thread reads, so the child is told at once (a send, a receive, a
 connect to one of the parent's names) instead of queueing frames nobody takes; it
 reaches the inproc listeners it makes itself, and nothing it does wakes or
-changes the parent's endpoints. Also the helper the other fork tests share:
-``Forked``, a child whose report and exit status the parent checks."""
+changes the parent's endpoints."""
 from __future__ import annotations
 
-import os
-import select
-import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,67 +16,12 @@ from posa.transport import Options
 from posa.transport.inproc import InprocTransport
 from posa.transport.inproc import listener as table
 from posa.wire.codec import Kind, Message
-from tests.test_fork_inherited import held_by_a_thread
+from tests.forking import Forked, closes_waking_no_poller, held_by_a_thread, quiet
 
 pytestmark = pytest.mark.timeout(60)
 
 DEADLINE = 20.0         # s: far more than a child needs
 PARENTS = "is the parent process's"
-
-
-class Forked:
-    """``act`` run in a child forked now. The child writes what became of it to a
-    pipe (``"ok"`` or the exception) and leaves with ``os._exit``: status 0 if
-    ``act`` returned, 1 if it raised. ``outcome`` waits (within a deadline, on the
-    pipe and on a pidfd: a child still running then is killed) and returns what
-    the child wrote once its exit status checks with it."""
-
-    def __init__(self, act: Callable[[], object]) -> None:
-        self._read, write = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:                           # the child: act, report, leave
-            status = 1
-            try:
-                act()
-                os.write(write, b"ok")
-                status = 0
-            except BaseException as exc:            # reported to the parent
-                os.write(write, repr(exc).encode())
-            finally:
-                os._exit(status)
-        os.close(write)
-        self._pidfd = os.pidfd_open(self.pid)
-
-    def __enter__(self) -> Forked:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pidfd != -1:                       # the parent failed first: end it
-            os.kill(self.pid, signal.SIGKILL)
-            self._reap()
-
-    def _reap(self) -> int:
-        os.close(self._read)
-        os.close(self._pidfd)
-        self._pidfd = -1
-        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-
-    def outcome(self, deadline: float = DEADLINE) -> str:
-        exited, _, _ = select.select([self._pidfd], [], [], deadline)
-        if not exited:
-            os.kill(self.pid, signal.SIGKILL)
-        with os.fdopen(self._read, "rb", closefd=False) as pipe:
-            said = pipe.read().decode()
-        status = self._reap()
-        if not exited:
-            return f"still running after {deadline} s (it said {said!r})"
-        assert status == (0 if said == "ok" else 1), f"exit status {status}: {said}"
-        return said
-
-
-def quiet(endpoint: Any) -> bool:
-    """True if ``endpoint``'s wake-up descriptor is not readable now."""
-    return not select.select([endpoint.fileno()], [], [], 0)[0]
 
 
 def test_a_child_is_told_that_inherited_inproc_endpoints_are_the_parents() -> None:
@@ -132,17 +72,8 @@ def test_a_childs_close_of_inherited_inproc_endpoints_wakes_no_parents_poller() 
     conn.send(b"before")
     listener.send(listener.recv(DEADLINE)[0], b"back")
     assert conn.recv(DEADLINE) == b"back"
-    assert listener.recv_nowait() is None and conn.recv_nowait() is None
-    assert quiet(listener) and quiet(conn)
-
-    def in_the_child() -> None:
-        conn.close()
-        listener.close()
-
     try:
-        with Forked(in_the_child) as child:
-            assert child.outcome() == "ok"
-        assert quiet(listener) and quiet(conn), "the parent's poller was woken"
+        closes_waking_no_poller(listener, conn)
     finally:
         conn.close()
         listener.close()

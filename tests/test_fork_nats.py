@@ -7,27 +7,26 @@ child does wakes the parent's pollers; a child that just exits, through the
 interpreter's own exit, neither hangs nor disturbs the parent."""
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-import posa
 from posa import transport
 from posa.errors import Closed
 from posa.transport import Options
 from posa.transport.nats import link as links
 from posa.transport.nats import loop
+from tests.forking import (
+    Forked,
+    closes_waking_no_poller,
+    held_by_a_thread,
+    holds_no_copy,
+    just_exits,
+    quiet,
+    sends_and_requests_at_once,
+)
 from tests.natsserver import NatsCluster
-from tests.support import ROOT
-from tests.test_fork_inherited import held_by_a_thread
-from tests.test_fork_inproc import Forked
-from tests.test_fork_send import SINK, Sink, exchange
-from tests.test_fork_zmq import EXITING
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,38 +43,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
 
 def test_a_child_sends_and_requests_through_an_inherited_nats_peer(
         dispatcher: str, cluster: NatsCluster) -> None:
-    """Both processes send and request at once through the same Peer, whose
-    connection to the sink the parent made before the fork: each one's messages
-    arrive once and in order, each request is answered, and the parent's
-    connection is never broken."""
-    sink = Sink(2 * ROUNDS + 1)
-    with posa.RegistryClient(dispatcher) as reg, \
-            posa.Peer(SINK, registry=reg, listen=cluster.urls) as receiver, \
-            posa.RegistryClient(dispatcher) as sreg, \
-            posa.Peer("lab/fork-nats-tx", registry=sreg, listen=cluster.urls) as peer:
-        receiver.serve(sink)
-        peer.send(SINK, ["parent", -1], timeout=DEADLINE)
-        assert peer.request(SINK, "before", timeout=DEADLINE) == "before"
-        conn = peer.sender.forwarder()._targets[SINK].conn
-
-        def in_the_child() -> None:
-            exchange(peer, "child", ROUNDS)
-            peer.close()
-
-        with Forked(in_the_child) as child:
-            exchange(peer, "parent", ROUNDS)
-            assert child.outcome() == "ok"
-        assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected}"
-        assert sink.of("parent") == list(range(-1, ROUNDS))
-        assert sink.of("child") == list(range(ROUNDS))
-        assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
-        assert peer.sender.forwarder()._targets[SINK].conn is conn
-        assert not receiver.transport_rejections()
-
-
-def quiet(endpoint: transport.Listener | transport.Connection) -> bool:
-    """True if ``endpoint``'s wake-up descriptor is not readable now."""
-    return not select.select([endpoint.fileno()], [], [], 0)[0]
+    """Parent and child send and request through one Peer at once (see
+    ``sends_and_requests_at_once``)."""
+    sends_and_requests_at_once(dispatcher, cluster.urls, "lab/fork-nats-tx", cluster.urls,
+                               ROUNDS)
 
 
 def test_a_child_is_told_that_inherited_nats_endpoints_are_the_parents(
@@ -130,17 +101,8 @@ def test_a_childs_close_of_inherited_nats_endpoints_wakes_no_poller_of_the_paren
     conn = transport.connect(listener.address, Options())
     conn.send(b"before")
     route, _ = listener.recv(DEADLINE)
-    assert listener.recv_nowait() is None and conn.recv_nowait() is None
-    assert quiet(listener) and quiet(conn)
-
-    def in_the_child() -> None:
-        conn.close()
-        listener.close()
-
     try:
-        with Forked(in_the_child) as child:
-            assert child.outcome() == "ok"
-        assert quiet(listener) and quiet(conn), "the parent's poller was woken"
+        closes_waking_no_poller(listener, conn)
         listener.send(route, b"after")
         assert conn.recv(DEADLINE) == b"after"
     finally:
@@ -168,17 +130,6 @@ def test_the_childs_copy_of_the_clients_socket_is_closed(cluster: NatsCluster) -
         listener.close()
 
 
-def holds_no_copy(fd: int) -> None:
-    """(in a forked child) AssertionError if descriptor ``fd`` is still the
-    parent's socket there."""
-    try:
-        os.fstat(fd)
-    except OSError:
-        return          # closed: what is at that number now is not the socket
-    if os.readlink(f"/proc/self/fd/{fd}") == os.readlink(f"/proc/{os.getppid()}/fd/{fd}"):
-        raise AssertionError("the child holds a copy of the parent's socket")
-
-
 def test_the_childs_copy_of_a_socket_the_parent_is_closing_is_closed(
         cluster: NatsCluster) -> None:
     """The last endpoint on a link is closed: the link has left the table of
@@ -191,7 +142,12 @@ def test_the_childs_copy_of_a_socket_the_parent_is_closing_is_closed(
     assert sock is not None
     fd = sock.fileno()
     busy, resume = threading.Event(), threading.Event()
-    link.loop.call_soon(lambda: (busy.set(), resume.wait(DEADLINE)))
+
+    def hold_the_loop() -> None:
+        busy.set()
+        resume.wait(DEADLINE)
+
+    link.loop.call_soon(hold_the_loop)
     try:
         assert busy.wait(DEADLINE), "the loop did not take the hand-off"
         listener.close()                        # the link's last user
@@ -209,10 +165,4 @@ def test_a_nats_child_that_just_exits_neither_hangs_nor_disturbs_the_parent(
     """A fresh interpreter forks; its child exits through the interpreter's exit
     with the parent's peers (their client, socket and loop) open, having sent or
     not: it exits at once with status 0, and the parent's peers go on."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", EXITING, cluster.urls, cluster.urls, what],
-        env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.stdout.split("\n")[:3] == ["child 0", "after", "a new connection"], \
-        done.stderr
-    assert done.returncode == 0, done.stderr
+    just_exits(cluster.urls, cluster.urls, what)

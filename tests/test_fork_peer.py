@@ -18,7 +18,7 @@ import posa
 from posa.delivery.sender import Sender
 from posa.naming.registration import resolver
 from posa.runtime.reactor import Reactor
-from tests.test_fork_inherited import held_by_a_thread
+from tests.forking import held_by_a_thread
 
 pytestmark = pytest.mark.timeout(60)
 

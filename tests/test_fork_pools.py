@@ -24,8 +24,7 @@ from posa.naming.registration import resolver
 from posa.runtime.pools import Pool
 from posa.work.masterslave import Master
 from posa.work.slave import Slave
-from tests.test_fork_inherited import held_by_a_thread
-from tests.test_fork_inproc import Forked
+from tests.forking import Forked, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(60)
 

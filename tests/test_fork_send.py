@@ -9,20 +9,17 @@ from __future__ import annotations
 import os
 import select
 import signal
-import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 import posa
 from posa.errors import Closed
 from posa.wire.codec import Kind, Message
-from tests.test_fork_inherited import held_by_a_thread
+from tests.forking import SINK, Sink, exchange, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(90)
 
-SINK = "lab/fork-sink"
 SENDER = "lab/fork-sender"
 SERVICE = "lab/fork-send-service"
 ROUNDS = 300            # messages each process sends (one request every 10)
@@ -70,37 +67,6 @@ class Child:
         return True if reported == "True" else reported
 
 
-class Sink:
-    """A handler that keeps every SEND's body and answers a REQUEST with its body."""
-
-    def __init__(self, expected: int) -> None:
-        self.bodies: list[Any] = []
-        self.expected = expected
-        self.all_in = threading.Event()
-
-    def __call__(self, msg: Message) -> Any:
-        if msg.kind == Kind.SEND:
-            self.bodies.append(msg.body)
-            if len(self.bodies) >= self.expected:
-                self.all_in.set()
-        return msg.body
-
-    def of(self, who: str) -> list[int]:
-        return [n for tag, n in self.bodies if tag == who]
-
-
-def exchange(peer: posa.Peer, who: str, rounds: int = ROUNDS) -> None:
-    """Send ``rounds`` numbered messages to the sink, a request every 10, each
-    answered with its own body; then wait until the sink acknowledged them all."""
-    for n in range(rounds):
-        peer.send(SINK, [who, n], timeout=DEADLINE)
-        if n % 10 == 0:
-            answer = peer.request(SINK, [f"{who}-request", n], timeout=DEADLINE)
-            if answer != [f"{who}-request", n]:
-                raise AssertionError(f"{who} asked {n}, was answered {answer!r}")
-    peer.flush(DEADLINE)
-
-
 @pytest.fixture
 def sink_and_sender(dispatcher: str) -> Iterator[tuple[posa.Peer, posa.Peer, Sink]]:
     sink = Sink(2 * ROUNDS + 1)
@@ -124,11 +90,11 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
     conn = peer.sender.forwarder()._targets[SINK].conn
 
     def in_the_child() -> None:
-        exchange(peer, "child")
+        exchange(peer, "child", ROUNDS, DEADLINE)
         peer.close()
 
     with Child(in_the_child) as child:
-        exchange(peer, "parent")
+        exchange(peer, "parent", ROUNDS, DEADLINE)
         assert child.result() is True
     assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
     assert sink.of("parent") == list(range(-1, ROUNDS))
@@ -149,7 +115,7 @@ def test_a_child_sends_though_a_parents_thread_held_the_senders_lock_at_the_fork
     peer.send(SINK, ["parent", 0], timeout=DEADLINE)
     sink.expected = 11
     with held_by_a_thread(peer.sender._lock), \
-            Child(lambda: exchange(peer, "child", 10)) as child:
+            Child(lambda: exchange(peer, "child", 10, DEADLINE)) as child:
         assert child.result(5.0) is True
     assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
     assert sink.of("child") == list(range(10))

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 import posa
-from tests.test_fork_inherited import held_by_a_thread
-from tests.test_fork_inproc import Forked
+from tests.forking import Forked, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
 from posa.ops import Monitor, OpsServer
-from tests.test_fork_inherited import held_by_a_thread
+from tests.forking import held_by_a_thread
 from tests.test_fork_peer import in_a_child_within
 from tests.test_ops import get
 

@@ -11,9 +11,6 @@ import multiprocessing
 import os
 import select
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -26,10 +23,14 @@ import posa
 from posa.errors import Closed, PosaError
 from posa.transport import Options
 from posa.transport.zmq import Curve, ZmqListener, ZmqTransport, context, zap
-from tests.support import ROOT, wait_until
-from tests.test_fork_inherited import held_by_a_thread
-from tests.test_fork_inproc import Forked
-from tests.test_fork_send import SINK, Sink, exchange
+from tests.forking import (
+    SINK,
+    Forked,
+    held_by_a_thread,
+    just_exits,
+    sends_and_requests_at_once,
+)
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,34 +49,10 @@ def listen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def test_a_child_sends_and_requests_through_an_inherited_zmq_peer(
         dispatcher: str, tmp_path: Path, listen: str) -> None:
-    """Both processes send and request at once through the same Peer, whose
-    connection to the sink the parent made before the fork: each one's messages
-    arrive once and in order, each request is answered, and the parent's
-    connection is never broken."""
-    sink = Sink(2 * ROUNDS + 1)
-    with posa.RegistryClient(dispatcher) as reg, \
-            posa.Peer(SINK, registry=reg, listen=listen) as receiver, \
-            posa.RegistryClient(dispatcher) as sreg, \
-            posa.Peer("lab/fork-zmq-tx", registry=sreg,
-                      listen=listen.replace("0.ipc", "1.ipc")) as peer:
-        receiver.serve(sink)
-        peer.send(SINK, ["parent", -1], timeout=DEADLINE)
-        assert peer.request(SINK, "before", timeout=DEADLINE) == "before"
-        conn = peer.sender.forwarder()._targets[SINK].conn
-
-        def in_the_child() -> None:
-            exchange(peer, "child", ROUNDS)
-            peer.close()
-
-        with Forked(in_the_child) as child:
-            exchange(peer, "parent", ROUNDS)
-            assert child.outcome() == "ok"
-        assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected}"
-        assert sink.of("parent") == list(range(-1, ROUNDS))
-        assert sink.of("child") == list(range(ROUNDS))
-        assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
-        assert peer.sender.forwarder()._targets[SINK].conn is conn
-        assert not receiver.transport_rejections()
+    """Parent and child send and request through one Peer at once (see
+    ``sends_and_requests_at_once``)."""
+    sends_and_requests_at_once(dispatcher, listen, "lab/fork-zmq-tx",
+                               listen.replace("0.ipc", "1.ipc"), ROUNDS)
 
 
 def test_a_child_is_told_that_inherited_zmq_endpoints_are_the_parents(
@@ -141,10 +118,7 @@ def test_a_parent_closing_its_zmq_listener_frees_the_address_while_a_child_runs(
     try:
         with Forked(lambda: select.select([go_read], [], [], DEADLINE)) as child:
             listener.close()
-            again = wait_until(lambda: rebind(transport, listener.address), DEADLINE,
-                               "the address free again")
-            assert again is not None
-            again.close()
+            bound_again(transport, listener.address)
             os.write(go_write, b"go")
             assert child.outcome() == "ok"
     finally:
@@ -161,31 +135,12 @@ def rebind(transport: ZmqTransport, address: str) -> ZmqListener | None:
         return None
 
 
-EXITING = textwrap.dedent("""
-    import os, select, sys
-    import posa
-    registry = posa.LocalRegistry()
-    sink = posa.Peer("lab/sink", registry=registry, listen=sys.argv[1])
-    sink.serve(lambda msg: msg.body)
-    peer = posa.Peer("lab/tx", registry=registry, listen=sys.argv[2])
-    assert peer.request("lab/sink", "before", timeout=20) == "before"
-    pid = os.fork()
-    if pid == 0:        # left open: the interpreter's exit (atexit, __del__) is all
-        if sys.argv[3] == "send":
-            peer.send("lab/sink", "child", timeout=20)
-            assert peer.request("lab/sink", "child", timeout=20) == "child"
-        sys.exit(0)
-    pidfd = os.pidfd_open(pid)
-    if not select.select([pidfd], [], [], 20)[0]:
-        os.kill(pid, 9)
-        print("the child hung")
-    print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-    peer.send("lab/sink", "after", timeout=20)
-    print(peer.request("lab/sink", "after", timeout=20))
-    late = posa.Peer("lab/late", registry=registry, listen="tcp://127.0.0.1:0")
-    print(late.request("lab/sink", "a new connection", timeout=20))
-    late.close(); peer.close(); sink.close(); registry.close()
-""")
+def bound_again(transport: ZmqTransport, address: str) -> None:
+    """Wait until ``address`` is free to bind again (bind it, and let it go)."""
+    again = wait_until(lambda: rebind(transport, address), DEADLINE,
+                       "the address free again")
+    assert again is not None
+    again.close()
 
 
 @pytest.mark.parametrize("what", ["nothing", "send"])
@@ -195,13 +150,7 @@ def test_a_child_that_just_exits_neither_hangs_nor_disturbs_the_parent(
     with the parent's peers (and their zmq sockets and context) open, having sent
     or not: it exits at once with status 0, and the parent's peers go on, new
     connections to them too (the ipc path is still the parent's)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", EXITING, listen, listen.replace("0.ipc", "1.ipc"), what],
-        env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.stdout.split("\n")[:3] == ["child 0", "after", "a new connection"], \
-        done.stderr
-    assert done.returncode == 0, done.stderr
+    just_exits(listen, listen.replace("0.ipc", "1.ipc"), what)
 
 
 def test_a_child_listens_with_a_client_allowlist_though_the_zap_lock_was_held() -> None:

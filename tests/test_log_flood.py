@@ -23,6 +23,7 @@ from posa.transport import Options
 from posa.transport.tcp import writer
 from posa.transport.tcp.sockets import DIRECT_LIMIT
 from posa.transport.tcp.writer import LOSS_INTERVAL, LossLog, QueuedWriter
+from tests.support import wrong_ca
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,20 +94,8 @@ def test_the_next_line_says_how_many_losses_were_only_counted(
 
 def test_a_listener_whose_certificate_does_not_verify_is_logged_once(
         losses: LossLog, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    from posa.transport.tls import TlsSettings
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    ca, other = trustme.CA(), trustme.CA()
-    server_pem, ca_pem, other_pem = (str(tmp_path / n) for n in ("s.pem", "ca.pem", "o.pem"))
-    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        server_pem)
-    ca.cert_pem.write_to_path(ca_pem)
-    other.cert_pem.write_to_path(other_pem)
-    with posa.LocalRegistry() as reg, posa.Peer(
-            "flood/server", registry=reg, listen="tls://127.0.0.1:0",
-            options=Options(tls=TlsSettings(cert=server_pem, ca=ca_pem))) as server, \
-         posa.Peer("flood/client", registry=reg, listen="tcp://127.0.0.1:0", linger=0,
-                   options=Options(tls=TlsSettings(ca=other_pem))) as client:
+    with wrong_ca(tmp_path, "flood") as (server, client):
         client.send("flood/server", "never", timeout=1.0)
         with pytest.raises(posa.Timeout, match="give it with --tls-ca"):
             client.flush(timeout=1.5)       # retried on a new connection all along

@@ -18,8 +18,7 @@ import pytest
 trustme = pytest.importorskip("trustme")
 
 import posa  # noqa: E402
-from posa.transport import Options  # noqa: E402
-from posa.transport.tls import TlsSettings  # noqa: E402
+from tests import support  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,19 +28,8 @@ CAUSE = r"the listener's certificate was refused: .*give it with --tls-ca"
 @pytest.fixture
 def wrong_ca(tmp_path: Path) -> Iterator[tuple[posa.Peer, posa.Peer]]:
     """A tls:// server, and a client that trusts another CA than the server's."""
-    ca, other = trustme.CA(), trustme.CA()
-    server_pem, ca_pem, other_pem = (str(tmp_path / n) for n in ("s.pem", "ca.pem", "o.pem"))
-    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        server_pem)
-    ca.cert_pem.write_to_path(ca_pem)
-    other.cert_pem.write_to_path(other_pem)
-    with posa.LocalRegistry() as reg, posa.Peer(
-            "tlscause/server", registry=reg, listen="tls://127.0.0.1:0",
-            options=Options(tls=TlsSettings(cert=server_pem, ca=ca_pem)),
-            handler=lambda m: m.body) as server, posa.Peer(
-            "tlscause/client", registry=reg, listen="tcp://127.0.0.1:0", linger=0,
-            options=Options(tls=TlsSettings(ca=other_pem))) as client:
-        yield server, client
+    with support.wrong_ca(tmp_path, "tlscause") as peers:
+        yield peers
 
 
 TRIES = 8     # where the deadline falls (a back-off, a wait for input) varies:
