@@ -5,9 +5,6 @@ whatever threads of the parent (absent in the child) were doing at the fork."""
 from __future__ import annotations
 
 import contextlib
-import os
-import select
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +15,7 @@ import posa
 from posa.delivery.sender import Sender
 from posa.naming.registration import resolver
 from posa.runtime.reactor import Reactor
-from tests.forking import held_by_a_thread
+from tests.forking import Forked, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,31 +26,11 @@ LEASE = 600.0           # s: no renewal in a test, which would register a name a
 
 def in_a_child_within(act: Callable[[], object], deadline: float = CLOSE_DEADLINE
                       ) -> bool | str:
-    """Run ``act`` in a child forked now, which then leaves with ``os._exit``: True
-    if it returned within ``deadline`` s, else why not (a child still busy then
-    is killed)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                # the child: act, report, leave at once
-        try:
-            act()
-            os.write(write_fd, b"True")
-        except BaseException as exc:            # reported to the parent
-            os.write(write_fd, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    try:
-        ready, _, _ = select.select([read_fd], [], [], deadline)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            return f"still closing after {deadline} s"
-        with os.fdopen(read_fd, "rb", closefd=False) as pipe:
-            reported = pipe.read().decode()
-    finally:
-        os.close(read_fd)
-        os.waitpid(pid, 0)
-    return True if reported == "True" else reported
+    """Run ``act`` in a child forked now (``Forked``): True if it returned within
+    ``deadline`` s, else why not (a child still busy then is killed)."""
+    with Forked(act) as child:
+        said = child.outcome(deadline)
+    return True if said == "ok" else said
 
 
 def echo(msg: Any) -> Any:

@@ -6,9 +6,6 @@ malformed frame (with a real ``posa dispatcher`` process). What is the parent's
 only (receiving, serving, migrating) raises ``Closed`` in the child."""
 from __future__ import annotations
 
-import os
-import select
-import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -16,7 +13,7 @@ import pytest
 import posa
 from posa.errors import Closed
 from posa.wire.codec import Kind, Message
-from tests.forking import SINK, Sink, exchange, held_by_a_thread
+from tests.forking import SINK, Forked, Sink, exchange, held_by_a_thread
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -24,47 +21,6 @@ SENDER = "lab/fork-sender"
 SERVICE = "lab/fork-send-service"
 ROUNDS = 300            # messages each process sends (one request every 10)
 DEADLINE = 30.0         # s: far more than either process needs
-
-
-class Child:
-    """``act`` run in a child forked now, which then leaves with ``os._exit``;
-    ``result`` waits for it: True if ``act`` returned, else why not."""
-
-    def __init__(self, act: Callable[[], object]) -> None:
-        self._read, write = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:                       # the child: act, report, leave at once
-            try:
-                act()
-                os.write(write, b"True")
-            except BaseException as exc:        # reported to the parent
-                os.write(write, repr(exc).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-
-    def __enter__(self) -> Child:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._read != -1:                    # the parent failed first: end the child
-            os.kill(self.pid, signal.SIGKILL)
-            os.close(self._read)
-            os.waitpid(self.pid, 0)
-
-    def result(self, deadline: float = DEADLINE) -> bool | str:
-        try:
-            ready, _, _ = select.select([self._read], [], [], deadline)
-            if not ready:
-                os.kill(self.pid, signal.SIGKILL)
-                return f"still running after {deadline} s"
-            with os.fdopen(self._read, "rb", closefd=False) as pipe:
-                reported = pipe.read().decode()
-        finally:
-            os.close(self._read)
-            self._read = -1
-            os.waitpid(self.pid, 0)
-        return True if reported == "True" else reported
 
 
 @pytest.fixture
@@ -93,9 +49,9 @@ def test_a_child_sends_and_requests_through_an_inherited_peer_on_its_own_streams
         exchange(peer, "child", ROUNDS, DEADLINE)
         peer.close()
 
-    with Child(in_the_child) as child:
+    with Forked(in_the_child) as child:
         exchange(peer, "parent", ROUNDS, DEADLINE)
-        assert child.result() is True
+        assert child.outcome(DEADLINE) == "ok"
     assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
     assert sink.of("parent") == list(range(-1, ROUNDS))
     assert sink.of("child") == list(range(ROUNDS))
@@ -115,8 +71,8 @@ def test_a_child_sends_though_a_parents_thread_held_the_senders_lock_at_the_fork
     peer.send(SINK, ["parent", 0], timeout=DEADLINE)
     sink.expected = 11
     with held_by_a_thread(peer.sender._lock), \
-            Child(lambda: exchange(peer, "child", 10, DEADLINE)) as child:
-        assert child.result(5.0) is True
+            Forked(lambda: exchange(peer, "child", 10, DEADLINE)) as child:
+        assert child.outcome(5.0) == "ok"
     assert sink.all_in.wait(DEADLINE), f"{len(sink.bodies)} of {sink.expected} arrived"
     assert sink.of("child") == list(range(10))
     assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
@@ -138,9 +94,9 @@ def test_a_child_calls_through_an_inherited_client(dispatcher: str) -> None:
             call_all(client, "child")
             client.close()
 
-        with Child(in_the_child) as child:
+        with Forked(in_the_child) as child:
             call_all(client, "parent")
-            assert child.result() is True
+            assert child.outcome(DEADLINE) == "ok"
         assert not server.peer.transport_rejections()
         assert client.call(SERVICE, "after") == "after"
 
@@ -167,8 +123,8 @@ def test_a_child_may_not_receive_serve_or_migrate_with_an_inherited_peer(
             return
         raise AssertionError("not refused")
 
-    with Child(refused) as child:
-        assert child.result() is True
+    with Forked(refused) as child:
+        assert child.outcome(DEADLINE) == "ok"
     peer.send(SINK, ["parent", 0], timeout=DEADLINE)
     assert peer.request(SINK, "after", timeout=DEADLINE) == "after"
     assert sink.of("parent") == [0]
