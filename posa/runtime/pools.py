@@ -27,6 +27,7 @@ __all__ = ["Pool"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _own_lock = threading.Lock()    # guards ``Pool._own``; made anew in a forked child
+_pid = [os.getpid()]            # this process's (no system call per submit)
 
 
 class Pool(ThreadPoolExecutor):
@@ -35,14 +36,14 @@ class Pool(ThreadPoolExecutor):
 
     def __init__(self, max_workers: int, *, thread_name_prefix: str) -> None:
         super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
-        self._made_in = os.getpid()
+        self._made_in = _pid[0]
         self._prefix = thread_name_prefix
         self._own: Pool | None = None       # (in a forked child) the child's pool
 
     @property
     def inherited(self) -> bool:
         """True in a forked child of the process that made the pool."""
-        return self._made_in != os.getpid()
+        return self._made_in != _pid[0]
 
     def here(self) -> Pool:
         """This pool; in a forked child, the child's own like it (made on first use),
@@ -58,7 +59,7 @@ class Pool(ThreadPoolExecutor):
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
                **kwargs: _P.kwargs) -> Future[_T]:
         """As ``ThreadPoolExecutor.submit``; in a forked child, on the child's pool."""
-        if self._made_in != os.getpid():
+        if self._made_in != _pid[0]:
             return self.here().submit(fn, *args, **kwargs)
         return super().submit(fn, *args, **kwargs)
 
@@ -76,6 +77,7 @@ class Pool(ThreadPoolExecutor):
 def _forked() -> None:
     global _own_lock
     _own_lock = threading.Lock()    # a thread of the parent may have held it
+    _pid[0] = os.getpid()
 
 
 if hasattr(os, "register_at_fork"):
