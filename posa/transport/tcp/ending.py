@@ -44,6 +44,7 @@ class ListenerClosing:
         _io_lock: threading.Lock
         _close_lock: threading.Lock
         _closed: bool
+        _ended: bool                      # closed, and every step of close done
         _pid: int
         _linger: float
 
@@ -54,35 +55,54 @@ class ListenerClosing:
     def close(self) -> None:
         """Stop listening, flush queued replies and end every connection, within
         ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
-        thread, which raises ``Closed``. Frames not yet received are dropped."""
+        thread, which raises ``Closed``. Frames not yet received are dropped.
+
+        A close interrupted (``KeyboardInterrupt``) is finished by the next one:
+        each step can run again, and only the last marks the listener ended."""
         if self._pid != os.getpid():    # inherited: the parent's connections (and
-            if not self._closed:        # locks, which a thread absent here may hold)
+            if not self._ended:         # locks, which a thread absent here may hold)
                 self._closed = True
                 close_copies(self._sock, self._wake_r, self._wake_w,
                              *(peer.sock for peer in self._peers.values()))
                 (self._poller if self._own is None else self._own).close()
+                self._ended = True
             return
         with self._close_lock:
-            if self._closed:
+            if self._ended:
                 return
             self._closed = True
         self._wake_up()
         self._guard.close()
         with self._io_lock:
-            self._release_share()
-            deadline = time.monotonic() + self._linger
-            flush_before_close(self._peers, deadline, self._linger, self._flush,
-                               self.address)
-            for peer in self._peers.values():
+            if not self._ended:         # (another thread's close may have ended it)
+                self._finish_close()
+
+    def _finish_close(self) -> None:
+        """(I/O lock held) Every step of close that touches the sockets."""
+        self._release_share()
+        deadline = time.monotonic() + self._linger
+        flush_before_close(self._peers, deadline, self._linger, self._flush,
+                           self.address)
+        self._end_connections(deadline)
+        self._ready.clear()
+        self._poller.close()
+        self._sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._ended = True
+
+    def _end_connections(self, deadline: float) -> None:
+        """End the sending side of every connection and hand it to the reaper
+        (which closes it by ``deadline``); one a close interrupted before ended
+        already (the reaper holds it, or it is closed) is only forgotten."""
+        peers = self._peers
+        for route in list(peers):
+            sock = peers[route].sock
+            if sock.fileno() >= 0 and not reaper.holds(sock):
                 try:
-                    peer.sock.shutdown(socket.SHUT_WR)
+                    sock.shutdown(socket.SHUT_WR)
                 except OSError:
-                    peer.sock.close()  # reset already: nothing to deliver
+                    sock.close()    # reset already: nothing to deliver
                 else:
-                    reaper.adopt(peer.sock, deadline)  # see posa.transport.tcp.closing
-            self._peers.clear()
-            self._ready.clear()
-            self._poller.close()
-            self._sock.close()
-            self._wake_r.close()
-            self._wake_w.close()
+                    reaper.adopt(sock, deadline)  # see posa.transport.tcp.closing
+            del peers[route]

@@ -114,6 +114,7 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending, ListenerClosing):
         self._io_lock = threading.Lock()      # held by the thread doing I/O
         self._close_lock = threading.Lock()
         self._closed = False
+        self._ended = False                    # every step of close() done (ending.py)
         self._pid = os.getpid()                # a forked child's copy is not its to end
         self._poller = Poller()
         self._own = None        # the inner poller while a reactor's serves (sharing.py)
