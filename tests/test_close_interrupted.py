@@ -2,19 +2,21 @@
 
 A ``KeyboardInterrupt`` is raised at each instruction of a listener's close in
 turn (a trace function on the closing thread, which raises at the n-th
-instruction of the close's own functions); the next ``close()`` must then leave
-the port free, no wake-up of the listener at the alarm thread, and every
-connection ended, what was sent to it delivered first, as an uninterrupted
-close does.
+instruction of the close's own functions); the next ``close()`` (the
+listener's, or its ``Peer``'s) must then leave the port (or inproc name) free
+and the listener's descriptors closed; a tcp listener also no wake-up at the
+alarm thread, nothing watched by its reactor, and every connection ended, what
+was sent to it delivered first, as an uninterrupted close does.
 
-The instructions of a ``with`` statement's call of ``__exit__`` are skipped: an
-exception raised there leaves the lock held, in any Python code, and the
-interpreter runs no signal handler there (it looks for one only once a call
-returned, at a backward jump or at a function's start).
+The instructions of a ``with`` statement that no handler covers are skipped
+(its call of ``__exit__``, a ``NOP`` standing for a ``try:``): an exception
+raised there leaves the lock held, in any Python code, and the interpreter
+runs no signal handler there (it looks for one only once a call returned, at
+a backward jump or at a function's start).
 
-Before: the tcp listener marked itself closed first, so the close after an
-interrupted one returned at once and the port stayed bound until the process
-exited.
+Before: the tcp, zmq and inproc listeners marked themselves closed first, so
+the close after an interrupted one returned at once and the port (or name)
+stayed bound until the process exited.
 """
 from __future__ import annotations
 
@@ -58,10 +60,15 @@ TCP_CLOSE = _codes(*_methods(ListenerClosing), SharedPolling._release_share,
                    flush_before_close, Guard.close)
 
 
-def _exit_calls(code: types.CodeType) -> set[int]:
-    """The offsets of each ``with`` statement's call of ``__exit__(None, None,
-    None)``: three ``LOAD_CONST None`` and the call."""
-    instructions = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
+def _unprotected(code: types.CodeType) -> set[int]:
+    """The offsets inside ``with`` statements where an exception would escape
+    without the call of ``__exit__``: the call itself (three ``LOAD_CONST None``
+    and the call) and the instructions the exception table leaves out (a
+    ``NOP`` standing for a ``try:``). The interpreter runs no signal handler at
+    any of them."""
+    bytecode = dis.Bytecode(code)
+    instructions = [i for i in bytecode if i.opname != "CACHE"]
+    entries = getattr(bytecode, "exception_entries", [])   # (none before 3.11)
     skipped: set[int] = set()
     for n in range(len(instructions) - 3):
         nones = instructions[n:n + 3]
@@ -71,6 +78,14 @@ def _exit_calls(code: types.CodeType) -> set[int]:
             if calls and rest[0] is calls[0]:
                 skipped.update(i.offset for i in nones)
                 skipped.update(i.offset for i in calls)
+    for ins in instructions:
+        if ins.opname != "BEFORE_WITH":
+            continue
+        handler = next(e.target for e in entries if e.start <= ins.offset + 2 < e.end)
+        end = max(e.end for e in entries if e.target == handler)
+        skipped.update(i.offset for i in instructions
+                       if ins.offset < i.offset < end
+                       and not any(e.start <= i.offset < e.end for e in entries))
     return skipped
 
 
@@ -79,7 +94,7 @@ class Interrupt:
     on this thread (instructions of a ``with``'s exit call not counted)."""
 
     def __init__(self, codes: Iterable[types.CodeType], at: int) -> None:
-        self.skip = {code: _exit_calls(code) for code in codes}
+        self.skip = {code: _unprotected(code) for code in codes}
         self.at = at
         self.seen = 0
 
@@ -237,3 +252,44 @@ def test_a_peers_next_close_finishes_its_listeners_cut_close() -> None:
             break
         at += 1
     assert at > 50
+
+
+def test_a_zmq_listeners_close_cut_anywhere_is_finished_by_the_next() -> None:
+    pytest.importorskip("zmq")
+    from posa.transport.zmq.endpoint import Endpoint
+    from posa.transport.zmq.listener import ZmqListener
+
+    def check(listener: Listener, conn: Connection) -> None:
+        address = listener.address.replace("zmq+", "")   # unbound by libzmq's thread
+        wait_until(lambda: _port_free(address), 10.0, f"{address} unbound")
+        assert listener._sock.closed                # type: ignore[attr-defined]
+        assert listener._wake is None               # type: ignore[attr-defined]
+
+    codes = _codes(Endpoint.close, Endpoint._close_socket, ZmqListener.close)
+    assert _interrupted_closes(partial(_served, "zmq+tcp://127.0.0.1:0"), codes,
+                               check) > 10
+
+
+def test_an_inproc_listeners_close_cut_anywhere_is_finished_by_the_next() -> None:
+    from posa.transport.inproc.connection import InprocConnection
+    from posa.transport.inproc.listener import InprocListener
+    from posa.transport.inproc.receiver import Receiver
+
+    address = "inproc://close-interrupted"
+
+    def served() -> tuple[Listener, Connection]:
+        listener, conn = _served(address)
+        assert listener.fileno() >= 0               # its wake-up descriptor made
+        return listener, conn
+
+    def check(listener: Listener, conn: Connection) -> None:
+        again = transport.listen(address, OPTIONS)  # the name is free
+        again.close()
+        assert listener._rfd == listener._wfd == -1  # type: ignore[attr-defined]
+        assert conn.recv(timeout=10.0) == b"pong"
+        with pytest.raises(Closed):
+            conn.recv(timeout=10.0)
+
+    codes = _codes(InprocListener.close, Receiver._mark_closed, Receiver._release,
+                   InprocConnection._drop)
+    assert _interrupted_closes(served, codes, check) > 50
