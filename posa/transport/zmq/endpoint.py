@@ -158,6 +158,7 @@ class Endpoint:
             self._wake = None
             os.close(wake[1])
         note_linger(self._options.linger)
+        self._refusals.flush()      # what was only counted: no later refusal will log it
         self._sock_closed = True
 
     def _enter_wait(self) -> None:
