@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -353,6 +354,9 @@ class Peer:
             pass
         self._listening.close_all()
         self._inbox.close()
+        self.gatekeeper.flush_log()     # the counts held back: no later line would say them
+        if (tcp := sys.modules.get("posa.transport.tcp.writer")) is not None:
+            tcp.losses.flush()          # (the process's: other peers' losses too)
 
     def _close_inherited(self) -> None:
         """(in a forked child) Deliver what this process sent through the peer (up

@@ -211,12 +211,18 @@ def test_refusals_are_counted_by_cause_and_logged_once_per_cause(
             if listener.recv_nowait() is None:
                 time.sleep(0.01)    # a poll interval
         rejections = dict(listener.rejections)
+        records = [r.getMessage() for r in caplog.records if r.name == "posa.transport.tcp"]
     assert rejections["garbage"] == 125, rejections
     assert rejections["oversize"] >= 63 and sum(rejections.values()) <= sent, rejections
-    records = [r.getMessage() for r in caplog.records if r.name == "posa.transport.tcp"]
     causes = [cause for cause in rejections if any(f"({cause})" in r for r in records)]
     assert len(records) == len(causes) <= len(rejections), records
     assert all(len(r) < 400 for r in records), records
+    # the close logs each count held back, once
+    at_close = [r.getMessage() for r in caplog.records
+                if r.name == "posa.transport.tcp"][len(records):]
+    held = [cause for cause in causes if rejections[cause] > 1]
+    assert len(at_close) == len(held), at_close
+    assert all("only counted since the last such line" in r for r in at_close), at_close
 
 
 def test_an_idle_connection_is_closed_and_the_client_carries_on() -> None:

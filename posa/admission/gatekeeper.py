@@ -228,6 +228,11 @@ class Gatekeeper:
         if self.in_flight is not None:
             self.in_flight.leave(msg)
 
+    def flush_log(self) -> None:
+        """Log the refusals only counted so far (its peer closes: no later
+        refusal will)."""
+        self._refusals.flush()
+
     def _reject(self, reason: str, error: PosaError, msg: Message | None) -> Rejection:
         """Count and log (throttled per reason) a refusal; the ``Rejection`` to raise."""
         self.rejections[reason] += 1

@@ -57,6 +57,7 @@ class InprocListener(Receiver["InprocConnection"]):
         self._max_frame_size = options.max_frame_size
         self._hwm = options.high_water_mark
         self._parents = False           # (in a forked child) the parent's copy
+        self._ended = False             # every step of close() done
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._routes)} connections"
@@ -136,21 +137,25 @@ class InprocListener(Receiver["InprocConnection"]):
 
     def close(self) -> None:
         """Stop listening and drop every connection: their sends and, once they
-        have read what was sent to them, their receives raise ``Closed``. Idempotent."""
-        if not self._mark_closed():
+        have read what was sent to them, their receives raise ``Closed``. Idempotent;
+        a close interrupted (``KeyboardInterrupt``) is finished by the next one."""
+        self._mark_closed()     # (done already by a close that was interrupted)
+        if self._ended:
             return
         with listeners_lock:
             if listeners.get(self._name) is self:
                 del listeners[self._name]
         with self._lock:
             conns = list(self._routes.values())
-            self._routes.clear()
         for conn in conns:
             conn._drop(f"the inproc listener {self.address} was closed")
         self._ready.clear()
         for conn in conns:
             conn._up.clear()
+        with self._lock:
+            self._routes.clear()
         self._release()
+        self._ended = True
 
     def _accept(self, options: Options) -> InprocConnection:
         with self._lock:

@@ -124,16 +124,20 @@ class Receiver(Generic[_Item]):
         self._readers = Sleepers()
 
     def _release(self) -> None:
-        """Wake every reader and poller, then close the descriptor."""
+        """Wake every reader and poller, then close the descriptor. Can run again
+        (a close interrupted): a descriptor is forgotten before it is closed."""
         with self._fd_lock:
-            if self._wfd >= 0:
+            self._signalled = True          # no more writes by senders
+            rfd, wfd = self._rfd, self._wfd
+            if wfd >= 0:
                 try:
-                    os.write(self._wfd, ONE)   # a poller wakes and meets Closed
-                except BlockingIOError:
-                    pass
-                os.close(self._wfd)
-                if self._rfd != self._wfd:
-                    os.close(self._rfd)
-            self._rfd = self._wfd = -1
-            self._signalled = True
+                    os.write(wfd, ONE)      # a poller wakes and meets Closed
+                except OSError:
+                    pass    # full (readable already), or its read end closed before
+            if rfd >= 0 and rfd != wfd:     # a pipe's read end
+                self._rfd = -1
+                os.close(rfd)
+            if wfd >= 0:
+                self._rfd = self._wfd = -1
+                os.close(wfd)
         self._readers.wake_all()

@@ -58,6 +58,11 @@ class Reaper:
                                                 name="posa-tcp-reaper")
                 self._thread.start()
 
+    def holds(self, sock: socket.socket) -> bool:
+        """True while ``sock`` waits here to be closed."""
+        with self._lock:
+            return sock in self._sockets
+
     def finish(self, deadline: float | None = None) -> None:
         """Wait for the sockets handed over so far (until their deadlines), or
         until ``deadline`` (``time.monotonic()``) if that comes first: a command

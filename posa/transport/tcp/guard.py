@@ -70,9 +70,11 @@ class Guard:
             alarm.at(when, self._wake)
 
     def close(self) -> None:
-        """The listener closed: no more wake-ups."""
+        """The listener closed: no more wake-ups; the refusals only counted so far
+        are logged (no later refusal will)."""
         self._alarm_at = -math.inf
         alarm.cancel(self._wake)
+        self.refusals.flush()
 
     def refuse(self, cause: str, message: str, *args: object) -> None:
         """Count one refusal of ``cause`` and log it (throttled)."""

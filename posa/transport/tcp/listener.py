@@ -30,11 +30,8 @@ sends stamp their connection with it, so the hot path adds no clock call. The
 alarm thread (``posa.transport.tcp.alarm``) wakes the listener when a deadline
 falls due while nothing else happens.
 
-*Closing.* ``close()`` flushes, ends the sending side of every connection and
-hands the sockets to the reaper (``posa.transport.tcp.closing``); a connection
-whose stream ended has been read to its end and is closed at once. In a forked
-child, closing a listener it inherited closes the child's descriptors only
-(``closing.close_copies``).
+*Closing.* ``close()`` flushes, ends every connection and hands the sockets to
+the reaper (``posa.transport.tcp.ending``).
 
 *Served by a reactor.* A reactor that offers its own poller takes these
 descriptors into it (``attach``, ``posa.transport.tcp.sharing``): one poll per
@@ -65,11 +62,11 @@ from posa.transport.refusals import clip
 from posa.transport.tcp.accepting import Accepted, AcceptPath
 from posa.transport.tcp.address import format_address
 from posa.transport.tcp.bursts import BurstSending
-from posa.transport.tcp.closing import close_copies, reaper
+from posa.transport.tcp.closing import reaper
+from posa.transport.tcp.ending import ListenerClosing
 from posa.transport.tcp.guard import Guard
 from posa.transport.tcp.sharing import SharedPolling
 from posa.transport.tcp.sockets import DIRECT_LIMIT, NOSIGNAL, error_text, too_large
-from posa.transport.tcp.waiting import flush_before_close
 
 __all__ = ["TcpListener"]
 
@@ -90,7 +87,7 @@ _ACCEPT: Final = _Role.ACCEPT
 _WAKE: Final = _Role.WAKE
 
 
-class TcpListener(AcceptPath, SharedPolling, BurstSending):
+class TcpListener(AcceptPath, SharedPolling, BurstSending, ListenerClosing):
     """A bound ``tcp://`` endpoint; see the module docstring for its design.
 
     Routes are ints, one per accepted connection, never reused by a listener."""
@@ -117,6 +114,7 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
         self._io_lock = threading.Lock()      # held by the thread doing I/O
         self._close_lock = threading.Lock()
         self._closed = False
+        self._ended = False                    # every step of close() done (ending.py)
         self._pid = os.getpid()                # a forked child's copy is not its to end
         self._poller = Poller()
         self._own = None        # the inner poller while a reactor's serves (sharing.py)
@@ -201,42 +199,6 @@ class TcpListener(AcceptPath, SharedPolling, BurstSending):
                 raise self._gone_error(route)
             return
         self._write_out(peer, route, frame_header(len(frame)) + frame)
-
-    def close(self) -> None:
-        """Stop listening, flush queued replies and end every connection, within
-        ``linger`` seconds. Idempotent; wakes a ``recv`` blocked in another
-        thread, which raises ``Closed``. Frames not yet received are dropped."""
-        if self._pid != os.getpid():    # inherited: the parent's connections (and
-            if not self._closed:        # locks, which a thread absent here may hold)
-                self._closed = True
-                close_copies(self._sock, self._wake_r, self._wake_w,
-                             *(peer.sock for peer in self._peers.values()))
-                (self._poller if self._own is None else self._own).close()
-            return
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._wake_up()
-        self._guard.close()
-        with self._io_lock:
-            self._release_share()
-            deadline = time.monotonic() + self._linger
-            flush_before_close(self._peers, deadline, self._linger, self._flush,
-                               self.address)
-            for peer in self._peers.values():
-                try:
-                    peer.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    peer.sock.close()  # reset already: nothing to deliver
-                else:
-                    reaper.adopt(peer.sock, deadline)  # see posa.transport.tcp.closing
-            self._peers.clear()
-            self._ready.clear()
-            self._poller.close()
-            self._sock.close()
-            self._wake_r.close()
-            self._wake_w.close()
 
     def __enter__(self) -> TcpListener:
         return self

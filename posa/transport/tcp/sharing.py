@@ -92,12 +92,14 @@ class SharedPolling:
         if own is None:
             return
         share = self._poller
-        for fd, _ in self._watched():
-            try:
-                share.unregister(fd)
-            except (OSError, ValueError, KeyError):
-                pass    # closed already: the poller forgot it by itself
-        self._own, self._poller = None, own
+        if share is not own:    # (it is: a close interrupted after the swap below)
+            for fd, _ in self._watched():
+                try:
+                    share.unregister(fd)
+                except (OSError, ValueError, KeyError):
+                    pass    # closed already: the poller forgot it by itself
+            self._poller = own
+        self._own = None
 
     def _watched(self) -> list[tuple[int, int]]:
         """Every descriptor the poller watches now, with its mask."""

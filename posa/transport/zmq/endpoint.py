@@ -97,8 +97,9 @@ class Endpoint:
         self._lock = threading.Lock()
         self._closed = self._sock_closed = self._parents = True
         if self._wake is not None:
-            os.close(self._wake[0])
-            os.close(self._wake[1])
+            for fd in self._wake:
+                if fd >= 0:     # (-1: closed by a close that was interrupted)
+                    os.close(fd)
             self._wake = None
         self._poll_in = self._poll_out = []
 
@@ -134,23 +135,31 @@ class Endpoint:
         self._run = 0
 
     def close(self) -> None:
-        """Close; a thread blocked in this endpoint wakes with ``Closed``. Idempotent."""
+        """Close; a thread blocked in this endpoint wakes with ``Closed``. Idempotent;
+        a close interrupted (``KeyboardInterrupt``) is finished by the next one."""
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
+            if self._sock_closed:
+                return
             if self._blocked and self._wake is not None:
-                os.write(self._wake[1], b"!")
+                os.write(self._wake[1], b"!")  # (again after an interrupted close)
                 return                         # the blocked thread closes the socket
             self._close_socket()
 
     def _close_socket(self) -> None:
-        self._sock_closed = True
+        """Close the socket, then the wake-up pipe; each step can run again (a
+        descriptor is forgotten before it is closed: never closed twice)."""
         self._sock.close()
-        if self._wake is not None:
-            os.close(self._wake[0])
-            os.close(self._wake[1])
+        wake = self._wake
+        if wake is not None:
+            if wake[0] >= 0:
+                self._wake = (-1, wake[1])
+                os.close(wake[0])
+            self._wake = None
+            os.close(wake[1])
         note_linger(self._options.linger)
+        self._refusals.flush()      # what was only counted: no later refusal will log it
+        self._sock_closed = True
 
     def _enter_wait(self) -> None:
         with self._lock:

@@ -114,7 +114,7 @@ class _Monitor:
                 monitor = item
                 if not self._events(monitor, watched[monitor]):
                     poller.unregister(monitor)
-                    del watched[monitor]
+                    watched.pop(monitor).refusals.flush()   # its listener closed
                     monitor.close(linger=0)
 
     @staticmethod
