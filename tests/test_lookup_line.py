@@ -15,7 +15,7 @@ import posa
 from posa import transport
 from posa.delivery.requests import Requests
 from posa.delivery.sender import Sender
-from posa.errors import NameNotFound, Rejected, Timeout, Unauthorized
+from posa.errors import NameNotFound, ProtocolError, Rejected, Timeout, Unauthorized
 from posa.naming.lookups import LookupLine
 from posa.naming.protocol import DISPATCHER, OPS, registration_to_wire
 from posa.naming.registration import Registration, resolver
@@ -104,6 +104,27 @@ def test_a_packed_reply_is_the_frame_the_codec_packs(id: int, sender: str,
         msg = codec.decode(codec.pack(Kind.REQUEST, 0, id, sender, recipient, 0, {}, None))
         assert requests.packed_reply(msg, msgpack.packb(body)) == requests.frame(
             msg, Kind.REPLY, body)[1]
+
+
+@pytest.mark.parametrize("id", [1, 65535, 65536, (1 << 31) + 5, (1 << 32) - 1, 1 << 32])
+@pytest.mark.parametrize("name", [NAME, "é/" + "n" * 200, "n" * 300, "\ud800", 7])
+@pytest.mark.parametrize("timeout", [5.0, 0.0001])
+def test_a_lookup_request_is_the_frame_the_codec_packs(id: int, name: Any,
+                                                       timeout: float) -> None:
+    """The request joined from the bytes of the last one is what ``Pack`` makes of
+    its fields, byte for byte; a name msgpack refuses is refused as ``Pack`` does."""
+    codec, line = Codec(), line_to("tcp://127.0.0.1:9")
+    fields = (Kind.REQUEST, 0, id, "", DISPATCHER, 0, {"ttl": max(1, int(timeout * 1000))},
+              {"op": "lookup", "name": name})
+    for asked in (timeout, timeout, 7.0, timeout):  # made, kept, made anew for a new ttl
+        if asked != timeout:
+            line._frame(id, NAME, asked)
+            continue
+        if name == "\ud800":
+            with pytest.raises(ProtocolError, match="cannot encode"):
+                line._frame(id, name, timeout)
+        else:
+            assert line._frame(id, name, timeout) == codec.pack(*fields)
 
 
 def test_a_lookup_over_a_stream_is_still_answered(dispatcher: posa.Dispatcher) -> None:

@@ -52,7 +52,9 @@ from posa.runtime.trace import active as _traced  # truthy inside a trace: one c
 from posa.runtime.trace import outgoing as _outgoing
 from posa.transport import connect
 from posa.transport.base import Connection, Options
+from posa.wire.codec import U32 as _U32
 from posa.wire.codec import Codec, Kind, Message, Pack, error_fields
+from posa.wire.names import MAX_NAME_LEN
 
 __all__ = ["LookupLine", "Lines"]
 
@@ -69,17 +71,18 @@ if hasattr(os, "register_at_fork"):
 _packers = threading.local()
 
 
-def _thread_packer() -> Pack:
-    """The calling thread's packer for lookups, shared by every client's line in it
-    (a packer holds a buffer of 256 KiB: one per thread, not one per client; a
-    lookup's frame is far below any frame limit)."""
-    pack: Pack | None = getattr(_packers, "pack", None)
-    if pack is None:
-        pack = _packers.pack = Codec().packer()
-    return pack
+def _thread_packers() -> tuple[Pack, Callable[[Any], bytes]]:
+    """The calling thread's packers for lookups (``Codec.packers``), shared by every
+    client's line in it (a packer holds a buffer of its own: one per thread, not one
+    per client; a lookup's frame is far below any frame limit)."""
+    packers: tuple[Pack, Callable[[Any], bytes]] | None = getattr(_packers, "packers", None)
+    if packers is None:
+        packers = _packers.packers = Codec().packers()
+    return packers
 
 
 _REQUEST, _REPLY, _ERROR = Kind.REQUEST, Kind.REPLY, Kind.ERROR
+_HEAD = bytes((0x99, 1, _REQUEST, 0))   # an envelope of 9, version 1, REQUEST, stream 0
 _NAMES = (DISPATCHER,)
 _monotonic = time.monotonic
 _poll = getattr(select, "poll", None)
@@ -93,7 +96,10 @@ class LookupLine:
                  authenticator: Authenticator | None = None) -> None:
         self.address = address
         self._codec = codec
-        self._pack = _thread_packer()
+        self._pack, self._packb = _thread_packers()
+        # (timeout, the request's bytes between its id and the name looked up): a
+        # lookup's envelope differs from the last one in those two alone (``_frame``)
+        self._middle: tuple[float, bytes] = (-1.0, b"")
         self._options = options
         self._auth = authenticator
         self._conn: Connection | None = None
@@ -112,12 +118,7 @@ class LookupLine:
         now = _monotonic()
         deadline = now + timeout
         self._id = ask = self._id + 1
-        ttl = int(timeout * 1000)
-        headers: dict[str, Any] = {"ttl": ttl if ttl > 1 else 1}
-        if _traced():           # inside a trace: the dispatcher continues it
-            headers = _outgoing(headers) or headers
-        envelope = self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
-                              {"op": "lookup", "name": name})
+        envelope = self._frame(ask, name, timeout)
         auth = self._auth
         while True:
             try:
@@ -143,6 +144,30 @@ class LookupLine:
                 return registration_from_wire(msg.body)
             code, kind, text = error_fields(msg.body)
             raise from_wire(code, kind, text)
+
+    def _frame(self, ask: int, name: str, timeout: float) -> bytes:
+        """The REQUEST asking for ``name``: what ``Pack`` makes of it, byte for byte,
+        joined from the bytes of the last one where only the id and the name differ
+        (a third of the work of packing it whole); packed whole inside a trace (its
+        headers differ), or for a name that is no str of at most ``MAX_NAME_LEN`` characters
+        (the dispatcher refuses it) or that msgpack does not take (``Pack`` raises)."""
+        if (not _traced() and 0xFFFF < ask <= 0xFFFFFFFF and name.__class__ is str
+                and len(name) <= MAX_NAME_LEN):
+            of, middle = self._middle
+            if of != timeout:
+                packb = self._packb
+                middle = (packb("") + packb(DISPATCHER) + b"\x00" + packb(_ttl(timeout))
+                          + b"\x82" + packb("op") + packb("lookup") + packb("name"))
+                self._middle = (timeout, middle)
+            try:
+                return _HEAD + _U32(0xCE, ask) + middle + self._packb(name)
+            except ValueError:  # (UnicodeEncodeError) the whole pack says why
+                pass
+        headers = _ttl(timeout)
+        if _traced():           # inside a trace: the dispatcher continues it
+            headers = _outgoing(headers) or headers
+        return self._pack(_REQUEST, 0, ask, "", DISPATCHER, 0, headers,
+                          {"op": "lookup", "name": name})
 
     def _wait(self, conn: Connection, ask: int, deadline: float) -> Message:
         """The answer to request ``ask`` (REPLY or ERROR); ``Timeout`` at ``deadline``."""
@@ -223,6 +248,12 @@ def _watch(conn: Connection) -> Callable[[int], list[Any]] | None:
     poller.register(conn.fileno(), _POLLIN)
     wait: Callable[[int], list[Any]] = poller.poll
     return wait
+
+
+def _ttl(timeout: float) -> dict[str, Any]:
+    """A lookup's headers: its time to live in milliseconds (1 at least)."""
+    ttl = int(timeout * 1000)
+    return {"ttl": ttl if ttl > 1 else 1}
 
 
 def _backoff(deadline: float) -> float:
