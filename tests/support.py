@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import pytest
+
 _T = TypeVar("_T")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,3 +186,29 @@ def start_dispatcher(*args: str, port: int | None = None) -> tuple[Proc, str]:
     proc = Proc.posa("dispatcher", "--listen", address, *args)
     proc.expect("posa dispatcher")
     return proc, address
+
+
+def read_only(directory: Path, code: str) -> str:
+    """What ``code`` prints run where ``directory`` cannot be written: a read-only
+    bind mount in a namespace of its own (as root, which writes whatever the
+    mode), else the modes."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if os.getuid() != 0:
+        for path in directory.iterdir():
+            path.chmod(0o444)
+        directory.chmod(0o555)
+        try:
+            return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  text=True, timeout=30, env=env, check=True).stdout
+        finally:
+            directory.chmod(0o755)
+    script = (f'mount --bind "{directory}" "{directory}" && '
+              f'mount -o remount,bind,ro "{directory}" && exec "$0" -c "$1"')
+    try:
+        out = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, code],
+                             capture_output=True, text=True, timeout=30, env=env)
+    except FileNotFoundError:
+        pytest.skip("no unshare to make a read-only mount")
+    if out.returncode != 0:
+        pytest.skip(f"no read-only mount here: {out.stderr[-300:]}")
+    return out.stdout

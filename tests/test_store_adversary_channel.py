@@ -5,12 +5,12 @@ An event acknowledged is stored; one not stored is not acknowledged; the channel
 keeps running and takes events again once the store does."""
 from __future__ import annotations
 
-import os
 import resource
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from posa.channel.service import EventChannel
 from posa.channel.store import SqliteStore
 from posa.channel.subscriber import Subscriber
 from posa.work.sqlitestore import SqliteStore as QueueStore
-from tests.support import ROOT, Proc, wait_until
+from tests.support import Proc, read_only, wait_until
 
 
 @pytest.fixture
@@ -193,39 +193,13 @@ def test_a_file_that_is_no_channel_store_is_refused_at_start_saying_what_to_do(
     with pytest.raises(ValueError, match="it is a queue store, not a channel store"):
         SqliteStore(str(queue))
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as db:
+    with closing(sqlite3.connect(other)) as db, db:
         db.execute("CREATE TABLE accounts (id INTEGER, owner TEXT)")
     with pytest.raises(ValueError, match="holds tables a channel store does not "
                                          r"\(accounts\)"):
         SqliteStore(str(other))
     with pytest.raises(ValueError, match="in a directory that exists"):
         SqliteStore(str(tmp_path / "missing" / "c.db"))
-
-
-def read_only(directory: Path, code: str) -> str:
-    """What ``code`` prints run where ``directory`` cannot be written: a read-only
-    bind mount in a namespace of its own (as root, which writes whatever the
-    mode), else the modes."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if os.getuid() != 0:
-        for path in directory.iterdir():
-            path.chmod(0o444)
-        directory.chmod(0o555)
-        try:
-            return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                  text=True, timeout=30, env=env, check=True).stdout
-        finally:
-            directory.chmod(0o755)
-    script = (f'mount --bind "{directory}" "{directory}" && '
-              f'mount -o remount,bind,ro "{directory}" && exec "$0" -c "$1"')
-    try:
-        out = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, code],
-                             capture_output=True, text=True, timeout=30, env=env)
-    except FileNotFoundError:
-        pytest.skip("no unshare to make a read-only mount")
-    if out.returncode != 0:
-        pytest.skip(f"no read-only mount here: {out.stderr[-300:]}")
-    return out.stdout
 
 
 def test_a_store_the_process_may_not_write_is_refused_at_start(tmp_path: Path) -> None:
