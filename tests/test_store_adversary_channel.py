@@ -53,11 +53,15 @@ class FlakyStore(SqliteStore):
         super().record(runs, done, seq, whole)
 
 
-def _bodies(sub: Subscriber, n: int) -> list[Any]:
+def _events(sub: Subscriber, n: int) -> list[posa.Event]:
     got: list[posa.Event] = []
     while len(got) < n:
         got += sub.receive_many(n - len(got), timeout=20)
-    return [event.body for event in got]
+    return got
+
+
+def _bodies(sub: Subscriber, n: int) -> list[Any]:
+    return [event.body for event in _events(sub, n)]
 
 
 def test_an_event_the_store_did_not_take_is_not_acknowledged_until_it_does(
@@ -230,16 +234,26 @@ def _channel_in_a_small_file(name: str, dispatcher: str, store: Path, token: str
     return proc
 
 
+def _start(name: str, dispatcher: str, store: Path, token: str) -> Proc:
+    proc = Proc.posa("channel", name, "--dispatcher", dispatcher, "--listen",
+                     "tcp://127.0.0.1:0", "--store", str(store), "--credential", token,
+                     "--history", "100000")
+    proc.expect(f"channel {name} at", timeout=30)
+    return proc
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("killed_while_full", [False, True], ids=["room-again", "sigkilled"])
 def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
-        dispatcher: str, tmp_path: Path) -> None:
+        dispatcher: str, tmp_path: Path, killed_while_full: bool) -> None:
     """A real ``posa channel`` whose store stops growing (RLIMIT_FSIZE: EFBIG,
-    as a full disk): publishers get no acknowledgement for what was not stored,
-    the channel keeps running, and takes it all once the file may grow; SIGKILL
-    and a restart then find every acknowledged event once, in order."""
+    as a full disk): publishers get no acknowledgement for what was not stored
+    and the channel keeps running; it takes it all once the file may grow (or,
+    SIGKILLed while full, once restarted: the publisher sends again what was
+    not acknowledged). After a SIGKILL and a restart every event is in the
+    history once, in order."""
     name, store, token = "events/small", tmp_path / "c.db", "t0ken"
     channel = _channel_in_a_small_file(name, dispatcher, store, token)
-    pid = channel.popen.pid
     big = "x" * 20000
     try:
         with Publisher(name, dispatcher=dispatcher, timeout=60, batch=8) as pub:
@@ -248,25 +262,27 @@ def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
             pub.flush(30)
             files = [store, Path(f"{store}-wal")]
             limit = max(f.stat().st_size for f in files if f.exists()) + 65536
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE,
+                             (limit, resource.RLIM_INFINITY))
             for i in range(20, 120):
                 pub.publish("t", {"i": i, "pad": big})
             with pytest.raises(posa.Timeout):
                 pub.flush(3)
-            acked = pub.sent
-            assert acked < 120 and channel.popen.poll() is None
-            resource.prlimit(pid, resource.RLIMIT_FSIZE,
-                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            assert pub.sent < 120 and channel.popen.poll() is None
+            if killed_while_full:
+                channel.close()
+                channel = _start(name, dispatcher, store, token)
+            else:
+                resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE,
+                                 (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             pub.flush(60)
             assert pub.sent == 120
-        channel.kill()
-        channel.close()
-        channel = Proc.posa("channel", name, "--dispatcher", dispatcher, "--listen",
-                            "tcp://127.0.0.1:0", "--store", str(store), "--credential",
-                            token, "--history", "100000")
-        channel.expect(f"channel {name} at", timeout=30)
+        channel.close()                             # SIGKILL
+        channel = _start(name, dispatcher, store, token)
         with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=1000) as late:
-            assert [body["i"] for body in _bodies(late, 120)] == list(range(120))
+            events = _events(late, 120)
+        assert [event.body["i"] for event in events] == list(range(120))
+        assert [event.seq for event in events] == list(range(1, 121))   # none twice
     finally:
         channel.close()
 

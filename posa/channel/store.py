@@ -134,7 +134,11 @@ def _unpack(blob: bytes | None) -> Any:
 
 class SqliteStore:
     """A channel's journal and history in one SQLite file (WAL). Thread-safe:
-    one connection under a lock, one transaction per call."""
+    one connection under a lock, one transaction per call; a call that raises
+    kept nothing. The file is held in exclusive locking mode until ``close``
+    (one channel per file) and marked as a channel's store; ``ValueError`` at
+    construction, saying what to do, if it is in use, not a channel's store, or
+    cannot be written."""
 
     durable = True
 

@@ -97,8 +97,9 @@ def _unpack(blob: bytes) -> Any:
 class SqliteStore:
     """A queue's store in the SQLite file ``path`` (created if missing), WAL
     mode, ``synchronous`` "NORMAL" (survives a killed process) or "FULL"
-    (survives a power cut too). Raises ``PosaError`` if the file cannot be
-    opened or is in use by another queue."""
+    (survives a power cut too). Raises ``PosaError``, saying what to do, if the
+    file cannot be opened or written, is in use by another queue (or process), or
+    is not a queue's store (``posa.runtime.sqlitefile``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
         if synchronous not in SYNCHRONOUS:
