@@ -212,3 +212,23 @@ def read_only(directory: Path, code: str) -> str:
     if out.returncode != 0:
         pytest.skip(f"no read-only mount here: {out.stderr[-300:]}")
     return out.stdout
+
+
+def run_in_a_file_that_cannot_grow(directory: Path, code: str) -> str:
+    """What ``code`` prints in a process whose files may not grow at all (EFBIG)."""
+    prelude = ("import resource, signal\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                          text=True, timeout=30, cwd=directory, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+
+
+def damage(path: Path) -> None:
+    """Overwrite bytes in pages all through the SQLite file at ``path`` (as a bad disk
+    or a copy made while it was written would), leaving its header whole."""
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        for offset in range(8192, size, 4096 * 7):
+            file.seek(offset)
+            file.write(b"\xff" * 64)

@@ -5,6 +5,7 @@ An event acknowledged is stored; one not stored is not acknowledged; the channel
 keeps running and takes events again once the store does."""
 from __future__ import annotations
 
+import logging
 import resource
 import sqlite3
 import subprocess
@@ -24,7 +25,13 @@ from posa.channel.service import EventChannel
 from posa.channel.store import SqliteStore
 from posa.channel.subscriber import Subscriber
 from posa.work.sqlitestore import SqliteStore as QueueStore
-from tests.support import Proc, read_only, wait_until
+from tests.support import (
+    Proc,
+    damage,
+    read_only,
+    run_in_a_file_that_cannot_grow,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -51,6 +58,12 @@ class FlakyStore(SqliteStore):
         if "record" in self.broken:
             raise sqlite3.OperationalError("database or disk is full")
         super().record(runs, done, seq, whole)
+
+    def trim(self, first_seq: int) -> None:
+        self.trims = getattr(self, "trims", 0) + 1
+        if "trim" in self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        super().trim(first_seq)
 
 
 def _events(sub: Subscriber, n: int) -> list[posa.Event]:
@@ -108,6 +121,38 @@ def test_seqs_the_store_did_not_keep_are_held_back_until_it_keeps_them(
             Subscriber("events/held", registry=registry, from_seq=1) as late:
         assert again.seq == 6
         assert _bodies(late, 6) == list(range(6))
+
+
+def test_a_trim_that_keeps_failing_is_logged_once_not_at_every_sweep(
+        registry: posa.LocalRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """Each sweep (twice a second) logged the failure again."""
+    store = FlakyStore(str(tmp_path / "c.db"))
+    store.broken = {"trim"}
+    caplog.set_level(logging.ERROR, logger="posa.channel.service")
+    with EventChannel("events/trim", registry=registry, store=store, history=2), \
+            Publisher("events/trim", registry=registry) as pub:
+        for i in range(5):
+            pub.publish("t", i)
+        pub.flush(20)
+        wait_until(lambda: getattr(store, "trims", 0) >= 4, what="sweeps trying the trim")
+        said = [r for r in caplog.records if "not trimmed" in r.getMessage()]
+        assert len(said) == 1, said
+        store.broken = set()
+        tries = store.trims
+        wait_until(lambda: store.trims > tries, what="the trim once there is room")
+
+
+def test_a_store_on_a_full_disk_is_refused_at_start_saying_so(tmp_path: Path) -> None:
+    """The refusal said to give the channel a file of its own."""
+    printed = run_in_a_file_that_cannot_grow(tmp_path, (
+        "from posa.channel.store import SqliteStore\n"
+        "try:\n"
+        "    SqliteStore('c.db')\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"))
+    assert "could not be written" in printed and "disk" in printed, printed
+    assert "Make room, then start again" in printed
 
 
 def test_a_write_that_fails_half_way_does_not_stop_the_next(
@@ -204,6 +249,26 @@ def test_a_file_that_is_no_channel_store_is_refused_at_start_saying_what_to_do(
         SqliteStore(str(other))
     with pytest.raises(ValueError, match="in a directory that exists"):
         SqliteStore(str(tmp_path / "missing" / "c.db"))
+
+
+def test_a_damaged_store_is_refused_at_start_saying_what_to_do(dispatcher: str,
+                                                               tmp_path: Path) -> None:
+    """``load`` raised sqlite3.DatabaseError: a traceback from ``posa channel``."""
+    path = tmp_path / "c.db"
+    store = SqliteStore(str(path))
+    store.load()
+    for _ in range(300):
+        store.journal([Publication("t", bodies=["x" * 3000])])
+    store.close()
+    damage(path)
+    channel = Proc.posa("channel", "events/damaged", "--dispatcher", dispatcher,
+                        "--listen", "tcp://127.0.0.1:0", "--store", str(path))
+    try:
+        assert channel.popen.wait(30) == 1
+        err = channel.stderr_now()
+        assert "is damaged" in err and ".recover" in err and "Traceback" not in err, err
+    finally:
+        channel.close()
 
 
 def test_a_store_the_process_may_not_write_is_refused_at_start(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ running and takes items again once the store does; after a SIGKILL every
 acknowledged item is there."""
 from __future__ import annotations
 
+import logging
 import resource
 import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -15,8 +17,53 @@ import pytest
 
 import posa
 from posa.channel.store import SqliteStore as ChannelStore
+from posa.errors import PosaError
+from posa.work.queue import WorkQueue
 from posa.work.sqlitestore import SqliteStore
-from tests.support import Proc, read_only
+from posa.work.store import Change, MemoryStore
+from tests.support import (
+    Proc,
+    damage,
+    read_only,
+    run_in_a_file_that_cannot_grow,
+    wait_until,
+)
+
+
+@pytest.fixture
+def registry() -> Iterator[posa.LocalRegistry]:
+    with posa.LocalRegistry() as reg:
+        yield reg
+
+
+class Broken(MemoryStore):
+    """A store whose writes fail (as on a full disk) while ``broken``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken, self.attempts = True, 0
+
+    def write(self, changes: Sequence[Change]) -> None:
+        self.attempts += 1
+        if self.broken:
+            raise PosaError("the queue store could not be written (disk I/O error)")
+        super().write(changes)
+
+
+def test_a_store_that_keeps_failing_is_logged_once_not_at_every_tick(
+        registry: posa.LocalRegistry, caplog: pytest.LogCaptureFixture) -> None:
+    """Each tick (20 a second) tried the write again and logged a traceback."""
+    store = Broken()
+    caplog.set_level(logging.ERROR, logger="posa.work.queue")
+    with WorkQueue("jobs/failing", registry=registry, store=store), \
+            posa.Peer("jobs/failing/producer", registry=registry) as producer:
+        with pytest.raises(PosaError, match="could not be written"):
+            posa.submit(producer, "jobs/failing", {"a": 1}, timeout=5)
+        wait_until(lambda: store.attempts >= 10, what="the ticks' writes")
+        said = [r for r in caplog.records if "not stored" in r.getMessage()]
+        assert len(said) == 1 and said[0].exc_info is None, said
+        store.broken = False
+        wait_until(lambda: "a" in store.items, what="the item stored once there is room")
 
 
 def _queue_in_a_small_file(name: str, dispatcher: str, store: Path) -> Proc:
@@ -151,6 +198,32 @@ def test_a_store_written_before_stores_were_marked_opens_with_its_items(
         assert again.done_keys() == {"a"}
     finally:
         again.close()
+
+
+def test_a_store_on_a_full_disk_is_refused_at_start_saying_so(tmp_path: Path) -> None:
+    """The refusal said to give the queue a file of its own."""
+    printed = run_in_a_file_that_cannot_grow(tmp_path, (
+        "import posa\n"
+        "from posa.work.sqlitestore import SqliteStore\n"
+        "try:\n"
+        "    SqliteStore('q.db')\n"
+        "except posa.PosaError as exc:\n"
+        "    print(exc)\n"))
+    assert "could not be written" in printed and "disk" in printed, printed
+    assert "Make room, then start again" in printed
+
+
+def test_a_damaged_store_is_refused_at_start_saying_what_to_do(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    """The refusal said to give the queue a file of its own."""
+    path = tmp_path / "q.db"
+    store = SqliteStore(path)
+    for i in range(300):
+        store.write([("add", f"k{i}", b"x" * 3000)])
+    store.close()
+    damage(path)
+    with pytest.raises(posa.PosaError, match=r"is damaged .*\.recover"):
+        WorkQueue("jobs/damaged", registry=registry, store=path)
 
 
 def test_a_store_the_process_may_not_write_is_refused_at_start(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class Keeping:
         self.closing = closing if closing is not None else threading.Event()
         self._entries: deque[int] = deque()
         self._journaled = threading.Condition()
-        self._trimmed = 0
+        self._trimmed, self._trim_failing = 0, False
         self.errors = 0
         self._now = 0.0
         self._runs: list[tuple[Any, float, int | None, int | None]] = []
@@ -175,7 +175,11 @@ class Keeping:
         if first > self._trimmed:
             try:
                 self.store.trim(first)
-                self._trimmed = first
-            except Exception as exc:
+            except Exception as exc:        # tried again each sweep: said once a run
                 self.errors += 1
-                log.error("channel store: history below seq %d not trimmed: %s", first, exc)
+                if not self._trim_failing:
+                    log.error("channel store: history below seq %d not trimmed (tried "
+                              "again): %s", first, exc)
+                self._trim_failing = True
+                return
+            self._trimmed, self._trim_failing = first, False

@@ -41,6 +41,7 @@ import msgpack
 from posa.channel.history import run_bytes
 from posa.channel.protocol import Publication
 from posa.channel.run import Run
+from posa.errors import PosaError
 from posa.runtime.sqlitefile import MARKS, check_kind, refusal, rollback
 
 __all__ = ["HistoryStore", "MemoryStore", "SqliteStore", "Stored", "open_store"]
@@ -189,33 +190,41 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     def load(self) -> Stored:
+        """What the store holds. Raises ``PosaError``, saying what to do, if the
+        file cannot be read (damaged)."""
         with self._lock:
-            db = self._db
-            inc = self._meta("incarnation")
-            if inc is None:
-                inc = secrets.randbits(62) + 1
-                db.execute("INSERT INTO meta VALUES ('incarnation', ?)", (inc,))
-            floor = self._meta("first") or 1
-            head = db.execute("SELECT MAX(last) FROM numbered").fetchone()[0]
-            stored = Stored(inc, max(head or 0, floor - 1))
-            for row in db.execute(
-                    "SELECT n.first, n.last, j.seqs, j.topics, j.bodies, j.vias, j.origins, "
-                    "n.stamp, j.pid, j.pseq, j.traces FROM numbered n JOIN journal j ON "
-                    "j.id = n.entry WHERE n.last >= ? ORDER BY n.first", (floor,)):
-                run = _run_of(row)
-                run.traces = _unpack(row[10])
-                if run.first < floor:
-                    run = run.slice(floor - run.first, len(run))
-                stored.runs.append((run, row[7], row[8], row[9]))
-            for row in db.execute(
-                    "SELECT id, topics, bodies, vias, origins, pid, pseq, done, traces "
-                    "FROM journal "
-                    "WHERE id NOT IN (SELECT entry FROM numbered) ORDER BY id"):
-                pub = Publication(_unpack(row[1]), blob=row[2], vias=_unpack(row[3]),
-                                  origins=_unpack(row[4]), pid=row[5], pseq=row[6],
-                                  traces=_unpack(row[8]))
-                stored.pending.append((row[0], pub.tail(row[7]) if row[7] else pub))
-            return stored
+            try:
+                return self._load()
+            except (sqlite3.Error, ValueError) as exc:
+                raise PosaError(refusal(self.path, "channel", exc)) from None
+
+    def _load(self) -> Stored:
+        db = self._db
+        inc = self._meta("incarnation")
+        if inc is None:
+            inc = secrets.randbits(62) + 1
+            db.execute("INSERT INTO meta VALUES ('incarnation', ?)", (inc,))
+        floor = self._meta("first") or 1
+        head = db.execute("SELECT MAX(last) FROM numbered").fetchone()[0]
+        stored = Stored(inc, max(head or 0, floor - 1))
+        for row in db.execute(
+                "SELECT n.first, n.last, j.seqs, j.topics, j.bodies, j.vias, j.origins, "
+                "n.stamp, j.pid, j.pseq, j.traces FROM numbered n JOIN journal j ON "
+                "j.id = n.entry WHERE n.last >= ? ORDER BY n.first", (floor,)):
+            run = _run_of(row)
+            run.traces = _unpack(row[10])
+            if run.first < floor:
+                run = run.slice(floor - run.first, len(run))
+            stored.runs.append((run, row[7], row[8], row[9]))
+        for row in db.execute(
+                "SELECT id, topics, bodies, vias, origins, pid, pseq, done, traces "
+                "FROM journal "
+                "WHERE id NOT IN (SELECT entry FROM numbered) ORDER BY id"):
+            pub = Publication(_unpack(row[1]), blob=row[2], vias=_unpack(row[3]),
+                              origins=_unpack(row[4]), pid=row[5], pseq=row[6],
+                              traces=_unpack(row[8]))
+            stored.pending.append((row[0], pub.tail(row[7]) if row[7] else pub))
+        return stored
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -17,32 +17,36 @@ import os
 import sqlite3
 from collections.abc import Mapping, Set
 
-__all__ = ["MARKS", "check_kind", "refusal", "rollback"]
+__all__ = ["MARKS", "KindError", "check_kind", "refusal", "rollback"]
 
 MARKS = {"queue": 0x706F7371, "channel": 0x706F7363}     # "posq", "posc"
 
 
+class KindError(ValueError):
+    """The file is not a store of the kind asked for."""
+
+
 def check_kind(db: sqlite3.Connection, kind: str,
                tables: Mapping[str, Set[str]]) -> None:
-    """Raise ``ValueError`` if the database is not a ``kind`` store: marked as
+    """Raise ``KindError`` if the database is not a ``kind`` store: marked as
     another, or holding tables (or lacking columns) a ``kind`` store does not."""
     mark = db.execute("PRAGMA user_version").fetchone()[0]
     if mark == MARKS[kind]:
         return
     others = [other for other, value in MARKS.items() if value == mark]
     if others:
-        raise ValueError(f"it is a {others[0]} store, not a {kind} store")
+        raise KindError(f"it is a {others[0]} store, not a {kind} store")
     if mark:
-        raise ValueError(f"it was written by another program (user_version {mark})")
+        raise KindError(f"it was written by another program (user_version {mark})")
     found = {name for (name,) in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     foreign = sorted(found - set(tables))
     if foreign:
-        raise ValueError(f"it holds tables a {kind} store does not ({', '.join(foreign)})")
+        raise KindError(f"it holds tables a {kind} store does not ({', '.join(foreign)})")
     for name in found:
         columns = {row[1] for row in db.execute(f"PRAGMA table_info({name})")}
         if not tables[name] <= columns:
-            raise ValueError(f"its table {name} lacks the columns "
+            raise KindError(f"its table {name} lacks the columns "
                              f"{', '.join(sorted(tables[name] - columns))}")
 
 
@@ -58,6 +62,8 @@ def rollback(db: sqlite3.Connection) -> None:
 def refusal(path: str, kind: str, exc: Exception) -> str:
     """Why the ``kind`` store at ``path`` cannot be used, and what to do."""
     text = str(exc)
+    if isinstance(exc, ValueError) and not isinstance(exc, KindError):
+        text = f"a row is corrupt: {text}"         # msgpack could not read what it holds
     if "locked" in text or "busy" in text:
         return (f"the {kind} store {path!r} is in use by another {kind} (one {kind} per "
                 f"store file) or held by another process; stop it, or give this {kind} "
@@ -65,6 +71,13 @@ def refusal(path: str, kind: str, exc: Exception) -> str:
     if "readonly" in text or "read-only" in text or not _writable(path):
         return (f"the {kind} store {path!r} cannot be written ({text}); make the file "
                 "and its directory writable, or give a file where this process may write")
+    if "malformed" in text or "corrupt" in text:
+        return (f"the {kind} store {path!r} is damaged ({text}): restore it from a "
+                "backup, or keep what SQLite can recover (sqlite3 FILE .recover) in a new "
+                f"file, or give the {kind} a new file")
+    if "disk I/O" in text or "full" in text:
+        return (f"the {kind} store {path!r} could not be written ({text}): is its disk "
+                "full, or may the file not grow? Make room, then start again")
     return (f"cannot use {path!r} as a {kind} store: {text}; give the {kind} a file of "
             "its own (it is created if missing)")
 

@@ -96,9 +96,7 @@ class WorkQueue:
         self.store = SqliteStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.pace = Pace(advisor or ScalingAdvisor())
         self.advisor = self.pace.advisor
-        self.on_done = on_done
-        self.on_dead = on_dead
-        self.on_scale = on_scale
+        self.on_done, self.on_dead, self.on_scale = on_done, on_dead, on_scale
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._held = Held()
@@ -380,8 +378,9 @@ class WorkQueue:
             replies = self._serve_held_locked(now) if self._held else []
             try:
                 self._commit_locked()
-            except PosaError:
-                log.exception("queue %s: expired leases not stored", self.name)
+            except PosaError as exc:      # tried again each tick: said once a run of them
+                if self._committer is not None and self._committer.tell():
+                    log.error("queue %s: changes not stored, tried again: %s", self.name, exc)
             reviewed, advice = self.pace.review(now, self.state)
             if expired or replies or reviewed:
                 self._changed.notify_all()

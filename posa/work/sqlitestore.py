@@ -145,7 +145,14 @@ class SqliteStore:
 
     def load(self) -> Snapshot:
         """Everything held: items in the order they came, finished keys and dead
-        letters oldest first."""
+        letters oldest first. Raises ``PosaError``, saying what to do, if the
+        file cannot be read (damaged)."""
+        try:
+            return self._load()
+        except (sqlite3.Error, ValueError) as exc:
+            raise PosaError(refusal(self.path, "queue", exc)) from None
+
+    def _load(self) -> Snapshot:
         db = self._db
         items = [StoredItem(key, _unpack(data), attempts, token, worker)
                  for key, data, attempts, token, worker

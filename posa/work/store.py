@@ -98,13 +98,25 @@ class Committer:
         self.store = store
         self._take = take_changes
         self._unwritten: list[Change] = []
+        self.failures = 0           # writes failed since the last that succeeded
+        self._told = False          # ``tell`` answered True in this run of failures
 
     def commit(self) -> None:
         changes = self._unwritten + self._take()
         if changes:
             self._unwritten = changes
-            self.store.write(changes)
+            try:
+                self.store.write(changes)
+            except BaseException:
+                self.failures += 1
+                raise
             self._unwritten = []
+            self.failures, self._told = 0, False
+
+    def tell(self) -> bool:
+        """True the first time it is asked in a run of failed writes (to log once)."""
+        told, self._told = self._told, True
+        return self.failures > 0 and not told
 
 
 class MemoryStore:
