@@ -7,6 +7,7 @@ acknowledged item is there."""
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -258,3 +259,56 @@ def test_a_second_posa_queue_on_a_store_exits_saying_why(dispatcher: str,
             second.close()
     finally:
         first.close()
+
+
+PRODUCER = """
+import sys, posa
+queue, dispatcher, batches, size, me = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
+    int(sys.argv[4]), sys.argv[5]
+with posa.RegistryClient(dispatcher) as registry, \\
+        posa.Peer(me, registry=registry, listen="tcp://127.0.0.1:0") as peer:
+    for b in range(batches):
+        posa.submit(peer, queue, {f"{me}b{b:03d}-{i:05d}": i for i in range(size)},
+                    timeout=20, batch=size)
+        print("acked", b, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_killed_amid_large_batches_keeps_each_acknowledged_one_whole(
+        dispatcher: str, tmp_path: Path) -> None:
+    """SIGKILL while a producer puts batches of 3000 items back to back (one
+    request, one transaction each), at a seeded random batch (two rounds): after it, every
+    acknowledged batch is stored, and every batch is stored whole or not at all."""
+    seed = random.SystemRandom().randrange(10**6)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    name, store, size, batches = "jobs/large", tmp_path / "q.db", 3000, 6
+    for round_ in range(2):
+        queue = Proc.posa("queue", name, "--dispatcher", dispatcher, "--listen",
+                          "tcp://127.0.0.1:0", "--store", str(store), "--credential",
+                          "q-secret")
+        producer = None
+        try:
+            queue.expect(f"queue {name} at", timeout=30)
+            producer = Proc.python(PRODUCER, name, dispatcher, str(batches), str(size),
+                                   f"jobs/producer{round_}")
+            kill_after = rng.randrange(1, batches)
+            acked = [int(producer.expect("acked", timeout=30)) for _ in range(kill_after)]
+            queue.kill()
+        finally:
+            queue.close()
+            if producer is not None:
+                producer.close()
+        opened = SqliteStore(store)
+        try:
+            keys = [str(item.key) for item in opened.load().items]
+        finally:
+            opened.close()
+        per_batch = {b: sum(1 for key in keys if key.startswith(f"jobs/producer{round_}b{b:03d}-"))
+                     for b in range(batches)}
+        print(f"round {round_}: killed after batch {acked[-1]} acknowledged; stored "
+              f"{per_batch}")
+        assert all(per_batch[b] == size for b in acked), f"seed {seed}: {per_batch}"
+        assert set(per_batch.values()) <= {0, size}, f"seed {seed}: a batch in part"
+        assert len(keys) == len(set(keys))
