@@ -10,9 +10,11 @@ import logging
 import random
 import resource
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from posa.errors import PosaError
 from posa.work.queue import WorkQueue
 from posa.work.sqlitestore import SqliteStore
 from posa.work.store import Change, MemoryStore
+from posa.work.worker import Item, Worker
 from tests.support import (
     Proc,
     damage,
@@ -79,6 +82,36 @@ def _queue_in_a_small_file(name: str, dispatcher: str, store: Path) -> Proc:
     """)
     proc.expect(f"queue {name} at", timeout=30)
     return proc
+
+
+def test_a_completion_acknowledged_while_the_store_failed_is_reported_once_stored(
+        registry: posa.LocalRegistry) -> None:
+    """The worker's acknowledgement failed with the store; its retry found the key
+    done (in memory) and ``on_done`` never ran: the result was lost."""
+    store = Broken()
+    store.broken = False
+    results: list[tuple[str, Any]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def work(item: Item) -> Any:
+        started.set()
+        release.wait(20)
+        return item.data * 2
+
+    with WorkQueue("jobs/results", registry=registry, store=store,
+                   on_done=lambda key, result: results.append((key, result))) as queue:
+        queue.put({"a": 21})
+        with Worker("jobs/results/w", "jobs/results", work, registry=registry,
+                    timeout=1.0).start():
+            assert started.wait(20)
+            store.broken = True                # the acknowledgement meets a full disk
+            tries = store.attempts
+            release.set()
+            wait_until(lambda: store.attempts > tries + 2, what="the ack's failed writes")
+            assert results == []               # not stored: not reported
+            store.broken = False
+            wait_until(lambda: results, what="on_done once the completion is stored")
+            assert results == [("a", 42)] and store.finished == {"a": "done"}
 
 
 @pytest.mark.timeout(120)
