@@ -81,15 +81,18 @@ class Keeping:
 
     def _journal(self, pubs: list[Publication]) -> list[int]:
         """The entries of a turn's publications. While the store cannot take
-        them (a full disk, an I/O error: ``sqlite3.OperationalError``) the turn
+        them (a full disk, an I/O error, damage: ``sqlite3.Error``) the turn
         waits and tries again, so no acknowledgement goes out for an event not
         stored; publishers wait (their ``flush`` times out) until there is room,
         or until the channel closes."""
         wait, said = RETRY[0], False
         while True:
             try:
-                return self.store.journal(pubs)
-            except sqlite3.OperationalError as exc:
+                ids = self.store.journal(pubs)
+                if said:
+                    log.warning("channel store: journaled again; acknowledging")
+                return ids
+            except sqlite3.Error as exc:
                 self.errors += 1
                 if not said:
                     log.error("channel store: %d publication(s) not journaled, not "
