@@ -123,6 +123,24 @@ def test_seqs_the_store_did_not_keep_are_held_back_until_it_keeps_them(
         assert _bodies(late, 6) == list(range(6))
 
 
+def test_a_restart_whose_numbering_fails_shows_subscribers_only_what_was_kept(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    """Events journaled before a crash are numbered at the restart; when that
+    failed, nothing held them back (``core.safe`` was still "all")."""
+    path = str(tmp_path / "c.db")
+    store = SqliteStore(path)
+    store.load()
+    store.journal([Publication("t", bodies=["a", "b"], pid=5, pseq=1)])
+    store.close()
+    flaky = FlakyStore(path)
+    flaky.broken = {"record"}
+    with EventChannel("events/restart", registry=registry, store=flaky) as channel:
+        assert channel.seq == 2 and channel.core.safe == 0
+        flaky.broken = set()
+        with Subscriber("events/restart", registry=registry, from_seq=1) as sub:
+            assert _bodies(sub, 2) == ["a", "b"]
+
+
 def test_a_trim_that_keeps_failing_is_logged_once_not_at_every_sweep(
         registry: posa.LocalRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
         ) -> None:
