@@ -56,9 +56,12 @@ def _raw(body: dict[str, Any]) -> Publication:
 class Keeping:
     """Journal, history and retention of one channel in its store."""
 
-    def __init__(self, store: HistoryStore, closing: threading.Event | None = None) -> None:
+    def __init__(self, store: HistoryStore, closing: threading.Event | None = None,
+                 core: ChannelCore | None = None) -> None:
         self.store = store
         self.closing = closing if closing is not None else threading.Event()
+        if core is not None:        # subscribers take what the store holds; more once kept
+            core.safe = core.seq
         self._entries: deque[int] = deque()
         self._journaled = threading.Condition()
         self._trimmed, self._trim_failing = 0, False

@@ -130,9 +130,7 @@ class EventChannel(ChannelControl):
         stored = self.store.load()
         self.core = _core_of(self.name, stored, history, history_bytes, history_age)
         self._closing = threading.Event()
-        self.keeping = Keeping(self.store, self._closing) if self.store.durable else None
-        if self.keeping is not None:
-            self.core.safe = self.core.seq      # what the store holds; more once kept
+        self.keeping = Keeping(self.store, self._closing, self.core) if self.store.durable else None
         self.max_batch, self.window, self.park_limit, self.send_timeout = (
             max_batch, window, park_limit, send_timeout)
         self._lock = threading.Lock()
