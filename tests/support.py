@@ -17,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import pytest
+
 _T = TypeVar("_T")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,3 +214,49 @@ def wrong_ca(tmp_path: Path, prefix: str) -> Iterator[tuple[Any, Any]]:
             f"{prefix}/client", registry=reg, listen="tcp://127.0.0.1:0", linger=0,
             options=Options(tls=TlsSettings(ca=other_pem))) as client:
         yield server, client
+
+
+def read_only(directory: Path, code: str) -> str:
+    """What ``code`` prints run where ``directory`` cannot be written: a read-only
+    bind mount in a namespace of its own (as root, which writes whatever the
+    mode), else the modes."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if os.getuid() != 0:
+        for path in directory.iterdir():
+            path.chmod(0o444)
+        directory.chmod(0o555)
+        try:
+            return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                  text=True, timeout=30, env=env, check=True).stdout
+        finally:
+            directory.chmod(0o755)
+    script = (f'mount --bind "{directory}" "{directory}" && '
+              f'mount -o remount,bind,ro "{directory}" && exec "$0" -c "$1"')
+    try:
+        out = subprocess.run(["unshare", "-m", "sh", "-c", script, sys.executable, code],
+                             capture_output=True, text=True, timeout=30, env=env)
+    except FileNotFoundError:
+        pytest.skip("no unshare to make a read-only mount")
+    if out.returncode != 0:
+        pytest.skip(f"no read-only mount here: {out.stderr[-300:]}")
+    return out.stdout
+
+
+def run_in_a_file_that_cannot_grow(directory: Path, code: str) -> str:
+    """What ``code`` prints in a process whose files may not grow at all (EFBIG)."""
+    prelude = ("import resource, signal\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                          text=True, timeout=30, cwd=directory, check=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+
+
+def damage(path: Path) -> None:
+    """Overwrite bytes in pages all through the SQLite file at ``path`` (as a bad disk
+    or a copy made while it was written would), leaving its header whole."""
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        for offset in range(8192, size, 4096 * 7):
+            file.seek(offset)
+            file.write(b"\xff" * 64)

@@ -18,7 +18,9 @@ With a ``MemoryStore`` nothing of this is installed and nothing costs.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -31,6 +33,7 @@ from posa.wire.codec import Kind, Message
 __all__ = ["Keeping", "is_publish"]
 
 log = logging.getLogger("posa.channel.service")
+RETRY = (0.05, 1.0)     # the first and the longest wait before journaling a turn again
 
 
 def is_publish(msg: Message) -> bool:
@@ -53,31 +56,60 @@ def _raw(body: dict[str, Any]) -> Publication:
 class Keeping:
     """Journal, history and retention of one channel in its store."""
 
-    def __init__(self, store: HistoryStore) -> None:
+    def __init__(self, store: HistoryStore, closing: threading.Event | None = None,
+                 core: ChannelCore | None = None) -> None:
         self.store = store
+        self.closing = closing if closing is not None else threading.Event()
+        if core is not None:        # subscribers take what the store holds; more once kept
+            core.safe = core.seq
         self._entries: deque[int] = deque()
         self._journaled = threading.Condition()
-        self._trimmed = 0
+        self._trimmed, self._trim_failing = 0, False
         self.errors = 0
         self._now = 0.0
         self._runs: list[tuple[Any, float, int | None, int | None]] = []
         self._whole: list[tuple[Any, float, int | None, int | None]] = []
         self._done: list[tuple[int, int]] = []
+        self._retry_at, self._wait = 0.0, RETRY[0]  # after a failed commit: when to try again
 
     def journal_run(self, run: list[Message]) -> None:
         """The reactor's turn ended: keep its publications (``Peer(on_run=...)``)."""
         pubs = [_raw(msg.body) for msg in run if is_publish(msg)]
         if not pubs:
             return
-        try:
-            ids = self.store.journal(pubs)
-        except Exception as exc:
-            self.errors += 1
-            log.error("channel store: %d publication(s) not journaled: %s", len(pubs), exc)
-            ids = [0] * len(pubs)
+        ids = self._journal(pubs)
         with self._journaled:
             self._entries.extend(ids)
             self._journaled.notify_all()
+
+    def _journal(self, pubs: list[Publication]) -> list[int]:
+        """The entries of a turn's publications. While the store cannot take
+        them (a full disk, an I/O error, damage: ``sqlite3.Error``) the turn
+        waits and tries again, so no acknowledgement goes out for an event not
+        stored; publishers wait (their ``flush`` times out) until there is room,
+        or until the channel closes."""
+        wait, said = RETRY[0], False
+        while True:
+            try:
+                ids = self.store.journal(pubs)
+                if said:
+                    log.warning("channel store: journaled again; acknowledging")
+                return ids
+            except sqlite3.Error as exc:
+                self.errors += 1
+                if not said:
+                    log.error("channel store: %d publication(s) not journaled, not "
+                              "acknowledged until they are (tried again every %g s at "
+                              "most): %s", len(pubs), RETRY[1], exc)
+                    said = True
+            except Exception as exc:
+                self.errors += 1
+                log.error("channel store: %d publication(s) not journaled: %s",
+                          len(pubs), exc)
+                return [0] * len(pubs)
+            if self.closing.wait(wait):
+                return [0] * len(pubs)
+            wait = min(wait * 2, RETRY[1])
 
     def entry_for(self, closing: threading.Event) -> int:
         """The journal entry of the next publication the ingest thread takes."""
@@ -115,20 +147,33 @@ class Keeping:
 
     @property
     def uncommitted(self) -> int:
+        """Notes to commit (none while waiting to try a failed commit again)."""
+        if self._retry_at and time.monotonic() < self._retry_at:
+            return 0
         return len(self._done) + len(self._runs)
 
     def commit(self, core: ChannelCore, now: float) -> None:
         """Write what was noted since the last commit, in one transaction; then
-        subscribers may take it (``core.safe``)."""
+        subscribers may take it (``core.safe``). A commit that fails keeps its
+        notes for the next (tried again after a wait, growing to ``RETRY[1]``),
+        and subscribers take nothing numbered after the last kept seq: a seq
+        given out is one the store keeps, a restart gives it to no other event."""
         self._now = now
         if self._done or self._runs:
-            whole, runs, done = self._whole, self._runs, self._done
-            self._whole, self._runs, self._done = [], [], []
+            if self._retry_at and time.monotonic() < self._retry_at:
+                return
             try:
-                self.store.record(runs, done, core.seq, whole)
+                self.store.record(self._runs, self._done, core.seq, self._whole)
             except Exception as exc:
                 self.errors += 1
-                log.error("channel store: seqs up to %d not kept: %s", core.seq, exc)
+                if not self._retry_at:
+                    log.error("channel store: seqs up to %d not kept, held back from "
+                              "subscribers until they are: %s", core.seq, exc)
+                self._wait = min(self._wait * 2, RETRY[1]) if self._retry_at else RETRY[0]
+                self._retry_at = time.monotonic() + self._wait
+                return
+            self._whole, self._runs, self._done = [], [], []
+            self._retry_at = 0.0
         core.safe = core.seq
 
     def trim(self, core: ChannelCore) -> None:
@@ -136,7 +181,11 @@ class Keeping:
         if first > self._trimmed:
             try:
                 self.store.trim(first)
-                self._trimmed = first
-            except Exception as exc:
+            except Exception as exc:        # tried again each sweep: said once a run
                 self.errors += 1
-                log.error("channel store: history below seq %d not trimmed: %s", first, exc)
+                if not self._trim_failing:
+                    log.error("channel store: history below seq %d not trimmed (tried "
+                              "again): %s", first, exc)
+                self._trim_failing = True
+                return
+            self._trimmed, self._trim_failing = first, False

@@ -129,14 +129,14 @@ class EventChannel(ChannelControl):
         self.store = open_store(store)
         stored = self.store.load()
         self.core = _core_of(self.name, stored, history, history_bytes, history_age)
-        self.keeping = Keeping(self.store) if self.store.durable else None
+        self._closing = threading.Event()
+        self.keeping = Keeping(self.store, self._closing, self.core) if self.store.durable else None
         self.max_batch, self.window, self.park_limit, self.send_timeout = (
             max_batch, window, park_limit, send_timeout)
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._parked: deque[Publication] = deque()
         self._lanes, self._delivery = {}, Delivery(self)     # a lane per subscription
-        self._closing = threading.Event()
         self._entry: int | None = None      # the journal entry of the message in hand
         self._closed, self._accepting, self.sweeps = False, True, 0
         self.counters = {"rejected": 0, "undeliverable": 0, "expired": 0, "resent": 0}

@@ -96,9 +96,7 @@ class WorkQueue:
         self.store = SqliteStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.pace = Pace(advisor or ScalingAdvisor())
         self.advisor = self.pace.advisor
-        self.on_done = on_done
-        self.on_dead = on_dead
-        self.on_scale = on_scale
+        self.on_done, self.on_dead, self.on_scale = on_done, on_dead, on_scale
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._held = Held()
@@ -218,10 +216,9 @@ class WorkQueue:
         if self.store is not None and self._owns_store:
             self.store.close()
 
-    def _commit_locked(self) -> None:
-        """Write the state's changes (``Committer``) before answering what they answer."""
-        if self._committer is not None:
-            self._committer.commit()
+    def _commit_locked(self, after: list[Any]) -> list[Any]:
+        """Store the state's changes; ``_after``'s actions now due (failed commits' too)."""
+        return after if self._committer is None else self._committer.commit(after)
 
     # -- what the source's feeder asks (its thread) ------------------------------
     def _wants(self, key: str) -> bool:
@@ -280,40 +277,38 @@ class WorkQueue:
             if self._closed:
                 raise Closed(f"the work queue {self.name!r} is closing")
             self.pace.saw(msg.sender, now)
-            completed, dead, returned = self._acknowledge_locked(fields["done"],
-                                                                 fields["failed"])
+            acks, returned = self._acknowledge_locked(fields["done"], fields["failed"])
             leases = (self.state.lease(msg.sender, now, max_items)
                       if max_items and not self._draining else [])
             held = not leases and max_items > 0 and wait > 0
             if held:
                 self._held.hold(msg, max_items, now + wait)
             replies = self._serve_held_locked(now) if returned else []
-            self._commit_locked()
+            actions = self._commit_locked(replies + acks)
             self._changed.notify_all()
-        if completed or replies or dead:
-            self._after(completed, replies, dead)
+        self._after(actions)
         if held:
             return DEFERRED
         return {"items": lease_rows(leases), "visibility": self.state.visibility}
 
     def _acknowledge_locked(self, done: Sequence[list[Any]], failed: Sequence[list[Any]]
-                            ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]], bool]:
-        """Settle a worker's ``done`` and ``failed`` rows: the items completed
-        now (key, result), those given up (key, reason), and whether any went
+                            ) -> tuple[list[tuple[str, Any, Any]], bool]:
+        """Settle a worker's ``done`` and ``failed`` rows: ``_after``'s actions
+        for the items completed now and those given up, and whether any went
         back to pending."""
-        completed: list[tuple[str, Any]] = []
-        dead: list[tuple[str, str]] = []
+        completed: list[tuple[str, Any, Any]] = []
+        dead: list[tuple[str, Any, Any]] = []
         returned = False
         for key, result, seconds in done:
             if self.state.ack(key) == DONE:
-                completed.append((key, result))
+                completed.append(("done", key, result))
                 self.advisor.observe_processing(seconds)
         for key, token, reason in failed:
             outcome = self.state.fail(key, token, str(reason))
             returned = returned or outcome == PENDING
             if outcome == DEAD:
-                dead.append((key, str(reason)))
-        return completed, dead, returned
+                dead.append(("dead", key, str(reason)))
+        return completed + dead, returned
 
     def _put(self, items: list[list[Any]]) -> tuple[int, list[str]]:
         now = time.monotonic()
@@ -332,27 +327,28 @@ class WorkQueue:
                 if self.state.add(key, data, now):
                     added.append(key)
                     self.advisor.observe_arrival(now)
-            replies = self._serve_held_locked(now) if added else []
-            self._commit_locked()
+            actions = self._commit_locked(self._serve_held_locked(now) if added else [])
             self._changed.notify_all()
-        self._after([], replies)
+        self._after(actions)
         return accepted, added
 
-    def _serve_held_locked(self, now: float) -> list[tuple[Message, list[Any]]]:
+    def _serve_held_locked(self, now: float) -> list[tuple[str, Any, Any]]:
         """Lease to held requests (nothing while draining); the answers to send."""
-        return self._held.serve(None if self._draining else self.state.lease, now)
+        return [("reply", msg, items) for msg, items in
+                self._held.serve(None if self._draining else self.state.lease, now)]
 
-    def _after(self, completed: list[tuple[str, Any]],
-               replies: list[tuple[Message, list[Any]]],
-               dead: Sequence[tuple[str, str]] = ()) -> None:
-        for msg, items in replies:
-            self._reply_items(msg, items)
-        for key, result in completed:
-            self._call(self.on_done, key, result)
-        for key, reason in dead:
-            log.warning("queue %s: item %r given up after %d attempts: %s", self.name, key,
-                        self.state.max_attempts, reason)
-            self._call(self.on_dead, key, reason)
+    def _after(self, actions: Sequence[tuple[str, Any, Any]]) -> None:
+        """What follows a commit: ("reply", msg, items), ("done", key, result),
+        ("dead", key, reason)."""
+        for what, first, second in actions:
+            if what == "reply":
+                self._reply_items(first, second)
+            elif what == "done":
+                self._call(self.on_done, first, second)
+            else:
+                log.warning("queue %s: item %r given up after %d attempts: %s", self.name,
+                            first, self.state.max_attempts, second)
+                self._call(self.on_dead, first, second)
 
     def _call(self, callback: Callable[..., None] | None, *args: Any) -> None:
         if callback is not None:
@@ -375,17 +371,20 @@ class WorkQueue:
             if self._closed:
                 return
             expired = self.state.expire(now)
-            dead = [(str(key), getattr(self.state.dead_letter(key), "reason", "lease expired"))
+            dead = [("dead", str(key), getattr(self.state.dead_letter(key), "reason",
+                                               "lease expired"))
                     for key, outcome in expired if outcome == DEAD]
             replies = self._serve_held_locked(now) if self._held else []
+            actions: list[Any] = []
             try:
-                self._commit_locked()
-            except PosaError:
-                log.exception("queue %s: expired leases not stored", self.name)
+                actions = self._commit_locked(replies + dead)
+            except PosaError as exc:      # tried again each tick: said once a run of them
+                if self._committer is not None and self._committer.tell():
+                    log.error("queue %s: changes not stored, tried again: %s", self.name, exc)
             reviewed, advice = self.pace.review(now, self.state)
             if expired or replies or reviewed:
                 self._changed.notify_all()
-        self._after([], replies, dead)
+        self._after(actions)
         if advice is not None and self.pace.seen:
             log.info("queue %s: %d worker(s) advised: %s", self.name, advice.workers,
                      advice.reason)

@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 
 from posa.errors import PosaError
+from posa.runtime.sqlitefile import MARKS, check_kind, refusal, rollback
 from posa.work.store import DONE, Change, DeadLetter, Snapshot, StoredItem
 
 __all__ = ["SqliteStore", "SYNCHRONOUS"]
@@ -49,6 +50,9 @@ _SCHEMA = (      # WITHOUT ROWID: one b-tree per table, keyed by the item's key
     "CREATE TABLE IF NOT EXISTS dead (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, data BLOB, "
     "attempts INTEGER NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID",
 )
+_TABLES = {"items": {"key", "seq", "data", "attempts", "token", "worker"},
+           "finished": {"key", "seq", "status"},
+           "dead": {"key", "seq", "data", "attempts", "reason"}}
 CHECKPOINT_PAGES = 10_000   # WAL pages (4 KiB) between checkpoints: fewer flushes of the file
 
 Params = Callable[[Change, Iterator[int]], tuple[Any, ...]]
@@ -93,8 +97,9 @@ def _unpack(blob: bytes) -> Any:
 class SqliteStore:
     """A queue's store in the SQLite file ``path`` (created if missing), WAL
     mode, ``synchronous`` "NORMAL" (survives a killed process) or "FULL"
-    (survives a power cut too). Raises ``PosaError`` if the file cannot be
-    opened or is in use by another queue."""
+    (survives a power cut too). Raises ``PosaError``, saying what to do, if the
+    file cannot be opened or written, is in use by another queue (or process), or
+    is not a queue's store (``posa.runtime.sqlitefile``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
         if synchronous not in SYNCHRONOUS:
@@ -107,17 +112,14 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0.0,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
-            raise PosaError(f"cannot open the queue store {self.path!r}: {exc}") from None
+            raise PosaError(f"cannot open the queue store {self.path!r}: {exc}; give a "
+                            "file in a directory that exists and the queue may write (the "
+                            "file is created if missing)") from None
         try:
             self._setup()
-        except sqlite3.DatabaseError as exc:     # locked, not a database, ...
+        except (sqlite3.Error, ValueError) as exc:     # locked, not a database, ...
             self._db.close()
-            if "locked" in str(exc):
-                raise PosaError(f"the queue store {self.path!r} is in use by another "
-                                "queue (one queue per store file); stop it or give this "
-                                "queue a store of its own") from None
-            raise PosaError(f"cannot use {self.path!r} as a queue store: {exc}; give the "
-                            "queue a file of its own (it is created if missing)") from None
+            raise PosaError(refusal(self.path, "queue", exc)) from None
 
     def _setup(self) -> None:
         db = self._db
@@ -128,16 +130,29 @@ class SqliteStore:
         db.execute(f"PRAGMA synchronous = {self.synchronous}")
         db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         db.execute("BEGIN IMMEDIATE")       # takes the exclusive lock now
-        for statement in _SCHEMA:
-            db.execute(statement)
-        db.execute("COMMIT")
+        try:
+            check_kind(db, "queue", _TABLES)
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {MARKS['queue']}")   # fails if read-only
+            db.execute("COMMIT")
+        except BaseException:
+            rollback(db)
+            raise
         top = max(db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0]
                   for table in ("items", "finished", "dead"))
         self._seq = itertools.count(top + 1)
 
     def load(self) -> Snapshot:
         """Everything held: items in the order they came, finished keys and dead
-        letters oldest first."""
+        letters oldest first. Raises ``PosaError``, saying what to do, if the
+        file cannot be read (damaged)."""
+        try:
+            return self._load()
+        except (sqlite3.Error, ValueError) as exc:
+            raise PosaError(refusal(self.path, "queue", exc)) from None
+
+    def _load(self) -> Snapshot:
         db = self._db
         items = [StoredItem(key, _unpack(data), attempts, token, worker)
                  for key, data, attempts, token, worker
@@ -167,11 +182,12 @@ class SqliteStore:
                         db.executemany(sql, [params(c, seq) for c in batch])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)       # SQLite ended some failed ones itself
                 raise
         except sqlite3.Error as exc:
             raise PosaError(f"the queue store {self.path!r} could not be written "
-                            f"({exc}); nothing of this batch was stored") from None
+                            f"({exc}: is its disk full?); nothing of this batch was "
+                            "stored") from None
         self.writes += 1
 
     def done_keys(self) -> set[Hashable]:

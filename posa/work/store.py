@@ -91,20 +91,40 @@ class QueueStore(Protocol):
 class Committer:
     """Writes a state's journal (``take_changes``) to ``store``, one batch per
     ``commit``. A write that fails raises, and its changes are written first
-    by the next ``commit``: a later success means everything before it is
-    stored, so no request is answered while a change it depends on is not."""
+    by the next ``commit``, with what was to follow them (``after``): a later
+    success means everything before it is stored, so no request is answered
+    (nor an item reported done) while a change it depends on is not."""
 
     def __init__(self, store: QueueStore, take_changes: Callable[[], list[Change]]) -> None:
         self.store = store
         self._take = take_changes
         self._unwritten: list[Change] = []
+        self._after: list[Any] = []
+        self.failures = 0           # writes failed since the last that succeeded
+        self._told = False          # ``tell`` answered True in this run of failures
 
-    def commit(self) -> None:
+    def commit(self, after: Sequence[Any] = ()) -> list[Any]:
+        """Write the journal; return ``after`` (what may be done only once these
+        changes are stored: answers, callbacks) after what failed commits kept.
+        A commit that fails keeps its ``after`` for the next, and raises."""
+        self._after.extend(after)
         changes = self._unwritten + self._take()
         if changes:
             self._unwritten = changes
-            self.store.write(changes)
+            try:
+                self.store.write(changes)
+            except BaseException:
+                self.failures += 1
+                raise
             self._unwritten = []
+            self.failures, self._told = 0, False
+        done, self._after = self._after, []
+        return done
+
+    def tell(self) -> bool:
+        """True the first time it is asked in a run of failed writes (to log once)."""
+        told, self._told = self._told, True
+        return self.failures > 0 and not told
 
 
 class MemoryStore:
