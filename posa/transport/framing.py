@@ -258,12 +258,12 @@ class SendQueue(deque[tuple[int, Buffer]]):
         """Queue one frame; return ``len()``. Raises ``ProtocolError`` if the frame
         exceeds the u32 prefix."""
         size = len(payload)
-        end = (self[-1][0] if self else self._written) + 4 + size
         if size <= _JOIN_LIMIT:
-            self.append((end, _HEADER.pack(size) + payload))
+            self.append((size + 4 + (self[-1][0] if self else self._written),
+                         _HEADER.pack(size) + payload))
         else:
             frame_header(size)              # (refuses what the prefix cannot carry)
-            self.append((end, payload))
+            self.append((size + 4 + (self[-1][0] if self else self._written), payload))
         return len(self)
 
     def push_raw(self, data: Buffer) -> None:
@@ -279,28 +279,37 @@ class SendQueue(deque[tuple[int, Buffer]]):
         return self._gather()
 
     def _gather(self) -> Buffer:
-        """``head`` but for a whole entry alone: the rest of a join or of an entry
-        written in part, a large frame's header, small entries joined."""
+        """``head`` but for a whole entry alone: the rest of an entry written in
+        part or of a join, a large frame's header, small entries joined."""
         written = self._written
-        self._drop(written)
+        while self[0][0] <= written:            # what a cut consume() left
+            self.popleft()
+            if not self:
+                return b""
         at, joined = self._joined
         if at <= written < at + len(joined):    # a write the kernel refused is
             return memoryview(joined)[written - at:] if written > at else joined
-        parts: list[Buffer] = []                # retried without joining again
-        pos = written
-        for end, data in self:
-            begin = end - len(data)
-            if pos < begin:                     # a large frame's header
-                parts.append(_HEADER.pack(len(data))[pos - begin:])
-                pos = begin
-            if len(data) > _JOIN_LIMIT and parts:
+        entries = iter(self)                    # retried without joining again
+        end, data = next(entries)
+        begin = end - len(data)
+        if written < begin:                     # a large frame's header, made here
+            return _HEADER.pack(len(data))[written - begin:]
+        first = memoryview(data)[written - begin:] if written > begin else data
+        if len(data) > _JOIN_LIMIT or len(self) == 1:
+            return first
+        parts = [first]
+        last = end
+        for end, data in entries:
+            if len(data) > _JOIN_LIMIT:         # on its own, but for its header
+                if end - len(data) > last:
+                    parts.append(_HEADER.pack(len(data)))
                 break
-            parts.append(memoryview(data)[pos - begin:] if pos > begin else data)
-            pos = end
-            if pos - written >= _WRITE_SIZE or len(data) > _JOIN_LIMIT:
+            parts.append(data)
+            last = end
+            if end - written >= _WRITE_SIZE:
                 break
-        if len(parts) < 2:
-            return parts[0] if parts else b""   # (b"": all written, see _drop)
+        if len(parts) == 1:
+            return first
         joined = b"".join(parts)
         self._joined = (written, joined)
         return joined
@@ -314,11 +323,6 @@ class SendQueue(deque[tuple[int, Buffer]]):
                 return
             self.popleft()
         self._joined = _NO_JOIN
-
-    def _drop(self, written: int) -> None:
-        """Drop the entries written in full (what a cut ``consume`` left)."""
-        while self and self[0][0] <= written:
-            self.popleft()
 
     def clear(self) -> None:
         """Forget every queued byte."""
