@@ -60,6 +60,7 @@ _JOIN_LIMIT = 64 * 1024      # frames up to this size are copied behind their he
 _WRITE_SIZE = 256 * 1024     # SendQueue.head() joins small frames up to this size
 
 Buffer = bytes | memoryview
+_NO_JOIN: tuple[int, Buffer] = (0, b"")  # SendQueue: no join kept
 
 
 def frame_header(length: int) -> bytes:
@@ -221,88 +222,111 @@ class FrameDecoder:
         raise ProtocolError(message)
 
 
-class SendQueue(deque[int]):
+class SendQueue(deque[tuple[int, Buffer]]):
     """Encoded frames waiting for a socket, handed out as few large writes.
 
     ``push`` encodes a frame; ``head`` is the next buffer to write (small frames
     joined into one buffer of up to 256 KiB, a large frame on its own, never
     copied); ``consume(n)`` drops the ``n`` bytes the socket took.
 
-    The queue itself is a deque of the stream offsets at which its entries
-    (frames, and raw pieces pushed with ``push_raw``) end, so ``len()`` and
-    truth testing, on a sender's hot path, cost no Python call: ``len()`` is the
-    number of entries not yet written in full, what a high-water mark counts.
-    Change it only through the methods below.
+    The queue itself is a deque of its entries (frames, and raw pieces pushed with
+    ``push_raw``), each ``(end, buffer)``: the stream offset at which the entry
+    ends, and its bytes. A large frame's buffer is its payload alone: the 4 bytes
+    between the previous entry's end and the payload are its header, made when
+    they are written. So ``len()`` and truth testing, on a sender's hot path, cost
+    no Python call: ``len()`` is the number of entries not yet written in full,
+    what a high-water mark counts. Change it only through the methods below.
+
+    Interrupts. An exception raised between any two bytecodes of a method (a
+    signal handler's ``KeyboardInterrupt``) leaves the queue whole: every change
+    is one store. ``push`` appends one entry, built before; ``consume`` moves
+    ``_written``, the offset of the first byte not yet written, and only then
+    drops the entries that end before it, which the next ``head`` or ``consume``
+    finishes if that was cut; ``head`` keeps its join as one ``(offset, bytes)``,
+    good while ``_written`` is inside it. The entries themselves never change, so
+    what the queue gives depends only on them and ``_written``.
     """
 
-    __slots__ = ("_items", "_pushed", "_written")
+    __slots__ = ("_joined", "_written")
 
     def __init__(self) -> None:
         super().__init__()
-        self._items: deque[Buffer] = deque()   # the bytes to write, in order
-        self._pushed = 0                       # bytes pushed since creation
-        self._written = 0                      # bytes consumed since creation
+        self._written = 0                   # offset of the first byte not yet written
+        self._joined: tuple[int, Buffer] = _NO_JOIN   # head()'s last join, at its offset
 
     def push(self, payload: bytes) -> int:
         """Queue one frame; return ``len()``. Raises ``ProtocolError`` if the frame
         exceeds the u32 prefix."""
         size = len(payload)
         if size <= _JOIN_LIMIT:
-            self._items.append(_HEADER.pack(size) + payload)
+            self.append((size + 4 + (self[-1][0] if self else self._written),
+                         _HEADER.pack(size) + payload))
         else:
-            self._items.append(frame_header(size))
-            self._items.append(payload)
-        self._pushed += 4 + size
-        self.append(self._pushed)
+            frame_header(size)              # (refuses what the prefix cannot carry)
+            self.append((size + 4 + (self[-1][0] if self else self._written), payload))
         return len(self)
 
     def push_raw(self, data: Buffer) -> None:
         """Queue bytes already encoded (a greeting, the rest of a cut write)."""
-        self._items.append(data)
-        self._pushed += len(data)
-        self.append(self._pushed)
+        self.append(((self[-1][0] if self else self._written) + len(data), data))
 
     def head(self) -> Buffer:
         """The next bytes to write (the queue must not be empty)."""
-        items = self._items
-        first = items[0]
-        if len(items) == 1 or len(first) > _JOIN_LIMIT:
+        end, first = self[0]
+        if end - len(first) == self._written and (len(self) == 1
+                                                  or len(first) > _JOIN_LIMIT):
             return first
-        parts: list[Buffer] = []
-        size = 0
-        for item in items:
-            if len(item) > _JOIN_LIMIT:
+        return self._gather()
+
+    def _gather(self) -> Buffer:
+        """``head`` but for a whole entry alone: the rest of an entry written in
+        part or of a join, a large frame's header, small entries joined."""
+        written = self._written
+        while self[0][0] <= written:            # what a cut consume() left
+            self.popleft()
+            if not self:
+                return b""
+        at, joined = self._joined
+        if at <= written < at + len(joined):    # a write the kernel refused is
+            return memoryview(joined)[written - at:] if written > at else joined
+        entries = iter(self)                    # retried without joining again
+        end, data = next(entries)
+        begin = end - len(data)
+        if written < begin:                     # a large frame's header, made here
+            return _HEADER.pack(len(data))[written - begin:]
+        first = memoryview(data)[written - begin:] if written > begin else data
+        if len(data) > _JOIN_LIMIT or len(self) == 1:
+            return first
+        parts = [first]
+        last = end
+        for end, data in entries:
+            if len(data) > _JOIN_LIMIT:         # on its own, but for its header
+                if end - len(data) > last:
+                    parts.append(_HEADER.pack(len(data)))
                 break
-            parts.append(item)
-            size += len(item)
-            if size >= _WRITE_SIZE:
+            parts.append(data)
+            last = end
+            if end - written >= _WRITE_SIZE:
                 break
         if len(parts) == 1:
             return first
         joined = b"".join(parts)
-        for _ in parts:          # keep the join: a write the kernel refuses is
-            items.popleft()      # retried without joining again
-        items.appendleft(joined)
+        self._joined = (written, joined)
         return joined
 
     def consume(self, sent: int) -> None:
         """Drop the first ``sent`` bytes, which the socket took."""
-        self._written += sent
-        items = self._items
-        while sent:
-            first = items[0]
-            size = len(first)
-            if sent < size:
-                items[0] = memoryview(first)[sent:]
-                break
-            items.popleft()
-            sent -= size
-        written = self._written
-        while self and self[0] <= written:
+        written = self._written + sent
+        self._written = written
+        while self:
+            if self[0][0] > written:
+                return
             self.popleft()
+        self._joined = _NO_JOIN
 
     def clear(self) -> None:
         """Forget every queued byte."""
+        if self:
+            self._written = self[-1][0]     # all written: the rest drops the entries
         super().clear()
-        self._items.clear()
-        self._written = self._pushed
+        self._joined = _NO_JOIN
