@@ -1,0 +1,156 @@
+"""The send window's bound against ``KeyboardInterrupt`` at any bytecode of a send.
+
+A send to a recipient that never acknowledges (a tcp server that accepts and
+reads nothing) fills the window; then each next send, request or group send is
+interrupted at the Nth point of ``posa.delivery``'s code where a signal
+handler may run (N = 1, 2, 3 ...: a trace function raises there), or, if it
+gets that far, where it would block waiting for an acknowledgement or an
+answer. However many sends are cut short,
+the recipient's stream never holds more than ``window`` unacknowledged
+messages: a send that finds the window full (an interrupted send's message is
+in it) waits for room before it takes its own. Deterministic: no timer, no
+signal; the interrupts land at every such point in turn.
+"""
+from __future__ import annotations
+
+import dis
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType, FrameType
+from typing import Any
+
+import pytest
+
+import posa
+
+SWEEP = 200     # points: more than a send passes before its first wait
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """The address of a tcp server that never reads nor answers: the kernel takes
+    the connection into its backlog, and nothing ever accepts it."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+
+def _signal_points(code: CodeType) -> frozenset[int]:
+    """The offsets in ``code`` where a signal handler may run: a loop's jump back,
+    and the instruction after a call (where the interpreter looks for pending
+    signals, besides a function's start and a generator's resumption)."""
+    found = _points.get(code)
+    if found is None:
+        found = set()
+        previous = ""
+        for ins in dis.get_instructions(code):
+            if ins.opname == "JUMP_BACKWARD" or previous in ("CALL", "CALL_FUNCTION_EX"):
+                found.add(ins.offset)
+            previous = ins.opname
+        found = _points[code] = frozenset(found)
+    return found
+
+
+_points: dict[CodeType, frozenset[int]] = {}
+
+
+class Interrupt:
+    """A trace function (``sys.settrace``) that raises ``KeyboardInterrupt`` at the
+    ``at``-th point of ``posa.delivery``'s frames where a signal handler may run
+    (a frame's start or resumption, a loop's jump back, the end of a call), or as
+    a wait for input (``waiting.readable``) begins; a trace that raised is unset."""
+
+    def __init__(self, at: int) -> None:
+        self.left = at
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        if "posa/delivery/" not in code.co_filename:
+            return None
+        if code.co_name == "readable":
+            raise KeyboardInterrupt("while waiting")
+        self._count(frame)
+        frame.f_trace_opcodes = True
+        return self._opcode
+
+    def _opcode(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode" and frame.f_lasti in _signal_points(frame.f_code):
+            self._count(frame)
+        return self._opcode
+
+    def _count(self, frame: FrameType) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt(f"at {frame.f_code.co_name}:{frame.f_lineno}")
+
+
+def _interrupted(call: Callable[[], object], at: int) -> None:
+    sys.settrace(Interrupt(at))
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+
+
+OPS: dict[str, Callable[[posa.Peer, int], object]] = {
+    "send": lambda peer, i: peer.send("quiet/silent", i, timeout=60.0),
+    "request": lambda peer, i: peer.request("quiet/silent", i, timeout=60.0),
+    "group send": lambda peer, i: peer.send("quiet/*", i, timeout=60.0),
+}
+
+
+@pytest.mark.parametrize("window", [1, 3])
+@pytest.mark.parametrize("op", list(OPS))
+def test_interrupted_sends_never_hold_more_than_the_window(op: str, window: int) -> None:
+    """Each of SWEEP calls interrupted at another bytecode: after each, no lock
+    is held and at most ``window`` messages wait for their acknowledgement (a
+    group send leaves the window short of full, but for a window of 1)."""
+    reg = posa.LocalRegistry()
+    with silent_server() as address:
+        reg.register("quiet/silent", [address], credential="silent")
+        with posa.Peer("caller", registry=reg, listen="tcp://127.0.0.1:0",
+                       window=window, linger=0.0) as peer:
+            for i in range(window - 1):      # short of full: no send waits
+                peer.send("quiet/silent", i, timeout=60.0)
+            fwd = peer.sender.forwarder()
+            held = []
+            for at in range(1, SWEEP):
+                _interrupted(lambda: OPS[op](peer, at), at)     # noqa: B023 (called here)
+                assert not fwd.lock.locked(), f"lock held after an interrupt at {at}"
+                held.append(fwd.in_flight("quiet/silent"))
+            assert max(held) <= window, (
+                f"{max(held)} unacknowledged in a window of {window}: {held[:40]} ...")
+            assert max(held) >= max(window - 1, 1)      # it was as full as it gets
+
+
+def test_a_group_send_with_a_window_of_one_never_changes_the_window() -> None:
+    """A group send does not wait, after each member's message, for the window
+    of 1 it fills (the group waits a slice at a time), without raising the
+    forwarder's window for a moment to get there: at every bytecode of the
+    send, the window read is 1 (an interrupt there, or another reader, would
+    keep or see another). Every member gets every message."""
+    reg = posa.LocalRegistry()
+    seen: set[int] = set()
+
+    def look(frame: FrameType, event: str, arg: Any) -> Any:
+        if "posa/delivery/" not in frame.f_code.co_filename:
+            return None
+        frame.f_trace_opcodes = True
+        seen.add(fwd.window)
+        return look
+
+    with posa.Peer("caller", registry=reg, window=1, linger=0.0) as peer, \
+            posa.Peer("grp/a", registry=reg) as a, posa.Peer("grp/b", registry=reg) as b:
+        fwd = peer.sender.forwarder()
+        for i in range(3):
+            sys.settrace(look)
+            try:
+                assert peer.send("grp/*", i, timeout=10.0) == 2
+            finally:
+                sys.settrace(None)
+        assert [a.receive(timeout=10.0).body for _ in range(3)] == [0, 1, 2]
+        assert [b.receive(timeout=10.0).body for _ in range(3)] == [0, 1, 2]
+    assert seen == {1}, seen
