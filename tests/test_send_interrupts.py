@@ -1,21 +1,26 @@
-"""The send window's bound against ``KeyboardInterrupt`` at any bytecode of a send.
+"""The send path against ``KeyboardInterrupt`` at every point a signal may land.
 
-A send to a recipient that never acknowledges (a tcp server that accepts and
-reads nothing) fills the window; then each next send, request or group send is
-interrupted at the Nth point of ``posa.delivery``'s code where a signal
-handler may run (N = 1, 2, 3 ...: a trace function raises there), or, if it
-gets that far, where it would block waiting for an acknowledgement or an
-answer. However many sends are cut short,
-the recipient's stream never holds more than ``window`` unacknowledged
-messages: a send that finds the window full (an interrupted send's message is
-in it) waits for room before it takes its own. Deterministic: no timer, no
-signal; the interrupts land at every such point in turn.
+A trace function (``Interrupt``) raises ``KeyboardInterrupt`` at the Nth point
+of ``posa.delivery``'s code where a signal handler may run (a frame's start or
+resumption, a loop's jump back, the end of a call), or where the call would
+block waiting for input; each call of a sweep is cut at the next point
+(N = 1, 2, 3 ...). Deterministic: no timer, no signal.
+
+The window's bound: a send to a recipient that never acknowledges (a tcp
+server that reads nothing) fills the window; however many sends, requests and
+group sends are cut short after that, the stream never holds more than
+``window`` unacknowledged messages (a send that finds the window full, an
+interrupted send's message in it, waits for room before it takes its own).
+
+No gap: a flush cut short while it writes the open batch leaves no message
+taken and never written, which the ones after it would wait behind.
 """
 from __future__ import annotations
 
 import dis
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
@@ -24,6 +29,8 @@ from typing import Any
 import pytest
 
 import posa
+from posa.delivery import forwarder as forwarder_module
+from posa.delivery import target as target_module
 
 SWEEP = 200     # points: more than a send passes before its first wait
 
@@ -154,3 +161,37 @@ def test_a_group_send_with_a_window_of_one_never_changes_the_window() -> None:
         assert [a.receive(timeout=10.0).body for _ in range(3)] == [0, 1, 2]
         assert [b.receive(timeout=10.0).body for _ in range(3)] == [0, 1, 2]
     assert seen == {1}, seen
+
+
+def test_a_flush_cut_short_while_it_writes_the_open_batch_leaves_no_gap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sends join the open batch (which only this thread writes: no late
+    write), then a flush is interrupted at its Nth point, N = 1, 2, 3 ...; once
+    what is open is written after the sweep, with no flush nor wait of the
+    sender (whose resend would fill a gap), every message is handled, in order,
+    once."""
+    monkeypatch.setattr(forwarder_module, "QUIET", 60.0)    # a send after the first
+    monkeypatch.setattr(target_module, "LINGER", 60.0)      # joins the open batch
+    reg = posa.LocalRegistry()
+    handled: list[Any] = []
+    sent: list[int] = []
+    sweep = range(1, SWEEP // 4)
+    everything = threading.Event()
+
+    def handle(msg: posa.Message) -> None:
+        handled.append(msg.body)
+        if len(handled) >= 2 * len(sweep):
+            everything.set()
+
+    with posa.Peer("rx", registry=reg, handler=handle), \
+            posa.Peer("tx", registry=reg, linger=0.0) as sender:
+        for at in sweep:
+            for _ in range(2):
+                sender.send("rx", len(sent), timeout=10.0)
+                sent.append(len(sent))
+            _interrupted(lambda: sender.flush(10.0), at)
+        fwd = sender.sender.forwarder()
+        with fwd.lock:
+            fwd.write_open()
+        assert everything.wait(10.0), f"handled {len(handled)} of {len(sent)}"
+        assert handled == sent
