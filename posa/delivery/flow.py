@@ -13,6 +13,14 @@ without filling the window, ``send_locked`` sends it and returns at once.
 ``_acked_steps`` is that wait for acknowledgements, the one loop that a full
 window, ``flush`` and the drivers' wait for room all run.
 
+``send_locked`` given a ``failed`` list leaves to its caller the recovery after
+a failed write or a MOVED notice (their causes appended, None for a notice) and
+the wait for room after the message: ``send_steps``, the group's
+``send_in_slice`` (whose message fills a window of 1) and the channel's lanes
+wait their own way.  At most ``window`` messages are unacknowledged, whatever
+was interrupted: a send waits for room before it takes its message too, if an
+interrupted send left the window full (``_make_room``).
+
 ``queue_request`` puts a REQUEST in the recipient's open batch instead of
 writing it, and ``write_open`` writes the open batches: a driver running the
 requests of many tasks on one thread (``posa.aio``) sends those made in one
@@ -30,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from posa.delivery.budget import no_send_deadline, not_finite
 from posa.delivery.target import BATCH_MAX
-from posa.delivery.waiting import Steps, drive
+from posa.delivery.waiting import Steps, drive, run_held
 from posa.errors import Timeout, TransportError, Unauthorized
 from posa.transport.base import Connection
 from posa.wire.codec import Kind, Message
@@ -100,22 +108,30 @@ class Flow:
         if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
             raise no_send_deadline(deadline)
         target = yield from self.open_steps(name, deadline if pause > deadline else pause)
-        room = max(self.window - 1, 1)      # room for this message, and no wait after it
+        room = max(self.window - 1, 1)      # this message leaves it short of full (or 1)
         yield from self._acked_steps(target, deadline, lambda: len(target.out.unacked) < room,
                                      pause)
         if self._targets.get(name) is not target or len(target.out.unacked) >= room:
             return False        # the slice ended waiting for room: nothing sent
         failed: list[BaseException | None] = []
-        # a window of 1 is full with this message: send_locked would wait for its
-        # acknowledgement up to the deadline, and the group waits a slice at a time
-        window, self.window = self.window, max(self.window, 2)
-        try:
-            self.send_locked(name, body, _SEND, headers, deadline, failed)
-        finally:
-            self.window = window
+        # given ``failed``, send_locked leaves the recovery and the wait for room
+        # after the message to this caller: a window of 1 is full with it, and the
+        # group waits for its acknowledgement a slice at a time
+        self.send_locked(name, body, _SEND, headers, deadline, failed)
         if failed:              # a failed write, a MOVED notice: the message stays in
             yield from self._recover_steps(target, deadline, failed[0], pause)  # the stream
         return True
+
+    def _make_room(self, target: Target, deadline: float) -> None:
+        """Before a send takes its message, wait while ``target``'s window is full:
+        a send interrupted (``KeyboardInterrupt``) in its wait for room after its
+        message leaves it so, and each next one would add one more past ``window``.
+        Nothing is taken if this wait is cut short, or refused (a deadline that is
+        no time: ``ValueError``)."""
+        while len(target.out.unacked) >= self.window:
+            if deadline - deadline:     # nan for nan and infinities, 0.0 for any time
+                raise no_send_deadline(deadline)
+            run_held(self._progress_steps(target, deadline))
 
     def unstall(self, target: Target) -> None:
         """A send was interrupted (a signal handler's exception) between taking its

@@ -112,10 +112,11 @@ class Forwarder(Requesting, Flow):
     def send_locked(self, name: str, body: Any, kind: int,
                     headers: dict[str, Any] | None, deadline: float,
                     failed: list[BaseException | None] | None = None) -> int:
-        """``send`` holding ``lock`` (``Peer.send``'s path). Given ``failed``, a recovery
-        (a failed write, a MOVED notice) is left to the caller: its cause appended."""
+        """``send`` holding ``lock``; given ``failed``, recovery and waits are the caller's."""
         target = self._targets.get(name) or self._open_target(name, deadline)
-        seq = (out := target.out).next_seq
+        if len(unacked := (out := target.out).unacked) >= self.window:  # an interrupted
+            self._make_room(target, deadline)   # send's message is in it (Flow._make_room)
+        seq = out.next_seq
         if kind == _SEND and not headers and not _traced():
             packv = self._packv     # only the id and the body: the rest is the target's
             try:
@@ -129,8 +130,7 @@ class Forwarder(Requesting, Flow):
         else:
             frame = self._pack(kind, target.stream, seq, self.name, name, 0, (  # + a trace's
                 _traced() and _outgoing(headers)) or headers or _NO_HEADERS, body)
-        out.next_seq = seq + 1
-        unacked, batch = out.unacked, target.batch
+        out.next_seq, batch = seq + 1, target.batch
         try:
             unacked.append(frame)
             if kind != _SEND:
@@ -162,17 +162,17 @@ class Forwarder(Requesting, Flow):
 
     def _catch_up(self, target: Target, deadline: float,
                   failed: list[BaseException | None] | None) -> None:
-        """Every ``ACK_EVERY`` sends to ``target``, or with the window full: read
-        what came back, follow a MOVED notice (or leave it to the caller, given
-        ``failed``), and wait while the window is full (not for a deadline that
-        is no time: ``ValueError``, the message left in the window to go on)."""
+        """Every ``ACK_EVERY`` sends to ``target``, or with the window full: read what
+        came back, follow a MOVED notice and wait while the window is full (not for
+        a deadline that is no time: ``ValueError``, the message left in the window to
+        go on). Given ``failed``, both are the caller's: a MOVED notice appended."""
         self._poll(target)
         if target.moved is not None:
             if failed is not None:
                 failed.append(None)
                 return
             self._recover(target, deadline, None)
-        while len(target.out.unacked) >= self.window:
+        while failed is None and len(target.out.unacked) >= self.window:
             if deadline - deadline:     # a wait with no end (this send is taken)
                 raise no_send_deadline(deadline)
             self._await_progress(target, deadline)

@@ -90,15 +90,16 @@ class Target:
         self.conn.send(data)
 
     def write_batch(self) -> None:
-        """Write the open batch."""
-        frames, self.batch, self.batch_bytes = self.batch, [], 0
-        self.write(frames)
+        """Write the open batch, and then close it: a write cut short (a signal
+        handler's exception) leaves it open, to go out again (the receiver drops
+        copies), not a gap that the frames after it wait behind."""
+        self.write(self.batch)
+        self.batch, self.batch_bytes = [], 0
 
     def resend(self, batch_bytes: int) -> None:
         """Write every unacknowledged frame again, oldest first, in batches of at
         most ``BATCH_MAX`` envelopes and about ``batch_bytes`` (the open batch
-        too: it is part of the backlog)."""
-        self.batch, self.batch_bytes = [], 0
+        too: it is part of the backlog, and closed once all is written)."""
         chunk: list[bytes] = []
         size = 0
         for frame in self.out.backlog():
@@ -109,6 +110,7 @@ class Target:
             size += len(frame)
         if chunk:
             self.write(chunk)
+        self.batch, self.batch_bytes = [], 0
 
 
 class OpenBatches:
