@@ -237,6 +237,22 @@ def test_a_turn_on_run_refuses_is_neither_delivered_nor_acknowledged_until_taken
         assert peer.stats["received"] == 11
 
 
+def test_on_run_is_shown_no_message_that_repeats_an_idempotency_key(
+        registry: posa.LocalRegistry) -> None:
+    shown: list[str] = []
+
+    def on_run(run: list[posa.Message]) -> None:
+        shown.extend(msg.body for msg in run)
+
+    with posa.Peer("test/keyed", registry=registry, on_run=on_run) as peer, \
+            posa.Peer("test/sender", registry=registry) as sender:
+        for body, key in (("a", "k1"), ("b", "k1"), ("c", "k2")):
+            sender.send("test/keyed", body, headers={"key": key})
+        sender.flush(10)
+        assert [peer.receive(timeout=5).body for _ in range(2)] == ["a", "c"]
+        assert shown == ["a", "c"]          # what is shown is what is delivered
+
+
 def test_what_was_journaled_is_numbered_at_the_restart_and_a_resent_copy_is_dropped(
         registry: posa.LocalRegistry, tmp_path: Path) -> None:
     from posa.channel.store import SqliteStore
