@@ -97,6 +97,32 @@ def test_an_event_the_store_did_not_take_is_not_acknowledged_until_it_does(
             assert _bodies(sub, 5) == [0, 1, 2, 3, 4]
 
 
+def test_upstream_events_the_store_did_not_take_are_not_taken_until_it_does(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    """A chained channel took an upstream's events its journal had refused (the
+    error logged, the events published unjournaled); fails without the wait."""
+    store = FlakyStore(str(tmp_path / "c.db"))
+    store.broken = {"journal"}
+    with EventChannel("events/up", registry=registry), \
+            EventChannel("events/down", registry=registry, store=store,
+                         upstream=["events/up"], upstream_policy="block") as down, \
+            Publisher("events/up", registry=registry) as pub:
+        wait_until(lambda: any(r.name.startswith("_posa/sub/events/up/")
+                               for r in registry.names("_posa/**")),
+                   what="the chain's subscription")
+        for i in range(5):
+            pub.publish("t", i)
+        pub.flush(20)
+        keeping = down.keeping
+        assert keeping is not None
+        wait_until(lambda: keeping.errors >= 2, what="the journal tried again")
+        assert down.seq == 0                       # nothing taken unstored
+        store.broken = set()
+        with Subscriber("events/down", registry=registry, from_seq=1) as sub:
+            assert _bodies(sub, 5) == [0, 1, 2, 3, 4]
+        assert down.seq == 5
+
+
 def test_seqs_the_store_did_not_keep_are_held_back_until_it_keeps_them(
         registry: posa.LocalRegistry, tmp_path: Path) -> None:
     """A failed numbering let subscribers take seqs a restart gives to other events."""
