@@ -19,6 +19,8 @@ writes what the receiver returns and arms a timer for ``deadline``.
 Invariants:
 - Per (sender, stream) each sequence number is delivered at most once and in
   order (``Inbound``); an ACK carries the highest number delivered, never more.
+  What the application refuses of a run (``forget``: a peer's ``on_run``) counts
+  as not delivered: the stream expects it again and no ACK covers it.
 - Every run of a stream (a message or a BATCH), new or duplicate, counts towards
   that stream's pending ACK: a sender that resends is acknowledged again.  The ACK
   goes out at once after ``ack_batch`` deliveries, else when ``deadline`` passes
