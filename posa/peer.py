@@ -32,7 +32,7 @@ from posa.delivery.budget import LONGEST, wrong_timeout
 from posa.delivery.group import send_to_group
 from posa.delivery.inbox import Inbox
 from posa.delivery.intake import DEFERRED, Intake
-from posa.delivery.receiver import Endpoint, Receiver
+from posa.delivery.receiver import Endpoint, OnRun, Receiver
 from posa.delivery.sender import Sender
 from posa.errors import Closed, InvalidName, PosaError
 from posa.naming.pages import registrations
@@ -90,7 +90,7 @@ class Peer:
                  authenticator: Authenticator | None = None,
                  aliases: Sequence[str] = (),
                  meta: dict[str, Any] | None = None,
-                 on_run: Callable[[list[Message]], None] | None = None) -> None:
+                 on_run: OnRun | None = None) -> None:
         self.name = validate_name(name)
         self.registry: Registry = registry if registry is not None else embedded_registry()
         self.codec = Codec(limits)

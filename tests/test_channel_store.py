@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import secrets
 import signal
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,52 @@ def test_a_peer_shows_each_turns_deliveries_before_acknowledging_them(
         assert sum(n for n, _ in seen) == 20
         assert all(due >= 1 for _, due in seen)   # none of them acknowledged yet
         assert [peer.receive(timeout=5).body for _ in range(20)] == list(range(20))
+
+
+def test_a_turn_on_run_refuses_is_neither_delivered_nor_acknowledged_until_taken(
+        registry: posa.LocalRegistry) -> None:
+    """``on_run`` could not refuse: what it was shown was delivered and then
+    acknowledged, stored or not."""
+    refusing = threading.Event()
+    refusing.set()
+    shown: list[int] = []
+
+    def on_run(run: list[posa.Message]) -> list[posa.Message] | None:
+        shown.extend(msg.body for msg in run)
+        return [msg for msg in run if msg.body != "other"] if refusing.is_set() else None
+
+    with posa.Peer("test/refusing", registry=registry, on_run=on_run) as peer, \
+            posa.Peer("test/sender", registry=registry) as sender, \
+            posa.Peer("test/other", registry=registry) as other:
+        for i in range(10):
+            sender.send("test/refusing", i)
+        wait_until(lambda: 0 in shown, what="the first turn shown")   # the rest held early
+        other.send("test/refusing", "other")
+        other.flush(10)                         # another stream's turn is taken
+        assert peer.receive(timeout=5).body == "other"
+        assert peer.stats["received"] == 1      # none of the refused delivered
+        refusing.clear()
+        sender.flush(20)                        # resent, taken, acknowledged
+        assert [peer.receive(timeout=5).body for _ in range(10)] == list(range(10))
+        with pytest.raises(posa.Timeout):
+            peer.receive(timeout=0)             # each once
+        assert peer.stats["received"] == 11
+
+
+def test_on_run_is_shown_no_message_that_repeats_an_idempotency_key(
+        registry: posa.LocalRegistry) -> None:
+    shown: list[str] = []
+
+    def on_run(run: list[posa.Message]) -> None:
+        shown.extend(msg.body for msg in run)
+
+    with posa.Peer("test/keyed", registry=registry, on_run=on_run) as peer, \
+            posa.Peer("test/sender", registry=registry) as sender:
+        for body, key in (("a", "k1"), ("b", "k1"), ("c", "k2")):
+            sender.send("test/keyed", body, headers={"key": key})
+        sender.flush(10)
+        assert [peer.receive(timeout=5).body for _ in range(2)] == ["a", "c"]
+        assert shown == ["a", "c"]          # what is shown is what is delivered
 
 
 def test_what_was_journaled_is_numbered_at_the_restart_and_a_resent_copy_is_dropped(

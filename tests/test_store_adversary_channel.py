@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -94,6 +95,32 @@ def test_an_event_the_store_did_not_take_is_not_acknowledged_until_it_does(
         assert pub.sent == 5
         with Subscriber("events/full", registry=registry, from_seq=1) as sub:
             assert _bodies(sub, 5) == [0, 1, 2, 3, 4]
+
+
+def test_upstream_events_the_store_did_not_take_are_not_taken_until_it_does(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    """A chained channel took an upstream's events its journal had refused (the
+    error logged, the events published unjournaled); fails without the wait."""
+    store = FlakyStore(str(tmp_path / "c.db"))
+    store.broken = {"journal"}
+    with EventChannel("events/up", registry=registry), \
+            EventChannel("events/down", registry=registry, store=store,
+                         upstream=["events/up"], upstream_policy="block") as down, \
+            Publisher("events/up", registry=registry) as pub:
+        wait_until(lambda: any(r.name.startswith("_posa/sub/events/up/")
+                               for r in registry.names("_posa/**")),
+                   what="the chain's subscription")
+        for i in range(5):
+            pub.publish("t", i)
+        pub.flush(20)
+        keeping = down.keeping
+        assert keeping is not None
+        wait_until(lambda: keeping.errors >= 2, what="the journal tried again")
+        assert down.seq == 0                       # nothing taken unstored
+        store.broken = set()
+        with Subscriber("events/down", registry=registry, from_seq=1) as sub:
+            assert _bodies(sub, 5) == [0, 1, 2, 3, 4]
+        assert down.seq == 5
 
 
 def test_seqs_the_store_did_not_keep_are_held_back_until_it_keeps_them(
@@ -368,6 +395,71 @@ def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
         assert [event.seq for event in events] == list(range(1, 121))   # none twice
     finally:
         channel.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_channel_stopped_while_its_file_cannot_grow_acknowledges_nothing_unstored(
+        dispatcher: str, tmp_path: Path) -> None:
+    """SIGTERM while the store refused a turn: the close ended the turn's wait
+    and acknowledged it unstored, so the publisher's flush returned for events
+    the restarted channel never had (fails without the turn's refusal)."""
+    name, store, token = "events/stopped", tmp_path / "c.db", "t0ken"
+    channel = _channel_in_a_small_file(name, dispatcher, store, token)
+    big = "x" * 20000
+    try:
+        with Publisher(name, dispatcher=dispatcher, timeout=60, batch=8) as pub:
+            for i in range(10):
+                pub.publish("t", {"i": i, "pad": big})
+            pub.flush(30)
+            files = [store, Path(f"{store}-wal")]
+            limit = max(f.stat().st_size for f in files if f.exists()) + 65536
+            resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE,
+                             (limit, resource.RLIM_INFINITY))
+            for i in range(10, 80):
+                pub.publish("t", {"i": i, "pad": big})
+            with pytest.raises(posa.Timeout):
+                pub.flush(3)
+            channel.popen.send_signal(signal.SIGTERM)
+            assert channel.popen.wait(30) == 0
+            channel.close()
+            channel = _start(name, dispatcher, store, token)
+            pub.flush(60)
+            assert pub.sent == 80
+        with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=1000) as late:
+            events = _events(late, 80)
+        assert [event.body["i"] for event in events] == list(range(80))
+        assert [event.seq for event in events] == list(range(1, 81))   # none twice
+    finally:
+        channel.close()
+
+
+def test_a_subscriber_takes_stored_events_while_the_store_refuses_a_turn(
+        registry: posa.LocalRegistry, tmp_path: Path) -> None:
+    """The reactor waited for the store to take the turn: no subscription could
+    be made, no delivery acknowledged, no lease renewed meanwhile (fails without
+    the turn's refusal)."""
+    store = FlakyStore(str(tmp_path / "c.db"))
+    with EventChannel("events/refusing", registry=registry, store=store, window=2,
+                      max_batch=2) as channel, \
+            Publisher("events/refusing", registry=registry) as pub:
+        for i in range(10):
+            pub.publish("t", i)
+        pub.flush(20)
+        store.broken = {"journal"}
+        for i in range(10, 15):
+            pub.publish("t", i)
+        with pytest.raises(posa.Timeout):
+            pub.flush(1.5)
+        assert channel.keeping is not None and channel.keeping.errors
+        with Subscriber("events/refusing", registry=registry, from_seq=1,
+                        timeout=5) as sub:
+            assert _bodies(sub, 10) == list(range(10))      # 5 deliveries acknowledged
+        assert pub.sent == 10
+        store.broken = set()
+        pub.flush(20)
+        assert pub.sent == 15
+        with Subscriber("events/refusing", registry=registry, from_seq=1) as again:
+            assert _bodies(again, 15) == list(range(15))
 
 
 def test_a_second_posa_channel_on_a_store_exits_saying_why(dispatcher: str,

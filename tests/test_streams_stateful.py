@@ -104,7 +104,7 @@ class StreamsMachine(RuleBasedStateMachine):
         # every arrival, a duplicate too, is acknowledged: the highest in order
         self.acks.append((key, self.inbound.acked(*key)))
 
-    def accept(self, key: Key, seq: int) -> None:
+    def accept(self, key: Key, seq: int) -> list[Message]:
         """Frame ``seq`` of ``key`` reaches the receiver: what it delivers is what
         the model expects, and early arrivals are held up to ``MAX_EARLY``."""
         self.seen.add(key)
@@ -127,6 +127,39 @@ class StreamsMachine(RuleBasedStateMachine):
         assert [m.id for m in got] == ready
         assert all(m.body == body(key, m.id) for m in got)
         delivered += ready
+        return list(got)
+
+    @precondition(lambda self: bool(self.wire))
+    @rule(indices=st.lists(st.integers(0, 50), min_size=1, max_size=6),
+          refuse=st.sets(st.integers(0, 12), max_size=4))
+    def turn_refused(self, indices: list[int], refuse: set[int]) -> None:
+        """A few frames arrive in one turn (acknowledged only at its end) and the
+        application refuses some of what was delivered (``refuse``: places in the
+        turn's deliveries): of each stream, from the first refused one on, the
+        turn is forgotten; the rest is delivered, and the acknowledgements say
+        only that."""
+        run: list[Message] = []
+        before = {key: list(seqs) for key, seqs in self.delivered.items()}
+        for index in indices:
+            if not self.wire:
+                break
+            key, seq = self.wire.pop(index % len(self.wire))
+            if key not in self.seen and seq != self.first[key]:
+                continue    # the model's assumption: a stream is first seen at its start
+            run += self.accept(key, seq)
+        refused = [msg for place, msg in enumerate(run) if place in refuse]
+        cut: dict[Key, int] = {}
+        for msg in refused:
+            cut.setdefault((msg.sender, msg.stream), msg.id)
+        rest = self.inbound.forget(run, refused)
+        assert [(m.sender, m.stream, m.id) for m in rest] == [
+            (m.sender, m.stream, m.id) for m in run
+            if (m.sender, m.stream) not in cut or m.id < cut[(m.sender, m.stream)]]
+        for key, seq in cut.items():        # forgotten: as if they never came
+            self.delivered[key] = [s for s in self.delivered[key] if s < seq]
+            assert self.delivered[key][:len(before[key])] == before[key]
+        for key in {(m.sender, m.stream) for m in run}:
+            self.acks.append((key, self.inbound.acked(*key)))
 
     @precondition(lambda self: bool(self.wire))
     @rule(index=st.integers(0, 50))

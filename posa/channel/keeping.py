@@ -3,9 +3,11 @@
 ``Keeping`` sits between ``EventChannel`` and a ``posa.channel.store`` store:
 
 - ``journal_run`` runs on the reactor thread at the end of each turn (the
-  peer's ``on_run``), before that turn's acknowledgements go out: it keeps the
-  turn's publications in one transaction and queues their entry ids, in the
-  order the ingest thread will take the messages (``entry_for``);
+  peer's ``on_run``), before that turn's messages are delivered or
+  acknowledged: it keeps the turn's publications in one transaction and queues
+  their entry ids, in the order the ingest thread will take the messages
+  (``entry_for``); when the store cannot, the turn's publications are refused
+  (neither delivered nor acknowledged: their publishers send them again);
 - ``record`` runs under the channel's lock when the core accepted (part of) a
   publication, and ``commit`` writes what was recorded since the last one in
   one transaction (the ingest thread commits when the inbox is empty, or every
@@ -71,45 +73,54 @@ class Keeping:
         self._whole: list[tuple[Any, float, int | None, int | None]] = []
         self._done: list[tuple[int, int]] = []
         self._retry_at, self._wait = 0.0, RETRY[0]  # after a failed commit: when to try again
+        self._refusing, self._journal_at, self._journal_wait = False, 0.0, RETRY[0]
 
-    def journal_run(self, run: list[Message]) -> None:
-        """The reactor's turn ended: keep its publications (``Peer(on_run=...)``)."""
-        pubs = [_raw(msg.body) for msg in run if is_publish(msg)]
-        if not pubs:
-            return
-        ids = self._journal(pubs)
+    def journal_run(self, run: list[Message]) -> list[Message] | None:
+        """The reactor's turn ended: keep its publications (``Peer(on_run=...)``).
+        Returns them if the store could not: the peer neither delivers nor
+        acknowledges them, and takes them again when their publishers resend."""
+        msgs = [msg for msg in run if is_publish(msg)]
+        if not msgs:
+            return None
+        ids = self._journal([_raw(msg.body) for msg in msgs])
+        if ids is None:
+            return msgs
         with self._journaled:
             self._entries.extend(ids)
             self._journaled.notify_all()
+        return None
 
-    def _journal(self, pubs: list[Publication]) -> list[int]:
-        """The entries of a turn's publications. While the store cannot take
-        them (a full disk, an I/O error, damage: ``sqlite3.Error``) the turn
-        waits and tries again, so no acknowledgement goes out for an event not
-        stored; publishers wait (their ``flush`` times out) until there is room,
-        or until the channel closes."""
-        wait, said = RETRY[0], False
-        while True:
-            try:
-                ids = self.store.journal(pubs)
-                if said:
-                    log.warning("channel store: journaled again; acknowledging")
-                return ids
-            except sqlite3.Error as exc:
-                self.errors += 1
-                if not said:
-                    log.error("channel store: %d publication(s) not journaled, not "
-                              "acknowledged until they are (tried again every %g s at "
-                              "most): %s", len(pubs), RETRY[1], exc)
-                    said = True
-            except Exception as exc:
-                self.errors += 1
-                log.error("channel store: %d publication(s) not journaled: %s",
-                          len(pubs), exc)
-                return [0] * len(pubs)
-            if self.closing.wait(wait):
-                return [0] * len(pubs)
-            wait = min(wait * 2, RETRY[1])
+    def _journal(self, pubs: list[Publication]) -> list[int] | None:
+        """The entries of a turn's publications, or None while the store cannot
+        take them (a full disk, an I/O error, damage: ``sqlite3.Error``): then the
+        turn is refused, and no acknowledgement goes out for an event not stored;
+        publishers wait (their ``flush`` times out) and send again until there is
+        room. After a failure the store is tried again after a wait (doubling up
+        to ``RETRY[1]``); turns before then are refused at once. The reactor
+        never waits for the store to have room."""
+        if self._refusing and time.monotonic() < self._journal_at:
+            return None
+        try:
+            ids = self.store.journal(pubs)
+        except sqlite3.Error as exc:
+            self.errors += 1
+            if not self._refusing:
+                log.error("channel store: %d publication(s) not journaled, not "
+                          "acknowledged until they are (their publishers send them "
+                          "again; the store is tried every %g s at most): %s",
+                          len(pubs), RETRY[1], exc)
+            self._journal_wait = min(self._journal_wait * 2, RETRY[1]) \
+                if self._refusing else RETRY[0]
+            self._refusing, self._journal_at = True, time.monotonic() + self._journal_wait
+            return None
+        except Exception as exc:        # not the disk: this publication never will be
+            self.errors += 1
+            log.error("channel store: %d publication(s) not journaled: %s", len(pubs), exc)
+            return [0] * len(pubs)
+        if self._refusing:
+            log.warning("channel store: journaled again; acknowledging")
+            self._refusing = False
+        return ids
 
     def entry_for(self, closing: threading.Event) -> int:
         """The journal entry of the next publication the ingest thread takes."""
@@ -120,13 +131,32 @@ class Keeping:
                 self._journaled.wait(0.25)
             return self._entries.popleft()
 
-    def journal_one(self, pub: Publication) -> None:
-        """Keep one publication that did not come through the reactor (upstream)."""
-        try:
-            pub.entry = self.store.journal([pub])[0]
-        except Exception as exc:
-            self.errors += 1
-            log.error("channel store: an upstream publication was not journaled: %s", exc)
+    def journal_one(self, pub: Publication) -> bool:
+        """Keep one publication that did not come through the reactor (upstream):
+        while the store cannot take it (``sqlite3.Error``) the upstream's thread
+        waits and tries again (doubling up to ``RETRY[1]``; its subscription's
+        buffer fills meanwhile, under its policy). False: the channel closed
+        first, and the events are not taken."""
+        wait, said = RETRY[0], False
+        while True:
+            try:
+                pub.entry = self.store.journal([pub])[0]
+                return True
+            except sqlite3.Error as exc:
+                self.errors += 1
+                if not said:
+                    log.error("channel store: an upstream publication was not journaled, "
+                              "not taken until it is (tried again every %g s at most): %s",
+                              RETRY[1], exc)
+                    said = True
+            except Exception as exc:    # not the disk: it never will be
+                self.errors += 1
+                log.error("channel store: an upstream publication was not journaled: %s",
+                          exc)
+                return True
+            if self.closing.wait(wait):
+                return False
+            wait = min(wait * 2, RETRY[1])
 
     def record(self, pub: Publication, result: Published | None) -> None:
         """The core settled (part of) ``pub``: note the run and the entry, for

@@ -361,8 +361,8 @@ class EventChannel(ChannelControl):
 
     # -- chaining ------------------------------------------------------------------
     def _accept_upstream(self, pub: Publication) -> None:
-        if self.keeping is not None:
-            self.keeping.journal_one(pub)
+        if self.keeping is not None and not self.keeping.journal_one(pub):
+            return      # closing before the store took it: not taken
         self._accept(pub)
         with self._lock:
             self._commit()

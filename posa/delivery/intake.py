@@ -36,7 +36,7 @@ from posa.delivery import budget
 from posa.delivery.endpoints import Listening
 from posa.delivery.inbox import Inbox
 from posa.delivery.quick import DEFERRED, quickly
-from posa.delivery.receiver import Endpoint, Outgoing, Receiver
+from posa.delivery.receiver import Endpoint, OnRun, Outgoing, Receiver, unkeyed
 from posa.errors import PosaError, ProtocolError, Rejected, Timeout
 from posa.runtime import trace
 from posa.runtime.reactor import Reactor
@@ -64,7 +64,7 @@ class Intake:
     def __init__(self, name: str, *, reactor: Reactor, gatekeeper: Gatekeeper,
                  options: Options, receiver: Receiver, inbox: Inbox,
                  handler: Callable[[Message], Any] | None,
-                 on_run: Callable[[list[Message]], None] | None = None) -> None:
+                 on_run: OnRun | None = None) -> None:
         self.name = name
         self.reactor = reactor
         self.gatekeeper = gatekeeper
@@ -74,7 +74,7 @@ class Intake:
         self.handler = handler
         # stream-less requests, answered at once on the lean lane (posa.delivery.quick)
         self.quick: Callable[[Message], Any] | None = None
-        self.on_run = on_run        # sees each run's deliveries before their ACKs go out
+        self.on_run = on_run        # sees each turn's deliveries first; may refuse some
         self._run: list[Message] = []
         self.draining = False
         self.stats = {"received": 0, "expired": 0, "refused": 0}
@@ -93,8 +93,9 @@ class Intake:
         listener = endpoint.listener
         many = hasattr(listener, "send_many")   # answers of a run held only if it helps
         admit, receive = self.gatekeeper.admit, self.receiver.receive
-        deliver = self.deliver if self.on_run is None else self._deliver_noted
-        queued, limit = self.inbox.qsize, self.inbox.size
+        deliver = self.deliver if self.on_run is None else self._run.append
+        qsize, limit = self.inbox.qsize, self.inbox.size
+        queued = qsize if self.on_run is None else lambda: qsize() + len(self._run)
         more, quick = listener.pending, self.quick
         for i in _TURN:
             if self.handler is None and queued() >= limit:
@@ -169,19 +170,18 @@ class Intake:
             if held:
                 self._send_answers(held)
 
-    def _deliver_noted(self, msg: Message) -> None:
-        received = self.stats["received"]
-        self.deliver(msg)
-        if self.stats["received"] != received:    # delivered, not skipped or refused
-            self._run.append(msg)
-
     def _end_run(self) -> None:
-        """Show ``on_run`` the run's deliveries (before any ACK covers them)."""
+        """Show ``on_run`` the turn's deliveries (a repeated key not) before any is
+        delivered or acknowledged. What it returns (could not take: not stored) is
+        not, and is taken again when its sender resends (``Inbound.forget``)."""
         run, self._run = self._run, []
         try:
-            self.on_run(run)  # type: ignore[misc]
+            refused = self.on_run(unkeyed(run, self.receiver.requests.keys))  # type: ignore[misc]
         except Exception:
             log.exception("peer %s: on_run raised", self.name)
+            refused = None
+        for msg in self.receiver.forget(run, refused) if refused else run:
+            self.deliver(msg)
 
     def deliver(self, msg: Message) -> None:
         """Hand ``msg`` to the handler (or the inbox); a request is opened first,

@@ -19,6 +19,8 @@ writes what the receiver returns and arms a timer for ``deadline``.
 Invariants:
 - Per (sender, stream) each sequence number is delivered at most once and in
   order (``Inbound``); an ACK carries the highest number delivered, never more.
+  What the application refuses of a run (``forget``: a peer's ``on_run``) counts
+  as not delivered: the stream expects it again and no ACK covers it.
 - Every run of a stream (a message or a BATCH), new or duplicate, counts towards
   that stream's pending ACK: a sender that resends is acknowledged again.  The ACK
   goes out at once after ``ack_batch`` deliveries, else when ``deadline`` passes
@@ -44,7 +46,7 @@ dict operations are single steps.  Everything else runs on one thread.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from typing import Any
 
 from posa.admission.gatekeeper import Rejection
@@ -53,7 +55,8 @@ from posa.delivery.streams import Inbound
 from posa.errors import NameNotFound, ProtocolError
 from posa.wire.codec import Codec, Kind, Message, error_body
 
-__all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY"]
+__all__ = ["Receiver", "Endpoint", "Outgoing", "ACK_BATCH", "ACK_DELAY", "unkeyed",
+           "OnRun"]
 
 ACK_BATCH = 128         # a stream is acknowledged at once after this many deliveries,
 ACK_DELAY = 0.002       # and otherwise within this many seconds (one ACK for many)
@@ -84,6 +87,8 @@ class Endpoint:
 
 
 Outgoing = tuple[Endpoint, Hashable, bytes]   # send this frame on that route
+# a peer's ``on_run``: sees a turn's deliveries first, returns those it refuses (or None)
+OnRun = Callable[[list[Message]], Collection[Message] | None]
 
 
 def _unsealed(frame: bytes) -> bytes:
@@ -92,6 +97,23 @@ def _unsealed(frame: bytes) -> bytes:
 
 def _no_batches(batch: Message, route: Hashable) -> list[Message]:
     raise Rejection("malformed", ProtocolError("this receiver takes no BATCH"), None)
+
+
+def unkeyed(run: list[Message], keys: Any) -> list[Message]:
+    """``run`` without the messages that repeat an idempotency key (one in ``keys``,
+    or earlier in the run): those ``Intake.deliver`` will not deliver."""
+    if not any(msg.headers and "key" in msg.headers for msg in run):
+        return run
+    seen: set[tuple[str, Any]] = set()
+    shown = []
+    for msg in run:
+        if msg.headers and "key" in msg.headers:
+            token = (msg.sender, msg.headers["key"])
+            if token in keys or token in seen:
+                continue
+            seen.add(token)
+        shown.append(msg)
+    return shown
 
 
 class Receiver(Inbound):

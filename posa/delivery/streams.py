@@ -19,7 +19,7 @@ delivered once, in order.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from posa.wire.codec import Message
 
@@ -140,6 +140,30 @@ class Inbound:
             if len(self._streams) >= self.max_streams:
                 del self._streams[next(iter(self._streams))]
             self._streams[key] = _State(seq)
+
+    def forget(self, run: list[Message], refused: Collection[Message]) -> list[Message]:
+        """The application could not take the ``refused`` messages of ``run`` (what
+        ``accept`` gave for one turn): of each stream, from the first refused one
+        on, they are forgotten, as if they never came (the stream expects that one
+        again, so nothing after it is acknowledged; the sender's backlog brings
+        them again). Returns the rest of ``run``, still to deliver, in order. A
+        refused message of no stream is dropped."""
+        ids = {id(msg) for msg in refused}
+        cut: dict[tuple[str, int], int] = {}
+        rest = []
+        for msg in run:
+            key = (msg.sender, msg.stream)
+            if key in cut:
+                continue
+            if id(msg) not in ids:
+                rest.append(msg)
+            elif msg.stream:
+                cut[key] = msg.id
+        for key, seq in cut.items():
+            state = self._streams.get(key)
+            if state is not None and state.expected > seq:
+                state.expected = seq
+        return rest
 
     def acked(self, sender: str, stream: int) -> int:
         """The cumulative sequence number to acknowledge for a stream."""
