@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper
@@ -117,6 +118,7 @@ class Peer:
         self.stats = self._intake.stats         # received, expired, refused ...
         self.stats["sent"] = 0
         self._listening = self._intake.listening
+        self._inbox.emptied = partial(self._listening.resume_soon, self._inbox.low)
         self._listening.current = self._listening.open(
             listen if listen is not None else _default_listen(self.name, self.registry))
         try:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import posa
 from posa.errors import InvalidName
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,6 +70,52 @@ def test_the_smallest_window_and_inbox_still_deliver_in_order(window: int,
             a.send("settings/r", i, timeout=10.0)
         assert done.wait(20.0)
         assert got == list(range(20))
+
+
+class _FiredAsTheMessageCame:
+    """A reader's wake-up timer (``Inbox``) that fires as the message it waited
+    for comes, the first time once the peer has paused its listener (as after
+    SIGSTOP and SIGCONT: the overdue timer and the full inbox in one turn of the
+    reactor): cancelled too late, its wake-up is left queued, stale."""
+
+    def __init__(self, peer: posa.Peer, fn: Callable[[], object], once: list[bool]) -> None:
+        self.peer, self.fn, self.once = peer, fn, once
+
+    def cancel(self) -> None:
+        if not self.once:
+            self.once.append(True)
+            wait_until(lambda: self.peer._listening.paused, 10.0, "the listener paused")
+            self.fn()
+
+
+def test_an_inbox_paused_with_a_stale_wake_up_queued_is_read_again() -> None:
+    """Before: with a stale wake-up in the inbox, a reader that took the last
+    message saw it not below half, dropped the wake-up, waited, and the peer never
+    read its listener again: nothing more arrived, without a word (a subscriber
+    stopped and resumed lost every event after)."""
+    with posa.Peer("settings/ws", listen=TCP) as a, \
+            posa.Peer("settings/wr", listen=TCP, inbox_size=2) as b:
+        once: list[bool] = []
+        b._inbox._later = lambda delay, fn: _FiredAsTheMessageCame(b, fn, once)
+        got: list[object] = []
+        half, done = threading.Event(), threading.Event()
+
+        def receive() -> None:
+            try:
+                got.extend(b.receive(timeout=10.0).body for _ in range(20))
+                half.set()
+                got.extend(b.receive(timeout=10.0).body for _ in range(20))
+            finally:
+                done.set()
+        reader = threading.Thread(target=receive, daemon=True)
+        reader.start()
+        for i in range(20):
+            a.send("settings/wr", i, timeout=10.0)
+        assert half.wait(20.0) and once, "no stale wake-up was made"
+        for i in range(20, 40):     # after it: the listener is paused, the inbox empty
+            a.send("settings/wr", i, timeout=10.0)
+        assert done.wait(30.0)
+        assert got == list(range(40))
 
 
 def test_receive_with_a_timeout_longer_than_a_thread_can_wait_gets_the_message(
@@ -131,3 +178,39 @@ def test_a_send_with_a_nan_timeout_into_a_full_window_is_told() -> None:
         sender.expect("told", timeout=10.0)
     finally:
         sender.close()
+
+
+def test_an_inbox_taken_below_half_as_the_peer_pauses_is_read_again() -> None:
+    """Before: the reactor saw the inbox full; before it paused its listener, the
+    reader took every message and, seeing no pause yet, resumed nothing; then the
+    pause came, and a reader waiting with no time limit waited for ever (nothing
+    more read, without a word)."""
+    with posa.Peer("settings/ps", listen=TCP) as a, \
+            posa.Peer("settings/pr", listen=TCP, inbox_size=2) as b:
+        got: list[object] = []
+        raced: list[int] = []
+        qsize = b._inbox.qsize
+
+        def seen_full_then_taken() -> int:     # the reactor's look at the inbox
+            n = qsize()
+            if n >= b._inbox.size and not raced:
+                raced.append(n)     # the reader takes them all before the pause is made
+                wait_until(lambda: len(got) >= n and not qsize(), 10.0, "the inbox taken")
+            return n
+        b._inbox.qsize = seen_full_then_taken
+        done = threading.Event()
+
+        def receive() -> None:
+            try:
+                for _ in range(40):
+                    got.append(b.receive().body)
+            finally:
+                done.set()
+        threading.Thread(target=receive, daemon=True).start()
+        for i in range(20):
+            a.send("settings/pr", i, timeout=10.0)
+        wait_until(lambda: raced, 20.0, "the race staged")
+        for i in range(20, 40):     # after it: the listener is paused, the inbox empty
+            a.send("settings/pr", i, timeout=10.0)
+        assert done.wait(30.0), f"stalled after {len(got)} messages (raced at {raced})"
+        assert got == list(range(40))

@@ -69,11 +69,21 @@ class Listening:
                 self.paused.remove(endpoint)
             endpoint.listener.close()
 
-    def pause(self, endpoint: Endpoint) -> None:
-        """Read ``endpoint`` no more until ``resume``."""
+    def pause(self, endpoint: Endpoint, low: Callable[[], bool] | None = None) -> None:
+        """Read ``endpoint`` no more until ``resume``; with ``low``, read it again
+        after this turn if ``low()`` then: a reader that took the inbox below half
+        before the pause was made did not see it, and would not resume it."""
         if endpoint not in self.paused:
             self.paused.append(endpoint)
             self.reactor.remove_source(endpoint.listener)
+            if low is not None:
+                self.reactor.call_soon(self.resume_soon, low)
+
+    def resume_soon(self, low: Callable[[], bool]) -> None:
+        """(any thread) Have the reactor read the paused endpoints again if
+        ``low()``: the inbox was taken below half."""
+        if self.paused and low():
+            self.reactor.call_soon(self.resume)
 
     def resume(self) -> None:
         """Read the paused endpoints again (unless no longer accepting)."""

@@ -11,6 +11,14 @@ signals more often than that, a sampling profiler's or a watchdog's timer, it
 never ends): a timer of the peer's reactor (``later``) also puts a wake-up of
 that reader's in the queue at the deadline (the queue's own limit ends the wait
 when no signal came, should the reactor be late).
+
+Such a wake-up may come just after a message its reader took (the timer fired
+as the message came): it stays queued, stale, and counts in ``qsize`` until a
+reader drops it, so the inbox can look full, or not yet below half, while it
+holds no message. A reader that drops one, or whose wait ends with nothing,
+calls ``emptied`` (the peer reads its listeners again if they wait for it): a
+peer whose listeners were paused with a stale wake-up queued is otherwise read
+never again.
 """
 from __future__ import annotations
 
@@ -38,6 +46,10 @@ class _Wake:
         self.waiting = True
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Cancel(Protocol):
     def cancel(self) -> None: ...
 
@@ -50,9 +62,10 @@ class Inbox:
     """Delivered messages, oldest first; ``put`` and ``qsize`` are the queue's
     own (the delivery path calls them with no wrapper in between)."""
 
-    __slots__ = ("size", "put", "qsize", "_queue", "_later")
+    __slots__ = ("size", "put", "qsize", "_queue", "_later", "emptied")
 
-    def __init__(self, size: int, later: Later | None = None) -> None:
+    def __init__(self, size: int, later: Later | None = None,
+                 emptied: Callable[[], Any] | None = None) -> None:
         if type(size) is not int or size < 1:
             raise ValueError(f"inbox_size must be a whole number of messages >= 1, not "
                              f"{size!r}: the peer stops reading once its inbox holds that "
@@ -62,6 +75,8 @@ class Inbox:
         self.put = self._queue.put
         self.qsize = self._queue.qsize
         self._later = later
+        # a reader took something that was no message, or waited in vain
+        self.emptied = emptied or _nothing
 
     def get(self, timeout: float | None, owner: str) -> Message:
         """The next message; blocks up to ``timeout`` (None: forever, 0: don't
@@ -75,6 +90,7 @@ class Inbox:
                 else:
                     msg = self._queue.get(timeout=timeout)
             except queue.Empty:
+                self.emptied()
                 raise Timeout(f"no message for {owner!r} within {timeout} s") from None
             except (ValueError, OverflowError, TypeError):  # nan, no number; too long
                 if timeout != timeout or not isinstance(timeout, (int, float)):
@@ -89,6 +105,8 @@ class Inbox:
                 return msg  # type: ignore[no-any-return]
             if msg.waiting:
                 self._queue.put(msg)    # another reader's: it still waits for it
+            else:
+                self.emptied()          # a stale one dropped: below half now?
 
     def _until(self, timeout: float) -> Any:
         """The next item, waited for up to ``timeout`` s by a wake-up at the
@@ -113,6 +131,8 @@ class Inbox:
                     return item
                 if item.waiting:
                     put(item)               # another reader's: it still waits for it
+                else:
+                    self.emptied()          # a stale one dropped
         finally:
             wake.waiting = False
             timer.cancel()

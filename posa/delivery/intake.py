@@ -99,7 +99,7 @@ class Intake:
         more, quick = listener.pending, self.quick
         for i in _TURN:
             if self.handler is None and queued() >= limit:
-                self.listening.pause(endpoint)
+                self.listening.pause(endpoint, self.inbox.low)
                 break
             try:
                 # after a frame, stop once nothing is queued: the descriptor fires for
