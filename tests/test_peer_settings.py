@@ -4,7 +4,9 @@ Before: ``window=0`` (or negative) was taken and the first send to a recipient
 waited forever, whatever its timeout; ``inbox_size=0`` was taken and the peer
 stopped reading at once, so nothing sent to it ever arrived; ``receive`` with a
 timeout of 1e308 raised ``OverflowError`` and with ``nan`` a bare "Invalid value
-NaN"; an inbox of one message, once full, was never read again;
+NaN"; an inbox of one message, once full, was never read again; a small inbox
+was never read again when a reader's stale wake-up stayed queued, or when the
+reader emptied it as the peer paused;
 ``send(None, ...)`` raised ``TypeError`` about iterating ``NoneType``.
 Peers here talk over real tcp sockets.
 """
