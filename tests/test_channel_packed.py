@@ -49,5 +49,8 @@ def test_a_delivery_that_cannot_be_packed_stays_a_map() -> None:
     framer = _framer()
     run = _run(1, 1)
     run.traces = [{"tp": {1, 2}}]   # (a set: no msgpack value)
-    [[body]] = framer.packed([(Taken([run], [], 0, False, False), 1)])
+    good = _run(2, 2)
+    [[body], [after]] = framer.packed([(Taken([run], [], 0, False, False), 1),
+                                       (Taken([good], [], 0, False, False), 3)])
     assert type(body) is dict and body["runs"][0][2] == run.blob
+    assert after == msgpack.packb(framer.bodies(Taken([good], [], 0, False, False), 3)[0])
