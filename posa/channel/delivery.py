@@ -124,8 +124,9 @@ class Delivery:
                 loads = self._collect(fwd)
                 if loads is None:
                     return
-                for lane, taken, head in loads:
-                    lane.load(self._framer.bodies(taken, head), last=taken.end is not None)
+                packed = self._framer.packed([(taken, head) for _, taken, head in loads])
+                for (lane, taken, _), bodies in zip(loads, packed):
+                    lane.load(bodies, last=taken.end is not None)
                 with fwd.lock:
                     busy = self._serve(fwd) | bool(loads)
                 if self._troubled:

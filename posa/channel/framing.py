@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from posa.channel.protocol import delivery_body, encode_chunks
 from posa.channel.run import Run
+from posa.delivery.quick import Packed
 
 if TYPE_CHECKING:
     from posa.channel.core import Taken
@@ -26,10 +28,42 @@ log = logging.getLogger("posa.channel.delivery")
 
 
 class Framer:
-    """Frames the takes of one channel's subscriptions into delivery bodies."""
+    """Frames the takes of one channel's subscriptions into delivery bodies.
+    Delivery thread only (its packer is its own)."""
 
     def __init__(self, channel: EventChannel) -> None:
         self.channel = channel
+        self._packv: Callable[[Any], bytes] | None = None   # made by the thread
+
+    def packed(self, takes: list[tuple[Taken, int]]) -> list[list[Any]]:
+        """The deliveries of each of ``takes`` (as ``bodies``), packed: a delivery
+        taken alike by several subscriptions in one pass (the same runs, holes
+        and head, as when they keep up) is packed once, and the frame to each
+        joins its bytes (``Packed``). One that cannot be packed stays a map (its
+        send says why)."""
+        made: dict[Hashable, tuple[list[Any], int]] = {}  # (runs are alive: ids hold)
+        out: list[list[Any]] = []
+        counters = self.channel.counters
+        for taken, head in takes:
+            key = (tuple(map(id, taken.runs)), tuple(map(tuple, taken.gaps)),
+                   taken.dropped, head, taken.end)
+            if key in made:
+                bodies, bad = made[key]
+                counters["undeliverable"] += bad
+            else:
+                before = counters["undeliverable"]
+                bodies = [self._pack(body) for body in self.bodies(taken, head)]
+                made[key] = bodies, counters["undeliverable"] - before
+            out.append(bodies)
+        return out
+
+    def _pack(self, body: dict[str, Any]) -> Any:
+        if self._packv is None:
+            self._packv = self.channel.peer.codec.packers()[1]
+        try:
+            return Packed(self._packv(body))
+        except (TypeError, ValueError, OverflowError):
+            return body
 
     def bodies(self, taken: Taken, head: int) -> list[dict[str, Any]]:
         """The deliveries of ``taken`` (``head``: the channel's seq when taken);

@@ -50,9 +50,9 @@ class Lane:
             raise ValueError("window must be >= 1")
         self.sub_id = sub_id
         self.window = window
-        self.outbox: deque[dict[str, Any]] = deque()
+        self.outbox: deque[Any] = deque()
         self.in_flight = 0          # deliveries sent and not acknowledged (settle)
-        self.flying: deque[dict[str, Any]] = deque()   # the last ``in_flight`` sent
+        self.flying: deque[Any] = deque()   # the last ``in_flight`` sent
         self.sent = 0               # deliveries sent, over the lane's life
         self.lease = lease
         self.expires = now + lease
@@ -67,7 +67,7 @@ class Lane:
         return not self.outbox and not self.ending and (
             not self.stopped or now < self.drain_until)
 
-    def load(self, bodies: list[dict[str, Any]], *, last: bool = False) -> None:
+    def load(self, bodies: list[Any], *, last: bool = False) -> None:
         """Queue the deliveries of one take; ``last``: the subscription ends after them."""
         if self.ending:
             raise ValueError(f"the lane of {self.sub_id!r} has ended; nothing follows")
@@ -83,7 +83,7 @@ class Lane:
         """True if a delivery waits and there is credit to send it."""
         return bool(self.outbox) and self.credit() > 0
 
-    def next(self) -> dict[str, Any]:
+    def next(self) -> Any:
         """The next delivery to send (it leaves the lane: it is in flight)."""
         if not self.ready():
             raise ValueError(f"the lane of {self.sub_id!r} has nothing to send now")

@@ -43,6 +43,8 @@ from posa.admission.unverified import REFUSED_HEADER, diagnose, refusal_of
 from posa.delivery.budget import no_send_deadline
 from posa.delivery.flow import Flow
 from posa.delivery.links import Links, Resolve
+from posa.delivery.quick import Packed as _Packed
+from posa.delivery.quick import value_of as _value
 from posa.delivery.requesting import Requesting
 from posa.delivery.target import BATCH_BYTES, BATCH_MAX, OpenBatches, Target
 from posa.delivery.waiting import Steps, drive, run_held
@@ -118,18 +120,18 @@ class Forwarder(Requesting, Flow):
             self._make_room(target, deadline)   # send's message is in it (Flow._make_room)
         seq = out.next_seq
         if kind == _SEND and not headers and not _traced():
-            packv = self._packv     # only the id and the body: the rest is the target's
+            packv = self._packv     # the id and the body (unless Packed): the rest is the target's
             try:
                 frame = _join((target.head, _U16(0xCD, seq) if 0xFF < seq <= 0xFFFF else
                                _U32(0xCE, seq) if 0xFFFF < seq <= 0xFFFFFFFF else packv(seq),
-                               target.middle, packv(body)))
+                               target.middle, body if body.__class__ is _Packed else packv(body)))
                 if len(frame) > self._max_frame:
                     raise ValueError(frame)
             except (TypeError, ValueError, OverflowError):  # the full pack raises ProtocolError
-                frame = self._pack(kind, target.stream, seq, self.name, name, 0, {}, body)
+                frame = self._pack(kind, target.stream, seq, self.name, name, 0, {}, _value(body))
         else:
             frame = self._pack(kind, target.stream, seq, self.name, name, 0, (  # + a trace's
-                _traced() and _outgoing(headers)) or headers or _NO_HEADERS, body)
+                _traced() and _outgoing(headers)) or headers or _NO_HEADERS, _value(body))
         out.next_seq, batch = seq + 1, target.batch
         try:
             unacked.append(frame)

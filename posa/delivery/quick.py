@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from posa.errors import PosaError
 from posa.wire.codec import Kind, Message, error_body
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from posa.delivery.intake import Intake
     from posa.delivery.receiver import Endpoint
 
-__all__ = ["DEFERRED", "Packed", "quickly"]
+__all__ = ["DEFERRED", "Packed", "quickly", "value_of"]
 
 log = logging.getLogger("posa.peer")
 
@@ -31,10 +33,18 @@ DEFERRED = object()
 
 
 class Packed(bytes):
-    """Return this from a ``quick`` handler to reply with a body already packed
-    (msgpack bytes of what it would have returned): sent as it is."""
+    """A body already packed (the msgpack bytes of one value), sent as it is:
+    returned from a ``quick`` handler as its reply, or given to
+    ``Forwarder.send_locked`` as a SEND's body (a channel's delivery, packed once
+    for all the subscribers it goes to). The frame is the one the value itself
+    would make, byte for byte."""
 
     __slots__ = ()
+
+
+def value_of(body: Any) -> Any:
+    """``body`` itself, or the value a ``Packed`` body encodes (to pack it whole)."""
+    return msgpack.unpackb(body) if body.__class__ is Packed else body
 
 
 _REPLY, _ERROR = Kind.REPLY, Kind.ERROR
