@@ -260,3 +260,20 @@ def damage(path: Path) -> None:
         for offset in range(8192, size, 4096 * 7):
             file.seek(offset)
             file.write(b"\xff" * 64)
+
+
+def second_owner_says(kind: str, dispatcher: str, store: Path) -> str:
+    """What a second ``posa KIND`` (``channel``, ``queue``) says on stderr when
+    started on the ``store`` a first one holds (it must exit, not serve)."""
+    args = ("--dispatcher", dispatcher, "--listen", "tcp://127.0.0.1:0", "--store", str(store))
+    first = Proc.posa(kind, "store/one", *args)
+    try:
+        first.expect(f"{kind} store/one at", timeout=30)
+        second = Proc.posa(kind, "store/two", *args)
+        try:
+            assert second.popen.wait(30) != 0, f"a second posa {kind} on {store} went on"
+            return second.stderr_now()
+        finally:
+            second.close()
+    finally:
+        first.close()

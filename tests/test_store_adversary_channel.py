@@ -31,6 +31,7 @@ from tests.support import (
     damage,
     read_only,
     run_in_a_file_that_cannot_grow,
+    second_owner_says,
     wait_until,
 )
 
@@ -352,6 +353,24 @@ def _start(name: str, dispatcher: str, store: Path, token: str) -> Proc:
     return proc
 
 
+def _publish_past_a_full_file(pub: Publisher, channel: Proc, store: Path, stored: int,
+                              total: int) -> None:
+    """Publish events 0..``stored`` - 1 (flushed: stored), cap the channel's files a
+    little above what they hold (RLIMIT_FSIZE, as a full disk), publish the rest up
+    to ``total``: their flush is not acknowledged in time."""
+    big = "x" * 20000
+    for i in range(stored):
+        pub.publish("t", {"i": i, "pad": big})
+    pub.flush(30)
+    files = [store, Path(f"{store}-wal")]
+    limit = max(f.stat().st_size for f in files if f.exists()) + 65536
+    resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    for i in range(stored, total):
+        pub.publish("t", {"i": i, "pad": big})
+    with pytest.raises(posa.Timeout):
+        pub.flush(3)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("killed_while_full", [False, True], ids=["room-again", "sigkilled"])
 def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
@@ -364,20 +383,9 @@ def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
     history once, in order."""
     name, store, token = "events/small", tmp_path / "c.db", "t0ken"
     channel = _channel_in_a_small_file(name, dispatcher, store, token)
-    big = "x" * 20000
     try:
         with Publisher(name, dispatcher=dispatcher, timeout=60, batch=8) as pub:
-            for i in range(20):
-                pub.publish("t", {"i": i, "pad": big})
-            pub.flush(30)
-            files = [store, Path(f"{store}-wal")]
-            limit = max(f.stat().st_size for f in files if f.exists()) + 65536
-            resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE,
-                             (limit, resource.RLIM_INFINITY))
-            for i in range(20, 120):
-                pub.publish("t", {"i": i, "pad": big})
-            with pytest.raises(posa.Timeout):
-                pub.flush(3)
+            _publish_past_a_full_file(pub, channel, store, 20, 120)
             assert pub.sent < 120 and channel.popen.poll() is None
             if killed_while_full:
                 channel.close()
@@ -405,20 +413,9 @@ def test_a_channel_stopped_while_its_file_cannot_grow_acknowledges_nothing_unsto
     the restarted channel never had (fails without the turn's refusal)."""
     name, store, token = "events/stopped", tmp_path / "c.db", "t0ken"
     channel = _channel_in_a_small_file(name, dispatcher, store, token)
-    big = "x" * 20000
     try:
         with Publisher(name, dispatcher=dispatcher, timeout=60, batch=8) as pub:
-            for i in range(10):
-                pub.publish("t", {"i": i, "pad": big})
-            pub.flush(30)
-            files = [store, Path(f"{store}-wal")]
-            limit = max(f.stat().st_size for f in files if f.exists()) + 65536
-            resource.prlimit(channel.popen.pid, resource.RLIMIT_FSIZE,
-                             (limit, resource.RLIM_INFINITY))
-            for i in range(10, 80):
-                pub.publish("t", {"i": i, "pad": big})
-            with pytest.raises(posa.Timeout):
-                pub.flush(3)
+            _publish_past_a_full_file(pub, channel, store, 10, 80)
             channel.popen.send_signal(signal.SIGTERM)
             assert channel.popen.wait(30) == 0
             channel.close()
@@ -464,18 +461,5 @@ def test_a_subscriber_takes_stored_events_while_the_store_refuses_a_turn(
 
 def test_a_second_posa_channel_on_a_store_exits_saying_why(dispatcher: str,
                                                            tmp_path: Path) -> None:
-    store = tmp_path / "c.db"
-    first = Proc.posa("channel", "events/one", "--dispatcher", dispatcher, "--listen",
-                      "tcp://127.0.0.1:0", "--store", str(store))
-    try:
-        first.expect("channel events/one at", timeout=30)
-        second = Proc.posa("channel", "events/two", "--dispatcher", dispatcher,
-                           "--listen", "tcp://127.0.0.1:0", "--store", str(store))
-        try:
-            assert second.popen.wait(30) != 0
-            err = second.stderr_now()
-            assert "in use by another channel" in err and "Traceback" not in err, err
-        finally:
-            second.close()
-    finally:
-        first.close()
+    err = second_owner_says("channel", dispatcher, tmp_path / "c.db")
+    assert "in use by another channel" in err and "Traceback" not in err, err

@@ -30,6 +30,7 @@ from tests.support import (
     damage,
     read_only,
     run_in_a_file_that_cannot_grow,
+    second_owner_says,
     wait_until,
 )
 
@@ -277,21 +278,8 @@ def test_a_store_the_process_may_not_write_is_refused_at_start(tmp_path: Path) -
 
 def test_a_second_posa_queue_on_a_store_exits_saying_why(dispatcher: str,
                                                          tmp_path: Path) -> None:
-    store = tmp_path / "q.db"
-    first = Proc.posa("queue", "jobs/one", "--dispatcher", dispatcher, "--listen",
-                      "tcp://127.0.0.1:0", "--store", str(store))
-    try:
-        first.expect("queue jobs/one at", timeout=30)
-        second = Proc.posa("queue", "jobs/two", "--dispatcher", dispatcher,
-                           "--listen", "tcp://127.0.0.1:0", "--store", str(store))
-        try:
-            assert second.popen.wait(30) != 0
-            err = second.stderr_now()
-            assert "in use by another queue" in err and "Traceback" not in err, err
-        finally:
-            second.close()
-    finally:
-        first.close()
+    err = second_owner_says("queue", dispatcher, tmp_path / "q.db")
+    assert "in use by another queue" in err and "Traceback" not in err, err
 
 
 PRODUCER = """
