@@ -4,9 +4,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    import posa
 
 # hypothesis's clock-based checks (an example's deadline, the speed of input
 # generation) fail on a loaded machine though nothing is wrong: they time, they
@@ -38,6 +42,14 @@ def no_leaked_threads() -> Iterator[None]:
     if leaked:
         pytest.fail(f"the test left {len(leaked)} thread(s) running: {', '.join(sorted(leaked))}; "
                     "close whatever started them before the test ends", pytrace=False)
+
+
+@pytest.fixture
+def registry() -> Iterator[posa.LocalRegistry]:
+    """A ``posa.LocalRegistry`` (in-process names), closed after the test."""
+    import posa
+    with posa.LocalRegistry() as reg:
+        yield reg
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -194,12 +193,6 @@ def test_a_rate_limit_admits_a_batch_up_to_its_first_refused_message() -> None:
 
 
 # ------------------------------------------------------ forwarders and peers
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
-
 class CountingConnections:
     """Wraps every connection a forwarder opens and counts its writes."""
 

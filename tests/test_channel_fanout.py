@@ -6,7 +6,6 @@ subscriber process killed mid-stream holds up no other and its subscription ends
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,12 +19,6 @@ from tests.support import Proc, wait_until
 NAME = "events/fanout"
 EVENTS = 2000
 FAST = 32
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def channel_threads() -> int:

@@ -7,7 +7,6 @@ import secrets
 import signal
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from posa.channel.publisher import Publisher
 from posa.channel.service import EventChannel
 from posa.channel.subscriber import Subscriber
 from tests.support import Proc, wait_until
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def start_channel(dispatcher: str, name: str, store: Path, token: str, *args: str) -> Proc:

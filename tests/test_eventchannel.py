@@ -22,12 +22,6 @@ from posa.channel.subscriber import Subscriber
 from tests.support import ROOT, Proc, wait_until
 
 
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
-
 def receive_n(sub: Subscriber, n: int, timeout: float = 20.0) -> list[Event]:
     """Exactly ``n`` events (more would fail the test), within ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,6 @@ CHANNEL = "events/fork-pool"
 MEMBERS = ("lab/fork-gather/a", "lab/fork-gather/b")
 
 
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
-
 def test_a_pool_shut_down_in_a_forked_child_is_left_to_the_parent() -> None:
     pool = Pool(1, thread_name_prefix="posa-test")
 
@@ -55,8 +48,6 @@ def test_a_pool_shut_down_in_a_forked_child_is_left_to_the_parent() -> None:
     finally:
         pool.shutdown()
     assert pool._shutdown
-
-
 
 
 def test_a_child_closes_an_inherited_async_publisher(registry: posa.LocalRegistry) -> None:

@@ -13,7 +13,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +157,6 @@ ADDRESSES = {
     "zmq+ipc": lambda tmp: f"zmq+ipc://{tmp}/fuzz.sock",
     "inproc": lambda tmp: f"inproc://fuzz-target-{os.getpid()}",
 }
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 @pytest.mark.parametrize("scheme", list(ADDRESSES))

@@ -19,12 +19,6 @@ from posa.work.gather import gather_async
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
-
 class Members:
     """Three peers ``NAME/a``, ``NAME/b`` (answer at once) and ``NAME/slow``
     (holds every request until ``release``)."""

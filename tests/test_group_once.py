@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -86,12 +85,6 @@ class Faults:
                                          "after the write (injected)")
             conn.send = send_then_fail
         return conn     # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def test_a_write_that_went_out_then_failed_is_delivered_once(

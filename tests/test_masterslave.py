@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -161,12 +160,6 @@ def test_split_and_merge_strategies() -> None:
 # ---------------------------------------------------------------------------
 # master and slaves as threads of one process
 # ---------------------------------------------------------------------------
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
 
 def squares(part: list[int]) -> list[int]:
     return [x * x for x in part]

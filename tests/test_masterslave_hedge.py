@@ -4,7 +4,6 @@ ignored and counted; a master with a deadline may return what was decided."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,12 +57,6 @@ def test_the_delay_derived_from_observed_times_is_their_percentile() -> None:
 
 
 # -- master and slaves ---------------------------------------------------------------
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
 
 def test_one_slow_slave_no_longer_holds_a_first_vote_job(
         registry: posa.LocalRegistry) -> None:

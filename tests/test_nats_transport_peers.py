@@ -25,12 +25,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
         yield running
 
 
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
-
 def test_a_peer_pair_sends_and_requests_over_a_three_node_cluster(
         cluster: NatsCluster, registry: posa.LocalRegistry) -> None:
     with posa.Peer("nx/a", registry=registry, listen=cluster.urls) as a, \

@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,12 +47,6 @@ def parse_metrics(text: str) -> dict[str, float]:
         values[key] = float(value)
     assert all(count == 1 for count in described.values()), described
     return values
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def get(url: str) -> tuple[int, str, str]:

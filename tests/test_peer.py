@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,12 +14,6 @@ from posa.wire.codec import Codec
 from tests.support import wait_until
 
 TRANSPORTS = ["inproc://{n}", "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0", "zmq+ipc://{tmp}/{n}"]
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def listen(template: str, name: str, tmp_path: object) -> str:

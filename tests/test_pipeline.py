@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,12 +17,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 example = load_example("pipeline")
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def add_one(x: int) -> int:

@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,6 @@ from tests.support import (
     second_owner_says,
     wait_until,
 )
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 class FlakyStore(SqliteStore):
@@ -353,6 +347,14 @@ def _start(name: str, dispatcher: str, store: Path, token: str) -> Proc:
     return proc
 
 
+def _history_holds_each_once(name: str, dispatcher: str, count: int) -> None:
+    """The channel's history holds events 0..``count`` - 1, in order, each once."""
+    with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=1000) as late:
+        events = _events(late, count)
+    assert [event.body["i"] for event in events] == list(range(count))
+    assert [event.seq for event in events] == list(range(1, count + 1))   # none twice
+
+
 def _publish_past_a_full_file(pub: Publisher, channel: Proc, store: Path, stored: int,
                               total: int) -> None:
     """Publish events 0..``stored`` - 1 (flushed: stored), cap the channel's files a
@@ -397,10 +399,7 @@ def test_a_channel_whose_file_cannot_grow_acknowledges_only_what_it_stored(
             assert pub.sent == 120
         channel.close()                             # SIGKILL
         channel = _start(name, dispatcher, store, token)
-        with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=1000) as late:
-            events = _events(late, 120)
-        assert [event.body["i"] for event in events] == list(range(120))
-        assert [event.seq for event in events] == list(range(1, 121))   # none twice
+        _history_holds_each_once(name, dispatcher, 120)
     finally:
         channel.close()
 
@@ -422,10 +421,7 @@ def test_a_channel_stopped_while_its_file_cannot_grow_acknowledges_nothing_unsto
             channel = _start(name, dispatcher, store, token)
             pub.flush(60)
             assert pub.sent == 80
-        with Subscriber(name, dispatcher=dispatcher, from_seq=1, buffer=1000) as late:
-            events = _events(late, 80)
-        assert [event.body["i"] for event in events] == list(range(80))
-        assert [event.seq for event in events] == list(range(1, 81))   # none twice
+        _history_holds_each_once(name, dispatcher, 80)
     finally:
         channel.close()
 

@@ -11,7 +11,7 @@ import random
 import resource
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,6 @@ from tests.support import (
     second_owner_says,
     wait_until,
 )
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 class Broken(MemoryStore):

@@ -4,7 +4,6 @@ from a task."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,12 +12,6 @@ import posa.aio
 from posa.work.masterslave import merge_first, split_whole
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
 
 
 def test_an_async_worker_runs_coroutine_work_on_the_loop(

@@ -7,7 +7,6 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -244,12 +243,6 @@ def test_scaling_recommendation_is_stable_by_the_rule(durations: list[float],
 # ---------------------------------------------------------------------------
 # the queue and its workers, in one process
 # ---------------------------------------------------------------------------
-
-@pytest.fixture
-def registry() -> Iterator[posa.LocalRegistry]:
-    with posa.LocalRegistry() as reg:
-        yield reg
-
 
 class Collector:
     """Records ``on_done`` calls; ``wait(n)`` blocks until n keys are done."""
