@@ -25,6 +25,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from bench.process import precompile
+
 GRIND = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
 WARMUP = 500
 NAME = "bench/instructions-echo"
@@ -129,8 +131,7 @@ def compiled_env() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="posa-instructions-") as pycache:
         env = dict(os.environ, PYTHONPYCACHEPREFIX=pycache)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "posa", "bench"],
-                       env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, check=False)
+        precompile(sys.executable, env, REPO_ROOT)
         yield env
 
 

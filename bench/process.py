@@ -21,10 +21,41 @@ from typing import Any
 
 from bench.cpu import at_ready
 
-__all__ = ["Proc", "ProcGroup", "BenchError", "free_port", "start_listening"]
+__all__ = ["Proc", "ProcGroup", "BenchError", "free_port", "precompile", "start_listening"]
 
 
 _READY_LINES = ("READY", "posa dispatcher")
+
+# every module posa, bench and the anchors' libraries import, imported once
+_IMPORT_ALL = """
+import importlib, pkgutil, posa, bench
+for package in (posa, bench):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not module.name.endswith("__main__"):
+            try:
+                importlib.import_module(module.name)
+            except Exception:
+                pass
+for name in ("Pyro5.api", "nats", "nats.js"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+"""
+
+
+def precompile(python: str, env: dict[str, str], cwd: str) -> None:
+    """Compile into ``env``'s ``PYTHONPYCACHEPREFIX`` what the measured processes load.
+
+    That directory holds the compiled code of every module, the standard library's
+    and the installed packages' too, so posa and bench are compiled there, and
+    everything they and the anchors' libraries import is imported once: otherwise
+    the first processes of a run compile those in the start-up whose CPU (or
+    instructions) they count, as an installed Python never does."""
+    subprocess.run([python, "-m", "compileall", "-q", "posa", "bench"], cwd=cwd,
+                   env=env, stdout=subprocess.DEVNULL, check=False)
+    subprocess.run([python, "-c", _IMPORT_ALL], cwd=cwd, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 class BenchError(Exception):

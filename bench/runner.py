@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from bench import AREAS, Bench, Goal
 from bench.anchors import ANCHORS, use_nats_server
 from bench.cpu import RowMeter, at_ready
-from bench.process import Proc, ProcGroup
+from bench.process import Proc, ProcGroup, precompile
 
 __all__ = ["Skip", "Context", "Suite", "load_suite", "schedule", "run"]
 
@@ -77,8 +77,7 @@ class Context:
                         PYTHONPYCACHEPREFIX=os.path.join(self.tmpdir, "pycache"),
                         PYTHONPATH=REPO_ROOT + (os.pathsep + pythonpath if pythonpath else ""))
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([python, "-m", "compileall", "-q", "posa", "bench"], cwd=REPO_ROOT,
-                       env=self.env, stdout=subprocess.DEVNULL, check=False)
+        precompile(python, self.env, REPO_ROOT)
 
     # -- posa processes ------------------------------------------------------------
     def spawn(self, module: str, role: str, *, hold: bool = False, **kwargs: Any) -> Proc:
