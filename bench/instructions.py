@@ -14,7 +14,7 @@ hundred instructions shows (docs/benchmarks.md, the hot-path round). Needs
 valgrind on the PATH; the modules are compiled once into a temporary directory
 first, so no process measures compiling them. With ``--threads N`` the client's
 calls are made by N threads sharing its peer (each thread its own forwarder, as
-in the suite's ``scale_req_N`` rows), each taking the next call from one count
+in the suite's ``scale_calls_N`` rows), each taking the next call from one count
 until the warm-up calls and then the timed ones are made.
 """
 from __future__ import annotations
