@@ -1,6 +1,7 @@
 """Instructions per request of ``Peer.request`` over tcp, counted by callgrind.
 
     python -m bench.instructions [--side server|client|both] [--calls 1000,7000]
+                                 [--threads N]
 
 A dispatcher, an echo peer and a client peer run in processes of their own, as
 in the suite's ``peer_request_tcp`` row; the side measured runs under
@@ -11,12 +12,16 @@ that process: start-up, warm-up and exit cancel out. Unlike time on a shared
 machine the count repeats within about 1% from run to run, so a change of a few
 hundred instructions shows (docs/benchmarks.md, the hot-path round). Needs
 valgrind on the PATH; the modules are compiled once into a temporary directory
-first, so no process measures compiling them.
+first, so no process measures compiling them. With ``--threads N`` the client's
+calls are made by N threads sharing its peer (each thread its own forwarder, as
+in the suite's ``scale_calls_N`` rows), each taking the next call from one count
+until the warm-up calls and then the timed ones are made.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import subprocess
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from bench.process import precompile
 
@@ -44,13 +50,38 @@ def role_server(dispatcher: str) -> None:
         sys.stdin.readline()
 
 
-def role_client(dispatcher: str, calls: int) -> None:
-    """The client peer: warm-up calls, then ``calls`` more, then exit."""
+def role_client(dispatcher: str, calls: int, threads: int = 1) -> None:
+    """The client peer: warm-up calls, then ``calls`` more, then exit; with
+    ``threads`` above 1, made by that many threads taking them from one count."""
     import posa
     with posa.RegistryClient(dispatcher) as reg, posa.Peer(
             "bench/instructions-client", registry=reg, listen="tcp://127.0.0.1:0") as peer:
-        for _ in range(WARMUP + calls):
-            peer.request(NAME, BODY, timeout=30.0)
+        if threads == 1:
+            for _ in range(WARMUP + calls):
+                peer.request(NAME, BODY, timeout=30.0)
+            return
+        _threaded_calls(peer, calls, threads)
+
+
+def _threaded_calls(peer: Any, calls: int, threads: int) -> None:
+    """``threads`` threads make the warm-up calls (every thread at least one), wait
+    for each other, then make ``calls`` calls taken from one count."""
+    request, met = peer.request, threading.Barrier(threads)
+    # (each thread's first call, which makes its forwarder, is one of the warm-up's)
+    rounds = ((itertools.count(), max(WARMUP - threads, 0)), (itertools.count(), calls))
+
+    def caller() -> None:
+        request(NAME, BODY, timeout=30.0)
+        for count, limit in rounds:
+            met.wait()
+            while next(count) < limit:
+                request(NAME, BODY, timeout=30.0)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 def start_dispatcher(env: dict[str, str], prefix: Sequence[str] = ()
@@ -172,10 +203,14 @@ def report(module: str, args: argparse.Namespace, what: str,
 
 
 def main(argv: list[str]) -> None:
-    args = parser("bench.instructions", __doc__, "1000,7000").parse_args(argv)
+    cli = parser("bench.instructions", __doc__ or "", "1000,7000")
+    cli.add_argument("--threads", type=int, default=1,
+                     help="client threads sharing its peer (default 1)")
+    args = cli.parse_args(argv)
     if args.role:
         return play(args.role, {"server": role_server, "client": role_client})
-    report("bench.instructions", args, "request")
+    report("bench.instructions", args, "request",
+           [str(args.threads)] if args.threads > 1 else [])
 
 
 if __name__ == "__main__":

@@ -126,3 +126,22 @@ def test_side_by_side_runs_two_trees_at_once() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "round 1 " in run.stdout and "both: B/A median" in run.stdout, run.stdout
+
+
+def test_threaded_client_makes_every_call_once() -> None:
+    # bench.instructions --threads: every thread makes a warm-up call (its
+    # connection), then the threads make the warm-up's rest and the timed calls
+    import threading
+
+    from bench.instructions import WARMUP, _threaded_calls
+
+    made: list[str] = []
+    threads: set[int] = set()
+
+    class Peer:
+        def request(self, name: str, body: object, *, timeout: float) -> None:
+            made.append(name)
+            threads.add(threading.get_ident())
+
+    _threaded_calls(Peer(), 300, 8)
+    assert len(made) == WARMUP + 300 and len(threads) == 8
