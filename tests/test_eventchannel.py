@@ -480,9 +480,12 @@ def test_chained_channel_processes_deliver_end_to_end(dispatcher: str,
     procs.channel(dispatcher, "events/all", "--upstream", "events/site-a",
                   "--upstream-topic", "alarm/")
     sub = procs.subscriber(dispatcher, "events/all", {}, 50)
-    with posa.RegistryClient(dispatcher) as reg:
-        wait_until(lambda: bool(reg.names("_posa/sub/events/site-a/*")), timeout=30,
-                   what="the chain's subscription")
+    with posa.RegistryClient(dispatcher) as reg, \
+            posa.Peer("test/chain-probe", registry=reg) as probe:
+        # (the chain's subscriber has its name before the upstream takes its subscription)
+        wait_until(lambda: probe.request("events/site-a", {"op": "stats"},
+                                         timeout=10)["subscriptions"],
+                   timeout=30, what="the chain's subscription")
     sub.tell("go")
     pub = procs.publisher(dispatcher, "events/site-a", "alarms", 0, 100)
     pub.tell("go")
