@@ -106,10 +106,16 @@ def apply(args: argparse.Namespace) -> None:
     and ``context`` take nothing from a context."""
     if not hasattr(args, "dispatcher"):
         return
-    _, context = selected(getattr(args, "context", None))
-    if args.dispatcher is None:
-        args.dispatcher = (os.environ.get("POSA_DISPATCHER") or context.get("dispatcher")
-                           or DEFAULT_DISPATCHER)
+    name, context = selected(getattr(args, "context", None))
+    if args.dispatcher is not None:
+        source = "--dispatcher"
+    elif os.environ.get("POSA_DISPATCHER"):
+        args.dispatcher, source = os.environ["POSA_DISPATCHER"], "POSA_DISPATCHER"
+    elif context.get("dispatcher"):
+        args.dispatcher, source = context["dispatcher"], f"the context {name!r}"
+    else:
+        args.dispatcher, source = DEFAULT_DISPATCHER, "the default"
+    _check_dispatcher(str(args.dispatcher), source)
     for field, variable in FIELDS.items():
         value = context.get(field)
         if field == "dispatcher" or not value or getattr(args, field, None):
@@ -119,3 +125,17 @@ def apply(args: argparse.Namespace) -> None:
     if "tls://" in str(args.dispatcher):    # the first connect is over tls://
         from posa.transport.tls.settings import TlsSettings
         TlsSettings.from_env()          # loads the files: raises TlsFilesError
+
+
+def _check_dispatcher(address: str, source: str) -> None:
+    """Exit with 2 (bad usage) at once if ``address`` (from ``source``) is not a
+    transport URI or a list of them, or names a scheme no transport serves: said
+    now, not as a timeout of the first lookup."""
+    from posa.cli.options import usage
+    from posa.errors import TransportError
+    from posa.transport import get, split
+    for part in (item.strip() for item in address.split(",") if item.strip()):
+        try:
+            get(split(part)[0])
+        except TransportError as exc:
+            usage(f"the dispatcher address {address!r} (from {source}) will not do: {exc}")

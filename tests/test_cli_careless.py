@@ -1,0 +1,59 @@
+"""The ``posa`` command given careless input: it says what is wrong, what to do,
+and exits with the code docs/cli.md's table gives, never with a traceback.
+
+Each test runs the real command in a fresh process; none needs a dispatcher, as
+each mistake is one the command can see before it reaches anything.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+from tests.test_cli_verbs import run_posa
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize(("address", "said"), [
+    ("http://127.0.0.1:7000", "no transport serves scheme 'http'"),
+    ("127.0.0.1:7000", "not a transport URI"),
+    ("tcp://127.0.0.1:7000,127.0.0.1:7001", "'127.0.0.1:7001' is not a transport URI"),
+])
+def test_a_dispatcher_address_that_cannot_be_is_bad_usage_not_a_timeout(
+        address: str, said: str) -> None:
+    done = run_posa("request", "demo/greeter", '"world"', "--dispatcher", address,
+                    "--timeout", "1")
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "(from --dispatcher)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_dispatcher_address_from_the_environment_is_named_as_such() -> None:
+    done = run_posa("names", "--timeout", "1", env={"POSA_DISPATCHER": "localhost:7000"})
+    assert done.returncode == 2, done.stderr
+    assert "(from POSA_DISPATCHER)" in done.stderr and "tcp://" in done.stderr
+
+
+def test_posa_view_without_aiohttp_says_which_extra_to_install() -> None:
+    code = ("import sys; sys.modules['aiohttp'] = None\n"   # as if it were not installed
+            "from posa.cli import main\n"
+            "sys.exit(main(['view', '--dispatcher', 'tcp://127.0.0.1:7000']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'posa[gateway]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("queue", "work/q", "--directory", ".", "--channel", "events/x"),
+    ("worker", "--queue", "work/q"),
+    ("autoscale", "--queue", "work/q", "--min", "3", "--max", "2", "--", "cat"),
+])
+def test_a_command_line_that_cannot_run_exits_with_2(args: tuple[str, ...]) -> None:
+    done = run_posa(*args, "--dispatcher", "tcp://127.0.0.1:7000")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("posa: ") and "Traceback" not in done.stderr
