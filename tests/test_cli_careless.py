@@ -6,6 +6,7 @@ each mistake is one the command can see before it reaches anything.
 """
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -57,3 +58,17 @@ def test_a_command_line_that_cannot_run_exits_with_2(args: tuple[str, ...]) -> N
     done = run_posa(*args, "--dispatcher", "tcp://127.0.0.1:7000")
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("posa: ") and "Traceback" not in done.stderr
+
+
+def test_posa_gateway_on_a_port_in_use_says_so_without_a_traceback() -> None:
+    pytest.importorskip("aiohttp")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_posa("gateway", "--listen", f"http://127.0.0.1:{port}",
+                        "--dispatcher", "tcp://127.0.0.1:7000")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on http://127.0.0.1:{port}" in done.stderr
+    assert "port 0 for a free one" in done.stderr
