@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,14 @@ def test_posa_gateway_on_a_port_in_use_says_so_without_a_traceback() -> None:
     assert "Traceback" not in done.stderr
     assert f"cannot listen on http://127.0.0.1:{port}" in done.stderr
     assert "port 0 for a free one" in done.stderr
+
+
+@pytest.mark.parametrize("text", ['{"current": "lab", "contexts": {', '[1, 2]',
+                                  '{"current": "lab", "contexts": {"lab": [1]}}'])
+def test_a_damaged_contexts_file_is_a_posa_error_not_a_name_not_found(
+        tmp_path: Path, text: str) -> None:
+    (tmp_path / "posa").mkdir()
+    (tmp_path / "posa" / "contexts.json").write_text(text)
+    done = run_posa("names", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert done.returncode == 1, done.stderr            # the table: a bad contexts file
+    assert "contexts.json" in done.stderr and "fix" in done.stderr

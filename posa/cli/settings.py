@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from posa.cli import DEFAULT_DISPATCHER
-from posa.errors import NameNotFound
+from posa.errors import NameNotFound, PosaError
 
-__all__ = ["FIELDS", "config_path", "load", "save", "selected", "apply", "ContextError"]
+__all__ = ["FIELDS", "config_path", "load", "save", "selected", "apply", "ContextError",
+           "ContextsFileError"]
 
 # context field -> the environment variable it stands in for
 FIELDS = {"dispatcher": "POSA_DISPATCHER", "keys": "POSA_KEYS", "key_id": "POSA_KEY_ID",
@@ -37,7 +38,11 @@ FIELDS = {"dispatcher": "POSA_DISPATCHER", "keys": "POSA_KEYS", "key_id": "POSA_
 
 
 class ContextError(NameNotFound):
-    """A context that does not exist (exit 3), or a contexts file that cannot be read."""
+    """A context that does not exist (exit 3)."""
+
+
+class ContextsFileError(PosaError):
+    """A contexts file that cannot be read, or is not one (exit 1)."""
 
 
 def config_path() -> Path:
@@ -54,11 +59,11 @@ def load() -> dict[str, Any]:
     except FileNotFoundError:
         return {"current": None, "contexts": {}}
     except (OSError, ValueError) as exc:
-        raise ContextError(f"cannot read the contexts file {path}: {exc}; fix or "
+        raise ContextsFileError(f"cannot read the contexts file {path}: {exc}; fix or "
                            "remove it (posa context add writes a new one)") from None
     if (not isinstance(data, dict) or not isinstance(data.get("contexts"), dict)
             or not isinstance(data.get("current"), (str, type(None)))):
-        raise ContextError(f"the contexts file {path} is not a posa contexts file "
+        raise ContextsFileError(f"the contexts file {path} is not a posa contexts file "
                            '({"current": NAME, "contexts": {...}}); fix or remove it')
     data.setdefault("current", None)
     return data
@@ -93,9 +98,10 @@ def selected(name: str | None) -> tuple[str | None, dict[str, Any]]:
     context = contexts[wanted]
     if not isinstance(context, dict) or not all(
             isinstance(value, str) for value in context.values()):
-        raise ContextError(f"context {wanted!r} in {config_path()} is not a set of "
-                           f"settings ({{\"dispatcher\": ADDRESS, ...}}, each a string); "
-                           f"fix it, or posa context rm {wanted} and add it again")
+        raise ContextsFileError(
+            f"context {wanted!r} in {config_path()} is not a set of settings "
+            f"({{\"dispatcher\": ADDRESS, ...}}, each a string); fix it, or posa "
+            f"context rm {wanted} and add it again")
     return wanted, dict(context)
 
 
