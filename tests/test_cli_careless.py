@@ -6,6 +6,7 @@ each mistake is one the command can see before it reaches anything.
 """
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, Proc, start_dispatcher
 from tests.test_cli_verbs import run_posa
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,3 +85,38 @@ def test_a_damaged_contexts_file_is_a_posa_error_not_a_name_not_found(
     done = run_posa("names", env={"XDG_CONFIG_HOME": str(tmp_path)})
     assert done.returncode == 1, done.stderr            # the table: a bad contexts file
     assert "contexts.json" in done.stderr and "fix" in done.stderr
+
+
+SLOW_PEER = """
+import sys, threading
+import posa
+never = threading.Event()
+def handler(msg):
+    print("asked", flush=True)
+    never.wait(120)
+registry = posa.RegistryClient(sys.argv[1])
+peer = posa.Peer("demo/slow", registry=registry, listen="tcp://127.0.0.1:0",
+                 handler=handler)
+print("ready", flush=True)
+never.wait(120)
+"""
+
+
+def test_ctrl_c_of_a_one_shot_command_is_not_a_success() -> None:
+    """``posa request`` cut short by Ctrl-C exits with 130, as a shell's programs do:
+    not 0, which a script would take for the reply."""
+    dispatcher, address = start_dispatcher()
+    slow = Proc.python(SLOW_PEER, address)
+    request = None
+    try:
+        slow.expect("ready")
+        request = Proc.posa("request", "demo/slow", "1", "--timeout", "100",
+                            "--dispatcher", address)
+        slow.expect("asked")
+        request.popen.send_signal(signal.SIGINT)
+        assert request.popen.wait(30) == 130
+        assert "Traceback" not in request.popen.communicate()[1].decode()
+    finally:
+        for proc in (request, slow, dispatcher):
+            if proc is not None:
+                proc.close()
