@@ -99,12 +99,13 @@ def test_an_unknown_context_is_not_found(config: Path) -> None:
 def test_a_contexts_file_of_the_wrong_shape_is_said_and_can_be_mended(
         config: Path, text: str) -> None:
     """A context that is not a set of string settings (an edited file): the command
-    says which and how to mend it (exit 3), never a traceback; ls and rm still work."""
+    says which and how to mend it (exit 1, as the table says
+    for a bad contexts file), never a traceback; ls and rm still work."""
     env = {"XDG_CONFIG_HOME": str(config)}
     (config / "posa").mkdir()
     (config / "posa" / "contexts.json").write_text(text)
     done = run_posa("names", env=env)
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "contexts.json" in done.stderr
     if '"current": "a"' in text:
         assert "posa context rm a" in done.stderr

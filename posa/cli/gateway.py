@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import os
 from typing import Any
 
 from posa.cli.options import (
@@ -72,7 +74,14 @@ def _run(args: argparse.Namespace) -> int:
                     tokens=Tokens.from_file(args.tokens) if args.tokens else None,
                     limits=limits, posa_listen=args.posa_listen, grace=args.grace,
                     environ=_environ(args), view=_view())
-    asyncio.run(serve(config, ready=lambda line: print(line, flush=True)))
+    try:
+        asyncio.run(serve(config, ready=lambda line: print(line, flush=True)))
+    except OSError as exc:      # the listen address: in use, not ours, not here
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise SystemExit(f"posa gateway: cannot listen on {args.listen} "
+                         f"({os.strerror(exc.errno)}); choose another --listen port, "
+                         "or port 0 for a free one") from None
     return 0
 
 

@@ -33,6 +33,7 @@ from posa.cli.options import (
     add_security_arguments,
     authenticator_from_args,
     to_json,
+    usage,
 )
 from posa.cli.values import count, natural, seconds
 from posa.delivery.sender import Sender
@@ -98,7 +99,7 @@ def _run_queue(args: argparse.Namespace) -> int:
     from posa.work.sources import DirectorySource
     from posa.work.sqlitestore import SqliteStore
     if args.directory and args.channel:
-        raise SystemExit("posa queue: give --directory or --channel, not both")
+        usage("give --directory or --channel, not both")
     auth = authenticator_from_args(args, args.name)   # a bad key file fails before the store opens
     store = SqliteStore(args.store, synchronous=args.sync.upper()) if args.store else None
     source: Any = DirectorySource(args.directory, args.pattern) if args.directory else None

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from posa.cli import DEFAULT_DISPATCHER
-from posa.errors import NameNotFound
+from posa.errors import NameNotFound, PosaError
 
-__all__ = ["FIELDS", "config_path", "load", "save", "selected", "apply", "ContextError"]
+__all__ = ["FIELDS", "config_path", "load", "save", "selected", "apply", "ContextError",
+           "ContextsFileError"]
 
 # context field -> the environment variable it stands in for
 FIELDS = {"dispatcher": "POSA_DISPATCHER", "keys": "POSA_KEYS", "key_id": "POSA_KEY_ID",
@@ -37,7 +38,11 @@ FIELDS = {"dispatcher": "POSA_DISPATCHER", "keys": "POSA_KEYS", "key_id": "POSA_
 
 
 class ContextError(NameNotFound):
-    """A context that does not exist (exit 3), or a contexts file that cannot be read."""
+    """A context that does not exist (exit 3)."""
+
+
+class ContextsFileError(PosaError):
+    """A contexts file that cannot be read, or is not one (exit 1)."""
 
 
 def config_path() -> Path:
@@ -54,11 +59,11 @@ def load() -> dict[str, Any]:
     except FileNotFoundError:
         return {"current": None, "contexts": {}}
     except (OSError, ValueError) as exc:
-        raise ContextError(f"cannot read the contexts file {path}: {exc}; fix or "
+        raise ContextsFileError(f"cannot read the contexts file {path}: {exc}; fix or "
                            "remove it (posa context add writes a new one)") from None
     if (not isinstance(data, dict) or not isinstance(data.get("contexts"), dict)
             or not isinstance(data.get("current"), (str, type(None)))):
-        raise ContextError(f"the contexts file {path} is not a posa contexts file "
+        raise ContextsFileError(f"the contexts file {path} is not a posa contexts file "
                            '({"current": NAME, "contexts": {...}}); fix or remove it')
     data.setdefault("current", None)
     return data
@@ -93,9 +98,10 @@ def selected(name: str | None) -> tuple[str | None, dict[str, Any]]:
     context = contexts[wanted]
     if not isinstance(context, dict) or not all(
             isinstance(value, str) for value in context.values()):
-        raise ContextError(f"context {wanted!r} in {config_path()} is not a set of "
-                           f"settings ({{\"dispatcher\": ADDRESS, ...}}, each a string); "
-                           f"fix it, or posa context rm {wanted} and add it again")
+        raise ContextsFileError(
+            f"context {wanted!r} in {config_path()} is not a set of settings "
+            f"({{\"dispatcher\": ADDRESS, ...}}, each a string); fix it, or posa "
+            f"context rm {wanted} and add it again")
     return wanted, dict(context)
 
 
@@ -106,10 +112,16 @@ def apply(args: argparse.Namespace) -> None:
     and ``context`` take nothing from a context."""
     if not hasattr(args, "dispatcher"):
         return
-    _, context = selected(getattr(args, "context", None))
-    if args.dispatcher is None:
-        args.dispatcher = (os.environ.get("POSA_DISPATCHER") or context.get("dispatcher")
-                           or DEFAULT_DISPATCHER)
+    name, context = selected(getattr(args, "context", None))
+    if args.dispatcher is not None:
+        source = "--dispatcher"
+    elif os.environ.get("POSA_DISPATCHER"):
+        args.dispatcher, source = os.environ["POSA_DISPATCHER"], "POSA_DISPATCHER"
+    elif context.get("dispatcher"):
+        args.dispatcher, source = context["dispatcher"], f"the context {name!r}"
+    else:
+        args.dispatcher, source = DEFAULT_DISPATCHER, "the default"
+    _check_dispatcher(str(args.dispatcher), source)
     for field, variable in FIELDS.items():
         value = context.get(field)
         if field == "dispatcher" or not value or getattr(args, field, None):
@@ -119,3 +131,17 @@ def apply(args: argparse.Namespace) -> None:
     if "tls://" in str(args.dispatcher):    # the first connect is over tls://
         from posa.transport.tls.settings import TlsSettings
         TlsSettings.from_env()          # loads the files: raises TlsFilesError
+
+
+def _check_dispatcher(address: str, source: str) -> None:
+    """Exit with 2 (bad usage) at once if ``address`` (from ``source``) is not a
+    transport URI or a list of them, or names a scheme no transport serves: said
+    now, not as a timeout of the first lookup."""
+    from posa.cli.options import usage
+    from posa.errors import TransportError
+    from posa.transport import get, split
+    for part in (item.strip() for item in address.split(",") if item.strip()):
+        try:
+            get(split(part)[0])
+        except TransportError as exc:
+            usage(f"the dispatcher address {address!r} (from {source}) will not do: {exc}")

@@ -46,7 +46,11 @@ def add_parser(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; the exit code (0)."""
-    from posa.gateway.view.server import serve  # aiohttp: loaded when the command runs
+    try:        # aiohttp: loaded when the command runs
+        from posa.gateway.view.server import serve
+    except ImportError as exc:
+        raise SystemExit(f"posa view needs aiohttp ({exc}): pip install 'posa[gateway]'"
+                         ) from None
     from posa.naming.client import RegistryClient
     from posa.ops.shutdown import serve_until_signalled
     from posa.peer import Peer

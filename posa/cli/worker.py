@@ -34,6 +34,7 @@ from posa.cli.options import (
     add_ops_arguments,
     add_security_arguments,
     authenticator_from_args,
+    usage,
 )
 from posa.cli.values import count, natural, seconds, seconds_or_zero
 
@@ -49,8 +50,8 @@ def add_parser(subparsers: Any) -> None:
 def _program(args: argparse.Namespace, command: str) -> list[str]:
     argv: list[str] = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
-        raise SystemExit(f"posa {command}: give the program to run after --, e.g. "
-                         f"posa {command} --queue work/q -- sh -c 'wc -c'")
+        usage(f"give the program to run after --, e.g. "
+              f"posa {command} --queue work/q -- sh -c 'wc -c'")
     return argv
 
 
@@ -170,7 +171,7 @@ def _run_autoscale(args: argparse.Namespace) -> int:
         rule = ScaleRule(minimum=args.min, maximum=args.max, per_worker=args.per_worker,
                          max_age=args.max_age, cooldown=args.cooldown)
     except ValueError as exc:
-        raise SystemExit(f"posa autoscale: {exc}") from None
+        usage(f"autoscale: {exc}")
     worker = [sys.executable, "-m", "posa", "worker", "--queue", args.queue,
               "--dispatcher", args.dispatcher, "--grace", str(args.grace)]
     for flag, value in (("--timeout", args.timeout), ("--keys", args.keys),
