@@ -28,9 +28,10 @@ def _row(key: str, versus: str | None = None) -> Bench:
 
 @pytest.mark.timeout(330)
 def test_tiny_run_writes_a_report(tmp_path: Path) -> None:
-    # every row, in two runs of half the rows each (``--only``) at once: a row
-    # spends half its time waiting on its processes, so two halves take little
-    # more than one; each run gets its own dispatcher, processes and directory
+    # every row, in two runs of half the rows each (``--only``) at once: one run
+    # keeps about one core busy (its rows run one after another), so on two cores
+    # two halves take little more than one; each run gets its own dispatcher,
+    # processes and directory
     suite = load_suite()
     keys = list(suite.rows)
     halves = [keys[0::2], keys[1::2]]
