@@ -123,7 +123,7 @@ def test_the_depth_limit_applies_to_each_envelope_not_to_the_batch() -> None:
         small.unbatch(small.decode(deep_headers))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(items, min_size=1, max_size=6), st.data())
 def test_a_corrupted_batch_opens_or_is_refused_never_crashes(
         entries: list[tuple[int, dict[str, Any], Any]], data: st.DataObject) -> None:

@@ -5,9 +5,10 @@ layer or of a lower one, never of a higher one. Two checks keep that so:
 
 - statically, every ``import`` in every module (at module level or inside a
   function; ``if TYPE_CHECKING:`` blocks are exempt) is compared with the table;
-- dynamically, every module is imported alone in a fresh interpreter, and no
-  module of a higher layer may be loaded afterwards (this catches what a
-  package's ``__init__`` pulls in).
+- dynamically, every module is imported alone in a fresh interpreter (a fork
+  of one that has loaded the third-party and standard modules posa uses, and no
+  posa module), and no module of a higher layer may be loaded afterwards (this
+  catches what a package's ``__init__`` pulls in).
 
 The façade ``posa/__init__.py`` is exempt: it imports nothing until a name is
 asked for (PEP 562). The tests at the end show that both checks fail on an
@@ -16,6 +17,7 @@ upward import.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -131,32 +133,87 @@ def test_imports_point_down(module: str) -> None:
                      + ", ".join(f"{m} (layer {layer_of(m)})" for m in bad))
 
 
-_PROBE = ("import importlib, json, sys\n"
-          "{prelude}"
-          "importlib.import_module({module!r})\n"
-          "print(json.dumps(sorted(m for m in sys.modules if m.startswith('posa'))))\n")
+# Importing each module in a new interpreter spends most of its time starting
+# Python and importing what is not posa's (the standard library, zmq, msgpack).
+# So one interpreter imports those (every non-posa module that importing all of
+# posa loads; none of them imports posa), checks it holds no posa module, then
+# forks a child per module: the child imports the module as a fresh interpreter
+# would, from the same posa-free start, and says which posa modules it loaded.
+_NOT_POSA = ("import importlib, json, sys\n"
+             "for name in sys.argv[1].split(','):\n"
+             "    importlib.import_module(name)\n"
+             "print(json.dumps(sorted(m for m in sys.modules\n"
+             "                        if m != '__main__' and m.split('.')[0] != 'posa')))\n")
+
+_FORKS = """
+import importlib, json, os, sys
+preload, modules, prelude = json.loads(sys.argv[1]), sys.argv[2].split(','), sys.argv[3]
+for name in preload:
+    try:
+        importlib.import_module(name)
+    except Exception:           # (what only a posa module's context can import)
+        pass
+assert not [m for m in sys.modules if m.split('.')[0] == 'posa'], 'a posa module preloaded'
+for module in modules:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        exec(prelude)
+        importlib.import_module(module)
+        os.write(write, json.dumps(sorted(m for m in sys.modules if m.startswith('posa'))
+                                   ).encode())
+        os._exit(0)
+    os.close(write)
+    answer = b''
+    while chunk := os.read(read, 65536):
+        answer += chunk
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and answer, f'import {module} failed (status {status})'
+    print(module, answer.decode(), flush=True)
+"""
 
 
-def loaded_by(module: str, prelude: str = "") -> list[str]:
-    """The posa modules loaded by importing ``module`` alone in a fresh interpreter."""
-    done = subprocess.run([sys.executable, "-c", _PROBE.format(module=module, prelude=prelude)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert done.returncode == 0, f"import {module} failed:\n{done.stderr[-2000:]}"
-    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
-    return loaded
+@functools.cache
+def not_posa() -> list[str]:
+    """The modules, none of posa's, that importing every posa module loads."""
+    done = subprocess.run([sys.executable, "-c", _NOT_POSA, ",".join(MODULES)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return found
 
 
-@pytest.mark.timeout(400)     # an interpreter per module: minutes on a loaded machine
+def loaded_by_each(modules: list[str], preload: list[str], prelude: str = ""
+                   ) -> dict[str, list[str]]:
+    """The posa modules loaded by importing each of ``modules`` alone (after
+    running ``prelude``) in a fork of an interpreter that imported ``preload``."""
+    done = subprocess.run([sys.executable, "-c", _FORKS, json.dumps(preload), ",".join(modules),
+                           prelude], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, f"the imports failed:\n{done.stderr[-2000:]}"
+    found: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        module, _, loaded = line.partition(" ")
+        found[module] = json.loads(loaded)
+    assert sorted(found) == sorted(modules)
+    return found
+
+
+@pytest.mark.timeout(400)     # a process per module: a minute on a loaded machine
 def test_each_module_alone_loads_nothing_above_its_layer() -> None:
-    with ThreadPoolExecutor(4) as pool:
-        results = dict(zip(MODULES, pool.map(loaded_by, MODULES)))
+    results: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(2) as pool:      # two interpreters, each forking in turn
+        for found in pool.map(loaded_by_each, [MODULES[0::2], MODULES[1::2]],
+                              [not_posa(), not_posa()]):
+            results.update(found)
     problems = {m: upward(m, loaded) for m, loaded in results.items() if upward(m, loaded)}
     assert not problems, "\n".join(f"import {m} loads {', '.join(bad)}"
                                    for m, bad in problems.items())
 
 
 def test_the_transport_layer_loads_nothing_above_it() -> None:
-    loaded = loaded_by("posa.transport.tcp")
+    loaded = loaded_by_each(["posa.transport.tcp"], [])["posa.transport.tcp"]
     assert {m for m in loaded if (layer_of(m) or 0) > 1} == set()
 
 
@@ -196,8 +253,10 @@ def test_the_static_check_finds_an_upward_import() -> None:
 
 
 def test_the_fresh_interpreter_check_finds_an_upward_import(tmp_path: Path) -> None:
-    """A module planted in the transport package that imports the peer is caught."""
+    """A module planted in the transport package that imports the peer is caught
+    (by a fork of the interpreter that preloaded what posa uses, as above)."""
     (tmp_path / "_upward_probe.py").write_text("import posa.peer\n")
     prelude = f"import posa.transport\nposa.transport.__path__.append({str(tmp_path)!r})\n"
-    loaded = loaded_by("posa.transport._upward_probe", prelude)
+    probe = "posa.transport._upward_probe"
+    loaded = loaded_by_each([probe], not_posa(), prelude)[probe]
     assert "posa.peer" in upward("posa.transport._upward_probe", loaded)

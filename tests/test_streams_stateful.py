@@ -249,7 +249,7 @@ class StreamsMachine(RuleBasedStateMachine):
                                                                      out.next_seq)]
 
 
-StreamsMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+StreamsMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
                                             deadline=None)
 test_streams_machine = StreamsMachine.TestCase
 
