@@ -35,7 +35,7 @@ from posa.delivery.inbox import Inbox
 from posa.delivery.intake import DEFERRED, Intake
 from posa.delivery.receiver import Endpoint, OnRun, Receiver
 from posa.delivery.sender import Sender
-from posa.errors import Closed, InvalidName, PosaError
+from posa.errors import Closed, InvalidName, PosaError, Timeout
 from posa.naming.pages import registrations
 from posa.naming.registration import Registry, resolver
 from posa.naming.registry import LocalRegistry
@@ -65,6 +65,9 @@ def _default_listen(name: str, registry: Registry) -> str:
     (a LAN registry's: every interface), or loopback tcp, the fastest remote transport."""
     return f"inproc://{name}" if isinstance(registry, LocalRegistry) else getattr(
         registry, "default_listen", "tcp://127.0.0.1:0")
+
+
+_REACTOR_WAIT = 1.0     # s close() waits for the reactor at least, ``linger`` spent or not
 
 
 def _check_settings(window: int, linger: float) -> None:
@@ -349,12 +352,18 @@ class Peer:
                 self.registry.unregister(self.name, credential=self.credential)
         except PosaError:
             pass
+        deadline = time.monotonic() + self.linger
         self.sender.close(linger=self.linger)
+        # the reactor's steps wait for what is left of ``linger`` (a second at least):
+        # a reactor held by a handler that does not return holds close() no longer
+        wait = max(deadline - time.monotonic(), _REACTOR_WAIT)
         try:
-            self.reactor.call(self._intake.acknowledge_all)   # what was delivered is acknowledged
+            self.reactor.call(self._intake.acknowledge_all, timeout=wait)
+        except Timeout:     # held: what it delivers from now on is not acknowledged
+            wait = 0.0
         except PosaError:
             pass
-        self._listening.close_all()
+        self._listening.close_all(wait)
         self._inbox.close()
         self.gatekeeper.flush_log()     # the counts held back: no later line would say them
         if (tcp := sys.modules.get("posa.transport.tcp.writer")) is not None:

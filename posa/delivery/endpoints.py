@@ -15,6 +15,7 @@ Everything but ``open`` and ``replace`` runs on the reactor thread.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -58,16 +59,21 @@ class Listening:
             raise InvalidName(f"peer {self.owner!r} needs at least one address to listen on")
         return opened
 
-    def close(self, endpoints: Sequence[Endpoint]) -> None:
-        """Stop reading these endpoints and close their listeners."""
+    def close(self, endpoints: Sequence[Endpoint], wait: float = 10.0) -> float:
+        """Stop reading these endpoints and close their listeners, waiting at most
+        ``wait`` s in all for the reactor to stop reading them (a reactor held by a
+        handler stops when it is let go). Returns what is left of ``wait``."""
         for endpoint in endpoints:
+            start = time.monotonic()
             try:
-                self.reactor.remove_source(endpoint.listener)
+                self.reactor.remove_source(endpoint.listener, timeout=wait)
             except PosaError:
                 pass
+            wait = max(wait - (time.monotonic() - start), 0.0)
             if endpoint in self.paused:
                 self.paused.remove(endpoint)
             endpoint.listener.close()
+        return wait
 
     def pause(self, endpoint: Endpoint, low: Callable[[], bool] | None = None) -> None:
         """Read ``endpoint`` no more until ``resume``; with ``low``, read it again
@@ -102,16 +108,23 @@ class Listening:
         return old
 
     def _retire(self, endpoint: Endpoint) -> None:
-        if endpoint in self._retiring:
-            self._retiring.remove(endpoint)
-            self.close([endpoint])
+        try:
+            self._retiring.remove(endpoint)     # (one step: close_all may race it)
+        except ValueError:
+            return
+        self.close([endpoint])
 
-    def close_all(self) -> None:
-        """Close every endpoint, current and retiring (not on the reactor thread)."""
+    def close_all(self, wait: float = 10.0) -> None:
+        """Close every endpoint, current and retiring (not on the reactor thread),
+        waiting at most ``wait`` s in all for the reactor."""
         self.accepting = False
-        self.close(self.current)
+        wait = self.close(self.current, wait)
         for endpoint in list(self._retiring):
-            self.reactor.call(self._retire, endpoint)
+            wait = self.close([endpoint], wait)     # (closed, then forgotten: an
+            try:                                    # interrupted close_all ends it)
+                self._retiring.remove(endpoint)
+            except ValueError:
+                pass                                # (the reactor retired it meanwhile)
 
     def rejections(self) -> dict[str, int]:
         """Connections the current listeners dropped, by cause (garbage, oversize ...)."""

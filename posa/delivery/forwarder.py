@@ -246,6 +246,7 @@ class Forwarder(Requesting, Flow):
         if self._pid != os.getpid():    # inherited: the lock may be held by a thread
             self._close()               # of the parent, which is not in this process
             return
+        self._links.closing = True      # (a send backing off holds the lock: it ends)
         with self.lock:
             self._close()
 

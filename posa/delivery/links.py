@@ -36,7 +36,7 @@ from collections.abc import Callable
 from posa import transport
 from posa.delivery.target import Target
 from posa.delivery.waiting import Steps
-from posa.errors import NameNotFound, PosaError, Timeout, TransportError
+from posa.errors import Closed, NameNotFound, PosaError, Timeout, TransportError
 from posa.transport.base import Connection, Options
 
 __all__ = ["Links", "Resolve", "Retry", "Unanswered"]
@@ -92,6 +92,8 @@ class Links:
         else:   # TLS settings keep sessions: never taken for another's that is equal
             self._options = dataclasses.replace(options, send_timeout=bound)
         self.pins: dict[str, str] = {}
+        self.closing = False    # set, from any thread and without its lock, as the
+        # forwarder closes: a try backing off (holding that lock or not) ends
         self._conns: dict[str, Connection] = {}
         self._stale: dict[str, None] = {}   # names given up on: resolved afresh next
         # time (a dict: an empty set is 216 bytes, an empty dict 64)
@@ -134,6 +136,7 @@ class Links:
         fresh = self._stale.pop(name, 0) is None
         first = True
         while True:
+            self._going_on(name)
             try:
                 addresses, epoch = self.resolve(name, fresh)
                 address, conn = self.connect_any(name, addresses)
@@ -150,6 +153,13 @@ class Links:
                 last = exc
             yield None, retry.pause(last)
             first, fresh = False, True
+
+    def _going_on(self, name: str) -> None:
+        """Before each try: ``Closed`` if the forwarder is closing (a try backing off
+        would go on until its deadline, and a connection made then would be left)."""
+        if self.closing:
+            raise Closed(f"the peer or client sending to {name!r} was closed while it "
+                         "tried to reach it")
 
     def given_up(self, target: Target, why: str) -> Timeout:
         """The ``Timeout`` for a target its forwarder dropped with its backlog
@@ -193,6 +203,7 @@ class Links:
         hint, target.moved = target.moved, None
         last = cause
         while True:
+            self._going_on(target.name)
             try:
                 if isinstance(last, TransportError) and not isinstance(last, Unanswered):
                     self._failed[target.name] = (target, target.out.acked, last)

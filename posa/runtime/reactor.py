@@ -173,9 +173,10 @@ class Reactor:
         self._asked = tuple((source.pending, callback)
                             for source, (_, callback) in self._sources.items())
 
-    def remove_source(self, source: Source) -> None:
-        """Stop watching ``source`` (before closing it)."""
-        self.call(self._remove_source, source)
+    def remove_source(self, source: Source, timeout: float | None = 10.0) -> None:
+        """Stop watching ``source`` (before closing it). ``Timeout`` if the loop did
+        not get to it within ``timeout`` s (held by a callback): it will, later."""
+        self.call(self._remove_source, source, timeout=timeout)
 
     def _remove_source(self, source: Source) -> None:
         entry = self._sources.pop(source, None)
