@@ -20,6 +20,7 @@ import posa
 from posa.admission.gatekeeper import Gatekeeper
 from posa.admission.quotas import InFlight
 from posa.ops import Histogram, Monitor, OpsServer, serve_until_signalled, timed
+from posa.ops.histogram import FOLD_AT
 from posa.wire.codec import Codec
 from tests.support import Proc, start_dispatcher
 
@@ -71,6 +72,33 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert samples[("t_seconds_sum", None)] == pytest.approx(5.565)
     with pytest.raises(ValueError, match="increasing"):
         Histogram(buckets=(1.0, 0.5))
+
+
+def test_histogram_counts_every_observation_of_every_thread_once() -> None:
+    """Observations queued without a lock and counted in folds: from 8 threads
+    at once, fewer and more than a fold's worth each, all counted, none twice."""
+    h = Histogram("t_seconds", "test", buckets=(0.25, 0.5))
+    per_thread = [FOLD_AT // 3 + 7 * i for i in range(8)]
+
+    def observe(n: int) -> None:
+        for k in range(n):
+            h.observe((0.1, 0.3, 0.9)[k % 3])
+
+    threads = [threading.Thread(target=observe, args=(n,)) for n in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = Counter(slot for n in per_thread for slot in (k % 3 for k in range(n)))
+    samples = {(name, labels.get("le")): value for name, labels, value in h.samples()}
+    assert samples[("t_seconds_bucket", "0.25")] == expected[0]
+    assert samples[("t_seconds_bucket", "0.5")] == expected[0] + expected[1]
+    assert samples[("t_seconds_count", None)] == sum(per_thread)
+    assert samples[("t_seconds_sum", None)] == pytest.approx(
+        sum((0.1, 0.3, 0.9)[slot] * n for slot, n in expected.items()))
+    h.observe(0.3)                                      # one short of a fold: counted
+    assert dict(((name, labels.get("le")), v) for name, labels, v in h.samples())[
+        ("t_seconds_count", None)] == sum(per_thread) + 1
 
 
 def test_timed_handler_and_context() -> None:

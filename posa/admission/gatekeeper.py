@@ -51,6 +51,7 @@ from posa.admission.unverified import ANSWER_RATE, RefusalAnswers
 from posa.errors import PosaError, ProtocolError, Rejected, Unauthorized
 from posa.transport.refusals import RefusalLog, clip
 from posa.wire.codec import Codec, Kind, Message
+from posa.wire.repeats import Repeats
 
 __all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", "KEY_HEADER",
            "refusal"]
@@ -58,6 +59,7 @@ __all__ = ["Gatekeeper", "Rejection", "Authenticator", "Authorizer", "Limiter", 
 log = logging.getLogger("posa.admission.gatekeeper")
 
 KEY_HEADER = "posa.key"   # the key that authenticated an admitted message
+_STREAM_0 = b"\x00"       # the fourth byte of an envelope of stream 0 (docs/protocol.md)
 
 
 def refusal(reason: str, text: str, detail: str | None = None) -> Unauthorized:
@@ -136,12 +138,14 @@ class Gatekeeper:
         self.rejections: Counter[str] = Counter()
         self._refusals = RefusalLog(log)
         self._plain = authenticator is None and authorizer is None and limiter is None
+        self._repeats = Repeats(self.codec.decode).decode
 
     def admit(self, frame: bytes, source: Any = None) -> Message:
         """The message in ``frame`` if it may pass; raises ``Rejection`` otherwise."""
         if self._plain:
-            try:
-                msg = self.codec.decode(frame)
+            try:        # (a stream-less request, perhaps a repeat: posa.wire.repeats)
+                msg = (self._repeats(frame) if frame[3:4] == _STREAM_0
+                       else self.codec.decode(frame))
             except ProtocolError as exc:    # perhaps sealed: this side has no keys
                 raise self._reject("malformed", exc, None).unopened(frame, "sealed") \
                     from None
@@ -156,7 +160,8 @@ class Gatekeeper:
                 raise self._reject(_reason(exc, "unauthenticated"), exc, None).unopened(
                     frame, getattr(exc, "detail", None)) from None
         try:
-            msg = self.codec.decode(frame)
+            msg = (self._repeats(frame) if frame[3:4] == _STREAM_0
+                   else self.codec.decode(frame))
         except ProtocolError as exc:
             raise self._reject("malformed", exc, None) from None
         if self.authenticator is not None:

@@ -89,6 +89,9 @@ class Dispatcher:
         for address in peers:
             self.connect_peer(address)
         self._workers = Pool(4, thread_name_prefix="posa-dispatcher")
+        # a lookup on the lean lane (``_quick``), of a table held here; a shared
+        # store's answers take a round trip: its lookups go to a worker thread
+        self._lookup_packed = None if self.shared else self.registry.lookup_packed
         self._handlers = OPS.bind(self)
         self.peer = Peer(f"{DISPATCHER}/{self.node}", registry=self.registry,
                          listen=listen, lease=lease, aliases=(DISPATCHER,),
@@ -125,13 +128,14 @@ class Dispatcher:
         """A stream-less request (a lookup, at once, its answer packed as the
         table keeps it; anything else as ``_handle``)."""
         body = msg.body
-        if body.__class__ is dict and body.get("op") == "lookup" and not self.shared:
+        lookup = self._lookup_packed
+        if lookup is not None and body.__class__ is dict and body.get("op") == "lookup":
             self.stats["requests"] += 1
             name = body.get("name")
             if name.__class__ is not str or len(body) != 2:     # more than op and name
                 name = _LOOKUP.parse("dispatcher", body)["name"]    # or Rejected
             try:                            # _op_lookup, inline
-                return Packed(self.registry.lookup_packed(name))
+                return Packed(lookup(name))
             except NameNotFound:
                 return self._federate(msg, "lookup", _LOOKUP.parse("dispatcher", body), name)
         return self._handle(msg)

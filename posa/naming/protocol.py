@@ -20,8 +20,9 @@ Pure: no I/O; nothing above the naming layer's registration types.
 """
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -32,7 +33,7 @@ from posa.naming.registration import DEFAULT_LEASE, Registration
 from posa.wire.schema import Field, Op, OpTable
 
 __all__ = ["DISPATCHER", "OPS", "registration_to_wire", "registration_from_wire",
-           "registration_parts", "packed_registration",
+           "registration_parts",
            "notice_to_wire", "notice_from_wire", "page_to_wire", "page_from_wire"]
 
 DISPATCHER = "posa/dispatcher"
@@ -105,26 +106,29 @@ def registration_to_wire(r: Registration) -> dict[str, Any]:
             "lease": r.lease, "expires_in": r.expires_in, "meta": dict(r.meta)}
 
 
-RegistrationParts = tuple[bytes, bytes]
-_float64 = struct.Struct(">d").pack
+RegistrationParts = tuple[Callable[[bytes, float, bytes], bytes], bytes, bytes]
 
 
 def registration_parts(name: str, addresses: Sequence[str], epoch: int, lease: float,
                        meta: Mapping[str, Any]) -> RegistrationParts:
-    """The map of ``registration_to_wire`` packed (msgpack), in two parts around
-    the value of ``expires_in``: what stays while a registration does (the first
-    part ends with the marker of a float64), and what follows."""
+    """The map of ``registration_to_wire`` packed (msgpack), in parts around the
+    value of ``expires_in``: ``(join, head, tail)``, the head what comes before
+    that value (ending with the marker of a float64), the tail what follows, and
+    ``join(head, expires_in, tail)`` the whole map, the same bytes, without
+    building or packing the map (one call of a ``struct`` made for the two
+    lengths, shared by the registrations of the same)."""
     pack = msgpack.Packer(use_bin_type=True).pack
-    return (b"".join([b"\x86", pack("name"), pack(name), pack("addresses"),
-                      pack(list(addresses)), pack("epoch"), pack(epoch), pack("lease"),
-                      pack(float(lease)), pack("expires_in"), b"\xcb"]),
-            pack("meta") + pack(dict(meta)))
+    head = b"".join([b"\x86", pack("name"), pack(name), pack("addresses"),
+                     pack(list(addresses)), pack("epoch"), pack(epoch), pack("lease"),
+                     pack(float(lease)), pack("expires_in"), b"\xcb"])
+    tail = pack("meta") + pack(dict(meta))
+    return _joiner(len(head), len(tail)), head, tail
 
 
-def packed_registration(parts: RegistrationParts, expires_in: float) -> bytes:
-    """``registration_to_wire`` packed, from its ``registration_parts`` and the
-    seconds left: the same bytes, without building or packing the map."""
-    return parts[0] + _float64(expires_in) + parts[1]
+@functools.lru_cache(maxsize=256)
+def _joiner(head: int, tail: int) -> Callable[[bytes, float, bytes], bytes]:
+    """The ``struct`` pack of ``head`` bytes, a float64 and ``tail`` bytes."""
+    return struct.Struct(f">{head}sd{tail}s").pack
 
 
 def registration_from_wire(data: Any) -> Registration:

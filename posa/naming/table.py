@@ -28,7 +28,7 @@ import msgpack
 from posa.errors import NameNotFound, ProtocolError, Rejected, StaleEpoch, Unauthorized
 from posa.naming.index import NameTree, SortedNames
 from posa.naming.pages import MAX_SCAN, PAGE_BYTES, PAGE_ENTRIES, wire_size
-from posa.naming.protocol import RegistrationParts, packed_registration, registration_parts
+from posa.naming.protocol import RegistrationParts, registration_parts
 from posa.naming.registration import (
     DEFAULT_LEASE,
     MAX_META_BYTES,
@@ -110,7 +110,7 @@ class RegistryTable:
 
     def lookup_packed(self, name: str) -> bytes:
         """``lookup(name)`` as the dispatcher answers it: ``registration_to_wire``
-        packed (``posa.naming.protocol.packed_registration``); ``NameNotFound``."""
+        packed (``posa.naming.protocol.registration_parts``); ``NameNotFound``."""
         entry = self._entries.get(name) if isinstance(name, str) else None
         now = self.now()
         if entry is None or entry.expires_at <= now:
@@ -120,7 +120,8 @@ class RegistryTable:
         if parts is None:
             parts = entry.parts = registration_parts(name, entry.addresses, entry.epoch,
                                                      entry.lease, entry.meta)
-        return packed_registration(parts, entry.expires_at - now)
+        join, head, tail = parts
+        return join(head, entry.expires_at - now, tail)
 
     def names(self, pattern: str = "**") -> list[Registration]:
         """Live registrations matching ``pattern``, sorted by name (``InvalidName``
