@@ -100,6 +100,7 @@ class Federation:
         self.node = node
         self.peers: list[tuple[str, Sender]] = []      # (address, sender)
         self.standing = Standing()
+        self._closed = False
         self._authenticator = authenticator
         self._reply, self._fail, self._stats = reply, fail, stats
 
@@ -117,6 +118,9 @@ class Federation:
                       resolve=resolver(None, pins={DISPATCHER: address}))
 
     def close(self) -> None:
+        """Close the senders; no ping starts after (one under way ends within
+        ``FEDERATED_TIMEOUT``, its sender closed)."""
+        self._closed = True
         for _, sender in self.peers:
             sender.close()
 
@@ -164,6 +168,8 @@ class Federation:
 
     def _ping_later(self, address: str) -> None:
         """Ping the dispatcher at ``address``, found dead, on a thread of its own."""
+        if self._closed:
+            return
         threading.Thread(target=self._ping, args=(address,), daemon=True,
                          name=f"posa-federation-ping-{address}").start()
 
