@@ -109,8 +109,8 @@ def test_a_body_that_never_ends_is_408(world: World) -> None:
     with socket.create_connection((world.host, world.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/send/app/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
                      b"Authorization: Bearer test-token-for-everything-0123\r\n\r\n[1,")
-        # the whole answer, head and body (the connection itself is closed only
-        # after aiohttp's 10 s of lingering for the rest of the body)
+        # the whole answer, head and body (the connection is closed after it:
+        # tests/test_gateway_stalled.py)
         answer = b""
         while (chunk := sock.recv(4096)) and not _whole(answer := answer + chunk):
             pass

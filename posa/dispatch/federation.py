@@ -9,10 +9,20 @@ from all of them and merged with this dispatcher's own page
 ``Unreachable``, naming it, unless another one has the name: an unknown answer
 is never a ``NameNotFound``. Everything here runs on worker threads: the
 reactor never waits on the network.
+
+A federated dispatcher found dead (its connection refused or lost, or silent for
+all of ``FEDERATED_TIMEOUT``) is not asked again by every request, each waiting
+for it in turn: ``Standing`` remembers it, and until it answers again it is
+reported unreachable at once. Once its back-off has passed (doubling from
+``BACKOFF[0]`` to ``BACKOFF[1]`` s while it stays dead) the next request that
+would ask it starts a ``ping`` of it on a thread of its own, through a sender of
+its own, and answers without waiting for it; the ping that is answered puts it
+back in use.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,16 +39,56 @@ from posa.errors import (
     Unreachable,
 )
 from posa.naming.pages import merge
-from posa.naming.protocol import DISPATCHER, page_to_wire
+from posa.naming.protocol import DISPATCHER, OPS, page_to_wire
 from posa.naming.registration import resolver
 from posa.wire.codec import Message
 
-__all__ = ["Federation", "MAX_HOPS", "FEDERATED_TIMEOUT"]
+__all__ = ["Federation", "Standing", "MAX_HOPS", "FEDERATED_TIMEOUT", "BACKOFF"]
 
 log = logging.getLogger("posa.dispatch.dispatcher")
 
 MAX_HOPS = 4
 FEDERATED_TIMEOUT = 2.0          # s at most to wait for one federated dispatcher
+BACKOFF = (0.25, 4.0)   # s before a dispatcher found dead is pinged: the first, the longest
+
+
+class Standing:
+    """The federated dispatchers found dead, and when each is to be pinged again
+    (told the time by its caller; any thread)."""
+
+    def __init__(self, first: float = BACKOFF[0], longest: float = BACKOFF[1]) -> None:
+        self._first, self._longest = first, longest
+        # address -> (found dead at, the error, the back-off, ping due at, pinging)
+        self._down: dict[str, tuple[float, PosaError, float, float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def verdict(self, address: str, now: float) -> tuple[PosaError | None, bool]:
+        """(the error to report at once for ``address``, or None: ask it; whether
+        to ping it now, which is then taken to be under way)."""
+        with self._lock:
+            down = self._down.get(address)
+            if down is None:
+                return None, False
+            since, error, wait, due, pinging = down
+            ping = not pinging and now >= due
+            if ping:
+                self._down[address] = (since, error, wait, due, True)
+        return TransportError(
+            f"not asked: it failed {now - since:.1f} s ago ({type(error).__name__}: "
+            f"{error}) and is pinged until it answers"), ping
+
+    def failed(self, address: str, error: PosaError, now: float) -> None:
+        """``address`` could not be asked (or pinged) at ``now``."""
+        with self._lock:
+            down = self._down.get(address)
+            since, wait = (now, self._first) if down is None else (
+                down[0], min(down[2] * 2, self._longest))
+            self._down[address] = (since, error, wait, now + wait, False)
+
+    def answered(self, address: str) -> bool:
+        """``address`` answered: in use again. True if it was down."""
+        with self._lock:
+            return self._down.pop(address, None) is not None
 
 
 class Federation:
@@ -49,6 +99,8 @@ class Federation:
                  fail: Callable[[Message, PosaError], None], stats: dict[str, int]) -> None:
         self.node = node
         self.peers: list[tuple[str, Sender]] = []      # (address, sender)
+        self.standing = Standing()
+        self._closed = False
         self._authenticator = authenticator
         self._reply, self._fail, self._stats = reply, fail, stats
 
@@ -59,11 +111,16 @@ class Federation:
             transport.get(transport.split(address)[0])
         except TransportError as exc:
             raise TransportError(f"federated dispatcher {address!r}: {exc}") from None
-        self.peers.append((address, Sender(
-            f"{DISPATCHER}/{self.node}", resolve=resolver(None, pins={DISPATCHER: address}),
-            authenticator=self._authenticator)))
+        self.peers.append((address, self._sender(address)))
+
+    def _sender(self, address: str) -> Sender:
+        return Sender(f"{DISPATCHER}/{self.node}", authenticator=self._authenticator,
+                      resolve=resolver(None, pins={DISPATCHER: address}))
 
     def close(self) -> None:
+        """Close the senders; no ping starts after (one under way ends within
+        ``FEDERATED_TIMEOUT``, its sender closed)."""
+        self._closed = True
         for _, sender in self.peers:
             sender.close()
 
@@ -80,22 +137,56 @@ class Federation:
             ) -> Iterator[tuple[str, Any, PosaError | None]]:
         """Ask every federated dispatcher ``body`` within the budget of request
         ``msg``: yields (address, the reply's body or None, the error or None);
-        a failure is logged here."""
+        a failure is logged here. One known dead (``Standing``) is not asked:
+        its error comes at once."""
         ttl = msg.headers.get("ttl")
         budget = (0.8 * ttl / 1000 if isinstance(ttl, int) and ttl > 0
                   else FEDERATED_TIMEOUT * len(self.peers))
         deadline = time.monotonic() + budget
         for address, sender in list(self.peers):
-            remaining = min(FEDERATED_TIMEOUT, deadline - time.monotonic())
+            now = time.monotonic()
+            known, ping = self.standing.verdict(address, now)
+            if ping:
+                self._ping_later(address)
+            if known is not None:
+                yield address, None, known
+                continue
+            remaining = min(FEDERATED_TIMEOUT, deadline - now)
             try:
                 if remaining <= 0:
                     raise Timeout(f"no time left of the request's {budget:.1f} s")
-                yield address, sender.request(DISPATCHER, body, timeout=remaining,
-                                              failfast=True).body, None
+                reply = sender.request(DISPATCHER, body, timeout=remaining, failfast=True)
             except PosaError as exc:
                 if not isinstance(exc, NameNotFound):
                     log.info("federated %s failed at %s: %s", body["op"], address, exc)
+                if _dead(exc, remaining):
+                    self.standing.failed(address, exc, time.monotonic())
                 yield address, None, exc
+            else:
+                self.standing.answered(address)     # (it may have been found dead meanwhile)
+                yield address, reply.body, None
+
+    def _ping_later(self, address: str) -> None:
+        """Ping the dispatcher at ``address``, found dead, on a thread of its own."""
+        if self._closed:
+            return
+        threading.Thread(target=self._ping, args=(address,), daemon=True,
+                         name=f"posa-federation-ping-{address}").start()
+
+    def _ping(self, address: str) -> None:
+        """Ping ``address`` through a sender of its own (closed after: no thread's
+        forwarder nor connection outlives the ping), within ``FEDERATED_TIMEOUT``."""
+        sender = self._sender(address)
+        try:
+            sender.request(DISPATCHER, OPS.request("ping"), timeout=FEDERATED_TIMEOUT,
+                           failfast=True)
+        except PosaError as exc:
+            self.standing.failed(address, exc, time.monotonic())
+        else:
+            if self.standing.answered(address):
+                log.info("the federated dispatcher at %s answers again", address)
+        finally:
+            sender.close()
 
     def find(self, msg: Message, body: dict[str, Any], what: str) -> None:
         """Answer ``msg`` with the first federated answer to ``body`` (a lookup or
@@ -137,6 +228,15 @@ class Federation:
                 + _advice(unreachable)))
         else:
             self._reply(msg, page_to_wire(*merge(pages, body["limit"])))
+
+
+def _dead(error: PosaError, waited: float) -> bool:
+    """True if ``error`` shows the dispatcher asked dead: its connection refused or
+    lost, or no answer in all of ``FEDERATED_TIMEOUT`` (``waited``); not one that
+    answered with an error, nor one that could not tell (``Unreachable``)."""
+    if isinstance(error, Timeout):
+        return waited >= FEDERATED_TIMEOUT
+    return isinstance(error, TransportError) and not isinstance(error, Unreachable)
 
 
 def _advice(unreachable: list[str]) -> str:

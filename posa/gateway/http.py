@@ -128,6 +128,17 @@ def _view_login(request: web.Request) -> web.Response:
     return response
 
 
+async def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """``response`` written, then its connection closed at once: not kept open
+    (and counted against its source's cap) by aiohttp's lingering, 10 s spent
+    reading the rest of a body that stalled. aiohttp's own writing of it later
+    finds it written."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway, guard = request.app[GATEWAY], request.app[GUARD]
@@ -145,8 +156,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                                 **{"WWW-Authenticate": 'Bearer realm="posa"'})
     except BodyTimeout as exc:
         gateway.counters["status_408"] += 1
-        return problem_response(problem(408, "body-timeout", "Request Timeout", str(exc)),
-                                Connection="close")
+        return await _closing(request, problem_response(
+            problem(408, "body-timeout", "Request Timeout", str(exc)), Connection="close"))
     except PosaError as exc:
         body = problem_of(exc)
         gateway.counters[f"status_{body['status']}"] += 1
