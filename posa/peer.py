@@ -23,12 +23,12 @@ import secrets
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 from posa.admission.gatekeeper import Authenticator, Gatekeeper
+from posa.delivery import inherited
 from posa.delivery.budget import LONGEST, wrong_timeout
 from posa.delivery.group import send_to_group
 from posa.delivery.inbox import Inbox
@@ -54,10 +54,6 @@ __all__ = ["Peer", "DEFERRED"]
 _SEND, _REQUEST, _REPLY, _ERROR = Kind.SEND, Kind.REQUEST, Kind.REPLY, Kind.ERROR
 _monotonic = time.monotonic
 _ident = threading.get_ident
-_peers: weakref.WeakSet[Peer] = weakref.WeakSet()     # for the fork hook below
-# what only the process that made a peer may do: its listeners, inbox and reactor
-# thread are that process's (a forked child sends and requests on its own streams)
-_PARENTS_ONLY = ("receive", "serve", "reply", "reply_error", "migrate")
 
 
 def _default_listen(name: str, registry: Registry) -> str:
@@ -132,7 +128,7 @@ class Peer:
             self._listening.close_all()
             raise
         self._stop_renewing = keeper().keep(self._renew, self._restore, lease / 3)
-        _peers.add(self)
+        inherited.watch(self)      # (a forked child may not receive through it)
 
     def _later(self, delay: float, fn: Callable[[], Any]) -> Timer | None:
         """``reactor.call_later`` for the inbox's waits; None in the reactor's thread."""
@@ -324,7 +320,10 @@ class Peer:
 
     def close(self) -> None:
         """Unregister the name, deliver what is unacknowledged (up to ``linger``
-        seconds), close every endpoint. Idempotent.
+        seconds), close every endpoint. Idempotent. A reactor held by a handler
+        that does not return is waited for no longer than what is left of
+        ``linger`` (1 s at least); sends and requests of this peer still backing
+        off end with ``Closed``.
 
         In a forked child, a peer made by the parent is the parent's: its name,
         lease, listeners, connections and reactor thread. Closing it there
@@ -385,23 +384,3 @@ class Peer:
             if isinstance(endpoint.listener, TcpListener):
                 endpoint.listener.close()   # its descriptors only, see its close()
         self._inbox.close()                 # readers here get Closed
-
-
-def _refuse(name: str, what: str) -> Callable[..., Any]:
-    def refused(*args: Any, **kwargs: Any) -> Any:
-        raise Closed(f"peer {name!r} was made in the parent process, which owns its "
-                     f"listeners, inbox and reactor: a forked child may send and request "
-                     f"through it but not call {what}(); make a new Peer in the child")
-    return refused
-
-
-def _forbid_receiving() -> None:
-    """In a forked child, what only the parent may do with its peers raises
-    ``Closed`` (an instance attribute over each method: the parent pays nothing)."""
-    for peer in list(_peers):
-        for what in _PARENTS_ONLY:
-            setattr(peer, what, _refuse(peer.name, what))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forbid_receiving)
