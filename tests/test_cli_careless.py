@@ -64,12 +64,16 @@ def test_a_command_line_that_cannot_run_exits_with_2(args: tuple[str, ...]) -> N
 
 def test_posa_gateway_on_a_port_in_use_says_so_without_a_traceback() -> None:
     pytest.importorskip("aiohttp")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = run_posa("gateway", "--listen", f"http://127.0.0.1:{port}",
-                        "--dispatcher", "tcp://127.0.0.1:7000")
+    dispatcher, address = start_dispatcher()    # (a gateway first asks its dispatcher)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = run_posa("gateway", "--listen", f"http://127.0.0.1:{port}",
+                            "--dispatcher", address)
+    finally:
+        dispatcher.close()
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert f"cannot listen on http://127.0.0.1:{port}" in done.stderr
