@@ -139,9 +139,11 @@ def _check_dispatcher(address: str, source: str) -> None:
     now, not as a timeout of the first lookup."""
     from posa.cli.options import usage
     from posa.errors import TransportError
-    from posa.transport import get, split
+    from posa.transport import get, schemes, split
     for part in (item.strip() for item in address.split(",") if item.strip()):
         try:
-            get(split(part)[0])
+            scheme = split(part)[0]
+            if scheme not in schemes():     # (a built-in one is not loaded here: tls://
+                get(scheme)                 # loads its POSA_TLS_* files, said below)
         except TransportError as exc:
             usage(f"the dispatcher address {address!r} (from {source}) will not do: {exc}")
