@@ -112,6 +112,18 @@ def registry_lookup_stopped(registry: posa.LocalRegistry) -> Iterator[Any]:
 
 
 @case
+def registry_watch_stopped(registry: posa.LocalRegistry) -> Iterator[Any]:
+    proc, address = start_dispatcher()
+    try:
+        with posa.RegistryClient(address, timeout=TIMEOUT, cache=False) as client:
+            client.names()                  # connected before the dispatcher stops
+            with _stopped(proc):
+                yield (lambda: client.watch(lambda name, registration: None)), client.close
+    finally:
+        proc.close()
+
+
+@case
 def subscriber_receive(registry: posa.LocalRegistry) -> Iterator[Any]:
     with posa.EventChannel("close/ch", registry=registry), \
             posa.Subscriber("close/ch", registry=registry) as sub:
