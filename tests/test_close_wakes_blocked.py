@@ -20,6 +20,8 @@ import pytest
 
 import posa
 import posa.aio
+from posa.delivery.gather import Gatherer
+from posa.naming.registration import resolver
 from tests.support import Proc, sigstop, start_dispatcher
 
 pytestmark = pytest.mark.timeout(180)
@@ -179,6 +181,20 @@ def worker_take_empty_queue(registry: posa.LocalRegistry) -> Iterator[Any]:
             yield worker.run, worker.close
         finally:
             worker.close()
+
+
+@case
+def workqueue_join_unworked(registry: posa.LocalRegistry) -> Iterator[Any]:
+    with posa.WorkQueue("close/q", registry=registry) as queue:
+        queue.put({"item": 1})             # pending, and no worker takes it
+        yield (lambda: queue.join(TIMEOUT)), queue.close
+
+
+@case
+def gatherer_unanswered(registry: posa.LocalRegistry) -> Iterator[Any]:
+    with posa.Peer("close/mute", registry=registry, handler=lambda msg: posa.DEFERRED), \
+            Gatherer(resolver(registry)) as gatherer:
+        yield (lambda: gatherer.gather(["close/mute"], 1, timeout=TIMEOUT)), gatherer.close
 
 
 def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
