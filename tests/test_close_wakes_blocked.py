@@ -90,6 +90,45 @@ def peer_send_window_full(registry: posa.LocalRegistry) -> Iterator[Any]:
             yield _fill_then(peer, lambda: None), peer.close
 
 
+STOPPED_PEER = """
+import sys, posa
+reg = posa.RegistryClient(sys.argv[1])
+with posa.Peer("close/stopped", registry=reg, listen="tcp://127.0.0.1:0") as peer:
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _to_stopped(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
+    def run(registry: posa.LocalRegistry) -> Iterator[Any]:
+        proc, address = start_dispatcher()
+        target = Proc.python(STOPPED_PEER, address)
+        try:
+            target.expect("ready", timeout=30)
+            with posa.RegistryClient(address) as reg, \
+                    posa.Peer("close/caller", registry=reg, window=1, linger=0.5) as peer:
+                peer.send("close/stopped", 0, timeout=TIMEOUT)
+                peer.flush(timeout=TIMEOUT)     # connected before the target stops
+                with _stopped(target):
+                    if method == "send":
+                        def call() -> Any:
+                            for n in range(4):  # window 1: the second send waits
+                                peer.send("close/stopped", n, timeout=TIMEOUT)
+                    else:
+                        def call() -> Any:
+                            return peer.request("close/stopped", 1, timeout=TIMEOUT)
+                    yield call, peer.close
+        finally:
+            target.close()
+            proc.close()
+    run.__name__ = f"peer_{method}_to_stopped_peer"
+    return run
+
+
+case(_to_stopped("send"))
+case(_to_stopped("request"))
+
+
 @case
 def peer_flush(registry: posa.LocalRegistry) -> Iterator[Any]:
     with _silent() as address:
