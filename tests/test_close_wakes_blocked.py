@@ -244,21 +244,25 @@ def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
 
         def on_loop(coro: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(coro, loop).result(BOUND)
+        release = threading.Event()
         try:
-            mute = posa.Peer("close/mute", registry=registry,
-                             handler=lambda msg: posa.DEFERRED)
-            with mute:
-                peer = on_loop(posa.aio.Peer.open("close/aio", registry=registry, linger=0.5))
+            with posa.Peer("close/mute", registry=registry, handler=lambda msg: posa.DEFERRED), \
+                    posa.Server("close/svc", lambda body: release.wait(TIMEOUT),
+                                registry=registry):
+                peer = on_loop(_open_aio(method, registry))
                 if method == "receive":
                     coro: Callable[[], Any] = lambda: peer.receive(timeout=TIMEOUT)
-                else:
+                elif method == "request":
                     coro = lambda: peer.request("close/mute", 1, timeout=TIMEOUT)
+                else:
+                    coro = lambda: peer.call("close/svc", 1)
                 try:
                     yield (lambda: asyncio.run_coroutine_threadsafe(coro(), loop).result()), \
                         (lambda: on_loop(peer.close()))
                 finally:
                     on_loop(peer.close())
         finally:
+            release.set()
             loop.call_soon_threadsafe(loop.stop)
             looping.join(BOUND)
             loop.close()
@@ -266,8 +270,15 @@ def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
     return run
 
 
+async def _open_aio(method: str, registry: posa.LocalRegistry) -> Any:
+    if method == "call":
+        return posa.aio.Client(registry=registry, timeout=TIMEOUT, attempt_timeout=TIMEOUT)
+    return await posa.aio.Peer.open("close/aio", registry=registry, linger=0.5)
+
+
 case(_aio("receive"))
 case(_aio("request"))
+case(_aio("call"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
