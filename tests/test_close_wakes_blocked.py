@@ -242,16 +242,19 @@ def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
         looping = threading.Thread(target=loop.run_forever, daemon=True)
         looping.start()
 
-        def on_loop(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(BOUND)
+        def on_loop(coro: Any, bound: float = BOUND) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(bound)
         release = threading.Event()
         try:
             with posa.Peer("close/mute", registry=registry, handler=lambda msg: posa.DEFERRED), \
                     posa.Server("close/svc", lambda body: release.wait(TIMEOUT),
-                                registry=registry):
+                                registry=registry), \
+                    posa.EventChannel("close/ch", registry=registry):
                 peer = on_loop(_open_aio(method, registry))
                 if method == "receive":
                     coro: Callable[[], Any] = lambda: peer.receive(timeout=TIMEOUT)
+                elif method == "subscriber":
+                    coro = lambda: peer.receive(timeout=TIMEOUT)
                 elif method == "request":
                     coro = lambda: peer.request("close/mute", 1, timeout=TIMEOUT)
                 else:
@@ -259,8 +262,8 @@ def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
                 try:
                     yield (lambda: asyncio.run_coroutine_threadsafe(coro(), loop).result()), \
                         (lambda: on_loop(peer.close()))
-                finally:
-                    on_loop(peer.close())
+                finally:       # (a close waiting for a call waits for its timeout)
+                    on_loop(peer.close(), TIMEOUT + BOUND)
         finally:
             release.set()
             loop.call_soon_threadsafe(loop.stop)
@@ -271,6 +274,8 @@ def _aio(method: str) -> Callable[[posa.LocalRegistry], Iterator[Any]]:
 
 
 async def _open_aio(method: str, registry: posa.LocalRegistry) -> Any:
+    if method == "subscriber":
+        return posa.aio.Subscriber("close/ch", registry=registry)
     if method == "call":
         return posa.aio.Client(registry=registry, timeout=TIMEOUT, attempt_timeout=TIMEOUT)
     return await posa.aio.Peer.open("close/aio", registry=registry, linger=0.5)
@@ -279,9 +284,20 @@ async def _open_aio(method: str, registry: posa.LocalRegistry) -> Any:
 case(_aio("receive"))
 case(_aio("request"))
 case(_aio("call"))
+case(_aio("subscriber"))
 
 
-@pytest.mark.parametrize("name", list(CASES))
+XFAIL = {
+    "aio_subscriber": "posa.runtime.offload runs an asyncio proxy's close on its one "
+                      "worker thread, behind the receive that thread is blocked in: the "
+                      "close waits for the receive's timeout (the close needs a thread "
+                      "of its own, kept fork-safe)",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=XFAIL[name]))
+    if name in XFAIL else name for name in CASES])
 def test_a_close_ends_a_blocked_call(registry: posa.LocalRegistry, name: str) -> None:
     with CASES[name](registry) as (call, close):
         outcome: list[Any] = []
