@@ -154,6 +154,7 @@ class Client:
         self.sync = services.Client(dispatcher=dispatcher, registry=registry, timeout=timeout,
                                     attempt_timeout=attempt_timeout, **options)
         self._worker = Pool(1, thread_name_prefix="posa-aio-client")
+        self._closed = False
 
     async def call(self, service: str, body: Any = None, *,
                    timeout: float | None = None) -> Any:
@@ -178,9 +179,12 @@ class Client:
         return await self._loop.run_in_executor(self._worker, functools.partial(fn, *args))
 
     async def close(self) -> None:
-        """Close the ``posa.Client``. In a forked child its worker thread (and the
-        pool's lock, which a parent's thread may have held at the fork) and the
-        loop are the parent's: the close runs on a worker of the child's own."""
+        """Close the ``posa.Client``; idempotent. In a forked child its worker thread
+        (and the pool's lock, which a parent's thread may have held at the fork) and
+        the loop are the parent's: the close runs on a worker of the child's own."""
+        if self._closed:
+            return
+        self._closed = True
         if self._worker.inherited:
             self._loop, self._worker = asyncio.get_running_loop(), self._worker.here()
         await self._run(self.sync.close)

@@ -103,20 +103,33 @@ class Gatherer:
             raise ValueError("threads must be at least 1")
         self.sender = Sender("", resolve=resolve, authenticator=authenticator)
         self._pool = Pool(threads, thread_name_prefix="posa-gather")
+        self._rounds: set[_Round] = set()       # gatherings waiting: close wakes them
+        self._closed = False
 
     def gather(self, members: Iterable[str], body: Any = None, *,
                quorum: int | None = None, timeout: float = 5.0,
                headers: dict[str, Any] | None = None) -> Gathered:
         """Ask every member, wait for ``quorum`` answers (default: all) or
-        ``timeout`` s; see ``Gathered``."""
+        ``timeout`` s; see ``Gathered``. ``Closed`` if the gatherer is closed first."""
         names = tuple(dict.fromkeys(members))
         started = time.monotonic()
-        deadline = started + timeout
         rnd = _Round(names, quorum_of(quorum, len(names)))
+        self._rounds.add(rnd)
+        try:
+            return self._gathered(rnd, body, headers, started, timeout)
+        finally:
+            self._rounds.discard(rnd)
+
+    def _gathered(self, rnd: _Round, body: Any, headers: dict[str, Any] | None,
+                  started: float, timeout: float) -> Gathered:
+        names, deadline = rnd.members, started + timeout
         for member in names:
             self._pool.submit(self._ask, rnd, member, body, headers, deadline)
         with rnd.cond:
             while not rnd.settled():
+                if self._closed:
+                    rnd.over = True
+                    raise Closed("the gatherer is closed")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     for member in names:        # the deadline passed: say so for each
@@ -153,8 +166,12 @@ class Gatherer:
     def close(self) -> None:
         """Stop asking; requests still open end with the sender. Idempotent. In a
         forked child the pool (its threads, its lock) is left to the parent."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()
+        for rnd in list(self._rounds):
+            with rnd.cond:                      # a gathering waiting: Closed
+                rnd.cond.notify_all()
 
     def __enter__(self) -> Gatherer:
         return self

@@ -229,11 +229,10 @@ class RegistryClient:
 
     def watch(self, callback: Callable[[str, Registration | None], None]) -> Callable[[], None]:
         """Call ``callback(name, registration or None)`` (on the reactor thread) for
-        every change the dispatcher reports; return a function that unsubscribes.
-
-        Returns once the dispatcher has taken the subscription (``Timeout`` if it
-        does not within ``timeout``), so a change made after it is reported; called
-        on the reactor thread it cannot wait, and the subscription follows."""
+        every change the dispatcher reports; return a function that unsubscribes. It
+        returns once the dispatcher took the subscription (``Timeout`` if not within
+        ``timeout``, ``Closed`` if the client is closed first), so later changes are
+        reported; on the reactor thread it cannot wait, and the subscription follows."""
         with self._lock:
             key = self._next_watcher
             self._next_watcher += 1
@@ -244,7 +243,7 @@ class RegistryClient:
                 self._watchers.pop(key, None)
         self._keep_watch()
         if not self._reactor.in_reactor_thread() and not shared.wait_taken(
-                lambda: self._taken, self.timeout):
+                lambda: self._taken, self.timeout, lambda: self._closed):
             unsubscribe()
             raise Timeout(f"the dispatcher at {self.address} did not take a watch within "
                           f"{self.timeout} s; is it running?")
@@ -263,6 +262,7 @@ class RegistryClient:
         if self._ticker is not None and here:
             self._ticker.cancel()
             self._reactor.call(self._drop_watch)
+            shared.notify_taken()           # a watch() waiting to be taken: Closed
         self._sender.close()
         self._lines.close()
         self._cache.clear()

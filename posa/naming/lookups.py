@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -107,6 +108,12 @@ class LookupLine:
         # of a poll object watching it (where the platform has no poll,
         # posa.delivery.waiting.readable)
         self._poll: Callable[[int], list[Any]] | None = None
+        # a pair of sockets the poll watches too: close() from another thread shuts
+        # its far end, which wakes the wait (closing the connection under a poll
+        # would not); the near end is closed by whichever of lookup and close is last
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._lock = threading.Lock()
+        self._busy = False
         # ids start anywhere: anonymous lines' stream-less requests seldom share one
         self._id = random.randrange(1 << 31)
         self.closed = False
@@ -119,13 +126,28 @@ class LookupLine:
         deadline = now + timeout
         self._id = ask = self._id + 1
         envelope = self._frame(ask, name, timeout)
-        auth = self._auth
+        with self._lock:
+            if self.closed:
+                raise _closed()
+            self._busy = True
+            if self._wake is None:
+                self._wake = socket.socketpair()
+        try:
+            return self._ask(name, envelope, ask, deadline)
+        finally:
+            self._leave()
+
+    def _ask(self, name: str, envelope: bytes, ask: int, deadline: float) -> Registration:
+        """``lookup``'s attempts, until an answer, the deadline or the close."""
+        auth, wake = self._auth, self._wake[0] if self._wake else None
         while True:
+            if self.closed or wake is None:
+                raise _closed()
             try:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = connect(self.address, self._options)
-                    self._poll = _watch(conn)
+                    self._poll = _watch(conn, wake)
                 # sealed anew for each attempt: a stream-less frame sent twice would be
                 # refused as a replay (posa.admission.authenticator)
                 conn.send(envelope if auth is None else auth.seal(envelope))
@@ -185,6 +207,8 @@ class LookupLine:
                         continue
                 except OSError:     # closed under us: the receive says how
                     pass
+                if self.closed:
+                    raise _closed()
                 frame = conn.recv_nowait()
             else:
                 frame = conn.recv_nowait()
@@ -234,17 +258,41 @@ class LookupLine:
                 pass
 
     def close(self) -> None:
-        self.closed = True
+        """Close; a lookup waiting in another thread raises ``Closed``."""
+        with self._lock:
+            self.closed = True
+            if self._wake is not None:
+                self._wake[1].close()       # the near end reads its end: the wait wakes
+                if not self._busy:
+                    self._unwake()
         self._drop()
 
+    def _leave(self) -> None:
+        """A lookup ends: the wake pair goes with it if the line was closed meanwhile."""
+        with self._lock:
+            self._busy = False
+            if self.closed:
+                self._unwake()
 
-def _watch(conn: Connection) -> Callable[[int], list[Any]] | None:
+    def _unwake(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            for end in wake:
+                end.close()
+
+
+def _closed() -> Closed:
+    return Closed("this registry client is closed")
+
+
+def _watch(conn: Connection, wake: socket.socket) -> Callable[[int], list[Any]] | None:
     """How to wait for ``conn``'s answers: the poll (milliseconds) of a poll
-    object watching it, a wait in one call with nothing looked up (None
-    without poll)."""
+    object watching it and ``wake``, a wait in one call with nothing looked up
+    (None without poll: there a close does not cut the wait short)."""
     if _poll is None:
         return None
     poller = _poll()
+    poller.register(wake.fileno(), _POLLIN)
     poller.register(conn.fileno(), _POLLIN)
     wait: Callable[[int], list[Any]] = poller.poll
     return wait
@@ -289,7 +337,7 @@ class Lines:
                               authenticator=authenticator)
             with self._lock:
                 if self.closed:
-                    raise Closed("this registry client is closed")
+                    raise _closed()
                 self._all.append(line)
             self._local.line = line
         return line

@@ -22,6 +22,7 @@ import functools
 import threading
 from collections.abc import Callable
 
+from posa.errors import Closed
 from posa.naming.protocol import DISPATCHER
 from posa.naming.registration import Resolve, resolver
 from posa.runtime.local import process_local
@@ -50,11 +51,16 @@ def pinned_dispatcher(address: str) -> Resolve:
     return resolver(None, pins={DISPATCHER: address})
 
 
-def wait_taken(taken: Callable[[], bool], timeout: float) -> bool:
-    """Wait up to ``timeout`` s until ``taken()``; its result then."""
+def wait_taken(taken: Callable[[], bool], timeout: float,
+               closed: Callable[[], bool]) -> bool:
+    """Wait up to ``timeout`` s until ``taken()``; its result then. ``Closed`` if
+    ``closed()`` first (its client's close wakes the wait with ``notify_taken``)."""
     cond = _taken()
     with cond:
-        return cond.wait_for(taken, timeout)
+        done = cond.wait_for(lambda: taken() or closed(), timeout)
+    if closed():
+        raise Closed("this registry client is closed")
+    return done
 
 
 def notify_taken() -> None:
