@@ -115,10 +115,15 @@ def test_ctrl_c_of_a_one_shot_command_is_not_a_success() -> None:
     try:
         slow.expect("ready")
         request = Proc.posa("request", "demo/slow", "1", "--timeout", "100",
-                            "--dispatcher", address)
+                            "--dispatcher", address, env={"PYTHONFAULTHANDLER": "1"})
         slow.expect("asked")
         request.popen.send_signal(signal.SIGINT)
-        assert request.popen.wait(30) == 130
+        try:
+            code = request.popen.wait(30)
+        except subprocess.TimeoutExpired:       # where it hangs: every thread's stack
+            request.popen.send_signal(signal.SIGABRT)
+            raise AssertionError(request.popen.communicate(timeout=30)[1].decode()) from None
+        assert code == 130
         assert "Traceback" not in request.popen.communicate()[1].decode()
     finally:
         for proc in (request, slow, dispatcher):

@@ -48,6 +48,7 @@ DEFAULT_DISPATCHER = "tcp://127.0.0.1:7000"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 EXIT_UNAUTHORIZED, EXIT_PARTIAL = 5, 6
 EXIT_INTERRUPTED = 130      # a one-shot command cut short by Ctrl-C, as a shell's programs
+_INTERRUPTED_LINGER = 1.0   # s closed connections may linger after a Ctrl-C
 # the one table of exit codes: docs/cli.md shows it, tests/test_cli_exits.py walks it
 EXITS: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
@@ -113,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"posa: {exc}{_hint(args, exc)}", file=sys.stderr)
         return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     except KeyboardInterrupt:   # ends a service or a tail; cuts a one-shot command short
-        return EXIT_OK if deadline is None else EXIT_INTERRUPTED
+        if deadline is None:
+            return EXIT_OK
+        # what was written lingers a moment, not until the command's deadline (a
+        # connection to a peer whose handler holds it is never closed from there)
+        deadline = min(deadline, time.monotonic() + _INTERRUPTED_LINGER)
+        return EXIT_INTERRUPTED
     finally:
         if deadline is not None:
             _exit_by(deadline)
