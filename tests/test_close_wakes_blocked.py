@@ -320,7 +320,7 @@ def test_a_close_ends_a_blocked_call(registry: posa.LocalRegistry, name: str) ->
         def close_it() -> None:
             try:
                 closed.append(close())
-            except posa.PosaError as exc:
+            except Exception as exc:        # (a close that timed out: what it says)
                 closed.append(exc)
 
         closing = threading.Thread(target=close_it, daemon=True)
